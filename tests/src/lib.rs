@@ -1,0 +1,2 @@
+//! End-to-end test utilities.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! vault
+#![forbid(unsafe_code)]
