@@ -11,3 +11,5 @@
 #![deny(missing_docs)]
 
 pub mod card;
+pub mod log;
+pub mod scan;

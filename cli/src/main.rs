@@ -1,3 +1,54 @@
+//! `panvault`: the admin's tool. This file only parses arguments, dispatches to one
+//! function per subcommand and maps errors to exit codes.
 #![forbid(unsafe_code)]
-//! panvault
-fn main() {}
+
+mod cmd;
+mod common;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// panvault — card tokenization vault and PCI DSS compliance toolkit.
+#[derive(Debug, Parser)]
+#[command(name = "panvault", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new vault (root key, first data key, fingerprint and audit keys).
+    Init(cmd::init::Args),
+    /// Data-encryption key management.
+    #[command(subcommand)]
+    Keys(cmd::keys::Command),
+    /// Find card numbers left in files and archives.
+    Scan(cmd::scan::Args),
+    /// Audit log: verify, export, checkpoint.
+    #[command(subcommand)]
+    Audit(cmd::audit::Command),
+    /// Developer tools (test corpora).
+    #[command(subcommand, hide = true)]
+    Dev(cmd::dev::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    common::init_tracing();
+    let result = match cli.command {
+        Command::Init(args) => cmd::init::run(args),
+        Command::Keys(c) => cmd::keys::run(c),
+        Command::Scan(args) => cmd::scan::run(args),
+        Command::Audit(c) => cmd::audit::run(c),
+        Command::Dev(c) => cmd::dev::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("panvault: {e:#}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

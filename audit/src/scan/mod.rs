@@ -1,0 +1,1 @@
+//! PAN discovery scanner (being written).
