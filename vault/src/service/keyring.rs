@@ -1,0 +1,329 @@
+//! The key hierarchy at rest and in memory: sealing the root key under a KEK
+//! (Argon2id from a passphrase, or a KEK rebuilt from custodian shares), wrapping
+//! data, fingerprint and audit-signing keys under the root key, and loading them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+
+use ring::hmac;
+use rusqlite::{Connection, OptionalExtension, params};
+use zeroize::Zeroizing;
+
+use crate::core::envelope::{DataKey, unwrap_key, unwrap_key32, wrap_key};
+use crate::core::kdf::{FingerprintKey, KdfParams, derive_kek};
+use crate::core::rng;
+use crate::core::secret::{SecretKey32, SecretText};
+use crate::error::VaultError;
+
+/// What unseals the root key.
+#[derive(Debug)]
+pub enum Unlock {
+    /// The operator passphrase (Argon2id derives the KEK).
+    Passphrase(SecretText),
+    /// The KEK itself, as rebuilt from custodian shares.
+    Kek(SecretKey32),
+}
+
+/// How a new vault seals its root key.
+#[derive(Debug)]
+pub struct SealSpec {
+    /// The unlock secret.
+    pub unlock: Unlock,
+    /// Argon2id parameters (for a passphrase). Never below [`KdfParams::MINIMUM`]
+    /// outside tests.
+    pub kdf: KdfParams,
+    /// For Shamir: (total shares, threshold).
+    pub shares: Option<(u8, u8)>,
+}
+
+pub(crate) fn root_label(vault_id: &str, generation: i64) -> String {
+    format!("panvault/root/v1:{vault_id}:{generation}")
+}
+pub(crate) fn dek_label(vault_id: &str, version: u32) -> String {
+    format!("panvault/dek/v{version}:{vault_id}")
+}
+pub(crate) fn aux_label(vault_id: &str, name: &str) -> String {
+    format!("panvault/{name}:{vault_id}")
+}
+
+/// Builds the KEK for a seal row.
+fn kek_for(unlock: &Unlock, salt: Option<&[u8]>, kdf: Option<KdfParams>) -> Result<SecretKey32, VaultError> {
+    match unlock {
+        Unlock::Passphrase(p) => {
+            let (Some(salt), Some(kdf)) = (salt, kdf) else {
+                return Err(VaultError::KeyState("this vault is sealed with custodian shares, not a passphrase".into()));
+            };
+            derive_kek(p, salt, kdf).map_err(|_| VaultError::Crypto)
+        }
+        Unlock::Kek(k) => SecretKey32::from_slice(k.expose_secret()).ok_or(VaultError::Crypto),
+    }
+}
+
+/// Writes a new seal row (replacing any) for `root`.
+pub(crate) fn write_seal(
+    conn: &Connection,
+    vault_id: &str,
+    root: &SecretKey32,
+    spec: &SealSpec,
+    generation: i64,
+    root_created_at: i64,
+) -> Result<(), VaultError> {
+    let (method, salt, kdf) = match &spec.unlock {
+        Unlock::Passphrase(_) => {
+            let mut salt = [0u8; 16];
+            rng::fill(&mut salt)?;
+            ("passphrase", Some(salt.to_vec()), Some(spec.kdf))
+        }
+        Unlock::Kek(_) => ("shamir", None, None),
+    };
+    let kek = kek_for(&spec.unlock, salt.as_deref(), kdf)?;
+    let sealed = wrap_key(&kek, &root_label(vault_id, generation), root.expose_secret())?;
+    let (total, threshold) = spec.shares.map_or((None, None), |(n, m)| (Some(n), Some(m)));
+    conn.execute(
+        "INSERT OR REPLACE INTO seal (id, method, kdf_m_kib, kdf_t, kdf_p, salt, shares_total, shares_threshold,
+             sealed_root, root_created_at, generation)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            method,
+            kdf.map(|k| k.m_kib),
+            kdf.map(|k| k.t),
+            kdf.map(|k| k.p),
+            salt,
+            total,
+            threshold,
+            sealed,
+            root_created_at,
+            generation
+        ],
+    )
+    .map_err(crate::store::StoreError::from)?;
+    Ok(())
+}
+
+/// The seal row's public facts.
+#[derive(Debug, Clone)]
+pub struct SealInfo {
+    /// `passphrase` or `shamir`.
+    pub method: String,
+    /// Argon2id parameters (passphrase seals).
+    pub kdf: Option<KdfParams>,
+    /// (total, threshold) for Shamir seals.
+    pub shares: Option<(u8, u8)>,
+    /// When the current root key was made (unix seconds).
+    pub root_created_at: i64,
+    /// Root key generation (increments on `master rotate`).
+    pub generation: i64,
+}
+
+type SealRow = (SealInfo, Option<Vec<u8>>, Vec<u8>);
+
+pub(crate) fn read_seal(conn: &Connection) -> Result<SealRow, VaultError> {
+    let row = conn
+        .query_row(
+            "SELECT method, kdf_m_kib, kdf_t, kdf_p, salt, shares_total, shares_threshold, sealed_root,
+                    root_created_at, generation FROM seal WHERE id = 1",
+            [],
+            |r| {
+                let m: Option<u32> = r.get(1)?;
+                let t: Option<u32> = r.get(2)?;
+                let p: Option<u32> = r.get(3)?;
+                let n: Option<u8> = r.get(5)?;
+                let k: Option<u8> = r.get(6)?;
+                Ok((
+                    SealInfo {
+                        method: r.get(0)?,
+                        kdf: match (m, t, p) {
+                            (Some(m_kib), Some(t), Some(p)) => Some(KdfParams { m_kib, t, p }),
+                            _ => None,
+                        },
+                        shares: n.zip(k),
+                        root_created_at: r.get(8)?,
+                        generation: r.get(9)?,
+                    },
+                    r.get::<_, Option<Vec<u8>>>(4)?,
+                    r.get::<_, Vec<u8>>(7)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(crate::store::StoreError::from)?;
+    row.ok_or_else(|| VaultError::Store(crate::store::StoreError::Corrupt("no seal row".into())))
+}
+
+/// Unseals the root key of the vault in `conn`.
+pub(crate) fn unseal_root(conn: &Connection, vault_id: &str, unlock: &Unlock) -> Result<(SecretKey32, SealInfo), VaultError> {
+    let (info, salt, sealed) = read_seal(conn)?;
+    let kek = kek_for(unlock, salt.as_deref(), info.kdf)?;
+    let root = unwrap_key32(&kek, &root_label(vault_id, info.generation), &sealed).map_err(|_| VaultError::WrongSecret)?;
+    Ok((root, info))
+}
+
+pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, VaultError> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+        .map_err(|e| VaultError::Store(e.into()))
+}
+
+pub(crate) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), VaultError> {
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", [key, value])
+        .map_err(|e| VaultError::Store(e.into()))?;
+    Ok(())
+}
+
+/// Bumps the key epoch so running servers reload their keys.
+pub(crate) fn bump_key_epoch(conn: &Connection) -> Result<(), VaultError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('key_epoch', '1')
+         ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+        [],
+    )
+    .map_err(|e| VaultError::Store(e.into()))?;
+    Ok(())
+}
+
+/// Reads the key epoch.
+pub(crate) fn key_epoch(conn: &Connection) -> Result<i64, VaultError> {
+    Ok(meta_get(conn, "key_epoch")?.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// Stores a freshly generated data key as `version`, `active`.
+pub(crate) fn insert_data_key(
+    conn: &Connection,
+    vault_id: &str,
+    root: &SecretKey32,
+    version: u32,
+    now: i64,
+) -> Result<(), VaultError> {
+    let key = SecretKey32::generate()?;
+    let wrapped = wrap_key(root, &dek_label(vault_id, version), key.expose_secret())?;
+    conn.execute(
+        "INSERT INTO data_keys (version, state, wrapped, created_at) VALUES (?1, 'active', ?2, ?3)",
+        params![version, wrapped, now],
+    )
+    .map_err(|e| VaultError::Store(e.into()))?;
+    Ok(())
+}
+
+/// Stores an auxiliary key (`fingerprint`, `audit-signing`) wrapped under the root.
+pub(crate) fn insert_aux_key(
+    conn: &Connection,
+    vault_id: &str,
+    root: &SecretKey32,
+    name: &str,
+    key: &[u8],
+    now: i64,
+) -> Result<(), VaultError> {
+    let wrapped = wrap_key(root, &aux_label(vault_id, name), key)?;
+    conn.execute(
+        "INSERT OR REPLACE INTO wrapped_keys (name, wrapped, created_at) VALUES (?1, ?2, ?3)",
+        params![name, wrapped, now],
+    )
+    .map_err(|e| VaultError::Store(e.into()))?;
+    Ok(())
+}
+
+fn read_aux(conn: &Connection, vault_id: &str, root: &SecretKey32, name: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    let blob: Vec<u8> = conn
+        .query_row("SELECT wrapped FROM wrapped_keys WHERE name = ?1", [name], |r| r.get(0))
+        .map_err(|e| VaultError::Store(e.into()))?;
+    unwrap_key(root, &aux_label(vault_id, name), &blob).map_err(|_| VaultError::Decryption)
+}
+
+/// All keys in memory, as one immutable snapshot; the vault swaps in a new one
+/// when the key epoch changes.
+pub struct Keyring {
+    pub(crate) vault_id: String,
+    pub(crate) root: SecretKey32,
+    pub(crate) data: BTreeMap<u32, DataKey>,
+    pub(crate) active: u32,
+    pub(crate) epoch: i64,
+    fingerprint: FingerprintKey,
+    tenant_keys: RwLock<HashMap<String, hmac::Key>>,
+    pub(crate) audit_pkcs8: Zeroizing<Vec<u8>>,
+    pub(crate) subject_key: SecretKey32,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("vault_id", &self.vault_id)
+            .field("active", &self.active)
+            .field("versions", &self.data.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keyring {
+    /// Loads every usable key, unwrapping under `root`.
+    pub(crate) fn load(conn: &Connection, vault_id: &str, root: SecretKey32) -> Result<Keyring, VaultError> {
+        let epoch = key_epoch(conn)?;
+        let mut data = BTreeMap::new();
+        let mut active = None;
+        {
+            let mut stmt = conn
+                .prepare("SELECT version, state, wrapped FROM data_keys WHERE wrapped IS NOT NULL")
+                .map_err(|e| VaultError::Store(e.into()))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
+                .map_err(|e| VaultError::Store(e.into()))?;
+            for row in rows {
+                let (version, state, wrapped) = row.map_err(|e| VaultError::Store(e.into()))?;
+                let key = unwrap_key32(&root, &dek_label(vault_id, version), &wrapped).map_err(|_| VaultError::Decryption)?;
+                data.insert(version, DataKey::new(version, &key));
+                if state == "active" {
+                    active = Some(version);
+                }
+            }
+        }
+        let active = active.ok_or_else(|| VaultError::KeyState("no active data key".into()))?;
+        let fp = read_aux(conn, vault_id, &root, "fingerprint")?;
+        let fp = SecretKey32::from_slice(&fp).ok_or(VaultError::Decryption)?;
+        let subject_key = derive_subject_key(&fp)?;
+        let audit_pkcs8 = read_aux(conn, vault_id, &root, "audit-signing")?;
+        Ok(Keyring {
+            vault_id: vault_id.to_owned(),
+            root,
+            data,
+            active,
+            epoch,
+            fingerprint: FingerprintKey::new(&fp),
+            tenant_keys: RwLock::new(HashMap::new()),
+            audit_pkcs8,
+            subject_key,
+        })
+    }
+
+    /// The active data key.
+    pub(crate) fn active_key(&self) -> Result<&DataKey, VaultError> {
+        self.data.get(&self.active).ok_or_else(|| VaultError::KeyState("active key missing".into()))
+    }
+
+    /// The fingerprint of `digits` in `tenant`.
+    pub(crate) fn fingerprint(&self, tenant: &str, digits: &str) -> Result<[u8; crate::core::kdf::FINGERPRINT_LEN], VaultError> {
+        if let Ok(map) = self.tenant_keys.read() {
+            if let Some(k) = map.get(tenant) {
+                return Ok(crate::core::kdf::fingerprint(k, digits));
+            }
+        }
+        let k = self.fingerprint.tenant_key(tenant)?;
+        let fp = crate::core::kdf::fingerprint(&k, digits);
+        if let Ok(mut map) = self.tenant_keys.write() {
+            if map.len() < 100_000 {
+                map.insert(tenant.to_owned(), k);
+            }
+        }
+        Ok(fp)
+    }
+}
+
+/// The key for hashing subject ids in audit events and receipts: HKDF from the
+/// fingerprint key under its own label.
+fn derive_subject_key(fp: &SecretKey32) -> Result<SecretKey32, VaultError> {
+    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"panvault/subject-hash/v1");
+    let prk = salt.extract(fp.expose_secret());
+    let info = [b"subject".as_slice()];
+    let okm = prk.expand(&info, ring::hkdf::HKDF_SHA256).map_err(|_| VaultError::Crypto)?;
+    let mut out = [0u8; 32];
+    okm.fill(&mut out).map_err(|_| VaultError::Crypto)?;
+    Ok(SecretKey32::from_bytes(&mut out))
+}

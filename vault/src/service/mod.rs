@@ -1,0 +1,766 @@
+//! The vault service: the operations the HTTP API and the CLI call.
+//!
+//! Writes (tokenize, delete, key changes) become jobs for the single writer and are
+//! answered only after their transaction has committed. Reads go through the read
+//! pool. Every operation records an audit event through the writer; detokenize
+//! releases the card only after its event has committed.
+
+mod audit_hook;
+pub mod keyring;
+pub mod request;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::oneshot;
+
+use crate::core::envelope::SealedRecord;
+use crate::core::kdf::KdfParams;
+use crate::core::pan::Expiry;
+use crate::core::rng;
+use crate::core::secret::SecretKey32;
+use crate::core::token::{Token, TokenFormat};
+use crate::error::VaultError;
+use crate::store::{self, JobOutcome, ReadPool, StoreError, Writer, WriterConfig};
+pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord, VaultState};
+use keyring::{Keyring, SealSpec, Unlock};
+use request::{AccessContext, CardFacts, Detokenized, TokenInfo, TokenizeRequest};
+
+/// A source of "now" (replaceable in tests).
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(OffsetDateTime::now_utc)
+}
+
+/// How to open a vault.
+#[derive(Clone)]
+pub struct VaultOptions {
+    /// Now.
+    pub clock: Clock,
+    /// Writer tuning.
+    pub writer: WriterConfig,
+    /// Read connections kept idle.
+    pub read_pool: usize,
+    /// How long a caller waits for the writer before answering 503.
+    pub write_timeout: Duration,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        VaultOptions {
+            clock: system_clock(),
+            writer: WriterConfig::default(),
+            read_pool: 8,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for VaultOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultOptions").field("writer", &self.writer).field("read_pool", &self.read_pool).finish_non_exhaustive()
+    }
+}
+
+/// A key's row, as `keys list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    /// Version.
+    pub version: u32,
+    /// active, decrypt_only, retired, destroyed.
+    pub state: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Whole days since creation.
+    pub age_days: i64,
+    /// Records currently sealed under it.
+    pub records: i64,
+    /// Encryptions ever made with it (nonce budget).
+    pub encryptions: i64,
+    /// RFC 3339, if retired.
+    pub retired_at: Option<String>,
+    /// RFC 3339, if destroyed.
+    pub destroyed_at: Option<String>,
+}
+
+struct Inner {
+    data_dir: PathBuf,
+    db: PathBuf,
+    keys: RwLock<Arc<Keyring>>,
+    writer: Writer<VaultState>,
+    readers: ReadPool,
+    opts: VaultOptions,
+}
+
+/// An open, unsealed vault. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Vault {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("data_dir", &self.inner.data_dir).finish_non_exhaustive()
+    }
+}
+
+fn rfc3339(t: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(t).ok().and_then(|d| d.format(&Rfc3339).ok()).unwrap_or_default()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn store_err(e: rusqlite::Error) -> VaultError {
+    VaultError::Store(e.into())
+}
+
+/// Creates the data directory (mode 0700) if needed.
+fn create_dir(dir: &Path) -> Result<(), VaultError> {
+    std::fs::create_dir_all(dir).map_err(|e| VaultError::io(dir, &e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| VaultError::io(dir, &e))?;
+    }
+    Ok(())
+}
+
+/// Facts about a freshly made vault.
+#[derive(Debug)]
+pub struct InitReport {
+    /// Random id of the vault, bound into every wrapped key.
+    pub vault_id: String,
+    /// Where the audit public key was written.
+    pub audit_pubkey_path: PathBuf,
+}
+
+impl Vault {
+    /// Creates a new vault in `data_dir`: a root key sealed per `seal`, data key v1,
+    /// a fingerprint key and an audit-signing key. Refuses an existing vault.
+    pub fn init(data_dir: &Path, seal: &SealSpec, clock: &Clock) -> Result<InitReport, VaultError> {
+        let db = store::db_path(data_dir);
+        if db.exists() {
+            return Err(VaultError::AlreadyInitialized(db.display().to_string()));
+        }
+        create_dir(data_dir)?;
+        let mut conn = store::open_writer(&db, true)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600));
+        }
+        let now = clock().unix_timestamp();
+        let mut id = [0u8; 16];
+        rng::fill(&mut id)?;
+        let vault_id = hex(&id);
+        let root = SecretKey32::generate()?;
+        let fp = SecretKey32::generate()?;
+        let audit_pkcs8 = audit_hook::generate_signing_key()?;
+        let tx = conn.transaction().map_err(store_err)?;
+        keyring::meta_set(&tx, "vault_id", &vault_id)?;
+        keyring::meta_set(&tx, "key_epoch", "1")?;
+        keyring::write_seal(&tx, &vault_id, &root, seal, 1, now)?;
+        keyring::insert_data_key(&tx, &vault_id, &root, 1, now)?;
+        keyring::insert_aux_key(&tx, &vault_id, &root, "fingerprint", fp.expose_secret(), now)?;
+        keyring::insert_aux_key(&tx, &vault_id, &root, "audit-signing", &audit_pkcs8, now)?;
+        audit_hook::init_tables(&tx)?;
+        tx.commit().map_err(store_err)?;
+        let audit_pubkey_path = audit_hook::write_public_key(data_dir, &audit_pkcs8)?;
+        Ok(InitReport { vault_id, audit_pubkey_path })
+    }
+
+    /// Opens and unseals the vault in `data_dir`.
+    pub fn open(data_dir: &Path, unlock: &Unlock) -> Result<Vault, VaultError> {
+        Vault::open_with(data_dir, unlock, VaultOptions::default())
+    }
+
+    /// Opens with options.
+    pub fn open_with(data_dir: &Path, unlock: &Unlock, opts: VaultOptions) -> Result<Vault, VaultError> {
+        let db = store::db_path(data_dir);
+        if !db.exists() {
+            return Err(VaultError::NotInitialized(data_dir.display().to_string()));
+        }
+        let conn = store::open_writer(&db, false)?;
+        store::check_integrity(&conn)?;
+        let vault_id = keyring::meta_get(&conn, "vault_id")?
+            .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
+        let (root, _info) = keyring::unseal_root(&conn, &vault_id, unlock)?;
+        let ring = Keyring::load(&conn, &vault_id, root)?;
+        let state = VaultState::load(&conn, &ring)?;
+        let writer = Writer::start(conn, state, db.clone(), opts.writer.clone())?;
+        let readers = ReadPool::new(db.clone(), opts.read_pool);
+        Ok(Vault {
+            inner: Arc::new(Inner { data_dir: data_dir.to_owned(), db, keys: RwLock::new(Arc::new(ring)), writer, readers, opts }),
+        })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    fn keys(&self) -> Result<Arc<Keyring>, VaultError> {
+        self.inner.keys.read().map(|k| Arc::clone(&k)).map_err(|_| VaultError::KeyState("key lock poisoned".into()))
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        (self.inner.opts.clock)()
+    }
+
+    /// Today's date (for expiry checks).
+    pub fn today(&self) -> time::Date {
+        self.now().date()
+    }
+
+    /// Runs `job` on the writer and waits (bounded) for its answer.
+    async fn write<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection, &mut VaultState) -> (bool, Result<T, VaultError>) + Send + 'static,
+    ) -> Result<T, VaultError> {
+        let (tx, rx) = oneshot::channel::<Result<T, VaultError>>();
+        self.inner.writer.submit(Box::new(move |conn, state| {
+            let (keep, result) = job(conn, state);
+            JobOutcome {
+                keep,
+                completion: Box::new(move |committed| {
+                    let answer = match committed {
+                        Ok(()) => result,
+                        Err(e) => Err(if e.is_unavailable() { VaultError::AuditUnavailable } else { VaultError::Store(e) }),
+                    };
+                    let _ = tx.send(answer);
+                }),
+            }
+        }))?;
+        match tokio::time::timeout(self.inner.opts.write_timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(VaultError::Store(StoreError::Unavailable("writer dropped the job"))),
+            Err(_) => Err(VaultError::Store(StoreError::Unavailable("writer did not answer in time"))),
+        }
+    }
+
+    /// Tokenizes a card in `tenant`: the existing token if this tenant already holds
+    /// the card (unless `force_new`), else a new sealed record. Answered only once
+    /// durable.
+    pub async fn tokenize(&self, tenant: &str, req: TokenizeRequest, ctx: &AccessContext) -> Result<TokenInfo, VaultError> {
+        let mut out = self.tokenize_batch(tenant, vec![Ok(req)], ctx).await?;
+        out.pop().unwrap_or(Err(VaultError::Crypto))
+    }
+
+    /// Tokenizes many cards in one writer job; results in order. Items are
+    /// independent: one bad card fails only its own slot. The outer error is for
+    /// the whole batch (storage or audit unavailable).
+    pub async fn tokenize_batch(
+        &self,
+        tenant: &str,
+        items: Vec<Result<TokenizeRequest, VaultError>>,
+        ctx: &AccessContext,
+    ) -> Result<Vec<Result<TokenInfo, VaultError>>, VaultError> {
+        validate_tenant(tenant)?;
+        let keys = self.keys()?;
+        let now = self.now().unix_timestamp();
+        let mut prepared = Vec::with_capacity(items.len());
+        for item in items {
+            prepared.push(item.and_then(|req| {
+                let fp = keys.fingerprint(tenant, req.card.pan.expose_digits())?;
+                let expires_at = match (req.ttl_seconds.map(|t| now.saturating_add(t)), req.expires_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if expires_at.is_some_and(|e| e <= now) {
+                    return Err(VaultError::invalid("expires_at", "must be in the future"));
+                }
+                let metadata = match &req.metadata {
+                    Some(m) => Some(serde_json::to_string(m).map_err(|_| VaultError::invalid("metadata", "not serializable"))?),
+                    None => None,
+                };
+                Ok((req, fp, metadata, expires_at))
+            }));
+        }
+        let tenant = tenant.to_owned();
+        let ctx = ctx.clone();
+        self.write(move |conn, state| {
+            let mut results = Vec::with_capacity(prepared.len());
+            for item in prepared {
+                let (result, subject) = match item {
+                    Ok((req, fp, metadata, expires_at)) => {
+                        (tokenize_in_tx(conn, &keys, &tenant, &req, &fp, metadata.as_deref(), expires_at, now), req.subject)
+                    }
+                    Err(e) => (Err(e), None),
+                };
+                let rec = AuditRecord {
+                    action: AuditAction::Tokenize,
+                    tenant: Some(&tenant),
+                    token: result.as_ref().ok().map(|i| i.token.as_str()),
+                    purpose: None,
+                    subject: subject.as_deref(),
+                    outcome: match &result {
+                        Ok(_) => AuditOutcome::Success,
+                        Err(e) => AuditOutcome::from_error(e),
+                    },
+                    details: None,
+                };
+                if let Err(e) = state.record(conn, &keys, &ctx, &rec, now) {
+                    return (false, Err(e));
+                }
+                results.push(result);
+            }
+            (true, Ok(results))
+        })
+        .await
+    }
+
+    /// Reads one row of `tenant` (any other tenant's token is not found).
+    fn read_row(&self, tenant: &str, token: &str) -> Result<Row, VaultError> {
+        let Some(token) = Token::parse(token) else {
+            return Err(VaultError::NotFound);
+        };
+        let conn = self.inner.readers.get()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4, exp_month, exp_year,
+                        subject, metadata, created_at, expires_at
+                 FROM cards WHERE token = ?1",
+            )
+            .map_err(store_err)?;
+        let row = stmt
+            .query_row([token.as_str()], |r| {
+                Ok(Row {
+                    token: token.as_str().to_owned(),
+                    tenant: r.get(0)?,
+                    key_version: r.get(1)?,
+                    nonce: r.get(2)?,
+                    ciphertext: r.get(3)?,
+                    fingerprint: r.get(4)?,
+                    brand: r.get(5)?,
+                    bin: r.get(6)?,
+                    last4: r.get(7)?,
+                    exp_month: r.get(8)?,
+                    exp_year: r.get(9)?,
+                    subject: r.get(10)?,
+                    metadata: r.get(11)?,
+                    created_at: r.get(12)?,
+                    expires_at: r.get(13)?,
+                })
+            })
+            .optional()
+            .map_err(store_err)?;
+        match row {
+            Some(r) if r.tenant == tenant && !r.expires_at.is_some_and(|e| e <= self.now().unix_timestamp()) => Ok(r),
+            _ => Err(VaultError::NotFound),
+        }
+    }
+
+    /// The stored facts of a token (never the number).
+    pub async fn metadata(&self, tenant: &str, token: &str, ctx: &AccessContext) -> Result<TokenInfo, VaultError> {
+        let result = self.read_row(tenant, token).map(|r| r.info(false));
+        self.audit_only(AuditAction::Read, tenant, token, None, &result, ctx).await?;
+        result
+    }
+
+    /// Decrypts a token's card for `tenant`. The card is released only after the
+    /// audit event of this access has committed; if it cannot be, the card is
+    /// dropped (zeroized) and the call fails with [`VaultError::AuditUnavailable`].
+    pub async fn detokenize(&self, tenant: &str, token: &str, purpose: &str, ctx: &AccessContext) -> Result<Detokenized, VaultError> {
+        if purpose.trim().is_empty() || purpose.chars().count() > 256 || purpose.chars().any(char::is_control) {
+            return Err(VaultError::invalid("purpose", "required: 1 to 256 printable characters"));
+        }
+        if request::contains_card_number(purpose) {
+            return Err(VaultError::invalid("purpose", "must not contain a card number"));
+        }
+        let result = self.read_row(tenant, token).and_then(|row| {
+            let keys = self.keys()?;
+            let key = keys.data.get(&row.key_version).ok_or(VaultError::Decryption)?;
+            let nonce: [u8; 12] = row.nonce.as_slice().try_into().map_err(|_| VaultError::Decryption)?;
+            let sealed = SealedRecord { key_version: row.key_version, nonce, ciphertext: row.ciphertext.clone() };
+            let card = key.open(tenant, &row.token, &sealed).map_err(|_| VaultError::Decryption)?;
+            let expiry = Expiry::from_stored(row.exp_month, row.exp_year).ok_or(VaultError::Decryption)?;
+            Ok(Detokenized { token: row.token.clone(), card, expiry })
+        });
+        self.audit_only(AuditAction::Detokenize, tenant, token, Some(purpose), &result, ctx).await?;
+        result
+    }
+
+    /// Deletes a token of `tenant`.
+    pub async fn delete(&self, tenant: &str, token: &str, ctx: &AccessContext) -> Result<(), VaultError> {
+        let keys = self.keys()?;
+        let tenant = tenant.to_owned();
+        let token_s = token.to_owned();
+        let ctx = ctx.clone();
+        let now = self.now().unix_timestamp();
+        self.write(move |conn, state| {
+            let parsed = Token::parse(&token_s);
+            let result = match &parsed {
+                None => Err(VaultError::NotFound),
+                Some(t) => conn
+                    .execute("DELETE FROM cards WHERE token = ?1 AND tenant = ?2 AND (expires_at IS NULL OR expires_at > ?3)", params![t.as_str(), tenant, now])
+                    .map_err(store_err)
+                    .and_then(|n| if n == 0 { Err(VaultError::NotFound) } else { Ok(()) }),
+            };
+            let rec = AuditRecord {
+                action: AuditAction::Delete,
+                tenant: Some(&tenant),
+                token: parsed.as_ref().map(Token::as_str),
+                purpose: None,
+                subject: None,
+                outcome: match &result {
+                    Ok(()) => AuditOutcome::Success,
+                    Err(e) => AuditOutcome::from_error(e),
+                },
+                details: None,
+            };
+            let keep = result.is_ok();
+            match state.record(conn, &keys, &ctx, &rec, now) {
+                Ok(()) => (keep, result),
+                Err(e) => (false, Err(e)),
+            }
+        })
+        .await
+    }
+
+    /// Records an event for a read-only operation and waits until it is durable.
+    async fn audit_only<T>(
+        &self,
+        action: AuditAction,
+        tenant: &str,
+        token: &str,
+        purpose: Option<&str>,
+        result: &Result<T, VaultError>,
+        ctx: &AccessContext,
+    ) -> Result<(), VaultError> {
+        let keys = self.keys()?;
+        let outcome = match result {
+            Ok(_) => AuditOutcome::Success,
+            Err(e) => AuditOutcome::from_error(e),
+        };
+        let tenant = tenant.to_owned();
+        let token = Token::parse(token).map(|t| t.as_str().to_owned());
+        let purpose = purpose.map(str::to_owned);
+        let ctx = ctx.clone();
+        let now = self.now().unix_timestamp();
+        self.write(move |conn, state| {
+            let rec = AuditRecord {
+                action,
+                tenant: Some(&tenant),
+                token: token.as_deref(),
+                purpose: purpose.as_deref(),
+                subject: None,
+                outcome,
+                details: None,
+            };
+            match state.record(conn, &keys, &ctx, &rec, now) {
+                Ok(()) => (true, Ok(())),
+                Err(e) => (false, Err(e)),
+            }
+        })
+        .await
+        .map_err(|e| if e.is_unavailable() { VaultError::AuditUnavailable } else { e })
+    }
+
+    /// Number of tokens stored.
+    pub fn token_count(&self) -> Result<i64, VaultError> {
+        let conn = self.inner.readers.get()?;
+        conn.query_row("SELECT count(*) FROM cards", [], |r| r.get(0)).map_err(store_err)
+    }
+
+    /// The active data-key version.
+    pub fn active_key_version(&self) -> Result<u32, VaultError> {
+        Ok(self.keys()?.active)
+    }
+
+    /// Reloads keys if another process changed them (e.g. `keys rotate`).
+    /// Returns whether anything changed.
+    pub fn refresh_keys(&self) -> Result<bool, VaultError> {
+        let conn = self.inner.readers.get()?;
+        let epoch = keyring::key_epoch(&conn)?;
+        let current = self.keys()?;
+        if epoch == current.epoch {
+            return Ok(false);
+        }
+        let root = SecretKey32::from_slice(current.root.expose_secret()).ok_or(VaultError::Crypto)?;
+        let fresh = Keyring::load(&conn, &current.vault_id, root)?;
+        let mut guard = self.inner.keys.write().map_err(|_| VaultError::KeyState("key lock poisoned".into()))?;
+        *guard = Arc::new(fresh);
+        Ok(true)
+    }
+
+    /// Stops the writer after the jobs already queued.
+    pub fn shutdown(&self) {
+        self.inner.writer.shutdown();
+    }
+
+    /// The database path.
+    pub fn db_path(&self) -> &Path {
+        &self.inner.db
+    }
+}
+
+/// A tenant name: 1–64 of `[A-Za-z0-9._-]`.
+pub fn validate_tenant(tenant: &str) -> Result<(), VaultError> {
+    if tenant.is_empty() || tenant.len() > 64 || !tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(VaultError::invalid("tenant", "1 to 64 characters of A-Z a-z 0-9 . _ -"));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tokenize_in_tx(
+    conn: &Connection,
+    keys: &Keyring,
+    tenant: &str,
+    req: &TokenizeRequest,
+    fp: &[u8],
+    metadata: Option<&str>,
+    expires_at: Option<i64>,
+    now: i64,
+) -> Result<TokenInfo, VaultError> {
+    if !req.force_new {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT token, key_version, brand, bin, last4, exp_month, exp_year, subject, metadata, created_at, expires_at
+                 FROM cards WHERE fingerprint = ?1 AND tenant = ?2 AND (expires_at IS NULL OR expires_at > ?3) LIMIT 1",
+            )
+            .map_err(store_err)?;
+        let found = stmt
+            .query_row(params![fp, tenant, now], |r| {
+                Ok(Row {
+                    token: r.get(0)?,
+                    tenant: tenant.to_owned(),
+                    key_version: r.get(1)?,
+                    nonce: Vec::new(),
+                    ciphertext: Vec::new(),
+                    fingerprint: fp.to_vec(),
+                    brand: r.get(2)?,
+                    bin: r.get(3)?,
+                    last4: r.get(4)?,
+                    exp_month: r.get(5)?,
+                    exp_year: r.get(6)?,
+                    subject: r.get(7)?,
+                    metadata: r.get(8)?,
+                    created_at: r.get(9)?,
+                    expires_at: r.get(10)?,
+                })
+            })
+            .optional()
+            .map_err(store_err)?;
+        if let Some(row) = found {
+            return Ok(row.info(true));
+        }
+    }
+    let key = keys.active_key()?;
+    let pan = &req.card.pan;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO cards (token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4,
+                                exp_month, exp_year, subject, metadata, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )
+        .map_err(store_err)?;
+    // One draw from the RNG per attempt: token (16) + nonce (12).
+    for _attempt in 0..32 {
+        let mut random = [0u8; 28];
+        rng::fill(&mut random)?;
+        let (tok_bytes, nonce_bytes) = random.split_at(16);
+        let token = match req.format {
+            TokenFormat::Opaque => Token::opaque_from_random(tok_bytes.try_into().map_err(|_| VaultError::Crypto)?),
+            TokenFormat::BinLast4 => Token::generate_bin_last4(pan.expose_digits())?,
+        };
+        let nonce: [u8; 12] = nonce_bytes.try_into().map_err(|_| VaultError::Crypto)?;
+        let sealed = key.seal(tenant, token.as_str(), &req.card, nonce)?;
+        let res = insert.execute(params![
+            token.as_str(),
+            tenant,
+            sealed.key_version,
+            &sealed.nonce[..],
+            sealed.ciphertext,
+            fp,
+            pan.brand().as_str(),
+            pan.bin(),
+            pan.last4(),
+            req.expiry.month(),
+            req.expiry.year(),
+            req.subject,
+            metadata,
+            now,
+            expires_at
+        ]);
+        match res {
+            Ok(_) => {
+                conn.prepare_cached("UPDATE data_keys SET encryptions = encryptions + 1 WHERE version = ?1")
+                    .and_then(|mut s| s.execute([sealed.key_version]))
+                    .map_err(store_err)?;
+                return Ok(TokenInfo {
+                    token: token.as_str().to_owned(),
+                    card: CardFacts {
+                        brand: pan.brand().as_str().to_owned(),
+                        bin: pan.bin().to_owned(),
+                        last4: pan.last4().to_owned(),
+                        exp_month: req.expiry.month(),
+                        exp_year: req.expiry.year(),
+                    },
+                    fingerprint: hex(fp),
+                    created_at: rfc3339(now),
+                    key_version: sealed.key_version,
+                    subject: req.subject.clone(),
+                    metadata: req.metadata.clone(),
+                    expires_at: expires_at.map(rfc3339),
+                    deduplicated: false,
+                });
+            }
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => continue,
+            Err(e) => return Err(store_err(e)),
+        }
+    }
+    Err(VaultError::invalid("format", "no free bin_last4 token left for this card's BIN and last 4; use the opaque format"))
+}
+
+struct Row {
+    token: String,
+    tenant: String,
+    key_version: u32,
+    nonce: Vec<u8>,
+    ciphertext: Vec<u8>,
+    fingerprint: Vec<u8>,
+    brand: String,
+    bin: String,
+    last4: String,
+    exp_month: i64,
+    exp_year: i64,
+    subject: Option<String>,
+    metadata: Option<String>,
+    created_at: i64,
+    expires_at: Option<i64>,
+}
+
+impl Row {
+    fn info(self, deduplicated: bool) -> TokenInfo {
+        TokenInfo {
+            token: self.token,
+            card: CardFacts {
+                brand: self.brand,
+                bin: self.bin,
+                last4: self.last4,
+                exp_month: u8::try_from(self.exp_month).unwrap_or(0),
+                exp_year: u16::try_from(self.exp_year).unwrap_or(0),
+            },
+            fingerprint: hex(&self.fingerprint),
+            created_at: rfc3339(self.created_at),
+            key_version: self.key_version,
+            subject: self.subject,
+            metadata: self.metadata.and_then(|m| serde_json::from_str(&m).ok()),
+            expires_at: self.expires_at.map(rfc3339),
+            deduplicated,
+        }
+    }
+}
+
+// ---- key administration (CLI) ----
+
+impl Vault {
+    /// Lists the data keys.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, VaultError> {
+        let conn = self.inner.readers.get()?;
+        list_keys(&conn, self.now())
+    }
+}
+
+/// Lists the data keys of the database behind `conn`.
+pub fn list_keys(conn: &Connection, now: OffsetDateTime) -> Result<Vec<KeyInfo>, VaultError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT k.version, k.state, k.created_at, k.retired_at, k.destroyed_at, k.encryptions,
+                    (SELECT count(*) FROM cards c WHERE c.key_version = k.version)
+             FROM data_keys k ORDER BY k.version",
+        )
+        .map_err(store_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            let created: i64 = r.get(2)?;
+            Ok(KeyInfo {
+                version: r.get(0)?,
+                state: r.get(1)?,
+                created_at: rfc3339(created),
+                age_days: (now.unix_timestamp() - created).max(0) / 86_400,
+                retired_at: r.get::<_, Option<i64>>(3)?.map(rfc3339),
+                destroyed_at: r.get::<_, Option<i64>>(4)?.map(rfc3339),
+                encryptions: r.get(5)?,
+                records: r.get(6)?,
+            })
+        })
+        .map_err(store_err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(store_err)
+}
+
+/// Administrative access to a vault's keys without running the service (the CLI).
+pub struct Admin {
+    conn: Connection,
+    keys: Keyring,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").field("keys", &self.keys).finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    /// Opens and unseals `data_dir` for administration.
+    pub fn open(data_dir: &Path, unlock: &Unlock, clock: Clock) -> Result<Admin, VaultError> {
+        let db = store::db_path(data_dir);
+        if !db.exists() {
+            return Err(VaultError::NotInitialized(data_dir.display().to_string()));
+        }
+        let conn = store::open_writer(&db, false)?;
+        store::check_integrity(&conn)?;
+        let vault_id = keyring::meta_get(&conn, "vault_id")?
+            .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
+        let (root, _) = keyring::unseal_root(&conn, &vault_id, unlock)?;
+        let keys = Keyring::load(&conn, &vault_id, root)?;
+        Ok(Admin { conn, keys, clock })
+    }
+
+    /// Lists the keys.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, VaultError> {
+        list_keys(&self.conn, (self.clock)())
+    }
+
+    /// Makes a new active data key; the previous becomes decrypt-only. Returns the
+    /// new version.
+    pub fn rotate(&mut self, actor: &AccessContext) -> Result<u32, VaultError> {
+        let now = (self.clock)().unix_timestamp();
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(store_err)?;
+        let next: u32 = tx.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM data_keys", [], |r| r.get(0)).map_err(store_err)?;
+        tx.execute("UPDATE data_keys SET state = 'decrypt_only' WHERE state = 'active'", []).map_err(store_err)?;
+        keyring::insert_data_key(&tx, &self.keys.vault_id, &self.keys.root, next, now)?;
+        keyring::bump_key_epoch(&tx)?;
+        let details = format!("new_version={next}");
+        audit_hook::record_admin(&tx, &self.keys, actor, AuditAction::KeyRotate, Some(&details), now)?;
+        tx.commit().map_err(store_err)?;
+        let root = SecretKey32::from_slice(self.keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+        self.keys = Keyring::load(&self.conn, &self.keys.vault_id, root)?;
+        Ok(next)
+    }
+
+    /// The active key's age in whole days.
+    pub fn active_key_age_days(&self) -> Result<i64, VaultError> {
+        let keys = self.list_keys()?;
+        keys.iter().find(|k| k.state == "active").map(|k| k.age_days).ok_or_else(|| VaultError::KeyState("no active key".into()))
+    }
+}
+
+/// Default Argon2id parameters for new vaults.
+pub fn default_kdf() -> KdfParams {
+    KdfParams::MINIMUM
+}

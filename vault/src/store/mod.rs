@@ -1,0 +1,153 @@
+//! The durable store: SQLite in WAL mode with `synchronous=FULL`, one writer thread
+//! that commits concurrently submitted work together (group commit), and a pool of
+//! read connections. This module sees only sealed records, never card numbers.
+
+mod pool;
+pub mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use pool::{PooledConn, ReadPool};
+pub use writer::{Completion, Job, JobOutcome, Writer, WriterConfig, WriterState};
+
+/// A storage failure. Messages carry SQLite's error class, never SQL parameters.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("database error: {0}")]
+    Sqlite(String),
+    /// The database was written by a newer panvault.
+    #[error("database schema version {0} is newer than this build understands")]
+    SchemaTooNew(i64),
+    /// The database file failed its integrity check or is not a panvault database.
+    #[error("database is corrupt or not a panvault vault: {0}")]
+    Corrupt(String),
+    /// The writer is gone, overloaded, or did not answer in time.
+    #[error("storage writer unavailable: {0}")]
+    Unavailable(&'static str),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        // Only the error class: rusqlite's messages can include statement text but
+        // never bound parameters; still, keep it to the code and a short reason.
+        match e {
+            rusqlite::Error::SqliteFailure(err, _) => {
+                StoreError::Sqlite(format!("{:?} ({})", err.code, err.extended_code))
+            }
+            other => StoreError::Sqlite(short(&other)),
+        }
+    }
+}
+
+fn short(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::QueryReturnedNoRows => "no rows".into(),
+        rusqlite::Error::InvalidColumnType(i, _, t) => format!("column {i} has type {t}"),
+        rusqlite::Error::FromSqlConversionFailure(i, t, _) => format!("column {i} ({t}) conversion failed"),
+        _ => "sqlite error".into(),
+    }
+}
+
+impl StoreError {
+    /// Whether the error means the disk or database cannot take writes now
+    /// (full, read-only, I/O error, locked): a reason to answer 503.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Sqlite(s) => {
+                s.contains("DiskFull")
+                    || s.contains("ReadOnly")
+                    || s.contains("SystemIoFailure")
+                    || s.contains("DatabaseBusy")
+                    || s.contains("DatabaseLocked")
+                    || s.contains("CannotOpen")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Page size of new databases. Random-key index inserts dirty one leaf page each,
+/// so smaller pages mean fewer bytes written to the WAL per durable insert.
+pub const PAGE_SIZE: u32 = 4096;
+
+fn page_size() -> u32 {
+    std::env::var("PANVAULT_PAGE_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(PAGE_SIZE)
+}
+
+/// The connection settings every connection gets.
+fn configure(conn: &Connection, writer: bool) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -65536i64)?; // 64 MiB
+    if writer {
+        // The checkpointer thread runs PASSIVE checkpoints; the writer never blocks on one.
+        conn.pragma_update(None, "wal_autocheckpoint", 0i64)?;
+    } else {
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
+    Ok(())
+}
+
+/// Opens (creating if `create`) the database at `path` for writing, in WAL mode,
+/// migrated to the latest schema.
+pub fn open_writer(path: &Path, create: bool) -> Result<Connection, StoreError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let mut conn = Connection::open_with_flags(path, flags)?;
+    if create {
+        conn.pragma_update(None, "page_size", page_size())?;
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| StoreError::Corrupt(StoreError::from(e).to_string()))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Sqlite(format!("could not enable WAL (journal_mode={mode})")));
+    }
+    configure(&conn, true)?;
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection.
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure(&conn, false)?;
+    Ok(conn)
+}
+
+/// Runs `PRAGMA quick_check` and refuses a damaged or foreign file.
+pub fn check_integrity(conn: &Connection) -> Result<(), StoreError> {
+    let res: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| StoreError::Corrupt(StoreError::from(e).to_string()))?;
+    if res != "ok" {
+        return Err(StoreError::Corrupt(res.chars().take(200).collect()));
+    }
+    Ok(())
+}
+
+/// The database file of a data directory.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("vault.db")
+}
+
+/// Up to `n` tokens of the store, for benchmarks and tests.
+pub fn sample_tokens(path: &Path, n: i64) -> Result<Vec<String>, StoreError> {
+    let conn = open_reader(path)?;
+    let mut stmt = conn.prepare("SELECT token FROM cards ORDER BY id DESC LIMIT ?1")?;
+    let rows = stmt.query_map([n], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}

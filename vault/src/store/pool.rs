@@ -1,0 +1,72 @@
+//! A small pool of read-only connections.
+
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use rusqlite::Connection;
+
+use super::{StoreError, open_reader};
+
+/// Read connections, opened on demand and kept for reuse.
+#[derive(Debug)]
+pub struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl ReadPool {
+    /// A pool over the database at `path`, keeping at most `max_idle` connections.
+    pub fn new(path: PathBuf, max_idle: usize) -> Self {
+        ReadPool { path, idle: Mutex::new(Vec::new()), max_idle }
+    }
+
+    /// A connection, returned to the pool when dropped.
+    pub fn get(&self) -> Result<PooledConn<'_>, StoreError> {
+        let conn = match self.idle.lock() {
+            Ok(mut idle) => idle.pop(),
+            Err(_) => None,
+        };
+        let conn = match conn {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        Ok(PooledConn { pool: self, conn: Some(conn) })
+    }
+}
+
+/// A read connection borrowed from a [`ReadPool`].
+#[derive(Debug)]
+pub struct PooledConn<'a> {
+    pool: &'a ReadPool,
+    conn: Option<Connection>,
+}
+
+impl Deref for PooledConn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        // Always Some until drop.
+        match &self.conn {
+            Some(c) => c,
+            None => unreachable_conn(),
+        }
+    }
+}
+
+#[allow(clippy::panic)] // invariant: `conn` is taken only in `drop`
+fn unreachable_conn() -> ! {
+    panic!("pooled connection used after drop")
+}
+
+impl Drop for PooledConn<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            if let Ok(mut idle) = self.pool.idle.lock() {
+                if idle.len() < self.pool.max_idle {
+                    idle.push(c);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Schema and versioned migrations (tracked in `PRAGMA user_version`).
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migrations in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: keys, cards
+    r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE seal (
+    id               INTEGER PRIMARY KEY CHECK (id = 1),
+    method           TEXT NOT NULL CHECK (method IN ('passphrase', 'shamir')),
+    kdf_m_kib        INTEGER,
+    kdf_t            INTEGER,
+    kdf_p            INTEGER,
+    salt             BLOB,
+    shares_total     INTEGER,
+    shares_threshold INTEGER,
+    sealed_root      BLOB NOT NULL,
+    root_created_at  INTEGER NOT NULL,
+    generation       INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE data_keys (
+    version      INTEGER PRIMARY KEY,
+    state        TEXT NOT NULL CHECK (state IN ('active', 'decrypt_only', 'retired', 'destroyed')),
+    wrapped      BLOB,
+    created_at   INTEGER NOT NULL,
+    retired_at   INTEGER,
+    destroyed_at INTEGER,
+    encryptions  INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE UNIQUE INDEX data_keys_one_active ON data_keys(state) WHERE state = 'active';
+
+CREATE TABLE wrapped_keys (
+    name       TEXT PRIMARY KEY,
+    wrapped    BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE cards (
+    id          INTEGER PRIMARY KEY,
+    token       TEXT NOT NULL,
+    tenant      TEXT NOT NULL,
+    key_version INTEGER NOT NULL,
+    nonce       BLOB NOT NULL,
+    ciphertext  BLOB NOT NULL,
+    fingerprint BLOB NOT NULL,
+    brand       TEXT NOT NULL,
+    bin         TEXT NOT NULL,
+    last4       TEXT NOT NULL,
+    exp_month   INTEGER NOT NULL,
+    exp_year    INTEGER NOT NULL,
+    subject     TEXT,
+    metadata    TEXT,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER
+) STRICT;
+CREATE UNIQUE INDEX cards_token ON cards(token);
+CREATE INDEX cards_fingerprint ON cards(fingerprint);
+CREATE INDEX cards_subject ON cards(tenant, subject) WHERE subject IS NOT NULL;
+CREATE INDEX cards_key_version ON cards(key_version);
+"#,
+];
+
+/// The schema version this build writes.
+pub fn latest_version() -> i64 {
+    i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
+}
+
+/// Brings the database to the latest schema, each migration in its own transaction.
+/// A database from a newer build is refused.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > latest_version() {
+        return Err(StoreError::SchemaTooNew(current));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        if version <= current {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

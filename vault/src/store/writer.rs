@@ -1,0 +1,264 @@
+//! The single writer: one thread owns the write connection, takes every job that is
+//! waiting, runs them in one `IMMEDIATE` transaction (each inside its own savepoint,
+//! so one failing job does not undo the others), commits once with
+//! `synchronous=FULL`, and only then tells each caller how its job went.
+//!
+//! A second thread checkpoints the WAL passively so the writer never waits on it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// Called once the batch holding the job has committed (`Ok`) or failed (`Err`).
+pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// What a job decided: keep its changes or roll its savepoint back, and what to do
+/// once the batch's fate is known.
+pub struct JobOutcome {
+    /// Keep the job's changes.
+    pub keep: bool,
+    /// Runs after commit (or failure) of the batch.
+    pub completion: Completion,
+}
+
+impl std::fmt::Debug for JobOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobOutcome").field("keep", &self.keep).finish_non_exhaustive()
+    }
+}
+
+/// Hook state the writer keeps across batches (e.g. the audit chain's head), with a
+/// way to roll it back when a savepoint or the whole batch is undone.
+pub trait WriterState: Send + 'static {
+    /// A copy of whatever must be restored on rollback.
+    type Snapshot;
+    /// Takes a snapshot.
+    fn snapshot(&self) -> Self::Snapshot;
+    /// Restores a snapshot.
+    fn restore(&mut self, snap: Self::Snapshot);
+    /// Runs after every committed batch, inside a new transaction if it needs one.
+    fn after_commit(&mut self, _conn: &mut Connection) {}
+}
+
+impl WriterState for () {
+    type Snapshot = ();
+    fn snapshot(&self) {}
+    fn restore(&mut self, _snap: ()) {}
+}
+
+/// A unit of work run by the writer inside the batch transaction.
+pub type Job<S> = Box<dyn FnOnce(&Connection, &mut S) -> JobOutcome + Send>;
+
+/// Tuning of the writer.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// How many jobs may wait before submissions are refused (503, never blocking).
+    pub queue: usize,
+    /// At most this many jobs per transaction.
+    pub max_batch: usize,
+    /// How often the checkpointer runs.
+    pub checkpoint_every: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig { queue: 65_536, max_batch: 4096, checkpoint_every: Duration::from_millis(250) }
+    }
+}
+
+/// Handle to the writer thread.
+pub struct Writer<S: WriterState> {
+    tx: Mutex<Option<SyncSender<Job<S>>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl<S: WriterState> std::fmt::Debug for Writer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+impl<S: WriterState> Writer<S> {
+    /// Starts the writer on `conn` with initial `state`, and a checkpointer on `path`.
+    pub fn start(conn: Connection, state: S, path: PathBuf, cfg: WriterConfig) -> Result<Self, StoreError> {
+        let (tx, rx) = sync_channel::<Job<S>>(cfg.queue);
+        let max_batch = cfg.max_batch.max(1);
+        let thread = std::thread::Builder::new()
+            .name("panvault-writer".into())
+            .spawn(move || run(conn, state, rx, max_batch))
+            .map_err(|_| StoreError::Unavailable("could not start the writer thread"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let every = cfg.checkpoint_every;
+        let checkpointer = std::thread::Builder::new()
+            .name("panvault-checkpoint".into())
+            .spawn(move || checkpoint_loop(path, every, stop2))
+            .map_err(|_| StoreError::Unavailable("could not start the checkpointer thread"))?;
+        Ok(Writer {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            checkpointer: Mutex::new(Some(checkpointer)),
+            stop,
+        })
+    }
+
+    /// Queues a job. Never blocks: a full queue or a stopped writer is an error.
+    pub fn submit(&self, job: Job<S>) -> Result<(), StoreError> {
+        let guard = self.tx.lock().map_err(|_| StoreError::Unavailable("writer lock poisoned"))?;
+        let Some(tx) = guard.as_ref() else {
+            return Err(StoreError::Unavailable("writer stopped"));
+        };
+        match tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(StoreError::Unavailable("write queue full")),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Unavailable("writer stopped")),
+        }
+    }
+
+    /// Stops taking jobs, finishes those queued, and joins both threads.
+    pub fn shutdown(&self) {
+        if let Ok(mut g) = self.tx.lock() {
+            g.take();
+        }
+        if let Ok(mut g) = self.thread.lock() {
+            if let Some(h) = g.take() {
+                let _ = h.join();
+            }
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        if let Ok(mut g) = self.checkpointer.lock() {
+            if let Some(h) = g.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl<S: WriterState> Drop for Writer<S> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run<S: WriterState>(mut conn: Connection, mut state: S, rx: Receiver<Job<S>>, max_batch: usize) {
+    let mut batch: Vec<Job<S>> = Vec::with_capacity(max_batch);
+    let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(job) => batch.push(job),
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let before = state.snapshot();
+        let result = run_batch(&mut conn, &mut state, &mut batch, &mut completions);
+        if result.is_err() {
+            state.restore(before);
+        }
+        let failed = result.err();
+        for c in completions.drain(..) {
+            match &failed {
+                None => c(Ok(())),
+                Some(e) => c(Err(clone_err(e))),
+            }
+        }
+        if failed.is_none() {
+            state.after_commit(&mut conn);
+        }
+    }
+}
+
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Sqlite(s) => StoreError::Sqlite(s.clone()),
+        StoreError::SchemaTooNew(v) => StoreError::SchemaTooNew(*v),
+        StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
+        StoreError::Unavailable(s) => StoreError::Unavailable(s),
+    }
+}
+
+fn run_batch<S: WriterState>(
+    conn: &mut Connection,
+    state: &mut S,
+    batch: &mut Vec<Job<S>>,
+    completions: &mut Vec<Completion>,
+) -> Result<(), StoreError> {
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            // The jobs never ran: fail them all.
+            let err = StoreError::from(e);
+            for job in batch.drain(..) {
+                drop(job);
+            }
+            return Err(err);
+        }
+    };
+    for job in batch.drain(..) {
+        let snap = state.snapshot();
+        let sp = match tx.savepoint() {
+            Ok(sp) => sp,
+            Err(e) => {
+                // Could not even open a savepoint: the transaction is unusable.
+                return Err(StoreError::from(e));
+            }
+        };
+        let outcome = job(&sp, state);
+        if outcome.keep {
+            sp.commit()?;
+        } else {
+            drop(sp); // rolls back
+            state.restore(snap);
+        }
+        completions.push(outcome.completion);
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// WAL frames after which the checkpointer restarts the log (~64 MiB of 4 KiB pages).
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
+fn checkpoint_loop(path: PathBuf, every: Duration, stop: Arc<AtomicBool>) {
+    let mut conn: Option<Connection> = None;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(every);
+        if conn.is_none() {
+            conn = Connection::open(&path).ok();
+            if let Some(c) = &conn {
+                let _ = c.busy_timeout(Duration::from_millis(100));
+            }
+        }
+        if let Some(c) = &conn {
+            // PASSIVE: copies what it can without blocking the writer or readers.
+            let frames = c
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+                .unwrap_or(0);
+            // Under steady load a passive checkpoint never finishes, and the WAL only
+            // restarts once one does: past the limit, briefly hold the writer off
+            // (it waits through its busy timeout) and restart the log.
+            if frames > WAL_RESTART_FRAMES {
+                let _ = c.busy_timeout(Duration::from_secs(2));
+                let _ = c.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+                let _ = c.busy_timeout(Duration::from_millis(100));
+            }
+        }
+    }
+    if let Some(c) = &conn {
+        let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+}
