@@ -24,6 +24,12 @@ enum Command {
     /// Data-encryption key management.
     #[command(subcommand)]
     Keys(cmd::keys::Command),
+    /// Run the vault's HTTPS API (mutual TLS).
+    Serve(cmd::serve::Args),
+    /// Make a development vault (passphrase, PKI, config) and serve it.
+    Quickstart(cmd::quickstart::Args),
+    /// Load generator: N keep-alive mTLS connections against a running server.
+    Bench(cmd::bench::Args),
     /// Find card numbers left in files and archives.
     Scan(cmd::scan::Args),
     /// Audit log: verify, export, checkpoint.
@@ -40,6 +46,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(args) => cmd::init::run(args),
         Command::Keys(c) => cmd::keys::run(c),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Quickstart(args) => cmd::quickstart::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::Scan(args) => cmd::scan::run(args),
         Command::Audit(c) => cmd::audit::run(c),
         Command::Dev(c) => cmd::dev::run(c),

@@ -24,3 +24,6 @@ pub use crate::error::VaultError;
 pub use crate::service::keyring::{SealSpec, Unlock};
 pub use crate::service::request::{AccessContext, CardFacts, Detokenized, TokenInfo, TokenizeRequest};
 pub use crate::service::{Admin, Clock, KeyInfo, Vault, VaultOptions, system_clock};
+pub mod config;
+pub mod http;
+pub mod tls;

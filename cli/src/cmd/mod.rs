@@ -1,6 +1,9 @@
 //! One module per subcommand.
 pub mod audit;
+pub mod bench;
 pub mod dev;
 pub mod init;
 pub mod keys;
+pub mod quickstart;
 pub mod scan;
+pub mod serve;

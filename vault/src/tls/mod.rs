@@ -1,0 +1,1 @@
+//! mTLS server (being written).
