@@ -152,6 +152,7 @@ impl<S: WriterState> Drop for Writer<S> {
 fn run<S: WriterState>(mut conn: Connection, mut state: S, rx: Receiver<Job<S>>, max_batch: usize) {
     let mut batch: Vec<Job<S>> = Vec::with_capacity(max_batch);
     let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
+    let mut stats = Stats::new();
     loop {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(job) => batch.push(job),
@@ -165,7 +166,10 @@ fn run<S: WriterState>(mut conn: Connection, mut state: S, rx: Receiver<Job<S>>,
             }
         }
         let before = state.snapshot();
+        let t0 = std::time::Instant::now();
+        let n = batch.len();
         let result = run_batch(&mut conn, &mut state, &mut batch, &mut completions);
+        stats.record(n, t0.elapsed());
         if result.is_err() {
             state.restore(before);
         }
@@ -260,5 +264,36 @@ fn checkpoint_loop(path: PathBuf, every: Duration, stop: Arc<AtomicBool>) {
     }
     if let Some(c) = &conn {
         let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+}
+
+/// Batch statistics, logged every 5 s at debug level (`PANVAULT_LOG=panvault_vault=debug`).
+struct Stats {
+    since: std::time::Instant,
+    batches: u64,
+    jobs: u64,
+    busy: Duration,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Stats { since: std::time::Instant::now(), batches: 0, jobs: 0, busy: Duration::ZERO }
+    }
+
+    fn record(&mut self, jobs: usize, took: Duration) {
+        self.batches += 1;
+        self.jobs += u64::try_from(jobs).unwrap_or(0);
+        self.busy += took;
+        let elapsed = self.since.elapsed();
+        if elapsed >= Duration::from_secs(5) {
+            tracing::debug!(
+                batches = self.batches,
+                jobs = self.jobs,
+                busy_ms = u64::try_from(self.busy.as_millis()).unwrap_or(u64::MAX),
+                elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                "writer"
+            );
+            *self = Stats::new();
+        }
     }
 }
