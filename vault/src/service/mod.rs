@@ -420,9 +420,9 @@ impl Vault {
                 },
                 details: None,
             };
-            let keep = result.is_ok();
+            // A refused delete changed nothing; its event is still recorded.
             match state.record(conn, &keys, &ctx, &rec, now) {
-                Ok(()) => (keep, result),
+                Ok(()) => (true, result),
                 Err(e) => (false, Err(e)),
             }
         })
