@@ -12,7 +12,6 @@ use zeroize::Zeroizing;
 use super::keyring::Keyring;
 use super::request::AccessContext;
 use crate::error::VaultError;
-use crate::store::WriterState;
 
 /// What was done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,13 +83,13 @@ pub struct AuditRecord<'a> {
     pub details: Option<&'a str>,
 }
 
-/// The writer thread's state.
+/// The audit side of the writer's state: the chain head.
 #[derive(Debug)]
-pub struct VaultState {}
+pub(crate) struct AuditState {}
 
-impl VaultState {
+impl AuditState {
     pub(crate) fn load(_conn: &Connection, _keys: &Keyring) -> Result<Self, VaultError> {
-        Ok(VaultState {})
+        Ok(AuditState {})
     }
 
     /// Appends an event inside the current transaction.
@@ -104,12 +103,6 @@ impl VaultState {
     ) -> Result<(), VaultError> {
         Ok(())
     }
-}
-
-impl WriterState for VaultState {
-    type Snapshot = ();
-    fn snapshot(&self) {}
-    fn restore(&mut self, _snap: ()) {}
 }
 
 /// A new Ed25519 signing key as PKCS#8.

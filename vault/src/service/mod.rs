@@ -8,6 +8,7 @@
 mod audit_hook;
 pub mod keyring;
 pub mod request;
+mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -19,14 +20,15 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::oneshot;
 
 use crate::core::envelope::SealedRecord;
-use crate::core::kdf::KdfParams;
+use crate::core::kdf::{FINGERPRINT_LEN, KdfParams};
 use crate::core::pan::Expiry;
 use crate::core::rng;
 use crate::core::secret::SecretKey32;
 use crate::core::token::{Token, TokenFormat};
 use crate::error::VaultError;
 use crate::store::{self, JobOutcome, ReadPool, StoreError, Writer, WriterConfig};
-pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord, VaultState};
+pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord};
+pub use state::VaultState;
 use keyring::{Keyring, SealSpec, Unlock};
 use request::{AccessContext, CardFacts, Detokenized, TokenInfo, TokenizeRequest};
 
@@ -295,7 +297,7 @@ impl Vault {
             for item in prepared {
                 let (result, subject) = match item {
                     Ok((req, fp, metadata, expires_at)) => {
-                        (tokenize_in_tx(conn, &keys, &tenant, &req, &fp, metadata.as_deref(), expires_at, now), req.subject)
+                        (tokenize_in_tx(conn, state, &keys, &tenant, &req, &fp, metadata.as_deref(), expires_at, now), req.subject)
                     }
                     Err(e) => (Err(e), None),
                 };
@@ -517,45 +519,49 @@ pub fn validate_tenant(tenant: &str) -> Result<(), VaultError> {
 #[allow(clippy::too_many_arguments)]
 fn tokenize_in_tx(
     conn: &Connection,
+    state: &mut VaultState,
     keys: &Keyring,
     tenant: &str,
     req: &TokenizeRequest,
-    fp: &[u8],
+    fp: &[u8; FINGERPRINT_LEN],
     metadata: Option<&str>,
     expires_at: Option<i64>,
     now: i64,
 ) -> Result<TokenInfo, VaultError> {
     if !req.force_new {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT token, key_version, brand, bin, last4, exp_month, exp_year, subject, metadata, created_at, expires_at
-                 FROM cards WHERE fingerprint = ?1 AND tenant = ?2 AND (expires_at IS NULL OR expires_at > ?3) LIMIT 1",
-            )
-            .map_err(store_err)?;
-        let found = stmt
-            .query_row(params![fp, tenant, now], |r| {
-                Ok(Row {
-                    token: r.get(0)?,
-                    tenant: tenant.to_owned(),
-                    key_version: r.get(1)?,
-                    nonce: Vec::new(),
-                    ciphertext: Vec::new(),
-                    fingerprint: fp.to_vec(),
-                    brand: r.get(2)?,
-                    bin: r.get(3)?,
-                    last4: r.get(4)?,
-                    exp_month: r.get(5)?,
-                    exp_year: r.get(6)?,
-                    subject: r.get(7)?,
-                    metadata: r.get(8)?,
-                    created_at: r.get(9)?,
-                    expires_at: r.get(10)?,
+        if let Some(id) = state.dedup.get(fp) {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT token, key_version, brand, bin, last4, exp_month, exp_year, subject, metadata, created_at, expires_at
+                     FROM cards WHERE id = ?1 AND fingerprint = ?2 AND tenant = ?3 AND (expires_at IS NULL OR expires_at > ?4)",
+                )
+                .map_err(store_err)?;
+            let found = stmt
+                .query_row(params![id, &fp[..], tenant, now], |r| {
+                    Ok(Row {
+                        token: r.get(0)?,
+                        tenant: tenant.to_owned(),
+                        key_version: r.get(1)?,
+                        nonce: Vec::new(),
+                        ciphertext: Vec::new(),
+                        fingerprint: fp.to_vec(),
+                        brand: r.get(2)?,
+                        bin: r.get(3)?,
+                        last4: r.get(4)?,
+                        exp_month: r.get(5)?,
+                        exp_year: r.get(6)?,
+                        subject: r.get(7)?,
+                        metadata: r.get(8)?,
+                        created_at: r.get(9)?,
+                        expires_at: r.get(10)?,
+                    })
                 })
-            })
-            .optional()
-            .map_err(store_err)?;
-        if let Some(row) = found {
-            return Ok(row.info(true));
+                .optional()
+                .map_err(store_err)?;
+            match found {
+                Some(row) => return Ok(row.info(true)),
+                None => state.dedup.remove(fp),
+            }
         }
     }
     let key = keys.active_key()?;
@@ -584,7 +590,7 @@ fn tokenize_in_tx(
             sealed.key_version,
             &sealed.nonce[..],
             sealed.ciphertext,
-            fp,
+            &fp[..],
             pan.brand().as_str(),
             pan.bin(),
             pan.last4(),
@@ -597,9 +603,8 @@ fn tokenize_in_tx(
         ]);
         match res {
             Ok(_) => {
-                conn.prepare_cached("UPDATE data_keys SET encryptions = encryptions + 1 WHERE version = ?1")
-                    .and_then(|mut s| s.execute([sealed.key_version]))
-                    .map_err(store_err)?;
+                state.count_encryption(sealed.key_version);
+                state.dedup.insert(*fp, conn.last_insert_rowid());
                 return Ok(TokenInfo {
                     token: token.as_str().to_owned(),
                     card: CardFacts {

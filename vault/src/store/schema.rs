@@ -63,7 +63,6 @@ CREATE TABLE cards (
     expires_at  INTEGER
 ) STRICT;
 CREATE UNIQUE INDEX cards_token ON cards(token);
-CREATE INDEX cards_fingerprint ON cards(fingerprint);
 CREATE INDEX cards_subject ON cards(tenant, subject) WHERE subject IS NOT NULL;
 CREATE INDEX cards_key_version ON cards(key_version);
 "#,

@@ -48,7 +48,12 @@ pub trait WriterState: Send + 'static {
     fn snapshot(&self) -> Self::Snapshot;
     /// Restores a snapshot.
     fn restore(&mut self, snap: Self::Snapshot);
-    /// Runs after every committed batch, inside a new transaction if it needs one.
+    /// Runs after the batch's jobs, inside its transaction, before the commit (e.g. to
+    /// flush counters). An error fails the batch.
+    fn before_commit(&mut self, _conn: &Connection) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Runs after every committed batch.
     fn after_commit(&mut self, _conn: &mut Connection) {}
 }
 
@@ -229,6 +234,7 @@ fn run_batch<S: WriterState>(
         drop(tx);
         return Err(StoreError::Unavailable("a job in the batch failed; batch rolled back"));
     }
+    state.before_commit(&tx)?;
     tx.commit()?;
     Ok(())
 }
