@@ -42,3 +42,77 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+use std::path::{Path, PathBuf};
+
+use panvault_vault::{SecretText, Unlock};
+
+/// The default data directory (`--data-dir`).
+pub const DEFAULT_DATA_DIR: &str = "./panvault-data";
+
+/// Where the passphrase comes from, in order: `--passphrase-file`, the
+/// `PANVAULT_PASSPHRASE` environment variable, a no-echo prompt on the terminal.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecretArgs {
+    /// Read the passphrase from this file (first line).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// A custodian share file (repeat for each share) for vaults sealed with shares.
+    #[arg(long = "share", value_name = "FILE")]
+    pub shares: Vec<PathBuf>,
+}
+
+impl SecretArgs {
+    /// Reads the passphrase (or shares) and returns what unseals the vault.
+    pub fn unlock(&self, confirm: bool) -> Result<Unlock, CliError> {
+        if !self.shares.is_empty() {
+            return Err(CliError::usage("custodian shares are not supported by this build yet"));
+        }
+        Ok(Unlock::Passphrase(read_passphrase(self.passphrase_file.as_deref(), confirm)?))
+    }
+}
+
+/// Reads a passphrase from `file`, `PANVAULT_PASSPHRASE`, or the terminal.
+pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<SecretText, CliError> {
+    let text = if let Some(f) = file {
+        let raw = zeroize::Zeroizing::new(
+            std::fs::read_to_string(f).map_err(|e| CliError::usage(format!("{}: {e}", f.display())))?,
+        );
+        raw.lines().next().unwrap_or_default().to_owned()
+    } else if let Ok(p) = std::env::var("PANVAULT_PASSPHRASE") {
+        p
+    } else {
+        let p = rpassword::prompt_password("Vault passphrase: ")
+            .map_err(|e| CliError::usage(format!("cannot read the passphrase from the terminal ({e}); use PANVAULT_PASSPHRASE or --passphrase-file")))?;
+        if confirm {
+            let again = zeroize::Zeroizing::new(
+                rpassword::prompt_password("Repeat the passphrase: ").map_err(|e| CliError::usage(e.to_string()))?,
+            );
+            if *again != p {
+                return Err(CliError::usage("the passphrases do not match"));
+            }
+        }
+        p
+    };
+    let text = SecretText::new(text);
+    if text.expose_secret().is_empty() {
+        return Err(CliError::usage("the passphrase is empty"));
+    }
+    Ok(text)
+}
+
+/// Maps a vault error to a CLI error: wrong secret, missing vault and usage
+/// problems exit 1 with the message; unavailable storage exits 75 (EX_TEMPFAIL).
+pub fn vault_err(e: panvault_vault::VaultError) -> CliError {
+    if e.is_unavailable() {
+        CliError::with_code(e.to_string(), 75)
+    } else {
+        CliError::usage(e.to_string())
+    }
+}
+
+/// The OS user, for `admin:<user>` audit actors.
+pub fn admin_actor() -> panvault_vault::AccessContext {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    panvault_vault::AccessContext { actor: format!("admin:{user}"), ..Default::default() }
+}
