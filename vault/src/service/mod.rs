@@ -9,6 +9,7 @@ mod audit_hook;
 pub mod keyring;
 pub mod request;
 mod state;
+pub mod inventory;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

@@ -1,0 +1,90 @@
+//! Read-only facts about a vault for compliance checks and reports, readable
+//! without unsealing: key inventory, seal, record counts. Never key bytes.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::keyring::{self, SealInfo};
+use super::{KeyInfo, list_keys};
+use crate::error::VaultError;
+use crate::store;
+
+/// What a compliance run learns about a vault's keys and data without its secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The database file.
+    pub db_path: PathBuf,
+    /// The vault's random id.
+    pub vault_id: String,
+    /// Every data key (no key bytes).
+    pub keys: Vec<KeyInfo>,
+    /// `passphrase` or `shamir`.
+    pub seal_method: String,
+    /// Argon2id memory (KiB), passes, lanes, for passphrase seals.
+    pub kdf: Option<(u32, u32, u32)>,
+    /// (total, threshold) for custodian-share seals.
+    pub shares: Option<(u8, u8)>,
+    /// When the root key was made (RFC 3339).
+    pub root_created_at: String,
+    /// Root key age in whole days.
+    pub root_age_days: i64,
+    /// Seal generation.
+    pub seal_generation: i64,
+    /// Cards stored.
+    pub records: i64,
+    /// Cards whose expiry month ended more than `grace_days` ago (see [`Inventory::read`]).
+    pub records_past_retention: i64,
+    /// Names of the auxiliary wrapped keys (fingerprint, audit-signing).
+    pub wrapped_keys: Vec<String>,
+}
+
+impl Inventory {
+    /// Reads the inventory of `data_dir`; `grace_days` is the card retention after
+    /// the expiry month.
+    pub fn read(data_dir: &Path, grace_days: i64, now: OffsetDateTime) -> Result<Inventory, VaultError> {
+        let db = store::db_path(data_dir);
+        if !db.exists() {
+            return Err(VaultError::NotInitialized(data_dir.display().to_string()));
+        }
+        let conn = store::open_reader(&db)?;
+        let vault_id = keyring::meta_get(&conn, "vault_id")?.unwrap_or_default();
+        let keys = list_keys(&conn, now)?;
+        let (seal, _, _): (SealInfo, _, _) = keyring::read_seal(&conn)?;
+        let q = |sql: &str| -> Result<i64, VaultError> {
+            conn.query_row(sql, [], |r| r.get(0)).map_err(|e| VaultError::Store(e.into()))
+        };
+        let records = q("SELECT count(*) FROM cards")?;
+        // A card is past retention once `grace_days` have passed after the last day of
+        // its expiry month: compare (year*12 + month) against now minus grace.
+        let cutoff = now - time::Duration::days(grace_days);
+        let cutoff_month = i64::from(cutoff.year()) * 12 + i64::from(u8::from(cutoff.month())) - 1;
+        let past: i64 = conn
+            .query_row("SELECT count(*) FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1", [cutoff_month], |r| r.get(0))
+            .map_err(|e| VaultError::Store(e.into()))?;
+        let mut stmt = conn.prepare("SELECT name FROM wrapped_keys ORDER BY name").map_err(|e| VaultError::Store(e.into()))?;
+        let wrapped_keys = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| VaultError::Store(e.into()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| VaultError::Store(e.into()))?;
+        Ok(Inventory {
+            data_dir: data_dir.to_owned(),
+            db_path: db,
+            vault_id,
+            keys,
+            seal_method: seal.method,
+            kdf: seal.kdf.map(|k| (k.m_kib, k.t, k.p)),
+            shares: seal.shares,
+            root_created_at: super::rfc3339(seal.root_created_at),
+            root_age_days: (now.unix_timestamp() - seal.root_created_at).max(0) / 86_400,
+            seal_generation: seal.generation,
+            records,
+            records_past_retention: past,
+            wrapped_keys,
+        })
+    }
+}
