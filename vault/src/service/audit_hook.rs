@@ -27,6 +27,18 @@ pub enum AuditAction {
     Delete,
     /// keys rotate.
     KeyRotate,
+    /// keys rewrap (one event per batch).
+    KeyRewrap,
+    /// keys retire.
+    KeyRetire,
+    /// keys destroy.
+    KeyDestroy,
+    /// master rotate.
+    MasterRotate,
+    /// master change-passphrase.
+    MasterChangePassphrase,
+    /// master reshare.
+    MasterReshare,
 }
 
 impl AuditAction {
@@ -38,6 +50,12 @@ impl AuditAction {
             AuditAction::Detokenize => "detokenize",
             AuditAction::Delete => "delete",
             AuditAction::KeyRotate => "key.rotate",
+            AuditAction::KeyRewrap => "key.rewrap",
+            AuditAction::KeyRetire => "key.retire",
+            AuditAction::KeyDestroy => "key.destroy",
+            AuditAction::MasterRotate => "master.rotate",
+            AuditAction::MasterChangePassphrase => "master.change_passphrase",
+            AuditAction::MasterReshare => "master.reshare",
         }
     }
 }

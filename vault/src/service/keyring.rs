@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use crate::core::envelope::{DataKey, unwrap_key, unwrap_key32, wrap_key};
 use crate::core::kdf::{FingerprintKey, KdfParams, derive_kek};
 use crate::core::rng;
+use super::shamir::{self, ShareFile};
 use crate::core::secret::{SecretKey32, SecretText};
 use crate::error::VaultError;
 
@@ -20,19 +21,19 @@ use crate::error::VaultError;
 pub enum Unlock {
     /// The operator passphrase (Argon2id derives the KEK).
     Passphrase(SecretText),
-    /// The KEK itself, as rebuilt from custodian shares.
-    Kek(SecretKey32),
+    /// Custodian shares; at least the threshold of one share set.
+    Shares(Vec<ShareFile>),
 }
 
 /// How a new vault seals its root key.
 #[derive(Debug)]
 pub struct SealSpec {
-    /// The unlock secret.
+    /// The passphrase (ignored when `shares` is set).
     pub unlock: Unlock,
     /// Argon2id parameters (for a passphrase). Never below [`KdfParams::MINIMUM`]
     /// outside tests.
     pub kdf: KdfParams,
-    /// For Shamir: (total shares, threshold).
+    /// Seal with custodian shares instead: (total shares, threshold).
     pub shares: Option<(u8, u8)>,
 }
 
@@ -46,39 +47,48 @@ pub(crate) fn aux_label(vault_id: &str, name: &str) -> String {
     format!("panvault/{name}:{vault_id}")
 }
 
-/// Builds the KEK for a seal row.
-fn kek_for(unlock: &Unlock, salt: Option<&[u8]>, kdf: Option<KdfParams>) -> Result<SecretKey32, VaultError> {
-    match unlock {
-        Unlock::Passphrase(p) => {
-            let (Some(salt), Some(kdf)) = (salt, kdf) else {
-                return Err(VaultError::KeyState("this vault is sealed with custodian shares, not a passphrase".into()));
-            };
-            derive_kek(p, salt, kdf).map_err(|_| VaultError::Crypto)
-        }
-        Unlock::Kek(k) => SecretKey32::from_slice(k.expose_secret()).ok_or(VaultError::Crypto),
-    }
+/// A new seal: what the root key is sealed under.
+pub(crate) enum NewSeal<'a> {
+    /// Argon2id from this passphrase with these costs (a fresh salt is drawn).
+    Passphrase(&'a SecretText, KdfParams),
+    /// A fresh random KEK split into (total, threshold) shares; the shares are returned.
+    Shares(u8, u8),
+    /// An existing share-set KEK (master rotate of a share-sealed vault).
+    Kek(&'a SecretKey32, (u8, u8)),
 }
 
-/// Writes a new seal row (replacing any) for `root`.
+/// Writes a new seal row (replacing any) for `root` at `generation`. Returns the
+/// custodian shares for a share seal (empty otherwise).
 pub(crate) fn write_seal(
     conn: &Connection,
     vault_id: &str,
     root: &SecretKey32,
-    spec: &SealSpec,
+    seal: &NewSeal<'_>,
     generation: i64,
     root_created_at: i64,
-) -> Result<(), VaultError> {
-    let (method, salt, kdf) = match &spec.unlock {
-        Unlock::Passphrase(_) => {
+) -> Result<Vec<ShareFile>, VaultError> {
+    let (method, salt, kdf, kek, shares, counts) = match seal {
+        NewSeal::Passphrase(p, kdf) => {
+            if kdf.m_kib < 8 || kdf.t < 1 {
+                return Err(VaultError::invalid("kdf", "Argon2id parameters too small"));
+            }
             let mut salt = [0u8; 16];
             rng::fill(&mut salt)?;
-            ("passphrase", Some(salt.to_vec()), Some(spec.kdf))
+            let kek = derive_kek(p, &salt, *kdf).map_err(|_| VaultError::Crypto)?;
+            ("passphrase", Some(salt.to_vec()), Some(*kdf), kek, Vec::new(), None)
         }
-        Unlock::Kek(_) => ("shamir", None, None),
+        NewSeal::Shares(total, threshold) => {
+            let kek = SecretKey32::generate()?;
+            let shares = shamir::split(&kek, vault_id, generation, *total, *threshold)?;
+            ("shamir", None, None, kek, shares, Some((*total, *threshold)))
+        }
+        NewSeal::Kek(k, counts) => {
+            let kek = SecretKey32::from_slice(k.expose_secret()).ok_or(VaultError::Crypto)?;
+            ("shamir", None, None, kek, Vec::new(), Some(*counts))
+        }
     };
-    let kek = kek_for(&spec.unlock, salt.as_deref(), kdf)?;
     let sealed = wrap_key(&kek, &root_label(vault_id, generation), root.expose_secret())?;
-    let (total, threshold) = spec.shares.map_or((None, None), |(n, m)| (Some(n), Some(m)));
+    let (total, threshold) = counts.map_or((None, None), |(n, m)| (Some(n), Some(m)));
     conn.execute(
         "INSERT OR REPLACE INTO seal (id, method, kdf_m_kib, kdf_t, kdf_p, salt, shares_total, shares_threshold,
              sealed_root, root_created_at, generation)
@@ -97,7 +107,7 @@ pub(crate) fn write_seal(
         ],
     )
     .map_err(crate::store::StoreError::from)?;
-    Ok(())
+    Ok(shares)
 }
 
 /// The seal row's public facts.
@@ -150,12 +160,27 @@ pub(crate) fn read_seal(conn: &Connection) -> Result<SealRow, VaultError> {
     row.ok_or_else(|| VaultError::Store(crate::store::StoreError::Corrupt("no seal row".into())))
 }
 
-/// Unseals the root key of the vault in `conn`.
-pub(crate) fn unseal_root(conn: &Connection, vault_id: &str, unlock: &Unlock) -> Result<(SecretKey32, SealInfo), VaultError> {
+/// Unseals the root key of the vault in `conn`. Returns the root, the seal's facts
+/// and the share numbers that took part (empty for a passphrase).
+pub(crate) fn unseal_root(conn: &Connection, vault_id: &str, unlock: &Unlock) -> Result<(SecretKey32, SealInfo, Vec<u8>), VaultError> {
     let (info, salt, sealed) = read_seal(conn)?;
-    let kek = kek_for(unlock, salt.as_deref(), info.kdf)?;
+    let (kek, numbers) = match (unlock, info.method.as_str()) {
+        (Unlock::Passphrase(p), "passphrase") => {
+            let (Some(salt), Some(kdf)) = (salt.as_deref(), info.kdf) else {
+                return Err(VaultError::Store(crate::store::StoreError::Corrupt("passphrase seal without KDF parameters".into())));
+            };
+            (derive_kek(p, salt, kdf).map_err(|_| VaultError::Crypto)?, Vec::new())
+        }
+        (Unlock::Shares(shares), "shamir") => shamir::combine(shares, vault_id, info.generation)?,
+        (Unlock::Passphrase(_), _) => {
+            return Err(VaultError::KeyState("this vault is sealed with custodian shares: pass --share FILE for each".into()));
+        }
+        (Unlock::Shares(_), _) => {
+            return Err(VaultError::KeyState("this vault is sealed with a passphrase, not custodian shares".into()));
+        }
+    };
     let root = unwrap_key32(&kek, &root_label(vault_id, info.generation), &sealed).map_err(|_| VaultError::WrongSecret)?;
-    Ok((root, info))
+    Ok((root, info, numbers))
 }
 
 pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, VaultError> {

@@ -5,11 +5,13 @@
 //! pool. Every operation records an audit event through the writer; detokenize
 //! releases the card only after its event has committed.
 
+mod admin;
 mod audit_hook;
 pub mod keyring;
 pub mod request;
 mod state;
 pub mod inventory;
+pub mod shamir;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -30,6 +32,7 @@ use crate::error::VaultError;
 use crate::store::{self, JobOutcome, ReadPool, StoreError, Writer, WriterConfig};
 pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord};
 pub use state::VaultState;
+pub use admin::{Admin, RewrapProgress, RewrapSummary};
 use keyring::{Keyring, SealSpec, Unlock};
 use request::{AccessContext, CardFacts, Detokenized, TokenInfo, TokenizeRequest};
 
@@ -113,7 +116,7 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-fn rfc3339(t: i64) -> String {
+pub(crate) fn rfc3339(t: i64) -> String {
     OffsetDateTime::from_unix_timestamp(t).ok().and_then(|d| d.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
@@ -125,7 +128,7 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn store_err(e: rusqlite::Error) -> VaultError {
+pub(crate) fn store_err(e: rusqlite::Error) -> VaultError {
     VaultError::Store(e.into())
 }
 
@@ -147,6 +150,8 @@ pub struct InitReport {
     pub vault_id: String,
     /// Where the audit public key was written.
     pub audit_pubkey_path: PathBuf,
+    /// Custodian shares to hand out (share seals only); write each to its own file.
+    pub shares: Vec<shamir::ShareFile>,
 }
 
 impl Vault {
@@ -174,14 +179,19 @@ impl Vault {
         let tx = conn.transaction().map_err(store_err)?;
         keyring::meta_set(&tx, "vault_id", &vault_id)?;
         keyring::meta_set(&tx, "key_epoch", "1")?;
-        keyring::write_seal(&tx, &vault_id, &root, seal, 1, now)?;
+        let new_seal = match (&seal.shares, &seal.unlock) {
+            (Some((n, m)), _) => keyring::NewSeal::Shares(*n, *m),
+            (None, Unlock::Passphrase(p)) => keyring::NewSeal::Passphrase(p, seal.kdf),
+            (None, Unlock::Shares(_)) => return Err(VaultError::invalid("seal", "a new vault takes a passphrase or a share count")),
+        };
+        let shares = keyring::write_seal(&tx, &vault_id, &root, &new_seal, 1, now)?;
         keyring::insert_data_key(&tx, &vault_id, &root, 1, now)?;
         keyring::insert_aux_key(&tx, &vault_id, &root, "fingerprint", fp.expose_secret(), now)?;
         keyring::insert_aux_key(&tx, &vault_id, &root, "audit-signing", &audit_pkcs8, now)?;
         audit_hook::init_tables(&tx)?;
         tx.commit().map_err(store_err)?;
         let audit_pubkey_path = audit_hook::write_public_key(data_dir, &audit_pkcs8)?;
-        Ok(InitReport { vault_id, audit_pubkey_path })
+        Ok(InitReport { vault_id, audit_pubkey_path, shares })
     }
 
     /// Opens and unseals the vault in `data_dir`.
@@ -199,7 +209,7 @@ impl Vault {
         store::check_integrity(&conn)?;
         let vault_id = keyring::meta_get(&conn, "vault_id")?
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
-        let (root, _info) = keyring::unseal_root(&conn, &vault_id, unlock)?;
+        let (root, _info, _shares) = keyring::unseal_root(&conn, &vault_id, unlock)?;
         let ring = Keyring::load(&conn, &vault_id, root)?;
         let state = VaultState::load(&conn, &ring)?;
         let writer = Writer::start(conn, state, db.clone(), opts.writer.clone())?;
@@ -383,7 +393,13 @@ impl Vault {
             return Err(VaultError::invalid("purpose", "must not contain a card number"));
         }
         let result = self.read_row(tenant, token).and_then(|row| {
-            let keys = self.keys()?;
+            let mut keys = self.keys()?;
+            if !keys.data.contains_key(&row.key_version) {
+                // A key made by another process (rotate, then rewrap) since our last
+                // refresh: reload once rather than fail.
+                self.refresh_keys()?;
+                keys = self.keys()?;
+            }
             let key = keys.data.get(&row.key_version).ok_or(VaultError::Decryption)?;
             let nonce: [u8; 12] = row.nonce.as_slice().try_into().map_err(|_| VaultError::Decryption)?;
             let sealed = SealedRecord { key_version: row.key_version, nonce, ciphertext: row.ciphertext.clone() };
@@ -706,64 +722,6 @@ pub fn list_keys(conn: &Connection, now: OffsetDateTime) -> Result<Vec<KeyInfo>,
         })
         .map_err(store_err)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(store_err)
-}
-
-/// Administrative access to a vault's keys without running the service (the CLI).
-pub struct Admin {
-    conn: Connection,
-    keys: Keyring,
-    clock: Clock,
-}
-
-impl std::fmt::Debug for Admin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admin").field("keys", &self.keys).finish_non_exhaustive()
-    }
-}
-
-impl Admin {
-    /// Opens and unseals `data_dir` for administration.
-    pub fn open(data_dir: &Path, unlock: &Unlock, clock: Clock) -> Result<Admin, VaultError> {
-        let db = store::db_path(data_dir);
-        if !db.exists() {
-            return Err(VaultError::NotInitialized(data_dir.display().to_string()));
-        }
-        let conn = store::open_writer(&db, false)?;
-        store::check_integrity(&conn)?;
-        let vault_id = keyring::meta_get(&conn, "vault_id")?
-            .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
-        let (root, _) = keyring::unseal_root(&conn, &vault_id, unlock)?;
-        let keys = Keyring::load(&conn, &vault_id, root)?;
-        Ok(Admin { conn, keys, clock })
-    }
-
-    /// Lists the keys.
-    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, VaultError> {
-        list_keys(&self.conn, (self.clock)())
-    }
-
-    /// Makes a new active data key; the previous becomes decrypt-only. Returns the
-    /// new version.
-    pub fn rotate(&mut self, actor: &AccessContext) -> Result<u32, VaultError> {
-        let now = (self.clock)().unix_timestamp();
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(store_err)?;
-        let next: u32 = tx.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM data_keys", [], |r| r.get(0)).map_err(store_err)?;
-        tx.execute("UPDATE data_keys SET state = 'decrypt_only' WHERE state = 'active'", []).map_err(store_err)?;
-        keyring::insert_data_key(&tx, &self.keys.vault_id, &self.keys.root, next, now)?;
-        keyring::bump_key_epoch(&tx)?;
-        let details = format!("new_version={next}");
-        audit_hook::record_admin(&tx, &self.keys, actor, AuditAction::KeyRotate, Some(&details), now)?;
-        tx.commit().map_err(store_err)?;
-        let root = SecretKey32::from_slice(self.keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
-        self.keys = Keyring::load(&self.conn, &self.keys.vault_id, root)?;
-        Ok(next)
-    }
-
-    /// The active key's age in whole days.
-    pub fn active_key_age_days(&self) -> Result<i64, VaultError> {
-        let keys = self.list_keys()?;
-        keys.iter().find(|k| k.state == "active").map(|k| k.age_days).ok_or_else(|| VaultError::KeyState("no active key".into()))
-    }
 }
 
 /// Default Argon2id parameters for new vaults.

@@ -1,0 +1,372 @@
+//! Administration without the server (the CLI): key rotation, online rewrap,
+//! retirement and destruction, master-key rotation, passphrase change, reshare.
+//!
+//! The CLI opens the same database as a running server (WAL lets both work);
+//! every change bumps the key epoch so the server reloads its keys within seconds,
+//! and every operation records an audit event in the same transaction.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, TransactionBehavior, params};
+
+use super::audit_hook::{self, AuditAction};
+use super::keyring::{self, Keyring, NewSeal, Unlock};
+use super::request::AccessContext;
+use super::shamir::ShareFile;
+use super::{Clock, KeyInfo, list_keys, store_err};
+use crate::core::envelope::{SealedRecord, wrap_key};
+use crate::core::kdf::KdfParams;
+use crate::core::rng;
+use crate::core::secret::{SecretKey32, SecretText};
+use crate::error::VaultError;
+use crate::store::{self, StoreError};
+
+/// Administrative access to an unsealed vault.
+pub struct Admin {
+    conn: Connection,
+    keys: Keyring,
+    clock: Clock,
+    share_numbers: Vec<u8>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").field("keys", &self.keys).finish_non_exhaustive()
+    }
+}
+
+/// Progress of a rewrap, reported after every batch.
+#[derive(Debug, Clone, Copy)]
+pub struct RewrapProgress {
+    /// Records re-encrypted so far in this run.
+    pub done: u64,
+    /// Records that were under an older key when the run started.
+    pub total: u64,
+}
+
+/// What a rewrap did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RewrapSummary {
+    /// Records re-encrypted in this run.
+    pub rewrapped: u64,
+    /// The active version they are now under.
+    pub active_version: u32,
+    /// Seconds taken.
+    pub seconds: f64,
+    /// Records per second.
+    pub rate: f64,
+    /// Records still under older versions (0 unless interrupted).
+    pub remaining: u64,
+}
+
+impl Admin {
+    /// Opens and unseals `data_dir` for administration.
+    pub fn open(data_dir: &Path, unlock: &Unlock, clock: Clock) -> Result<Admin, VaultError> {
+        let db = store::db_path(data_dir);
+        if !db.exists() {
+            return Err(VaultError::NotInitialized(data_dir.display().to_string()));
+        }
+        let conn = store::open_writer(&db, false)?;
+        store::check_integrity(&conn)?;
+        let vault_id = keyring::meta_get(&conn, "vault_id")?
+            .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
+        let (root, _, share_numbers) = keyring::unseal_root(&conn, &vault_id, unlock)?;
+        let keys = Keyring::load(&conn, &vault_id, root)?;
+        Ok(Admin { conn, keys, clock, share_numbers })
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)().unix_timestamp()
+    }
+
+    /// Share numbers that unsealed this session (empty for a passphrase).
+    pub fn share_numbers(&self) -> &[u8] {
+        &self.share_numbers
+    }
+
+    fn reload(&mut self) -> Result<(), VaultError> {
+        let root = SecretKey32::from_slice(self.keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+        self.keys = Keyring::load(&self.conn, &self.keys.vault_id, root)?;
+        Ok(())
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction that also records `action`.
+    fn admin_tx<T>(
+        &mut self,
+        actor: &AccessContext,
+        action: AuditAction,
+        f: impl FnOnce(&Connection, &Keyring, i64) -> Result<(T, String), VaultError>,
+    ) -> Result<T, VaultError> {
+        let now = self.now();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(store_err)?;
+        let (out, details) = f(&tx, &self.keys, now)?;
+        let details = if self.share_numbers.is_empty() {
+            details
+        } else {
+            let nums: Vec<String> = self.share_numbers.iter().map(u8::to_string).collect();
+            format!("{details} shares={}", nums.join(","))
+        };
+        audit_hook::record_admin(&tx, &self.keys, actor, action, Some(&details), now)?;
+        tx.commit().map_err(store_err)?;
+        Ok(out)
+    }
+
+    /// Lists the keys.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, VaultError> {
+        list_keys(&self.conn, (self.clock)())
+    }
+
+    /// The active key's age in whole days.
+    pub fn active_key_age_days(&self) -> Result<i64, VaultError> {
+        let keys = self.list_keys()?;
+        keys.iter().find(|k| k.state == "active").map(|k| k.age_days).ok_or_else(|| VaultError::KeyState("no active key".into()))
+    }
+
+    /// Makes a new active data key; the previous becomes decrypt-only. Returns the
+    /// new version.
+    pub fn rotate(&mut self, actor: &AccessContext) -> Result<u32, VaultError> {
+        let next = self.admin_tx(actor, AuditAction::KeyRotate, |tx, keys, now| {
+            let next: u32 = tx.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM data_keys", [], |r| r.get(0)).map_err(store_err)?;
+            tx.execute("UPDATE data_keys SET state = 'decrypt_only' WHERE state = 'active'", []).map_err(store_err)?;
+            keyring::insert_data_key(tx, &keys.vault_id, &keys.root, next, now)?;
+            keyring::bump_key_epoch(tx)?;
+            Ok((next, format!("new_version={next}")))
+        })?;
+        self.reload()?;
+        Ok(next)
+    }
+
+    /// Records still under versions other than the active one.
+    pub fn records_not_under_active(&self) -> Result<u64, VaultError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM cards WHERE key_version <> ?1", [self.keys.active], |r| r.get(0))
+            .map_err(store_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Re-encrypts every record still under an older key with the active key, in
+    /// batches of `batch` (each one transaction, with its audit event), at most
+    /// `max_rate` records/s if given. Idempotent: a record already under the active
+    /// version is skipped, so a killed run simply resumes.
+    pub fn rewrap(
+        &mut self,
+        actor: &AccessContext,
+        batch: usize,
+        max_rate: Option<f64>,
+        mut progress: impl FnMut(RewrapProgress),
+    ) -> Result<RewrapSummary, VaultError> {
+        let batch = batch.clamp(1, 100_000);
+        let limit = i64::try_from(batch).unwrap_or(1000);
+        let total = self.records_not_under_active()?;
+        let active = self.keys.active;
+        let start = Instant::now();
+        let mut done: u64 = 0;
+        loop {
+            let n = self.admin_tx(actor, AuditAction::KeyRewrap, |tx, keys, _now| {
+                let n = rewrap_batch(tx, keys, limit)?;
+                Ok((n, format!("batch rewrapped={n} to_version={}", keys.active)))
+            })?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+            progress(RewrapProgress { done, total: total.max(done) });
+            if let Some(rate) = max_rate.filter(|r| *r > 0.0) {
+                #[allow(clippy::cast_precision_loss)]
+                let ahead = Duration::from_secs_f64(done as f64 / rate).saturating_sub(start.elapsed());
+                std::thread::sleep(ahead);
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        #[allow(clippy::cast_precision_loss)]
+        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+        Ok(RewrapSummary { rewrapped: done, active_version: active, seconds: secs, rate, remaining: self.records_not_under_active()? })
+    }
+
+    /// Retires version `version`: refused while any record uses it, or while active.
+    pub fn retire(&mut self, actor: &AccessContext, version: u32) -> Result<(), VaultError> {
+        self.admin_tx(actor, AuditAction::KeyRetire, |tx, _keys, now| {
+            let state = key_state(tx, version)?;
+            match state.as_str() {
+                "active" => return Err(VaultError::KeyState(format!("v{version} is the active key; rotate first"))),
+                "retired" | "destroyed" => return Err(VaultError::KeyState(format!("v{version} is already {state}"))),
+                _ => {}
+            }
+            let used: i64 = tx.query_row("SELECT count(*) FROM cards WHERE key_version = ?1", [version], |r| r.get(0)).map_err(store_err)?;
+            if used > 0 {
+                return Err(VaultError::KeyState(format!(
+                    "v{version} still encrypts {used} record(s); run `panvault keys rewrap` first"
+                )));
+            }
+            tx.execute("UPDATE data_keys SET state = 'retired', retired_at = ?2 WHERE version = ?1", params![version, now]).map_err(store_err)?;
+            keyring::bump_key_epoch(tx)?;
+            Ok(((), format!("version={version}")))
+        })?;
+        self.reload()
+    }
+
+    /// Destroys a retired key: its wrapped bytes are deleted (secure delete) and the
+    /// row records when.
+    pub fn destroy(&mut self, actor: &AccessContext, version: u32) -> Result<(), VaultError> {
+        self.admin_tx(actor, AuditAction::KeyDestroy, |tx, _keys, now| {
+            let state = key_state(tx, version)?;
+            if state != "retired" {
+                return Err(VaultError::KeyState(format!("v{version} is {state}; only retired keys can be destroyed")));
+            }
+            let used: i64 = tx.query_row("SELECT count(*) FROM cards WHERE key_version = ?1", [version], |r| r.get(0)).map_err(store_err)?;
+            if used > 0 {
+                return Err(VaultError::KeyState(format!("v{version} still encrypts {used} record(s)")));
+            }
+            tx.execute("UPDATE data_keys SET state = 'destroyed', wrapped = NULL, destroyed_at = ?2 WHERE version = ?1", params![version, now])
+                .map_err(store_err)?;
+            keyring::bump_key_epoch(tx)?;
+            Ok(((), format!("version={version}")))
+        })?;
+        self.reload()?;
+        self.scrub_wal()
+    }
+
+    /// Makes a new root key: every data, fingerprint and audit-signing key is
+    /// re-wrapped under it and the root is resealed under the same passphrase or
+    /// share set (a new salt); the old root is gone.
+    pub fn master_rotate(&mut self, actor: &AccessContext, unlock: &Unlock) -> Result<(), VaultError> {
+        let new_root = SecretKey32::generate()?;
+        self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
+            let vid = keys.vault_id.clone();
+            // data keys
+            let rows: Vec<(u32, Vec<u8>)> = {
+                let mut stmt = tx.prepare("SELECT version, wrapped FROM data_keys WHERE wrapped IS NOT NULL").map_err(store_err)?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(store_err)?;
+                rows.collect::<Result<_, _>>().map_err(store_err)?
+            };
+            for (version, wrapped) in rows {
+                let label = keyring::dek_label(&vid, version);
+                let key = crate::core::envelope::unwrap_key(&keys.root, &label, &wrapped).map_err(|_| VaultError::Decryption)?;
+                let rewrapped = wrap_key(&new_root, &label, &key)?;
+                tx.execute("UPDATE data_keys SET wrapped = ?2 WHERE version = ?1", params![version, rewrapped]).map_err(store_err)?;
+            }
+            let aux: Vec<(String, Vec<u8>)> = {
+                let mut stmt = tx.prepare("SELECT name, wrapped FROM wrapped_keys").map_err(store_err)?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(store_err)?;
+                rows.collect::<Result<_, _>>().map_err(store_err)?
+            };
+            for (name, wrapped) in aux {
+                let label = keyring::aux_label(&vid, &name);
+                let key = crate::core::envelope::unwrap_key(&keys.root, &label, &wrapped).map_err(|_| VaultError::Decryption)?;
+                let rewrapped = wrap_key(&new_root, &label, &key)?;
+                tx.execute("UPDATE wrapped_keys SET wrapped = ?2 WHERE name = ?1", params![name, rewrapped]).map_err(store_err)?;
+            }
+            // Reseal the new root under the same secret: a fresh salt for a passphrase,
+            // the same KEK for custodian shares (so the share set stays valid).
+            let (info, _, _) = keyring::read_seal(tx)?;
+            let generation = info.generation;
+            let kek;
+            let seal = match unlock {
+                Unlock::Passphrase(p) => NewSeal::Passphrase(p, info.kdf.unwrap_or(KdfParams::MINIMUM)),
+                Unlock::Shares(shares) => {
+                    let (k, _) = super::shamir::combine(shares, &vid, generation)?;
+                    kek = k;
+                    NewSeal::Kek(&kek, info.shares.unwrap_or((0, 0)))
+                }
+            };
+            keyring::write_seal(tx, &vid, &new_root, &seal, generation, now)?;
+            keyring::bump_key_epoch(tx)?;
+            Ok(((), format!("generation={generation}")))
+        })?;
+        self.keys = Keyring::load(&self.conn, &self.keys.vault_id.clone(), new_root)?;
+        self.scrub_wal()
+    }
+
+    /// Reseals the root key under a new passphrase (passphrase seals only).
+    pub fn change_passphrase(&mut self, actor: &AccessContext, new: &SecretText, kdf: KdfParams) -> Result<(), VaultError> {
+        self.admin_tx(actor, AuditAction::MasterChangePassphrase, |tx, keys, now| {
+            let (info, _, _) = keyring::read_seal(tx)?;
+            if info.method != "passphrase" {
+                return Err(VaultError::KeyState("this vault is sealed with custodian shares; use `master reshare`".into()));
+            }
+            let generation = info.generation + 1;
+            let root = SecretKey32::from_slice(keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+            keyring::write_seal(tx, &keys.vault_id, &root, &NewSeal::Passphrase(new, kdf), generation, info.root_created_at)?;
+            let _ = now;
+            Ok(((), format!("generation={generation}")))
+        })?;
+        self.scrub_wal()
+    }
+
+    /// Issues a new share set (threshold `m` of `n`); every older share stops working.
+    pub fn reshare(&mut self, actor: &AccessContext, n: u8, m: u8) -> Result<Vec<ShareFile>, VaultError> {
+        let shares = self.admin_tx(actor, AuditAction::MasterReshare, |tx, keys, _now| {
+            let (info, _, _) = keyring::read_seal(tx)?;
+            let generation = info.generation + 1;
+            let root = SecretKey32::from_slice(keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+            let shares = keyring::write_seal(tx, &keys.vault_id, &root, &NewSeal::Shares(n, m), generation, info.root_created_at)?;
+            Ok((shares, format!("generation={generation} total={n} threshold={m}")))
+        })?;
+        self.scrub_wal()?;
+        Ok(shares)
+    }
+
+    /// Checkpoints and truncates the WAL so replaced seals and wrapped keys leave no
+    /// copy in it (secure_delete already zeroes freed pages in the database file).
+    fn scrub_wal(&self) -> Result<(), VaultError> {
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(store_err)?;
+        Ok(())
+    }
+
+    /// Records an admin action that has no data change of its own (e.g. `audit
+    /// verify`, `audit export`, a compliance run) in the audit log.
+    pub fn record(&mut self, actor: &AccessContext, action: AuditAction, details: &str) -> Result<(), VaultError> {
+        let d = details.to_owned();
+        self.admin_tx(actor, action, move |_tx, _keys, _now| Ok(((), d)))
+    }
+}
+
+fn key_state(conn: &Connection, version: u32) -> Result<String, VaultError> {
+    use rusqlite::OptionalExtension;
+    conn.query_row("SELECT state FROM data_keys WHERE version = ?1", [version], |r| r.get(0))
+        .optional()
+        .map_err(store_err)?
+        .ok_or_else(|| VaultError::KeyState(format!("no key v{version}")))
+}
+
+/// Re-encrypts up to `limit` records not under the active key. Returns how many.
+fn rewrap_batch(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, VaultError> {
+    let active = keys.active_key()?;
+    let rows: Vec<(i64, String, String, u32, Vec<u8>, Vec<u8>)> = {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT id, token, tenant, key_version, nonce, ciphertext FROM cards
+                 WHERE key_version <> ?1 ORDER BY key_version, id LIMIT ?2",
+            )
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map(params![active.version(), limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .map_err(store_err)?;
+        rows.collect::<Result<_, _>>().map_err(store_err)?
+    };
+    let mut update = tx
+        .prepare_cached("UPDATE cards SET key_version = ?2, nonce = ?3, ciphertext = ?4 WHERE id = ?1 AND key_version = ?5")
+        .map_err(store_err)?;
+    let mut n: u64 = 0;
+    for (id, token, tenant, version, nonce, ciphertext) in rows {
+        let old = keys.data.get(&version).ok_or_else(|| {
+            VaultError::KeyState(format!("record under v{version}, whose key is not available (destroyed?)"))
+        })?;
+        let nonce: [u8; 12] = nonce.as_slice().try_into().map_err(|_| VaultError::Decryption)?;
+        let card = old
+            .open(&tenant, &token, &SealedRecord { key_version: version, nonce, ciphertext })
+            .map_err(|_| VaultError::Decryption)?;
+        let mut fresh = [0u8; 12];
+        rng::fill(&mut fresh)?;
+        let sealed = active.seal(&tenant, &token, &card, fresh)?;
+        n += u64::try_from(update.execute(params![id, sealed.key_version, &sealed.nonce[..], sealed.ciphertext, version]).map_err(store_err)?)
+            .unwrap_or(0);
+    }
+    if n > 0 {
+        tx.execute("UPDATE data_keys SET encryptions = encryptions + ?2 WHERE version = ?1", params![active.version(), i64::try_from(n).unwrap_or(i64::MAX)])
+            .map_err(store_err)?;
+    }
+    Ok(n)
+}
