@@ -63,13 +63,53 @@ pub struct SecretArgs {
 }
 
 impl SecretArgs {
-    /// Reads the passphrase (or shares) and returns what unseals the vault.
+    /// Reads the passphrase (or shares) and returns what unseals the vault. Use
+    /// [`SecretArgs::unlock_for`] when the vault exists, so a share-sealed vault
+    /// prompts for shares.
     pub fn unlock(&self, confirm: bool) -> Result<Unlock, CliError> {
         if !self.shares.is_empty() {
-            return Err(CliError::usage("custodian shares are not supported by this build yet"));
+            return read_shares(&self.shares);
         }
         Ok(Unlock::Passphrase(read_passphrase(self.passphrase_file.as_deref(), confirm)?))
     }
+
+    /// What unseals the existing vault in `data_dir`: its shares if it is sealed
+    /// with custodian shares (from `--share`, or prompted for), else the passphrase.
+    pub fn unlock_for(&self, data_dir: &Path) -> Result<Unlock, CliError> {
+        if !self.shares.is_empty() {
+            return read_shares(&self.shares);
+        }
+        let (method, threshold) = panvault_vault::service::inventory::seal_method(data_dir).map_err(vault_err)?;
+        if method != "shamir" {
+            return self.unlock(false);
+        }
+        let need = usize::from(threshold.unwrap_or(2));
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(CliError::usage(format!(
+                "this vault is sealed with custodian shares: pass --share FILE at least {need} times"
+            )));
+        }
+        let mut paths = Vec::new();
+        while paths.len() < need {
+            eprint!("Custodian share file {} of {need}: ", paths.len() + 1);
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| CliError::usage(e.to_string()))?;
+            let line = line.trim();
+            if line.is_empty() {
+                return Err(CliError::usage("not enough shares given"));
+            }
+            paths.push(PathBuf::from(line));
+        }
+        read_shares(&paths)
+    }
+}
+
+fn read_shares(paths: &[PathBuf]) -> Result<Unlock, CliError> {
+    let mut shares = Vec::with_capacity(paths.len());
+    for p in paths {
+        shares.push(panvault_vault::service::shamir::ShareFile::read(p).map_err(vault_err)?);
+    }
+    Ok(Unlock::Shares(shares))
 }
 
 /// Reads a passphrase from `file`, `PANVAULT_PASSPHRASE`, or the terminal.
@@ -115,4 +155,13 @@ pub fn vault_err(e: panvault_vault::VaultError) -> CliError {
 pub fn admin_actor() -> panvault_vault::AccessContext {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     panvault_vault::AccessContext { actor: format!("admin:{user}"), ..Default::default() }
+}
+
+/// `println!` that never panics: a closed stdout (e.g. `| head`) is ignored.
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
 }

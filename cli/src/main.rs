@@ -30,6 +30,9 @@ enum Command {
     Quickstart(cmd::quickstart::Args),
     /// Load generator: N keep-alive mTLS connections against a running server.
     Bench(cmd::bench::Args),
+    /// Root key: rotate, change passphrase, reshare custodian shares.
+    #[command(subcommand)]
+    Master(cmd::master::Command),
     /// Find card numbers left in files and archives.
     Scan(cmd::scan::Args),
     /// Audit log: verify, export, checkpoint.
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(args) => cmd::init::run(args),
         Command::Keys(c) => cmd::keys::run(c),
+        Command::Master(c) => cmd::master::run(c),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Quickstart(args) => cmd::quickstart::run(args),
         Command::Bench(args) => cmd::bench::run(args),

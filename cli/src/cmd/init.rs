@@ -15,6 +15,15 @@ pub struct Args {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub secret: SecretArgs,
+    /// Seal with M-of-N custodian shares instead of a passphrase: number of custodians.
+    #[arg(long, requires_all = ["threshold", "shares_dir"])]
+    pub custodians: Option<u8>,
+    /// Shares needed to unseal (2 ≤ M ≤ N).
+    #[arg(long, requires = "custodians")]
+    pub threshold: Option<u8>,
+    /// Where to write share-1 … share-N (mode 0600), one per custodian.
+    #[arg(long, value_name = "OUT", requires = "custodians")]
+    pub shares_dir: Option<PathBuf>,
 }
 
 /// Runs `init`.
@@ -22,11 +31,37 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     if !args.secret.shares.is_empty() {
         return Err(CliError::usage("--share is for unsealing an existing vault; init takes a passphrase"));
     }
-    let unlock = args.secret.unlock(true)?;
-    let spec = SealSpec { unlock, kdf: panvault_vault::service::default_kdf(), shares: None };
+    let shares = match (args.custodians, args.threshold) {
+        (Some(n), Some(m)) => {
+            crate::cmd::master::check_share_counts(n, m)?;
+            Some((n, m))
+        }
+        _ => None,
+    };
+    let unlock = match shares {
+        Some(_) => panvault_vault::Unlock::Passphrase(panvault_vault::SecretText::new(String::new())),
+        None => args.secret.unlock(true)?,
+    };
+    if let Some(dir) = &args.shares_dir {
+        if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(CliError::usage(format!("{} is not empty; refusing to overwrite shares", dir.display())));
+        }
+    }
+    let spec = SealSpec { unlock, kdf: panvault_vault::service::default_kdf(), shares };
     let report = Vault::init(&args.data_dir, &spec, &system_clock()).map_err(vault_err)?;
-    println!("Initialized vault {} in {}", report.vault_id, args.data_dir.display());
-    println!("Audit public key: {}", report.audit_pubkey_path.display());
-    println!("Keep the passphrase safe: without it the vault cannot be unsealed.");
+    if let Some(dir) = &args.shares_dir {
+        crate::cmd::master::write_shares(dir, &report.shares)?;
+        crate::outln!(
+            "Wrote {} custodian shares to {} (any {} unseal the vault). Hand one to each custodian and delete them here.",
+            report.shares.len(),
+            dir.display(),
+            args.threshold.unwrap_or(2)
+        );
+    }
+    crate::outln!("Initialized vault {} in {}", report.vault_id, args.data_dir.display());
+    crate::outln!("Audit public key: {}", report.audit_pubkey_path.display());
+    if args.shares_dir.is_none() {
+        crate::outln!("Keep the passphrase safe: without it the vault cannot be unsealed.");
+    }
     Ok(ExitCode::SUCCESS)
 }

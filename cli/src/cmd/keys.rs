@@ -13,6 +13,38 @@ pub enum Command {
     List(ListArgs),
     /// Make a new active data key; the previous one becomes decrypt-only.
     Rotate(RotateArgs),
+    /// Re-encrypt every record still under an older key with the active key (online).
+    Rewrap(RewrapArgs),
+    /// Retire a decrypt-only key that no record uses any more.
+    Retire(VersionArgs),
+    /// Destroy a retired key: its wrapped bytes are deleted for good.
+    Destroy(VersionArgs),
+}
+
+/// `keys rewrap`.
+#[derive(Debug, clap::Args)]
+pub struct RewrapArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Records per transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// At most this many records per second.
+    #[arg(long, value_name = "R")]
+    pub max_rate: Option<f64>,
+    /// No progress bar (summary only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `keys retire|destroy --version N`.
+#[derive(Debug, clap::Args)]
+pub struct VersionArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The key version.
+    #[arg(long)]
+    pub version: u32,
 }
 
 /// Options every key command shares.
@@ -62,11 +94,54 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
     match c {
         Command::List(a) => list(a),
         Command::Rotate(a) => rotate(a),
+        Command::Rewrap(a) => rewrap(a),
+        Command::Retire(a) => {
+            let mut admin = open(&a.common)?;
+            admin.retire(&admin_actor(), a.version).map_err(vault_err)?;
+            crate::outln!("Retired data key v{}.", a.version);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Destroy(a) => {
+            let mut admin = open(&a.common)?;
+            admin.destroy(&admin_actor(), a.version).map_err(vault_err)?;
+            crate::outln!("Destroyed data key v{}: its wrapped bytes are gone.", a.version);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
-fn open(c: &Common) -> Result<Admin, CliError> {
-    let unlock = c.secret.unlock(false)?;
+fn rewrap(a: RewrapArgs) -> Result<ExitCode, CliError> {
+    let mut admin = open(&a.common)?;
+    let total = admin.records_not_under_active().map_err(vault_err)?;
+    let bar = if a.quiet || total == 0 {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} records  {per_sec}  ETA {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    let summary = admin
+        .rewrap(&admin_actor(), a.batch, a.max_rate, |p| {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+        })
+        .map_err(vault_err)?;
+    bar.finish_and_clear();
+    crate::outln!(
+        "Rewrapped {} record(s) to v{} in {:.2} s ({:.0} records/s); {} left under older keys.",
+        summary.rewrapped, summary.active_version, summary.seconds, summary.rate, summary.remaining
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the vault of `c` for administration.
+pub fn open(c: &Common) -> Result<Admin, CliError> {
+    let unlock = c.secret.unlock_for(&c.data_dir)?;
     Admin::open(&c.data_dir, &unlock, system_clock()).map_err(vault_err)
 }
 
@@ -75,7 +150,7 @@ fn list(a: ListArgs) -> Result<ExitCode, CliError> {
     let keys = admin.list_keys().map_err(vault_err)?;
     if a.json {
         let s = serde_json::to_string_pretty(&keys).map_err(|e| CliError::usage(e.to_string()))?;
-        println!("{s}");
+        crate::outln!("{s}");
     } else {
         print_table(&keys);
     }
@@ -83,9 +158,9 @@ fn list(a: ListArgs) -> Result<ExitCode, CliError> {
 }
 
 fn print_table(keys: &[KeyInfo]) {
-    println!("{:>7}  {:<12}  {:<20}  {:>8}  {:>10}  {:>12}", "VERSION", "STATE", "CREATED", "AGE (d)", "RECORDS", "ENCRYPTIONS");
+    crate::outln!("{:>7}  {:<12}  {:<20}  {:>8}  {:>10}  {:>12}", "VERSION", "STATE", "CREATED", "AGE (d)", "RECORDS", "ENCRYPTIONS");
     for k in keys {
-        println!(
+        crate::outln!(
             "{:>7}  {:<12}  {:<20}  {:>8}  {:>10}  {:>12}",
             k.version, k.state, k.created_at, k.age_days, k.records, k.encryptions
         );
@@ -97,12 +172,12 @@ fn rotate(a: RotateArgs) -> Result<ExitCode, CliError> {
     if let Some(days) = a.if_older_than {
         let age = admin.active_key_age_days().map_err(vault_err)?;
         if age < days {
-            println!("Active key is {age} days old (< {days}); not rotated.");
+            crate::outln!("Active key is {age} days old (< {days}); not rotated.");
             return Ok(ExitCode::SUCCESS);
         }
     }
     let v = admin.rotate(&admin_actor()).map_err(vault_err)?;
-    println!("Rotated: data key v{v} is now active; the previous key is decrypt-only.");
-    println!("A running server picks the new key up within a few seconds.");
+    crate::outln!("Rotated: data key v{v} is now active; the previous key is decrypt-only.");
+    crate::outln!("A running server picks the new key up within a few seconds.");
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod dev;
 pub mod init;
 pub mod keys;
+pub mod master;
 pub mod quickstart;
 pub mod scan;
 pub mod serve;

@@ -88,3 +88,15 @@ impl Inventory {
         })
     }
 }
+
+/// How the vault in `data_dir` is sealed (`passphrase` or `shamir`) and, for
+/// shares, the threshold. Readable without any secret.
+pub fn seal_method(data_dir: &Path) -> Result<(String, Option<u8>), VaultError> {
+    let db = store::db_path(data_dir);
+    if !db.exists() {
+        return Err(VaultError::NotInitialized(data_dir.display().to_string()));
+    }
+    let conn = store::open_reader(&db)?;
+    let (seal, _, _) = keyring::read_seal(&conn)?;
+    Ok((seal.method, seal.shares.map(|(_, m)| m)))
+}
