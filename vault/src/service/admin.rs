@@ -315,6 +315,41 @@ impl Admin {
         Ok(())
     }
 
+    /// Erases a data subject or a token in `tenant` (the CLI's `erase`).
+    pub fn erase(&mut self, actor: &AccessContext, tenant: &str, target: &super::erase::EraseTarget) -> Result<super::erase::Erasure, VaultError> {
+        super::validate_tenant(tenant)?;
+        if let super::erase::EraseTarget::Subject(s) = target {
+            super::request::validate_subject(s)?;
+        }
+        let receipt = self.with_audit(|tx, audit, keys, now| super::erase::erase_in_tx(tx, audit, keys, actor, tenant, target, now.unix_timestamp()))?;
+        let wal_scrubbed = self.scrub_wal().is_ok();
+        Ok(super::erase::Erasure { receipt, wal_scrubbed })
+    }
+
+    /// Purges records past retention (the CLI's `retention run`).
+    pub fn purge_retention(&mut self, actor: &AccessContext, grace_days: i64, dry_run: bool) -> Result<super::erase::PurgeReport, VaultError> {
+        let report = self.with_audit(|tx, audit, keys, now| super::erase::purge_in_tx(tx, audit, keys, actor, grace_days, dry_run, now))?;
+        if report.deleted {
+            self.scrub_wal()?;
+        }
+        Ok(report)
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction with the audit chain loaded; signs a
+    /// checkpoint if due before committing.
+    fn with_audit<T>(
+        &mut self,
+        f: impl FnOnce(&Connection, &mut super::audit_hook::AuditState, &Keyring, time::OffsetDateTime) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        let now = (self.clock)();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(store_err)?;
+        let mut audit = super::audit_hook::AuditState::load(&tx, &self.keys, panvault_audit::log::CheckpointPolicy::default())?;
+        let out = f(&tx, &mut audit, &self.keys, now)?;
+        audit.checkpoint_if_due(&tx, false)?;
+        tx.commit().map_err(store_err)?;
+        Ok(out)
+    }
+
     /// Records an admin action that has no data change of its own (e.g. `audit
     /// verify`, `audit export`, a compliance run) in the audit log.
     pub fn record(&mut self, actor: &AccessContext, action: AuditAction, details: &str) -> Result<(), VaultError> {

@@ -6,14 +6,19 @@
 
 use std::path::{Path, PathBuf};
 
+use panvault_audit::log::{
+    Action, Actor, AuditChain, ChainHead, CheckpointPolicy, ErasureReceipt, MAX_CODE_LEN, MAX_FIELD_LEN, NewEvent, Outcome,
+    SigningKey, subject_hash,
+};
 use rusqlite::Connection;
+use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::keyring::Keyring;
 use super::request::AccessContext;
 use crate::error::VaultError;
 
-/// What was done.
+/// What was done; the names are the audit log's action names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AuditAction {
@@ -25,6 +30,19 @@ pub enum AuditAction {
     Detokenize,
     /// DELETE /v1/tokens/{token}.
     Delete,
+    /// Erasure of a data subject or token.
+    Erase,
+    /// Retention purge.
+    RetentionPurge,
+    /// A request refused before any operation (authentication, authorization,
+    /// validation).
+    Denied,
+    /// init.
+    Init,
+    /// serve started.
+    ServeStart,
+    /// serve stopped.
+    ServeStop,
     /// keys rotate.
     KeyRotate,
     /// keys rewrap (one event per batch).
@@ -39,6 +57,16 @@ pub enum AuditAction {
     MasterChangePassphrase,
     /// master reshare.
     MasterReshare,
+    /// audit verify.
+    AuditVerify,
+    /// audit export.
+    AuditExport,
+    /// audit checkpoint printed.
+    AuditCheckpoint,
+    /// compliance run.
+    ComplianceRun,
+    /// serve started despite failing compliance checks.
+    ServeNoncompliant,
 }
 
 impl AuditAction {
@@ -46,16 +74,27 @@ impl AuditAction {
     pub fn as_str(self) -> &'static str {
         match self {
             AuditAction::Tokenize => "tokenize",
-            AuditAction::Read => "read",
+            AuditAction::Read => "token.read",
             AuditAction::Detokenize => "detokenize",
-            AuditAction::Delete => "delete",
+            AuditAction::Delete => "token.delete",
+            AuditAction::Erase => "erase",
+            AuditAction::RetentionPurge => "retention.purge",
+            AuditAction::Denied => "auth.failed",
+            AuditAction::Init => "init",
+            AuditAction::ServeStart => "serve.start",
+            AuditAction::ServeStop => "serve.stop",
             AuditAction::KeyRotate => "key.rotate",
             AuditAction::KeyRewrap => "key.rewrap",
             AuditAction::KeyRetire => "key.retire",
             AuditAction::KeyDestroy => "key.destroy",
-            AuditAction::MasterRotate => "master.rotate",
-            AuditAction::MasterChangePassphrase => "master.change_passphrase",
-            AuditAction::MasterReshare => "master.reshare",
+            AuditAction::MasterRotate => "master_key.rotate",
+            AuditAction::MasterChangePassphrase => "master_key.change_passphrase",
+            AuditAction::MasterReshare => "master_key.split",
+            AuditAction::AuditVerify => "audit.verify",
+            AuditAction::AuditExport => "audit.export",
+            AuditAction::AuditCheckpoint => "audit.checkpoint",
+            AuditAction::ComplianceRun => "compliance.run",
+            AuditAction::ServeNoncompliant => "serve.noncompliant",
         }
     }
 }
@@ -76,10 +115,46 @@ impl AuditOutcome {
     pub fn from_error(e: &VaultError) -> Self {
         match e {
             VaultError::NotFound => AuditOutcome::Denied("not_found".into()),
-            VaultError::Card(_) | VaultError::InvalidRequest { .. } => AuditOutcome::Error("invalid_request".into()),
+            VaultError::Card(c) => AuditOutcome::Denied(card_code(c).into()),
+            VaultError::InvalidRequest { field, .. } if field == "purpose" => AuditOutcome::Denied("purpose_required".into()),
+            VaultError::InvalidRequest { .. } => AuditOutcome::Denied("invalid_request".into()),
+            VaultError::Decryption => AuditOutcome::Error("decryption_failed".into()),
+            e if e.is_unavailable() => AuditOutcome::Error("unavailable".into()),
             _ => AuditOutcome::Error("internal".into()),
         }
     }
+
+    fn to_log(&self) -> Outcome {
+        match self {
+            AuditOutcome::Success => Outcome::Success,
+            AuditOutcome::Denied(c) => Outcome::Denied(sanitize_code(c)),
+            AuditOutcome::Error(c) => Outcome::Error(sanitize_code(c)),
+        }
+    }
+}
+
+/// The API error code of a refused card.
+pub fn card_code(c: &crate::core::pan::CardError) -> &'static str {
+    use crate::core::pan::CardError as C;
+    match c {
+        C::InvalidCharacters | C::InvalidLength(_) | C::LuhnFailed => "invalid_card_number",
+        C::Expired => "card_expired",
+        C::CvvNotAccepted => "cvv_not_accepted",
+        _ => "invalid_card",
+    }
+}
+
+fn sanitize_code(c: &str) -> String {
+    let s: String = c
+        .chars()
+        .filter(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'))
+        .take(MAX_CODE_LEN)
+        .collect();
+    if s.is_empty() { "error".into() } else { s }
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(MAX_FIELD_LEN / 4).collect()
 }
 
 /// One event as an operation describes it.
@@ -101,53 +176,148 @@ pub struct AuditRecord<'a> {
     pub details: Option<&'a str>,
 }
 
-/// The audit side of the writer's state: the chain head.
-#[derive(Debug)]
-pub(crate) struct AuditState {}
+fn actor_of(ctx: &AccessContext) -> Actor {
+    let name = if ctx.actor.is_empty() { "unknown".to_owned() } else { clip(&ctx.actor) };
+    Actor { name, fingerprint: ctx.actor_fingerprint.as_deref().map(clip) }
+}
+
+/// Builds the log's event for `rec`.
+pub(crate) fn build_event(keys: &Keyring, ctx: &AccessContext, rec: &AuditRecord<'_>, now: i64) -> Result<NewEvent, VaultError> {
+    let time = OffsetDateTime::from_unix_timestamp(now).map_err(|_| VaultError::AuditUnavailable)?;
+    let action = Action::new(rec.action.as_str()).map_err(|_| VaultError::AuditUnavailable)?;
+    let mut ev = NewEvent::new(time, actor_of(ctx), action, rec.outcome.to_log());
+    if let Some(t) = rec.tenant {
+        ev = ev.with_tenant(clip(t));
+    }
+    if let Some(t) = rec.token {
+        ev = ev.with_token(clip(t));
+    }
+    if let Some(p) = rec.purpose {
+        ev = ev.with_purpose(clip(p));
+    }
+    if let Some(r) = &ctx.request_id {
+        ev = ev.with_request_id(clip(r));
+    }
+    if let Some(p) = &ctx.peer {
+        ev = ev.with_peer(clip(p));
+    }
+    let mut details = String::new();
+    if let (Some(subject), Some(tenant)) = (rec.subject, rec.tenant) {
+        details.push_str("subject_hash=");
+        details.push_str(&subject_hash(keys.subject_key.expose_secret(), tenant, subject));
+    }
+    if let Some(d) = rec.details {
+        if !details.is_empty() {
+            details.push(' ');
+        }
+        details.push_str(d);
+    }
+    if !details.is_empty() {
+        ev = ev.with_details(details.chars().take(MAX_FIELD_LEN * 8).collect::<String>());
+    }
+    Ok(ev)
+}
+
+/// The audit side of the writer's state: the chain head and the signing key.
+pub(crate) struct AuditState {
+    chain: AuditChain,
+    signer: SigningKey,
+    policy: CheckpointPolicy,
+}
+
+impl std::fmt::Debug for AuditState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditState").field("chain", &self.chain).finish_non_exhaustive()
+    }
+}
+
+fn audit_err(_e: panvault_audit::log::AuditError) -> VaultError {
+    VaultError::AuditUnavailable
+}
 
 impl AuditState {
-    pub(crate) fn load(_conn: &Connection, _keys: &Keyring) -> Result<Self, VaultError> {
-        Ok(AuditState {})
+    pub(crate) fn load(conn: &Connection, keys: &Keyring, policy: CheckpointPolicy) -> Result<Self, VaultError> {
+        panvault_audit::log::migrate(conn).map_err(audit_err)?;
+        let chain = AuditChain::load(conn).map_err(audit_err)?;
+        let signer = SigningKey::from_pkcs8(&keys.audit_pkcs8).map_err(|_| VaultError::Decryption)?;
+        Ok(AuditState { chain, signer, policy })
     }
 
-    /// Appends an event inside the current transaction.
+    /// Appends an event inside the current transaction; returns its sequence number.
     pub(crate) fn record(
         &mut self,
-        _conn: &Connection,
-        _keys: &Keyring,
-        _ctx: &AccessContext,
-        _rec: &AuditRecord<'_>,
-        _now: i64,
-    ) -> Result<(), VaultError> {
+        conn: &Connection,
+        keys: &Keyring,
+        ctx: &AccessContext,
+        rec: &AuditRecord<'_>,
+        now: i64,
+    ) -> Result<u64, VaultError> {
+        let ev = build_event(keys, ctx, rec, now)?;
+        self.chain.append(conn, &ev).map_err(audit_err)
+    }
+
+    pub(crate) fn snapshot(&self) -> ChainHead {
+        self.chain.snapshot()
+    }
+
+    pub(crate) fn restore(&mut self, head: ChainHead) {
+        self.chain.restore(head);
+    }
+
+    /// Writes a signed checkpoint if one is due (or `force`).
+    pub(crate) fn checkpoint_if_due(&mut self, conn: &Connection, force: bool) -> Result<(), VaultError> {
+        let now = OffsetDateTime::now_utc();
+        if (force && self.chain.events_since_checkpoint() > 0) || self.chain.checkpoint_due(&self.policy, now) {
+            self.chain.checkpoint(conn, &self.signer, now).map_err(audit_err)?;
+        }
         Ok(())
+    }
+
+    /// Signs an erasure receipt.
+    pub(crate) fn sign_receipt(
+        &self,
+        subject_hash: String,
+        tenant: &str,
+        tokens_erased: u64,
+        time: OffsetDateTime,
+        audit_seq: u64,
+    ) -> Result<ErasureReceipt, VaultError> {
+        ErasureReceipt::sign(&self.signer, subject_hash, tenant, tokens_erased, time, audit_seq).map_err(audit_err)
     }
 }
 
 /// A new Ed25519 signing key as PKCS#8.
 pub(crate) fn generate_signing_key() -> Result<Zeroizing<Vec<u8>>, VaultError> {
-    let rng = ring::rand::SystemRandom::new();
-    let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| VaultError::Crypto)?;
-    Ok(Zeroizing::new(doc.as_ref().to_vec()))
+    let (_key, pkcs8) = SigningKey::generate().map_err(|_| VaultError::Crypto)?;
+    Ok(pkcs8)
 }
 
 /// Creates the audit tables.
-pub(crate) fn init_tables(_conn: &Connection) -> Result<(), VaultError> {
-    Ok(())
+pub(crate) fn init_tables(conn: &Connection) -> Result<(), VaultError> {
+    panvault_audit::log::migrate(conn).map_err(audit_err)
 }
 
 /// Writes `DIR/audit-signing.pub`.
-pub(crate) fn write_public_key(dir: &Path, _pkcs8: &[u8]) -> Result<PathBuf, VaultError> {
-    Ok(dir.join("audit-signing.pub"))
+pub(crate) fn write_public_key(dir: &Path, pkcs8: &[u8]) -> Result<PathBuf, VaultError> {
+    let key = SigningKey::from_pkcs8(pkcs8).map_err(|_| VaultError::Crypto)?;
+    let path = dir.join("audit-signing.pub");
+    key.public_key().write_to(&path).map_err(|e| VaultError::Io { path: path.display().to_string(), reason: e.to_string() })?;
+    Ok(path)
 }
 
-/// Records an admin action (CLI) in its own transaction context.
+/// Records an admin action (CLI) inside the caller's transaction, and signs a
+/// checkpoint if one is due. Returns the event's sequence number.
 pub(crate) fn record_admin(
-    _conn: &Connection,
-    _keys: &Keyring,
-    _actor: &AccessContext,
-    _action: AuditAction,
-    _details: Option<&str>,
-    _now: i64,
-) -> Result<(), VaultError> {
-    Ok(())
+    conn: &Connection,
+    keys: &Keyring,
+    actor: &AccessContext,
+    action: AuditAction,
+    details: Option<&str>,
+    now: i64,
+) -> Result<u64, VaultError> {
+    let mut state = AuditState::load(conn, keys, CheckpointPolicy::default())?;
+    let rec = AuditRecord { action, tenant: None, token: None, purpose: None, subject: None, outcome: AuditOutcome::Success, details };
+    let seq = state.record(conn, keys, actor, &rec, now)?;
+    state.checkpoint_if_due(conn, false)?;
+    Ok(seq)
 }

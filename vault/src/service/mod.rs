@@ -7,6 +7,7 @@
 
 mod admin;
 mod audit_hook;
+pub mod erase;
 pub mod keyring;
 pub mod request;
 mod state;
@@ -30,7 +31,8 @@ use crate::core::secret::SecretKey32;
 use crate::core::token::{Token, TokenFormat};
 use crate::error::VaultError;
 use crate::store::{self, JobOutcome, ReadPool, StoreError, Writer, WriterConfig};
-pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord};
+pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord, card_code};
+pub use erase::{EraseTarget, Erasure, PurgeReport};
 pub use state::VaultState;
 pub use admin::{Admin, RewrapProgress, RewrapSummary};
 use keyring::{Keyring, SealSpec, Unlock};
@@ -55,6 +57,8 @@ pub struct VaultOptions {
     pub read_pool: usize,
     /// How long a caller waits for the writer before answering 503.
     pub write_timeout: Duration,
+    /// When the writer signs audit checkpoints.
+    pub checkpoint: panvault_audit::log::CheckpointPolicy,
 }
 
 impl Default for VaultOptions {
@@ -64,6 +68,7 @@ impl Default for VaultOptions {
             writer: WriterConfig::default(),
             read_pool: 8,
             write_timeout: Duration::from_secs(10),
+            checkpoint: panvault_audit::log::CheckpointPolicy::default(),
         }
     }
 }
@@ -158,6 +163,12 @@ impl Vault {
     /// Creates a new vault in `data_dir`: a root key sealed per `seal`, data key v1,
     /// a fingerprint key and an audit-signing key. Refuses an existing vault.
     pub fn init(data_dir: &Path, seal: &SealSpec, clock: &Clock) -> Result<InitReport, VaultError> {
+        let ctx = AccessContext { actor: "admin:init".into(), ..Default::default() };
+        Vault::init_as(data_dir, seal, clock, &ctx)
+    }
+
+    /// [`Vault::init`], recording `actor` in the audit log's first event.
+    pub fn init_as(data_dir: &Path, seal: &SealSpec, clock: &Clock, actor: &AccessContext) -> Result<InitReport, VaultError> {
         let db = store::db_path(data_dir);
         if db.exists() {
             return Err(VaultError::AlreadyInitialized(db.display().to_string()));
@@ -189,6 +200,12 @@ impl Vault {
         keyring::insert_aux_key(&tx, &vault_id, &root, "fingerprint", fp.expose_secret(), now)?;
         keyring::insert_aux_key(&tx, &vault_id, &root, "audit-signing", &audit_pkcs8, now)?;
         audit_hook::init_tables(&tx)?;
+        let ring = Keyring::load(&tx, &vault_id, SecretKey32::from_slice(root.expose_secret()).ok_or(VaultError::Crypto)?)?;
+        let details = match seal.shares {
+            Some((n, m)) => format!("vault_id={vault_id} seal=shamir total={n} threshold={m}"),
+            None => format!("vault_id={vault_id} seal=passphrase"),
+        };
+        audit_hook::record_admin(&tx, &ring, actor, AuditAction::Init, Some(&details), now)?;
         tx.commit().map_err(store_err)?;
         let audit_pubkey_path = audit_hook::write_public_key(data_dir, &audit_pkcs8)?;
         Ok(InitReport { vault_id, audit_pubkey_path, shares })
@@ -211,7 +228,7 @@ impl Vault {
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
         let (root, _info, _shares) = keyring::unseal_root(&conn, &vault_id, unlock)?;
         let ring = Keyring::load(&conn, &vault_id, root)?;
-        let state = VaultState::load(&conn, &ring)?;
+        let state = VaultState::load(&conn, &ring, opts.checkpoint.clone())?;
         let writer = Writer::start(conn, state, db.clone(), opts.writer.clone())?;
         let readers = ReadPool::new(db.clone(), opts.read_pool);
         Ok(Vault {
@@ -441,7 +458,7 @@ impl Vault {
             };
             // A refused delete changed nothing; its event is still recorded.
             match state.record(conn, &keys, &ctx, &rec, now) {
-                Ok(()) => (true, result),
+                Ok(_) => (true, result),
                 Err(e) => (false, Err(e)),
             }
         })
@@ -479,7 +496,44 @@ impl Vault {
                 details: None,
             };
             match state.record(conn, &keys, &ctx, &rec, now) {
-                Ok(()) => (true, Ok(())),
+                Ok(_) => (true, Ok(())),
+                Err(e) => (false, Err(e)),
+            }
+        })
+        .await
+        .map_err(|e| if e.is_unavailable() { VaultError::AuditUnavailable } else { e })
+    }
+
+    /// Records an event that is not part of a data operation: a request refused
+    /// before reaching one (authentication, authorization, validation), the
+    /// server starting or stopping. Waits until it is durable.
+    pub async fn record_event(
+        &self,
+        ctx: &AccessContext,
+        action: AuditAction,
+        tenant: Option<&str>,
+        token: Option<&str>,
+        outcome: AuditOutcome,
+        details: Option<&str>,
+    ) -> Result<u64, VaultError> {
+        let keys = self.keys()?;
+        let ctx = ctx.clone();
+        let tenant = tenant.map(str::to_owned);
+        let token = token.and_then(Token::parse).map(|t| t.as_str().to_owned());
+        let details = details.map(str::to_owned);
+        let now = self.now().unix_timestamp();
+        self.write(move |conn, state| {
+            let rec = AuditRecord {
+                action,
+                tenant: tenant.as_deref(),
+                token: token.as_deref(),
+                purpose: None,
+                subject: None,
+                outcome,
+                details: details.as_deref(),
+            };
+            match state.record(conn, &keys, &ctx, &rec, now) {
+                Ok(seq) => (true, Ok(seq)),
                 Err(e) => (false, Err(e)),
             }
         })

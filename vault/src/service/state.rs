@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::Connection;
 
+use panvault_audit::log::{ChainHead, CheckpointPolicy};
+
 use super::audit_hook::{AuditRecord, AuditState};
 use super::keyring::Keyring;
 use super::request::AccessContext;
@@ -75,8 +77,17 @@ pub struct VaultState {
 }
 
 impl VaultState {
-    pub(crate) fn load(conn: &Connection, keys: &Keyring) -> Result<Self, VaultError> {
-        Ok(VaultState { dedup: DedupIndex::load(conn)?, encryptions: BTreeMap::new(), audit: AuditState::load(conn, keys)? })
+    pub(crate) fn load(conn: &Connection, keys: &Keyring, policy: CheckpointPolicy) -> Result<Self, VaultError> {
+        Ok(VaultState {
+            dedup: DedupIndex::load(conn)?,
+            encryptions: BTreeMap::new(),
+            audit: AuditState::load(conn, keys, policy)?,
+        })
+    }
+
+    /// The audit side (erasure, purge, receipts).
+    pub(crate) fn audit_mut(&mut self) -> &mut AuditState {
+        &mut self.audit
     }
 
     /// Counts one encryption under `version` (flushed before the batch commits).
@@ -92,19 +103,34 @@ impl VaultState {
         ctx: &AccessContext,
         rec: &AuditRecord<'_>,
         now: i64,
-    ) -> Result<(), VaultError> {
+    ) -> Result<u64, VaultError> {
         self.audit.record(conn, keys, ctx, rec, now)
     }
 }
 
 impl WriterState for VaultState {
-    type Snapshot = ();
-    fn snapshot(&self) {}
-    fn restore(&mut self, _snap: ()) {
-        // Counters of a rolled-back batch were never flushed.
+    type Snapshot = ChainHead;
+    fn snapshot(&self) -> ChainHead {
+        self.audit.snapshot()
+    }
+    fn restore(&mut self, snap: ChainHead) {
+        // Counters of a rolled-back batch were never flushed; the chain goes back.
         self.encryptions.clear();
+        self.audit.restore(snap);
+    }
+    fn on_shutdown(&mut self, conn: &mut Connection) {
+        // A final signed checkpoint so the log's end is covered.
+        let before = self.audit.snapshot();
+        let ok = conn.transaction().ok().and_then(|tx| {
+            self.audit.checkpoint_if_due(&tx, true).ok()?;
+            tx.commit().ok()
+        });
+        if ok.is_none() {
+            self.audit.restore(before);
+        }
     }
     fn before_commit(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        self.audit.checkpoint_if_due(conn, false).map_err(|_| StoreError::Unavailable("audit checkpoint could not be written"))?;
         if self.encryptions.is_empty() {
             return Ok(());
         }

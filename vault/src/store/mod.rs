@@ -155,3 +155,24 @@ pub fn sample_tokens(path: &Path, n: i64) -> Result<Vec<String>, StoreError> {
     let rows = stmt.query_map([n], |r| r.get::<_, String>(0))?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
+
+/// Checkpoints the WAL into the database file and truncates it, so deleted rows
+/// leave no copy in the WAL. Retries for up to `wait` while readers or the writer
+/// are busy; returns whether the WAL was emptied.
+pub fn scrub_wal(path: &Path, wait: std::time::Duration) -> bool {
+    let Ok(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX) else {
+        return false;
+    };
+    let _ = conn.busy_timeout(std::time::Duration::from_millis(200));
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let busy: Result<i64, _> = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
+        if matches!(busy, Ok(0)) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -66,6 +66,20 @@ CREATE UNIQUE INDEX cards_token ON cards(token);
 CREATE INDEX cards_subject ON cards(tenant, subject) WHERE subject IS NOT NULL;
 CREATE INDEX cards_key_version ON cards(key_version);
 "#,
+    // 2: erasure requests (GDPR Art. 17), visible to compliance checks
+    r#"
+CREATE TABLE erasure_requests (
+    id            INTEGER PRIMARY KEY,
+    tenant        TEXT NOT NULL,
+    subject_hash  TEXT,
+    token         TEXT,
+    requested_at  INTEGER NOT NULL,
+    completed_at  INTEGER,
+    tokens_erased INTEGER,
+    audit_seq     INTEGER
+) STRICT;
+CREATE INDEX erasure_requests_open ON erasure_requests(completed_at) WHERE completed_at IS NULL;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -55,6 +55,8 @@ pub trait WriterState: Send + 'static {
     }
     /// Runs after every committed batch.
     fn after_commit(&mut self, _conn: &mut Connection) {}
+    /// Runs once when the writer stops, after the last batch.
+    fn on_shutdown(&mut self, _conn: &mut Connection) {}
 }
 
 impl WriterState for () {
@@ -194,6 +196,7 @@ fn run<S: WriterState>(mut conn: Connection, mut state: S, rx: Receiver<Job<S>>,
             state.after_commit(&mut conn);
         }
     }
+    state.on_shutdown(&mut conn);
 }
 
 fn clone_err(e: &StoreError) -> StoreError {

@@ -1,0 +1,199 @@
+//! GDPR erasure (Art. 17) and card-data retention (PCI DSS 3.2.1).
+//!
+//! An erasure deletes every record of a data subject (or one token) in a tenant in
+//! one transaction, together with its audit event and an `erasure_requests` row,
+//! then checkpoints and truncates the WAL so the deleted bytes are gone from both
+//! files (`secure_delete` zeroes them in the pages). The caller gets a receipt
+//! signed with the audit key naming the event's sequence number. The audit log
+//! keeps only the keyed hash of the subject, so it never needs rewriting.
+
+use rusqlite::{Connection, params};
+use time::OffsetDateTime;
+
+use super::audit_hook::{AuditAction, AuditOutcome, AuditRecord, AuditState};
+use super::keyring::Keyring;
+use super::request::{AccessContext, validate_subject};
+use super::{Vault, store_err, validate_tenant};
+use crate::core::token::Token;
+use crate::error::VaultError;
+use crate::store;
+use panvault_audit::log::{ErasureReceipt, subject_hash};
+
+/// What to erase.
+#[derive(Debug, Clone)]
+pub enum EraseTarget {
+    /// Every token of a data subject.
+    Subject(String),
+    /// One token.
+    Token(String),
+}
+
+/// The result of an erasure.
+#[derive(Debug, Clone)]
+pub struct Erasure {
+    /// The signed receipt.
+    pub receipt: ErasureReceipt,
+    /// Whether the WAL was truncated (no older copies of the pages left).
+    pub wal_scrubbed: bool,
+}
+
+/// What a retention run found or did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PurgeReport {
+    /// Cards whose expiry month ended more than the grace period ago.
+    pub past_expiry: u64,
+    /// Tokens whose own time-to-live ran out.
+    pub past_ttl: u64,
+    /// Whether anything was deleted (false for a dry run).
+    pub deleted: bool,
+    /// Audit sequence number of the purge event (not for dry runs).
+    pub audit_seq: Option<u64>,
+}
+
+/// The month index (year * 12 + month - 1) before which a card's expiry month
+/// must have ended for it to be purged at `now` with `grace_days`.
+fn cutoff_month(now: OffsetDateTime, grace_days: i64) -> i64 {
+    let cutoff = now - time::Duration::days(grace_days.max(0));
+    i64::from(cutoff.year()) * 12 + i64::from(u8::from(cutoff.month())) - 1
+}
+
+/// Erases inside `conn`'s transaction; returns the receipt.
+pub(crate) fn erase_in_tx(
+    conn: &Connection,
+    audit: &mut AuditState,
+    keys: &Keyring,
+    ctx: &AccessContext,
+    tenant: &str,
+    target: &EraseTarget,
+    now: i64,
+) -> Result<ErasureReceipt, VaultError> {
+    let (n, subject_key_hash, token, subject) = match target {
+        EraseTarget::Subject(s) => {
+            let n = conn.execute("DELETE FROM cards WHERE tenant = ?1 AND subject = ?2", params![tenant, s]).map_err(store_err)?;
+            (n, subject_hash(keys.subject_key.expose_secret(), tenant, s), None, Some(s.as_str()))
+        }
+        EraseTarget::Token(t) => {
+            let parsed = Token::parse(t).ok_or(VaultError::NotFound)?;
+            let n = conn.execute("DELETE FROM cards WHERE tenant = ?1 AND token = ?2", params![tenant, parsed.as_str()]).map_err(store_err)?;
+            (n, subject_hash(keys.subject_key.expose_secret(), tenant, &format!("token:{}", parsed.as_str())), Some(parsed), None)
+        }
+    };
+    let n = u64::try_from(n).unwrap_or(0);
+    let details = format!("tokens_erased={n}");
+    let rec = AuditRecord {
+        action: AuditAction::Erase,
+        tenant: Some(tenant),
+        token: token.as_ref().map(Token::as_str),
+        purpose: None,
+        subject,
+        outcome: AuditOutcome::Success,
+        details: Some(&details),
+    };
+    let seq = audit.record(conn, keys, ctx, &rec, now)?;
+    conn.execute(
+        "INSERT INTO erasure_requests (tenant, subject_hash, token, requested_at, completed_at, tokens_erased, audit_seq)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
+        params![tenant, subject_key_hash, token.as_ref().map(Token::as_str), now, i64::try_from(n).unwrap_or(i64::MAX), i64::try_from(seq).unwrap_or(i64::MAX)],
+    )
+    .map_err(store_err)?;
+    let time = OffsetDateTime::from_unix_timestamp(now).map_err(|_| VaultError::Crypto)?;
+    audit.sign_receipt(subject_key_hash, tenant, n, time, seq)
+}
+
+/// Purges (or counts, for a dry run) records past retention inside `conn`'s transaction.
+pub(crate) fn purge_in_tx(
+    conn: &Connection,
+    audit: &mut AuditState,
+    keys: &Keyring,
+    ctx: &AccessContext,
+    grace_days: i64,
+    dry_run: bool,
+    now: OffsetDateTime,
+) -> Result<PurgeReport, VaultError> {
+    let cutoff = cutoff_month(now, grace_days);
+    let ts = now.unix_timestamp();
+    let count = |sql: &str| -> Result<u64, VaultError> {
+        let n: i64 = conn.query_row(sql, params![cutoff, ts], |r| r.get(0)).map_err(store_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    };
+    let past_expiry = count("SELECT count(*) FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1 AND ?2 = ?2")?;
+    let past_ttl = count("SELECT count(*) FROM cards WHERE expires_at IS NOT NULL AND expires_at <= ?2 AND NOT (exp_year * 12 + exp_month - 1 < ?1)")?;
+    if dry_run {
+        return Ok(PurgeReport { past_expiry, past_ttl, deleted: false, audit_seq: None });
+    }
+    conn.execute(
+        "DELETE FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1 OR (expires_at IS NOT NULL AND expires_at <= ?2)",
+        params![cutoff, ts],
+    )
+    .map_err(store_err)?;
+    let details = format!("past_expiry={past_expiry} past_ttl={past_ttl} grace_days={grace_days}");
+    let rec = AuditRecord {
+        action: AuditAction::RetentionPurge,
+        tenant: None,
+        token: None,
+        purpose: None,
+        subject: None,
+        outcome: AuditOutcome::Success,
+        details: Some(&details),
+    };
+    let seq = audit.record(conn, keys, ctx, &rec, ts)?;
+    Ok(PurgeReport { past_expiry, past_ttl, deleted: true, audit_seq: Some(seq) })
+}
+
+impl Vault {
+    /// Erases every record of `target` in `tenant` and returns a signed receipt.
+    /// Erasing a subject with no tokens is not an error (the receipt says 0).
+    pub async fn erase(&self, tenant: &str, target: EraseTarget, ctx: &AccessContext) -> Result<Erasure, VaultError> {
+        validate_tenant(tenant)?;
+        if let EraseTarget::Subject(s) = &target {
+            validate_subject(s)?;
+        }
+        let keys = self.keys()?;
+        let tenant_s = tenant.to_owned();
+        let ctx = ctx.clone();
+        let now = self.now().unix_timestamp();
+        let receipt = self
+            .write(move |conn, state| match erase_in_tx(conn, state.audit_mut(), &keys, &ctx, &tenant_s, &target, now) {
+                Ok(r) => (true, Ok(r)),
+                Err(VaultError::NotFound) => (true, Err(VaultError::NotFound)),
+                Err(e) => (false, Err(e)),
+            })
+            .await?;
+        let db = self.db_path().to_owned();
+        let wal_scrubbed = tokio::task::spawn_blocking(move || store::scrub_wal(&db, std::time::Duration::from_secs(5)))
+            .await
+            .unwrap_or(false);
+        Ok(Erasure { receipt, wal_scrubbed })
+    }
+
+    /// Deletes records past retention: cards whose expiry month ended more than
+    /// `grace_days` ago and tokens past their own TTL. One audit event with the
+    /// counts. A dry run only counts.
+    pub async fn purge_retention(&self, grace_days: i64, dry_run: bool, ctx: &AccessContext) -> Result<PurgeReport, VaultError> {
+        let keys = self.keys()?;
+        let ctx = ctx.clone();
+        let now = self.now();
+        let report = self
+            .write(move |conn, state| match purge_in_tx(conn, state.audit_mut(), &keys, &ctx, grace_days, dry_run, now) {
+                Ok(r) => (true, Ok(r)),
+                Err(e) => (false, Err(e)),
+            })
+            .await?;
+        if report.deleted && report.past_expiry + report.past_ttl > 0 {
+            let db = self.db_path().to_owned();
+            let _ = tokio::task::spawn_blocking(move || store::scrub_wal(&db, std::time::Duration::from_secs(5))).await;
+        }
+        Ok(report)
+    }
+}
+
+/// Open erasure requests (not completed) older than `days`, for compliance checks.
+pub fn open_erasure_requests(conn: &Connection, older_than_days: i64, now: OffsetDateTime) -> Result<i64, VaultError> {
+    let cutoff = now.unix_timestamp() - older_than_days * 86_400;
+    conn.query_row(
+        "SELECT count(*) FROM erasure_requests WHERE completed_at IS NULL AND requested_at < ?1",
+        [cutoff],
+        |r| r.get(0),
+    )
+    .map_err(store_err)
+}
