@@ -153,7 +153,7 @@ pub fn vault_err(e: panvault_vault::VaultError) -> CliError {
 
 /// The OS user, for `admin:<user>` audit actors.
 pub fn admin_actor() -> panvault_vault::AccessContext {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| os_uid());
     panvault_vault::AccessContext { actor: format!("admin:{user}"), ..Default::default() }
 }
 
@@ -164,4 +164,16 @@ macro_rules! outln {
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout(), $($t)*);
     }};
+}
+
+/// `uid:<n>` of this process, read from /proc (no `unsafe` getuid).
+fn os_uid() -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata("/proc/self") {
+            return format!("uid:{}", m.uid());
+        }
+    }
+    "unknown".into()
 }

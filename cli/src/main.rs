@@ -33,6 +33,11 @@ enum Command {
     /// Root key: rotate, change passphrase, reshare custodian shares.
     #[command(subcommand)]
     Master(cmd::master::Command),
+    /// Erase a data subject's card data (GDPR Art. 17) with a signed receipt.
+    Erase(cmd::erase::EraseArgs),
+    /// Card-data retention.
+    #[command(subcommand)]
+    Retention(cmd::erase::RetentionCommand),
     /// Find card numbers left in files and archives.
     Scan(cmd::scan::Args),
     /// Audit log: verify, export, checkpoint.
@@ -50,6 +55,8 @@ fn main() -> ExitCode {
         Command::Init(args) => cmd::init::run(args),
         Command::Keys(c) => cmd::keys::run(c),
         Command::Master(c) => cmd::master::run(c),
+        Command::Erase(a) => cmd::erase::erase(a),
+        Command::Retention(c) => cmd::erase::retention(c),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Quickstart(args) => cmd::quickstart::run(args),
         Command::Bench(args) => cmd::bench::run(args),

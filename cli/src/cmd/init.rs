@@ -48,7 +48,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         }
     }
     let spec = SealSpec { unlock, kdf: panvault_vault::service::default_kdf(), shares };
-    let report = Vault::init(&args.data_dir, &spec, &system_clock()).map_err(vault_err)?;
+    let report = Vault::init_as(&args.data_dir, &spec, &system_clock(), &crate::common::admin_actor()).map_err(vault_err)?;
     if let Some(dir) = &args.shares_dir {
         crate::cmd::master::write_shares(dir, &report.shares)?;
         crate::outln!(
