@@ -2,6 +2,7 @@
 pub mod audit;
 pub mod bench;
 pub mod dev;
+pub mod erase;
 pub mod init;
 pub mod keys;
 pub mod master;
