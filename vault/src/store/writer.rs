@@ -103,17 +103,20 @@ impl<S: WriterState> Writer<S> {
     /// Starts the writer on `conn` with initial `state`, and a checkpointer on `path`.
     pub fn start(conn: Connection, state: S, path: PathBuf, cfg: WriterConfig) -> Result<Self, StoreError> {
         let (tx, rx) = sync_channel::<Job<S>>(cfg.queue);
+        let restart = Arc::new(AtomicBool::new(false));
+        let restart2 = Arc::clone(&restart);
         let max_batch = cfg.max_batch.max(1);
         let thread = std::thread::Builder::new()
             .name("panvault-writer".into())
-            .spawn(move || run(conn, state, rx, max_batch))
+            .spawn(move || run(conn, state, rx, max_batch, restart))
             .map_err(|_| StoreError::Unavailable("could not start the writer thread"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
+
         let every = cfg.checkpoint_every;
         let checkpointer = std::thread::Builder::new()
             .name("panvault-checkpoint".into())
-            .spawn(move || checkpoint_loop(path, every, stop2))
+            .spawn(move || checkpoint_loop(path, every, stop2, restart2))
             .map_err(|_| StoreError::Unavailable("could not start the checkpointer thread"))?;
         Ok(Writer {
             tx: Mutex::new(Some(tx)),
@@ -161,7 +164,7 @@ impl<S: WriterState> Drop for Writer<S> {
     }
 }
 
-fn run<S: WriterState>(mut conn: Connection, mut state: S, rx: Receiver<Job<S>>, max_batch: usize) {
+fn run<S: WriterState>(mut conn: Connection, mut state: S, rx: Receiver<Job<S>>, max_batch: usize, restart: Arc<AtomicBool>) {
     let mut batch: Vec<Job<S>> = Vec::with_capacity(max_batch);
     let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
     let mut stats = Stats::new();
@@ -194,6 +197,11 @@ fn run<S: WriterState>(mut conn: Connection, mut state: S, rx: Receiver<Job<S>>,
         }
         if failed.is_none() {
             state.after_commit(&mut conn);
+        }
+        if restart.swap(false, Ordering::SeqCst) {
+            // Most frames are already copied by the passive checkpoints: this copies
+            // the rest and lets the next transaction start the WAL from the top.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
         }
     }
     state.on_shutdown(&mut conn);
@@ -245,7 +253,7 @@ fn run_batch<S: WriterState>(
 /// WAL frames after which the checkpointer restarts the log (~64 MiB of 4 KiB pages).
 const WAL_RESTART_FRAMES: i64 = 16_384;
 
-fn checkpoint_loop(path: PathBuf, every: Duration, stop: Arc<AtomicBool>) {
+fn checkpoint_loop(path: PathBuf, every: Duration, stop: Arc<AtomicBool>, restart: Arc<AtomicBool>) {
     let mut conn: Option<Connection> = None;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(every);
@@ -261,12 +269,11 @@ fn checkpoint_loop(path: PathBuf, every: Duration, stop: Arc<AtomicBool>) {
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
                 .unwrap_or(0);
             // Under steady load a passive checkpoint never finishes, and the WAL only
-            // restarts once one does: past the limit, briefly hold the writer off
-            // (it waits through its busy timeout) and restart the log.
+            // restarts once one does: past the limit, ask the writer to restart the
+            // log between two batches (doing it here would make the writer wait on
+            // the lock through SQLite's sleeping busy handler).
             if frames > WAL_RESTART_FRAMES {
-                let _ = c.busy_timeout(Duration::from_secs(2));
-                let _ = c.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
-                let _ = c.busy_timeout(Duration::from_millis(100));
+                restart.store(true, Ordering::SeqCst);
             }
         }
     }
