@@ -1,1 +1,48 @@
-//! Tamper-evident audit log (being written).
+//! The tamper-evident audit log (PCI DSS 10.2–10.3, 10.5.1, 10.7).
+//!
+//! Every event is stored as one row of `audit_events` in the vault's database,
+//! written in the same transaction as the change it records. Each row carries
+//! the hash of the previous row and its own hash,
+//! `hash = SHA-256(prev_hash ‖ canonical encoding)`, where the encoding is
+//! versioned, in a fixed field order and length-prefixed (see the `encoding`
+//! section of `docs/audit-log.md`). Every so often the writer signs a
+//! [`Checkpoint`] — `(id, seq, head hash, time)` — with an Ed25519 key sealed
+//! under the vault's root key; [`verify`] needs only the [`PublicKey`].
+//!
+//! What the vault calls, from its single writer thread, inside its transaction:
+//! [`migrate`] once, [`AuditChain::load`], then per event [`AuditChain::append`],
+//! [`AuditChain::snapshot`]/[`AuditChain::restore`] around each transaction, and
+//! [`AuditChain::checkpoint`] when [`AuditChain::checkpoint_due`] says so and at
+//! shutdown. Retention runs [`prune`]; erasures hand out an [`ErasureReceipt`].
+//!
+//! What a verifier calls: [`open_read_only`], [`verify`] (optionally against a
+//! checkpoint kept elsewhere), [`export_jsonl`], [`latest_checkpoint`].
+//!
+//! Events never carry card numbers or keys; a data subject appears only as
+//! [`subject_hash`].
+
+mod chain;
+mod checkpoint;
+mod encoding;
+mod error;
+mod event;
+mod export;
+mod keys;
+mod prune;
+mod receipt;
+mod schema;
+mod verify;
+
+pub use chain::{AuditChain, ChainHead, CheckpointPolicy};
+pub use checkpoint::{Checkpoint, latest_checkpoint};
+pub use encoding::{ChainHash, ENCODING_VERSION, sha256_hex};
+pub use error::AuditError;
+pub use event::{
+    Action, Actor, Event, MAX_CODE_LEN, MAX_DETAILS_LEN, MAX_FIELD_LEN, NewEvent, Outcome,
+};
+pub use export::{export_jsonl, read_events};
+pub use keys::{PublicKey, SigningKey};
+pub use prune::{DEFAULT_RETENTION, MIN_RETENTION, PruneRecord, PruneReport, prune};
+pub use receipt::{ErasureReceipt, subject_hash, verify_receipt};
+pub use schema::{SCHEMA_SQL, SCHEMA_VERSION, migrate, open_read_only};
+pub use verify::{Break, BreakKind, Location, VerifyReport, verify};

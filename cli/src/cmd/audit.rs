@@ -1,13 +1,490 @@
-//! (placeholder, being written)
+//! `panvault audit`: verify the tamper-evident log, export it for a SIEM, print
+//! the latest signed checkpoint to keep off the host, and check erasure receipts.
+//!
+//! These commands open `DIR/vault.db` read-only (a running server keeps serving)
+//! and need only the audit public key, never the vault's secrets.
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use panvault_audit::log::{
+    self as audit, AuditError, Checkpoint, ErasureReceipt, PublicKey, VerifyReport,
+};
 
 use crate::common::CliError;
 
+/// Exit code when the log or a receipt fails verification.
+const EXIT_BROKEN: u8 = 3;
+
 /// Subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Check the whole chain and every checkpoint signature using only the public key.
+    ///
+    /// Exit 0 when intact, 3 with the first sequence number where the log breaks
+    /// and how (modified, missing, inserted, reordered, truncated, bad signature),
+    /// 1 on usage or I/O errors.
+    Verify(VerifyArgs),
+    /// Write the events as JSON lines (for a SIEM).
+    Export(ExportArgs),
+    /// Print the latest signed checkpoint as one line, to keep off this host.
+    ///
+    /// Give it back later with `audit verify --checkpoint FILE` to prove the log
+    /// still extends it (catches truncation and rollback).
+    Checkpoint(CheckpointArgs),
+    /// Check the signature of an erasure receipt (JSON file).
+    VerifyReceipt(ReceiptArgs),
+}
+
+/// `--data-dir`.
+#[derive(Debug, clap::Args)]
+pub struct DataDir {
+    /// The vault's data directory (holds vault.db and audit-signing.pub).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "PANVAULT_DATA_DIR",
+        default_value = "./panvault-data"
+    )]
+    pub(crate) data_dir: PathBuf,
+}
+
+impl DataDir {
+    fn db(&self) -> PathBuf {
+        self.data_dir.join("vault.db")
+    }
+
+    fn pubkey(&self, given: Option<&Path>) -> PathBuf {
+        given.map_or_else(
+            || self.data_dir.join("audit-signing.pub"),
+            Path::to_path_buf,
+        )
+    }
+}
+
+/// `audit verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    dir: DataDir,
+    /// The audit public key (default DIR/audit-signing.pub; better a copy kept elsewhere).
+    #[arg(long, value_name = "FILE")]
+    pubkey: Option<PathBuf>,
+    /// A checkpoint printed earlier by `audit checkpoint` and kept elsewhere.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// `audit export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    dir: DataDir,
+    /// First sequence number to export.
+    #[arg(long, value_name = "SEQ", default_value_t = 1)]
+    from: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    format: Format,
+    /// Write to FILE (created with mode 0600) instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// `audit checkpoint`.
+#[derive(Debug, clap::Args)]
+pub struct CheckpointArgs {
+    #[command(flatten)]
+    dir: DataDir,
+    /// The audit public key to check the checkpoint with (default DIR/audit-signing.pub).
+    #[arg(long, value_name = "FILE")]
+    pubkey: Option<PathBuf>,
+}
+
+/// `audit verify-receipt`.
+#[derive(Debug, clap::Args)]
+pub struct ReceiptArgs {
+    /// The receipt (JSON).
+    #[arg(value_name = "FILE")]
+    receipt: PathBuf,
+    #[command(flatten)]
+    dir: DataDir,
+    /// The audit public key (default DIR/audit-signing.pub).
+    #[arg(long, value_name = "FILE")]
+    pubkey: Option<PathBuf>,
+}
 
 /// Runs the subcommand.
 pub fn run(c: Command) -> Result<ExitCode, CliError> {
-    match c {}
+    match c {
+        Command::Verify(a) => verify(&a),
+        Command::Export(a) => export(&a),
+        Command::Checkpoint(a) => checkpoint(&a),
+        Command::VerifyReceipt(a) => verify_receipt(&a),
+    }
+}
+
+fn verify(a: &VerifyArgs) -> Result<ExitCode, CliError> {
+    let key = read_pubkey(&a.dir.pubkey(a.pubkey.as_deref()))?;
+    let anchor = match &a.checkpoint {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+            let cp: Checkpoint = text
+                .parse()
+                .map_err(|e| fail(&format!("{}", path.display()), &e))?;
+            Some(cp)
+        }
+        None => None,
+    };
+    let conn = audit::open_read_only(&a.dir.db())
+        .map_err(|e| fail(&a.dir.db().display().to_string(), &e))?;
+    let report =
+        audit::verify(&conn, &key, anchor.as_ref()).map_err(|e| fail("audit verify", &e))?;
+    print_report(&report, anchor.as_ref());
+    let details = match &report.problem {
+        None => format!("intact events={} checkpoints={}", report.events, report.checkpoints),
+        Some(b) => format!("broken at seq {} kind={:?} events_checked={}", b.seq, b.kind, report.events),
+    };
+    record(&a.dir.data_dir, panvault_vault::service::AuditAction::AuditVerify, &details);
+    match &report.problem {
+        None => Ok(ExitCode::SUCCESS),
+        Some(b) => Err(CliError::with_code(
+            format!("audit log broken at {b}"),
+            EXIT_BROKEN,
+        )),
+    }
+}
+
+fn print_report(r: &VerifyReport, anchor: Option<&Checkpoint>) {
+    let mut out = io::stdout().lock();
+    let range = if r.events == 0 {
+        "no events".to_owned()
+    } else {
+        format!(
+            "{} (seq {}..={})",
+            count(r.events, "event"),
+            r.first_seq,
+            r.last_seq
+        )
+    };
+    let signed = format!(
+        "{}, {}",
+        count(r.checkpoints, "checkpoint"),
+        count(r.prunes, "prune record")
+    );
+    let _ = if r.is_intact() {
+        writeln!(out, "audit log intact: {range}, {signed}")
+    } else {
+        writeln!(out, "verified before the break: {range}, {signed}")
+    };
+    if r.first_seq > 1 {
+        let _ = writeln!(
+            out,
+            "events before seq {} were pruned under the retention policy (signed record)",
+            r.first_seq
+        );
+    }
+    if let Some(cp) = &r.last_checkpoint {
+        let _ = writeln!(out, "latest checkpoint: #{} at seq {}", cp.id, cp.seq);
+    }
+    if r.is_intact() && r.unsigned_tail > 0 {
+        let _ = writeln!(
+            out,
+            "{} after the latest checkpoint: chained, not yet signed",
+            count(r.unsigned_tail, "event")
+        );
+    }
+    if let (Some(a), true) = (anchor, r.is_intact()) {
+        let _ = writeln!(
+            out,
+            "the log extends the given checkpoint #{} (seq {})",
+            a.id, a.seq
+        );
+    }
+}
+
+/// "1 event", "2 events".
+fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn export(a: &ExportArgs) -> Result<ExitCode, CliError> {
+    let conn = audit::open_read_only(&a.dir.db())
+        .map_err(|e| fail(&a.dir.db().display().to_string(), &e))?;
+    let Format::Jsonl = a.format;
+    let n = match &a.output {
+        Some(path) => {
+            let file = create_private(path)
+                .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+            audit::export_jsonl(&conn, a.from, BufWriter::new(file))
+        }
+        None => audit::export_jsonl(&conn, a.from, BufWriter::new(io::stdout().lock())),
+    }
+    .map_err(|e| fail("audit export", &e))?;
+    eprintln!("exported {n} events");
+    record(&a.dir.data_dir, panvault_vault::service::AuditAction::AuditExport, &format!("from_seq={} events={n} format=jsonl", a.from));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checkpoint(a: &CheckpointArgs) -> Result<ExitCode, CliError> {
+    let key = read_pubkey(&a.dir.pubkey(a.pubkey.as_deref()))?;
+    let conn = audit::open_read_only(&a.dir.db())
+        .map_err(|e| fail(&a.dir.db().display().to_string(), &e))?;
+    let cp = audit::latest_checkpoint(&conn)
+        .map_err(|e| fail("audit checkpoint", &e))?
+        .ok_or_else(|| CliError::usage("the audit log has no checkpoint yet"))?;
+    if cp.verify(&key).is_err() {
+        return Err(CliError::with_code(
+            format!(
+                "checkpoint #{} does not verify with the public key; run `panvault audit verify`",
+                cp.id
+            ),
+            EXIT_BROKEN,
+        ));
+    }
+    record(&a.dir.data_dir, panvault_vault::service::AuditAction::AuditCheckpoint, &format!("checkpoint={} seq={}", cp.id, cp.seq));
+    crate::outln!("{cp}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_receipt(a: &ReceiptArgs) -> Result<ExitCode, CliError> {
+    let key = read_pubkey(&a.dir.pubkey(a.pubkey.as_deref()))?;
+    let text = std::fs::read_to_string(&a.receipt)
+        .map_err(|e| CliError::usage(format!("{}: {e}", a.receipt.display())))?;
+    let r = ErasureReceipt::from_json(&text)
+        .map_err(|e| fail(&format!("{}", a.receipt.display()), &e))?;
+    match audit::verify_receipt(&r, &key) {
+        Ok(()) => {
+            println!(
+                "erasure receipt valid: tenant {}, subject {}, {} tokens erased, audit event seq {}",
+                r.tenant, r.subject_hash, r.tokens_erased, r.audit_seq
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(_) => Err(CliError::with_code(
+            "erasure receipt does not verify with the audit public key",
+            EXIT_BROKEN,
+        )),
+    }
+}
+
+fn read_pubkey(path: &Path) -> Result<PublicKey, CliError> {
+    PublicKey::read_from(path)
+        .map_err(|e| fail(&format!("audit public key {}", path.display()), &e))
+}
+
+/// Creates (or truncates) `path`, readable by its owner only.
+fn create_private(path: &Path) -> io::Result<File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+}
+
+/// An audit error as a CLI error (exit 1), with its causes.
+fn fail(context: &str, e: &AuditError) -> CliError {
+    let mut msg = format!("{context}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    CliError::usage(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use panvault_audit::log::{Action, Actor, AuditChain, NewEvent, Outcome, SigningKey};
+
+    struct Vault {
+        dir: tempfile::TempDir,
+        key: SigningKey,
+    }
+
+    impl Vault {
+        fn data_dir(&self) -> DataDir {
+            DataDir {
+                data_dir: self.dir.path().to_path_buf(),
+            }
+        }
+
+        fn db(&self) -> rusqlite::Connection {
+            rusqlite::Connection::open(self.dir.path().join("vault.db")).unwrap()
+        }
+    }
+
+    /// A data directory with 20 events, a checkpoint every 5, and the public key.
+    fn vault() -> Vault {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_seed(&[3; 32]).unwrap();
+        key.public_key()
+            .write_to(&dir.path().join("audit-signing.pub"))
+            .unwrap();
+        let mut conn = rusqlite::Connection::open(dir.path().join("vault.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        audit::migrate(&conn).unwrap();
+        let mut chain = AuditChain::load(&conn).unwrap();
+        let tx = conn.transaction().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        for i in 0..20 {
+            let ev = NewEvent::new(
+                now,
+                Actor::client("shop", "ff"),
+                Action::TOKENIZE,
+                Outcome::Success,
+            )
+            .with_tenant("acme")
+            .with_token(format!("tok_{i}"));
+            chain.append(&tx, &ev).unwrap();
+            if (i + 1) % 5 == 0 {
+                chain.checkpoint(&tx, &key, now).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        Vault { dir, key }
+    }
+
+    fn verify_args(v: &Vault, checkpoint: Option<PathBuf>) -> Command {
+        Command::Verify(VerifyArgs {
+            dir: v.data_dir(),
+            pubkey: None,
+            checkpoint,
+        })
+    }
+
+    #[test]
+    fn verify_exit_codes() {
+        let v = vault();
+        assert!(run(verify_args(&v, None)).is_ok());
+
+        v.db()
+            .execute("UPDATE audit_events SET token = 'tok_x' WHERE seq = 7", [])
+            .unwrap();
+        let err = run(verify_args(&v, None)).unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_BROKEN);
+        assert!(
+            err.to_string()
+                .starts_with("audit log broken at seq 7: modified"),
+            "{err}"
+        );
+
+        let missing = Vault {
+            dir: tempfile::tempdir().unwrap(),
+            key: SigningKey::from_seed(&[1; 32]).unwrap(),
+        };
+        v.key
+            .public_key()
+            .write_to(&missing.dir.path().join("audit-signing.pub"))
+            .unwrap();
+        assert_eq!(run(verify_args(&missing, None)).unwrap_err().exit_code(), 1);
+    }
+
+    #[test]
+    fn a_kept_checkpoint_catches_truncation() {
+        let v = vault();
+        let conn = v.db();
+        let cp = audit::latest_checkpoint(&conn).unwrap().unwrap();
+        let kept = v.dir.path().join("kept.txt");
+        std::fs::write(&kept, format!("{cp}\n")).unwrap();
+        assert!(run(verify_args(&v, Some(kept.clone()))).is_ok());
+        assert!(
+            run(Command::Checkpoint(CheckpointArgs {
+                dir: v.data_dir(),
+                pubkey: None
+            }))
+            .is_ok()
+        );
+
+        conn.execute("DELETE FROM audit_events WHERE seq > 12", [])
+            .unwrap();
+        conn.execute("DELETE FROM audit_checkpoints WHERE seq > 12", [])
+            .unwrap();
+        assert!(run(verify_args(&v, None)).is_ok());
+        let err = run(verify_args(&v, Some(kept))).unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_BROKEN);
+        assert!(
+            err.to_string()
+                .starts_with("audit log broken at seq 13: truncated"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn export_to_a_file() {
+        let v = vault();
+        let out = v.dir.path().join("events.jsonl");
+        let args = ExportArgs {
+            dir: v.data_dir(),
+            from: 16,
+            format: Format::Jsonl,
+            output: Some(out.clone()),
+        };
+        assert!(run(Command::Export(args)).is_ok());
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(text.lines().count(), 5);
+        assert!(text.lines().all(|l| l.starts_with("{\"seq\":")));
+    }
+
+    #[test]
+    fn receipts() {
+        let v = vault();
+        let time = time::OffsetDateTime::now_utc();
+        let sh = audit::subject_hash(&[9; 32], "acme", "customer-1");
+        let r = ErasureReceipt::sign(&v.key, sh, "acme", 2, time, 20).unwrap();
+        let file = v.dir.path().join("receipt.json");
+        std::fs::write(&file, r.to_json().unwrap()).unwrap();
+        let args = |f: &Path| ReceiptArgs {
+            receipt: f.to_path_buf(),
+            dir: v.data_dir(),
+            pubkey: None,
+        };
+        assert!(run(Command::VerifyReceipt(args(&file))).is_ok());
+        std::fs::write(
+            &file,
+            r.to_json()
+                .unwrap()
+                .replace("\"tokens_erased\":2", "\"tokens_erased\":1"),
+        )
+        .unwrap();
+        assert_eq!(
+            run(Command::VerifyReceipt(args(&file)))
+                .unwrap_err()
+                .exit_code(),
+            EXIT_BROKEN
+        );
+        std::fs::write(&file, "not json").unwrap();
+        assert_eq!(
+            run(Command::VerifyReceipt(args(&file)))
+                .unwrap_err()
+                .exit_code(),
+            1
+        );
+    }
+}
+
+/// Records this admin action in the log itself (PCI DSS 10.2.1.x). Reading an
+/// audit copy on a read-only medium must still work, so a failure only warns.
+fn record(data_dir: &Path, action: panvault_vault::service::AuditAction, details: &str) {
+    if let Err(e) = panvault_vault::service::append_admin_event(data_dir, &crate::common::admin_actor(), action, details) {
+        eprintln!("warning: could not record this action in the audit log: {e}");
+    }
 }

@@ -321,3 +321,37 @@ pub(crate) fn record_admin(
     state.checkpoint_if_due(conn, false)?;
     Ok(seq)
 }
+
+/// Appends an admin event to the log of the vault in `data_dir` without unsealing
+/// it (the hash chain needs no key; checkpoints are signed later by whoever holds
+/// the signing key). For commands that read but do not change the vault:
+/// `audit verify`, `audit export`, `audit checkpoint`, compliance runs.
+pub fn append_admin_event(
+    data_dir: &Path,
+    actor: &AccessContext,
+    action: AuditAction,
+    details: &str,
+) -> Result<u64, VaultError> {
+    let db = crate::store::db_path(data_dir);
+    if !db.exists() {
+        return Err(VaultError::NotInitialized(data_dir.display().to_string()));
+    }
+    // Not `open_writer`: no migrations here, and a file that is not a vault is left alone.
+    let mut conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| VaultError::Store(e.into()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| VaultError::Store(e.into()))?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(|e| VaultError::Store(e.into()))?;
+    if super::keyring::meta_get(&conn, "vault_id").ok().flatten().is_none() {
+        return Err(VaultError::NotInitialized(data_dir.display().to_string()));
+    }
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| VaultError::Store(e.into()))?;
+    let mut chain = AuditChain::load(&tx).map_err(audit_err)?;
+    let time = OffsetDateTime::now_utc();
+    let action = Action::new(action.as_str()).map_err(audit_err)?;
+    let ev = NewEvent::new(time, actor_of(actor), action, Outcome::Success).with_details(details.chars().take(4096).collect::<String>());
+    let seq = chain.append(&tx, &ev).map_err(audit_err)?;
+    tx.commit().map_err(|e| VaultError::Store(e.into()))?;
+    Ok(seq)
+}

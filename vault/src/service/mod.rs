@@ -31,7 +31,7 @@ use crate::core::secret::SecretKey32;
 use crate::core::token::{Token, TokenFormat};
 use crate::error::VaultError;
 use crate::store::{self, JobOutcome, ReadPool, StoreError, Writer, WriterConfig};
-pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord, card_code};
+pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord, append_admin_event, card_code};
 pub use erase::{EraseTarget, Erasure, PurgeReport};
 pub use state::VaultState;
 pub use admin::{Admin, RewrapProgress, RewrapSummary};

@@ -1,0 +1,236 @@
+//! Signed checkpoints: "after event `seq` the chain's head was `head`".
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::{Connection, OptionalExtension};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::encoding::{ChainHash, hex_decode_array, hex_encode};
+use super::error::AuditError;
+use super::event::{from_time_ns, time_ns, utc};
+use super::keys::{PublicKey, SigningKey};
+
+/// Domain separation for checkpoint signatures.
+const CHECKPOINT_DOMAIN: &[u8] = b"panvault-audit checkpoint v1\0";
+/// First word of the text form.
+const CHECKPOINT_LABEL: &str = "panvault-audit-checkpoint";
+
+/// A signed statement of the chain's head.
+///
+/// The signature covers `id`, `seq`, `head` and `time` (see
+/// `docs/audit-log.md`). The text form is one line, printed by
+/// `panvault audit checkpoint` and read back by `panvault audit verify --checkpoint`:
+///
+/// ```text
+/// panvault-audit-checkpoint v1 id=3 seq=3000 head=<64 hex> time=2025-06-01T12:00:00.5Z sig=<128 hex>
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Checkpoint number: 1, 2, 3 … without gaps.
+    pub id: u64,
+    /// The last event covered (0 for an empty log).
+    pub seq: u64,
+    /// The hash of event `seq` ([`ChainHash::GENESIS`] for an empty log).
+    pub head: ChainHash,
+    /// When it was signed (UTC, nanoseconds).
+    pub time: OffsetDateTime,
+    /// Ed25519 signature.
+    pub signature: [u8; 64],
+}
+
+impl Checkpoint {
+    /// Signs a new checkpoint.
+    pub(crate) fn sign(
+        key: &SigningKey,
+        id: u64,
+        seq: u64,
+        head: ChainHash,
+        time: OffsetDateTime,
+    ) -> Result<Checkpoint, AuditError> {
+        let time = utc(time)?;
+        let message = message(id, seq, &head, time_ns(time)?);
+        let signature = key.sign(&message);
+        Ok(Checkpoint {
+            id,
+            seq,
+            head,
+            time,
+            signature,
+        })
+    }
+
+    /// Checks the signature with `key`.
+    pub fn verify(&self, key: &PublicKey) -> Result<(), AuditError> {
+        let message = message(self.id, self.seq, &self.head, time_ns(self.time)?);
+        key.verify(&message, &self.signature)
+    }
+
+    /// Stores this checkpoint as a row of `audit_checkpoints`.
+    pub(crate) fn insert(&self, conn: &Connection) -> Result<(), AuditError> {
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO audit_checkpoints (id, seq, head, time_ns, signature) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        stmt.execute(rusqlite::params![
+            to_i64(self.id)?,
+            to_i64(self.seq)?,
+            &self.head.0[..],
+            time_ns(self.time)?,
+            &self.signature[..],
+        ])?;
+        Ok(())
+    }
+
+    /// Decodes a row `id, seq, head, time_ns, signature`; `None` if any column is
+    /// not what the schema says (the row is then reported as a bad signature).
+    pub(crate) fn from_row(row: &rusqlite::Row<'_>) -> Option<Checkpoint> {
+        let id = u64::try_from(row.get::<_, i64>(0).ok()?).ok()?;
+        let seq = u64::try_from(row.get::<_, i64>(1).ok()?).ok()?;
+        let head = ChainHash::from_slice(&row.get::<_, Vec<u8>>(2).ok()?)?;
+        let time = from_time_ns(row.get::<_, i64>(3).ok()?).ok()?;
+        let signature = <[u8; 64]>::try_from(row.get::<_, Vec<u8>>(4).ok()?.as_slice()).ok()?;
+        Some(Checkpoint {
+            id,
+            seq,
+            head,
+            time,
+            signature,
+        })
+    }
+}
+
+/// The signed bytes of a checkpoint.
+fn message(id: u64, seq: u64, head: &ChainHash, time_ns: i64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 8 + 8 + 32 + 8);
+    m.extend_from_slice(CHECKPOINT_DOMAIN);
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(&head.0);
+    m.extend_from_slice(&time_ns.to_be_bytes());
+    m
+}
+
+/// The latest checkpoint in the log (highest id), if any, without checking it.
+pub fn latest_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, AuditError> {
+    let row = conn
+        .query_row(
+            "SELECT id, seq, head, time_ns, signature FROM audit_checkpoints \
+             ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok(Checkpoint::from_row(r)),
+        )
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some(Some(cp)) => Ok(Some(cp)),
+        Some(None) => Err(AuditError::Parse {
+            what: "stored checkpoint",
+        }),
+    }
+}
+
+pub(crate) fn to_i64(v: u64) -> Result<i64, AuditError> {
+    i64::try_from(v).map_err(|_| AuditError::Overflow)
+}
+
+impl fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A time RFC 3339 cannot show (not one this crate signs) prints as
+        // `invalid`, which does not parse back.
+        let time = self
+            .time
+            .format(&Rfc3339)
+            .unwrap_or_else(|_| "invalid".to_owned());
+        write!(
+            f,
+            "{CHECKPOINT_LABEL} v1 id={} seq={} head={} time={} sig={}",
+            self.id,
+            self.seq,
+            self.head,
+            time,
+            hex_encode(&self.signature)
+        )
+    }
+}
+
+impl fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Checkpoint({self})")
+    }
+}
+
+impl FromStr for Checkpoint {
+    type Err = AuditError;
+
+    /// Parses the one-line text form (surrounding whitespace and a trailing
+    /// newline are ignored).
+    fn from_str(s: &str) -> Result<Checkpoint, AuditError> {
+        let err = || AuditError::Parse { what: "checkpoint" };
+        let mut words = s.split_whitespace();
+        if words.next() != Some(CHECKPOINT_LABEL) || words.next() != Some("v1") {
+            return Err(err());
+        }
+        let mut field = |name: &str| -> Result<&str, AuditError> {
+            let word = words.next().ok_or_else(err)?;
+            let (k, v) = word.split_once('=').ok_or_else(err)?;
+            if k == name { Ok(v) } else { Err(err()) }
+        };
+        let id = field("id")?.parse().map_err(|_| err())?;
+        let seq = field("seq")?.parse().map_err(|_| err())?;
+        let head = ChainHash::from_hex(field("head")?).ok_or_else(err)?;
+        let time = OffsetDateTime::parse(field("time")?, &Rfc3339)
+            .ok()
+            .and_then(|t| utc(t).ok())
+            .ok_or_else(err)?;
+        let signature = hex_decode_array(field("sig")?).ok_or_else(err)?;
+        if words.next().is_some() {
+            return Err(err());
+        }
+        Ok(Checkpoint {
+            id,
+            seq,
+            head,
+            time,
+            signature,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trip_and_signature() {
+        let key = SigningKey::from_seed(&[9; 32]).unwrap();
+        let time = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        let cp = Checkpoint::sign(&key, 4, 4000, ChainHash([5; 32]), time).unwrap();
+        cp.verify(&key.public_key()).unwrap();
+        let text = cp.to_string();
+        assert!(
+            text.contains("time=2023-11-14T22:13:20.123456789Z"),
+            "{text}"
+        );
+        let back: Checkpoint = format!("  {text}\n").parse().unwrap();
+        assert_eq!(back, cp);
+        back.verify(&key.public_key()).unwrap();
+
+        let altered = Checkpoint {
+            seq: 4001,
+            ..cp.clone()
+        };
+        assert!(altered.verify(&key.public_key()).is_err());
+        let altered = Checkpoint {
+            id: 5,
+            ..cp.clone()
+        };
+        assert!(altered.verify(&key.public_key()).is_err());
+        assert!(
+            text.replace("seq=4000", "seq=x")
+                .parse::<Checkpoint>()
+                .is_err()
+        );
+        assert!(format!("{text} extra").parse::<Checkpoint>().is_err());
+    }
+}

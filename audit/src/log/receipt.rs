@@ -1,0 +1,214 @@
+//! Erasure receipts (issue 7) and keyed hashes of data-subject ids.
+use std::str::FromStr;
+
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::encoding::{hex_decode_array, hex_encode, push_lp};
+use super::error::AuditError;
+use super::event::{time_ns, utc};
+use super::keys::{PublicKey, SigningKey};
+
+/// Domain separation for receipt signatures.
+const RECEIPT_DOMAIN: &[u8] = b"panvault-audit erasure-receipt v1\0";
+/// Domain separation for subject hashes.
+const SUBJECT_DOMAIN: &[u8] = b"panvault subject-id v1\0";
+/// The `format` field of the JSON form.
+const RECEIPT_FORMAT: &str = "panvault-erasure-receipt-v1";
+
+/// The keyed hash that stands for a data subject's id in events and receipts:
+/// HMAC-SHA256 under `key` (a vault secret) of the tenant and the subject id,
+/// each length-prefixed, as lower-case hex. The raw id is never stored.
+pub fn subject_hash(key: &[u8; 32], tenant: &str, subject: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut msg = Vec::with_capacity(SUBJECT_DOMAIN.len() + 8 + tenant.len() + subject.len() + 2);
+    msg.extend_from_slice(SUBJECT_DOMAIN);
+    push_lp(&mut msg, tenant.as_bytes());
+    push_lp(&mut msg, subject.as_bytes());
+    hex_encode(hmac::sign(&key, &msg).as_ref())
+}
+
+/// A signed statement that a subject's card data was erased, handed to whoever
+/// asked for the erasure. It names the audit event that recorded the erasure.
+///
+/// JSON form (one object):
+/// `{"format":"panvault-erasure-receipt-v1","subject_hash":"…","tenant":"…",
+/// "tokens_erased":3,"time":"2025-06-01T12:00:00Z","audit_seq":1234,"signature":"<128 hex>"}`
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ErasureReceipt {
+    /// [`subject_hash`] of the subject.
+    pub subject_hash: String,
+    /// The tenant.
+    pub tenant: String,
+    /// How many tokens were erased.
+    pub tokens_erased: u64,
+    /// When (UTC).
+    pub time: OffsetDateTime,
+    /// The sequence number of the `erase` audit event.
+    pub audit_seq: u64,
+    /// Ed25519 signature by the audit signing key.
+    pub signature: [u8; 64],
+}
+
+impl ErasureReceipt {
+    /// Signs a receipt.
+    pub fn sign(
+        key: &SigningKey,
+        subject_hash: impl Into<String>,
+        tenant: impl Into<String>,
+        tokens_erased: u64,
+        time: OffsetDateTime,
+        audit_seq: u64,
+    ) -> Result<ErasureReceipt, AuditError> {
+        let mut r = ErasureReceipt {
+            subject_hash: subject_hash.into(),
+            tenant: tenant.into(),
+            tokens_erased,
+            time: utc(time)?,
+            audit_seq,
+            signature: [0; 64],
+        };
+        r.signature = key.sign(&r.message()?);
+        Ok(r)
+    }
+
+    fn message(&self) -> Result<Vec<u8>, AuditError> {
+        let mut m = Vec::with_capacity(RECEIPT_DOMAIN.len() + self.subject_hash.len() + 64);
+        m.extend_from_slice(RECEIPT_DOMAIN);
+        push_lp(&mut m, self.subject_hash.as_bytes());
+        push_lp(&mut m, self.tenant.as_bytes());
+        m.extend_from_slice(&self.tokens_erased.to_be_bytes());
+        m.extend_from_slice(&time_ns(self.time)?.to_be_bytes());
+        m.extend_from_slice(&self.audit_seq.to_be_bytes());
+        Ok(m)
+    }
+
+    /// The JSON form.
+    pub fn to_json(&self) -> Result<String, AuditError> {
+        let time = self
+            .time
+            .format(&Rfc3339)
+            .map_err(|_| AuditError::TimeOutOfRange)?;
+        let json = ReceiptJson {
+            format: RECEIPT_FORMAT.to_owned(),
+            subject_hash: self.subject_hash.clone(),
+            tenant: self.tenant.clone(),
+            tokens_erased: self.tokens_erased,
+            time,
+            audit_seq: self.audit_seq,
+            signature: hex_encode(&self.signature),
+        };
+        serde_json::to_string(&json).map_err(|_| AuditError::Parse {
+            what: "erasure receipt",
+        })
+    }
+
+    /// Parses the JSON form.
+    pub fn from_json(text: &str) -> Result<ErasureReceipt, AuditError> {
+        let err = || AuditError::Parse {
+            what: "erasure receipt",
+        };
+        let j: ReceiptJson = serde_json::from_str(text).map_err(|_| err())?;
+        if j.format != RECEIPT_FORMAT {
+            return Err(err());
+        }
+        Ok(ErasureReceipt {
+            subject_hash: j.subject_hash,
+            tenant: j.tenant,
+            tokens_erased: j.tokens_erased,
+            time: OffsetDateTime::parse(&j.time, &Rfc3339)
+                .ok()
+                .and_then(|t| utc(t).ok())
+                .ok_or_else(err)?,
+            audit_seq: j.audit_seq,
+            signature: hex_decode_array(&j.signature).ok_or_else(err)?,
+        })
+    }
+}
+
+impl FromStr for ErasureReceipt {
+    type Err = AuditError;
+
+    fn from_str(s: &str) -> Result<ErasureReceipt, AuditError> {
+        ErasureReceipt::from_json(s)
+    }
+}
+
+/// Checks a receipt's signature with the audit public key.
+pub fn verify_receipt(receipt: &ErasureReceipt, key: &PublicKey) -> Result<(), AuditError> {
+    key.verify(&receipt.message()?, &receipt.signature)
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptJson {
+    format: String,
+    subject_hash: String,
+    tenant: String,
+    tokens_erased: u64,
+    time: String,
+    audit_seq: u64,
+    signature: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipt_round_trip_and_tamper() {
+        let key = SigningKey::from_seed(&[4; 32]).unwrap();
+        let public = key.public_key();
+        let time = OffsetDateTime::from_unix_timestamp_nanos(1_750_000_000_000_000_001).unwrap();
+        let sh = subject_hash(&[8; 32], "acme", "customer-42");
+        let r = ErasureReceipt::sign(&key, &sh, "acme", 3, time, 1234).unwrap();
+        verify_receipt(&r, &public).unwrap();
+        let json = r.to_json().unwrap();
+        let back = ErasureReceipt::from_json(&json).unwrap();
+        assert_eq!(back, r);
+        verify_receipt(&back, &public).unwrap();
+
+        for altered in [
+            ErasureReceipt {
+                tokens_erased: 4,
+                ..r.clone()
+            },
+            ErasureReceipt {
+                audit_seq: 1235,
+                ..r.clone()
+            },
+            ErasureReceipt {
+                tenant: "acmf".into(),
+                ..r.clone()
+            },
+            ErasureReceipt {
+                subject_hash: subject_hash(&[8; 32], "acme", "x"),
+                ..r.clone()
+            },
+            ErasureReceipt {
+                time: time + time::Duration::nanoseconds(1),
+                ..r.clone()
+            },
+        ] {
+            assert!(verify_receipt(&altered, &public).is_err());
+        }
+        let other = SigningKey::from_seed(&[5; 32]).unwrap().public_key();
+        assert!(verify_receipt(&r, &other).is_err());
+        assert!(ErasureReceipt::from_json(&json.replace("v1", "v2")).is_err());
+    }
+
+    #[test]
+    fn subject_hash_is_keyed_and_unambiguous() {
+        let a = subject_hash(&[1; 32], "acme", "bob");
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, subject_hash(&[1; 32], "acme", "bob"));
+        assert_ne!(a, subject_hash(&[2; 32], "acme", "bob"));
+        assert_ne!(
+            subject_hash(&[1; 32], "ab", "c"),
+            subject_hash(&[1; 32], "a", "bc")
+        );
+        assert!(!a.contains("bob"));
+    }
+}
