@@ -27,3 +27,4 @@ pub use crate::service::{Admin, Clock, KeyInfo, Vault, VaultOptions, system_cloc
 pub mod config;
 pub mod http;
 pub mod tls;
+pub mod hygiene;
