@@ -310,10 +310,12 @@ fn prefix_value(digits: &[u8], n: u8) -> Option<u32> {
 pub fn lookup_iin(digits: &[u8]) -> Option<&'static IinRange> {
     let mut best: Option<&'static IinRange> = None;
     for row in IIN_TABLE {
-        if let Some(v) = prefix_value(digits, row.digits) {
-            if v >= row.low && v <= row.high && best.is_none_or(|b| b.digits < row.digits) {
-                best = Some(row);
-            }
+        if let Some(v) = prefix_value(digits, row.digits)
+            && v >= row.low
+            && v <= row.high
+            && best.is_none_or(|b| b.digits < row.digits)
+        {
+            best = Some(row);
         }
     }
     best
@@ -352,7 +354,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The Luhn check digit (ASCII) that makes `payload` followed by it valid.

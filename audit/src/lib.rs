@@ -11,5 +11,6 @@
 #![deny(missing_docs)]
 
 pub mod card;
+pub mod compliance;
 pub mod log;
 pub mod scan;

@@ -11,12 +11,18 @@ pub struct CliError {
 impl CliError {
     /// A usage or input error (exit 1; clap itself uses 2 for argument errors).
     pub fn usage(message: impl Into<String>) -> Self {
-        CliError { message: message.into(), code: 1 }
+        CliError {
+            message: message.into(),
+            code: 1,
+        }
     }
 
     /// An error with an explicit exit code.
     pub fn with_code(message: impl Into<String>, code: u8) -> Self {
-        CliError { message: message.into(), code }
+        CliError {
+            message: message.into(),
+            code,
+        }
     }
 
     /// The process exit code for this error.
@@ -70,7 +76,10 @@ impl SecretArgs {
         if !self.shares.is_empty() {
             return read_shares(&self.shares);
         }
-        Ok(Unlock::Passphrase(read_passphrase(self.passphrase_file.as_deref(), confirm)?))
+        Ok(Unlock::Passphrase(read_passphrase(
+            self.passphrase_file.as_deref(),
+            confirm,
+        )?))
     }
 
     /// What unseals the existing vault in `data_dir`: its shares if it is sealed
@@ -79,7 +88,8 @@ impl SecretArgs {
         if !self.shares.is_empty() {
             return read_shares(&self.shares);
         }
-        let (method, threshold) = panvault_vault::service::inventory::seal_method(data_dir).map_err(vault_err)?;
+        let (method, threshold) =
+            panvault_vault::service::inventory::seal_method(data_dir).map_err(vault_err)?;
         if method != "shamir" {
             return self.unlock(false);
         }
@@ -93,7 +103,9 @@ impl SecretArgs {
         while paths.len() < need {
             eprint!("Custodian share file {} of {need}: ", paths.len() + 1);
             let mut line = String::new();
-            std::io::stdin().read_line(&mut line).map_err(|e| CliError::usage(e.to_string()))?;
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| CliError::usage(e.to_string()))?;
             let line = line.trim();
             if line.is_empty() {
                 return Err(CliError::usage("not enough shares given"));
@@ -116,7 +128,8 @@ fn read_shares(paths: &[PathBuf]) -> Result<Unlock, CliError> {
 pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<SecretText, CliError> {
     let text = if let Some(f) = file {
         let raw = zeroize::Zeroizing::new(
-            std::fs::read_to_string(f).map_err(|e| CliError::usage(format!("{}: {e}", f.display())))?,
+            std::fs::read_to_string(f)
+                .map_err(|e| CliError::usage(format!("{}: {e}", f.display())))?,
         );
         raw.lines().next().unwrap_or_default().to_owned()
     } else if let Ok(p) = std::env::var("PANVAULT_PASSPHRASE") {
@@ -126,7 +139,8 @@ pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<SecretText,
             .map_err(|e| CliError::usage(format!("cannot read the passphrase from the terminal ({e}); use PANVAULT_PASSPHRASE or --passphrase-file")))?;
         if confirm {
             let again = zeroize::Zeroizing::new(
-                rpassword::prompt_password("Repeat the passphrase: ").map_err(|e| CliError::usage(e.to_string()))?,
+                rpassword::prompt_password("Repeat the passphrase: ")
+                    .map_err(|e| CliError::usage(e.to_string()))?,
             );
             if *again != p {
                 return Err(CliError::usage("the passphrases do not match"));
@@ -153,8 +167,13 @@ pub fn vault_err(e: panvault_vault::VaultError) -> CliError {
 
 /// The OS user, for `admin:<user>` audit actors.
 pub fn admin_actor() -> panvault_vault::AccessContext {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| os_uid());
-    panvault_vault::AccessContext { actor: format!("admin:{user}"), ..Default::default() }
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| os_uid());
+    panvault_vault::AccessContext {
+        actor: format!("admin:{user}"),
+        ..Default::default()
+    }
 }
 
 /// `println!` that never panics: a closed stdout (e.g. `| head`) is ignored.

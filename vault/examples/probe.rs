@@ -1,5 +1,12 @@
 //! Throughput probe: `cargo run --release -p panvault-vault --example probe -- DIR RECORDS CALLERS SECONDS`
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::cast_possible_truncation)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use panvault_vault::core::kdf::KdfParams;
-use panvault_vault::{AccessContext, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, system_clock};
+use panvault_vault::{
+    AccessContext, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, system_clock,
+};
 
 fn card(state: &mut u64) -> String {
     let mut d = Vec::with_capacity(16);
@@ -23,16 +32,32 @@ fn card(state: &mut u64) -> String {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("PANVAULT_LOG")).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("PANVAULT_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().collect();
     let dir = PathBuf::from(&args[1]);
     let records: u64 = args[2].parse().unwrap();
     let callers: usize = args[3].parse().unwrap();
     let secs: u64 = args[4].parse().unwrap();
     let unlock = || Unlock::Passphrase(SecretText::new("probe".into()));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     if !dir.join("vault.db").exists() {
-        Vault::init(&dir, &SealSpec { unlock: unlock(), kdf: KdfParams::MINIMUM, shares: None }, &system_clock()).unwrap();
+        Vault::init(
+            &dir,
+            &SealSpec {
+                unlock: unlock(),
+                kdf: KdfParams::MINIMUM,
+                shares: None,
+            },
+            &system_clock(),
+        )
+        .unwrap();
         let v = Vault::open(&dir, &unlock()).unwrap();
         let ctx = AccessContext::default();
         let mut s = 88172645463325252u64;
@@ -40,7 +65,9 @@ fn main() {
         rt.block_on(async {
             let mut done = 0;
             while done < records {
-                let items = (0..1000).map(|_| TokenizeRequest::new(&card(&mut s), 12, 2031, v.today())).collect();
+                let items = (0..1000)
+                    .map(|_| TokenizeRequest::new(&card(&mut s), 12, 2031, v.today()))
+                    .collect();
                 v.tokenize_batch("probe", items, &ctx).await.unwrap();
                 done += 1000;
             }
@@ -57,7 +84,9 @@ fn main() {
             let v = v.clone();
             let count = Arc::clone(&count);
             set.spawn(async move {
-                let mut s = (c as u64 + 1) * 0x9E3779B97F4A7C15 ^ Instant::now().elapsed().as_nanos() as u64 ^ std::process::id() as u64;
+                let mut s = ((c as u64 + 1) * 0x9E3779B97F4A7C15)
+                    ^ Instant::now().elapsed().as_nanos() as u64
+                    ^ std::process::id() as u64;
                 let ctx = AccessContext::default();
                 let end = Instant::now() + Duration::from_secs(secs);
                 while Instant::now() < end {
@@ -70,6 +99,10 @@ fn main() {
         while set.join_next().await.is_some() {}
     });
     let n = count.load(Ordering::Relaxed);
-    println!("tokenize: {n} in {:?} = {:.0}/s", t.elapsed(), n as f64 / t.elapsed().as_secs_f64());
+    println!(
+        "tokenize: {n} in {:?} = {:.0}/s",
+        t.elapsed(),
+        n as f64 / t.elapsed().as_secs_f64()
+    );
     v.shutdown();
 }

@@ -1,1 +1,531 @@
-//! Server configuration (being written).
+//! The server's configuration file (TOML): where to listen, the TLS material, the
+//! data directory, limits, and the clients allowed in.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8443"
+//! data_dir = "."                  # relative paths are relative to this file
+//!
+//! [tls]
+//! cert = "pki/server.pem"
+//! key = "pki/server.key"
+//! client_ca = "pki/ca.pem"
+//! crls = []                       # PEM or DER CRLs of the client CA
+//! min_version = "1.2"             # or "1.3"
+//!
+//! [limits]                        # all optional; these are the defaults
+//! body_bytes = 65536
+//! batch_bytes = 2097152
+//! batch_items = 1000
+//! handshake_timeout_ms = 10000
+//! header_read_timeout_ms = 30000
+//! max_connections = 1024
+//! shutdown_grace_ms = 30000
+//!
+//! [[clients]]
+//! name = "storefront"
+//! common_name = "storefront"      # or uri_san = "spiffe://shop/storefront"
+//! tenant = "demo-shop"
+//! permissions = ["tokenize", "read", "delete", "erase"]
+//! ```
+//!
+//! Unknown fields are refused, and every error names the field it is about.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem: the field (as a TOML path) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field, e.g. `clients[1].tenant`, or `$` for the file itself.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What a client may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// `POST /v1/tokens`, `POST /v1/tokens/batch`.
+    Tokenize,
+    /// `GET /v1/tokens/{token}`.
+    Read,
+    /// `POST /v1/tokens/{token}/detokenize`.
+    Detokenize,
+    /// `DELETE /v1/tokens/{token}`.
+    Delete,
+    /// Erasure of a data subject's cards.
+    Erase,
+}
+
+impl Permission {
+    /// The name used in the configuration and in errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Tokenize => "tokenize",
+            Permission::Read => "read",
+            Permission::Detokenize => "detokenize",
+            Permission::Delete => "delete",
+            Permission::Erase => "erase",
+        }
+    }
+
+    /// All permissions.
+    pub const ALL: [Permission; 5] = [
+        Permission::Tokenize,
+        Permission::Read,
+        Permission::Detokenize,
+        Permission::Delete,
+        Permission::Erase,
+    ];
+}
+
+/// Lowest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Server certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Server private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to.
+    pub client_ca: PathBuf,
+    /// Certificate revocation lists of the client CA (PEM or DER).
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// Lowest TLS version: "1.2" (default) or "1.3".
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body, except batches (bytes).
+    pub body_bytes: usize,
+    /// Largest batch request body (bytes).
+    pub batch_bytes: usize,
+    /// Most items in one batch.
+    pub batch_items: usize,
+    /// A TLS handshake must finish within this (milliseconds).
+    pub handshake_timeout_ms: u64,
+    /// Request headers must arrive within this, also between keep-alive requests
+    /// (milliseconds).
+    pub header_read_timeout_ms: u64,
+    /// Most connections open at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// On shutdown, in-flight requests get this long to finish (milliseconds).
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes: 64 * 1024,
+            batch_bytes: 2 * 1024 * 1024,
+            batch_items: 1000,
+            handshake_timeout_ms: 10_000,
+            header_read_timeout_ms: 30_000,
+            max_connections: 1024,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The header read timeout.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// One `[[clients]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// A label for the client (unique), used in logs and by `panvault bench --client`.
+    pub name: String,
+    /// Match certificates with this subject common name. If neither this nor
+    /// `uri_san` is given, the common name is `name`.
+    #[serde(default)]
+    pub common_name: Option<String>,
+    /// Match certificates carrying this URI subject alternative name (e.g. SPIFFE).
+    #[serde(default)]
+    pub uri_san: Option<String>,
+    /// The tenant whose tokens this client works with.
+    pub tenant: String,
+    /// What it may do.
+    #[serde(default)]
+    pub permissions: Vec<Permission>,
+}
+
+impl ClientConfig {
+    /// Whether the client has `p`.
+    pub fn can(&self, p: Permission) -> bool {
+        self.permissions.contains(&p)
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, e.g. `127.0.0.1:8443` (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The vault's data directory.
+    pub data_dir: PathBuf,
+    /// TLS material.
+    pub tls: TlsSettings,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Who may connect, and what they may do.
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+impl Config {
+    /// Reads, parses and checks the file at `path`. Relative paths in it are
+    /// resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("$", format!("{}: {e}", path.display())))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut config = Config::parse(&text)?;
+        config.resolve_paths(&base);
+        config.check_files()?;
+        Ok(config)
+    }
+
+    /// Parses and checks a configuration text (paths are left as written).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(toml_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Makes relative paths relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        fix(&mut self.tls.client_ca);
+        self.tls.crls.iter_mut().for_each(fix);
+    }
+
+    /// Checks that the TLS files exist and are readable.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let mut files = vec![
+            ("tls.cert".to_owned(), &self.tls.cert),
+            ("tls.key".to_owned(), &self.tls.key),
+            ("tls.client_ca".to_owned(), &self.tls.client_ca),
+        ];
+        files.extend(
+            self.tls
+                .crls
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("tls.crls[{i}]"), p)),
+        );
+        for (field, p) in files {
+            std::fs::File::open(p)
+                .map_err(|e| ConfigError::new(field, format!("{}: {e}", p.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Checks values serde cannot: names, tenants, duplicates, limit ranges. Fills
+    /// in each client's default common name.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        range("limits.body_bytes", l.body_bytes, 1024, 16 * 1024 * 1024)?;
+        range(
+            "limits.batch_bytes",
+            l.batch_bytes,
+            l.body_bytes,
+            64 * 1024 * 1024,
+        )
+        .map_err(|e| {
+            ConfigError::new(
+                e.field,
+                format!("{} (and at least limits.body_bytes)", e.reason),
+            )
+        })?;
+        range("limits.batch_items", l.batch_items, 1, 10_000)?;
+        range(
+            "limits.handshake_timeout_ms",
+            l.handshake_timeout_ms,
+            100,
+            120_000,
+        )?;
+        range(
+            "limits.header_read_timeout_ms",
+            l.header_read_timeout_ms,
+            100,
+            600_000,
+        )?;
+        range("limits.max_connections", l.max_connections, 1, 1_000_000)?;
+        range("limits.shutdown_grace_ms", l.shutdown_grace_ms, 0, 600_000)?;
+        if self.clients.is_empty() {
+            return Err(ConfigError::new(
+                "clients",
+                "at least one [[clients]] entry is required",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut cns = HashSet::new();
+        let mut uris = HashSet::new();
+        for (i, c) in self.clients.iter_mut().enumerate() {
+            let at = |f: &str| format!("clients[{i}].{f}");
+            if !is_label(&c.name) {
+                return Err(ConfigError::new(
+                    at("name"),
+                    "1 to 64 characters of A-Z a-z 0-9 . _ -",
+                ));
+            }
+            if !names.insert(c.name.clone()) {
+                return Err(ConfigError::new(
+                    at("name"),
+                    format!("duplicate client name {:?}", c.name),
+                ));
+            }
+            crate::service::validate_tenant(&c.tenant).map_err(|_| {
+                ConfigError::new(at("tenant"), "1 to 64 characters of A-Z a-z 0-9 . _ -")
+            })?;
+            if c.common_name.is_none() && c.uri_san.is_none() {
+                c.common_name = Some(c.name.clone());
+            }
+            if let Some(cn) = &c.common_name {
+                if cn.is_empty() || cn.len() > 256 || cn.chars().any(char::is_control) {
+                    return Err(ConfigError::new(
+                        at("common_name"),
+                        "1 to 256 printable characters",
+                    ));
+                }
+                if !cns.insert(cn.clone()) {
+                    return Err(ConfigError::new(
+                        at("common_name"),
+                        format!("{cn:?} is already used by another client"),
+                    ));
+                }
+            }
+            if let Some(uri) = &c.uri_san {
+                if !uri.contains(':')
+                    || uri.len() > 2048
+                    || uri.chars().any(|ch| ch.is_control() || ch.is_whitespace())
+                {
+                    return Err(ConfigError::new(
+                        at("uri_san"),
+                        "must be an absolute URI, e.g. spiffe://example.org/storefront",
+                    ));
+                }
+                if !uris.insert(uri.clone()) {
+                    return Err(ConfigError::new(
+                        at("uri_san"),
+                        format!("{uri:?} is already used by another client"),
+                    ));
+                }
+            }
+            let mut seen = HashSet::new();
+            c.permissions.retain(|p| seen.insert(*p));
+        }
+        Ok(())
+    }
+
+    /// The client named `name`.
+    pub fn client(&self, name: &str) -> Option<&ClientConfig> {
+        self.clients.iter().find(|c| c.name == name)
+    }
+}
+
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn range<T: PartialOrd + fmt::Display + Copy>(
+    field: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(ConfigError::new(
+            field,
+            format!("{v} is out of range ({lo} to {hi})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Turns toml's error (which shows the offending line and names the key) into a
+/// [`ConfigError`] whose field is the key when toml tells it.
+fn toml_error(e: toml::de::Error) -> ConfigError {
+    let msg = e.message().to_owned();
+    // "missing field `x`" / "unknown field `x`, expected …" / "unknown variant `x`, …"
+    let field = msg
+        .split('`')
+        .nth(1)
+        .filter(|_| msg.starts_with("missing field") || msg.starts_with("unknown field"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| "$".to_owned());
+    let detail = e.to_string().trim_end().to_owned();
+    ConfigError::new(field, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:8443"
+data_dir = "data"
+[tls]
+cert = "pki/server.pem"
+key = "pki/server.key"
+client_ca = "pki/ca.pem"
+[[clients]]
+name = "storefront"
+tenant = "demo-shop"
+permissions = ["tokenize", "read", "read"]
+[[clients]]
+name = "payments"
+uri_san = "spiffe://demo/payments"
+tenant = "demo-shop"
+permissions = ["detokenize"]
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.limits.body_bytes, 65536);
+        assert_eq!(c.limits.batch_bytes, 2 * 1024 * 1024);
+        assert_eq!(c.tls.min_version, TlsVersion::Tls12);
+        assert_eq!(c.clients[0].common_name.as_deref(), Some("storefront"));
+        assert_eq!(
+            c.clients[0].permissions,
+            vec![Permission::Tokenize, Permission::Read]
+        );
+        assert_eq!(c.clients[1].common_name, None);
+        assert!(c.clients[1].can(Permission::Detokenize));
+    }
+
+    #[test]
+    fn resolves_relative_paths() {
+        let mut c = Config::parse(GOOD).unwrap();
+        c.resolve_paths(Path::new("/etc/panvault"));
+        assert_eq!(c.tls.cert, Path::new("/etc/panvault/pki/server.pem"));
+        assert_eq!(c.data_dir, Path::new("/etc/panvault/data"));
+    }
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err(&GOOD.replace("listen = \"127.0.0.1:8443\"\n", ""));
+        assert_eq!(e.field, "listen", "{e}");
+        let e = err(&GOOD.replace("data_dir = \"data\"", "data_dir = \"data\"\ncolour = 1"));
+        assert_eq!(e.field, "colour", "{e}");
+        let e = err(&GOOD.replace("listen = \"127.0.0.1:8443\"", "listen = \"nowhere\""));
+        assert!(e.to_string().contains("listen"), "{e}");
+        let e = err(&GOOD.replace("\"detokenize\"", "\"everything\""));
+        assert!(
+            e.to_string().contains("everything") && e.to_string().contains("permissions"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "tenant = \"demo-shop\"\npermissions = [\"detokenize\"]",
+            "tenant = \"demo shop\"\npermissions = []",
+        ));
+        assert_eq!(e.field, "clients[1].tenant");
+        let e = err(&GOOD.replace("name = \"payments\"", "name = \"storefront\""));
+        assert_eq!(e.field, "clients[1].name");
+        let e = err(&format!("{GOOD}\n[limits]\nbody_bytes = 10\n"));
+        assert_eq!(e.field, "limits.body_bytes");
+        let e = err(&format!("{GOOD}\n[limits]\nbatch_bytes = 1024\n"));
+        assert_eq!(e.field, "limits.batch_bytes");
+        let e = err(&GOOD.replace(
+            "client_ca = \"pki/ca.pem\"",
+            "client_ca = \"pki/ca.pem\"\nciphers = []",
+        ));
+        assert_eq!(e.field, "ciphers");
+        let e = err(&GOOD.replace(
+            "uri_san = \"spiffe://demo/payments\"",
+            "uri_san = \"not a uri\"",
+        ));
+        assert_eq!(e.field, "clients[1].uri_san");
+        let e = err(&GOOD.replace(
+            "\"spiffe://demo/payments\"",
+            "\"spiffe://demo/payments\"\ncommon_name = \"storefront\"",
+        ));
+        assert_eq!(e.field, "clients[1].common_name");
+    }
+
+    #[test]
+    fn needs_clients_and_files() {
+        let text: String = GOOD.split("[[clients]]").next().unwrap().to_owned();
+        assert_eq!(err(&text).field, "clients");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("panvault.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert_eq!(e.field, "tls.cert", "{e}");
+        let e = Config::load(&dir.path().join("missing.toml")).unwrap_err();
+        assert_eq!(e.field, "$");
+    }
+}

@@ -67,12 +67,18 @@ impl From<CryptoError> for VaultError {
 impl VaultError {
     /// An invalid-request error.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        VaultError::InvalidRequest { field: field.into(), reason: reason.into() }
+        VaultError::InvalidRequest {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 
     /// An I/O error on `path`.
     pub fn io(path: &std::path::Path, e: &std::io::Error) -> Self {
-        VaultError::Io { path: path.display().to_string(), reason: e.to_string() }
+        VaultError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
     }
 
     /// Whether this means "try again later" (503).

@@ -22,13 +22,24 @@ pub fn harden_process(lock_memory: bool) -> Hygiene {
     #[cfg(target_os = "linux")]
     {
         use rustix::process::{Resource, Rlimit, setrlimit};
-        match setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) }) {
+        match setrlimit(
+            Resource::Core,
+            Rlimit {
+                current: Some(0),
+                maximum: Some(0),
+            },
+        ) {
             Ok(()) => h.core_dumps_disabled = true,
-            Err(e) => h.warnings.push(format!("could not disable core dumps: {e}")),
+            Err(e) => h
+                .warnings
+                .push(format!("could not disable core dumps: {e}")),
         }
-        match rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        match rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        {
             Ok(()) => h.non_dumpable = true,
-            Err(e) => h.warnings.push(format!("could not mark the process non-dumpable: {e}")),
+            Err(e) => h
+                .warnings
+                .push(format!("could not mark the process non-dumpable: {e}")),
         }
         if lock_memory {
             use rustix::mm::{MlockAllFlags, mlockall};
@@ -45,7 +56,8 @@ pub fn harden_process(lock_memory: bool) -> Hygiene {
     #[cfg(not(target_os = "linux"))]
     {
         let _ = lock_memory;
-        h.warnings.push("process hardening is implemented for Linux only".into());
+        h.warnings
+            .push("process hardening is implemented for Linux only".into());
     }
     h
 }
@@ -60,7 +72,10 @@ mod tests {
         assert!(h.core_dumps_disabled, "{:?}", h.warnings);
         assert!(h.non_dumpable, "{:?}", h.warnings);
         let status = std::fs::read_to_string("/proc/self/limits").unwrap();
-        let core = status.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+        let core = status
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap();
         assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
     }
 }

@@ -16,15 +16,22 @@ pub use crate::core::CryptoError;
 pub use crate::core::pan::{CardError, CardSecret, CardholderName, Expiry, Pan};
 pub use crate::core::secret::{SecretKey32, SecretText};
 pub use crate::core::token::{Token, TokenFormat};
-pub mod store;
 mod error;
 pub mod service;
+pub mod store;
 
 pub use crate::error::VaultError;
 pub use crate::service::keyring::{SealSpec, Unlock};
-pub use crate::service::request::{AccessContext, CardFacts, Detokenized, TokenInfo, TokenizeRequest};
+pub use crate::service::request::{
+    AccessContext, CardFacts, Detokenized, TokenInfo, TokenizeRequest,
+};
 pub use crate::service::{Admin, Clock, KeyInfo, Vault, VaultOptions, system_clock};
 pub mod config;
 pub mod http;
-pub mod tls;
 pub mod hygiene;
+pub mod tls;
+
+// The API server (issue 3): configuration, HTTP API, mTLS.
+pub use crate::config::{Config, ConfigError, Permission};
+pub use crate::http::{RunningServer, StartError, start};
+pub use crate::tls::ClientIdentity;

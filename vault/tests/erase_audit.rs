@@ -1,5 +1,13 @@
 //! Erasure, retention and the audit log as the vault writes it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::type_complexity
+)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -7,22 +15,42 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use panvault_audit::log::{PublicKey, verify, verify_receipt};
 use panvault_vault::core::kdf::KdfParams;
 use panvault_vault::service::{EraseTarget, VaultOptions};
-use panvault_vault::{AccessContext, Admin, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, VaultError, system_clock};
+use panvault_vault::{
+    AccessContext, Admin, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, VaultError,
+    system_clock,
+};
 
 fn pass() -> Unlock {
     Unlock::Passphrase(SecretText::new("pw".into()))
 }
 
 fn ctx() -> AccessContext {
-    AccessContext { actor: "storefront".into(), actor_fingerprint: Some("ab".repeat(32)), request_id: Some("req-1".into()), peer: Some("127.0.0.1:5555".into()) }
+    AccessContext {
+        actor: "storefront".into(),
+        actor_fingerprint: Some("ab".repeat(32)),
+        request_id: Some("req-1".into()),
+        peer: Some("127.0.0.1:5555".into()),
+    }
 }
 
 fn init(dir: &Path) {
-    Vault::init(dir, &SealSpec { unlock: pass(), kdf: KdfParams::MINIMUM, shares: None }, &system_clock()).unwrap();
+    Vault::init(
+        dir,
+        &SealSpec {
+            unlock: pass(),
+            kdf: KdfParams::MINIMUM,
+            shares: None,
+        },
+        &system_clock(),
+    )
+    .unwrap();
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -33,7 +61,11 @@ fn verify_log(dir: &Path) {
     let key = PublicKey::read_from(&dir.join("audit-signing.pub")).unwrap();
     let conn = panvault_audit::log::open_read_only(&dir.join("vault.db")).unwrap();
     let report = verify(&conn, &key, None).unwrap();
-    assert!(report.problem.is_none(), "audit log broken: {:?}", report.problem);
+    assert!(
+        report.problem.is_none(),
+        "audit log broken: {:?}",
+        report.problem
+    );
     assert!(report.events > 0);
 }
 
@@ -63,26 +95,44 @@ fn erase_subject_end_to_end() {
     // ciphertexts of alice's rows, to look for afterwards
     let ciphertexts: Vec<Vec<u8>> = {
         let c = rusqlite::Connection::open(dir.path().join("vault.db")).unwrap();
-        a_tokens.iter().map(|t| c.query_row("SELECT ciphertext FROM cards WHERE token = ?1", [t], |r| r.get(0)).unwrap()).collect()
+        a_tokens
+            .iter()
+            .map(|t| {
+                c.query_row("SELECT ciphertext FROM cards WHERE token = ?1", [t], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+            })
+            .collect()
     };
-    let erasure = rt.block_on(v.erase("shop", EraseTarget::Subject("cust_alice".into()), &ctx())).unwrap();
+    let erasure = rt
+        .block_on(v.erase("shop", EraseTarget::Subject("cust_alice".into()), &ctx()))
+        .unwrap();
     assert_eq!(erasure.receipt.tokens_erased, 3);
     assert!(erasure.wal_scrubbed);
     rt.block_on(async {
         for t in &a_tokens {
-            assert!(matches!(v.detokenize("shop", t, "x", &ctx()).await, Err(VaultError::NotFound)));
+            assert!(matches!(
+                v.detokenize("shop", t, "x", &ctx()).await,
+                Err(VaultError::NotFound)
+            ));
         }
         for t in &b_tokens {
             v.detokenize("shop", t, "x", &ctx()).await.unwrap();
         }
     });
     for f in ["vault.db", "vault.db-wal"] {
-        let Ok(bytes) = std::fs::read(dir.path().join(f)) else { continue };
+        let Ok(bytes) = std::fs::read(dir.path().join(f)) else {
+            continue;
+        };
         for c in alice {
             assert!(!contains(&bytes, c.as_bytes()), "a card number in {f}");
         }
         for ct in &ciphertexts {
-            assert!(!contains(&bytes, &ct[..24]), "an erased ciphertext is still in {f}");
+            assert!(
+                !contains(&bytes, &ct[..24]),
+                "an erased ciphertext is still in {f}"
+            );
         }
     }
     // receipt verifies; a modified one does not
@@ -93,10 +143,18 @@ fn erase_subject_end_to_end() {
     assert!(verify_receipt(&forged, &key).is_err());
     // no subject id in the clear in the audit log
     let conn = panvault_audit::log::open_read_only(&dir.path().join("vault.db")).unwrap();
-    let n: i64 = conn.query_row("SELECT count(*) FROM audit_events WHERE details LIKE '%cust_alice%'", [], |r| r.get(0)).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit_events WHERE details LIKE '%cust_alice%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(n, 0);
     // erasing nobody is fine
-    let none = rt.block_on(v.erase("shop", EraseTarget::Subject("cust_nobody".into()), &ctx())).unwrap();
+    let none = rt
+        .block_on(v.erase("shop", EraseTarget::Subject("cust_nobody".into()), &ctx()))
+        .unwrap();
     assert_eq!(none.receipt.tokens_erased, 0);
     v.shutdown();
     verify_log(dir.path());
@@ -106,14 +164,42 @@ fn erase_subject_end_to_end() {
 fn retention_with_a_controlled_clock() {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path());
-    let now = Arc::new(AtomicI64::new(time::macros::datetime!(2026-01-15 12:00 UTC).unix_timestamp()));
+    let now = Arc::new(AtomicI64::new(
+        time::macros::datetime!(2026-01-15 12:00 UTC).unix_timestamp(),
+    ));
     let n2 = now.clone();
-    let clock: panvault_vault::Clock = Arc::new(move || time::OffsetDateTime::from_unix_timestamp(n2.load(Ordering::SeqCst)).unwrap());
-    let v = Vault::open_with(dir.path(), &pass(), VaultOptions { clock: clock.clone(), ..Default::default() }).unwrap();
+    let clock: panvault_vault::Clock = Arc::new(move || {
+        time::OffsetDateTime::from_unix_timestamp(n2.load(Ordering::SeqCst)).unwrap()
+    });
+    let v = Vault::open_with(
+        dir.path(),
+        &pass(),
+        VaultOptions {
+            clock: clock.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let rt = rt();
     let (jan, jun, ttl) = rt.block_on(async {
-        let jan = v.tokenize("s", TokenizeRequest::new("4242424242424242", 1, 2026, v.today()).unwrap(), &ctx()).await.unwrap().token;
-        let jun = v.tokenize("s", TokenizeRequest::new("5555555555554444", 6, 2026, v.today()).unwrap(), &ctx()).await.unwrap().token;
+        let jan = v
+            .tokenize(
+                "s",
+                TokenizeRequest::new("4242424242424242", 1, 2026, v.today()).unwrap(),
+                &ctx(),
+            )
+            .await
+            .unwrap()
+            .token;
+        let jun = v
+            .tokenize(
+                "s",
+                TokenizeRequest::new("5555555555554444", 6, 2026, v.today()).unwrap(),
+                &ctx(),
+            )
+            .await
+            .unwrap()
+            .token;
         let mut r = TokenizeRequest::new("378282246310005", 12, 2030, v.today()).unwrap();
         r.ttl_seconds = Some(3600);
         let ttl = v.tokenize("s", r, &ctx()).await.unwrap().token;
@@ -121,9 +207,15 @@ fn retention_with_a_controlled_clock() {
     });
     // two hours later the TTL token is 404 even before any purge
     now.fetch_add(7200, Ordering::SeqCst);
-    assert!(matches!(rt.block_on(v.metadata("s", &ttl, &ctx())), Err(VaultError::NotFound)));
+    assert!(matches!(
+        rt.block_on(v.metadata("s", &ttl, &ctx())),
+        Err(VaultError::NotFound)
+    ));
     // May 2026: January card + 90 days grace is past
-    now.store(time::macros::datetime!(2026-05-15 00:00 UTC).unix_timestamp(), Ordering::SeqCst);
+    now.store(
+        time::macros::datetime!(2026-05-15 00:00 UTC).unix_timestamp(),
+        Ordering::SeqCst,
+    );
     let dry = rt.block_on(v.purge_retention(90, true, &ctx())).unwrap();
     assert_eq!((dry.past_expiry, dry.past_ttl, dry.deleted), (1, 1, false));
     assert_eq!(v.token_count().unwrap(), 3, "dry run changed nothing");
@@ -134,9 +226,21 @@ fn retention_with_a_controlled_clock() {
     rt.block_on(v.metadata("s", &jun, &ctx())).unwrap();
     v.shutdown();
     // the CLI path: Admin purge later in the year
-    now.store(time::macros::datetime!(2026-10-01 00:00 UTC).unix_timestamp(), Ordering::SeqCst);
+    now.store(
+        time::macros::datetime!(2026-10-01 00:00 UTC).unix_timestamp(),
+        Ordering::SeqCst,
+    );
     let mut admin = Admin::open(dir.path(), &pass(), clock).unwrap();
-    let r = admin.purge_retention(&AccessContext { actor: "admin:test".into(), ..Default::default() }, 90, false).unwrap();
+    let r = admin
+        .purge_retention(
+            &AccessContext {
+                actor: "admin:test".into(),
+                ..Default::default()
+            },
+            90,
+            false,
+        )
+        .unwrap();
     assert_eq!(r.past_expiry, 1);
     drop(admin);
     verify_log(dir.path());
@@ -148,19 +252,36 @@ fn detokenize_fails_closed_when_the_audit_log_cannot_be_written() {
     init(dir.path());
     let v = Vault::open(dir.path(), &pass()).unwrap();
     let rt = rt();
-    let t = rt.block_on(v.tokenize("s", TokenizeRequest::new("4242424242424242", 12, 2031, v.today()).unwrap(), &ctx())).unwrap();
+    let t = rt
+        .block_on(v.tokenize(
+            "s",
+            TokenizeRequest::new("4242424242424242", 12, 2031, v.today()).unwrap(),
+            &ctx(),
+        ))
+        .unwrap();
     let other = rusqlite::Connection::open(dir.path().join("vault.db")).unwrap();
     other
         .execute_batch("CREATE TRIGGER block_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit storage unavailable'); END;")
         .unwrap();
-    let err = rt.block_on(v.detokenize("s", &t.token, "charge", &ctx())).unwrap_err();
+    let err = rt
+        .block_on(v.detokenize("s", &t.token, "charge", &ctx()))
+        .unwrap_err();
     assert!(matches!(err, VaultError::AuditUnavailable), "{err}");
     // writes fail closed too, and leave nothing behind
     let before = v.token_count().unwrap();
-    assert!(rt.block_on(v.tokenize("s", TokenizeRequest::new("5555555555554444", 12, 2031, v.today()).unwrap(), &ctx())).is_err());
+    assert!(
+        rt.block_on(v.tokenize(
+            "s",
+            TokenizeRequest::new("5555555555554444", 12, 2031, v.today()).unwrap(),
+            &ctx()
+        ))
+        .is_err()
+    );
     assert_eq!(v.token_count().unwrap(), before);
     other.execute_batch("DROP TRIGGER block_audit;").unwrap();
-    let card = rt.block_on(v.detokenize("s", &t.token, "charge", &ctx())).unwrap();
+    let card = rt
+        .block_on(v.detokenize("s", &t.token, "charge", &ctx()))
+        .unwrap();
     assert_eq!(card.card.pan.expose_digits(), "4242424242424242");
     v.shutdown();
     verify_log(dir.path());
@@ -173,23 +294,68 @@ fn every_operation_leaves_an_event_with_the_10_2_2_fields() {
     let v = Vault::open(dir.path(), &pass()).unwrap();
     let rt = rt();
     rt.block_on(async {
-        let t = v.tokenize("s", TokenizeRequest::new("4242424242424242", 12, 2031, v.today()).unwrap(), &ctx()).await.unwrap();
+        let t = v
+            .tokenize(
+                "s",
+                TokenizeRequest::new("4242424242424242", 12, 2031, v.today()).unwrap(),
+                &ctx(),
+            )
+            .await
+            .unwrap();
         v.metadata("s", &t.token, &ctx()).await.unwrap();
-        v.detokenize("s", &t.token, "charge order 1", &ctx()).await.unwrap();
+        v.detokenize("s", &t.token, "charge order 1", &ctx())
+            .await
+            .unwrap();
         let _ = v.detokenize("other", &t.token, "peek", &ctx()).await;
         v.delete("s", &t.token, &ctx()).await.unwrap();
     });
     v.shutdown();
     let conn = panvault_audit::log::open_read_only(&dir.path().join("vault.db")).unwrap();
-    let rows: Vec<(String, String, Option<String>, Option<String>, Option<String>, Option<String>)> = {
+    let rows: Vec<(
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    )> = {
         let mut s = conn.prepare("SELECT action, outcome, code, purpose, request_id, peer FROM audit_events ORDER BY seq").unwrap();
-        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))).unwrap().map(Result::unwrap).collect()
+        s.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
     };
     let actions: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    assert_eq!(actions, ["init", "tokenize", "token.read", "detokenize", "detokenize", "token.delete"]);
+    assert_eq!(
+        actions,
+        [
+            "init",
+            "tokenize",
+            "token.read",
+            "detokenize",
+            "detokenize",
+            "token.delete"
+        ]
+    );
     assert_eq!(rows[3].3.as_deref(), Some("charge order 1"));
-    assert_eq!((rows[4].1.as_str(), rows[4].2.as_deref()), ("denied", Some("not_found")));
-    assert!(rows[1..].iter().all(|r| r.4.as_deref() == Some("req-1") && r.5.as_deref() == Some("127.0.0.1:5555")));
+    assert_eq!(
+        (rows[4].1.as_str(), rows[4].2.as_deref()),
+        ("denied", Some("not_found"))
+    );
+    assert!(
+        rows[1..]
+            .iter()
+            .all(|r| r.4.as_deref() == Some("req-1") && r.5.as_deref() == Some("127.0.0.1:5555"))
+    );
     let export = {
         let mut out = Vec::new();
         panvault_audit::log::export_jsonl(&conn, 0, &mut out).unwrap();

@@ -1,22 +1,40 @@
 //! Key lifecycle: rotate, rewrap under load, retire, destroy, master rotate,
 //! passphrase change, custodian shares.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::type_complexity
+)]
+
 use std::path::Path;
 
 use panvault_vault::core::kdf::KdfParams;
 use panvault_vault::service::shamir::ShareFile;
-use panvault_vault::{AccessContext, Admin, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, VaultError, system_clock};
+use panvault_vault::{
+    AccessContext, Admin, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, VaultError,
+    system_clock,
+};
 
 fn pass(p: &str) -> Unlock {
     Unlock::Passphrase(SecretText::new(p.into()))
 }
 
 fn ctx() -> AccessContext {
-    AccessContext { actor: "admin:test".into(), ..Default::default() }
+    AccessContext {
+        actor: "admin:test".into(),
+        ..Default::default()
+    }
 }
 
 fn init(dir: &Path) {
-    let spec = SealSpec { unlock: pass("pw"), kdf: KdfParams::MINIMUM, shares: None };
+    let spec = SealSpec {
+        unlock: pass("pw"),
+        kdf: KdfParams::MINIMUM,
+        shares: None,
+    };
     Vault::init(dir, &spec, &system_clock()).unwrap();
 }
 
@@ -27,7 +45,11 @@ fn card(i: u64) -> String {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -38,8 +60,15 @@ fn rotate_rewrap_under_load_retire_destroy() {
     let rt = rt();
     let n = 300;
     let mut tokens = rt.block_on(async {
-        let items = (0..n).map(|i| TokenizeRequest::new(&card(i), 12, 2031, v.today())).collect();
-        v.tokenize_batch("shop", items, &ctx()).await.unwrap().into_iter().map(|r| r.unwrap().token).collect::<Vec<_>>()
+        let items = (0..n)
+            .map(|i| TokenizeRequest::new(&card(i), 12, 2031, v.today()))
+            .collect();
+        v.tokenize_batch("shop", items, &ctx())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().token)
+            .collect::<Vec<_>>()
     });
     let mut admin = Admin::open(dir.path(), &pass("pw"), system_clock()).unwrap();
     assert_eq!(admin.rotate(&ctx()).unwrap(), 2);
@@ -50,12 +79,22 @@ fn rotate_rewrap_under_load_retire_destroy() {
         let stop = stop.clone();
         let tokens = tokens.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             let mut made = Vec::new();
             let mut i = 10_000u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 rt.block_on(async {
-                    let t = v.tokenize("shop", TokenizeRequest::new(&card(i), 12, 2031, v.today()).unwrap(), &ctx()).await.unwrap();
+                    let t = v
+                        .tokenize(
+                            "shop",
+                            TokenizeRequest::new(&card(i), 12, 2031, v.today()).unwrap(),
+                            &ctx(),
+                        )
+                        .await
+                        .unwrap();
                     made.push(t.token);
                     let tok = &tokens[usize::try_from(i).unwrap() % tokens.len()];
                     v.detokenize("shop", tok, "load", &ctx()).await.unwrap();
@@ -66,7 +105,9 @@ fn rotate_rewrap_under_load_retire_destroy() {
         })
     };
     let mut seen = Vec::new();
-    let summary = admin.rewrap(&ctx(), 50, None, |p| seen.push(p.done)).unwrap();
+    let summary = admin
+        .rewrap(&ctx(), 50, None, |p| seen.push(p.done))
+        .unwrap();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let made = client.join().unwrap();
     tokens.extend(made);
@@ -98,7 +139,12 @@ fn retire_refuses_while_records_use_the_key() {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path());
     let v = Vault::open(dir.path(), &pass("pw")).unwrap();
-    rt().block_on(v.tokenize("s", TokenizeRequest::new(&card(1), 12, 2031, v.today()).unwrap(), &ctx())).unwrap();
+    rt().block_on(v.tokenize(
+        "s",
+        TokenizeRequest::new(&card(1), 12, 2031, v.today()).unwrap(),
+        &ctx(),
+    ))
+    .unwrap();
     let mut admin = Admin::open(dir.path(), &pass("pw"), system_clock()).unwrap();
     admin.rotate(&ctx()).unwrap();
     let err = admin.retire(&ctx(), 1).unwrap_err().to_string();
@@ -111,7 +157,13 @@ fn master_rotate_and_passphrase_change() {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path());
     let v = Vault::open(dir.path(), &pass("pw")).unwrap();
-    let t = rt().block_on(v.tokenize("s", TokenizeRequest::new(&card(2), 12, 2031, v.today()).unwrap(), &ctx())).unwrap();
+    let t = rt()
+        .block_on(v.tokenize(
+            "s",
+            TokenizeRequest::new(&card(2), 12, 2031, v.today()).unwrap(),
+            &ctx(),
+        ))
+        .unwrap();
     v.shutdown();
     drop(v);
     let before: Vec<u8> = rusqlite::Connection::open(dir.path().join("vault.db"))
@@ -120,27 +172,44 @@ fn master_rotate_and_passphrase_change() {
         .unwrap();
     let mut admin = Admin::open(dir.path(), &pass("pw"), system_clock()).unwrap();
     admin.master_rotate(&ctx(), &pass("pw")).unwrap();
-    admin.change_passphrase(&ctx(), &SecretText::new("new pw".into()), KdfParams::MINIMUM).unwrap();
+    admin
+        .change_passphrase(
+            &ctx(),
+            &SecretText::new("new pw".into()),
+            KdfParams::MINIMUM,
+        )
+        .unwrap();
     drop(admin);
     let after: Vec<u8> = rusqlite::Connection::open(dir.path().join("vault.db"))
         .unwrap()
         .query_row("SELECT sealed_root FROM seal", [], |r| r.get(0))
         .unwrap();
     assert_ne!(before, after);
-    assert!(matches!(Vault::open(dir.path(), &pass("pw")), Err(VaultError::WrongSecret)));
+    assert!(matches!(
+        Vault::open(dir.path(), &pass("pw")),
+        Err(VaultError::WrongSecret)
+    ));
     let v = Vault::open(dir.path(), &pass("new pw")).unwrap();
-    let back = rt().block_on(v.detokenize("s", &t.token, "x", &ctx())).unwrap();
+    let back = rt()
+        .block_on(v.detokenize("s", &t.token, "x", &ctx()))
+        .unwrap();
     assert_eq!(back.card.pan.expose_digits(), card(2));
     v.shutdown();
 }
 
 fn share_init(dir: &Path, n: u8, m: u8) -> Vec<ShareFile> {
-    let spec = SealSpec { unlock: pass("unused"), kdf: KdfParams::MINIMUM, shares: Some((n, m)) };
+    let spec = SealSpec {
+        unlock: pass("unused"),
+        kdf: KdfParams::MINIMUM,
+        shares: Some((n, m)),
+    };
     Vault::init(dir, &spec, &system_clock()).unwrap().shares
 }
 
 fn reparse(s: &[ShareFile], idx: &[usize]) -> Vec<ShareFile> {
-    idx.iter().map(|&i| ShareFile::parse(&s[i].to_text()).unwrap()).collect()
+    idx.iter()
+        .map(|&i| ShareFile::parse(&s[i].to_text()).unwrap())
+        .collect()
 }
 
 #[test]
@@ -161,12 +230,21 @@ fn custodian_shares_m_of_n() {
     let e = Vault::open(dir.path(), &Unlock::Shares(reparse(&foreign, &[0, 1]))).unwrap_err();
     assert!(e.to_string().contains("another vault"), "{e}");
     // reshare invalidates the old set
-    let mut admin = Admin::open(dir.path(), &Unlock::Shares(reparse(&shares, &[0, 1])), system_clock()).unwrap();
+    let mut admin = Admin::open(
+        dir.path(),
+        &Unlock::Shares(reparse(&shares, &[0, 1])),
+        system_clock(),
+    )
+    .unwrap();
     assert_eq!(admin.share_numbers(), &[1, 2]);
     let fresh = admin.reshare(&ctx(), 3, 3).unwrap();
-    admin.master_rotate(&ctx(), &Unlock::Shares(reparse(&fresh, &[0, 1, 2]))).unwrap();
+    admin
+        .master_rotate(&ctx(), &Unlock::Shares(reparse(&fresh, &[0, 1, 2])))
+        .unwrap();
     drop(admin);
     assert!(Vault::open(dir.path(), &Unlock::Shares(reparse(&shares, &[0, 1]))).is_err());
     assert!(Vault::open(dir.path(), &Unlock::Shares(reparse(&fresh, &[0, 1]))).is_err());
-    Vault::open(dir.path(), &Unlock::Shares(reparse(&fresh, &[0, 1, 2]))).unwrap().shutdown();
+    Vault::open(dir.path(), &Unlock::Shares(reparse(&fresh, &[0, 1, 2])))
+        .unwrap()
+        .shutdown();
 }

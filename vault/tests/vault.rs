@@ -1,11 +1,20 @@
 //! The vault library end to end (no network): tokenize, dedup, detokenize, tenants,
 //! tampering at rest, no PAN on disk, wrong passphrase, key rotation.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::type_complexity
+)]
+
 use std::path::Path;
 
 use panvault_vault::core::kdf::KdfParams;
 use panvault_vault::{
-    AccessContext, Admin, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, VaultError, system_clock,
+    AccessContext, Admin, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, VaultError,
+    system_clock,
 };
 use proptest::prelude::*;
 
@@ -16,17 +25,27 @@ fn unlock() -> Unlock {
 }
 
 fn new_vault(dir: &Path) -> Vault {
-    let spec = SealSpec { unlock: unlock(), kdf: KdfParams::MINIMUM, shares: None };
+    let spec = SealSpec {
+        unlock: unlock(),
+        kdf: KdfParams::MINIMUM,
+        shares: None,
+    };
     Vault::init(dir, &spec, &system_clock()).unwrap();
     Vault::open(dir, &unlock()).unwrap()
 }
 
 fn ctx() -> AccessContext {
-    AccessContext { actor: "test".into(), ..Default::default() }
+    AccessContext {
+        actor: "test".into(),
+        ..Default::default()
+    }
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn req(v: &Vault, number: &str) -> TokenizeRequest {
@@ -48,20 +67,26 @@ fn round_trip_arbitrary_cards_and_tenants() {
     let rt = rt();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
     runner
-        .run(&(valid_pan(), "[A-Za-z0-9._-]{1,64}", any::<bool>()), |(pan, tenant, bin_last4)| {
-            rt.block_on(async {
-                let mut r = req(&v, &pan);
-                if bin_last4 {
-                    r.format = panvault_vault::TokenFormat::BinLast4;
-                }
-                r.force_new = true;
-                let info = v.tokenize(&tenant, r, &ctx()).await.unwrap();
-                let back = v.detokenize(&tenant, &info.token, "test", &ctx()).await.unwrap();
-                prop_assert_eq!(back.card.pan.expose_digits(), pan.as_str());
-                prop_assert_eq!(info.card.last4.as_str(), &pan[pan.len() - 4..]);
-                Ok(())
-            })
-        })
+        .run(
+            &(valid_pan(), "[A-Za-z0-9._-]{1,64}", any::<bool>()),
+            |(pan, tenant, bin_last4)| {
+                rt.block_on(async {
+                    let mut r = req(&v, &pan);
+                    if bin_last4 {
+                        r.format = panvault_vault::TokenFormat::BinLast4;
+                    }
+                    r.force_new = true;
+                    let info = v.tokenize(&tenant, r, &ctx()).await.unwrap();
+                    let back = v
+                        .detokenize(&tenant, &info.token, "test", &ctx())
+                        .await
+                        .unwrap();
+                    prop_assert_eq!(back.card.pan.expose_digits(), pan.as_str());
+                    prop_assert_eq!(info.card.last4.as_str(), &pan[pan.len() - 4..]);
+                    Ok(())
+                })
+            },
+        )
         .unwrap();
     v.shutdown();
 }
@@ -71,15 +96,27 @@ fn dedup_per_tenant_and_force_new() {
     let dir = tempfile::tempdir().unwrap();
     let v = new_vault(dir.path());
     rt().block_on(async {
-        let a = v.tokenize("shop-a", req(&v, "4242424242424242"), &ctx()).await.unwrap();
+        let a = v
+            .tokenize("shop-a", req(&v, "4242424242424242"), &ctx())
+            .await
+            .unwrap();
         assert!(!a.deduplicated);
-        let again = v.tokenize("shop-a", req(&v, "4242 4242 4242 4242"), &ctx()).await.unwrap();
+        let again = v
+            .tokenize("shop-a", req(&v, "4242 4242 4242 4242"), &ctx())
+            .await
+            .unwrap();
         assert!(again.deduplicated);
         assert_eq!(again.token, a.token);
-        let b = v.tokenize("shop-b", req(&v, "4242424242424242"), &ctx()).await.unwrap();
+        let b = v
+            .tokenize("shop-b", req(&v, "4242424242424242"), &ctx())
+            .await
+            .unwrap();
         assert!(!b.deduplicated);
         assert_ne!(b.token, a.token);
-        assert_ne!(b.fingerprint, a.fingerprint, "fingerprints must differ across tenants");
+        assert_ne!(
+            b.fingerprint, a.fingerprint,
+            "fingerprints must differ across tenants"
+        );
         let mut r = req(&v, "4242424242424242");
         r.force_new = true;
         let c = v.tokenize("shop-a", r, &ctx()).await.unwrap();
@@ -87,9 +124,15 @@ fn dedup_per_tenant_and_force_new() {
         // deleted card: dedup gives a new token, not a dangling one
         v.delete("shop-a", &a.token, &ctx()).await.unwrap();
         v.delete("shop-a", &c.token, &ctx()).await.unwrap();
-        let d = v.tokenize("shop-a", req(&v, "4242424242424242"), &ctx()).await.unwrap();
+        let d = v
+            .tokenize("shop-a", req(&v, "4242424242424242"), &ctx())
+            .await
+            .unwrap();
         assert!(!d.deduplicated);
-        assert!(matches!(v.detokenize("shop-a", &a.token, "x", &ctx()).await, Err(VaultError::NotFound)));
+        assert!(matches!(
+            v.detokenize("shop-a", &a.token, "x", &ctx()).await,
+            Err(VaultError::NotFound)
+        ));
     });
     v.shutdown();
 }
@@ -98,11 +141,15 @@ fn dedup_per_tenant_and_force_new() {
 fn dedup_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let v = new_vault(dir.path());
-    let t = rt().block_on(v.tokenize("s", req(&v, "5555555555554444"), &ctx())).unwrap();
+    let t = rt()
+        .block_on(v.tokenize("s", req(&v, "5555555555554444"), &ctx()))
+        .unwrap();
     v.shutdown();
     drop(v);
     let v = Vault::open(dir.path(), &unlock()).unwrap();
-    let again = rt().block_on(v.tokenize("s", req(&v, "5555555555554444"), &ctx())).unwrap();
+    let again = rt()
+        .block_on(v.tokenize("s", req(&v, "5555555555554444"), &ctx()))
+        .unwrap();
     assert!(again.deduplicated);
     assert_eq!(again.token, t.token);
     v.shutdown();
@@ -113,15 +160,30 @@ fn other_tenants_token_is_not_found() {
     let dir = tempfile::tempdir().unwrap();
     let v = new_vault(dir.path());
     rt().block_on(async {
-        let a = v.tokenize("shop-a", req(&v, "378282246310005"), &ctx()).await.unwrap();
-        assert!(matches!(v.metadata("shop-b", &a.token, &ctx()).await, Err(VaultError::NotFound)));
-        assert!(matches!(v.detokenize("shop-b", &a.token, "x", &ctx()).await, Err(VaultError::NotFound)));
-        assert!(matches!(v.delete("shop-b", &a.token, &ctx()).await, Err(VaultError::NotFound)));
+        let a = v
+            .tokenize("shop-a", req(&v, "378282246310005"), &ctx())
+            .await
+            .unwrap();
+        assert!(matches!(
+            v.metadata("shop-b", &a.token, &ctx()).await,
+            Err(VaultError::NotFound)
+        ));
+        assert!(matches!(
+            v.detokenize("shop-b", &a.token, "x", &ctx()).await,
+            Err(VaultError::NotFound)
+        ));
+        assert!(matches!(
+            v.delete("shop-b", &a.token, &ctx()).await,
+            Err(VaultError::NotFound)
+        ));
         // still there for its owner
         let m = v.metadata("shop-a", &a.token, &ctx()).await.unwrap();
         assert_eq!(m.card.brand, "amex");
         assert_eq!(m.card.bin, "378282");
-        assert!(matches!(v.metadata("shop-a", "tok_nope", &ctx()).await, Err(VaultError::NotFound)));
+        assert!(matches!(
+            v.metadata("shop-a", "tok_nope", &ctx()).await,
+            Err(VaultError::NotFound)
+        ));
     });
     v.shutdown();
 }
@@ -135,8 +197,14 @@ fn tampering_at_rest_fails_with_one_opaque_error() {
     let dir = tempfile::tempdir().unwrap();
     let v = new_vault(dir.path());
     let (a, b) = rt().block_on(async {
-        let a = v.tokenize("shop", req(&v, "4242424242424242"), &ctx()).await.unwrap();
-        let b = v.tokenize("shop", req(&v, "5555555555554444"), &ctx()).await.unwrap();
+        let a = v
+            .tokenize("shop", req(&v, "4242424242424242"), &ctx())
+            .await
+            .unwrap();
+        let b = v
+            .tokenize("shop", req(&v, "5555555555554444"), &ctx())
+            .await
+            .unwrap();
         (a, b)
     });
     let db = raw(dir.path());
@@ -147,17 +215,33 @@ fn tampering_at_rest_fails_with_one_opaque_error() {
         b = b.token
     ))
     .unwrap();
-    let err = rt().block_on(v.detokenize("shop", &a.token, "x", &ctx())).unwrap_err();
+    let err = rt()
+        .block_on(v.detokenize("shop", &a.token, "x", &ctx()))
+        .unwrap_err();
     assert!(matches!(err, VaultError::Decryption), "{err}");
     assert_eq!(err.to_string(), "record could not be decrypted");
     // relabel the other row's key version (a v2 exists after rotation)
     let mut admin = Admin::open(dir.path(), &unlock(), system_clock()).unwrap();
     admin.rotate(&ctx()).unwrap();
     v.refresh_keys().unwrap();
-    db.execute("UPDATE cards SET key_version = 2 WHERE token = ?1", [&b.token]).unwrap();
-    assert!(matches!(rt().block_on(v.detokenize("shop", &b.token, "x", &ctx())), Err(VaultError::Decryption)));
-    db.execute("UPDATE cards SET key_version = 1, tenant = 'other' WHERE token = ?1", [&b.token]).unwrap();
-    assert!(matches!(rt().block_on(v.detokenize("other", &b.token, "x", &ctx())), Err(VaultError::Decryption)));
+    db.execute(
+        "UPDATE cards SET key_version = 2 WHERE token = ?1",
+        [&b.token],
+    )
+    .unwrap();
+    assert!(matches!(
+        rt().block_on(v.detokenize("shop", &b.token, "x", &ctx())),
+        Err(VaultError::Decryption)
+    ));
+    db.execute(
+        "UPDATE cards SET key_version = 1, tenant = 'other' WHERE token = ?1",
+        [&b.token],
+    )
+    .unwrap();
+    assert!(matches!(
+        rt().block_on(v.detokenize("other", &b.token, "x", &ctx())),
+        Err(VaultError::Decryption)
+    ));
     v.shutdown();
 }
 
@@ -169,7 +253,13 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn no_pan_in_database_or_wal_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let v = new_vault(dir.path());
-    let cards = ["4242424242424242", "5555555555554444", "378282246310005", "6011111111111117", "3566002020360505"];
+    let cards = [
+        "4242424242424242",
+        "5555555555554444",
+        "378282246310005",
+        "6011111111111117",
+        "3566002020360505",
+    ];
     rt().block_on(async {
         for c in cards {
             let mut r = req(&v, c);
@@ -180,11 +270,19 @@ fn no_pan_in_database_or_wal_bytes() {
     // read while the WAL still holds the pages, then again after shutdown's checkpoint
     for phase in ["live", "after shutdown"] {
         for f in ["vault.db", "vault.db-wal"] {
-            let Ok(bytes) = std::fs::read(dir.path().join(f)) else { continue };
+            let Ok(bytes) = std::fs::read(dir.path().join(f)) else {
+                continue;
+            };
             for c in cards {
-                assert!(!contains(&bytes, c.as_bytes()), "{phase}: a card number was found in {f}");
+                assert!(
+                    !contains(&bytes, c.as_bytes()),
+                    "{phase}: a card number was found in {f}"
+                );
             }
-            assert!(!contains(&bytes, b"Jane Q Cardholder"), "{phase}: cardholder name in {f}");
+            assert!(
+                !contains(&bytes, b"Jane Q Cardholder"),
+                "{phase}: cardholder name in {f}"
+            );
         }
         v.shutdown();
     }
@@ -197,33 +295,58 @@ fn wrong_passphrase_is_refused_and_changes_nothing() {
     v.shutdown();
     drop(v);
     let before = std::fs::read(dir.path().join("vault.db")).unwrap();
-    let err = Vault::open(dir.path(), &Unlock::Passphrase(SecretText::new("wrong".into()))).unwrap_err();
+    let err = Vault::open(
+        dir.path(),
+        &Unlock::Passphrase(SecretText::new("wrong".into())),
+    )
+    .unwrap_err();
     assert!(matches!(err, VaultError::WrongSecret));
     assert!(!err.to_string().contains("wrong"));
-    let err = Admin::open(dir.path(), &Unlock::Passphrase(SecretText::new("wrong".into())), system_clock()).unwrap_err();
+    let err = Admin::open(
+        dir.path(),
+        &Unlock::Passphrase(SecretText::new("wrong".into())),
+        system_clock(),
+    )
+    .unwrap_err();
     assert!(matches!(err, VaultError::WrongSecret));
     assert_eq!(before, std::fs::read(dir.path().join("vault.db")).unwrap());
     // and init refuses to overwrite
-    let spec = SealSpec { unlock: unlock(), kdf: KdfParams::MINIMUM, shares: None };
-    assert!(matches!(Vault::init(dir.path(), &spec, &system_clock()), Err(VaultError::AlreadyInitialized(_))));
+    let spec = SealSpec {
+        unlock: unlock(),
+        kdf: KdfParams::MINIMUM,
+        shares: None,
+    };
+    assert!(matches!(
+        Vault::init(dir.path(), &spec, &system_clock()),
+        Err(VaultError::AlreadyInitialized(_))
+    ));
 }
 
 #[test]
 fn rotation_keeps_old_cards_readable() {
     let dir = tempfile::tempdir().unwrap();
     let v = new_vault(dir.path());
-    let old = rt().block_on(v.tokenize("s", req(&v, "4111111111111111"), &ctx())).unwrap();
+    let old = rt()
+        .block_on(v.tokenize("s", req(&v, "4111111111111111"), &ctx()))
+        .unwrap();
     assert_eq!(old.key_version, 1);
     let mut admin = Admin::open(dir.path(), &unlock(), system_clock()).unwrap();
     assert_eq!(admin.rotate(&ctx()).unwrap(), 2);
     assert!(v.refresh_keys().unwrap());
-    let new = rt().block_on(v.tokenize("s", req(&v, "5105105105105100"), &ctx())).unwrap();
+    let new = rt()
+        .block_on(v.tokenize("s", req(&v, "5105105105105100"), &ctx()))
+        .unwrap();
     assert_eq!(new.key_version, 2);
-    let back = rt().block_on(v.detokenize("s", &old.token, "x", &ctx())).unwrap();
+    let back = rt()
+        .block_on(v.detokenize("s", &old.token, "x", &ctx()))
+        .unwrap();
     assert_eq!(back.card.pan.expose_digits(), "4111111111111111");
     let keys = admin.list_keys().unwrap();
     assert_eq!(keys.len(), 2);
-    assert_eq!((keys[0].state.as_str(), keys[0].records, keys[0].encryptions), ("decrypt_only", 1, 1));
+    assert_eq!(
+        (keys[0].state.as_str(), keys[0].records, keys[0].encryptions),
+        ("decrypt_only", 1, 1)
+    );
     assert_eq!((keys[1].state.as_str(), keys[1].records), ("active", 1));
     v.shutdown();
 }
@@ -232,8 +355,12 @@ fn rotation_keeps_old_cards_readable() {
 fn secret_bearing_types_print_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let v = new_vault(dir.path());
-    let t = rt().block_on(v.tokenize("s", req(&v, "4242424242424242"), &ctx())).unwrap();
-    let d = rt().block_on(v.detokenize("s", &t.token, "x", &ctx())).unwrap();
+    let t = rt()
+        .block_on(v.tokenize("s", req(&v, "4242424242424242"), &ctx()))
+        .unwrap();
+    let d = rt()
+        .block_on(v.detokenize("s", &t.token, "x", &ctx()))
+        .unwrap();
     let printed = [
         format!("{d:?}"),
         format!("{:?}", d.card),
@@ -241,7 +368,10 @@ fn secret_bearing_types_print_no_secret() {
         format!("{:?}", unlock()),
         format!("{v:?}"),
         format!("{:?}", req(&v, "4242424242424242")),
-        format!("{:?}", Admin::open(dir.path(), &unlock(), system_clock()).unwrap()),
+        format!(
+            "{:?}",
+            Admin::open(dir.path(), &unlock(), system_clock()).unwrap()
+        ),
     ];
     for p in printed {
         assert!(!p.contains("4242424242424242"), "a card number was printed");

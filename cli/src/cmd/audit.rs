@@ -35,6 +35,12 @@ pub enum Command {
     Checkpoint(CheckpointArgs),
     /// Check the signature of an erasure receipt (JSON file).
     VerifyReceipt(ReceiptArgs),
+    /// Evaluate the vault against a compliance policy (PCI DSS 4.0.1 by default)
+    /// and write a report (text, json, sarif, junit, html).
+    ///
+    /// Exit 0 all pass (warnings allowed), 100 something failed, 101 nothing
+    /// failed but something was skipped, 1 usage or internal error.
+    Run(crate::cmd::compliance::RunArgs),
 }
 
 /// `--data-dir`.
@@ -129,6 +135,7 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
         Command::Export(a) => export(&a),
         Command::Checkpoint(a) => checkpoint(&a),
         Command::VerifyReceipt(a) => verify_receipt(&a),
+        Command::Run(a) => crate::cmd::compliance::run(a),
     }
 }
 
@@ -151,10 +158,20 @@ fn verify(a: &VerifyArgs) -> Result<ExitCode, CliError> {
         audit::verify(&conn, &key, anchor.as_ref()).map_err(|e| fail("audit verify", &e))?;
     print_report(&report, anchor.as_ref());
     let details = match &report.problem {
-        None => format!("intact events={} checkpoints={}", report.events, report.checkpoints),
-        Some(b) => format!("broken at seq {} kind={:?} events_checked={}", b.seq, b.kind, report.events),
+        None => format!(
+            "intact events={} checkpoints={}",
+            report.events, report.checkpoints
+        ),
+        Some(b) => format!(
+            "broken at seq {} kind={:?} events_checked={}",
+            b.seq, b.kind, report.events
+        ),
     };
-    record(&a.dir.data_dir, panvault_vault::service::AuditAction::AuditVerify, &details);
+    record(
+        &a.dir.data_dir,
+        panvault_vault::service::AuditAction::AuditVerify,
+        &details,
+    );
     match &report.problem {
         None => Ok(ExitCode::SUCCESS),
         Some(b) => Err(CliError::with_code(
@@ -235,7 +252,11 @@ fn export(a: &ExportArgs) -> Result<ExitCode, CliError> {
     }
     .map_err(|e| fail("audit export", &e))?;
     eprintln!("exported {n} events");
-    record(&a.dir.data_dir, panvault_vault::service::AuditAction::AuditExport, &format!("from_seq={} events={n} format=jsonl", a.from));
+    record(
+        &a.dir.data_dir,
+        panvault_vault::service::AuditAction::AuditExport,
+        &format!("from_seq={} events={n} format=jsonl", a.from),
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -255,7 +276,11 @@ fn checkpoint(a: &CheckpointArgs) -> Result<ExitCode, CliError> {
             EXIT_BROKEN,
         ));
     }
-    record(&a.dir.data_dir, panvault_vault::service::AuditAction::AuditCheckpoint, &format!("checkpoint={} seq={}", cp.id, cp.seq));
+    record(
+        &a.dir.data_dir,
+        panvault_vault::service::AuditAction::AuditCheckpoint,
+        &format!("checkpoint={} seq={}", cp.id, cp.seq),
+    );
     crate::outln!("{cp}");
     Ok(ExitCode::SUCCESS)
 }
@@ -308,6 +333,19 @@ fn fail(context: &str, e: &AuditError) -> CliError {
         source = s.source();
     }
     CliError::usage(msg)
+}
+
+/// Records this admin action in the log itself (PCI DSS 10.2.1.x). Reading an
+/// audit copy on a read-only medium must still work, so a failure only warns.
+fn record(data_dir: &Path, action: panvault_vault::service::AuditAction, details: &str) {
+    if let Err(e) = panvault_vault::service::append_admin_event(
+        data_dir,
+        &crate::common::admin_actor(),
+        action,
+        details,
+    ) {
+        eprintln!("warning: could not record this action in the audit log: {e}");
+    }
 }
 
 #[cfg(test)]
@@ -478,13 +516,5 @@ mod tests {
                 .exit_code(),
             1
         );
-    }
-}
-
-/// Records this admin action in the log itself (PCI DSS 10.2.1.x). Reading an
-/// audit copy on a read-only medium must still work, so a failure only warns.
-fn record(data_dir: &Path, action: panvault_vault::service::AuditAction, details: &str) {
-    if let Err(e) = panvault_vault::service::append_admin_event(data_dir, &crate::common::admin_actor(), action, details) {
-        eprintln!("warning: could not record this action in the audit log: {e}");
     }
 }

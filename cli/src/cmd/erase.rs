@@ -34,10 +34,16 @@ pub fn erase(a: EraseArgs) -> Result<ExitCode, CliError> {
         (None, None) => return Err(CliError::usage("give --subject or --token")),
     };
     let mut admin = open(&a.common)?;
-    let erasure = admin.erase(&admin_actor(), &a.tenant, &target).map_err(vault_err)?;
-    let json = erasure.receipt.to_json().map_err(|e| CliError::usage(e.to_string()))?;
+    let erasure = admin
+        .erase(&admin_actor(), &a.tenant, &target)
+        .map_err(vault_err)?;
+    let json = erasure
+        .receipt
+        .to_json()
+        .map_err(|e| CliError::usage(e.to_string()))?;
     if let Some(path) = &a.output {
-        std::fs::write(path, format!("{json}\n")).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+        std::fs::write(path, format!("{json}\n"))
+            .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
     }
     crate::outln!("{json}");
     eprintln!(
@@ -45,7 +51,11 @@ pub fn erase(a: EraseArgs) -> Result<ExitCode, CliError> {
         erasure.receipt.tokens_erased,
         a.tenant,
         erasure.receipt.audit_seq,
-        if erasure.wal_scrubbed { "" } else { " Warning: the WAL could not be truncated yet (busy); it will be on the next checkpoint." }
+        if erasure.wal_scrubbed {
+            ""
+        } else {
+            " Warning: the WAL could not be truncated yet (busy); it will be on the next checkpoint."
+        }
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -77,9 +87,16 @@ pub fn retention(c: RetentionCommand) -> Result<ExitCode, CliError> {
         return Err(CliError::usage("--grace-days must not be negative"));
     }
     let mut admin = open(&a.common)?;
-    let r = admin.purge_retention(&admin_actor(), a.grace_days, a.dry_run).map_err(vault_err)?;
+    let r = admin
+        .purge_retention(&admin_actor(), a.grace_days, a.dry_run)
+        .map_err(vault_err)?;
     if a.dry_run {
-        crate::outln!("Dry run: {} card(s) past expiry + {} days and {} token(s) past their TTL would be purged.", r.past_expiry, a.grace_days, r.past_ttl);
+        crate::outln!(
+            "Dry run: {} card(s) past expiry + {} days and {} token(s) past their TTL would be purged.",
+            r.past_expiry,
+            a.grace_days,
+            r.past_ttl
+        );
     } else {
         crate::outln!(
             "Purged {} card(s) past expiry + {} days and {} token(s) past their TTL; audit event #{}.",

@@ -29,7 +29,9 @@ pub struct Args {
 /// Runs `init`.
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
     if !args.secret.shares.is_empty() {
-        return Err(CliError::usage("--share is for unsealing an existing vault; init takes a passphrase"));
+        return Err(CliError::usage(
+            "--share is for unsealing an existing vault; init takes a passphrase",
+        ));
     }
     let shares = match (args.custodians, args.threshold) {
         (Some(n), Some(m)) => {
@@ -39,16 +41,31 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         _ => None,
     };
     let unlock = match shares {
-        Some(_) => panvault_vault::Unlock::Passphrase(panvault_vault::SecretText::new(String::new())),
+        Some(_) => {
+            panvault_vault::Unlock::Passphrase(panvault_vault::SecretText::new(String::new()))
+        }
         None => args.secret.unlock(true)?,
     };
-    if let Some(dir) = &args.shares_dir {
-        if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
-            return Err(CliError::usage(format!("{} is not empty; refusing to overwrite shares", dir.display())));
-        }
+    if let Some(dir) = &args.shares_dir
+        && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+    {
+        return Err(CliError::usage(format!(
+            "{} is not empty; refusing to overwrite shares",
+            dir.display()
+        )));
     }
-    let spec = SealSpec { unlock, kdf: panvault_vault::service::default_kdf(), shares };
-    let report = Vault::init_as(&args.data_dir, &spec, &system_clock(), &crate::common::admin_actor()).map_err(vault_err)?;
+    let spec = SealSpec {
+        unlock,
+        kdf: panvault_vault::service::default_kdf(),
+        shares,
+    };
+    let report = Vault::init_as(
+        &args.data_dir,
+        &spec,
+        &system_clock(),
+        &crate::common::admin_actor(),
+    )
+    .map_err(vault_err)?;
     if let Some(dir) = &args.shares_dir {
         crate::cmd::master::write_shares(dir, &report.shares)?;
         crate::outln!(
@@ -58,7 +75,11 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             args.threshold.unwrap_or(2)
         );
     }
-    crate::outln!("Initialized vault {} in {}", report.vault_id, args.data_dir.display());
+    crate::outln!(
+        "Initialized vault {} in {}",
+        report.vault_id,
+        args.data_dir.display()
+    );
     crate::outln!("Audit public key: {}", report.audit_pubkey_path.display());
     if args.shares_dir.is_none() {
         crate::outln!("Keep the passphrase safe: without it the vault cannot be unsealed.");

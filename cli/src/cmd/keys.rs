@@ -80,7 +80,9 @@ pub struct RotateArgs {
 /// Parses `365d` / `52w` / `24h` (hours round down to days) into days.
 fn parse_age_days(s: &str) -> Result<i64, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num.parse().map_err(|_| format!("expected a number with d, w or h, got {s:?}"))?;
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("expected a number with d, w or h, got {s:?}"))?;
     match unit {
         "d" | "" => Ok(n),
         "w" => Ok(n.saturating_mul(7)),
@@ -103,8 +105,13 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
         }
         Command::Destroy(a) => {
             let mut admin = open(&a.common)?;
-            admin.destroy(&admin_actor(), a.version).map_err(vault_err)?;
-            crate::outln!("Destroyed data key v{}: its wrapped bytes are gone.", a.version);
+            admin
+                .destroy(&admin_actor(), a.version)
+                .map_err(vault_err)?;
+            crate::outln!(
+                "Destroyed data key v{}: its wrapped bytes are gone.",
+                a.version
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -134,7 +141,11 @@ fn rewrap(a: RewrapArgs) -> Result<ExitCode, CliError> {
     bar.finish_and_clear();
     crate::outln!(
         "Rewrapped {} record(s) to v{} in {:.2} s ({:.0} records/s); {} left under older keys.",
-        summary.rewrapped, summary.active_version, summary.seconds, summary.rate, summary.remaining
+        summary.rewrapped,
+        summary.active_version,
+        summary.seconds,
+        summary.rate,
+        summary.remaining
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -158,11 +169,24 @@ fn list(a: ListArgs) -> Result<ExitCode, CliError> {
 }
 
 fn print_table(keys: &[KeyInfo]) {
-    crate::outln!("{:>7}  {:<12}  {:<20}  {:>8}  {:>10}  {:>12}", "VERSION", "STATE", "CREATED", "AGE (d)", "RECORDS", "ENCRYPTIONS");
+    crate::outln!(
+        "{:>7}  {:<12}  {:<20}  {:>8}  {:>10}  {:>12}",
+        "VERSION",
+        "STATE",
+        "CREATED",
+        "AGE (d)",
+        "RECORDS",
+        "ENCRYPTIONS"
+    );
     for k in keys {
         crate::outln!(
             "{:>7}  {:<12}  {:<20}  {:>8}  {:>10}  {:>12}",
-            k.version, k.state, k.created_at, k.age_days, k.records, k.encryptions
+            k.version,
+            k.state,
+            k.created_at,
+            k.age_days,
+            k.records,
+            k.encryptions
         );
     }
 }

@@ -50,13 +50,18 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
         Command::Rotate(common) => {
             let unlock = common.secret.unlock_for(&common.data_dir)?;
             let mut admin = open(&common)?;
-            admin.master_rotate(&admin_actor(), &unlock).map_err(vault_err)?;
+            admin
+                .master_rotate(&admin_actor(), &unlock)
+                .map_err(vault_err)?;
             crate::outln!("New root key in place; all keys re-wrapped. The old root key is gone.");
             Ok(ExitCode::SUCCESS)
         }
         Command::ChangePassphrase(a) => {
             let mut admin = open(&a.common)?;
-            let new = match (&a.new_passphrase_file, std::env::var("PANVAULT_NEW_PASSPHRASE")) {
+            let new = match (
+                &a.new_passphrase_file,
+                std::env::var("PANVAULT_NEW_PASSPHRASE"),
+            ) {
                 (Some(f), _) => read_passphrase(Some(f), false)?,
                 (None, Ok(p)) => panvault_vault::SecretText::new(p),
                 (None, Err(_)) => {
@@ -67,14 +72,18 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
             if new.expose_secret().is_empty() {
                 return Err(CliError::usage("the new passphrase is empty"));
             }
-            admin.change_passphrase(&admin_actor(), &new, panvault_vault::service::default_kdf()).map_err(vault_err)?;
+            admin
+                .change_passphrase(&admin_actor(), &new, panvault_vault::service::default_kdf())
+                .map_err(vault_err)?;
             crate::outln!("Passphrase changed; the old one no longer unseals the vault.");
             Ok(ExitCode::SUCCESS)
         }
         Command::Reshare(a) => {
             check_share_counts(a.custodians, a.threshold)?;
             let mut admin = open(&a.common)?;
-            let shares = admin.reshare(&admin_actor(), a.custodians, a.threshold).map_err(vault_err)?;
+            let shares = admin
+                .reshare(&admin_actor(), a.custodians, a.threshold)
+                .map_err(vault_err)?;
             write_shares(&a.shares_dir, &shares)?;
             crate::outln!(
                 "Issued {} new shares ({} needed) in {}; the previous share set no longer works.",
@@ -108,8 +117,12 @@ pub fn write_shares(dir: &Path, shares: &[ShareFile]) -> Result<(), CliError> {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut f = opts.open(&path).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-        f.write_all(s.to_text().as_bytes()).and_then(|()| f.sync_all()).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+        let mut f = opts
+            .open(&path)
+            .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+        f.write_all(s.to_text().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod audit;
 pub mod bench;
+pub mod compliance;
 pub mod dev;
 pub mod erase;
 pub mod init;

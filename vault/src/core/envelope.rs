@@ -24,7 +24,10 @@ pub struct DataKey {
 impl DataKey {
     /// Builds the cipher for `key` as version `version`.
     pub fn new(version: u32, key: &SecretKey32) -> DataKey {
-        DataKey { version, cipher: Aes256Gcm::new(key.expose_secret().into()) }
+        DataKey {
+            version,
+            cipher: Aes256Gcm::new(key.expose_secret().into()),
+        }
     }
 
     /// The key's version number.
@@ -45,21 +48,42 @@ impl DataKey {
         let plaintext = secret.encode();
         let ciphertext = self
             .cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: &plaintext, aad: &aad })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &plaintext,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| CryptoError)?;
-        Ok(SealedRecord { key_version: self.version, nonce, ciphertext })
+        Ok(SealedRecord {
+            key_version: self.version,
+            nonce,
+            ciphertext,
+        })
     }
 
     /// Opens a record of the row `(tenant, token)`. Any change to the ciphertext, the
     /// nonce, the row's tenant, token or key version gives the one opaque error.
-    pub fn open(&self, tenant: &str, token: &str, rec: &SealedRecord) -> Result<CardSecret, CryptoError> {
+    pub fn open(
+        &self,
+        tenant: &str,
+        token: &str,
+        rec: &SealedRecord,
+    ) -> Result<CardSecret, CryptoError> {
         if rec.key_version != self.version {
             return Err(CryptoError);
         }
         let aad = record_aad(tenant, token, rec.key_version);
         let plaintext = Zeroizing::new(
             self.cipher
-                .decrypt(&Nonce::from(rec.nonce), Payload { msg: &rec.ciphertext, aad: &aad })
+                .decrypt(
+                    &Nonce::from(rec.nonce),
+                    Payload {
+                        msg: &rec.ciphertext,
+                        aad: &aad,
+                    },
+                )
                 .map_err(|_| CryptoError)?,
         );
         CardSecret::decode(&plaintext).ok_or(CryptoError)
@@ -85,7 +109,12 @@ pub struct SealedRecord {
 
 impl fmt::Debug for SealedRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SealedRecord(v{}, {} bytes)", self.key_version, self.ciphertext.len())
+        write!(
+            f,
+            "SealedRecord(v{}, {} bytes)",
+            self.key_version,
+            self.ciphertext.len()
+        )
     }
 }
 
@@ -113,7 +142,13 @@ pub fn wrap_key(wrapping: &SecretKey32, label: &str, key: &[u8]) -> Result<Vec<u
     let mut nonce = [0u8; NONCE_LEN];
     rng::fill(&mut nonce)?;
     let ct = cipher
-        .encrypt(&Nonce::from(nonce), Payload { msg: key, aad: label.as_bytes() })
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: key,
+                aad: label.as_bytes(),
+            },
+        )
         .map_err(|_| CryptoError)?;
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
@@ -122,18 +157,32 @@ pub fn wrap_key(wrapping: &SecretKey32, label: &str, key: &[u8]) -> Result<Vec<u
 }
 
 /// Unwraps what [`wrap_key`] made; the label must match.
-pub fn unwrap_key(wrapping: &SecretKey32, label: &str, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+pub fn unwrap_key(
+    wrapping: &SecretKey32,
+    label: &str,
+    blob: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let (nonce, ct) = blob.split_at_checked(NONCE_LEN).ok_or(CryptoError)?;
     let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError)?;
     let cipher = Aes256Gcm::new(wrapping.expose_secret().into());
     cipher
-        .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad: label.as_bytes() })
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: ct,
+                aad: label.as_bytes(),
+            },
+        )
         .map(Zeroizing::new)
         .map_err(|_| CryptoError)
 }
 
 /// Unwraps a 32-byte key.
-pub fn unwrap_key32(wrapping: &SecretKey32, label: &str, blob: &[u8]) -> Result<SecretKey32, CryptoError> {
+pub fn unwrap_key32(
+    wrapping: &SecretKey32,
+    label: &str,
+    blob: &[u8],
+) -> Result<SecretKey32, CryptoError> {
     let bytes = unwrap_key(wrapping, label, blob)?;
     SecretKey32::from_slice(&bytes).ok_or(CryptoError)
 }
@@ -145,7 +194,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn secret(n: &str) -> CardSecret {
-        CardSecret { pan: Pan::parse(n).unwrap(), name: Some(CardholderName::parse("J Doe").unwrap()) }
+        CardSecret {
+            pan: Pan::parse(n).unwrap(),
+            name: Some(CardholderName::parse("J Doe").unwrap()),
+        }
     }
 
     fn key(v: u32, b: u8) -> DataKey {
@@ -211,7 +263,12 @@ mod tests {
     fn wrap_round_trip_and_label_binding() {
         let root = SecretKey32::from_slice(&[3; 32]).unwrap();
         let blob = wrap_key(&root, "dek:v1", &[9; 32]).unwrap();
-        assert_eq!(unwrap_key32(&root, "dek:v1", &blob).unwrap().expose_secret(), &[9; 32]);
+        assert_eq!(
+            unwrap_key32(&root, "dek:v1", &blob)
+                .unwrap()
+                .expose_secret(),
+            &[9; 32]
+        );
         assert!(unwrap_key(&root, "dek:v2", &blob).is_err());
         assert!(unwrap_key(&root, "dek:v1", &blob[..10]).is_err());
         let other = SecretKey32::from_slice(&[4; 32]).unwrap();

@@ -20,11 +20,19 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// The floor the issue sets: 64 MiB, 3 passes.
-    pub const MINIMUM: KdfParams = KdfParams { m_kib: 64 * 1024, t: 3, p: 1 };
+    pub const MINIMUM: KdfParams = KdfParams {
+        m_kib: 64 * 1024,
+        t: 3,
+        p: 1,
+    };
 }
 
 /// Derives the KEK from `passphrase` and `salt` with Argon2id.
-pub fn derive_kek(passphrase: &SecretText, salt: &[u8], params: KdfParams) -> Result<SecretKey32, CryptoError> {
+pub fn derive_kek(
+    passphrase: &SecretText,
+    salt: &[u8],
+    params: KdfParams,
+) -> Result<SecretKey32, CryptoError> {
     let p = Params::new(params.m_kib, params.t, params.p, Some(32)).map_err(|_| CryptoError)?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, p);
     let mut out = [0u8; 32];
@@ -44,13 +52,18 @@ impl FingerprintKey {
     /// From the unwrapped 32-byte fingerprint key.
     pub fn new(key: &SecretKey32) -> Self {
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"panvault/fingerprint/v1");
-        FingerprintKey { prk: salt.extract(key.expose_secret()) }
+        FingerprintKey {
+            prk: salt.extract(key.expose_secret()),
+        }
     }
 
     /// The HMAC key of `tenant`.
     pub fn tenant_key(&self, tenant: &str) -> Result<hmac::Key, CryptoError> {
         let info = [tenant.as_bytes()];
-        let okm = self.prk.expand(&info, hmac::HMAC_SHA256).map_err(|_| CryptoError)?;
+        let okm = self
+            .prk
+            .expand(&info, hmac::HMAC_SHA256)
+            .map_err(|_| CryptoError)?;
         Ok(hmac::Key::from(okm))
     }
 }
@@ -90,7 +103,11 @@ mod tests {
 
     #[test]
     fn kek_depends_on_passphrase_and_salt() {
-        let small = KdfParams { m_kib: 64, t: 1, p: 1 };
+        let small = KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        };
         let a = derive_kek(&SecretText::new("one".into()), b"saltsaltsalt", small).unwrap();
         let b = derive_kek(&SecretText::new("two".into()), b"saltsaltsalt", small).unwrap();
         let c = derive_kek(&SecretText::new("one".into()), b"saltsaltsal2", small).unwrap();

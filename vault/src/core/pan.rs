@@ -282,25 +282,56 @@ mod tests {
             assert_eq!(pan.brand(), b);
         }
         // An unknown IIN is not an error.
-        assert_eq!(Pan::parse("9999999999999995").unwrap().brand(), Brand::Unknown);
+        assert_eq!(
+            Pan::parse("9999999999999995").unwrap().brand(),
+            Brand::Unknown
+        );
     }
 
     #[test]
     fn rejections() {
-        assert_eq!(Pan::parse("4242a24242424242").unwrap_err(), CardError::InvalidCharacters);
-        assert_eq!(Pan::parse("42424242424").unwrap_err(), CardError::InvalidLength(11));
-        assert_eq!(Pan::parse("42424242424242424242").unwrap_err(), CardError::InvalidLength(20));
-        assert_eq!(Pan::parse("4242424242424241").unwrap_err(), CardError::LuhnFailed);
-        assert_eq!(Pan::parse("4242  4242 4242 4242").unwrap_err(), CardError::InvalidCharacters);
-        assert_eq!(Pan::parse("-4242424242424242").unwrap_err(), CardError::InvalidCharacters);
-        assert_eq!(Pan::parse("4242424242424242-").unwrap_err(), CardError::InvalidCharacters);
+        assert_eq!(
+            Pan::parse("4242a24242424242").unwrap_err(),
+            CardError::InvalidCharacters
+        );
+        assert_eq!(
+            Pan::parse("42424242424").unwrap_err(),
+            CardError::InvalidLength(11)
+        );
+        assert_eq!(
+            Pan::parse("42424242424242424242").unwrap_err(),
+            CardError::InvalidLength(20)
+        );
+        assert_eq!(
+            Pan::parse("4242424242424241").unwrap_err(),
+            CardError::LuhnFailed
+        );
+        assert_eq!(
+            Pan::parse("4242  4242 4242 4242").unwrap_err(),
+            CardError::InvalidCharacters
+        );
+        assert_eq!(
+            Pan::parse("-4242424242424242").unwrap_err(),
+            CardError::InvalidCharacters
+        );
+        assert_eq!(
+            Pan::parse("4242424242424242-").unwrap_err(),
+            CardError::InvalidCharacters
+        );
         assert_eq!(Pan::parse("").unwrap_err(), CardError::InvalidLength(0));
-        assert_eq!(Pan::parse("４２４２424242424242").unwrap_err(), CardError::InvalidCharacters);
+        assert_eq!(
+            Pan::parse("４２４２424242424242").unwrap_err(),
+            CardError::InvalidCharacters
+        );
     }
 
     #[test]
     fn errors_never_echo_the_number() {
-        for bad in ["4242424242424241", "4242a24242424242", "42424242424242424242"] {
+        for bad in [
+            "4242424242424241",
+            "4242a24242424242",
+            "42424242424242424242",
+        ] {
             let msg = Pan::parse(bad).unwrap_err().to_string();
             assert!(!msg.contains("4242"), "{msg}");
         }
@@ -318,11 +349,26 @@ mod tests {
     #[test]
     fn expiry_rules() {
         assert!(Expiry::new(11, 2026, TODAY).is_ok());
-        assert_eq!(Expiry::new(10, 2026, TODAY).unwrap_err(), CardError::Expired);
-        assert_eq!(Expiry::new(13, 2030, TODAY).unwrap_err(), CardError::InvalidExpiryMonth);
-        assert_eq!(Expiry::new(0, 2030, TODAY).unwrap_err(), CardError::InvalidExpiryMonth);
-        assert_eq!(Expiry::new(1, 30, TODAY).unwrap_err(), CardError::InvalidExpiryYear);
-        assert_eq!(Expiry::new(1, 2090, TODAY).unwrap_err(), CardError::InvalidExpiryYear);
+        assert_eq!(
+            Expiry::new(10, 2026, TODAY).unwrap_err(),
+            CardError::Expired
+        );
+        assert_eq!(
+            Expiry::new(13, 2030, TODAY).unwrap_err(),
+            CardError::InvalidExpiryMonth
+        );
+        assert_eq!(
+            Expiry::new(0, 2030, TODAY).unwrap_err(),
+            CardError::InvalidExpiryMonth
+        );
+        assert_eq!(
+            Expiry::new(1, 30, TODAY).unwrap_err(),
+            CardError::InvalidExpiryYear
+        );
+        assert_eq!(
+            Expiry::new(1, 2090, TODAY).unwrap_err(),
+            CardError::InvalidExpiryYear
+        );
     }
 
     #[test]

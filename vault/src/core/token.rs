@@ -98,7 +98,11 @@ impl Token {
                 }
             };
             // 250 = 25 * 10: reject above it for uniform digits
-            let digit = if byte < 250 { byte % 10 } else { u8::try_from(rng::below(10)?).map_err(|_| CryptoError)? };
+            let digit = if byte < 250 {
+                byte % 10
+            } else {
+                u8::try_from(rng::below(10)?).map_err(|_| CryptoError)?
+            };
             out.push(b'0' + digit);
         }
         out.extend_from_slice(d.get(n - 4..).ok_or(CryptoError)?);
@@ -160,7 +164,10 @@ mod tests {
         assert!(t.as_str().starts_with("tok_"));
         assert_eq!(t.as_str().len(), 26);
         assert!(Token::parse(t.as_str()).is_some());
-        assert_eq!(Token::opaque_from_random([0; 16]).as_str(), "tok_0000000000000000000000");
+        assert_eq!(
+            Token::opaque_from_random([0; 16]).as_str(),
+            "tok_0000000000000000000000"
+        );
         assert_ne!(Token::generate_opaque().unwrap(), t);
         // 62^22 > 2^128: the encoding is injective on 128-bit values.
         assert_eq!(Token::opaque_from_random([0xff; 16]).as_str().len(), 26);

@@ -1,1 +1,282 @@
-//! HTTP API (being written).
+//! The HTTP API: routes, handlers, problem+json errors, the client identity and
+//! authorization extractors, metrics, and [`start`], which serves it all over
+//! mutual TLS.
+//!
+//! | route | permission | answer |
+//! |---|---|---|
+//! | `POST /v1/tokens` | tokenize | 201 token (200 if the card was already stored) |
+//! | `POST /v1/tokens/batch` | tokenize | 200 `{"results":[…]}` |
+//! | `GET /v1/tokens/{token}` | read | 200 token metadata |
+//! | `POST /v1/tokens/{token}/detokenize` | detokenize | 200 the card |
+//! | `DELETE /v1/tokens/{token}` | delete | 204 |
+//! | `GET /healthz` | (any certificate) | 200 `{"status":"ok"}` |
+//! | `GET /metrics` | (any client) | Prometheus text |
+//!
+//! Logging: each request gets a span with its id, method and *matched route
+//! template* (never the raw path: a token or a mistaken card number could be in it)
+//! and one `info` event with status and latency.
+
+mod auth;
+mod handlers;
+pub mod metrics;
+mod problem;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+pub use auth::{Caller, ClientRegistry};
+pub use metrics::Metrics;
+pub use problem::{CODES, Problem, ProblemBody, current_request_id};
+
+use crate::config::{Config, ConfigError, Limits};
+use crate::service::request::AccessContext;
+use crate::service::{AuditAction, AuditOutcome, Vault};
+use crate::tls::{ConnStats, ServeOptions};
+
+struct Shared {
+    vault: Vault,
+    clients: ClientRegistry,
+    limits: Limits,
+    metrics: Metrics,
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("vault", &self.inner.vault)
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The state for `vault` with `config`'s clients and limits; `conns` are the
+    /// accept loop's counters (shown on `/metrics`).
+    pub fn new(vault: Vault, config: &Config, conns: Arc<ConnStats>) -> Self {
+        AppState {
+            inner: Arc::new(Shared {
+                vault,
+                clients: ClientRegistry::new(&config.clients),
+                limits: config.limits.clone(),
+                metrics: Metrics::new(conns),
+            }),
+        }
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Vault {
+        &self.inner.vault
+    }
+
+    /// The clients.
+    pub fn clients(&self) -> &ClientRegistry {
+        &self.inner.clients
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}
+
+/// The API's router. Requests must carry a [`crate::tls::ClientIdentity`] in their
+/// extensions (the accept loop puts it there); without one they get 401.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/tokens", post(handlers::tokenize))
+        .route("/v1/tokens/batch", post(handlers::batch))
+        .route(
+            "/v1/tokens/{token}",
+            get(handlers::metadata).delete(handlers::delete),
+        )
+        .route("/v1/tokens/{token}/detokenize", post(handlers::detokenize))
+        .route("/healthz", get(handlers::healthz))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Per request: an id (task-local, `x-request-id` header), a span naming the
+/// route template, metrics, `cache-control: no-store`.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let id = problem::new_request_id();
+    let route = metrics::route_index(
+        req.method(),
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
+    let (method_label, route_label) = metrics::ROUTES
+        .get(route)
+        .copied()
+        .unwrap_or(("other", "other"));
+    let span = tracing::info_span!("request", request_id = %id, method = method_label, route = route_label);
+    let header_id = HeaderValue::from_str(&id).ok();
+    let mut resp = problem::with_request_id(id, next.run(req))
+        .instrument(span.clone())
+        .await;
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    state.metrics().observe(route, status, elapsed);
+    let headers = resp.headers_mut();
+    if let Some(v) = header_id {
+        headers.insert("x-request-id", v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "request"
+        )
+    });
+    resp
+}
+
+/// A server started by [`start`].
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    handle: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The address it listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether it has shut down.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Waits until it has shut down (after the shutdown signal, the drain, and the
+    /// vault's writer stopping).
+    pub async fn wait(self) {
+        let _ = self.handle.await;
+    }
+}
+
+/// Why [`start`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration (TLS material, listen address) is unusable; names the field.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The audit log could not record the server's start.
+    #[error("the audit log could not record the server start: {0}")]
+    Audit(crate::VaultError),
+}
+
+/// Serves `vault` per `config` over mutual TLS: builds the TLS configuration, binds
+/// `config.listen`, records `serve.start` in the audit log, and spawns the accept
+/// loop and a task that reloads keys every second (so `keys rotate` from another
+/// process takes effect). When `shutdown` resolves, it stops accepting, drains
+/// in-flight requests (up to `limits.shutdown_grace_ms`), records `serve.stop`
+/// and shuts the vault down.
+pub async fn start<F>(
+    config: &Config,
+    vault: Vault,
+    shutdown: F,
+) -> Result<RunningServer, StartError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let tls = crate::tls::server_config(&config.tls)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ConfigError::new("listen", format!("{}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ConfigError::new("listen", e.to_string()))?;
+    let server_ctx = AccessContext {
+        actor: "panvault-serve".into(),
+        peer: Some(addr.to_string()),
+        ..Default::default()
+    };
+    let details = format!("listen={addr} clients={}", config.clients.len());
+    vault
+        .record_event(
+            &server_ctx,
+            AuditAction::ServeStart,
+            None,
+            None,
+            AuditOutcome::Success,
+            Some(&details),
+        )
+        .await
+        .map_err(StartError::Audit)?;
+    let conns = Arc::new(ConnStats::default());
+    let state = AppState::new(vault.clone(), config, Arc::clone(&conns));
+    let app = router(state);
+    let opts = ServeOptions::from(&config.limits);
+    let handle = tokio::spawn(async move {
+        let refresher = tokio::spawn(refresh_keys(vault.clone()));
+        crate::tls::serve_tls(listener, tls, app, opts, conns, shutdown).await;
+        refresher.abort();
+        if let Err(e) = vault
+            .record_event(
+                &server_ctx,
+                AuditAction::ServeStop,
+                None,
+                None,
+                AuditOutcome::Success,
+                Some(&format!("listen={addr}")),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the server stop in the audit log");
+        }
+        let _ = tokio::task::spawn_blocking(move || vault.shutdown()).await;
+    });
+    Ok(RunningServer { addr, handle })
+}
+
+/// Reloads keys every second when another process changed them.
+async fn refresh_keys(vault: Vault) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let v = vault.clone();
+        match tokio::task::spawn_blocking(move || v.refresh_keys()).await {
+            Ok(Ok(true)) => tracing::info!(
+                version = vault.active_key_version().unwrap_or(0),
+                "data keys reloaded"
+            ),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not check for key changes"),
+            Err(_) => return,
+        }
+    }
+}

@@ -32,7 +32,9 @@ pub struct Admin {
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admin").field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("Admin")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,7 +75,12 @@ impl Admin {
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
         let (root, _, share_numbers) = keyring::unseal_root(&conn, &vault_id, unlock)?;
         let keys = Keyring::load(&conn, &vault_id, root)?;
-        Ok(Admin { conn, keys, clock, share_numbers })
+        Ok(Admin {
+            conn,
+            keys,
+            clock,
+            share_numbers,
+        })
     }
 
     fn now(&self) -> i64 {
@@ -86,7 +93,8 @@ impl Admin {
     }
 
     fn reload(&mut self) -> Result<(), VaultError> {
-        let root = SecretKey32::from_slice(self.keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+        let root =
+            SecretKey32::from_slice(self.keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
         self.keys = Keyring::load(&self.conn, &self.keys.vault_id, root)?;
         Ok(())
     }
@@ -99,7 +107,10 @@ impl Admin {
         f: impl FnOnce(&Connection, &Keyring, i64) -> Result<(T, String), VaultError>,
     ) -> Result<T, VaultError> {
         let now = self.now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(store_err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
         let (out, details) = f(&tx, &self.keys, now)?;
         let details = if self.share_numbers.is_empty() {
             details
@@ -120,15 +131,28 @@ impl Admin {
     /// The active key's age in whole days.
     pub fn active_key_age_days(&self) -> Result<i64, VaultError> {
         let keys = self.list_keys()?;
-        keys.iter().find(|k| k.state == "active").map(|k| k.age_days).ok_or_else(|| VaultError::KeyState("no active key".into()))
+        keys.iter()
+            .find(|k| k.state == "active")
+            .map(|k| k.age_days)
+            .ok_or_else(|| VaultError::KeyState("no active key".into()))
     }
 
     /// Makes a new active data key; the previous becomes decrypt-only. Returns the
     /// new version.
     pub fn rotate(&mut self, actor: &AccessContext) -> Result<u32, VaultError> {
         let next = self.admin_tx(actor, AuditAction::KeyRotate, |tx, keys, now| {
-            let next: u32 = tx.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM data_keys", [], |r| r.get(0)).map_err(store_err)?;
-            tx.execute("UPDATE data_keys SET state = 'decrypt_only' WHERE state = 'active'", []).map_err(store_err)?;
+            let next: u32 = tx
+                .query_row(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM data_keys",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(store_err)?;
+            tx.execute(
+                "UPDATE data_keys SET state = 'decrypt_only' WHERE state = 'active'",
+                [],
+            )
+            .map_err(store_err)?;
             keyring::insert_data_key(tx, &keys.vault_id, &keys.root, next, now)?;
             keyring::bump_key_epoch(tx)?;
             Ok((next, format!("new_version={next}")))
@@ -141,7 +165,11 @@ impl Admin {
     pub fn records_not_under_active(&self) -> Result<u64, VaultError> {
         let n: i64 = self
             .conn
-            .query_row("SELECT count(*) FROM cards WHERE key_version <> ?1", [self.keys.active], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM cards WHERE key_version <> ?1",
+                [self.keys.active],
+                |r| r.get(0),
+            )
             .map_err(store_err)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -172,17 +200,27 @@ impl Admin {
                 break;
             }
             done += n;
-            progress(RewrapProgress { done, total: total.max(done) });
+            progress(RewrapProgress {
+                done,
+                total: total.max(done),
+            });
             if let Some(rate) = max_rate.filter(|r| *r > 0.0) {
                 #[allow(clippy::cast_precision_loss)]
-                let ahead = Duration::from_secs_f64(done as f64 / rate).saturating_sub(start.elapsed());
+                let ahead =
+                    Duration::from_secs_f64(done as f64 / rate).saturating_sub(start.elapsed());
                 std::thread::sleep(ahead);
             }
         }
         let secs = start.elapsed().as_secs_f64();
         #[allow(clippy::cast_precision_loss)]
         let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-        Ok(RewrapSummary { rewrapped: done, active_version: active, seconds: secs, rate, remaining: self.records_not_under_active()? })
+        Ok(RewrapSummary {
+            rewrapped: done,
+            active_version: active,
+            seconds: secs,
+            rate,
+            remaining: self.records_not_under_active()?,
+        })
     }
 
     /// Retires version `version`: refused while any record uses it, or while active.
@@ -190,17 +228,35 @@ impl Admin {
         self.admin_tx(actor, AuditAction::KeyRetire, |tx, _keys, now| {
             let state = key_state(tx, version)?;
             match state.as_str() {
-                "active" => return Err(VaultError::KeyState(format!("v{version} is the active key; rotate first"))),
-                "retired" | "destroyed" => return Err(VaultError::KeyState(format!("v{version} is already {state}"))),
+                "active" => {
+                    return Err(VaultError::KeyState(format!(
+                        "v{version} is the active key; rotate first"
+                    )));
+                }
+                "retired" | "destroyed" => {
+                    return Err(VaultError::KeyState(format!(
+                        "v{version} is already {state}"
+                    )));
+                }
                 _ => {}
             }
-            let used: i64 = tx.query_row("SELECT count(*) FROM cards WHERE key_version = ?1", [version], |r| r.get(0)).map_err(store_err)?;
+            let used: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM cards WHERE key_version = ?1",
+                    [version],
+                    |r| r.get(0),
+                )
+                .map_err(store_err)?;
             if used > 0 {
                 return Err(VaultError::KeyState(format!(
                     "v{version} still encrypts {used} record(s); run `panvault keys rewrap` first"
                 )));
             }
-            tx.execute("UPDATE data_keys SET state = 'retired', retired_at = ?2 WHERE version = ?1", params![version, now]).map_err(store_err)?;
+            tx.execute(
+                "UPDATE data_keys SET state = 'retired', retired_at = ?2 WHERE version = ?1",
+                params![version, now],
+            )
+            .map_err(store_err)?;
             keyring::bump_key_epoch(tx)?;
             Ok(((), format!("version={version}")))
         })?;
@@ -231,32 +287,54 @@ impl Admin {
     /// Makes a new root key: every data, fingerprint and audit-signing key is
     /// re-wrapped under it and the root is resealed under the same passphrase or
     /// share set (a new salt); the old root is gone.
-    pub fn master_rotate(&mut self, actor: &AccessContext, unlock: &Unlock) -> Result<(), VaultError> {
+    pub fn master_rotate(
+        &mut self,
+        actor: &AccessContext,
+        unlock: &Unlock,
+    ) -> Result<(), VaultError> {
         let new_root = SecretKey32::generate()?;
         self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
             let vid = keys.vault_id.clone();
             // data keys
             let rows: Vec<(u32, Vec<u8>)> = {
-                let mut stmt = tx.prepare("SELECT version, wrapped FROM data_keys WHERE wrapped IS NOT NULL").map_err(store_err)?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(store_err)?;
+                let mut stmt = tx
+                    .prepare("SELECT version, wrapped FROM data_keys WHERE wrapped IS NOT NULL")
+                    .map_err(store_err)?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(store_err)?;
                 rows.collect::<Result<_, _>>().map_err(store_err)?
             };
             for (version, wrapped) in rows {
                 let label = keyring::dek_label(&vid, version);
-                let key = crate::core::envelope::unwrap_key(&keys.root, &label, &wrapped).map_err(|_| VaultError::Decryption)?;
+                let key = crate::core::envelope::unwrap_key(&keys.root, &label, &wrapped)
+                    .map_err(|_| VaultError::Decryption)?;
                 let rewrapped = wrap_key(&new_root, &label, &key)?;
-                tx.execute("UPDATE data_keys SET wrapped = ?2 WHERE version = ?1", params![version, rewrapped]).map_err(store_err)?;
+                tx.execute(
+                    "UPDATE data_keys SET wrapped = ?2 WHERE version = ?1",
+                    params![version, rewrapped],
+                )
+                .map_err(store_err)?;
             }
             let aux: Vec<(String, Vec<u8>)> = {
-                let mut stmt = tx.prepare("SELECT name, wrapped FROM wrapped_keys").map_err(store_err)?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(store_err)?;
+                let mut stmt = tx
+                    .prepare("SELECT name, wrapped FROM wrapped_keys")
+                    .map_err(store_err)?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(store_err)?;
                 rows.collect::<Result<_, _>>().map_err(store_err)?
             };
             for (name, wrapped) in aux {
                 let label = keyring::aux_label(&vid, &name);
-                let key = crate::core::envelope::unwrap_key(&keys.root, &label, &wrapped).map_err(|_| VaultError::Decryption)?;
+                let key = crate::core::envelope::unwrap_key(&keys.root, &label, &wrapped)
+                    .map_err(|_| VaultError::Decryption)?;
                 let rewrapped = wrap_key(&new_root, &label, &key)?;
-                tx.execute("UPDATE wrapped_keys SET wrapped = ?2 WHERE name = ?1", params![name, rewrapped]).map_err(store_err)?;
+                tx.execute(
+                    "UPDATE wrapped_keys SET wrapped = ?2 WHERE name = ?1",
+                    params![name, rewrapped],
+                )
+                .map_err(store_err)?;
             }
             // Reseal the new root under the same secret: a fresh salt for a passphrase,
             // the same KEK for custodian shares (so the share set stays valid).
@@ -264,7 +342,9 @@ impl Admin {
             let generation = info.generation;
             let kek;
             let seal = match unlock {
-                Unlock::Passphrase(p) => NewSeal::Passphrase(p, info.kdf.unwrap_or(KdfParams::MINIMUM)),
+                Unlock::Passphrase(p) => {
+                    NewSeal::Passphrase(p, info.kdf.unwrap_or(KdfParams::MINIMUM))
+                }
                 Unlock::Shares(shares) => {
                     let (k, _) = super::shamir::combine(shares, &vid, generation)?;
                     kek = k;
@@ -280,29 +360,64 @@ impl Admin {
     }
 
     /// Reseals the root key under a new passphrase (passphrase seals only).
-    pub fn change_passphrase(&mut self, actor: &AccessContext, new: &SecretText, kdf: KdfParams) -> Result<(), VaultError> {
-        self.admin_tx(actor, AuditAction::MasterChangePassphrase, |tx, keys, now| {
-            let (info, _, _) = keyring::read_seal(tx)?;
-            if info.method != "passphrase" {
-                return Err(VaultError::KeyState("this vault is sealed with custodian shares; use `master reshare`".into()));
-            }
-            let generation = info.generation + 1;
-            let root = SecretKey32::from_slice(keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
-            keyring::write_seal(tx, &keys.vault_id, &root, &NewSeal::Passphrase(new, kdf), generation, info.root_created_at)?;
-            let _ = now;
-            Ok(((), format!("generation={generation}")))
-        })?;
+    pub fn change_passphrase(
+        &mut self,
+        actor: &AccessContext,
+        new: &SecretText,
+        kdf: KdfParams,
+    ) -> Result<(), VaultError> {
+        self.admin_tx(
+            actor,
+            AuditAction::MasterChangePassphrase,
+            |tx, keys, now| {
+                let (info, _, _) = keyring::read_seal(tx)?;
+                if info.method != "passphrase" {
+                    return Err(VaultError::KeyState(
+                        "this vault is sealed with custodian shares; use `master reshare`".into(),
+                    ));
+                }
+                let generation = info.generation + 1;
+                let root =
+                    SecretKey32::from_slice(keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+                keyring::write_seal(
+                    tx,
+                    &keys.vault_id,
+                    &root,
+                    &NewSeal::Passphrase(new, kdf),
+                    generation,
+                    info.root_created_at,
+                )?;
+                let _ = now;
+                Ok(((), format!("generation={generation}")))
+            },
+        )?;
         self.scrub_wal()
     }
 
     /// Issues a new share set (threshold `m` of `n`); every older share stops working.
-    pub fn reshare(&mut self, actor: &AccessContext, n: u8, m: u8) -> Result<Vec<ShareFile>, VaultError> {
+    pub fn reshare(
+        &mut self,
+        actor: &AccessContext,
+        n: u8,
+        m: u8,
+    ) -> Result<Vec<ShareFile>, VaultError> {
         let shares = self.admin_tx(actor, AuditAction::MasterReshare, |tx, keys, _now| {
             let (info, _, _) = keyring::read_seal(tx)?;
             let generation = info.generation + 1;
-            let root = SecretKey32::from_slice(keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
-            let shares = keyring::write_seal(tx, &keys.vault_id, &root, &NewSeal::Shares(n, m), generation, info.root_created_at)?;
-            Ok((shares, format!("generation={generation} total={n} threshold={m}")))
+            let root =
+                SecretKey32::from_slice(keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+            let shares = keyring::write_seal(
+                tx,
+                &keys.vault_id,
+                &root,
+                &NewSeal::Shares(n, m),
+                generation,
+                info.root_created_at,
+            )?;
+            Ok((
+                shares,
+                format!("generation={generation} total={n} threshold={m}"),
+            ))
         })?;
         self.scrub_wal()?;
         Ok(shares)
@@ -311,24 +426,43 @@ impl Admin {
     /// Checkpoints and truncates the WAL so replaced seals and wrapped keys leave no
     /// copy in it (secure_delete already zeroes freed pages in the database file).
     fn scrub_wal(&self) -> Result<(), VaultError> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(store_err)?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(store_err)?;
         Ok(())
     }
 
     /// Erases a data subject or a token in `tenant` (the CLI's `erase`).
-    pub fn erase(&mut self, actor: &AccessContext, tenant: &str, target: &super::erase::EraseTarget) -> Result<super::erase::Erasure, VaultError> {
+    pub fn erase(
+        &mut self,
+        actor: &AccessContext,
+        tenant: &str,
+        target: &super::erase::EraseTarget,
+    ) -> Result<super::erase::Erasure, VaultError> {
         super::validate_tenant(tenant)?;
         if let super::erase::EraseTarget::Subject(s) = target {
             super::request::validate_subject(s)?;
         }
-        let receipt = self.with_audit(|tx, audit, keys, now| super::erase::erase_in_tx(tx, audit, keys, actor, tenant, target, now.unix_timestamp()))?;
+        let receipt = self.with_audit(|tx, audit, keys, now| {
+            super::erase::erase_in_tx(tx, audit, keys, actor, tenant, target, now.unix_timestamp())
+        })?;
         let wal_scrubbed = self.scrub_wal().is_ok();
-        Ok(super::erase::Erasure { receipt, wal_scrubbed })
+        Ok(super::erase::Erasure {
+            receipt,
+            wal_scrubbed,
+        })
     }
 
     /// Purges records past retention (the CLI's `retention run`).
-    pub fn purge_retention(&mut self, actor: &AccessContext, grace_days: i64, dry_run: bool) -> Result<super::erase::PurgeReport, VaultError> {
-        let report = self.with_audit(|tx, audit, keys, now| super::erase::purge_in_tx(tx, audit, keys, actor, grace_days, dry_run, now))?;
+    pub fn purge_retention(
+        &mut self,
+        actor: &AccessContext,
+        grace_days: i64,
+        dry_run: bool,
+    ) -> Result<super::erase::PurgeReport, VaultError> {
+        let report = self.with_audit(|tx, audit, keys, now| {
+            super::erase::purge_in_tx(tx, audit, keys, actor, grace_days, dry_run, now)
+        })?;
         if report.deleted {
             self.scrub_wal()?;
         }
@@ -339,11 +473,23 @@ impl Admin {
     /// checkpoint if due before committing.
     fn with_audit<T>(
         &mut self,
-        f: impl FnOnce(&Connection, &mut super::audit_hook::AuditState, &Keyring, time::OffsetDateTime) -> Result<T, VaultError>,
+        f: impl FnOnce(
+            &Connection,
+            &mut super::audit_hook::AuditState,
+            &Keyring,
+            time::OffsetDateTime,
+        ) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
         let now = (self.clock)();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(store_err)?;
-        let mut audit = super::audit_hook::AuditState::load(&tx, &self.keys, panvault_audit::log::CheckpointPolicy::default())?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        let mut audit = super::audit_hook::AuditState::load(
+            &tx,
+            &self.keys,
+            panvault_audit::log::CheckpointPolicy::default(),
+        )?;
         let out = f(&tx, &mut audit, &self.keys, now)?;
         audit.checkpoint_if_due(&tx, false)?;
         tx.commit().map_err(store_err)?;
@@ -352,7 +498,12 @@ impl Admin {
 
     /// Records an admin action that has no data change of its own (e.g. `audit
     /// verify`, `audit export`, a compliance run) in the audit log.
-    pub fn record(&mut self, actor: &AccessContext, action: AuditAction, details: &str) -> Result<(), VaultError> {
+    pub fn record(
+        &mut self,
+        actor: &AccessContext,
+        action: AuditAction,
+        details: &str,
+    ) -> Result<(), VaultError> {
         let d = details.to_owned();
         self.admin_tx(actor, action, move |_tx, _keys, _now| Ok(((), d)))
     }
@@ -360,16 +511,23 @@ impl Admin {
 
 fn key_state(conn: &Connection, version: u32) -> Result<String, VaultError> {
     use rusqlite::OptionalExtension;
-    conn.query_row("SELECT state FROM data_keys WHERE version = ?1", [version], |r| r.get(0))
-        .optional()
-        .map_err(store_err)?
-        .ok_or_else(|| VaultError::KeyState(format!("no key v{version}")))
+    conn.query_row(
+        "SELECT state FROM data_keys WHERE version = ?1",
+        [version],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(store_err)?
+    .ok_or_else(|| VaultError::KeyState(format!("no key v{version}")))
 }
+
+/// id, token, tenant, key version, nonce, ciphertext.
+type SealedRow = (i64, String, String, u32, Vec<u8>, Vec<u8>);
 
 /// Re-encrypts up to `limit` records not under the active key. Returns how many.
 fn rewrap_batch(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, VaultError> {
     let active = keys.active_key()?;
-    let rows: Vec<(i64, String, String, u32, Vec<u8>, Vec<u8>)> = {
+    let rows: Vec<SealedRow> = {
         let mut stmt = tx
             .prepare_cached(
                 "SELECT id, token, tenant, key_version, nonce, ciphertext FROM cards
@@ -377,7 +535,16 @@ fn rewrap_batch(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, Vaul
             )
             .map_err(store_err)?;
         let rows = stmt
-            .query_map(params![active.version(), limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .query_map(params![active.version(), limit], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
             .map_err(store_err)?;
         rows.collect::<Result<_, _>>().map_err(store_err)?
     };
@@ -387,21 +554,47 @@ fn rewrap_batch(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, Vaul
     let mut n: u64 = 0;
     for (id, token, tenant, version, nonce, ciphertext) in rows {
         let old = keys.data.get(&version).ok_or_else(|| {
-            VaultError::KeyState(format!("record under v{version}, whose key is not available (destroyed?)"))
+            VaultError::KeyState(format!(
+                "record under v{version}, whose key is not available (destroyed?)"
+            ))
         })?;
-        let nonce: [u8; 12] = nonce.as_slice().try_into().map_err(|_| VaultError::Decryption)?;
+        let nonce: [u8; 12] = nonce
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::Decryption)?;
         let card = old
-            .open(&tenant, &token, &SealedRecord { key_version: version, nonce, ciphertext })
+            .open(
+                &tenant,
+                &token,
+                &SealedRecord {
+                    key_version: version,
+                    nonce,
+                    ciphertext,
+                },
+            )
             .map_err(|_| VaultError::Decryption)?;
         let mut fresh = [0u8; 12];
         rng::fill(&mut fresh)?;
         let sealed = active.seal(&tenant, &token, &card, fresh)?;
-        n += u64::try_from(update.execute(params![id, sealed.key_version, &sealed.nonce[..], sealed.ciphertext, version]).map_err(store_err)?)
-            .unwrap_or(0);
+        n += u64::try_from(
+            update
+                .execute(params![
+                    id,
+                    sealed.key_version,
+                    &sealed.nonce[..],
+                    sealed.ciphertext,
+                    version
+                ])
+                .map_err(store_err)?,
+        )
+        .unwrap_or(0);
     }
     if n > 0 {
-        tx.execute("UPDATE data_keys SET encryptions = encryptions + ?2 WHERE version = ?1", params![active.version(), i64::try_from(n).unwrap_or(i64::MAX)])
-            .map_err(store_err)?;
+        tx.execute(
+            "UPDATE data_keys SET encryptions = encryptions + ?2 WHERE version = ?1",
+            params![active.version(), i64::try_from(n).unwrap_or(i64::MAX)],
+        )
+        .map_err(store_err)?;
     }
     Ok(n)
 }

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use panvault_audit::log::{
-    Action, Actor, AuditChain, ChainHead, CheckpointPolicy, ErasureReceipt, MAX_CODE_LEN, MAX_FIELD_LEN, NewEvent, Outcome,
-    SigningKey, subject_hash,
+    Action, Actor, AuditChain, ChainHead, CheckpointPolicy, ErasureReceipt, MAX_CODE_LEN,
+    MAX_FIELD_LEN, NewEvent, Outcome, SigningKey, subject_hash,
 };
 use rusqlite::Connection;
 use time::OffsetDateTime;
@@ -116,7 +116,9 @@ impl AuditOutcome {
         match e {
             VaultError::NotFound => AuditOutcome::Denied("not_found".into()),
             VaultError::Card(c) => AuditOutcome::Denied(card_code(c).into()),
-            VaultError::InvalidRequest { field, .. } if field == "purpose" => AuditOutcome::Denied("purpose_required".into()),
+            VaultError::InvalidRequest { field, .. } if field == "purpose" => {
+                AuditOutcome::Denied("purpose_required".into())
+            }
             VaultError::InvalidRequest { .. } => AuditOutcome::Denied("invalid_request".into()),
             VaultError::Decryption => AuditOutcome::Error("decryption_failed".into()),
             e if e.is_unavailable() => AuditOutcome::Error("unavailable".into()),
@@ -147,7 +149,9 @@ pub fn card_code(c: &crate::core::pan::CardError) -> &'static str {
 fn sanitize_code(c: &str) -> String {
     let s: String = c
         .chars()
-        .filter(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'))
+        .filter(|ch| {
+            ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-')
+        })
         .take(MAX_CODE_LEN)
         .collect();
     if s.is_empty() { "error".into() } else { s }
@@ -177,13 +181,26 @@ pub struct AuditRecord<'a> {
 }
 
 fn actor_of(ctx: &AccessContext) -> Actor {
-    let name = if ctx.actor.is_empty() { "unknown".to_owned() } else { clip(&ctx.actor) };
-    Actor { name, fingerprint: ctx.actor_fingerprint.as_deref().map(clip) }
+    let name = if ctx.actor.is_empty() {
+        "unknown".to_owned()
+    } else {
+        clip(&ctx.actor)
+    };
+    Actor {
+        name,
+        fingerprint: ctx.actor_fingerprint.as_deref().map(clip),
+    }
 }
 
 /// Builds the log's event for `rec`.
-pub(crate) fn build_event(keys: &Keyring, ctx: &AccessContext, rec: &AuditRecord<'_>, now: i64) -> Result<NewEvent, VaultError> {
-    let time = OffsetDateTime::from_unix_timestamp(now).map_err(|_| VaultError::AuditUnavailable)?;
+pub(crate) fn build_event(
+    keys: &Keyring,
+    ctx: &AccessContext,
+    rec: &AuditRecord<'_>,
+    now: i64,
+) -> Result<NewEvent, VaultError> {
+    let time =
+        OffsetDateTime::from_unix_timestamp(now).map_err(|_| VaultError::AuditUnavailable)?;
     let action = Action::new(rec.action.as_str()).map_err(|_| VaultError::AuditUnavailable)?;
     let mut ev = NewEvent::new(time, actor_of(ctx), action, rec.outcome.to_log());
     if let Some(t) = rec.tenant {
@@ -204,7 +221,11 @@ pub(crate) fn build_event(keys: &Keyring, ctx: &AccessContext, rec: &AuditRecord
     let mut details = String::new();
     if let (Some(subject), Some(tenant)) = (rec.subject, rec.tenant) {
         details.push_str("subject_hash=");
-        details.push_str(&subject_hash(keys.subject_key.expose_secret(), tenant, subject));
+        details.push_str(&subject_hash(
+            keys.subject_key.expose_secret(),
+            tenant,
+            subject,
+        ));
     }
     if let Some(d) = rec.details {
         if !details.is_empty() {
@@ -227,7 +248,9 @@ pub(crate) struct AuditState {
 
 impl std::fmt::Debug for AuditState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditState").field("chain", &self.chain).finish_non_exhaustive()
+        f.debug_struct("AuditState")
+            .field("chain", &self.chain)
+            .finish_non_exhaustive()
     }
 }
 
@@ -236,11 +259,20 @@ fn audit_err(_e: panvault_audit::log::AuditError) -> VaultError {
 }
 
 impl AuditState {
-    pub(crate) fn load(conn: &Connection, keys: &Keyring, policy: CheckpointPolicy) -> Result<Self, VaultError> {
+    pub(crate) fn load(
+        conn: &Connection,
+        keys: &Keyring,
+        policy: CheckpointPolicy,
+    ) -> Result<Self, VaultError> {
         panvault_audit::log::migrate(conn).map_err(audit_err)?;
         let chain = AuditChain::load(conn).map_err(audit_err)?;
-        let signer = SigningKey::from_pkcs8(&keys.audit_pkcs8).map_err(|_| VaultError::Decryption)?;
-        Ok(AuditState { chain, signer, policy })
+        let signer =
+            SigningKey::from_pkcs8(&keys.audit_pkcs8).map_err(|_| VaultError::Decryption)?;
+        Ok(AuditState {
+            chain,
+            signer,
+            policy,
+        })
     }
 
     /// Appends an event inside the current transaction; returns its sequence number.
@@ -265,10 +297,18 @@ impl AuditState {
     }
 
     /// Writes a signed checkpoint if one is due (or `force`).
-    pub(crate) fn checkpoint_if_due(&mut self, conn: &Connection, force: bool) -> Result<(), VaultError> {
+    pub(crate) fn checkpoint_if_due(
+        &mut self,
+        conn: &Connection,
+        force: bool,
+    ) -> Result<(), VaultError> {
         let now = OffsetDateTime::now_utc();
-        if (force && self.chain.events_since_checkpoint() > 0) || self.chain.checkpoint_due(&self.policy, now) {
-            self.chain.checkpoint(conn, &self.signer, now).map_err(audit_err)?;
+        if (force && self.chain.events_since_checkpoint() > 0)
+            || self.chain.checkpoint_due(&self.policy, now)
+        {
+            self.chain
+                .checkpoint(conn, &self.signer, now)
+                .map_err(audit_err)?;
         }
         Ok(())
     }
@@ -282,7 +322,15 @@ impl AuditState {
         time: OffsetDateTime,
         audit_seq: u64,
     ) -> Result<ErasureReceipt, VaultError> {
-        ErasureReceipt::sign(&self.signer, subject_hash, tenant, tokens_erased, time, audit_seq).map_err(audit_err)
+        ErasureReceipt::sign(
+            &self.signer,
+            subject_hash,
+            tenant,
+            tokens_erased,
+            time,
+            audit_seq,
+        )
+        .map_err(audit_err)
     }
 }
 
@@ -301,7 +349,12 @@ pub(crate) fn init_tables(conn: &Connection) -> Result<(), VaultError> {
 pub(crate) fn write_public_key(dir: &Path, pkcs8: &[u8]) -> Result<PathBuf, VaultError> {
     let key = SigningKey::from_pkcs8(pkcs8).map_err(|_| VaultError::Crypto)?;
     let path = dir.join("audit-signing.pub");
-    key.public_key().write_to(&path).map_err(|e| VaultError::Io { path: path.display().to_string(), reason: e.to_string() })?;
+    key.public_key()
+        .write_to(&path)
+        .map_err(|e| VaultError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     Ok(path)
 }
 
@@ -316,7 +369,15 @@ pub(crate) fn record_admin(
     now: i64,
 ) -> Result<u64, VaultError> {
     let mut state = AuditState::load(conn, keys, CheckpointPolicy::default())?;
-    let rec = AuditRecord { action, tenant: None, token: None, purpose: None, subject: None, outcome: AuditOutcome::Success, details };
+    let rec = AuditRecord {
+        action,
+        tenant: None,
+        token: None,
+        purpose: None,
+        subject: None,
+        outcome: AuditOutcome::Success,
+        details,
+    };
     let seq = state.record(conn, keys, actor, &rec, now)?;
     state.checkpoint_if_due(conn, false)?;
     Ok(seq)
@@ -337,11 +398,18 @@ pub fn append_admin_event(
         return Err(VaultError::NotInitialized(data_dir.display().to_string()));
     }
     // Not `open_writer`: no migrations here, and a file that is not a vault is left alone.
-    let mut conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+    let mut conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|e| VaultError::Store(e.into()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| VaultError::Store(e.into()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| VaultError::Store(e.into()))?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(|e| VaultError::Store(e.into()))?;
-    if super::keyring::meta_get(&conn, "vault_id").ok().flatten().is_none() {
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| VaultError::Store(e.into()))?;
+    if super::keyring::meta_get(&conn, "vault_id")
+        .ok()
+        .flatten()
+        .is_none()
+    {
         return Err(VaultError::NotInitialized(data_dir.display().to_string()));
     }
     let tx = conn
@@ -350,7 +418,8 @@ pub fn append_admin_event(
     let mut chain = AuditChain::load(&tx).map_err(audit_err)?;
     let time = OffsetDateTime::now_utc();
     let action = Action::new(action.as_str()).map_err(audit_err)?;
-    let ev = NewEvent::new(time, actor_of(actor), action, Outcome::Success).with_details(details.chars().take(4096).collect::<String>());
+    let ev = NewEvent::new(time, actor_of(actor), action, Outcome::Success)
+        .with_details(details.chars().take(4096).collect::<String>());
     let seq = chain.append(&tx, &ev).map_err(audit_err)?;
     tx.commit().map_err(|e| VaultError::Store(e.into()))?;
     Ok(seq)

@@ -69,13 +69,37 @@ pub(crate) fn erase_in_tx(
 ) -> Result<ErasureReceipt, VaultError> {
     let (n, subject_key_hash, token, subject) = match target {
         EraseTarget::Subject(s) => {
-            let n = conn.execute("DELETE FROM cards WHERE tenant = ?1 AND subject = ?2", params![tenant, s]).map_err(store_err)?;
-            (n, subject_hash(keys.subject_key.expose_secret(), tenant, s), None, Some(s.as_str()))
+            let n = conn
+                .execute(
+                    "DELETE FROM cards WHERE tenant = ?1 AND subject = ?2",
+                    params![tenant, s],
+                )
+                .map_err(store_err)?;
+            (
+                n,
+                subject_hash(keys.subject_key.expose_secret(), tenant, s),
+                None,
+                Some(s.as_str()),
+            )
         }
         EraseTarget::Token(t) => {
             let parsed = Token::parse(t).ok_or(VaultError::NotFound)?;
-            let n = conn.execute("DELETE FROM cards WHERE tenant = ?1 AND token = ?2", params![tenant, parsed.as_str()]).map_err(store_err)?;
-            (n, subject_hash(keys.subject_key.expose_secret(), tenant, &format!("token:{}", parsed.as_str())), Some(parsed), None)
+            let n = conn
+                .execute(
+                    "DELETE FROM cards WHERE tenant = ?1 AND token = ?2",
+                    params![tenant, parsed.as_str()],
+                )
+                .map_err(store_err)?;
+            (
+                n,
+                subject_hash(
+                    keys.subject_key.expose_secret(),
+                    tenant,
+                    &format!("token:{}", parsed.as_str()),
+                ),
+                Some(parsed),
+                None,
+            )
         }
     };
     let n = u64::try_from(n).unwrap_or(0);
@@ -113,13 +137,23 @@ pub(crate) fn purge_in_tx(
     let cutoff = cutoff_month(now, grace_days);
     let ts = now.unix_timestamp();
     let count = |sql: &str| -> Result<u64, VaultError> {
-        let n: i64 = conn.query_row(sql, params![cutoff, ts], |r| r.get(0)).map_err(store_err)?;
+        let n: i64 = conn
+            .query_row(sql, params![cutoff, ts], |r| r.get(0))
+            .map_err(store_err)?;
         Ok(u64::try_from(n).unwrap_or(0))
     };
-    let past_expiry = count("SELECT count(*) FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1 AND ?2 = ?2")?;
-    let past_ttl = count("SELECT count(*) FROM cards WHERE expires_at IS NOT NULL AND expires_at <= ?2 AND NOT (exp_year * 12 + exp_month - 1 < ?1)")?;
+    let past_expiry =
+        count("SELECT count(*) FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1 AND ?2 = ?2")?;
+    let past_ttl = count(
+        "SELECT count(*) FROM cards WHERE expires_at IS NOT NULL AND expires_at <= ?2 AND NOT (exp_year * 12 + exp_month - 1 < ?1)",
+    )?;
     if dry_run {
-        return Ok(PurgeReport { past_expiry, past_ttl, deleted: false, audit_seq: None });
+        return Ok(PurgeReport {
+            past_expiry,
+            past_ttl,
+            deleted: false,
+            audit_seq: None,
+        });
     }
     conn.execute(
         "DELETE FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1 OR (expires_at IS NOT NULL AND expires_at <= ?2)",
@@ -137,13 +171,23 @@ pub(crate) fn purge_in_tx(
         details: Some(&details),
     };
     let seq = audit.record(conn, keys, ctx, &rec, ts)?;
-    Ok(PurgeReport { past_expiry, past_ttl, deleted: true, audit_seq: Some(seq) })
+    Ok(PurgeReport {
+        past_expiry,
+        past_ttl,
+        deleted: true,
+        audit_seq: Some(seq),
+    })
 }
 
 impl Vault {
     /// Erases every record of `target` in `tenant` and returns a signed receipt.
     /// Erasing a subject with no tokens is not an error (the receipt says 0).
-    pub async fn erase(&self, tenant: &str, target: EraseTarget, ctx: &AccessContext) -> Result<Erasure, VaultError> {
+    pub async fn erase(
+        &self,
+        tenant: &str,
+        target: EraseTarget,
+        ctx: &AccessContext,
+    ) -> Result<Erasure, VaultError> {
         validate_tenant(tenant)?;
         if let EraseTarget::Subject(s) = &target {
             validate_subject(s)?;
@@ -153,42 +197,79 @@ impl Vault {
         let ctx = ctx.clone();
         let now = self.now().unix_timestamp();
         let receipt = self
-            .write(move |conn, state| match erase_in_tx(conn, state.audit_mut(), &keys, &ctx, &tenant_s, &target, now) {
-                Ok(r) => (true, Ok(r)),
-                Err(VaultError::NotFound) => (true, Err(VaultError::NotFound)),
-                Err(e) => (false, Err(e)),
+            .write(move |conn, state| {
+                match erase_in_tx(
+                    conn,
+                    state.audit_mut(),
+                    &keys,
+                    &ctx,
+                    &tenant_s,
+                    &target,
+                    now,
+                ) {
+                    Ok(r) => (true, Ok(r)),
+                    Err(VaultError::NotFound) => (true, Err(VaultError::NotFound)),
+                    Err(e) => (false, Err(e)),
+                }
             })
             .await?;
         let db = self.db_path().to_owned();
-        let wal_scrubbed = tokio::task::spawn_blocking(move || store::scrub_wal(&db, std::time::Duration::from_secs(5)))
-            .await
-            .unwrap_or(false);
-        Ok(Erasure { receipt, wal_scrubbed })
+        let wal_scrubbed = tokio::task::spawn_blocking(move || {
+            store::scrub_wal(&db, std::time::Duration::from_secs(5))
+        })
+        .await
+        .unwrap_or(false);
+        Ok(Erasure {
+            receipt,
+            wal_scrubbed,
+        })
     }
 
     /// Deletes records past retention: cards whose expiry month ended more than
     /// `grace_days` ago and tokens past their own TTL. One audit event with the
     /// counts. A dry run only counts.
-    pub async fn purge_retention(&self, grace_days: i64, dry_run: bool, ctx: &AccessContext) -> Result<PurgeReport, VaultError> {
+    pub async fn purge_retention(
+        &self,
+        grace_days: i64,
+        dry_run: bool,
+        ctx: &AccessContext,
+    ) -> Result<PurgeReport, VaultError> {
         let keys = self.keys()?;
         let ctx = ctx.clone();
         let now = self.now();
         let report = self
-            .write(move |conn, state| match purge_in_tx(conn, state.audit_mut(), &keys, &ctx, grace_days, dry_run, now) {
-                Ok(r) => (true, Ok(r)),
-                Err(e) => (false, Err(e)),
+            .write(move |conn, state| {
+                match purge_in_tx(
+                    conn,
+                    state.audit_mut(),
+                    &keys,
+                    &ctx,
+                    grace_days,
+                    dry_run,
+                    now,
+                ) {
+                    Ok(r) => (true, Ok(r)),
+                    Err(e) => (false, Err(e)),
+                }
             })
             .await?;
         if report.deleted && report.past_expiry + report.past_ttl > 0 {
             let db = self.db_path().to_owned();
-            let _ = tokio::task::spawn_blocking(move || store::scrub_wal(&db, std::time::Duration::from_secs(5))).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                store::scrub_wal(&db, std::time::Duration::from_secs(5))
+            })
+            .await;
         }
         Ok(report)
     }
 }
 
 /// Open erasure requests (not completed) older than `days`, for compliance checks.
-pub fn open_erasure_requests(conn: &Connection, older_than_days: i64, now: OffsetDateTime) -> Result<i64, VaultError> {
+pub fn open_erasure_requests(
+    conn: &Connection,
+    older_than_days: i64,
+    now: OffsetDateTime,
+) -> Result<i64, VaultError> {
     let cutoff = now.unix_timestamp() - older_than_days * 86_400;
     conn.query_row(
         "SELECT count(*) FROM erasure_requests WHERE completed_at IS NULL AND requested_at < ?1",

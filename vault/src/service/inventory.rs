@@ -45,7 +45,11 @@ pub struct Inventory {
 impl Inventory {
     /// Reads the inventory of `data_dir`; `grace_days` is the card retention after
     /// the expiry month.
-    pub fn read(data_dir: &Path, grace_days: i64, now: OffsetDateTime) -> Result<Inventory, VaultError> {
+    pub fn read(
+        data_dir: &Path,
+        grace_days: i64,
+        now: OffsetDateTime,
+    ) -> Result<Inventory, VaultError> {
         let db = store::db_path(data_dir);
         if !db.exists() {
             return Err(VaultError::NotInitialized(data_dir.display().to_string()));
@@ -55,7 +59,8 @@ impl Inventory {
         let keys = list_keys(&conn, now)?;
         let (seal, _, _): (SealInfo, _, _) = keyring::read_seal(&conn)?;
         let q = |sql: &str| -> Result<i64, VaultError> {
-            conn.query_row(sql, [], |r| r.get(0)).map_err(|e| VaultError::Store(e.into()))
+            conn.query_row(sql, [], |r| r.get(0))
+                .map_err(|e| VaultError::Store(e.into()))
         };
         let records = q("SELECT count(*) FROM cards")?;
         // A card is past retention once `grace_days` have passed after the last day of
@@ -63,9 +68,15 @@ impl Inventory {
         let cutoff = now - time::Duration::days(grace_days);
         let cutoff_month = i64::from(cutoff.year()) * 12 + i64::from(u8::from(cutoff.month())) - 1;
         let past: i64 = conn
-            .query_row("SELECT count(*) FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1", [cutoff_month], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1",
+                [cutoff_month],
+                |r| r.get(0),
+            )
             .map_err(|e| VaultError::Store(e.into()))?;
-        let mut stmt = conn.prepare("SELECT name FROM wrapped_keys ORDER BY name").map_err(|e| VaultError::Store(e.into()))?;
+        let mut stmt = conn
+            .prepare("SELECT name FROM wrapped_keys ORDER BY name")
+            .map_err(|e| VaultError::Store(e.into()))?;
         let wrapped_keys = stmt
             .query_map([], |r| r.get::<_, String>(0))
             .map_err(|e| VaultError::Store(e.into()))?

@@ -9,10 +9,10 @@ use ring::hmac;
 use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
+use super::shamir::{self, ShareFile};
 use crate::core::envelope::{DataKey, unwrap_key, unwrap_key32, wrap_key};
 use crate::core::kdf::{FingerprintKey, KdfParams, derive_kek};
 use crate::core::rng;
-use super::shamir::{self, ShareFile};
 use crate::core::secret::{SecretKey32, SecretText};
 use crate::error::VaultError;
 
@@ -75,19 +75,37 @@ pub(crate) fn write_seal(
             let mut salt = [0u8; 16];
             rng::fill(&mut salt)?;
             let kek = derive_kek(p, &salt, *kdf).map_err(|_| VaultError::Crypto)?;
-            ("passphrase", Some(salt.to_vec()), Some(*kdf), kek, Vec::new(), None)
+            (
+                "passphrase",
+                Some(salt.to_vec()),
+                Some(*kdf),
+                kek,
+                Vec::new(),
+                None,
+            )
         }
         NewSeal::Shares(total, threshold) => {
             let kek = SecretKey32::generate()?;
             let shares = shamir::split(&kek, vault_id, generation, *total, *threshold)?;
-            ("shamir", None, None, kek, shares, Some((*total, *threshold)))
+            (
+                "shamir",
+                None,
+                None,
+                kek,
+                shares,
+                Some((*total, *threshold)),
+            )
         }
         NewSeal::Kek(k, counts) => {
             let kek = SecretKey32::from_slice(k.expose_secret()).ok_or(VaultError::Crypto)?;
             ("shamir", None, None, kek, Vec::new(), Some(*counts))
         }
     };
-    let sealed = wrap_key(&kek, &root_label(vault_id, generation), root.expose_secret())?;
+    let sealed = wrap_key(
+        &kek,
+        &root_label(vault_id, generation),
+        root.expose_secret(),
+    )?;
     let (total, threshold) = counts.map_or((None, None), |(n, m)| (Some(n), Some(m)));
     conn.execute(
         "INSERT OR REPLACE INTO seal (id, method, kdf_m_kib, kdf_t, kdf_p, salt, shares_total, shares_threshold,
@@ -162,24 +180,38 @@ pub(crate) fn read_seal(conn: &Connection) -> Result<SealRow, VaultError> {
 
 /// Unseals the root key of the vault in `conn`. Returns the root, the seal's facts
 /// and the share numbers that took part (empty for a passphrase).
-pub(crate) fn unseal_root(conn: &Connection, vault_id: &str, unlock: &Unlock) -> Result<(SecretKey32, SealInfo, Vec<u8>), VaultError> {
+pub(crate) fn unseal_root(
+    conn: &Connection,
+    vault_id: &str,
+    unlock: &Unlock,
+) -> Result<(SecretKey32, SealInfo, Vec<u8>), VaultError> {
     let (info, salt, sealed) = read_seal(conn)?;
     let (kek, numbers) = match (unlock, info.method.as_str()) {
         (Unlock::Passphrase(p), "passphrase") => {
             let (Some(salt), Some(kdf)) = (salt.as_deref(), info.kdf) else {
-                return Err(VaultError::Store(crate::store::StoreError::Corrupt("passphrase seal without KDF parameters".into())));
+                return Err(VaultError::Store(crate::store::StoreError::Corrupt(
+                    "passphrase seal without KDF parameters".into(),
+                )));
             };
-            (derive_kek(p, salt, kdf).map_err(|_| VaultError::Crypto)?, Vec::new())
+            (
+                derive_kek(p, salt, kdf).map_err(|_| VaultError::Crypto)?,
+                Vec::new(),
+            )
         }
         (Unlock::Shares(shares), "shamir") => shamir::combine(shares, vault_id, info.generation)?,
         (Unlock::Passphrase(_), _) => {
-            return Err(VaultError::KeyState("this vault is sealed with custodian shares: pass --share FILE for each".into()));
+            return Err(VaultError::KeyState(
+                "this vault is sealed with custodian shares: pass --share FILE for each".into(),
+            ));
         }
         (Unlock::Shares(_), _) => {
-            return Err(VaultError::KeyState("this vault is sealed with a passphrase, not custodian shares".into()));
+            return Err(VaultError::KeyState(
+                "this vault is sealed with a passphrase, not custodian shares".into(),
+            ));
         }
     };
-    let root = unwrap_key32(&kek, &root_label(vault_id, info.generation), &sealed).map_err(|_| VaultError::WrongSecret)?;
+    let root = unwrap_key32(&kek, &root_label(vault_id, info.generation), &sealed)
+        .map_err(|_| VaultError::WrongSecret)?;
     Ok((root, info, numbers))
 }
 
@@ -190,8 +222,11 @@ pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, V
 }
 
 pub(crate) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), VaultError> {
-    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", [key, value])
-        .map_err(|e| VaultError::Store(e.into()))?;
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        [key, value],
+    )
+    .map_err(|e| VaultError::Store(e.into()))?;
     Ok(())
 }
 
@@ -208,7 +243,9 @@ pub(crate) fn bump_key_epoch(conn: &Connection) -> Result<(), VaultError> {
 
 /// Reads the key epoch.
 pub(crate) fn key_epoch(conn: &Connection) -> Result<i64, VaultError> {
-    Ok(meta_get(conn, "key_epoch")?.and_then(|v| v.parse().ok()).unwrap_or(0))
+    Ok(meta_get(conn, "key_epoch")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
 }
 
 /// Stores a freshly generated data key as `version`, `active`.
@@ -247,9 +284,18 @@ pub(crate) fn insert_aux_key(
     Ok(())
 }
 
-fn read_aux(conn: &Connection, vault_id: &str, root: &SecretKey32, name: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+fn read_aux(
+    conn: &Connection,
+    vault_id: &str,
+    root: &SecretKey32,
+    name: &str,
+) -> Result<Zeroizing<Vec<u8>>, VaultError> {
     let blob: Vec<u8> = conn
-        .query_row("SELECT wrapped FROM wrapped_keys WHERE name = ?1", [name], |r| r.get(0))
+        .query_row(
+            "SELECT wrapped FROM wrapped_keys WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
         .map_err(|e| VaultError::Store(e.into()))?;
     unwrap_key(root, &aux_label(vault_id, name), &blob).map_err(|_| VaultError::Decryption)
 }
@@ -280,7 +326,11 @@ impl std::fmt::Debug for Keyring {
 
 impl Keyring {
     /// Loads every usable key, unwrapping under `root`.
-    pub(crate) fn load(conn: &Connection, vault_id: &str, root: SecretKey32) -> Result<Keyring, VaultError> {
+    pub(crate) fn load(
+        conn: &Connection,
+        vault_id: &str,
+        root: SecretKey32,
+    ) -> Result<Keyring, VaultError> {
         let epoch = key_epoch(conn)?;
         let mut data = BTreeMap::new();
         let mut active = None;
@@ -289,11 +339,18 @@ impl Keyring {
                 .prepare("SELECT version, state, wrapped FROM data_keys WHERE wrapped IS NOT NULL")
                 .map_err(|e| VaultError::Store(e.into()))?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, u32>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })
                 .map_err(|e| VaultError::Store(e.into()))?;
             for row in rows {
                 let (version, state, wrapped) = row.map_err(|e| VaultError::Store(e.into()))?;
-                let key = unwrap_key32(&root, &dek_label(vault_id, version), &wrapped).map_err(|_| VaultError::Decryption)?;
+                let key = unwrap_key32(&root, &dek_label(vault_id, version), &wrapped)
+                    .map_err(|_| VaultError::Decryption)?;
                 data.insert(version, DataKey::new(version, &key));
                 if state == "active" {
                     active = Some(version);
@@ -320,22 +377,28 @@ impl Keyring {
 
     /// The active data key.
     pub(crate) fn active_key(&self) -> Result<&DataKey, VaultError> {
-        self.data.get(&self.active).ok_or_else(|| VaultError::KeyState("active key missing".into()))
+        self.data
+            .get(&self.active)
+            .ok_or_else(|| VaultError::KeyState("active key missing".into()))
     }
 
     /// The fingerprint of `digits` in `tenant`.
-    pub(crate) fn fingerprint(&self, tenant: &str, digits: &str) -> Result<[u8; crate::core::kdf::FINGERPRINT_LEN], VaultError> {
-        if let Ok(map) = self.tenant_keys.read() {
-            if let Some(k) = map.get(tenant) {
-                return Ok(crate::core::kdf::fingerprint(k, digits));
-            }
+    pub(crate) fn fingerprint(
+        &self,
+        tenant: &str,
+        digits: &str,
+    ) -> Result<[u8; crate::core::kdf::FINGERPRINT_LEN], VaultError> {
+        if let Ok(map) = self.tenant_keys.read()
+            && let Some(k) = map.get(tenant)
+        {
+            return Ok(crate::core::kdf::fingerprint(k, digits));
         }
         let k = self.fingerprint.tenant_key(tenant)?;
         let fp = crate::core::kdf::fingerprint(&k, digits);
-        if let Ok(mut map) = self.tenant_keys.write() {
-            if map.len() < 100_000 {
-                map.insert(tenant.to_owned(), k);
-            }
+        if let Ok(mut map) = self.tenant_keys.write()
+            && map.len() < 100_000
+        {
+            map.insert(tenant.to_owned(), k);
         }
         Ok(fp)
     }
@@ -347,7 +410,9 @@ fn derive_subject_key(fp: &SecretKey32) -> Result<SecretKey32, VaultError> {
     let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"panvault/subject-hash/v1");
     let prk = salt.extract(fp.expose_secret());
     let info = [b"subject".as_slice()];
-    let okm = prk.expand(&info, ring::hkdf::HKDF_SHA256).map_err(|_| VaultError::Crypto)?;
+    let okm = prk
+        .expand(&info, ring::hkdf::HKDF_SHA256)
+        .map_err(|_| VaultError::Crypto)?;
     let mut out = [0u8; 32];
     okm.fill(&mut out).map_err(|_| VaultError::Crypto)?;
     Ok(SecretKey32::from_bytes(&mut out))

@@ -8,11 +8,11 @@
 mod admin;
 mod audit_hook;
 pub mod erase;
+pub mod inventory;
 pub mod keyring;
 pub mod request;
-mod state;
-pub mod inventory;
 pub mod shamir;
+mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -31,12 +31,12 @@ use crate::core::secret::SecretKey32;
 use crate::core::token::{Token, TokenFormat};
 use crate::error::VaultError;
 use crate::store::{self, JobOutcome, ReadPool, StoreError, Writer, WriterConfig};
+pub use admin::{Admin, RewrapProgress, RewrapSummary};
 pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord, append_admin_event, card_code};
 pub use erase::{EraseTarget, Erasure, PurgeReport};
-pub use state::VaultState;
-pub use admin::{Admin, RewrapProgress, RewrapSummary};
 use keyring::{Keyring, SealSpec, Unlock};
 use request::{AccessContext, CardFacts, Detokenized, TokenInfo, TokenizeRequest};
+pub use state::VaultState;
 
 /// A source of "now" (replaceable in tests).
 pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
@@ -75,7 +75,10 @@ impl Default for VaultOptions {
 
 impl std::fmt::Debug for VaultOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VaultOptions").field("writer", &self.writer).field("read_pool", &self.read_pool).finish_non_exhaustive()
+        f.debug_struct("VaultOptions")
+            .field("writer", &self.writer)
+            .field("read_pool", &self.read_pool)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,20 +120,27 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("data_dir", &self.inner.data_dir).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("data_dir", &self.inner.data_dir)
+            .finish_non_exhaustive()
     }
 }
 
 pub(crate) fn rfc3339(t: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(t).ok().and_then(|d| d.format(&Rfc3339).ok()).unwrap_or_default()
+    OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| d.format(&Rfc3339).ok())
+        .unwrap_or_default()
 }
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 pub(crate) fn store_err(e: rusqlite::Error) -> VaultError {
@@ -143,7 +153,8 @@ fn create_dir(dir: &Path) -> Result<(), VaultError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| VaultError::io(dir, &e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| VaultError::io(dir, &e))?;
     }
     Ok(())
 }
@@ -163,12 +174,20 @@ impl Vault {
     /// Creates a new vault in `data_dir`: a root key sealed per `seal`, data key v1,
     /// a fingerprint key and an audit-signing key. Refuses an existing vault.
     pub fn init(data_dir: &Path, seal: &SealSpec, clock: &Clock) -> Result<InitReport, VaultError> {
-        let ctx = AccessContext { actor: "admin:init".into(), ..Default::default() };
+        let ctx = AccessContext {
+            actor: "admin:init".into(),
+            ..Default::default()
+        };
         Vault::init_as(data_dir, seal, clock, &ctx)
     }
 
     /// [`Vault::init`], recording `actor` in the audit log's first event.
-    pub fn init_as(data_dir: &Path, seal: &SealSpec, clock: &Clock, actor: &AccessContext) -> Result<InitReport, VaultError> {
+    pub fn init_as(
+        data_dir: &Path,
+        seal: &SealSpec,
+        clock: &Clock,
+        actor: &AccessContext,
+    ) -> Result<InitReport, VaultError> {
         let db = store::db_path(data_dir);
         if db.exists() {
             return Err(VaultError::AlreadyInitialized(db.display().to_string()));
@@ -193,14 +212,30 @@ impl Vault {
         let new_seal = match (&seal.shares, &seal.unlock) {
             (Some((n, m)), _) => keyring::NewSeal::Shares(*n, *m),
             (None, Unlock::Passphrase(p)) => keyring::NewSeal::Passphrase(p, seal.kdf),
-            (None, Unlock::Shares(_)) => return Err(VaultError::invalid("seal", "a new vault takes a passphrase or a share count")),
+            (None, Unlock::Shares(_)) => {
+                return Err(VaultError::invalid(
+                    "seal",
+                    "a new vault takes a passphrase or a share count",
+                ));
+            }
         };
         let shares = keyring::write_seal(&tx, &vault_id, &root, &new_seal, 1, now)?;
         keyring::insert_data_key(&tx, &vault_id, &root, 1, now)?;
-        keyring::insert_aux_key(&tx, &vault_id, &root, "fingerprint", fp.expose_secret(), now)?;
+        keyring::insert_aux_key(
+            &tx,
+            &vault_id,
+            &root,
+            "fingerprint",
+            fp.expose_secret(),
+            now,
+        )?;
         keyring::insert_aux_key(&tx, &vault_id, &root, "audit-signing", &audit_pkcs8, now)?;
         audit_hook::init_tables(&tx)?;
-        let ring = Keyring::load(&tx, &vault_id, SecretKey32::from_slice(root.expose_secret()).ok_or(VaultError::Crypto)?)?;
+        let ring = Keyring::load(
+            &tx,
+            &vault_id,
+            SecretKey32::from_slice(root.expose_secret()).ok_or(VaultError::Crypto)?,
+        )?;
         let details = match seal.shares {
             Some((n, m)) => format!("vault_id={vault_id} seal=shamir total={n} threshold={m}"),
             None => format!("vault_id={vault_id} seal=passphrase"),
@@ -208,7 +243,11 @@ impl Vault {
         audit_hook::record_admin(&tx, &ring, actor, AuditAction::Init, Some(&details), now)?;
         tx.commit().map_err(store_err)?;
         let audit_pubkey_path = audit_hook::write_public_key(data_dir, &audit_pkcs8)?;
-        Ok(InitReport { vault_id, audit_pubkey_path, shares })
+        Ok(InitReport {
+            vault_id,
+            audit_pubkey_path,
+            shares,
+        })
     }
 
     /// Opens and unseals the vault in `data_dir`.
@@ -217,7 +256,11 @@ impl Vault {
     }
 
     /// Opens with options.
-    pub fn open_with(data_dir: &Path, unlock: &Unlock, opts: VaultOptions) -> Result<Vault, VaultError> {
+    pub fn open_with(
+        data_dir: &Path,
+        unlock: &Unlock,
+        opts: VaultOptions,
+    ) -> Result<Vault, VaultError> {
         let db = store::db_path(data_dir);
         if !db.exists() {
             return Err(VaultError::NotInitialized(data_dir.display().to_string()));
@@ -228,11 +271,18 @@ impl Vault {
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
         let (root, _info, _shares) = keyring::unseal_root(&conn, &vault_id, unlock)?;
         let ring = Keyring::load(&conn, &vault_id, root)?;
-        let state = VaultState::load(&conn, &ring, opts.checkpoint.clone())?;
+        let state = VaultState::load(&conn, &ring, opts.checkpoint)?;
         let writer = Writer::start(conn, state, db.clone(), opts.writer.clone())?;
         let readers = ReadPool::new(db.clone(), opts.read_pool);
         Ok(Vault {
-            inner: Arc::new(Inner { data_dir: data_dir.to_owned(), db, keys: RwLock::new(Arc::new(ring)), writer, readers, opts }),
+            inner: Arc::new(Inner {
+                data_dir: data_dir.to_owned(),
+                db,
+                keys: RwLock::new(Arc::new(ring)),
+                writer,
+                readers,
+                opts,
+            }),
         })
     }
 
@@ -242,7 +292,11 @@ impl Vault {
     }
 
     fn keys(&self) -> Result<Arc<Keyring>, VaultError> {
-        self.inner.keys.read().map(|k| Arc::clone(&k)).map_err(|_| VaultError::KeyState("key lock poisoned".into()))
+        self.inner
+            .keys
+            .read()
+            .map(|k| Arc::clone(&k))
+            .map_err(|_| VaultError::KeyState("key lock poisoned".into()))
     }
 
     fn now(&self) -> OffsetDateTime {
@@ -267,7 +321,11 @@ impl Vault {
                 completion: Box::new(move |committed| {
                     let answer = match committed {
                         Ok(()) => result,
-                        Err(e) => Err(if e.is_unavailable() { VaultError::AuditUnavailable } else { VaultError::Store(e) }),
+                        Err(e) => Err(if e.is_unavailable() {
+                            VaultError::AuditUnavailable
+                        } else {
+                            VaultError::Store(e)
+                        }),
                     };
                     let _ = tx.send(answer);
                 }),
@@ -275,15 +333,24 @@ impl Vault {
         }))?;
         match tokio::time::timeout(self.inner.opts.write_timeout, rx).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(VaultError::Store(StoreError::Unavailable("writer dropped the job"))),
-            Err(_) => Err(VaultError::Store(StoreError::Unavailable("writer did not answer in time"))),
+            Ok(Err(_)) => Err(VaultError::Store(StoreError::Unavailable(
+                "writer dropped the job",
+            ))),
+            Err(_) => Err(VaultError::Store(StoreError::Unavailable(
+                "writer did not answer in time",
+            ))),
         }
     }
 
     /// Tokenizes a card in `tenant`: the existing token if this tenant already holds
     /// the card (unless `force_new`), else a new sealed record. Answered only once
     /// durable.
-    pub async fn tokenize(&self, tenant: &str, req: TokenizeRequest, ctx: &AccessContext) -> Result<TokenInfo, VaultError> {
+    pub async fn tokenize(
+        &self,
+        tenant: &str,
+        req: TokenizeRequest,
+        ctx: &AccessContext,
+    ) -> Result<TokenInfo, VaultError> {
         let mut out = self.tokenize_batch(tenant, vec![Ok(req)], ctx).await?;
         out.pop().unwrap_or(Err(VaultError::Crypto))
     }
@@ -304,7 +371,10 @@ impl Vault {
         for item in items {
             prepared.push(item.and_then(|req| {
                 let fp = keys.fingerprint(tenant, req.card.pan.expose_digits())?;
-                let expires_at = match (req.ttl_seconds.map(|t| now.saturating_add(t)), req.expires_at) {
+                let expires_at = match (
+                    req.ttl_seconds.map(|t| now.saturating_add(t)),
+                    req.expires_at,
+                ) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
@@ -312,7 +382,10 @@ impl Vault {
                     return Err(VaultError::invalid("expires_at", "must be in the future"));
                 }
                 let metadata = match &req.metadata {
-                    Some(m) => Some(serde_json::to_string(m).map_err(|_| VaultError::invalid("metadata", "not serializable"))?),
+                    Some(m) => Some(
+                        serde_json::to_string(m)
+                            .map_err(|_| VaultError::invalid("metadata", "not serializable"))?,
+                    ),
                     None => None,
                 };
                 Ok((req, fp, metadata, expires_at))
@@ -324,9 +397,20 @@ impl Vault {
             let mut results = Vec::with_capacity(prepared.len());
             for item in prepared {
                 let (result, subject) = match item {
-                    Ok((req, fp, metadata, expires_at)) => {
-                        (tokenize_in_tx(conn, state, &keys, &tenant, &req, &fp, metadata.as_deref(), expires_at, now), req.subject)
-                    }
+                    Ok((req, fp, metadata, expires_at)) => (
+                        tokenize_in_tx(
+                            conn,
+                            state,
+                            &keys,
+                            &tenant,
+                            &req,
+                            &fp,
+                            metadata.as_deref(),
+                            expires_at,
+                            now,
+                        ),
+                        req.subject,
+                    ),
                     Err(e) => (Err(e), None),
                 };
                 let rec = AuditRecord {
@@ -387,27 +471,53 @@ impl Vault {
             .optional()
             .map_err(store_err)?;
         match row {
-            Some(r) if r.tenant == tenant && !r.expires_at.is_some_and(|e| e <= self.now().unix_timestamp()) => Ok(r),
+            Some(r)
+                if r.tenant == tenant
+                    && r.expires_at.is_none_or(|e| e > self.now().unix_timestamp()) =>
+            {
+                Ok(r)
+            }
             _ => Err(VaultError::NotFound),
         }
     }
 
     /// The stored facts of a token (never the number).
-    pub async fn metadata(&self, tenant: &str, token: &str, ctx: &AccessContext) -> Result<TokenInfo, VaultError> {
+    pub async fn metadata(
+        &self,
+        tenant: &str,
+        token: &str,
+        ctx: &AccessContext,
+    ) -> Result<TokenInfo, VaultError> {
         let result = self.read_row(tenant, token).map(|r| r.info(false));
-        self.audit_only(AuditAction::Read, tenant, token, None, &result, ctx).await?;
+        self.audit_only(AuditAction::Read, tenant, token, None, &result, ctx)
+            .await?;
         result
     }
 
     /// Decrypts a token's card for `tenant`. The card is released only after the
     /// audit event of this access has committed; if it cannot be, the card is
     /// dropped (zeroized) and the call fails with [`VaultError::AuditUnavailable`].
-    pub async fn detokenize(&self, tenant: &str, token: &str, purpose: &str, ctx: &AccessContext) -> Result<Detokenized, VaultError> {
-        if purpose.trim().is_empty() || purpose.chars().count() > 256 || purpose.chars().any(char::is_control) {
-            return Err(VaultError::invalid("purpose", "required: 1 to 256 printable characters"));
+    pub async fn detokenize(
+        &self,
+        tenant: &str,
+        token: &str,
+        purpose: &str,
+        ctx: &AccessContext,
+    ) -> Result<Detokenized, VaultError> {
+        if purpose.trim().is_empty()
+            || purpose.chars().count() > 256
+            || purpose.chars().any(char::is_control)
+        {
+            return Err(VaultError::invalid(
+                "purpose",
+                "required: 1 to 256 printable characters",
+            ));
         }
         if request::contains_card_number(purpose) {
-            return Err(VaultError::invalid("purpose", "must not contain a card number"));
+            return Err(VaultError::invalid(
+                "purpose",
+                "must not contain a card number",
+            ));
         }
         let result = self.read_row(tenant, token).and_then(|row| {
             let mut keys = self.keys()?;
@@ -417,19 +527,50 @@ impl Vault {
                 self.refresh_keys()?;
                 keys = self.keys()?;
             }
-            let key = keys.data.get(&row.key_version).ok_or(VaultError::Decryption)?;
-            let nonce: [u8; 12] = row.nonce.as_slice().try_into().map_err(|_| VaultError::Decryption)?;
-            let sealed = SealedRecord { key_version: row.key_version, nonce, ciphertext: row.ciphertext.clone() };
-            let card = key.open(tenant, &row.token, &sealed).map_err(|_| VaultError::Decryption)?;
-            let expiry = Expiry::from_stored(row.exp_month, row.exp_year).ok_or(VaultError::Decryption)?;
-            Ok(Detokenized { token: row.token.clone(), card, expiry })
+            let key = keys
+                .data
+                .get(&row.key_version)
+                .ok_or(VaultError::Decryption)?;
+            let nonce: [u8; 12] = row
+                .nonce
+                .as_slice()
+                .try_into()
+                .map_err(|_| VaultError::Decryption)?;
+            let sealed = SealedRecord {
+                key_version: row.key_version,
+                nonce,
+                ciphertext: row.ciphertext.clone(),
+            };
+            let card = key
+                .open(tenant, &row.token, &sealed)
+                .map_err(|_| VaultError::Decryption)?;
+            let expiry =
+                Expiry::from_stored(row.exp_month, row.exp_year).ok_or(VaultError::Decryption)?;
+            Ok(Detokenized {
+                token: row.token.clone(),
+                card,
+                expiry,
+            })
         });
-        self.audit_only(AuditAction::Detokenize, tenant, token, Some(purpose), &result, ctx).await?;
+        self.audit_only(
+            AuditAction::Detokenize,
+            tenant,
+            token,
+            Some(purpose),
+            &result,
+            ctx,
+        )
+        .await?;
         result
     }
 
     /// Deletes a token of `tenant`.
-    pub async fn delete(&self, tenant: &str, token: &str, ctx: &AccessContext) -> Result<(), VaultError> {
+    pub async fn delete(
+        &self,
+        tenant: &str,
+        token: &str,
+        ctx: &AccessContext,
+    ) -> Result<(), VaultError> {
         let keys = self.keys()?;
         let tenant = tenant.to_owned();
         let token_s = token.to_owned();
@@ -501,7 +642,13 @@ impl Vault {
             }
         })
         .await
-        .map_err(|e| if e.is_unavailable() { VaultError::AuditUnavailable } else { e })
+        .map_err(|e| {
+            if e.is_unavailable() {
+                VaultError::AuditUnavailable
+            } else {
+                e
+            }
+        })
     }
 
     /// Records an event that is not part of a data operation: a request refused
@@ -538,13 +685,20 @@ impl Vault {
             }
         })
         .await
-        .map_err(|e| if e.is_unavailable() { VaultError::AuditUnavailable } else { e })
+        .map_err(|e| {
+            if e.is_unavailable() {
+                VaultError::AuditUnavailable
+            } else {
+                e
+            }
+        })
     }
 
     /// Number of tokens stored.
     pub fn token_count(&self) -> Result<i64, VaultError> {
         let conn = self.inner.readers.get()?;
-        conn.query_row("SELECT count(*) FROM cards", [], |r| r.get(0)).map_err(store_err)
+        conn.query_row("SELECT count(*) FROM cards", [], |r| r.get(0))
+            .map_err(store_err)
     }
 
     /// The active data-key version.
@@ -561,9 +715,14 @@ impl Vault {
         if epoch == current.epoch {
             return Ok(false);
         }
-        let root = SecretKey32::from_slice(current.root.expose_secret()).ok_or(VaultError::Crypto)?;
+        let root =
+            SecretKey32::from_slice(current.root.expose_secret()).ok_or(VaultError::Crypto)?;
         let fresh = Keyring::load(&conn, &current.vault_id, root)?;
-        let mut guard = self.inner.keys.write().map_err(|_| VaultError::KeyState("key lock poisoned".into()))?;
+        let mut guard = self
+            .inner
+            .keys
+            .write()
+            .map_err(|_| VaultError::KeyState("key lock poisoned".into()))?;
         *guard = Arc::new(fresh);
         Ok(true)
     }
@@ -581,8 +740,16 @@ impl Vault {
 
 /// A tenant name: 1–64 of `[A-Za-z0-9._-]`.
 pub fn validate_tenant(tenant: &str) -> Result<(), VaultError> {
-    if tenant.is_empty() || tenant.len() > 64 || !tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-        return Err(VaultError::invalid("tenant", "1 to 64 characters of A-Z a-z 0-9 . _ -"));
+    if tenant.is_empty()
+        || tenant.len() > 64
+        || !tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(VaultError::invalid(
+            "tenant",
+            "1 to 64 characters of A-Z a-z 0-9 . _ -",
+        ));
     }
     Ok(())
 }
@@ -599,40 +766,40 @@ fn tokenize_in_tx(
     expires_at: Option<i64>,
     now: i64,
 ) -> Result<TokenInfo, VaultError> {
-    if !req.force_new {
-        if let Some(id) = state.dedup.get(fp) {
-            let mut stmt = conn
+    if !req.force_new
+        && let Some(id) = state.dedup.get(fp)
+    {
+        let mut stmt = conn
                 .prepare_cached(
                     "SELECT token, key_version, brand, bin, last4, exp_month, exp_year, subject, metadata, created_at, expires_at
                      FROM cards WHERE id = ?1 AND fingerprint = ?2 AND tenant = ?3 AND (expires_at IS NULL OR expires_at > ?4)",
                 )
                 .map_err(store_err)?;
-            let found = stmt
-                .query_row(params![id, &fp[..], tenant, now], |r| {
-                    Ok(Row {
-                        token: r.get(0)?,
-                        tenant: tenant.to_owned(),
-                        key_version: r.get(1)?,
-                        nonce: Vec::new(),
-                        ciphertext: Vec::new(),
-                        fingerprint: fp.to_vec(),
-                        brand: r.get(2)?,
-                        bin: r.get(3)?,
-                        last4: r.get(4)?,
-                        exp_month: r.get(5)?,
-                        exp_year: r.get(6)?,
-                        subject: r.get(7)?,
-                        metadata: r.get(8)?,
-                        created_at: r.get(9)?,
-                        expires_at: r.get(10)?,
-                    })
+        let found = stmt
+            .query_row(params![id, &fp[..], tenant, now], |r| {
+                Ok(Row {
+                    token: r.get(0)?,
+                    tenant: tenant.to_owned(),
+                    key_version: r.get(1)?,
+                    nonce: Vec::new(),
+                    ciphertext: Vec::new(),
+                    fingerprint: fp.to_vec(),
+                    brand: r.get(2)?,
+                    bin: r.get(3)?,
+                    last4: r.get(4)?,
+                    exp_month: r.get(5)?,
+                    exp_year: r.get(6)?,
+                    subject: r.get(7)?,
+                    metadata: r.get(8)?,
+                    created_at: r.get(9)?,
+                    expires_at: r.get(10)?,
                 })
-                .optional()
-                .map_err(store_err)?;
-            match found {
-                Some(row) => return Ok(row.info(true)),
-                None => state.dedup.remove(fp),
-            }
+            })
+            .optional()
+            .map_err(store_err)?;
+        match found {
+            Some(row) => return Ok(row.info(true)),
+            None => state.dedup.remove(fp),
         }
     }
     let key = keys.active_key()?;
@@ -650,7 +817,9 @@ fn tokenize_in_tx(
         rng::fill(&mut random)?;
         let (tok_bytes, nonce_bytes) = random.split_at(16);
         let token = match req.format {
-            TokenFormat::Opaque => Token::opaque_from_random(tok_bytes.try_into().map_err(|_| VaultError::Crypto)?),
+            TokenFormat::Opaque => {
+                Token::opaque_from_random(tok_bytes.try_into().map_err(|_| VaultError::Crypto)?)
+            }
             TokenFormat::BinLast4 => Token::generate_bin_last4(pan.expose_digits())?,
         };
         let nonce: [u8; 12] = nonce_bytes.try_into().map_err(|_| VaultError::Crypto)?;
@@ -694,11 +863,18 @@ fn tokenize_in_tx(
                     deduplicated: false,
                 });
             }
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => continue,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                continue;
+            }
             Err(e) => return Err(store_err(e)),
         }
     }
-    Err(VaultError::invalid("format", "no free bin_last4 token left for this card's BIN and last 4; use the opaque format"))
+    Err(VaultError::invalid(
+        "format",
+        "no free bin_last4 token left for this card's BIN and last 4; use the opaque format",
+    ))
 }
 
 struct Row {

@@ -9,7 +9,17 @@ use crate::core::token::TokenFormat;
 use crate::error::VaultError;
 
 /// Field names that carry a card verification code; a request holding any is refused.
-pub const CVV_FIELDS: &[&str] = &["cvv", "cvc", "cvv2", "cvc2", "cid", "csc", "security_code", "card_security_code", "verification_value"];
+pub const CVV_FIELDS: &[&str] = &[
+    "cvv",
+    "cvc",
+    "cvv2",
+    "cvc2",
+    "cid",
+    "csc",
+    "security_code",
+    "card_security_code",
+    "verification_value",
+];
 
 /// Most bytes of metadata (as JSON).
 pub const MAX_METADATA_BYTES: usize = 4096;
@@ -39,7 +49,10 @@ impl TokenizeRequest {
     /// A request for `number` expiring `month`/`year`, all else default.
     pub fn new(number: &str, month: i64, year: i64, today: time::Date) -> Result<Self, VaultError> {
         Ok(TokenizeRequest {
-            card: CardSecret { pan: Pan::parse(number)?, name: None },
+            card: CardSecret {
+                pan: Pan::parse(number)?,
+                name: None,
+            },
             expiry: Expiry::new(month, year, today)?,
             subject: None,
             format: TokenFormat::Opaque,
@@ -59,13 +72,27 @@ impl TokenizeRequest {
         if contains_cvv(v) {
             return Err(CardError::CvvNotAccepted.into());
         }
-        let obj = v.as_object().ok_or_else(|| VaultError::invalid("$", "expected a JSON object"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| VaultError::invalid("$", "expected a JSON object"))?;
         for k in obj.keys() {
-            if !matches!(k.as_str(), "card" | "subject" | "format" | "metadata" | "force_new" | "ttl_seconds" | "expires_at") {
+            if !matches!(
+                k.as_str(),
+                "card"
+                    | "subject"
+                    | "format"
+                    | "metadata"
+                    | "force_new"
+                    | "ttl_seconds"
+                    | "expires_at"
+            ) {
                 return Err(VaultError::invalid(k, "unknown field"));
             }
         }
-        let card = obj.get("card").and_then(Value::as_object).ok_or_else(|| VaultError::invalid("card", "required object"))?;
+        let card = obj
+            .get("card")
+            .and_then(Value::as_object)
+            .ok_or_else(|| VaultError::invalid("card", "required object"))?;
         for k in card.keys() {
             if !matches!(k.as_str(), "number" | "exp_month" | "exp_year" | "name") {
                 return Err(VaultError::invalid(format!("card.{k}"), "unknown field"));
@@ -77,15 +104,24 @@ impl TokenizeRequest {
             None => return Err(VaultError::invalid("card.number", "required")),
         };
         let pan = Pan::parse(number)?;
-        let month = card.get("exp_month").and_then(Value::as_i64).ok_or_else(|| VaultError::invalid("card.exp_month", "required integer"))?;
-        let year = card.get("exp_year").and_then(Value::as_i64).ok_or_else(|| VaultError::invalid("card.exp_year", "required integer"))?;
+        let month = card
+            .get("exp_month")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| VaultError::invalid("card.exp_month", "required integer"))?;
+        let year = card
+            .get("exp_year")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| VaultError::invalid("card.exp_year", "required integer"))?;
         let expiry = Expiry::new(month, year, today)?;
         let name = match card.get("name") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => {
                 let n = CardholderName::parse(s)?;
                 if contains_card_number(n.expose()) {
-                    return Err(VaultError::invalid("card.name", "must not contain a card number"));
+                    return Err(VaultError::invalid(
+                        "card.name",
+                        "must not contain a card number",
+                    ));
                 }
                 Some(n)
             }
@@ -98,7 +134,9 @@ impl TokenizeRequest {
         };
         let format = match obj.get("format") {
             None | Some(Value::Null) => TokenFormat::Opaque,
-            Some(Value::String(s)) => TokenFormat::from_name(s).ok_or_else(|| VaultError::invalid("format", "must be \"opaque\" or \"bin_last4\""))?,
+            Some(Value::String(s)) => TokenFormat::from_name(s).ok_or_else(|| {
+                VaultError::invalid("format", "must be \"opaque\" or \"bin_last4\"")
+            })?,
             Some(_) => return Err(VaultError::invalid("format", "must be a string")),
         };
         let metadata = match obj.get("metadata") {
@@ -113,7 +151,13 @@ impl TokenizeRequest {
         };
         let ttl_seconds = match obj.get("ttl_seconds") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_i64().filter(|t| *t > 0 && *t <= 100 * 365 * 86_400).ok_or_else(|| VaultError::invalid("ttl_seconds", "must be a positive integer (seconds)"))?),
+            Some(v) => Some(
+                v.as_i64()
+                    .filter(|t| *t > 0 && *t <= 100 * 365 * 86_400)
+                    .ok_or_else(|| {
+                        VaultError::invalid("ttl_seconds", "must be a positive integer (seconds)")
+                    })?,
+            ),
         };
         let expires_at = match obj.get("expires_at") {
             None | Some(Value::Null) => None,
@@ -122,9 +166,23 @@ impl TokenizeRequest {
                     .map_err(|_| VaultError::invalid("expires_at", "must be an RFC 3339 time"))?
                     .unix_timestamp(),
             ),
-            Some(_) => return Err(VaultError::invalid("expires_at", "must be an RFC 3339 string")),
+            Some(_) => {
+                return Err(VaultError::invalid(
+                    "expires_at",
+                    "must be an RFC 3339 string",
+                ));
+            }
         };
-        Ok(TokenizeRequest { card: CardSecret { pan, name }, expiry, subject, format, metadata, force_new, ttl_seconds, expires_at })
+        Ok(TokenizeRequest {
+            card: CardSecret { pan, name },
+            expiry,
+            subject,
+            format,
+            metadata,
+            force_new,
+            ttl_seconds,
+            expires_at,
+        })
     }
 }
 
@@ -132,21 +190,31 @@ impl TokenizeRequest {
 pub fn validate_subject(s: &str) -> Result<String, VaultError> {
     let n = s.chars().count();
     if n == 0 || n > 128 || s.chars().any(char::is_control) {
-        return Err(VaultError::invalid("subject", "must be 1 to 128 printable characters"));
+        return Err(VaultError::invalid(
+            "subject",
+            "must be 1 to 128 printable characters",
+        ));
     }
     if contains_card_number(s) {
-        return Err(VaultError::invalid("subject", "must not contain a card number"));
+        return Err(VaultError::invalid(
+            "subject",
+            "must not contain a card number",
+        ));
     }
     Ok(s.to_owned())
 }
 
 fn validate_metadata(m: &Map<String, Value>) -> Result<Map<String, Value>, VaultError> {
-    let text = serde_json::to_string(m).map_err(|_| VaultError::invalid("metadata", "not serializable"))?;
+    let text = serde_json::to_string(m)
+        .map_err(|_| VaultError::invalid("metadata", "not serializable"))?;
     if text.len() > MAX_METADATA_BYTES {
         return Err(VaultError::invalid("metadata", "larger than 4096 bytes"));
     }
     if contains_card_number(&text) {
-        return Err(VaultError::invalid("metadata", "must not contain a card number"));
+        return Err(VaultError::invalid(
+            "metadata",
+            "must not contain a card number",
+        ));
     }
     Ok(m.clone())
 }
@@ -154,7 +222,9 @@ fn validate_metadata(m: &Map<String, Value>) -> Result<Map<String, Value>, Vault
 /// Whether any object key anywhere in `v` names a card verification code.
 pub fn contains_cvv(v: &Value) -> bool {
     match v {
-        Value::Object(m) => m.iter().any(|(k, v)| CVV_FIELDS.iter().any(|c| k.eq_ignore_ascii_case(c)) || contains_cvv(v)),
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, v)| CVV_FIELDS.iter().any(|c| k.eq_ignore_ascii_case(c)) || contains_cvv(v)),
         Value::Array(a) => a.iter().any(contains_cvv),
         _ => false,
     }
@@ -175,7 +245,10 @@ pub fn contains_card_number(s: &str) -> bool {
         while let Some(&c) = b.get(j) {
             if c.is_ascii_digit() {
                 digits.push(c);
-            } else if (c == b' ' || c == b'-') && b.get(j + 1).is_some_and(u8::is_ascii_digit) && !digits.is_empty() {
+            } else if (c == b' ' || c == b'-')
+                && b.get(j + 1).is_some_and(u8::is_ascii_digit)
+                && !digits.is_empty()
+            {
             } else {
                 break;
             }
@@ -185,12 +258,13 @@ pub fn contains_card_number(s: &str) -> bool {
         let n = digits.len();
         for start in 0..n {
             for len in 12..=19 {
-                if let Some(w) = digits.get(start..start + len) {
-                    if panvault_audit::card::luhn_valid(w) && panvault_audit::card::issued_brand(w).is_some() {
-                        use zeroize::Zeroize;
-                        digits.zeroize();
-                        return true;
-                    }
+                if let Some(w) = digits.get(start..start + len)
+                    && panvault_audit::card::luhn_valid(w)
+                    && panvault_audit::card::issued_brand(w).is_some()
+                {
+                    use zeroize::Zeroize;
+                    digits.zeroize();
+                    return true;
                 }
             }
         }
@@ -291,14 +365,19 @@ mod tests {
             json!({"card":{"number":"4242424242424242","exp_month":12,"exp_year":2030},"metadata":{"x":{"security_code":"1"}}}),
         ] {
             let e = TokenizeRequest::from_json(&v, TODAY).unwrap_err();
-            assert!(matches!(e, VaultError::Card(CardError::CvvNotAccepted)), "{e}");
+            assert!(
+                matches!(e, VaultError::Card(CardError::CvvNotAccepted)),
+                "{e}"
+            );
         }
     }
 
     #[test]
     fn refuses_card_numbers_in_metadata_and_subject() {
         let v = json!({"card":{"number":"4242424242424242","exp_month":12,"exp_year":2030},"metadata":{"note":"card 5555-5555-5555-4444"}});
-        let e = TokenizeRequest::from_json(&v, TODAY).unwrap_err().to_string();
+        let e = TokenizeRequest::from_json(&v, TODAY)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("metadata") && !e.contains("5555"));
         let v = json!({"card":{"number":"4242424242424242","exp_month":12,"exp_year":2030},"subject":"4111111111111111"});
         assert!(TokenizeRequest::from_json(&v, TODAY).is_err());
@@ -308,10 +387,25 @@ mod tests {
     #[test]
     fn field_errors_name_the_field() {
         let v = json!({"card":{"number":4242424242424242u64,"exp_month":12,"exp_year":2030}});
-        assert!(TokenizeRequest::from_json(&v, TODAY).unwrap_err().to_string().contains("card.number"));
+        assert!(
+            TokenizeRequest::from_json(&v, TODAY)
+                .unwrap_err()
+                .to_string()
+                .contains("card.number")
+        );
         let v = json!({"card":{"number":"4242424242424242","exp_year":2030}});
-        assert!(TokenizeRequest::from_json(&v, TODAY).unwrap_err().to_string().contains("card.exp_month"));
+        assert!(
+            TokenizeRequest::from_json(&v, TODAY)
+                .unwrap_err()
+                .to_string()
+                .contains("card.exp_month")
+        );
         let v = json!({"card":{"number":"4242424242424242","exp_month":12,"exp_year":2030},"colour":"red"});
-        assert!(TokenizeRequest::from_json(&v, TODAY).unwrap_err().to_string().contains("colour"));
+        assert!(
+            TokenizeRequest::from_json(&v, TODAY)
+                .unwrap_err()
+                .to_string()
+                .contains("colour")
+        );
     }
 }

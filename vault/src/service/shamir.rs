@@ -35,19 +35,24 @@ pub struct ShareFile {
 
 impl std::fmt::Debug for ShareFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ShareFile(vault {}, gen {}, share {} of {}, [REDACTED])", self.vault_id, self.generation, self.number, self.total)
+        write!(
+            f,
+            "ShareFile(vault {}, gen {}, share {} of {}, [REDACTED])",
+            self.vault_id, self.generation, self.number, self.total
+        )
     }
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 fn unhex(s: &str) -> Option<Zeroizing<Vec<u8>>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let mut out = Zeroizing::new(Vec::with_capacity(s.len() / 2));
@@ -60,9 +65,19 @@ fn unhex(s: &str) -> Option<Zeroizing<Vec<u8>>> {
     Some(out)
 }
 
-fn checksum(vault_id: &str, generation: i64, number: u8, total: u8, threshold: u8, data: &[u8]) -> String {
+fn checksum(
+    vault_id: &str,
+    generation: i64,
+    number: u8,
+    total: u8,
+    threshold: u8,
+    data: &[u8],
+) -> String {
     let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(format!("panvault-share/v1|{vault_id}|{generation}|{number}|{total}|{threshold}|").as_bytes());
+    ctx.update(
+        format!("panvault-share/v1|{vault_id}|{generation}|{number}|{total}|{threshold}|")
+            .as_bytes(),
+    );
     ctx.update(data);
     let d = ctx.finish();
     hex(d.as_ref().get(..8).unwrap_or_default())
@@ -79,7 +94,14 @@ impl ShareFile {
             self.total,
             self.threshold,
             hex(&self.data),
-            checksum(&self.vault_id, self.generation, self.number, self.total, self.threshold, &self.data)
+            checksum(
+                &self.vault_id,
+                self.generation,
+                self.number,
+                self.total,
+                self.threshold,
+                &self.data
+            )
         ))
     }
 
@@ -87,22 +109,35 @@ impl ShareFile {
     pub fn parse(text: &str) -> Result<ShareFile, String> {
         let mut lines = text.lines();
         if lines.next().map(str::trim) != Some("panvault-share v1") {
-            return Err("not a panvault share file (first line must be `panvault-share v1`)".into());
+            return Err(
+                "not a panvault share file (first line must be `panvault-share v1`)".into(),
+            );
         }
         let mut get = |name: &str| -> Result<String, String> {
-            let line = lines.next().ok_or_else(|| format!("missing `{name}:` line"))?;
-            let (k, v) = line.split_once(':').ok_or_else(|| format!("malformed `{name}:` line"))?;
+            let line = lines
+                .next()
+                .ok_or_else(|| format!("missing `{name}:` line"))?;
+            let (k, v) = line
+                .split_once(':')
+                .ok_or_else(|| format!("malformed `{name}:` line"))?;
             if k.trim() != name {
                 return Err(format!("expected `{name}:`, found `{}:`", k.trim()));
             }
             Ok(v.trim().to_owned())
         };
         let vault_id = get("vault")?;
-        let generation = get("generation")?.parse().map_err(|_| "bad generation".to_owned())?;
-        let number: u8 = get("share")?.parse().map_err(|_| "bad share number".to_owned())?;
+        let generation = get("generation")?
+            .parse()
+            .map_err(|_| "bad generation".to_owned())?;
+        let number: u8 = get("share")?
+            .parse()
+            .map_err(|_| "bad share number".to_owned())?;
         let total: u8 = get("total")?.parse().map_err(|_| "bad total".to_owned())?;
-        let threshold: u8 = get("threshold")?.parse().map_err(|_| "bad threshold".to_owned())?;
-        let data = unhex(&Zeroizing::new(get("data")?)).ok_or_else(|| "share data is not hex".to_owned())?;
+        let threshold: u8 = get("threshold")?
+            .parse()
+            .map_err(|_| "bad threshold".to_owned())?;
+        let data = unhex(&Zeroizing::new(get("data")?))
+            .ok_or_else(|| "share data is not hex".to_owned())?;
         let check = get("check")?;
         if checksum(&vault_id, generation, number, total, threshold, &data) != check {
             return Err("checksum mismatch: the share was altered or mistyped".into());
@@ -110,13 +145,24 @@ impl ShareFile {
         if data.first() != Some(&number) || data.len() != 33 {
             return Err("share data does not match its number".into());
         }
-        Ok(ShareFile { vault_id, generation, number, total, threshold, data })
+        Ok(ShareFile {
+            vault_id,
+            generation,
+            number,
+            total,
+            threshold,
+            data,
+        })
     }
 
     /// Reads and parses `path`.
     pub fn read(path: &Path) -> Result<ShareFile, VaultError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| VaultError::io(path, &e))?);
-        ShareFile::parse(&text).map_err(|reason| VaultError::Io { path: path.display().to_string(), reason })
+        let text =
+            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| VaultError::io(path, &e))?);
+        ShareFile::parse(&text).map_err(|reason| VaultError::Io {
+            path: path.display().to_string(),
+            reason,
+        })
     }
 }
 
@@ -161,14 +207,30 @@ impl DrawnRng {
 }
 
 /// Splits `kek` into `total` shares, any `threshold` of which rebuild it.
-pub fn split(kek: &SecretKey32, vault_id: &str, generation: i64, total: u8, threshold: u8) -> Result<Vec<ShareFile>, VaultError> {
+pub fn split(
+    kek: &SecretKey32,
+    vault_id: &str,
+    generation: i64,
+    total: u8,
+    threshold: u8,
+) -> Result<Vec<ShareFile>, VaultError> {
     if threshold < 2 || threshold > total {
-        return Err(VaultError::invalid("threshold", "must satisfy 2 <= threshold <= custodians"));
+        return Err(VaultError::invalid(
+            "threshold",
+            "must satisfy 2 <= threshold <= custodians",
+        ));
     }
     let mut buf = Zeroizing::new(vec![0u8; 32 * usize::from(threshold) * 16]);
     rng::fill(&mut buf)?;
-    let mut drawn = DrawnRng { buf, pos: 0, exhausted: false };
-    let shares: Vec<Share> = Sharks(threshold).dealer_rng(kek.expose_secret(), &mut drawn).take(usize::from(total)).collect();
+    let mut drawn = DrawnRng {
+        buf,
+        pos: 0,
+        exhausted: false,
+    };
+    let shares: Vec<Share> = Sharks(threshold)
+        .dealer_rng(kek.expose_secret(), &mut drawn)
+        .take(usize::from(total))
+        .collect();
     if drawn.exhausted || shares.len() != usize::from(total) {
         return Err(VaultError::Crypto);
     }
@@ -176,19 +238,35 @@ pub fn split(kek: &SecretKey32, vault_id: &str, generation: i64, total: u8, thre
         .iter()
         .map(|s| {
             let data = Zeroizing::new(Vec::<u8>::from(s));
-            ShareFile { vault_id: vault_id.to_owned(), generation, number: data.first().copied().unwrap_or(0), total, threshold, data }
+            ShareFile {
+                vault_id: vault_id.to_owned(),
+                generation,
+                number: data.first().copied().unwrap_or(0),
+                total,
+                threshold,
+                data,
+            }
         })
         .collect())
 }
 
 /// Rebuilds the KEK from shares of `vault_id` at seal `generation`. Returns the
 /// KEK and the share numbers that took part.
-pub fn combine(shares: &[ShareFile], vault_id: &str, generation: i64) -> Result<(SecretKey32, Vec<u8>), VaultError> {
+pub fn combine(
+    shares: &[ShareFile],
+    vault_id: &str,
+    generation: i64,
+) -> Result<(SecretKey32, Vec<u8>), VaultError> {
     let bad = |reason: String| VaultError::KeyState(reason);
-    let first = shares.first().ok_or_else(|| bad("no shares given".into()))?;
+    let first = shares
+        .first()
+        .ok_or_else(|| bad("no shares given".into()))?;
     for s in shares {
         if s.vault_id != vault_id {
-            return Err(bad(format!("share {} belongs to another vault ({})", s.number, s.vault_id)));
+            return Err(bad(format!(
+                "share {} belongs to another vault ({})",
+                s.number, s.vault_id
+            )));
         }
         if s.generation != generation {
             return Err(bad(format!(
@@ -204,13 +282,21 @@ pub fn combine(shares: &[ShareFile], vault_id: &str, generation: i64) -> Result<
     numbers.sort_unstable();
     numbers.dedup();
     if numbers.len() < usize::from(first.threshold) {
-        return Err(bad(format!("{} distinct share(s) given, {} needed", numbers.len(), first.threshold)));
+        return Err(bad(format!(
+            "{} distinct share(s) given, {} needed",
+            numbers.len(),
+            first.threshold
+        )));
     }
     let parsed: Vec<Share> = shares
         .iter()
         .map(|s| Share::try_from(s.data.as_slice()).map_err(|_| bad("malformed share".into())))
         .collect::<Result<_, _>>()?;
-    let secret = Zeroizing::new(Sharks(first.threshold).recover(&parsed).map_err(|e| bad(e.to_owned()))?);
+    let secret = Zeroizing::new(
+        Sharks(first.threshold)
+            .recover(&parsed)
+            .map_err(|e| bad(e.to_owned()))?,
+    );
     let key = SecretKey32::from_slice(&secret).ok_or(VaultError::Crypto)?;
     Ok((key, numbers))
 }
@@ -235,8 +321,18 @@ mod tests {
         assert!(combine(&two, "v1", 1).is_err());
         let dup = vec![parse(0), parse(0), parse(1)];
         assert!(combine(&dup, "v1", 1).is_err());
-        assert!(combine(&[parse(0), parse(1), parse(2)], "other", 1).unwrap_err().to_string().contains("another vault"));
-        assert!(combine(&[parse(0), parse(1), parse(2)], "v1", 2).unwrap_err().to_string().contains("generation"));
+        assert!(
+            combine(&[parse(0), parse(1), parse(2)], "other", 1)
+                .unwrap_err()
+                .to_string()
+                .contains("another vault")
+        );
+        assert!(
+            combine(&[parse(0), parse(1), parse(2)], "v1", 2)
+                .unwrap_err()
+                .to_string()
+                .contains("generation")
+        );
     }
 
     #[test]

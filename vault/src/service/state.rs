@@ -35,7 +35,9 @@ pub(crate) struct DedupIndex {
 impl DedupIndex {
     fn load(conn: &Connection) -> Result<Self, VaultError> {
         let mut map = HashMap::new();
-        let mut stmt = conn.prepare("SELECT id, fingerprint FROM cards").map_err(|e| VaultError::Store(e.into()))?;
+        let mut stmt = conn
+            .prepare("SELECT id, fingerprint FROM cards")
+            .map_err(|e| VaultError::Store(e.into()))?;
         let mut rows = stmt.query([]).map_err(|e| VaultError::Store(e.into()))?;
         while let Some(r) = rows.next().map_err(|e| VaultError::Store(e.into()))? {
             let id: i64 = r.get(0).map_err(|e| VaultError::Store(e.into()))?;
@@ -61,11 +63,6 @@ impl DedupIndex {
     pub(crate) fn remove(&mut self, fp: &[u8; FINGERPRINT_LEN]) {
         self.map.remove(fp);
     }
-
-    /// Number of fingerprints held.
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
-    }
 }
 
 /// Everything the writer thread keeps between batches.
@@ -77,7 +74,11 @@ pub struct VaultState {
 }
 
 impl VaultState {
-    pub(crate) fn load(conn: &Connection, keys: &Keyring, policy: CheckpointPolicy) -> Result<Self, VaultError> {
+    pub(crate) fn load(
+        conn: &Connection,
+        keys: &Keyring,
+        policy: CheckpointPolicy,
+    ) -> Result<Self, VaultError> {
         Ok(VaultState {
             dedup: DedupIndex::load(conn)?,
             encryptions: BTreeMap::new(),
@@ -130,11 +131,15 @@ impl WriterState for VaultState {
         }
     }
     fn before_commit(&mut self, conn: &Connection) -> Result<(), StoreError> {
-        self.audit.checkpoint_if_due(conn, false).map_err(|_| StoreError::Unavailable("audit checkpoint could not be written"))?;
+        self.audit
+            .checkpoint_if_due(conn, false)
+            .map_err(|_| StoreError::Unavailable("audit checkpoint could not be written"))?;
         if self.encryptions.is_empty() {
             return Ok(());
         }
-        let mut stmt = conn.prepare_cached("UPDATE data_keys SET encryptions = encryptions + ?2 WHERE version = ?1")?;
+        let mut stmt = conn.prepare_cached(
+            "UPDATE data_keys SET encryptions = encryptions + ?2 WHERE version = ?1",
+        )?;
         for (v, n) in std::mem::take(&mut self.encryptions) {
             stmt.execute([i64::from(v), n])?;
         }

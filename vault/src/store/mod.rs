@@ -48,7 +48,9 @@ fn short(e: &rusqlite::Error) -> String {
     match e {
         rusqlite::Error::QueryReturnedNoRows => "no rows".into(),
         rusqlite::Error::InvalidColumnType(i, _, t) => format!("column {i} has type {t}"),
-        rusqlite::Error::FromSqlConversionFailure(i, t, _) => format!("column {i} ({t}) conversion failed"),
+        rusqlite::Error::FromSqlConversionFailure(i, t, _) => {
+            format!("column {i} ({t}) conversion failed")
+        }
         _ => "sqlite error".into(),
     }
 }
@@ -77,7 +79,10 @@ impl StoreError {
 pub const PAGE_SIZE: u32 = 4096;
 
 fn page_size() -> u32 {
-    std::env::var("PANVAULT_PAGE_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(PAGE_SIZE)
+    std::env::var("PANVAULT_PAGE_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PAGE_SIZE)
 }
 
 /// The connection settings every connection gets.
@@ -115,7 +120,9 @@ pub fn open_writer(path: &Path, create: bool) -> Result<Connection, StoreError> 
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| StoreError::Corrupt(StoreError::from(e).to_string()))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Sqlite(format!("could not enable WAL (journal_mode={mode})")));
+        return Err(StoreError::Sqlite(format!(
+            "could not enable WAL (journal_mode={mode})"
+        )));
     }
     configure(&conn, true)?;
     schema::migrate(&mut conn)?;
@@ -160,13 +167,17 @@ pub fn sample_tokens(path: &Path, n: i64) -> Result<Vec<String>, StoreError> {
 /// leave no copy in the WAL. Retries for up to `wait` while readers or the writer
 /// are busy; returns whether the WAL was emptied.
 pub fn scrub_wal(path: &Path, wait: std::time::Duration) -> bool {
-    let Ok(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX) else {
+    let Ok(conn) = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) else {
         return false;
     };
     let _ = conn.busy_timeout(std::time::Duration::from_millis(200));
     let deadline = std::time::Instant::now() + wait;
     loop {
-        let busy: Result<i64, _> = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
+        let busy: Result<i64, _> =
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
         if matches!(busy, Ok(0)) {
             return true;
         }

@@ -19,7 +19,11 @@ pub struct ReadPool {
 impl ReadPool {
     /// A pool over the database at `path`, keeping at most `max_idle` connections.
     pub fn new(path: PathBuf, max_idle: usize) -> Self {
-        ReadPool { path, idle: Mutex::new(Vec::new()), max_idle }
+        ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
     }
 
     /// A connection, returned to the pool when dropped.
@@ -32,7 +36,10 @@ impl ReadPool {
             Some(c) => c,
             None => open_reader(&self.path)?,
         };
-        Ok(PooledConn { pool: self, conn: Some(conn) })
+        Ok(PooledConn {
+            pool: self,
+            conn: Some(conn),
+        })
     }
 }
 
@@ -61,12 +68,11 @@ fn unreachable_conn() -> ! {
 
 impl Drop for PooledConn<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.conn.take() {
-            if let Ok(mut idle) = self.pool.idle.lock() {
-                if idle.len() < self.pool.max_idle {
-                    idle.push(c);
-                }
-            }
+        if let Some(c) = self.conn.take()
+            && let Ok(mut idle) = self.pool.idle.lock()
+            && idle.len() < self.pool.max_idle
+        {
+            idle.push(c);
         }
     }
 }

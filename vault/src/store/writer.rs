@@ -35,7 +35,9 @@ pub struct JobOutcome {
 
 impl std::fmt::Debug for JobOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobOutcome").field("keep", &self.keep).finish_non_exhaustive()
+        f.debug_struct("JobOutcome")
+            .field("keep", &self.keep)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,7 +83,11 @@ pub struct WriterConfig {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        WriterConfig { queue: 65_536, max_batch: 4096, checkpoint_every: Duration::from_millis(250) }
+        WriterConfig {
+            queue: 65_536,
+            max_batch: 4096,
+            checkpoint_every: Duration::from_millis(250),
+        }
     }
 }
 
@@ -101,7 +107,12 @@ impl<S: WriterState> std::fmt::Debug for Writer<S> {
 
 impl<S: WriterState> Writer<S> {
     /// Starts the writer on `conn` with initial `state`, and a checkpointer on `path`.
-    pub fn start(conn: Connection, state: S, path: PathBuf, cfg: WriterConfig) -> Result<Self, StoreError> {
+    pub fn start(
+        conn: Connection,
+        state: S,
+        path: PathBuf,
+        cfg: WriterConfig,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = sync_channel::<Job<S>>(cfg.queue);
         let restart = Arc::new(AtomicBool::new(false));
         let restart2 = Arc::clone(&restart);
@@ -128,7 +139,10 @@ impl<S: WriterState> Writer<S> {
 
     /// Queues a job. Never blocks: a full queue or a stopped writer is an error.
     pub fn submit(&self, job: Job<S>) -> Result<(), StoreError> {
-        let guard = self.tx.lock().map_err(|_| StoreError::Unavailable("writer lock poisoned"))?;
+        let guard = self
+            .tx
+            .lock()
+            .map_err(|_| StoreError::Unavailable("writer lock poisoned"))?;
         let Some(tx) = guard.as_ref() else {
             return Err(StoreError::Unavailable("writer stopped"));
         };
@@ -144,16 +158,16 @@ impl<S: WriterState> Writer<S> {
         if let Ok(mut g) = self.tx.lock() {
             g.take();
         }
-        if let Ok(mut g) = self.thread.lock() {
-            if let Some(h) = g.take() {
-                let _ = h.join();
-            }
+        if let Ok(mut g) = self.thread.lock()
+            && let Some(h) = g.take()
+        {
+            let _ = h.join();
         }
         self.stop.store(true, Ordering::SeqCst);
-        if let Ok(mut g) = self.checkpointer.lock() {
-            if let Some(h) = g.take() {
-                let _ = h.join();
-            }
+        if let Ok(mut g) = self.checkpointer.lock()
+            && let Some(h) = g.take()
+        {
+            let _ = h.join();
         }
     }
 }
@@ -164,7 +178,13 @@ impl<S: WriterState> Drop for Writer<S> {
     }
 }
 
-fn run<S: WriterState>(mut conn: Connection, mut state: S, rx: Receiver<Job<S>>, max_batch: usize, restart: Arc<AtomicBool>) {
+fn run<S: WriterState>(
+    mut conn: Connection,
+    mut state: S,
+    rx: Receiver<Job<S>>,
+    max_batch: usize,
+    restart: Arc<AtomicBool>,
+) {
     let mut batch: Vec<Job<S>> = Vec::with_capacity(max_batch);
     let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
     let mut stats = Stats::new();
@@ -243,7 +263,9 @@ fn run_batch<S: WriterState>(
         // A job could not finish its unit of work (e.g. its audit event could not be
         // written): nothing of the batch may commit.
         drop(tx);
-        return Err(StoreError::Unavailable("a job in the batch failed; batch rolled back"));
+        return Err(StoreError::Unavailable(
+            "a job in the batch failed; batch rolled back",
+        ));
     }
     state.before_commit(&tx)?;
     tx.commit()?;
@@ -253,7 +275,12 @@ fn run_batch<S: WriterState>(
 /// WAL frames after which the checkpointer restarts the log (~64 MiB of 4 KiB pages).
 const WAL_RESTART_FRAMES: i64 = 16_384;
 
-fn checkpoint_loop(path: PathBuf, every: Duration, stop: Arc<AtomicBool>, restart: Arc<AtomicBool>) {
+fn checkpoint_loop(
+    path: PathBuf,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    restart: Arc<AtomicBool>,
+) {
     let mut conn: Option<Connection> = None;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(every);
@@ -292,7 +319,12 @@ struct Stats {
 
 impl Stats {
     fn new() -> Self {
-        Stats { since: std::time::Instant::now(), batches: 0, jobs: 0, busy: Duration::ZERO }
+        Stats {
+            since: std::time::Instant::now(),
+            batches: 0,
+            jobs: 0,
+            busy: Duration::ZERO,
+        }
     }
 
     fn record(&mut self, jobs: usize, took: Duration) {

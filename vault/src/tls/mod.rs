@@ -1,1 +1,20 @@
-//! mTLS server (being written).
+//! The mTLS side of the server: the rustls configuration (ring provider, TLS 1.2 and
+//! 1.3, AEAD suites only, client certificates required and checked against the
+//! client CA and its CRLs), the accept loop (handshakes under a timeout in their own
+//! task, a connection limit, graceful shutdown), the [`ClientIdentity`] read from
+//! the verified leaf certificate, a client configuration for panvault's own tools,
+//! and the development PKI of `panvault quickstart` and the tests.
+
+mod accept;
+mod client;
+mod identity;
+pub mod pki;
+mod server;
+
+pub use accept::{ConnStats, PeerAddr, ServeOptions, serve_tls};
+pub use client::client_config;
+pub use identity::ClientIdentity;
+pub use server::{
+    AEAD_SUITES, load_certs, load_certs_from_pem, load_crls, load_key, load_key_from_pem, provider,
+    server_config,
+};

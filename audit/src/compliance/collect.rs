@@ -1,0 +1,260 @@
+//! Collectors for the facts this crate can read by itself: the audit log in the
+//! vault's database, file modes, and the PAN scanner. (Vault facts — keys,
+//! records — come from the vault's inventory, which the CLI reads.)
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension};
+use time::OffsetDateTime;
+
+use super::facts::{
+    AuditLogFacts, AuditVerifyFacts, FieldStats, FileFacts, FileRole, HitKind, ScanFacts, ScanHit,
+};
+use crate::log::{self, PublicKey};
+use crate::scan::{Kind, ScanOptions, Scanner};
+
+/// Actions that touch card data and must name the tenant (and token).
+const DATA_ACTIONS: &[&str] = &[
+    "tokenize",
+    "read",
+    "token.read",
+    "detokenize",
+    "delete",
+    "token.delete",
+    "erase",
+];
+
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+fn count(conn: &Connection, sql: &str) -> rusqlite::Result<u64> {
+    conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+        .map(|n| u64::try_from(n).unwrap_or(0))
+}
+
+/// Facts about the audit log in `db` (the vault's `vault.db`), verified with the
+/// public key in `pubkey`. `retention` is the configured retention of audit
+/// events in days and where it comes from.
+pub fn audit_log_facts(
+    db: &Path,
+    pubkey: &Path,
+    retention: (Option<i64>, String),
+) -> Result<AuditLogFacts, String> {
+    let conn = log::open_read_only(db).map_err(|e| format!("{}: {e}", db.display()))?;
+    let mut facts = AuditLogFacts {
+        database: db.display().to_string(),
+        present: false,
+        verify: Err("not verified".to_owned()),
+        retention_days: retention.0,
+        retention_source: retention.1,
+        prune_retention_days: Vec::new(),
+        oldest_event: None,
+        actions: BTreeMap::new(),
+        admin_events: 0,
+        denied_events: 0,
+        fields: FieldStats::default(),
+    };
+    let db_err = |e: rusqlite::Error| format!("{}: {e}", db.display());
+    facts.present = table_exists(&conn, "audit_events").map_err(db_err)?;
+    if !facts.present {
+        return Ok(facts);
+    }
+    facts.verify = match PublicKey::read_from(pubkey) {
+        Err(e) => Err(format!("audit public key {}: {e}", pubkey.display())),
+        Ok(key) => log::verify(&conn, &key, None)
+            .map_err(|e| e.to_string())
+            .map(|r| AuditVerifyFacts {
+                events: r.events,
+                first_seq: r.first_seq,
+                last_seq: r.last_seq,
+                checkpoints: r.checkpoints,
+                prunes: r.prunes,
+                unsigned_tail: r.unsigned_tail,
+                problem: r.problem.map(|b| (b.kind.to_string(), b.to_string())),
+            }),
+    };
+    if table_exists(&conn, "audit_prunes").map_err(db_err)? {
+        let mut stmt = conn
+            .prepare("SELECT time_ns - cutoff_ns FROM audit_prunes ORDER BY id")
+            .map_err(db_err)?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0)).map_err(db_err)?;
+        for ns in rows {
+            facts
+                .prune_retention_days
+                .push(ns.map_err(db_err)? / 86_400_000_000_000);
+        }
+    }
+    let oldest: Option<i64> = conn
+        .query_row("SELECT min(time_ns) FROM audit_events", [], |r| r.get(0))
+        .optional()
+        .map_err(db_err)?
+        .flatten();
+    facts.oldest_event =
+        oldest.and_then(|ns| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).ok());
+    let mut stmt = conn
+        .prepare("SELECT action, count(*) FROM audit_events GROUP BY action")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(db_err)?;
+    for row in rows {
+        let (action, n) = row.map_err(db_err)?;
+        facts.actions.insert(action, u64::try_from(n).unwrap_or(0));
+    }
+    facts.admin_events = count(
+        &conn,
+        "SELECT count(*) FROM audit_events WHERE actor LIKE 'admin:%'",
+    )
+    .map_err(db_err)?;
+    facts.denied_events = count(
+        &conn,
+        "SELECT count(*) FROM audit_events WHERE outcome = 'denied'",
+    )
+    .map_err(db_err)?;
+    let data_list = DATA_ACTIONS
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    facts.fields = FieldStats {
+        examined: count(&conn, "SELECT count(*) FROM audit_events").map_err(db_err)?,
+        missing_actor: count(&conn, "SELECT count(*) FROM audit_events WHERE actor IS NULL OR actor = ''").map_err(db_err)?,
+        missing_origin: count(&conn, "SELECT count(*) FROM audit_events WHERE actor NOT LIKE 'admin:%' AND (peer IS NULL OR peer = '')")
+            .map_err(db_err)?,
+        missing_resource: count(
+            &conn,
+            &format!("SELECT count(*) FROM audit_events WHERE action IN ({data_list}) AND outcome = 'success' AND (tenant IS NULL OR tenant = '' OR (action <> 'erase' AND (token IS NULL OR token = '')))"),
+        )
+        .map_err(db_err)?,
+        missing_code: count(&conn, "SELECT count(*) FROM audit_events WHERE outcome <> 'success' AND (code IS NULL OR code = '')").map_err(db_err)?,
+        missing_purpose: count(&conn, "SELECT count(*) FROM audit_events WHERE action = 'detokenize' AND (purpose IS NULL OR purpose = '')")
+            .map_err(db_err)?,
+    };
+    Ok(facts)
+}
+
+#[cfg(unix)]
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o7777
+}
+
+#[cfg(not(unix))]
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    if meta.permissions().readonly() {
+        0o400
+    } else {
+        0o600
+    }
+}
+
+/// The mode of `path` as `role` (a missing file is reported as not present).
+pub fn file_facts(path: &Path, role: FileRole) -> FileFacts {
+    match std::fs::metadata(path) {
+        Ok(meta) => FileFacts {
+            path: path.display().to_string(),
+            role,
+            mode: Some(mode_of(&meta)),
+            error: None,
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileFacts {
+            path: path.display().to_string(),
+            role,
+            mode: None,
+            error: None,
+        },
+        Err(e) => FileFacts {
+            path: path.display().to_string(),
+            role,
+            mode: None,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// The modes of the data directory and every regular file directly in it
+/// (public `*.pub` files aside), plus `extra` files (shares, TLS keys).
+pub fn data_dir_modes(
+    data_dir: &Path,
+    extra: &[(PathBuf, FileRole)],
+) -> Result<Vec<FileFacts>, String> {
+    let mut out = vec![file_facts(data_dir, FileRole::DataDir)];
+    let entries =
+        std::fs::read_dir(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    for p in files {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.ends_with(".pub") {
+            continue;
+        }
+        let role = if name == "vault.db" {
+            FileRole::Database
+        } else if name.starts_with("vault.db-") {
+            FileRole::DatabaseWal
+        } else if name.ends_with(".share") {
+            FileRole::Share
+        } else {
+            FileRole::DataFile
+        };
+        out.push(file_facts(&p, role));
+    }
+    for (p, role) in extra {
+        if !out.iter().any(|f| Path::new(&f.path) == p.as_path()) {
+            out.push(file_facts(p, *role));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the PAN scanner over `roots` (the data directory with its database and
+/// WAL, log files or directories).
+pub fn scan_facts(roots: &[PathBuf]) -> Result<ScanFacts, String> {
+    let scanner = Scanner::new(ScanOptions::default()).map_err(|e| e.to_string())?;
+    let report = scanner.scan(roots).map_err(|e| e.to_string())?;
+    let hits = report
+        .findings
+        .iter()
+        .map(|f| ScanHit {
+            path: match &f.member {
+                Some(m) => format!("{}!{m}", f.path),
+                None => f.path.clone(),
+            },
+            line: f.line,
+            masked: f.masked.clone(),
+            kind: match f.kind {
+                Kind::Track1 => HitKind::Track1,
+                Kind::Track2 => HitKind::Track2,
+                _ => HitKind::Pan,
+            },
+            test_card: f.test_card,
+        })
+        .collect();
+    Ok(ScanFacts {
+        roots: roots.iter().map(|r| r.display().to_string()).collect(),
+        files: report.stats.files,
+        bytes: report.stats.bytes,
+        hits,
+        warnings: report
+            .warnings
+            .iter()
+            .map(|w| match &w.member {
+                Some(m) => format!("{}!{m}: {}", w.path, w.message),
+                None => format!("{}: {}", w.path, w.message),
+            })
+            .collect(),
+    })
+}

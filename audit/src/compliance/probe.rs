@@ -1,0 +1,580 @@
+//! The live TLS probe of `--endpoint HOST:PORT`.
+//!
+//! 1. A rustls client offering TLS 1.3 and 1.2 with every suite ring implements
+//!    connects without a client certificate and records the negotiated version,
+//!    suite and ALPN, the certificate chain (not verified: the probe inspects, it
+//!    sends no data), whether the server asked for a client certificate, and
+//!    whether it then refused the anonymous client.
+//! 2. Hand-built ClientHellos that rustls cannot send — TLS 1.0, TLS 1.1, and TLS
+//!    1.2 offering only CBC suites — are written to a plain TCP stream, and the
+//!    first record of the answer is classified: a ServerHello means the server
+//!    accepted (a failure), an alert or a closed connection means it refused.
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WantsClientCert};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig, ClientConnection, ConfigBuilder, DigitallySignedStruct, SignatureScheme,
+};
+
+use super::facts::{EndpointFacts, HelloProbe, HelloReply, Negotiated};
+
+/// TLS 1.0.
+pub const TLS1_0: u16 = 0x0301;
+/// TLS 1.1.
+pub const TLS1_1: u16 = 0x0302;
+/// TLS 1.2.
+pub const TLS1_2: u16 = 0x0303;
+
+/// Suites a TLS 1.0/1.1 server would pick from (CBC, 3DES, RC4: all that exists
+/// before TLS 1.2).
+pub const LEGACY_SUITES: &[u16] = &[
+    0xc014, 0xc013, 0xc00a, 0xc009, 0x0039, 0x0033, 0x0035, 0x002f, 0x000a, 0x0005, 0x0004,
+];
+
+/// Non-AEAD TLS 1.2 suites: CBC with SHA-1 or SHA-2, 3DES, RC4.
+pub const CBC_SUITES: &[u16] = &[
+    0xc028, 0xc027, 0xc024, 0xc023, 0xc014, 0xc013, 0xc00a, 0xc009, 0x006b, 0x0067, 0x003d, 0x003c,
+    0x0035, 0x002f, 0x000a, 0x0005,
+];
+
+/// The IANA name of a cipher suite code, or its hex code.
+pub fn suite_name(code: u16) -> String {
+    let name = match code {
+        0x0004 => "TLS_RSA_WITH_RC4_128_MD5",
+        0x0005 => "TLS_RSA_WITH_RC4_128_SHA",
+        0x000a => "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
+        0x002f => "TLS_RSA_WITH_AES_128_CBC_SHA",
+        0x0033 => "TLS_DHE_RSA_WITH_AES_128_CBC_SHA",
+        0x0035 => "TLS_RSA_WITH_AES_256_CBC_SHA",
+        0x0039 => "TLS_DHE_RSA_WITH_AES_256_CBC_SHA",
+        0x003c => "TLS_RSA_WITH_AES_128_CBC_SHA256",
+        0x003d => "TLS_RSA_WITH_AES_256_CBC_SHA256",
+        0x0067 => "TLS_DHE_RSA_WITH_AES_128_CBC_SHA256",
+        0x006b => "TLS_DHE_RSA_WITH_AES_256_CBC_SHA256",
+        0x009c => "TLS_RSA_WITH_AES_128_GCM_SHA256",
+        0x009d => "TLS_RSA_WITH_AES_256_GCM_SHA384",
+        0xc009 => "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+        0xc00a => "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+        0xc013 => "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+        0xc014 => "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+        0xc023 => "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+        0xc024 => "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA384",
+        0xc027 => "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+        0xc028 => "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384",
+        0xc02b => "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        0xc02c => "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        0xc02f => "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        0xc030 => "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        0xcca8 => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        0xcca9 => "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        0x1301 => "TLS13_AES_128_GCM_SHA256",
+        0x1302 => "TLS13_AES_256_GCM_SHA384",
+        0x1303 => "TLS13_CHACHA20_POLY1305_SHA256",
+        _ => return format!("0x{code:04x}"),
+    };
+    name.to_owned()
+}
+
+/// `TLS 1.0` … for a protocol version code.
+pub fn version_name(v: u16) -> String {
+    match v {
+        0x0300 => "SSL 3.0".to_owned(),
+        TLS1_0 => "TLS 1.0".to_owned(),
+        TLS1_1 => "TLS 1.1".to_owned(),
+        TLS1_2 => "TLS 1.2".to_owned(),
+        0x0304 => "TLS 1.3".to_owned(),
+        other => format!("0x{other:04x}"),
+    }
+}
+
+fn alert_name(code: u8) -> String {
+    let name = match code {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        22 => "record_overflow",
+        40 => "handshake_failure",
+        42 => "bad_certificate",
+        47 => "illegal_parameter",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        86 => "inappropriate_fallback",
+        109 => "missing_extension",
+        112 => "unrecognized_name",
+        116 => "certificate_required",
+        120 => "no_application_protocol",
+        _ => return format!("alert {code}"),
+    };
+    name.to_owned()
+}
+
+fn push_u16(out: &mut Vec<u8>, v: usize) -> io::Result<()> {
+    let v = u16::try_from(v)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ClientHello field too long"))?;
+    out.extend_from_slice(&v.to_be_bytes());
+    Ok(())
+}
+
+fn push_ext(out: &mut Vec<u8>, kind: u16, body: &[u8]) -> io::Result<()> {
+    out.extend_from_slice(&kind.to_be_bytes());
+    push_u16(out, body.len())?;
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+/// A ClientHello record offering `version` with `suites`, with SNI `host` (when
+/// it is a name), the usual groups and point formats, signature algorithms from
+/// TLS 1.2 on, and the renegotiation-info SCSV.
+pub fn client_hello(
+    version: u16,
+    suites: &[u16],
+    host: Option<&str>,
+    random: [u8; 32],
+) -> io::Result<Vec<u8>> {
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(&version.to_be_bytes());
+    body.extend_from_slice(&random);
+    body.push(0); // no session id
+    push_u16(&mut body, (suites.len() + 1) * 2)?;
+    for s in suites {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&0x00ffu16.to_be_bytes()); // TLS_EMPTY_RENEGOTIATION_INFO_SCSV
+    body.extend_from_slice(&[1, 0]); // compression: null only
+    let mut ext = Vec::new();
+    if let Some(h) = host.filter(|h| h.parse::<std::net::IpAddr>().is_err() && !h.is_empty()) {
+        let mut sni = Vec::new();
+        push_u16(&mut sni, h.len() + 3)?;
+        sni.push(0);
+        push_u16(&mut sni, h.len())?;
+        sni.extend_from_slice(h.as_bytes());
+        push_ext(&mut ext, 0x0000, &sni)?;
+    }
+    // supported_groups: x25519, secp256r1, secp384r1
+    push_ext(
+        &mut ext,
+        0x000a,
+        &[0, 6, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18],
+    )?;
+    // ec_point_formats: uncompressed
+    push_ext(&mut ext, 0x000b, &[1, 0])?;
+    if version >= TLS1_2 {
+        let schemes: [u16; 9] = [
+            0x0403, 0x0503, 0x0603, 0x0804, 0x0805, 0x0806, 0x0401, 0x0501, 0x0601,
+        ];
+        let mut sa = Vec::new();
+        push_u16(&mut sa, schemes.len() * 2)?;
+        for s in schemes {
+            sa.extend_from_slice(&s.to_be_bytes());
+        }
+        push_ext(&mut ext, 0x000d, &sa)?;
+    }
+    push_u16(&mut body, ext.len())?;
+    body.extend_from_slice(&ext);
+
+    let len = u32::try_from(body.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ClientHello too long"))?;
+    let mut hs = vec![1u8];
+    hs.extend_from_slice(len.to_be_bytes().get(1..).unwrap_or(&[0, 0, 0]));
+    hs.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    push_u16(&mut record, hs.len())?;
+    record.extend_from_slice(&hs);
+    Ok(record)
+}
+
+fn hex_prefix(b: &[u8]) -> String {
+    b.iter()
+        .take(16)
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// Classifies the first record a server sent back.
+pub fn classify_reply(header: &[u8], body: &[u8]) -> HelloReply {
+    match header.first() {
+        Some(0x15) => {
+            let desc = body
+                .get(1)
+                .copied()
+                .map_or_else(|| "unknown".to_owned(), alert_name);
+            HelloReply::Alert { description: desc }
+        }
+        Some(0x16) if body.first() == Some(&2) => {
+            let version = body
+                .get(4..6)
+                .and_then(|v| <[u8; 2]>::try_from(v).ok())
+                .map(u16::from_be_bytes);
+            let sid_len = body.get(38).copied().map(usize::from);
+            let suite = sid_len
+                .and_then(|l| body.get(39 + l..41 + l))
+                .and_then(|s| <[u8; 2]>::try_from(s).ok())
+                .map(u16::from_be_bytes);
+            match version {
+                Some(v) => HelloReply::ServerHello {
+                    version: version_name(v),
+                    suite: suite.map_or_else(|| "?".to_owned(), suite_name),
+                },
+                None => HelloReply::Unexpected {
+                    detail: format!("short ServerHello {}", hex_prefix(body)),
+                },
+            }
+        }
+        _ => HelloReply::Unexpected {
+            detail: format!("{}{}", hex_prefix(header), hex_prefix(body)),
+        },
+    }
+}
+
+fn io_reply(e: &io::Error) -> HelloReply {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => HelloReply::Timeout,
+        _ => HelloReply::Closed,
+    }
+}
+
+/// Sends `hello` to `addr` and classifies the answer.
+pub fn send_hello(addr: SocketAddr, hello: &[u8], timeout: Duration) -> io::Result<HelloReply> {
+    let mut sock = TcpStream::connect_timeout(&addr, timeout)?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.set_write_timeout(Some(timeout))?;
+    if let Err(e) = sock.write_all(hello) {
+        return Ok(io_reply(&e));
+    }
+    let mut header = [0u8; 5];
+    if let Err(e) = sock.read_exact(&mut header) {
+        return Ok(io_reply(&e));
+    }
+    let len = usize::from(u16::from_be_bytes([header[3], header[4]])).min(18_432);
+    let mut body = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match sock.read(body.get_mut(got..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(_) => break,
+        }
+    }
+    body.truncate(got);
+    Ok(classify_reply(&header, &body))
+}
+
+/// Records the server's chain; accepts any certificate (the probe inspects, it
+/// never sends data), but checks the handshake signatures.
+#[derive(Debug)]
+struct Recorder {
+    chain: Mutex<Vec<Vec<u8>>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut chain = self
+            .chain
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        chain.clear();
+        chain.push(end_entity.to_vec());
+        chain.extend(intermediates.iter().map(|c| c.to_vec()));
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Notes whether the server asked for a client certificate; has none to give.
+#[derive(Debug, Default)]
+struct AskedForCert(AtomicBool);
+
+impl ResolvesClientCert for AskedForCert {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.store(true, Ordering::SeqCst);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+fn builder(
+    provider: Arc<CryptoProvider>,
+    recorder: Arc<Recorder>,
+) -> Result<ConfigBuilder<ClientConfig, WantsClientCert>, rustls::Error> {
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .dangerous()
+        .with_custom_certificate_verifier(recorder))
+}
+
+/// Whether an I/O error from rustls is a fatal alert sent by the peer.
+fn alert_of(e: &io::Error) -> Option<rustls::AlertDescription> {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::AlertReceived(a)) => Some(*a),
+        _ => None,
+    }
+}
+
+/// Splits `HOST:PORT` (or `[v6]:PORT`) into the host.
+fn host_of(endpoint: &str) -> &str {
+    let host = endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Probes `endpoint` (`HOST:PORT`) with `timeout` per connection.
+pub fn probe(endpoint: &str, timeout: Duration) -> EndpointFacts {
+    let mut facts = EndpointFacts {
+        endpoint: endpoint.to_owned(),
+        address: None,
+        error: None,
+        negotiated: None,
+        handshake_error: None,
+        chain: Vec::new(),
+        client_cert_requested: false,
+        anonymous_refused: false,
+        legacy: Vec::new(),
+    };
+    let addr = match endpoint.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            facts.error = Some("the name resolves to no address".to_owned());
+            return facts;
+        }
+        Err(e) => {
+            facts.error = Some(format!("cannot resolve: {e}"));
+            return facts;
+        }
+    };
+    facts.address = Some(addr.to_string());
+    let host = host_of(endpoint).to_owned();
+    if let Err(e) = modern(&mut facts, addr, &host, timeout) {
+        facts.error = Some(format!("cannot connect: {e}"));
+        return facts;
+    }
+    let mut random = [0u8; 32];
+    let offers: [(&str, u16, &[u16]); 3] = [
+        ("TLS 1.0 ClientHello", TLS1_0, LEGACY_SUITES),
+        ("TLS 1.1 ClientHello", TLS1_1, LEGACY_SUITES),
+        (
+            "TLS 1.2 ClientHello with CBC/3DES/RC4 suites only",
+            TLS1_2,
+            CBC_SUITES,
+        ),
+    ];
+    for (label, version, suites) in offers {
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+        let reply = client_hello(version, suites, Some(&host), random)
+            .and_then(|hello| send_hello(addr, &hello, timeout));
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => HelloReply::Unexpected {
+                detail: format!("cannot send: {e}"),
+            },
+        };
+        facts.legacy.push(HelloProbe {
+            offered: label.to_owned(),
+            reply,
+        });
+    }
+    facts
+}
+
+/// The rustls handshake: version, suite, chain, client-certificate behaviour.
+fn modern(
+    facts: &mut EndpointFacts,
+    addr: SocketAddr,
+    host: &str,
+    timeout: Duration,
+) -> io::Result<()> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let recorder = Arc::new(Recorder {
+        chain: Mutex::new(Vec::new()),
+        provider: Arc::clone(&provider),
+    });
+    let asked = Arc::new(AskedForCert::default());
+    let mut config = builder(Arc::clone(&provider), Arc::clone(&recorder))
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .with_client_cert_resolver(Arc::clone(&asked) as Arc<dyn ResolvesClientCert>);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let mut conn = ClientConnection::new(Arc::new(config), name)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut sock = TcpStream::connect_timeout(&addr, timeout)?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.set_write_timeout(Some(timeout))?;
+    let mut refused = false;
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut sock) {
+            refused = alert_of(&e).is_some()
+                || e.kind() == io::ErrorKind::UnexpectedEof
+                || e.kind() == io::ErrorKind::ConnectionReset;
+            facts.handshake_error = Some(e.to_string());
+            break;
+        }
+    }
+    if facts.handshake_error.is_none() {
+        // TLS 1.3: the server checks the client's (empty) Certificate after the
+        // client has finished; a server that requires one answers with an alert
+        // (or closes the connection).
+        sock.set_read_timeout(Some(timeout.min(Duration::from_secs(2))))?;
+        match conn.complete_io(&mut sock) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                refused = true;
+                facts.handshake_error = Some(e.to_string());
+            }
+            Ok(_) => {
+                let mut buf = [0u8; 1];
+                match conn.reader().read(&mut buf) {
+                    Ok(0) => {
+                        refused = true;
+                        facts.handshake_error = Some("the server closed the connection".to_owned());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        refused = true;
+                        facts.handshake_error = Some("the server closed the connection".to_owned());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    facts.client_cert_requested = asked.0.load(Ordering::SeqCst);
+    facts.anonymous_refused = facts.client_cert_requested && refused;
+    if let (Some(v), Some(s)) = (conn.protocol_version(), conn.negotiated_cipher_suite()) {
+        let version = match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLS 1.3".to_owned(),
+            rustls::ProtocolVersion::TLSv1_2 => "TLS 1.2".to_owned(),
+            other => format!("{other:?}"),
+        };
+        facts.negotiated = Some(Negotiated {
+            version,
+            suite: format!("{:?}", s.suite()),
+            alpn: conn
+                .alpn_protocol()
+                .map(|a| String::from_utf8_lossy(a).into_owned()),
+        });
+    }
+    let chain = recorder
+        .chain
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    facts.chain = chain
+        .iter()
+        .filter_map(|der| super::x509::cert_facts(der).ok())
+        .collect();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_layout() {
+        let h = client_hello(TLS1_0, &[0x002f], Some("vault.example"), [7; 32]).unwrap();
+        assert_eq!(&h[..3], &[0x16, 0x03, 0x01]);
+        let rec_len = usize::from(u16::from_be_bytes([h[3], h[4]]));
+        assert_eq!(rec_len, h.len() - 5);
+        assert_eq!(h[5], 1);
+        let hs_len = usize::from(h[6]) << 16 | usize::from(h[7]) << 8 | usize::from(h[8]);
+        assert_eq!(hs_len, rec_len - 4);
+        assert_eq!(&h[9..11], &[0x03, 0x01]);
+        assert!(h.windows(13).any(|w| w == b"vault.example"));
+        let ip = client_hello(TLS1_2, CBC_SUITES, Some("127.0.0.1"), [0; 32]).unwrap();
+        assert!(
+            !ip.windows(9).any(|w| w == b"127.0.0.1"),
+            "no SNI for an IP address"
+        );
+    }
+
+    #[test]
+    fn replies() {
+        let mut body = vec![2, 0, 0, 70, 0x03, 0x01];
+        body.extend([0u8; 32]);
+        body.push(0);
+        body.extend([0xc0, 0x13, 0]);
+        assert_eq!(
+            classify_reply(&[0x16, 3, 1, 0, 0], &body),
+            HelloReply::ServerHello {
+                version: "TLS 1.0".into(),
+                suite: "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA".into()
+            }
+        );
+        assert_eq!(
+            classify_reply(&[0x15, 3, 3, 0, 2], &[2, 70]),
+            HelloReply::Alert {
+                description: "protocol_version".into()
+            }
+        );
+        assert!(matches!(
+            classify_reply(b"HTTP/", b"1.1 400"),
+            HelloReply::Unexpected { .. }
+        ));
+        assert_eq!(host_of("[::1]:443"), "::1");
+        assert_eq!(host_of("vault.example:8443"), "vault.example");
+    }
+}

@@ -1,0 +1,304 @@
+//! The live TLS probe against real servers on 127.0.0.1: a rustls mTLS server
+//! (TLS 1.2/1.3, AEAD, client certificates required) passes; a raw-socket fake
+//! that answers TLS 1.0/1.1 ClientHellos, and OpenSSL's `s_server` allowing TLS
+//! 1.0/1.1 (when `openssl` is installed), are caught.
+// Test helpers outside #[test] functions: a panic is a test failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod compliance_util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use compliance_util::*;
+use panvault_audit::compliance::{Fact, HelloReply, Status, probe};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn mtls_server(
+    p: &Pki,
+    connections: usize,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> SocketAddr {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(p.ca_der.clone())).unwrap();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            .build()
+            .unwrap();
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(p.server_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(p.server_key_der.clone())),
+        )
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut s) = stream else { continue };
+            s.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut conn = ServerConnection::new(Arc::clone(&config)).unwrap();
+            while conn.is_handshaking() {
+                if conn.complete_io(&mut s).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    addr
+}
+
+/// A fake legacy server: answers a ClientHello whose version is below TLS 1.2
+/// with a ServerHello of that version (and the first suite offered); anything
+/// else gets a handshake_failure alert.
+fn legacy_fake(connections: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut s) = stream else { continue };
+            s.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut head = [0u8; 5];
+            if s.read_exact(&mut head).is_err() {
+                continue;
+            }
+            let mut body = vec![0u8; usize::from(u16::from_be_bytes([head[3], head[4]]))];
+            if s.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let version = [body[4], body[5]];
+            let sid = usize::from(body[38]);
+            let suite = [body[41 + sid], body[42 + sid]];
+            if u16::from_be_bytes(version) < 0x0303 {
+                let mut sh = vec![2, 0, 0, 38];
+                sh.extend_from_slice(&version);
+                sh.extend_from_slice(&[0x42; 32]);
+                sh.push(0);
+                sh.extend_from_slice(&suite);
+                sh.push(0);
+                let mut rec = vec![
+                    0x16,
+                    version[0],
+                    version[1],
+                    0,
+                    u8::try_from(sh.len()).unwrap(),
+                ];
+                rec.extend_from_slice(&sh);
+                let _ = s.write_all(&rec);
+            } else {
+                let _ = s.write_all(&[0x15, 3, 3, 0, 2, 2, 40]);
+            }
+        }
+    });
+    addr
+}
+
+fn endpoint_report(
+    v: &GoodVault,
+    e: panvault_audit::compliance::EndpointFacts,
+) -> (Status, String) {
+    let mut f = good_facts(v);
+    f.endpoints = vec![e];
+    let r = run(&pci(), &f);
+    let x = r.result("tls.endpoints").unwrap();
+    (x.status, x.evidence.join("\n"))
+}
+
+#[test]
+fn rustls_mtls_server_passes() {
+    let v = good_vault();
+    let addr = mtls_server(
+        &v.pki,
+        4,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    );
+    let e = probe::probe(&addr.to_string(), TIMEOUT);
+    assert_eq!(e.error, None);
+    let n = e.negotiated.clone().unwrap();
+    assert_eq!(n.version, "TLS 1.3");
+    assert!(
+        n.suite.starts_with("TLS13_AES") || n.suite.starts_with("TLS13_CHACHA"),
+        "{n:?}"
+    );
+    assert!(e.client_cert_requested && e.anonymous_refused, "{e:?}");
+    assert_eq!(e.chain.len(), 1);
+    assert_eq!(e.chain[0].subject, "CN=localhost");
+    assert_eq!(e.legacy.len(), 3);
+    for h in &e.legacy {
+        assert!(
+            matches!(h.reply, HelloReply::Alert { .. } | HelloReply::Closed),
+            "{h:?}"
+        );
+    }
+    let (status, ev) = endpoint_report(&v, e);
+    assert_eq!(status, Status::Pass, "{ev}");
+    assert!(
+        ev.contains("TLS 1.0 ClientHello → alert handshake_failure: refused"),
+        "{ev}"
+    );
+    assert!(ev.contains("client certificate required"), "{ev}");
+}
+
+#[test]
+fn tls_1_2_only_mtls_server_passes() {
+    // With TLS 1.2 the server refuses the anonymous client inside the handshake:
+    // version, suite and chain must still be recorded.
+    let v = good_vault();
+    let addr = mtls_server(&v.pki, 4, &[&rustls::version::TLS12]);
+    let e = probe::probe(&addr.to_string(), TIMEOUT);
+    let n = e.negotiated.clone().unwrap();
+    assert_eq!(n.version, "TLS 1.2");
+    assert_eq!(n.suite, "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384");
+    assert!(e.client_cert_requested && e.anonymous_refused, "{e:?}");
+    assert!(e.handshake_error.is_some());
+    assert_eq!(e.chain.len(), 1);
+    let (status, ev) = endpoint_report(&v, e);
+    assert_eq!(status, Status::Pass, "{ev}");
+}
+
+#[test]
+fn raw_socket_fake_accepting_tls_1_0_and_1_1_is_caught() {
+    let v = good_vault();
+    let addr = legacy_fake(4);
+    let e = probe::probe(&addr.to_string(), TIMEOUT);
+    assert!(e.negotiated.is_none());
+    assert_eq!(
+        e.legacy[0].reply,
+        HelloReply::ServerHello {
+            version: "TLS 1.0".into(),
+            suite: "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA".into()
+        }
+    );
+    assert_eq!(
+        e.legacy[1].reply,
+        HelloReply::ServerHello {
+            version: "TLS 1.1".into(),
+            suite: "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA".into()
+        }
+    );
+    let (status, ev) = endpoint_report(&v, e);
+    assert_eq!(status, Status::Fail);
+    assert!(ev.contains("FAIL: 127.0.0.1:") && ev.contains("TLS 1.0 ClientHello → ServerHello TLS 1.0 TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA: accepted"), "{ev}");
+    assert!(
+        ev.contains("TLS 1.1 ClientHello → ServerHello TLS 1.1"),
+        "{ev}"
+    );
+}
+
+#[test]
+fn unreachable_endpoint_is_an_error() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let v = good_vault();
+    let e = probe::probe(&format!("127.0.0.1:{port}"), TIMEOUT);
+    assert!(
+        e.error.as_deref().unwrap().starts_with("cannot connect"),
+        "{e:?}"
+    );
+    let (status, _) = endpoint_report(&v, e);
+    assert_eq!(status, Status::Error);
+    let e = probe::probe("no-such-host.invalid:443", TIMEOUT);
+    assert!(e.error.is_some());
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// OpenSSL's test server allowing TLS 1.0 to 1.2 with every cipher (security level 0).
+#[test]
+fn openssl_s_server_allowing_tls_1_0_is_caught() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!(
+            "SKIPPED: `openssl` is not installed (apt-get install openssl); the raw-socket fake covers the probe"
+        );
+        return;
+    }
+    let v = good_vault();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-naccept",
+            "8",
+            "-quiet",
+        ])
+        .arg("-cert")
+        .arg(&v.pki.server_pem)
+        .arg("-key")
+        .arg(&v.pki.server_key)
+        .args([
+            "-min_protocol",
+            "TLSv1",
+            "-max_protocol",
+            "TLSv1.2",
+            "-cipher",
+            "ALL:@SECLEVEL=0",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Killed(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "openssl s_server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let e = probe::probe(&addr.to_string(), TIMEOUT);
+    assert!(e.legacy[0].reply.accepted(), "TLS 1.0: {:?}", e.legacy[0]);
+    assert!(e.legacy[1].reply.accepted(), "TLS 1.1: {:?}", e.legacy[1]);
+    assert!(
+        e.legacy[2].reply.accepted(),
+        "CBC suites: {:?}",
+        e.legacy[2]
+    );
+    assert_eq!(
+        e.negotiated.as_ref().map(|n| n.version.as_str()),
+        Some("TLS 1.2")
+    );
+    assert!(!e.client_cert_requested);
+    let (status, ev) = endpoint_report(&v, e);
+    assert_eq!(status, Status::Fail);
+    assert!(
+        ev.contains("TLS 1.0 ClientHello → ServerHello TLS 1.0"),
+        "{ev}"
+    );
+    assert!(ev.contains("did not ask for a client certificate"), "{ev}");
+    let _ = Fact::<()>::Unknown(String::new());
+}

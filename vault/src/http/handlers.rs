@@ -1,0 +1,462 @@
+//! The handlers: read and check the body, authorize, call the vault, answer.
+//!
+//! Card numbers arrive in request bodies and leave only in the detokenize response.
+//! Request bodies are copied into a buffer wiped after use and the parsed JSON's
+//! strings are wiped once the card has been taken out; the detokenize body is
+//! written into a buffer that is wiped when the server has sent it. (Copies inside
+//! hyper's and rustls' own buffers are outside this code's reach.)
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde_json::Value;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::AppState;
+use super::auth::Caller;
+use super::problem::{Problem, ProblemBody};
+use crate::config::Permission;
+use crate::service::request::{Detokenized, TokenInfo, TokenizeRequest};
+
+/// Reads a request body of at most `limit` bytes within `timeout`. A body with a
+/// content type must be JSON (415 otherwise). An oversized body is read on (and
+/// dropped) up to a bound so the 413 reaches a client still sending, then 413.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Zeroizing<Vec<u8>>, Problem> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/json"
+            && !(essence.starts_with("application/") && essence.ends_with("+json"))
+        {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the request body must be application/json",
+            ));
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    // Past this much, stop reading and let the connection close.
+    let drain_cap = limit
+        .saturating_mul(2)
+        .max(limit.saturating_add(4 * 1024 * 1024));
+    let read = async move {
+        let mut body = body;
+        let mut buf = Zeroizing::new(Vec::with_capacity(declared.unwrap_or(1024).min(limit)));
+        let mut total = 0usize;
+        if declared.is_some_and(|n| n > drain_cap) {
+            return Err(Problem::too_large(limit));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|_| Problem::invalid_request("the request body could not be read"))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            total = total.saturating_add(data.len());
+            if total > drain_cap {
+                break;
+            }
+            if total <= limit {
+                buf.extend_from_slice(&data);
+            }
+        }
+        if total > limit {
+            return Err(Problem::too_large(limit));
+        }
+        Ok(buf)
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            ))
+        })
+}
+
+/// Parses JSON; the error says where, never what.
+fn parse_json(raw: &[u8]) -> Result<Value, Problem> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(Problem::invalid_json(
+            "the request body is empty; expected a JSON object",
+        ));
+    }
+    serde_json::from_slice(raw).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Eof => "it ends too early",
+            _ => "syntax error",
+        };
+        Problem::invalid_json(format!(
+            "the request body is not valid JSON ({what} at line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// Wipes every string of a parsed request (card number, name…) once it is no
+/// longer needed.
+fn scrub(v: &mut Value) {
+    match v {
+        Value::String(s) => s.zeroize(),
+        Value::Array(a) => a.iter_mut().for_each(scrub),
+        Value::Object(m) => m.values_mut().for_each(scrub),
+        _ => {}
+    }
+}
+
+fn created_or_ok(info: TokenInfo) -> Response {
+    let status = if info.deduplicated {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let location = HeaderValue::from_str(&format!("/v1/tokens/{}", info.token)).ok();
+    let mut resp = (status, Json(info)).into_response();
+    if let Some(l) = location.filter(|_| status == StatusCode::CREATED) {
+        resp.headers_mut().insert(header::LOCATION, l);
+    }
+    resp
+}
+
+/// `POST /v1/tokens`.
+pub(crate) async fn tokenize(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    caller.require(&state, Permission::Tokenize, None).await?;
+    let limits = state.limits();
+    let mut v = match read_body(
+        &headers,
+        body,
+        limits.body_bytes,
+        limits.header_read_timeout(),
+    )
+    .await
+    .and_then(|raw| parse_json(&raw))
+    {
+        Ok(v) => v,
+        Err(p) => return Err(caller.refused(&state, Permission::Tokenize, None, p).await),
+    };
+    let item = TokenizeRequest::from_json(&v, state.vault().today());
+    scrub(&mut v);
+    // Through the batch call so that a refused card is audited like any other.
+    let mut out = state
+        .vault()
+        .tokenize_batch(caller.tenant(), vec![item], &caller.ctx)
+        .await
+        .map_err(|e| Problem::from_vault(&e))?;
+    let info = out
+        .pop()
+        .ok_or_else(|| Problem::from_vault(&crate::VaultError::Crypto))?
+        .map_err(|e| Problem::from_vault(&e))?;
+    Ok(created_or_ok(info))
+}
+
+/// One result of a batch.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchItem {
+    Token(TokenInfo),
+    Error { error: ProblemBody },
+}
+
+/// `POST /v1/tokens/batch`: `{"items":[…]}` → `{"results":[…]}` in order.
+pub(crate) async fn batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    caller.require(&state, Permission::Tokenize, None).await?;
+    let limits = state.limits();
+    let mut v = match read_body(
+        &headers,
+        body,
+        limits.batch_bytes,
+        limits.header_read_timeout(),
+    )
+    .await
+    .and_then(|raw| parse_json(&raw))
+    {
+        Ok(v) => v,
+        Err(p) => return Err(caller.refused(&state, Permission::Tokenize, None, p).await),
+    };
+    let result = (|| {
+        let Value::Object(obj) = &v else {
+            return Err(Problem::invalid_request(
+                "$: expected a JSON object {\"items\":[…]}",
+            ));
+        };
+        if obj.keys().any(|k| k != "items") {
+            return Err(Problem::invalid_request(
+                "only the field \"items\" is allowed in a batch",
+            ));
+        }
+        let Some(Value::Array(items)) = obj.get("items") else {
+            return Err(Problem::invalid_request(
+                "items: required array of token requests",
+            ));
+        };
+        if items.is_empty() || items.len() > limits.batch_items {
+            return Err(Problem::invalid_request(format!(
+                "items: 1 to {} token requests per batch, got {}",
+                limits.batch_items,
+                items.len()
+            )));
+        }
+        let today = state.vault().today();
+        Ok(items
+            .iter()
+            .map(|i| TokenizeRequest::from_json(i, today))
+            .collect::<Vec<_>>())
+    })();
+    scrub(&mut v);
+    let items = match result {
+        Ok(items) => items,
+        Err(p) => return Err(caller.refused(&state, Permission::Tokenize, None, p).await),
+    };
+    let results = state
+        .vault()
+        .tokenize_batch(caller.tenant(), items, &caller.ctx)
+        .await
+        .map_err(|e| Problem::from_vault(&e))?;
+    let results: Vec<BatchItem> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(info) => BatchItem::Token(info),
+            Err(e) => BatchItem::Error {
+                error: Problem::from_vault(&e).body(),
+            },
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "results": results })).into_response())
+}
+
+fn token_of(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+    path.map(|Path(t)| t)
+        .map_err(|_| Problem::not_found("no such token"))
+}
+
+/// `GET /v1/tokens/{token}`.
+pub(crate) async fn metadata(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    let token = token_of(path)?;
+    caller
+        .require(&state, Permission::Read, Some(&token))
+        .await?;
+    let info = state
+        .vault()
+        .metadata(caller.tenant(), &token, &caller.ctx)
+        .await
+        .map_err(|e| Problem::from_vault(&e))?;
+    Ok(Json(info).into_response())
+}
+
+/// `DELETE /v1/tokens/{token}`.
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    let token = token_of(path)?;
+    caller
+        .require(&state, Permission::Delete, Some(&token))
+        .await?;
+    state
+        .vault()
+        .delete(caller.tenant(), &token, &caller.ctx)
+        .await
+        .map_err(|e| Problem::from_vault(&e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The purpose of a detokenize body: `{"purpose":"…"}`; an empty body or a missing
+/// purpose is `purpose_required`.
+fn purpose_of(raw: &[u8]) -> Result<String, Problem> {
+    let required = || {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "purpose_required",
+            "purpose: required: say why the card number is needed, e.g. {\"purpose\":\"charge order 1234\"}",
+        )
+    };
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(required());
+    }
+    let mut v = parse_json(raw)?;
+    let result = match &mut v {
+        Value::Object(obj) => {
+            if obj.keys().any(|k| k != "purpose") {
+                Err(Problem::invalid_request(
+                    "only the field \"purpose\" is allowed",
+                ))
+            } else {
+                match obj.get_mut("purpose") {
+                    None | Some(Value::Null) => Err(required()),
+                    Some(Value::String(s)) => Ok(std::mem::take(s)),
+                    Some(_) => Err(Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "purpose_required",
+                        "purpose: must be a string",
+                    )),
+                }
+            }
+        }
+        _ => Err(Problem::invalid_request(
+            "$: expected a JSON object {\"purpose\":\"…\"}",
+        )),
+    };
+    scrub(&mut v);
+    result
+}
+
+#[derive(Serialize)]
+struct DetokenizedBody<'a> {
+    token: &'a str,
+    card: DetokenizedCard<'a>,
+}
+
+#[derive(Serialize)]
+struct DetokenizedCard<'a> {
+    number: &'a str,
+    exp_month: u8,
+    exp_year: u16,
+    name: Option<&'a str>,
+}
+
+/// The one response that carries a card number, written into a buffer that is
+/// wiped when the server is done sending it.
+fn detokenized_response(d: &Detokenized) -> Result<Response, Problem> {
+    let body = DetokenizedBody {
+        token: &d.token,
+        card: DetokenizedCard {
+            number: d.card.pan.expose_digits(),
+            exp_month: d.expiry.month(),
+            exp_year: d.expiry.year(),
+            name: d.card.name.as_ref().map(|n| n.expose()),
+        },
+    };
+    // Large enough that it never reallocates (which would leave an unwiped copy).
+    let mut buf = Zeroizing::new(Vec::with_capacity(4096));
+    serde_json::to_writer(&mut *buf, &body)
+        .map_err(|_| Problem::from_vault(&crate::VaultError::Crypto))?;
+    let mut resp = Response::new(Body::from(Bytes::from_owner(buf)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// `POST /v1/tokens/{token}/detokenize`.
+pub(crate) async fn detokenize(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let token = token_of(path)?;
+    caller
+        .require(&state, Permission::Detokenize, Some(&token))
+        .await?;
+    let limits = state.limits();
+    let purpose = match read_body(
+        &headers,
+        body,
+        limits.body_bytes,
+        limits.header_read_timeout(),
+    )
+    .await
+    .and_then(|raw| purpose_of(&raw))
+    {
+        Ok(p) => Zeroizing::new(p),
+        Err(p) => {
+            return Err(caller
+                .refused(&state, Permission::Detokenize, Some(&token), p)
+                .await);
+        }
+    };
+    match state
+        .vault()
+        .detokenize(caller.tenant(), &token, &purpose, &caller.ctx)
+        .await
+    {
+        Ok(d) => detokenized_response(&d),
+        // The vault checks the purpose before its own audited read: audit that refusal here.
+        Err(e @ crate::VaultError::InvalidRequest { .. }) => Err(caller
+            .refused(
+                &state,
+                Permission::Detokenize,
+                Some(&token),
+                Problem::from_vault(&e),
+            )
+            .await),
+        Err(e) => Err(Problem::from_vault(&e)),
+    }
+}
+
+/// `GET /healthz`: the process is up and serving.
+pub(crate) async fn healthz() -> Response {
+    Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+/// `GET /metrics`: Prometheus text, for any configured client.
+pub(crate) async fn metrics(State(state): State<AppState>, _caller: Caller) -> Response {
+    let vault = state.vault().clone();
+    let (tokens, version) = tokio::task::spawn_blocking(move || {
+        (vault.token_count().ok(), vault.active_key_version().ok())
+    })
+    .await
+    .unwrap_or((None, None));
+    let text = state.metrics().render(tokens, version);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Unknown route.
+pub(crate) async fn not_found() -> Problem {
+    Problem::not_found("no such route")
+}
+
+/// Known route, wrong method.
+pub(crate) async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not support this method",
+    )
+}

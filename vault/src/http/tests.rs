@@ -1,0 +1,551 @@
+//! Handler tests without sockets: the router driven by `oneshot`, the client
+//! identity put into the request's extensions as the accept loop would.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::{AppState, router};
+use crate::config::Config;
+use crate::core::kdf::KdfParams;
+use crate::tls::{ClientIdentity, ConnStats};
+use crate::{SealSpec, SecretText, Unlock, Vault, system_clock};
+
+const CONFIG: &str = r#"
+listen = "127.0.0.1:0"
+data_dir = "."
+[tls]
+cert = "s.pem"
+key = "s.key"
+client_ca = "ca.pem"
+[[clients]]
+name = "storefront"
+tenant = "demo-shop"
+permissions = ["tokenize", "read", "delete", "erase"]
+[[clients]]
+name = "payments"
+tenant = "demo-shop"
+permissions = ["read", "detokenize"]
+[[clients]]
+name = "spiffe-shop"
+uri_san = "spiffe://other/shop"
+tenant = "other-shop"
+permissions = ["tokenize", "read", "detokenize"]
+"#;
+
+/// Test card numbers (public test PANs).
+const VISA: &str = "4242 4242 4242 4242";
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    app: Router,
+    vault: Vault,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.vault.shutdown();
+    }
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let unlock = || Unlock::Passphrase(SecretText::new("handler-tests".into()));
+    // A cheap KDF: the key hierarchy is not under test here.
+    let kdf = KdfParams {
+        m_kib: 1024,
+        t: 1,
+        p: 1,
+    };
+    Vault::init(
+        dir.path(),
+        &SealSpec {
+            unlock: unlock(),
+            kdf,
+            shares: None,
+        },
+        &system_clock(),
+    )
+    .unwrap();
+    let vault = Vault::open(dir.path(), &unlock()).unwrap();
+    let config = Config::parse(CONFIG).unwrap();
+    let app = router(AppState::new(
+        vault.clone(),
+        &config,
+        Arc::new(ConnStats::default()),
+    ));
+    Harness {
+        _dir: dir,
+        app,
+        vault,
+    }
+}
+
+fn identity(cn: &str) -> ClientIdentity {
+    ClientIdentity::new(Some(cn.to_owned()), Vec::new(), Vec::new(), "ab".repeat(32))
+}
+
+fn request(
+    method: &str,
+    uri: &str,
+    who: Option<ClientIdentity>,
+    body: impl Into<Body>,
+) -> Request<Body> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap();
+    if let Some(id) = who {
+        req.extensions_mut().insert(id);
+    }
+    req
+}
+
+async fn call(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, Value) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, headers, v)
+}
+
+async fn as_client(
+    h: &Harness,
+    who: &str,
+    method: &str,
+    uri: &str,
+    body: Value,
+) -> (StatusCode, HeaderMap, Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    call(&h.app, request(method, uri, Some(identity(who)), body)).await
+}
+
+fn card(number: &str) -> Value {
+    json!({"card": {"number": number, "exp_month": 12, "exp_year": 2040}})
+}
+
+fn assert_problem(
+    status: StatusCode,
+    headers: &HeaderMap,
+    v: &Value,
+    want_status: u16,
+    code: &str,
+) {
+    assert_eq!(status.as_u16(), want_status, "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert_eq!(v["status"], want_status);
+    assert_eq!(v["type"], format!("https://panvault.dev/problems/{code}"));
+    assert!(v["title"].is_string() && v["detail"].is_string());
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(
+        headers["x-request-id"].to_str().unwrap(),
+        v["request_id"].as_str().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn no_identity_is_401_and_unknown_client_403() {
+    let h = harness();
+    let (s, hd, v) = call(
+        &h.app,
+        request("POST", "/v1/tokens", None, card(VISA).to_string()),
+    )
+    .await;
+    assert_problem(s, &hd, &v, 401, "unauthenticated");
+    let anon = ClientIdentity::new(None, Vec::new(), vec!["x.example".into()], "cd".repeat(32));
+    let (s, hd, v) = call(
+        &h.app,
+        request(
+            "GET",
+            "/v1/tokens/tok_0000000000000000000000",
+            Some(anon),
+            "",
+        ),
+    )
+    .await;
+    assert_problem(s, &hd, &v, 401, "unauthenticated");
+    let (s, hd, v) = as_client(&h, "stranger", "POST", "/v1/tokens", card(VISA)).await;
+    assert_problem(s, &hd, &v, 403, "forbidden");
+    let (s, hd, v) = as_client(&h, "payments", "POST", "/v1/tokens", card(VISA)).await;
+    assert_problem(s, &hd, &v, 403, "forbidden");
+    assert!(v["detail"].as_str().unwrap().contains("tokenize"));
+    // healthz needs only the TLS layer's certificate check
+    let (s, _, v) = call(&h.app, request("GET", "/healthz", None, "")).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"status": "ok"})));
+
+    // every refusal is an audit event
+    let conn = rusqlite::Connection::open(h.vault.db_path()).unwrap();
+    let mut stmt = conn.prepare("SELECT actor, outcome, code, details FROM audit_events WHERE action = 'auth.failed' ORDER BY seq").unwrap();
+    let rows: Vec<(String, String, Option<String>, Option<String>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let summary: Vec<(&str, &str, Option<&str>)> = rows
+        .iter()
+        .map(|r| (r.0.as_str(), r.1.as_str(), r.2.as_deref()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("unauthenticated", "denied", Some("unauthenticated")),
+            ("unauthenticated", "denied", Some("unauthenticated")),
+            ("stranger", "denied", Some("forbidden")),
+            ("payments", "denied", Some("forbidden")),
+        ]
+    );
+    assert_eq!(rows[3].3.as_deref(), Some("attempted=tokenize"));
+}
+
+#[tokio::test]
+async fn tokenize_validation() {
+    let h = harness();
+    let bad: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            "not json",
+            Value::String("{\"card\":".into()),
+            400,
+            "invalid_json",
+        ),
+        (
+            "luhn",
+            card("4242 4242 4242 4241"),
+            422,
+            "invalid_card_number",
+        ),
+        ("letters", card("4242-abcd"), 422, "invalid_card_number"),
+        ("short", card("4242"), 422, "invalid_card_number"),
+        (
+            "expired",
+            json!({"card": {"number": VISA, "exp_month": 1, "exp_year": 2020}}),
+            422,
+            "card_expired",
+        ),
+        (
+            "month",
+            json!({"card": {"number": VISA, "exp_month": 13, "exp_year": 2040}}),
+            422,
+            "invalid_card",
+        ),
+        (
+            "cvv",
+            json!({"card": {"number": VISA, "exp_month": 12, "exp_year": 2040, "cvv": "123"}}),
+            422,
+            "cvv_not_accepted",
+        ),
+        (
+            "unknown",
+            json!({"card": {"number": VISA, "exp_month": 12, "exp_year": 2040}, "colour": "red"}),
+            400,
+            "invalid_request",
+        ),
+        ("no card", json!({"subject": "x"}), 400, "invalid_request"),
+        (
+            "format",
+            json!({"card": {"number": VISA, "exp_month": 12, "exp_year": 2040}, "format": "fancy"}),
+            400,
+            "invalid_request",
+        ),
+        ("array", json!([1, 2]), 400, "invalid_request"),
+    ];
+    for (what, body, status, code) in bad {
+        let body = match body {
+            Value::String(s) => s,
+            v => v.to_string(),
+        };
+        let (s, hd, v) = call(
+            &h.app,
+            request("POST", "/v1/tokens", Some(identity("storefront")), body),
+        )
+        .await;
+        assert_problem(s, &hd, &v, status, code);
+        assert!(
+            !v.to_string().contains("4242424242424242") && !v.to_string().contains(VISA),
+            "{what}: {v}"
+        );
+    }
+    let (s, hd, v) = call(
+        &h.app,
+        request("POST", "/v1/tokens", Some(identity("storefront")), ""),
+    )
+    .await;
+    assert_problem(s, &hd, &v, 400, "invalid_json");
+    let mut req = request(
+        "POST",
+        "/v1/tokens",
+        Some(identity("storefront")),
+        card(VISA).to_string(),
+    );
+    req.headers_mut()
+        .insert("content-type", "text/plain".parse().unwrap());
+    let (s, hd, v) = call(&h.app, req).await;
+    assert_problem(s, &hd, &v, 415, "unsupported_media_type");
+}
+
+#[tokio::test]
+async fn body_limits() {
+    let h = harness();
+    let mut big = card(VISA);
+    big["metadata"] = json!({"pad": "x".repeat(70 * 1024)});
+    let (s, hd, v) = as_client(&h, "storefront", "POST", "/v1/tokens", big.clone()).await;
+    assert_problem(s, &hd, &v, 413, "payload_too_large");
+    // the same size is fine for a batch (its own limit, 2 MiB), where the item
+    // fails on its own (metadata over 4 KiB)
+    let (s, _, v) = as_client(
+        &h,
+        "storefront",
+        "POST",
+        "/v1/tokens/batch",
+        json!({"items": [big]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["results"][0]["error"]["code"], "invalid_request");
+    let huge = json!({"items": [{"card": {"number": "x".repeat(2 * 1024 * 1024)}}]});
+    let (s, hd, v) = as_client(&h, "storefront", "POST", "/v1/tokens/batch", huge).await;
+    assert_problem(s, &hd, &v, 413, "payload_too_large");
+}
+
+#[tokio::test]
+async fn tokenize_read_detokenize_delete() {
+    let h = harness();
+    let (s, hd, v) = as_client(&h, "storefront", "POST", "/v1/tokens", json!({"card": {"number": VISA, "exp_month": 12, "exp_year": 2040, "name": "Jane Doe"}, "subject": "cust_42"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        hd["location"].to_str().unwrap(),
+        format!("/v1/tokens/{token}")
+    );
+    assert_eq!(hd["cache-control"], "no-store");
+    assert_eq!(
+        v["card"],
+        json!({"brand": "visa", "bin": "424242", "last4": "4242", "exp_month": 12, "exp_year": 2040})
+    );
+    assert_eq!(v["deduplicated"], false);
+    assert!(
+        v["fingerprint"].is_string() && v["created_at"].is_string() && v["key_version"].is_u64()
+    );
+    let (s, _, again) = as_client(&h, "storefront", "POST", "/v1/tokens", card(VISA)).await;
+    assert_eq!(
+        (s, &again["token"], &again["deduplicated"]),
+        (StatusCode::OK, &v["token"], &json!(true))
+    );
+
+    let (s, _, meta) = as_client(
+        &h,
+        "payments",
+        "GET",
+        &format!("/v1/tokens/{token}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(meta["card"]["last4"], "4242");
+    assert!(!meta.to_string().contains("4242424242424242"));
+
+    let uri = format!("/v1/tokens/{token}/detokenize");
+    let (s, hd, p) = as_client(&h, "payments", "POST", &uri, Value::Null).await;
+    assert_problem(s, &hd, &p, 400, "purpose_required");
+    let (s, hd, p) = as_client(&h, "payments", "POST", &uri, json!({})).await;
+    assert_problem(s, &hd, &p, 400, "purpose_required");
+    let (s, hd, p) = as_client(&h, "payments", "POST", &uri, json!({"purpose": "  "})).await;
+    assert_problem(s, &hd, &p, 400, "purpose_required");
+    let (s, hd, p) = as_client(
+        &h,
+        "payments",
+        "POST",
+        &uri,
+        json!({"purpose": "refund 5555 5555 5555 4444"}),
+    )
+    .await;
+    assert_problem(s, &hd, &p, 400, "purpose_required");
+    assert!(!p.to_string().contains("5555 5555"));
+    let (s, hd, p) = as_client(
+        &h,
+        "payments",
+        "POST",
+        &uri,
+        json!({"purpose": "x", "why": 1}),
+    )
+    .await;
+    assert_problem(s, &hd, &p, 400, "invalid_request");
+    let (s, hd, p) = as_client(&h, "storefront", "POST", &uri, json!({"purpose": "charge"})).await;
+    assert_problem(s, &hd, &p, 403, "forbidden");
+    let (s, _, d) = as_client(
+        &h,
+        "payments",
+        "POST",
+        &uri,
+        json!({"purpose": "charge order 1234"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        d,
+        json!({"token": token, "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2040, "name": "Jane Doe"}})
+    );
+
+    // another tenant: 404, never 403
+    let spiffe = ClientIdentity::new(
+        Some("whatever".into()),
+        vec!["spiffe://other/shop".into()],
+        Vec::new(),
+        "ef".repeat(32),
+    );
+    let (s, hd, p) = call(
+        &h.app,
+        request(
+            "POST",
+            &uri,
+            Some(spiffe.clone()),
+            json!({"purpose": "x"}).to_string(),
+        ),
+    )
+    .await;
+    assert_problem(s, &hd, &p, 404, "not_found");
+    let (s, hd, p) = call(
+        &h.app,
+        request("GET", &format!("/v1/tokens/{token}"), Some(spiffe), ""),
+    )
+    .await;
+    assert_problem(s, &hd, &p, 404, "not_found");
+
+    let (s, hd, p) = as_client(
+        &h,
+        "payments",
+        "DELETE",
+        &format!("/v1/tokens/{token}"),
+        Value::Null,
+    )
+    .await;
+    assert_problem(s, &hd, &p, 403, "forbidden");
+    let (s, _, _) = as_client(
+        &h,
+        "storefront",
+        "DELETE",
+        &format!("/v1/tokens/{token}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, hd, p) = as_client(&h, "payments", "POST", &uri, json!({"purpose": "charge"})).await;
+    assert_problem(s, &hd, &p, 404, "not_found");
+    let (s, hd, p) = as_client(
+        &h,
+        "storefront",
+        "DELETE",
+        &format!("/v1/tokens/{token}"),
+        Value::Null,
+    )
+    .await;
+    assert_problem(s, &hd, &p, 404, "not_found");
+    // a card number in the path is just an unknown token, and is not echoed
+    let (s, hd, p) = as_client(
+        &h,
+        "payments",
+        "GET",
+        "/v1/tokens/4242424242424242",
+        Value::Null,
+    )
+    .await;
+    assert_problem(s, &hd, &p, 404, "not_found");
+    assert!(!p.to_string().contains("4242424242424242"));
+}
+
+#[tokio::test]
+async fn batch_validation_and_mix() {
+    let h = harness();
+    for (body, code) in [
+        (json!([]), "invalid_request"),
+        (json!({}), "invalid_request"),
+        (json!({"items": []}), "invalid_request"),
+        (json!({"items": {}}), "invalid_request"),
+        (json!({"items": [card(VISA)], "more": 1}), "invalid_request"),
+        (json!({"items": vec![card(VISA); 1001]}), "invalid_request"),
+    ] {
+        let (s, hd, v) = as_client(&h, "storefront", "POST", "/v1/tokens/batch", body).await;
+        assert_problem(s, &hd, &v, 400, code);
+    }
+    let items = json!({"items": [
+        card("5555 5555 5555 4444"),
+        card("4242 4242 4242 4241"),
+        {"card": {"number": "4000 0566 5566 5556", "exp_month": 12, "exp_year": 2040, "cvc": "1"}},
+        card("5555 5555 5555 4444"),
+        "nonsense",
+    ]});
+    let (s, _, v) = as_client(&h, "storefront", "POST", "/v1/tokens/batch", items).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 5);
+    assert!(r[0]["token"].is_string());
+    assert_eq!(r[1]["error"]["code"], "invalid_card_number");
+    assert_eq!(r[1]["error"]["status"], 422);
+    assert_eq!(r[2]["error"]["code"], "cvv_not_accepted");
+    assert_eq!(r[3]["token"], r[0]["token"]);
+    assert_eq!(r[4]["error"]["code"], "invalid_request");
+    let (s, hd, v) = as_client(
+        &h,
+        "payments",
+        "POST",
+        "/v1/tokens/batch",
+        json!({"items": [card(VISA)]}),
+    )
+    .await;
+    assert_problem(s, &hd, &v, 403, "forbidden");
+}
+
+#[tokio::test]
+async fn routing_errors_and_metrics() {
+    let h = harness();
+    let (s, hd, v) = as_client(&h, "storefront", "GET", "/v2/nothing", Value::Null).await;
+    assert_problem(s, &hd, &v, 404, "not_found");
+    let (s, hd, v) = as_client(&h, "storefront", "PUT", "/v1/tokens", Value::Null).await;
+    assert_problem(s, &hd, &v, 405, "method_not_allowed");
+    let (s, hd, v) = as_client(&h, "storefront", "GET", "/v1/tokens/batch", Value::Null).await;
+    assert_problem(s, &hd, &v, 405, "method_not_allowed");
+    let (s, _, _) = as_client(&h, "storefront", "POST", "/v1/tokens", card(VISA)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, hd, v) = call(
+        &h.app,
+        request("GET", "/metrics", Some(identity("stranger")), ""),
+    )
+    .await;
+    assert_problem(s, &hd, &v, 403, "forbidden");
+    let (s, hd, text) = as_client(&h, "payments", "GET", "/metrics", Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        hd["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = text.as_str().unwrap();
+    for want in [
+        "panvault_http_requests_total{route=\"/v1/tokens\",method=\"POST\",status=\"201\"} 1",
+        "panvault_http_requests_total{route=\"other\",method=\"other\",status=\"404\"} 1",
+        "panvault_http_requests_total{route=\"other\",method=\"other\",status=\"405\"} 2",
+        "panvault_http_request_duration_seconds_count{route=\"/v1/tokens\",method=\"POST\"} 1",
+        "panvault_tokens_stored 1",
+        "panvault_active_key_version 1",
+        "panvault_connections_open 0",
+    ] {
+        assert!(text.contains(want), "missing {want} in\n{text}");
+    }
+}

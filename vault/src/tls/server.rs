@@ -1,0 +1,141 @@
+//! The rustls server configuration.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::crypto::ring::cipher_suite;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite};
+
+use crate::config::{ConfigError, TlsSettings, TlsVersion};
+
+/// The cipher suites offered: TLS 1.3's AEAD suites, and for TLS 1.2 only ECDHE
+/// key exchange with AES-GCM or ChaCha20-Poly1305 (no CBC, no static RSA).
+pub static AEAD_SUITES: &[SupportedCipherSuite] = &[
+    cipher_suite::TLS13_AES_256_GCM_SHA384,
+    cipher_suite::TLS13_AES_128_GCM_SHA256,
+    cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+/// ring's provider restricted to [`AEAD_SUITES`].
+pub fn provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = AEAD_SUITES.to_vec();
+    Arc::new(p)
+}
+
+/// Certificates from PEM text.
+pub fn load_certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut rd = pem;
+    let certs = rustls_pemfile::certs(&mut rd)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate found".into());
+    }
+    Ok(certs)
+}
+
+fn read(field: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::new(field, format!("{}: {e}", path.display())))
+}
+
+/// The certificates (PEM) in `path`; `field` names it in errors.
+pub fn load_certs(field: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    load_certs_from_pem(&read(field, path)?)
+        .map_err(|e| ConfigError::new(field, format!("{}: {e}", path.display())))
+}
+
+/// A private key from PEM text (PKCS#8, SEC1 or PKCS#1).
+pub fn load_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    let mut rd = pem;
+    rustls_pemfile::private_key(&mut rd)
+        .map_err(|e| format!("not a PEM private key: {e}"))?
+        .ok_or_else(|| "no PEM private key found".to_owned())
+}
+
+/// The private key (PEM: PKCS#8, SEC1 or PKCS#1) in `path`.
+pub fn load_key(field: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let bytes = zeroize::Zeroizing::new(read(field, path)?);
+    load_key_from_pem(&bytes)
+        .map_err(|e| ConfigError::new(field, format!("{}: {e}", path.display())))
+}
+
+/// The CRLs (PEM, or one DER CRL) in `path`.
+pub fn load_crls(
+    field: &str,
+    path: &Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, ConfigError> {
+    let bytes = read(field, path)?;
+    if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {
+        let mut rd = bytes.as_slice();
+        let crls = rustls_pemfile::crls(&mut rd)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                ConfigError::new(field, format!("{}: not a PEM CRL: {e}", path.display()))
+            })?;
+        if crls.is_empty() {
+            return Err(ConfigError::new(
+                field,
+                format!("{}: no CRL found", path.display()),
+            ));
+        }
+        Ok(crls)
+    } else {
+        Ok(vec![CertificateRevocationListDer::from(bytes)])
+    }
+}
+
+/// Builds the server's TLS configuration from `[tls]`: ring provider, TLS 1.2 and
+/// 1.3 (or 1.3 only), AEAD suites only, ALPN `h2` and `http/1.1`, and a client
+/// certificate required and verified against `client_ca` (and `crls`, checked for
+/// the client's own certificate; a certificate whose status no CRL covers is
+/// refused).
+pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError> {
+    let provider = provider();
+    let certs = load_certs("tls.cert", &tls.cert)?;
+    let key = load_key("tls.key", &tls.key)?;
+    let mut roots = RootCertStore::empty();
+    for ca in load_certs("tls.client_ca", &tls.client_ca)? {
+        roots.add(ca).map_err(|e| {
+            ConfigError::new("tls.client_ca", format!("{}: {e}", tls.client_ca.display()))
+        })?;
+    }
+    let mut crls = Vec::new();
+    for (i, p) in tls.crls.iter().enumerate() {
+        crls.extend(load_crls(&format!("tls.crls[{i}]"), p)?);
+    }
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+    if !crls.is_empty() {
+        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| ConfigError::new("tls.client_ca", format!("{e}")))?;
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| ConfigError::new("tls.min_version", e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            ConfigError::new(
+                "tls.key",
+                format!("does not match tls.cert or is unsupported: {e}"),
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
