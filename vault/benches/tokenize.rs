@@ -3,7 +3,13 @@
 //! `target/bench-data/vault-1m`; set `PANVAULT_BENCH_RECORDS` to change the size).
 //!
 //! `cargo bench -p panvault-vault --bench tokenize`
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use panvault_vault::core::kdf::KdfParams;
-use panvault_vault::{AccessContext, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, system_clock};
+use panvault_vault::{
+    AccessContext, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, system_clock,
+};
 
 const CALLERS: usize = 32;
 const PASS: &str = "bench-passphrase-not-secret";
@@ -39,10 +47,17 @@ fn build(dir: &Path, records: u64, rt: &tokio::runtime::Runtime) {
     if dir.join("vault.db").exists() {
         return;
     }
-    let spec = SealSpec { unlock: unlock(), kdf: KdfParams::MINIMUM, shares: None };
+    let spec = SealSpec {
+        unlock: unlock(),
+        kdf: KdfParams::MINIMUM,
+        shares: None,
+    };
     Vault::init(dir, &spec, &system_clock()).unwrap();
     let vault = Vault::open(dir, &unlock()).unwrap();
-    let ctx = AccessContext { actor: "bench".into(), ..Default::default() };
+    let ctx = AccessContext {
+        actor: "bench".into(),
+        ..Default::default()
+    };
     let today = vault.today();
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let start = Instant::now();
@@ -50,8 +65,13 @@ fn build(dir: &Path, records: u64, rt: &tokio::runtime::Runtime) {
     rt.block_on(async {
         while done < records {
             let n = 1000.min(records - done);
-            let items = (0..n).map(|_| TokenizeRequest::new(&card(&mut state), 12, 2031, today)).collect();
-            let res = vault.tokenize_batch("bench-shop", items, &ctx).await.unwrap();
+            let items = (0..n)
+                .map(|_| TokenizeRequest::new(&card(&mut state), 12, 2031, today))
+                .collect();
+            let res = vault
+                .tokenize_batch("bench-shop", items, &ctx)
+                .await
+                .unwrap();
             assert!(res.iter().all(Result::is_ok));
             done += n;
         }
@@ -61,15 +81,30 @@ fn build(dir: &Path, records: u64, rt: &tokio::runtime::Runtime) {
 }
 
 fn bench(c: &mut Criterion) {
-    let records: u64 = std::env::var("PANVAULT_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/bench-data/vault-{records}"));
+    let records: u64 = std::env::var("PANVAULT_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/bench-data/vault-{records}"));
     std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     build(&dir, records, &rt);
     let vault = Vault::open(&dir, &unlock()).unwrap();
-    let ctx = Arc::new(AccessContext { actor: "bench".into(), ..Default::default() });
+    let ctx = Arc::new(AccessContext {
+        actor: "bench".into(),
+        ..Default::default()
+    });
     let seed = Arc::new(AtomicU64::new(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1,
     ));
 
     // Tokens to detokenize: a sample of existing ones.
@@ -96,7 +131,8 @@ fn bench(c: &mut Criterion) {
                             let mut s = seed.fetch_add(0x9E37_79B9, Ordering::Relaxed) | 1;
                             let today = v.today();
                             for _ in 0..per_caller {
-                                let req = TokenizeRequest::new(&card(&mut s), 12, 2031, today).unwrap();
+                                let req =
+                                    TokenizeRequest::new(&card(&mut s), 12, 2031, today).unwrap();
                                 v.tokenize("bench-shop", req, &ctx).await.unwrap();
                             }
                         });
@@ -122,7 +158,8 @@ fn bench(c: &mut Criterion) {
                         set.spawn(async move {
                             for i in 0..per_caller_d as usize {
                                 let t = &tokens[(c * 7919 + i * 104_729) % tokens.len()];
-                                let card = v.detokenize("bench-shop", t, "bench", &ctx).await.unwrap();
+                                let card =
+                                    v.detokenize("bench-shop", t, "bench", &ctx).await.unwrap();
                                 std::hint::black_box(card);
                             }
                         });
