@@ -69,8 +69,9 @@ impl Admin {
         if !db.exists() {
             return Err(VaultError::NotInitialized(data_dir.display().to_string()));
         }
+        // No full integrity scan here (it reads the whole file; `serve` does it at
+        // start): admin commands must stay quick on a large vault.
         let conn = store::open_writer(&db, false)?;
-        store::check_integrity(&conn)?;
         let vault_id = keyring::meta_get(&conn, "vault_id")?
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
         let (root, _, share_numbers) = keyring::unseal_root(&conn, &vault_id, unlock)?;
