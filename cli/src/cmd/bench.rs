@@ -1,13 +1,583 @@
-//! (placeholder, being written)
+//! `panvault bench`: a load generator for a running server. Opens N keep-alive mTLS
+//! connections (HTTP/1.1) and runs tokenize, detokenize or a mix for a duration,
+//! each connection one request at a time; prints requests/s and latency
+//! percentiles. Every tokenize sends a fresh random (Luhn-valid, test-only) card.
+//!
+//! ```text
+//! panvault bench --config DIR/panvault.toml --client storefront --op tokenize \
+//!     --connections 64 --duration 10s [--preload 1000000]
+//! ```
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use panvault_vault::config::{Config, Permission};
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
 use crate::common::CliError;
 
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Op {
+    /// `POST /v1/tokens` with a fresh card each time.
+    Tokenize,
+    /// `POST /v1/tokens/{token}/detokenize` of tokens made beforehand.
+    Detokenize,
+    /// Alternately one and the other.
+    Mix,
+}
+
 /// Arguments.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The server's configuration (for its address and the PKI paths).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The client (a `[[clients]]` name) to act as; its certificate is
+    /// `<dir of tls.client_ca>/<name>.pem` and `.key` unless --cert/--key say otherwise.
+    #[arg(long, value_name = "NAME")]
+    pub client: String,
+    /// The operation.
+    #[arg(long, value_enum, default_value = "tokenize")]
+    pub op: Op,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// How long to measure (e.g. 10s, 500ms, 1m); 0s with --preload only preloads.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Load before measuring (not counted).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// First tokenize this many cards through the batch endpoint (1000 a request).
+    #[arg(long, default_value_t = 0)]
+    pub preload: u64,
+    /// Where to keep tokens between runs: --preload writes a sample (up to 100,000,
+    /// spread over all it made) here; a detokenize run without --preload reads it.
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// The client that tokenizes (preload, and the tokens detokenize uses) if not
+    /// --client; must be in the same tenant.
+    #[arg(long, value_name = "NAME")]
+    pub preload_client: Option<String>,
+    /// Client certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// CA that signed the server's certificate [default: tls.client_ca].
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Server address [default: the configuration's listen address].
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<SocketAddr>,
+    /// Threads of the load generator (the server on the same machine needs the
+    /// rest).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Name to verify the server certificate against.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+}
+
+/// Parses `10s`, `500ms`, `2m`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 10s, 500ms or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// A client identity's TLS setup.
+struct Target {
+    addr: SocketAddr,
+    server_name: ServerName<'static>,
+    connector: TlsConnector,
+}
+
+fn target_for(args: &Args, config: &Config, client: &str) -> Result<Target, CliError> {
+    let pki_dir = config
+        .tls
+        .client_ca
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let (cert, key) = if client == args.client && args.cert.is_some() {
+        let cert = args.cert.clone().unwrap_or_default();
+        let key = args
+            .key
+            .clone()
+            .ok_or_else(|| CliError::usage("--cert needs --key"))?;
+        (cert, key)
+    } else {
+        (
+            pki_dir.join(format!("{client}.pem")),
+            pki_dir.join(format!("{client}.key")),
+        )
+    };
+    let ca = args
+        .ca
+        .clone()
+        .unwrap_or_else(|| config.tls.client_ca.clone());
+    let e = |e: panvault_vault::config::ConfigError| CliError::usage(e.to_string());
+    let roots = panvault_vault::tls::load_certs("--ca", &ca).map_err(e)?;
+    let chain = panvault_vault::tls::load_certs("client certificate", &cert).map_err(e)?;
+    let key = panvault_vault::tls::load_key("client key", &key).map_err(e)?;
+    let tls = panvault_vault::tls::client_config(roots, chain, key, &[b"http/1.1"])
+        .map_err(|e| CliError::usage(format!("TLS client: {e}")))?;
+    let mut addr = args.addr.unwrap_or(config.listen);
+    if args.addr.is_none() && addr.ip().is_unspecified() {
+        addr.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
+    }
+    if addr.port() == 0 {
+        return Err(CliError::usage(
+            "the configuration listens on port 0; give the real address with --addr",
+        ));
+    }
+    let server_name = ServerName::try_from(args.server_name.clone())
+        .map_err(|e| CliError::usage(format!("--server-name: {e}")))?;
+    Ok(Target {
+        addr,
+        server_name,
+        connector: TlsConnector::from(tls),
+    })
+}
+
+type Conn = SendRequest<Full<Bytes>>;
+
+async fn connect(t: &Target) -> Result<Conn, String> {
+    let tcp = tokio::net::TcpStream::connect(t.addr)
+        .await
+        .map_err(|e| format!("connect {}: {e}", t.addr))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = t
+        .connector
+        .connect(t.server_name.clone(), tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
+
+/// Sends one request; returns the status and body.
+async fn send(
+    conn: &mut Conn,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: String,
+) -> Result<(u16, Bytes), String> {
+    conn.ready().await.map_err(|e| e.to_string())?;
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = conn.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// xorshift64*: test cards, not secrets.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded(salt: u64) -> Self {
+        let mut b = [0u8; 8];
+        let _ = panvault_vault::core::rng::fill(&mut b);
+        Rng(u64::from_le_bytes(b) ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A random 16-digit Luhn-valid number starting with 4 (a test card).
+    fn card(&mut self) -> String {
+        let mut d = Vec::with_capacity(16);
+        d.push(b'4');
+        let mut r = self.next();
+        for _ in 0..14 {
+            d.push(b'0' + u8::try_from(r % 10).unwrap_or(0));
+            r /= 10;
+        }
+        let check = panvault_audit::card::luhn_check_digit(&d).unwrap_or(b'0');
+        d.push(check);
+        String::from_utf8(d).unwrap_or_default()
+    }
+}
+
+fn tokenize_body(card: &str, year: i32) -> String {
+    format!("{{\"card\":{{\"number\":\"{card}\",\"exp_month\":12,\"exp_year\":{year}}}}}")
+}
+
+/// Most tokens kept for detokenize.
+const SAMPLE: u64 = 100_000;
+
+/// Tokenizes `n` cards through the batch endpoint over `conns`; keeps a sample of
+/// the tokens spread over all of them.
+async fn preload(
+    target: Arc<Target>,
+    conns: usize,
+    n: u64,
+    year: i32,
+) -> Result<Vec<String>, CliError> {
+    const BATCH: u64 = 1000;
+    let next = Arc::new(AtomicU64::new(0));
+    let stride = (n / SAMPLE).max(1);
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..conns.clamp(1, 16) {
+        let (target, next) = (Arc::clone(&target), Arc::clone(&next));
+        set.spawn(async move {
+            let mut conn = connect(&target).await?;
+            let mut rng = Rng::seeded(c as u64 + 1000);
+            let mut tokens = Vec::new();
+            loop {
+                let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                if first >= n {
+                    return Ok::<_, String>(tokens);
+                }
+                let k = BATCH.min(n - first);
+                let items: Vec<String> = (0..k).map(|_| tokenize_body(&rng.card(), year)).collect();
+                let body = format!("{{\"items\":[{}]}}", items.join(","));
+                let (status, body) =
+                    send(&mut conn, "localhost", "POST", "/v1/tokens/batch", body).await?;
+                if status != 200 {
+                    return Err(format!(
+                        "batch answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    ));
+                }
+                let v: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                let results = v
+                    .get("results")
+                    .and_then(|r| r.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                for (i, r) in (first..).zip(results.iter()) {
+                    if i % stride == 0 {
+                        tokens.extend(r.get("token").and_then(|t| t.as_str()).map(str::to_owned));
+                    }
+                }
+                let done = first + k;
+                if done.is_multiple_of(100_000) {
+                    eprintln!(
+                        "  preloaded {done} ({:.0}/s)",
+                        done as f64 / start.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        });
+    }
+    let mut tokens = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let r = r.map_err(|e| CliError::usage(format!("preload task: {e}")))?;
+        tokens.extend(r.map_err(|e| CliError::usage(format!("preload: {e}")))?);
+    }
+    eprintln!(
+        "preloaded {n} cards in {:.1}s ({:.0}/s)",
+        start.elapsed().as_secs_f64(),
+        n as f64 / start.elapsed().as_secs_f64()
+    );
+    Ok(tokens)
+}
+
+#[derive(Default)]
+struct Tally {
+    /// Latencies in µs, by op (0 tokenize, 1 detokenize).
+    lat: [Vec<u32>; 2],
+    /// Error statuses (0: transport error).
+    errors: std::collections::BTreeMap<u16, u64>,
+    first_error: Option<String>,
+}
+
+async fn worker(
+    target: Arc<Target>,
+    op: Op,
+    tokens: Arc<Vec<String>>,
+    id: usize,
+    warm_until: Instant,
+    end: Instant,
+    year: i32,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut rng = Rng::seeded(id as u64);
+    let mut conn = None;
+    let mut i = id;
+    while Instant::now() < end {
+        let c = match &mut conn {
+            Some(c) => c,
+            None => match connect(&target).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    *tally.errors.entry(0).or_default() += 1;
+                    tally.first_error.get_or_insert(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        i += 1;
+        let detok = match op {
+            Op::Tokenize => false,
+            Op::Detokenize => true,
+            Op::Mix => i.is_multiple_of(2),
+        };
+        let t0 = Instant::now();
+        let result = if detok {
+            let n = tokens.len().max(1) as u64;
+            let tok = tokens
+                .get(usize::try_from(rng.next() % n).unwrap_or(0))
+                .map_or("tok_none", String::as_str);
+            send(
+                c,
+                "localhost",
+                "POST",
+                &format!("/v1/tokens/{tok}/detokenize"),
+                "{\"purpose\":\"panvault bench\"}".into(),
+            )
+            .await
+        } else {
+            send(
+                c,
+                "localhost",
+                "POST",
+                "/v1/tokens",
+                tokenize_body(&rng.card(), year),
+            )
+            .await
+        };
+        let us = u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX);
+        match result {
+            Ok((status, _)) if status == 200 || status == 201 => {
+                if let Some(lat) = tally
+                    .lat
+                    .get_mut(usize::from(detok))
+                    .filter(|_| t0 >= warm_until)
+                {
+                    lat.push(us);
+                }
+            }
+            Ok((status, body)) => {
+                *tally.errors.entry(status).or_default() += 1;
+                tally
+                    .first_error
+                    .get_or_insert_with(|| format!("{status}: {}", String::from_utf8_lossy(&body)));
+            }
+            Err(e) => {
+                *tally.errors.entry(0).or_default() += 1;
+                tally.first_error.get_or_insert(e);
+                conn = None;
+            }
+        }
+    }
+    tally
+}
+
+/// The `per_mille`/1000 quantile of `sorted` latencies (µs), in milliseconds.
+fn percentile(sorted: &[u32], per_mille: usize) -> f64 {
+    let rank = per_mille.saturating_mul(sorted.len()).div_ceil(1000);
+    f64::from(
+        sorted
+            .get(rank.saturating_sub(1))
+            .or(sorted.last())
+            .copied()
+            .unwrap_or(0),
+    ) / 1000.0
+}
+
+fn report(name: &str, mut lat: Vec<u32>, secs: f64) {
+    if lat.is_empty() {
+        return;
+    }
+    lat.sort_unstable();
+    println!(
+        "{name:<11} {:>9} ok  {:>9.0} req/s  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms",
+        lat.len(),
+        lat.len() as f64 / secs,
+        percentile(&lat, 500),
+        percentile(&lat, 900),
+        percentile(&lat, 990),
+        percentile(&lat, 1000)
+    );
+}
 
 /// Runs the subcommand.
-pub fn run(_args: Args) -> Result<ExitCode, CliError> {
-    Err(CliError::usage("not available yet"))
+pub fn run(args: Args) -> Result<ExitCode, CliError> {
+    let config = Config::load(&args.config)
+        .map_err(|e| CliError::usage(format!("{}: {e}", args.config.display())))?;
+    let client = config.client(&args.client).ok_or_else(|| {
+        CliError::usage(format!(
+            "--client: no client named {:?} in the configuration",
+            args.client
+        ))
+    })?;
+    let preload_name = args
+        .preload_client
+        .clone()
+        .unwrap_or_else(|| args.client.clone());
+    let preloader = config.client(&preload_name).ok_or_else(|| {
+        CliError::usage(format!(
+            "--preload-client: no client named {preload_name:?}"
+        ))
+    })?;
+    if preloader.tenant != client.tenant {
+        return Err(CliError::usage(format!(
+            "--preload-client {preload_name:?} is in tenant {:?}, not {:?}",
+            preloader.tenant, client.tenant
+        )));
+    }
+    let needs_tokens = args.op != Op::Tokenize;
+    if (args.preload > 0 || needs_tokens) && !preloader.can(Permission::Tokenize) {
+        return Err(CliError::usage(format!(
+            "client {preload_name:?} may not tokenize; name one that may with --preload-client"
+        )));
+    }
+    if args.op != Op::Tokenize && !client.can(Permission::Detokenize) {
+        return Err(CliError::usage(format!(
+            "client {:?} may not detokenize",
+            args.client
+        )));
+    }
+    if args.op != Op::Detokenize && !client.can(Permission::Tokenize) {
+        return Err(CliError::usage(format!(
+            "client {:?} may not tokenize",
+            args.client
+        )));
+    }
+    let target = Arc::new(target_for(&args, &config, &args.client)?);
+    let pre_target = Arc::new(target_for(&args, &config, &preload_name)?);
+    let conns = args.connections.max(1);
+    let year = time::OffsetDateTime::now_utc().year() + 4;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    rt.block_on(async {
+        let mut tokens = Vec::new();
+        if let Some(f) = args.tokens_file.as_ref().filter(|f| args.preload == 0 && f.exists()) {
+            let text = std::fs::read_to_string(f).map_err(|e| CliError::usage(format!("{}: {e}", f.display())))?;
+            tokens = text.lines().map(str::to_owned).collect();
+            eprintln!("read {} tokens from {}", tokens.len(), f.display());
+        }
+        let preload_n = if needs_tokens && args.preload == 0 && tokens.is_empty() { 10_000 } else { args.preload };
+        if preload_n > 0 {
+            tokens = preload(pre_target, conns, preload_n, year).await?;
+            if let Some(f) = &args.tokens_file {
+                std::fs::write(f, tokens.join("\n")).map_err(|e| CliError::usage(format!("{}: {e}", f.display())))?;
+            }
+        }
+        if args.duration.is_zero() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let tokens = Arc::new(tokens);
+        let start = Instant::now();
+        let warm_until = start + args.warmup;
+        let end = warm_until + args.duration;
+        let mut set = tokio::task::JoinSet::new();
+        for id in 0..conns {
+            set.spawn(worker(Arc::clone(&target), args.op, Arc::clone(&tokens), id, warm_until, end, year));
+        }
+        let mut total = Tally::default();
+        while let Some(t) = set.join_next().await {
+            let t = t.map_err(|e| CliError::usage(format!("worker: {e}")))?;
+            for (all, mine) in total.lat.iter_mut().zip(t.lat) {
+                all.extend(mine);
+            }
+            for (k, v) in t.errors {
+                *total.errors.entry(k).or_default() += v;
+            }
+            if total.first_error.is_none() {
+                total.first_error = t.first_error;
+            }
+        }
+        let secs = end.saturating_duration_since(warm_until).as_secs_f64().max(1e-9);
+        println!(
+            "panvault bench: {:?} against {} as {:?}, {conns} connections, {:.1}s measured after {:.1}s warm-up",
+            args.op,
+            target.addr,
+            args.client,
+            args.duration.as_secs_f64(),
+            args.warmup.as_secs_f64()
+        );
+        let [tok, detok] = total.lat;
+        let all: Vec<u32> = tok.iter().chain(detok.iter()).copied().collect();
+        report("tokenize", tok, secs);
+        report("detokenize", detok, secs);
+        if args.op == Op::Mix {
+            report("all", all, secs);
+        }
+        let errors: u64 = total.errors.values().sum();
+        if errors > 0 {
+            let by: Vec<String> = total.errors.iter().map(|(s, n)| if *s == 0 { format!("transport: {n}") } else { format!("{s}: {n}") }).collect();
+            println!("errors      {errors} ({})", by.join(", "));
+            if let Some(e) = total.first_error {
+                println!("first error {}", e.chars().take(300).collect::<String>());
+            }
+        } else {
+            println!("errors      0");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_cards() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("soon").is_err());
+        let mut r = Rng::seeded(1);
+        let c = r.card();
+        assert_eq!(c.len(), 16);
+        assert!(panvault_audit::card::luhn_valid(c.as_bytes()));
+        assert_ne!(c, r.card());
+        assert_eq!(percentile(&[1000, 2000, 3000, 4000], 500), 2.0);
+        assert_eq!(percentile(&[1000, 2000, 3000, 4000], 990), 4.0);
+        assert_eq!(percentile(&[1000, 2000, 3000, 4000], 1000), 4.0);
+        assert_eq!(percentile(&[], 500), 0.0);
+    }
 }

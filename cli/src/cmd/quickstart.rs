@@ -1,13 +1,204 @@
-//! (placeholder, being written)
+//! `panvault quickstart`: a working vault for a first try, in one command.
+//!
+//! Makes (or reuses) in DIR: a development passphrase (`dev-passphrase`, mode 0600),
+//! the vault, a development PKI in `pki/` (CA, a localhost server certificate and
+//! three clients), and `panvault.toml`; then serves in the foreground and prints
+//! curl commands to paste. Development only: the passphrase and the CA key sit in
+//! plain files beside the data.
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::common::CliError;
+use panvault_vault::core::kdf::KdfParams;
+use panvault_vault::tls::pki;
+use panvault_vault::{SealSpec, Unlock, Vault, system_clock};
+
+use crate::common::{CliError, DEFAULT_DATA_DIR, read_passphrase, vault_err};
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Where the development vault lives.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Address to listen on [default: 127.0.0.1:8443, or what DIR/panvault.toml says].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// The default listen address.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// The development clients: name, tenant, permissions.
+const CLIENTS: &[(&str, &str, &[&str])] = &[
+    (
+        "storefront",
+        "demo-shop",
+        &["tokenize", "read", "delete", "erase"],
+    ),
+    ("payments", "demo-shop", &["read", "detokenize"]),
+    (
+        "other-shop",
+        "other-shop",
+        &["tokenize", "read", "detokenize"],
+    ),
+];
+
+fn io(path: &Path, e: &std::io::Error) -> CliError {
+    CliError::usage(format!("{}: {e}", path.display()))
+}
+
+/// Reads `DIR/dev-passphrase`, or makes it: 32 random bytes as hex, mode 0600.
+fn dev_passphrase(dir: &Path) -> Result<PathBuf, CliError> {
+    let path = dir.join("dev-passphrase");
+    if !path.exists() {
+        let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+        panvault_vault::core::rng::fill(raw.as_mut())
+            .map_err(|e| CliError::usage(format!("random passphrase: {e}")))?;
+        let mut hex = zeroize::Zeroizing::new(String::with_capacity(65));
+        for b in raw.iter() {
+            let _ = write!(hex, "{b:02x}");
+        }
+        hex.push('\n');
+        pki::write_private(&path, hex.as_bytes()).map_err(|e| CliError::usage(e.to_string()))?;
+    }
+    Ok(path)
+}
+
+fn config_text(listen: SocketAddr) -> String {
+    let mut s = format!(
+        "# panvault development configuration, written by `panvault quickstart`.\n\
+         # Relative paths are relative to this file. See docs/config.md.\n\
+         listen = \"{listen}\"\n\
+         data_dir = \".\"\n\n\
+         [tls]\n\
+         cert = \"pki/server.pem\"\n\
+         key = \"pki/server.key\"\n\
+         client_ca = \"pki/ca.pem\"\n\n\
+         [limits]\n\
+         body_bytes = 65536\n\
+         batch_bytes = 2097152\n\
+         handshake_timeout_ms = 10000\n\
+         max_connections = 1024\n"
+    );
+    for (name, tenant, perms) in CLIENTS {
+        let perms = perms
+            .iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = write!(
+            s,
+            "\n[[clients]]\nname = \"{name}\"\ncommon_name = \"{name}\"\ntenant = \"{tenant}\"\npermissions = [{perms}]\n"
+        );
+    }
+    s
+}
 
 /// Runs the subcommand.
-pub fn run(_args: Args) -> Result<ExitCode, CliError> {
-    Err(CliError::usage("not available yet"))
+pub fn run(args: Args) -> Result<ExitCode, CliError> {
+    let dir = args.data_dir;
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, &e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io(&dir, &e))?;
+    }
+    let pass_file = dev_passphrase(&dir)?;
+    eprintln!(
+        "WARNING: development only. The vault passphrase is stored in {} and the CA key in {}, \
+         beside the data they protect. Never put real card data in this vault.",
+        pass_file.display(),
+        dir.join("pki/ca.key").display()
+    );
+    let unlock = || -> Result<Unlock, CliError> {
+        Ok(Unlock::Passphrase(read_passphrase(
+            Some(&pass_file),
+            false,
+        )?))
+    };
+    if !panvault_vault::store::db_path(&dir).exists() {
+        let spec = SealSpec {
+            unlock: unlock()?,
+            kdf: KdfParams::MINIMUM,
+            shares: None,
+        };
+        Vault::init(&dir, &spec, &system_clock()).map_err(vault_err)?;
+        eprintln!("panvault: created a vault in {}", dir.display());
+    }
+    let names: Vec<&str> = CLIENTS.iter().map(|(n, _, _)| *n).collect();
+    let pki_dir = dir.join("pki");
+    let made = pki::ensure_dev_pki(&pki_dir, &names)
+        .map_err(|e| CliError::usage(format!("{}: {e}", pki_dir.display())))?;
+    if !made.created.is_empty() {
+        eprintln!(
+            "panvault: wrote {} PKI files to {}",
+            made.created.len(),
+            pki_dir.display()
+        );
+    }
+    let config_path = dir.join("panvault.toml");
+    if !config_path.exists() {
+        let listen = args.listen.map_or_else(
+            || {
+                DEFAULT_LISTEN
+                    .parse()
+                    .map_err(|_| CliError::usage("bad default address"))
+            },
+            Ok,
+        )?;
+        std::fs::write(&config_path, config_text(listen)).map_err(|e| io(&config_path, &e))?;
+        eprintln!("panvault: wrote {}", config_path.display());
+    }
+    let mut config = super::serve::load_config(&config_path)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let year = time::OffsetDateTime::now_utc().year() + 4;
+    super::serve::serve(&config, unlock()?, |addr| print_ready(&dir, addr, year))
+}
+
+/// Prints where the server is and curl commands to try it.
+fn print_ready(dir: &Path, addr: SocketAddr, year: i32) {
+    let host = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        "localhost".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    let base = format!("https://{host}:{}", addr.port());
+    let pki = dir.join("pki");
+    let curl = |client: &str| {
+        format!(
+            "curl -sS --cacert {ca} --cert {p}/{client}.pem --key {p}/{client}.key",
+            ca = pki.join("ca.pem").display(),
+            p = pki.display()
+        )
+    };
+    println!("panvault quickstart: ready at {base} (Ctrl-C to stop)");
+    println!();
+    let tokenize = format!(
+        "{} {base}/v1/tokens -H 'content-type: application/json' \\\n  -d '{{\"card\":{{\"number\":\"4242 4242 4242 4242\",\"exp_month\":12,\"exp_year\":{year},\"name\":\"Jane Doe\"}},\"subject\":\"cust_42\"}}'",
+        curl("storefront")
+    );
+    println!("# 1. tokenize a card as `storefront` (tenant demo-shop):");
+    println!("{tokenize}");
+    println!();
+    println!(
+        "# 2. the same card again gives the same token: keep it in TOKEN, read its metadata (never the number):"
+    );
+    println!("TOKEN=$({tokenize} | sed -n 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/p'); echo $TOKEN");
+    println!("{} {base}/v1/tokens/$TOKEN", curl("storefront"));
+    println!();
+    println!("# 3. detokenize as `payments` (storefront would get 403):");
+    println!(
+        "{} {base}/v1/tokens/$TOKEN/detokenize -H 'content-type: application/json' -d '{{\"purpose\":\"charge order 1234\"}}'",
+        curl("payments")
+    );
+    println!();
+    println!("# 4. another tenant cannot see it (404):");
+    println!("{} {base}/v1/tokens/$TOKEN", curl("other-shop"));
+    println!();
+    println!("# metrics: {} {base}/metrics", curl("payments"));
 }
