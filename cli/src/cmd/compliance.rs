@@ -15,7 +15,6 @@
 //!
 //! `run` and `preflight` are called by `panvault audit run` and `serve`; until
 //! those are wired (outside this file), the module is reached only by its tests.
-#![allow(dead_code)] // preflight is wired into `serve` next
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

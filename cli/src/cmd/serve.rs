@@ -17,13 +17,17 @@ pub struct Args {
     pub config: PathBuf,
     #[command(flatten)]
     pub secret: SecretArgs,
+    /// Start even if the TLS or key compliance checks fail (logged and audited).
+    #[arg(long)]
+    pub allow_noncompliant: bool,
 }
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
     let config = load_config(&args.config)?;
-    let unlock = args.secret.unlock(false)?;
-    serve(&config, unlock, |addr| {
+    let noncompliant = preflight(&args.config, args.allow_noncompliant)?;
+    let unlock = args.secret.unlock_for(&config.data_dir)?;
+    serve(&config, unlock, noncompliant, |addr| {
         eprintln!(
             "panvault: serving https://{addr} (mutual TLS; {} clients)",
             config.clients.len()
@@ -41,13 +45,35 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, CliError> {
     Ok(config)
 }
 
+/// Runs the TLS and key compliance checks of the default policy (PCI DSS 4.0.1)
+/// before anything is unsealed. A failure refuses to start, naming the checks,
+/// unless `allow` — then the failures are returned, to be logged and audited.
+pub(crate) fn preflight(config: &std::path::Path, allow: bool) -> Result<Option<String>, CliError> {
+    let results = crate::cmd::compliance::preflight(config)?;
+    match crate::cmd::compliance::refusal(&results) {
+        None => Ok(None),
+        Some(msg) if allow => {
+            eprintln!("panvault: WARNING: starting despite failed compliance checks (--allow-noncompliant):");
+            eprintln!("{msg}");
+            Ok(Some(msg))
+        }
+        Some(msg) => Err(CliError::with_code(msg, 1)),
+    }
+}
+
 /// Opens the vault of `config` and serves it until a shutdown signal; `ready` is
-/// called with the bound address once the server accepts connections.
+/// called with the bound address once the server accepts connections. Failed
+/// compliance checks the operator chose to override are recorded in the audit log.
 pub(crate) fn serve(
     config: &Config,
     unlock: Unlock,
+    noncompliant: Option<String>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<ExitCode, CliError> {
+    let hygiene = panvault_vault::hygiene::harden_process(false);
+    for w in &hygiene.warnings {
+        tracing::warn!("{w}");
+    }
     let vault = Vault::open(&config.data_dir, &unlock).map_err(vault_err)?;
     drop(unlock);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -58,6 +84,21 @@ pub(crate) fn serve(
     let result = rt.block_on(async {
         let signal = shutdown_signal()
             .map_err(|e| CliError::usage(format!("cannot listen for signals: {e}")))?;
+        if let Some(failed) = &noncompliant {
+            let ctx = crate::common::admin_actor();
+            let summary: String = failed.lines().skip(1).take(20).map(str::trim).collect::<Vec<_>>().join("; ");
+            vault
+                .record_event(
+                    &ctx,
+                    panvault_vault::service::AuditAction::ServeNoncompliant,
+                    None,
+                    None,
+                    panvault_vault::service::AuditOutcome::Success,
+                    Some(&summary),
+                )
+                .await
+                .map_err(vault_err)?;
+        }
         let server = panvault_vault::http::start(config, vault.clone(), signal)
             .await
             .map_err(|e| CliError::usage(e.to_string()))?;

@@ -305,7 +305,7 @@ async fn serve_refuses_a_bad_configuration_naming_the_field() {
     panvault_vault::Vault::init(&data, &spec, &panvault_vault::system_clock()).unwrap();
     std::fs::write(tmp.path().join("good.toml"), good).unwrap();
     let out = Command::new(util::panvault_bin())
-        .args(["serve", "--config"])
+        .args(["serve", "--allow-noncompliant", "--config"])
         .arg(tmp.path().join("good.toml"))
         .arg("--passphrase-file")
         .arg(tmp.path().join("pass"))

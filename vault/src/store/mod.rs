@@ -91,11 +91,14 @@ fn configure(conn: &Connection, writer: bool) -> Result<(), StoreError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    // A modest page cache: SQLite scans the whole cache at the end of every write
-    // transaction that grew the file, so a huge cache slows every commit. Reads are
-    // served from memory-mapped pages instead.
-    conn.pragma_update(None, "cache_size", -8192i64)?; // 8 MiB
-    conn.pragma_update(None, "mmap_size", 1i64 << 32)?;
+    // The writer keeps a modest page cache: SQLite scans the whole cache at the end
+    // of every write transaction that grew the file, so a huge cache slows every
+    // commit. Readers keep a large one. No memory mapping: SQLite re-maps the file
+    // whenever it grows, and the page faults and unmaps cost readers more than
+    // they saved (measured: detokenize 12.8k/s with mmap, 15.7–25.8k/s without).
+    let cache_kib: i64 = if writer { 8 * 1024 } else { 64 * 1024 };
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
+    conn.pragma_update(None, "mmap_size", 0i64)?;
     if writer {
         // The checkpointer thread runs PASSIVE checkpoints; the writer never blocks on one.
         conn.pragma_update(None, "wal_autocheckpoint", 0i64)?;
