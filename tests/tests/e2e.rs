@@ -17,6 +17,8 @@ use panvault_tests as util;
 mod batch;
 #[path = "e2e/binary.rs"]
 mod binary;
+#[path = "e2e/erasure.rs"]
+mod erasure;
 #[path = "e2e/errors.rs"]
 mod errors;
 #[path = "e2e/flow.rs"]

@@ -228,6 +228,53 @@ pub struct Config {
     /// Who may connect, and what they may do.
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// Card-data retention (PCI DSS 3.2.1).
+    #[serde(default)]
+    pub retention: Retention,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditSettings,
+}
+
+/// `[retention]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Cards are purged this many days after their expiry month ends.
+    pub card_grace_days: i64,
+    /// How often the server purges (seconds); 0 turns the automatic purge off.
+    pub purge_interval_secs: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            card_grace_days: 90,
+            purge_interval_secs: 3600,
+        }
+    }
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Events younger than this are never deleted (PCI DSS 10.5.1: at least 365).
+    pub retention_days: i64,
+    /// Sign a checkpoint after this many events…
+    pub checkpoint_every_events: u64,
+    /// …or this many seconds, whichever comes first.
+    pub checkpoint_every_secs: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            retention_days: 365,
+            checkpoint_every_events: 1000,
+            checkpoint_every_secs: 60,
+        }
+    }
 }
 
 impl Config {
@@ -317,6 +364,42 @@ impl Config {
         )?;
         range("limits.max_connections", l.max_connections, 1, 1_000_000)?;
         range("limits.shutdown_grace_ms", l.shutdown_grace_ms, 0, 600_000)?;
+        range(
+            "retention.card_grace_days",
+            self.retention.card_grace_days,
+            0,
+            3650,
+        )?;
+        range(
+            "retention.purge_interval_secs",
+            self.retention.purge_interval_secs,
+            0,
+            30 * 86_400,
+        )?;
+        range(
+            "audit.retention_days",
+            self.audit.retention_days,
+            365,
+            36_500,
+        )
+        .map_err(|e| {
+            ConfigError::new(
+                e.field,
+                format!("{} (PCI DSS 10.5.1 asks for at least a year)", e.reason),
+            )
+        })?;
+        range(
+            "audit.checkpoint_every_events",
+            self.audit.checkpoint_every_events,
+            1,
+            1_000_000,
+        )?;
+        range(
+            "audit.checkpoint_every_secs",
+            self.audit.checkpoint_every_secs,
+            1,
+            86_400,
+        )?;
         if self.clients.is_empty() {
             return Err(ConfigError::new(
                 "clients",

@@ -160,7 +160,9 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     // A development vault is sealed with one passphrase, which fails the dual-control
     // check (PCI DSS 3.6.1.2): quickstart starts anyway, says so, and audits it.
     let noncompliant = super::serve::preflight(&config_path, true)?;
-    super::serve::serve(&config, unlock()?, noncompliant, |addr| print_ready(&dir, addr, year))
+    super::serve::serve(&config, unlock()?, noncompliant, |addr| {
+        print_ready(&dir, addr, year)
+    })
 }
 
 /// Prints where the server is and curl commands to try it.

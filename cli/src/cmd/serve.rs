@@ -53,7 +53,9 @@ pub(crate) fn preflight(config: &std::path::Path, allow: bool) -> Result<Option<
     match crate::cmd::compliance::refusal(&results) {
         None => Ok(None),
         Some(msg) if allow => {
-            eprintln!("panvault: WARNING: starting despite failed compliance checks (--allow-noncompliant):");
+            eprintln!(
+                "panvault: WARNING: starting despite failed compliance checks (--allow-noncompliant):"
+            );
             eprintln!("{msg}");
             Ok(Some(msg))
         }
@@ -74,7 +76,14 @@ pub(crate) fn serve(
     for w in &hygiene.warnings {
         tracing::warn!("{w}");
     }
-    let vault = Vault::open(&config.data_dir, &unlock).map_err(vault_err)?;
+    let opts = panvault_vault::VaultOptions {
+        checkpoint: panvault_audit::log::CheckpointPolicy {
+            every_events: config.audit.checkpoint_every_events,
+            every: std::time::Duration::from_secs(config.audit.checkpoint_every_secs),
+        },
+        ..Default::default()
+    };
+    let vault = Vault::open_with(&config.data_dir, &unlock, opts).map_err(vault_err)?;
     drop(unlock);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -86,7 +95,13 @@ pub(crate) fn serve(
             .map_err(|e| CliError::usage(format!("cannot listen for signals: {e}")))?;
         if let Some(failed) = &noncompliant {
             let ctx = crate::common::admin_actor();
-            let summary: String = failed.lines().skip(1).take(20).map(str::trim).collect::<Vec<_>>().join("; ");
+            let summary: String = failed
+                .lines()
+                .skip(1)
+                .take(20)
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; ");
             vault
                 .record_event(
                     &ctx,

@@ -297,6 +297,37 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `POST /v1/subjects/{subject}/erase`: erases every card of the subject in the
+/// caller's tenant and answers with the signed erasure receipt (200, also when
+/// nothing was held: `tokens_erased` is then 0).
+pub(crate) async fn erase_subject(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    let subject = path
+        .map(|Path(s)| s)
+        .map_err(|_| Problem::not_found("no such subject"))?;
+    caller.require(&state, Permission::Erase, None).await?;
+    let erasure = state
+        .vault()
+        .erase(
+            caller.tenant(),
+            crate::service::EraseTarget::Subject(subject),
+            &caller.ctx,
+        )
+        .await
+        .map_err(|e| Problem::from_vault(&e))?;
+    let receipt = erasure
+        .receipt
+        .to_json()
+        .map_err(|_| Problem::from_vault(&crate::VaultError::Crypto))?;
+    let receipt: Value = serde_json::from_str(&receipt)
+        .map_err(|_| Problem::from_vault(&crate::VaultError::Crypto))?;
+    let body = serde_json::json!({ "receipt": receipt, "wal_scrubbed": erasure.wal_scrubbed });
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
 /// The purpose of a detokenize body: `{"purpose":"…"}`; an empty body or a missing
 /// purpose is `purpose_required`.
 fn purpose_of(raw: &[u8]) -> Result<String, Problem> {

@@ -115,6 +115,10 @@ pub fn router(state: AppState) -> Router {
             get(handlers::metadata).delete(handlers::delete),
         )
         .route("/v1/tokens/{token}/detokenize", post(handlers::detokenize))
+        .route(
+            "/v1/subjects/{subject}/erase",
+            post(handlers::erase_subject),
+        )
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
@@ -240,10 +244,20 @@ where
     let state = AppState::new(vault.clone(), config, Arc::clone(&conns));
     let app = router(state);
     let opts = ServeOptions::from(&config.limits);
+    let retention = config.retention.clone();
+    let audit_retention = config.audit.retention_days;
+    let purge_ctx = server_ctx.clone();
     let handle = tokio::spawn(async move {
         let refresher = tokio::spawn(refresh_keys(vault.clone()));
+        let purger = tokio::spawn(purge_loop(
+            vault.clone(),
+            retention,
+            audit_retention,
+            purge_ctx,
+        ));
         crate::tls::serve_tls(listener, tls, app, opts, conns, shutdown).await;
         refresher.abort();
+        purger.abort();
         if let Err(e) = vault
             .record_event(
                 &server_ctx,
@@ -260,6 +274,42 @@ where
         let _ = tokio::task::spawn_blocking(move || vault.shutdown()).await;
     });
     Ok(RunningServer { addr, handle })
+}
+
+/// Every `purge_interval_secs`: purges cards past expiry plus grace and tokens past
+/// their TTL (PCI DSS 3.2.1), and audit events older than the audit retention
+/// (10.5.1; a signed prune record stays). Each purge is one audit event.
+async fn purge_loop(
+    vault: Vault,
+    retention: crate::config::Retention,
+    audit_days: i64,
+    ctx: AccessContext,
+) {
+    if retention.purge_interval_secs == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(retention.purge_interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate: let the server settle first
+    loop {
+        tick.tick().await;
+        match vault
+            .purge_retention(retention.card_grace_days, false, &ctx)
+            .await
+        {
+            Ok(r) => tracing::info!(
+                past_expiry = r.past_expiry,
+                past_ttl = r.past_ttl,
+                "retention purge"
+            ),
+            Err(e) => tracing::warn!(error = %e, "retention purge failed; will retry"),
+        }
+        match vault.prune_audit(audit_days).await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "audit events past retention pruned"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "audit prune failed; will retry"),
+        }
+    }
 }
 
 /// Reloads keys every second when another process changed them.

@@ -313,6 +313,20 @@ impl AuditState {
         Ok(())
     }
 
+    /// Prunes events older than `retention_days` (at least 365) with a signed record.
+    pub(crate) fn prune(
+        &mut self,
+        conn: &Connection,
+        now: OffsetDateTime,
+        retention_days: i64,
+    ) -> Result<u64, VaultError> {
+        let days = retention_days.max(365);
+        let report =
+            panvault_audit::log::prune(conn, &self.signer, now, time::Duration::days(days))
+                .map_err(audit_err)?;
+        Ok(report.deleted)
+    }
+
     /// Signs an erasure receipt.
     pub(crate) fn sign_receipt(
         &self,

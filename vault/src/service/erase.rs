@@ -264,6 +264,21 @@ impl Vault {
     }
 }
 
+impl Vault {
+    /// Deletes audit events older than `retention_days` (never younger than 365
+    /// days), leaving a signed prune record. Returns how many were deleted.
+    pub async fn prune_audit(&self, retention_days: i64) -> Result<u64, VaultError> {
+        let now = self.now();
+        self.write(
+            move |conn, state| match state.audit_mut().prune(conn, now, retention_days) {
+                Ok(n) => (true, Ok(n)),
+                Err(e) => (false, Err(e)),
+            },
+        )
+        .await
+    }
+}
+
 /// Open erasure requests (not completed) older than `days`, for compliance checks.
 pub fn open_erasure_requests(
     conn: &Connection,
