@@ -152,6 +152,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// On shutdown, in-flight requests get this long to finish (milliseconds).
     pub shutdown_grace_ms: u64,
+    /// Detokenize requests per second allowed to each client on average; 0 = no limit.
+    pub detokenize_per_second: f64,
+    /// Bursts of detokenize requests a client may make at once (default: one
+    /// second's worth).
+    pub detokenize_burst: u32,
 }
 
 impl Default for Limits {
@@ -164,6 +169,8 @@ impl Default for Limits {
             header_read_timeout_ms: 30_000,
             max_connections: 1024,
             shutdown_grace_ms: 30_000,
+            detokenize_per_second: 0.0,
+            detokenize_burst: 0,
         }
     }
 }
@@ -364,6 +371,13 @@ impl Config {
         )?;
         range("limits.max_connections", l.max_connections, 1, 1_000_000)?;
         range("limits.shutdown_grace_ms", l.shutdown_grace_ms, 0, 600_000)?;
+        if !(0.0..=1_000_000.0).contains(&l.detokenize_per_second) {
+            return Err(ConfigError::new(
+                "limits.detokenize_per_second",
+                "must be 0 (no limit) to 1000000",
+            ));
+        }
+        range("limits.detokenize_burst", l.detokenize_burst, 0, 1_000_000)?;
         range(
             "retention.card_grace_days",
             self.retention.card_grace_days,

@@ -418,6 +418,24 @@ pub(crate) async fn detokenize(
     caller
         .require(&state, Permission::Detokenize, Some(&token))
         .await?;
+    if let Some(limiter) = state.detokenize_limit()
+        && let Err(wait) = limiter.check(&caller.client.name)
+    {
+        let secs = wait.as_secs().max(1);
+        let problem = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("detokenize rate limit of this client reached; retry after {secs} s"),
+        );
+        let problem = caller
+            .refused(&state, Permission::Detokenize, Some(&token), problem)
+            .await;
+        let mut resp = problem.into_response();
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Ok(resp);
+    }
     let limits = state.limits();
     let purpose = match read_body(
         &headers,

@@ -20,6 +20,7 @@ mod auth;
 mod handlers;
 pub mod metrics;
 mod problem;
+pub mod ratelimit;
 #[cfg(test)]
 mod tests;
 
@@ -52,6 +53,7 @@ struct Shared {
     clients: ClientRegistry,
     limits: Limits,
     metrics: Metrics,
+    detokenize_limit: Option<ratelimit::RateLimiter>,
 }
 
 /// What every handler shares. Cheap to clone.
@@ -79,6 +81,12 @@ impl AppState {
                 clients: ClientRegistry::new(&config.clients),
                 limits: config.limits.clone(),
                 metrics: Metrics::new(conns),
+                detokenize_limit: (config.limits.detokenize_per_second > 0.0).then(|| {
+                    ratelimit::RateLimiter::new(
+                        config.limits.detokenize_per_second,
+                        config.limits.detokenize_burst,
+                    )
+                }),
             }),
         }
     }
@@ -96,6 +104,11 @@ impl AppState {
     /// The limits.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The per-client detokenize limiter, if configured.
+    pub(crate) fn detokenize_limit(&self) -> Option<&ratelimit::RateLimiter> {
+        self.inner.detokenize_limit.as_ref()
     }
 
     /// The metrics.

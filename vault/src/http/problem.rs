@@ -91,6 +91,7 @@ pub const CODES: &[(&str, u16, &str)] = &[
         422,
         "Card verification codes are not accepted",
     ),
+    ("rate_limited", 429, "Too many requests"),
     ("internal", 500, "Internal error"),
     ("unavailable", 503, "Service unavailable"),
     ("audit_unavailable", 503, "Audit log unavailable"),

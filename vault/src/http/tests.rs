@@ -549,3 +549,58 @@ async fn routing_errors_and_metrics() {
         assert!(text.contains(want), "missing {want} in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn detokenize_is_rate_limited_per_client_with_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let unlock = || Unlock::Passphrase(SecretText::new("handler-tests".into()));
+    let kdf = KdfParams {
+        m_kib: 1024,
+        t: 1,
+        p: 1,
+    };
+    Vault::init(
+        dir.path(),
+        &SealSpec {
+            unlock: unlock(),
+            kdf,
+            shares: None,
+        },
+        &system_clock(),
+    )
+    .unwrap();
+    let vault = Vault::open(dir.path(), &unlock()).unwrap();
+    let text = CONFIG.replacen(
+        "[[clients]]",
+        "[limits]\ndetokenize_per_second = 0.5\ndetokenize_burst = 2\n\n[[clients]]",
+        1,
+    );
+    let config = Config::parse(&text).unwrap();
+    let app = router(AppState::new(
+        vault.clone(),
+        &config,
+        Arc::new(ConnStats::default()),
+    ));
+    let h = Harness {
+        _dir: dir,
+        app,
+        vault,
+    };
+    let (s, _, v) = as_client(&h, "storefront", "POST", "/v1/tokens", card(VISA)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let token = v["token"].as_str().unwrap().to_owned();
+    let uri = format!("/v1/tokens/{token}/detokenize");
+    for _ in 0..2 {
+        let (s, _, _) = as_client(&h, "payments", "POST", &uri, json!({"purpose": "charge"})).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (s, headers, v) =
+        as_client(&h, "payments", "POST", &uri, json!({"purpose": "charge"})).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(v["code"], "rate_limited");
+    assert!(headers.get("retry-after").is_some());
+    assert!(v.get("card").is_none());
+    // another client has its own bucket
+    let (s, _, _) = as_client(&h, "spiffe-shop", "POST", &uri, json!({"purpose": "x"})).await;
+    assert_ne!(s, StatusCode::TOO_MANY_REQUESTS);
+}
