@@ -264,6 +264,16 @@ async fn every_error_code_over_mtls_and_no_card_number_anywhere() {
     for code in required {
         assert!(seen.codes.contains(code), "no request produced {code}");
     }
+    // the audit log as a SIEM would receive it
+    let export = {
+        let conn =
+            panvault_audit::log::open_read_only(&server.config.data_dir.join("vault.db")).unwrap();
+        let mut out = Vec::new();
+        panvault_audit::log::export_jsonl(&conn, 0, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    assert!(export.contains("\"detokenize\""));
+    seen.bodies.push(export);
     server.stop().await;
 
     let logs = util::captured_logs();
@@ -284,4 +294,17 @@ async fn every_error_code_over_mtls_and_no_card_number_anywhere() {
             );
         }
     }
+    // and our own scanner finds no card number in any of it (logs, responses,
+    // metrics, audit export): the detokenize response is the only place one leaves
+    let mut all = logs.into_bytes();
+    for b in &seen.bodies {
+        all.extend_from_slice(b.as_bytes());
+        all.push(b'\n');
+    }
+    let found = panvault_audit::scan::scan_bytes(&all, true);
+    let masked: Vec<&str> = found.iter().map(|m| m.masked.as_str()).collect();
+    assert!(
+        found.is_empty(),
+        "the scanner found card numbers: {masked:?}"
+    );
 }
