@@ -442,32 +442,10 @@ impl Vault {
         };
         let conn = self.inner.readers.get()?;
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4, exp_month, exp_year,
-                        subject, metadata, created_at, expires_at
-                 FROM cards WHERE token = ?1",
-            )
+            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM cards WHERE token = ?1"))
             .map_err(store_err)?;
         let row = stmt
-            .query_row([token.as_str()], |r| {
-                Ok(Row {
-                    token: token.as_str().to_owned(),
-                    tenant: r.get(0)?,
-                    key_version: r.get(1)?,
-                    nonce: r.get(2)?,
-                    ciphertext: r.get(3)?,
-                    fingerprint: r.get(4)?,
-                    brand: r.get(5)?,
-                    bin: r.get(6)?,
-                    last4: r.get(7)?,
-                    exp_month: r.get(8)?,
-                    exp_year: r.get(9)?,
-                    subject: r.get(10)?,
-                    metadata: r.get(11)?,
-                    created_at: r.get(12)?,
-                    expires_at: r.get(13)?,
-                })
-            })
+            .query_row([token.as_str()], Row::from_sql)
             .optional()
             .map_err(store_err)?;
         match row {
@@ -770,31 +748,13 @@ fn tokenize_in_tx(
         && let Some(id) = state.dedup.get(fp)
     {
         let mut stmt = conn
-                .prepare_cached(
-                    "SELECT token, key_version, brand, bin, last4, exp_month, exp_year, subject, metadata, created_at, expires_at
-                     FROM cards WHERE id = ?1 AND fingerprint = ?2 AND tenant = ?3 AND (expires_at IS NULL OR expires_at > ?4)",
-                )
-                .map_err(store_err)?;
+            .prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS} FROM cards WHERE id = ?1 AND fingerprint = ?2 AND tenant = ?3 \
+                 AND (expires_at IS NULL OR expires_at > ?4)"
+            ))
+            .map_err(store_err)?;
         let found = stmt
-            .query_row(params![id, &fp[..], tenant, now], |r| {
-                Ok(Row {
-                    token: r.get(0)?,
-                    tenant: tenant.to_owned(),
-                    key_version: r.get(1)?,
-                    nonce: Vec::new(),
-                    ciphertext: Vec::new(),
-                    fingerprint: fp.to_vec(),
-                    brand: r.get(2)?,
-                    bin: r.get(3)?,
-                    last4: r.get(4)?,
-                    exp_month: r.get(5)?,
-                    exp_year: r.get(6)?,
-                    subject: r.get(7)?,
-                    metadata: r.get(8)?,
-                    created_at: r.get(9)?,
-                    expires_at: r.get(10)?,
-                })
-            })
+            .query_row(params![id, &fp[..], tenant, now], Row::from_sql)
             .optional()
             .map_err(store_err)?;
         match found {
@@ -895,7 +855,31 @@ struct Row {
     expires_at: Option<i64>,
 }
 
+/// The columns [`Row::from_sql`] reads, in order.
+const ROW_COLUMNS: &str = "token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4, \
+                           exp_month, exp_year, subject, metadata, created_at, expires_at";
+
 impl Row {
+    fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        Ok(Row {
+            token: r.get(0)?,
+            tenant: r.get(1)?,
+            key_version: r.get(2)?,
+            nonce: r.get(3)?,
+            ciphertext: r.get(4)?,
+            fingerprint: r.get(5)?,
+            brand: r.get(6)?,
+            bin: r.get(7)?,
+            last4: r.get(8)?,
+            exp_month: r.get(9)?,
+            exp_year: r.get(10)?,
+            subject: r.get(11)?,
+            metadata: r.get(12)?,
+            created_at: r.get(13)?,
+            expires_at: r.get(14)?,
+        })
+    }
+
     fn info(self, deduplicated: bool) -> TokenInfo {
         TokenInfo {
             token: self.token,
