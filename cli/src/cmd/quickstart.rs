@@ -150,6 +150,13 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             Ok,
         )?;
         std::fs::write(&config_path, config_text(listen)).map_err(|e| io(&config_path, &e))?;
+        // The config names key files and clients: owner only (PCI DSS 7.2.1).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io(&config_path, &e))?;
+        }
         eprintln!("panvault: wrote {}", config_path.display());
     }
     let mut config = super::serve::load_config(&config_path)?;
