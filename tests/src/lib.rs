@@ -621,3 +621,355 @@ pub fn panvault_bin() -> PathBuf {
     })
     .clone()
 }
+
+// ---- a vault served by the real binary (crash and fault tests) ----
+
+/// Seeded randomness for tests whose schedule must be replayable: SplitMix64.
+/// [`TestRng::from_env`] prints the seed so that a failing run can be repeated.
+pub struct TestRng(u64);
+
+impl TestRng {
+    pub fn new(seed: u64) -> TestRng {
+        TestRng(seed)
+    }
+
+    /// Seeded from the environment variable `var` if set, else from the clock;
+    /// prints `<what>: seed N (repeat with VAR=N)`.
+    pub fn from_env(var: &str, what: &str) -> TestRng {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                u64::try_from(nanos % u128::from(u64::MAX)).unwrap()
+            });
+        println!("{what}: seed {seed} (repeat with {var}={seed})");
+        TestRng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-enough in `lo..hi` (`hi > lo`).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo)
+    }
+
+    /// A duration of `lo_ms..hi_ms` milliseconds.
+    pub fn millis(&mut self, lo_ms: u64, hi_ms: u64) -> Duration {
+        Duration::from_millis(self.range(lo_ms, hi_ms))
+    }
+}
+
+/// Reads an unsigned number from the environment, or `default`.
+pub fn env_number(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// The passphrase of every [`BinVault`].
+pub const BIN_PASSPHRASE: &str = "e2e-test-passphrase";
+
+/// A vault on disk for the real binary: the PKI in `ROOT/pki`, the passphrase in
+/// `ROOT/pass`, the configuration (listen 127.0.0.1:0, the [`CLIENTS`]) in
+/// `ROOT/panvault.toml`, the data directory wherever the test wants it (a small
+/// file system, say). Made with the cheap [`TEST_KDF`].
+pub struct BinVault {
+    pub root: PathBuf,
+    pub data: PathBuf,
+    pub config: PathBuf,
+    pub pass: PathBuf,
+    pub ca_pem: String,
+}
+
+impl BinVault {
+    /// A new vault with its data directory at `ROOT/data`.
+    pub fn create(root: &Path) -> BinVault {
+        BinVault::create_in(root, &root.join("data"))
+    }
+
+    /// A new vault with its data directory at `data`.
+    pub fn create_in(root: &Path, data: &Path) -> BinVault {
+        init_logs();
+        let pki = TestPki::new(&root.join("pki"));
+        Vault::init(
+            data,
+            &SealSpec {
+                unlock: Unlock::Passphrase(SecretText::new(BIN_PASSPHRASE.into())),
+                kdf: TEST_KDF,
+                shares: None,
+            },
+            &system_clock(),
+        )
+        .unwrap();
+        let pass = root.join("pass");
+        std::fs::write(&pass, format!("{BIN_PASSPHRASE}\n")).unwrap();
+        let mut text = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {}\n[tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n",
+            toml_string(data)
+        );
+        for (name, tenant, perms) in CLIENTS {
+            let perms: Vec<String> = perms.iter().map(|p| format!("\"{p}\"")).collect();
+            text.push_str(&format!(
+                "[[clients]]\nname = \"{name}\"\ntenant = \"{tenant}\"\npermissions = [{}]\n",
+                perms.join(", ")
+            ));
+        }
+        let config = root.join("panvault.toml");
+        std::fs::write(&config, text).unwrap();
+        BinVault {
+            root: root.to_owned(),
+            data: data.to_owned(),
+            config,
+            pass,
+            ca_pem: pki.ca_pem(),
+        }
+    }
+
+    /// How to unseal it in-process.
+    pub fn unlock(&self) -> Unlock {
+        Unlock::Passphrase(SecretText::new(BIN_PASSPHRASE.into()))
+    }
+
+    /// `vault.db`.
+    pub fn db(&self) -> PathBuf {
+        self.data.join("vault.db")
+    }
+
+    /// A client of the PKI (one of [`CLIENTS`]) for a server at `addr`.
+    pub fn client(&self, addr: SocketAddr, name: &str) -> Client {
+        let p = self.root.join("pki");
+        let read = |f: String| std::fs::read_to_string(p.join(f)).unwrap();
+        Client::new(
+            addr,
+            &self.ca_pem,
+            Some((&read(format!("{name}.pem")), &read(format!("{name}.key")))),
+            &[b"http/1.1"],
+        )
+    }
+
+    /// The arguments of `panvault serve` for this vault (after the program name):
+    /// `--allow-noncompliant`, since the cheap test KDF and the development PKI
+    /// fail the compliance preflight on purpose.
+    pub fn serve_args(&self) -> Vec<std::ffi::OsString> {
+        vec![
+            "serve".into(),
+            "--allow-noncompliant".into(),
+            "--config".into(),
+            self.config.clone().into(),
+            "--passphrase-file".into(),
+            self.pass.clone().into(),
+        ]
+    }
+
+    /// Runs `panvault ARGS --data-dir DATA [--passphrase-file PASS]` to the end
+    /// (at most `limit`, else the test fails).
+    pub async fn run(&self, args: &[&str], with_pass: bool, limit: Duration) -> CmdOutput {
+        let mut cmd = tokio::process::Command::new(panvault_bin());
+        cmd.args(args).arg("--data-dir").arg(&self.data);
+        if with_pass {
+            cmd.arg("--passphrase-file").arg(&self.pass);
+        }
+        run_command(cmd, limit).await
+    }
+}
+
+/// A path as a TOML basic string.
+fn toml_string(p: &Path) -> String {
+    serde_json::Value::String(p.display().to_string()).to_string()
+}
+
+/// What a finished command printed and how it ended.
+#[derive(Debug)]
+pub struct CmdOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOutput {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+}
+
+/// Runs `cmd` (stdin closed, killed if it outlives `limit`, which fails the test).
+pub async fn run_command(mut cmd: tokio::process::Command, limit: Duration) -> CmdOutput {
+    cmd.stdin(std::process::Stdio::null())
+        .env_remove("PANVAULT_PASSPHRASE")
+        .env_remove("PANVAULT_DATA_DIR")
+        .kill_on_drop(true);
+    let shown = format!("{cmd:?}");
+    let out = tokio::time::timeout(limit, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{shown} did not finish within {limit:?}"))
+        .unwrap();
+    CmdOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Collects a child's output stream, line by line, in the background.
+pub fn collect_lines(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> Arc<Mutex<String>> {
+    use tokio::io::AsyncBufReadExt;
+    let out = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&out);
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    out
+}
+
+/// A running `panvault serve` process.
+pub struct ServeProcess {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl ServeProcess {
+    /// Starts `panvault serve` for `v` and waits (at most 60 s) until it prints
+    /// `panvault: serving https://ADDR`. `Err` with its stderr if it exits first.
+    pub async fn start(v: &BinVault) -> Result<ServeProcess, String> {
+        let mut cmd = tokio::process::Command::new(panvault_bin());
+        cmd.args(v.serve_args());
+        ServeProcess::spawn(cmd).await
+    }
+
+    /// Spawns `cmd` (a `panvault serve`, possibly through a wrapper that `exec`s
+    /// it) and waits for its address.
+    pub async fn spawn(mut cmd: tokio::process::Command) -> Result<ServeProcess, String> {
+        let mut child = cmd
+            .env("PANVAULT_LOG", "warn")
+            .env_remove("PANVAULT_PASSPHRASE")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = collect_lines(child.stderr.take().unwrap());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = stderr.lock().unwrap().clone();
+            if let Some(rest) = text.split("panvault: serving https://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                return Ok(ServeProcess {
+                    child,
+                    addr,
+                    stderr,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                // let the reader drain what is left
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Err(format!(
+                    "serve exited with {status}: {}",
+                    stderr.lock().unwrap()
+                ));
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.start_kill();
+                return Err(format!(
+                    "serve not ready after 60 s: {}",
+                    stderr.lock().unwrap()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    /// SIGKILL, and waits (at most 10 s) until it is gone.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("no exit 10 s after SIGKILL")
+            .unwrap();
+    }
+
+    /// SIGTERM; the exit status (at most 30 s).
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let st = tokio::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("no exit 30 s after SIGTERM")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status
+    }
+
+    /// Polls `GET /healthz` until it answers 200 (at most `limit`).
+    pub async fn wait_healthy(&self, v: &BinVault, limit: Duration) {
+        let client = v.client(self.addr, "payments");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(r) = client.request("GET", "/healthz", None, None).await
+                && r.status == 200
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/healthz did not answer within {limit:?}: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// `PRAGMA integrity_check` of the database at `db` (opened read-write, so a
+/// WAL left by a killed process is recovered first).
+pub fn integrity_check(db: &Path) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let rows: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    rows.join("\n")
+}
+
+/// Runs a test body for at most `limit`: a hung server or client fails the test
+/// (and drops, so kills, its child processes) instead of hanging CI.
+pub async fn within<F: std::future::Future>(limit: Duration, body: F) -> F::Output {
+    tokio::time::timeout(limit, body)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {limit:?}"))
+}

@@ -17,10 +17,14 @@ use panvault_tests as util;
 mod batch;
 #[path = "e2e/binary.rs"]
 mod binary;
+#[path = "e2e/crash.rs"]
+mod crash;
 #[path = "e2e/erasure.rs"]
 mod erasure;
 #[path = "e2e/errors.rs"]
 mod errors;
+#[path = "e2e/faults.rs"]
+mod faults;
 #[path = "e2e/flow.rs"]
 mod flow;
 #[path = "e2e/lifecycle.rs"]

@@ -37,7 +37,9 @@ pub(crate) fn new_request_id() -> String {
             .unwrap_or_default()
             .to_le_bytes();
     }
-    b.iter().fold(String::with_capacity(16), |mut s, x| {
+    // A leading letter: a random id may be all digits, and must never look like a
+    // card number to a log scanner (a digit run glued to a letter does not).
+    b.iter().fold(String::from("r"), |mut s, x| {
         use std::fmt::Write;
         let _ = write!(s, "{x:02x}");
         s
@@ -294,7 +296,8 @@ mod tests {
         assert_eq!(v["type"], "https://panvault.dev/problems/not_found");
         assert_eq!(v["status"], 404);
         assert_eq!(v["title"], "Not found");
-        assert_eq!(new_request_id().len(), 16);
+        assert_eq!(new_request_id().len(), 17);
+        assert!(new_request_id().starts_with('r'));
     }
 
     #[test]

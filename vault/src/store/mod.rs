@@ -36,12 +36,44 @@ impl From<rusqlite::Error> for StoreError {
         // Only the error class: rusqlite's messages can include statement text but
         // never bound parameters; still, keep it to the code and a short reason.
         match e {
+            // A damaged or foreign file says so by name, wherever it is first read.
+            rusqlite::Error::SqliteFailure(err, _)
+                if matches!(
+                    err.code,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                ) =>
+            {
+                StoreError::Corrupt(format!("{:?} ({})", err.code, err.extended_code))
+            }
             rusqlite::Error::SqliteFailure(err, _) => {
                 StoreError::Sqlite(format!("{:?} ({})", err.code, err.extended_code))
             }
             other => StoreError::Sqlite(short(&other)),
         }
     }
+}
+
+/// Any failure to read what should be a vault's database, as [`StoreError::Corrupt`].
+fn corrupt(e: rusqlite::Error) -> StoreError {
+    match StoreError::from(e) {
+        c @ StoreError::Corrupt(_) => c,
+        other => StoreError::Corrupt(other.to_string()),
+    }
+}
+
+/// Refuses a file without the panvault schema (`user_version` 0: an empty file
+/// or some other SQLite database) before anything is written to it, so that
+/// opening an existing vault never creates one in its place.
+fn require_schema(conn: &Connection) -> Result<(), StoreError> {
+    // A WAL left by a killed process may be being recovered by another opener.
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == 0 {
+        return Err(StoreError::Corrupt(
+            "the file has no panvault schema (empty, or another SQLite database)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn short(e: &rusqlite::Error) -> String {
@@ -118,10 +150,12 @@ pub fn open_writer(path: &Path, create: bool) -> Result<Connection, StoreError> 
     let mut conn = Connection::open_with_flags(path, flags)?;
     if create {
         conn.pragma_update(None, "page_size", page_size())?;
+    } else {
+        require_schema(&conn)?;
     }
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(|e| StoreError::Corrupt(StoreError::from(e).to_string()))?;
+        .map_err(corrupt)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Sqlite(format!(
             "could not enable WAL (journal_mode={mode})"
@@ -132,12 +166,13 @@ pub fn open_writer(path: &Path, create: bool) -> Result<Connection, StoreError> 
     Ok(conn)
 }
 
-/// Opens a read-only connection.
+/// Opens a read-only connection to an existing vault's database.
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    require_schema(&conn)?;
     configure(&conn, false)?;
     Ok(conn)
 }
@@ -146,7 +181,7 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 pub fn check_integrity(conn: &Connection) -> Result<(), StoreError> {
     let res: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(|e| StoreError::Corrupt(StoreError::from(e).to_string()))?;
+        .map_err(corrupt)?;
     if res != "ok" {
         return Err(StoreError::Corrupt(res.chars().take(200).collect()));
     }
@@ -188,5 +223,38 @@ pub fn scrub_wal(path: &Path, wait: std::time::Duration) -> bool {
             return false;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_or_foreign_file_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        let foreign = dir.path().join("foreign.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        let text = dir.path().join("text.db");
+        std::fs::write(&text, b"not a database, just text\n".repeat(200)).unwrap();
+        for path in [&empty, &foreign, &text] {
+            let before = std::fs::read(path).unwrap();
+            assert!(matches!(
+                open_writer(path, false),
+                Err(StoreError::Corrupt(_))
+            ));
+            assert!(matches!(open_reader(path), Err(StoreError::Corrupt(_))));
+            assert_eq!(std::fs::read(path).unwrap(), before, "{}", path.display());
+        }
+        // a new vault's database is still made and then opens
+        let fresh = dir.path().join("fresh.db");
+        drop(open_writer(&fresh, true).unwrap());
+        drop(open_writer(&fresh, false).unwrap());
+        drop(open_reader(&fresh).unwrap());
     }
 }

@@ -205,7 +205,10 @@ fn run<S: WriterState>(
         let n = batch.len();
         let result = run_batch(&mut conn, &mut state, &mut batch, &mut completions);
         stats.record(n, t0.elapsed());
-        if result.is_err() {
+        if let Err(e) = &result {
+            // Every caller of the batch gets 503; say why once, for the operator
+            // (a full disk or an unwritable audit log is otherwise silent).
+            tracing::warn!(error = %e, jobs = n, "write batch rolled back");
             state.restore(before);
         }
         let failed = result.err();
