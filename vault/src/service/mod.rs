@@ -321,11 +321,10 @@ impl Vault {
                 completion: Box::new(move |committed| {
                     let answer = match committed {
                         Ok(()) => result,
-                        Err(e) => Err(if e.is_unavailable() {
-                            VaultError::AuditUnavailable
-                        } else {
-                            VaultError::Store(e)
-                        }),
+                        // The batch did not commit: storage trouble (disk full,
+                        // read-only, locked) is `unavailable`; operations that exist
+                        // only to be audited turn it into `audit_unavailable` themselves.
+                        Err(e) => Err(VaultError::Store(e)),
                     };
                     let _ = tx.send(answer);
                 }),
