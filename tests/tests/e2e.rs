@@ -27,6 +27,8 @@ mod errors;
 mod faults;
 #[path = "e2e/flow.rs"]
 mod flow;
+#[path = "e2e/keys_cli.rs"]
+mod keys_cli;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/refusals.rs"]
