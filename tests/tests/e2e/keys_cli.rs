@@ -36,7 +36,10 @@ async fn rotate_if_older_than_only_rotates_old_keys() {
     let (ok, out) = panvault(&["keys", "rotate", "--if-older-than", "0d"], &dir).await;
     assert!(ok && out.contains("v2 is now active"), "{out}");
     let (ok, out) = panvault(&["keys", "rotate", "--if-older-than", "soon"], &dir).await;
-    assert!(!ok && out.contains("expected a number with d, w or h"), "{out}");
+    assert!(
+        !ok && out.contains("expected a number with d, w or h"),
+        "{out}"
+    );
     let (ok, out) = panvault(&["keys", "list", "--json"], &dir).await;
     assert!(ok);
     let keys: serde_json::Value = serde_json::from_str(out.trim_end_matches(|c| c != ']')).unwrap();
