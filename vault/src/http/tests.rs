@@ -54,6 +54,11 @@ impl Drop for Harness {
 }
 
 fn harness() -> Harness {
+    harness_with(CONFIG)
+}
+
+/// A vault and router over the configuration `text`.
+fn harness_with(text: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let unlock = || Unlock::Passphrase(SecretText::new("handler-tests".into()));
     // A cheap KDF: the key hierarchy is not under test here.
@@ -73,7 +78,7 @@ fn harness() -> Harness {
     )
     .unwrap();
     let vault = Vault::open(dir.path(), &unlock()).unwrap();
-    let config = Config::parse(CONFIG).unwrap();
+    let config = Config::parse(text).unwrap();
     let app = router(AppState::new(
         vault.clone(),
         &config,
@@ -552,40 +557,12 @@ async fn routing_errors_and_metrics() {
 
 #[tokio::test]
 async fn detokenize_is_rate_limited_per_client_with_429() {
-    let dir = tempfile::tempdir().unwrap();
-    let unlock = || Unlock::Passphrase(SecretText::new("handler-tests".into()));
-    let kdf = KdfParams {
-        m_kib: 1024,
-        t: 1,
-        p: 1,
-    };
-    Vault::init(
-        dir.path(),
-        &SealSpec {
-            unlock: unlock(),
-            kdf,
-            shares: None,
-        },
-        &system_clock(),
-    )
-    .unwrap();
-    let vault = Vault::open(dir.path(), &unlock()).unwrap();
     let text = CONFIG.replacen(
         "[[clients]]",
         "[limits]\ndetokenize_per_second = 0.5\ndetokenize_burst = 2\n\n[[clients]]",
         1,
     );
-    let config = Config::parse(&text).unwrap();
-    let app = router(AppState::new(
-        vault.clone(),
-        &config,
-        Arc::new(ConnStats::default()),
-    ));
-    let h = Harness {
-        _dir: dir,
-        app,
-        vault,
-    };
+    let h = harness_with(&text);
     let (s, _, v) = as_client(&h, "storefront", "POST", "/v1/tokens", card(VISA)).await;
     assert_eq!(s, StatusCode::CREATED);
     let token = v["token"].as_str().unwrap().to_owned();
