@@ -60,6 +60,80 @@ fn migrate_is_idempotent() {
     ));
 }
 
+/// The INSERT of an event builds no ephemeral b-tree: a CHECK with `IN (…)` of
+/// three constants made SQLite build one on every append (about 40 % of its cost).
+#[test]
+fn appending_builds_no_ephemeral_table() {
+    let conn = fresh_db();
+    let plan: Vec<String> = conn
+        .prepare(
+            "EXPLAIN INSERT INTO audit_events (seq, time_ns, actor, actor_fp, action, tenant, \
+             token, purpose, outcome, code, request_id, peer, details, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )
+        .unwrap()
+        .query_map([rusqlite::types::Null; 15], |r| r.get::<_, String>(1))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(plan.iter().any(|op| op == "Insert"), "{plan:?}");
+    assert!(!plan.iter().any(|op| op == "OpenEphemeral"), "{plan:?}");
+}
+
+/// A version 1 log (outcome checked with `IN`) is rebuilt in place: same rows,
+/// same chain, still verifies; the old CHECK still refuses a bad outcome.
+#[test]
+fn version_1_log_is_upgraded_in_place() {
+    let v1_sql = SCHEMA_SQL.replace(
+        "CHECK (outcome = 'success' OR outcome = 'denied' OR outcome = 'error')",
+        "CHECK (outcome IN ('success', 'denied', 'error'))",
+    );
+    assert_ne!(v1_sql, SCHEMA_SQL);
+    let mut conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(&v1_sql).unwrap();
+    conn.execute(
+        "INSERT INTO audit_meta (key, value) VALUES ('schema_version', 1)",
+        [],
+    )
+    .unwrap();
+    let k = key(4);
+    let built = build_log(&mut conn, &k, 250, 100, 0);
+    let before = intact(&conn, &k);
+
+    migrate(&conn).unwrap();
+    let version: i64 = conn
+        .query_row(
+            "SELECT value FROM audit_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let ddl: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = 'audit_events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!ddl.contains(" IN ("), "{ddl}");
+    let after = intact(&conn, &k);
+    assert_eq!(
+        (after.events, after.checkpoints, after.last_seq),
+        (before.events, before.checkpoints, before.last_seq)
+    );
+    assert_eq!(AuditChain::load(&conn).unwrap().head(), built.chain.head());
+    // The constraint still holds after the rebuild.
+    let refused = conn.execute(
+        "UPDATE audit_events SET outcome = 'maybe' WHERE seq = 1",
+        [],
+    );
+    assert!(refused.is_err());
+    // And a second migrate changes nothing.
+    migrate(&conn).unwrap();
+    assert_eq!(intact(&conn, &k).events, 250);
+}
+
 #[test]
 fn a_database_without_audit_tables_is_an_error() {
     let conn = Connection::open_in_memory().unwrap();
