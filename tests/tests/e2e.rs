@@ -33,3 +33,5 @@ mod keys_cli;
 mod lifecycle;
 #[path = "e2e/refusals.rs"]
 mod refusals;
+#[path = "e2e/soak.rs"]
+mod soak;

@@ -1,7 +1,8 @@
 //! `panvault bench`: a load generator for a running server. Opens N keep-alive mTLS
-//! connections (HTTP/1.1) and runs tokenize, detokenize or a mix for a duration,
-//! each connection one request at a time; prints requests/s and latency
-//! percentiles. Every tokenize sends a fresh random (Luhn-valid, test-only) card.
+//! connections (HTTP/1.1) and runs tokenize, detokenize, an alternation of the two,
+//! or a storefront's mixed traffic for a duration, each connection one request at a
+//! time; prints requests/s and latency percentiles per operation, and the errors.
+//! Every card is a random Luhn-valid test number.
 //!
 //! ```text
 //! panvault bench --config DIR/panvault.toml --client storefront --op tokenize \
@@ -33,7 +34,28 @@ pub enum Op {
     Detokenize,
     /// Alternately one and the other.
     Mix,
+    /// A storefront's traffic, for soak runs: half the connections act as
+    /// --preload-client (tokenize cards of a pool of returning customers, so most
+    /// are answered by dedup; 10 % deletes of its own tokens, which the pool then
+    /// tokenizes anew; 10 % metadata reads), half as --client (80 % detokenize,
+    /// 20 % metadata reads). The number of stored cards stays about constant.
+    Mixed,
 }
+
+/// The operations a run reports on, in report order.
+const KINDS: [&str; 4] = ["tokenize", "detokenize", "read", "delete"];
+
+/// Index into [`KINDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tokenize = 0,
+    Detokenize = 1,
+    Read = 2,
+    Delete = 3,
+}
+
+/// Cards in each storefront connection's pool of returning customers (`--op mixed`).
+const POOL: usize = 64;
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
@@ -321,26 +343,153 @@ async fn preload(
 
 #[derive(Default)]
 struct Tally {
-    /// Latencies in µs, by op (0 tokenize, 1 detokenize).
-    lat: [Vec<u32>; 2],
+    /// Latencies in µs, by [`Kind`].
+    lat: [Vec<u32>; 4],
     /// Error statuses (0: transport error).
     errors: std::collections::BTreeMap<u16, u64>,
     first_error: Option<String>,
 }
 
+/// What a worker's connection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// `--op tokenize|detokenize|mix`.
+    Plain(Op),
+    /// `--op mixed`, as the storefront (the tokenizing client).
+    Storefront,
+    /// `--op mixed`, as the payment service (`--client`).
+    Payments,
+}
+
+/// One worker's traffic: the next request of `role`, as (kind, method, path, body).
+struct Traffic {
+    role: Role,
+    rng: Rng,
+    i: usize,
+    year: i32,
+    tokens: Arc<Vec<String>>,
+    /// The storefront's returning customers, and their tokens once made.
+    pool: Vec<(String, Option<String>)>,
+}
+
+impl Traffic {
+    fn new(role: Role, id: usize, year: i32, tokens: Arc<Vec<String>>) -> Traffic {
+        let mut rng = Rng::seeded(id as u64);
+        let pool = if role == Role::Storefront {
+            (0..POOL).map(|_| (rng.card(), None)).collect()
+        } else {
+            Vec::new()
+        };
+        Traffic {
+            role,
+            rng,
+            i: id,
+            year,
+            tokens,
+            pool,
+        }
+    }
+
+    fn shared_token(&mut self) -> String {
+        let n = self.tokens.len().max(1) as u64;
+        self.tokens
+            .get(usize::try_from(self.rng.next() % n).unwrap_or(0))
+            .map_or_else(|| "tok_none".to_owned(), String::clone)
+    }
+
+    fn next(&mut self) -> (Kind, &'static str, String, String) {
+        self.i += 1;
+        let slot = self.i % 10;
+        let kind = match self.role {
+            Role::Plain(Op::Detokenize) => Kind::Detokenize,
+            Role::Plain(Op::Mix) if self.i.is_multiple_of(2) => Kind::Detokenize,
+            Role::Plain(_) => Kind::Tokenize,
+            Role::Payments if slot < 8 => Kind::Detokenize,
+            Role::Payments => Kind::Read,
+            Role::Storefront if slot < 8 => Kind::Tokenize,
+            Role::Storefront if slot == 8 => Kind::Delete,
+            Role::Storefront => Kind::Read,
+        };
+        let pick = usize::try_from(self.rng.next() % POOL as u64).unwrap_or(0);
+        match kind {
+            Kind::Tokenize => {
+                let card = match self.pool.get(pick) {
+                    Some((card, _)) => card.clone(),
+                    None => self.rng.card(),
+                };
+                let body = tokenize_body(&card, self.year);
+                (kind, "POST", "/v1/tokens".into(), body)
+            }
+            Kind::Detokenize => {
+                let tok = self.shared_token();
+                let path = format!("/v1/tokens/{tok}/detokenize");
+                (
+                    kind,
+                    "POST",
+                    path,
+                    "{\"purpose\":\"panvault bench\"}".into(),
+                )
+            }
+            Kind::Read => {
+                let own = self.pool.get(pick).and_then(|(_, t)| t.clone());
+                let tok = own.unwrap_or_else(|| self.shared_token());
+                (kind, "GET", format!("/v1/tokens/{tok}"), String::new())
+            }
+            Kind::Delete => {
+                // One of our own tokens (forgotten now: its card is tokenized anew
+                // later); a read of a shared token if we have none yet.
+                match self.pool.get_mut(pick).and_then(|(_, t)| t.take()) {
+                    Some(tok) => (kind, "DELETE", format!("/v1/tokens/{tok}"), String::new()),
+                    None => {
+                        let tok = self.shared_token();
+                        (
+                            Kind::Read,
+                            "GET",
+                            format!("/v1/tokens/{tok}"),
+                            String::new(),
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    /// Remembers the token a storefront's tokenize returned for its pool card.
+    fn learn(&mut self, body: &[u8]) {
+        if self.role != Role::Storefront {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return;
+        };
+        let (Some(token), Some(last4)) = (
+            v.get("token").and_then(|t| t.as_str()),
+            v.pointer("/card/last4").and_then(|t| t.as_str()),
+        ) else {
+            return;
+        };
+        let bin = v
+            .pointer("/card/bin")
+            .and_then(|t| t.as_str())
+            .unwrap_or("");
+        if let Some((_, slot)) = self
+            .pool
+            .iter_mut()
+            .find(|(card, _)| card.starts_with(bin) && card.ends_with(last4))
+        {
+            *slot = Some(token.to_owned());
+        }
+    }
+}
+
 async fn worker(
     target: Arc<Target>,
-    op: Op,
-    tokens: Arc<Vec<String>>,
-    id: usize,
+    mut traffic: Traffic,
     warm_until: Instant,
     end: Instant,
-    year: i32,
 ) -> Tally {
     let mut tally = Tally::default();
-    let mut rng = Rng::seeded(id as u64);
     let mut conn = None;
-    let mut i = id;
     while Instant::now() < end {
         let c = match &mut conn {
             Some(c) => c,
@@ -354,42 +503,23 @@ async fn worker(
                 }
             },
         };
-        i += 1;
-        let detok = match op {
-            Op::Tokenize => false,
-            Op::Detokenize => true,
-            Op::Mix => i.is_multiple_of(2),
-        };
+        let (kind, method, path, body) = traffic.next();
         let t0 = Instant::now();
-        let result = if detok {
-            let n = tokens.len().max(1) as u64;
-            let tok = tokens
-                .get(usize::try_from(rng.next() % n).unwrap_or(0))
-                .map_or("tok_none", String::as_str);
-            send(
-                c,
-                "localhost",
-                "POST",
-                &format!("/v1/tokens/{tok}/detokenize"),
-                "{\"purpose\":\"panvault bench\"}".into(),
-            )
-            .await
-        } else {
-            send(
-                c,
-                "localhost",
-                "POST",
-                "/v1/tokens",
-                tokenize_body(&rng.card(), year),
-            )
-            .await
-        };
+        let result = send(c, "localhost", method, &path, body).await;
         let us = u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX);
+        let expected = |status: u16| match kind {
+            Kind::Tokenize => status == 200 || status == 201,
+            Kind::Delete => status == 204,
+            Kind::Detokenize | Kind::Read => status == 200,
+        };
         match result {
-            Ok((status, _)) if status == 200 || status == 201 => {
+            Ok((status, body)) if expected(status) => {
+                if kind == Kind::Tokenize {
+                    traffic.learn(&body);
+                }
                 if let Some(lat) = tally
                     .lat
-                    .get_mut(usize::from(detok))
+                    .get_mut(kind as usize)
                     .filter(|_| t0 >= warm_until)
                 {
                     lat.push(us);
@@ -470,16 +600,31 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             "client {preload_name:?} may not tokenize; name one that may with --preload-client"
         )));
     }
-    if args.op != Op::Tokenize && !client.can(Permission::Detokenize) {
-        return Err(CliError::usage(format!(
-            "client {:?} may not detokenize",
-            args.client
-        )));
+    // Who needs which permission: (client, name, permission).
+    let mut needed = Vec::new();
+    match args.op {
+        Op::Tokenize => needed.push((client, &args.client, Permission::Tokenize)),
+        Op::Detokenize => needed.push((client, &args.client, Permission::Detokenize)),
+        Op::Mix => {
+            needed.push((client, &args.client, Permission::Tokenize));
+            needed.push((client, &args.client, Permission::Detokenize));
+        }
+        Op::Mixed => {
+            needed.push((client, &args.client, Permission::Detokenize));
+            needed.push((client, &args.client, Permission::Read));
+            needed.push((preloader, &preload_name, Permission::Read));
+            needed.push((preloader, &preload_name, Permission::Delete));
+        }
     }
-    if args.op != Op::Detokenize && !client.can(Permission::Tokenize) {
+    if let Some((_, name, p)) = needed.iter().find(|(c, _, p)| !c.can(*p)) {
         return Err(CliError::usage(format!(
-            "client {:?} may not tokenize",
-            args.client
+            "client {name:?} may not {}{}",
+            p.as_str(),
+            if args.op == Op::Mixed {
+                " (--op mixed: --client detokenizes and reads, --preload-client tokenizes, reads and deletes)"
+            } else {
+                ""
+            }
         )));
     }
     let target = Arc::new(target_for(&args, &config, &args.client)?);
@@ -500,7 +645,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         let preload_n = if needs_tokens && args.preload == 0 && tokens.is_empty() { 10_000 } else { args.preload };
         if preload_n > 0 {
-            tokens = preload(pre_target, conns, preload_n, year).await?;
+            tokens = preload(Arc::clone(&pre_target), conns, preload_n, year).await?;
             if let Some(f) = &args.tokens_file {
                 std::fs::write(f, tokens.join("\n")).map_err(|e| CliError::usage(format!("{}: {e}", f.display())))?;
             }
@@ -514,7 +659,13 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         let end = warm_until + args.duration;
         let mut set = tokio::task::JoinSet::new();
         for id in 0..conns {
-            set.spawn(worker(Arc::clone(&target), args.op, Arc::clone(&tokens), id, warm_until, end, year));
+            let (role, t) = match args.op {
+                Op::Mixed if id % 2 == 0 => (Role::Storefront, &pre_target),
+                Op::Mixed => (Role::Payments, &target),
+                op => (Role::Plain(op), &target),
+            };
+            let traffic = Traffic::new(role, id, year, Arc::clone(&tokens));
+            set.spawn(worker(Arc::clone(t), traffic, warm_until, end));
         }
         let mut total = Tally::default();
         while let Some(t) = set.join_next().await {
@@ -538,11 +689,12 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             args.duration.as_secs_f64(),
             args.warmup.as_secs_f64()
         );
-        let [tok, detok] = total.lat;
-        let all: Vec<u32> = tok.iter().chain(detok.iter()).copied().collect();
-        report("tokenize", tok, secs);
-        report("detokenize", detok, secs);
-        if args.op == Op::Mix {
+        let all: Vec<u32> = total.lat.iter().flatten().copied().collect();
+        let kinds = total.lat.iter().filter(|l| !l.is_empty()).count();
+        for (name, lat) in KINDS.iter().zip(total.lat) {
+            report(name, lat, secs);
+        }
+        if kinds > 1 {
             report("all", all, secs);
         }
         let errors: u64 = total.errors.values().sum();

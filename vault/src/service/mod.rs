@@ -558,9 +558,19 @@ impl Vault {
             let result = match &parsed {
                 None => Err(VaultError::NotFound),
                 Some(t) => conn
-                    .execute("DELETE FROM cards WHERE token = ?1 AND tenant = ?2 AND (expires_at IS NULL OR expires_at > ?3)", params![t.as_str(), tenant, now])
+                    .query_row(
+                        "DELETE FROM cards WHERE token = ?1 AND tenant = ?2 \
+                         AND (expires_at IS NULL OR expires_at > ?3) RETURNING id, fingerprint",
+                        params![t.as_str(), tenant, now],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+                    )
+                    .optional()
                     .map_err(store_err)
-                    .and_then(|n| if n == 0 { Err(VaultError::NotFound) } else { Ok(()) }),
+                    .and_then(|row| {
+                        let (id, fp) = row.ok_or(VaultError::NotFound)?;
+                        state.dedup.deleted_in_batch(&fp, id);
+                        Ok(())
+                    }),
             };
             let rec = AuditRecord {
                 action: AuditAction::Delete,

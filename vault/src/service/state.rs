@@ -30,6 +30,9 @@ use crate::store::{StoreError, WriterState};
 #[derive(Debug, Default)]
 pub(crate) struct DedupIndex {
     map: HashMap<[u8; FINGERPRINT_LEN], i64>,
+    /// Rows deleted by the open batch: forgotten once it commits (a rollback keeps
+    /// them, and their entries).
+    deleted: Vec<([u8; FINGERPRINT_LEN], i64)>,
 }
 
 impl DedupIndex {
@@ -46,7 +49,10 @@ impl DedupIndex {
                 map.entry(fp).or_insert(id);
             }
         }
-        Ok(DedupIndex { map })
+        Ok(DedupIndex {
+            map,
+            deleted: Vec::new(),
+        })
     }
 
     /// The row id the index holds for `fp`, to be re-checked by the caller.
@@ -62,6 +68,35 @@ impl DedupIndex {
     /// Forgets a stale entry.
     pub(crate) fn remove(&mut self, fp: &[u8; FINGERPRINT_LEN]) {
         self.map.remove(fp);
+    }
+
+    /// Notes that the open batch deleted row `id` holding `fp`; its entry goes when
+    /// the batch commits. (Without this every deleted card stayed in memory until
+    /// the same card came back or the vault restarted.)
+    pub(crate) fn deleted_in_batch(&mut self, fp: &[u8], id: i64) {
+        if let Ok(fp) = <[u8; FINGERPRINT_LEN]>::try_from(fp) {
+            self.deleted.push((fp, id));
+        }
+    }
+
+    /// The batch committed: forget its deleted rows (only entries still pointing
+    /// at them; another live row with the same card keeps its own).
+    fn commit(&mut self) {
+        for (fp, id) in self.deleted.drain(..) {
+            if self.map.get(&fp) == Some(&id) {
+                self.map.remove(&fp);
+            }
+        }
+    }
+
+    /// The batch rolled back: its rows were not deleted after all.
+    fn rollback(&mut self) {
+        self.deleted.clear();
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
     }
 }
 
@@ -117,6 +152,7 @@ impl WriterState for VaultState {
     fn restore(&mut self, snap: ChainHead) {
         // Counters of a rolled-back batch were never flushed; the chain goes back.
         self.encryptions.clear();
+        self.dedup.rollback();
         self.audit.restore(snap);
     }
     fn on_shutdown(&mut self, conn: &mut Connection) {
@@ -129,6 +165,9 @@ impl WriterState for VaultState {
         if ok.is_none() {
             self.audit.restore(before);
         }
+    }
+    fn after_commit(&mut self, _conn: &mut Connection) {
+        self.dedup.commit();
     }
     fn before_commit(&mut self, conn: &Connection) -> Result<(), StoreError> {
         self.audit
@@ -144,5 +183,30 @@ impl WriterState for VaultState {
             stmt.execute([i64::from(v), n])?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletes_leave_the_index_only_when_their_batch_commits() {
+        let mut d = DedupIndex::default();
+        let (a, b) = ([1u8; FINGERPRINT_LEN], [2u8; FINGERPRINT_LEN]);
+        d.insert(a, 10);
+        d.insert(b, 20);
+        // Rolled back: nothing forgotten.
+        d.deleted_in_batch(&a, 10);
+        d.rollback();
+        d.commit();
+        assert_eq!(d.get(&a), Some(10));
+        // Committed: forgotten; a delete of another row of the same card (made with
+        // force_new) leaves the entry of the row it points at.
+        d.deleted_in_batch(&a, 10);
+        d.deleted_in_batch(&b, 21);
+        d.deleted_in_batch(&[3u8; 7], 30); // not a fingerprint: ignored
+        d.commit();
+        assert_eq!((d.get(&a), d.get(&b), d.len()), (None, Some(20), 1));
     }
 }
