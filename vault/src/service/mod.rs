@@ -496,7 +496,7 @@ impl Vault {
                 "must not contain a card number",
             ));
         }
-        let result = self.read_row(tenant, token).and_then(|row| {
+        let result = self.read_row(tenant, token).and_then(|mut row| {
             let mut keys = self.keys()?;
             if !keys.data.contains_key(&row.key_version) {
                 // A key made by another process (rotate, then rewrap) since our last
@@ -516,7 +516,7 @@ impl Vault {
             let sealed = SealedRecord {
                 key_version: row.key_version,
                 nonce,
-                ciphertext: row.ciphertext.clone(),
+                ciphertext: std::mem::take(&mut row.ciphertext),
             };
             let card = key
                 .open(tenant, &row.token, &sealed)

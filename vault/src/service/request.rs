@@ -176,6 +176,32 @@ impl TokenizeRequest {
                 ));
             }
         };
+        // Fields stored in the clear must not carry this very card, however spelled
+        // and whatever its length (`contains_card_number` only knows issued lengths;
+        // a 14-digit Visa-prefixed number inside a 16-digit run was found by the
+        // `tokenize_request` fuzz target).
+        let digits = pan.expose_digits();
+        if subject.as_deref().is_some_and(|s| mentions(s, digits)) {
+            return Err(VaultError::invalid(
+                "subject",
+                "must not contain the card number",
+            ));
+        }
+        if name.as_ref().is_some_and(|n| mentions(n.expose(), digits)) {
+            return Err(VaultError::invalid(
+                "card.name",
+                "must not contain the card number",
+            ));
+        }
+        if metadata.as_ref().is_some_and(|m| {
+            m.iter()
+                .any(|(k, v)| mentions(k, digits) || json_mentions(v, digits))
+        }) {
+            return Err(VaultError::invalid(
+                "metadata",
+                "must not contain the card number",
+            ));
+        }
         Ok(TokenizeRequest {
             card: CardSecret { pan, name },
             expiry,
@@ -190,12 +216,40 @@ impl TokenizeRequest {
 }
 
 /// A caller's object key as named in an error: errors never hold a card number, so
-/// a key that contains one is not echoed (found by the `tokenize_request` fuzz target).
+/// a key that contains one is not echoed (found by the `tokenize_request` fuzz
+/// target), nor one with any run of 12 or more digits (a number of a length no
+/// network issues can still be the card of this very request).
 fn field_name(key: &str) -> String {
-    if contains_card_number(key) {
+    let longest_run = key
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    if longest_run >= 12 || contains_card_number(key) {
         "(a field named with a card number)".to_owned()
     } else {
         key.to_owned()
+    }
+}
+
+/// Whether the digits of `s`, everything else dropped, contain `pan` (the card's
+/// digits): the card being tokenized, spelled any way, inside another field.
+fn mentions(s: &str, pan: &str) -> bool {
+    let digits =
+        zeroize::Zeroizing::new(s.chars().filter(char::is_ascii_digit).collect::<String>());
+    digits.contains(pan)
+}
+
+/// [`mentions`] for every key, string and number of a JSON value.
+fn json_mentions(v: &Value, pan: &str) -> bool {
+    match v {
+        Value::String(s) => mentions(s, pan),
+        Value::Number(n) => mentions(&n.to_string(), pan),
+        Value::Array(a) => a.iter().any(|x| json_mentions(x, pan)),
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, x)| mentions(k, pan) || json_mentions(x, pan)),
+        Value::Bool(_) | Value::Null => false,
     }
 }
 
@@ -406,6 +460,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn refuses_this_card_in_metadata_subject_and_name_whatever_its_length() {
+        // The fuzz finding: a 14-digit card (Visa prefix, no issued length) inside a
+        // 16-digit run of metadata; `contains_card_number` does not know it as a card.
+        let card = json!({"number":"42424242424242","exp_month":12,"exp_year":2030});
+        let today = time::Date::from_calendar_date(2026, time::Month::June, 15).unwrap();
+        for (extra, field) in [
+            (json!({"metadata":{"n":"4242424242424241"}}), "metadata"),
+            (
+                json!({"metadata":{"a":[{"b":"42 4242-4242 4242 4x"}]}}),
+                "metadata",
+            ),
+            (json!({"metadata":{"n":424242424242421_u64}}), "metadata"),
+            (json!({"metadata":{"k42424242424242":1}}), "metadata"),
+            (json!({"subject":"cust-42424242424242-9"}), "subject"),
+        ] {
+            let mut v = json!({"card": card.clone()});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let e = TokenizeRequest::from_json(&v, today).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(field), "{text}");
+            assert!(!text.contains("42424242424242"), "{text}");
+        }
+        let mut named = card.clone();
+        named["name"] = json!("J 42424242424242");
+        let e = TokenizeRequest::from_json(&json!({"card": named}), today).unwrap_err();
+        assert!(e.to_string().contains("card.name"));
+        // Other digits are fine.
+        let ok =
+            json!({"card": card, "metadata":{"order":"4242424242","n":42}, "subject":"c-4242"});
+        assert!(TokenizeRequest::from_json(&ok, today).is_ok());
+        // An unknown key with a long digit run is not echoed.
+        let odd = json!({"card":{"number":"4242424242424242","exp_month":12,"exp_year":2030},"x424242424242":1});
+        let e = TokenizeRequest::from_json(&odd, today)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("424242424242"), "{e}");
     }
 
     #[test]
