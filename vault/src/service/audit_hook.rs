@@ -288,6 +288,12 @@ impl AuditState {
         self.chain.append(conn, &ev).map_err(audit_err)
     }
 
+    /// Appends an event built beforehand (off the writer thread, by
+    /// [`build_event`]) inside the current transaction; returns its sequence number.
+    pub(crate) fn append(&mut self, conn: &Connection, ev: &NewEvent) -> Result<u64, VaultError> {
+        self.chain.append(conn, ev).map_err(audit_err)
+    }
+
     pub(crate) fn snapshot(&self) -> ChainHead {
         self.chain.snapshot()
     }

@@ -603,39 +603,21 @@ impl Vault {
         result: &Result<T, VaultError>,
         ctx: &AccessContext,
     ) -> Result<(), VaultError> {
-        let keys = self.keys()?;
         let outcome = match result {
             Ok(_) => AuditOutcome::Success,
             Err(e) => AuditOutcome::from_error(e),
         };
-        let tenant = tenant.to_owned();
-        let token = Token::parse(token).map(|t| t.as_str().to_owned());
-        let purpose = purpose.map(str::to_owned);
-        let ctx = ctx.clone();
-        let now = self.now().unix_timestamp();
-        self.write(move |conn, state| {
-            let rec = AuditRecord {
-                action,
-                tenant: Some(&tenant),
-                token: token.as_deref(),
-                purpose: purpose.as_deref(),
-                subject: None,
-                outcome,
-                details: None,
-            };
-            match state.record(conn, &keys, &ctx, &rec, now) {
-                Ok(_) => (true, Ok(())),
-                Err(e) => (false, Err(e)),
-            }
-        })
-        .await
-        .map_err(|e| {
-            if e.is_unavailable() {
-                VaultError::AuditUnavailable
-            } else {
-                e
-            }
-        })
+        let token = Token::parse(token);
+        let rec = AuditRecord {
+            action,
+            tenant: Some(tenant),
+            token: token.as_ref().map(Token::as_str),
+            purpose,
+            subject: None,
+            outcome,
+            details: None,
+        };
+        self.append_event(ctx, &rec).await.map(|_| ())
     }
 
     /// Records an event that is not part of a data operation: a request refused
@@ -650,27 +632,35 @@ impl Vault {
         outcome: AuditOutcome,
         details: Option<&str>,
     ) -> Result<u64, VaultError> {
+        let token = token.and_then(Token::parse);
+        let rec = AuditRecord {
+            action,
+            tenant,
+            token: token.as_ref().map(Token::as_str),
+            purpose: None,
+            subject: None,
+            outcome,
+            details,
+        };
+        self.append_event(ctx, &rec).await
+    }
+
+    /// Appends the event of `rec` on its own and waits until it is durable; a
+    /// failure is [`VaultError::AuditUnavailable`]. The event is built here, on the
+    /// caller's thread: the writer only chains and inserts it.
+    async fn append_event(
+        &self,
+        ctx: &AccessContext,
+        rec: &AuditRecord<'_>,
+    ) -> Result<u64, VaultError> {
         let keys = self.keys()?;
-        let ctx = ctx.clone();
-        let tenant = tenant.map(str::to_owned);
-        let token = token.and_then(Token::parse).map(|t| t.as_str().to_owned());
-        let details = details.map(str::to_owned);
-        let now = self.now().unix_timestamp();
-        self.write(move |conn, state| {
-            let rec = AuditRecord {
-                action,
-                tenant: tenant.as_deref(),
-                token: token.as_deref(),
-                purpose: None,
-                subject: None,
-                outcome,
-                details: details.as_deref(),
-            };
-            match state.record(conn, &keys, &ctx, &rec, now) {
+        let ev = audit_hook::build_event(&keys, ctx, rec, self.now().unix_timestamp())?;
+        self.write(
+            move |conn, state| match state.audit_mut().append(conn, &ev) {
                 Ok(seq) => (true, Ok(seq)),
                 Err(e) => (false, Err(e)),
-            }
-        })
+            },
+        )
         .await
         .map_err(|e| {
             if e.is_unavailable() {
