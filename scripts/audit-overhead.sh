@@ -45,7 +45,7 @@ trap cleanup EXIT
 # would take each other's builds for fresh.
 build() {
     (cd "$1" && CARGO_TARGET_DIR="$2" cargo build --quiet --release \
-        -p panvault-vault --example probe -p panvault-cli)
+        -p panvault-vault --example probe -p panvault-cli --bin panvault)
     cp "$2/release/examples/probe" "$work/probe-$3"
     cp "$2/release/panvault" "$work/panvault-$3"
 }

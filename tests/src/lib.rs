@@ -479,6 +479,11 @@ impl Client {
                 return Err(format!("body: {e}"));
             }
         };
+        // A successful detokenize is meant to carry the card; everything else is
+        // kept for the leak scan.
+        if !(status == 200 && path.ends_with("/detokenize")) {
+            keep_output("responses", &body);
+        }
         Ok(Resp {
             status,
             headers,
@@ -538,6 +543,56 @@ pub fn this_year() -> i32 {
     time::OffsetDateTime::now_utc().year()
 }
 
+// ---- keeping every byte of output for the leak scan ----
+
+/// Where the suite keeps what it saw, if `PANVAULT_TEST_OUTPUT_DIR` is set: `.ci/run`
+/// sets it, runs the suite with `PANVAULT_TEST_LOG=trace`, and then runs
+/// `panvault scan` over the directory (and the suite's own output). A finding fails
+/// CI. Kept: this binary's logs, every child server's stderr, the stdout and stderr
+/// of every command run, and every HTTP response body except a successful
+/// detokenize (the one response that is meant to carry a card).
+fn output_dir() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(std::env::var_os("PANVAULT_TEST_OUTPUT_DIR")?);
+        std::fs::create_dir_all(&dir).ok()?;
+        Some(dir)
+    })
+    .as_deref()
+}
+
+/// Appends `bytes` to `DIR/<kind>-<pid>.log` (nothing without the variable).
+pub fn keep_output(kind: &str, bytes: &[u8]) {
+    use std::io::Write;
+    static LOCK: Mutex<()> = Mutex::new(());
+    let Some(dir) = output_dir() else { return };
+    let _guard = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let path = dir.join(format!("{kind}-{}.log", std::process::id()));
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(bytes);
+        let _ = f.write_all(b"\n");
+    }
+}
+
+/// Keeps a finished command's stdout and stderr (see [`keep_output`]); for
+/// `Command::output().await.map(util::kept)`.
+pub fn kept(out: std::process::Output) -> std::process::Output {
+    keep_output("cmd", &out.stdout);
+    keep_output("cmd", &out.stderr);
+    out
+}
+
+/// The log level of child servers: `PANVAULT_TEST_LOG` (CI: `trace`), else `warn`.
+pub fn child_log_level() -> String {
+    std::env::var("PANVAULT_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 // ---- log capture ----
 
 #[derive(Clone, Default)]
@@ -545,6 +600,7 @@ struct LogBuf(Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for LogBuf {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        keep_output("logs", buf);
         self.0.lock().unwrap().extend_from_slice(buf);
         Ok(buf.len())
     }
@@ -814,6 +870,7 @@ pub async fn run_command(mut cmd: tokio::process::Command, limit: Duration) -> C
         .await
         .unwrap_or_else(|_| panic!("{shown} did not finish within {limit:?}"))
         .unwrap();
+    let out = kept(out);
     CmdOutput {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -831,6 +888,7 @@ pub fn collect_lines(
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
+            keep_output("child", line.as_bytes());
             let mut s = sink.lock().unwrap();
             s.push_str(&line);
             s.push('\n');
@@ -859,7 +917,7 @@ impl ServeProcess {
     /// it) and waits for its address.
     pub async fn spawn(mut cmd: tokio::process::Command) -> Result<ServeProcess, String> {
         let mut child = cmd
-            .env("PANVAULT_LOG", "warn")
+            .env("PANVAULT_LOG", child_log_level())
             .env_remove("PANVAULT_PASSPHRASE")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

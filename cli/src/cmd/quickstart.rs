@@ -164,16 +164,26 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         config.listen = listen;
     }
     let year = time::OffsetDateTime::now_utc().year() + 4;
+    // The example request goes to a file, so that nothing quickstart prints holds a
+    // card number (even a public test card trips every PAN scanner, ours included).
+    let example = dir.join("example-card.json");
+    std::fs::write(
+        &example,
+        format!(
+            "{{\"card\":{{\"number\":\"4242 4242 4242 4242\",\"exp_month\":12,\"exp_year\":{year},\"name\":\"Jane Doe\"}},\"subject\":\"cust_42\"}}\n"
+        ),
+    )
+    .map_err(|e| io(&example, &e))?;
     // A development vault is sealed with one passphrase, which fails the dual-control
     // check (PCI DSS 3.6.1.2): quickstart starts anyway, says so, and audits it.
     let noncompliant = super::serve::preflight(&config_path, true)?;
     super::serve::serve(&config, unlock()?, noncompliant, |addr| {
-        print_ready(&dir, addr, year)
+        print_ready(&dir, addr, &example)
     })
 }
 
 /// Prints where the server is and curl commands to try it.
-fn print_ready(dir: &Path, addr: SocketAddr, year: i32) {
+fn print_ready(dir: &Path, addr: SocketAddr, example: &Path) {
     let host = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
         "localhost".to_owned()
     } else {
@@ -191,10 +201,14 @@ fn print_ready(dir: &Path, addr: SocketAddr, year: i32) {
     println!("panvault quickstart: ready at {base} (Ctrl-C to stop)");
     println!();
     let tokenize = format!(
-        "{} {base}/v1/tokens -H 'content-type: application/json' \\\n  -d '{{\"card\":{{\"number\":\"4242 4242 4242 4242\",\"exp_month\":12,\"exp_year\":{year},\"name\":\"Jane Doe\"}},\"subject\":\"cust_42\"}}'",
-        curl("storefront")
+        "{} {base}/v1/tokens -H 'content-type: application/json' -d @{}",
+        curl("storefront"),
+        example.display()
     );
-    println!("# 1. tokenize a card as `storefront` (tenant demo-shop):");
+    println!(
+        "# 1. tokenize the test card in {} as `storefront` (tenant demo-shop):",
+        example.display()
+    );
     println!("{tokenize}");
     println!();
     println!(

@@ -9,25 +9,9 @@ use std::time::Duration;
 
 use panvault_vault::config::{Config, Permission};
 use panvault_vault::tls::pki;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::util::{self, Client, TestServer, cards};
-
-/// Collects a child's output stream in the background.
-fn collect(stream: impl AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<String>> {
-    let out = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&out);
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let mut s = sink.lock().unwrap();
-            s.push_str(&line);
-            s.push('\n');
-        }
-    });
-    out
-}
 
 struct Quickstart {
     child: Child,
@@ -41,7 +25,10 @@ async fn quickstart(dir: &Path) -> Quickstart {
         .args(["quickstart", "--data-dir"])
         .arg(dir)
         .args(["--listen", "127.0.0.1:0"])
-        .env("PANVAULT_LOG", "info")
+        .env(
+            "PANVAULT_LOG",
+            std::env::var("PANVAULT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .env_remove("PANVAULT_PASSPHRASE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -49,8 +36,8 @@ async fn quickstart(dir: &Path) -> Quickstart {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
+    let stdout = util::collect_lines(child.stdout.take().unwrap());
+    let stderr = util::collect_lines(child.stderr.take().unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let port = loop {
         let text = stdout.lock().unwrap().clone();
@@ -285,6 +272,7 @@ async fn serve_refuses_a_bad_configuration_naming_the_field() {
             .stdin(Stdio::null())
             .output()
             .await
+            .map(util::kept)
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "case {i} ({field}) was accepted");
@@ -312,6 +300,7 @@ async fn serve_refuses_a_bad_configuration_naming_the_field() {
         .stdin(Stdio::null())
         .output()
         .await
+        .map(util::kept)
         .unwrap();
     assert!(!out.status.success());
     assert!(
@@ -345,6 +334,7 @@ async fn bench_runs_a_mix_against_a_live_server() {
         .stdin(Stdio::null())
         .output()
         .await
+        .map(util::kept)
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

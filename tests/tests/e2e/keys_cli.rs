@@ -16,6 +16,7 @@ async fn panvault(args: &[&str], dir: &std::path::Path) -> (bool, String) {
         .stdin(Stdio::null())
         .output()
         .await
+        .map(util::kept)
         .unwrap();
     let text = format!(
         "{}{}",
