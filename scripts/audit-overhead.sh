@@ -81,6 +81,7 @@ measure_http() {
     server=""
 }
 
+[ "$rounds" -ge 1 ] || { echo "built (ROUNDS=0: nothing measured)"; exit 0; }
 declare -A results
 for round in $(seq 1 "$rounds"); do
     for op in tokenize detokenize; do

@@ -379,3 +379,47 @@ fn secret_bearing_types_print_no_secret() {
     }
     v.shutdown();
 }
+
+/// Another application's SQLite file in the vault's place, even one with its own
+/// schema version, is refused by name before anything is written to it; a vault
+/// carries panvault's `application_id`, and one made before the id existed (known
+/// by its `meta` table) is stamped when next opened.
+#[test]
+fn foreign_sqlite_file_is_refused_and_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("vault.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("CREATE TABLE notes (x TEXT); PRAGMA user_version = 3;")
+            .unwrap();
+    }
+    let before = std::fs::read(&db).unwrap();
+    let err = Vault::open(dir.path(), &unlock()).unwrap_err().to_string();
+    assert!(err.contains("another application"), "{err}");
+    let err = Admin::open(dir.path(), &unlock(), system_clock())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another application"), "{err}");
+    assert_eq!(before, std::fs::read(&db).unwrap());
+
+    // A real vault has the id; a legacy one (id 0) still opens and gets it.
+    let dir = tempfile::tempdir().unwrap();
+    let v = new_vault(dir.path());
+    v.shutdown();
+    drop(v);
+    let app_id = |dir: &Path| -> i64 {
+        rusqlite::Connection::open(dir.join("vault.db"))
+            .unwrap()
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(app_id(dir.path()), 0x504E_5654);
+    rusqlite::Connection::open(dir.path().join("vault.db"))
+        .unwrap()
+        .pragma_update(None, "application_id", 0)
+        .unwrap();
+    let v = Vault::open(dir.path(), &unlock()).unwrap();
+    v.shutdown();
+    drop(v);
+    assert_eq!(app_id(dir.path()), 0x504E_5654);
+}

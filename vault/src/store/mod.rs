@@ -61,9 +61,11 @@ fn corrupt(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// Refuses a file without the panvault schema (`user_version` 0: an empty file
-/// or some other SQLite database) before anything is written to it, so that
-/// opening an existing vault never creates one in its place.
+/// Refuses a file without the panvault schema before anything is written to it,
+/// so that opening an existing vault never creates or migrates one in its place:
+/// `user_version` 0 (an empty file, or some other SQLite database), or another
+/// application's file (its `application_id` is not [`schema::APPLICATION_ID`]; a
+/// vault made before the id was stamped is known by the `vault_id` in its `meta`).
 fn require_schema(conn: &Connection) -> Result<(), StoreError> {
     // A WAL left by a killed process may be being recovered by another opener.
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -72,6 +74,23 @@ fn require_schema(conn: &Connection) -> Result<(), StoreError> {
         return Err(StoreError::Corrupt(
             "the file has no panvault schema (empty, or another SQLite database)".into(),
         ));
+    }
+    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if app == schema::APPLICATION_ID {
+        return Ok(());
+    }
+    let legacy_vault = app == 0
+        && conn
+            .query_row(
+                "SELECT count(*) FROM meta WHERE key = 'vault_id'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .is_ok_and(|n| n == 1);
+    if !legacy_vault {
+        return Err(StoreError::Corrupt(format!(
+            "the file is another application's SQLite database (application_id {app:#x}), not a panvault vault"
+        )));
     }
     Ok(())
 }

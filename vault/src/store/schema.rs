@@ -87,8 +87,13 @@ pub fn latest_version() -> i64 {
     i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
 }
 
-/// Brings the database to the latest schema, each migration in its own transaction.
-/// A database from a newer build is refused.
+/// `PRAGMA application_id` of a panvault database ("PNVT"), SQLite's own way of
+/// naming a file's application: a foreign SQLite file is refused by it before any
+/// migration touches it.
+pub const APPLICATION_ID: i64 = 0x504E_5654;
+
+/// Brings the database to the latest schema, each migration in its own transaction,
+/// and stamps it with [`APPLICATION_ID`]. A database from a newer build is refused.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > latest_version() {
@@ -103,6 +108,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", version)?;
         tx.commit()?;
+    }
+    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if app != APPLICATION_ID {
+        conn.pragma_update(None, "application_id", APPLICATION_ID)?;
     }
     Ok(())
 }
