@@ -14,6 +14,7 @@
 #       configuration with the clients storefront and payments, PASSFILE its
 #       passphrase file, TOKENS a tokens file written by `panvault bench --preload N
 #       --tokens-file TOKENS`.
+#   OPS=detokenize (or tokenize) measures only that operation.
 #
 # The unaudited build exists only in a temporary git worktree (deleted at the end)
 # and in target/unaudited (kept, so the next run builds incrementally); it never
@@ -28,6 +29,7 @@ case "$mode" in
     http) [ $# -ge 4 ] || usage; config=$2; passfile=$3; tokens=$4; rounds=${5:-3}; secs=${6:-10} ;;
     *) usage ;;
 esac
+ops=${OPS:-tokenize detokenize} # OPS=detokenize measures only that
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 wt="$work/unaudited"
@@ -72,10 +74,14 @@ measure_http() {
         kill -0 "$server" 2>/dev/null || { cat "$log" >&2; exit 1; }
         sleep 0.1
     done
-    if [ "$op" = detokenize ]; then client=payments; extra=(--tokens-file "$tokens"); fi
+    if [ "$op" = detokenize ]; then
+        client=payments
+        extra=(--preload-client storefront --tokens-file "$tokens")
+    fi
     "$work/panvault-$variant" bench --config "$config" --client "$client" --op "$op" \
         --connections 64 --duration "${secs}s" "${extra[@]}" 2>/dev/null |
         awk -v op="$op" '$1 == op { print $4 } $1 == "errors" && $2 != "0" { print "errors: " $0 > "/dev/stderr" }'
+    [ "${PIPESTATUS[0]}" -eq 0 ] || echo "bench failed" >&2
     kill -TERM "$server"
     wait "$server" || true
     server=""
@@ -84,7 +90,7 @@ measure_http() {
 [ "$rounds" -ge 1 ] || { echo "built (ROUNDS=0: nothing measured)"; exit 0; }
 declare -A results
 for round in $(seq 1 "$rounds"); do
-    for op in tokenize detokenize; do
+    for op in $ops; do
         for variant in audited unaudited; do
             rate=$("measure_$mode" "$op" "$variant")
             echo "round $round  $op  $variant  $rate/s"
@@ -95,7 +101,7 @@ done
 
 median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
-for op in tokenize detokenize; do
+for op in $ops; do
     a=$(median "${results[$op-audited]}")
     u=$(median "${results[$op-unaudited]}")
     awk -v op="$op" -v a="$a" -v u="$u" -v m="$mode" \
