@@ -37,7 +37,7 @@ for t in $targets; do
     scratch=$(mktemp -d)
     cp -R "corpus/$t/." "$scratch/"
     log="$scratch.log"
-    before=$(find "artifacts/$t" -type f 2>/dev/null | sort)
+    before=$(find "artifacts/$t" -type f 2>/dev/null | sort || true)
     status=0
     cargo fuzz run -O -a --sanitizer "$sanitizer" "$t" "$scratch" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
@@ -49,7 +49,7 @@ for t in $targets; do
     rm -f "$log"
     rm -rf "$scratch"
     if [ "$status" -ne 0 ]; then
-        after=$(find "artifacts/$t" -type f 2>/dev/null | sort)
+        after=$(find "artifacts/$t" -type f 2>/dev/null | sort || true)
         if [ "$after" != "$before" ]; then
             echo "fuzz: $t FOUND A BUG (exit $status); reproducer in fuzz/artifacts/$t/:"
             comm -13 <(echo "$before") <(echo "$after")
