@@ -105,10 +105,14 @@ fn erase_subject_end_to_end() {
             })
             .collect()
     };
+    assert_eq!(rt.block_on(v.dedup_entries()).unwrap(), 5);
     let erasure = rt
         .block_on(v.erase("shop", EraseTarget::Subject("cust_alice".into()), &ctx()))
         .unwrap();
     assert_eq!(erasure.receipt.tokens_erased, 3);
+    // Nothing of alice's cards is left in memory either: their dedup entries
+    // (keyed fingerprints) went with the rows.
+    assert_eq!(rt.block_on(v.dedup_entries()).unwrap(), 2);
     assert!(erasure.wal_scrubbed);
     rt.block_on(async {
         for t in &a_tokens {
@@ -219,9 +223,15 @@ fn retention_with_a_controlled_clock() {
     let dry = rt.block_on(v.purge_retention(90, true, &ctx())).unwrap();
     assert_eq!((dry.past_expiry, dry.past_ttl, dry.deleted), (1, 1, false));
     assert_eq!(v.token_count().unwrap(), 3, "dry run changed nothing");
+    assert_eq!(rt.block_on(v.dedup_entries()).unwrap(), 3);
     let done = rt.block_on(v.purge_retention(90, false, &ctx())).unwrap();
     assert!(done.deleted && done.audit_seq.is_some());
     assert_eq!(v.token_count().unwrap(), 1);
+    assert_eq!(
+        rt.block_on(v.dedup_entries()).unwrap(),
+        1,
+        "purged cards are forgotten by the dedup index too"
+    );
     assert!(rt.block_on(v.metadata("s", &jan, &ctx())).is_err());
     rt.block_on(v.metadata("s", &jun, &ctx())).unwrap();
     v.shutdown();

@@ -727,10 +727,10 @@ pub fn preflight_with(
     Ok(evaluate_controls(&policy, &facts, |spec| spec.preflight))
 }
 
-/// Why `serve` must refuse to start, naming each failed check and its first
-/// finding; `None` when every preflight check passed or only warned.
-pub fn refusal(results: &[CheckResult]) -> Option<String> {
-    let failed: Vec<String> = results
+/// The preflight checks that failed, each as `id (requirements): first finding`;
+/// empty when every check passed or only warned.
+pub fn failed_checks(results: &[CheckResult]) -> Vec<String> {
+    results
         .iter()
         .filter(|r| matches!(r.status, Status::Fail | Status::Error))
         .map(|r| {
@@ -743,7 +743,13 @@ pub fn refusal(results: &[CheckResult]) -> Option<String> {
                 .unwrap_or_default();
             format!("{} ({}): {first}", r.id, r.requirements.join(", "))
         })
-        .collect();
+        .collect()
+}
+
+/// Why `serve` must refuse to start, naming each failed check and its first
+/// finding; `None` when every preflight check passed or only warned.
+pub fn refusal(results: &[CheckResult]) -> Option<String> {
+    let failed = failed_checks(results);
     if failed.is_empty() {
         return None;
     }

@@ -50,17 +50,22 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, CliError> {
 /// unless `allow` — then the failures are returned, to be logged and audited.
 pub(crate) fn preflight(config: &std::path::Path, allow: bool) -> Result<Option<String>, CliError> {
     let results = crate::cmd::compliance::preflight(config)?;
-    match crate::cmd::compliance::refusal(&results) {
-        None => Ok(None),
-        Some(msg) if allow => {
-            eprintln!(
-                "panvault: WARNING: starting despite failed compliance checks (--allow-noncompliant):"
-            );
-            eprintln!("{msg}");
-            Ok(Some(msg))
-        }
-        Some(msg) => Err(CliError::with_code(msg, 1)),
+    let failed = crate::cmd::compliance::failed_checks(&results);
+    if failed.is_empty() {
+        return Ok(None);
     }
+    if !allow {
+        let msg = crate::cmd::compliance::refusal(&results).unwrap_or_default();
+        return Err(CliError::with_code(msg, 1));
+    }
+    // Said as what happens (the server starts), not as the refusal it overrides.
+    let msg = format!(
+        "starting despite {} failed compliance check(s) (--allow-noncompliant, audited):\n  {}",
+        failed.len(),
+        failed.join("\n  ")
+    );
+    eprintln!("panvault: WARNING: {msg}");
+    Ok(Some(msg))
 }
 
 /// Opens the vault of `config` and serves it until a shutdown signal; `ready` is

@@ -445,7 +445,18 @@ impl Admin {
             super::request::validate_subject(s)?;
         }
         let receipt = self.with_audit(|tx, audit, keys, now| {
-            super::erase::erase_in_tx(tx, audit, keys, actor, tenant, target, now.unix_timestamp())
+            super::erase::erase_in_tx(
+                tx,
+                audit,
+                keys,
+                actor,
+                tenant,
+                target,
+                now.unix_timestamp(),
+                // No dedup index in this process; a running server re-checks
+                // its entries on their next hit.
+                &mut Vec::new(),
+            )
         })?;
         let wal_scrubbed = self.scrub_wal().is_ok();
         Ok(super::erase::Erasure {
@@ -462,7 +473,16 @@ impl Admin {
         dry_run: bool,
     ) -> Result<super::erase::PurgeReport, VaultError> {
         let report = self.with_audit(|tx, audit, keys, now| {
-            super::erase::purge_in_tx(tx, audit, keys, actor, grace_days, dry_run, now)
+            super::erase::purge_in_tx(
+                tx,
+                audit,
+                keys,
+                actor,
+                grace_days,
+                dry_run,
+                now,
+                &mut Vec::new(),
+            )
         })?;
         if report.deleted {
             self.scrub_wal()?;

@@ -57,7 +57,32 @@ fn cutoff_month(now: OffsetDateTime, grace_days: i64) -> i64 {
     i64::from(cutoff.year()) * 12 + i64::from(u8::from(cutoff.month())) - 1
 }
 
-/// Erases inside `conn`'s transaction; returns the receipt.
+/// Rows a delete removed, as (fingerprint, row id): the server's dedup index
+/// forgets them once the batch commits.
+pub(crate) type DeletedRows = Vec<(Vec<u8>, i64)>;
+
+/// Runs `sql`, a `DELETE … RETURNING id, fingerprint`, adding what it removed to
+/// `gone`; returns how many rows it deleted.
+fn delete_returning(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+    gone: &mut DeletedRows,
+) -> Result<usize, VaultError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(store_err)?;
+    let rows = stmt
+        .query_map(args, |r| Ok((r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(0)?)))
+        .map_err(store_err)?;
+    let before = gone.len();
+    for row in rows {
+        gone.push(row.map_err(store_err)?);
+    }
+    Ok(gone.len() - before)
+}
+
+/// Erases inside `conn`'s transaction; returns the receipt. The deleted rows are
+/// added to `gone`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn erase_in_tx(
     conn: &Connection,
     audit: &mut AuditState,
@@ -66,15 +91,16 @@ pub(crate) fn erase_in_tx(
     tenant: &str,
     target: &EraseTarget,
     now: i64,
+    gone: &mut DeletedRows,
 ) -> Result<ErasureReceipt, VaultError> {
     let (n, subject_key_hash, token, subject) = match target {
         EraseTarget::Subject(s) => {
-            let n = conn
-                .execute(
-                    "DELETE FROM cards WHERE tenant = ?1 AND subject = ?2",
-                    params![tenant, s],
-                )
-                .map_err(store_err)?;
+            let n = delete_returning(
+                conn,
+                "DELETE FROM cards WHERE tenant = ?1 AND subject = ?2 RETURNING id, fingerprint",
+                params![tenant, s],
+                gone,
+            )?;
             (
                 n,
                 subject_hash(keys.subject_key.expose_secret(), tenant, s),
@@ -84,12 +110,12 @@ pub(crate) fn erase_in_tx(
         }
         EraseTarget::Token(t) => {
             let parsed = Token::parse(t).ok_or(VaultError::NotFound)?;
-            let n = conn
-                .execute(
-                    "DELETE FROM cards WHERE tenant = ?1 AND token = ?2",
-                    params![tenant, parsed.as_str()],
-                )
-                .map_err(store_err)?;
+            let n = delete_returning(
+                conn,
+                "DELETE FROM cards WHERE tenant = ?1 AND token = ?2 RETURNING id, fingerprint",
+                params![tenant, parsed.as_str()],
+                gone,
+            )?;
             (
                 n,
                 subject_hash(
@@ -124,7 +150,9 @@ pub(crate) fn erase_in_tx(
     audit.sign_receipt(subject_key_hash, tenant, n, time, seq)
 }
 
-/// Purges (or counts, for a dry run) records past retention inside `conn`'s transaction.
+/// Purges (or counts, for a dry run) records past retention inside `conn`'s
+/// transaction. The deleted rows are added to `gone`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn purge_in_tx(
     conn: &Connection,
     audit: &mut AuditState,
@@ -133,6 +161,7 @@ pub(crate) fn purge_in_tx(
     grace_days: i64,
     dry_run: bool,
     now: OffsetDateTime,
+    gone: &mut DeletedRows,
 ) -> Result<PurgeReport, VaultError> {
     let cutoff = cutoff_month(now, grace_days);
     let ts = now.unix_timestamp();
@@ -155,11 +184,13 @@ pub(crate) fn purge_in_tx(
             audit_seq: None,
         });
     }
-    conn.execute(
-        "DELETE FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1 OR (expires_at IS NOT NULL AND expires_at <= ?2)",
+    delete_returning(
+        conn,
+        "DELETE FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1 OR (expires_at IS NOT NULL AND expires_at <= ?2) \
+         RETURNING id, fingerprint",
         params![cutoff, ts],
-    )
-    .map_err(store_err)?;
+        gone,
+    )?;
     let details = format!("past_expiry={past_expiry} past_ttl={past_ttl} grace_days={grace_days}");
     let rec = AuditRecord {
         action: AuditAction::RetentionPurge,
@@ -198,7 +229,8 @@ impl Vault {
         let now = self.now().unix_timestamp();
         let receipt = self
             .write(move |conn, state| {
-                match erase_in_tx(
+                let mut gone = DeletedRows::new();
+                let result = erase_in_tx(
                     conn,
                     state.audit_mut(),
                     &keys,
@@ -206,7 +238,10 @@ impl Vault {
                     &tenant_s,
                     &target,
                     now,
-                ) {
+                    &mut gone,
+                );
+                state.forget_deleted(&gone);
+                match result {
                     Ok(r) => (true, Ok(r)),
                     Err(VaultError::NotFound) => (true, Err(VaultError::NotFound)),
                     Err(e) => (false, Err(e)),
@@ -239,7 +274,8 @@ impl Vault {
         let now = self.now();
         let report = self
             .write(move |conn, state| {
-                match purge_in_tx(
+                let mut gone = DeletedRows::new();
+                let result = purge_in_tx(
                     conn,
                     state.audit_mut(),
                     &keys,
@@ -247,7 +283,10 @@ impl Vault {
                     grace_days,
                     dry_run,
                     now,
-                ) {
+                    &mut gone,
+                );
+                state.forget_deleted(&gone);
+                match result {
                     Ok(r) => (true, Ok(r)),
                     Err(e) => (false, Err(e)),
                 }

@@ -671,6 +671,14 @@ impl Vault {
         })
     }
 
+    /// Cards the in-memory dedup index remembers (one per live card and tenant; a
+    /// deleted, erased or purged card is forgotten once its batch commits). For
+    /// tests and diagnostics: asks the writer thread.
+    #[doc(hidden)]
+    pub async fn dedup_entries(&self) -> Result<usize, VaultError> {
+        self.write(|_, state| (true, Ok(state.dedup_len()))).await
+    }
+
     /// Number of tokens stored.
     pub fn token_count(&self) -> Result<i64, VaultError> {
         let conn = self.inner.readers.get()?;

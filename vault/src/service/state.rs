@@ -121,6 +121,19 @@ impl VaultState {
         })
     }
 
+    /// Notes rows the open batch deleted (fingerprint, row id): their dedup
+    /// entries go when it commits.
+    pub(crate) fn forget_deleted(&mut self, rows: &[(Vec<u8>, i64)]) {
+        for (fp, id) in rows {
+            self.dedup.deleted_in_batch(fp, *id);
+        }
+    }
+
+    /// Entries in the dedup index (for tests and diagnostics).
+    pub(crate) fn dedup_len(&self) -> usize {
+        self.dedup.map.len()
+    }
+
     /// The audit side (erasure, purge, receipts).
     pub(crate) fn audit_mut(&mut self) -> &mut AuditState {
         &mut self.audit
