@@ -750,14 +750,16 @@ pub fn failed_checks(results: &[CheckResult]) -> Vec<String> {
 /// finding; `None` when every preflight check passed or only warned.
 pub fn refusal(results: &[CheckResult]) -> Option<String> {
     let failed = failed_checks(results);
-    if failed.is_empty() {
-        return None;
-    }
-    Some(format!(
+    (!failed.is_empty()).then(|| refusal_text(&failed))
+}
+
+/// The refusal naming `failed` (from [`failed_checks`]).
+pub fn refusal_text(failed: &[String]) -> String {
+    format!(
         "refusing to start: the configuration fails {} compliance check(s):\n  {}\nfix it, or start with --allow-noncompliant (logged and audited)",
         failed.len(),
         failed.join("\n  ")
-    ))
+    )
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ pub(crate) fn preflight(config: &std::path::Path, allow: bool) -> Result<Option<
         return Ok(None);
     }
     if !allow {
-        let msg = crate::cmd::compliance::refusal(&results).unwrap_or_default();
+        let msg = crate::cmd::compliance::refusal_text(&failed);
         return Err(CliError::with_code(msg, 1));
     }
     // Said as what happens (the server starts), not as the refusal it overrides.

@@ -94,7 +94,6 @@ impl DedupIndex {
         self.deleted.clear();
     }
 
-    #[cfg(test)]
     fn len(&self) -> usize {
         self.map.len()
     }
@@ -131,7 +130,7 @@ impl VaultState {
 
     /// Entries in the dedup index (for tests and diagnostics).
     pub(crate) fn dedup_len(&self) -> usize {
-        self.dedup.map.len()
+        self.dedup.len()
     }
 
     /// The audit side (erasure, purge, receipts).
