@@ -746,14 +746,8 @@ pub fn failed_checks(results: &[CheckResult]) -> Vec<String> {
         .collect()
 }
 
-/// Why `serve` must refuse to start, naming each failed check and its first
-/// finding; `None` when every preflight check passed or only warned.
-pub fn refusal(results: &[CheckResult]) -> Option<String> {
-    let failed = failed_checks(results);
-    (!failed.is_empty()).then(|| refusal_text(&failed))
-}
-
-/// The refusal naming `failed` (from [`failed_checks`]).
+/// Why `serve` refuses to start, naming each failed check (from [`failed_checks`])
+/// and its first finding.
 pub fn refusal_text(failed: &[String]) -> String {
     format!(
         "refusing to start: the configuration fails {} compliance check(s):\n  {}\nfix it, or start with --allow-noncompliant (logged and audited)",
@@ -765,6 +759,12 @@ pub fn refusal_text(failed: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `serve` says when it refuses, or `None` when it starts.
+    fn refusal(results: &[CheckResult]) -> Option<String> {
+        let failed = failed_checks(results);
+        (!failed.is_empty()).then(|| refusal_text(&failed))
+    }
     use panvault_vault::core::kdf::KdfParams;
     use panvault_vault::{
         AccessContext, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, system_clock,
