@@ -455,7 +455,7 @@ impl Admin {
                 now.unix_timestamp(),
                 // No dedup index in this process; a running server re-checks
                 // its entries on their next hit.
-                &mut Vec::new(),
+                None,
             )
         })?;
         let wal_scrubbed = self.scrub_wal().is_ok();
@@ -473,16 +473,7 @@ impl Admin {
         dry_run: bool,
     ) -> Result<super::erase::PurgeReport, VaultError> {
         let report = self.with_audit(|tx, audit, keys, now| {
-            super::erase::purge_in_tx(
-                tx,
-                audit,
-                keys,
-                actor,
-                grace_days,
-                dry_run,
-                now,
-                &mut Vec::new(),
-            )
+            super::erase::purge_in_tx(tx, audit, keys, actor, grace_days, dry_run, now, None)
         })?;
         if report.deleted {
             self.scrub_wal()?;

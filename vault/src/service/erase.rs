@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use super::audit_hook::{AuditAction, AuditOutcome, AuditRecord, AuditState};
 use super::keyring::Keyring;
 use super::request::{AccessContext, validate_subject};
+use super::state::DedupIndex;
 use super::{Vault, store_err, validate_tenant};
 use crate::core::token::Token;
 use crate::error::VaultError;
@@ -57,31 +58,31 @@ fn cutoff_month(now: OffsetDateTime, grace_days: i64) -> i64 {
     i64::from(cutoff.year()) * 12 + i64::from(u8::from(cutoff.month())) - 1
 }
 
-/// Rows a delete removed, as (fingerprint, row id): the server's dedup index
-/// forgets them once the batch commits.
-pub(crate) type DeletedRows = Vec<(Vec<u8>, i64)>;
-
-/// Runs `sql`, a `DELETE … RETURNING id, fingerprint`, adding what it removed to
-/// `gone`; returns how many rows it deleted.
+/// Runs `sql`, a `DELETE … RETURNING id, fingerprint`; returns how many rows it
+/// deleted. With the server's dedup index, each deleted card's entry is noted, to
+/// be forgotten once the batch commits.
 fn delete_returning(
     conn: &Connection,
     sql: &str,
     args: impl rusqlite::Params,
-    gone: &mut DeletedRows,
+    mut dedup: Option<&mut DedupIndex>,
 ) -> Result<usize, VaultError> {
     let mut stmt = conn.prepare_cached(sql).map_err(store_err)?;
-    let rows = stmt
-        .query_map(args, |r| Ok((r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(0)?)))
-        .map_err(store_err)?;
-    let before = gone.len();
-    for row in rows {
-        gone.push(row.map_err(store_err)?);
+    let mut rows = stmt.query(args).map_err(store_err)?;
+    let mut n = 0;
+    while let Some(row) = rows.next().map_err(store_err)? {
+        n += 1;
+        if let Some(d) = dedup.as_deref_mut() {
+            let id: i64 = row.get(0).map_err(store_err)?;
+            let fp: Vec<u8> = row.get(1).map_err(store_err)?;
+            d.deleted_in_batch(&fp, id);
+        }
     }
-    Ok(gone.len() - before)
+    Ok(n)
 }
 
-/// Erases inside `conn`'s transaction; returns the receipt. The deleted rows are
-/// added to `gone`.
+/// Erases inside `conn`'s transaction; returns the receipt. `dedup`: the server's
+/// index (none in the CLI's own process).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn erase_in_tx(
     conn: &Connection,
@@ -91,7 +92,7 @@ pub(crate) fn erase_in_tx(
     tenant: &str,
     target: &EraseTarget,
     now: i64,
-    gone: &mut DeletedRows,
+    dedup: Option<&mut DedupIndex>,
 ) -> Result<ErasureReceipt, VaultError> {
     let (n, subject_key_hash, token, subject) = match target {
         EraseTarget::Subject(s) => {
@@ -99,7 +100,7 @@ pub(crate) fn erase_in_tx(
                 conn,
                 "DELETE FROM cards WHERE tenant = ?1 AND subject = ?2 RETURNING id, fingerprint",
                 params![tenant, s],
-                gone,
+                dedup,
             )?;
             (
                 n,
@@ -114,7 +115,7 @@ pub(crate) fn erase_in_tx(
                 conn,
                 "DELETE FROM cards WHERE tenant = ?1 AND token = ?2 RETURNING id, fingerprint",
                 params![tenant, parsed.as_str()],
-                gone,
+                dedup,
             )?;
             (
                 n,
@@ -151,7 +152,7 @@ pub(crate) fn erase_in_tx(
 }
 
 /// Purges (or counts, for a dry run) records past retention inside `conn`'s
-/// transaction. The deleted rows are added to `gone`.
+/// transaction. `dedup`: the server's index (none in the CLI's own process).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn purge_in_tx(
     conn: &Connection,
@@ -161,7 +162,7 @@ pub(crate) fn purge_in_tx(
     grace_days: i64,
     dry_run: bool,
     now: OffsetDateTime,
-    gone: &mut DeletedRows,
+    dedup: Option<&mut DedupIndex>,
 ) -> Result<PurgeReport, VaultError> {
     let cutoff = cutoff_month(now, grace_days);
     let ts = now.unix_timestamp();
@@ -189,7 +190,7 @@ pub(crate) fn purge_in_tx(
         "DELETE FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1 OR (expires_at IS NOT NULL AND expires_at <= ?2) \
          RETURNING id, fingerprint",
         params![cutoff, ts],
-        gone,
+        dedup,
     )?;
     let details = format!("past_expiry={past_expiry} past_ttl={past_ttl} grace_days={grace_days}");
     let rec = AuditRecord {
@@ -229,18 +230,17 @@ impl Vault {
         let now = self.now().unix_timestamp();
         let receipt = self
             .write(move |conn, state| {
-                let mut gone = DeletedRows::new();
+                let (audit, dedup) = state.audit_and_dedup();
                 let result = erase_in_tx(
                     conn,
-                    state.audit_mut(),
+                    audit,
                     &keys,
                     &ctx,
                     &tenant_s,
                     &target,
                     now,
-                    &mut gone,
+                    Some(dedup),
                 );
-                state.forget_deleted(&gone);
                 match result {
                     Ok(r) => (true, Ok(r)),
                     Err(VaultError::NotFound) => (true, Err(VaultError::NotFound)),
@@ -274,18 +274,17 @@ impl Vault {
         let now = self.now();
         let report = self
             .write(move |conn, state| {
-                let mut gone = DeletedRows::new();
+                let (audit, dedup) = state.audit_and_dedup();
                 let result = purge_in_tx(
                     conn,
-                    state.audit_mut(),
+                    audit,
                     &keys,
                     &ctx,
                     grace_days,
                     dry_run,
                     now,
-                    &mut gone,
+                    Some(dedup),
                 );
-                state.forget_deleted(&gone);
                 match result {
                     Ok(r) => (true, Ok(r)),
                     Err(e) => (false, Err(e)),

@@ -120,12 +120,9 @@ impl VaultState {
         })
     }
 
-    /// Notes rows the open batch deleted (fingerprint, row id): their dedup
-    /// entries go when it commits.
-    pub(crate) fn forget_deleted(&mut self, rows: &[(Vec<u8>, i64)]) {
-        for (fp, id) in rows {
-            self.dedup.deleted_in_batch(fp, *id);
-        }
+    /// The audit side and the dedup index together (an erasure writes to both).
+    pub(crate) fn audit_and_dedup(&mut self) -> (&mut AuditState, &mut DedupIndex) {
+        (&mut self.audit, &mut self.dedup)
     }
 
     /// Entries in the dedup index (for tests and diagnostics).
