@@ -60,8 +60,9 @@ fn cutoff_month(now: OffsetDateTime, grace_days: i64) -> i64 {
 
 /// Runs `sql`, a `DELETE … RETURNING id, fingerprint`; returns how many rows it
 /// deleted. With the server's dedup index, each deleted card's entry is noted, to
-/// be forgotten once the batch commits.
-fn delete_returning(
+/// be forgotten once the batch commits. Every delete of cards the server makes
+/// goes through here (API delete, erasure, retention purge).
+pub(crate) fn delete_returning(
     conn: &Connection,
     sql: &str,
     args: impl rusqlite::Params,

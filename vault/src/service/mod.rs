@@ -557,20 +557,20 @@ impl Vault {
             let parsed = Token::parse(&token_s);
             let result = match &parsed {
                 None => Err(VaultError::NotFound),
-                Some(t) => conn
-                    .query_row(
-                        "DELETE FROM cards WHERE token = ?1 AND tenant = ?2 \
-                         AND (expires_at IS NULL OR expires_at > ?3) RETURNING id, fingerprint",
-                        params![t.as_str(), tenant, now],
-                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
-                    )
-                    .optional()
-                    .map_err(store_err)
-                    .and_then(|row| {
-                        let (id, fp) = row.ok_or(VaultError::NotFound)?;
-                        state.dedup.deleted_in_batch(&fp, id);
+                Some(t) => erase::delete_returning(
+                    conn,
+                    "DELETE FROM cards WHERE token = ?1 AND tenant = ?2 \
+                     AND (expires_at IS NULL OR expires_at > ?3) RETURNING id, fingerprint",
+                    params![t.as_str(), tenant, now],
+                    Some(&mut state.dedup),
+                )
+                .and_then(|n| {
+                    if n == 0 {
+                        Err(VaultError::NotFound)
+                    } else {
                         Ok(())
-                    }),
+                    }
+                }),
             };
             let rec = AuditRecord {
                 action: AuditAction::Delete,
@@ -676,7 +676,7 @@ impl Vault {
     /// tests and diagnostics: asks the writer thread.
     #[doc(hidden)]
     pub async fn dedup_entries(&self) -> Result<usize, VaultError> {
-        self.write(|_, state| (true, Ok(state.dedup_len()))).await
+        self.write(|_, state| (true, Ok(state.dedup.len()))).await
     }
 
     /// Number of tokens stored.

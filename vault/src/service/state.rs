@@ -94,7 +94,8 @@ impl DedupIndex {
         self.deleted.clear();
     }
 
-    fn len(&self) -> usize {
+    /// Cards remembered.
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
 }
@@ -123,11 +124,6 @@ impl VaultState {
     /// The audit side and the dedup index together (an erasure writes to both).
     pub(crate) fn audit_and_dedup(&mut self) -> (&mut AuditState, &mut DedupIndex) {
         (&mut self.audit, &mut self.dedup)
-    }
-
-    /// Entries in the dedup index (for tests and diagnostics).
-    pub(crate) fn dedup_len(&self) -> usize {
-        self.dedup.len()
     }
 
     /// The audit side (erasure, purge, receipts).
