@@ -126,7 +126,7 @@ impl AuditOutcome {
         }
     }
 
-    fn to_log(&self) -> Outcome {
+    pub(crate) fn to_log(&self) -> Outcome {
         match self {
             AuditOutcome::Success => Outcome::Success,
             AuditOutcome::Denied(c) => Outcome::Denied(sanitize_code(c)),
