@@ -69,11 +69,13 @@ measure_http() {
     "$work/panvault-$variant" serve --allow-noncompliant --config "$config" \
         --passphrase-file "$passfile" >/dev/null 2>"$log" &
     server=$!
-    for _ in $(seq 1 600); do
+    # A big store takes a while to open (serve runs a full integrity check).
+    for _ in $(seq 1 3000); do
         grep -q "panvault: serving" "$log" && break
         kill -0 "$server" 2>/dev/null || { cat "$log" >&2; exit 1; }
         sleep 0.1
     done
+    grep -q "panvault: serving" "$log" || { echo "server not ready after 300 s" >&2; exit 1; }
     if [ "$op" = detokenize ]; then
         client=payments
         extra=(--preload-client storefront --tokens-file "$tokens")

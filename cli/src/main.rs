@@ -9,6 +9,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than glibc's malloc: an audited request allocates on a tokio
+/// worker and frees on the writer thread (and back), and glibc's per-thread arenas
+/// make each such free take the other arena's lock; with glibc the server spent
+/// ~7 µs of its ~78 µs per audited detokenize in malloc and free.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// panvault — card tokenization vault and PCI DSS compliance toolkit.
 #[derive(Debug, Parser)]
 #[command(name = "panvault", version, about)]
