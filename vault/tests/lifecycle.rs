@@ -248,3 +248,40 @@ fn custodian_shares_m_of_n() {
         .unwrap()
         .shutdown();
 }
+
+/// A record rewrapped by another process under a key this vault has not loaded yet:
+/// detokenize reloads the keys and answers, and the access is logged once.
+#[test]
+fn a_key_made_by_another_process_is_loaded_and_the_read_logged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
+    let v = Vault::open(dir.path(), &pass("pw")).unwrap();
+    let rt = rt();
+    let number = card(7);
+    let token = rt
+        .block_on(v.tokenize(
+            "shop",
+            TokenizeRequest::new(&number, 12, 2031, v.today()).unwrap(),
+            &ctx(),
+        ))
+        .unwrap()
+        .token;
+    let mut admin = Admin::open(dir.path(), &pass("pw"), system_clock()).unwrap();
+    assert_eq!(admin.rotate(&ctx()).unwrap(), 2);
+    assert_eq!(admin.rewrap(&ctx(), 50, None, |_| {}).unwrap().remaining, 0);
+    assert_eq!(v.active_key_version().unwrap(), 1, "not refreshed yet");
+    let d = rt
+        .block_on(v.detokenize("shop", &token, "charge", &ctx()))
+        .unwrap();
+    assert!(d.card.pan.expose_digits() == number, "wrong card returned");
+    let db = rusqlite::Connection::open(dir.path().join("vault.db")).unwrap();
+    let logged: Vec<(String, String)> = db
+        .prepare("SELECT outcome, purpose FROM audit_events WHERE action = 'detokenize'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(logged, [("success".to_owned(), "charge".to_owned())]);
+    v.shutdown();
+}

@@ -220,6 +220,19 @@ fn tampering_at_rest_fails_with_one_opaque_error() {
         .unwrap_err();
     assert!(matches!(err, VaultError::Decryption), "{err}");
     assert_eq!(err.to_string(), "record could not be decrypted");
+    // The access is logged as what the caller got: an error, not a success.
+    let (outcome, code): (String, Option<String>) = db
+        .query_row(
+            "SELECT outcome, code FROM audit_events WHERE action = 'detokenize' AND token = ?1 \
+             ORDER BY seq DESC LIMIT 1",
+            [&a.token],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (outcome.as_str(), code.as_deref()),
+        ("error", Some("decryption_failed"))
+    );
     // relabel the other row's key version (a v2 exists after rotation)
     let mut admin = Admin::open(dir.path(), &unlock(), system_clock()).unwrap();
     admin.rotate(&ctx()).unwrap();
