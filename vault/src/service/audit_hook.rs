@@ -126,7 +126,7 @@ impl AuditOutcome {
         }
     }
 
-    pub(crate) fn to_log(&self) -> Outcome {
+    fn to_log(&self) -> Outcome {
         match self {
             AuditOutcome::Success => Outcome::Success,
             AuditOutcome::Denied(c) => Outcome::Denied(sanitize_code(c)),

@@ -434,6 +434,30 @@ impl Vault {
         .await
     }
 
+    /// Reads one row of `tenant` (any other tenant's token is not found).
+    fn read_row(&self, tenant: &str, token: &str) -> Result<Row, VaultError> {
+        let Some(token) = Token::parse(token) else {
+            return Err(VaultError::NotFound);
+        };
+        let conn = self.inner.readers.get()?;
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM cards WHERE token = ?1"))
+            .map_err(store_err)?;
+        let row = stmt
+            .query_row([token.as_str()], Row::from_sql)
+            .optional()
+            .map_err(store_err)?;
+        match row {
+            Some(r)
+                if r.tenant == tenant
+                    && r.expires_at.is_none_or(|e| e > self.now().unix_timestamp()) =>
+            {
+                Ok(r)
+            }
+            _ => Err(VaultError::NotFound),
+        }
+    }
+
     /// The stored facts of a token (never the number).
     pub async fn metadata(
         &self,
@@ -441,10 +465,10 @@ impl Vault {
         token: &str,
         ctx: &AccessContext,
     ) -> Result<TokenInfo, VaultError> {
-        self.read_audited(AuditAction::Read, tenant, token, None, ctx, |row, _, _| {
-            Ok(row.info(false))
-        })
-        .await
+        let result = self.read_row(tenant, token).map(|r| r.info(false));
+        self.audit_only(AuditAction::Read, tenant, token, None, &result, ctx)
+            .await?;
+        result
     }
 
     /// Decrypts a token's card for `tenant`. The card is released only after the
@@ -472,98 +496,49 @@ impl Vault {
                 "must not contain a card number",
             ));
         }
-        self.read_audited(
+        let result = self.read_row(tenant, token).and_then(|mut row| {
+            let mut keys = self.keys()?;
+            if !keys.data.contains_key(&row.key_version) {
+                // A key made by another process (rotate, then rewrap) since our last
+                // refresh: reload once rather than fail.
+                self.refresh_keys()?;
+                keys = self.keys()?;
+            }
+            let key = keys
+                .data
+                .get(&row.key_version)
+                .ok_or(VaultError::Decryption)?;
+            let nonce: [u8; 12] = row
+                .nonce
+                .as_slice()
+                .try_into()
+                .map_err(|_| VaultError::Decryption)?;
+            let sealed = SealedRecord {
+                key_version: row.key_version,
+                nonce,
+                ciphertext: std::mem::take(&mut row.ciphertext),
+            };
+            let card = key
+                .open(tenant, &row.token, &sealed)
+                .map_err(|_| VaultError::Decryption)?;
+            let expiry =
+                Expiry::from_stored(row.exp_month, row.exp_year).ok_or(VaultError::Decryption)?;
+            Ok(Detokenized {
+                token: row.token.clone(),
+                card,
+                expiry,
+            })
+        });
+        self.audit_only(
             AuditAction::Detokenize,
             tenant,
             token,
             Some(purpose),
+            &result,
             ctx,
-            open_card,
         )
-        .await
-    }
-
-    /// Reads a token's row and records the access's event in one writer job, so the
-    /// read and its event are one step of the log: the answer is released only once
-    /// the event has committed, and the event's outcome is what the caller got (a
-    /// card that fails to decrypt is logged as `decryption_failed`, not as a
-    /// success). `open` turns the row into the answer on the writer thread.
-    ///
-    /// Reading on the writer's connection is also what keeps an audited read cheap:
-    /// a read connection loses its whole page cache at every commit of another
-    /// connection, so with the log committing ~2,000 times a second every lookup
-    /// re-read all its pages; the writer's cache survives its own commits.
-    ///
-    /// The event is built here, on the caller's thread; the writer only sets its
-    /// outcome, chains and inserts it.
-    async fn read_audited<T: Send + 'static>(
-        &self,
-        action: AuditAction,
-        tenant: &str,
-        token: &str,
-        purpose: Option<&str>,
-        ctx: &AccessContext,
-        open: fn(Row, &str, &Keyring) -> Result<T, VaultError>,
-    ) -> Result<T, VaultError> {
-        let parsed = Token::parse(token);
-        // A record sealed under a key another process made (rotate, then rewrap)
-        // since our last refresh: the first attempt records nothing, the keys are
-        // reloaded, and the second attempt records whatever happens.
-        let mut stale_keys_retry = true;
-        loop {
-            let keys = self.keys()?;
-            let now = self.now().unix_timestamp();
-            let rec = AuditRecord {
-                action,
-                tenant: Some(tenant),
-                token: parsed.as_ref().map(Token::as_str),
-                purpose,
-                subject: None,
-                outcome: AuditOutcome::Success,
-                details: None,
-            };
-            let mut ev = audit_hook::build_event(&keys, ctx, &rec, now)?;
-            let tenant = tenant.to_owned();
-            let token = parsed.clone();
-            let answer = self
-                .write(move |conn, state| {
-                    let result = lookup_row(conn, &tenant, token.as_ref(), now).and_then(|row| {
-                        if stale_keys_retry && !keys.data.contains_key(&row.key_version) {
-                            return Ok(None);
-                        }
-                        open(row, &tenant, &keys).map(Some)
-                    });
-                    let result = match result {
-                        // Nothing read, nothing written: the caller reloads and retries.
-                        Ok(None) => return (true, Ok(None)),
-                        Ok(Some(answer)) => Ok(answer),
-                        Err(e) => {
-                            ev.outcome = AuditOutcome::from_error(&e).to_log();
-                            Err(e)
-                        }
-                    };
-                    match state.audit_mut().append(conn, &ev) {
-                        Ok(_) => (true, Ok(Some(result))),
-                        Err(e) => (false, Err(e)),
-                    }
-                })
-                .await
-                .map_err(|e| {
-                    if e.is_unavailable() {
-                        VaultError::AuditUnavailable
-                    } else {
-                        e
-                    }
-                })?;
-            match answer {
-                Some(result) => return result,
-                None if stale_keys_retry => {
-                    stale_keys_retry = false;
-                    self.refresh_keys()?;
-                }
-                None => return Err(VaultError::Decryption),
-            }
-        }
+        .await?;
+        result
     }
 
     /// Deletes a token of `tenant`.
@@ -616,6 +591,33 @@ impl Vault {
             }
         })
         .await
+    }
+
+    /// Records an event for a read-only operation and waits until it is durable.
+    async fn audit_only<T>(
+        &self,
+        action: AuditAction,
+        tenant: &str,
+        token: &str,
+        purpose: Option<&str>,
+        result: &Result<T, VaultError>,
+        ctx: &AccessContext,
+    ) -> Result<(), VaultError> {
+        let outcome = match result {
+            Ok(_) => AuditOutcome::Success,
+            Err(e) => AuditOutcome::from_error(e),
+        };
+        let token = Token::parse(token);
+        let rec = AuditRecord {
+            action,
+            tenant: Some(tenant),
+            token: token.as_ref().map(Token::as_str),
+            purpose,
+            subject: None,
+            outcome,
+            details: None,
+        };
+        self.append_event(ctx, &rec).await.map(|_| ())
     }
 
     /// Records an event that is not part of a data operation: a request refused
@@ -840,57 +842,6 @@ fn tokenize_in_tx(
         "format",
         "no free bin_last4 token left for this card's BIN and last 4; use the opaque format",
     ))
-}
-
-/// Looks `token` up for `tenant` on `conn`: another tenant's token, and an expired
-/// one, are not found.
-fn lookup_row(
-    conn: &Connection,
-    tenant: &str,
-    token: Option<&Token>,
-    now: i64,
-) -> Result<Row, VaultError> {
-    let Some(token) = token else {
-        return Err(VaultError::NotFound);
-    };
-    let mut stmt = conn
-        .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM cards WHERE token = ?1"))
-        .map_err(store_err)?;
-    let row = stmt
-        .query_row([token.as_str()], Row::from_sql)
-        .optional()
-        .map_err(store_err)?;
-    match row {
-        Some(r) if r.tenant == tenant && r.expires_at.is_none_or(|e| e > now) => Ok(r),
-        _ => Err(VaultError::NotFound),
-    }
-}
-
-/// Decrypts a row's card (the answer of a detokenize).
-fn open_card(mut row: Row, tenant: &str, keys: &Keyring) -> Result<Detokenized, VaultError> {
-    let key = keys
-        .data
-        .get(&row.key_version)
-        .ok_or(VaultError::Decryption)?;
-    let nonce: [u8; 12] = row
-        .nonce
-        .as_slice()
-        .try_into()
-        .map_err(|_| VaultError::Decryption)?;
-    let sealed = SealedRecord {
-        key_version: row.key_version,
-        nonce,
-        ciphertext: std::mem::take(&mut row.ciphertext),
-    };
-    let card = key
-        .open(tenant, &row.token, &sealed)
-        .map_err(|_| VaultError::Decryption)?;
-    let expiry = Expiry::from_stored(row.exp_month, row.exp_year).ok_or(VaultError::Decryption)?;
-    Ok(Detokenized {
-        token: row.token,
-        card,
-        expiry,
-    })
 }
 
 struct Row {
