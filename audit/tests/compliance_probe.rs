@@ -233,9 +233,7 @@ impl Drop for Killed {
 #[test]
 fn openssl_s_server_allowing_tls_1_0_is_caught() {
     if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!(
-            "SKIPPED: `openssl` is not installed (apt-get install openssl); the raw-socket fake covers the probe"
-        );
+        compliance_util::tool_missing("`openssl` (apt-get install openssl)");
         return;
     }
     let v = good_vault();

@@ -44,8 +44,8 @@ fn python(script: &str, args: &[&Path]) -> Option<String> {
         .ok()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if stdout.starts_with("SKIP") {
-        eprintln!("SKIPPED: {stdout}");
+    if let Some(what) = stdout.strip_prefix("SKIP ") {
+        compliance_util::tool_missing(what.trim());
         return None;
     }
     assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");

@@ -33,6 +33,8 @@ use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 
 /// Public test card numbers (never real cards).
+pub mod tools;
+
 pub mod cards {
     pub const VISA: &str = "4242424242424242";
     pub const VISA_SPACED: &str = "4242 4242 4242 4242";

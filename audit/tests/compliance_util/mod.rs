@@ -19,6 +19,19 @@ use rcgen::{
 use rusqlite::Connection;
 use time::{Duration, OffsetDateTime};
 
+/// A tool a test needs is missing. Outside CI the test says SKIPPED and returns; under
+/// CI (`CI` set, as `.ci/run` runs) or with `PANVAULT_REQUIRE_TOOLS=1` it fails: a skip
+/// counted as a pass would hide a hole, and `.ci/run` installs every tool.
+pub fn tool_missing(what: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    let required = std::env::var("PANVAULT_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
+    assert!(
+        !(ci || required),
+        "{what} is missing, and CI requires it (.ci/run installs it)"
+    );
+    eprintln!("SKIPPED: {what} is missing");
+}
+
 pub fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }

@@ -323,15 +323,20 @@ async fn a_full_disk_answers_503_writes_nothing_and_recovers_body() {
     match mounted {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
-            println!(
-                "SKIPPED a_full_disk_answers_503…: cannot mount a tmpfs here ({}); \
-                 the file-size-limit test covers the same failure",
-                String::from_utf8_lossy(&o.stderr).trim()
+            util::tools::missing(
+                "a_full_disk_answers_503",
+                &format!(
+                    "cannot mount a tmpfs here ({})",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
             );
             return;
         }
         Err(e) => {
-            println!("SKIPPED a_full_disk_answers_503…: no mount command ({e})");
+            util::tools::missing(
+                "a_full_disk_answers_503",
+                &format!("no mount command ({e})"),
+            );
             return;
         }
     }
@@ -382,7 +387,10 @@ async fn a_file_size_limit_answers_503_writes_nothing_and_recovers_body() {
         .output()
         .is_err()
     {
-        println!("SKIPPED a_file_size_limit_answers_503…: no prlimit (util-linux) here");
+        util::tools::missing(
+            "a_file_size_limit_answers_503",
+            "no prlimit (util-linux) here",
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
