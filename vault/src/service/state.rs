@@ -20,8 +20,9 @@ use rusqlite::Connection;
 use panvault_audit::log::{ChainHead, CheckpointPolicy};
 
 use super::audit_hook::{AuditRecord, AuditState};
-use super::keyring::Keyring;
+use super::keyring::{self, Keyring};
 use super::request::AccessContext;
+use crate::core::envelope::DataKey;
 use crate::core::kdf::FINGERPRINT_LEN;
 use crate::error::VaultError;
 use crate::store::{StoreError, WriterState};
@@ -106,6 +107,9 @@ pub struct VaultState {
     pub(crate) dedup: DedupIndex,
     encryptions: BTreeMap<u32, i64>,
     audit: AuditState,
+    /// The version `active` in the database, read once per batch inside its
+    /// transaction (`None` until a job of the batch needs it).
+    db_active: Option<u32>,
 }
 
 impl VaultState {
@@ -118,6 +122,7 @@ impl VaultState {
             dedup: DedupIndex::load(conn)?,
             encryptions: BTreeMap::new(),
             audit: AuditState::load(conn, keys, policy)?,
+            db_active: None,
         })
     }
 
@@ -129,6 +134,31 @@ impl VaultState {
     /// The audit side (erasure, purge, receipts).
     pub(crate) fn audit_mut(&mut self) -> &mut AuditState {
         &mut self.audit
+    }
+
+    /// The key to seal a new record with: the keyring's active key, only if that
+    /// version is the one `active` in the database now. Read inside the batch's
+    /// transaction, which holds the write lock, so no key change can commit between
+    /// this check and the insert. A mismatch (a rotation or retirement not loaded
+    /// yet) is [`VaultError::KeysOutOfDate`]: nothing is sealed under a key that is
+    /// not active, whatever the administrator did meanwhile.
+    pub(crate) fn sealing_key<'k>(
+        &mut self,
+        conn: &Connection,
+        keys: &'k Keyring,
+    ) -> Result<&'k DataKey, VaultError> {
+        let active = match self.db_active {
+            Some(v) => v,
+            None => {
+                let v = keyring::active_version(conn)?.ok_or(VaultError::KeysOutOfDate)?;
+                self.db_active = Some(v);
+                v
+            }
+        };
+        if active != keys.active {
+            return Err(VaultError::KeysOutOfDate);
+        }
+        keys.active_key()
     }
 
     /// Counts one encryption under `version` (flushed before the batch commits).
@@ -153,6 +183,10 @@ impl WriterState for VaultState {
     type Snapshot = ChainHead;
     fn snapshot(&self) -> ChainHead {
         self.audit.snapshot()
+    }
+    fn begin_batch(&mut self, _conn: &Connection) {
+        // Another process may have changed the keys between two batches.
+        self.db_active = None;
     }
     fn restore(&mut self, snap: ChainHead) {
         // Counters of a rolled-back batch were never flushed; the chain goes back.
