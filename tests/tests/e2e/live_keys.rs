@@ -390,3 +390,45 @@ async fn an_admin_command_disables_core_dumps_before_reading_the_secret() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_init_that_cannot_store_its_shares_leaves_no_vault() {
+    util::within(Duration::from_secs(120), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("v");
+        let init = |shares: &Path| {
+            vec![
+                "init".to_owned(),
+                "--custodians".into(),
+                "3".into(),
+                "--threshold".into(),
+                "2".into(),
+                "--shares-dir".into(),
+                shares.display().to_string(),
+            ]
+        };
+        // Not a directory (and, below it, not even a possible path).
+        let file = tmp.path().join("not-a-dir");
+        std::fs::write(&file, "something else\n").unwrap();
+        for target in [file.clone(), file.join("shares")] {
+            let args = init(&target);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (ok, out) = panvault(&args, &data).await;
+            assert!(!ok, "{out}");
+            assert!(
+                !data.join("vault.db").exists(),
+                "a vault without shares was left behind: {out}"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "something else\n");
+        // Nothing is in the way of doing it right.
+        let shares = tmp.path().join("shares");
+        let args = init(&shares);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out) = panvault(&args, &data).await;
+        assert!(ok, "{out}");
+        let (ok, out) = keys_list_with(&data, &shares, &[1, 2]).await;
+        assert!(ok, "{out}");
+    })
+    .await;
+}
