@@ -111,6 +111,9 @@ struct Inner {
     /// A reload of changed keys failed: the keys above may be stale, so nothing is
     /// sealed until a reload succeeds.
     keys_stale: AtomicBool,
+    /// Set by the writer when it refused to seal under a key that is no longer
+    /// active in the database: the next tokenize or refresh reloads the keys.
+    reload_wanted: Arc<AtomicBool>,
     /// The shared lock on the data directory, held while this vault is open, so
     /// that `master rotate` cannot replace the root key under it.
     _serve_lock: store::DirLock,
@@ -326,6 +329,7 @@ impl Vault {
         let (root, _info, _shares) = keyring::unseal_root(&conn, &vault_id, unlock)?;
         let ring = Keyring::load(&conn, &vault_id, root)?;
         let state = VaultState::load(&conn, &ring, opts.checkpoint)?;
+        let reload_wanted = state.reload_wanted();
         let writer = Writer::start(conn, state, db.clone(), opts.writer.clone())?;
         let readers = ReadPool::new(db.clone(), opts.read_pool);
         Ok(Vault {
@@ -334,6 +338,7 @@ impl Vault {
                 db,
                 keys: RwLock::new(Arc::new(ring)),
                 keys_stale: AtomicBool::new(false),
+                reload_wanted,
                 _serve_lock: serve_lock,
                 writer,
                 readers,
@@ -420,6 +425,11 @@ impl Vault {
         ctx: &AccessContext,
     ) -> Result<Vec<Result<TokenInfo, VaultError>>, VaultError> {
         validate_tenant(tenant)?;
+        if self.inner.reload_wanted.swap(false, Ordering::SeqCst) {
+            // The writer refused to seal under our active key, which is no longer
+            // the database's: load the keys now, whatever the epoch says.
+            let _ = self.reload_keys(true);
+        }
         let keys = self.keys()?;
         // Keys that could not be reloaded after a change: refuse every item (each is
         // still audited, as a failure) rather than seal under what may be stale.
@@ -454,57 +464,46 @@ impl Vault {
         }
         let tenant = tenant.to_owned();
         let ctx = ctx.clone();
-        let results = self
-            .write(move |conn, state| {
-                let mut results = Vec::with_capacity(prepared.len());
-                for item in prepared {
-                    let (result, subject) = match item {
-                        Ok((req, fp, metadata, expires_at)) => (
-                            tokenize_in_tx(
-                                conn,
-                                state,
-                                &keys,
-                                &tenant,
-                                &req,
-                                &fp,
-                                metadata.as_deref(),
-                                expires_at,
-                                now,
-                            ),
-                            req.subject,
+        self.write(move |conn, state| {
+            let mut results = Vec::with_capacity(prepared.len());
+            for item in prepared {
+                let (result, subject) = match item {
+                    Ok((req, fp, metadata, expires_at)) => (
+                        tokenize_in_tx(
+                            conn,
+                            state,
+                            &keys,
+                            &tenant,
+                            &req,
+                            &fp,
+                            metadata.as_deref(),
+                            expires_at,
+                            now,
                         ),
-                        Err(e) => (Err(e), None),
-                    };
-                    let rec = AuditRecord {
-                        action: AuditAction::Tokenize,
-                        tenant: Some(&tenant),
-                        token: result.as_ref().ok().map(|i| i.token.as_str()),
-                        purpose: None,
-                        subject: subject.as_deref(),
-                        outcome: match &result {
-                            Ok(_) => AuditOutcome::Success,
-                            Err(e) => AuditOutcome::from_error(e),
-                        },
-                        details: None,
-                    };
-                    if let Err(e) = state.record(conn, &keys, &ctx, &rec, now) {
-                        return (false, Err(e));
-                    }
-                    results.push(result);
+                        req.subject,
+                    ),
+                    Err(e) => (Err(e), None),
+                };
+                let rec = AuditRecord {
+                    action: AuditAction::Tokenize,
+                    tenant: Some(&tenant),
+                    token: result.as_ref().ok().map(|i| i.token.as_str()),
+                    purpose: None,
+                    subject: subject.as_deref(),
+                    outcome: match &result {
+                        Ok(_) => AuditOutcome::Success,
+                        Err(e) => AuditOutcome::from_error(e),
+                    },
+                    details: None,
+                };
+                if let Err(e) = state.record(conn, &keys, &ctx, &rec, now) {
+                    return (false, Err(e));
                 }
-                (true, Ok(results))
-            })
-            .await?;
-        if !stale
-            && results
-                .iter()
-                .any(|r| matches!(r, Err(VaultError::KeysOutOfDate)))
-        {
-            // The writer saw another active key in the database than ours: load
-            // the keys now, whatever the epoch says, so the next call can seal.
-            let _ = self.reload_keys(true);
-        }
-        Ok(results)
+                results.push(result);
+            }
+            (true, Ok(results))
+        })
+        .await
     }
 
     /// Reads one row of `tenant` (any other tenant's token is not found).
@@ -768,7 +767,8 @@ impl Vault {
     /// Returns whether anything changed. A failed reload leaves the vault refusing
     /// to tokenize (503) until a later call succeeds; the error is logged once.
     pub fn refresh_keys(&self) -> Result<bool, VaultError> {
-        self.reload_keys(false)
+        let force = self.inner.reload_wanted.swap(false, Ordering::SeqCst);
+        self.reload_keys(force)
     }
 
     /// [`Vault::refresh_keys`]; `force` reloads even when the epoch is unchanged.

@@ -14,6 +14,8 @@
 //! is dropped and counts as a miss.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rusqlite::Connection;
 
@@ -110,6 +112,8 @@ pub struct VaultState {
     /// The version `active` in the database, read once per batch inside its
     /// transaction (`None` until a job of the batch needs it).
     db_active: Option<u32>,
+    /// Raised when a tokenize was refused for a key mismatch; the vault reloads.
+    reload_wanted: Arc<AtomicBool>,
 }
 
 impl VaultState {
@@ -123,6 +127,7 @@ impl VaultState {
             encryptions: BTreeMap::new(),
             audit: AuditState::load(conn, keys, policy)?,
             db_active: None,
+            reload_wanted: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -156,9 +161,15 @@ impl VaultState {
             }
         };
         if active != keys.active {
+            self.reload_wanted.store(true, Ordering::SeqCst);
             return Err(VaultError::KeysOutOfDate);
         }
         keys.active_key()
+    }
+
+    /// The flag [`VaultState::sealing_key`] raises on a key mismatch.
+    pub(crate) fn reload_wanted(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.reload_wanted)
     }
 
     /// Counts one encryption under `version` (flushed before the batch commits).
