@@ -58,9 +58,18 @@ pub const DEFAULT_DATA_DIR: &str = "./panvault-data";
 
 /// Where the passphrase comes from, in order: `--passphrase-file`, the
 /// `PANVAULT_PASSPHRASE` environment variable, a no-echo prompt on the terminal.
+///
+/// An environment variable cannot be taken back out of the process (removing it is
+/// `unsafe` in Rust 2024 and this crate forbids `unsafe`): `PANVAULT_PASSPHRASE`
+/// stays in the process environment until it exits. The process is made
+/// non-dumpable before the secret is read, so other processes of the same user
+/// cannot read `/proc/PID/environ`, and the CLI starts no other program that could
+/// inherit it. A file (or the prompt) is still the better choice.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SecretArgs {
-    /// Read the passphrase from this file (first line).
+    /// Read the passphrase from this file (first line). Prefer this to the
+    /// PANVAULT_PASSPHRASE environment variable, which stays in the process
+    /// environment for as long as the process runs.
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
     /// A custodian share file (repeat for each share) for vaults sealed with shares.
@@ -73,6 +82,7 @@ impl SecretArgs {
     /// [`SecretArgs::unlock_for`] when the vault exists, so a share-sealed vault
     /// prompts for shares.
     pub fn unlock(&self, confirm: bool) -> Result<Unlock, CliError> {
+        harden_admin();
         if !self.shares.is_empty() {
             return read_shares(&self.shares);
         }
@@ -85,6 +95,7 @@ impl SecretArgs {
     /// What unseals the existing vault in `data_dir`: its shares if it is sealed
     /// with custodian shares (from `--share`, or prompted for), else the passphrase.
     pub fn unlock_for(&self, data_dir: &Path) -> Result<Unlock, CliError> {
+        harden_admin();
         if !self.shares.is_empty() {
             return read_shares(&self.shares);
         }
@@ -165,14 +176,27 @@ pub fn vault_err(e: panvault_vault::VaultError) -> CliError {
     }
 }
 
-/// The OS user, for `admin:<user>` audit actors.
+/// The real OS user, for `admin:<name>` audit actors: the process's real uid and
+/// the name `/etc/passwd` gives it (`admin:uid:<n>` when it has none). Never
+/// `$USER` or `$LOGNAME`, which whoever runs the command can set to anything.
 pub fn admin_actor() -> panvault_vault::AccessContext {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| os_uid());
+    let user = match panvault_vault::hygiene::current_user() {
+        Some(panvault_vault::hygiene::OsUser { name: Some(n), .. }) => n,
+        Some(panvault_vault::hygiene::OsUser { uid, name: None }) => format!("uid:{uid}"),
+        None => "unknown".into(),
+    };
     panvault_vault::AccessContext {
         actor: format!("admin:{user}"),
         ..Default::default()
+    }
+}
+
+/// The server's process hygiene for an admin command about to read a secret or
+/// unseal the root key: no core dumps, non-dumpable. Idempotent.
+pub fn harden_admin() {
+    let h = panvault_vault::hygiene::harden_admin_process();
+    for w in &h.warnings {
+        tracing::warn!("{w}");
     }
 }
 
@@ -183,16 +207,4 @@ macro_rules! outln {
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout(), $($t)*);
     }};
-}
-
-/// `uid:<n>` of this process, read from /proc (no `unsafe` getuid).
-fn os_uid() -> String {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(m) = std::fs::metadata("/proc/self") {
-            return format!("uid:{}", m.uid());
-        }
-    }
-    "unknown".into()
 }

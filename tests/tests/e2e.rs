@@ -31,6 +31,8 @@ mod flow;
 mod keys_cli;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+#[path = "e2e/live_keys.rs"]
+mod live_keys;
 #[path = "e2e/refusals.rs"]
 mod refusals;
 #[path = "e2e/soak.rs"]

@@ -45,6 +45,13 @@ pub enum VaultError {
     /// A key-management operation is not allowed in the current state.
     #[error("key operation refused: {0}")]
     KeyState(String),
+    /// The data keys in memory are not the vault's current ones (a key change that
+    /// could not be loaded, or an active key that changed since the last load):
+    /// nothing is sealed until they load again. A "try again later" (503).
+    #[error(
+        "the data keys in memory are not the vault's current ones; sealing refused until they reload"
+    )]
+    KeysOutOfDate,
     /// Randomness or another cryptographic primitive failed.
     #[error("cryptographic failure")]
     Crypto,
@@ -85,7 +92,7 @@ impl VaultError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             VaultError::Store(e) => e.is_unavailable(),
-            VaultError::AuditUnavailable => true,
+            VaultError::AuditUnavailable | VaultError::KeysOutOfDate => true,
             _ => false,
         }
     }

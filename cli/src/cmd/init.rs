@@ -21,13 +21,16 @@ pub struct Args {
     /// Shares needed to unseal (2 ≤ M ≤ N).
     #[arg(long, requires = "custodians")]
     pub threshold: Option<u8>,
-    /// Where to write share-1 … share-N (mode 0600), one per custodian.
+    /// Where to write share-1 … share-N (mode 0600), one per custodian: a directory
+    /// that does not exist yet, or an empty one.
     #[arg(long, value_name = "OUT", requires = "custodians")]
     pub shares_dir: Option<PathBuf>,
 }
 
 /// Runs `init`.
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
+    // The root key is made in this process: the server's hygiene from the start.
+    crate::common::harden_admin();
     if !args.secret.shares.is_empty() {
         return Err(CliError::usage(
             "--share is for unsealing an existing vault; init takes a passphrase",
@@ -46,28 +49,38 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         None => args.secret.unlock(true)?,
     };
-    if let Some(dir) = &args.shares_dir
-        && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
-    {
-        return Err(CliError::usage(format!(
-            "{} is not empty; refusing to overwrite shares",
-            dir.display()
-        )));
+    if let Some(dir) = &args.shares_dir {
+        crate::cmd::master::check_shares_target(dir)?;
     }
     let spec = SealSpec {
         unlock,
         kdf: panvault_vault::service::default_kdf(),
         shares,
     };
-    let report = Vault::init_as(
+    // The shares are stored durably before the vault is committed; if anything
+    // fails, neither a vault nobody can open nor shares of no vault are left.
+    let written = std::cell::Cell::new(Vec::new());
+    let made = Vault::init_with(
         &args.data_dir,
         &spec,
         &system_clock(),
         &crate::common::admin_actor(),
-    )
-    .map_err(vault_err)?;
+        |new_shares| {
+            if let Some(dir) = &args.shares_dir {
+                crate::cmd::master::write_shares(dir, new_shares)?;
+                written.set(new_shares.iter().map(|s| s.number).collect());
+            }
+            Ok(())
+        },
+    );
+    let report = match (made, &args.shares_dir) {
+        (Ok(r), _) => r,
+        (Err(e), Some(dir)) => {
+            return Err(crate::cmd::master::undo_shares(dir, &written.take(), e));
+        }
+        (Err(e), None) => return Err(vault_err(e)),
+    };
     if let Some(dir) = &args.shares_dir {
-        crate::cmd::master::write_shares(dir, &report.shares)?;
         crate::outln!(
             "Wrote {} custodian shares to {} (any {} unseal the vault). Hand one to each custodian and delete them here.",
             report.shares.len(),

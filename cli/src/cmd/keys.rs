@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use panvault_vault::{Admin, KeyInfo, system_clock};
+use panvault_vault::{Admin, KeyInfo, Unlock, system_clock};
 
 use crate::common::{CliError, DEFAULT_DATA_DIR, SecretArgs, admin_actor, vault_err};
 
@@ -17,7 +17,9 @@ pub enum Command {
     Rewrap(RewrapArgs),
     /// Retire a decrypt-only key that no record uses any more.
     Retire(VersionArgs),
-    /// Destroy a retired key: its wrapped bytes are deleted for good.
+    /// Destroy a retired key: its wrapped bytes are deleted from the vault for good.
+    /// Backups made before keep their own copy (change the passphrase or reshare,
+    /// then destroy the old secret, to make those unreadable).
     Destroy(VersionArgs),
 }
 
@@ -112,6 +114,7 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
                 "Destroyed data key v{}: its wrapped bytes are gone.",
                 a.version
             );
+            crate::outln!("{BACKUPS_KEEP_DESTROYED_KEYS}");
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -150,10 +153,24 @@ fn rewrap(a: RewrapArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the vault of `c` for administration.
+/// What destroying a data key does not do, said where it is done.
+const BACKUPS_KEEP_DESTROYED_KEYS: &str = "Backups made before still hold this key, \
+wrapped under the root key and sealed under the passphrase or shares of their time: \
+they stay readable to whoever has such a backup and that secret. To make them \
+unreadable, change the passphrase (`panvault master change-passphrase`) or reshare \
+(`panvault master reshare`), then destroy every copy of the old passphrase or shares.";
+
+/// Opens the vault of `c` for administration (reading its passphrase or shares;
+/// the process is hardened first, see [`crate::common::harden_admin`]).
 pub fn open(c: &Common) -> Result<Admin, CliError> {
     let unlock = c.secret.unlock_for(&c.data_dir)?;
-    Admin::open(&c.data_dir, &unlock, system_clock()).map_err(vault_err)
+    open_unlocked(c, &unlock)
+}
+
+/// [`open`] with the secret already read.
+pub fn open_unlocked(c: &Common, unlock: &Unlock) -> Result<Admin, CliError> {
+    crate::common::harden_admin();
+    Admin::open(&c.data_dir, unlock, system_clock()).map_err(vault_err)
 }
 
 fn list(a: ListArgs) -> Result<ExitCode, CliError> {

@@ -1,20 +1,24 @@
 //! `panvault master`: the root key and its seal.
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use panvault_vault::service::shamir::ShareFile;
+use panvault_vault::{Admin, VaultError};
 
-use crate::cmd::keys::{Common, open};
+use crate::cmd::keys::{Common, open_unlocked};
 use crate::common::{CliError, admin_actor, read_passphrase, vault_err};
 
 /// Root-key subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// New root key: every data, fingerprint and audit-signing key is re-wrapped.
+    /// Refused while a server serves the vault: stop it first, start it after.
     Rotate(Common),
-    /// Reseal the root key under a new passphrase.
+    /// Reseal the root key under a new passphrase (a running server is unaffected).
     ChangePassphrase(ChangeArgs),
-    /// Issue a new custodian share set; every older share stops working.
+    /// Issue a new custodian share set; every older share stops working (a running
+    /// server is unaffected).
     Reshare(ReshareArgs),
 }
 
@@ -39,7 +43,8 @@ pub struct ReshareArgs {
     /// Shares needed to unseal.
     #[arg(long)]
     pub threshold: u8,
-    /// Where to write share-1 … share-N (mode 0600).
+    /// Where to write share-1 … share-N (mode 0600): a directory that does not
+    /// exist yet, or an empty one.
     #[arg(long, value_name = "DIR")]
     pub shares_dir: PathBuf,
 }
@@ -48,8 +53,11 @@ pub struct ReshareArgs {
 pub fn run(c: Command) -> Result<ExitCode, CliError> {
     match c {
         Command::Rotate(common) => {
+            // Say so before asking for any secret; `master_rotate` checks again
+            // while holding the lock.
+            Admin::ensure_not_served(&common.data_dir).map_err(vault_err)?;
             let unlock = common.secret.unlock_for(&common.data_dir)?;
-            let mut admin = open(&common)?;
+            let mut admin = open_unlocked(&common, &unlock)?;
             admin
                 .master_rotate(&admin_actor(), &unlock)
                 .map_err(vault_err)?;
@@ -57,7 +65,8 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::ChangePassphrase(a) => {
-            let mut admin = open(&a.common)?;
+            // Every input is read and checked before the vault is touched.
+            let unlock = a.common.secret.unlock_for(&a.common.data_dir)?;
             let new = match (
                 &a.new_passphrase_file,
                 std::env::var("PANVAULT_NEW_PASSPHRASE"),
@@ -72,24 +81,38 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
             if new.expose_secret().is_empty() {
                 return Err(CliError::usage("the new passphrase is empty"));
             }
+            let mut admin = open_unlocked(&a.common, &unlock)?;
             admin
                 .change_passphrase(&admin_actor(), &new, panvault_vault::service::default_kdf())
                 .map_err(vault_err)?;
             crate::outln!("Passphrase changed; the old one no longer unseals the vault.");
+            crate::outln!(
+                "Backups made before still open with the old passphrase: destroy every copy of it."
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Reshare(a) => {
             check_share_counts(a.custodians, a.threshold)?;
-            let mut admin = open(&a.common)?;
-            let shares = admin
-                .reshare(&admin_actor(), a.custodians, a.threshold)
-                .map_err(vault_err)?;
-            write_shares(&a.shares_dir, &shares)?;
+            check_shares_target(&a.shares_dir)?;
+            let unlock = a.common.secret.unlock_for(&a.common.data_dir)?;
+            let mut admin = open_unlocked(&a.common, &unlock)?;
+            let written = Cell::new(Vec::new());
+            let result = admin.reshare(&admin_actor(), a.custodians, a.threshold, |shares| {
+                write_shares(&a.shares_dir, shares)?;
+                written.set(shares.iter().map(|s| s.number).collect());
+                Ok(())
+            });
+            if let Err(e) = result {
+                return Err(undo_shares(&a.shares_dir, &written.take(), e));
+            }
             crate::outln!(
                 "Issued {} new shares ({} needed) in {}; the previous share set no longer works.",
                 a.custodians,
                 a.threshold,
                 a.shares_dir.display()
+            );
+            crate::outln!(
+                "Backups made before still open with the previous shares: destroy every copy of them."
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -104,12 +127,82 @@ pub fn check_share_counts(n: u8, m: u8) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Writes `OUT/share-1` … `OUT/share-N`, each mode 0600, refusing to overwrite.
-pub fn write_shares(dir: &Path, shares: &[ShareFile]) -> Result<(), CliError> {
+/// Refuses a share directory that exists and is not an empty directory, before
+/// anything is changed.
+pub fn check_shares_target(dir: &Path) -> Result<(), CliError> {
+    let refuse = |why: &str| {
+        CliError::usage(format!(
+            "{}: {why}; give a new or empty directory for the shares (nothing was changed)",
+            dir.display()
+        ))
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(refuse(&e.to_string())),
+        Ok(m) if !m.is_dir() => Err(refuse("exists and is not a directory")),
+        Ok(_) => match std::fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(refuse("is not empty")),
+            Err(e) => Err(refuse(&e.to_string())),
+        },
+    }
+}
+
+/// Writes `DIR/share-1` … `DIR/share-N` (each mode 0600) durably, all or none:
+/// into a fresh directory next to `DIR`, each file and the directory fsynced, then
+/// renamed to `DIR` (which must not exist or be empty) and the parent fsynced.
+/// On failure nothing is left behind.
+pub fn write_shares(dir: &Path, shares: &[ShareFile]) -> Result<(), VaultError> {
+    let io = |p: &Path, e: std::io::Error| VaultError::io(p, &e);
+    let name = dir
+        .file_name()
+        .ok_or_else(|| VaultError::invalid("shares_dir", "must name a directory"))?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| io(&parent, e))?;
+    let tmp = fresh_dir(&parent, name)?;
+    let filled = fill(&tmp, shares).and_then(|()| {
+        std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
+        sync_dir(&parent)
+    });
+    if filled.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    filled
+}
+
+/// A new directory (mode 0700) beside the target, named after it.
+fn fresh_dir(parent: &Path, name: &std::ffi::OsStr) -> Result<PathBuf, VaultError> {
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    let mut last = None;
+    for attempt in 0..100u32 {
+        let mut n = std::ffi::OsString::from(".");
+        n.push(name);
+        n.push(format!(".tmp-{}-{attempt}", std::process::id()));
+        let tmp = parent.join(n);
+        match builder.create(&tmp) {
+            Ok(()) => return Ok(tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(VaultError::io(&tmp, &e)),
+        }
+    }
+    Err(VaultError::io(
+        parent,
+        &last.unwrap_or_else(|| std::io::Error::other("no free temporary name")),
+    ))
+}
+
+fn fill(tmp: &Path, shares: &[ShareFile]) -> Result<(), VaultError> {
     use std::io::Write;
-    std::fs::create_dir_all(dir).map_err(|e| CliError::usage(format!("{}: {e}", dir.display())))?;
     for s in shares {
-        let path = dir.join(format!("share-{}", s.number));
+        let path = tmp.join(format!("share-{}", s.number));
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -117,12 +210,45 @@ pub fn write_shares(dir: &Path, shares: &[ShareFile]) -> Result<(), CliError> {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut f = opts
-            .open(&path)
-            .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-        f.write_all(s.to_text().as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+        let text = zeroize::Zeroizing::new(s.to_text());
+        opts.open(&path)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(|e| VaultError::io(&path, &e))?;
     }
-    Ok(())
+    sync_dir(tmp)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), VaultError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| VaultError::io(dir, &e))
+}
+
+/// The vault did not take the new shares (`err`): remove the share files numbered
+/// `written` that were stored for it, so that only shares that open the vault remain.
+pub fn undo_shares(dir: &Path, written: &[u8], err: VaultError) -> CliError {
+    let mut msg = err.to_string();
+    if !written.is_empty() {
+        let mut left = Vec::new();
+        for n in written {
+            let p = dir.join(format!("share-{n}"));
+            if std::fs::remove_file(&p).is_err() && p.exists() {
+                left.push(p.display().to_string());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+        if left.is_empty() {
+            msg.push_str("; the new shares were removed, the previous ones still unseal the vault");
+        } else {
+            msg.push_str(&format!(
+                "; these new shares do NOT open the vault, delete them: {}",
+                left.join(", ")
+            ));
+        }
+    }
+    let wrapped = vault_err(err);
+    CliError::with_code(msg, wrapped.exit_code())
 }

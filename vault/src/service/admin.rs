@@ -22,8 +22,13 @@ use crate::core::secret::{SecretKey32, SecretText};
 use crate::error::VaultError;
 use crate::store::{self, StoreError};
 
+/// Why `master rotate` refused: the lock of the data directory is held.
+const MASTER_ROTATE_REFUSED: &str = "a panvault server is serving this vault (or another \
+     `master rotate` is running); stop it, run `panvault master rotate`, start it again";
+
 /// Administrative access to an unsealed vault.
 pub struct Admin {
+    data_dir: std::path::PathBuf,
     conn: Connection,
     keys: Keyring,
     clock: Clock,
@@ -77,6 +82,7 @@ impl Admin {
         let (root, _, share_numbers) = keyring::unseal_root(&conn, &vault_id, unlock)?;
         let keys = Keyring::load(&conn, &vault_id, root)?;
         Ok(Admin {
+            data_dir: data_dir.to_owned(),
             conn,
             keys,
             clock,
@@ -285,14 +291,34 @@ impl Admin {
         self.scrub_wal()
     }
 
+    /// Refuses (with the reason) when `master rotate` could not run on `data_dir`
+    /// now because a server holds it: for a caller that wants to say so before
+    /// asking for any secret. [`Admin::master_rotate`] checks again, holding the lock.
+    pub fn ensure_not_served(data_dir: &Path) -> Result<(), VaultError> {
+        match store::lock_exclusive(data_dir) {
+            Ok(Some(_probe)) => Ok(()),
+            Ok(None) => Err(VaultError::KeyState(MASTER_ROTATE_REFUSED.into())),
+            // No data directory or lock file yet: opening the vault says why.
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Makes a new root key: every data, fingerprint and audit-signing key is
     /// re-wrapped under it and the root is resealed under the same passphrase or
     /// share set (a new salt); the old root is gone.
+    ///
+    /// Refused while a server (any open [`super::Vault`]) holds the vault: it keeps
+    /// the root key in memory and could not load keys wrapped under a new one.
+    /// Holds the data directory's exclusive lock until it returns, so no server
+    /// starts meanwhile.
     pub fn master_rotate(
         &mut self,
         actor: &AccessContext,
         unlock: &Unlock,
     ) -> Result<(), VaultError> {
+        let _exclusive = store::lock_exclusive(&self.data_dir)
+            .map_err(|e| VaultError::io(&store::serve_lock_path(&self.data_dir), &e))?
+            .ok_or_else(|| VaultError::KeyState(MASTER_ROTATE_REFUSED.into()))?;
         let new_root = SecretKey32::generate()?;
         self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
             let vid = keys.vault_id.clone();
@@ -396,13 +422,20 @@ impl Admin {
     }
 
     /// Issues a new share set (threshold `m` of `n`); every older share stops working.
+    ///
+    /// `persist` gets the new shares inside the transaction, before it commits: it
+    /// must have stored them durably when it returns `Ok`. If it fails, nothing
+    /// changes and the old shares still open the vault. If the commit fails after
+    /// `persist` succeeded, the shares it stored do not open the vault: the caller
+    /// removes them (the error is returned).
     pub fn reshare(
         &mut self,
         actor: &AccessContext,
         n: u8,
         m: u8,
-    ) -> Result<Vec<ShareFile>, VaultError> {
-        let shares = self.admin_tx(actor, AuditAction::MasterReshare, |tx, keys, _now| {
+        persist: impl FnOnce(&[ShareFile]) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        self.admin_tx(actor, AuditAction::MasterReshare, |tx, keys, _now| {
             let (info, _, _) = keyring::read_seal(tx)?;
             let generation = info.generation + 1;
             let root =
@@ -415,13 +448,18 @@ impl Admin {
                 generation,
                 info.root_created_at,
             )?;
+            persist(&shares)?;
             Ok((
-                shares,
+                (),
                 format!("generation={generation} total={n} threshold={m}"),
             ))
         })?;
-        self.scrub_wal()?;
-        Ok(shares)
+        // Committed: from here on the new shares are the only ones that open the
+        // vault, so no later error may make the caller discard them.
+        if let Err(e) = self.scrub_wal() {
+            tracing::warn!(error = %e, "the WAL could not be truncated after the reshare; the replaced seal stays in it until the next checkpoint");
+        }
+        Ok(())
     }
 
     /// Checkpoints and truncates the WAL so replaced seals and wrapped keys leave no

@@ -241,11 +241,27 @@ pub(crate) fn bump_key_epoch(conn: &Connection) -> Result<(), VaultError> {
     Ok(())
 }
 
-/// Reads the key epoch.
+/// Reads the key epoch (0 for a vault made before there was one). A value that is
+/// not a number is corruption, not "no change".
 pub(crate) fn key_epoch(conn: &Connection) -> Result<i64, VaultError> {
-    Ok(meta_get(conn, "key_epoch")?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0))
+    match meta_get(conn, "key_epoch")? {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| {
+            VaultError::Store(crate::store::StoreError::Corrupt(
+                "meta.key_epoch is not a number".into(),
+            ))
+        }),
+    }
+}
+
+/// The data-key version `active` in the database now (`None` if none is).
+pub(crate) fn active_version(conn: &Connection) -> Result<Option<u32>, VaultError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT version FROM data_keys WHERE state = 'active'")
+        .map_err(|e| VaultError::Store(e.into()))?;
+    stmt.query_row([], |r| r.get(0))
+        .optional()
+        .map_err(|e| VaultError::Store(e.into()))
 }
 
 /// Stores a freshly generated data key as `version`, `active`.

@@ -15,6 +15,7 @@ pub mod shamir;
 mod state;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -107,6 +108,15 @@ struct Inner {
     data_dir: PathBuf,
     db: PathBuf,
     keys: RwLock<Arc<Keyring>>,
+    /// A reload of changed keys failed: the keys above may be stale, so nothing is
+    /// sealed until a reload succeeds.
+    keys_stale: AtomicBool,
+    /// Set by the writer when it refused to seal under a key that is no longer
+    /// active in the database: the next tokenize or refresh reloads the keys.
+    reload_wanted: Arc<AtomicBool>,
+    /// The shared lock on the data directory, held while this vault is open, so
+    /// that `master rotate` cannot replace the root key under it.
+    _serve_lock: store::DirLock,
     writer: Writer<VaultState>,
     readers: ReadPool,
     opts: VaultOptions,
@@ -188,16 +198,51 @@ impl Vault {
         clock: &Clock,
         actor: &AccessContext,
     ) -> Result<InitReport, VaultError> {
+        Vault::init_with(data_dir, seal, clock, actor, |_| Ok(()))
+    }
+
+    /// [`Vault::init_as`], handing the custodian shares (share seals) to `persist`
+    /// before the vault is committed: `persist` must have stored them durably when
+    /// it returns `Ok`. On any failure, `persist`'s included, no vault is left
+    /// behind (the database file this call made is removed), so nothing is locked
+    /// away under shares nobody holds and `init` can simply run again.
+    pub fn init_with(
+        data_dir: &Path,
+        seal: &SealSpec,
+        clock: &Clock,
+        actor: &AccessContext,
+        persist: impl FnOnce(&[shamir::ShareFile]) -> Result<(), VaultError>,
+    ) -> Result<InitReport, VaultError> {
         let db = store::db_path(data_dir);
         if db.exists() {
             return Err(VaultError::AlreadyInitialized(db.display().to_string()));
         }
         create_dir(data_dir)?;
-        let mut conn = store::open_writer(&db, true)?;
+        let made = Vault::init_in(data_dir, &db, seal, clock, actor, persist);
+        if made.is_err() {
+            // Only files this call created: `db` did not exist before.
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut p = db.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        made
+    }
+
+    fn init_in(
+        data_dir: &Path,
+        db: &Path,
+        seal: &SealSpec,
+        clock: &Clock,
+        actor: &AccessContext,
+        persist: impl FnOnce(&[shamir::ShareFile]) -> Result<(), VaultError>,
+    ) -> Result<InitReport, VaultError> {
+        let mut conn = store::open_writer(db, true)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600));
+            let _ = std::fs::set_permissions(db, std::fs::Permissions::from_mode(0o600));
         }
         let now = clock().unix_timestamp();
         let mut id = [0u8; 16];
@@ -241,6 +286,7 @@ impl Vault {
             None => format!("vault_id={vault_id} seal=passphrase"),
         };
         audit_hook::record_admin(&tx, &ring, actor, AuditAction::Init, Some(&details), now)?;
+        persist(&shares)?;
         tx.commit().map_err(store_err)?;
         let audit_pubkey_path = audit_hook::write_public_key(data_dir, &audit_pkcs8)?;
         Ok(InitReport {
@@ -255,7 +301,9 @@ impl Vault {
         Vault::open_with(data_dir, unlock, VaultOptions::default())
     }
 
-    /// Opens with options.
+    /// Opens with options. The open vault holds a shared lock on the data
+    /// directory (`DATA/serve.lock`) until it is dropped: `master rotate` refuses
+    /// to run meanwhile, and this refuses to open while one runs.
     pub fn open_with(
         data_dir: &Path,
         unlock: &Unlock,
@@ -265,6 +313,15 @@ impl Vault {
         if !db.exists() {
             return Err(VaultError::NotInitialized(data_dir.display().to_string()));
         }
+        let serve_lock = store::lock_shared(data_dir)
+            .map_err(|e| VaultError::io(&store::serve_lock_path(data_dir), &e))?
+            .ok_or_else(|| {
+                VaultError::KeyState(
+                    "a `panvault master rotate` is replacing the root key of this vault; \
+                     start again when it has finished"
+                        .into(),
+                )
+            })?;
         let conn = store::open_writer(&db, false)?;
         store::check_integrity(&conn)?;
         let vault_id = keyring::meta_get(&conn, "vault_id")?
@@ -272,6 +329,7 @@ impl Vault {
         let (root, _info, _shares) = keyring::unseal_root(&conn, &vault_id, unlock)?;
         let ring = Keyring::load(&conn, &vault_id, root)?;
         let state = VaultState::load(&conn, &ring, opts.checkpoint)?;
+        let reload_wanted = state.reload_wanted();
         let writer = Writer::start(conn, state, db.clone(), opts.writer.clone())?;
         let readers = ReadPool::new(db.clone(), opts.read_pool);
         Ok(Vault {
@@ -279,6 +337,9 @@ impl Vault {
                 data_dir: data_dir.to_owned(),
                 db,
                 keys: RwLock::new(Arc::new(ring)),
+                keys_stale: AtomicBool::new(false),
+                reload_wanted,
+                _serve_lock: serve_lock,
                 writer,
                 readers,
                 opts,
@@ -364,11 +425,22 @@ impl Vault {
         ctx: &AccessContext,
     ) -> Result<Vec<Result<TokenInfo, VaultError>>, VaultError> {
         validate_tenant(tenant)?;
+        if self.inner.reload_wanted.swap(false, Ordering::SeqCst) {
+            // The writer refused to seal under our active key, which is no longer
+            // the database's: load the keys now, whatever the epoch says.
+            let _ = self.reload_keys(true);
+        }
         let keys = self.keys()?;
+        // Keys that could not be reloaded after a change: refuse every item (each is
+        // still audited, as a failure) rather than seal under what may be stale.
+        let stale = self.inner.keys_stale.load(Ordering::SeqCst);
         let now = self.now().unix_timestamp();
         let mut prepared = Vec::with_capacity(items.len());
         for item in items {
             prepared.push(item.and_then(|req| {
+                if stale {
+                    return Err(VaultError::KeysOutOfDate);
+                }
                 let fp = keys.fingerprint(tenant, req.card.pan.expose_digits())?;
                 let expires_at = match (
                     req.ttl_seconds.map(|t| now.saturating_add(t)),
@@ -692,12 +764,41 @@ impl Vault {
     }
 
     /// Reloads keys if another process changed them (e.g. `keys rotate`).
-    /// Returns whether anything changed.
+    /// Returns whether anything changed. A failed reload leaves the vault refusing
+    /// to tokenize (503) until a later call succeeds; the error is logged once.
     pub fn refresh_keys(&self) -> Result<bool, VaultError> {
+        let force = self.inner.reload_wanted.swap(false, Ordering::SeqCst);
+        self.reload_keys(force)
+    }
+
+    /// [`Vault::refresh_keys`]; `force` reloads even when the epoch is unchanged.
+    fn reload_keys(&self, force: bool) -> Result<bool, VaultError> {
+        let result = self.try_reload_keys(force);
+        match &result {
+            Ok(_) => {
+                if self.inner.keys_stale.swap(false, Ordering::SeqCst) {
+                    tracing::warn!("data keys loaded again; tokenize resumes");
+                }
+            }
+            Err(e) => {
+                if !self.inner.keys_stale.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        error = %e,
+                        "the data keys changed in the database and could not be loaded; \
+                         tokenize answers 503 until they can be (was the root key replaced \
+                         under a running server? restart it)"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    fn try_reload_keys(&self, force: bool) -> Result<bool, VaultError> {
         let conn = self.inner.readers.get()?;
         let epoch = keyring::key_epoch(&conn)?;
         let current = self.keys()?;
-        if epoch == current.epoch {
+        if epoch == current.epoch && !force {
             return Ok(false);
         }
         let root =
@@ -769,7 +870,7 @@ fn tokenize_in_tx(
             None => state.dedup.remove(fp),
         }
     }
-    let key = keys.active_key()?;
+    let key = state.sealing_key(conn, keys)?;
     let pan = &req.card.pan;
     let mut insert = conn
         .prepare_cached(

@@ -14,14 +14,17 @@
 //! is dropped and counts as a miss.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rusqlite::Connection;
 
 use panvault_audit::log::{ChainHead, CheckpointPolicy};
 
 use super::audit_hook::{AuditRecord, AuditState};
-use super::keyring::Keyring;
+use super::keyring::{self, Keyring};
 use super::request::AccessContext;
+use crate::core::envelope::DataKey;
 use crate::core::kdf::FINGERPRINT_LEN;
 use crate::error::VaultError;
 use crate::store::{StoreError, WriterState};
@@ -106,6 +109,11 @@ pub struct VaultState {
     pub(crate) dedup: DedupIndex,
     encryptions: BTreeMap<u32, i64>,
     audit: AuditState,
+    /// The version `active` in the database, read once per batch inside its
+    /// transaction (`None` until a job of the batch needs it).
+    db_active: Option<u32>,
+    /// Raised when a tokenize was refused for a key mismatch; the vault reloads.
+    reload_wanted: Arc<AtomicBool>,
 }
 
 impl VaultState {
@@ -118,6 +126,8 @@ impl VaultState {
             dedup: DedupIndex::load(conn)?,
             encryptions: BTreeMap::new(),
             audit: AuditState::load(conn, keys, policy)?,
+            db_active: None,
+            reload_wanted: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -129,6 +139,37 @@ impl VaultState {
     /// The audit side (erasure, purge, receipts).
     pub(crate) fn audit_mut(&mut self) -> &mut AuditState {
         &mut self.audit
+    }
+
+    /// The key to seal a new record with: the keyring's active key, only if that
+    /// version is the one `active` in the database now. Read inside the batch's
+    /// transaction, which holds the write lock, so no key change can commit between
+    /// this check and the insert. A mismatch (a rotation or retirement not loaded
+    /// yet) is [`VaultError::KeysOutOfDate`]: nothing is sealed under a key that is
+    /// not active, whatever the administrator did meanwhile.
+    pub(crate) fn sealing_key<'k>(
+        &mut self,
+        conn: &Connection,
+        keys: &'k Keyring,
+    ) -> Result<&'k DataKey, VaultError> {
+        let active = match self.db_active {
+            Some(v) => v,
+            None => {
+                let v = keyring::active_version(conn)?.ok_or(VaultError::KeysOutOfDate)?;
+                self.db_active = Some(v);
+                v
+            }
+        };
+        if active != keys.active {
+            self.reload_wanted.store(true, Ordering::SeqCst);
+            return Err(VaultError::KeysOutOfDate);
+        }
+        keys.active_key()
+    }
+
+    /// The flag [`VaultState::sealing_key`] raises on a key mismatch.
+    pub(crate) fn reload_wanted(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.reload_wanted)
     }
 
     /// Counts one encryption under `version` (flushed before the batch commits).
@@ -153,6 +194,10 @@ impl WriterState for VaultState {
     type Snapshot = ChainHead;
     fn snapshot(&self) -> ChainHead {
         self.audit.snapshot()
+    }
+    fn begin_batch(&mut self, _conn: &Connection) {
+        // Another process may have changed the keys between two batches.
+        self.db_active = None;
     }
     fn restore(&mut self, snap: ChainHead) {
         // Counters of a rolled-back batch were never flushed; the chain goes back.

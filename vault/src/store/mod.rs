@@ -2,6 +2,7 @@
 //! that commits concurrently submitted work together (group commit), and a pool of
 //! read connections. This module sees only sealed records, never card numbers.
 
+mod lock;
 mod pool;
 pub mod schema;
 mod writer;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use lock::{DirLock, lock_exclusive, lock_shared};
 pub use pool::{PooledConn, ReadPool};
 pub use writer::{Completion, Job, JobOutcome, Writer, WriterConfig, WriterState};
 
@@ -210,6 +212,15 @@ pub fn check_integrity(conn: &Connection) -> Result<(), StoreError> {
 /// The database file of a data directory.
 pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("vault.db")
+}
+
+/// The advisory lock file of a data directory: a serving vault holds a shared
+/// `flock` on it for its lifetime, `master rotate` an exclusive one.
+pub const SERVE_LOCK_FILE: &str = "serve.lock";
+
+/// [`SERVE_LOCK_FILE`] in `data_dir`.
+pub fn serve_lock_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SERVE_LOCK_FILE)
 }
 
 /// Up to `n` tokens of the store, for benchmarks and tests.

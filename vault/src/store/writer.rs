@@ -50,6 +50,9 @@ pub trait WriterState: Send + 'static {
     fn snapshot(&self) -> Self::Snapshot;
     /// Restores a snapshot.
     fn restore(&mut self, snap: Self::Snapshot);
+    /// Runs when the batch's transaction has begun, before its jobs (e.g. to forget
+    /// what was read from the database in the previous batch).
+    fn begin_batch(&mut self, _conn: &Connection) {}
     /// Runs after the batch's jobs, inside its transaction, before the commit (e.g. to
     /// flush counters). An error fails the batch.
     fn before_commit(&mut self, _conn: &Connection) -> Result<(), StoreError> {
@@ -256,6 +259,7 @@ fn run_batch<S: WriterState>(
             return Err(err);
         }
     };
+    state.begin_batch(&tx);
     let mut abort = false;
     for job in batch.drain(..) {
         let outcome = job(&tx, state);
