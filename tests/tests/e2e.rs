@@ -21,6 +21,8 @@ mod binary;
 mod crash;
 #[path = "e2e/erasure.rs"]
 mod erasure;
+#[path = "e2e/dedup.rs"]
+mod dedup;
 #[path = "e2e/errors.rs"]
 mod errors;
 #[path = "e2e/faults.rs"]
