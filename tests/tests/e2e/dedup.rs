@@ -23,11 +23,17 @@ async fn one_card_two_customers_over_the_api() {
     let year = this_year() + 3;
 
     let a = storefront
-        .post("/v1/tokens", &body(&card, 6, year, "cust_a", json!({"o": "1"})))
+        .post(
+            "/v1/tokens",
+            &body(&card, 6, year, "cust_a", json!({"o": "1"})),
+        )
         .await;
     assert_eq!(a.status, 201, "{}", a.text());
     let b = storefront
-        .post("/v1/tokens", &body(&card, 6, year, "cust_b", json!({"o": "2"})))
+        .post(
+            "/v1/tokens",
+            &body(&card, 6, year, "cust_b", json!({"o": "2"})),
+        )
         .await;
     assert_eq!(b.status, 201, "{}", b.text());
     let (a, b) = (a.json(), b.json());
@@ -36,10 +42,15 @@ async fn one_card_two_customers_over_the_api() {
         b["token"].as_str().unwrap().to_owned(),
     );
     assert_ne!(token_a, token_b, "two customers share one token");
-    assert_eq!((&b["subject"], &b["deduplicated"]), (&json!("cust_b"), &json!(false)));
+    assert_eq!(
+        (&b["subject"], &b["deduplicated"]),
+        (&json!("cust_b"), &json!(false))
+    );
 
     // cust_b's erasure takes cust_b's token, and only it.
-    let r = storefront.post("/v1/subjects/cust_b/erase", &json!({})).await;
+    let r = storefront
+        .post("/v1/subjects/cust_b/erase", &json!({}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["receipt"]["tokens_erased"], 1);
     assert_eq!(payments.detokenize(&token_b, "check").await.status, 404);
@@ -49,14 +60,21 @@ async fn one_card_two_customers_over_the_api() {
 
     // cust_a again with a later expiry and new metadata: the same token, updated.
     let r = storefront
-        .post("/v1/tokens", &body(&card, 3, year + 1, "cust_a", json!({"o": "9"})))
+        .post(
+            "/v1/tokens",
+            &body(&card, 3, year + 1, "cust_a", json!({"o": "9"})),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!r.text().contains(&card));
     let v = r.json();
     assert_eq!(
         (&v["token"], &v["deduplicated"], &v["updated"]),
-        (&json!(token_a), &json!(true), &json!(["expiry", "metadata"]))
+        (
+            &json!(token_a),
+            &json!(true),
+            &json!(["expiry", "metadata"])
+        )
     );
     let meta = payments.get(&format!("/v1/tokens/{token_a}")).await;
     assert_eq!(meta.status, 200);
@@ -91,7 +109,10 @@ async fn bin_last4_space_is_per_tenant_over_the_api() {
     let mut taken = std::collections::HashSet::new();
     for _round in 0..200 {
         let r = other
-            .post("/v1/tokens/batch", &json!({"items": vec![item.clone(); 30]}))
+            .post(
+                "/v1/tokens/batch",
+                &json!({"items": vec![item.clone(); 30]}),
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
         for res in r.json()["results"].as_array().unwrap() {

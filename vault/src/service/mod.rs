@@ -414,7 +414,9 @@ impl Vault {
                 };
                 // A dedup hit that changed the stored record says what it changed.
                 let details = match &result {
-                    Ok(i) if !i.updated.is_empty() => Some(format!("updated={}", i.updated.join(","))),
+                    Ok(i) if !i.updated.is_empty() => {
+                        Some(format!("updated={}", i.updated.join(",")))
+                    }
                     _ => None,
                 };
                 let rec = AuditRecord {
@@ -919,9 +921,7 @@ fn tokenize_in_tx(
         match res {
             Ok(_) => {
                 state.count_encryption(sealed.key_version);
-                state
-                    .dedup
-                    .insert(*fp, subject, conn.last_insert_rowid());
+                state.dedup.insert(*fp, subject, conn.last_insert_rowid());
                 return Ok(TokenInfo {
                     token: token.as_str().to_owned(),
                     card: CardFacts {

@@ -289,7 +289,10 @@ mod tests {
         d.deleted_in_batch(&b, 21);
         d.deleted_in_batch(&[3u8; 7], 30); // not a fingerprint: ignored
         d.commit();
-        assert_eq!((d.get(&a, none), d.get(&b, none), d.len()), (None, Some(20), 1));
+        assert_eq!(
+            (d.get(&a, none), d.get(&b, none), d.len()),
+            (None, Some(20), 1)
+        );
     }
 
     #[test]
@@ -303,14 +306,24 @@ mod tests {
         d.insert(fp, none, 3);
         d.insert(fp, bob, 4); // a force_new duplicate: the first row stays
         assert_eq!(
-            (d.get(&fp, alice), d.get(&fp, bob), d.get(&fp, none), d.len()),
+            (
+                d.get(&fp, alice),
+                d.get(&fp, bob),
+                d.get(&fp, none),
+                d.len()
+            ),
             (Some(1), Some(2), Some(3), 3)
         );
         // The first subject's row goes: the others stay findable.
         d.deleted_in_batch(&fp, 1);
         d.commit();
         assert_eq!(
-            (d.get(&fp, alice), d.get(&fp, bob), d.get(&fp, none), d.len()),
+            (
+                d.get(&fp, alice),
+                d.get(&fp, bob),
+                d.get(&fp, none),
+                d.len()
+            ),
             (None, Some(2), Some(3), 2)
         );
         d.remove(&fp, none);
