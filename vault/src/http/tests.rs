@@ -347,7 +347,10 @@ async fn tokenize_read_detokenize_delete() {
     assert!(
         v["fingerprint"].is_string() && v["created_at"].is_string() && v["key_version"].is_u64()
     );
-    let (s, _, again) = as_client(&h, "storefront", "POST", "/v1/tokens", card(VISA)).await;
+    // The same card for the same subject (dedup is per card and subject).
+    let mut same = card(VISA);
+    same["subject"] = json!("cust_42");
+    let (s, _, again) = as_client(&h, "storefront", "POST", "/v1/tokens", same).await;
     assert_eq!(
         (s, &again["token"], &again["deduplicated"]),
         (StatusCode::OK, &v["token"], &json!(true))

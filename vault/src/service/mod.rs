@@ -484,6 +484,13 @@ impl Vault {
                     ),
                     Err(e) => (Err(e), None),
                 };
+                // A dedup hit that changed the stored record says what it changed.
+                let details = match &result {
+                    Ok(i) if !i.updated.is_empty() => {
+                        Some(format!("updated={}", i.updated.join(",")))
+                    }
+                    _ => None,
+                };
                 let rec = AuditRecord {
                     action: AuditAction::Tokenize,
                     tenant: Some(&tenant),
@@ -494,7 +501,7 @@ impl Vault {
                         Ok(_) => AuditOutcome::Success,
                         Err(e) => AuditOutcome::from_error(e),
                     },
-                    details: None,
+                    details: details.as_deref(),
                 };
                 if let Err(e) = state.record(conn, &keys, &ctx, &rec, now) {
                     return (false, Err(e));
@@ -512,11 +519,14 @@ impl Vault {
             return Err(VaultError::NotFound);
         };
         let conn = self.inner.readers.get()?;
+        // By token and tenant: a bin_last4 token is unique within its tenant only.
         let mut stmt = conn
-            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM cards WHERE token = ?1"))
+            .prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS} FROM cards WHERE token = ?1 AND tenant = ?2"
+            ))
             .map_err(store_err)?;
         let row = stmt
-            .query_row([token.as_str()], Row::from_sql)
+            .query_row(params![token.as_str(), tenant], Row::from_sql)
             .optional()
             .map_err(store_err)?;
         match row {
@@ -568,7 +578,9 @@ impl Vault {
                 "must not contain a card number",
             ));
         }
+        let mut row_id = None;
         let result = self.read_row(tenant, token).and_then(|mut row| {
+            row_id = Some(row.id);
             let mut keys = self.keys()?;
             if !keys.data.contains_key(&row.key_version) {
                 // A key made by another process (rotate, then rewrap) since our last
@@ -601,16 +613,104 @@ impl Vault {
                 expiry,
             })
         });
-        self.audit_only(
-            AuditAction::Detokenize,
-            tenant,
-            token,
-            Some(purpose),
-            &result,
-            ctx,
-        )
-        .await?;
-        result
+        match (result, row_id) {
+            (Ok(card), Some(id)) => {
+                // The row was read before this event's transaction: an erasure or
+                // delete committed in between must win, so the writer looks again.
+                self.audit_release(tenant, id, &card.token, purpose, ctx)
+                    .await?;
+                Ok(card)
+            }
+            (result, _) => {
+                self.audit_only(
+                    AuditAction::Detokenize,
+                    tenant,
+                    token,
+                    Some(purpose),
+                    &result,
+                    ctx,
+                )
+                .await?;
+                result
+            }
+        }
+    }
+
+    /// Records the event of a successful detokenize of row `id`, inside a writer
+    /// transaction that first checks the row is still there (same token and
+    /// tenant, not expired). If it is gone (erased, deleted or expired since it
+    /// was read) the event says `not_found` and so does the answer: the caller
+    /// drops the card, which zeroizes it. One lookup by rowid in the writer.
+    async fn audit_release(
+        &self,
+        tenant: &str,
+        id: i64,
+        token: &str,
+        purpose: &str,
+        ctx: &AccessContext,
+    ) -> Result<(), VaultError> {
+        let keys = self.keys()?;
+        let now = self.now().unix_timestamp();
+        let rec = AuditRecord {
+            action: AuditAction::Detokenize,
+            tenant: Some(tenant),
+            token: Some(token),
+            purpose: Some(purpose),
+            subject: None,
+            outcome: AuditOutcome::Success,
+            details: None,
+        };
+        // Built here, off the writer thread; the rare refusal is built there.
+        let ev = audit_hook::build_event(&keys, ctx, &rec, now)?;
+        let (tenant_s, token_s, purpose_s, ctx) = (
+            tenant.to_owned(),
+            token.to_owned(),
+            purpose.to_owned(),
+            ctx.clone(),
+        );
+        let still_held = self
+            .write(move |conn, state| {
+                let alive = conn
+                    .prepare_cached(
+                        "SELECT 1 FROM cards WHERE id = ?1 AND token = ?2 AND tenant = ?3 \
+                         AND (expires_at IS NULL OR expires_at > ?4)",
+                    )
+                    .and_then(|mut s| s.exists(params![id, token_s, tenant_s, now]))
+                    .map_err(store_err);
+                let appended = match alive {
+                    Ok(true) => state.audit_mut().append(conn, &ev).map(|_| true),
+                    Ok(false) => {
+                        let gone = AuditRecord {
+                            action: AuditAction::Detokenize,
+                            tenant: Some(&tenant_s),
+                            token: Some(&token_s),
+                            purpose: Some(&purpose_s),
+                            subject: None,
+                            outcome: AuditOutcome::from_error(&VaultError::NotFound),
+                            details: None,
+                        };
+                        state.record(conn, &keys, &ctx, &gone, now).map(|_| false)
+                    }
+                    Err(e) => Err(e),
+                };
+                match appended {
+                    Ok(held) => (true, Ok(held)),
+                    Err(e) => (false, Err(e)),
+                }
+            })
+            .await
+            .map_err(|e| {
+                if e.is_unavailable() {
+                    VaultError::AuditUnavailable
+                } else {
+                    e
+                }
+            })?;
+        if still_held {
+            Ok(())
+        } else {
+            Err(VaultError::NotFound)
+        }
     }
 
     /// Deletes a token of `tenant`.
@@ -852,22 +952,30 @@ fn tokenize_in_tx(
     expires_at: Option<i64>,
     now: i64,
 ) -> Result<TokenInfo, VaultError> {
+    // A hit is the same card for the same subject: another customer of the tenant
+    // holding this card gets a token of their own, which only their erasure removes.
+    let subject = state.dedup.tag(req.subject.as_deref());
     if !req.force_new
-        && let Some(id) = state.dedup.get(fp)
+        && let Some(id) = state.dedup.get(fp, subject)
     {
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT {ROW_COLUMNS} FROM cards WHERE id = ?1 AND fingerprint = ?2 AND tenant = ?3 \
-                 AND (expires_at IS NULL OR expires_at > ?4)"
+                 AND subject IS ?4 AND (expires_at IS NULL OR expires_at > ?5)"
             ))
             .map_err(store_err)?;
         let found = stmt
-            .query_row(params![id, &fp[..], tenant, now], Row::from_sql)
+            .query_row(
+                params![id, &fp[..], tenant, req.subject, now],
+                Row::from_sql,
+            )
             .optional()
             .map_err(store_err)?;
         match found {
-            Some(row) => return Ok(row.info(true)),
-            None => state.dedup.remove(fp),
+            Some(row) => {
+                return update_on_hit(conn, state, keys, tenant, req, row, metadata, expires_at);
+            }
+            None => state.dedup.remove(fp, subject),
         }
     }
     let key = state.sealing_key(conn, keys)?;
@@ -879,7 +987,9 @@ fn tokenize_in_tx(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )
         .map_err(store_err)?;
-    // One draw from the RNG per attempt: token (16) + nonce (12).
+    // One draw from the RNG per attempt: token (16) + nonce (12). A bin_last4
+    // token is unique within its tenant only (`cards_token` is on token and
+    // tenant), so another tenant's tokens of this card leave this one's free.
     for _attempt in 0..32 {
         let mut random = [0u8; 28];
         rng::fill(&mut random)?;
@@ -912,7 +1022,7 @@ fn tokenize_in_tx(
         match res {
             Ok(_) => {
                 state.count_encryption(sealed.key_version);
-                state.dedup.insert(*fp, conn.last_insert_rowid());
+                state.dedup.insert(*fp, subject, conn.last_insert_rowid());
                 return Ok(TokenInfo {
                     token: token.as_str().to_owned(),
                     card: CardFacts {
@@ -929,6 +1039,7 @@ fn tokenize_in_tx(
                     metadata: req.metadata.clone(),
                     expires_at: expires_at.map(rfc3339),
                     deduplicated: false,
+                    updated: Vec::new(),
                 });
             }
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -945,7 +1056,125 @@ fn tokenize_in_tx(
     ))
 }
 
+/// A dedup hit: the stored row of this card and subject takes what the request
+/// brings that it lacks, rather than dropping it. A later card expiry replaces the
+/// stored one (an earlier one is ignored: a reissued card keeps its new date when
+/// an old request comes back); a cardholder name, metadata or token expiry given
+/// in the request replaces the stored one (fields left out keep theirs). A new
+/// name is sealed afresh under the active key. The answer lists what changed,
+/// and so does the request's audit event.
+#[allow(clippy::too_many_arguments)]
+fn update_on_hit(
+    conn: &Connection,
+    state: &mut VaultState,
+    keys: &Keyring,
+    tenant: &str,
+    req: &TokenizeRequest,
+    mut row: Row,
+    metadata: Option<&str>,
+    expires_at: Option<i64>,
+) -> Result<TokenInfo, VaultError> {
+    let mut updated = Vec::new();
+    let (month, year) = (i64::from(req.expiry.month()), i64::from(req.expiry.year()));
+    if (year, month) > (row.exp_year, row.exp_month) {
+        (row.exp_year, row.exp_month) = (year, month);
+        updated.push("expiry");
+    }
+    if let Some(name) = &req.card.name
+        && stored_name_differs(keys, tenant, &row, name.expose())?
+    {
+        updated.push("name");
+    }
+    if let Some(m) = metadata
+        && row.metadata.as_deref() != Some(m)
+    {
+        row.metadata = Some(m.to_owned());
+        updated.push("metadata");
+    }
+    if let Some(e) = expires_at
+        && row.expires_at != Some(e)
+    {
+        row.expires_at = Some(e);
+        updated.push("expires_at");
+    }
+    // A new name is re-sealed; take the key before changing anything, so a refusal
+    // (the key is no longer active in the database) leaves the row as it was.
+    let reseal_key = if updated.contains(&"name") {
+        Some(state.sealing_key(conn, keys)?)
+    } else {
+        None
+    };
+    if !updated.is_empty() {
+        conn.prepare_cached(
+            "UPDATE cards SET exp_month = ?2, exp_year = ?3, metadata = ?4, expires_at = ?5 WHERE id = ?1",
+        )
+        .and_then(|mut u| {
+            u.execute(params![
+                row.id,
+                row.exp_month,
+                row.exp_year,
+                row.metadata,
+                row.expires_at
+            ])
+        })
+        .map_err(store_err)?;
+    }
+    if let Some(key) = reseal_key {
+        let mut nonce = [0u8; 12];
+        rng::fill(&mut nonce)?;
+        let sealed = key.seal(tenant, &row.token, &req.card, nonce)?;
+        conn.prepare_cached(
+            "UPDATE cards SET key_version = ?2, nonce = ?3, ciphertext = ?4 WHERE id = ?1",
+        )
+        .and_then(|mut u| {
+            u.execute(params![
+                row.id,
+                sealed.key_version,
+                &sealed.nonce[..],
+                sealed.ciphertext
+            ])
+        })
+        .map_err(store_err)?;
+        state.count_encryption(sealed.key_version);
+        row.key_version = sealed.key_version;
+    }
+    let mut info = row.info(true);
+    info.updated = updated;
+    Ok(info)
+}
+
+/// Whether the cardholder name sealed in `row` is not `name`. A row sealed under
+/// a key this process does not hold yet (rotated and rewrapped by another one)
+/// counts as different: it is sealed again under the active key. A row that does
+/// not open under its own key is an error, never overwritten.
+fn stored_name_differs(
+    keys: &Keyring,
+    tenant: &str,
+    row: &Row,
+    name: &str,
+) -> Result<bool, VaultError> {
+    let Some(key) = keys.data.get(&row.key_version) else {
+        return Ok(true);
+    };
+    let sealed = SealedRecord {
+        key_version: row.key_version,
+        nonce: row
+            .nonce
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::Decryption)?,
+        ciphertext: row.ciphertext.clone(),
+    };
+    let stored = key
+        .open(tenant, &row.token, &sealed)
+        .map_err(|_| VaultError::Decryption)?;
+    // Not a secret comparison: the answer says whether the name changed anyway,
+    // and the caller holds the card number.
+    Ok(stored.name.as_ref().map(|n| n.expose()) != Some(name))
+}
+
 struct Row {
+    id: i64,
     token: String,
     tenant: String,
     key_version: u32,
@@ -965,7 +1194,7 @@ struct Row {
 
 /// The columns [`Row::from_sql`] reads, in order.
 const ROW_COLUMNS: &str = "token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4, \
-                           exp_month, exp_year, subject, metadata, created_at, expires_at";
+                           exp_month, exp_year, subject, metadata, created_at, expires_at, id";
 
 impl Row {
     fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -985,6 +1214,7 @@ impl Row {
             metadata: r.get(12)?,
             created_at: r.get(13)?,
             expires_at: r.get(14)?,
+            id: r.get(15)?,
         })
     }
 
@@ -1005,6 +1235,7 @@ impl Row {
             metadata: self.metadata.and_then(|m| serde_json::from_str(&m).ok()),
             expires_at: self.expires_at.map(rfc3339),
             deduplicated,
+            updated: Vec::new(),
         }
     }
 }

@@ -364,8 +364,13 @@ pub struct TokenInfo {
     /// RFC 3339 expiry of the token itself, if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
-    /// The card was already stored and its existing token is returned.
+    /// The card was already stored for this subject and its existing token is
+    /// returned.
     pub deduplicated: bool,
+    /// On a dedup hit, what this request changed in the stored record: `expiry`
+    /// (a later one only), `name`, `metadata`, `expires_at`. Empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub updated: Vec<&'static str>,
 }
 
 /// The card facts stored in the clear.

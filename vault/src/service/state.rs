@@ -2,18 +2,29 @@
 //! counters, and the audit chain head.
 //!
 //! ## Why the dedup index lives in memory
-//! Tokenizing the same card twice in a tenant returns the existing token, found by
-//! the card's keyed fingerprint. An SQLite index on fingerprints is a random-key
-//! B-tree: every insert dirties one more 4 KiB page that must be written to the WAL
-//! and fsynced, which halved durable tokenize throughput at 300k+ records. The
-//! fingerprints stay in the `cards` table (the source of truth); the lookup
-//! structure is a hash map from fingerprint to row id, built by one scan when the
-//! vault opens (≈ 1 s and ≈ 40 bytes per record) and kept by the writer, the only
-//! inserter of cards. Other processes (the CLI's erase, retention) only delete or
-//! rewrite rows in place, so a hit is always re-checked against the row; a stale hit
-//! is dropped and counts as a miss.
+//! Tokenizing the same card twice for the same subject of a tenant returns the
+//! existing token, found by the card's keyed fingerprint and the subject. An SQLite
+//! index on fingerprints is a random-key B-tree: every insert dirties one more 4 KiB
+//! page that must be written to the WAL and fsynced, which halved durable tokenize
+//! throughput at 300k+ records. The fingerprints stay in the `cards` table (the
+//! source of truth); the lookup structure is a hash map from fingerprint to (subject
+//! tag, row id), built by one scan when the vault opens (≈ 1 s and ≈ 50 bytes per
+//! record) and kept by the writer, the only inserter of cards. Other processes (the
+//! CLI's erase, retention) only delete or rewrite rows in place, so a hit is always
+//! re-checked against the row (fingerprint, tenant and subject); a stale hit is
+//! dropped and counts as a miss.
+//!
+//! ## Why the subject is part of the key
+//! Two customers of one shop may hold the same card. Each must get a token of
+//! their own, which only their own erasure removes: a hit on the card alone
+//! returned the first customer's row to the second, whose erasure then found
+//! nothing. The subject enters the map only as a tag, a SipHash under a key drawn
+//! at random when the vault opens (never the subject itself); a tag collision at
+//! worst makes a miss, because the row's subject is compared in SQL.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,10 +40,27 @@ use crate::core::kdf::FINGERPRINT_LEN;
 use crate::error::VaultError;
 use crate::store::{StoreError, WriterState};
 
-/// Fingerprint → row id of a live card holding it.
+/// The tag of a subject (or of "no subject") in the dedup index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubjectTag(u64);
+
+/// One live row of a card: whose it is and where.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    subject: SubjectTag,
+    id: i64,
+}
+
+/// Fingerprint and subject → row id of a live card holding it.
 #[derive(Debug, Default)]
 pub(crate) struct DedupIndex {
-    map: HashMap<[u8; FINGERPRINT_LEN], i64>,
+    /// The first row of each card: nearly every card has one subject only.
+    map: HashMap<[u8; FINGERPRINT_LEN], Entry>,
+    /// Rows of the same card held for further subjects (one card, several
+    /// customers of a tenant).
+    more: HashMap<[u8; FINGERPRINT_LEN], Vec<Entry>>,
+    /// Keys the subject tags (random per process: tags are never stored).
+    tags: RandomState,
     /// Rows deleted by the open batch: forgotten once it commits (a rollback keeps
     /// them, and their entries).
     deleted: Vec<([u8; FINGERPRINT_LEN], i64)>,
@@ -40,37 +68,87 @@ pub(crate) struct DedupIndex {
 
 impl DedupIndex {
     fn load(conn: &Connection) -> Result<Self, VaultError> {
-        let mut map = HashMap::new();
+        let mut index = DedupIndex::default();
         let mut stmt = conn
-            .prepare("SELECT id, fingerprint FROM cards")
+            .prepare("SELECT id, fingerprint, subject FROM cards")
             .map_err(|e| VaultError::Store(e.into()))?;
         let mut rows = stmt.query([]).map_err(|e| VaultError::Store(e.into()))?;
         while let Some(r) = rows.next().map_err(|e| VaultError::Store(e.into()))? {
             let id: i64 = r.get(0).map_err(|e| VaultError::Store(e.into()))?;
             let fp: Vec<u8> = r.get(1).map_err(|e| VaultError::Store(e.into()))?;
+            let subject: Option<String> = r.get(2).map_err(|e| VaultError::Store(e.into()))?;
             if let Ok(fp) = <[u8; FINGERPRINT_LEN]>::try_from(fp.as_slice()) {
-                map.entry(fp).or_insert(id);
+                let tag = index.tag(subject.as_deref());
+                index.insert(fp, tag, id);
             }
         }
-        Ok(DedupIndex {
-            map,
-            deleted: Vec::new(),
-        })
+        drop(rows);
+        drop(stmt);
+        Ok(index)
     }
 
-    /// The row id the index holds for `fp`, to be re-checked by the caller.
-    pub(crate) fn get(&self, fp: &[u8; FINGERPRINT_LEN]) -> Option<i64> {
-        self.map.get(fp).copied()
+    /// The tag of `subject` (`None`: a card tokenized without a subject, which is
+    /// a subject of its own).
+    pub(crate) fn tag(&self, subject: Option<&str>) -> SubjectTag {
+        SubjectTag(self.tags.hash_one(subject))
     }
 
-    /// Remembers a new row (keeps an existing live entry).
-    pub(crate) fn insert(&mut self, fp: [u8; FINGERPRINT_LEN], id: i64) {
-        self.map.entry(fp).or_insert(id);
+    /// The row id the index holds for card `fp` of `subject`, to be re-checked by
+    /// the caller.
+    pub(crate) fn get(&self, fp: &[u8; FINGERPRINT_LEN], subject: SubjectTag) -> Option<i64> {
+        match self.map.get(fp) {
+            None => None,
+            Some(e) if e.subject == subject => Some(e.id),
+            Some(_) => self
+                .more
+                .get(fp)?
+                .iter()
+                .find(|e| e.subject == subject)
+                .map(|e| e.id),
+        }
+    }
+
+    /// Remembers a new row (keeps an existing live entry of the same subject).
+    pub(crate) fn insert(&mut self, fp: [u8; FINGERPRINT_LEN], subject: SubjectTag, id: i64) {
+        let new = Entry { subject, id };
+        match self.map.entry(fp) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(new);
+            }
+            std::collections::hash_map::Entry::Occupied(o) if o.get().subject == subject => {}
+            std::collections::hash_map::Entry::Occupied(_) => {
+                let more = self.more.entry(fp).or_default();
+                if !more.iter().any(|e| e.subject == subject) {
+                    more.push(new);
+                }
+            }
+        }
+    }
+
+    /// Forgets the entries of `fp` that `gone` selects, moving a further
+    /// subject's row up when the first goes.
+    fn forget(&mut self, fp: &[u8; FINGERPRINT_LEN], gone: impl Fn(&Entry) -> bool) {
+        if self.map.get(fp).is_some_and(&gone) {
+            let next = self.more.get_mut(fp).and_then(Vec::pop);
+            match next {
+                Some(e) => {
+                    self.map.insert(*fp, e);
+                }
+                None => {
+                    self.map.remove(fp);
+                }
+            }
+        } else if let Some(more) = self.more.get_mut(fp) {
+            more.retain(|e| !gone(e));
+        }
+        if self.more.get(fp).is_some_and(Vec::is_empty) {
+            self.more.remove(fp);
+        }
     }
 
     /// Forgets a stale entry.
-    pub(crate) fn remove(&mut self, fp: &[u8; FINGERPRINT_LEN]) {
-        self.map.remove(fp);
+    pub(crate) fn remove(&mut self, fp: &[u8; FINGERPRINT_LEN], subject: SubjectTag) {
+        self.forget(fp, |e| e.subject == subject);
     }
 
     /// Notes that the open batch deleted row `id` holding `fp`; its entry goes when
@@ -85,10 +163,8 @@ impl DedupIndex {
     /// The batch committed: forget its deleted rows (only entries still pointing
     /// at them; another live row with the same card keeps its own).
     fn commit(&mut self) {
-        for (fp, id) in self.deleted.drain(..) {
-            if self.map.get(&fp) == Some(&id) {
-                self.map.remove(&fp);
-            }
+        for (fp, id) in std::mem::take(&mut self.deleted) {
+            self.forget(&fp, |e| e.id == id);
         }
     }
 
@@ -97,9 +173,9 @@ impl DedupIndex {
         self.deleted.clear();
     }
 
-    /// Cards remembered.
+    /// Rows remembered (one per card and subject of a tenant).
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.more.values().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -243,20 +319,61 @@ mod tests {
     #[test]
     fn deletes_leave_the_index_only_when_their_batch_commits() {
         let mut d = DedupIndex::default();
+        let none = d.tag(None);
         let (a, b) = ([1u8; FINGERPRINT_LEN], [2u8; FINGERPRINT_LEN]);
-        d.insert(a, 10);
-        d.insert(b, 20);
+        d.insert(a, none, 10);
+        d.insert(b, none, 20);
         // Rolled back: nothing forgotten.
         d.deleted_in_batch(&a, 10);
         d.rollback();
         d.commit();
-        assert_eq!(d.get(&a), Some(10));
+        assert_eq!(d.get(&a, none), Some(10));
         // Committed: forgotten; a delete of another row of the same card (made with
         // force_new) leaves the entry of the row it points at.
         d.deleted_in_batch(&a, 10);
         d.deleted_in_batch(&b, 21);
         d.deleted_in_batch(&[3u8; 7], 30); // not a fingerprint: ignored
         d.commit();
-        assert_eq!((d.get(&a), d.get(&b), d.len()), (None, Some(20), 1));
+        assert_eq!(
+            (d.get(&a, none), d.get(&b, none), d.len()),
+            (None, Some(20), 1)
+        );
+    }
+
+    #[test]
+    fn one_card_of_several_subjects_keeps_a_row_per_subject() {
+        let mut d = DedupIndex::default();
+        let (none, alice, bob) = (d.tag(None), d.tag(Some("alice")), d.tag(Some("bob")));
+        assert!(none != alice && alice != bob && none != bob);
+        let fp = [7u8; FINGERPRINT_LEN];
+        d.insert(fp, alice, 1);
+        d.insert(fp, bob, 2);
+        d.insert(fp, none, 3);
+        d.insert(fp, bob, 4); // a force_new duplicate: the first row stays
+        assert_eq!(
+            (
+                d.get(&fp, alice),
+                d.get(&fp, bob),
+                d.get(&fp, none),
+                d.len()
+            ),
+            (Some(1), Some(2), Some(3), 3)
+        );
+        // The first subject's row goes: the others stay findable.
+        d.deleted_in_batch(&fp, 1);
+        d.commit();
+        assert_eq!(
+            (
+                d.get(&fp, alice),
+                d.get(&fp, bob),
+                d.get(&fp, none),
+                d.len()
+            ),
+            (None, Some(2), Some(3), 2)
+        );
+        d.remove(&fp, none);
+        d.remove(&fp, bob);
+        assert_eq!((d.get(&fp, bob), d.len()), (None, 0));
+        assert!(d.more.is_empty(), "no empty list is left behind");
     }
 }

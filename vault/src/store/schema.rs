@@ -80,6 +80,14 @@ CREATE TABLE erasure_requests (
 ) STRICT;
 CREATE INDEX erasure_requests_open ON erasure_requests(completed_at) WHERE completed_at IS NULL;
 "#,
+    // 3: a token is unique within its tenant, not across tenants: a bin_last4 token
+    // has few free values per card (BIN and last 4 fixed), and another tenant's
+    // tokens of the same card used them up. Every lookup by token also names the
+    // tenant; token first, so the index still serves a lookup by token alone.
+    r#"
+DROP INDEX cards_token;
+CREATE UNIQUE INDEX cards_token_tenant ON cards(token, tenant);
+"#,
 ];
 
 /// The schema version this build writes.
@@ -114,4 +122,38 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         conn.pragma_update(None, "application_id", APPLICATION_ID)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert(conn: &Connection, token: &str, tenant: &str) -> rusqlite::Result<usize> {
+        conn.execute(
+            "INSERT INTO cards (token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin,
+                                last4, exp_month, exp_year, created_at)
+             VALUES (?1, ?2, 1, x'00', x'00', x'00', 'visa', '424242', '4242', 12, 2031, 0)",
+            [token, tenant],
+        )
+    }
+
+    /// A vault made before tokens were scoped to their tenant is migrated: the
+    /// same token may then exist once per tenant, never twice in one.
+    #[test]
+    fn tokens_are_unique_per_tenant_after_migration() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        insert(&conn, "424242ab4242", "shop-a").unwrap();
+        assert!(insert(&conn, "424242ab4242", "shop-b").is_err());
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, latest_version());
+        insert(&conn, "424242ab4242", "shop-b").unwrap();
+        assert!(insert(&conn, "424242ab4242", "shop-a").is_err());
+    }
 }
