@@ -45,4 +45,4 @@ pub use keys::{PublicKey, SigningKey};
 pub use prune::{DEFAULT_RETENTION, MIN_RETENTION, PruneRecord, PruneReport, prune};
 pub use receipt::{ErasureReceipt, subject_hash, verify_receipt};
 pub use schema::{SCHEMA_SQL, SCHEMA_VERSION, migrate, open_read_only};
-pub use verify::{Break, BreakKind, Location, VerifyReport, verify};
+pub use verify::{Break, BreakKind, Location, VerifyReport, verify, verify_against};
