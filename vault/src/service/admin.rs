@@ -508,6 +508,18 @@ impl Admin {
         Ok(out)
     }
 
+    /// Signs an audit checkpoint covering every event committed so far and this
+    /// command's own event (`audit checkpoint`); with `witness`, also appends it
+    /// to that file.
+    pub fn audit_checkpoint(
+        &mut self,
+        actor: &AccessContext,
+        witness: Option<&Path>,
+    ) -> Result<panvault_audit::log::Checkpoint, VaultError> {
+        let now = self.now();
+        audit_hook::sign_checkpoint_now(&mut self.conn, &self.keys, actor, now, witness)
+    }
+
     /// Records an admin action that has no data change of its own (e.g. `audit
     /// verify`, `audit export`, a compliance run) in the audit log.
     pub fn record(
