@@ -440,9 +440,15 @@ impl Admin {
         tenant: &str,
         target: &super::erase::EraseTarget,
     ) -> Result<super::erase::Erasure, VaultError> {
-        super::validate_tenant(tenant)?;
-        if let super::erase::EraseTarget::Subject(s) = target {
-            super::request::validate_subject(s)?;
+        if let Err(e) = super::erase::check_erase(tenant, target) {
+            // A refused erasure is audited too.
+            let token = super::erase::target_token(target);
+            let details = super::erase::refusal_details(&e);
+            let rec = super::erase::refused_erase_record(tenant, &e, token.as_ref(), &details);
+            self.with_audit(|tx, audit, keys, now| {
+                audit.record(tx, keys, actor, &rec, now.unix_timestamp())
+            })?;
+            return Err(e);
         }
         let receipt = self.with_audit(|tx, audit, keys, now| {
             super::erase::erase_in_tx(
