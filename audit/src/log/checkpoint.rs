@@ -345,7 +345,7 @@ mod tests {
     #[test]
     fn json_form_and_files_of_many() {
         let key = SigningKey::from_seed(&[9; 32]).unwrap();
-        let time = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_5).unwrap();
+        let time = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_500_000_000).unwrap();
         let a = Checkpoint::sign(&key, 1, 10, ChainHash([1; 32]), time).unwrap();
         let b = Checkpoint::sign(&key, 2, 20, ChainHash([2; 32]), time).unwrap();
         let json = a.to_json().unwrap();
