@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use panvault_audit::log::{AuditChain, Checkpoint, latest_checkpoint, read_events};
 use serde_json::json;
 
-use crate::util::{self, BinVault, ServeProcess};
+use crate::util::{self, BinVault, ServeProcess, TestServer};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -115,6 +115,34 @@ async fn an_idle_server_signs_its_tail_and_audit_checkpoint_covers_the_head() {
     // The server goes on writing after it.
     assert_eq!(shop.tokenize(&util::cards::fresh()).await.status, 201);
 
+    // And while the server writes: the head moves under the command, which waits
+    // for the write lock and covers everything committed before it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = std::sync::Arc::clone(&stop);
+        let shop = v.client(server.addr, "storefront");
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                statuses.push(shop.tokenize(&util::cards::fresh()).await.status);
+            }
+            statuses
+        })
+    };
+    let (before, _) = head_and_checkpoint(&v.data);
+    let out = v.run(&["audit", "checkpoint"], true, LIMIT).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let statuses = load.await.unwrap();
+    assert!(out.success(), "{}{}", out.stdout, out.stderr);
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    let under_load: Checkpoint = out.stdout.trim().parse().unwrap();
+    assert!(
+        under_load.seq > before,
+        "does not cover the head before the call"
+    );
+    let kept_file = v.root.join("kept.txt");
+    std::fs::write(&kept_file, format!("{kept}\n{under_load}\n")).unwrap();
+
     // A clean stop signs the tail, and the witness file ends with it.
     let status = server.terminate().await;
     assert!(status.success(), "{status}");
@@ -124,6 +152,8 @@ async fn an_idle_server_signs_its_tail_and_audit_checkpoint_covers_the_head() {
     let witnessed = Checkpoint::parse_many(&std::fs::read_to_string(&witness).unwrap()).unwrap();
     assert_eq!(witnessed.last(), Some(&newest));
     let pubkey = v.data.join("audit-signing.pub");
+    let out = verify(&v, &v.data, &pubkey, Some(&kept_file)).await;
+    assert!(out.success(), "{}{}", out.stdout, out.stderr);
     let out = verify(&v, &v.data, &pubkey, Some(&witness)).await;
     assert!(out.success(), "{}{}", out.stdout, out.stderr);
     assert!(
@@ -278,4 +308,66 @@ async fn truncation_and_rehashing_are_caught_with_what_was_kept() {
         "{}",
         out.stderr
     );
+}
+
+/// Refused erasures over HTTP leave an event with their failure outcome: a
+/// subject the vault refuses, a path that is not UTF-8, a client without the
+/// `erase` permission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_erasures_over_http_are_audited() {
+    let server = TestServer::start().await;
+    let shop = server.client("storefront");
+    let payments = server.client("payments");
+    let long = "s".repeat(200);
+    let r = shop
+        .post(&format!("/v1/subjects/{long}/erase"), &json!({}))
+        .await;
+    r.assert_problem(400, "invalid_request");
+    let r = shop.post("/v1/subjects/%FF%FE/erase", &json!({})).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = payments.post("/v1/subjects/cust_1/erase", &json!({})).await;
+    r.assert_problem(403, "forbidden");
+    let db = server.vault.db_path().to_owned();
+    let conn = panvault_audit::log::open_read_only(&db).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT actor, action, outcome, code, details FROM audit_events \
+             WHERE outcome = 'denied' ORDER BY seq",
+        )
+        .unwrap();
+    let rows: Vec<(String, String, String, String, Option<String>)> = stmt
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let got: Vec<(&str, &str, &str, Option<&str>)> = rows
+        .iter()
+        .map(|(a, b, _, c, d)| (a.as_str(), b.as_str(), c.as_str(), d.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "storefront",
+                "erase",
+                "invalid_request",
+                Some("refused=subject")
+            ),
+            (
+                "storefront",
+                "auth.failed",
+                "not_found",
+                Some("attempted=erase")
+            ),
+            (
+                "payments",
+                "auth.failed",
+                "forbidden",
+                Some("attempted=erase")
+            ),
+        ]
+    );
+    server.stop().await;
 }
