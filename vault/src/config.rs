@@ -345,6 +345,14 @@ impl Config {
             std::fs::File::open(p)
                 .map_err(|e| ConfigError::new(field, format!("{}: {e}", p.display())))?;
         }
+        if let Some(w) = &self.audit.checkpoint_witness
+            && !w.parent().is_some_and(Path::is_dir)
+        {
+            return Err(ConfigError::new(
+                "audit.checkpoint_witness",
+                format!("{}: its directory does not exist", w.display()),
+            ));
+        }
         Ok(())
     }
 
@@ -649,6 +657,17 @@ permissions = ["detokenize"]
         assert_eq!(Config::parse(GOOD).unwrap().audit.checkpoint_witness, None);
         let e = err(&with("data/checkpoints.jsonl"));
         assert_eq!(e.field, "audit.checkpoint_witness", "{e}");
+        // Its directory must exist (checked with the other files).
+        let mut c = Config::parse(&with("no-such-dir/checkpoints.jsonl")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        c.resolve_paths(dir.path());
+        c.tls.cert = dir.path().to_owned();
+        c.tls.key = dir.path().to_owned();
+        c.tls.client_ca = dir.path().to_owned();
+        let e = c.check_files().unwrap_err();
+        assert_eq!(e.field, "audit.checkpoint_witness", "{e}");
+        std::fs::create_dir(dir.path().join("no-such-dir")).unwrap();
+        c.check_files().unwrap();
     }
 
     #[test]
