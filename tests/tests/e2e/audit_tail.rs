@@ -152,6 +152,9 @@ async fn an_idle_server_signs_its_tail_and_audit_checkpoint_covers_the_head() {
     let witnessed = Checkpoint::parse_many(&std::fs::read_to_string(&witness).unwrap()).unwrap();
     assert_eq!(witnessed.last(), Some(&newest));
     let pubkey = v.data.join("audit-signing.pub");
+    // Verifying and exporting read the log without writing into it: the stop's
+    // checkpoint stays the newest, with no unsigned event after it.
+    let (events_before, _) = head_and_checkpoint(&v.data);
     let out = verify(&v, &v.data, &pubkey, Some(&kept_file)).await;
     assert!(out.success(), "{}{}", out.stdout, out.stderr);
     let out = verify(&v, &v.data, &pubkey, Some(&witness)).await;
@@ -164,6 +167,25 @@ async fn an_idle_server_signs_its_tail_and_audit_checkpoint_covers_the_head() {
         "{}",
         out.stdout
     );
+    let out = v
+        .run(
+            &[
+                "audit",
+                "export",
+                "--output",
+                v.root.join("events.jsonl").to_str().unwrap(),
+            ],
+            false,
+            LIMIT,
+        )
+        .await;
+    assert!(out.success(), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("not recorded in the log"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(head_and_checkpoint(&v.data), (events_before, Some(newest)));
 }
 
 /// The attack on copies of a real vault, with the public key, the output
