@@ -270,8 +270,13 @@ pub struct AuditSettings {
     pub retention_days: i64,
     /// Sign a checkpoint after this many events…
     pub checkpoint_every_events: u64,
-    /// …or this many seconds, whichever comes first.
+    /// …or this many seconds, whichever comes first (an idle server signs its
+    /// tail within this time too).
     pub checkpoint_every_secs: u64,
+    /// A file outside the data directory to which every checkpoint the server
+    /// signs is appended (one JSON line each, synced): a witness copy for a log
+    /// shipper, given back with `panvault audit verify --checkpoint FILE`.
+    pub checkpoint_witness: Option<PathBuf>,
 }
 
 impl Default for AuditSettings {
@@ -280,6 +285,7 @@ impl Default for AuditSettings {
             retention_days: 365,
             checkpoint_every_events: 1000,
             checkpoint_every_secs: 60,
+            checkpoint_witness: None,
         }
     }
 }
@@ -316,6 +322,9 @@ impl Config {
         fix(&mut self.tls.key);
         fix(&mut self.tls.client_ca);
         self.tls.crls.iter_mut().for_each(fix);
+        if let Some(w) = &mut self.audit.checkpoint_witness {
+            fix(w);
+        }
     }
 
     /// Checks that the TLS files exist and are readable.
@@ -335,6 +344,14 @@ impl Config {
         for (field, p) in files {
             std::fs::File::open(p)
                 .map_err(|e| ConfigError::new(field, format!("{}: {e}", p.display())))?;
+        }
+        if let Some(w) = &self.audit.checkpoint_witness
+            && !w.parent().is_some_and(Path::is_dir)
+        {
+            return Err(ConfigError::new(
+                "audit.checkpoint_witness",
+                format!("{}: its directory does not exist", w.display()),
+            ));
         }
         Ok(())
     }
@@ -414,6 +431,16 @@ impl Config {
             1,
             86_400,
         )?;
+        if let Some(w) = &self.audit.checkpoint_witness
+            && (w.as_os_str().is_empty() || w.starts_with(&self.data_dir))
+        {
+            // A copy inside the data directory goes wherever the database goes
+            // (deleted, rolled back or restored with it): it witnesses nothing.
+            return Err(ConfigError::new(
+                "audit.checkpoint_witness",
+                "must be a file outside data_dir",
+            ));
+        }
         if self.clients.is_empty() {
             return Err(ConfigError::new(
                 "clients",
@@ -611,6 +638,36 @@ permissions = ["detokenize"]
             "\"spiffe://demo/payments\"\ncommon_name = \"storefront\"",
         ));
         assert_eq!(e.field, "clients[1].common_name");
+    }
+
+    #[test]
+    fn checkpoint_witness_is_outside_the_data_dir() {
+        let with = |w: &str| {
+            GOOD.replace(
+                "data_dir = \"data\"\n",
+                &format!("data_dir = \"data\"\n[audit]\ncheckpoint_witness = \"{w}\"\n"),
+            )
+        };
+        let mut c = Config::parse(&with("witness/checkpoints.jsonl")).unwrap();
+        c.resolve_paths(Path::new("/etc/panvault"));
+        assert_eq!(
+            c.audit.checkpoint_witness.as_deref(),
+            Some(Path::new("/etc/panvault/witness/checkpoints.jsonl"))
+        );
+        assert_eq!(Config::parse(GOOD).unwrap().audit.checkpoint_witness, None);
+        let e = err(&with("data/checkpoints.jsonl"));
+        assert_eq!(e.field, "audit.checkpoint_witness", "{e}");
+        // Its directory must exist (checked with the other files).
+        let mut c = Config::parse(&with("no-such-dir/checkpoints.jsonl")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        c.resolve_paths(dir.path());
+        c.tls.cert = dir.path().to_owned();
+        c.tls.key = dir.path().to_owned();
+        c.tls.client_ca = dir.path().to_owned();
+        let e = c.check_files().unwrap_err();
+        assert_eq!(e.field, "audit.checkpoint_witness", "{e}");
+        std::fs::create_dir(dir.path().join("no-such-dir")).unwrap();
+        c.check_files().unwrap();
     }
 
     #[test]

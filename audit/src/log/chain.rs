@@ -199,6 +199,48 @@ impl AuditChain {
         self.state.since_checkpoint
     }
 
+    /// When the last checkpoint was signed (`None` if the log has none).
+    pub fn last_checkpoint_time(&self) -> Option<OffsetDateTime> {
+        self.state.last_checkpoint_time
+    }
+
+    /// When `policy` will ask for a checkpoint by time: `None` while every event
+    /// is signed, the past if one is due already.
+    pub fn checkpoint_due_at(&self, policy: &CheckpointPolicy) -> Option<OffsetDateTime> {
+        if self.state.since_checkpoint == 0 {
+            return None;
+        }
+        match self.state.last_checkpoint_time {
+            None => Some(OffsetDateTime::UNIX_EPOCH),
+            Some(last) => Some(last.saturating_add(
+                time::Duration::try_from(policy.every).unwrap_or(time::Duration::MAX),
+            )),
+        }
+    }
+
+    /// Whether the database's log ends where this head says: no other process
+    /// appended an event or a checkpoint since it was loaded. Two primary-key
+    /// lookups; [`AuditChain::reload`] when it says `false`.
+    pub fn is_current(&self, conn: &Connection) -> Result<bool, AuditError> {
+        let (seq, id): (Option<i64>, Option<i64>) = conn.query_row(
+            "SELECT (SELECT max(seq) FROM audit_events), (SELECT max(id) FROM audit_checkpoints)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let seq_now = match seq {
+            Some(s) => Some(u64::try_from(s).map_err(|_| AuditError::CorruptEvent { seq: s })?),
+            None => None,
+        };
+        let id_now = match id {
+            Some(i) => u64::try_from(i).map_err(|_| AuditError::Parse {
+                what: "stored checkpoint",
+            })?,
+            None => 0,
+        };
+        Ok(seq_now.is_none_or(|s| s == self.last_seq())
+            && id_now.saturating_add(1) == self.state.next_checkpoint_id)
+    }
+
     /// Whether `policy` asks for a checkpoint now: there are unsigned events and
     /// either enough of them or enough time has passed since the last checkpoint.
     pub fn checkpoint_due(&self, policy: &CheckpointPolicy, now: OffsetDateTime) -> bool {

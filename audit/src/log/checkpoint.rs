@@ -2,7 +2,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+use std::io::Write;
+use std::path::Path;
+
 use rusqlite::{Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -15,6 +19,8 @@ use super::keys::{PublicKey, SigningKey};
 const CHECKPOINT_DOMAIN: &[u8] = b"panvault-audit checkpoint v1\0";
 /// First word of the text form.
 const CHECKPOINT_LABEL: &str = "panvault-audit-checkpoint";
+/// The `format` field of the JSON form.
+const CHECKPOINT_FORMAT: &str = "panvault-audit-checkpoint-v1";
 
 /// A signed statement of the chain's head.
 ///
@@ -98,6 +104,108 @@ impl Checkpoint {
             signature,
         })
     }
+}
+
+impl Checkpoint {
+    /// The JSON form, one line (what the server appends to a witness file):
+    /// `{"format":"panvault-audit-checkpoint-v1","id":3,"seq":3000,"head":"<64 hex>",
+    /// "time":"2025-06-01T12:00:00.5Z","signature":"<128 hex>"}`.
+    pub fn to_json(&self) -> Result<String, AuditError> {
+        let time = self
+            .time
+            .format(&Rfc3339)
+            .map_err(|_| AuditError::TimeOutOfRange)?;
+        let json = CheckpointJson {
+            format: CHECKPOINT_FORMAT.to_owned(),
+            id: self.id,
+            seq: self.seq,
+            head: self.head.to_string(),
+            time,
+            signature: hex_encode(&self.signature),
+        };
+        serde_json::to_string(&json).map_err(|_| AuditError::Parse { what: "checkpoint" })
+    }
+
+    /// Parses the JSON form.
+    pub fn from_json(text: &str) -> Result<Checkpoint, AuditError> {
+        let err = || AuditError::Parse { what: "checkpoint" };
+        let j: CheckpointJson = serde_json::from_str(text).map_err(|_| err())?;
+        if j.format != CHECKPOINT_FORMAT {
+            return Err(err());
+        }
+        Ok(Checkpoint {
+            id: j.id,
+            seq: j.seq,
+            head: ChainHash::from_hex(&j.head).ok_or_else(err)?,
+            time: OffsetDateTime::parse(&j.time, &Rfc3339)
+                .ok()
+                .and_then(|t| utc(t).ok())
+                .ok_or_else(err)?,
+            signature: hex_decode_array(&j.signature).ok_or_else(err)?,
+        })
+    }
+
+    /// Parses a file of checkpoints: one per line, each in the text form (what
+    /// `panvault audit checkpoint` prints) or the JSON form (a witness file).
+    /// Blank lines are skipped; anything else that is not a checkpoint is an
+    /// error naming its line, and so is a file without any.
+    pub fn parse_many(text: &str) -> Result<Vec<Checkpoint>, AuditError> {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let cp = if line.starts_with('{') {
+                Checkpoint::from_json(line)?
+            } else {
+                line.parse()?
+            };
+            out.push(cp);
+        }
+        if out.is_empty() {
+            return Err(AuditError::Parse {
+                what: "checkpoint file (no checkpoint in it)",
+            });
+        }
+        Ok(out)
+    }
+
+    /// Appends `checkpoints` to the witness file at `path`, one JSON line each,
+    /// and syncs it to disk before returning. The file is created (mode 0640)
+    /// if it does not exist; nothing in it is ever rewritten.
+    pub fn append_to_witness(path: &Path, checkpoints: &[Checkpoint]) -> Result<(), AuditError> {
+        if checkpoints.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for cp in checkpoints {
+            text.push_str(&cp.to_json()?);
+            text.push('\n');
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o640);
+        }
+        let mut file = opts.open(path)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_data()?;
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointJson {
+    format: String,
+    id: u64,
+    seq: u64,
+    head: String,
+    time: String,
+    signature: String,
 }
 
 /// The signed bytes of a checkpoint.
@@ -232,5 +340,33 @@ mod tests {
                 .is_err()
         );
         assert!(format!("{text} extra").parse::<Checkpoint>().is_err());
+    }
+
+    #[test]
+    fn json_form_and_files_of_many() {
+        let key = SigningKey::from_seed(&[9; 32]).unwrap();
+        let time = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_500_000_000).unwrap();
+        let a = Checkpoint::sign(&key, 1, 10, ChainHash([1; 32]), time).unwrap();
+        let b = Checkpoint::sign(&key, 2, 20, ChainHash([2; 32]), time).unwrap();
+        let json = a.to_json().unwrap();
+        assert!(
+            json.starts_with("{\"format\":\"panvault-audit-checkpoint-v1\""),
+            "{json}"
+        );
+        assert_eq!(Checkpoint::from_json(&json).unwrap(), a);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("witness.jsonl");
+        Checkpoint::append_to_witness(&path, std::slice::from_ref(&a)).unwrap();
+        Checkpoint::append_to_witness(&path, std::slice::from_ref(&b)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            Checkpoint::parse_many(&text).unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        // The text form, a blank line and the JSON form mix.
+        let mixed = format!("{a}\n\n{}\n", b.to_json().unwrap());
+        assert_eq!(Checkpoint::parse_many(&mixed).unwrap(), vec![a, b]);
+        assert!(Checkpoint::parse_many("\n \n").is_err());
+        assert!(Checkpoint::parse_many(&format!("{text}garbage\n")).is_err());
     }
 }

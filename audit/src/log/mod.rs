@@ -12,11 +12,16 @@
 //! What the vault calls, from its single writer thread, inside its transaction:
 //! [`migrate`] once, [`AuditChain::load`], then per event [`AuditChain::append`],
 //! [`AuditChain::snapshot`]/[`AuditChain::restore`] around each transaction, and
-//! [`AuditChain::checkpoint`] when [`AuditChain::checkpoint_due`] says so and at
-//! shutdown. Retention runs [`prune`]; erasures hand out an [`ErasureReceipt`].
+//! [`AuditChain::checkpoint`] when [`AuditChain::checkpoint_due`] says so, when
+//! idle (waiting until [`AuditChain::checkpoint_due_at`], reloading the head when
+//! [`AuditChain::is_current`] says another process appended) and at shutdown;
+//! [`Checkpoint::append_to_witness`] copies each one to a witness file. Retention
+//! runs [`prune`]; erasures hand out an [`ErasureReceipt`].
 //!
 //! What a verifier calls: [`open_read_only`], [`verify`] (optionally against a
-//! checkpoint kept elsewhere), [`export_jsonl`], [`latest_checkpoint`].
+//! checkpoint kept elsewhere) or [`verify_against`] (against many, e.g. a
+//! witness file read with [`Checkpoint::parse_many`]), [`export_jsonl`],
+//! [`latest_checkpoint`].
 //!
 //! Events never carry card numbers or keys; a data subject appears only as
 //! [`subject_hash`].
@@ -45,4 +50,4 @@ pub use keys::{PublicKey, SigningKey};
 pub use prune::{DEFAULT_RETENTION, MIN_RETENTION, PruneRecord, PruneReport, prune};
 pub use receipt::{ErasureReceipt, subject_hash, verify_receipt};
 pub use schema::{SCHEMA_SQL, SCHEMA_VERSION, migrate, open_read_only};
-pub use verify::{Break, BreakKind, Location, VerifyReport, verify};
+pub use verify::{Break, BreakKind, Location, VerifyReport, verify, verify_against};

@@ -158,7 +158,7 @@ pub fn prune(
 
     // Keep the evidence if what would be deleted does not verify.
     let public = key.public_key();
-    let report = verify::verify_bounded(conn, &public, None, Bound::UpTo(cp.seq))?;
+    let report = verify::verify_bounded(conn, &public, &[], Bound::UpTo(cp.seq))?;
     if let Some(b) = report.problem {
         return Err(AuditError::Tampered {
             seq: b.seq,

@@ -105,12 +105,20 @@ impl ErasureReceipt {
         })
     }
 
-    /// Parses the JSON form.
+    /// Parses the JSON form: the receipt itself, or the answer of
+    /// `POST /v1/subjects/{subject}/erase` as it came (`{"receipt": {…}, …}`).
     pub fn from_json(text: &str) -> Result<ErasureReceipt, AuditError> {
         let err = || AuditError::Parse {
             what: "erasure receipt",
         };
-        let j: ReceiptJson = serde_json::from_str(text).map_err(|_| err())?;
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(|_| err())?;
+        if let Some(obj) = value.as_object_mut()
+            && !obj.contains_key("format")
+            && let Some(inner) = obj.remove("receipt")
+        {
+            value = inner;
+        }
+        let j: ReceiptJson = serde_json::from_value(value).map_err(|_| err())?;
         if j.format != RECEIPT_FORMAT {
             return Err(err());
         }
@@ -169,6 +177,11 @@ mod tests {
         let back = ErasureReceipt::from_json(&json).unwrap();
         assert_eq!(back, r);
         verify_receipt(&back, &public).unwrap();
+        // The erase endpoint's answer, as it came.
+        let answer = format!("{{\"receipt\":{json},\"wal_scrubbed\":true}}");
+        assert_eq!(ErasureReceipt::from_json(&answer).unwrap(), r);
+        assert!(ErasureReceipt::from_json("{\"receipt\":{}}").is_err());
+        assert!(ErasureReceipt::from_json("[1]").is_err());
 
         for altered in [
             ErasureReceipt {

@@ -9,10 +9,12 @@ use std::fmt;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension};
+use time::OffsetDateTime;
 
 use super::checkpoint::{Checkpoint, to_i64};
 use super::encoding::{self, ChainHash};
 use super::error::AuditError;
+use super::event::from_time_ns;
 use super::keys::PublicKey;
 use super::prune::PruneRecord;
 use super::schema::{ReadTx, SCHEMA_VERSION};
@@ -117,6 +119,9 @@ pub struct VerifyReport {
     /// Events after the latest checkpoint: chained but not yet signed, so their
     /// removal from the end of the log could not be detected without a newer checkpoint.
     pub unsigned_tail: u64,
+    /// When the oldest of those was appended (`None` when every event is signed):
+    /// how long the tail has gone unsigned.
+    pub unsigned_since: Option<OffsetDateTime>,
     /// The first break, or `None` when the log is intact.
     pub problem: Option<Break>,
 }
@@ -138,6 +143,8 @@ pub(crate) enum Bound {
 /// Verifies the whole log with `key`: every prune record and checkpoint
 /// signature, the chain of every kept event, every checkpoint's head, and —
 /// with `anchor`, a checkpoint kept elsewhere — that the log still extends it.
+/// A log that holds events but no checkpoint at all is broken (checkpoint #1,
+/// which the vault signs when it is created, is missing).
 ///
 /// Runs in one read transaction (or inside the caller's). A broken log is not an
 /// error: it is reported in [`VerifyReport::problem`]. Errors are for a database
@@ -147,13 +154,28 @@ pub fn verify(
     key: &PublicKey,
     anchor: Option<&Checkpoint>,
 ) -> Result<VerifyReport, AuditError> {
-    verify_bounded(conn, key, anchor, Bound::All)
+    match anchor {
+        Some(a) => verify_against(conn, key, std::slice::from_ref(a)),
+        None => verify_against(conn, key, &[]),
+    }
+}
+
+/// [`verify`] against many checkpoints kept elsewhere (e.g. every line of a
+/// witness file): the log must be consistent with each of them and extend the
+/// newest. Two of them with the same id but different contents are a break
+/// (the log was rolled back and signed again).
+pub fn verify_against(
+    conn: &Connection,
+    key: &PublicKey,
+    anchors: &[Checkpoint],
+) -> Result<VerifyReport, AuditError> {
+    verify_bounded(conn, key, anchors, Bound::All)
 }
 
 pub(crate) fn verify_bounded(
     conn: &Connection,
     key: &PublicKey,
-    anchor: Option<&Checkpoint>,
+    anchors: &[Checkpoint],
     bound: Bound,
 ) -> Result<VerifyReport, AuditError> {
     check_schema(conn)?;
@@ -167,6 +189,7 @@ pub(crate) fn verify_bounded(
         head: ChainHash::GENESIS,
         last_checkpoint: None,
         unsigned_tail: 0,
+        unsigned_since: None,
         problem: None,
     };
     let records = match read_records(conn)? {
@@ -182,8 +205,8 @@ pub(crate) fn verify_bounded(
     report.last_checkpoint = records.checkpoints.last().cloned();
     // Signatures are checked before anything they vouch for is reported; during
     // the walk they are checked by the hasher thread.
-    let signatures = || first_bad_signature(&records, anchor, key);
-    let signed = match check_structure(&records, anchor) {
+    let signatures = || first_bad_signature(&records, anchors, key);
+    let signed = match check_structure(&records, anchors) {
         Ok(s) => s,
         Err(b) => {
             report.problem = Some(signatures().unwrap_or(b));
@@ -231,15 +254,41 @@ pub(crate) fn verify_bounded(
             ),
         }),
     };
-    if let Some(cp) = &report.last_checkpoint {
-        report.unsigned_tail = report.last_seq.saturating_sub(cp.seq);
-    } else {
-        report.unsigned_tail = report
-            .last_seq
-            .saturating_sub(report.first_seq.saturating_sub(1));
+    // The vault signs checkpoint #1 in the transaction that creates it, and
+    // checkpoints are never deleted: events without any checkpoint mean the
+    // checkpoints were removed (and with them the proof of the log's length).
+    let problem = match problem {
+        None if records.checkpoints.is_empty() && walk.events > 0 => Some(Break {
+            seq: report.first_seq,
+            kind: BreakKind::Missing,
+            location: Location::Checkpoint(1),
+            detail: "the log holds events but no signed checkpoint: checkpoint #1 is missing"
+                .to_owned(),
+        }),
+        p => p,
+    };
+    let signed_up_to = match &report.last_checkpoint {
+        Some(cp) => cp.seq,
+        None => report.first_seq.saturating_sub(1),
+    };
+    report.unsigned_tail = report.last_seq.saturating_sub(signed_up_to);
+    if report.unsigned_tail > 0 {
+        report.unsigned_since = event_time(conn, signed_up_to.saturating_add(1))?;
     }
     report.problem = problem;
     Ok(report)
+}
+
+/// The time of the event stored at `seq`, if it is there and readable.
+fn event_time(conn: &Connection, seq: u64) -> Result<Option<OffsetDateTime>, AuditError> {
+    let t: Option<i64> = conn
+        .query_row(
+            "SELECT time_ns FROM audit_events WHERE seq = ?1",
+            [to_i64(seq)?],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(t.and_then(|t| from_time_ns(t).ok()))
 }
 
 fn check_schema(conn: &Connection) -> Result<(), AuditError> {
@@ -342,7 +391,7 @@ fn read_records(conn: &Connection) -> Result<Result<Records, Break>, AuditError>
 /// id order), then the anchor.
 fn first_bad_signature(
     records: &Records,
-    anchor: Option<&Checkpoint>,
+    anchors: &[Checkpoint],
     key: &PublicKey,
 ) -> Option<Break> {
     let why = "it does not verify with this public key";
@@ -352,11 +401,14 @@ fn first_bad_signature(
     if let Some(c) = records.checkpoints.iter().find(|c| c.verify(key).is_err()) {
         return Some(bad_sig(c.seq, Location::Checkpoint(c.id), why));
     }
-    anchor.filter(|a| a.verify(key).is_err()).map(|a| {
+    anchors.iter().find(|a| a.verify(key).is_err()).map(|a| {
         bad_sig(
             a.seq,
             Location::Anchor,
-            "the given checkpoint does not verify with this public key",
+            &format!(
+                "the given checkpoint #{} does not verify with this public key",
+                a.id
+            ),
         )
     })
 }
@@ -364,7 +416,7 @@ fn first_bad_signature(
 /// Checks how the signed records fit together (numbering, prune records against
 /// checkpoints, the anchor against the log) and says where the walk starts and
 /// which heads it must meet.
-fn check_structure(records: &Records, anchor: Option<&Checkpoint>) -> Result<Signed, Break> {
+fn check_structure(records: &Records, anchors: &[Checkpoint]) -> Result<Signed, Break> {
     let prunes = &records.prunes;
     let checkpoints = &records.checkpoints;
     // Numbering without gaps (ids are signed, so a gap is a deleted record).
@@ -426,10 +478,29 @@ fn check_structure(records: &Records, anchor: Option<&Checkpoint>) -> Result<Sig
         })
         .collect();
 
-    // The anchor: the same checkpoint must still be in the log, unchanged; if the
-    // log's checkpoints end before it, the events must still meet its head.
-    let mut anchor_beyond = None;
-    if let Some(a) = anchor {
+    // The anchors: each must still be in the log, unchanged; if the log's
+    // checkpoints end before one, the events must still meet its head. Two
+    // anchors with one id must agree (else the log was rolled back and re-signed).
+    let mut sorted: Vec<&Checkpoint> = anchors.iter().collect();
+    sorted.sort_by_key(|a| (a.id, a.seq));
+    for pair in sorted.windows(2) {
+        if let [x, y] = pair
+            && x.id == y.id
+            && x != y
+        {
+            return Err(Break {
+                seq: x.seq.min(y.seq),
+                kind: BreakKind::Truncated,
+                location: Location::Anchor,
+                detail: format!(
+                    "rolled back: two different checkpoints #{} were given (the log was signed again after a rollback)",
+                    x.id
+                ),
+            });
+        }
+    }
+    let mut anchor_beyond: Option<(u64, u64)> = None;
+    for a in sorted {
         match checkpoints.iter().find(|c| c.id == a.id) {
             Some(c) if c == a => {}
             Some(_) => {
@@ -450,11 +521,13 @@ fn check_structure(records: &Records, anchor: Option<&Checkpoint>) -> Result<Sig
                         seq: a.seq,
                         kind: BreakKind::Missing,
                         location: Location::Checkpoint(a.id),
-                        detail: format!("checkpoint #{} (the given one) is missing", a.id),
+                        detail: format!("checkpoint #{} (a given one) is missing", a.id),
                     });
                 }
                 let next_id = checkpoints.last().map_or(1, |c| c.id.saturating_add(1));
-                anchor_beyond = Some((a.seq, next_id));
+                if anchor_beyond.is_none_or(|(seq, _)| a.seq > seq) {
+                    anchor_beyond = Some((a.seq, next_id));
+                }
                 marks.push(Mark {
                     seq: a.seq,
                     head: a.head,

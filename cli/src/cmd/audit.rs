@@ -1,8 +1,14 @@
 //! `panvault audit`: verify the tamper-evident log, export it for a SIEM, print
 //! the latest signed checkpoint to keep off the host, and check erasure receipts.
 //!
-//! These commands open `DIR/vault.db` read-only (a running server keeps serving)
-//! and need only the audit public key, never the vault's secrets.
+//! `verify`, `export` and `verify-receipt` open `DIR/vault.db` read-only (a
+//! running server keeps serving; a copy or a backup on a read-only medium works)
+//! and need only the audit public key, never the vault's secrets. They do not
+//! write into the log they read: an event appended after the checkpoint a
+//! verification reports would be an unsigned tail of its own making. They say
+//! on standard error what they did instead (for the shell's or the scheduler's log).
+//! `checkpoint` unseals the vault: it records its own event and signs a
+//! checkpoint covering it in the same transaction.
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -28,7 +34,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Write the events as JSON lines (for a SIEM).
     Export(ExportArgs),
-    /// Print the latest signed checkpoint as one line, to keep off this host.
+    /// Sign a checkpoint covering every event committed so far and print it as
+    /// one line, to keep off this host (unseals the vault; works while a server runs).
     ///
     /// Give it back later with `audit verify --checkpoint FILE` to prove the log
     /// still extends it (catches truncation and rollback).
@@ -77,9 +84,15 @@ pub struct VerifyArgs {
     /// The audit public key (default DIR/audit-signing.pub; better a copy kept elsewhere).
     #[arg(long, value_name = "FILE")]
     pubkey: Option<PathBuf>,
-    /// A checkpoint printed earlier by `audit checkpoint` and kept elsewhere.
+    /// Checkpoints kept elsewhere: the output of `audit checkpoint`, or a witness
+    /// file (`[audit] checkpoint_witness`, one JSON checkpoint per line). The log
+    /// must be consistent with every one and extend the newest.
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<PathBuf>,
+    /// Fail (exit 3) when events have gone unsigned for longer than this, e.g.
+    /// `90s`, `5m`, `2h`, `1d` (a plain number is seconds).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_unsigned_age: Option<std::time::Duration>,
 }
 
 /// Export formats.
@@ -113,6 +126,11 @@ pub struct CheckpointArgs {
     /// The audit public key to check the checkpoint with (default DIR/audit-signing.pub).
     #[arg(long, value_name = "FILE")]
     pubkey: Option<PathBuf>,
+    /// Also append the checkpoint (as a JSON line) to this witness file.
+    #[arg(long, value_name = "FILE")]
+    witness: Option<PathBuf>,
+    #[command(flatten)]
+    secret: crate::common::SecretArgs,
 }
 
 /// `audit verify-receipt`.
@@ -141,47 +159,98 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
 
 fn verify(a: &VerifyArgs) -> Result<ExitCode, CliError> {
     let key = read_pubkey(&a.dir.pubkey(a.pubkey.as_deref()))?;
-    let anchor = match &a.checkpoint {
+    let anchors = match &a.checkpoint {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-            let cp: Checkpoint = text
-                .parse()
-                .map_err(|e| fail(&format!("{}", path.display()), &e))?;
-            Some(cp)
+            Checkpoint::parse_many(&text).map_err(|e| fail(&format!("{}", path.display()), &e))?
         }
-        None => None,
+        None => Vec::new(),
     };
     let conn = audit::open_read_only(&a.dir.db())
         .map_err(|e| fail(&a.dir.db().display().to_string(), &e))?;
     let report =
-        audit::verify(&conn, &key, anchor.as_ref()).map_err(|e| fail("audit verify", &e))?;
-    print_report(&report, anchor.as_ref());
-    let details = match &report.problem {
-        None => format!(
-            "intact events={} checkpoints={}",
-            report.events, report.checkpoints
-        ),
-        Some(b) => format!(
-            "broken at seq {} kind={:?} events_checked={}",
-            b.seq, b.kind, report.events
-        ),
+        audit::verify_against(&conn, &key, &anchors).map_err(|e| fail("audit verify", &e))?;
+    let now = time::OffsetDateTime::now_utc();
+    print_report(&report, newest(&anchors), now);
+    let outcome = match &report.problem {
+        None => "intact".to_owned(),
+        Some(b) => format!("broken at seq {} ({})", b.seq, b.kind),
     };
-    record(
-        &a.dir.data_dir,
-        panvault_vault::service::AuditAction::AuditVerify,
-        &details,
+    eprintln!(
+        "panvault: audit verify by {}: {outcome}, {} checked (read-only: not recorded in the log)",
+        crate::common::admin_actor().actor,
+        count(report.events, "event")
     );
-    match &report.problem {
-        None => Ok(ExitCode::SUCCESS),
-        Some(b) => Err(CliError::with_code(
+    if let Some(b) = &report.problem {
+        return Err(CliError::with_code(
             format!("audit log broken at {b}"),
             EXIT_BROKEN,
-        )),
+        ));
+    }
+    if let (Some(max), Some(since)) = (a.max_unsigned_age, report.unsigned_since) {
+        let age = now - since;
+        if age > max {
+            return Err(CliError::with_code(
+                format!(
+                    "the audit log's tail is unsigned for {}, longer than --max-unsigned-age {}: \
+                     {} after checkpoint #{} could be removed without a trace \
+                     (is the server running? `panvault audit checkpoint` signs it)",
+                    human(age),
+                    human_std(max),
+                    count(report.unsigned_tail, "event"),
+                    report.last_checkpoint.as_ref().map_or(0, |c| c.id),
+                ),
+                EXIT_BROKEN,
+            ));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The newest of the given checkpoints (highest id, then seq).
+fn newest(anchors: &[Checkpoint]) -> Option<&Checkpoint> {
+    anchors.iter().max_by_key(|c| (c.id, c.seq))
+}
+
+/// Parses `90s`, `5m`, `2h`, `1d` or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a number with s, m, h or d, got {s:?}"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?}: use s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// A duration for people: `42s`, `5m 3s`, `2h 10m`, `3d 4h`.
+fn human(d: time::Duration) -> String {
+    human_secs(d.whole_seconds().max(0).unsigned_abs())
+}
+
+fn human_std(d: std::time::Duration) -> String {
+    human_secs(d.as_secs())
+}
+
+fn human_secs(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
     }
 }
 
-fn print_report(r: &VerifyReport, anchor: Option<&Checkpoint>) {
+fn print_report(r: &VerifyReport, anchor: Option<&Checkpoint>, now: time::OffsetDateTime) {
     let mut out = io::stdout().lock();
     let range = if r.events == 0 {
         "no events".to_owned()
@@ -214,16 +283,20 @@ fn print_report(r: &VerifyReport, anchor: Option<&Checkpoint>) {
         let _ = writeln!(out, "latest checkpoint: #{} at seq {}", cp.id, cp.seq);
     }
     if r.is_intact() && r.unsigned_tail > 0 {
+        let age = r
+            .unsigned_since
+            .map(|t| format!(", the oldest {} old", human(now - t)))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{} after the latest checkpoint: chained, not yet signed",
+            "unsigned tail: {} after the latest checkpoint{age}: chained, not yet signed",
             count(r.unsigned_tail, "event")
         );
     }
     if let (Some(a), true) = (anchor, r.is_intact()) {
         let _ = writeln!(
             out,
-            "the log extends the given checkpoint #{} (seq {})",
+            "the log extends the newest given checkpoint #{} (seq {})",
             a.id, a.seq
         );
     }
@@ -252,35 +325,35 @@ fn export(a: &ExportArgs) -> Result<ExitCode, CliError> {
     }
     .map_err(|e| fail("audit export", &e))?;
     eprintln!("exported {n} events");
-    record(
-        &a.dir.data_dir,
-        panvault_vault::service::AuditAction::AuditExport,
-        &format!("from_seq={} events={n} format=jsonl", a.from),
+    eprintln!(
+        "panvault: audit export by {}: {} from seq {} (read-only: not recorded in the log)",
+        crate::common::admin_actor().actor,
+        count(n, "event"),
+        a.from
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn checkpoint(a: &CheckpointArgs) -> Result<ExitCode, CliError> {
     let key = read_pubkey(&a.dir.pubkey(a.pubkey.as_deref()))?;
-    let conn = audit::open_read_only(&a.dir.db())
-        .map_err(|e| fail(&a.dir.db().display().to_string(), &e))?;
-    let cp = audit::latest_checkpoint(&conn)
-        .map_err(|e| fail("audit checkpoint", &e))?
-        .ok_or_else(|| CliError::usage("the audit log has no checkpoint yet"))?;
+    let unlock = a.secret.unlock_for(&a.dir.data_dir)?;
+    let mut admin =
+        panvault_vault::Admin::open(&a.dir.data_dir, &unlock, panvault_vault::system_clock())
+            .map_err(crate::common::vault_err)?;
+    drop(unlock);
+    let cp = admin
+        .audit_checkpoint(&crate::common::admin_actor(), a.witness.as_deref())
+        .map_err(crate::common::vault_err)?;
     if cp.verify(&key).is_err() {
         return Err(CliError::with_code(
             format!(
-                "checkpoint #{} does not verify with the public key; run `panvault audit verify`",
-                cp.id
+                "checkpoint #{} does not verify with the public key {}: the vault's audit key is not the one you hold",
+                cp.id,
+                a.dir.pubkey(a.pubkey.as_deref()).display()
             ),
             EXIT_BROKEN,
         ));
     }
-    record(
-        &a.dir.data_dir,
-        panvault_vault::service::AuditAction::AuditCheckpoint,
-        &format!("checkpoint={} seq={}", cp.id, cp.seq),
-    );
     crate::outln!("{cp}");
     Ok(ExitCode::SUCCESS)
 }
@@ -333,19 +406,6 @@ fn fail(context: &str, e: &AuditError) -> CliError {
         source = s.source();
     }
     CliError::usage(msg)
-}
-
-/// Records this admin action in the log itself (PCI DSS 10.2.1.x). Reading an
-/// audit copy on a read-only medium must still work, so a failure only warns.
-fn record(data_dir: &Path, action: panvault_vault::service::AuditAction, details: &str) {
-    if let Err(e) = panvault_vault::service::append_admin_event(
-        data_dir,
-        &crate::common::admin_actor(),
-        action,
-        details,
-    ) {
-        eprintln!("warning: could not record this action in the audit log: {e}");
-    }
 }
 
 #[cfg(test)]
@@ -406,6 +466,7 @@ mod tests {
             dir: v.data_dir(),
             pubkey: None,
             checkpoint,
+            max_unsigned_age: None,
         })
     }
 
@@ -444,13 +505,6 @@ mod tests {
         let kept = v.dir.path().join("kept.txt");
         std::fs::write(&kept, format!("{cp}\n")).unwrap();
         assert!(run(verify_args(&v, Some(kept.clone()))).is_ok());
-        assert!(
-            run(Command::Checkpoint(CheckpointArgs {
-                dir: v.data_dir(),
-                pubkey: None
-            }))
-            .is_ok()
-        );
 
         conn.execute("DELETE FROM audit_events WHERE seq > 12", [])
             .unwrap();
@@ -464,6 +518,67 @@ mod tests {
                 .starts_with("audit log broken at seq 13: truncated"),
             "{err}"
         );
+    }
+
+    fn events(v: &Vault) -> i64 {
+        v.db()
+            .query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Verify and export read the log without appending to it.
+    #[test]
+    fn reading_the_log_does_not_write_into_it() {
+        let v = vault();
+        let before = events(&v);
+        assert!(run(verify_args(&v, None)).is_ok());
+        let args = ExportArgs {
+            dir: v.data_dir(),
+            from: 1,
+            format: Format::Jsonl,
+            output: Some(v.dir.path().join("out.jsonl")),
+        };
+        assert!(run(Command::Export(args)).is_ok());
+        assert_eq!(events(&v), before);
+    }
+
+    #[test]
+    fn an_old_unsigned_tail_fails_with_max_unsigned_age() {
+        let v = vault();
+        let conn = v.db();
+        let mut chain = AuditChain::load(&conn).unwrap();
+        let old = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
+        for i in 0..2 {
+            let ev = NewEvent::new(old, Actor::admin("ops"), Action::TOKENIZE, Outcome::Success)
+                .with_token(format!("tok_tail_{i}"));
+            chain.append(&conn, &ev).unwrap();
+        }
+        let with = |max: &str| {
+            Command::Verify(VerifyArgs {
+                dir: v.data_dir(),
+                pubkey: None,
+                checkpoint: None,
+                max_unsigned_age: Some(parse_duration(max).unwrap()),
+            })
+        };
+        assert!(run(verify_args(&v, None)).is_ok());
+        assert!(run(with("1d")).is_ok());
+        let err = run(with("30m")).unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_BROKEN);
+        assert!(err.to_string().contains("unsigned for 2h"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
+        assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
+        assert_eq!(parse_duration("1d").unwrap().as_secs(), 86_400);
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("m").is_err());
+        assert_eq!(human_secs(59), "59s");
+        assert_eq!(human_secs(3700), "1h 1m");
     }
 
     #[test]
@@ -496,6 +611,17 @@ mod tests {
             pubkey: None,
         };
         assert!(run(Command::VerifyReceipt(args(&file))).is_ok());
+        // The erase endpoint's whole answer is accepted as it came.
+        std::fs::write(
+            &file,
+            format!(
+                "{{\"receipt\":{},\"wal_scrubbed\":true}}",
+                r.to_json().unwrap()
+            ),
+        )
+        .unwrap();
+        assert!(run(Command::VerifyReceipt(args(&file))).is_ok());
+        std::fs::write(&file, r.to_json().unwrap()).unwrap();
         std::fs::write(
             &file,
             r.to_json()

@@ -86,6 +86,7 @@ pub(crate) fn serve(
             every_events: config.audit.checkpoint_every_events,
             every: std::time::Duration::from_secs(config.audit.checkpoint_every_secs),
         },
+        checkpoint_witness: config.audit.checkpoint_witness.clone(),
         ..Default::default()
     };
     let vault = Vault::open_with(&config.data_dir, &unlock, opts).map_err(vault_err)?;

@@ -305,10 +305,17 @@ pub(crate) async fn erase_subject(
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let subject = path
-        .map(|Path(s)| s)
-        .map_err(|_| Problem::not_found("no such subject"))?;
     caller.require(&state, Permission::Erase, None).await?;
+    let subject = match path {
+        Ok(Path(s)) => s,
+        // Refused before the vault saw it (not UTF-8): audited all the same.
+        Err(_) => {
+            let problem = Problem::not_found("no such subject");
+            return Err(caller
+                .refused(&state, Permission::Erase, None, problem)
+                .await);
+        }
+    };
     let erasure = state
         .vault()
         .erase(

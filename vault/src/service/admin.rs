@@ -478,9 +478,15 @@ impl Admin {
         tenant: &str,
         target: &super::erase::EraseTarget,
     ) -> Result<super::erase::Erasure, VaultError> {
-        super::validate_tenant(tenant)?;
-        if let super::erase::EraseTarget::Subject(s) = target {
-            super::request::validate_subject(s)?;
+        if let Err(e) = super::erase::check_erase(tenant, target) {
+            // A refused erasure is audited too.
+            let token = super::erase::target_token(target);
+            let details = super::erase::refusal_details(&e);
+            let rec = super::erase::refused_erase_record(tenant, &e, token.as_ref(), &details);
+            self.with_audit(|tx, audit, keys, now| {
+                audit.record(tx, keys, actor, &rec, now.unix_timestamp())
+            })?;
+            return Err(e);
         }
         let receipt = self.with_audit(|tx, audit, keys, now| {
             super::erase::erase_in_tx(
@@ -544,6 +550,18 @@ impl Admin {
         audit.checkpoint_if_due(&tx, false)?;
         tx.commit().map_err(store_err)?;
         Ok(out)
+    }
+
+    /// Signs an audit checkpoint covering every event committed so far and this
+    /// command's own event (`audit checkpoint`); with `witness`, also appends it
+    /// to that file.
+    pub fn audit_checkpoint(
+        &mut self,
+        actor: &AccessContext,
+        witness: Option<&Path>,
+    ) -> Result<panvault_audit::log::Checkpoint, VaultError> {
+        let now = self.now();
+        audit_hook::sign_checkpoint_now(&mut self.conn, &self.keys, actor, now, witness)
     }
 
     /// Records an admin action that has no data change of its own (e.g. `audit

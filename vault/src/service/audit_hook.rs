@@ -6,11 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
+use std::time::{Duration, Instant};
+
 use panvault_audit::log::{
-    Action, Actor, AuditChain, ChainHead, CheckpointPolicy, ErasureReceipt, MAX_CODE_LEN,
-    MAX_FIELD_LEN, NewEvent, Outcome, SigningKey, subject_hash,
+    Action, Actor, AuditChain, ChainHead, Checkpoint, CheckpointPolicy, ErasureReceipt,
+    MAX_CODE_LEN, MAX_FIELD_LEN, NewEvent, Outcome, SigningKey, subject_hash,
 };
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -244,12 +246,38 @@ pub(crate) struct AuditState {
     chain: AuditChain,
     signer: SigningKey,
     policy: CheckpointPolicy,
+    witness: Option<Witness>,
+    /// After a failed idle checkpoint, no new try before this.
+    idle_retry: Option<Instant>,
 }
+
+/// The witness file and the checkpoints still to write into it.
+#[derive(Debug)]
+struct Witness {
+    path: PathBuf,
+    /// Signed in the open transaction: written once it commits, dropped if not.
+    in_tx: Vec<Checkpoint>,
+    /// Committed but not yet written (the file could not be written).
+    unwritten: Vec<Checkpoint>,
+    /// When a failure was last logged (one line a minute at most).
+    warned: Option<Instant>,
+}
+
+/// Most checkpoints kept for a witness file that cannot be written; older ones
+/// are dropped (the log keeps them all).
+const MAX_UNWRITTEN: usize = 1024;
+
+/// The longest the writer waits for work between two looks at the tail.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(500);
+
+/// How long the writer waits before trying again an idle checkpoint that failed.
+const IDLE_RETRY: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for AuditState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditState")
             .field("chain", &self.chain)
+            .field("witness", &self.witness)
             .finish_non_exhaustive()
     }
 }
@@ -272,7 +300,20 @@ impl AuditState {
             chain,
             signer,
             policy,
+            witness: None,
+            idle_retry: None,
         })
+    }
+
+    /// Appends every checkpoint this state signs, once committed, to the file at
+    /// `path` (one JSON line each, synced): a copy outside the data directory.
+    pub(crate) fn set_witness(&mut self, path: Option<PathBuf>) {
+        self.witness = path.map(|path| Witness {
+            path,
+            in_tx: Vec::new(),
+            unwritten: Vec::new(),
+            warned: None,
+        });
     }
 
     /// Appends an event inside the current transaction; returns its sequence number.
@@ -298,8 +339,56 @@ impl AuditState {
         self.chain.snapshot()
     }
 
+    /// Puts the chain back after a rollback; checkpoints signed in the rolled-back
+    /// transaction never reach the witness file.
     pub(crate) fn restore(&mut self, head: ChainHead) {
         self.chain.restore(head);
+        if let Some(w) = &mut self.witness {
+            w.in_tx.clear();
+        }
+    }
+
+    /// The transaction committed: its checkpoints go to the witness file.
+    pub(crate) fn committed(&mut self) {
+        let Some(w) = &mut self.witness else {
+            return;
+        };
+        w.unwritten.append(&mut w.in_tx);
+        if w.unwritten.is_empty() {
+            return;
+        }
+        match Checkpoint::append_to_witness(&w.path, &w.unwritten) {
+            Ok(()) => w.unwritten.clear(),
+            Err(e) => {
+                if w.unwritten.len() > MAX_UNWRITTEN {
+                    let extra = w.unwritten.len().saturating_sub(MAX_UNWRITTEN);
+                    w.unwritten.drain(..extra);
+                }
+                if w.warned
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    w.warned = Some(Instant::now());
+                    tracing::warn!(
+                        path = %w.path.display(),
+                        error = %e,
+                        pending = w.unwritten.len(),
+                        "cannot append signed audit checkpoints to the witness file; will retry"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Signs a checkpoint of the current head inside the caller's transaction.
+    fn sign(&mut self, conn: &Connection, now: OffsetDateTime) -> Result<Checkpoint, VaultError> {
+        let cp = self
+            .chain
+            .checkpoint(conn, &self.signer, now)
+            .map_err(audit_err)?;
+        if let Some(w) = &mut self.witness {
+            w.in_tx.push(cp.clone());
+        }
+        Ok(cp)
     }
 
     /// Writes a signed checkpoint if one is due (or `force`).
@@ -312,11 +401,78 @@ impl AuditState {
         if (force && self.chain.events_since_checkpoint() > 0)
             || self.chain.checkpoint_due(&self.policy, now)
         {
-            self.chain
-                .checkpoint(conn, &self.signer, now)
-                .map_err(audit_err)?;
+            self.sign(conn, now)?;
         }
         Ok(())
+    }
+
+    /// How long the writer may wait for work before the tail is due to be
+    /// signed (at most half a second, so events appended by other processes
+    /// are noticed too).
+    pub(crate) fn idle_wait(&self) -> Duration {
+        let max = MAX_IDLE_WAIT;
+        if self.idle_retry.is_some_and(|t| t > Instant::now()) {
+            return max;
+        }
+        match self.chain.checkpoint_due_at(&self.policy) {
+            None => max,
+            Some(due) => {
+                let left = due - OffsetDateTime::now_utc();
+                Duration::try_from(left)
+                    .unwrap_or(Duration::ZERO)
+                    .clamp(Duration::from_millis(1), max)
+            }
+        }
+    }
+
+    /// Between batches: signs the tail if it is due (`force`: if anything at all
+    /// is unsigned), including events other processes (admin commands) appended,
+    /// and retries a witness file that could not be written. The checkpoint is
+    /// signed in its own IMMEDIATE transaction after reloading the head, so it
+    /// covers every event committed before it.
+    pub(crate) fn on_idle(&mut self, conn: &mut Connection, force: bool) {
+        if !force && self.idle_retry.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        let before = self.snapshot();
+        match self.sign_tail(conn, force) {
+            Ok(()) => {
+                self.idle_retry = None;
+                self.committed();
+            }
+            Err(e) => {
+                self.restore(before);
+                if self.idle_retry.is_none() {
+                    tracing::warn!(error = %e, "could not sign the audit log's tail; will retry");
+                }
+                self.idle_retry = Some(Instant::now() + IDLE_RETRY);
+            }
+        }
+    }
+
+    fn sign_tail(&mut self, conn: &mut Connection, force: bool) -> Result<(), VaultError> {
+        if !self.chain.is_current(conn).map_err(audit_err)? {
+            self.chain.reload(conn).map_err(audit_err)?;
+        }
+        let due = |chain: &AuditChain, policy: &CheckpointPolicy| {
+            if force {
+                chain.events_since_checkpoint() > 0
+            } else {
+                chain.checkpoint_due(policy, OffsetDateTime::now_utc())
+            }
+        };
+        if !due(&self.chain, &self.policy) {
+            return Ok(());
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| VaultError::Store(e.into()))?;
+        // Under the write lock nobody else appends: this head is the last one.
+        self.chain.reload(&tx).map_err(audit_err)?;
+        if due(&self.chain, &self.policy) {
+            self.sign(&tx, OffsetDateTime::now_utc())?;
+        }
+        tx.commit().map_err(|e| VaultError::Store(e.into()))
     }
 
     /// Prunes events older than `retention_days` (at least 365) with a signed record.
@@ -401,6 +557,44 @@ pub(crate) fn record_admin(
     let seq = state.record(conn, keys, actor, &rec, now)?;
     state.checkpoint_if_due(conn, false)?;
     Ok(seq)
+}
+
+/// `audit checkpoint`: records `actor`'s event and signs a checkpoint covering
+/// it, and so every event committed before, in one IMMEDIATE transaction (a
+/// running server's writer waits for it, and nobody can append in between).
+/// With `witness`, the checkpoint is also appended to that file.
+pub(crate) fn sign_checkpoint_now(
+    conn: &mut Connection,
+    keys: &Keyring,
+    actor: &AccessContext,
+    now: i64,
+    witness: Option<&Path>,
+) -> Result<Checkpoint, VaultError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| VaultError::Store(e.into()))?;
+    let mut state = AuditState::load(&tx, keys, CheckpointPolicy::default())?;
+    let rec = AuditRecord {
+        action: AuditAction::AuditCheckpoint,
+        tenant: None,
+        token: None,
+        purpose: None,
+        subject: None,
+        outcome: AuditOutcome::Success,
+        details: Some("signed a checkpoint covering this event"),
+    };
+    state.record(&tx, keys, actor, &rec, now)?;
+    let cp = state.sign(&tx, OffsetDateTime::now_utc())?;
+    tx.commit().map_err(|e| VaultError::Store(e.into()))?;
+    if let Some(path) = witness {
+        Checkpoint::append_to_witness(path, std::slice::from_ref(&cp)).map_err(|e| {
+            VaultError::Io {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+    }
+    Ok(cp)
 }
 
 /// Appends an admin event to the log of the vault in `data_dir` without unsealing

@@ -82,6 +82,51 @@ pub(crate) fn delete_returning(
     Ok(n)
 }
 
+/// Checks an erase request before anything is deleted.
+pub(crate) fn check_erase(tenant: &str, target: &EraseTarget) -> Result<(), VaultError> {
+    validate_tenant(tenant)?;
+    if let EraseTarget::Subject(s) = target {
+        validate_subject(s)?;
+    }
+    Ok(())
+}
+
+/// The audit record of a refused erasure. It names the tenant only if it is a
+/// valid one and the token only if it parses; a refused subject is never
+/// recorded, not even as a hash (it may be a card number), only the reason.
+pub(crate) fn refused_erase_record<'a>(
+    tenant: &'a str,
+    error: &VaultError,
+    token: Option<&'a Token>,
+    details: &'a str,
+) -> AuditRecord<'a> {
+    AuditRecord {
+        action: AuditAction::Erase,
+        tenant: validate_tenant(tenant).is_ok().then_some(tenant),
+        token: token.map(Token::as_str),
+        purpose: None,
+        subject: None,
+        outcome: AuditOutcome::from_error(error),
+        details: Some(details),
+    }
+}
+
+/// `refused=<field>` for a validation error, `refused=not_found` otherwise.
+pub(crate) fn refusal_details(error: &VaultError) -> String {
+    match error {
+        VaultError::InvalidRequest { field, .. } => format!("refused={field}"),
+        VaultError::NotFound => "refused=not_found".to_owned(),
+        _ => "refused".to_owned(),
+    }
+}
+
+pub(crate) fn target_token(target: &EraseTarget) -> Option<Token> {
+    match target {
+        EraseTarget::Token(t) => Token::parse(t),
+        EraseTarget::Subject(_) => None,
+    }
+}
+
 /// Erases inside `conn`'s transaction; returns the receipt. `dedup`: the server's
 /// index (none in the CLI's own process).
 #[allow(clippy::too_many_arguments)]
@@ -221,9 +266,14 @@ impl Vault {
         target: EraseTarget,
         ctx: &AccessContext,
     ) -> Result<Erasure, VaultError> {
-        validate_tenant(tenant)?;
-        if let EraseTarget::Subject(s) = &target {
-            validate_subject(s)?;
+        if let Err(e) = check_erase(tenant, &target) {
+            // A refused erasure is audited like any other refusal; if it cannot
+            // be, the caller learns that instead.
+            let token = target_token(&target);
+            let details = refusal_details(&e);
+            let rec = refused_erase_record(tenant, &e, token.as_ref(), &details);
+            self.append_event(ctx, &rec).await?;
+            return Err(e);
         }
         let keys = self.keys()?;
         let tenant_s = tenant.to_owned();
@@ -244,7 +294,17 @@ impl Vault {
                 );
                 match result {
                     Ok(r) => (true, Ok(r)),
-                    Err(VaultError::NotFound) => (true, Err(VaultError::NotFound)),
+                    Err(VaultError::NotFound) => {
+                        // Audited in the same transaction; no event, no answer.
+                        let e = VaultError::NotFound;
+                        let token = target_token(&target);
+                        let details = refusal_details(&e);
+                        let rec = refused_erase_record(&tenant_s, &e, token.as_ref(), &details);
+                        match audit.record(conn, &keys, &ctx, &rec, now) {
+                            Ok(_) => (true, Err(e)),
+                            Err(a) => (false, Err(a)),
+                        }
+                    }
                     Err(e) => (false, Err(e)),
                 }
             })

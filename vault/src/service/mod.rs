@@ -60,6 +60,9 @@ pub struct VaultOptions {
     pub write_timeout: Duration,
     /// When the writer signs audit checkpoints.
     pub checkpoint: panvault_audit::log::CheckpointPolicy,
+    /// A file outside the data directory that every signed checkpoint is
+    /// appended to (`[audit] checkpoint_witness`).
+    pub checkpoint_witness: Option<PathBuf>,
 }
 
 impl Default for VaultOptions {
@@ -70,6 +73,7 @@ impl Default for VaultOptions {
             read_pool: 8,
             write_timeout: Duration::from_secs(10),
             checkpoint: panvault_audit::log::CheckpointPolicy::default(),
+            checkpoint_witness: None,
         }
     }
 }
@@ -328,7 +332,12 @@ impl Vault {
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
         let (root, _info, _shares) = keyring::unseal_root(&conn, &vault_id, unlock)?;
         let ring = Keyring::load(&conn, &vault_id, root)?;
-        let state = VaultState::load(&conn, &ring, opts.checkpoint)?;
+        let state = VaultState::load(
+            &conn,
+            &ring,
+            opts.checkpoint,
+            opts.checkpoint_witness.clone(),
+        )?;
         let reload_wanted = state.reload_wanted();
         let writer = Writer::start(conn, state, db.clone(), opts.writer.clone())?;
         let readers = ReadPool::new(db.clone(), opts.read_pool);

@@ -62,7 +62,18 @@ pub trait WriterState: Send + 'static {
     fn after_commit(&mut self, _conn: &mut Connection) {}
     /// Runs once when the writer stops, after the last batch.
     fn on_shutdown(&mut self, _conn: &mut Connection) {}
+    /// How long the writer may wait for a job before calling
+    /// [`WriterState::on_idle`] (e.g. until the audit tail is due to be signed).
+    fn idle_wait(&self) -> Duration {
+        IDLE_WAIT
+    }
+    /// Runs when no job came for [`WriterState::idle_wait`], outside any
+    /// transaction (e.g. to sign the audit log's tail on an idle server).
+    fn on_idle(&mut self, _conn: &mut Connection) {}
 }
+
+/// How long the writer waits for a job at most between two idle calls.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
 
 impl WriterState for () {
     type Snapshot = ();
@@ -192,9 +203,12 @@ fn run<S: WriterState>(
     let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
     let mut stats = Stats::new();
     loop {
-        match rx.recv_timeout(Duration::from_millis(500)) {
+        match rx.recv_timeout(state.idle_wait()) {
             Ok(job) => batch.push(job),
-            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Timeout) => {
+                state.on_idle(&mut conn);
+                continue;
+            }
             Err(RecvTimeoutError::Disconnected) => break,
         }
         while batch.len() < max_batch {
