@@ -76,6 +76,7 @@ pub const CLIENTS: &[(&str, &str, &[&str])] = &[
         "other-shop",
         &["tokenize", "read", "detokenize"],
     ),
+    ("monitor", "monitoring", &["metrics"]),
 ];
 
 /// A throwaway PKI: the development PKI of `quickstart` (CA, localhost server,

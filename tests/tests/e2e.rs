@@ -19,6 +19,8 @@ mod batch;
 mod binary;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/edge.rs"]
+mod edge;
 #[path = "e2e/erasure.rs"]
 mod erasure;
 #[path = "e2e/errors.rs"]

@@ -63,7 +63,7 @@ async fn silent_connections_time_out_and_the_limit_holds() {
             .await
             .is_empty()
     );
-    let m = server.client("payments").get("/metrics").await.text();
+    let m = server.client("monitor").get("/metrics").await.text();
     assert!(
         metric(&m, "panvault_tls_handshake_timeouts_total") >= 2,
         "{m}"
@@ -162,7 +162,7 @@ async fn keys_rotated_by_another_process_are_picked_up() {
         .detokenize(before["token"].as_str().unwrap(), "charge")
         .await;
     assert_eq!(d.status, 200);
-    let m = server.client("payments").get("/metrics").await.text();
+    let m = server.client("monitor").get("/metrics").await.text();
     assert_eq!(metric(&m, "panvault_active_key_version"), 2, "{m}");
     assert!(metric(&m, "panvault_tokens_stored") >= 2);
     server.stop().await;

@@ -257,6 +257,11 @@ where
     let state = AppState::new(vault.clone(), config, Arc::clone(&conns));
     let app = router(state);
     let opts = ServeOptions::from(&config.limits);
+    let registry = Arc::new(ClientRegistry::new(&config.clients));
+    let client_key: crate::tls::ClientKey = Arc::new(move |id: &crate::tls::ClientIdentity| {
+        registry.resolve(id).map(|(c, _)| c.name.clone())
+    });
+    let tls = crate::tls::TlsConfigCell::new(tls);
     let retention = config.retention.clone();
     let audit_retention = config.audit.retention_days;
     let purge_ctx = server_ctx.clone();
@@ -268,7 +273,7 @@ where
             audit_retention,
             purge_ctx,
         ));
-        crate::tls::serve_tls(listener, tls, app, opts, conns, shutdown).await;
+        crate::tls::serve_tls(listener, tls, app, opts, conns, client_key, shutdown).await;
         refresher.abort();
         purger.abort();
         if let Err(e) = vault

@@ -14,6 +14,8 @@
 //! is dropped and counts as a miss.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use rusqlite::Connection;
 
@@ -33,11 +35,17 @@ pub(crate) struct DedupIndex {
     /// Rows deleted by the open batch: forgotten once it commits (a rollback keeps
     /// them, and their entries).
     deleted: Vec<([u8; FINGERPRINT_LEN], i64)>,
+    /// Card rows in the table (counted once at open, then kept by every insert
+    /// and delete of the writer): `/metrics` reads it instead of a `count(*)`.
+    stored: Arc<AtomicI64>,
+    /// Rows inserted minus rows deleted by the open batch.
+    pending: i64,
 }
 
 impl DedupIndex {
     fn load(conn: &Connection) -> Result<Self, VaultError> {
         let mut map = HashMap::new();
+        let mut rows_seen: i64 = 0;
         let mut stmt = conn
             .prepare("SELECT id, fingerprint FROM cards")
             .map_err(|e| VaultError::Store(e.into()))?;
@@ -45,6 +53,7 @@ impl DedupIndex {
         while let Some(r) = rows.next().map_err(|e| VaultError::Store(e.into()))? {
             let id: i64 = r.get(0).map_err(|e| VaultError::Store(e.into()))?;
             let fp: Vec<u8> = r.get(1).map_err(|e| VaultError::Store(e.into()))?;
+            rows_seen += 1;
             if let Ok(fp) = <[u8; FINGERPRINT_LEN]>::try_from(fp.as_slice()) {
                 map.entry(fp).or_insert(id);
             }
@@ -52,6 +61,8 @@ impl DedupIndex {
         Ok(DedupIndex {
             map,
             deleted: Vec::new(),
+            stored: Arc::new(AtomicI64::new(rows_seen)),
+            pending: 0,
         })
     }
 
@@ -60,9 +71,16 @@ impl DedupIndex {
         self.map.get(fp).copied()
     }
 
-    /// Remembers a new row (keeps an existing live entry).
+    /// Remembers a new row (keeps an existing live entry). Called once for every
+    /// row the writer inserts.
     pub(crate) fn insert(&mut self, fp: [u8; FINGERPRINT_LEN], id: i64) {
+        self.pending += 1;
         self.map.entry(fp).or_insert(id);
+    }
+
+    /// The running count of card rows (shared with readers of the count).
+    pub(crate) fn stored(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.stored)
     }
 
     /// Forgets a stale entry.
@@ -74,6 +92,7 @@ impl DedupIndex {
     /// the batch commits. (Without this every deleted card stayed in memory until
     /// the same card came back or the vault restarted.)
     pub(crate) fn deleted_in_batch(&mut self, fp: &[u8], id: i64) {
+        self.pending -= 1;
         if let Ok(fp) = <[u8; FINGERPRINT_LEN]>::try_from(fp) {
             self.deleted.push((fp, id));
         }
@@ -82,6 +101,8 @@ impl DedupIndex {
     /// The batch committed: forget its deleted rows (only entries still pointing
     /// at them; another live row with the same card keeps its own).
     fn commit(&mut self) {
+        self.stored
+            .fetch_add(std::mem::take(&mut self.pending), Ordering::Relaxed);
         for (fp, id) in self.deleted.drain(..) {
             if self.map.get(&fp) == Some(&id) {
                 self.map.remove(&fp);
@@ -91,6 +112,7 @@ impl DedupIndex {
 
     /// The batch rolled back: its rows were not deleted after all.
     fn rollback(&mut self) {
+        self.pending = 0;
         self.deleted.clear();
     }
 

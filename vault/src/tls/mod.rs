@@ -11,7 +11,7 @@ mod identity;
 pub mod pki;
 mod server;
 
-pub use accept::{ConnStats, PeerAddr, ServeOptions, serve_tls};
+pub use accept::{ClientKey, ConnStats, PeerAddr, ServeOptions, TlsConfigCell, serve_tls};
 pub use client::client_config;
 pub use identity::ClientIdentity;
 pub use server::{

@@ -1,0 +1,206 @@
+//! The network edge: silent sockets and idle connections must not keep clients
+//! out, and each client's connections are capped so that one client never keeps
+//! another out.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::util::{Client, ServerOpts, TestServer, within};
+
+/// Bound for a whole test: a server that keeps a client out makes it time out.
+const LIMIT: Duration = Duration::from_secs(40);
+/// Bound for "the server closed this connection".
+const CLOSE_LIMIT: Duration = Duration::from_secs(20);
+
+/// Waits until the server closes `s` (EOF or reset); fails the test after
+/// `CLOSE_LIMIT`.
+async fn assert_closed<S: tokio::io::AsyncRead + Unpin>(mut s: S, what: &str) {
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(CLOSE_LIMIT, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "{what}: the server did not close it");
+}
+
+fn h2_client(server: &TestServer, name: &str) -> Client {
+    let (cert, key) = server.pki.client_pems(name);
+    Client::new(
+        server.addr,
+        &server.pki.ca_pem(),
+        Some((&cert, &key)),
+        &[b"h2"],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_hold_no_connection_slot() {
+    within(LIMIT, async {
+        // A long handshake timeout: if silent sockets held connection slots, the
+        // real client would wait for it and the test would time out.
+        let server = TestServer::start_with(ServerOpts {
+            limits: "max_connections = 4\nhandshake_timeout_ms = 120000\n".into(),
+            ..Default::default()
+        })
+        .await;
+        let mut silent = Vec::new();
+        for _ in 0..12 {
+            silent.push(TcpStream::connect(server.addr).await.unwrap());
+        }
+        let resp = server.client("other-shop").get("/healthz").await;
+        assert_eq!(resp.status, 200);
+        drop(silent);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_are_capped_per_source_address() {
+    within(LIMIT, async {
+        let server = TestServer::start_with(ServerOpts {
+            limits: "max_handshakes_per_source = 3\nhandshake_timeout_ms = 120000\n".into(),
+            ..Default::default()
+        })
+        .await;
+        let mut silent = Vec::new();
+        for _ in 0..3 {
+            silent.push(TcpStream::connect(server.addr).await.unwrap());
+        }
+        // One more from the same address is closed at once, unread.
+        let extra = TcpStream::connect(server.addr).await.unwrap();
+        assert_closed(extra, "a socket over the per-source handshake cap").await;
+        // Once the silent ones go, handshakes from here are served again.
+        drop(silent);
+        let deadline = std::time::Instant::now() + CLOSE_LIMIT;
+        loop {
+            if let Ok(r) = server
+                .client("other-shop")
+                .request("GET", "/healthz", None, None)
+                .await
+            {
+                assert_eq!(r.status, 200);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never served again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let m = server.client("monitor").get("/metrics").await.text();
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("panvault_tls_handshake_refusals_total ")
+                    && !l.ends_with(" 0")),
+            "{m}"
+        );
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_idle_connections_never_keep_another_client_out() {
+    within(LIMIT, async {
+        // Idle connections are closed only after a minute: the per-client cap
+        // alone must keep room for the other tenant.
+        let server = TestServer::start_with(ServerOpts {
+            limits: "max_connections = 16\nmax_connections_per_client = 4\nfirst_request_timeout_ms = 60000\n".into(),
+            ..Default::default()
+        })
+        .await;
+        let storefront = server.client("storefront");
+        let mut idle = Vec::new();
+        for _ in 0..24 {
+            // TLS 1.3: the connect succeeds even when the server then closes it.
+            if let Ok(s) = storefront.connect_tls().await {
+                idle.push(s);
+            }
+        }
+        // The other tenant gets an answer (on HTTP/1 and on HTTP/2).
+        let resp = server.client("other-shop").tokenize(&crate::util::cards::fresh()).await;
+        assert_eq!(resp.status, 201);
+        assert_eq!(h2_client(&server, "other-shop").get("/healthz").await.status, 200);
+        // Past its cap, the storefront's connections were closed by the server.
+        let mut open = 0;
+        let mut closed = 0;
+        for mut s in idle {
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                Err(_) => open += 1,
+                Ok(_) => closed += 1,
+            }
+        }
+        assert_eq!((open, closed), (4, 20));
+        let m = server.client("monitor").get("/metrics").await.text();
+        assert!(
+            m.lines().any(|l| l == "panvault_connection_refusals_total 20"),
+            "{m}"
+        );
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_no_request_are_closed() {
+    within(LIMIT, async {
+        let server = TestServer::start_with(ServerOpts {
+            limits: "first_request_timeout_ms = 300\nheader_read_timeout_ms = 1000\n".into(),
+            ..Default::default()
+        })
+        .await;
+        // HTTP/1 (or anything) that sends nothing after the handshake.
+        let silent = server.client("storefront").connect_tls().await.unwrap();
+        assert_closed(silent, "a TLS connection that sent nothing").await;
+
+        // HTTP/2 that sends its preface and settings but no request.
+        let tls = h2_client(&server, "storefront")
+            .connect_tls()
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (_send, conn) = hyper::client::conn::http2::handshake::<
+            _,
+            _,
+            http_body_util::Empty<hyper::body::Bytes>,
+        >(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        let ended = tokio::time::timeout(CLOSE_LIMIT, conn).await;
+        assert!(
+            ended.is_ok(),
+            "an HTTP/2 connection with no request stayed open"
+        );
+
+        // HTTP/2 idle after a request is closed too (after the idle timeout).
+        let tls = h2_client(&server, "storefront")
+            .connect_tls()
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .uri("https://localhost/healthz")
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .unwrap();
+        assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+        let ended = tokio::time::timeout(CLOSE_LIMIT, conn).await;
+        assert!(ended.is_ok(), "an idle HTTP/2 connection stayed open");
+        server.stop().await;
+    })
+    .await;
+}
