@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use panvault_vault::tls::pki::LeafSpec;
+
 use crate::util::{Client, ServerOpts, TestServer, within};
 
 /// Bound for a whole test: a server that keeps a client out makes it time out.
@@ -200,6 +202,112 @@ async fn connections_that_send_no_request_are_closed() {
         assert_eq!(send.send_request(req).await.unwrap().status(), 200);
         let ended = tokio::time::timeout(CLOSE_LIMIT, conn).await;
         assert!(ended.is_ok(), "an idle HTTP/2 connection stayed open");
+        server.stop().await;
+    })
+    .await;
+}
+
+// ---- client certificates: usage, names, CRLs ----
+
+/// Whether a request with `cert`/`key` on a fresh connection gets an answer.
+/// With TLS 1.3 the connect itself succeeds even when the server refuses the
+/// certificate: only the request tells.
+async fn answered(server: &TestServer, cert: &str, key: &str) -> bool {
+    server
+        .client_with(cert, key)
+        .request("GET", "/healthz", None, None)
+        .await
+        .is_ok_and(|r| r.status == 200)
+}
+
+/// Polls (fresh connections) until `answered` is `want`; fails after `CLOSE_LIMIT`.
+async fn until_answered(server: &TestServer, cert: &str, key: &str, want: bool, what: &str) {
+    let deadline = std::time::Instant::now() + CLOSE_LIMIT;
+    while answered(server, cert, key).await != want {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_without_client_auth_or_with_two_names_are_refused() {
+    within(LIMIT, async {
+        let server = TestServer::start().await;
+        let good = server.pki.issue(&LeafSpec::client("storefront"));
+        assert!(answered(&server, &good.cert_pem, &good.key_pem).await);
+        let no_eku = server.pki.issue(&LeafSpec {
+            client_auth: false,
+            ..LeafSpec::client("storefront")
+        });
+        assert!(
+            !answered(&server, &no_eku.cert_pem, &no_eku.key_pem).await,
+            "a certificate with no extended key usage was accepted"
+        );
+        let two_names = server.pki.issue(&LeafSpec {
+            extra_common_names: vec!["payments".into()],
+            ..LeafSpec::client("storefront")
+        });
+        assert!(
+            !answered(&server, &two_names.cert_pem, &two_names.key_pem).await,
+            "a certificate with two common names was accepted"
+        );
+        assert!(
+            crate::util::captured_logs().contains("more than one common name"),
+            "the refusal is not logged"
+        );
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crls_are_reloaded_and_an_expired_one_refuses_everyone() {
+    within(Duration::from_secs(90), async {
+        let server = TestServer::start_with(ServerOpts {
+            revoked_clients: vec!["revoked"],
+            ..Default::default()
+        })
+        .await;
+        let crl_path = server.pki.dir.join("ca.crl");
+        let late = server.pki.issue(&LeafSpec::client("storefront"));
+        assert!(answered(&server, &late.cert_pem, &late.key_pem).await);
+        let (rc, rk) = server.pki.client_pems("revoked");
+        assert!(!answered(&server, &rc, &rk).await);
+
+        // Revoke `late` too, while the server runs: new connections refuse it.
+        let crl = server.pki.ca.crl(&[late.serial.as_slice()]).unwrap();
+        std::fs::write(&crl_path, crl).unwrap();
+        until_answered(
+            &server,
+            &late.cert_pem,
+            &late.key_pem,
+            false,
+            "a certificate revoked while the server runs is still accepted",
+        )
+        .await;
+        let (sc, sk) = server.pki.client_pems("storefront");
+        assert!(answered(&server, &sc, &sk).await);
+
+        // A CRL past its next update: nobody's status is known, nobody gets in.
+        let now = time::OffsetDateTime::now_utc();
+        let stale = server
+            .pki
+            .ca
+            .crl_valid(
+                &[],
+                now - time::Duration::days(10),
+                now - time::Duration::days(1),
+            )
+            .unwrap();
+        std::fs::write(&crl_path, stale).unwrap();
+        until_answered(&server, &sc, &sk, false, "an expired CRL is trusted").await;
+        assert!(!answered(&server, &late.cert_pem, &late.key_pem).await);
+
+        // A current one again: back in service, without a restart.
+        let fresh = server.pki.ca.crl(&[]).unwrap();
+        std::fs::write(&crl_path, fresh).unwrap();
+        until_answered(&server, &sc, &sk, true, "a renewed CRL is not picked up").await;
+        assert!(answered(&server, &late.cert_pem, &late.key_pem).await);
         server.stop().await;
     })
     .await;

@@ -262,6 +262,7 @@ where
         registry.resolve(id).map(|(c, _)| c.name.clone())
     });
     let tls = crate::tls::TlsConfigCell::new(tls);
+    let crl_watch = (!config.tls.crls.is_empty()).then(|| (config.tls.clone(), tls.clone()));
     let retention = config.retention.clone();
     let audit_retention = config.audit.retention_days;
     let purge_ctx = server_ctx.clone();
@@ -273,9 +274,14 @@ where
             audit_retention,
             purge_ctx,
         ));
+        let crl_watcher =
+            crl_watch.map(|(settings, cell)| tokio::spawn(crate::tls::watch_crls(settings, cell)));
         crate::tls::serve_tls(listener, tls, app, opts, conns, client_key, shutdown).await;
         refresher.abort();
         purger.abort();
+        if let Some(w) = crl_watcher {
+            w.abort();
+        }
         if let Err(e) = vault
             .record_event(
                 &server_ctx,

@@ -10,11 +10,12 @@ mod client;
 mod identity;
 pub mod pki;
 mod server;
+mod verifier;
 
 pub use accept::{ClientKey, ConnStats, PeerAddr, ServeOptions, TlsConfigCell, serve_tls};
 pub use client::client_config;
 pub use identity::ClientIdentity;
 pub use server::{
-    AEAD_SUITES, load_certs, load_certs_from_pem, load_crls, load_key, load_key_from_pem, provider,
-    server_config,
+    AEAD_SUITES, CRL_POLL, load_certs, load_certs_from_pem, load_crls, load_key, load_key_from_pem,
+    provider, server_config, watch_crls,
 };
