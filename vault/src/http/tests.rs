@@ -577,6 +577,36 @@ async fn metrics_need_the_metrics_permission() {
 }
 
 #[tokio::test]
+async fn a_certificate_naming_two_clients_identifies_none() {
+    let h = harness();
+    // URI SAN of spiffe-shop, common name of storefront
+    let two = ClientIdentity::new(
+        Some("storefront".into()),
+        vec!["spiffe://other/shop".into()],
+        vec![],
+        "ab".repeat(32),
+    );
+    let (s, hd, v) = call(&h.app, request("GET", "/v1/tokens/x", Some(two), "")).await;
+    assert_problem(s, &hd, &v, 403, "forbidden");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("more than one configured client"),
+        "{v}"
+    );
+    // the same client by both names is no ambiguity
+    let both = ClientIdentity::new(
+        Some("nobody".into()),
+        vec!["spiffe://other/shop".into(), "spiffe://unknown".into()],
+        vec![],
+        "cd".repeat(32),
+    );
+    let (s, _, _) = call(&h.app, request("GET", "/v1/tokens/x", Some(both), "")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn tokens_stored_follows_inserts_and_deletes_without_counting() {
     let h = harness();
     let stored = |text: &Value| -> i64 {
