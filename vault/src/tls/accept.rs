@@ -463,7 +463,8 @@ async fn serve_connection(
     tokio::pin!(conn);
     let first = shared.opts.first_request_timeout;
     let idle = shared.opts.idle_timeout;
-    // After an idle close starts, the connection gets this long to say goodbye.
+    // After an idle close starts, the connection gets this long to say goodbye
+    // (a response still streaming finishes; hyper closes at once otherwise).
     let mut closing: Option<Instant> = None;
     let mut stopping = false;
     loop {
@@ -494,7 +495,7 @@ async fn serve_connection(
                         tracing::debug!(%peer, left_out, "closing a connection with no request in time");
                     }
                     conn.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now() + Duration::from_secs(1));
+                    closing = Some(Instant::now() + idle.max(first));
                 }
             }
         }

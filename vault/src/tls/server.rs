@@ -95,6 +95,26 @@ pub fn load_crls(
     }
 }
 
+/// Says so when a CRL is already past its next update: every client will be
+/// refused while it is installed.
+fn warn_if_stale(i: usize, path: &Path, crls: &[CertificateRevocationListDer<'_>]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    for crl in crls {
+        let next = x509_parser::parse_x509_crl(crl.as_ref())
+            .ok()
+            .and_then(|(_, c)| c.next_update())
+            .map(|t| t.timestamp());
+        if next.is_some_and(|t| t <= now) {
+            tracing::warn!(
+                file = %path.display(),
+                "tls.crls[{i}] is past its next update: every client certificate is refused until a current CRL replaces it"
+            );
+        }
+    }
+}
+
 /// Builds the server's TLS configuration from `[tls]`: ring provider, TLS 1.2 and
 /// 1.3 (or 1.3 only), AEAD suites only, ALPN `h2` and `http/1.1`, and a client
 /// certificate required and verified against `client_ca` (and `crls`, checked for
@@ -113,7 +133,9 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
     }
     let mut crls = Vec::new();
     for (i, p) in tls.crls.iter().enumerate() {
-        crls.extend(load_crls(&format!("tls.crls[{i}]"), p)?);
+        let loaded = load_crls(&format!("tls.crls[{i}]"), p)?;
+        warn_if_stale(i, p, &loaded);
+        crls.extend(loaded);
     }
     let mut verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
