@@ -312,3 +312,57 @@ async fn crls_are_reloaded_and_an_expired_one_refuses_everyone() {
     })
     .await;
 }
+
+/// The reproduction at full size, for a figure (not run by default:
+/// `PANVAULT_EDGE_FLOOD=1 cargo test -p panvault-tests --test e2e edge::flood -- --nocapture`):
+/// 1,024 TLS connections of one storefront certificate that send nothing, then
+/// another tenant's request (default limits); 1,100 silent sockets, then a request;
+/// prints how long each took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_of_idle_connections_from_one_client() {
+    if std::env::var_os("PANVAULT_EDGE_FLOOD").is_none() {
+        return;
+    }
+    within(Duration::from_secs(300), async {
+        let server = TestServer::start().await;
+        let storefront = server.client("storefront");
+        let mut idle = Vec::new();
+        for _ in 0..1024 {
+            if let Ok(s) = storefront.connect_tls().await {
+                idle.push(s);
+            }
+        }
+        let other = server.client("other-shop");
+        let start = std::time::Instant::now();
+        let r = other.get("/healthz").await;
+        println!(
+            "1024 idle storefront connections: other-shop's first request answered {} after {:?}",
+            r.status,
+            start.elapsed()
+        );
+        drop(idle);
+        server.stop().await;
+
+        // 1,100 sockets that never start a handshake (as from many addresses:
+        // the per-source cap raised), then a real request.
+        let server = TestServer::start_with(ServerOpts {
+            limits: "max_handshakes = 2048\nmax_handshakes_per_source = 2048\n".into(),
+            ..Default::default()
+        })
+        .await;
+        let mut silent = Vec::new();
+        for _ in 0..1100 {
+            silent.push(TcpStream::connect(server.addr).await.unwrap());
+        }
+        let start = std::time::Instant::now();
+        let r = server.client("other-shop").get("/healthz").await;
+        println!(
+            "1100 silent sockets: a request answered {} after {:?}",
+            r.status,
+            start.elapsed()
+        );
+        drop(silent);
+        server.stop().await;
+    })
+    .await;
+}
