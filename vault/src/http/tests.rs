@@ -642,6 +642,24 @@ async fn tokens_stored_follows_inserts_and_deletes_without_counting() {
     )
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    // an erasure takes its subject's rows off the count too
+    for n in ["4000 0566 5566 5556", "6011 1111 1111 1117"] {
+        let mut body = card(n);
+        body["subject"] = json!("cust_1");
+        let (s, _, _) = as_client(&h, "storefront", "POST", "/v1/tokens", body).await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (_, _, m) = as_client(&h, "monitor", "GET", "/metrics", Value::Null).await;
+    assert_eq!(stored(&m), 4);
+    let (s, _, v) = as_client(
+        &h,
+        "storefront",
+        "POST",
+        "/v1/subjects/cust_1/erase",
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     // The figure comes from the running count, not from the table: a row that
     // appears behind the vault's back is not seen.
     let db = crate::store::db_path(h.vault.data_dir());
