@@ -10,7 +10,7 @@
 //! | `POST /v1/tokens/{token}/detokenize` | detokenize | 200 the card |
 //! | `DELETE /v1/tokens/{token}` | delete | 204 |
 //! | `GET /healthz` | (any certificate) | 200 `{"status":"ok"}` |
-//! | `GET /metrics` | (any client) | Prometheus text |
+//! | `GET /metrics` | metrics | Prometheus text (every tenant's figures) |
 //!
 //! Logging: each request gets a span with its id, method and *matched route
 //! template* (never the raw path: a token or a mistaken card number could be in it)

@@ -1,9 +1,12 @@
 //! The mTLS side of the server: the rustls configuration (ring provider, TLS 1.2 and
-//! 1.3, AEAD suites only, client certificates required and checked against the
-//! client CA and its CRLs), the accept loop (handshakes under a timeout in their own
-//! task, a connection limit, graceful shutdown), the [`ClientIdentity`] read from
-//! the verified leaf certificate, a client configuration for panvault's own tools,
-//! and the development PKI of `panvault quickstart` and the tests.
+//! 1.3, AEAD suites only, client certificates required, checked against the client
+//! CA and its CRLs, which are reloaded when they change, and against panvault's own
+//! rules: clientAuth usage, one unambiguous name), the accept loop (handshakes under
+//! a timeout in their own task and capped per source address, connection limits in
+//! all and per client, idle connections closed, graceful shutdown), the
+//! [`ClientIdentity`] read from the verified leaf certificate, a client
+//! configuration for panvault's own tools, and the development PKI of
+//! `panvault quickstart` and the tests.
 
 mod accept;
 mod client;
