@@ -78,6 +78,7 @@ pub const CLIENTS: &[(&str, &str, &[&str])] = &[
         "other-shop",
         &["tokenize", "read", "detokenize"],
     ),
+    ("monitor", "monitoring", &["metrics"]),
 ];
 
 /// A throwaway PKI: the development PKI of `quickstart` (CA, localhost server,

@@ -23,6 +23,8 @@ mod binary;
 mod crash;
 #[path = "e2e/dedup.rs"]
 mod dedup;
+#[path = "e2e/edge.rs"]
+mod edge;
 #[path = "e2e/erasure.rs"]
 mod erasure;
 #[path = "e2e/errors.rs"]

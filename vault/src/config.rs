@@ -16,9 +16,13 @@
 //! body_bytes = 65536
 //! batch_bytes = 2097152
 //! batch_items = 1000
-//! handshake_timeout_ms = 10000
+//! handshake_timeout_ms = 5000
 //! header_read_timeout_ms = 30000
+//! first_request_timeout_ms = 5000
 //! max_connections = 1024
+//! max_connections_per_client = 256
+//! max_handshakes = 1024
+//! max_handshakes_per_source = 64
 //! shutdown_grace_ms = 30000
 //!
 //! [[clients]]
@@ -79,6 +83,9 @@ pub enum Permission {
     Delete,
     /// Erasure of a data subject's cards.
     Erase,
+    /// `GET /metrics` (request counts and latencies of every tenant, the number
+    /// of tokens stored): for monitoring, not for a shop's own clients.
+    Metrics,
 }
 
 impl Permission {
@@ -90,10 +97,12 @@ impl Permission {
             Permission::Detokenize => "detokenize",
             Permission::Delete => "delete",
             Permission::Erase => "erase",
+            Permission::Metrics => "metrics",
         }
     }
 
-    /// All permissions.
+    /// Every permission over card data (what a catch-all client would hold);
+    /// `metrics` touches no card data and is not among them.
     pub const ALL: [Permission; 5] = [
         Permission::Tokenize,
         Permission::Read,
@@ -145,11 +154,25 @@ pub struct Limits {
     pub batch_items: usize,
     /// A TLS handshake must finish within this (milliseconds).
     pub handshake_timeout_ms: u64,
-    /// Request headers must arrive within this, also between keep-alive requests
-    /// (milliseconds).
+    /// Request headers must arrive within this, and a connection with no request
+    /// in flight for this long is closed (milliseconds).
     pub header_read_timeout_ms: u64,
-    /// Most connections open at once; further ones wait in the listen backlog.
+    /// A new connection that starts no request within this is closed
+    /// (milliseconds), on HTTP/1 and HTTP/2 alike.
+    pub first_request_timeout_ms: u64,
+    /// Most connections (TLS handshake done) open at once; a further one waits up
+    /// to `handshake_timeout_ms` for a slot, then is closed.
     pub max_connections: usize,
+    /// Most connections one client (the configured client its certificate matches;
+    /// all unmatched certificates count as one) may hold at once; a further one is
+    /// closed right after its handshake.
+    pub max_connections_per_client: usize,
+    /// Most TLS handshakes in progress at once; a socket arriving beyond it is
+    /// closed at once.
+    pub max_handshakes: usize,
+    /// Most TLS handshakes in progress from one source address; a socket arriving
+    /// beyond it is closed at once.
+    pub max_handshakes_per_source: usize,
     /// On shutdown, in-flight requests get this long to finish (milliseconds).
     pub shutdown_grace_ms: u64,
     /// Detokenize requests per second allowed to each client on average; 0 = no limit.
@@ -165,9 +188,13 @@ impl Default for Limits {
             body_bytes: 64 * 1024,
             batch_bytes: 2 * 1024 * 1024,
             batch_items: 1000,
-            handshake_timeout_ms: 10_000,
+            handshake_timeout_ms: 5_000,
             header_read_timeout_ms: 30_000,
+            first_request_timeout_ms: 5_000,
             max_connections: 1024,
+            max_connections_per_client: 256,
+            max_handshakes: 1024,
+            max_handshakes_per_source: 64,
             shutdown_grace_ms: 30_000,
             detokenize_per_second: 0.0,
             detokenize_burst: 0,
@@ -184,6 +211,11 @@ impl Limits {
     /// The header read timeout.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// How long a new connection may take to start its first request.
+    pub fn first_request_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_request_timeout_ms)
     }
 
     /// The shutdown grace period.
@@ -386,7 +418,26 @@ impl Config {
             100,
             600_000,
         )?;
+        range(
+            "limits.first_request_timeout_ms",
+            l.first_request_timeout_ms,
+            100,
+            600_000,
+        )?;
         range("limits.max_connections", l.max_connections, 1, 1_000_000)?;
+        range(
+            "limits.max_connections_per_client",
+            l.max_connections_per_client,
+            1,
+            1_000_000,
+        )?;
+        range("limits.max_handshakes", l.max_handshakes, 1, 1_000_000)?;
+        range(
+            "limits.max_handshakes_per_source",
+            l.max_handshakes_per_source,
+            1,
+            1_000_000,
+        )?;
         range("limits.shutdown_grace_ms", l.shutdown_grace_ms, 0, 600_000)?;
         if !(0.0..=1_000_000.0).contains(&l.detokenize_per_second) {
             return Err(ConfigError::new(

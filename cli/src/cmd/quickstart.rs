@@ -1,9 +1,10 @@
 //! `panvault quickstart`: a working vault for a first try, in one command.
 //!
 //! Makes (or reuses) in DIR: a development passphrase (`dev-passphrase`, mode 0600),
-//! the vault, a development PKI in `pki/` (CA, a localhost server certificate and
-//! three clients), and `panvault.toml`; then serves in the foreground and prints
-//! curl commands to paste. Development only: the passphrase and the CA key sit in
+//! the vault, a development PKI in `pki/` (CA, a localhost server certificate,
+//! three clients of two shops and a `monitor` that may only read `/metrics`), and
+//! `panvault.toml`; then serves in the foreground and prints curl commands to
+//! paste. Development only: the passphrase and the CA key sit in
 //! plain files beside the data.
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ const CLIENTS: &[(&str, &str, &[&str])] = &[
         "other-shop",
         &["tokenize", "read", "detokenize"],
     ),
+    // Scrapes /metrics and can do nothing else (the figures cover every tenant).
+    ("monitor", "monitoring", &["metrics"]),
 ];
 
 fn io(path: &Path, e: &std::io::Error) -> CliError {
@@ -79,8 +82,10 @@ fn config_text(listen: SocketAddr) -> String {
          [limits]\n\
          body_bytes = 65536\n\
          batch_bytes = 2097152\n\
-         handshake_timeout_ms = 10000\n\
-         max_connections = 1024\n"
+         handshake_timeout_ms = 5000\n\
+         first_request_timeout_ms = 5000\n\
+         max_connections = 1024\n\
+         max_connections_per_client = 256\n"
     );
     for (name, tenant, perms) in CLIENTS {
         let perms = perms
@@ -226,5 +231,8 @@ fn print_ready(dir: &Path, addr: SocketAddr, example: &Path) {
     println!("# 4. another tenant cannot see it (404):");
     println!("{} {base}/v1/tokens/$TOKEN", curl("other-shop"));
     println!();
-    println!("# metrics: {} {base}/metrics", curl("payments"));
+    println!(
+        "# metrics, as `monitor` (it may read /metrics and nothing else; the shops' clients get 403):"
+    );
+    println!("{} {base}/metrics", curl("monitor"));
 }

@@ -132,6 +132,8 @@ async fn quickstart_makes_a_working_vault_and_reuses_it() {
         "payments.key",
         "other-shop.pem",
         "other-shop.key",
+        "monitor.pem",
+        "monitor.key",
     ] {
         assert!(dir.join("pki").join(f).exists(), "{f}");
     }
@@ -154,6 +156,12 @@ async fn quickstart_makes_a_working_vault_and_reuses_it() {
     assert!(
         c("other-shop").can(Permission::Detokenize) && c("other-shop").can(Permission::Tokenize)
     );
+    // /metrics (every tenant's figures) is for `monitor` alone, and it can do
+    // nothing else; the printed example scrapes with it, not with `payments`.
+    assert_eq!(c("monitor").permissions, vec![Permission::Metrics]);
+    for name in ["storefront", "payments", "other-shop"] {
+        assert!(!c(name).can(Permission::Metrics), "{name}");
+    }
     assert!(qs.stderr.lock().unwrap().contains("development only"));
     let out = qs.stdout.lock().unwrap().clone();
     assert!(
@@ -185,6 +193,31 @@ async fn quickstart_makes_a_working_vault_and_reuses_it() {
         .get(&format!("/v1/tokens/{token}"))
         .await
         .assert_problem(404, "not_found");
+    let metrics_line = out
+        .lines()
+        .find(|l| l.ends_with("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics example in {out}"));
+    assert!(
+        metrics_line.contains("monitor.pem") && !metrics_line.contains("payments"),
+        "{metrics_line}"
+    );
+    let m = qs.client(&dir, "monitor").get("/metrics").await;
+    assert_eq!(m.status, 200);
+    assert!(
+        m.text().contains("panvault_tokens_stored 1"),
+        "{}",
+        m.text()
+    );
+    for name in ["payments", "other-shop"] {
+        qs.client(&dir, name)
+            .get("/metrics")
+            .await
+            .assert_problem(403, "forbidden");
+    }
+    qs.client(&dir, "monitor")
+        .tokenize(&cards::fresh())
+        .await
+        .assert_problem(403, "forbidden");
     let ca_before = std::fs::read(dir.join("pki/ca.pem")).unwrap();
     let err = qs.stop().await;
     assert!(err.contains("stopped"), "{err}");

@@ -227,7 +227,7 @@ async fn every_error_code_over_mtls_and_no_card_number_anywhere() {
     // the card number leaves only here
     let d = pay.detokenize(&token, "charge order 1234").await;
     assert_eq!(d.status, 200);
-    let metrics = pay.get("/metrics").await;
+    let metrics = server.client("monitor").get("/metrics").await;
     assert_eq!(metrics.status, 200);
     seen.bodies.push(metrics.text());
 

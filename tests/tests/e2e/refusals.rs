@@ -78,7 +78,7 @@ async fn bad_certificates_are_refused_at_the_handshake() {
         201
     );
 
-    let metrics = server.client("payments").get("/metrics").await.text();
+    let metrics = server.client("monitor").get("/metrics").await.text();
     let failures: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("panvault_tls_handshake_failures_total "))

@@ -55,16 +55,38 @@ impl ClientRegistry {
         r
     }
 
-    /// The client a certificate identity belongs to, and the certificate name that
-    /// matched. A URI SAN match wins over a common-name match.
-    pub fn resolve<'a>(&self, id: &'a ClientIdentity) -> Option<(Arc<ClientConfig>, &'a str)> {
-        for u in id.uri_sans() {
-            if let Some(c) = self.by_uri.get(u) {
-                return Some((Arc::clone(c), u.as_str()));
+    /// The configured clients a certificate identity matches (each once), with
+    /// the certificate name that matched: by URI SAN first, then by common name.
+    fn matches<'a>(&self, id: &'a ClientIdentity) -> Vec<(Arc<ClientConfig>, &'a str)> {
+        let by_uri = id
+            .uri_sans()
+            .iter()
+            .filter_map(|u| self.by_uri.get(u).map(|c| (c, u.as_str())));
+        let by_cn = id
+            .common_name()
+            .and_then(|cn| self.by_cn.get(cn).map(|c| (c, cn)));
+        let mut found: Vec<(Arc<ClientConfig>, &'a str)> = Vec::new();
+        for (c, name) in by_uri.chain(by_cn) {
+            if !found.iter().any(|(f, _)| Arc::ptr_eq(f, c)) {
+                found.push((Arc::clone(c), name));
             }
         }
-        let cn = id.common_name()?;
-        self.by_cn.get(cn).map(|c| (Arc::clone(c), cn))
+        found
+    }
+
+    /// The client a certificate identity belongs to, and the certificate name that
+    /// matched (a URI SAN rather than the common name when both match it). `None`
+    /// when it matches no client, or more than one: a certificate that names two
+    /// configured clients (two URI SANs, or a URI SAN and a common name of
+    /// different clients) is ambiguous and identifies nobody.
+    pub fn resolve<'a>(&self, id: &'a ClientIdentity) -> Option<(Arc<ClientConfig>, &'a str)> {
+        let mut found = self.matches(id);
+        if found.len() == 1 { found.pop() } else { None }
+    }
+
+    /// Whether the identity names more than one configured client.
+    pub fn is_ambiguous(&self, id: &ClientIdentity) -> bool {
+        self.matches(id).len() > 1
     }
 }
 
@@ -162,9 +184,11 @@ impl FromRequestParts<AppState> for Caller {
                 request_id: current_request_id(),
                 peer,
             };
-            let problem = Problem::forbidden(
-                "the client certificate is valid but matches no configured client",
-            );
+            let problem = Problem::forbidden(if state.clients().is_ambiguous(&identity) {
+                "the client certificate names more than one configured client; it identifies none"
+            } else {
+                "the client certificate is valid but matches no configured client"
+            });
             return Err(record_denied(state, &ctx, "unknown_client", None, None, problem).await);
         };
         let ctx = AccessContext {

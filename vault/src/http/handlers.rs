@@ -484,15 +484,17 @@ pub(crate) async fn healthz() -> Response {
     Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
-/// `GET /metrics`: Prometheus text, for any configured client.
-pub(crate) async fn metrics(State(state): State<AppState>, _caller: Caller) -> Response {
-    let vault = state.vault().clone();
-    let (tokens, version) = tokio::task::spawn_blocking(move || {
-        (vault.token_count().ok(), vault.active_key_version().ok())
-    })
-    .await
-    .unwrap_or((None, None));
-    let text = state.metrics().render(tokens, version);
+/// `GET /metrics`: Prometheus text, for clients with the `metrics` permission
+/// (the figures cover every tenant). The token count is the service's running
+/// counter: a scrape reads no table.
+pub(crate) async fn metrics(State(state): State<AppState>, caller: Caller) -> Response {
+    if let Err(p) = caller.require(&state, Permission::Metrics, None).await {
+        return p.into_response();
+    }
+    let vault = state.vault();
+    let text = state
+        .metrics()
+        .render(Some(vault.tokens_stored()), vault.active_key_version().ok());
     (
         [(
             header::CONTENT_TYPE,

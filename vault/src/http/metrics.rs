@@ -191,6 +191,24 @@ impl Metrics {
                 "TLS handshakes that timed out.",
                 c.handshake_timeouts.load(Ordering::Relaxed),
             ),
+            (
+                "panvault_tls_handshake_refusals_total",
+                "counter",
+                "Sockets closed unread: too many handshakes in progress from their address or in all.",
+                c.handshake_refusals.load(Ordering::Relaxed),
+            ),
+            (
+                "panvault_connection_refusals_total",
+                "counter",
+                "Connections closed after the handshake: their client held its maximum of connections, or no slot freed in time.",
+                c.connection_refusals.load(Ordering::Relaxed),
+            ),
+            (
+                "panvault_connections_idle_closed_total",
+                "counter",
+                "Connections closed for starting no request in time.",
+                c.idle_closed.load(Ordering::Relaxed),
+            ),
         ];
         for (name, kind, help, v) in gauges {
             let _ = writeln!(

@@ -10,7 +10,7 @@
 //! | `POST /v1/tokens/{token}/detokenize` | detokenize | 200 the card |
 //! | `DELETE /v1/tokens/{token}` | delete | 204 |
 //! | `GET /healthz` | (any certificate) | 200 `{"status":"ok"}` |
-//! | `GET /metrics` | (any client) | Prometheus text |
+//! | `GET /metrics` | metrics | Prometheus text (every tenant's figures) |
 //!
 //! Logging: each request gets a span with its id, method and *matched route
 //! template* (never the raw path: a token or a mistaken card number could be in it)
@@ -257,6 +257,12 @@ where
     let state = AppState::new(vault.clone(), config, Arc::clone(&conns));
     let app = router(state);
     let opts = ServeOptions::from(&config.limits);
+    let registry = Arc::new(ClientRegistry::new(&config.clients));
+    let client_key: crate::tls::ClientKey = Arc::new(move |id: &crate::tls::ClientIdentity| {
+        registry.resolve(id).map(|(c, _)| c.name.clone())
+    });
+    let tls = crate::tls::TlsConfigCell::new(tls);
+    let crl_watch = (!config.tls.crls.is_empty()).then(|| (config.tls.clone(), tls.clone()));
     let retention = config.retention.clone();
     let audit_retention = config.audit.retention_days;
     let purge_ctx = server_ctx.clone();
@@ -268,9 +274,14 @@ where
             audit_retention,
             purge_ctx,
         ));
-        crate::tls::serve_tls(listener, tls, app, opts, conns, shutdown).await;
+        let crl_watcher =
+            crl_watch.map(|(settings, cell)| tokio::spawn(crate::tls::watch_crls(settings, cell)));
+        crate::tls::serve_tls(listener, tls, app, opts, conns, client_key, shutdown).await;
         refresher.abort();
         purger.abort();
+        if let Some(w) = crl_watcher {
+            w.abort();
+        }
         if let Err(e) = vault
             .record_event(
                 &server_ctx,

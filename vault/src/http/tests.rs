@@ -36,6 +36,10 @@ name = "spiffe-shop"
 uri_san = "spiffe://other/shop"
 tenant = "other-shop"
 permissions = ["tokenize", "read", "detokenize"]
+[[clients]]
+name = "monitor"
+tenant = "monitoring"
+permissions = ["metrics"]
 "#;
 
 /// Test card numbers (public test PANs).
@@ -536,7 +540,7 @@ async fn routing_errors_and_metrics() {
     )
     .await;
     assert_problem(s, &hd, &v, 403, "forbidden");
-    let (s, hd, text) = as_client(&h, "payments", "GET", "/metrics", Value::Null).await;
+    let (s, hd, text) = as_client(&h, "monitor", "GET", "/metrics", Value::Null).await;
     assert_eq!(s, StatusCode::OK);
     assert!(
         hd["content-type"]
@@ -549,6 +553,7 @@ async fn routing_errors_and_metrics() {
         "panvault_http_requests_total{route=\"/v1/tokens\",method=\"POST\",status=\"201\"} 1",
         "panvault_http_requests_total{route=\"other\",method=\"other\",status=\"404\"} 1",
         "panvault_http_requests_total{route=\"other\",method=\"other\",status=\"405\"} 2",
+        "panvault_http_requests_total{route=\"/metrics\",method=\"GET\",status=\"403\"} 1",
         "panvault_http_request_duration_seconds_count{route=\"/v1/tokens\",method=\"POST\"} 1",
         "panvault_tokens_stored 1",
         "panvault_active_key_version 1",
@@ -556,6 +561,124 @@ async fn routing_errors_and_metrics() {
     ] {
         assert!(text.contains(want), "missing {want} in\n{text}");
     }
+}
+
+#[tokio::test]
+async fn metrics_need_the_metrics_permission() {
+    let h = harness();
+    // Clients of a shop, whatever else they may do, see no tenant's figures.
+    for name in ["storefront", "payments"] {
+        let (s, hd, v) = as_client(&h, name, "GET", "/metrics", Value::Null).await;
+        assert_problem(s, &hd, &v, 403, "forbidden");
+        assert!(v["detail"].as_str().unwrap().contains("metrics"), "{v}");
+    }
+    let (s, _, _) = as_client(&h, "monitor", "GET", "/metrics", Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+    // …and the monitor can do nothing else.
+    let (s, hd, v) = as_client(&h, "monitor", "POST", "/v1/tokens", card(VISA)).await;
+    assert_problem(s, &hd, &v, 403, "forbidden");
+}
+
+#[tokio::test]
+async fn a_certificate_naming_two_clients_identifies_none() {
+    let h = harness();
+    // URI SAN of spiffe-shop, common name of storefront
+    let two = ClientIdentity::new(
+        Some("storefront".into()),
+        vec!["spiffe://other/shop".into()],
+        vec![],
+        "ab".repeat(32),
+    );
+    let (s, hd, v) = call(&h.app, request("GET", "/v1/tokens/x", Some(two), "")).await;
+    assert_problem(s, &hd, &v, 403, "forbidden");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("more than one configured client"),
+        "{v}"
+    );
+    // the same client by both names is no ambiguity
+    let both = ClientIdentity::new(
+        Some("nobody".into()),
+        vec!["spiffe://other/shop".into(), "spiffe://unknown".into()],
+        vec![],
+        "cd".repeat(32),
+    );
+    let (s, _, _) = call(&h.app, request("GET", "/v1/tokens/x", Some(both), "")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn tokens_stored_follows_inserts_and_deletes_without_counting() {
+    let h = harness();
+    let stored = |text: &Value| -> i64 {
+        text.as_str()
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("panvault_tokens_stored "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (_, _, m) = as_client(&h, "monitor", "GET", "/metrics", Value::Null).await;
+    assert_eq!(stored(&m), 0);
+    let mut tokens = Vec::new();
+    for n in [
+        "4242 4242 4242 4242",
+        "5555 5555 5555 4444",
+        "3782 822463 10005",
+    ] {
+        let (s, _, v) = as_client(&h, "storefront", "POST", "/v1/tokens", card(n)).await;
+        assert_eq!(s, StatusCode::CREATED);
+        tokens.push(v["token"].as_str().unwrap().to_owned());
+    }
+    // the same card again is no new row
+    let (s, _, _) = as_client(&h, "storefront", "POST", "/v1/tokens", card(VISA)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = as_client(
+        &h,
+        "storefront",
+        "DELETE",
+        &format!("/v1/tokens/{}", tokens[0]),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    // an erasure takes its subject's rows off the count too
+    for n in ["4000 0566 5566 5556", "6011 1111 1111 1117"] {
+        let mut body = card(n);
+        body["subject"] = json!("cust_1");
+        let (s, _, _) = as_client(&h, "storefront", "POST", "/v1/tokens", body).await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (_, _, m) = as_client(&h, "monitor", "GET", "/metrics", Value::Null).await;
+    assert_eq!(stored(&m), 4);
+    let (s, _, v) = as_client(
+        &h,
+        "storefront",
+        "POST",
+        "/v1/subjects/cust_1/erase",
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // The figure comes from the running count, not from the table: a row that
+    // appears behind the vault's back is not seen.
+    let db = crate::store::db_path(h.vault.data_dir());
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let real: i64 = conn
+        .query_row("SELECT count(*) FROM cards", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(real, 2);
+    conn.execute_batch(
+        "CREATE TEMP TABLE t AS SELECT * FROM main.cards LIMIT 1; \
+         UPDATE t SET id = (SELECT max(id) + 1 FROM main.cards), token = 'x' || token; \
+         INSERT INTO main.cards SELECT * FROM t;",
+    )
+    .unwrap();
+    let (_, _, m) = as_client(&h, "monitor", "GET", "/metrics", Value::Null).await;
+    assert_eq!(stored(&m), 2);
 }
 
 #[tokio::test]

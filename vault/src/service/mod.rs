@@ -124,6 +124,8 @@ struct Inner {
     writer: Writer<VaultState>,
     readers: ReadPool,
     opts: VaultOptions,
+    /// Card rows, kept by the writer (see `DedupIndex`).
+    tokens_stored: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// An open, unsealed vault. Cheap to clone (shared).
@@ -339,6 +341,7 @@ impl Vault {
             opts.checkpoint_witness.clone(),
         )?;
         let reload_wanted = state.reload_wanted();
+        let tokens_stored = state.dedup.stored();
         let writer = Writer::start(conn, state, db.clone(), opts.writer.clone())?;
         let readers = ReadPool::new(db.clone(), opts.read_pool);
         Ok(Vault {
@@ -352,6 +355,7 @@ impl Vault {
                 writer,
                 readers,
                 opts,
+                tokens_stored,
             }),
         })
     }
@@ -865,6 +869,15 @@ impl Vault {
         let conn = self.inner.readers.get()?;
         conn.query_row("SELECT count(*) FROM cards", [], |r| r.get(0))
             .map_err(store_err)
+    }
+
+    /// Tokens stored, from the running count the writer keeps (counted once at
+    /// open; no query). Deletions made by another process (the CLI's `erase`,
+    /// `retention run`) show only after a restart.
+    pub fn tokens_stored(&self) -> i64 {
+        self.inner
+            .tokens_stored
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The active data-key version.

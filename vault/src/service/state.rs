@@ -26,7 +26,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use rusqlite::Connection;
 
@@ -64,11 +64,17 @@ pub(crate) struct DedupIndex {
     /// Rows deleted by the open batch: forgotten once it commits (a rollback keeps
     /// them, and their entries).
     deleted: Vec<([u8; FINGERPRINT_LEN], i64)>,
+    /// Card rows in the table (counted once at open, then kept by every insert
+    /// and delete of the writer): `/metrics` reads it instead of a `count(*)`.
+    stored: Arc<AtomicI64>,
+    /// Rows inserted minus rows deleted by the open batch.
+    pending: i64,
 }
 
 impl DedupIndex {
     fn load(conn: &Connection) -> Result<Self, VaultError> {
         let mut index = DedupIndex::default();
+        let mut rows_seen: i64 = 0;
         let mut stmt = conn
             .prepare("SELECT id, fingerprint, subject FROM cards")
             .map_err(|e| VaultError::Store(e.into()))?;
@@ -77,6 +83,7 @@ impl DedupIndex {
             let id: i64 = r.get(0).map_err(|e| VaultError::Store(e.into()))?;
             let fp: Vec<u8> = r.get(1).map_err(|e| VaultError::Store(e.into()))?;
             let subject: Option<String> = r.get(2).map_err(|e| VaultError::Store(e.into()))?;
+            rows_seen += 1;
             if let Ok(fp) = <[u8; FINGERPRINT_LEN]>::try_from(fp.as_slice()) {
                 let tag = index.tag(subject.as_deref());
                 index.insert(fp, tag, id);
@@ -84,6 +91,9 @@ impl DedupIndex {
         }
         drop(rows);
         drop(stmt);
+        // Loading is not a batch: the count starts at the rows seen.
+        index.pending = 0;
+        index.stored = Arc::new(AtomicI64::new(rows_seen));
         Ok(index)
     }
 
@@ -109,7 +119,9 @@ impl DedupIndex {
     }
 
     /// Remembers a new row (keeps an existing live entry of the same subject).
+    /// Called once for every row the writer inserts.
     pub(crate) fn insert(&mut self, fp: [u8; FINGERPRINT_LEN], subject: SubjectTag, id: i64) {
+        self.pending += 1;
         let new = Entry { subject, id };
         match self.map.entry(fp) {
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -146,6 +158,11 @@ impl DedupIndex {
         }
     }
 
+    /// The running count of card rows (shared with readers of the count).
+    pub(crate) fn stored(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.stored)
+    }
+
     /// Forgets a stale entry.
     pub(crate) fn remove(&mut self, fp: &[u8; FINGERPRINT_LEN], subject: SubjectTag) {
         self.forget(fp, |e| e.subject == subject);
@@ -155,6 +172,7 @@ impl DedupIndex {
     /// the batch commits. (Without this every deleted card stayed in memory until
     /// the same card came back or the vault restarted.)
     pub(crate) fn deleted_in_batch(&mut self, fp: &[u8], id: i64) {
+        self.pending -= 1;
         if let Ok(fp) = <[u8; FINGERPRINT_LEN]>::try_from(fp) {
             self.deleted.push((fp, id));
         }
@@ -163,6 +181,8 @@ impl DedupIndex {
     /// The batch committed: forget its deleted rows (only entries still pointing
     /// at them; another live row with the same card keeps its own).
     fn commit(&mut self) {
+        self.stored
+            .fetch_add(std::mem::take(&mut self.pending), Ordering::Relaxed);
         for (fp, id) in std::mem::take(&mut self.deleted) {
             self.forget(&fp, |e| e.id == id);
         }
@@ -170,6 +190,7 @@ impl DedupIndex {
 
     /// The batch rolled back: its rows were not deleted after all.
     fn rollback(&mut self) {
+        self.pending = 0;
         self.deleted.clear();
     }
 

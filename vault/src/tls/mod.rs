@@ -1,20 +1,24 @@
 //! The mTLS side of the server: the rustls configuration (ring provider, TLS 1.2 and
-//! 1.3, AEAD suites only, client certificates required and checked against the
-//! client CA and its CRLs), the accept loop (handshakes under a timeout in their own
-//! task, a connection limit, graceful shutdown), the [`ClientIdentity`] read from
-//! the verified leaf certificate, a client configuration for panvault's own tools,
-//! and the development PKI of `panvault quickstart` and the tests.
+//! 1.3, AEAD suites only, client certificates required, checked against the client
+//! CA and its CRLs, which are reloaded when they change, and against panvault's own
+//! rules: clientAuth usage, one unambiguous name), the accept loop (handshakes under
+//! a timeout in their own task and capped per source address, connection limits in
+//! all and per client, idle connections closed, graceful shutdown), the
+//! [`ClientIdentity`] read from the verified leaf certificate, a client
+//! configuration for panvault's own tools, and the development PKI of
+//! `panvault quickstart` and the tests.
 
 mod accept;
 mod client;
 mod identity;
 pub mod pki;
 mod server;
+mod verifier;
 
-pub use accept::{ConnStats, PeerAddr, ServeOptions, serve_tls};
+pub use accept::{ClientKey, ConnStats, PeerAddr, ServeOptions, TlsConfigCell, serve_tls};
 pub use client::client_config;
 pub use identity::ClientIdentity;
 pub use server::{
-    AEAD_SUITES, load_certs, load_certs_from_pem, load_crls, load_key, load_key_from_pem, provider,
-    server_config,
+    AEAD_SUITES, CRL_POLL, load_certs, load_certs_from_pem, load_crls, load_key, load_key_from_pem,
+    provider, server_config, watch_crls,
 };

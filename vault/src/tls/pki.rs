@@ -44,6 +44,8 @@ pub struct CertAuthority {
 pub struct LeafSpec {
     /// Subject common name (none: an empty subject).
     pub common_name: Option<String>,
+    /// Further common names in the subject (tests of ambiguous identities).
+    pub extra_common_names: Vec<String>,
     /// DNS names.
     pub dns_sans: Vec<String>,
     /// IP addresses.
@@ -66,6 +68,7 @@ impl LeafSpec {
         let now = OffsetDateTime::now_utc();
         LeafSpec {
             common_name: Some(common_name.to_owned()),
+            extra_common_names: Vec::new(),
             dns_sans: Vec::new(),
             ip_sans: Vec::new(),
             uri_sans: Vec::new(),
@@ -173,6 +176,11 @@ impl CertAuthority {
         if let Some(cn) = &spec.common_name {
             dn.push(DnType::CommonName, cn.as_str());
         }
+        for cn in &spec.extra_common_names {
+            // rcgen keeps one value per attribute type: the common name's OID
+            // (2.5.4.3) as a "custom" type is a second common name.
+            dn.push(DnType::CustomDnType(vec![2, 5, 4, 3]), cn.as_str());
+        }
         params.distinguished_name = dn;
         let mut sans = Vec::new();
         for d in &spec.dns_sans {
@@ -219,16 +227,32 @@ impl CertAuthority {
     /// A CRL (PEM) revoking the given serial numbers, valid for 30 days.
     pub fn crl(&self, revoked_serials: &[&[u8]]) -> Result<String, PkiError> {
         let now = OffsetDateTime::now_utc();
+        self.crl_valid(
+            revoked_serials,
+            now - Duration::minutes(5),
+            now + Duration::days(30),
+        )
+    }
+
+    /// A CRL (PEM) revoking the given serial numbers, issued at `this_update`
+    /// and due to be replaced at `next_update`.
+    pub fn crl_valid(
+        &self,
+        revoked_serials: &[&[u8]],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<String, PkiError> {
+        let now = OffsetDateTime::now_utc();
         let params = CertificateRevocationListParams {
-            this_update: now - Duration::minutes(5),
-            next_update: now + Duration::days(30),
+            this_update,
+            next_update,
             crl_number: random_serial()?,
             issuing_distribution_point: None,
             revoked_certs: revoked_serials
                 .iter()
                 .map(|s| RevokedCertParams {
                     serial_number: SerialNumber::from_slice(s),
-                    revocation_time: now - Duration::minutes(1),
+                    revocation_time: this_update.min(now - Duration::minutes(1)),
                     reason_code: None,
                     invalidity_date: None,
                 })

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::ring::cipher_suite;
@@ -94,11 +95,32 @@ pub fn load_crls(
     }
 }
 
+/// Says so when a CRL is already past its next update: every client will be
+/// refused while it is installed.
+fn warn_if_stale(i: usize, path: &Path, crls: &[CertificateRevocationListDer<'_>]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    for crl in crls {
+        let next = x509_parser::parse_x509_crl(crl.as_ref())
+            .ok()
+            .and_then(|(_, c)| c.next_update())
+            .map(|t| t.timestamp());
+        if next.is_some_and(|t| t <= now) {
+            tracing::warn!(
+                file = %path.display(),
+                "tls.crls[{i}] is past its next update: every client certificate is refused until a current CRL replaces it"
+            );
+        }
+    }
+}
+
 /// Builds the server's TLS configuration from `[tls]`: ring provider, TLS 1.2 and
 /// 1.3 (or 1.3 only), AEAD suites only, ALPN `h2` and `http/1.1`, and a client
 /// certificate required and verified against `client_ca` (and `crls`, checked for
 /// the client's own certificate; a certificate whose status no CRL covers is
-/// refused).
+/// refused, and so is every certificate while a CRL is past its next update),
+/// carrying the clientAuth extended key usage and one unambiguous name.
 pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError> {
     let provider = provider();
     let certs = load_certs("tls.cert", &tls.cert)?;
@@ -111,16 +133,24 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
     }
     let mut crls = Vec::new();
     for (i, p) in tls.crls.iter().enumerate() {
-        crls.extend(load_crls(&format!("tls.crls[{i}]"), p)?);
+        let loaded = load_crls(&format!("tls.crls[{i}]"), p)?;
+        warn_if_stale(i, p, &loaded);
+        crls.extend(loaded);
     }
     let mut verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
     if !crls.is_empty() {
-        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+        // A CRL past its next update no longer says who is revoked: refuse
+        // (fail closed) rather than trust it.
+        verifier = verifier
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .enforce_revocation_expiration();
     }
     let verifier = verifier
         .build()
         .map_err(|e| ConfigError::new("tls.client_ca", format!("{e}")))?;
+    let verifier = Arc::new(super::verifier::ClientVerifier::new(verifier));
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
@@ -138,4 +168,48 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// How often [`watch_crls`] looks at the CRL files.
+pub const CRL_POLL: Duration = Duration::from_secs(2);
+
+/// What a file looked like: modification time and length (`None`: unreadable).
+fn stamp(p: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Every [`CRL_POLL`], looks at the files of `tls.crls`; when one changed, builds
+/// the server configuration again and puts it in `cell`, so that new connections
+/// are checked against the new CRLs (connections already open stay). A CRL that
+/// does not load (being written, say) leaves the previous configuration in
+/// place, with a warning, and is tried again at the next change. Runs until
+/// aborted.
+pub async fn watch_crls(tls: TlsSettings, cell: super::TlsConfigCell) {
+    let stamps = |t: &TlsSettings| t.crls.iter().map(|p| stamp(p)).collect::<Vec<_>>();
+    let mut loaded = stamps(&tls);
+    let mut failed = None;
+    let mut tick = tokio::time::interval(CRL_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = stamps(&tls);
+        if now == loaded || failed.as_ref() == Some(&now) {
+            continue;
+        }
+        let settings = tls.clone();
+        match tokio::task::spawn_blocking(move || server_config(&settings)).await {
+            Ok(Ok(config)) => {
+                cell.replace(config);
+                loaded = now;
+                failed = None;
+                tracing::info!("CRLs changed: new connections are checked against them");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "CRLs changed but do not load; the previous ones stay in force");
+                failed = Some(now);
+            }
+            Err(_) => return,
+        }
+    }
 }
