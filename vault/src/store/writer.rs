@@ -229,14 +229,17 @@ fn run<S: WriterState>(
             state.restore(before);
         }
         let failed = result.err();
+        // The state follows the commit before any caller hears of it, so what a
+        // caller reads after its answer (e.g. the running token count) includes
+        // its own change.
+        if failed.is_none() {
+            state.after_commit(&mut conn);
+        }
         for c in completions.drain(..) {
             match &failed {
                 None => c(Ok(())),
                 Some(e) => c(Err(clone_err(e))),
             }
-        }
-        if failed.is_none() {
-            state.after_commit(&mut conn);
         }
         if restart.swap(false, Ordering::SeqCst) {
             // Most frames are already copied by the passive checkpoints: this copies
