@@ -1,6 +1,7 @@
 //! `panvault keys`: list and rotate data-encryption keys.
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use panvault_vault::{Admin, KeyInfo, system_clock};
 
@@ -26,9 +27,17 @@ pub enum Command {
 pub struct RewrapArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Records per transaction.
+    /// At most this many records per transaction (each also commits after a few
+    /// milliseconds of work and leaves the write lock free for a moment, so a
+    /// running server keeps writing).
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
+    /// Work per transaction in milliseconds (tuning; default 4).
+    #[arg(long, value_name = "MS", hide = true)]
+    pub tx_budget_ms: Option<u64>,
+    /// Pause after each commit in milliseconds (tuning; default 2).
+    #[arg(long, value_name = "MS", hide = true)]
+    pub gap_ms: Option<u64>,
     /// At most this many records per second.
     #[arg(long, value_name = "R")]
     pub max_rate: Option<f64>,
@@ -108,10 +117,18 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
             admin
                 .destroy(&admin_actor(), a.version)
                 .map_err(vault_err)?;
-            crate::outln!(
-                "Destroyed data key v{}: its wrapped bytes are gone.",
-                a.version
-            );
+            if admin.wal_scrubbed() == Some(false) {
+                crate::outln!(
+                    "Destroyed data key v{}: its wrapped bytes are deleted from vault.db, but NOT yet from the WAL.",
+                    a.version
+                );
+                eprintln!("{}", crate::cmd::erase::WAL_NOT_SCRUBBED);
+            } else {
+                crate::outln!(
+                    "Destroyed data key v{}: its wrapped bytes are gone.",
+                    a.version
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -119,6 +136,12 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
 
 fn rewrap(a: RewrapArgs) -> Result<ExitCode, CliError> {
     let mut admin = open(&a.common)?;
+    if a.tx_budget_ms.is_some() || a.gap_ms.is_some() {
+        admin.set_yield(
+            Duration::from_millis(a.tx_budget_ms.unwrap_or(4)),
+            Duration::from_millis(a.gap_ms.unwrap_or(2)),
+        );
+    }
     let total = admin.records_not_under_active().map_err(vault_err)?;
     let bar = if a.quiet || total == 0 {
         indicatif::ProgressBar::hidden()
