@@ -173,15 +173,55 @@ async fn full_speed_rewrap_leaves_the_server_writing() {
         while seen.ok.load(Ordering::Relaxed) < 20 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        admin_running.store(true, Ordering::SeqCst);
-        let out = v
-            .run(
-                &["keys", "rewrap", "--quiet"],
-                true,
-                Duration::from_secs(240),
-            )
-            .await;
-        admin_running.store(false, Ordering::SeqCst);
+        // The rewrap runs in its own process; writes count as "during" from its
+        // first committed batch (the v1 count drops) to its last (none left), so
+        // the process start and unseal are not counted.
+        let rewrap = {
+            let mut cmd = tokio::process::Command::new(util::panvault_bin());
+            cmd.args(["keys", "rewrap", "--quiet", "--data-dir"])
+                .arg(&v.data)
+                .arg("--passphrase-file")
+                .arg(&v.pass);
+            tokio::spawn(util::run_command(cmd, Duration::from_secs(240)))
+        };
+        let db = v.db();
+        let watch = {
+            let admin_running = Arc::clone(&admin_running);
+            tokio::task::spawn_blocking(move || {
+                let conn = rusqlite::Connection::open_with_flags(
+                    &db,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .unwrap();
+                let under_v1 = || -> u64 {
+                    conn.query_row(
+                        "SELECT count(*) FROM cards WHERE key_version = 1",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap()
+                };
+                let first = under_v1();
+                let deadline = std::time::Instant::now() + Duration::from_secs(240);
+                let mut started = false;
+                while std::time::Instant::now() < deadline {
+                    let left = under_v1();
+                    if !started && left < first {
+                        started = true;
+                        admin_running.store(true, Ordering::SeqCst);
+                    }
+                    if left == 0 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                admin_running.store(false, Ordering::SeqCst);
+                (first, started)
+            })
+        };
+        let out = rewrap.await.unwrap();
+        let (first, started) = watch.await.unwrap();
+        assert!(first >= records && started, "{first} {started}");
         let during = seen.writes_during.load(Ordering::Relaxed);
         stop.store(true, Ordering::SeqCst);
         for t in load {
