@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde_json::json;
+use panvault_vault::{AccessContext, TokenizeRequest, Vault};
 
 use crate::util::{self, BinVault, ServeProcess, cards};
 
@@ -27,26 +27,41 @@ struct Seen {
     errors: std::sync::Mutex<Vec<String>>,
 }
 
-async fn preload(client: &util::Client, n: u64) -> Vec<String> {
+/// Fills the store through the library (faster than HTTP in a debug build) before
+/// the server starts; returns some of the tokens, for detokenize.
+async fn preload(v: &BinVault, n: u64) -> Vec<String> {
+    let vault = Vault::open(&v.data, &v.unlock()).unwrap();
+    let ctx = AccessContext {
+        actor: "storefront".into(),
+        ..Default::default()
+    };
     let mut tokens = Vec::new();
     let mut left = n;
     while left > 0 {
         let k = left.min(1000);
-        let items: Vec<_> = (0..k)
-            .map(|_| util::card_request(&cards::fresh()))
+        let items = (0..k)
+            .map(|_| {
+                TokenizeRequest::new(
+                    &cards::fresh(),
+                    12,
+                    i64::from(util::this_year() + 4),
+                    vault.today(),
+                )
+            })
             .collect();
-        let r = client
-            .post("/v1/tokens/batch", &json!({ "items": items }))
-            .await;
-        assert_eq!(r.status, 200, "preload: {}", r.status);
-        let v = r.json();
-        for x in v["results"].as_array().unwrap() {
+        for r in vault
+            .tokenize_batch("demo-shop", items, &ctx)
+            .await
+            .unwrap()
+        {
+            let t = r.unwrap();
             if tokens.len() < 2000 {
-                tokens.push(x["token"].as_str().unwrap().to_owned());
+                tokens.push(t.token);
             }
         }
         left -= k;
     }
+    vault.shutdown();
     tokens
 }
 
@@ -101,11 +116,11 @@ fn start_load(
                             }
                         }
                         // The body is a problem+json answer, never a card number.
-                        Ok(Ok(r)) => seen
-                            .errors
-                            .lock()
-                            .unwrap()
-                            .push(format!("{what}: {} {}", r.status, r.text())),
+                        Ok(Ok(r)) => seen.errors.lock().unwrap().push(format!(
+                            "{what}: {} {}",
+                            r.status,
+                            r.text()
+                        )),
                         Ok(Err(e)) => seen
                             .errors
                             .lock()
@@ -132,11 +147,11 @@ async fn full_speed_rewrap_leaves_the_server_writing() {
     util::within(Duration::from_secs(300), async {
         let tmp = tempfile::tempdir().unwrap();
         let v = BinVault::create(tmp.path());
+        let records = util::env_number("PANVAULT_ADMIN_LOAD_RECORDS", RECORDS);
+        let tokens = Arc::new(preload(&v, records).await);
         let server = ServeProcess::start(&v).await.unwrap();
         server.wait_healthy(&v, Duration::from_secs(30)).await;
         let sf = v.client(server.addr, "storefront");
-        let records = util::env_number("PANVAULT_ADMIN_LOAD_RECORDS", RECORDS);
-        let tokens = Arc::new(preload(&sf, records).await);
 
         let out = v
             .run(&["keys", "rotate"], true, Duration::from_secs(60))
@@ -194,12 +209,14 @@ async fn full_speed_rewrap_leaves_the_server_writing() {
                 )
                 .unwrap();
                 let under_v1 = || -> u64 {
-                    conn.query_row(
-                        "SELECT count(*) FROM cards WHERE key_version = 1",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .unwrap()
+                    let n: i64 = conn
+                        .query_row(
+                            "SELECT count(*) FROM cards WHERE key_version = 1",
+                            [],
+                            |r| r.get(0),
+                        )
+                        .unwrap();
+                    u64::try_from(n).unwrap()
                 };
                 let first = under_v1();
                 let deadline = std::time::Instant::now() + Duration::from_secs(240);

@@ -151,7 +151,7 @@ impl Admin {
                 last_commit: None,
                 warned: false,
             },
-            wal: store::WalBound::new(store::WAL_RESTART_FRAMES),
+            wal: store::WalBound::new(Some(&db), store::WAL_RESTART_FRAMES),
             last_scrub: None,
         })
     }
@@ -170,7 +170,7 @@ impl Admin {
 
     /// WAL frames past which batch jobs restart the log (default ~64 MiB).
     pub fn set_wal_restart_frames(&mut self, frames: i64) {
-        self.wal = store::WalBound::new(frames);
+        self.wal = store::WalBound::new(self.conn.path().map(Path::new), frames);
     }
 
     /// Whether the last command that deleted key or card data (`erase`, `retention
@@ -181,10 +181,12 @@ impl Admin {
         self.last_scrub
     }
 
-    /// After a commit: the gap starts now, and the WAL is kept bounded.
+    /// After a commit: the WAL is kept bounded, and the gap starts.
     fn committed(&mut self) {
-        self.lock.last_commit = Some(Instant::now());
         self.wal.after_commit(&mut self.conn);
+        // After the checkpoint (which may wait for the lock): the gap is the time the
+        // lock is left free for a waiting server.
+        self.lock.last_commit = Some(Instant::now());
     }
 
     fn now(&self) -> i64 {
@@ -316,8 +318,10 @@ impl Admin {
             if n == 0 {
                 break;
             }
-            let details =
-                self.with_shares(format!("batch rewrapped={n} to_version={}", self.keys.active));
+            let details = self.with_shares(format!(
+                "batch rewrapped={n} to_version={}",
+                self.keys.active
+            ));
             audit_hook::record_admin(
                 &tx,
                 &self.keys,

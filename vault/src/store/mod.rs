@@ -373,40 +373,59 @@ pub fn scrub_wal(path: &Path, wait: Duration) -> bool {
 pub const WAL_RESTART_FRAMES: i64 = 16_384;
 
 /// Keeps the WAL of a connection that commits many transactions in a row (an admin
-/// batch loop) bounded: at most every 250 ms, a passive checkpoint copies what it can,
-/// and past `limit` frames a `RESTART` (waiting at most a few milliseconds for the
-/// lock and readers) lets the next transaction write the log from its start.
+/// batch loop) bounded: after each commit it looks at the WAL's size (one `stat`),
+/// and past `limit` frames it checkpoints and truncates the log, waiting at most a
+/// few milliseconds for the lock and for readers (a running server's writer must
+/// not wait on it for long). A truncation that readers prevent is tried again
+/// 250 ms later.
 #[derive(Debug)]
 pub struct WalBound {
-    limit: i64,
-    last: Instant,
+    limit_bytes: u64,
+    wal: Option<PathBuf>,
+    not_before: Option<Instant>,
 }
 
 impl WalBound {
-    /// A bound of `limit` frames.
-    pub fn new(limit: i64) -> WalBound {
+    /// A bound of `limit` frames for the WAL of the database at `db`.
+    pub fn new(db: Option<&Path>, limit: i64) -> WalBound {
+        let frames = u64::try_from(limit.max(1)).unwrap_or(1);
         WalBound {
-            limit: limit.max(1),
-            last: Instant::now(),
+            // a frame is a page and its 24-byte header
+            limit_bytes: frames.saturating_mul(u64::from(PAGE_SIZE) + 24),
+            wal: db.map(|p| {
+                let mut s = p.as_os_str().to_owned();
+                s.push("-wal");
+                PathBuf::from(s)
+            }),
+            not_before: None,
         }
     }
 
     /// Call after each commit. Never fails the caller's work: a checkpoint that
-    /// cannot run now is tried again at the next call.
+    /// cannot run now is tried again later.
     pub fn after_commit(&mut self, conn: &mut Connection) {
-        if self.last.elapsed() < Duration::from_millis(250) {
+        if self.not_before.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        self.last = Instant::now();
-        let frames = conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
-            .unwrap_or(0);
-        if frames > self.limit {
-            // Short lock waits: the server's writer must not wait on this for long.
-            let _ = poll_for_locks(conn, Duration::from_millis(5));
-            let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
-            let _ = poll_for_locks(conn, LOCK_WAIT);
+        let Some(size) = self
+            .wal
+            .as_ref()
+            .and_then(|w| std::fs::metadata(w).ok())
+            .map(|m| m.len())
+        else {
+            return;
+        };
+        if size <= self.limit_bytes {
+            return;
         }
+        let _ = poll_for_locks(conn, Duration::from_millis(5));
+        let done = matches!(
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r
+                .get::<_, i64>(0)),
+            Ok(0)
+        );
+        let _ = poll_for_locks(conn, LOCK_WAIT);
+        self.not_before = (!done).then(|| Instant::now() + Duration::from_millis(250));
     }
 }
 
