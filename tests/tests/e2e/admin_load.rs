@@ -280,3 +280,72 @@ async fn full_speed_rewrap_leaves_the_server_writing() {
     })
     .await;
 }
+
+/// An admin command that finds the write lock held (here by another connection's
+/// transaction, as another admin command's would be) says so on stderr, waits and
+/// then does its work once the lock is free (before, it waited silently and failed
+/// with a bare `DatabaseBusy` after 5 s, exit 75).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_command_says_it_waits_for_the_write_lock() {
+    util::within(Duration::from_secs(120), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create(tmp.path());
+        // built (if need be) before the lock is taken
+        let bin = util::panvault_bin();
+        let db = v.db();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(Duration::from_secs(60));
+            conn.execute_batch("COMMIT").unwrap();
+        });
+        locked_rx.recv().unwrap();
+        let mut child = tokio::process::Command::new(bin)
+            .args(["retention", "run", "--data-dir"])
+            .arg(&v.data)
+            .arg("--passphrase-file")
+            .arg(&v.pass)
+            .env_remove("PANVAULT_PASSPHRASE")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = util::collect_lines(child.stdout.take().unwrap());
+        let stderr = util::collect_lines(child.stderr.take().unwrap());
+        // Release the lock once the command says it waits for it (or has ended).
+        let status = loop {
+            if stderr
+                .lock()
+                .unwrap()
+                .contains("another admin command or the server holds it")
+            {
+                release_tx.send(()).unwrap();
+                break child.wait().await.unwrap();
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                release_tx.send(()).unwrap();
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        holder.join().unwrap();
+        // let the readers drain
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (out, err) = (
+            stdout.lock().unwrap().clone(),
+            stderr.lock().unwrap().clone(),
+        );
+        assert!(status.success(), "{status}: {out}{err}");
+        assert!(
+            err.contains("another admin command or the server holds it"),
+            "{err}"
+        );
+        assert!(out.contains("Purged 0 card(s)"), "{out}");
+    })
+    .await;
+}
