@@ -118,6 +118,9 @@ pub struct Args {
     /// The vault's passphrase file, for --during-rewrap.
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+    /// An extra argument for `keys rewrap` (repeat; e.g. `--rewrap-arg=--batch=500`).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub rewrap_arg: Vec<String>,
 }
 
 /// Parses `10s`, `500ms`, `2m`, or plain seconds.
@@ -684,11 +687,11 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         };
         if !args.during_rewrap {
             let (tally, secs) = phase.measure(args.warmup, args.duration, None).await?;
-            print_report(&args, &target, tally, secs, "");
+            print_report(&args, &target, tally, secs, args.warmup, "");
             return Ok(ExitCode::SUCCESS);
         }
         let (idle, idle_secs) = phase.measure(args.warmup, args.duration, None).await?;
-        print_report(&args, &target, idle, idle_secs, " (idle)");
+        print_report(&args, &target, idle, idle_secs, args.warmup, " (idle)");
         admin(&args, &config, &["keys", "rotate"])?;
         // The server reloads its keys within a second; then new cards are sealed
         // under the new key and the rewrap has a fixed amount of work.
@@ -696,10 +699,12 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let rewrap = {
             let (args_pf, data) = (args.passphrase_file.clone(), config.data_dir.clone());
+            let mut cmd: Vec<String> = vec!["keys".into(), "rewrap".into(), "--quiet".into()];
+            cmd.extend(args.rewrap_arg.iter().cloned());
             let stop = Arc::clone(&stop);
             tokio::task::spawn_blocking(move || {
-                let out =
-                    admin_cmd(args_pf.as_deref(), &data, &["keys", "rewrap", "--quiet"]).output();
+                let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+                let out = admin_cmd(args_pf.as_deref(), &data, &cmd).output();
                 stop.store(true, Ordering::Relaxed);
                 out
             })
@@ -711,7 +716,14 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             .await
             .map_err(|e| CliError::usage(format!("rewrap task: {e}")))?
             .map_err(|e| CliError::usage(format!("cannot run keys rewrap: {e}")))?;
-        print_report(&args, &target, busy, busy_secs, " (during keys rewrap)");
+        print_report(
+            &args,
+            &target,
+            busy,
+            busy_secs,
+            Duration::ZERO,
+            " (during keys rewrap)",
+        );
         println!(
             "keys rewrap {}: {}{}",
             if out.status.success() {
@@ -787,14 +799,21 @@ impl Phase<'_> {
     }
 }
 
-fn print_report(args: &Args, target: &Target, total: Tally, secs: f64, label: &str) {
+fn print_report(
+    args: &Args,
+    target: &Target,
+    total: Tally,
+    secs: f64,
+    warmup: Duration,
+    label: &str,
+) {
     println!(
         "panvault bench{label}: {:?} against {} as {:?}, {} connections, {secs:.1}s measured after {:.1}s warm-up",
         args.op,
         target.addr,
         args.client,
         args.connections.max(1),
-        args.warmup.as_secs_f64()
+        warmup.as_secs_f64()
     );
     let all: Vec<u32> = total.lat.iter().flatten().copied().collect();
     let kinds = total.lat.iter().filter(|l| !l.is_empty()).count();

@@ -35,7 +35,7 @@ pub struct RewrapArgs {
     /// Work per transaction in milliseconds (tuning; default 4).
     #[arg(long, value_name = "MS", hide = true)]
     pub tx_budget_ms: Option<u64>,
-    /// Pause after each commit in milliseconds (tuning; default 2).
+    /// Pause after each commit in milliseconds (tuning; default 4).
     #[arg(long, value_name = "MS", hide = true)]
     pub gap_ms: Option<u64>,
     /// At most this many records per second.
@@ -139,7 +139,7 @@ fn rewrap(a: RewrapArgs) -> Result<ExitCode, CliError> {
     if a.tx_budget_ms.is_some() || a.gap_ms.is_some() {
         admin.set_yield(
             Duration::from_millis(a.tx_budget_ms.unwrap_or(4)),
-            Duration::from_millis(a.gap_ms.unwrap_or(2)),
+            Duration::from_millis(a.gap_ms.unwrap_or(4)),
         );
     }
     let total = admin.records_not_under_active().map_err(vault_err)?;

@@ -50,7 +50,7 @@ struct Yielding {
 /// Work per admin transaction before it commits (a rewrap batch, a purge chunk).
 const TX_BUDGET: Duration = Duration::from_millis(4);
 /// Lock left free after each admin commit.
-const YIELD_GAP: Duration = Duration::from_millis(2);
+const YIELD_GAP: Duration = Duration::from_millis(4);
 /// How long an admin command waits for a write lock another process holds.
 pub const ADMIN_LOCK_WAIT: Duration = Duration::from_secs(60);
 /// One attempt's wait inside SQLite's busy handler; the loop in [`begin`] retries.
@@ -162,7 +162,7 @@ impl Admin {
     }
 
     /// Tuning of how batch jobs yield the write lock: work per transaction (default
-    /// 4 ms) and the pause after each commit (default 2 ms).
+    /// 4 ms) and the pause after each commit (default 4 ms).
     pub fn set_yield(&mut self, budget: Duration, gap: Duration) {
         self.lock.budget = budget;
         self.lock.gap = gap;
