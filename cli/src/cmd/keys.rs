@@ -170,6 +170,14 @@ fn rewrap(a: RewrapArgs) -> Result<ExitCode, CliError> {
         summary.rate,
         summary.remaining
     );
+    if summary.remaining > 0 {
+        // A running server seals under the key it has loaded; it reloads within a
+        // second of a rotation, so what it wrote meanwhile is left for another run.
+        crate::outln!(
+            "Records were written under an older key while the rewrap ran (a server that had not yet loaded v{}); run `panvault keys rewrap` again.",
+            summary.active_version
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
