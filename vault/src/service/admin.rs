@@ -168,7 +168,8 @@ impl Admin {
         self.lock.gap = gap;
     }
 
-    /// WAL frames past which batch jobs restart the log (default ~64 MiB).
+    /// WAL frames past which batch jobs checkpoint and truncate the log (default
+    /// ~64 MiB).
     pub fn set_wal_restart_frames(&mut self, frames: i64) {
         self.wal = store::WalBound::new(self.conn.path().map(Path::new), frames);
     }
