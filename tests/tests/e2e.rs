@@ -13,6 +13,8 @@
 
 use panvault_tests as util;
 
+#[path = "e2e/admin_load.rs"]
+mod admin_load;
 #[path = "e2e/audit_tail.rs"]
 mod audit_tail;
 #[path = "e2e/batch.rs"]

@@ -109,6 +109,18 @@ pub struct Args {
     /// Name to verify the server certificate against.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
+    /// Measure twice: idle, then while `panvault keys rewrap` (full speed, in its own
+    /// process, after a `keys rotate`) re-encrypts the whole store of the
+    /// configuration's data directory; reports both. The passphrase comes from
+    /// --passphrase-file or PANVAULT_PASSPHRASE.
+    #[arg(long)]
+    pub during_rewrap: bool,
+    /// The vault's passphrase file, for --during-rewrap.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// An extra argument for `keys rewrap` (repeat; e.g. `--rewrap-arg=--batch=500`).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub rewrap_arg: Vec<String>,
 }
 
 /// Parses `10s`, `500ms`, `2m`, or plain seconds.
@@ -487,10 +499,11 @@ async fn worker(
     mut traffic: Traffic,
     warm_until: Instant,
     end: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> Tally {
     let mut tally = Tally::default();
     let mut conn = None;
-    while Instant::now() < end {
+    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
         let c = match &mut conn {
             Some(c) => c,
             None => match connect(&target).await {
@@ -638,34 +651,131 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::usage(e.to_string()))?;
     rt.block_on(async {
         let mut tokens = Vec::new();
-        if let Some(f) = args.tokens_file.as_ref().filter(|f| args.preload == 0 && f.exists()) {
-            let text = std::fs::read_to_string(f).map_err(|e| CliError::usage(format!("{}: {e}", f.display())))?;
+        if let Some(f) = args
+            .tokens_file
+            .as_ref()
+            .filter(|f| args.preload == 0 && f.exists())
+        {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| CliError::usage(format!("{}: {e}", f.display())))?;
             tokens = text.lines().map(str::to_owned).collect();
             eprintln!("read {} tokens from {}", tokens.len(), f.display());
         }
-        let preload_n = if needs_tokens && args.preload == 0 && tokens.is_empty() { 10_000 } else { args.preload };
+        let preload_n = if needs_tokens && args.preload == 0 && tokens.is_empty() {
+            10_000
+        } else {
+            args.preload
+        };
         if preload_n > 0 {
             tokens = preload(Arc::clone(&pre_target), conns, preload_n, year).await?;
             if let Some(f) = &args.tokens_file {
-                std::fs::write(f, tokens.join("\n")).map_err(|e| CliError::usage(format!("{}: {e}", f.display())))?;
+                std::fs::write(f, tokens.join("\n"))
+                    .map_err(|e| CliError::usage(format!("{}: {e}", f.display())))?;
             }
         }
         if args.duration.is_zero() {
             return Ok(ExitCode::SUCCESS);
         }
         let tokens = Arc::new(tokens);
+        let phase = Phase {
+            args: &args,
+            conns,
+            year,
+            target: &target,
+            pre_target: &pre_target,
+            tokens: &tokens,
+        };
+        if !args.during_rewrap {
+            let (tally, secs) = phase.measure(args.warmup, args.duration, None).await?;
+            print_report(&args, &target, tally, secs, args.warmup, "");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let (idle, idle_secs) = phase.measure(args.warmup, args.duration, None).await?;
+        print_report(&args, &target, idle, idle_secs, args.warmup, " (idle)");
+        admin(&args, &config, &["keys", "rotate"])?;
+        // The server reloads its keys within a second; then new cards are sealed
+        // under the new key and the rewrap has a fixed amount of work.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rewrap = {
+            let (args_pf, data) = (args.passphrase_file.clone(), config.data_dir.clone());
+            let mut cmd: Vec<String> = vec!["keys".into(), "rewrap".into(), "--quiet".into()];
+            cmd.extend(args.rewrap_arg.iter().cloned());
+            let stop = Arc::clone(&stop);
+            tokio::task::spawn_blocking(move || {
+                let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+                let out = admin_cmd(args_pf.as_deref(), &data, &cmd).output();
+                stop.store(true, Ordering::Relaxed);
+                out
+            })
+        };
+        let (busy, busy_secs) = phase
+            .measure(Duration::ZERO, Duration::from_secs(24 * 3600), Some(stop))
+            .await?;
+        let out = rewrap
+            .await
+            .map_err(|e| CliError::usage(format!("rewrap task: {e}")))?
+            .map_err(|e| CliError::usage(format!("cannot run keys rewrap: {e}")))?;
+        print_report(
+            &args,
+            &target,
+            busy,
+            busy_secs,
+            Duration::ZERO,
+            " (during keys rewrap)",
+        );
+        println!(
+            "keys rewrap {}: {}{}",
+            if out.status.success() {
+                "finished"
+            } else {
+                "FAILED"
+            },
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// How to run one measured phase of load.
+struct Phase<'a> {
+    args: &'a Args,
+    conns: usize,
+    year: i32,
+    target: &'a Arc<Target>,
+    pre_target: &'a Arc<Target>,
+    tokens: &'a Arc<Vec<String>>,
+}
+
+impl Phase<'_> {
+    /// Runs the load for `warmup` then `duration` (or until `stop`); returns what the
+    /// workers saw and the seconds measured.
+    async fn measure(
+        &self,
+        warmup: Duration,
+        duration: Duration,
+        stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Result<(Tally, f64), CliError> {
+        let stop = stop.unwrap_or_default();
         let start = Instant::now();
-        let warm_until = start + args.warmup;
-        let end = warm_until + args.duration;
+        let warm_until = start + warmup;
+        let end = warm_until + duration;
         let mut set = tokio::task::JoinSet::new();
-        for id in 0..conns {
-            let (role, t) = match args.op {
-                Op::Mixed if id % 2 == 0 => (Role::Storefront, &pre_target),
-                Op::Mixed => (Role::Payments, &target),
-                op => (Role::Plain(op), &target),
+        for id in 0..self.conns {
+            let (role, t) = match self.args.op {
+                Op::Mixed if id % 2 == 0 => (Role::Storefront, self.pre_target),
+                Op::Mixed => (Role::Payments, self.target),
+                op => (Role::Plain(op), self.target),
             };
-            let traffic = Traffic::new(role, id, year, Arc::clone(&tokens));
-            set.spawn(worker(Arc::clone(t), traffic, warm_until, end));
+            let traffic = Traffic::new(role, id, self.year, Arc::clone(self.tokens));
+            set.spawn(worker(
+                Arc::clone(t),
+                traffic,
+                warm_until,
+                end,
+                Arc::clone(&stop),
+            ));
         }
         let mut total = Tally::default();
         while let Some(t) = set.join_next().await {
@@ -680,35 +790,90 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
                 total.first_error = t.first_error;
             }
         }
-        let secs = end.saturating_duration_since(warm_until).as_secs_f64().max(1e-9);
-        println!(
-            "panvault bench: {:?} against {} as {:?}, {conns} connections, {:.1}s measured after {:.1}s warm-up",
-            args.op,
-            target.addr,
-            args.client,
-            args.duration.as_secs_f64(),
-            args.warmup.as_secs_f64()
-        );
-        let all: Vec<u32> = total.lat.iter().flatten().copied().collect();
-        let kinds = total.lat.iter().filter(|l| !l.is_empty()).count();
-        for (name, lat) in KINDS.iter().zip(total.lat) {
-            report(name, lat, secs);
+        let secs = Instant::now()
+            .min(end)
+            .saturating_duration_since(warm_until)
+            .as_secs_f64()
+            .max(1e-9);
+        Ok((total, secs))
+    }
+}
+
+fn print_report(
+    args: &Args,
+    target: &Target,
+    total: Tally,
+    secs: f64,
+    warmup: Duration,
+    label: &str,
+) {
+    println!(
+        "panvault bench{label}: {:?} against {} as {:?}, {} connections, {secs:.1}s measured after {:.1}s warm-up",
+        args.op,
+        target.addr,
+        args.client,
+        args.connections.max(1),
+        warmup.as_secs_f64()
+    );
+    let all: Vec<u32> = total.lat.iter().flatten().copied().collect();
+    let kinds = total.lat.iter().filter(|l| !l.is_empty()).count();
+    for (name, lat) in KINDS.iter().zip(total.lat) {
+        report(name, lat, secs);
+    }
+    if kinds > 1 {
+        report("all", all, secs);
+    }
+    let errors: u64 = total.errors.values().sum();
+    if errors > 0 {
+        let by: Vec<String> = total
+            .errors
+            .iter()
+            .map(|(s, n)| {
+                if *s == 0 {
+                    format!("transport: {n}")
+                } else {
+                    format!("{s}: {n}")
+                }
+            })
+            .collect();
+        println!("errors      {errors} ({})", by.join(", "));
+        if let Some(e) = total.first_error {
+            println!("first error {}", e.chars().take(300).collect::<String>());
         }
-        if kinds > 1 {
-            report("all", all, secs);
-        }
-        let errors: u64 = total.errors.values().sum();
-        if errors > 0 {
-            let by: Vec<String> = total.errors.iter().map(|(s, n)| if *s == 0 { format!("transport: {n}") } else { format!("{s}: {n}") }).collect();
-            println!("errors      {errors} ({})", by.join(", "));
-            if let Some(e) = total.first_error {
-                println!("first error {}", e.chars().take(300).collect::<String>());
-            }
-        } else {
-            println!("errors      0");
-        }
-        Ok(ExitCode::SUCCESS)
-    })
+    } else {
+        println!("errors      0");
+    }
+}
+
+/// `panvault ARGS --data-dir DATA [--passphrase-file F]` (this same binary).
+fn admin_cmd(
+    pass: Option<&std::path::Path>,
+    data: &std::path::Path,
+    args: &[&str],
+) -> std::process::Command {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("panvault"));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args).arg("--data-dir").arg(data);
+    if let Some(p) = pass {
+        cmd.arg("--passphrase-file").arg(p);
+    }
+    cmd.stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Runs an admin command to its end; an error if it fails.
+fn admin(args: &Args, config: &Config, cmd: &[&str]) -> Result<(), CliError> {
+    let out = admin_cmd(args.passphrase_file.as_deref(), &config.data_dir, cmd)
+        .output()
+        .map_err(|e| CliError::usage(format!("cannot run {}: {e}", cmd.join(" "))))?;
+    if !out.status.success() {
+        return Err(CliError::usage(format!(
+            "{} failed: {}",
+            cmd.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -26,6 +26,10 @@ pub struct EraseArgs {
     pub output: Option<PathBuf>,
 }
 
+/// What `erase`, `retention run` and `keys destroy` say when the WAL still holds page
+/// copies of what they deleted.
+pub const WAL_NOT_SCRUBBED: &str = "Warning: the WAL was NOT truncated: a reader held an older snapshot, so page copies of the deleted data are still in vault.db-wal. The vault is marked (meta wal_scrub_pending); a running `panvault serve` truncates the WAL as soon as readers allow and records when (meta wal_scrubbed_at, erasure_requests.wal_scrubbed_at). Without a server, run this command again later.";
+
 /// Runs `erase`.
 pub fn erase(a: EraseArgs) -> Result<ExitCode, CliError> {
     let target = match (a.subject, a.token) {
@@ -47,16 +51,12 @@ pub fn erase(a: EraseArgs) -> Result<ExitCode, CliError> {
     }
     crate::outln!("{json}");
     eprintln!(
-        "Erased {} token(s) in tenant {}; audit event #{}.{}",
-        erasure.receipt.tokens_erased,
-        a.tenant,
-        erasure.receipt.audit_seq,
-        if erasure.wal_scrubbed {
-            ""
-        } else {
-            " Warning: the WAL could not be truncated yet (busy); it will be on the next checkpoint."
-        }
+        "Erased {} token(s) in tenant {}; audit event #{}.",
+        erasure.receipt.tokens_erased, a.tenant, erasure.receipt.audit_seq,
     );
+    if !erasure.wal_scrubbed {
+        eprintln!("{WAL_NOT_SCRUBBED}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -105,6 +105,9 @@ pub fn retention(c: RetentionCommand) -> Result<ExitCode, CliError> {
             r.past_ttl,
             r.audit_seq.unwrap_or(0)
         );
+        if admin.wal_scrubbed() == Some(false) {
+            eprintln!("{WAL_NOT_SCRUBBED}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

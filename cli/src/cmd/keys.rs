@@ -1,6 +1,7 @@
 //! `panvault keys`: list and rotate data-encryption keys.
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use panvault_vault::{Admin, KeyInfo, Unlock, system_clock};
 
@@ -28,9 +29,17 @@ pub enum Command {
 pub struct RewrapArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Records per transaction.
+    /// At most this many records per transaction (each also commits after a few
+    /// milliseconds of work and leaves the write lock free for a moment, so a
+    /// running server keeps writing).
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
+    /// Work per transaction in milliseconds (tuning; default 4).
+    #[arg(long, value_name = "MS", hide = true)]
+    pub tx_budget_ms: Option<u64>,
+    /// Pause after each commit in milliseconds (tuning; default 4).
+    #[arg(long, value_name = "MS", hide = true)]
+    pub gap_ms: Option<u64>,
     /// At most this many records per second.
     #[arg(long, value_name = "R")]
     pub max_rate: Option<f64>,
@@ -110,10 +119,18 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
             admin
                 .destroy(&admin_actor(), a.version)
                 .map_err(vault_err)?;
-            crate::outln!(
-                "Destroyed data key v{}: its wrapped bytes are gone.",
-                a.version
-            );
+            if admin.wal_scrubbed() == Some(false) {
+                crate::outln!(
+                    "Destroyed data key v{}: its wrapped bytes are deleted from vault.db, but NOT yet from the WAL.",
+                    a.version
+                );
+                eprintln!("{}", crate::cmd::erase::WAL_NOT_SCRUBBED);
+            } else {
+                crate::outln!(
+                    "Destroyed data key v{}: its wrapped bytes are gone.",
+                    a.version
+                );
+            }
             crate::outln!("{BACKUPS_KEEP_DESTROYED_KEYS}");
             Ok(ExitCode::SUCCESS)
         }
@@ -122,6 +139,12 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
 
 fn rewrap(a: RewrapArgs) -> Result<ExitCode, CliError> {
     let mut admin = open(&a.common)?;
+    if a.tx_budget_ms.is_some() || a.gap_ms.is_some() {
+        admin.set_yield(
+            Duration::from_millis(a.tx_budget_ms.unwrap_or(4)),
+            Duration::from_millis(a.gap_ms.unwrap_or(4)),
+        );
+    }
     let total = admin.records_not_under_active().map_err(vault_err)?;
     let bar = if a.quiet || total == 0 {
         indicatif::ProgressBar::hidden()
@@ -150,6 +173,14 @@ fn rewrap(a: RewrapArgs) -> Result<ExitCode, CliError> {
         summary.rate,
         summary.remaining
     );
+    if summary.remaining > 0 {
+        // A running server seals under the key it has loaded; it reloads within a
+        // second of a rotation, so what it wrote meanwhile is left for another run.
+        crate::outln!(
+            "Records were written under an older key while the rewrap ran (a server that had not yet loaded v{}); run `panvault keys rewrap` again.",
+            summary.active_version
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,6 +8,10 @@ use serde::Serialize;
 use crate::core::pan::CardError;
 use crate::error::VaultError;
 
+/// Limits the "storage unavailable" warning to one a second (with a count of the rest).
+static UNAVAILABLE_WARN: crate::store::WarnLimiter =
+    crate::store::WarnLimiter::new(std::time::Duration::from_secs(1));
+
 tokio::task_local! {
     /// The id of the request being served (set by the tracking middleware).
     static REQUEST_ID: String;
@@ -189,7 +193,10 @@ impl Problem {
                 "the audit log could not record this access, so it was refused; try again later",
             ),
             e if e.is_unavailable() => {
-                tracing::warn!(error = %e, request_id = current_request_id().as_deref().unwrap_or("-"), "storage unavailable");
+                // At most one line a second: a full disk fails every request.
+                if let Some(suppressed) = UNAVAILABLE_WARN.check() {
+                    tracing::warn!(error = %e, request_id = current_request_id().as_deref().unwrap_or("-"), suppressed, "storage unavailable");
+                }
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",

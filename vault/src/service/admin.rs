@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use super::audit_hook::{self, AuditAction};
 use super::keyring::{self, Keyring, NewSeal, Unlock};
@@ -33,6 +33,68 @@ pub struct Admin {
     keys: Keyring,
     clock: Clock,
     share_numbers: Vec<u8>,
+    lock: Yielding,
+    wal: store::WalBound,
+    last_scrub: Option<bool>,
+}
+
+/// How an admin process shares the write lock with a running server (and with other
+/// admin commands): every transaction stops taking rows after `budget` of work, and
+/// after each commit the lock stays free for `gap`, long enough for a waiting
+/// writer (which polls every 100–500 µs, see [`store::poll_for_locks`]) to take it.
+/// A busy lock is waited for up to `wait`, with one notice.
+#[derive(Debug)]
+struct Yielding {
+    budget: Duration,
+    gap: Duration,
+    wait: Duration,
+    last_commit: Option<Instant>,
+    warned: bool,
+}
+
+/// Work per admin transaction before it commits (a rewrap batch, a purge chunk).
+const TX_BUDGET: Duration = Duration::from_millis(4);
+/// Lock left free after each admin commit.
+const YIELD_GAP: Duration = Duration::from_millis(4);
+/// How long an admin command waits for a write lock another process holds.
+pub const ADMIN_LOCK_WAIT: Duration = Duration::from_secs(60);
+/// One attempt's wait inside SQLite's busy handler; the loop in [`begin`] retries.
+const LOCK_ATTEMPT: Duration = Duration::from_secs(1);
+/// How long an admin command retries truncating the WAL after deleting data.
+const SCRUB_WAIT: Duration = Duration::from_secs(5);
+/// Records a purge transaction deletes at most (each re-checked under the lock).
+const PURGE_CHUNK: usize = 200;
+
+/// Begins an IMMEDIATE transaction on `conn`, first leaving the lock free for the
+/// rest of `y.gap` since the last commit, then waiting up to `y.wait` for it.
+fn begin<'c>(conn: &'c Connection, y: &mut Yielding) -> Result<Transaction<'c>, VaultError> {
+    if let Some(t) = y.last_commit {
+        let since = t.elapsed();
+        if since < y.gap {
+            std::thread::sleep(y.gap - since);
+        }
+    }
+    let start = Instant::now();
+    loop {
+        match Transaction::new_unchecked(conn, TransactionBehavior::Immediate) {
+            Ok(tx) => return Ok(tx),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                if start.elapsed() >= y.wait {
+                    return Err(VaultError::Store(StoreError::LockHeld(y.wait.as_secs())));
+                }
+                if !y.warned {
+                    y.warned = true;
+                    tracing::warn!(
+                        "waiting for the vault's write lock: another admin command or the server holds it (giving up after {} s)",
+                        y.wait.as_secs()
+                    );
+                }
+            }
+            Err(e) => return Err(store_err(e)),
+        }
+    }
 }
 
 impl std::fmt::Debug for Admin {
@@ -76,7 +138,8 @@ impl Admin {
         }
         // No full integrity scan here (it reads the whole file; `serve` does it at
         // start): admin commands must stay quick on a large vault.
-        let conn = store::open_writer(&db, false)?;
+        let mut conn = store::open_writer(&db, false)?;
+        store::poll_for_locks(&mut conn, LOCK_ATTEMPT)?;
         let vault_id = keyring::meta_get(&conn, "vault_id")?
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
         let (root, _, share_numbers) = keyring::unseal_root(&conn, &vault_id, unlock)?;
@@ -87,7 +150,50 @@ impl Admin {
             keys,
             clock,
             share_numbers,
+            lock: Yielding {
+                budget: TX_BUDGET,
+                gap: YIELD_GAP,
+                wait: ADMIN_LOCK_WAIT,
+                last_commit: None,
+                warned: false,
+            },
+            wal: store::WalBound::new(Some(&db), store::WAL_RESTART_FRAMES),
+            last_scrub: None,
         })
+    }
+
+    /// How long to wait for a write lock another process holds (default 60 s).
+    pub fn set_lock_wait(&mut self, wait: Duration) {
+        self.lock.wait = wait;
+    }
+
+    /// Tuning of how batch jobs yield the write lock: work per transaction (default
+    /// 4 ms) and the pause after each commit (default 4 ms).
+    pub fn set_yield(&mut self, budget: Duration, gap: Duration) {
+        self.lock.budget = budget;
+        self.lock.gap = gap;
+    }
+
+    /// WAL frames past which batch jobs checkpoint and truncate the log (default
+    /// ~64 MiB).
+    pub fn set_wal_restart_frames(&mut self, frames: i64) {
+        self.wal = store::WalBound::new(self.conn.path().map(Path::new), frames);
+    }
+
+    /// Whether the last command that deleted key or card data (`erase`, `retention
+    /// run`, `keys destroy`, the `master` commands) truncated the WAL; `None` if none
+    /// ran. When it could not (a reader held an old snapshot), the vault is marked
+    /// and a running server truncates as soon as readers allow.
+    pub fn wal_scrubbed(&self) -> Option<bool> {
+        self.last_scrub
+    }
+
+    /// After a commit: the WAL is kept bounded, and the gap starts.
+    fn committed(&mut self) {
+        self.wal.after_commit(&mut self.conn);
+        // After the checkpoint (which may wait for the lock): the gap is the time the
+        // lock is left free for a waiting server.
+        self.lock.last_commit = Some(Instant::now());
     }
 
     fn now(&self) -> i64 {
@@ -114,20 +220,23 @@ impl Admin {
         f: impl FnOnce(&Connection, &Keyring, i64) -> Result<(T, String), VaultError>,
     ) -> Result<T, VaultError> {
         let now = self.now();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
+        let tx = begin(&self.conn, &mut self.lock)?;
         let (out, details) = f(&tx, &self.keys, now)?;
-        let details = if self.share_numbers.is_empty() {
+        let details = self.with_shares(details);
+        audit_hook::record_admin(&tx, &self.keys, actor, action, Some(&details), now)?;
+        tx.commit().map_err(store_err)?;
+        self.committed();
+        Ok(out)
+    }
+
+    /// `details`, plus the share numbers that unsealed this session.
+    fn with_shares(&self, details: String) -> String {
+        if self.share_numbers.is_empty() {
             details
         } else {
             let nums: Vec<String> = self.share_numbers.iter().map(u8::to_string).collect();
             format!("{details} shares={}", nums.join(","))
-        };
-        audit_hook::record_admin(&tx, &self.keys, actor, action, Some(&details), now)?;
-        tx.commit().map_err(store_err)?;
-        Ok(out)
+        }
     }
 
     /// Lists the keys.
@@ -182,9 +291,13 @@ impl Admin {
     }
 
     /// Re-encrypts every record still under an older key with the active key, in
-    /// batches of `batch` (each one transaction, with its audit event), at most
-    /// `max_rate` records/s if given. Idempotent: a record already under the active
-    /// version is skipped, so a killed run simply resumes.
+    /// transactions of at most `batch` records and a few milliseconds of work each
+    /// (each with its audit event, and the write lock left free between them so a
+    /// running server keeps writing), at most `max_rate` records/s if given.
+    /// Follows the active key: a `keys rotate` committed meanwhile makes the next
+    /// batch encrypt under the new key (and rewrap what the previous run wrote).
+    /// Idempotent: a record already under the active version is skipped, so a
+    /// killed run simply resumes.
     pub fn rewrap(
         &mut self,
         actor: &AccessContext,
@@ -194,18 +307,38 @@ impl Admin {
     ) -> Result<RewrapSummary, VaultError> {
         let batch = batch.clamp(1, 100_000);
         let limit = i64::try_from(batch).unwrap_or(1000);
-        let total = self.records_not_under_active()?;
-        let active = self.keys.active;
+        let mut total = self.records_not_under_active()?;
         let start = Instant::now();
         let mut done: u64 = 0;
         loop {
-            let n = self.admin_tx(actor, AuditAction::KeyRewrap, |tx, keys, _now| {
-                let n = rewrap_batch(tx, keys, limit)?;
-                Ok((n, format!("batch rewrapped={n} to_version={}", keys.active)))
-            })?;
+            let now = self.now();
+            let tx = begin(&self.conn, &mut self.lock)?;
+            // Under the write lock no rotation can commit: if one did since the keys
+            // were loaded, reload and encrypt under the new active key.
+            if keyring::key_epoch(&tx)? != self.keys.epoch {
+                drop(tx);
+                self.reload()?;
+                total = done + self.records_not_under_active()?;
+                continue;
+            }
+            let n = rewrap_batch(&tx, &self.keys, limit, self.lock.budget)?;
             if n == 0 {
                 break;
             }
+            let details = self.with_shares(format!(
+                "batch rewrapped={n} to_version={}",
+                self.keys.active
+            ));
+            audit_hook::record_admin(
+                &tx,
+                &self.keys,
+                actor,
+                AuditAction::KeyRewrap,
+                Some(&details),
+                now,
+            )?;
+            tx.commit().map_err(store_err)?;
+            self.committed();
             done += n;
             progress(RewrapProgress {
                 done,
@@ -223,7 +356,7 @@ impl Admin {
         let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
         Ok(RewrapSummary {
             rewrapped: done,
-            active_version: active,
+            active_version: self.keys.active,
             seconds: secs,
             rate,
             remaining: self.records_not_under_active()?,
@@ -462,12 +595,17 @@ impl Admin {
         Ok(())
     }
 
-    /// Checkpoints and truncates the WAL so replaced seals and wrapped keys leave no
-    /// copy in it (secure_delete already zeroes freed pages in the database file).
-    fn scrub_wal(&self) -> Result<(), VaultError> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(store_err)?;
+    /// Checkpoints and truncates the WAL so deleted rows, replaced seals and wrapped
+    /// keys leave no copy in it (secure_delete already zeroes freed pages in the
+    /// database file), retrying for a few seconds while readers hold older
+    /// snapshots. When it cannot, the vault stays marked (`meta.wal_scrub_pending`)
+    /// and a running server's checkpointer truncates as soon as it can; the outcome
+    /// is in [`Admin::wal_scrubbed`].
+    fn scrub_wal(&mut self) -> Result<(), VaultError> {
+        let now = self.now();
+        let done = store::scrub_wal_on(&mut self.conn, SCRUB_WAIT, now);
+        store::poll_for_locks(&mut self.conn, LOCK_ATTEMPT)?;
+        self.last_scrub = Some(done?);
         Ok(())
     }
 
@@ -502,24 +640,48 @@ impl Admin {
                 None,
             )
         })?;
-        let wal_scrubbed = self.scrub_wal().is_ok();
+        self.scrub_wal()?;
+        let wal_scrubbed = self.last_scrub == Some(true);
         Ok(super::erase::Erasure {
             receipt,
             wal_scrubbed,
         })
     }
 
-    /// Purges records past retention (the CLI's `retention run`).
+    /// Purges records past retention (the CLI's `retention run`). The candidates are
+    /// found without the write lock; they are then deleted in short transactions
+    /// (each re-checks its rows and records its own audit event with its counts), so
+    /// a running server keeps writing meanwhile.
     pub fn purge_retention(
         &mut self,
         actor: &AccessContext,
         grace_days: i64,
         dry_run: bool,
     ) -> Result<super::erase::PurgeReport, VaultError> {
-        let report = self.with_audit(|tx, audit, keys, now| {
-            super::erase::purge_in_tx(tx, audit, keys, actor, grace_days, dry_run, now, None)
-        })?;
-        if report.deleted {
+        if dry_run {
+            return self.with_audit(|tx, audit, keys, now| {
+                super::erase::purge_in_tx(tx, audit, keys, actor, grace_days, true, now, None)
+            });
+        }
+        let ids = super::erase::purge_candidates(&self.conn, grace_days, (self.clock)())?;
+        let mut report = super::erase::PurgeReport {
+            deleted: true,
+            ..Default::default()
+        };
+        let mut chunks: Vec<&[i64]> = ids.chunks(PURGE_CHUNK).collect();
+        if chunks.is_empty() {
+            // Nothing to delete: one event still records that the purge ran.
+            chunks.push(&[]);
+        }
+        for chunk in chunks {
+            let part = self.with_audit(|tx, audit, keys, now| {
+                super::erase::purge_ids_in_tx(tx, audit, keys, actor, chunk, grace_days, now)
+            })?;
+            report.past_expiry += part.past_expiry;
+            report.past_ttl += part.past_ttl;
+            report.audit_seq = part.audit_seq;
+        }
+        if report.past_expiry + report.past_ttl > 0 {
             self.scrub_wal()?;
         }
         Ok(report)
@@ -537,10 +699,7 @@ impl Admin {
         ) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
         let now = (self.clock)();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
+        let tx = begin(&self.conn, &mut self.lock)?;
         let mut audit = super::audit_hook::AuditState::load(
             &tx,
             &self.keys,
@@ -549,6 +708,7 @@ impl Admin {
         let out = f(&tx, &mut audit, &self.keys, now)?;
         audit.checkpoint_if_due(&tx, false)?;
         tx.commit().map_err(store_err)?;
+        self.committed();
         Ok(out)
     }
 
@@ -592,8 +752,43 @@ fn key_state(conn: &Connection, version: u32) -> Result<String, VaultError> {
 /// id, token, tenant, key version, nonce, ciphertext.
 type SealedRow = (i64, String, String, u32, Vec<u8>, Vec<u8>);
 
+/// Records a rewrap transaction reads and re-encrypts between two looks at the clock.
+const REWRAP_CHUNK: i64 = 64;
+
+/// Re-encrypts up to `limit` records not under the active key, stopping once
+/// `budget` has been spent (after at least one chunk). Returns how many.
+fn rewrap_batch(
+    tx: &Connection,
+    keys: &Keyring,
+    limit: i64,
+    budget: Duration,
+) -> Result<u64, VaultError> {
+    let started = Instant::now();
+    let mut n: u64 = 0;
+    loop {
+        let left = limit.saturating_sub(i64::try_from(n).unwrap_or(i64::MAX));
+        if left <= 0 {
+            break;
+        }
+        let k = rewrap_chunk(tx, keys, left.min(REWRAP_CHUNK))?;
+        n += k;
+        if k == 0 || started.elapsed() >= budget {
+            break;
+        }
+    }
+    let active = keys.active_key()?;
+    if n > 0 {
+        tx.execute(
+            "UPDATE data_keys SET encryptions = encryptions + ?2 WHERE version = ?1",
+            params![active.version(), i64::try_from(n).unwrap_or(i64::MAX)],
+        )
+        .map_err(store_err)?;
+    }
+    Ok(n)
+}
+
 /// Re-encrypts up to `limit` records not under the active key. Returns how many.
-fn rewrap_batch(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, VaultError> {
+fn rewrap_chunk(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, VaultError> {
     let active = keys.active_key()?;
     let rows: Vec<SealedRow> = {
         let mut stmt = tx
@@ -656,13 +851,6 @@ fn rewrap_batch(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, Vaul
                 .map_err(store_err)?,
         )
         .unwrap_or(0);
-    }
-    if n > 0 {
-        tx.execute(
-            "UPDATE data_keys SET encryptions = encryptions + ?2 WHERE version = ?1",
-            params![active.version(), i64::try_from(n).unwrap_or(i64::MAX)],
-        )
-        .map_err(store_err)?;
     }
     Ok(n)
 }

@@ -193,6 +193,10 @@ pub(crate) fn erase_in_tx(
         params![tenant, subject_key_hash, token.as_ref().map(Token::as_str), now, i64::try_from(n).unwrap_or(i64::MAX), i64::try_from(seq).unwrap_or(i64::MAX)],
     )
     .map_err(store_err)?;
+    // Page copies of the erased rows stay in the WAL until it is truncated: marked in
+    // the same transaction, so whoever truncates next (this caller, or a server's
+    // checkpointer if a reader prevents it now) knows to.
+    store::mark_scrub_pending(conn, now).map_err(VaultError::Store)?;
     let time = OffsetDateTime::from_unix_timestamp(now).map_err(|_| VaultError::Crypto)?;
     audit.sign_receipt(subject_key_hash, tenant, n, time, seq)
 }
@@ -238,6 +242,89 @@ pub(crate) fn purge_in_tx(
         params![cutoff, ts],
         dedup,
     )?;
+    if past_expiry + past_ttl > 0 {
+        store::mark_scrub_pending(conn, ts).map_err(VaultError::Store)?;
+    }
+    let details = format!("past_expiry={past_expiry} past_ttl={past_ttl} grace_days={grace_days}");
+    let rec = AuditRecord {
+        action: AuditAction::RetentionPurge,
+        tenant: None,
+        token: None,
+        purpose: None,
+        subject: None,
+        outcome: AuditOutcome::Success,
+        details: Some(&details),
+    };
+    let seq = audit.record(conn, keys, ctx, &rec, ts)?;
+    Ok(PurgeReport {
+        past_expiry,
+        past_ttl,
+        deleted: true,
+        audit_seq: Some(seq),
+    })
+}
+
+/// Ids of the cards past retention at `now` (read without the write lock; each is
+/// checked again when deleted by [`purge_ids_in_tx`]).
+pub(crate) fn purge_candidates(
+    conn: &Connection,
+    grace_days: i64,
+    now: OffsetDateTime,
+) -> Result<Vec<i64>, VaultError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT id FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1 \
+             OR (expires_at IS NOT NULL AND expires_at <= ?2) ORDER BY id",
+        )
+        .map_err(store_err)?;
+    let rows = stmt
+        .query_map(
+            params![cutoff_month(now, grace_days), now.unix_timestamp()],
+            |r| r.get(0),
+        )
+        .map_err(store_err)?;
+    rows.collect::<Result<_, _>>().map_err(store_err)
+}
+
+/// Deletes those of `ids` still past retention inside `conn`'s transaction, with
+/// one audit event for them (the CLI's `retention run`, a chunk at a time).
+pub(crate) fn purge_ids_in_tx(
+    conn: &Connection,
+    audit: &mut AuditState,
+    keys: &Keyring,
+    ctx: &AccessContext,
+    ids: &[i64],
+    grace_days: i64,
+    now: OffsetDateTime,
+) -> Result<PurgeReport, VaultError> {
+    let cutoff = cutoff_month(now, grace_days);
+    let ts = now.unix_timestamp();
+    let mut past_expiry = 0u64;
+    let mut past_ttl = 0u64;
+    for id in ids {
+        if delete_returning(
+            conn,
+            "DELETE FROM cards WHERE id = ?1 AND exp_year * 12 + exp_month - 1 < ?2 \
+             RETURNING id, fingerprint",
+            params![id, cutoff],
+            None,
+        )? > 0
+        {
+            past_expiry += 1;
+        } else if delete_returning(
+            conn,
+            "DELETE FROM cards WHERE id = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2 \
+             RETURNING id, fingerprint",
+            params![id, ts],
+            None,
+        )? > 0
+        {
+            past_ttl += 1;
+        }
+    }
+    if past_expiry + past_ttl > 0 {
+        store::mark_scrub_pending(conn, ts).map_err(VaultError::Store)?;
+    }
     let details = format!("past_expiry={past_expiry} past_ttl={past_ttl} grace_days={grace_days}");
     let rec = AuditRecord {
         action: AuditAction::RetentionPurge,

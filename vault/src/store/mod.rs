@@ -8,8 +8,9 @@ pub mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 pub use lock::{DirLock, lock_exclusive, lock_shared};
 pub use pool::{PooledConn, ReadPool};
@@ -31,6 +32,12 @@ pub enum StoreError {
     /// The writer is gone, overloaded, or did not answer in time.
     #[error("storage writer unavailable: {0}")]
     Unavailable(&'static str),
+    /// Another process (an admin command, or a server's writer) held the write lock
+    /// for longer than this one waits, in seconds.
+    #[error(
+        "the vault's write lock stayed held by another admin command or the server for {0} s; try again later"
+    )]
+    LockHeld(u64),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -113,7 +120,7 @@ impl StoreError {
     /// (full, read-only, I/O error, locked): a reason to answer 503.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Unavailable(_) => true,
+            StoreError::Unavailable(_) | StoreError::LockHeld(_) => true,
             StoreError::Sqlite(s) => {
                 s.contains("DiskFull")
                     || s.contains("ReadOnly")
@@ -231,28 +238,247 @@ pub fn sample_tokens(path: &Path, n: i64) -> Result<Vec<String>, StoreError> {
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// How long a writer keeps retrying for the write lock before it gives up.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Replaces SQLite's default busy handler (sleeps of 1, 2, 5 … 100 ms) with one that
+/// polls every 100–500 µs until `limit` has passed since the first try: a writer
+/// waiting on another process's short transaction wakes as soon as the lock frees,
+/// instead of sleeping through the gap that process leaves and losing the lock
+/// again. The cost is a few thousand wake-ups a second while it waits.
+pub fn poll_for_locks(conn: &mut Connection, limit: Duration) -> Result<(), StoreError> {
+    let mut since: Option<Instant> = None;
+    conn.busy_handler(Some(move |count: i32| {
+        let now = Instant::now();
+        let first = match since {
+            Some(t) if count > 0 => t,
+            _ => {
+                since = Some(now);
+                now
+            }
+        };
+        if now.duration_since(first) >= limit {
+            return false;
+        }
+        let pause = if count < 2_000 { 100 } else { 500 };
+        std::thread::sleep(Duration::from_micros(pause));
+        true
+    }))?;
+    Ok(())
+}
+
+/// `meta` key set (to `"<unix time> <nonce>"`) whenever deleted card data may still
+/// have page copies in the WAL, and cleared once a `TRUNCATE` checkpoint emptied it.
+pub const SCRUB_PENDING: &str = "wal_scrub_pending";
+/// `meta` key: unix time of the last truncation that cleared [`SCRUB_PENDING`].
+pub const SCRUBBED_AT: &str = "wal_scrubbed_at";
+
+/// Marks the WAL as holding deleted data, inside the deleting transaction (so a crash
+/// between the commit and the truncation still leaves the mark). Each mark is unique
+/// (a random nonce), so a truncation clears only the marks it covered.
+pub fn mark_scrub_pending(conn: &Connection, now: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2 || ' ' || hex(randomblob(8)))
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![SCRUB_PENDING, now.to_string()],
+    )?;
+    Ok(())
+}
+
+/// The pending-scrub mark, if any: `(unix time it was set, the raw value)`.
+pub fn scrub_pending(conn: &Connection) -> Result<Option<(i64, String)>, StoreError> {
+    let v: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [SCRUB_PENDING],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match v {
+        None => None,
+        Some(raw) => {
+            let t = raw
+                .split(' ')
+                .next()
+                .and_then(|t| t.parse::<i64>().ok())
+                .ok_or_else(|| StoreError::Corrupt(format!("meta.{SCRUB_PENDING} is malformed")))?;
+            Some((t, raw))
+        }
+    })
+}
+
 /// Checkpoints the WAL into the database file and truncates it, so deleted rows
-/// leave no copy in the WAL. Retries for up to `wait` while readers or the writer
-/// are busy; returns whether the WAL was emptied.
-pub fn scrub_wal(path: &Path, wait: std::time::Duration) -> bool {
-    let Ok(conn) = Connection::open_with_flags(
+/// leave no copy in the WAL, retrying for up to `wait` while readers hold older
+/// snapshots (each try waits at most a few milliseconds for them, holding the write
+/// lock meanwhile). On success clears the pending-scrub mark it covered and
+/// records the time in `meta` and in the erasure requests it covered; on failure
+/// leaves (or sets) the mark so the server's checkpointer truncates later.
+/// Returns whether the WAL was emptied.
+pub fn scrub_wal_on(conn: &mut Connection, wait: Duration, now: i64) -> Result<bool, StoreError> {
+    // What this truncation covers: every commit before it.
+    let mark = scrub_pending(conn)?;
+    let last_request: Option<i64> =
+        conn.query_row("SELECT max(id) FROM erasure_requests", [], |r| r.get(0))?;
+    poll_for_locks(conn, Duration::from_millis(5))?;
+    let deadline = Instant::now() + wait;
+    let emptied = loop {
+        let busy: Result<i64, _> =
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
+        if matches!(busy, Ok(0)) {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    poll_for_locks(conn, LOCK_WAIT)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if emptied {
+        if let Some((_, raw)) = &mark {
+            tx.execute(
+                "DELETE FROM meta WHERE key = ?1 AND value = ?2",
+                params![SCRUB_PENDING, raw],
+            )?;
+        }
+        if let Some(id) = last_request {
+            tx.execute(
+                "UPDATE erasure_requests SET wal_scrubbed_at = ?2
+                 WHERE wal_scrubbed_at IS NULL AND id <= ?1",
+                params![id, now],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![SCRUBBED_AT, now.to_string()],
+        )?;
+    } else if mark.is_none() {
+        mark_scrub_pending(&tx, now)?;
+    }
+    tx.commit()?;
+    Ok(emptied)
+}
+
+/// [`scrub_wal_on`] on a connection of its own to the database at `path` (false if
+/// it cannot be opened or written).
+pub fn scrub_wal(path: &Path, wait: Duration) -> bool {
+    let Ok(mut conn) = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     ) else {
         return false;
     };
-    let _ = conn.busy_timeout(std::time::Duration::from_millis(200));
-    let deadline = std::time::Instant::now() + wait;
-    loop {
-        let busy: Result<i64, _> =
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
-        if matches!(busy, Ok(0)) {
-            return true;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok());
+    let Some(now) = now else {
+        return false;
+    };
+    scrub_wal_on(&mut conn, wait, now).unwrap_or(false)
+}
+
+/// WAL frames after which the log is restarted (~64 MiB of 4 KiB pages): the
+/// server's checkpointer asks its writer to, and admin batch loops do it themselves.
+pub const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// Keeps the WAL of a connection that commits many transactions in a row (an admin
+/// batch loop) bounded: after each commit it looks at the WAL's size (one `stat`),
+/// and past `limit` frames it checkpoints and truncates the log, waiting at most a
+/// few milliseconds for the lock and for readers (a running server's writer must
+/// not wait on it for long). A truncation that readers prevent is tried again
+/// 250 ms later.
+#[derive(Debug)]
+pub struct WalBound {
+    limit_bytes: u64,
+    wal: Option<PathBuf>,
+    not_before: Option<Instant>,
+}
+
+impl WalBound {
+    /// A bound of `limit` frames for the WAL of the database at `db`.
+    pub fn new(db: Option<&Path>, limit: i64) -> WalBound {
+        let frames = u64::try_from(limit.max(1)).unwrap_or(1);
+        WalBound {
+            // a frame is a page and its 24-byte header
+            limit_bytes: frames.saturating_mul(u64::from(PAGE_SIZE) + 24),
+            wal: db.map(|p| {
+                let mut s = p.as_os_str().to_owned();
+                s.push("-wal");
+                PathBuf::from(s)
+            }),
+            not_before: None,
         }
-        if std::time::Instant::now() >= deadline {
-            return false;
+    }
+
+    /// Call after each commit. Never fails the caller's work: a checkpoint that
+    /// cannot run now is tried again later.
+    pub fn after_commit(&mut self, conn: &mut Connection) {
+        if self.not_before.is_some_and(|t| Instant::now() < t) {
+            return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        let Some(size) = self
+            .wal
+            .as_ref()
+            .and_then(|w| std::fs::metadata(w).ok())
+            .map(|m| m.len())
+        else {
+            return;
+        };
+        if size <= self.limit_bytes {
+            return;
+        }
+        let _ = poll_for_locks(conn, Duration::from_millis(5));
+        let done = matches!(
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r
+                .get::<_, i64>(0)),
+            Ok(0)
+        );
+        let _ = poll_for_locks(conn, LOCK_WAIT);
+        self.not_before = (!done).then(|| Instant::now() + Duration::from_millis(250));
+    }
+}
+
+/// Rate-limits a warning that can repeat for every request (a full disk answers every
+/// write with an error): at most one line per `every`, the next one saying how many
+/// were suppressed meanwhile.
+#[derive(Debug)]
+pub struct WarnLimiter {
+    every: Duration,
+    state: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+impl WarnLimiter {
+    /// At most one warning per `every`.
+    pub const fn new(every: Duration) -> WarnLimiter {
+        WarnLimiter {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(n)` when this occurrence should be logged (`n` suppressed since the last
+    /// logged one), `None` when it is suppressed.
+    pub fn check(&self) -> Option<u64> {
+        self.check_at(Instant::now())
+    }
+
+    fn check_at(&self, now: Instant) -> Option<u64> {
+        let Ok(mut g) = self.state.lock() else {
+            return Some(0);
+        };
+        let (last, suppressed) = &mut *g;
+        match last {
+            Some(t) if now.saturating_duration_since(*t) < self.every => {
+                *suppressed += 1;
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(std::mem::take(suppressed))
+            }
+        }
     }
 }
 
@@ -286,5 +512,18 @@ mod tests {
         drop(open_writer(&fresh, true).unwrap());
         drop(open_writer(&fresh, false).unwrap());
         drop(open_reader(&fresh).unwrap());
+    }
+
+    #[test]
+    fn repeated_warnings_are_limited_to_one_per_period_with_a_count() {
+        let lim = WarnLimiter::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(lim.check_at(t0), Some(0));
+        for i in 1..=3499 {
+            assert_eq!(lim.check_at(t0 + Duration::from_micros(i * 280)), None);
+        }
+        assert_eq!(lim.check_at(t0 + Duration::from_secs(1)), Some(3499));
+        assert_eq!(lim.check_at(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(lim.check_at(t0 + Duration::from_secs(3)), Some(1));
     }
 }

@@ -88,6 +88,11 @@ CREATE INDEX erasure_requests_open ON erasure_requests(completed_at) WHERE compl
 DROP INDEX cards_token;
 CREATE UNIQUE INDEX cards_token_tenant ON cards(token, tenant);
 "#,
+    // 4: when the WAL was truncated after an erasure (NULL: page copies of the erased
+    // rows may still be in the WAL; the server truncates it as soon as readers allow)
+    r#"
+ALTER TABLE erasure_requests ADD COLUMN wal_scrubbed_at INTEGER;
+"#,
 ];
 
 /// The schema version this build writes.

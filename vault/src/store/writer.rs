@@ -122,11 +122,15 @@ impl<S: WriterState> std::fmt::Debug for Writer<S> {
 impl<S: WriterState> Writer<S> {
     /// Starts the writer on `conn` with initial `state`, and a checkpointer on `path`.
     pub fn start(
-        conn: Connection,
+        mut conn: Connection,
         state: S,
         path: PathBuf,
         cfg: WriterConfig,
     ) -> Result<Self, StoreError> {
+        // Admin commands write from other processes in short transactions with
+        // gaps between them: poll for the lock so the writer takes it in the first
+        // gap rather than sleeping through several.
+        super::poll_for_locks(&mut conn, super::LOCK_WAIT)?;
         let (tx, rx) = sync_channel::<Job<S>>(cfg.queue);
         let restart = Arc::new(AtomicBool::new(false));
         let restart2 = Arc::clone(&restart);
@@ -223,9 +227,12 @@ fn run<S: WriterState>(
         let result = run_batch(&mut conn, &mut state, &mut batch, &mut completions);
         stats.record(n, t0.elapsed());
         if let Err(e) = &result {
-            // Every caller of the batch gets 503; say why once, for the operator
-            // (a full disk or an unwritable audit log is otherwise silent).
-            tracing::warn!(error = %e, jobs = n, "write batch rolled back");
+            // Every caller of the batch gets 503; say why, for the operator (a full
+            // disk or an unwritable audit log is otherwise silent), but at most once
+            // a second: a full disk fails every batch.
+            if let Some(suppressed) = ROLLBACK_WARN.check() {
+                tracing::warn!(error = %e, jobs = n, suppressed, "write batch rolled back");
+            }
             state.restore(before);
         }
         let failed = result.err();
@@ -250,12 +257,16 @@ fn run<S: WriterState>(
     state.on_shutdown(&mut conn);
 }
 
+/// Limits the "write batch rolled back" warning to one a second.
+static ROLLBACK_WARN: super::WarnLimiter = super::WarnLimiter::new(Duration::from_secs(1));
+
 fn clone_err(e: &StoreError) -> StoreError {
     match e {
         StoreError::Sqlite(s) => StoreError::Sqlite(s.clone()),
         StoreError::SchemaTooNew(v) => StoreError::SchemaTooNew(*v),
         StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
         StoreError::Unavailable(s) => StoreError::Unavailable(s),
+        StoreError::LockHeld(s) => StoreError::LockHeld(*s),
     }
 }
 
@@ -296,8 +307,11 @@ fn run_batch<S: WriterState>(
     Ok(())
 }
 
-/// WAL frames after which the checkpointer restarts the log (~64 MiB of 4 KiB pages).
-const WAL_RESTART_FRAMES: i64 = 16_384;
+use super::WAL_RESTART_FRAMES;
+
+/// Longest pause between two attempts to scrub a WAL marked as holding deleted data
+/// while readers keep preventing it.
+const SCRUB_BACKOFF_MAX: Duration = Duration::from_secs(8);
 
 fn checkpoint_loop(
     path: PathBuf,
@@ -306,6 +320,7 @@ fn checkpoint_loop(
     restart: Arc<AtomicBool>,
 ) {
     let mut conn: Option<Connection> = None;
+    let mut scrub = ScrubRetry::new(every);
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(every);
         if conn.is_none() {
@@ -314,7 +329,7 @@ fn checkpoint_loop(
                 let _ = c.busy_timeout(Duration::from_millis(100));
             }
         }
-        if let Some(c) = &conn {
+        if let Some(c) = &mut conn {
             // PASSIVE: copies what it can without blocking the writer or readers.
             let frames = c
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
@@ -326,10 +341,67 @@ fn checkpoint_loop(
             if frames > WAL_RESTART_FRAMES {
                 restart.store(true, Ordering::SeqCst);
             }
+            scrub.tick(c);
         }
     }
-    if let Some(c) = &conn {
-        let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    if let Some(c) = &mut conn {
+        if matches!(super::scrub_pending(c), Ok(Some(_))) {
+            let _ = super::scrub_wal_on(c, Duration::from_millis(500), unix_now());
+        } else {
+            let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .unwrap_or(i64::MAX)
+}
+
+/// Retries a pending WAL scrub (deleted data whose page copies may still be in the
+/// WAL, marked in `meta` by an erasure, a purge or a key destruction whose own
+/// truncation was blocked by a reader) until a `TRUNCATE` checkpoint succeeds.
+/// Each try may hold the write lock for a few milliseconds, so failed tries back
+/// off up to [`SCRUB_BACKOFF_MAX`].
+struct ScrubRetry {
+    base: Duration,
+    pause: Duration,
+    next: std::time::Instant,
+}
+
+impl ScrubRetry {
+    fn new(base: Duration) -> ScrubRetry {
+        ScrubRetry {
+            base,
+            pause: base,
+            next: std::time::Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, conn: &mut Connection) {
+        if std::time::Instant::now() < self.next {
+            return;
+        }
+        match super::scrub_pending(conn) {
+            Ok(Some(_)) => {}
+            _ => {
+                self.pause = self.base;
+                return;
+            }
+        }
+        match super::scrub_wal_on(conn, Duration::ZERO, unix_now()) {
+            Ok(true) => {
+                tracing::info!("WAL truncated: no copy of deleted data is left in it");
+                self.pause = self.base;
+            }
+            _ => {
+                self.pause = (self.pause * 2).min(SCRUB_BACKOFF_MAX);
+                self.next = std::time::Instant::now() + self.pause;
+            }
+        }
     }
 }
 
