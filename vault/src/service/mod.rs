@@ -1000,7 +1000,8 @@ fn tokenize_in_tx(
             None => state.dedup.remove(fp, subject),
         }
     }
-    let key = state.sealing_key(conn, keys)?;
+    let fresh = state.sealing_keyring(conn, keys)?;
+    let key = fresh.as_deref().unwrap_or(keys).active_key()?;
     let pan = &req.card.pan;
     let mut insert = conn
         .prepare_cached(
@@ -1121,8 +1122,13 @@ fn update_on_hit(
     }
     // A new name is re-sealed; take the key before changing anything, so a refusal
     // (the key is no longer active in the database) leaves the row as it was.
+    let fresh = if updated.contains(&"name") {
+        state.sealing_keyring(conn, keys)?
+    } else {
+        None
+    };
     let reseal_key = if updated.contains(&"name") {
-        Some(state.sealing_key(conn, keys)?)
+        Some(fresh.as_deref().unwrap_or(keys).active_key()?)
     } else {
         None
     };

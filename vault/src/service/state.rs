@@ -35,7 +35,6 @@ use panvault_audit::log::{ChainHead, CheckpointPolicy};
 use super::audit_hook::{AuditRecord, AuditState};
 use super::keyring::{self, Keyring};
 use super::request::AccessContext;
-use crate::core::envelope::DataKey;
 use crate::core::kdf::FINGERPRINT_LEN;
 use crate::error::VaultError;
 use crate::store::{StoreError, WriterState};
@@ -209,8 +208,11 @@ pub struct VaultState {
     /// The version `active` in the database, read once per batch inside its
     /// transaction (`None` until a job of the batch needs it).
     db_active: Option<u32>,
-    /// Raised when a tokenize was refused for a key mismatch; the vault reloads.
+    /// Raised when the writer found the callers' keys behind the database's; the
+    /// vault reloads.
     reload_wanted: Arc<AtomicBool>,
+    /// The keyring the writer loaded itself after such a mismatch.
+    fresh_keys: Option<Arc<Keyring>>,
 }
 
 impl VaultState {
@@ -228,6 +230,7 @@ impl VaultState {
             audit,
             db_active: None,
             reload_wanted: Arc::new(AtomicBool::new(false)),
+            fresh_keys: None,
         })
     }
 
@@ -241,17 +244,20 @@ impl VaultState {
         &mut self.audit
     }
 
-    /// The key to seal a new record with: the keyring's active key, only if that
-    /// version is the one `active` in the database now. Read inside the batch's
-    /// transaction, which holds the write lock, so no key change can commit between
-    /// this check and the insert. A mismatch (a rotation or retirement not loaded
-    /// yet) is [`VaultError::KeysOutOfDate`]: nothing is sealed under a key that is
-    /// not active, whatever the administrator did meanwhile.
-    pub(crate) fn sealing_key<'k>(
+    /// The keyring to seal a new record with: `None` when the caller's keyring
+    /// (`keys`) has the version `active` in the database now, else a keyring
+    /// loaded here, inside the batch's transaction, that has it. The check holds
+    /// the write lock, so no key change can commit between it and the insert:
+    /// nothing is sealed under a key that is not active, whatever the
+    /// administrator did meanwhile. A rotation made by another process therefore
+    /// costs callers nothing (the writer loads the new key once and the vault
+    /// swaps it in); only keys that cannot be loaded (a changed root) refuse with
+    /// [`VaultError::KeysOutOfDate`].
+    pub(crate) fn sealing_keyring(
         &mut self,
         conn: &Connection,
-        keys: &'k Keyring,
-    ) -> Result<&'k DataKey, VaultError> {
+        keys: &Keyring,
+    ) -> Result<Option<Arc<Keyring>>, VaultError> {
         let active = match self.db_active {
             Some(v) => v,
             None => {
@@ -260,14 +266,27 @@ impl VaultState {
                 v
             }
         };
-        if active != keys.active {
-            self.reload_wanted.store(true, Ordering::SeqCst);
-            return Err(VaultError::KeysOutOfDate);
+        if active == keys.active {
+            return Ok(None);
         }
-        keys.active_key()
+        self.reload_wanted.store(true, Ordering::SeqCst);
+        if let Some(fresh) = &self.fresh_keys
+            && fresh.active == active
+            && fresh.vault_id == keys.vault_id
+        {
+            return Ok(Some(Arc::clone(fresh)));
+        }
+        let root = crate::core::secret::SecretKey32::from_slice(keys.root.expose_secret())
+            .ok_or(VaultError::KeysOutOfDate)?;
+        let fresh = match Keyring::load(conn, &keys.vault_id, root) {
+            Ok(k) if k.active == active => Arc::new(k),
+            Ok(_) | Err(_) => return Err(VaultError::KeysOutOfDate),
+        };
+        self.fresh_keys = Some(Arc::clone(&fresh));
+        Ok(Some(fresh))
     }
 
-    /// The flag [`VaultState::sealing_key`] raises on a key mismatch.
+    /// The flag [`VaultState::sealing_keyring`] raises on a key mismatch.
     pub(crate) fn reload_wanted(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.reload_wanted)
     }
