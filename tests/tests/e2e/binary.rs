@@ -162,7 +162,17 @@ async fn quickstart_makes_a_working_vault_and_reuses_it() {
     for name in ["storefront", "payments", "other-shop"] {
         assert!(!c(name).can(Permission::Metrics), "{name}");
     }
-    assert!(qs.stderr.lock().unwrap().contains("development only"));
+    // stdout and stderr are read by two tasks: what was printed before "ready"
+    // on the other pipe may not have been read yet.
+    let printed = |pipe: &std::sync::Arc<std::sync::Mutex<String>>, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !pipe.lock().unwrap().contains(what) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        pipe.lock().unwrap().contains(what)
+    };
+    assert!(printed(&qs.stderr, "development only"));
+    assert!(printed(&qs.stdout, "/metrics"));
     let out = qs.stdout.lock().unwrap().clone();
     assert!(
         out.contains("curl -sS --cacert")
