@@ -360,7 +360,12 @@ pub fn lookup_iin(digits: &[u8]) -> Option<&'static IinRange> {
         .take_while(|d| d.is_ascii_digit())
         .count();
     let have = u8::try_from(leading).ok()?;
-    lookup_prefix(prefix_value(digits, have)?, have)
+    let prefix = prefix_value(digits, have)?;
+    if have == IIN_DIGITS {
+        row_of_prefix4(prefix)
+    } else {
+        lookup_prefix(prefix, have)
+    }
 }
 
 /// The brand of a card number given as ASCII digits (length not checked).
@@ -620,7 +625,7 @@ const fn doubled(d: u8) -> u8 {
 /// so the Luhn sum of any window is a difference of two of them, and the IIN row of
 /// each chain position is looked up once, when its fourth digit arrives: checking
 /// the eight windows of 12–19 digits that end at a digit is a few compares. The
-/// last [`RING`] digits are held in a ring that is wiped on drop.
+/// last 32 digits are held in a ring that is wiped on drop.
 pub struct CardFinder {
     mode: Mode,
     /// Digits in the current chain (0: none open).
@@ -706,7 +711,6 @@ impl CardFinder {
     /// Starts again at a new place. `mid_text`: the place may be inside a chain
     /// that began earlier, so the first chain is never reported (scan mode).
     pub fn reset(&mut self, mid_text: bool) {
-        self.wipe();
         self.n = 0;
         self.seps = 0;
         self.tainted = mid_text;
@@ -945,8 +949,10 @@ impl CardFinder {
 /// length of `text`.
 pub fn contains_card_number(text: &str) -> bool {
     let mut f = CardFinder::new(Mode::Filter);
-    text.char_indices()
-        .any(|(pos, c)| f.push_char(c, pos, c.len_utf8()).is_some())
+    text.char_indices().any(|(pos, c)| {
+        // Letters outside a chain change nothing in filter mode: skip them fast.
+        !(c.is_ascii_alphabetic() && !f.in_chain()) && f.push_char(c, pos, c.len_utf8()).is_some()
+    })
 }
 
 #[cfg(test)]

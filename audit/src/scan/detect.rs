@@ -24,6 +24,12 @@
 //!   case, frequent character-class changes) is part of the encoding, not a card.
 //! - `%B<pan>^<name>^<yymm>…` is a track 1 and `<pan>=<yymm><service code>…` a
 //!   track 2: reported as such, and the digits after the separator are skipped.
+//!
+//! Around each 4+ digit run it stops at, and at each digit of another script, the
+//! scanner also runs the detector shared with the vault's request filter
+//! ([`card::CardFinder`] in [`card::Mode::Scan`]), which reads the chains written
+//! with other separators or digits; its hits that overlap none of the layout
+//! parser's are added. Each byte is fed to it at most once.
 
 use zeroize::Zeroize;
 
@@ -521,6 +527,39 @@ fn next_wide_digit(buf: &[u8], from: usize, limit: usize) -> usize {
     limit
 }
 
+/// A separator byte to the shared detector in scan mode (tab, or printable and not
+/// alphanumeric).
+#[inline]
+fn is_sep_byte(b: u8) -> bool {
+    b.is_ascii() && !b.is_ascii_alphanumeric() && (b == b'\t' || !b.is_ascii_control())
+}
+
+/// Whether the chain of ASCII digits around `t` (groups joined by up to
+/// [`card::MAX_SEPARATORS`] separator bytes) has at least [`MIN_LEN`] digits, or
+/// touches a byte outside ASCII: a cheap test before the shared detector runs.
+fn may_hold_a_card(buf: &[u8], t: usize) -> bool {
+    let mut digits = 0usize;
+    let mut walk = |range: &mut dyn Iterator<Item = usize>| -> bool {
+        let mut seps = 0usize;
+        for i in range {
+            match buf.get(i) {
+                Some(b) if b.is_ascii_digit() => {
+                    digits += 1;
+                    seps = 0;
+                    if digits >= MIN_LEN {
+                        return true;
+                    }
+                }
+                Some(&b) if is_sep_byte(b) && seps < card::MAX_SEPARATORS => seps += 1,
+                Some(&b) if b >= 0x80 => return true,
+                _ => break,
+            }
+        }
+        false
+    };
+    walk(&mut (t..buf.len())) || walk(&mut (t.saturating_sub(LOOSE_REACH)..t).rev())
+}
+
 /// The shared detector ([`card::CardFinder`] in [`card::Mode::Scan`]) run over the
 /// digit chains this scanner's own layout parser does not read: other separators
 /// (`4111.1111.1111.1111`, double spaces, `_`, tabs, `","` between JSON strings)
@@ -550,15 +589,32 @@ impl<'a> Loose<'a> {
             stop,
             finder: card::CardFinder::new(card::Mode::Scan),
             fed: 0,
-            wide: from,
+            // Most text is ASCII: one fast pass then spares the search for
+            // digits of other scripts.
+            wide: if buf
+                .get(from..stop.saturating_add(LOOSE_REACH).min(buf.len()))
+                .is_none_or(<[u8]>::is_ascii)
+            {
+                usize::MAX
+            } else {
+                from
+            },
             hits: Vec::new(),
             pending: None,
         }
     }
 
-    /// Handles the digits before `t` (non-ASCII ones), then the one at `t`.
+    /// Handles the digits before `t` (non-ASCII ones), then the run of ASCII
+    /// digits at `t` if a gap next to it is one the layout parser does not read.
     fn upto(&mut self, t: usize) {
         let limit = t.min(self.buf.len());
+        if self
+            .buf
+            .get(self.wide.max(self.fed)..limit)
+            .is_some_and(<[u8]>::is_ascii)
+        {
+            self.wide = self.wide.max(limit);
+        }
         while self.wide < limit {
             let w = next_wide_digit(self.buf, self.wide.max(self.fed), limit);
             if w >= limit {
@@ -568,7 +624,54 @@ impl<'a> Loose<'a> {
             self.at(w);
             self.wide = self.fed.max(w + 1);
         }
-        self.at(t);
+        if t >= self.fed
+            && t < self.buf.len()
+            && self.loose_gap_next_to(t)
+            && may_hold_a_card(self.buf, t)
+        {
+            self.at(t);
+        }
+    }
+
+    /// Whether the digit run at `t` is joined to more digits (or to a byte that may
+    /// start a digit of another script) by a gap other than one space or one dash.
+    /// The shared detector reports a chain only if all its gaps are alike, so a
+    /// chain whose runs all sit between plain gaps (or none) is the layout
+    /// parser's: this keeps the detector away from most digit runs.
+    fn loose_gap_next_to(&self, t: usize) -> bool {
+        let buf = self.buf;
+        let end = digit_run_end(buf, t);
+        let digit_or_high = |i: usize| buf.get(i).is_some_and(|&b| b.is_ascii_digit() || b >= 0x80);
+        let is_sep = is_sep_byte;
+        if buf.get(end).is_some_and(|&b| b >= 0x80)
+            || t.checked_sub(1)
+                .is_some_and(|p| buf.get(p).is_some_and(|&b| b >= 0x80))
+        {
+            return true;
+        }
+        // After the run.
+        let mut k = end;
+        while k < end + card::MAX_SEPARATORS && buf.get(k).is_some_and(|&b| is_sep(b)) {
+            k += 1;
+        }
+        if k > end && digit_or_high(k) {
+            let gap = buf.get(end..k).unwrap_or(&[]);
+            if gap != b" " && gap != b"-" {
+                return true;
+            }
+        }
+        // Before it.
+        let mut k = t;
+        while k > 0 && t - k < card::MAX_SEPARATORS && buf.get(k - 1).is_some_and(|&b| is_sep(b)) {
+            k -= 1;
+        }
+        if k < t && k > 0 && digit_or_high(k - 1) {
+            let gap = buf.get(k..t).unwrap_or(&[]);
+            if gap != b" " && gap != b"-" {
+                return true;
+            }
+        }
+        false
     }
 
     /// Feeds the chain holding the digit at `t`, from its start (walking back over
@@ -614,12 +717,14 @@ impl<'a> Loose<'a> {
         let mut i = p;
         loop {
             let Some((c, len)) = char_at(self.buf, i) else {
-                let hit = self.finder.finish();
-                self.keep(hit);
+                if let Some(h) = self.finder.finish() {
+                    self.keep(h);
+                }
                 break;
             };
-            let hit = self.finder.push_char(c, i, len);
-            self.keep(hit);
+            if let Some(h) = self.finder.push_char(c, i, len) {
+                self.keep(h);
+            }
             i += len;
             if i > t && !self.finder.in_chain() {
                 break;
@@ -630,10 +735,7 @@ impl<'a> Loose<'a> {
 
     /// Keeps a hit that starts in this scan's range and that the layout parser
     /// would not have read (unless the digits sit inside base64).
-    fn keep(&mut self, hit: Option<card::CardHit>) {
-        let Some(h) = hit else {
-            return;
-        };
+    fn keep(&mut self, h: card::CardHit) {
         if !h.loose || h.start < self.from || h.start >= self.stop {
             return;
         }

@@ -14,6 +14,10 @@
 //! or identifiers do not count. Track 1 (`%B…^NAME^…`) and track 2 (`;…=…?`) are
 //! reported as [`Kind::Track1`] and [`Kind::Track2`]. With
 //! [`ScanOptions::join_lines`], a number broken by a line break is found too.
+//! Other separators (`4111.1111.1111.1111`, double spaces, `_`, tabs, JSON arrays of
+//! digit groups) and digits of other scripts (full-width, Arabic-Indic, …) are read
+//! by [`crate::card::CardFinder`], the detector the vault's request filter uses, in
+//! its scanning mode.
 //!
 //! Speed: files are spread over threads (largest first) and plain files over 64 MiB
 //! are cut into segments at line boundaries; each thread reads 1 MiB chunks into
