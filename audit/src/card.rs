@@ -951,7 +951,7 @@ pub fn contains_card_number(text: &str) -> bool {
     let mut f = CardFinder::new(Mode::Filter);
     text.char_indices().any(|(pos, c)| {
         // Letters outside a chain change nothing in filter mode: skip them fast.
-        !(c.is_ascii_alphabetic() && !f.in_chain()) && f.push_char(c, pos, c.len_utf8()).is_some()
+        (f.in_chain() || !c.is_ascii_alphabetic()) && f.push_char(c, pos, c.len_utf8()).is_some()
     })
 }
 
