@@ -368,8 +368,11 @@ fn validate_metadata(m: &Map<String, Value>) -> Result<Map<String, Value>, Vault
     if text.len() > MAX_METADATA_BYTES {
         return Err(VaultError::invalid("metadata", "larger than 4096 bytes"));
     }
-    if m.iter()
-        .any(|(k, v)| contains_card_number(k) || json_contains_card_number(v))
+    // The values as the caller meant them (escapes undone, arrays as digit runs)
+    // and the JSON text as it is stored, where a key and its value are adjacent.
+    if contains_card_number(&text)
+        || m.iter()
+            .any(|(k, v)| contains_card_number(k) || json_contains_card_number(v))
     {
         return Err(VaultError::invalid(
             "metadata",
@@ -662,6 +665,10 @@ mod tests {
                 }
             }
         }
+        // A key and its value, adjacent in the stored JSON text.
+        let v = json!({"card":{"number":own,"exp_month":12,"exp_year":2030},
+            "metadata":{"5555":"5555 5555 4444"}});
+        assert!(TokenizeRequest::from_json(&v, TODAY).is_err());
         // Digits that are no card still pass.
         let ok = json!({"card":{"number":own,"exp_month":12,"exp_year":2030},
             "subject":"cust_0042", "metadata":{"order":[1234, 5678], "when":"2026-11-23 12:00",
