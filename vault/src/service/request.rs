@@ -303,24 +303,7 @@ fn json_feed(v: &Value, finder: &mut CardFinder) -> bool {
     match v {
         Value::String(s) => end(finder) || feed_str(s, finder) || end(finder),
         Value::Number(n) => end(finder) || feed_str(&n.to_string(), finder) || end(finder),
-        Value::Array(a) => {
-            if end(finder) {
-                return true;
-            }
-            for x in a {
-                let found = match x {
-                    Value::String(s) => feed_str(s, finder),
-                    Value::Number(n) => feed_str(&n.to_string(), finder),
-                    Value::Array(inner) => array_feed(inner, finder),
-                    Value::Object(_) => json_feed(x, finder),
-                    Value::Bool(_) | Value::Null => end(finder),
-                };
-                if found || finder.push(Class::Separator(','), 0, 0).is_some() {
-                    return true;
-                }
-            }
-            end(finder)
-        }
+        Value::Array(a) => end(finder) || array_feed(a, finder) || end(finder),
         Value::Object(m) => m
             .iter()
             .any(|(k, x)| end(finder) || feed_str(k, finder) || json_feed(x, finder)),
@@ -328,7 +311,7 @@ fn json_feed(v: &Value, finder: &mut CardFinder) -> bool {
     }
 }
 
-/// A nested array inside an array: its scalars continue the outer run.
+/// The elements of an array, its scalars (and those of nested arrays) one run.
 fn array_feed(a: &[Value], finder: &mut CardFinder) -> bool {
     for x in a {
         let found = match x {
