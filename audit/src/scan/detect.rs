@@ -24,6 +24,12 @@
 //!   case, frequent character-class changes) is part of the encoding, not a card.
 //! - `%B<pan>^<name>^<yymm>…` is a track 1 and `<pan>=<yymm><service code>…` a
 //!   track 2: reported as such, and the digits after the separator are skipped.
+//!
+//! Around each 4+ digit run it stops at, and at each digit of another script, the
+//! scanner also runs the detector shared with the vault's request filter
+//! ([`card::CardFinder`] in [`card::Mode::Scan`]), which reads the chains written
+//! with other separators or digits; its hits that overlap none of the layout
+//! parser's are added. Each byte is fed to it at most once.
 
 use zeroize::Zeroize;
 
@@ -450,6 +456,333 @@ fn track2_end(buf: &[u8], pan_end: usize) -> Option<usize> {
     Some(end)
 }
 
+/// Bytes before a digit where a number the shared detector reports may begin: at
+/// most 19 digits and 18 gaps of [`card::MAX_SEPARATORS`] characters, 4 bytes each.
+const LOOSE_REACH: usize = (MAX_LEN + (MAX_LEN - 1) * card::MAX_SEPARATORS) * 4;
+
+/// The UTF-8 character at `i` and its length; an invalid or overlong sequence is
+/// one U+FFFD byte (which ends a chain). `None` at the end.
+fn char_at(buf: &[u8], i: usize) -> Option<(char, usize)> {
+    let lead = *buf.get(i)?;
+    if lead < 0x80 {
+        return Some((char::from(lead), 1));
+    }
+    let bad = Some((char::REPLACEMENT_CHARACTER, 1));
+    let (len, init, min) = match lead {
+        0xC2..=0xDF => (2, lead & 0x1F, 0x80),
+        0xE0..=0xEF => (3, lead & 0x0F, 0x800),
+        0xF0..=0xF4 => (4, lead & 0x07, 0x1_0000),
+        _ => return bad,
+    };
+    let mut cp = u32::from(init);
+    for k in 1..len {
+        match buf.get(i + k) {
+            Some(&c) if c & 0xC0 == 0x80 => cp = (cp << 6) | u32::from(c & 0x3F),
+            _ => return bad,
+        }
+    }
+    match char::from_u32(cp) {
+        Some(c) if cp >= min => Some((c, len)),
+        _ => bad,
+    }
+}
+
+/// The character that ends just before `i` and where it starts.
+fn char_before(buf: &[u8], i: usize) -> Option<(char, usize)> {
+    let last = i.checked_sub(1)?;
+    let mut lead = last;
+    while lead > 0 && last - lead < 3 && buf.get(lead).is_some_and(|&b| b & 0xC0 == 0x80) {
+        lead -= 1;
+    }
+    match char_at(buf, lead) {
+        Some((c, len)) if lead + len == i => Some((c, lead)),
+        _ => Some((char::REPLACEMENT_CHARACTER, last)),
+    }
+}
+
+/// Index of the first non-ASCII decimal digit (full-width, Arabic-Indic, …) in
+/// `from..limit`, or `limit`. ASCII is skipped eight bytes at a time.
+fn next_wide_digit(buf: &[u8], from: usize, limit: usize) -> usize {
+    let mut i = from;
+    while i < limit {
+        if let Some(word) = buf.get(i..i + 8)
+            && load(word) & HIGHS == 0
+        {
+            i += 8;
+            continue;
+        }
+        let Some(&b) = buf.get(i) else {
+            break;
+        };
+        if b < 0x80 || !card::may_start_wide_digit(b) {
+            i += 1;
+            continue;
+        }
+        match char_at(buf, i) {
+            Some((c, _)) if card::digit_value(c).is_some() => return i,
+            Some((_, len)) => i += len,
+            None => break,
+        }
+    }
+    limit
+}
+
+/// A separator byte to the shared detector in scan mode (tab, or printable and not
+/// alphanumeric).
+#[inline]
+fn is_sep_byte(b: u8) -> bool {
+    b.is_ascii() && !b.is_ascii_alphanumeric() && (b == b'\t' || !b.is_ascii_control())
+}
+
+/// Whether the chain of ASCII digits around `t` (groups joined by up to
+/// [`card::MAX_SEPARATORS`] separator bytes) has at least [`MIN_LEN`] digits, or
+/// touches a byte outside ASCII: a cheap test before the shared detector runs.
+fn may_hold_a_card(buf: &[u8], t: usize) -> bool {
+    let mut digits = 0usize;
+    let mut walk = |range: &mut dyn Iterator<Item = usize>| -> bool {
+        let mut seps = 0usize;
+        for i in range {
+            match buf.get(i) {
+                Some(b) if b.is_ascii_digit() => {
+                    digits += 1;
+                    seps = 0;
+                    if digits >= MIN_LEN {
+                        return true;
+                    }
+                }
+                Some(&b) if is_sep_byte(b) && seps < card::MAX_SEPARATORS => seps += 1,
+                Some(&b) if b >= 0x80 => return true,
+                _ => break,
+            }
+        }
+        false
+    };
+    walk(&mut (t..buf.len())) || walk(&mut (t.saturating_sub(LOOSE_REACH)..t).rev())
+}
+
+/// The shared detector ([`card::CardFinder`] in [`card::Mode::Scan`]) run over the
+/// digit chains this scanner's own layout parser does not read: other separators
+/// (`4111.1111.1111.1111`, double spaces, `_`, tabs, `","` between JSON strings)
+/// and digits of other scripts. It looks only around the places the parser stops
+/// at (runs of 4+ ASCII digits) and at non-ASCII digits, each byte fed once.
+struct Loose<'a> {
+    buf: &'a [u8],
+    from: usize,
+    stop: usize,
+    finder: card::CardFinder,
+    /// Bytes before this were fed to the finder (or passed over).
+    fed: usize,
+    /// Where the search for the next non-ASCII digit goes on.
+    wide: usize,
+    /// Hits and where their last digit ends.
+    hits: Vec<(RawHit, usize)>,
+    /// The first digit of the first chain seen that starts at or after `stop`:
+    /// the next scan must resume no later.
+    pending: Option<usize>,
+}
+
+impl<'a> Loose<'a> {
+    fn new(buf: &'a [u8], from: usize, stop: usize) -> Self {
+        Loose {
+            buf,
+            from,
+            stop,
+            finder: card::CardFinder::new(card::Mode::Scan),
+            fed: 0,
+            // Most text is ASCII: one fast pass then spares the search for
+            // digits of other scripts.
+            wide: if buf
+                .get(from..stop.saturating_add(LOOSE_REACH).min(buf.len()))
+                .is_none_or(<[u8]>::is_ascii)
+            {
+                usize::MAX
+            } else {
+                from
+            },
+            hits: Vec::new(),
+            pending: None,
+        }
+    }
+
+    /// Handles the digits before `t` (non-ASCII ones), then the run of ASCII
+    /// digits at `t` if a gap next to it is one the layout parser does not read.
+    fn upto(&mut self, t: usize) {
+        let limit = t.min(self.buf.len());
+        if self
+            .buf
+            .get(self.wide.max(self.fed)..limit)
+            .is_some_and(<[u8]>::is_ascii)
+        {
+            self.wide = self.wide.max(limit);
+        }
+        while self.wide < limit {
+            let w = next_wide_digit(self.buf, self.wide.max(self.fed), limit);
+            if w >= limit {
+                self.wide = limit;
+                break;
+            }
+            self.at(w);
+            self.wide = self.fed.max(w + 1);
+        }
+        if t >= self.fed
+            && t < self.buf.len()
+            && self.loose_gap_next_to(t)
+            && may_hold_a_card(self.buf, t)
+        {
+            self.at(t);
+        }
+    }
+
+    /// Whether the digit run at `t` is joined to more digits (or to a byte that may
+    /// start a digit of another script) by a gap other than one space or one dash.
+    /// The shared detector reports a chain only if all its gaps are alike, so a
+    /// chain whose runs all sit between plain gaps (or none) is the layout
+    /// parser's: this keeps the detector away from most digit runs.
+    fn loose_gap_next_to(&self, t: usize) -> bool {
+        let buf = self.buf;
+        let end = digit_run_end(buf, t);
+        let digit_or_high = |i: usize| buf.get(i).is_some_and(|&b| b.is_ascii_digit() || b >= 0x80);
+        let is_sep = is_sep_byte;
+        if buf.get(end).is_some_and(|&b| b >= 0x80)
+            || t.checked_sub(1)
+                .is_some_and(|p| buf.get(p).is_some_and(|&b| b >= 0x80))
+        {
+            return true;
+        }
+        // After the run.
+        let mut k = end;
+        while k < end + card::MAX_SEPARATORS && buf.get(k).is_some_and(|&b| is_sep(b)) {
+            k += 1;
+        }
+        if k > end && digit_or_high(k) {
+            let gap = buf.get(end..k).unwrap_or(&[]);
+            if gap != b" " && gap != b"-" {
+                return true;
+            }
+        }
+        // Before it.
+        let mut k = t;
+        while k > 0 && t - k < card::MAX_SEPARATORS && buf.get(k - 1).is_some_and(|&b| is_sep(b)) {
+            k -= 1;
+        }
+        if k < t && k > 0 && digit_or_high(k - 1) {
+            let gap = buf.get(k..t).unwrap_or(&[]);
+            if gap != b" " && gap != b"-" {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Feeds the chain holding the digit at `t`, from its start (walking back over
+    /// digits and short separator runs) to its end.
+    fn at(&mut self, t: usize) {
+        if t < self.fed || t >= self.buf.len() {
+            return;
+        }
+        let mut p = t;
+        let mut first_digit = t;
+        let mut seps = 0usize;
+        let mut mid_text = false;
+        while p > self.fed {
+            if t - p > LOOSE_REACH {
+                mid_text = true;
+                break;
+            }
+            let Some((c, at)) = char_before(self.buf, p) else {
+                break;
+            };
+            match card::Mode::Scan.classify(c) {
+                card::Class::Digit { .. } => {
+                    seps = 0;
+                    first_digit = at;
+                }
+                card::Class::Separator(_) if seps < card::MAX_SEPARATORS => seps += 1,
+                // The character that bounds the chain: fed too, for the glue rules.
+                _ => {
+                    p = at;
+                    break;
+                }
+            }
+            p = at;
+        }
+        if p > self.fed {
+            self.finder.reset(mid_text);
+        } else {
+            p = self.fed;
+        }
+        if first_digit >= self.stop && self.pending.is_none_or(|q| first_digit < q) {
+            self.pending = Some(first_digit);
+        }
+        let mut i = p;
+        loop {
+            let Some((c, len)) = char_at(self.buf, i) else {
+                if let Some(h) = self.finder.finish() {
+                    self.keep(h);
+                }
+                break;
+            };
+            if let Some(h) = self.finder.push_char(c, i, len) {
+                self.keep(h);
+            }
+            i += len;
+            if i > t && !self.finder.in_chain() {
+                break;
+            }
+        }
+        self.fed = i;
+    }
+
+    /// Keeps a hit that starts in this scan's range and that the layout parser
+    /// would not have read (unless the digits sit inside base64).
+    fn keep(&mut self, h: card::CardHit) {
+        if !h.loose || h.start < self.from || h.start >= self.stop {
+            return;
+        }
+        let slash = |i: usize| matches!(self.buf.get(i), Some(b'/' | b'+'));
+        if ((h.start > 0 && slash(h.start - 1)) || slash(h.end))
+            && looks_base64(self.buf, h.start, h.end)
+        {
+            return;
+        }
+        let end = h.end;
+        self.hits.push((
+            RawHit {
+                start: h.start,
+                digits: h.digits,
+                brand: h.brand,
+                kind: Kind::Pan,
+                masked: h.masked,
+                test_card: h.test_card,
+            },
+            end,
+        ));
+    }
+
+    /// Adds the hits that overlap none of the parser's (`hits[first..]`, in
+    /// order) and sorts them all by position.
+    fn merge(self, hits: &mut Vec<RawHit>, first: usize) {
+        if self.hits.is_empty() {
+            return;
+        }
+        let strict: Vec<usize> = hits
+            .get(first..)
+            .unwrap_or(&[])
+            .iter()
+            .map(|h| h.start)
+            .collect();
+        for (h, end) in self.hits {
+            let k = strict.partition_point(|&s| s < h.start);
+            if strict.get(k).is_none_or(|&s| s >= end) {
+                hits.push(h);
+            }
+        }
+        if let Some(mine) = hits.get_mut(first..) {
+            mine.sort_by_key(|h| h.start);
+        }
+    }
+}
+
 impl Detector {
     /// Scans the candidates that start in `from..stop` of `buf`, pushing hits, and
     /// returns where a following scan must resume (at least `stop`).
@@ -463,13 +796,22 @@ impl Detector {
         stop: usize,
         hits: &mut Vec<RawHit>,
     ) -> usize {
+        let first = hits.len();
+        let mut loose = Loose::new(buf, from, stop);
         let mut i = from;
-        loop {
+        let resume = loop {
             // Every number has a run of 4+ digits; with join_lines, the number may
             // have begun with a shorter run at the end of the previous line.
             let run = next_run4(buf, i);
+            loose.upto(run);
             if run >= stop {
-                return run;
+                // A chain after `stop` may begin before its first 4-digit run (or
+                // have none): the next scan starts there, unless that is inside
+                // what the layout parser already consumed.
+                break match loose.pending {
+                    Some(c) if c >= i && c < run => c,
+                    _ => run,
+                };
             }
             let start = if self.join_lines {
                 joined_start(buf, run, i)
@@ -477,7 +819,16 @@ impl Detector {
                 run
             };
             i = self.at_digit(buf, start, hits);
+        };
+        // A chain that starts before `stop` may have its first 4-digit run after it.
+        let reach = stop.saturating_add(LOOSE_REACH).min(buf.len());
+        let mut r = resume;
+        while r < reach {
+            r = next_run4(buf, loose.fed.max(r + 1));
+            loose.upto(r.min(reach));
         }
+        loose.merge(hits, first);
+        resume
     }
 
     /// Handles the digit run starting at `i`; returns where to go on.
@@ -865,11 +1216,85 @@ mod tests {
         none("4242 4242 42424242");
         none("4242-4242-4242-42-42");
         none("4242 4242-4242 4242");
-        none("4242  4242  4242  4242");
         none("424 2424 2424 24242");
+        // Fields of a record (masked card's last four, expiry, amount) are not a card.
+        none("************4242,12/27,1234.56,R123456");
         // 4-6-5 is for amex only, 4-6-4 for diners only.
         none("4242 424242 42424");
         none("4242-4242-4242-4242-4242");
+    }
+
+    #[test]
+    fn other_separators_and_digits_of_other_scripts() {
+        // What the vault's request filter refuses, the scanner finds: one detector
+        // (`card::CardFinder`) for both.
+        for text in [
+            "4242.4242.4242.4242",
+            "4242  4242  4242  4242",
+            "4242_4242_4242_4242",
+            "4242\t4242\t4242\t4242",
+            "4242 / 4242 / 4242 / 4242",
+            "[4242,4242,4242,4242]",
+            "{\"n\":[\"4242\",\"4242\",\"4242\",\"4242\"]}",
+            "\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}",
+            "424242\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}42\u{FF14}\u{FF12}",
+            "\u{0664}\u{0662}\u{0664}\u{0662} \u{0664}\u{0662}\u{0664}\u{0662} \u{0664}\u{0662}\u{0664}\u{0662} \u{0664}\u{0662}\u{0664}\u{0662}",
+            "42.42.42.42.42.42.4242",
+        ] {
+            for framed in [
+                text.to_owned(),
+                format!("note: {text} end"),
+                format!("é {text}\né"),
+            ] {
+                let f = found(&framed);
+                assert_eq!(f.len(), 1, "{}: {f:?}", mask_digits(&framed));
+                assert_eq!(f[0].0, "424242******4242");
+            }
+        }
+        // Glued, decimal, unbounded, or broken by a line break: not a card.
+        none("v4242.4242.4242.4242");
+        none("ID-4242.4242.4242.4242");
+        none("4242.4242.4242.4242-ab");
+        none("+4242.4242.4242.4242");
+        none("x 4.242424242424242 y");
+        none("4242.4242\n4242.4242");
+        none("4242....4242.4242.4242");
+        none("1.4242.4242.4242.4242");
+        none("4242.4242.4242.4241");
+        none("4242\u{FF14}\u{FF12}\u{FF14}\u{FF12}4242424242");
+        // The position of a hit made of multi-byte digits, and the order of hits.
+        let det = Detector::default();
+        let text = "ab \u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12} or 4242424242424242 or 5555.5555.5555.4444 123";
+        let hits = scan_all(&det, text.as_bytes());
+        let starts: Vec<usize> = hits.iter().map(|h| h.start).collect();
+        assert_eq!(starts, vec![3, 55, 75]);
+    }
+
+    #[test]
+    fn loose_numbers_across_chunk_boundaries() {
+        // A caller scanning `from..stop` gets each number once, whichever side of
+        // `stop` its first 4-digit run lies on.
+        let text = b"xx 42.42.42.42.42.42.4242 yy 4242_4242_4242_4242 zz";
+        let det = Detector::default();
+        for cut in 0..text.len() {
+            let mut hits = Vec::new();
+            let resume = det.scan(text, 0, cut, &mut hits);
+            det.scan(text, resume.max(cut), text.len(), &mut hits);
+            let starts: Vec<usize> = hits.iter().map(|h| h.start).collect();
+            assert_eq!(starts, vec![3, 29], "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn loose_scan_is_linear_on_long_digit_runs() {
+        for text in [
+            "0".repeat(1 << 20),
+            "0.".repeat(1 << 19),
+            "\"0\",".repeat(1 << 18),
+            "\u{FF10}".repeat(1 << 18),
+        ] {
+            assert!(found(&text).is_empty());
+        }
     }
 
     #[test]

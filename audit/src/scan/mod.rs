@@ -14,6 +14,10 @@
 //! or identifiers do not count. Track 1 (`%B…^NAME^…`) and track 2 (`;…=…?`) are
 //! reported as [`Kind::Track1`] and [`Kind::Track2`]. With
 //! [`ScanOptions::join_lines`], a number broken by a line break is found too.
+//! Other separators (`4111.1111.1111.1111`, double spaces, `_`, tabs, JSON arrays of
+//! digit groups) and digits of other scripts (full-width, Arabic-Indic, …) are read
+//! by [`crate::card::CardFinder`], the detector the vault's request filter uses, in
+//! its scanning mode.
 //!
 //! Speed: files are spread over threads (largest first) and plain files over 64 MiB
 //! are cut into segments at line boundaries; each thread reads 1 MiB chunks into
@@ -216,16 +220,18 @@ fn redact_once(text: &str) -> String {
     let mut out = String::with_capacity(glued.len());
     let mut at = 0usize;
     for h in hits {
-        // The masked text replaces the digits and the separators between them.
+        // The masked text replaces the digits (of any script) and the separators
+        // between them.
         let mut end = h.start;
         let mut seen = 0u8;
-        while seen < h.digits {
-            match bytes.get(end) {
-                Some(b) if b.is_ascii_digit() => seen += 1,
-                Some(_) => {}
-                None => break,
+        for c in glued.get(h.start..).unwrap_or("").chars() {
+            if seen == h.digits {
+                break;
             }
-            end += 1;
+            if crate::card::digit_value(c).is_some() {
+                seen += 1;
+            }
+            end += c.len_utf8();
         }
         out.push_str(glued.get(at..h.start).unwrap_or(""));
         out.push_str(&h.masked);
@@ -277,6 +283,16 @@ mod tests {
             "/data/424242******4242/x"
         );
         assert_eq!(redact("plain.log"), "plain.log");
+        assert_eq!(
+            redact("/data/4242.4242.4242.4242/x"),
+            "/data/424242******4242/x"
+        );
+        assert_eq!(
+            redact(
+                "a \u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12}\u{FF14}\u{FF12} b"
+            ),
+            "a 424242******4242 b"
+        );
     }
 
     #[test]
@@ -286,6 +302,67 @@ mod tests {
         assert_eq!((m[0].line, m[0].column, m[0].offset), (3, 6, 10));
         assert_eq!(m[0].brand, Brand::Visa);
         assert_eq!(m[0].masked, "424242******4242");
+    }
+}
+
+#[cfg(test)]
+mod database_test {
+    use super::{ScanOptions, Scanner};
+
+    /// What the vault's request filter refuses in a free-text field is what the
+    /// scanner finds in a database holding it: a SQLite file laid out as the
+    /// vault's `cards` table, with such values in `subject` and `metadata`.
+    #[test]
+    fn a_sqlite_database_with_separated_or_wide_digits_is_found() {
+        let wide: String = "4111111111111111"
+            .chars()
+            .map(|c| char::from_u32(0xFF10 + c.to_digit(10).unwrap()).unwrap())
+            .collect();
+        let rows = [
+            (
+                "4111.1111.1111.1111".to_owned(),
+                "{\"n\":\"4111.1111.1111.1111\"}".to_owned(),
+            ),
+            (
+                "4111  1111  1111  1111".to_owned(),
+                "{\"n\":[4111,1111,1111,1111]}".to_owned(),
+            ),
+            (
+                "4111_1111_1111_1111".to_owned(),
+                "{\"n\":[\"4111\",\"1111\",\"1111\",\"1111\"]}".to_owned(),
+            ),
+            (
+                "4111\t1111\t1111\t1111".to_owned(),
+                format!("{{\"n\":\"{wide}\"}}"),
+            ),
+            (wide.clone(), "{\"n\":\"4111_1111_1111_1111\"}".to_owned()),
+        ];
+        for (k, (subject, metadata)) in rows.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("vault.db");
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE cards (id INTEGER PRIMARY KEY, last4 TEXT NOT NULL,
+                     exp_month INTEGER NOT NULL, exp_year INTEGER NOT NULL, subject TEXT,
+                     metadata TEXT, created_at INTEGER NOT NULL) STRICT;",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO cards (last4, exp_month, exp_year, subject, metadata, created_at)
+                 VALUES ('4444', 12, 2030, ?1, ?2, 1764900000)",
+                [subject, metadata],
+            )
+            .unwrap();
+            drop(conn);
+            let report = Scanner::new(ScanOptions::default())
+                .unwrap()
+                .scan(&[&db])
+                .unwrap();
+            assert_eq!(report.findings.len(), 2, "row {k}");
+            for f in &report.findings {
+                assert_eq!(f.masked, "411111******1111", "row {k}");
+            }
+        }
     }
 }
 

@@ -110,10 +110,16 @@ pub(crate) fn sniff(head: &[u8]) -> Encoding {
     }
 }
 
-/// Maps a UTF-16 code unit to the byte the detector sees: ASCII as itself,
-/// anything else as 0xFF (neither a digit nor a word byte).
+/// Maps a UTF-16 code unit to the byte the detector sees: ASCII as itself, a
+/// decimal digit of another script (full-width, Arabic-Indic, …) as its ASCII
+/// digit, anything else as 0xFF (neither a digit nor a word byte).
 fn unit_byte(unit: u16) -> u8 {
-    u8::try_from(unit).ok().filter(u8::is_ascii).unwrap_or(0xFF)
+    if let Some(b) = u8::try_from(unit).ok().filter(u8::is_ascii) {
+        return b;
+    }
+    char::from_u32(u32::from(unit))
+        .and_then(crate::card::digit_value)
+        .map_or(0xFF, |d| b'0' + d)
 }
 
 /// A reader that turns UTF-16 into one byte per code unit (see [`unit_byte`]), so
@@ -495,6 +501,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn utf16_digits_of_other_scripts_are_read_as_digits() {
+        let wide: String = "4242424242424242"
+            .chars()
+            .map(|c| char::from_u32(0xFF10 + c.to_digit(10).unwrap()).unwrap())
+            .collect();
+        let text = format!("name,card\nJoe,{wide}\nAnn,4242.4242.4242.4242\n");
+        for (be, bom) in [(false, true), (true, true), (false, false)] {
+            let m = scan_buffer(&utf16(&text, be, bom), false);
+            assert_eq!(m.len(), 2, "be {be} bom {bom}");
+            assert!(m.iter().all(|m| m.masked == "424242******4242"));
+        }
+    }
+
     /// A reader that returns at most `n` bytes per call.
     struct Dribble<'a>(&'a [u8], usize);
 
@@ -518,11 +538,13 @@ mod tests {
             );
             text.extend_from_slice(b"%B4242424242424242^DOE/JOHN^2512101000000000000?\n");
             text.extend_from_slice(&vec![b'x'; to_usize(k % 977)]);
+            text.extend_from_slice("\u{FF14}\u{FF12} ".repeat(to_usize(k % 5)).as_bytes());
+            text.extend_from_slice(b"{\"n\":[\"5555\",\"5555\",\"5555\",\"4444\"]}");
             text.push(b'\n');
             k += 1;
         }
         let whole = scan_buffer(&text, false);
-        assert_eq!(to_u64(whole.len()), 2 * k);
+        assert_eq!(to_u64(whole.len()), 3 * k);
         for step in [1usize << 20, 4093, 65536] {
             let mut chunker = Chunker::new(Detector::default());
             let mut got = Vec::new();

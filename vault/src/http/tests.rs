@@ -308,6 +308,131 @@ async fn tokenize_validation() {
     assert_problem(s, &hd, &v, 415, "unsupported_media_type");
 }
 
+/// Spellings of `card` (16 ASCII digits) the card-number filter once let through.
+fn bypass_spellings(card: &str) -> Vec<(&'static str, Value)> {
+    let groups: Vec<&str> = (0..4).map(|k| &card[4 * k..4 * k + 4]).collect();
+    let wide: String = card
+        .chars()
+        .map(|c| char::from_u32(0xFF10 + c.to_digit(10).unwrap()).unwrap())
+        .collect();
+    vec![
+        ("dots", json!(groups.join("."))),
+        ("double spaces", json!(groups.join("  "))),
+        ("underscores", json!(groups.join("_"))),
+        ("tabs", json!(groups.join("\t"))),
+        ("full-width digits", json!(wide)),
+        (
+            "array of numbers",
+            json!(
+                groups
+                    .iter()
+                    .map(|g| g.parse::<u64>().unwrap())
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        ("array of strings", json!(groups)),
+    ]
+}
+
+/// A card number in a free-text field is refused however it is spelled: the field
+/// is named, the value is not echoed, and nothing of it reaches the database
+/// (`cards.subject`, `cards.metadata`, `audit_events.purpose`), where the scanner
+/// finds nothing either.
+#[tokio::test]
+async fn card_numbers_in_free_text_are_refused_however_spelled() {
+    let h = harness();
+    let other = "4111111111111111";
+    let echoed = |v: &Value| {
+        let text = v.to_string();
+        panvault_audit::card::contains_card_number(&text) || text.contains("41111111")
+    };
+    for (how, value) in bypass_spellings(other) {
+        let mut bodies = vec![(
+            "metadata",
+            json!({"card": {"number": VISA, "exp_month": 12, "exp_year": 2040},
+                "metadata": {"note": value.clone()}}),
+        )];
+        if let Some(text) = value.as_str() {
+            bodies.push((
+                "subject",
+                json!({"card": {"number": VISA, "exp_month": 12, "exp_year": 2040},
+                    "subject": text}),
+            ));
+            bodies.push((
+                "metadata",
+                json!({"card": {"number": VISA, "exp_month": 12, "exp_year": 2040},
+                    "metadata": {text: 1}}),
+            ));
+            if !text.contains('\t') {
+                bodies.push((
+                    "card.name",
+                    json!({"card": {"number": VISA, "exp_month": 12, "exp_year": 2040,
+                        "name": text}}),
+                ));
+            }
+        }
+        for (field, body) in bodies {
+            let (s, hd, v) = as_client(&h, "storefront", "POST", "/v1/tokens", body).await;
+            assert_eq!(s.as_u16(), 400, "{how} in {field}: status");
+            assert_problem(s, &hd, &v, 400, "invalid_request");
+            let detail = v["detail"].as_str().unwrap_or("");
+            assert!(
+                detail.starts_with(field),
+                "{how} in {field}: field not named"
+            );
+            assert!(!echoed(&v), "{how} in {field}: value echoed");
+        }
+    }
+    // Detokenize: the purpose.
+    let (s, _, v) = as_client(&h, "storefront", "POST", "/v1/tokens", card(VISA)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let uri = format!("/v1/tokens/{}/detokenize", v["token"].as_str().unwrap());
+    for (how, value) in bypass_spellings(other) {
+        let Some(text) = value.as_str() else {
+            continue;
+        };
+        let purpose = format!("refund {text}");
+        let (s, hd, p) =
+            as_client(&h, "payments", "POST", &uri, json!({ "purpose": purpose })).await;
+        assert_problem(s, &hd, &p, 400, "purpose_required");
+        assert!(
+            p["detail"].as_str().unwrap_or("").starts_with("purpose"),
+            "{how} in purpose: field not named"
+        );
+        assert!(!echoed(&p), "{how} in purpose: value echoed");
+    }
+    // Nothing of it was stored.
+    let conn = rusqlite::Connection::open(h.vault.db_path()).unwrap();
+    let mut stored: Vec<String> = Vec::new();
+    for sql in [
+        "SELECT coalesce(subject, '') || ' ' || coalesce(metadata, '') FROM cards",
+        "SELECT coalesce(purpose, '') || ' ' || coalesce(details, '') FROM audit_events",
+    ] {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stored.extend(
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap),
+        );
+    }
+    assert!(
+        !stored
+            .iter()
+            .any(|t| panvault_audit::card::contains_card_number(t)),
+        "a card number was stored in the clear"
+    );
+    drop(conn);
+    for ext in ["", "-wal"] {
+        let path = format!("{}{ext}", h.vault.db_path().display());
+        if let Ok(bytes) = std::fs::read(&path) {
+            assert!(
+                panvault_audit::scan::scan_bytes(&bytes, false).is_empty(),
+                "the scanner finds a card number in vault.db{ext}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn body_limits() {
     let h = harness();

@@ -4,6 +4,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use panvault_audit::card::{CardFinder, Class, Mode};
+
 use crate::core::pan::{CardError, CardSecret, CardholderName, Expiry, Pan};
 use crate::core::token::TokenFormat;
 use crate::error::VaultError;
@@ -221,8 +223,8 @@ impl TokenizeRequest {
 /// network issues can still be the card of this very request).
 fn field_name(key: &str) -> String {
     let longest_run = key
-        .split(|c: char| !c.is_ascii_digit())
-        .map(str::len)
+        .split(|c: char| panvault_audit::card::digit_value(c).is_none())
+        .map(|run| run.chars().count())
         .max()
         .unwrap_or(0);
     if longest_run >= 12 || contains_card_number(key) {
@@ -232,25 +234,97 @@ fn field_name(key: &str) -> String {
     }
 }
 
-/// Whether the digits of `s`, everything else dropped, contain `pan` (the card's
-/// digits): the card being tokenized, spelled any way, inside another field.
+/// Appends the digits of `s` (of any script, as ASCII) to `out`.
+fn push_digits(s: &str, out: &mut String) {
+    out.extend(
+        s.chars()
+            .filter_map(panvault_audit::card::digit_value)
+            .map(|d| char::from(b'0' + d)),
+    );
+}
+
+/// Whether the digits of `s` (of any script), everything else dropped, contain
+/// `pan` (the card's digits): the card being tokenized, spelled any way, inside
+/// another field. Linear: `str::contains` is a two-way search.
 fn mentions(s: &str, pan: &str) -> bool {
-    let digits =
-        zeroize::Zeroizing::new(s.chars().filter(char::is_ascii_digit).collect::<String>());
+    let mut digits = zeroize::Zeroizing::new(String::with_capacity(s.len()));
+    push_digits(s, &mut digits);
     digits.contains(pan)
 }
 
-/// [`mentions`] for every key, string and number of a JSON value.
+/// [`mentions`] for every key, string and number of a JSON value; an array's
+/// strings and numbers count as one run of digits (`["4242","4242",…]`).
 fn json_mentions(v: &Value, pan: &str) -> bool {
     match v {
         Value::String(s) => mentions(s, pan),
         Value::Number(n) => mentions(&n.to_string(), pan),
-        Value::Array(a) => a.iter().any(|x| json_mentions(x, pan)),
+        Value::Array(a) => {
+            let mut digits = zeroize::Zeroizing::new(String::new());
+            array_digits(a, &mut digits);
+            digits.contains(pan) || a.iter().any(|x| x.is_object() && json_mentions(x, pan))
+        }
         Value::Object(m) => m
             .iter()
             .any(|(k, x)| mentions(k, pan) || json_mentions(x, pan)),
         Value::Bool(_) | Value::Null => false,
     }
+}
+
+/// The digits of an array's strings and numbers, nested arrays included.
+fn array_digits(a: &[Value], out: &mut String) {
+    for x in a {
+        match x {
+            Value::String(s) => push_digits(s, out),
+            Value::Number(n) => push_digits(&n.to_string(), out),
+            Value::Array(inner) => array_digits(inner, out),
+            Value::Object(_) | Value::Bool(_) | Value::Null => {}
+        }
+    }
+}
+
+/// Whether any key, string or number of a JSON value holds a card number
+/// ([`contains_card_number`]), the elements of an array read as digit groups of
+/// one number (`[4111,1111,1111,1111]`, `["4111","1111",…]`). Walks the values,
+/// not their JSON text, in which escapes such as `\t` would split a number.
+pub fn json_contains_card_number(v: &Value) -> bool {
+    let mut finder = CardFinder::new(Mode::Filter);
+    json_feed(v, &mut finder)
+}
+
+/// Feeds `s` to `finder`; whether it found a card.
+fn feed_str(s: &str, finder: &mut CardFinder) -> bool {
+    s.chars().any(|c| finder.push_char(c, 0, 1).is_some())
+}
+
+/// Feeds a JSON value to `finder`: each key and scalar on its own, an array's
+/// scalars joined by one separator.
+fn json_feed(v: &Value, finder: &mut CardFinder) -> bool {
+    let end = |f: &mut CardFinder| f.push(Class::Break, 0, 0).is_some();
+    match v {
+        Value::String(s) => end(finder) || feed_str(s, finder) || end(finder),
+        Value::Number(n) => end(finder) || feed_str(&n.to_string(), finder) || end(finder),
+        Value::Array(a) => end(finder) || array_feed(a, finder) || end(finder),
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, x)| end(finder) || feed_str(k, finder) || json_feed(x, finder)),
+        Value::Bool(_) | Value::Null => end(finder),
+    }
+}
+
+/// The elements of an array, its scalars (and those of nested arrays) one run.
+fn array_feed(a: &[Value], finder: &mut CardFinder) -> bool {
+    for x in a {
+        let found = match x {
+            Value::String(s) => feed_str(s, finder),
+            Value::Number(n) => feed_str(&n.to_string(), finder),
+            Value::Array(inner) => array_feed(inner, finder),
+            Value::Object(_) | Value::Bool(_) | Value::Null => json_feed(x, finder),
+        };
+        if found || finder.push(Class::Separator(','), 0, 0).is_some() {
+            return true;
+        }
+    }
+    false
 }
 
 /// 1–128 printable characters, no card number.
@@ -277,7 +351,12 @@ fn validate_metadata(m: &Map<String, Value>) -> Result<Map<String, Value>, Vault
     if text.len() > MAX_METADATA_BYTES {
         return Err(VaultError::invalid("metadata", "larger than 4096 bytes"));
     }
-    if contains_card_number(&text) {
+    // The values as the caller meant them (escapes undone, arrays as digit runs)
+    // and the JSON text as it is stored, where a key and its value are adjacent.
+    if contains_card_number(&text)
+        || m.iter()
+            .any(|(k, v)| contains_card_number(k) || json_contains_card_number(v))
+    {
         return Err(VaultError::invalid(
             "metadata",
             "must not contain a card number",
@@ -297,49 +376,14 @@ pub fn contains_cvv(v: &Value) -> bool {
     }
 }
 
-/// Whether `s` holds a run of 12–19 digits (single spaces or dashes allowed between
-/// them) that passes Luhn: a card number where none belongs.
+/// Whether `s` holds a card number where none belongs: 12–19 digits of any script
+/// that pass Luhn and whose IIN issues that length, in any run of digit groups
+/// joined by up to three characters that are not letters or digits
+/// (`4111.1111.1111.1111`, `4111  1111…`, `4111_1111…`, full-width digits). The
+/// one detector of the vault and the scanner
+/// ([`panvault_audit::card::contains_card_number`]), linear in the length of `s`.
 pub fn contains_card_number(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if !b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-            continue;
-        }
-        let mut digits: Vec<u8> = Vec::with_capacity(24);
-        let mut j = i;
-        while let Some(&c) = b.get(j) {
-            if c.is_ascii_digit() {
-                digits.push(c);
-            } else if (c == b' ' || c == b'-')
-                && b.get(j + 1).is_some_and(u8::is_ascii_digit)
-                && !digits.is_empty()
-            {
-            } else {
-                break;
-            }
-            j += 1;
-        }
-        // any window of 12–19 digits
-        let n = digits.len();
-        for start in 0..n {
-            for len in 12..=19 {
-                if let Some(w) = digits.get(start..start + len)
-                    && panvault_audit::card::luhn_valid(w)
-                    && panvault_audit::card::issued_brand(w).is_some()
-                {
-                    use zeroize::Zeroize;
-                    digits.zeroize();
-                    return true;
-                }
-            }
-        }
-        use zeroize::Zeroize;
-        digits.zeroize();
-        i = j.max(i + 1);
-    }
-    false
+    panvault_audit::card::contains_card_number(s)
 }
 
 /// What tokenize returns (never the number).
@@ -518,6 +562,121 @@ mod tests {
         let v = json!({"card":{"number":"4242424242424242","exp_month":12,"exp_year":2030},"subject":"4111111111111111"});
         assert!(TokenizeRequest::from_json(&v, TODAY).is_err());
         assert!(!contains_card_number("order 1234567890123 ok"));
+    }
+
+    /// `card` (16 ASCII digits) spelled in the ways the filter once let through.
+    fn bypass_spellings(card: &str) -> Vec<(&'static str, Value)> {
+        let groups: Vec<&str> = (0..4).map(|k| &card[4 * k..4 * k + 4]).collect();
+        let wide = |s: &str| -> String {
+            s.chars()
+                .map(|c| match c.to_digit(10) {
+                    Some(d) => char::from_u32(0xFF10 + d).unwrap(),
+                    None => c,
+                })
+                .collect()
+        };
+        let arabic: String = card
+            .chars()
+            .map(|c| char::from_u32(0x0660 + c.to_digit(10).unwrap()).unwrap())
+            .collect();
+        vec![
+            ("dots", json!(groups.join("."))),
+            ("double spaces", json!(groups.join("  "))),
+            ("underscores", json!(groups.join("_"))),
+            ("tabs", json!(groups.join("\t"))),
+            ("slashes", json!(groups.join(" / "))),
+            ("full-width", json!(wide(card))),
+            ("full-width grouped", json!(wide(&groups.join(" ")))),
+            ("arabic-indic", json!(arabic)),
+            (
+                "array of numbers",
+                json!(
+                    groups
+                        .iter()
+                        .map(|g| g.parse::<u64>().unwrap())
+                        .collect::<Vec<_>>()
+                ),
+            ),
+            ("array of strings", json!(groups)),
+            (
+                "nested arrays",
+                json!([[groups[0], groups[1]], [groups[2], groups[3]]]),
+            ),
+        ]
+    }
+
+    /// Another card than the one tokenized (`contains_card_number`) and the card
+    /// itself (`mentions`), in every free-text field: refused, the field named,
+    /// the value not echoed.
+    #[test]
+    fn refuses_card_numbers_spelled_with_other_separators_and_digits() {
+        let own = "4242424242424242";
+        for other in ["4111111111111111", own] {
+            for (how, value) in bypass_spellings(other) {
+                let text = value.as_str().map(str::to_owned);
+                let mut cases: Vec<(Value, &str)> = vec![
+                    (json!({"metadata": {"note": value.clone()}}), "metadata"),
+                    (
+                        json!({"metadata": {"a": {"b": [value.clone()]}}}),
+                        "metadata",
+                    ),
+                ];
+                if let Some(t) = &text {
+                    cases.push((json!({"metadata": {t.clone(): 1}}), "metadata"));
+                    cases.push((json!({"subject": t}), "subject"));
+                    cases.push((json!({"card": {"name": t}}), "card.name"));
+                    assert!(contains_card_number(t) || other == own, "{how}");
+                }
+                for (extra, field) in cases {
+                    let mut v = json!({"card":{"number":own,"exp_month":12,"exp_year":2030}});
+                    for (k, x) in extra.as_object().unwrap() {
+                        if k == "card" {
+                            v["card"]["name"] = x["name"].clone();
+                        } else {
+                            v[k] = x.clone();
+                        }
+                    }
+                    let Err(e) = TokenizeRequest::from_json(&v, TODAY) else {
+                        panic!("{how} in {field} accepted");
+                    };
+                    let msg = e.to_string();
+                    // A name with a tab is refused as a name before it is searched.
+                    let control = text.as_deref().is_some_and(|t| t.contains('\t'));
+                    assert!(
+                        msg.contains(field) || (control && field == "card.name"),
+                        "{how} in {field}: wrong field"
+                    );
+                    assert!(
+                        !contains_card_number(&msg) && !msg.contains(&other[..8]),
+                        "{how} in {field}: value echoed"
+                    );
+                }
+            }
+        }
+        // A key and its value, adjacent in the stored JSON text.
+        let v = json!({"card":{"number":own,"exp_month":12,"exp_year":2030},
+            "metadata":{"5555":"5555 5555 4444"}});
+        assert!(TokenizeRequest::from_json(&v, TODAY).is_err());
+        // Digits that are no card still pass.
+        let ok = json!({"card":{"number":own,"exp_month":12,"exp_year":2030},
+            "subject":"cust_0042", "metadata":{"order":[1234, 5678], "when":"2026-11-23 12:00",
+            "amount":"1.234,56", "ids":["12","34"]}});
+        assert!(TokenizeRequest::from_json(&ok, TODAY).is_ok());
+    }
+
+    #[test]
+    fn the_filter_is_linear_on_long_digit_runs() {
+        // 2 MB of digit runs in a batch used to cost seconds of a worker; each item
+        // here is the largest metadata allowed.
+        let zeros = "0".repeat(MAX_METADATA_BYTES - 64);
+        let runs: Vec<&str> = std::iter::repeat_n("0", (MAX_METADATA_BYTES - 64) / 4).collect();
+        for metadata in [json!({ "z": zeros }), json!({ "z": runs })] {
+            let v = json!({"card":{"number":"4242424242424242","exp_month":12,"exp_year":2030},
+                "metadata": metadata});
+            assert!(TokenizeRequest::from_json(&v, TODAY).is_ok());
+        }
+        assert!(!json_contains_card_number(&json!(vec!["0"; 1 << 19])));
+        assert!(!contains_card_number(&"0".repeat(2 << 20)));
     }
 
     #[test]
