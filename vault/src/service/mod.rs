@@ -439,8 +439,8 @@ impl Vault {
     ) -> Result<Vec<Result<TokenInfo, VaultError>>, VaultError> {
         validate_tenant(tenant)?;
         if self.inner.reload_wanted.swap(false, Ordering::SeqCst) {
-            // The writer refused to seal under our active key, which is no longer
-            // the database's: load the keys now, whatever the epoch says.
+            // The writer found our active key behind the database's: load the
+            // keys now, whatever the epoch says.
             let _ = self.reload_keys(true);
         }
         let keys = self.keys()?;
@@ -477,53 +477,60 @@ impl Vault {
         }
         let tenant = tenant.to_owned();
         let ctx = ctx.clone();
-        self.write(move |conn, state| {
-            let mut results = Vec::with_capacity(prepared.len());
-            for item in prepared {
-                let (result, subject) = match item {
-                    Ok((req, fp, metadata, expires_at)) => (
-                        tokenize_in_tx(
-                            conn,
-                            state,
-                            &keys,
-                            &tenant,
-                            &req,
-                            &fp,
-                            metadata.as_deref(),
-                            expires_at,
-                            now,
+        let out = self
+            .write(move |conn, state| {
+                let mut results = Vec::with_capacity(prepared.len());
+                for item in prepared {
+                    let (result, subject) = match item {
+                        Ok((req, fp, metadata, expires_at)) => (
+                            tokenize_in_tx(
+                                conn,
+                                state,
+                                &keys,
+                                &tenant,
+                                &req,
+                                &fp,
+                                metadata.as_deref(),
+                                expires_at,
+                                now,
+                            ),
+                            req.subject,
                         ),
-                        req.subject,
-                    ),
-                    Err(e) => (Err(e), None),
-                };
-                // A dedup hit that changed the stored record says what it changed.
-                let details = match &result {
-                    Ok(i) if !i.updated.is_empty() => {
-                        Some(format!("updated={}", i.updated.join(",")))
+                        Err(e) => (Err(e), None),
+                    };
+                    // A dedup hit that changed the stored record says what it changed.
+                    let details = match &result {
+                        Ok(i) if !i.updated.is_empty() => {
+                            Some(format!("updated={}", i.updated.join(",")))
+                        }
+                        _ => None,
+                    };
+                    let rec = AuditRecord {
+                        action: AuditAction::Tokenize,
+                        tenant: Some(&tenant),
+                        token: result.as_ref().ok().map(|i| i.token.as_str()),
+                        purpose: None,
+                        subject: subject.as_deref(),
+                        outcome: match &result {
+                            Ok(_) => AuditOutcome::Success,
+                            Err(e) => AuditOutcome::from_error(e),
+                        },
+                        details: details.as_deref(),
+                    };
+                    if let Err(e) = state.record(conn, &keys, &ctx, &rec, now) {
+                        return (false, Err(e));
                     }
-                    _ => None,
-                };
-                let rec = AuditRecord {
-                    action: AuditAction::Tokenize,
-                    tenant: Some(&tenant),
-                    token: result.as_ref().ok().map(|i| i.token.as_str()),
-                    purpose: None,
-                    subject: subject.as_deref(),
-                    outcome: match &result {
-                        Ok(_) => AuditOutcome::Success,
-                        Err(e) => AuditOutcome::from_error(e),
-                    },
-                    details: details.as_deref(),
-                };
-                if let Err(e) = state.record(conn, &keys, &ctx, &rec, now) {
-                    return (false, Err(e));
+                    results.push(result);
                 }
-                results.push(result);
-            }
-            (true, Ok(results))
-        })
-        .await
+                (true, Ok(results))
+            })
+            .await;
+        if self.inner.reload_wanted.swap(false, Ordering::SeqCst) {
+            // The writer sealed under keys newer than ours: take them before
+            // answering, so what the caller sees next (metrics, reads) agrees.
+            let _ = self.reload_keys(true);
+        }
+        out
     }
 
     /// Reads one row of `tenant` (any other tenant's token is not found).
