@@ -79,7 +79,7 @@ pub struct Match {
     pub offset: u64,
     /// Line of the first digit, from 1.
     pub line: u64,
-    /// Column of the first digit, from 1 (bytes; UTF-16 code units for UTF-16).
+    /// Column of the first digit, from 1, in characters (Unicode code points).
     pub column: u64,
     /// Network, from the IIN table.
     pub brand: Brand,
@@ -302,6 +302,18 @@ mod tests {
         assert_eq!((m[0].line, m[0].column, m[0].offset), (3, 6, 10));
         assert_eq!(m[0].brand, Brand::Visa);
         assert_eq!(m[0].masked, "424242******4242");
+    }
+
+    /// Columns count characters, as the SARIF report declares
+    /// (`columnKind: unicodeCodePoints`), not bytes.
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        let m = scan_bytes(
+            "x\ncaf\u{e9} na\u{ef}ve \u{2192} 4111 1111 1111 1111\n".as_bytes(),
+            false,
+        );
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].line, m[0].column), (2, 14));
     }
 }
 

@@ -227,12 +227,21 @@ pub(crate) struct Outcome {
     pub resume: u64,
 }
 
-/// Counts lines incrementally, in decoded positions.
+/// Counts lines incrementally, in decoded positions, and the characters (Unicode
+/// code points, as SARIF's `columnKind: unicodeCodePoints` says) since the last
+/// line break, so a column is a character count, not a byte count.
 #[derive(Debug)]
 struct Lines {
     upto: u64,
     count: u64,
-    line_start: u64,
+    /// Characters between the last line break before `upto` and `upto`.
+    chars: u64,
+}
+
+/// Characters in UTF-8 `bytes`: every byte but continuation bytes (a byte that is
+/// not UTF-8 counts as one character).
+fn chars_in(bytes: &[u8]) -> u64 {
+    to_u64(bytes.iter().filter(|b| (**b & 0xC0) != 0x80).count())
 }
 
 impl Lines {
@@ -240,7 +249,7 @@ impl Lines {
         Lines {
             upto: from,
             count: 0,
-            line_start: from,
+            chars: 0,
         }
     }
 
@@ -253,17 +262,18 @@ impl Lines {
         let b = to_usize(to.saturating_sub(data_pos)).min(data.len());
         if let Some(slice) = data.get(a..b) {
             self.count += to_u64(memchr::memchr_iter(b'\n', slice).count());
-            if let Some(p) = memchr::memrchr(b'\n', slice) {
-                self.line_start = data_pos + to_u64(a + p + 1);
+            match memchr::memrchr(b'\n', slice) {
+                Some(p) => self.chars = chars_in(slice.get(p + 1..).unwrap_or_default()),
+                None => self.chars += chars_in(slice),
             }
         }
         self.upto = to;
     }
 
-    /// Line and column (from 1) of position `pos`.
+    /// Line and column (from 1, in characters) of position `pos`.
     fn at(&mut self, data: &[u8], data_pos: u64, pos: u64) -> (u64, u64) {
         self.advance(data, data_pos, pos);
-        (self.count + 1, pos.saturating_sub(self.line_start) + 1)
+        (self.count + 1, self.chars + 1)
     }
 }
 
