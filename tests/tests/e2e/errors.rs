@@ -308,3 +308,31 @@ async fn every_error_code_over_mtls_and_no_card_number_anywhere() {
         "the scanner found card numbers: {masked:?}"
     );
 }
+
+/// A refused request is logged by its request id, never with the token of its path:
+/// the log names no path segment (docs/config.md); the audit event holds the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_request_logs_its_id_but_not_the_token() {
+    let server = TestServer::start().await;
+    let t = server
+        .client("storefront")
+        .tokenize(&cards::fresh())
+        .await
+        .json();
+    let token = t["token"].as_str().unwrap().to_owned();
+    // storefront may tokenize but not detokenize
+    let r = server
+        .client("storefront")
+        .detokenize(&token, "charge")
+        .await;
+    r.assert_problem(403, "forbidden");
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    server.stop().await;
+    let logs = util::captured_logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("request denied") && l.contains(&id))
+        .unwrap_or_else(|| panic!("no log line for the denied request {id}"));
+    assert!(!line.contains(&token), "{line}");
+    assert!(!logs.contains(&token), "the token is in the log");
+}
