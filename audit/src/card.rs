@@ -955,6 +955,87 @@ pub fn contains_card_number(text: &str) -> bool {
     })
 }
 
+/// Made-up card numbers for tests, benchmarks and the load generator (`panvault
+/// bench`): every number is Luhn-valid and lies in the Visa range (`4…`), the range
+/// the project's tests already use. None is a real card; never use them as data.
+///
+/// One generator for the whole workspace, so that tests do not each carry a copy
+/// of the Luhn arithmetic.
+pub mod testing {
+    /// Numbers below this fit the 14 free digits of [`card`].
+    const SPAN: u64 = 100_000_000_000_000;
+
+    /// A 16-digit Luhn-valid number starting with 4, fully determined by `seed`.
+    /// Distinct seeds give distinct numbers as long as they differ modulo 10^14
+    /// (the seed is spread over the 14 digits by a bijection, so consecutive seeds
+    /// do not give numbers that differ in one digit only).
+    pub fn card(seed: u64) -> String {
+        // 7919 is prime to 10^14, so this is a bijection on seeds modulo 10^14.
+        let body = (seed % SPAN).wrapping_mul(7919).wrapping_add(12_345) % SPAN;
+        let payload = format!("4{body:014}");
+        // Luhn over the payload: from the right, every other digit (starting with
+        // the rightmost, as the check digit will follow it) is doubled.
+        let sum: u32 = payload
+            .bytes()
+            .rev()
+            .enumerate()
+            .map(|(i, b)| {
+                let v = u32::from(b - b'0');
+                if i % 2 == 0 {
+                    let d = v * 2;
+                    if d > 9 { d - 9 } else { d }
+                } else {
+                    v
+                }
+            })
+            .sum();
+        let check = (10 - sum % 10) % 10;
+        format!("{payload}{check}")
+    }
+
+    /// The digit values `payload` (each 0–9) followed by the Luhn check digit that
+    /// makes them a valid number, as text; `None` if a value is not a digit. For
+    /// property tests that need numbers of every length.
+    pub fn complete(payload: &[u8]) -> Option<String> {
+        let mut d = Vec::with_capacity(payload.len() + 1);
+        for &v in payload {
+            if v > 9 {
+                return None;
+            }
+            d.push(b'0' + v);
+        }
+        d.push(super::luhn_check_digit(&d)?);
+        String::from_utf8(d).ok()
+    }
+
+    /// A stream of random test numbers from a seed (xorshift64*; not for secrets).
+    /// The same seed gives the same numbers.
+    #[derive(Debug, Clone)]
+    pub struct Cards(u64);
+
+    impl Cards {
+        /// A stream starting from `seed` (any value; zero is replaced).
+        pub fn new(seed: u64) -> Cards {
+            Cards(if seed == 0 {
+                0x9E37_79B9_7F4A_7C15
+            } else {
+                seed
+            })
+        }
+    }
+
+    impl Iterator for Cards {
+        type Item = String;
+
+        fn next(&mut self) -> Option<String> {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            Some(card(self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -994,6 +1075,26 @@ mod tests {
         for (n, b) in cases {
             assert_eq!(brand_of(n.as_bytes()), *b, "{n}");
         }
+    }
+
+    #[test]
+    fn test_cards_are_valid_visa_numbers_distinct_per_seed() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..2000 {
+            let c = testing::card(i);
+            assert_eq!(c.len(), 16);
+            assert!(c.starts_with('4'));
+            assert!(luhn_valid(c.as_bytes()));
+            assert!(seen.insert(c));
+        }
+        assert_eq!(testing::card(7), testing::card(7));
+        let a: Vec<String> = testing::Cards::new(1).take(50).collect();
+        assert_eq!(a, testing::Cards::new(1).take(50).collect::<Vec<_>>());
+        assert!(a.iter().all(|c| luhn_valid(c.as_bytes())));
+        assert_ne!(a[0], a[1]);
+        let n = testing::complete(&[4, 2, 4, 2, 4, 2, 4, 2, 4, 2, 4, 2, 4, 2, 4]).unwrap();
+        assert_eq!(n, "4242424242424242");
+        assert!(testing::complete(&[10]).is_none());
     }
 
     #[test]

@@ -48,14 +48,7 @@ pub mod cards {
     pub fn fresh() -> String {
         let mut b = [0u8; 8];
         panvault_vault::core::rng::fill(&mut b).unwrap();
-        let mut r = u64::from_le_bytes(b);
-        let mut d = vec![b'4'];
-        for _ in 0..14 {
-            d.push(b'0' + (r % 10) as u8);
-            r /= 10;
-        }
-        d.push(panvault_audit::card::luhn_check_digit(&d).unwrap());
-        String::from_utf8(d).unwrap()
+        panvault_audit::card::testing::card(u64::from_le_bytes(b))
     }
 
     /// `4242…4242` style: first 6 and last 4 only, for assertion messages.

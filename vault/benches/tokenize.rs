@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use panvault_audit::card::testing::Cards;
 use panvault_vault::core::kdf::KdfParams;
 use panvault_vault::{
     AccessContext, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, system_clock,
@@ -26,20 +27,6 @@ use panvault_vault::{
 
 const CALLERS: usize = 32;
 const PASS: &str = "bench-passphrase-not-secret";
-
-/// A random Luhn-valid Visa number from a simple generator (test data only).
-fn card(state: &mut u64) -> String {
-    let mut d = Vec::with_capacity(16);
-    d.push(b'4');
-    for _ in 0..14 {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        d.push(b'0' + (*state % 10) as u8);
-    }
-    d.push(panvault_audit::card::luhn_check_digit(&d).unwrap());
-    String::from_utf8(d).unwrap()
-}
 
 fn unlock() -> Unlock {
     Unlock::Passphrase(SecretText::new(PASS.into()))
@@ -61,14 +48,14 @@ fn build(dir: &Path, records: u64, rt: &tokio::runtime::Runtime) {
         ..Default::default()
     };
     let today = vault.today();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut state = Cards::new(0x9E37_79B9_7F4A_7C15);
     let start = Instant::now();
     let mut done = 0;
     rt.block_on(async {
         while done < records {
             let n = 1000.min(records - done);
             let items = (0..n)
-                .map(|_| TokenizeRequest::new(&card(&mut state), 12, 2031, today))
+                .map(|_| TokenizeRequest::new(&state.next().unwrap(), 12, 2031, today))
                 .collect();
             let res = vault
                 .tokenize_batch("bench-shop", items, &ctx)
@@ -130,11 +117,11 @@ fn bench(c: &mut Criterion) {
                         let ctx = Arc::clone(&ctx);
                         let seed = Arc::clone(&seed);
                         set.spawn(async move {
-                            let mut s = seed.fetch_add(0x9E37_79B9, Ordering::Relaxed) | 1;
+                            let mut s = Cards::new(seed.fetch_add(0x9E37_79B9, Ordering::Relaxed));
                             let today = v.today();
                             for _ in 0..per_caller {
-                                let req =
-                                    TokenizeRequest::new(&card(&mut s), 12, 2031, today).unwrap();
+                                let req = TokenizeRequest::new(&s.next().unwrap(), 12, 2031, today)
+                                    .unwrap();
                                 v.tokenize("bench-shop", req, &ctx).await.unwrap();
                             }
                         });

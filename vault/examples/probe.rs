@@ -19,23 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use panvault_audit::card::testing::Cards;
 use panvault_vault::core::kdf::KdfParams;
 use panvault_vault::{
     AccessContext, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, system_clock,
 };
-
-fn card(state: &mut u64) -> String {
-    let mut d = Vec::with_capacity(16);
-    d.push(b'4');
-    for _ in 0..14 {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        d.push(b'0' + (*state % 10) as u8);
-    }
-    d.push(panvault_audit::card::luhn_check_digit(&d).unwrap());
-    String::from_utf8(d).unwrap()
-}
 
 fn main() {
     tracing_subscriber::fmt()
@@ -71,13 +59,13 @@ fn main() {
         .unwrap();
         let v = Vault::open(&dir, &unlock()).unwrap();
         let ctx = AccessContext::default();
-        let mut s = 88172645463325252u64;
+        let mut s = Cards::new(88172645463325252);
         let t = Instant::now();
         rt.block_on(async {
             let mut done = 0;
             while done < records {
                 let items = (0..1000)
-                    .map(|_| TokenizeRequest::new(&card(&mut s), 12, 2031, v.today()))
+                    .map(|_| TokenizeRequest::new(&s.next().unwrap(), 12, 2031, v.today()))
                     .collect();
                 v.tokenize_batch("probe", items, &ctx).await.unwrap();
                 done += 1000;
@@ -114,9 +102,11 @@ fn main() {
             let count = Arc::clone(&count);
             let tokens = Arc::clone(&tokens);
             set.spawn(async move {
-                let mut s = ((c as u64 + 1) * 0x9E3779B97F4A7C15)
-                    ^ Instant::now().elapsed().as_nanos() as u64
-                    ^ std::process::id() as u64;
+                let mut s = Cards::new(
+                    ((c as u64 + 1) * 0x9E3779B97F4A7C15)
+                        ^ Instant::now().elapsed().as_nanos() as u64
+                        ^ std::process::id() as u64,
+                );
                 let ctx = AccessContext::default();
                 let mut i = c * 6151;
                 while Instant::now() < end {
@@ -126,7 +116,8 @@ fn main() {
                             .await
                             .unwrap();
                     } else {
-                        let req = TokenizeRequest::new(&card(&mut s), 12, 2031, v.today()).unwrap();
+                        let req =
+                            TokenizeRequest::new(&s.next().unwrap(), 12, 2031, v.today()).unwrap();
                         v.tokenize("probe", req, &ctx).await.unwrap();
                     }
                     count.fetch_add(1, Ordering::Relaxed);

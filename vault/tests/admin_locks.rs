@@ -14,49 +14,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use panvault_vault::core::kdf::KdfParams;
 use panvault_vault::service::EraseTarget;
-use panvault_vault::{
-    AccessContext, Admin, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, VaultError,
-    system_clock,
-};
+use panvault_vault::{AccessContext, Admin, TokenizeRequest, Vault, VaultError, system_clock};
 
-fn pass() -> Unlock {
-    Unlock::Passphrase(SecretText::new("pw".into()))
-}
+mod common;
+use common::{card, contains, init, pass, rt_multi as rt};
 
 fn ctx() -> AccessContext {
-    AccessContext {
-        actor: "admin:test".into(),
-        ..Default::default()
-    }
-}
-
-fn init(dir: &Path) {
-    Vault::init(
-        dir,
-        &SealSpec {
-            unlock: pass(),
-            kdf: KdfParams::MINIMUM,
-            shares: None,
-        },
-        &system_clock(),
-    )
-    .unwrap();
-}
-
-fn card(i: u64) -> String {
-    let mut d: Vec<u8> = format!("4{:014}", i * 7919 + 12345).into_bytes();
-    d.push(panvault_audit::card::luhn_check_digit(&d).unwrap());
-    String::from_utf8(d).unwrap()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    common::ctx_of("admin:test")
 }
 
 /// Tokenizes `n` cards (expiring 12/`year`) in tenant `shop` and closes the vault.
@@ -198,10 +163,6 @@ fn two_rewraps_at_once_both_finish() {
     assert_eq!(other.join().unwrap().unwrap(), 0);
     assert_eq!(mine.remaining, 0);
     assert_eq!(a.records_not_under_active().unwrap(), 0);
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// An erasure whose WAL truncation a reader blocks says so (before, it claimed the

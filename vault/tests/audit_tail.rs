@@ -13,45 +13,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use panvault_audit::log::{Checkpoint, CheckpointPolicy, PublicKey, latest_checkpoint};
-use panvault_vault::core::kdf::KdfParams;
 use panvault_vault::service::{AuditAction, EraseTarget, VaultOptions, append_admin_event};
-use panvault_vault::{
-    AccessContext, Admin, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, VaultError,
-    system_clock,
-};
+use panvault_vault::{AccessContext, Admin, TokenizeRequest, Vault, VaultError, system_clock};
 
-fn pass() -> Unlock {
-    Unlock::Passphrase(SecretText::new("pw".into()))
-}
-
-fn ctx() -> AccessContext {
-    AccessContext {
-        actor: "storefront".into(),
-        actor_fingerprint: Some("ab".repeat(32)),
-        request_id: Some("req-1".into()),
-        peer: Some("127.0.0.1:5555".into()),
-    }
-}
-
-fn init(dir: &Path) {
-    Vault::init(
-        dir,
-        &SealSpec {
-            unlock: pass(),
-            kdf: KdfParams::MINIMUM,
-            shares: None,
-        },
-        &system_clock(),
-    )
-    .unwrap();
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+mod common;
+use common::{full_ctx as ctx, init, pass, rt};
 
 /// The last event's seq and the newest checkpoint.
 fn head_and_checkpoint(dir: &Path) -> (i64, Option<Checkpoint>) {

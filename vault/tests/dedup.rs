@@ -12,46 +12,20 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use panvault_vault::core::kdf::KdfParams;
 use panvault_vault::service::{EraseTarget, VaultOptions};
 use panvault_vault::{
-    AccessContext, CardholderName, SealSpec, SecretText, TokenFormat, TokenizeRequest, Unlock,
-    Vault, VaultError, system_clock,
+    AccessContext, CardholderName, TokenFormat, TokenizeRequest, Vault, VaultError,
 };
 use serde_json::json;
 
-const CARD: &str = "4242424242424242";
-
-fn pass() -> Unlock {
-    Unlock::Passphrase(SecretText::new("pw".into()))
-}
+mod common;
+use common::{init, pass, rt};
 
 fn ctx() -> AccessContext {
-    AccessContext {
-        actor: "test".into(),
-        ..Default::default()
-    }
+    common::ctx_of("test")
 }
 
-fn init(dir: &Path) {
-    Vault::init(
-        dir,
-        &SealSpec {
-            unlock: pass(),
-            kdf: KdfParams::MINIMUM,
-            shares: None,
-        },
-        &system_clock(),
-    )
-    .unwrap();
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+const CARD: &str = "4242424242424242";
 
 fn req(v: &Vault, number: &str, subject: Option<&str>) -> TokenizeRequest {
     let mut r = TokenizeRequest::new(number, 12, 2031, v.today()).unwrap();

@@ -13,49 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use panvault_audit::log::{PublicKey, verify, verify_receipt};
-use panvault_vault::core::kdf::KdfParams;
 use panvault_vault::service::{EraseTarget, VaultOptions};
-use panvault_vault::{
-    AccessContext, Admin, SealSpec, SecretText, TokenizeRequest, Unlock, Vault, VaultError,
-    system_clock,
-};
+use panvault_vault::{AccessContext, Admin, TokenizeRequest, Vault, VaultError};
 
-fn pass() -> Unlock {
-    Unlock::Passphrase(SecretText::new("pw".into()))
-}
-
-fn ctx() -> AccessContext {
-    AccessContext {
-        actor: "storefront".into(),
-        actor_fingerprint: Some("ab".repeat(32)),
-        request_id: Some("req-1".into()),
-        peer: Some("127.0.0.1:5555".into()),
-    }
-}
-
-fn init(dir: &Path) {
-    Vault::init(
-        dir,
-        &SealSpec {
-            unlock: pass(),
-            kdf: KdfParams::MINIMUM,
-            shares: None,
-        },
-        &system_clock(),
-    )
-    .unwrap();
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
+mod common;
+use common::{contains, full_ctx as ctx, init, pass, rt};
 
 fn verify_log(dir: &Path) {
     let key = PublicKey::read_from(&dir.join("audit-signing.pub")).unwrap();

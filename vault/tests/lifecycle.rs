@@ -18,38 +18,11 @@ use panvault_vault::{
     system_clock,
 };
 
-fn pass(p: &str) -> Unlock {
-    Unlock::Passphrase(SecretText::new(p.into()))
-}
+mod common;
+use common::{card, init, pass_of as pass, rt_multi as rt};
 
 fn ctx() -> AccessContext {
-    AccessContext {
-        actor: "admin:test".into(),
-        ..Default::default()
-    }
-}
-
-fn init(dir: &Path) {
-    let spec = SealSpec {
-        unlock: pass("pw"),
-        kdf: KdfParams::MINIMUM,
-        shares: None,
-    };
-    Vault::init(dir, &spec, &system_clock()).unwrap();
-}
-
-fn card(i: u64) -> String {
-    let mut d: Vec<u8> = format!("4{:014}", i * 7919 + 12345).into_bytes();
-    d.push(panvault_audit::card::luhn_check_digit(&d).unwrap());
-    String::from_utf8(d).unwrap()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    common::ctx_of("admin:test")
 }
 
 #[test]

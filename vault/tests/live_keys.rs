@@ -11,8 +11,6 @@
     clippy::panic
 )]
 
-use std::path::Path;
-
 use panvault_vault::core::kdf::KdfParams;
 use panvault_vault::service::shamir::ShareFile;
 use panvault_vault::{
@@ -20,37 +18,11 @@ use panvault_vault::{
     system_clock,
 };
 
-fn pass(p: &str) -> Unlock {
-    Unlock::Passphrase(SecretText::new(p.into()))
-}
+mod common;
+use common::{card, init, pass_of as pass, raw, rt};
 
 fn ctx() -> AccessContext {
-    AccessContext {
-        actor: "admin:test".into(),
-        ..Default::default()
-    }
-}
-
-fn init(dir: &Path) {
-    let spec = SealSpec {
-        unlock: pass("pw"),
-        kdf: KdfParams::MINIMUM,
-        shares: None,
-    };
-    Vault::init(dir, &spec, &system_clock()).unwrap();
-}
-
-fn card(i: u64) -> String {
-    let mut d: Vec<u8> = format!("4{:014}", i * 7919 + 12345).into_bytes();
-    d.push(panvault_audit::card::luhn_check_digit(&d).unwrap());
-    String::from_utf8(d).unwrap()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    common::ctx_of("admin:test")
 }
 
 fn tokenize(v: &Vault, i: u64) -> Result<panvault_vault::TokenInfo, VaultError> {
@@ -59,10 +31,6 @@ fn tokenize(v: &Vault, i: u64) -> Result<panvault_vault::TokenInfo, VaultError> 
         TokenizeRequest::new(&card(i), 12, 2031, v.today()).unwrap(),
         &ctx(),
     ))
-}
-
-fn raw(dir: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(dir.join("vault.db")).unwrap()
 }
 
 fn cards(db: &rusqlite::Connection) -> i64 {

@@ -18,34 +18,22 @@ use panvault_vault::{
 };
 use proptest::prelude::*;
 
+mod common;
+use common::{contains, raw, rt};
+
+fn ctx() -> AccessContext {
+    common::ctx_of("test")
+}
+
 const PASS: &str = "correct horse battery staple";
 
 fn unlock() -> Unlock {
-    Unlock::Passphrase(SecretText::new(PASS.into()))
+    common::pass_of(PASS)
 }
 
 fn new_vault(dir: &Path) -> Vault {
-    let spec = SealSpec {
-        unlock: unlock(),
-        kdf: KdfParams::MINIMUM,
-        shares: None,
-    };
-    Vault::init(dir, &spec, &system_clock()).unwrap();
+    common::init_with(dir, unlock());
     Vault::open(dir, &unlock()).unwrap()
-}
-
-fn ctx() -> AccessContext {
-    AccessContext {
-        actor: "test".into(),
-        ..Default::default()
-    }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn req(v: &Vault, number: &str) -> TokenizeRequest {
@@ -53,11 +41,8 @@ fn req(v: &Vault, number: &str) -> TokenizeRequest {
 }
 
 fn valid_pan() -> impl Strategy<Value = String> {
-    (12usize..=19, proptest::collection::vec(0u8..10, 19)).prop_map(|(len, ds)| {
-        let mut d: Vec<u8> = ds.iter().take(len - 1).map(|x| b'0' + x).collect();
-        d.push(panvault_audit::card::luhn_check_digit(&d).unwrap());
-        String::from_utf8(d).unwrap()
-    })
+    (12usize..=19, proptest::collection::vec(0u8..10, 19))
+        .prop_map(|(len, ds)| panvault_audit::card::testing::complete(&ds[..len - 1]).unwrap())
 }
 
 #[test]
@@ -188,10 +173,6 @@ fn other_tenants_token_is_not_found() {
     v.shutdown();
 }
 
-fn raw(dir: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(dir.join("vault.db")).unwrap()
-}
-
 #[test]
 fn tampering_at_rest_fails_with_one_opaque_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,10 +237,6 @@ fn tampering_at_rest_fails_with_one_opaque_error() {
         Err(VaultError::Decryption)
     ));
     v.shutdown();
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[test]
