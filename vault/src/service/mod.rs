@@ -1394,3 +1394,93 @@ pub fn list_keys(conn: &Connection, now: OffsetDateTime) -> Result<Vec<KeyInfo>,
 pub fn default_kdf() -> KdfParams {
     KdfParams::MINIMUM
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Row {
+        Row {
+            id: 1,
+            token: "tok".into(),
+            tenant: "shop".into(),
+            key_version: 1,
+            nonce: vec![0; 12],
+            ciphertext: vec![0; 32],
+            fingerprint: vec![0; 4],
+            brand: "visa".into(),
+            bin: "424242".into(),
+            last4: "4242".into(),
+            exp_month: 12,
+            exp_year: 2031,
+            subject: None,
+            metadata: Some(r#"{"order":"A-1"}"#.into()),
+            created_at: 1_700_000_000,
+            expires_at: None,
+        }
+    }
+
+    fn corrupt_column_of(r: Row) -> String {
+        match r.info(false) {
+            Err(VaultError::Store(StoreError::Corrupt(msg))) => msg,
+            Err(e) => panic!("not a corrupt-row error: {e}"),
+            Ok(_) => panic!("a corrupted row was served"),
+        }
+    }
+
+    #[test]
+    fn a_row_with_a_corrupted_column_is_reported_not_served() {
+        let info = row().info(false).unwrap();
+        assert_eq!((info.card.exp_month, info.card.exp_year), (12, 2031));
+        assert!(info.metadata.is_some());
+        for (column, bad) in [
+            (
+                "cards.exp_month",
+                Row {
+                    exp_month: 300,
+                    ..row()
+                },
+            ),
+            (
+                "cards.exp_month",
+                Row {
+                    exp_month: 0,
+                    ..row()
+                },
+            ),
+            (
+                "cards.exp_year",
+                Row {
+                    exp_year: -1,
+                    ..row()
+                },
+            ),
+            (
+                "cards.metadata",
+                Row {
+                    metadata: Some("{oops".into()),
+                    ..row()
+                },
+            ),
+            (
+                "cards.created_at",
+                Row {
+                    created_at: i64::MAX,
+                    ..row()
+                },
+            ),
+            (
+                "cards.expires_at",
+                Row {
+                    expires_at: Some(i64::MIN),
+                    ..row()
+                },
+            ),
+        ] {
+            assert!(bad.check().is_err(), "{column}");
+            let msg = corrupt_column_of(bad);
+            assert!(msg.starts_with(column), "{msg}");
+            assert!(!msg.contains("300") && !msg.contains("oops"), "{msg}");
+        }
+    }
+}
