@@ -17,10 +17,12 @@ pub use crate::core::pan::{CardError, CardSecret, CardholderName, Expiry, Pan};
 pub use crate::core::secret::{SecretKey32, SecretText};
 pub use crate::core::token::{Token, TokenFormat};
 mod error;
+mod key_state;
 pub mod service;
 pub mod store;
 
 pub use crate::error::VaultError;
+pub use crate::key_state::{KeyState, UnknownKeyState};
 pub use crate::service::keyring::{SealSpec, Unlock};
 pub use crate::service::request::{
     AccessContext, CardFacts, Detokenized, TokenInfo, TokenizeRequest,

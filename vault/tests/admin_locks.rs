@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use panvault_vault::service::EraseTarget;
-use panvault_vault::{AccessContext, Admin, TokenizeRequest, Vault, VaultError, system_clock};
+use panvault_vault::{
+    AccessContext, Admin, KeyState, TokenizeRequest, Vault, VaultError, system_clock,
+};
 
 mod common;
 use common::{card, contains, init, pass, rt_multi as rt};
@@ -43,7 +45,7 @@ fn populate(dir: &Path, n: u64, year: i64) {
     v.shutdown();
 }
 
-fn records_by_version(admin: &Admin) -> Vec<(u32, String, i64)> {
+fn records_by_version(admin: &Admin) -> Vec<(u32, KeyState, i64)> {
     admin
         .list_keys()
         .unwrap()
@@ -78,9 +80,9 @@ fn a_rotation_during_a_rewrap_is_followed_to_the_new_key() {
     assert_eq!(
         records_by_version(&a),
         vec![
-            (1, "decrypt_only".into(), 0),
-            (2, "decrypt_only".into(), 0),
-            (3, "active".into(), 3000)
+            (1, KeyState::DecryptOnly, 0),
+            (2, KeyState::DecryptOnly, 0),
+            (3, KeyState::Active, 3000)
         ]
     );
     // and the records open under v3

@@ -102,7 +102,7 @@ fn rotate_rewrap_under_load_retire_destroy() {
     assert!(admin.destroy(&ctx(), 2).is_err());
     admin.destroy(&ctx(), 1).unwrap();
     let keys = admin.list_keys().unwrap();
-    assert_eq!(keys[0].state, "destroyed");
+    assert_eq!(keys[0].state, panvault_vault::KeyState::Destroyed);
     assert!(keys[0].destroyed_at.is_some());
     assert_eq!(keys[0].records, 0);
     v.refresh_keys().unwrap();

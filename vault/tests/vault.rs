@@ -413,3 +413,59 @@ fn foreign_sqlite_file_is_refused_and_untouched() {
     drop(v);
     assert_eq!(app_id(dir.path()), 0x504E_5654);
 }
+
+#[test]
+fn a_corrupted_stored_column_is_reported_not_served() {
+    use panvault_vault::store::StoreError;
+    let dir = tempfile::tempdir().unwrap();
+    let v = new_vault(dir.path());
+    let rt = rt();
+    let mut r = req(&v, "4242424242424242");
+    r.metadata = Some(serde_json::from_str(r#"{"order": "A-1"}"#).unwrap());
+    let good = rt.block_on(v.tokenize("shop", r, &ctx())).unwrap();
+    let db = raw(dir.path());
+    let restore = "UPDATE cards SET exp_month = 12, exp_year = 2031, \
+                   metadata = '{\"order\": \"A-1\"}', created_at = unixepoch()";
+    for (column, corrupt) in [
+        ("cards.exp_month", "exp_month = 300"),
+        ("cards.exp_month", "exp_month = 13"),
+        ("cards.exp_year", "exp_year = 70000"),
+        ("cards.metadata", "metadata = 'not json 9'"),
+        ("cards.metadata", "metadata = '[1, 2]'"),
+        ("cards.created_at", "created_at = 9223372036854775807"),
+    ] {
+        db.execute_batch(restore).unwrap();
+        db.execute_batch(&format!("UPDATE cards SET {corrupt}"))
+            .unwrap();
+        let err = rt
+            .block_on(v.metadata("shop", &good.token, &ctx()))
+            .unwrap_err();
+        let VaultError::Store(StoreError::Corrupt(msg)) = &err else {
+            panic!("{column}: expected a corrupt-row error, got {err}");
+        };
+        assert!(msg.contains(column), "{msg}");
+        // The stored value is not echoed.
+        for value in ["300", "13", "70000", "not json", "[1, 2]", "922337"] {
+            assert!(!msg.contains(value), "{msg}");
+        }
+        // A dedup hit on the corrupted row is refused too, and changes nothing.
+        let mut again = req(&v, "4242424242424242");
+        again.expiry = panvault_vault::Expiry::new(1, 2032, v.today()).unwrap();
+        let err = rt.block_on(v.tokenize("shop", again, &ctx())).unwrap_err();
+        assert!(
+            matches!(err, VaultError::Store(StoreError::Corrupt(_))),
+            "{column}: {err}"
+        );
+        let year: i64 = db
+            .query_row("SELECT exp_year FROM cards", [], |r| r.get(0))
+            .unwrap();
+        assert_ne!(year, 2032, "{column}: the corrupted row was updated");
+    }
+    // Restored, the row reads again.
+    db.execute_batch(restore).unwrap();
+    let info = rt
+        .block_on(v.metadata("shop", &good.token, &ctx()))
+        .unwrap();
+    assert_eq!((info.card.exp_month, info.card.exp_year), (12, 2031));
+    v.shutdown();
+}

@@ -23,7 +23,7 @@ use std::time::Duration;
 use panvault_audit::compliance::{
     AccessFacts, CertRole, CheckResult, ClientAuth, ClientFacts, DataFacts, DataKeyFacts,
     ErasureFacts, ErasureRequest, Fact, Facts, FileRole, FingerprintFacts, Format, KeyFacts,
-    KeyState, Policy, Report, SealFacts, Status, Target, TlsConfigFacts, collect, evaluate,
+    Policy, Report, SealFacts, Status, Target, TlsConfigFacts, collect, evaluate,
     evaluate_controls, probe, render, x509,
 };
 use panvault_vault::config::{Config, Permission, TlsVersion};
@@ -328,7 +328,7 @@ fn vault_facts(
         .iter()
         .map(|k| DataKeyFacts {
             version: k.version,
-            state: KeyState::from_name(&k.state),
+            state: k.state.into(),
             age_days: k.age_days,
             superseded_days: inv
                 .keys

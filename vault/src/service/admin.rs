@@ -20,6 +20,7 @@ use crate::core::kdf::KdfParams;
 use crate::core::rng;
 use crate::core::secret::{SecretKey32, SecretText};
 use crate::error::VaultError;
+use crate::key_state::KeyState;
 use crate::store::{self, StoreError};
 
 /// Why `master rotate` refused: the lock of the data directory is held.
@@ -248,7 +249,7 @@ impl Admin {
     pub fn active_key_age_days(&self) -> Result<i64, VaultError> {
         let keys = self.list_keys()?;
         keys.iter()
-            .find(|k| k.state == "active")
+            .find(|k| k.state == KeyState::Active)
             .map(|k| k.age_days)
             .ok_or_else(|| VaultError::KeyState("no active key".into()))
     }
@@ -265,8 +266,8 @@ impl Admin {
                 )
                 .map_err(store_err)?;
             tx.execute(
-                "UPDATE data_keys SET state = 'decrypt_only' WHERE state = 'active'",
-                [],
+                "UPDATE data_keys SET state = ?1 WHERE state = ?2",
+                [KeyState::DecryptOnly, KeyState::Active],
             )
             .map_err(store_err)?;
             keyring::insert_data_key(tx, &keys.vault_id, &keys.root, next, now)?;
@@ -367,18 +368,18 @@ impl Admin {
     pub fn retire(&mut self, actor: &AccessContext, version: u32) -> Result<(), VaultError> {
         self.admin_tx(actor, AuditAction::KeyRetire, |tx, _keys, now| {
             let state = key_state(tx, version)?;
-            match state.as_str() {
-                "active" => {
+            match state {
+                KeyState::Active => {
                     return Err(VaultError::KeyState(format!(
                         "v{version} is the active key; rotate first"
                     )));
                 }
-                "retired" | "destroyed" => {
+                KeyState::Retired | KeyState::Destroyed => {
                     return Err(VaultError::KeyState(format!(
                         "v{version} is already {state}"
                     )));
                 }
-                _ => {}
+                KeyState::DecryptOnly => {}
             }
             let used: i64 = tx
                 .query_row(
@@ -393,8 +394,8 @@ impl Admin {
                 )));
             }
             tx.execute(
-                "UPDATE data_keys SET state = 'retired', retired_at = ?2 WHERE version = ?1",
-                params![version, now],
+                "UPDATE data_keys SET state = ?2, retired_at = ?3 WHERE version = ?1",
+                params![version, KeyState::Retired, now],
             )
             .map_err(store_err)?;
             keyring::bump_key_epoch(tx)?;
@@ -408,14 +409,14 @@ impl Admin {
     pub fn destroy(&mut self, actor: &AccessContext, version: u32) -> Result<(), VaultError> {
         self.admin_tx(actor, AuditAction::KeyDestroy, |tx, _keys, now| {
             let state = key_state(tx, version)?;
-            if state != "retired" {
+            if state != KeyState::Retired {
                 return Err(VaultError::KeyState(format!("v{version} is {state}; only retired keys can be destroyed")));
             }
             let used: i64 = tx.query_row("SELECT count(*) FROM cards WHERE key_version = ?1", [version], |r| r.get(0)).map_err(store_err)?;
             if used > 0 {
                 return Err(VaultError::KeyState(format!("v{version} still encrypts {used} record(s)")));
             }
-            tx.execute("UPDATE data_keys SET state = 'destroyed', wrapped = NULL, destroyed_at = ?2 WHERE version = ?1", params![version, now])
+            tx.execute("UPDATE data_keys SET state = ?2, wrapped = NULL, destroyed_at = ?3 WHERE version = ?1", params![version, KeyState::Destroyed, now])
                 .map_err(store_err)?;
             keyring::bump_key_epoch(tx)?;
             Ok(((), format!("version={version}")))
@@ -737,7 +738,7 @@ impl Admin {
     }
 }
 
-fn key_state(conn: &Connection, version: u32) -> Result<String, VaultError> {
+fn key_state(conn: &Connection, version: u32) -> Result<KeyState, VaultError> {
     use rusqlite::OptionalExtension;
     conn.query_row(
         "SELECT state FROM data_keys WHERE version = ?1",

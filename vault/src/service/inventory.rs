@@ -90,7 +90,7 @@ impl Inventory {
             seal_method: seal.method,
             kdf: seal.kdf.map(|k| (k.m_kib, k.t, k.p)),
             shares: seal.shares,
-            root_created_at: super::rfc3339(seal.root_created_at),
+            root_created_at: super::rfc3339("seal.root_created_at", seal.root_created_at)?,
             root_age_days: (now.unix_timestamp() - seal.root_created_at).max(0) / 86_400,
             seal_generation: seal.generation,
             records,

@@ -15,6 +15,7 @@ use crate::core::kdf::{FingerprintKey, KdfParams, derive_kek};
 use crate::core::rng;
 use crate::core::secret::{SecretKey32, SecretText};
 use crate::error::VaultError;
+use crate::key_state::KeyState;
 
 /// What unseals the root key.
 #[derive(Debug)]
@@ -257,9 +258,9 @@ pub(crate) fn key_epoch(conn: &Connection) -> Result<i64, VaultError> {
 /// The data-key version `active` in the database now (`None` if none is).
 pub(crate) fn active_version(conn: &Connection) -> Result<Option<u32>, VaultError> {
     let mut stmt = conn
-        .prepare_cached("SELECT version FROM data_keys WHERE state = 'active'")
+        .prepare_cached("SELECT version FROM data_keys WHERE state = ?1")
         .map_err(|e| VaultError::Store(e.into()))?;
-    stmt.query_row([], |r| r.get(0))
+    stmt.query_row([KeyState::Active], |r| r.get(0))
         .optional()
         .map_err(|e| VaultError::Store(e.into()))
 }
@@ -275,8 +276,8 @@ pub(crate) fn insert_data_key(
     let key = SecretKey32::generate()?;
     let wrapped = wrap_key(root, &dek_label(vault_id, version), key.expose_secret())?;
     conn.execute(
-        "INSERT INTO data_keys (version, state, wrapped, created_at) VALUES (?1, 'active', ?2, ?3)",
-        params![version, wrapped, now],
+        "INSERT INTO data_keys (version, state, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![version, KeyState::Active, wrapped, now],
     )
     .map_err(|e| VaultError::Store(e.into()))?;
     Ok(())
@@ -358,7 +359,7 @@ impl Keyring {
                 .query_map([], |r| {
                     Ok((
                         r.get::<_, u32>(0)?,
-                        r.get::<_, String>(1)?,
+                        r.get::<_, KeyState>(1)?,
                         r.get::<_, Vec<u8>>(2)?,
                     ))
                 })
@@ -368,7 +369,7 @@ impl Keyring {
                 let key = unwrap_key32(&root, &dek_label(vault_id, version), &wrapped)
                     .map_err(|_| VaultError::Decryption)?;
                 data.insert(version, DataKey::new(version, &key));
-                if state == "active" {
+                if state == KeyState::Active {
                     active = Some(version);
                 }
             }

@@ -31,6 +31,7 @@ use crate::core::rng;
 use crate::core::secret::SecretKey32;
 use crate::core::token::{Token, TokenFormat};
 use crate::error::VaultError;
+use crate::key_state::KeyState;
 use crate::store::{self, JobOutcome, ReadPool, StoreError, Writer, WriterConfig};
 pub use admin::{Admin, RewrapProgress, RewrapSummary};
 pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord, append_admin_event, card_code};
@@ -92,8 +93,8 @@ impl std::fmt::Debug for VaultOptions {
 pub struct KeyInfo {
     /// Version.
     pub version: u32,
-    /// active, decrypt_only, retired, destroyed.
-    pub state: String,
+    /// Serialized as its stored name (`active`, `decrypt_only`, `retired`, `destroyed`).
+    pub state: KeyState,
     /// RFC 3339.
     pub created_at: String,
     /// Whole days since creation.
@@ -142,11 +143,21 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-pub(crate) fn rfc3339(t: i64) -> String {
+/// `t` (Unix seconds, as stored in `column`) in RFC 3339. A value that is no
+/// representable time is a corrupted row, never an empty string.
+pub(crate) fn rfc3339(column: &'static str, t: i64) -> Result<String, VaultError> {
     OffsetDateTime::from_unix_timestamp(t)
         .ok()
         .and_then(|d| d.format(&Rfc3339).ok())
-        .unwrap_or_default()
+        .ok_or_else(|| corrupt_column(column))
+}
+
+/// A stored value the vault never writes: the error names the column, never the
+/// value (a corrupted row may hold anything, even a card number).
+pub(crate) fn corrupt_column(column: &'static str) -> VaultError {
+    VaultError::Store(StoreError::Corrupt(format!(
+        "{column} holds a value the vault never writes"
+    )))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -567,7 +578,7 @@ impl Vault {
         token: &str,
         ctx: &AccessContext,
     ) -> Result<TokenInfo, VaultError> {
-        let result = self.read_row(tenant, token).map(|r| r.info(false));
+        let result = self.read_row(tenant, token).and_then(|r| r.info(false));
         self.audit_only(AuditAction::Read, tenant, token, None, &result, ctx)
             .await?;
         result
@@ -1007,6 +1018,12 @@ fn tokenize_in_tx(
             None => state.dedup.remove(fp, subject),
         }
     }
+    // Formatted before anything is written: a time that cannot be shown is refused
+    // rather than stored.
+    let created_at = rfc3339("cards.created_at", now)?;
+    let expires_at_text = expires_at
+        .map(|e| rfc3339("cards.expires_at", e))
+        .transpose()?;
     let fresh = state.sealing_keyring(conn, keys)?;
     let key = fresh.as_deref().unwrap_or(keys).active_key()?;
     let pan = &req.card.pan;
@@ -1063,11 +1080,11 @@ fn tokenize_in_tx(
                         exp_year: req.expiry.year(),
                     },
                     fingerprint: hex(fp),
-                    created_at: rfc3339(now),
+                    created_at,
                     key_version: sealed.key_version,
                     subject: req.subject.clone(),
                     metadata: req.metadata.clone(),
-                    expires_at: expires_at.map(rfc3339),
+                    expires_at: expires_at_text,
                     deduplicated: false,
                     updated: Vec::new(),
                 });
@@ -1104,6 +1121,9 @@ fn update_on_hit(
     metadata: Option<&str>,
     expires_at: Option<i64>,
 ) -> Result<TokenInfo, VaultError> {
+    // A corrupted row is reported, not overwritten (nor partly updated and then
+    // refused).
+    row.check()?;
     let mut updated = Vec::new();
     let (month, year) = (i64::from(req.expiry.month()), i64::from(req.expiry.year()));
     if (year, month) > (row.exp_year, row.exp_month) {
@@ -1173,7 +1193,7 @@ fn update_on_hit(
         state.count_encryption(sealed.key_version);
         row.key_version = sealed.key_version;
     }
-    let mut info = row.info(true);
+    let mut info = row.info(true)?;
     info.updated = updated;
     Ok(info)
 }
@@ -1253,25 +1273,66 @@ impl Row {
         })
     }
 
-    fn info(self, deduplicated: bool) -> TokenInfo {
-        TokenInfo {
-            token: self.token,
+    /// The stored month, 1 to 12.
+    fn exp_month(&self) -> Result<u8, VaultError> {
+        u8::try_from(self.exp_month)
+            .ok()
+            .filter(|m| (1..=12).contains(m))
+            .ok_or_else(|| corrupt_column("cards.exp_month"))
+    }
+
+    /// The stored four-digit year.
+    fn exp_year(&self) -> Result<u16, VaultError> {
+        u16::try_from(self.exp_year).map_err(|_| corrupt_column("cards.exp_year"))
+    }
+
+    /// The stored metadata: absent, or the JSON object the vault wrote.
+    fn metadata(&self) -> Result<Option<serde_json::Map<String, serde_json::Value>>, VaultError> {
+        self.metadata
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|_| corrupt_column("cards.metadata"))
+    }
+
+    /// Whether every column [`Row::info`] shows holds what the vault writes there.
+    fn check(&self) -> Result<(), VaultError> {
+        self.exp_month()?;
+        self.exp_year()?;
+        self.metadata()?;
+        rfc3339("cards.created_at", self.created_at)?;
+        self.expires_at
+            .map(|e| rfc3339("cards.expires_at", e))
+            .transpose()?;
+        Ok(())
+    }
+
+    /// The stored facts, as answered. A column holding what the vault never writes
+    /// fails the read (naming the column), never turns into a plausible value.
+    fn info(self, deduplicated: bool) -> Result<TokenInfo, VaultError> {
+        let (exp_month, exp_year, metadata) =
+            (self.exp_month()?, self.exp_year()?, self.metadata()?);
+        Ok(TokenInfo {
             card: CardFacts {
+                exp_month,
+                exp_year,
                 brand: self.brand,
                 bin: self.bin,
                 last4: self.last4,
-                exp_month: u8::try_from(self.exp_month).unwrap_or(0),
-                exp_year: u16::try_from(self.exp_year).unwrap_or(0),
             },
+            metadata,
+            created_at: rfc3339("cards.created_at", self.created_at)?,
+            expires_at: self
+                .expires_at
+                .map(|e| rfc3339("cards.expires_at", e))
+                .transpose()?,
+            token: self.token,
             fingerprint: hex(&self.fingerprint),
-            created_at: rfc3339(self.created_at),
             key_version: self.key_version,
             subject: self.subject,
-            metadata: self.metadata.and_then(|m| serde_json::from_str(&m).ok()),
-            expires_at: self.expires_at.map(rfc3339),
             deduplicated,
             updated: Vec::new(),
-        }
+        })
     }
 }
 
@@ -1296,23 +1357,130 @@ pub fn list_keys(conn: &Connection, now: OffsetDateTime) -> Result<Vec<KeyInfo>,
         .map_err(store_err)?;
     let rows = stmt
         .query_map([], |r| {
-            let created: i64 = r.get(2)?;
-            Ok(KeyInfo {
-                version: r.get(0)?,
-                state: r.get(1)?,
-                created_at: rfc3339(created),
-                age_days: (now.unix_timestamp() - created).max(0) / 86_400,
-                retired_at: r.get::<_, Option<i64>>(3)?.map(rfc3339),
-                destroyed_at: r.get::<_, Option<i64>>(4)?.map(rfc3339),
-                encryptions: r.get(5)?,
-                records: r.get(6)?,
-            })
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, KeyState>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
         })
         .map_err(store_err)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(store_err)
+    let mut keys = Vec::new();
+    for row in rows {
+        let (version, state, created, retired, destroyed, encryptions, records) =
+            row.map_err(store_err)?;
+        keys.push(KeyInfo {
+            version,
+            state,
+            created_at: rfc3339("data_keys.created_at", created)?,
+            age_days: (now.unix_timestamp() - created).max(0) / 86_400,
+            retired_at: retired
+                .map(|t| rfc3339("data_keys.retired_at", t))
+                .transpose()?,
+            destroyed_at: destroyed
+                .map(|t| rfc3339("data_keys.destroyed_at", t))
+                .transpose()?,
+            encryptions,
+            records,
+        });
+    }
+    Ok(keys)
 }
 
 /// Default Argon2id parameters for new vaults.
 pub fn default_kdf() -> KdfParams {
     KdfParams::MINIMUM
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Row {
+        Row {
+            id: 1,
+            token: "tok".into(),
+            tenant: "shop".into(),
+            key_version: 1,
+            nonce: vec![0; 12],
+            ciphertext: vec![0; 32],
+            fingerprint: vec![0; 4],
+            brand: "visa".into(),
+            bin: "424242".into(),
+            last4: "4242".into(),
+            exp_month: 12,
+            exp_year: 2031,
+            subject: None,
+            metadata: Some(r#"{"order":"A-1"}"#.into()),
+            created_at: 1_700_000_000,
+            expires_at: None,
+        }
+    }
+
+    fn corrupt_column_of(r: Row) -> String {
+        match r.info(false) {
+            Err(VaultError::Store(StoreError::Corrupt(msg))) => msg,
+            Err(e) => panic!("not a corrupt-row error: {e}"),
+            Ok(_) => panic!("a corrupted row was served"),
+        }
+    }
+
+    #[test]
+    fn a_row_with_a_corrupted_column_is_reported_not_served() {
+        let info = row().info(false).unwrap();
+        assert_eq!((info.card.exp_month, info.card.exp_year), (12, 2031));
+        assert!(info.metadata.is_some());
+        for (column, bad) in [
+            (
+                "cards.exp_month",
+                Row {
+                    exp_month: 300,
+                    ..row()
+                },
+            ),
+            (
+                "cards.exp_month",
+                Row {
+                    exp_month: 0,
+                    ..row()
+                },
+            ),
+            (
+                "cards.exp_year",
+                Row {
+                    exp_year: -1,
+                    ..row()
+                },
+            ),
+            (
+                "cards.metadata",
+                Row {
+                    metadata: Some("{oops".into()),
+                    ..row()
+                },
+            ),
+            (
+                "cards.created_at",
+                Row {
+                    created_at: i64::MAX,
+                    ..row()
+                },
+            ),
+            (
+                "cards.expires_at",
+                Row {
+                    expires_at: Some(i64::MIN),
+                    ..row()
+                },
+            ),
+        ] {
+            assert!(bad.check().is_err(), "{column}");
+            let msg = corrupt_column_of(bad);
+            assert!(msg.starts_with(column), "{msg}");
+            assert!(!msg.contains("300") && !msg.contains("oops"), "{msg}");
+        }
+    }
 }
