@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::oneshot;
@@ -32,6 +32,7 @@ use crate::core::secret::SecretKey32;
 use crate::core::token::{Token, TokenFormat};
 use crate::error::VaultError;
 use crate::key_state::KeyState;
+use crate::store::cards::{CardRow, Inserted, NewCard};
 use crate::store::{self, JobOutcome, ReadPool, StoreError, Writer, WriterConfig};
 pub use admin::{Admin, RewrapProgress, RewrapSummary};
 pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord, append_admin_event, card_code};
@@ -545,21 +546,13 @@ impl Vault {
     }
 
     /// Reads one row of `tenant` (any other tenant's token is not found).
-    fn read_row(&self, tenant: &str, token: &str) -> Result<Row, VaultError> {
+    fn read_row(&self, tenant: &str, token: &str) -> Result<CardRow, VaultError> {
         let Some(token) = Token::parse(token) else {
             return Err(VaultError::NotFound);
         };
         let conn = self.inner.readers.get()?;
         // By token and tenant: a bin_last4 token is unique within its tenant only.
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {ROW_COLUMNS} FROM cards WHERE token = ?1 AND tenant = ?2"
-            ))
-            .map_err(store_err)?;
-        let row = stmt
-            .query_row(params![token.as_str(), tenant], Row::from_sql)
-            .optional()
-            .map_err(store_err)?;
+        let row = store::cards::by_token(&conn, token.as_str(), tenant)?;
         match row {
             Some(r)
                 if r.tenant == tenant
@@ -701,13 +694,8 @@ impl Vault {
         );
         let still_held = self
             .write(move |conn, state| {
-                let alive = conn
-                    .prepare_cached(
-                        "SELECT 1 FROM cards WHERE id = ?1 AND token = ?2 AND tenant = ?3 \
-                         AND (expires_at IS NULL OR expires_at > ?4)",
-                    )
-                    .and_then(|mut s| s.exists(params![id, token_s, tenant_s, now]))
-                    .map_err(store_err);
+                let alive = store::cards::is_live(conn, id, &token_s, &tenant_s, now)
+                    .map_err(VaultError::Store);
                 let appended = match alive {
                     Ok(true) => state.audit_mut().append(conn, &ev).map(|_| true),
                     Ok(false) => {
@@ -885,8 +873,7 @@ impl Vault {
     /// Number of tokens stored.
     pub fn token_count(&self) -> Result<i64, VaultError> {
         let conn = self.inner.readers.get()?;
-        conn.query_row("SELECT count(*) FROM cards", [], |r| r.get(0))
-            .map_err(store_err)
+        Ok(store::cards::count(&conn)?)
     }
 
     /// Tokens stored, from the running count the writer keeps (counted once at
@@ -998,19 +985,8 @@ fn tokenize_in_tx(
     if !req.force_new
         && let Some(id) = state.dedup.get(fp, subject)
     {
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {ROW_COLUMNS} FROM cards WHERE id = ?1 AND fingerprint = ?2 AND tenant = ?3 \
-                 AND subject IS ?4 AND (expires_at IS NULL OR expires_at > ?5)"
-            ))
-            .map_err(store_err)?;
-        let found = stmt
-            .query_row(
-                params![id, &fp[..], tenant, req.subject, now],
-                Row::from_sql,
-            )
-            .optional()
-            .map_err(store_err)?;
+        let found =
+            store::cards::live_dedup_row(conn, id, &fp[..], tenant, req.subject.as_deref(), now)?;
         match found {
             Some(row) => {
                 return update_on_hit(conn, state, keys, tenant, req, row, metadata, expires_at);
@@ -1027,13 +1003,6 @@ fn tokenize_in_tx(
     let fresh = state.sealing_keyring(conn, keys)?;
     let key = fresh.as_deref().unwrap_or(keys).active_key()?;
     let pan = &req.card.pan;
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO cards (token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4,
-                                exp_month, exp_year, subject, metadata, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        )
-        .map_err(store_err)?;
     // One draw from the RNG per attempt: token (16) + nonce (12). A bin_last4
     // token is unique within its tenant only (`cards_token` is on token and
     // tenant), so another tenant's tokens of this card leave this one's free.
@@ -1049,27 +1018,30 @@ fn tokenize_in_tx(
         };
         let nonce: [u8; 12] = nonce_bytes.try_into().map_err(|_| VaultError::Crypto)?;
         let sealed = key.seal(tenant, token.as_str(), &req.card, nonce)?;
-        let res = insert.execute(params![
-            token.as_str(),
-            tenant,
-            sealed.key_version,
-            &sealed.nonce[..],
-            sealed.ciphertext,
-            &fp[..],
-            pan.brand().as_str(),
-            pan.bin(),
-            pan.last4(),
-            req.expiry.month(),
-            req.expiry.year(),
-            req.subject,
-            metadata,
-            now,
-            expires_at
-        ]);
-        match res {
-            Ok(_) => {
+        let inserted = store::cards::insert(
+            conn,
+            &NewCard {
+                token: token.as_str(),
+                tenant,
+                key_version: sealed.key_version,
+                nonce: &sealed.nonce[..],
+                ciphertext: &sealed.ciphertext,
+                fingerprint: &fp[..],
+                brand: pan.brand().as_str(),
+                bin: pan.bin(),
+                last4: pan.last4(),
+                exp_month: req.expiry.month(),
+                exp_year: req.expiry.year(),
+                subject: req.subject.as_deref(),
+                metadata,
+                created_at: now,
+                expires_at,
+            },
+        )?;
+        match inserted {
+            Inserted::Row(id) => {
                 state.count_encryption(sealed.key_version);
-                state.dedup.insert(*fp, subject, conn.last_insert_rowid());
+                state.dedup.insert(*fp, subject, id);
                 return Ok(TokenInfo {
                     token: token.as_str().to_owned(),
                     card: CardFacts {
@@ -1089,12 +1061,7 @@ fn tokenize_in_tx(
                     updated: Vec::new(),
                 });
             }
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                continue;
-            }
-            Err(e) => return Err(store_err(e)),
+            Inserted::TokenTaken => continue,
         }
     }
     Err(VaultError::invalid(
@@ -1117,7 +1084,7 @@ fn update_on_hit(
     keys: &Keyring,
     tenant: &str,
     req: &TokenizeRequest,
-    mut row: Row,
+    mut row: CardRow,
     metadata: Option<&str>,
     expires_at: Option<i64>,
 ) -> Result<TokenInfo, VaultError> {
@@ -1160,36 +1127,26 @@ fn update_on_hit(
         None
     };
     if !updated.is_empty() {
-        conn.prepare_cached(
-            "UPDATE cards SET exp_month = ?2, exp_year = ?3, metadata = ?4, expires_at = ?5 WHERE id = ?1",
-        )
-        .and_then(|mut u| {
-            u.execute(params![
-                row.id,
-                row.exp_month,
-                row.exp_year,
-                row.metadata,
-                row.expires_at
-            ])
-        })
-        .map_err(store_err)?;
+        store::cards::update_terms(
+            conn,
+            row.id,
+            row.exp_month,
+            row.exp_year,
+            row.metadata.as_deref(),
+            row.expires_at,
+        )?;
     }
     if let Some(key) = reseal_key {
         let mut nonce = [0u8; 12];
         rng::fill(&mut nonce)?;
         let sealed = key.seal(tenant, &row.token, &req.card, nonce)?;
-        conn.prepare_cached(
-            "UPDATE cards SET key_version = ?2, nonce = ?3, ciphertext = ?4 WHERE id = ?1",
-        )
-        .and_then(|mut u| {
-            u.execute(params![
-                row.id,
-                sealed.key_version,
-                &sealed.nonce[..],
-                sealed.ciphertext
-            ])
-        })
-        .map_err(store_err)?;
+        store::cards::update_sealed(
+            conn,
+            row.id,
+            sealed.key_version,
+            &sealed.nonce[..],
+            &sealed.ciphertext,
+        )?;
         state.count_encryption(sealed.key_version);
         row.key_version = sealed.key_version;
     }
@@ -1205,7 +1162,7 @@ fn update_on_hit(
 fn stored_name_differs(
     keys: &Keyring,
     tenant: &str,
-    row: &Row,
+    row: &CardRow,
     name: &str,
 ) -> Result<bool, VaultError> {
     let Some(key) = keys.data.get(&row.key_version) else {
@@ -1228,51 +1185,17 @@ fn stored_name_differs(
     Ok(stored.name.as_ref().map(|n| n.expose()) != Some(name))
 }
 
-struct Row {
-    id: i64,
-    token: String,
-    tenant: String,
-    key_version: u32,
-    nonce: Vec<u8>,
-    ciphertext: Vec<u8>,
-    fingerprint: Vec<u8>,
-    brand: String,
-    bin: String,
-    last4: String,
-    exp_month: i64,
-    exp_year: i64,
-    subject: Option<String>,
-    metadata: Option<String>,
-    created_at: i64,
-    expires_at: Option<i64>,
+/// The service's reading of a stored row: each column checked for what the vault
+/// writes there before it is shown.
+trait StoredCard {
+    fn exp_month(&self) -> Result<u8, VaultError>;
+    fn exp_year(&self) -> Result<u16, VaultError>;
+    fn metadata(&self) -> Result<Option<serde_json::Map<String, serde_json::Value>>, VaultError>;
+    fn check(&self) -> Result<(), VaultError>;
+    fn info(self, deduplicated: bool) -> Result<TokenInfo, VaultError>;
 }
 
-/// The columns [`Row::from_sql`] reads, in order.
-const ROW_COLUMNS: &str = "token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4, \
-                           exp_month, exp_year, subject, metadata, created_at, expires_at, id";
-
-impl Row {
-    fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-        Ok(Row {
-            token: r.get(0)?,
-            tenant: r.get(1)?,
-            key_version: r.get(2)?,
-            nonce: r.get(3)?,
-            ciphertext: r.get(4)?,
-            fingerprint: r.get(5)?,
-            brand: r.get(6)?,
-            bin: r.get(7)?,
-            last4: r.get(8)?,
-            exp_month: r.get(9)?,
-            exp_year: r.get(10)?,
-            subject: r.get(11)?,
-            metadata: r.get(12)?,
-            created_at: r.get(13)?,
-            expires_at: r.get(14)?,
-            id: r.get(15)?,
-        })
-    }
-
+impl StoredCard for CardRow {
     /// The stored month, 1 to 12.
     fn exp_month(&self) -> Result<u8, VaultError> {
         u8::try_from(self.exp_month)
@@ -1295,7 +1218,7 @@ impl Row {
             .map_err(|_| corrupt_column("cards.metadata"))
     }
 
-    /// Whether every column [`Row::info`] shows holds what the vault writes there.
+    /// Whether every column [`StoredCard::info`] shows holds what the vault writes there.
     fn check(&self) -> Result<(), VaultError> {
         self.exp_month()?;
         self.exp_year()?;
@@ -1399,8 +1322,8 @@ pub fn default_kdf() -> KdfParams {
 mod tests {
     use super::*;
 
-    fn row() -> Row {
-        Row {
+    fn row() -> CardRow {
+        CardRow {
             id: 1,
             token: "tok".into(),
             tenant: "shop".into(),
@@ -1420,7 +1343,7 @@ mod tests {
         }
     }
 
-    fn corrupt_column_of(r: Row) -> String {
+    fn corrupt_column_of(r: CardRow) -> String {
         match r.info(false) {
             Err(VaultError::Store(StoreError::Corrupt(msg))) => msg,
             Err(e) => panic!("not a corrupt-row error: {e}"),
@@ -1436,42 +1359,42 @@ mod tests {
         for (column, bad) in [
             (
                 "cards.exp_month",
-                Row {
+                CardRow {
                     exp_month: 300,
                     ..row()
                 },
             ),
             (
                 "cards.exp_month",
-                Row {
+                CardRow {
                     exp_month: 0,
                     ..row()
                 },
             ),
             (
                 "cards.exp_year",
-                Row {
+                CardRow {
                     exp_year: -1,
                     ..row()
                 },
             ),
             (
                 "cards.metadata",
-                Row {
+                CardRow {
                     metadata: Some("{oops".into()),
                     ..row()
                 },
             ),
             (
                 "cards.created_at",
-                Row {
+                CardRow {
                     created_at: i64::MAX,
                     ..row()
                 },
             ),
             (
                 "cards.expires_at",
-                Row {
+                CardRow {
                     expires_at: Some(i64::MIN),
                     ..row()
                 },

@@ -37,7 +37,7 @@ use super::keyring::{self, Keyring};
 use super::request::AccessContext;
 use crate::core::kdf::FINGERPRINT_LEN;
 use crate::error::VaultError;
-use crate::store::{StoreError, WriterState};
+use crate::store::{self, StoreError, WriterState};
 
 /// The tag of a subject (or of "no subject") in the dedup index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,22 +74,13 @@ impl DedupIndex {
     fn load(conn: &Connection) -> Result<Self, VaultError> {
         let mut index = DedupIndex::default();
         let mut rows_seen: i64 = 0;
-        let mut stmt = conn
-            .prepare("SELECT id, fingerprint, subject FROM cards")
-            .map_err(|e| VaultError::Store(e.into()))?;
-        let mut rows = stmt.query([]).map_err(|e| VaultError::Store(e.into()))?;
-        while let Some(r) = rows.next().map_err(|e| VaultError::Store(e.into()))? {
-            let id: i64 = r.get(0).map_err(|e| VaultError::Store(e.into()))?;
-            let fp: Vec<u8> = r.get(1).map_err(|e| VaultError::Store(e.into()))?;
-            let subject: Option<String> = r.get(2).map_err(|e| VaultError::Store(e.into()))?;
+        store::cards::for_each_fingerprint(conn, |id, fp, subject| {
             rows_seen += 1;
             if let Ok(fp) = <[u8; FINGERPRINT_LEN]>::try_from(fp.as_slice()) {
                 let tag = index.tag(subject.as_deref());
                 index.insert(fp, tag, id);
             }
-        }
-        drop(rows);
-        drop(stmt);
+        })?;
         // Loading is not a batch: the count starts at the rows seen.
         index.pending = 0;
         index.stored = Arc::new(AtomicI64::new(rows_seen));

@@ -2,6 +2,7 @@
 //! that commits concurrently submitted work together (group commit), and a pool of
 //! read connections. This module sees only sealed records, never card numbers.
 
+pub(crate) mod cards;
 mod lock;
 mod pool;
 pub mod schema;

@@ -1,0 +1,225 @@
+//! The `cards` table: sealed card rows, written by the writer thread and read by
+//! the pool. Statements on the request path use `prepare_cached`, so a batch of
+//! tokenizations parses each statement once per connection.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::StoreError;
+
+/// One stored card row, as the table holds it (sealed; the service checks the
+/// columns before it shows them).
+#[derive(Debug)]
+pub(crate) struct CardRow {
+    pub(crate) id: i64,
+    pub(crate) token: String,
+    pub(crate) tenant: String,
+    pub(crate) key_version: u32,
+    pub(crate) nonce: Vec<u8>,
+    pub(crate) ciphertext: Vec<u8>,
+    pub(crate) fingerprint: Vec<u8>,
+    pub(crate) brand: String,
+    pub(crate) bin: String,
+    pub(crate) last4: String,
+    pub(crate) exp_month: i64,
+    pub(crate) exp_year: i64,
+    pub(crate) subject: Option<String>,
+    pub(crate) metadata: Option<String>,
+    pub(crate) created_at: i64,
+    pub(crate) expires_at: Option<i64>,
+}
+
+/// The columns [`CardRow::from_sql`] reads, in order.
+const ROW_COLUMNS: &str = "token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4, \
+                           exp_month, exp_year, subject, metadata, created_at, expires_at, id";
+
+impl CardRow {
+    fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<CardRow> {
+        Ok(CardRow {
+            token: r.get(0)?,
+            tenant: r.get(1)?,
+            key_version: r.get(2)?,
+            nonce: r.get(3)?,
+            ciphertext: r.get(4)?,
+            fingerprint: r.get(5)?,
+            brand: r.get(6)?,
+            bin: r.get(7)?,
+            last4: r.get(8)?,
+            exp_month: r.get(9)?,
+            exp_year: r.get(10)?,
+            subject: r.get(11)?,
+            metadata: r.get(12)?,
+            created_at: r.get(13)?,
+            expires_at: r.get(14)?,
+            id: r.get(15)?,
+        })
+    }
+}
+
+/// A card to insert: sealed under `key_version`, with the facts shown without
+/// decrypting it.
+#[derive(Debug)]
+pub(crate) struct NewCard<'a> {
+    pub(crate) token: &'a str,
+    pub(crate) tenant: &'a str,
+    pub(crate) key_version: u32,
+    pub(crate) nonce: &'a [u8],
+    pub(crate) ciphertext: &'a [u8],
+    pub(crate) fingerprint: &'a [u8],
+    pub(crate) brand: &'a str,
+    pub(crate) bin: &'a str,
+    pub(crate) last4: &'a str,
+    pub(crate) exp_month: u8,
+    pub(crate) exp_year: u16,
+    pub(crate) subject: Option<&'a str>,
+    pub(crate) metadata: Option<&'a str>,
+    pub(crate) created_at: i64,
+    pub(crate) expires_at: Option<i64>,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inserted {
+    /// The row was stored under this id.
+    Row(i64),
+    /// The token is already held (within the tenant): nothing was written; draw
+    /// another token.
+    TokenTaken,
+}
+
+/// Inserts `card`.
+pub(crate) fn insert(conn: &Connection, card: &NewCard<'_>) -> Result<Inserted, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO cards (token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4,
+                            exp_month, exp_year, subject, metadata, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?;
+    let res = stmt.execute(params![
+        card.token,
+        card.tenant,
+        card.key_version,
+        card.nonce,
+        card.ciphertext,
+        card.fingerprint,
+        card.brand,
+        card.bin,
+        card.last4,
+        card.exp_month,
+        card.exp_year,
+        card.subject,
+        card.metadata,
+        card.created_at,
+        card.expires_at
+    ]);
+    match res {
+        Ok(_) => Ok(Inserted::Row(conn.last_insert_rowid())),
+        // The only constraint a fresh row can break is the token's uniqueness.
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Ok(Inserted::TokenTaken)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Row `id`, if it is still a live (unexpired at `now`) row of card
+/// `fingerprint` for `subject` of `tenant`: the re-check of a dedup index hit.
+pub(crate) fn live_dedup_row(
+    conn: &Connection,
+    id: i64,
+    fingerprint: &[u8],
+    tenant: &str,
+    subject: Option<&str>,
+    now: i64,
+) -> Result<Option<CardRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ROW_COLUMNS} FROM cards WHERE id = ?1 AND fingerprint = ?2 AND tenant = ?3 \
+         AND subject IS ?4 AND (expires_at IS NULL OR expires_at > ?5)"
+    ))?;
+    Ok(stmt
+        .query_row(
+            params![id, fingerprint, tenant, subject, now],
+            CardRow::from_sql,
+        )
+        .optional()?)
+}
+
+/// The row of `token` in `tenant` (expired or not). A bin_last4 token is unique
+/// within its tenant only.
+pub(crate) fn by_token(
+    conn: &Connection,
+    token: &str,
+    tenant: &str,
+) -> Result<Option<CardRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ROW_COLUMNS} FROM cards WHERE token = ?1 AND tenant = ?2"
+    ))?;
+    Ok(stmt
+        .query_row(params![token, tenant], CardRow::from_sql)
+        .optional()?)
+}
+
+/// Whether row `id` still holds `token` of `tenant`, unexpired at `now`.
+pub(crate) fn is_live(
+    conn: &Connection,
+    id: i64,
+    token: &str,
+    tenant: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT 1 FROM cards WHERE id = ?1 AND token = ?2 AND tenant = ?3 \
+         AND (expires_at IS NULL OR expires_at > ?4)",
+    )?;
+    Ok(stmt.exists(params![id, token, tenant, now])?)
+}
+
+/// Sets the card expiry, metadata and token expiry of row `id`.
+pub(crate) fn update_terms(
+    conn: &Connection,
+    id: i64,
+    exp_month: i64,
+    exp_year: i64,
+    metadata: Option<&str>,
+    expires_at: Option<i64>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE cards SET exp_month = ?2, exp_year = ?3, metadata = ?4, expires_at = ?5 WHERE id = ?1",
+    )?
+    .execute(params![id, exp_month, exp_year, metadata, expires_at])?;
+    Ok(())
+}
+
+/// Replaces the sealed card of row `id` (sealed again under `key_version`).
+pub(crate) fn update_sealed(
+    conn: &Connection,
+    id: i64,
+    key_version: u32,
+    nonce: &[u8],
+    ciphertext: &[u8],
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE cards SET key_version = ?2, nonce = ?3, ciphertext = ?4 WHERE id = ?1",
+    )?
+    .execute(params![id, key_version, nonce, ciphertext])?;
+    Ok(())
+}
+
+/// Number of card rows.
+pub(crate) fn count(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT count(*) FROM cards", [], |r| r.get(0))?)
+}
+
+/// Calls `f` with the id, fingerprint and subject of every card row (what the
+/// dedup index is built from).
+pub(crate) fn for_each_fingerprint(
+    conn: &Connection,
+    mut f: impl FnMut(i64, Vec<u8>, Option<String>),
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare("SELECT id, fingerprint, subject FROM cards")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        f(r.get(0)?, r.get(1)?, r.get(2)?);
+    }
+    Ok(())
+}
