@@ -223,3 +223,84 @@ pub(crate) fn for_each_fingerprint(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card<'a>(token: &'a str, tenant: &'a str) -> NewCard<'a> {
+        NewCard {
+            token,
+            tenant,
+            key_version: 1,
+            nonce: &[7; 12],
+            ciphertext: &[9; 32],
+            fingerprint: &[1; 32],
+            brand: "visa",
+            bin: "424242",
+            last4: "4242",
+            exp_month: 12,
+            exp_year: 2031,
+            subject: Some("cust-1"),
+            metadata: None,
+            created_at: 1_700_000_000,
+            expires_at: Some(1_800_000_000),
+        }
+    }
+
+    #[test]
+    fn a_taken_token_is_reported_and_rows_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::open_writer(&dir.path().join("v.db"), true).unwrap();
+        let Inserted::Row(id) = insert(&conn, &card("t1", "shop")).unwrap() else {
+            panic!("first insert refused");
+        };
+        // unique within the tenant only
+        assert_eq!(
+            insert(&conn, &card("t1", "shop")).unwrap(),
+            Inserted::TokenTaken
+        );
+        assert!(matches!(
+            insert(&conn, &card("t1", "other")).unwrap(),
+            Inserted::Row(_)
+        ));
+        assert_eq!(count(&conn).unwrap(), 2);
+
+        let row = by_token(&conn, "t1", "shop").unwrap().unwrap();
+        assert_eq!((row.id, row.exp_month, row.exp_year), (id, 12, 2031));
+        assert!(by_token(&conn, "t1", "nobody").unwrap().is_none());
+
+        let fp = [1u8; 32];
+        let now = 1_750_000_000;
+        assert!(
+            live_dedup_row(&conn, id, &fp, "shop", Some("cust-1"), now)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            live_dedup_row(&conn, id, &fp, "shop", None, now)
+                .unwrap()
+                .is_none()
+        );
+        assert!(is_live(&conn, id, "t1", "shop", now).unwrap());
+        assert!(!is_live(&conn, id, "t1", "shop", 1_900_000_000).unwrap());
+
+        update_terms(&conn, id, 1, 2033, Some("{}"), None).unwrap();
+        update_sealed(&conn, id, 2, &[3; 12], &[4; 40]).unwrap();
+        let row = by_token(&conn, "t1", "shop").unwrap().unwrap();
+        assert_eq!((row.exp_month, row.exp_year), (1, 2033));
+        assert_eq!(
+            (row.metadata.as_deref(), row.expires_at),
+            (Some("{}"), None)
+        );
+        assert_eq!(
+            (row.key_version, row.nonce.len(), row.ciphertext.len()),
+            (2, 12, 40)
+        );
+
+        let mut seen = Vec::new();
+        for_each_fingerprint(&conn, |id, fp, subject| seen.push((id, fp.len(), subject))).unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0], (id, 32, Some("cust-1".to_owned())));
+    }
+}
