@@ -2,8 +2,11 @@
 //! that commits concurrently submitted work together (group commit), and a pool of
 //! read connections. This module sees only sealed records, never card numbers.
 
+pub(crate) mod keys;
 mod lock;
+pub(crate) mod meta;
 mod pool;
+pub(crate) mod rewrap;
 pub mod schema;
 mod writer;
 
