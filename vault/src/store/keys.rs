@@ -29,7 +29,9 @@ pub(crate) struct SealRow {
 
 /// Writes the seal row (replacing any).
 pub(crate) fn write_seal(conn: &Connection, seal: &SealRow) -> Result<(), StoreError> {
-    let (total, threshold) = seal.shares.map_or((None, None), |(n, m)| (Some(n), Some(m)));
+    let (total, threshold) = seal
+        .shares
+        .map_or((None, None), |(n, m)| (Some(n), Some(m)));
     conn.execute(
         "INSERT OR REPLACE INTO seal (id, method, kdf_m_kib, kdf_t, kdf_p, salt, shares_total, shares_threshold,
              sealed_root, root_created_at, generation)
@@ -129,7 +131,8 @@ pub(crate) fn wrapped_data_keys(conn: &Connection) -> Result<Vec<WrappedDataKey>
 
 /// (version, wrapped bytes) of every data key that is not destroyed (master rotate).
 pub(crate) fn wrapped_data_key_bytes(conn: &Connection) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
-    let mut stmt = conn.prepare("SELECT version, wrapped FROM data_keys WHERE wrapped IS NOT NULL")?;
+    let mut stmt =
+        conn.prepare("SELECT version, wrapped FROM data_keys WHERE wrapped IS NOT NULL")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
