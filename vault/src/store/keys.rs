@@ -292,3 +292,98 @@ pub(crate) fn rewrap_aux_key(
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{meta, rewrap};
+
+    #[test]
+    fn key_rows_round_trip_and_follow_the_life_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open_writer(&dir.path().join("v.db"), true).unwrap();
+        assert!(read_seal(&conn).unwrap().is_none());
+        let seal = SealRow {
+            method: "passphrase".into(),
+            kdf: Some(KdfParams::MINIMUM),
+            salt: Some(vec![7; 16]),
+            shares: None,
+            sealed_root: vec![1, 2, 3],
+            root_created_at: 10,
+            generation: 2,
+        };
+        write_seal(&conn, &seal).unwrap();
+        let back = read_seal(&conn).unwrap().unwrap();
+        assert_eq!(back.kdf, seal.kdf);
+        assert_eq!((back.salt, back.sealed_root), (seal.salt, seal.sealed_root));
+        assert_eq!((back.root_created_at, back.generation), (10, 2));
+
+        assert_eq!(next_version(&conn).unwrap(), 1);
+        assert_eq!(active_version(&conn).unwrap(), None);
+        insert_data_key(&conn, 1, b"w1", 100).unwrap();
+        set_state_where(&conn, KeyState::Active, KeyState::DecryptOnly).unwrap();
+        insert_data_key(&conn, 2, b"w2", 200).unwrap();
+        assert_eq!(active_version(&conn).unwrap(), Some(2));
+        assert_eq!(key_state(&conn, 1).unwrap(), Some(KeyState::DecryptOnly));
+        assert_eq!(key_state(&conn, 9).unwrap(), None);
+
+        conn.execute(
+            "INSERT INTO cards (token, tenant, key_version, nonce, ciphertext, fingerprint, brand,
+                bin, last4, exp_month, exp_year, created_at)
+             VALUES ('t', 'shop', 1, x'00', x'01', x'02', 'visa', '411111', '1111', 1, 2030, 0)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(records_under(&conn, 1).unwrap(), 1);
+        assert_eq!(rewrap::count_not_under(&conn, 2).unwrap(), 1);
+        let batch = rewrap::batch_not_under(&conn, 2, 10).unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].key_version, 1);
+        // A row no longer under the version it was read under is left alone.
+        assert_eq!(
+            rewrap::update_sealed(&conn, batch[0].id, 3, 2, b"n", b"c").unwrap(),
+            0
+        );
+        assert_eq!(
+            rewrap::update_sealed(&conn, batch[0].id, 1, 2, b"n", b"c").unwrap(),
+            1
+        );
+        rewrap::add_encryptions(&conn, 2, 1).unwrap();
+        assert_eq!(rewrap::count_not_under(&conn, 2).unwrap(), 0);
+
+        mark_retired(&conn, 1, 300).unwrap();
+        mark_destroyed(&conn, 1, 400).unwrap();
+        let rows = list_data_keys(&conn).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].state, rows[0].retired_at, rows[0].destroyed_at),
+            (KeyState::Destroyed, Some(300), Some(400))
+        );
+        assert_eq!(
+            (rows[1].state, rows[1].records, rows[1].encryptions),
+            (KeyState::Active, 1, 1)
+        );
+        assert_eq!(
+            wrapped_data_key_bytes(&conn).unwrap(),
+            vec![(2, b"w2".to_vec())]
+        );
+        rewrap_data_key(&conn, 2, b"w2'").unwrap();
+        assert_eq!(wrapped_data_keys(&conn).unwrap()[0].wrapped, b"w2'");
+
+        insert_aux_key(&conn, "fingerprint", b"a", 1).unwrap();
+        rewrap_aux_key(&conn, "fingerprint", b"b").unwrap();
+        assert_eq!(read_aux_key(&conn, "fingerprint").unwrap(), b"b");
+        assert_eq!(
+            aux_keys(&conn).unwrap(),
+            vec![("fingerprint".to_owned(), b"b".to_vec())]
+        );
+        assert!(read_aux_key(&conn, "missing").is_err());
+
+        let before = meta::key_epoch(&conn).unwrap();
+        meta::set(&conn, "key_epoch", "4").unwrap();
+        meta::bump_key_epoch(&conn).unwrap();
+        assert_eq!(meta::key_epoch(&conn).unwrap().as_deref(), Some("5"));
+        assert_ne!(before.as_deref(), Some("5"));
+        assert_eq!(meta::get(&conn, "nothing").unwrap(), None);
+    }
+}
