@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::audit_hook::{self, AuditAction};
 use super::keyring::{self, Keyring, NewSeal, Unlock};
@@ -21,7 +21,7 @@ use crate::core::rng;
 use crate::core::secret::{SecretKey32, SecretText};
 use crate::error::VaultError;
 use crate::key_state::KeyState;
-use crate::store::{self, StoreError};
+use crate::store::{self, StoreError, keys as key_rows, rewrap as rewrap_rows};
 
 /// Why `master rotate` refused: the lock of the data directory is held.
 const MASTER_ROTATE_REFUSED: &str = "a panvault server is serving this vault (or another \
@@ -258,18 +258,8 @@ impl Admin {
     /// new version.
     pub fn rotate(&mut self, actor: &AccessContext) -> Result<u32, VaultError> {
         let next = self.admin_tx(actor, AuditAction::KeyRotate, |tx, keys, now| {
-            let next: u32 = tx
-                .query_row(
-                    "SELECT COALESCE(MAX(version), 0) + 1 FROM data_keys",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(store_err)?;
-            tx.execute(
-                "UPDATE data_keys SET state = ?1 WHERE state = ?2",
-                [KeyState::DecryptOnly, KeyState::Active],
-            )
-            .map_err(store_err)?;
+            let next = key_rows::next_version(tx)?;
+            key_rows::set_state_where(tx, KeyState::Active, KeyState::DecryptOnly)?;
             keyring::insert_data_key(tx, &keys.vault_id, &keys.root, next, now)?;
             keyring::bump_key_epoch(tx)?;
             Ok((next, format!("new_version={next}")))
@@ -280,14 +270,7 @@ impl Admin {
 
     /// Records still under versions other than the active one.
     pub fn records_not_under_active(&self) -> Result<u64, VaultError> {
-        let n: i64 = self
-            .conn
-            .query_row(
-                "SELECT count(*) FROM cards WHERE key_version <> ?1",
-                [self.keys.active],
-                |r| r.get(0),
-            )
-            .map_err(store_err)?;
+        let n = rewrap_rows::count_not_under(&self.conn, self.keys.active)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -381,23 +364,13 @@ impl Admin {
                 }
                 KeyState::DecryptOnly => {}
             }
-            let used: i64 = tx
-                .query_row(
-                    "SELECT count(*) FROM cards WHERE key_version = ?1",
-                    [version],
-                    |r| r.get(0),
-                )
-                .map_err(store_err)?;
+            let used = key_rows::records_under(tx, version)?;
             if used > 0 {
                 return Err(VaultError::KeyState(format!(
                     "v{version} still encrypts {used} record(s); run `panvault keys rewrap` first"
                 )));
             }
-            tx.execute(
-                "UPDATE data_keys SET state = ?2, retired_at = ?3 WHERE version = ?1",
-                params![version, KeyState::Retired, now],
-            )
-            .map_err(store_err)?;
+            key_rows::mark_retired(tx, version, now)?;
             keyring::bump_key_epoch(tx)?;
             Ok(((), format!("version={version}")))
         })?;
@@ -410,14 +383,17 @@ impl Admin {
         self.admin_tx(actor, AuditAction::KeyDestroy, |tx, _keys, now| {
             let state = key_state(tx, version)?;
             if state != KeyState::Retired {
-                return Err(VaultError::KeyState(format!("v{version} is {state}; only retired keys can be destroyed")));
+                return Err(VaultError::KeyState(format!(
+                    "v{version} is {state}; only retired keys can be destroyed"
+                )));
             }
-            let used: i64 = tx.query_row("SELECT count(*) FROM cards WHERE key_version = ?1", [version], |r| r.get(0)).map_err(store_err)?;
+            let used = key_rows::records_under(tx, version)?;
             if used > 0 {
-                return Err(VaultError::KeyState(format!("v{version} still encrypts {used} record(s)")));
+                return Err(VaultError::KeyState(format!(
+                    "v{version} still encrypts {used} record(s)"
+                )));
             }
-            tx.execute("UPDATE data_keys SET state = ?2, wrapped = NULL, destroyed_at = ?3 WHERE version = ?1", params![version, KeyState::Destroyed, now])
-                .map_err(store_err)?;
+            key_rows::mark_destroyed(tx, version, now)?;
             keyring::bump_key_epoch(tx)?;
             Ok(((), format!("version={version}")))
         })?;
@@ -457,45 +433,21 @@ impl Admin {
         self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
             let vid = keys.vault_id.clone();
             // data keys
-            let rows: Vec<(u32, Vec<u8>)> = {
-                let mut stmt = tx
-                    .prepare("SELECT version, wrapped FROM data_keys WHERE wrapped IS NOT NULL")
-                    .map_err(store_err)?;
-                let rows = stmt
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .map_err(store_err)?;
-                rows.collect::<Result<_, _>>().map_err(store_err)?
-            };
+            let rows = key_rows::wrapped_data_key_bytes(tx)?;
             for (version, wrapped) in rows {
                 let label = keyring::dek_label(&vid, version);
                 let key = crate::core::envelope::unwrap_key(&keys.root, &label, &wrapped)
                     .map_err(|_| VaultError::Decryption)?;
                 let rewrapped = wrap_key(&new_root, &label, &key)?;
-                tx.execute(
-                    "UPDATE data_keys SET wrapped = ?2 WHERE version = ?1",
-                    params![version, rewrapped],
-                )
-                .map_err(store_err)?;
+                key_rows::rewrap_data_key(tx, version, &rewrapped)?;
             }
-            let aux: Vec<(String, Vec<u8>)> = {
-                let mut stmt = tx
-                    .prepare("SELECT name, wrapped FROM wrapped_keys")
-                    .map_err(store_err)?;
-                let rows = stmt
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .map_err(store_err)?;
-                rows.collect::<Result<_, _>>().map_err(store_err)?
-            };
+            let aux = key_rows::aux_keys(tx)?;
             for (name, wrapped) in aux {
                 let label = keyring::aux_label(&vid, &name);
                 let key = crate::core::envelope::unwrap_key(&keys.root, &label, &wrapped)
                     .map_err(|_| VaultError::Decryption)?;
                 let rewrapped = wrap_key(&new_root, &label, &key)?;
-                tx.execute(
-                    "UPDATE wrapped_keys SET wrapped = ?2 WHERE name = ?1",
-                    params![name, rewrapped],
-                )
-                .map_err(store_err)?;
+                key_rows::rewrap_aux_key(tx, &name, &rewrapped)?;
             }
             // Reseal the new root under the same secret: a fresh salt for a passphrase,
             // the same KEK for custodian shares (so the share set stays valid).
@@ -739,19 +691,9 @@ impl Admin {
 }
 
 fn key_state(conn: &Connection, version: u32) -> Result<KeyState, VaultError> {
-    use rusqlite::OptionalExtension;
-    conn.query_row(
-        "SELECT state FROM data_keys WHERE version = ?1",
-        [version],
-        |r| r.get(0),
-    )
-    .optional()
-    .map_err(store_err)?
-    .ok_or_else(|| VaultError::KeyState(format!("no key v{version}")))
+    key_rows::key_state(conn, version)?
+        .ok_or_else(|| VaultError::KeyState(format!("no key v{version}")))
 }
-
-/// id, token, tenant, key version, nonce, ciphertext.
-type SealedRow = (i64, String, String, u32, Vec<u8>, Vec<u8>);
 
 /// Records a rewrap transaction reads and re-encrypts between two looks at the clock.
 const REWRAP_CHUNK: i64 = 64;
@@ -779,11 +721,7 @@ fn rewrap_batch(
     }
     let active = keys.active_key()?;
     if n > 0 {
-        tx.execute(
-            "UPDATE data_keys SET encryptions = encryptions + ?2 WHERE version = ?1",
-            params![active.version(), i64::try_from(n).unwrap_or(i64::MAX)],
-        )
-        .map_err(store_err)?;
+        rewrap_rows::add_encryptions(tx, active.version(), i64::try_from(n).unwrap_or(i64::MAX))?;
     }
     Ok(n)
 }
@@ -791,32 +729,17 @@ fn rewrap_batch(
 /// Re-encrypts up to `limit` records not under the active key. Returns how many.
 fn rewrap_chunk(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, VaultError> {
     let active = keys.active_key()?;
-    let rows: Vec<SealedRow> = {
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT id, token, tenant, key_version, nonce, ciphertext FROM cards
-                 WHERE key_version <> ?1 ORDER BY key_version, id LIMIT ?2",
-            )
-            .map_err(store_err)?;
-        let rows = stmt
-            .query_map(params![active.version(), limit], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })
-            .map_err(store_err)?;
-        rows.collect::<Result<_, _>>().map_err(store_err)?
-    };
-    let mut update = tx
-        .prepare_cached("UPDATE cards SET key_version = ?2, nonce = ?3, ciphertext = ?4 WHERE id = ?1 AND key_version = ?5")
-        .map_err(store_err)?;
+    let rows = rewrap_rows::batch_not_under(tx, active.version(), limit)?;
     let mut n: u64 = 0;
-    for (id, token, tenant, version, nonce, ciphertext) in rows {
+    for row in rows {
+        let rewrap_rows::SealedCard {
+            id,
+            token,
+            tenant,
+            key_version: version,
+            nonce,
+            ciphertext,
+        } = row;
         let old = keys.data.get(&version).ok_or_else(|| {
             VaultError::KeyState(format!(
                 "record under v{version}, whose key is not available (destroyed?)"
@@ -840,17 +763,14 @@ fn rewrap_chunk(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, Vaul
         let mut fresh = [0u8; 12];
         rng::fill(&mut fresh)?;
         let sealed = active.seal(&tenant, &token, &card, fresh)?;
-        n += u64::try_from(
-            update
-                .execute(params![
-                    id,
-                    sealed.key_version,
-                    &sealed.nonce[..],
-                    sealed.ciphertext,
-                    version
-                ])
-                .map_err(store_err)?,
-        )
+        n += u64::try_from(rewrap_rows::update_sealed(
+            tx,
+            id,
+            version,
+            sealed.key_version,
+            &sealed.nonce[..],
+            &sealed.ciphertext,
+        )?)
         .unwrap_or(0);
     }
     Ok(n)

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
 use ring::hmac;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 use zeroize::Zeroizing;
 
 use super::shamir::{self, ShareFile};
@@ -16,6 +16,8 @@ use crate::core::rng;
 use crate::core::secret::{SecretKey32, SecretText};
 use crate::error::VaultError;
 use crate::key_state::KeyState;
+use crate::store::keys::{self as key_rows, SealRow};
+use crate::store::{StoreError, meta};
 
 /// What unseals the root key.
 #[derive(Debug)]
@@ -107,25 +109,18 @@ pub(crate) fn write_seal(
         &root_label(vault_id, generation),
         root.expose_secret(),
     )?;
-    let (total, threshold) = counts.map_or((None, None), |(n, m)| (Some(n), Some(m)));
-    conn.execute(
-        "INSERT OR REPLACE INTO seal (id, method, kdf_m_kib, kdf_t, kdf_p, salt, shares_total, shares_threshold,
-             sealed_root, root_created_at, generation)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            method,
-            kdf.map(|k| k.m_kib),
-            kdf.map(|k| k.t),
-            kdf.map(|k| k.p),
+    key_rows::write_seal(
+        conn,
+        &SealRow {
+            method: method.to_owned(),
+            kdf,
             salt,
-            total,
-            threshold,
-            sealed,
+            shares: counts,
+            sealed_root: sealed,
             root_created_at,
-            generation
-        ],
-    )
-    .map_err(crate::store::StoreError::from)?;
+            generation,
+        },
+    )?;
     Ok(shares)
 }
 
@@ -144,39 +139,22 @@ pub struct SealInfo {
     pub generation: i64,
 }
 
-type SealRow = (SealInfo, Option<Vec<u8>>, Vec<u8>);
+type SealParts = (SealInfo, Option<Vec<u8>>, Vec<u8>);
 
-pub(crate) fn read_seal(conn: &Connection) -> Result<SealRow, VaultError> {
-    let row = conn
-        .query_row(
-            "SELECT method, kdf_m_kib, kdf_t, kdf_p, salt, shares_total, shares_threshold, sealed_root,
-                    root_created_at, generation FROM seal WHERE id = 1",
-            [],
-            |r| {
-                let m: Option<u32> = r.get(1)?;
-                let t: Option<u32> = r.get(2)?;
-                let p: Option<u32> = r.get(3)?;
-                let n: Option<u8> = r.get(5)?;
-                let k: Option<u8> = r.get(6)?;
-                Ok((
-                    SealInfo {
-                        method: r.get(0)?,
-                        kdf: match (m, t, p) {
-                            (Some(m_kib), Some(t), Some(p)) => Some(KdfParams { m_kib, t, p }),
-                            _ => None,
-                        },
-                        shares: n.zip(k),
-                        root_created_at: r.get(8)?,
-                        generation: r.get(9)?,
-                    },
-                    r.get::<_, Option<Vec<u8>>>(4)?,
-                    r.get::<_, Vec<u8>>(7)?,
-                ))
-            },
-        )
-        .optional()
-        .map_err(crate::store::StoreError::from)?;
-    row.ok_or_else(|| VaultError::Store(crate::store::StoreError::Corrupt("no seal row".into())))
+pub(crate) fn read_seal(conn: &Connection) -> Result<SealParts, VaultError> {
+    let row = key_rows::read_seal(conn)?;
+    let row = row.ok_or_else(|| VaultError::Store(StoreError::Corrupt("no seal row".into())))?;
+    Ok((
+        SealInfo {
+            method: row.method,
+            kdf: row.kdf,
+            shares: row.shares,
+            root_created_at: row.root_created_at,
+            generation: row.generation,
+        },
+        row.salt,
+        row.sealed_root,
+    ))
 }
 
 /// Unseals the root key of the vault in `conn`. Returns the root, the seal's facts
@@ -217,35 +195,22 @@ pub(crate) fn unseal_root(
 }
 
 pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, VaultError> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()
-        .map_err(|e| VaultError::Store(e.into()))
+    Ok(meta::get(conn, key)?)
 }
 
 pub(crate) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), VaultError> {
-    conn.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-        [key, value],
-    )
-    .map_err(|e| VaultError::Store(e.into()))?;
-    Ok(())
+    Ok(meta::set(conn, key, value)?)
 }
 
 /// Bumps the key epoch so running servers reload their keys.
 pub(crate) fn bump_key_epoch(conn: &Connection) -> Result<(), VaultError> {
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES ('key_epoch', '1')
-         ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
-        [],
-    )
-    .map_err(|e| VaultError::Store(e.into()))?;
-    Ok(())
+    Ok(meta::bump_key_epoch(conn)?)
 }
 
 /// Reads the key epoch (0 for a vault made before there was one). A value that is
 /// not a number is corruption, not "no change".
 pub(crate) fn key_epoch(conn: &Connection) -> Result<i64, VaultError> {
-    match meta_get(conn, "key_epoch")? {
+    match meta::key_epoch(conn)? {
         None => Ok(0),
         Some(v) => v.parse().map_err(|_| {
             VaultError::Store(crate::store::StoreError::Corrupt(
@@ -257,12 +222,7 @@ pub(crate) fn key_epoch(conn: &Connection) -> Result<i64, VaultError> {
 
 /// The data-key version `active` in the database now (`None` if none is).
 pub(crate) fn active_version(conn: &Connection) -> Result<Option<u32>, VaultError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT version FROM data_keys WHERE state = ?1")
-        .map_err(|e| VaultError::Store(e.into()))?;
-    stmt.query_row([KeyState::Active], |r| r.get(0))
-        .optional()
-        .map_err(|e| VaultError::Store(e.into()))
+    Ok(key_rows::active_version(conn)?)
 }
 
 /// Stores a freshly generated data key as `version`, `active`.
@@ -275,12 +235,7 @@ pub(crate) fn insert_data_key(
 ) -> Result<(), VaultError> {
     let key = SecretKey32::generate()?;
     let wrapped = wrap_key(root, &dek_label(vault_id, version), key.expose_secret())?;
-    conn.execute(
-        "INSERT INTO data_keys (version, state, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![version, KeyState::Active, wrapped, now],
-    )
-    .map_err(|e| VaultError::Store(e.into()))?;
-    Ok(())
+    Ok(key_rows::insert_data_key(conn, version, &wrapped, now)?)
 }
 
 /// Stores an auxiliary key (`fingerprint`, `audit-signing`) wrapped under the root.
@@ -293,12 +248,7 @@ pub(crate) fn insert_aux_key(
     now: i64,
 ) -> Result<(), VaultError> {
     let wrapped = wrap_key(root, &aux_label(vault_id, name), key)?;
-    conn.execute(
-        "INSERT OR REPLACE INTO wrapped_keys (name, wrapped, created_at) VALUES (?1, ?2, ?3)",
-        params![name, wrapped, now],
-    )
-    .map_err(|e| VaultError::Store(e.into()))?;
-    Ok(())
+    Ok(key_rows::insert_aux_key(conn, name, &wrapped, now)?)
 }
 
 fn read_aux(
@@ -307,13 +257,7 @@ fn read_aux(
     root: &SecretKey32,
     name: &str,
 ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-    let blob: Vec<u8> = conn
-        .query_row(
-            "SELECT wrapped FROM wrapped_keys WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .map_err(|e| VaultError::Store(e.into()))?;
+    let blob = key_rows::read_aux_key(conn, name)?;
     unwrap_key(root, &aux_label(vault_id, name), &blob).map_err(|_| VaultError::Decryption)
 }
 
@@ -352,20 +296,12 @@ impl Keyring {
         let mut data = BTreeMap::new();
         let mut active = None;
         {
-            let mut stmt = conn
-                .prepare("SELECT version, state, wrapped FROM data_keys WHERE wrapped IS NOT NULL")
-                .map_err(|e| VaultError::Store(e.into()))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, u32>(0)?,
-                        r.get::<_, KeyState>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
-                })
-                .map_err(|e| VaultError::Store(e.into()))?;
-            for row in rows {
-                let (version, state, wrapped) = row.map_err(|e| VaultError::Store(e.into()))?;
+            for row in key_rows::wrapped_data_keys(conn)? {
+                let key_rows::WrappedDataKey {
+                    version,
+                    state,
+                    wrapped,
+                } = row;
                 let key = unwrap_key32(&root, &dek_label(vault_id, version), &wrapped)
                     .map_err(|_| VaultError::Decryption)?;
                 data.insert(version, DataKey::new(version, &key));

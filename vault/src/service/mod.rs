@@ -1271,30 +1271,17 @@ impl Vault {
 
 /// Lists the data keys of the database behind `conn`.
 pub fn list_keys(conn: &Connection, now: OffsetDateTime) -> Result<Vec<KeyInfo>, VaultError> {
-    let mut stmt = conn
-        .prepare(
-            "SELECT k.version, k.state, k.created_at, k.retired_at, k.destroyed_at, k.encryptions,
-                    (SELECT count(*) FROM cards c WHERE c.key_version = k.version)
-             FROM data_keys k ORDER BY k.version",
-        )
-        .map_err(store_err)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, u32>(0)?,
-                r.get::<_, KeyState>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, Option<i64>>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-            ))
-        })
-        .map_err(store_err)?;
     let mut keys = Vec::new();
-    for row in rows {
-        let (version, state, created, retired, destroyed, encryptions, records) =
-            row.map_err(store_err)?;
+    for row in store::keys::list_data_keys(conn)? {
+        let store::keys::DataKeyRow {
+            version,
+            state,
+            created_at: created,
+            retired_at: retired,
+            destroyed_at: destroyed,
+            encryptions,
+            records,
+        } = row;
         keys.push(KeyInfo {
             version,
             state,

@@ -3,8 +3,11 @@
 //! read connections. This module sees only sealed records, never card numbers.
 
 pub(crate) mod cards;
+pub(crate) mod keys;
 mod lock;
+pub(crate) mod meta;
 mod pool;
+pub(crate) mod rewrap;
 pub mod schema;
 mod writer;
 
