@@ -2,6 +2,8 @@
 //! that commits concurrently submitted work together (group commit), and a pool of
 //! read connections. This module sees only sealed records, never card numbers.
 
+pub(crate) mod erasure;
+pub(crate) mod inventory;
 mod lock;
 mod pool;
 pub mod schema;
@@ -317,8 +319,7 @@ pub fn scrub_pending(conn: &Connection) -> Result<Option<(i64, String)>, StoreEr
 pub fn scrub_wal_on(conn: &mut Connection, wait: Duration, now: i64) -> Result<bool, StoreError> {
     // What this truncation covers: every commit before it.
     let mark = scrub_pending(conn)?;
-    let last_request: Option<i64> =
-        conn.query_row("SELECT max(id) FROM erasure_requests", [], |r| r.get(0))?;
+    let last_request = erasure::last_request_id(conn)?;
     poll_for_locks(conn, Duration::from_millis(5))?;
     let deadline = Instant::now() + wait;
     let emptied = loop {
@@ -342,11 +343,7 @@ pub fn scrub_wal_on(conn: &mut Connection, wait: Duration, now: i64) -> Result<b
             )?;
         }
         if let Some(id) = last_request {
-            tx.execute(
-                "UPDATE erasure_requests SET wal_scrubbed_at = ?2
-                 WHERE wal_scrubbed_at IS NULL AND id <= ?1",
-                params![id, now],
-            )?;
+            erasure::mark_wal_scrubbed(&tx, id, now)?;
         }
         tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
