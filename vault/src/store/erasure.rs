@@ -207,3 +207,65 @@ pub(crate) fn mark_wal_scrubbed(conn: &Connection, id: i64, now: i64) -> Result<
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(conn: &Connection, token: &str, subject: &str, exp_year: i64, expires_at: Option<i64>) {
+        conn.execute(
+            "INSERT INTO cards (token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4, exp_month, exp_year, subject, created_at, expires_at)
+             VALUES (?1, 't', 1, x'00', x'00', CAST(?1 AS BLOB), 'visa', '411111', '1111', 1, ?2, ?3, 0, ?4)",
+            params![token, exp_year, subject, expires_at],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn deletes_return_the_id_and_fingerprint_of_each_removed_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::open_writer(&dir.path().join("v.db"), true).unwrap();
+        conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+        card(&conn, "a", "s1", 2099, None);
+        card(&conn, "b", "s1", 2099, None);
+        card(&conn, "c", "s2", 2000, None);
+        card(&conn, "d", "s3", 2099, Some(10));
+        let cutoff = 2020 * 12;
+        assert_eq!(count_past_expiry(&conn, cutoff, 100).unwrap(), 1);
+        assert_eq!(count_past_ttl_only(&conn, cutoff, 100).unwrap(), 1);
+        assert_eq!(
+            retention_candidates(&conn, cutoff, 100).unwrap(),
+            vec![3, 4]
+        );
+        // an expired token is not deleted by the API's delete, but is by an erasure
+        assert!(delete_live_token(&conn, "t", "d", 100).unwrap().is_empty());
+        assert_eq!(
+            delete_token(&conn, "t", "d").unwrap(),
+            vec![(4, b"d".to_vec())]
+        );
+        assert!(delete_id_past_expiry(&conn, 1, cutoff).unwrap().is_empty());
+        assert_eq!(
+            delete_id_past_expiry(&conn, 3, cutoff).unwrap(),
+            vec![(3, b"c".to_vec())]
+        );
+        let mut gone = delete_subject(&conn, "t", "s1").unwrap();
+        gone.sort();
+        assert_eq!(gone, vec![(1, b"a".to_vec()), (2, b"b".to_vec())]);
+        assert_eq!(last_request_id(&conn).unwrap(), None);
+        insert_completed_request(
+            &conn,
+            &CompletedErasure {
+                tenant: "t",
+                subject_hash: "h",
+                token: None,
+                at: 5,
+                tokens_erased: 2,
+                audit_seq: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(last_request_id(&conn).unwrap(), Some(1));
+        assert_eq!(count_open_requests_before(&conn, 100).unwrap(), 0);
+        mark_wal_scrubbed(&conn, 1, 7).unwrap();
+    }
+}
