@@ -7,17 +7,18 @@
 //! signed with the audit key naming the event's sequence number. The audit log
 //! keeps only the keyed hash of the subject, so it never needs rewriting.
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use time::OffsetDateTime;
 
 use super::audit_hook::{AuditAction, AuditOutcome, AuditRecord, AuditState};
 use super::keyring::Keyring;
 use super::request::{AccessContext, validate_subject};
 use super::state::DedupIndex;
-use super::{Vault, store_err, validate_tenant};
+use super::{Vault, validate_tenant};
 use crate::core::token::Token;
 use crate::error::VaultError;
-use crate::store;
+use crate::store::erasure::{self, DeletedCard};
+use crate::store::{self, StoreError};
 use panvault_audit::log::{ErasureReceipt, subject_hash};
 
 /// What to erase.
@@ -58,28 +59,20 @@ fn cutoff_month(now: OffsetDateTime, grace_days: i64) -> i64 {
     i64::from(cutoff.year()) * 12 + i64::from(u8::from(cutoff.month())) - 1
 }
 
-/// Runs `sql`, a `DELETE … RETURNING id, fingerprint`; returns how many rows it
-/// deleted. With the server's dedup index, each deleted card's entry is noted, to
-/// be forgotten once the batch commits. Every delete of cards the server makes
-/// goes through here (API delete, erasure, retention purge).
-pub(crate) fn delete_returning(
-    conn: &Connection,
-    sql: &str,
-    args: impl rusqlite::Params,
-    mut dedup: Option<&mut DedupIndex>,
+/// Notes each deleted card in the server's dedup index (if any), to be forgotten
+/// once the batch commits; returns how many rows were deleted. Every delete of
+/// cards the server makes goes through here (API delete, erasure, retention purge).
+pub(crate) fn note_deleted(
+    deleted: Result<Vec<DeletedCard>, StoreError>,
+    dedup: Option<&mut DedupIndex>,
 ) -> Result<usize, VaultError> {
-    let mut stmt = conn.prepare_cached(sql).map_err(store_err)?;
-    let mut rows = stmt.query(args).map_err(store_err)?;
-    let mut n = 0;
-    while let Some(row) = rows.next().map_err(store_err)? {
-        n += 1;
-        if let Some(d) = dedup.as_deref_mut() {
-            let id: i64 = row.get(0).map_err(store_err)?;
-            let fp: Vec<u8> = row.get(1).map_err(store_err)?;
-            d.deleted_in_batch(&fp, id);
+    let deleted = deleted.map_err(VaultError::Store)?;
+    if let Some(d) = dedup {
+        for (id, fp) in &deleted {
+            d.deleted_in_batch(fp, *id);
         }
     }
-    Ok(n)
+    Ok(deleted.len())
 }
 
 /// Checks an erase request before anything is deleted.
@@ -142,12 +135,7 @@ pub(crate) fn erase_in_tx(
 ) -> Result<ErasureReceipt, VaultError> {
     let (n, subject_key_hash, token, subject) = match target {
         EraseTarget::Subject(s) => {
-            let n = delete_returning(
-                conn,
-                "DELETE FROM cards WHERE tenant = ?1 AND subject = ?2 RETURNING id, fingerprint",
-                params![tenant, s],
-                dedup,
-            )?;
+            let n = note_deleted(erasure::delete_subject(conn, tenant, s), dedup)?;
             (
                 n,
                 subject_hash(keys.subject_key.expose_secret(), tenant, s),
@@ -157,12 +145,7 @@ pub(crate) fn erase_in_tx(
         }
         EraseTarget::Token(t) => {
             let parsed = Token::parse(t).ok_or(VaultError::NotFound)?;
-            let n = delete_returning(
-                conn,
-                "DELETE FROM cards WHERE tenant = ?1 AND token = ?2 RETURNING id, fingerprint",
-                params![tenant, parsed.as_str()],
-                dedup,
-            )?;
+            let n = note_deleted(erasure::delete_token(conn, tenant, parsed.as_str()), dedup)?;
             (
                 n,
                 subject_hash(
@@ -187,12 +170,18 @@ pub(crate) fn erase_in_tx(
         details: Some(&details),
     };
     let seq = audit.record(conn, keys, ctx, &rec, now)?;
-    conn.execute(
-        "INSERT INTO erasure_requests (tenant, subject_hash, token, requested_at, completed_at, tokens_erased, audit_seq)
-         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
-        params![tenant, subject_key_hash, token.as_ref().map(Token::as_str), now, i64::try_from(n).unwrap_or(i64::MAX), i64::try_from(seq).unwrap_or(i64::MAX)],
+    erasure::insert_completed_request(
+        conn,
+        &erasure::CompletedErasure {
+            tenant,
+            subject_hash: &subject_key_hash,
+            token: token.as_ref().map(Token::as_str),
+            at: now,
+            tokens_erased: i64::try_from(n).unwrap_or(i64::MAX),
+            audit_seq: i64::try_from(seq).unwrap_or(i64::MAX),
+        },
     )
-    .map_err(store_err)?;
+    .map_err(VaultError::Store)?;
     // Page copies of the erased rows stay in the WAL until it is truncated: marked in
     // the same transaction, so whoever truncates next (this caller, or a server's
     // checkpointer if a reader prevents it now) knows to.
@@ -216,17 +205,11 @@ pub(crate) fn purge_in_tx(
 ) -> Result<PurgeReport, VaultError> {
     let cutoff = cutoff_month(now, grace_days);
     let ts = now.unix_timestamp();
-    let count = |sql: &str| -> Result<u64, VaultError> {
-        let n: i64 = conn
-            .query_row(sql, params![cutoff, ts], |r| r.get(0))
-            .map_err(store_err)?;
-        Ok(u64::try_from(n).unwrap_or(0))
+    let count = |n: Result<i64, StoreError>| -> Result<u64, VaultError> {
+        Ok(u64::try_from(n.map_err(VaultError::Store)?).unwrap_or(0))
     };
-    let past_expiry =
-        count("SELECT count(*) FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1 AND ?2 = ?2")?;
-    let past_ttl = count(
-        "SELECT count(*) FROM cards WHERE expires_at IS NOT NULL AND expires_at <= ?2 AND NOT (exp_year * 12 + exp_month - 1 < ?1)",
-    )?;
+    let past_expiry = count(erasure::count_past_expiry(conn, cutoff, ts))?;
+    let past_ttl = count(erasure::count_past_ttl_only(conn, cutoff, ts))?;
     if dry_run {
         return Ok(PurgeReport {
             past_expiry,
@@ -235,13 +218,7 @@ pub(crate) fn purge_in_tx(
             audit_seq: None,
         });
     }
-    delete_returning(
-        conn,
-        "DELETE FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1 OR (expires_at IS NOT NULL AND expires_at <= ?2) \
-         RETURNING id, fingerprint",
-        params![cutoff, ts],
-        dedup,
-    )?;
+    note_deleted(erasure::delete_past_retention(conn, cutoff, ts), dedup)?;
     if past_expiry + past_ttl > 0 {
         store::mark_scrub_pending(conn, ts).map_err(VaultError::Store)?;
     }
@@ -271,19 +248,8 @@ pub(crate) fn purge_candidates(
     grace_days: i64,
     now: OffsetDateTime,
 ) -> Result<Vec<i64>, VaultError> {
-    let mut stmt = conn
-        .prepare(
-            "SELECT id FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1 \
-             OR (expires_at IS NOT NULL AND expires_at <= ?2) ORDER BY id",
-        )
-        .map_err(store_err)?;
-    let rows = stmt
-        .query_map(
-            params![cutoff_month(now, grace_days), now.unix_timestamp()],
-            |r| r.get(0),
-        )
-        .map_err(store_err)?;
-    rows.collect::<Result<_, _>>().map_err(store_err)
+    erasure::retention_candidates(conn, cutoff_month(now, grace_days), now.unix_timestamp())
+        .map_err(VaultError::Store)
 }
 
 /// Deletes those of `ids` still past retention inside `conn`'s transaction, with
@@ -302,23 +268,9 @@ pub(crate) fn purge_ids_in_tx(
     let mut past_expiry = 0u64;
     let mut past_ttl = 0u64;
     for id in ids {
-        if delete_returning(
-            conn,
-            "DELETE FROM cards WHERE id = ?1 AND exp_year * 12 + exp_month - 1 < ?2 \
-             RETURNING id, fingerprint",
-            params![id, cutoff],
-            None,
-        )? > 0
-        {
+        if note_deleted(erasure::delete_id_past_expiry(conn, *id, cutoff), None)? > 0 {
             past_expiry += 1;
-        } else if delete_returning(
-            conn,
-            "DELETE FROM cards WHERE id = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2 \
-             RETURNING id, fingerprint",
-            params![id, ts],
-            None,
-        )? > 0
-        {
+        } else if note_deleted(erasure::delete_id_past_ttl(conn, *id, ts), None)? > 0 {
             past_ttl += 1;
         }
     }
@@ -472,10 +424,5 @@ pub fn open_erasure_requests(
     now: OffsetDateTime,
 ) -> Result<i64, VaultError> {
     let cutoff = now.unix_timestamp() - older_than_days * 86_400;
-    conn.query_row(
-        "SELECT count(*) FROM erasure_requests WHERE completed_at IS NULL AND requested_at < ?1",
-        [cutoff],
-        |r| r.get(0),
-    )
-    .map_err(store_err)
+    erasure::count_open_requests_before(conn, cutoff).map_err(VaultError::Store)
 }

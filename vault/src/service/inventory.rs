@@ -10,6 +10,7 @@ use super::keyring::{self, SealInfo};
 use super::{KeyInfo, list_keys};
 use crate::error::VaultError;
 use crate::store;
+use crate::store::inventory as store_inv;
 
 /// What a compliance run learns about a vault's keys and data without its secret.
 #[derive(Debug, Clone, Serialize)]
@@ -58,30 +59,13 @@ impl Inventory {
         let vault_id = keyring::meta_get(&conn, "vault_id")?.unwrap_or_default();
         let keys = list_keys(&conn, now)?;
         let (seal, _, _): (SealInfo, _, _) = keyring::read_seal(&conn)?;
-        let q = |sql: &str| -> Result<i64, VaultError> {
-            conn.query_row(sql, [], |r| r.get(0))
-                .map_err(|e| VaultError::Store(e.into()))
-        };
-        let records = q("SELECT count(*) FROM cards")?;
+        let records = store_inv::count_cards(&conn)?;
         // A card is past retention once `grace_days` have passed after the last day of
         // its expiry month: compare (year*12 + month) against now minus grace.
         let cutoff = now - time::Duration::days(grace_days);
         let cutoff_month = i64::from(cutoff.year()) * 12 + i64::from(u8::from(cutoff.month())) - 1;
-        let past: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1",
-                [cutoff_month],
-                |r| r.get(0),
-            )
-            .map_err(|e| VaultError::Store(e.into()))?;
-        let mut stmt = conn
-            .prepare("SELECT name FROM wrapped_keys ORDER BY name")
-            .map_err(|e| VaultError::Store(e.into()))?;
-        let wrapped_keys = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(|e| VaultError::Store(e.into()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| VaultError::Store(e.into()))?;
+        let past = store_inv::count_expired_before(&conn, cutoff_month)?;
+        let wrapped_keys = store_inv::wrapped_key_names(&conn)?;
         Ok(Inventory {
             data_dir: data_dir.to_owned(),
             db_path: db,

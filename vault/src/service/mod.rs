@@ -748,11 +748,8 @@ impl Vault {
             let parsed = Token::parse(&token_s);
             let result = match &parsed {
                 None => Err(VaultError::NotFound),
-                Some(t) => erase::delete_returning(
-                    conn,
-                    "DELETE FROM cards WHERE token = ?1 AND tenant = ?2 \
-                     AND (expires_at IS NULL OR expires_at > ?3) RETURNING id, fingerprint",
-                    params![t.as_str(), tenant, now],
+                Some(t) => erase::note_deleted(
+                    store::erasure::delete_live_token(conn, &tenant, t.as_str(), now),
                     Some(&mut state.dedup),
                 )
                 .and_then(|n| {

@@ -3,6 +3,8 @@
 //! read connections. This module sees only sealed records, never card numbers.
 
 pub(crate) mod cards;
+pub(crate) mod erasure;
+pub(crate) mod inventory;
 pub(crate) mod keys;
 mod lock;
 pub(crate) mod meta;
@@ -321,8 +323,7 @@ pub fn scrub_pending(conn: &Connection) -> Result<Option<(i64, String)>, StoreEr
 pub fn scrub_wal_on(conn: &mut Connection, wait: Duration, now: i64) -> Result<bool, StoreError> {
     // What this truncation covers: every commit before it.
     let mark = scrub_pending(conn)?;
-    let last_request: Option<i64> =
-        conn.query_row("SELECT max(id) FROM erasure_requests", [], |r| r.get(0))?;
+    let last_request = erasure::last_request_id(conn)?;
     poll_for_locks(conn, Duration::from_millis(5))?;
     let deadline = Instant::now() + wait;
     let emptied = loop {
@@ -346,11 +347,7 @@ pub fn scrub_wal_on(conn: &mut Connection, wait: Duration, now: i64) -> Result<b
             )?;
         }
         if let Some(id) = last_request {
-            tx.execute(
-                "UPDATE erasure_requests SET wal_scrubbed_at = ?2
-                 WHERE wal_scrubbed_at IS NULL AND id <= ?1",
-                params![id, now],
-            )?;
+            erasure::mark_wal_scrubbed(&tx, id, now)?;
         }
         tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
