@@ -721,7 +721,7 @@ fn rewrap_batch(
     }
     let active = keys.active_key()?;
     if n > 0 {
-        rewrap_rows::add_encryptions(tx, active.version(), i64::try_from(n).unwrap_or(i64::MAX))?;
+        store::keys::add_encryptions(tx, active.version(), i64::try_from(n).unwrap_or(i64::MAX))?;
     }
     Ok(n)
 }

@@ -338,11 +338,8 @@ impl WriterState for VaultState {
         if self.encryptions.is_empty() {
             return Ok(());
         }
-        let mut stmt = conn.prepare_cached(
-            "UPDATE data_keys SET encryptions = encryptions + ?2 WHERE version = ?1",
-        )?;
         for (v, n) in std::mem::take(&mut self.encryptions) {
-            stmt.execute([i64::from(v), n])?;
+            crate::store::keys::add_encryptions(conn, v, n)?;
         }
         Ok(())
     }

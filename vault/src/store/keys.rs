@@ -293,6 +293,14 @@ pub(crate) fn rewrap_aux_key(
     Ok(())
 }
 
+/// Adds `n` encryptions to version `version`'s counter (its nonce budget). Run in
+/// every write batch that sealed anything: the statement is cached.
+pub(crate) fn add_encryptions(conn: &Connection, version: u32, n: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE data_keys SET encryptions = encryptions + ?2 WHERE version = ?1")?
+        .execute(params![version, n])?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,7 +356,7 @@ mod tests {
             rewrap::update_sealed(&conn, batch[0].id, 1, 2, b"n", b"c").unwrap(),
             1
         );
-        rewrap::add_encryptions(&conn, 2, 1).unwrap();
+        add_encryptions(&conn, 2, 1).unwrap();
         assert_eq!(rewrap::count_not_under(&conn, 2).unwrap(), 0);
 
         mark_retired(&conn, 1, 300).unwrap();

@@ -69,12 +69,3 @@ pub(crate) fn count_not_under(conn: &Connection, version: u32) -> Result<i64, St
         |r| r.get(0),
     )?)
 }
-
-/// Adds `n` to the encryption count (nonce budget) of data key `version`.
-pub(crate) fn add_encryptions(conn: &Connection, version: u32, n: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE data_keys SET encryptions = encryptions + ?2 WHERE version = ?1",
-        params![version, n],
-    )?;
-    Ok(())
-}
