@@ -219,26 +219,16 @@ pub(crate) fn purge_in_tx(
         });
     }
     note_deleted(erasure::delete_past_retention(conn, cutoff, ts), dedup)?;
-    if past_expiry + past_ttl > 0 {
-        store::mark_scrub_pending(conn, ts).map_err(VaultError::Store)?;
-    }
-    let details = format!("past_expiry={past_expiry} past_ttl={past_ttl} grace_days={grace_days}");
-    let rec = AuditRecord {
-        action: AuditAction::RetentionPurge,
-        tenant: None,
-        token: None,
-        purpose: None,
-        subject: None,
-        outcome: AuditOutcome::Success,
-        details: Some(&details),
-    };
-    let seq = audit.record(conn, keys, ctx, &rec, ts)?;
-    Ok(PurgeReport {
+    purged(
+        conn,
+        audit,
+        keys,
+        ctx,
         past_expiry,
         past_ttl,
-        deleted: true,
-        audit_seq: Some(seq),
-    })
+        grace_days,
+        ts,
+    )
 }
 
 /// Ids of the cards past retention at `now` (read without the write lock; each is
@@ -274,6 +264,35 @@ pub(crate) fn purge_ids_in_tx(
             past_ttl += 1;
         }
     }
+    purged(
+        conn,
+        audit,
+        keys,
+        ctx,
+        past_expiry,
+        past_ttl,
+        grace_days,
+        ts,
+    )
+}
+
+/// After a purge deleted `past_expiry + past_ttl` cards in `conn`'s transaction: marks
+/// the WAL for scrubbing if anything went, records the purge's audit event, and
+/// reports it.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the purge's transaction, audit state and keys, who, and its figures"
+)]
+fn purged(
+    conn: &Connection,
+    audit: &mut AuditState,
+    keys: &Keyring,
+    ctx: &AccessContext,
+    past_expiry: u64,
+    past_ttl: u64,
+    grace_days: i64,
+    ts: i64,
+) -> Result<PurgeReport, VaultError> {
     if past_expiry + past_ttl > 0 {
         store::mark_scrub_pending(conn, ts).map_err(VaultError::Store)?;
     }
