@@ -718,13 +718,7 @@ impl Vault {
                 }
             })
             .await
-            .map_err(|e| {
-                if e.is_unavailable() {
-                    VaultError::AuditUnavailable
-                } else {
-                    e
-                }
-            })?;
+            .map_err(audit_unavailable)?;
         if still_held {
             Ok(())
         } else {
@@ -850,13 +844,7 @@ impl Vault {
             },
         )
         .await
-        .map_err(|e| {
-            if e.is_unavailable() {
-                VaultError::AuditUnavailable
-            } else {
-                e
-            }
-        })
+        .map_err(audit_unavailable)
     }
 
     /// Cards the in-memory dedup index remembers (one per live card and tenant; a
@@ -945,6 +933,16 @@ impl Vault {
     /// The database path.
     pub fn db_path(&self) -> &Path {
         &self.inner.db
+    }
+}
+
+/// For an operation that exists to leave an audit trace: storage that cannot take
+/// the event is `audit_unavailable` (the access is refused, fail closed).
+fn audit_unavailable(e: VaultError) -> VaultError {
+    if e.is_unavailable() {
+        VaultError::AuditUnavailable
+    } else {
+        e
     }
 }
 
