@@ -35,8 +35,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Finding, Kind};
-use crate::card::{self, Brand};
+use panvault_audit::card::{self, Brand};
+use panvault_audit::scan::{Finding, Kind};
 
 /// How a planted card number is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
