@@ -496,6 +496,7 @@ mod tests {
             dir: v.data_dir(),
             pubkey: None,
             checkpoint,
+            export: None,
             max_unsigned_age: None,
         })
     }
@@ -588,6 +589,7 @@ mod tests {
                 dir: v.data_dir(),
                 pubkey: None,
                 checkpoint: None,
+                export: None,
                 max_unsigned_age: Some(parse_duration(max).unwrap()),
             })
         };
