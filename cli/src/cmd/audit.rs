@@ -625,8 +625,37 @@ mod tests {
         };
         assert!(run(Command::Export(args)).is_ok());
         let text = std::fs::read_to_string(&out).unwrap();
-        assert_eq!(text.lines().count(), 5);
-        assert!(text.lines().all(|l| l.starts_with("{\"seq\":")));
+        assert!(text.starts_with("{\"type\":\"header\","), "{text}");
+        let events: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("{\"type\":\"event\","))
+            .collect();
+        assert_eq!(events.len(), 5);
+        assert!(events[0].contains("\"seq\":16,"));
+        // The whole log verifies from the file alone; a partial export is refused.
+        let whole = v.dir.path().join("whole.jsonl");
+        let args = ExportArgs {
+            dir: v.data_dir(),
+            from: 1,
+            format: Format::Jsonl,
+            output: Some(whole.clone()),
+        };
+        assert!(run(Command::Export(args)).is_ok());
+        let verify_file = |f: &Path| {
+            run(Command::Verify(VerifyArgs {
+                dir: DataDir {
+                    data_dir: v.dir.path().join("no-such-dir"),
+                },
+                pubkey: Some(v.dir.path().join("audit-signing.pub")),
+                checkpoint: None,
+                export: Some(f.to_owned()),
+                max_unsigned_age: None,
+            }))
+        };
+        assert!(verify_file(&whole).is_ok());
+        let err = verify_file(&out).unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_BROKEN);
+        assert!(err.to_string().contains("partial export"), "{err}");
     }
 
     #[test]
