@@ -255,6 +255,10 @@ async fn outside_verifier_accepts_genuine_evidence_and_rejects_tampering() {
         .collect();
     assert!(events.len() >= 6, "{} events", events.len());
     assert!(cps.len() >= 2, "{} checkpoints", cps.len());
+    // The vault's first event names the OS user who created it, as the docs
+    // say (`admin:<login name>`, or `admin:uid:<n>` without one).
+    assert_eq!(lines[events[0]]["action"], "init");
+    assert_eq!(lines[events[0]]["actor"], json!(expected_admin()));
     let detok = *events
         .iter()
         .find(|&&i| lines[i]["action"] == "detokenize")
@@ -352,6 +356,20 @@ async fn outside_verifier_accepts_genuine_evidence_and_rejects_tampering() {
         );
     }
     server.stop().await;
+}
+
+/// `admin:<login name>` of this process's real uid per `id`, or `admin:uid:<n>`.
+fn expected_admin() -> String {
+    let id = |arg: &str| {
+        let o = std::process::Command::new("id").arg(arg).output().unwrap();
+        o.status
+            .success()
+            .then(|| String::from_utf8(o.stdout).unwrap().trim().to_owned())
+    };
+    match id("-run") {
+        Some(name) => format!("admin:{name}"),
+        None => format!("admin:uid:{}", id("-ru").unwrap()),
+    }
 }
 
 /// The same hex with its first digit changed.
