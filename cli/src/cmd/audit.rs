@@ -115,7 +115,8 @@ pub enum Format {
 pub struct ExportArgs {
     #[command(flatten)]
     dir: DataDir,
-    /// First sequence number to export.
+    /// First event to export (checkpoints and prune records are always all
+    /// there; only an export of the whole kept log can be verified alone).
     #[arg(long, value_name = "SEQ", default_value_t = 1)]
     from: u64,
     /// Output format.
