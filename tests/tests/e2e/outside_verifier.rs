@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use panvault_audit::log::{AuditChain, ChainHash, read_events};
+use panvault_audit::log::{
+    Action, Actor, AuditChain, ChainHash, DEFAULT_RETENTION, NewEvent, Outcome, SigningKey, prune,
+    read_events,
+};
 use serde_json::{Value, json};
 
 use crate::util::{self, CmdOutput, TestServer, cards, panvault_bin, run_command, this_year};
@@ -356,6 +359,77 @@ async fn outside_verifier_accepts_genuine_evidence_and_rejects_tampering() {
         );
     }
     server.stop().await;
+}
+
+/// A log whose oldest events were pruned under the retention policy: the
+/// verifiers start at the signed prune record, and a forged or removed prune
+/// record is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_verifier_follows_a_pruned_log() {
+    if let Err(why) = python_ready() {
+        util::tools::missing("outside_verifier_follows_a_pruned_log", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_seed(&[7; 32]).unwrap();
+    let pubkey = dir.path().join("audit-signing.pub");
+    key.public_key().write_to(&pubkey).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    {
+        let mut conn = rusqlite::Connection::open(dir.path().join("vault.db")).unwrap();
+        panvault_audit::log::migrate(&conn).unwrap();
+        let mut chain = AuditChain::load(&conn).unwrap();
+        let tx = conn.transaction().unwrap();
+        for i in 0..25i64 {
+            let t = if i < 20 {
+                now - time::Duration::days(800) + time::Duration::seconds(i)
+            } else {
+                now - time::Duration::minutes(30 - i)
+            };
+            let ev = NewEvent::new(t, Actor::admin("ops"), Action::TOKENIZE, Outcome::Success)
+                .with_tenant("acme")
+                .with_token(format!("tok_{i:020}"));
+            chain.append(&tx, &ev).unwrap();
+            if i % 10 == 9 || i == 24 {
+                chain.checkpoint(&tx, &key, t).unwrap();
+            }
+        }
+        let pruned = prune(&tx, &key, now, DEFAULT_RETENTION).unwrap();
+        assert_eq!(pruned.deleted, 20);
+        tx.commit().unwrap();
+    }
+    let genuine = dir.path().join("export.jsonl");
+    export(dir.path(), &genuine).await;
+    let lines = lines_of(&genuine);
+    assert!(is(&lines[1], "prune"), "{}", lines[1]);
+    let o = py_export(&pubkey, &genuine, None).await;
+    assert!(
+        o.success(),
+        "verify.py rejected a pruned export: {}",
+        o.stderr
+    );
+    let o = pv_export(nowhere.path(), &pubkey, &genuine, None).await;
+    assert!(o.success(), "{}{}", o.stdout, o.stderr);
+
+    let mut forged = lines.clone();
+    forged[1]["deleted"] = json!(19);
+    let mut removed = lines.clone();
+    removed.remove(1);
+    for (what, t) in [
+        ("a prune record altered", forged),
+        ("the prune record removed", removed),
+    ] {
+        let file = write_to(&dir.path().join("tampered.jsonl"), &t);
+        let o = py_export(&pubkey, &file, None).await;
+        assert_eq!(o.status.code(), Some(1), "verify.py accepted: {what}");
+        let o = pv_export(nowhere.path(), &pubkey, &file, None).await;
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "audit verify --export accepted: {what}"
+        );
+    }
 }
 
 /// `admin:<login name>` of this process's real uid per `id`, or `admin:uid:<n>`.
