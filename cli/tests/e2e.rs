@@ -49,6 +49,8 @@ mod keys_cli;
 mod lifecycle;
 #[path = "e2e/live_keys.rs"]
 mod live_keys;
+#[path = "e2e/outside_verifier.rs"]
+mod outside_verifier;
 #[path = "e2e/refusals.rs"]
 mod refusals;
 #[path = "e2e/soak.rs"]

@@ -45,7 +45,7 @@ pub use error::AuditError;
 pub use event::{
     Action, Actor, Event, MAX_CODE_LEN, MAX_DETAILS_LEN, MAX_FIELD_LEN, NewEvent, Outcome,
 };
-pub use export::{export_jsonl, read_events};
+pub use export::{EXPORT_FORMAT, export_jsonl, read_events, verify_export};
 pub use keys::{PublicKey, SigningKey};
 pub use prune::{DEFAULT_RETENTION, MIN_RETENTION, PruneRecord, PruneReport, prune};
 pub use receipt::{ErasureReceipt, subject_hash, verify_receipt};
