@@ -17,7 +17,7 @@ use crate::util::{self, CmdOutput, TestServer, cards, panvault_bin, run_command,
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn verifier() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("verifier/verify.py")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/verifier/verify.py")
 }
 
 /// `python3` with `cryptography`, or why not.
