@@ -207,8 +207,8 @@ impl Admin {
     }
 
     fn reload(&mut self) -> Result<(), VaultError> {
-        let root =
-            SecretKey32::from_slice(self.keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+        let root = SecretKey32::from_slice(self.keys.root.expose_secret())
+            .ok_or(VaultError::internal("a root key is not 32 bytes"))?;
         self.keys = Keyring::load(&self.conn, &self.keys.vault_id, root)?;
         Ok(())
     }
@@ -427,7 +427,7 @@ impl Admin {
         unlock: &Unlock,
     ) -> Result<(), VaultError> {
         let _exclusive = store::lock_exclusive(&self.data_dir)
-            .map_err(|e| VaultError::io(&store::serve_lock_path(&self.data_dir), &e))?
+            .map_err(|e| VaultError::io(&store::serve_lock_path(&self.data_dir), e))?
             .ok_or_else(|| VaultError::KeyState(MASTER_ROTATE_REFUSED.into()))?;
         let new_root = SecretKey32::generate()?;
         self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
@@ -490,8 +490,8 @@ impl Admin {
                     ));
                 }
                 let generation = info.generation + 1;
-                let root =
-                    SecretKey32::from_slice(keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+                let root = SecretKey32::from_slice(keys.root.expose_secret())
+                    .ok_or(VaultError::internal("a root key is not 32 bytes"))?;
                 keyring::write_seal(
                     tx,
                     &keys.vault_id,
@@ -524,8 +524,8 @@ impl Admin {
         self.admin_tx(actor, AuditAction::MasterReshare, |tx, keys, _now| {
             let (info, _, _) = keyring::read_seal(tx)?;
             let generation = info.generation + 1;
-            let root =
-                SecretKey32::from_slice(keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+            let root = SecretKey32::from_slice(keys.root.expose_secret())
+                .ok_or(VaultError::internal("a root key is not 32 bytes"))?;
             let shares = keyring::write_seal(
                 tx,
                 &keys.vault_id,

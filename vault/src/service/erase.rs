@@ -186,7 +186,8 @@ pub(crate) fn erase_in_tx(
     // the same transaction, so whoever truncates next (this caller, or a server's
     // checkpointer if a reader prevents it now) knows to.
     store::mark_scrub_pending(conn, now).map_err(VaultError::Store)?;
-    let time = OffsetDateTime::from_unix_timestamp(now).map_err(|_| VaultError::Crypto)?;
+    let time = OffsetDateTime::from_unix_timestamp(now)
+        .map_err(|e| VaultError::internal_from("the clock is out of range", e))?;
     audit.sign_receipt(subject_key_hash, tenant, n, time, seq)
 }
 

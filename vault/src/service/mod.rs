@@ -177,12 +177,12 @@ pub(crate) fn store_err(e: rusqlite::Error) -> VaultError {
 
 /// Creates the data directory (mode 0700) if needed.
 fn create_dir(dir: &Path) -> Result<(), VaultError> {
-    std::fs::create_dir_all(dir).map_err(|e| VaultError::io(dir, &e))?;
+    std::fs::create_dir_all(dir).map_err(|e| VaultError::io(dir, e))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| VaultError::io(dir, &e))?;
+            .map_err(|e| VaultError::io(dir, e))?;
     }
     Ok(())
 }
@@ -297,7 +297,8 @@ impl Vault {
         let ring = Keyring::load(
             &tx,
             &vault_id,
-            SecretKey32::from_slice(root.expose_secret()).ok_or(VaultError::Crypto)?,
+            SecretKey32::from_slice(root.expose_secret())
+                .ok_or(VaultError::internal("a root key is not 32 bytes"))?,
         )?;
         let details = match seal.shares {
             Some((n, m)) => format!("vault_id={vault_id} seal=shamir total={n} threshold={m}"),
@@ -332,7 +333,7 @@ impl Vault {
             return Err(VaultError::NotInitialized(data_dir.display().to_string()));
         }
         let serve_lock = store::lock_shared(data_dir)
-            .map_err(|e| VaultError::io(&store::serve_lock_path(data_dir), &e))?
+            .map_err(|e| VaultError::io(&store::serve_lock_path(data_dir), e))?
             .ok_or_else(|| {
                 VaultError::KeyState(
                     "a `panvault master rotate` is replacing the root key of this vault; \
@@ -437,7 +438,9 @@ impl Vault {
         ctx: &AccessContext,
     ) -> Result<TokenInfo, VaultError> {
         let mut out = self.tokenize_batch(tenant, vec![Ok(req)], ctx).await?;
-        out.pop().unwrap_or(Err(VaultError::Crypto))
+        out.pop().unwrap_or(Err(VaultError::internal(
+            "a batch of one card answered nothing",
+        )))
     }
 
     /// Tokenizes many cards in one writer job; results in order. Items are
@@ -913,8 +916,8 @@ impl Vault {
         if epoch == current.epoch && !force {
             return Ok(false);
         }
-        let root =
-            SecretKey32::from_slice(current.root.expose_secret()).ok_or(VaultError::Crypto)?;
+        let root = SecretKey32::from_slice(current.root.expose_secret())
+            .ok_or(VaultError::internal("a root key is not 32 bytes"))?;
         let fresh = Keyring::load(&conn, &current.vault_id, root)?;
         let mut guard = self
             .inner
@@ -940,7 +943,7 @@ impl Vault {
 /// the event is `audit_unavailable` (the access is refused, fail closed).
 fn audit_unavailable(e: VaultError) -> VaultError {
     if e.is_unavailable() {
-        VaultError::AuditUnavailable
+        VaultError::AuditUnavailable(Some(Box::new(e)))
     } else {
         e
     }
@@ -1006,12 +1009,16 @@ fn tokenize_in_tx(
         rng::fill(&mut random)?;
         let (tok_bytes, nonce_bytes) = random.split_at(16);
         let token = match req.format {
-            TokenFormat::Opaque => {
-                Token::opaque_from_random(tok_bytes.try_into().map_err(|_| VaultError::Crypto)?)
-            }
+            TokenFormat::Opaque => Token::opaque_from_random(
+                tok_bytes
+                    .try_into()
+                    .map_err(|e| VaultError::internal_from("a token draw is not 16 bytes", e))?,
+            ),
             TokenFormat::BinLast4 => Token::generate_bin_last4(pan.expose_digits())?,
         };
-        let nonce: [u8; 12] = nonce_bytes.try_into().map_err(|_| VaultError::Crypto)?;
+        let nonce: [u8; 12] = nonce_bytes
+            .try_into()
+            .map_err(|e| VaultError::internal_from("a nonce draw is not 12 bytes", e))?;
         let sealed = key.seal(tenant, token.as_str(), &req.card, nonce)?;
         let inserted = store::cards::insert(
             conn,

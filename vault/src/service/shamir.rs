@@ -158,11 +158,8 @@ impl ShareFile {
     /// Reads and parses `path`.
     pub fn read(path: &Path) -> Result<ShareFile, VaultError> {
         let text =
-            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| VaultError::io(path, &e))?);
-        ShareFile::parse(&text).map_err(|reason| VaultError::Io {
-            path: path.display().to_string(),
-            reason,
-        })
+            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| VaultError::io(path, e))?);
+        ShareFile::parse(&text).map_err(|reason| VaultError::io(path, reason))
     }
 }
 

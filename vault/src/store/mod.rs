@@ -26,9 +26,15 @@ pub use writer::{Completion, Job, JobOutcome, Writer, WriterConfig, WriterState}
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// SQLite reported an error.
-    #[error("database error: {0}")]
-    Sqlite(String),
+    /// SQLite reported an error (or refused a setting the vault needs).
+    #[error("database error: {reason}")]
+    Sqlite {
+        /// SQLite's error class, or what was refused.
+        reason: String,
+        /// SQLite's error (shared: the writer hands one failure to every job of a batch).
+        #[source]
+        source: Option<std::sync::Arc<rusqlite::Error>>,
+    },
     /// The database was written by a newer panvault.
     #[error("database schema version {0} is newer than this build understands")]
     SchemaTooNew(i64),
@@ -60,10 +66,14 @@ impl From<rusqlite::Error> for StoreError {
             {
                 StoreError::Corrupt(format!("{:?} ({})", err.code, err.extended_code))
             }
-            rusqlite::Error::SqliteFailure(err, _) => {
-                StoreError::Sqlite(format!("{:?} ({})", err.code, err.extended_code))
-            }
-            other => StoreError::Sqlite(short(&other)),
+            rusqlite::Error::SqliteFailure(err, _) => StoreError::Sqlite {
+                reason: format!("{:?} ({})", err.code, err.extended_code),
+                source: Some(std::sync::Arc::new(e)),
+            },
+            other => StoreError::Sqlite {
+                reason: short(&other),
+                source: Some(std::sync::Arc::new(other)),
+            },
         }
     }
 }
@@ -127,7 +137,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Unavailable(_) | StoreError::LockHeld(_) => true,
-            StoreError::Sqlite(s) => {
+            StoreError::Sqlite { reason: s, .. } => {
                 s.contains("DiskFull")
                     || s.contains("ReadOnly")
                     || s.contains("SystemIoFailure")
@@ -191,9 +201,10 @@ pub fn open_writer(path: &Path, create: bool) -> Result<Connection, StoreError> 
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(corrupt)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Sqlite(format!(
-            "could not enable WAL (journal_mode={mode})"
-        )));
+        return Err(StoreError::Sqlite {
+            reason: format!("could not enable WAL (journal_mode={mode})"),
+            source: None,
+        });
     }
     configure(&conn, true)?;
     schema::migrate(&mut conn)?;

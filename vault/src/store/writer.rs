@@ -262,7 +262,10 @@ static ROLLBACK_WARN: super::WarnLimiter = super::WarnLimiter::new(Duration::fro
 
 fn clone_err(e: &StoreError) -> StoreError {
     match e {
-        StoreError::Sqlite(s) => StoreError::Sqlite(s.clone()),
+        StoreError::Sqlite { reason, source } => StoreError::Sqlite {
+            reason: reason.clone(),
+            source: source.clone(),
+        },
         StoreError::SchemaTooNew(v) => StoreError::SchemaTooNew(*v),
         StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
         StoreError::Unavailable(s) => StoreError::Unavailable(s),
