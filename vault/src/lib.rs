@@ -33,7 +33,8 @@ pub mod http;
 pub mod hygiene;
 pub mod tls;
 
-// The API server (issue 3): configuration, HTTP API, mTLS.
+// The API server: configuration, HTTP API, mTLS (re-exported so a host program
+// can embed the server without naming modules).
 pub use crate::config::{Config, ConfigError, Permission};
 pub use crate::http::{RunningServer, StartError, start};
 pub use crate::tls::ClientIdentity;
