@@ -271,7 +271,7 @@ impl Admin {
     /// Records still under versions other than the active one.
     pub fn records_not_under_active(&self) -> Result<u64, VaultError> {
         let n = rewrap_rows::count_not_under(&self.conn, self.keys.active)?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        Ok(store::count_u64(n)?)
     }
 
     /// Re-encrypts every record still under an older key with the active key, in
@@ -455,13 +455,23 @@ impl Admin {
             let generation = info.generation;
             let kek;
             let seal = match unlock {
-                Unlock::Passphrase(p) => {
-                    NewSeal::Passphrase(p, info.kdf.unwrap_or(KdfParams::MINIMUM))
-                }
+                Unlock::Passphrase(p) => NewSeal::Passphrase(
+                    p,
+                    info.kdf.ok_or_else(|| {
+                        store::StoreError::Corrupt(
+                            "a passphrase seal without its KDF parameters".into(),
+                        )
+                    })?,
+                ),
                 Unlock::Shares(shares) => {
                     let (k, _) = super::shamir::combine(shares, &vid, generation)?;
                     kek = k;
-                    NewSeal::Kek(&kek, info.shares.unwrap_or((0, 0)))
+                    let counts = info.shares.ok_or_else(|| {
+                        store::StoreError::Corrupt(
+                            "a custodian-share seal without its share counts".into(),
+                        )
+                    })?;
+                    NewSeal::Kek(&kek, counts)
                 }
             };
             keyring::write_seal(tx, &vid, &new_root, &seal, generation, now)?;
@@ -709,7 +719,9 @@ fn rewrap_batch(
     let started = Instant::now();
     let mut n: u64 = 0;
     loop {
-        let left = limit.saturating_sub(i64::try_from(n).unwrap_or(i64::MAX));
+        let done = i64::try_from(n)
+            .map_err(|e| VaultError::internal_from("a re-encryption count overflowed", e))?;
+        let left = limit.saturating_sub(done);
         if left <= 0 {
             break;
         }
@@ -721,7 +733,9 @@ fn rewrap_batch(
     }
     let active = keys.active_key()?;
     if n > 0 {
-        store::keys::add_encryptions(tx, active.version(), i64::try_from(n).unwrap_or(i64::MAX))?;
+        let n = i64::try_from(n)
+            .map_err(|e| VaultError::internal_from("a re-encryption count overflowed", e))?;
+        store::keys::add_encryptions(tx, active.version(), n)?;
     }
     Ok(n)
 }
@@ -763,15 +777,16 @@ fn rewrap_chunk(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, Vaul
         let mut fresh = [0u8; 12];
         rng::fill(&mut fresh)?;
         let sealed = active.seal(&tenant, &token, &card, fresh)?;
-        n += u64::try_from(rewrap_rows::update_sealed(
+        let changed = rewrap_rows::update_sealed(
             tx,
             id,
             version,
             sealed.key_version,
             &sealed.nonce[..],
             &sealed.ciphertext,
-        )?)
-        .unwrap_or(0);
+        )?;
+        n += u64::try_from(changed)
+            .map_err(|e| VaultError::internal_from("a change count overflowed", e))?;
     }
     Ok(n)
 }

@@ -120,6 +120,12 @@ fn require_schema(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A count the database returned, as `u64`. A negative one cannot come from
+/// `count(*)` or a change count: the database is broken, and says so.
+pub(crate) fn count_u64(n: i64) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("a count came back as {n}")))
+}
+
 fn short(e: &rusqlite::Error) -> String {
     match e {
         rusqlite::Error::QueryReturnedNoRows => "no rows".into(),
