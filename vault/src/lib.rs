@@ -16,11 +16,13 @@ pub use crate::core::CryptoError;
 pub use crate::core::pan::{CardError, CardSecret, CardholderName, Expiry, Pan};
 pub use crate::core::secret::{SecretKey32, SecretText};
 pub use crate::core::token::{Token, TokenFormat};
+pub mod data_dir;
 mod error;
 mod key_state;
 pub mod service;
 pub mod store;
 
+pub use crate::data_dir::DataDir;
 pub use crate::error::VaultError;
 pub use crate::key_state::{KeyState, UnknownKeyState};
 pub use crate::service::keyring::{SealSpec, Unlock};

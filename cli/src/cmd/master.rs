@@ -203,15 +203,10 @@ fn fill(tmp: &Path, shares: &[ShareFile]) -> Result<(), VaultError> {
     use std::io::Write;
     for s in shares {
         let path = tmp.join(format!("share-{}", s.number));
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
         let text = zeroize::Zeroizing::new(s.to_text());
-        opts.open(&path)
+        panvault_vault::data_dir::owner_only()
+            .create_new(true)
+            .open(&path)
             .and_then(|mut f| {
                 f.write_all(text.as_bytes())?;
                 f.sync_all()

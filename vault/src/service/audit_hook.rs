@@ -526,7 +526,7 @@ pub(crate) fn init_tables(conn: &Connection) -> Result<(), VaultError> {
 /// Writes `DIR/audit-signing.pub`.
 pub(crate) fn write_public_key(dir: &Path, pkcs8: &[u8]) -> Result<PathBuf, VaultError> {
     let key = SigningKey::from_pkcs8(pkcs8).map_err(|_| VaultError::Crypto)?;
-    let path = dir.join("audit-signing.pub");
+    let path = crate::DataDir::new(dir).audit_public_key();
     key.public_key()
         .write_to(&path)
         .map_err(|e| VaultError::io(&path, e))?;

@@ -231,7 +231,8 @@ impl Vault {
         actor: &AccessContext,
         persist: impl FnOnce(&[shamir::ShareFile]) -> Result<(), VaultError>,
     ) -> Result<InitReport, VaultError> {
-        let db = store::db_path(data_dir);
+        let dir = crate::DataDir::new(data_dir);
+        let db = dir.database();
         if db.exists() {
             return Err(VaultError::AlreadyInitialized(db.display().to_string()));
         }
@@ -239,9 +240,7 @@ impl Vault {
         let made = Vault::init_in(data_dir, &db, seal, clock, actor, persist);
         if made.is_err() {
             // Only files this call created: `db` did not exist before.
-            for suffix in ["", "-wal", "-shm", "-journal"] {
-                let mut p = db.clone().into_os_string();
-                p.push(suffix);
+            for p in dir.database_files() {
                 let _ = std::fs::remove_file(p);
             }
         }

@@ -239,18 +239,17 @@ pub fn check_integrity(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The database file of a data directory.
+/// The database file of a data directory ([`crate::DataDir::database`]).
 pub fn db_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("vault.db")
+    crate::DataDir::new(data_dir).database()
 }
 
-/// The advisory lock file of a data directory: a serving vault holds a shared
-/// `flock` on it for its lifetime, `master rotate` an exclusive one.
-pub const SERVE_LOCK_FILE: &str = "serve.lock";
+/// The advisory lock file of a data directory ([`crate::DataDir::SERVE_LOCK`]).
+pub const SERVE_LOCK_FILE: &str = crate::DataDir::SERVE_LOCK;
 
-/// [`SERVE_LOCK_FILE`] in `data_dir`.
+/// The advisory lock file in `data_dir` ([`crate::DataDir::serve_lock`]).
 pub fn serve_lock_path(data_dir: &Path) -> PathBuf {
-    data_dir.join(SERVE_LOCK_FILE)
+    crate::DataDir::new(data_dir).serve_lock()
 }
 
 /// Up to `n` tokens of the store, for benchmarks and tests.
@@ -423,7 +422,7 @@ impl WalBound {
             limit_bytes: frames.saturating_mul(u64::from(PAGE_SIZE) + 24),
             wal: db.map(|p| {
                 let mut s = p.as_os_str().to_owned();
-                s.push("-wal");
+                s.push(crate::DataDir::DATABASE_SIDE_SUFFIXES[0]);
                 PathBuf::from(s)
             }),
             not_before: None,
