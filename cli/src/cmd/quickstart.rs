@@ -20,7 +20,6 @@ use crate::common::{CliError, DataDirArg, read_passphrase, vault_err};
 /// Arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where the development vault lives.
     #[command(flatten)]
     pub data_dir: DataDirArg,
     /// Address to listen on [default: 127.0.0.1:8443, or what DIR/panvault.toml says].
