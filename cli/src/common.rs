@@ -236,10 +236,11 @@ pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<SecretText,
 /// Maps a vault error to a CLI error: wrong secret, missing vault and usage
 /// problems exit 1 with the message; unavailable storage exits 75 (EX_TEMPFAIL).
 pub fn vault_err(e: panvault_vault::VaultError) -> CliError {
+    // The operator sees the causes too (the OS error, SQLite's, the audit log's).
     if e.is_unavailable() {
-        CliError::with_code(e.to_string(), 75)
+        CliError::with_code(e.with_causes(), 75)
     } else {
-        CliError::usage(e.to_string())
+        CliError::usage(e.with_causes())
     }
 }
 

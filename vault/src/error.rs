@@ -123,6 +123,24 @@ impl VaultError {
         }
     }
 
+    /// This error and its causes, each once (`outer: cause: cause`), for the
+    /// server's log or an operator's terminal; never for an API response. Causes
+    /// hold no card number, key or SQL parameter (see the variants).
+    pub fn with_causes(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            // Some messages already end with their cause's text (`path: os error`).
+            if !out.ends_with(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            cause = c.source();
+        }
+        out
+    }
+
     /// Whether this means "try again later" (503).
     pub fn is_unavailable(&self) -> bool {
         match self {
@@ -146,6 +164,8 @@ mod tests {
             std::path::Path::new("/x"),
             std::io::Error::from(std::io::ErrorKind::PermissionDenied),
         );
+        // Said once, though it is both in the message and the source.
+        assert_eq!(e.with_causes(), e.to_string());
         let src = e.source().expect("the OS error is the source");
         let io = src.downcast_ref::<std::io::Error>().expect("an io::Error");
         assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);

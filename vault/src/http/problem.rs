@@ -50,18 +50,6 @@ pub(crate) fn new_request_id() -> String {
     })
 }
 
-/// `e` and its chain of causes, for the server's log (never for a response).
-fn with_causes(e: &VaultError) -> String {
-    let mut out = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 /// An API error. Its `detail` never holds a card number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -216,7 +204,7 @@ impl Problem {
                 )
             }
             e => {
-                tracing::error!(error = %with_causes(e), request_id = current_request_id().as_deref().unwrap_or("-"), "internal error");
+                tracing::error!(error = %e.with_causes(), request_id = current_request_id().as_deref().unwrap_or("-"), "internal error");
                 Problem::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -318,7 +306,7 @@ mod tests {
         assert!(!p.detail().contains("secret detail"), "{}", p.detail());
         assert!(!p.detail().contains("encoding"), "{}", p.detail());
         // The cause stays in the chain, for the server's log only.
-        assert!(with_causes(&e).contains("a secret detail from the cause"));
+        assert!(e.with_causes().contains("a secret detail from the cause"));
     }
 
     #[test]
