@@ -56,6 +56,67 @@ use panvault_vault::{SecretText, Unlock};
 /// The default data directory (`--data-dir`).
 pub const DEFAULT_DATA_DIR: &str = "./panvault-data";
 
+/// `--data-dir`: the one definition every command that works on a vault's files
+/// flattens in (`#[command(flatten)]`), so the flag, its environment variable and
+/// its default cannot drift between commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataDirArg {
+    /// The vault's data directory (holds vault.db, serve.lock and audit-signing.pub).
+    #[arg(
+        long = "data-dir",
+        value_name = "DIR",
+        env = "PANVAULT_DATA_DIR",
+        default_value = DEFAULT_DATA_DIR
+    )]
+    pub data_dir: PathBuf,
+}
+
+impl DataDirArg {
+    /// The directory and the names of the files in it.
+    pub fn layout(&self) -> panvault_vault::DataDir {
+        panvault_vault::DataDir::new(&self.data_dir)
+    }
+}
+
+impl std::ops::Deref for DataDirArg {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+impl AsRef<Path> for DataDirArg {
+    fn as_ref(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// Parses a duration: a number (decimals allowed) and a unit, `ms`, `s`, `m`,
+/// `h` or `d` (`500ms`, `1.5s`, `5m`, `2h`, `1d`); a plain number is seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 500ms, 10s, 5m, 2h or 1d"))?;
+    let per_unit = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}: use ms, s, m, h or d"
+            ));
+        }
+    };
+    std::time::Duration::try_from_secs_f64(n * per_unit).map_err(|e| format!("{s:?}: {e}"))
+}
+
 /// Where the passphrase comes from, in order: `--passphrase-file`, the
 /// `PANVAULT_PASSPHRASE` environment variable, a no-echo prompt on the terminal.
 ///
@@ -104,7 +165,13 @@ impl SecretArgs {
         if method != "shamir" {
             return self.unlock(false);
         }
-        let need = usize::from(threshold.unwrap_or(2));
+        // A share seal records its threshold; one without has a damaged seal row.
+        let need = usize::from(threshold.ok_or_else(|| {
+            CliError::usage(format!(
+                "{}: the vault's seal names no share threshold; the database is damaged",
+                data_dir.display()
+            ))
+        })?);
         if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
             return Err(CliError::usage(format!(
                 "this vault is sealed with custodian shares: pass --share FILE at least {need} times"
@@ -169,10 +236,11 @@ pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<SecretText,
 /// Maps a vault error to a CLI error: wrong secret, missing vault and usage
 /// problems exit 1 with the message; unavailable storage exits 75 (EX_TEMPFAIL).
 pub fn vault_err(e: panvault_vault::VaultError) -> CliError {
+    // The operator sees the causes too (the OS error, SQLite's, the audit log's).
     if e.is_unavailable() {
-        CliError::with_code(e.to_string(), 75)
+        CliError::with_code(e.with_causes(), 75)
     } else {
-        CliError::usage(e.to_string())
+        CliError::usage(e.with_causes())
     }
 }
 
@@ -202,4 +270,31 @@ macro_rules! outln {
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout(), $($t)*);
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_duration;
+
+    #[test]
+    fn one_duration_syntax_for_every_command() {
+        for (text, want) in [
+            ("90", Duration::from_secs(90)),
+            ("90s", Duration::from_secs(90)),
+            (" 10s ", Duration::from_secs(10)),
+            ("500ms", Duration::from_millis(500)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("5m", Duration::from_secs(300)),
+            ("2h", Duration::from_secs(7200)),
+            ("1d", Duration::from_secs(86_400)),
+            ("0s", Duration::ZERO),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["", "s", "5w", "-1s", "1e400s", "ten"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }

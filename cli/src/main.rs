@@ -75,3 +75,51 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command that takes `--data-dir` takes the one definition: same
+    /// environment variable, same default, same help.
+    #[test]
+    fn every_data_dir_flag_is_the_shared_one() {
+        fn walk(cmd: &clap::Command, path: &str, found: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_long() == Some("data-dir") {
+                    found.push(path.to_owned());
+                    assert_eq!(
+                        arg.get_env().and_then(|e| e.to_str()),
+                        Some("PANVAULT_DATA_DIR"),
+                        "{path}"
+                    );
+                    assert_eq!(
+                        arg.get_default_values(),
+                        [crate::common::DEFAULT_DATA_DIR],
+                        "{path}"
+                    );
+                    assert!(
+                        arg.get_help()
+                            .is_some_and(|h| h.to_string().contains("vault.db")),
+                        "{path}"
+                    );
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), found);
+            }
+        }
+        let mut found = Vec::new();
+        walk(&Cli::command(), "panvault", &mut found);
+        for want in [
+            "panvault init",
+            "panvault quickstart",
+            "panvault keys list",
+            "panvault audit verify",
+        ] {
+            assert!(found.iter().any(|f| f == want), "{want}: {found:?}");
+        }
+    }
+}

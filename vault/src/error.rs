@@ -40,8 +40,9 @@ pub enum VaultError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The audit log could not record the access, so it was refused (fail closed).
+    /// The cause (the audit log's or the storage's error) is kept for the server's log.
     #[error("the audit log could not record this access; refused")]
-    AuditUnavailable,
+    AuditUnavailable(#[source] Option<Box<dyn std::error::Error + Send + Sync + 'static>>),
     /// A key-management operation is not allowed in the current state.
     #[error("key operation refused: {0}")]
     KeyState(String),
@@ -52,16 +53,28 @@ pub enum VaultError {
         "the data keys in memory are not the vault's current ones; sealing refused until they reload"
     )]
     KeysOutOfDate,
-    /// Randomness or another cryptographic primitive failed.
+    /// Randomness or another cryptographic primitive failed. Opaque on purpose.
     #[error("cryptographic failure")]
     Crypto,
-    /// A file could not be read or written.
-    #[error("{path}: {reason}")]
+    /// A file could not be read, written or parsed.
+    #[error("{path}: {source}")]
     Io {
         /// The file.
         path: String,
-        /// The OS error.
-        reason: String,
+        /// Why: the OS error, or what was wrong with the file's contents.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// Something that cannot happen did (a broken invariant, a failed encoding of
+    /// the vault's own data, a clock out of range): a bug, never the caller's fault.
+    /// Answered as a bare 500; the reason is for the server's log.
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What failed, in fixed words (never input).
+        reason: &'static str,
+        /// The underlying error, if there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
 }
 
@@ -80,20 +93,109 @@ impl VaultError {
         }
     }
 
-    /// An I/O error on `path`.
-    pub fn io(path: &std::path::Path, e: &std::io::Error) -> Self {
+    /// An I/O error on `path`; the error is kept as the source.
+    pub fn io(
+        path: &std::path::Path,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
         VaultError::Io {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            source: e.into(),
         }
+    }
+
+    /// An [`VaultError::Internal`] without an underlying error.
+    pub fn internal(reason: &'static str) -> Self {
+        VaultError::Internal {
+            reason,
+            source: None,
+        }
+    }
+
+    /// An [`VaultError::Internal`] caused by `e`.
+    pub fn internal_from(
+        reason: &'static str,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        VaultError::Internal {
+            reason,
+            source: Some(e.into()),
+        }
+    }
+
+    /// This error and its causes, each once (`outer: cause: cause`), for the
+    /// server's log or an operator's terminal; never for an API response. Causes
+    /// hold no card number, key or SQL parameter (see the variants).
+    pub fn with_causes(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            // Some messages already end with their cause's text (`path: os error`).
+            if !out.ends_with(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            cause = c.source();
+        }
+        out
     }
 
     /// Whether this means "try again later" (503).
     pub fn is_unavailable(&self) -> bool {
         match self {
             VaultError::Store(e) => e.is_unavailable(),
-            VaultError::AuditUnavailable | VaultError::KeysOutOfDate => true,
+            VaultError::AuditUnavailable(_) | VaultError::KeysOutOfDate => true,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::VaultError;
+    use crate::store::StoreError;
+
+    #[test]
+    fn io_keeps_the_os_error() {
+        let e = VaultError::io(
+            std::path::Path::new("/x"),
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        // Said once, though it is both in the message and the source.
+        assert_eq!(e.with_causes(), e.to_string());
+        let src = e.source().expect("the OS error is the source");
+        let io = src.downcast_ref::<std::io::Error>().expect("an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+    }
+
+    #[test]
+    fn internal_keeps_its_cause_and_crypto_stays_opaque() {
+        let bad: Result<[u8; 12], _> = <[u8; 12]>::try_from(&[0u8; 3][..]);
+        let e = VaultError::internal_from("a nonce draw is not 12 bytes", bad.unwrap_err());
+        assert!(e.source().is_some());
+        assert!(VaultError::internal("x").source().is_none());
+        let crypto: VaultError = crate::core::CryptoError.into();
+        assert!(crypto.source().is_none());
+        assert_eq!(crypto.to_string(), "cryptographic failure");
+    }
+
+    #[test]
+    fn sqlite_errors_keep_rusqlite_error_as_source() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let err = conn
+            .execute("INSERT INTO no_such_table VALUES (1)", [])
+            .unwrap_err();
+        let e = StoreError::from(err);
+        let sqlite = e.source().expect("rusqlite's error is kept");
+        assert!(
+            sqlite
+                .downcast_ref::<std::sync::Arc<rusqlite::Error>>()
+                .is_some()
+        );
+        // The vault's error is transparent over the store's: same chain.
+        assert!(VaultError::Store(e).source().is_some());
     }
 }

@@ -16,11 +16,13 @@ pub use crate::core::CryptoError;
 pub use crate::core::pan::{CardError, CardSecret, CardholderName, Expiry, Pan};
 pub use crate::core::secret::{SecretKey32, SecretText};
 pub use crate::core::token::{Token, TokenFormat};
+pub mod data_dir;
 mod error;
 mod key_state;
 pub mod service;
 pub mod store;
 
+pub use crate::data_dir::DataDir;
 pub use crate::error::VaultError;
 pub use crate::key_state::{KeyState, UnknownKeyState};
 pub use crate::service::keyring::{SealSpec, Unlock};
@@ -33,7 +35,8 @@ pub mod http;
 pub mod hygiene;
 pub mod tls;
 
-// The API server (issue 3): configuration, HTTP API, mTLS.
+// The API server: configuration, HTTP API, mTLS (re-exported so a host program
+// can embed the server without naming modules).
 pub use crate::config::{Config, ConfigError, Permission};
 pub use crate::http::{RunningServer, StartError, start};
 pub use crate::tls::ClientIdentity;

@@ -469,3 +469,25 @@ fn a_corrupted_stored_column_is_reported_not_served() {
     assert_eq!((info.card.exp_month, info.card.exp_year), (12, 2031));
     v.shutdown();
 }
+
+#[test]
+fn inventory_of_a_vault_that_lost_its_id_fails_loudly() {
+    // A vault without its `vault_id` row is damaged: its inventory must say so
+    // rather than report an empty id as if it were one.
+    let dir = tempfile::tempdir().unwrap();
+    drop(new_vault(dir.path()));
+    let now = time::OffsetDateTime::now_utc();
+    let inv = panvault_vault::service::inventory::Inventory::read(dir.path(), 30, now).unwrap();
+    assert!(!inv.vault_id.is_empty());
+    raw(dir.path())
+        .execute("DELETE FROM meta WHERE key = 'vault_id'", [])
+        .unwrap();
+    let err = panvault_vault::service::inventory::Inventory::read(dir.path(), 30, now).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VaultError::Store(panvault_vault::store::StoreError::Corrupt(_))
+        ),
+        "{err}"
+    );
+}

@@ -35,7 +35,12 @@ fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
 
 fn count(conn: &Connection, sql: &str) -> rusqlite::Result<u64> {
     conn.query_row(sql, [], |r| r.get::<_, i64>(0))
-        .map(|n| u64::try_from(n).unwrap_or(0))
+        .and_then(|n| non_negative(0, n))
+}
+
+/// A count from column `col`: a negative one means a broken database, not zero.
+fn non_negative(col: usize, n: i64) -> rusqlite::Result<u64> {
+    u64::try_from(n).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(col, n))
 }
 
 /// Facts about the audit log in `db` (the vault's `vault.db`), verified with the
@@ -105,7 +110,9 @@ pub fn audit_log_facts(
         .map_err(db_err)?;
     for row in rows {
         let (action, n) = row.map_err(db_err)?;
-        facts.actions.insert(action, u64::try_from(n).unwrap_or(0));
+        facts
+            .actions
+            .insert(action, non_negative(1, n).map_err(db_err)?);
     }
     facts.admin_events = count(
         &conn,

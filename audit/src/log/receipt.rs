@@ -1,4 +1,5 @@
-//! Erasure receipts (issue 7) and keyed hashes of data-subject ids.
+//! Erasure receipts (signed proof that a data subject's records were erased) and
+//! keyed hashes of data-subject ids.
 use std::str::FromStr;
 
 use ring::hmac;

@@ -18,7 +18,7 @@ use panvault_audit::log::{
     self as audit, AuditError, Checkpoint, ErasureReceipt, PublicKey, VerifyReport,
 };
 
-use crate::common::CliError;
+use crate::common::{CliError, parse_duration};
 
 /// Exit code when the log or a receipt fails verification.
 const EXIT_BROKEN: u8 = 3;
@@ -54,29 +54,16 @@ pub enum Command {
     Run(crate::cmd::compliance::RunArgs),
 }
 
-/// `--data-dir`.
-#[derive(Debug, clap::Args)]
-pub struct DataDir {
-    /// The vault's data directory (holds vault.db and audit-signing.pub).
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "PANVAULT_DATA_DIR",
-        default_value = "./panvault-data"
-    )]
-    pub(crate) data_dir: PathBuf,
-}
+/// `--data-dir`, as every command defines it.
+pub(crate) use crate::common::DataDirArg as DataDir;
 
 impl DataDir {
     fn db(&self) -> PathBuf {
-        self.data_dir.join("vault.db")
+        self.layout().database()
     }
 
     fn pubkey(&self, given: Option<&Path>) -> PathBuf {
-        given.map_or_else(
-            || self.data_dir.join("audit-signing.pub"),
-            Path::to_path_buf,
-        )
+        given.map_or_else(|| self.layout().audit_public_key(), Path::to_path_buf)
     }
 }
 
@@ -244,25 +231,6 @@ fn newest(anchors: &[Checkpoint]) -> Option<&Checkpoint> {
     anchors.iter().max_by_key(|c| (c.id, c.seq))
 }
 
-/// Parses `90s`, `5m`, `2h`, `1d` or a plain number of seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("expected a number with s, m, h or d, got {s:?}"))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("unknown unit {unit:?}: use s, m, h or d")),
-    };
-    n.checked_mul(mult)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(|| format!("{s:?} is too long"))
-}
-
 /// A duration for people: `42s`, `5m 3s`, `2h 10m`, `3d 4h`.
 fn human(d: time::Duration) -> String {
     human_secs(d.whole_seconds().max(0).unsigned_abs())
@@ -417,14 +385,7 @@ fn read_pubkey(path: &Path) -> Result<PublicKey, CliError> {
 
 /// Creates (or truncates) `path`, readable by its owner only.
 fn create_private(path: &Path) -> io::Result<File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)
+    panvault_vault::data_dir::create_owner_only(path)
 }
 
 /// An audit error as a CLI error (exit 1), with its causes.

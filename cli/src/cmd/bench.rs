@@ -23,7 +23,7 @@ use panvault_vault::config::{Config, Permission};
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use crate::common::CliError;
+use crate::common::{CliError, parse_duration};
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -123,24 +123,6 @@ pub struct Args {
     pub rewrap_arg: Vec<String>,
 }
 
-/// Parses `10s`, `500ms`, `2m`, or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a duration like 10s, 500ms or 2m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
-}
-
 /// A client identity's TLS setup.
 struct Target {
     addr: SocketAddr,
@@ -163,10 +145,7 @@ fn target_for(args: &Args, config: &Config, client: &str) -> Result<Target, CliE
             .ok_or_else(|| CliError::usage("--cert needs --key"))?;
         (cert, key)
     } else {
-        (
-            pki_dir.join(format!("{client}.pem")),
-            pki_dir.join(format!("{client}.key")),
-        )
+        panvault_vault::DataDir::pki_pair(&pki_dir, client)
     };
     let ca = args
         .ca

@@ -4,15 +4,14 @@ use std::process::ExitCode;
 
 use panvault_vault::{SealSpec, Vault, system_clock};
 
-use crate::common::{CliError, DEFAULT_DATA_DIR, SecretArgs, vault_err};
+use crate::common::{CliError, DataDirArg, SecretArgs, vault_err};
 
 /// Create a new vault: a root key sealed under the passphrase (Argon2id, 64 MiB,
 /// t=3), data key v1, a fingerprint key and an audit-signing key.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Data directory (the database is DIR/vault.db).
-    #[arg(long, env = "PANVAULT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
     #[command(flatten)]
     pub secret: SecretArgs,
     /// Seal with M-of-N custodian shares instead of a passphrase: number of custodians.

@@ -1,11 +1,10 @@
 //! `panvault keys`: list and rotate data-encryption keys.
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use panvault_vault::{Admin, KeyInfo, Unlock, system_clock};
 
-use crate::common::{CliError, DEFAULT_DATA_DIR, SecretArgs, admin_actor, vault_err};
+use crate::common::{CliError, DataDirArg, SecretArgs, admin_actor, vault_err};
 
 /// Data-key subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -61,9 +60,8 @@ pub struct VersionArgs {
 /// Options every key command shares.
 #[derive(Debug, clap::Args)]
 pub struct Common {
-    /// Data directory.
-    #[arg(long, env = "PANVAULT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
     #[command(flatten)]
     pub secret: SecretArgs,
 }

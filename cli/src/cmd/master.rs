@@ -153,7 +153,7 @@ pub fn check_shares_target(dir: &Path) -> Result<(), CliError> {
 /// renamed to `DIR` (which must not exist or be empty) and the parent fsynced.
 /// On failure nothing is left behind.
 pub fn write_shares(dir: &Path, shares: &[ShareFile]) -> Result<(), VaultError> {
-    let io = |p: &Path, e: std::io::Error| VaultError::io(p, &e);
+    let io = |p: &Path, e: std::io::Error| VaultError::io(p, e);
     let name = dir
         .file_name()
         .ok_or_else(|| VaultError::invalid("shares_dir", "must name a directory"))?;
@@ -190,12 +190,12 @@ fn fresh_dir(parent: &Path, name: &std::ffi::OsStr) -> Result<PathBuf, VaultErro
         match builder.create(&tmp) {
             Ok(()) => return Ok(tmp),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(VaultError::io(&tmp, &e)),
+            Err(e) => return Err(VaultError::io(&tmp, e)),
         }
     }
     Err(VaultError::io(
         parent,
-        &last.unwrap_or_else(|| std::io::Error::other("no free temporary name")),
+        last.unwrap_or_else(|| std::io::Error::other("no free temporary name")),
     ))
 }
 
@@ -203,20 +203,15 @@ fn fill(tmp: &Path, shares: &[ShareFile]) -> Result<(), VaultError> {
     use std::io::Write;
     for s in shares {
         let path = tmp.join(format!("share-{}", s.number));
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
         let text = zeroize::Zeroizing::new(s.to_text());
-        opts.open(&path)
+        panvault_vault::data_dir::owner_only()
+            .create_new(true)
+            .open(&path)
             .and_then(|mut f| {
                 f.write_all(text.as_bytes())?;
                 f.sync_all()
             })
-            .map_err(|e| VaultError::io(&path, &e))?;
+            .map_err(|e| VaultError::io(&path, e))?;
     }
     sync_dir(tmp)
 }
@@ -224,7 +219,7 @@ fn fill(tmp: &Path, shares: &[ShareFile]) -> Result<(), VaultError> {
 fn sync_dir(dir: &Path) -> Result<(), VaultError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| VaultError::io(dir, &e))
+        .map_err(|e| VaultError::io(dir, e))
 }
 
 /// The vault did not take the new shares (`err`): remove the share files numbered

@@ -13,16 +13,15 @@ use std::process::ExitCode;
 
 use panvault_vault::core::kdf::KdfParams;
 use panvault_vault::tls::pki;
-use panvault_vault::{SealSpec, Unlock, Vault, system_clock};
+use panvault_vault::{DataDir, SealSpec, Unlock, Vault, system_clock};
 
-use crate::common::{CliError, DEFAULT_DATA_DIR, read_passphrase, vault_err};
+use crate::common::{CliError, DataDirArg, read_passphrase, vault_err};
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where the development vault lives.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
     /// Address to listen on [default: 127.0.0.1:8443, or what DIR/panvault.toml says].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -54,7 +53,7 @@ fn io(path: &Path, e: &std::io::Error) -> CliError {
 
 /// Reads `DIR/dev-passphrase`, or makes it: 32 random bytes as hex, mode 0600.
 fn dev_passphrase(dir: &Path) -> Result<PathBuf, CliError> {
-    let path = dir.join("dev-passphrase");
+    let path = DataDir::new(dir).dev_passphrase();
     if !path.exists() {
         let mut raw = zeroize::Zeroizing::new([0u8; 32]);
         panvault_vault::core::rng::fill(raw.as_mut())
@@ -70,15 +69,17 @@ fn dev_passphrase(dir: &Path) -> Result<PathBuf, CliError> {
 }
 
 fn config_text(listen: SocketAddr) -> String {
+    let (server_cert, server_key) = DataDir::pki_pair_relative(DataDir::PKI_SERVER);
+    let (ca_cert, _) = DataDir::pki_pair_relative(DataDir::PKI_CA);
     let mut s = format!(
         "# panvault development configuration, written by `panvault quickstart`.\n\
          # Relative paths are relative to this file. See docs/config.md.\n\
          listen = \"{listen}\"\n\
          data_dir = \".\"\n\n\
          [tls]\n\
-         cert = \"pki/server.pem\"\n\
-         key = \"pki/server.key\"\n\
-         client_ca = \"pki/ca.pem\"\n\n\
+         cert = \"{server_cert}\"\n\
+         key = \"{server_key}\"\n\
+         client_ca = \"{ca_cert}\"\n\n\
          [limits]\n\
          body_bytes = 65536\n\
          batch_bytes = 2097152\n\
@@ -103,7 +104,8 @@ fn config_text(listen: SocketAddr) -> String {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
-    let dir = args.data_dir;
+    let dir = args.data_dir.data_dir;
+    let layout = DataDir::new(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| io(&dir, &e))?;
     #[cfg(unix)]
     {
@@ -116,7 +118,9 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         "WARNING: development only. The vault passphrase is stored in {} and the CA key in {}, \
          beside the data they protect. Never put real card data in this vault.",
         pass_file.display(),
-        dir.join("pki/ca.key").display()
+        DataDir::pki_pair(&layout.pki(), DataDir::PKI_CA)
+            .1
+            .display()
     );
     let unlock = || -> Result<Unlock, CliError> {
         Ok(Unlock::Passphrase(read_passphrase(
@@ -124,7 +128,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             false,
         )?))
     };
-    if !panvault_vault::store::db_path(&dir).exists() {
+    if !layout.database().exists() {
         let spec = SealSpec {
             unlock: unlock()?,
             kdf: KdfParams::MINIMUM,
@@ -134,7 +138,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         eprintln!("panvault: created a vault in {}", dir.display());
     }
     let names: Vec<&str> = CLIENTS.iter().map(|(n, _, _)| *n).collect();
-    let pki_dir = dir.join("pki");
+    let pki_dir = layout.pki();
     let made = pki::ensure_dev_pki(&pki_dir, &names)
         .map_err(|e| CliError::usage(format!("{}: {e}", pki_dir.display())))?;
     if !made.created.is_empty() {
@@ -144,7 +148,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             pki_dir.display()
         );
     }
-    let config_path = dir.join("panvault.toml");
+    let config_path = layout.config();
     if !config_path.exists() {
         let listen = args.listen.map_or_else(
             || {
@@ -154,14 +158,9 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             },
             Ok,
         )?;
-        std::fs::write(&config_path, config_text(listen)).map_err(|e| io(&config_path, &e))?;
         // The config names key files and clients: owner only (PCI DSS 7.2.1).
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| io(&config_path, &e))?;
-        }
+        panvault_vault::data_dir::write_owner_only(&config_path, config_text(listen).as_bytes())
+            .map_err(|e| io(&config_path, &e))?;
         eprintln!("panvault: wrote {}", config_path.display());
     }
     let mut config = super::serve::load_config(&config_path)?;
@@ -171,7 +170,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     let year = time::OffsetDateTime::now_utc().year() + 4;
     // The example request goes to a file, so that nothing quickstart prints holds a
     // card number (even a public test card trips every PAN scanner, ours included).
-    let example = dir.join("example-card.json");
+    let example = layout.example_card();
     std::fs::write(
         &example,
         format!(
@@ -195,11 +194,11 @@ fn print_ready(dir: &Path, addr: SocketAddr, example: &Path) {
         addr.ip().to_string()
     };
     let base = format!("https://{host}:{}", addr.port());
-    let pki = dir.join("pki");
+    let pki = DataDir::new(dir).pki();
     let curl = |client: &str| {
         format!(
             "curl -sS --cacert {ca} --cert {p}/{client}.pem --key {p}/{client}.key",
-            ca = pki.join("ca.pem").display(),
+            ca = DataDir::pki_pair(&pki, DataDir::PKI_CA).0.display(),
             p = pki.display()
         )
     };

@@ -4,7 +4,8 @@
 //! the real `panvault serve`. Every request must succeed, the server's resident
 //! memory must stay flat, and the audit chain must verify afterwards.
 //!
-//! The default form runs 15 s. The long form is issue 9's soak, 10 minutes:
+//! The default form runs 15 s, to stay inside the suite's time budget. The long
+//! form, 10 minutes, shows memory staying flat over a realistic run:
 //!
 //! ```sh
 //! PANVAULT_SOAK_SECS=600 cargo test --release -p panvault-cli --test e2e soak -- --nocapture

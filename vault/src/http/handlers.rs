@@ -171,7 +171,11 @@ pub(crate) async fn tokenize(
         .map_err(|e| Problem::from_vault(&e))?;
     let info = out
         .pop()
-        .ok_or_else(|| Problem::from_vault(&crate::VaultError::Crypto))?
+        .ok_or_else(|| {
+            Problem::from_vault(&crate::VaultError::internal(
+                "a batch of one card answered nothing",
+            ))
+        })?
         .map_err(|e| Problem::from_vault(&e))?;
     Ok(created_or_ok(info))
 }
@@ -325,12 +329,18 @@ pub(crate) async fn erase_subject(
         )
         .await
         .map_err(|e| Problem::from_vault(&e))?;
-    let receipt = erasure
-        .receipt
-        .to_json()
-        .map_err(|_| Problem::from_vault(&crate::VaultError::Crypto))?;
-    let receipt: Value = serde_json::from_str(&receipt)
-        .map_err(|_| Problem::from_vault(&crate::VaultError::Crypto))?;
+    let receipt = erasure.receipt.to_json().map_err(|e| {
+        Problem::from_vault(&crate::VaultError::internal_from(
+            "encoding an erasure receipt failed",
+            e,
+        ))
+    })?;
+    let receipt: Value = serde_json::from_str(&receipt).map_err(|e| {
+        Problem::from_vault(&crate::VaultError::internal_from(
+            "re-reading an erasure receipt failed",
+            e,
+        ))
+    })?;
     let body = serde_json::json!({ "receipt": receipt, "wal_scrubbed": erasure.wal_scrubbed });
     Ok((StatusCode::OK, Json(body)).into_response())
 }
@@ -403,8 +413,12 @@ fn detokenized_response(d: &Detokenized) -> Result<Response, Problem> {
     };
     // Large enough that it never reallocates (which would leave an unwiped copy).
     let mut buf = Zeroizing::new(Vec::with_capacity(4096));
-    serde_json::to_writer(&mut *buf, &body)
-        .map_err(|_| Problem::from_vault(&crate::VaultError::Crypto))?;
+    serde_json::to_writer(&mut *buf, &body).map_err(|e| {
+        Problem::from_vault(&crate::VaultError::internal_from(
+            "encoding a response failed",
+            e,
+        ))
+    })?;
     let mut resp = Response::new(Body::from(Bytes::from_owner(buf)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

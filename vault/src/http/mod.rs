@@ -344,10 +344,10 @@ async fn refresh_keys(vault: Vault) {
         tick.tick().await;
         let v = vault.clone();
         match tokio::task::spawn_blocking(move || v.refresh_keys()).await {
-            Ok(Ok(true)) => tracing::info!(
-                version = vault.active_key_version().unwrap_or(0),
-                "data keys reloaded"
-            ),
+            Ok(Ok(true)) => match vault.active_key_version() {
+                Ok(version) => tracing::info!(version, "data keys reloaded"),
+                Err(e) => tracing::warn!(error = %e, "data keys reloaded, then unreadable"),
+            },
             Ok(Ok(false)) => {}
             // `refresh_keys` logs a failure once, when tokenize starts refusing.
             Ok(Err(e)) => tracing::debug!(error = %e, "could not check for key changes"),

@@ -187,7 +187,7 @@ impl Problem {
                 Problem::invalid_request(format!("{field}: {reason}"))
             }
             VaultError::NotFound => Problem::not_found("no such token"),
-            VaultError::AuditUnavailable => Problem::new(
+            VaultError::AuditUnavailable(_) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
                 "the audit log could not record this access, so it was refused; try again later",
@@ -204,7 +204,7 @@ impl Problem {
                 )
             }
             e => {
-                tracing::error!(error = %e, request_id = current_request_id().as_deref().unwrap_or("-"), "internal error");
+                tracing::error!(error = %e.with_causes(), request_id = current_request_id().as_deref().unwrap_or("-"), "internal error");
                 Problem::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -281,19 +281,32 @@ mod tests {
                 "invalid_request",
             ),
             (VaultError::NotFound, 404, "not_found"),
-            (VaultError::AuditUnavailable, 503, "audit_unavailable"),
+            (VaultError::AuditUnavailable(None), 503, "audit_unavailable"),
             (
                 VaultError::Store(crate::store::StoreError::Unavailable("x")),
                 503,
                 "unavailable",
             ),
             (VaultError::Decryption, 500, "internal"),
+            (VaultError::internal("an invariant broke"), 500, "internal"),
         ];
         for (e, status, code) in cases {
             let p = Problem::from_vault(&e);
             assert_eq!((p.status().as_u16(), p.code()), (status, code), "{e}");
             assert!(CODES.iter().any(|(c, s, _)| *c == code && *s == status));
         }
+    }
+
+    #[test]
+    fn internal_is_a_bare_500_that_echoes_nothing() {
+        let cause = std::io::Error::other("a secret detail from the cause");
+        let e = VaultError::internal_from("encoding a response failed", cause);
+        let p = Problem::from_vault(&e);
+        assert_eq!((p.status().as_u16(), p.code()), (500, "internal"));
+        assert!(!p.detail().contains("secret detail"), "{}", p.detail());
+        assert!(!p.detail().contains("encoding"), "{}", p.detail());
+        // The cause stays in the chain, for the server's log only.
+        assert!(e.with_causes().contains("a secret detail from the cause"));
     }
 
     #[test]

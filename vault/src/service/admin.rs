@@ -14,14 +14,15 @@ use super::audit_hook::{self, AuditAction};
 use super::keyring::{self, Keyring, NewSeal, Unlock};
 use super::request::AccessContext;
 use super::shamir::ShareFile;
-use super::{Clock, KeyInfo, list_keys, store_err};
-use crate::core::envelope::{SealedRecord, wrap_key};
+use super::{Clock, store_err};
+use crate::core::envelope::wrap_key;
 use crate::core::kdf::KdfParams;
-use crate::core::rng;
 use crate::core::secret::{SecretKey32, SecretText};
 use crate::error::VaultError;
-use crate::key_state::KeyState;
-use crate::store::{self, StoreError, keys as key_rows, rewrap as rewrap_rows};
+use crate::store::{self, StoreError, keys as key_rows};
+
+mod keys;
+pub use keys::{RewrapProgress, RewrapSummary};
 
 /// Why `master rotate` refused: the lock of the data directory is held.
 const MASTER_ROTATE_REFUSED: &str = "a panvault server is serving this vault (or another \
@@ -106,30 +107,6 @@ impl std::fmt::Debug for Admin {
     }
 }
 
-/// Progress of a rewrap, reported after every batch.
-#[derive(Debug, Clone, Copy)]
-pub struct RewrapProgress {
-    /// Records re-encrypted so far in this run.
-    pub done: u64,
-    /// Records that were under an older key when the run started.
-    pub total: u64,
-}
-
-/// What a rewrap did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RewrapSummary {
-    /// Records re-encrypted in this run.
-    pub rewrapped: u64,
-    /// The active version they are now under.
-    pub active_version: u32,
-    /// Seconds taken.
-    pub seconds: f64,
-    /// Records per second.
-    pub rate: f64,
-    /// Records still under older versions (0 unless interrupted).
-    pub remaining: u64,
-}
-
 impl Admin {
     /// Opens and unseals `data_dir` for administration.
     pub fn open(data_dir: &Path, unlock: &Unlock, clock: Clock) -> Result<Admin, VaultError> {
@@ -207,8 +184,8 @@ impl Admin {
     }
 
     fn reload(&mut self) -> Result<(), VaultError> {
-        let root =
-            SecretKey32::from_slice(self.keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+        let root = SecretKey32::from_slice(self.keys.root.expose_secret())
+            .ok_or(VaultError::internal("a root key is not 32 bytes"))?;
         self.keys = Keyring::load(&self.conn, &self.keys.vault_id, root)?;
         Ok(())
     }
@@ -240,167 +217,6 @@ impl Admin {
         }
     }
 
-    /// Lists the keys.
-    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, VaultError> {
-        list_keys(&self.conn, (self.clock)())
-    }
-
-    /// The active key's age in whole days.
-    pub fn active_key_age_days(&self) -> Result<i64, VaultError> {
-        let keys = self.list_keys()?;
-        keys.iter()
-            .find(|k| k.state == KeyState::Active)
-            .map(|k| k.age_days)
-            .ok_or_else(|| VaultError::KeyState("no active key".into()))
-    }
-
-    /// Makes a new active data key; the previous becomes decrypt-only. Returns the
-    /// new version.
-    pub fn rotate(&mut self, actor: &AccessContext) -> Result<u32, VaultError> {
-        let next = self.admin_tx(actor, AuditAction::KeyRotate, |tx, keys, now| {
-            let next = key_rows::next_version(tx)?;
-            key_rows::set_state_where(tx, KeyState::Active, KeyState::DecryptOnly)?;
-            keyring::insert_data_key(tx, &keys.vault_id, &keys.root, next, now)?;
-            keyring::bump_key_epoch(tx)?;
-            Ok((next, format!("new_version={next}")))
-        })?;
-        self.reload()?;
-        Ok(next)
-    }
-
-    /// Records still under versions other than the active one.
-    pub fn records_not_under_active(&self) -> Result<u64, VaultError> {
-        let n = rewrap_rows::count_not_under(&self.conn, self.keys.active)?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    /// Re-encrypts every record still under an older key with the active key, in
-    /// transactions of at most `batch` records and a few milliseconds of work each
-    /// (each with its audit event, and the write lock left free between them so a
-    /// running server keeps writing), at most `max_rate` records/s if given.
-    /// Follows the active key: a `keys rotate` committed meanwhile makes the next
-    /// batch encrypt under the new key (and rewrap what the previous run wrote).
-    /// Idempotent: a record already under the active version is skipped, so a
-    /// killed run simply resumes.
-    pub fn rewrap(
-        &mut self,
-        actor: &AccessContext,
-        batch: usize,
-        max_rate: Option<f64>,
-        mut progress: impl FnMut(RewrapProgress),
-    ) -> Result<RewrapSummary, VaultError> {
-        let batch = batch.clamp(1, 100_000);
-        let limit = i64::try_from(batch).unwrap_or(1000);
-        let mut total = self.records_not_under_active()?;
-        let start = Instant::now();
-        let mut done: u64 = 0;
-        loop {
-            let now = self.now();
-            let tx = begin(&self.conn, &mut self.lock)?;
-            // Under the write lock no rotation can commit: if one did since the keys
-            // were loaded, reload and encrypt under the new active key.
-            if keyring::key_epoch(&tx)? != self.keys.epoch {
-                drop(tx);
-                self.reload()?;
-                total = done + self.records_not_under_active()?;
-                continue;
-            }
-            let n = rewrap_batch(&tx, &self.keys, limit, self.lock.budget)?;
-            if n == 0 {
-                break;
-            }
-            let details = self.with_shares(format!(
-                "batch rewrapped={n} to_version={}",
-                self.keys.active
-            ));
-            audit_hook::record_admin(
-                &tx,
-                &self.keys,
-                actor,
-                AuditAction::KeyRewrap,
-                Some(&details),
-                now,
-            )?;
-            tx.commit().map_err(store_err)?;
-            self.committed();
-            done += n;
-            progress(RewrapProgress {
-                done,
-                total: total.max(done),
-            });
-            if let Some(rate) = max_rate.filter(|r| *r > 0.0) {
-                #[allow(clippy::cast_precision_loss)]
-                let ahead =
-                    Duration::from_secs_f64(done as f64 / rate).saturating_sub(start.elapsed());
-                std::thread::sleep(ahead);
-            }
-        }
-        let secs = start.elapsed().as_secs_f64();
-        #[allow(clippy::cast_precision_loss)]
-        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-        Ok(RewrapSummary {
-            rewrapped: done,
-            active_version: self.keys.active,
-            seconds: secs,
-            rate,
-            remaining: self.records_not_under_active()?,
-        })
-    }
-
-    /// Retires version `version`: refused while any record uses it, or while active.
-    pub fn retire(&mut self, actor: &AccessContext, version: u32) -> Result<(), VaultError> {
-        self.admin_tx(actor, AuditAction::KeyRetire, |tx, _keys, now| {
-            let state = key_state(tx, version)?;
-            match state {
-                KeyState::Active => {
-                    return Err(VaultError::KeyState(format!(
-                        "v{version} is the active key; rotate first"
-                    )));
-                }
-                KeyState::Retired | KeyState::Destroyed => {
-                    return Err(VaultError::KeyState(format!(
-                        "v{version} is already {state}"
-                    )));
-                }
-                KeyState::DecryptOnly => {}
-            }
-            let used = key_rows::records_under(tx, version)?;
-            if used > 0 {
-                return Err(VaultError::KeyState(format!(
-                    "v{version} still encrypts {used} record(s); run `panvault keys rewrap` first"
-                )));
-            }
-            key_rows::mark_retired(tx, version, now)?;
-            keyring::bump_key_epoch(tx)?;
-            Ok(((), format!("version={version}")))
-        })?;
-        self.reload()
-    }
-
-    /// Destroys a retired key: its wrapped bytes are deleted (secure delete) and the
-    /// row records when.
-    pub fn destroy(&mut self, actor: &AccessContext, version: u32) -> Result<(), VaultError> {
-        self.admin_tx(actor, AuditAction::KeyDestroy, |tx, _keys, now| {
-            let state = key_state(tx, version)?;
-            if state != KeyState::Retired {
-                return Err(VaultError::KeyState(format!(
-                    "v{version} is {state}; only retired keys can be destroyed"
-                )));
-            }
-            let used = key_rows::records_under(tx, version)?;
-            if used > 0 {
-                return Err(VaultError::KeyState(format!(
-                    "v{version} still encrypts {used} record(s)"
-                )));
-            }
-            key_rows::mark_destroyed(tx, version, now)?;
-            keyring::bump_key_epoch(tx)?;
-            Ok(((), format!("version={version}")))
-        })?;
-        self.reload()?;
-        self.scrub_wal()
-    }
-
     /// Refuses (with the reason) when `master rotate` could not run on `data_dir`
     /// now because a server holds it: for a caller that wants to say so before
     /// asking for any secret. [`Admin::master_rotate`] checks again, holding the lock.
@@ -427,7 +243,7 @@ impl Admin {
         unlock: &Unlock,
     ) -> Result<(), VaultError> {
         let _exclusive = store::lock_exclusive(&self.data_dir)
-            .map_err(|e| VaultError::io(&store::serve_lock_path(&self.data_dir), &e))?
+            .map_err(|e| VaultError::io(&store::serve_lock_path(&self.data_dir), e))?
             .ok_or_else(|| VaultError::KeyState(MASTER_ROTATE_REFUSED.into()))?;
         let new_root = SecretKey32::generate()?;
         self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
@@ -455,13 +271,23 @@ impl Admin {
             let generation = info.generation;
             let kek;
             let seal = match unlock {
-                Unlock::Passphrase(p) => {
-                    NewSeal::Passphrase(p, info.kdf.unwrap_or(KdfParams::MINIMUM))
-                }
+                Unlock::Passphrase(p) => NewSeal::Passphrase(
+                    p,
+                    info.kdf.ok_or_else(|| {
+                        store::StoreError::Corrupt(
+                            "a passphrase seal without its KDF parameters".into(),
+                        )
+                    })?,
+                ),
                 Unlock::Shares(shares) => {
                     let (k, _) = super::shamir::combine(shares, &vid, generation)?;
                     kek = k;
-                    NewSeal::Kek(&kek, info.shares.unwrap_or((0, 0)))
+                    let counts = info.shares.ok_or_else(|| {
+                        store::StoreError::Corrupt(
+                            "a custodian-share seal without its share counts".into(),
+                        )
+                    })?;
+                    NewSeal::Kek(&kek, counts)
                 }
             };
             keyring::write_seal(tx, &vid, &new_root, &seal, generation, now)?;
@@ -490,8 +316,8 @@ impl Admin {
                     ));
                 }
                 let generation = info.generation + 1;
-                let root =
-                    SecretKey32::from_slice(keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+                let root = SecretKey32::from_slice(keys.root.expose_secret())
+                    .ok_or(VaultError::internal("a root key is not 32 bytes"))?;
                 keyring::write_seal(
                     tx,
                     &keys.vault_id,
@@ -524,8 +350,8 @@ impl Admin {
         self.admin_tx(actor, AuditAction::MasterReshare, |tx, keys, _now| {
             let (info, _, _) = keyring::read_seal(tx)?;
             let generation = info.generation + 1;
-            let root =
-                SecretKey32::from_slice(keys.root.expose_secret()).ok_or(VaultError::Crypto)?;
+            let root = SecretKey32::from_slice(keys.root.expose_secret())
+                .ok_or(VaultError::internal("a root key is not 32 bytes"))?;
             let shares = keyring::write_seal(
                 tx,
                 &keys.vault_id,
@@ -688,90 +514,4 @@ impl Admin {
         let d = details.to_owned();
         self.admin_tx(actor, action, move |_tx, _keys, _now| Ok(((), d)))
     }
-}
-
-fn key_state(conn: &Connection, version: u32) -> Result<KeyState, VaultError> {
-    key_rows::key_state(conn, version)?
-        .ok_or_else(|| VaultError::KeyState(format!("no key v{version}")))
-}
-
-/// Records a rewrap transaction reads and re-encrypts between two looks at the clock.
-const REWRAP_CHUNK: i64 = 64;
-
-/// Re-encrypts up to `limit` records not under the active key, stopping once
-/// `budget` has been spent (after at least one chunk). Returns how many.
-fn rewrap_batch(
-    tx: &Connection,
-    keys: &Keyring,
-    limit: i64,
-    budget: Duration,
-) -> Result<u64, VaultError> {
-    let started = Instant::now();
-    let mut n: u64 = 0;
-    loop {
-        let left = limit.saturating_sub(i64::try_from(n).unwrap_or(i64::MAX));
-        if left <= 0 {
-            break;
-        }
-        let k = rewrap_chunk(tx, keys, left.min(REWRAP_CHUNK))?;
-        n += k;
-        if k == 0 || started.elapsed() >= budget {
-            break;
-        }
-    }
-    let active = keys.active_key()?;
-    if n > 0 {
-        store::keys::add_encryptions(tx, active.version(), i64::try_from(n).unwrap_or(i64::MAX))?;
-    }
-    Ok(n)
-}
-
-/// Re-encrypts up to `limit` records not under the active key. Returns how many.
-fn rewrap_chunk(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, VaultError> {
-    let active = keys.active_key()?;
-    let rows = rewrap_rows::batch_not_under(tx, active.version(), limit)?;
-    let mut n: u64 = 0;
-    for row in rows {
-        let rewrap_rows::SealedCard {
-            id,
-            token,
-            tenant,
-            key_version: version,
-            nonce,
-            ciphertext,
-        } = row;
-        let old = keys.data.get(&version).ok_or_else(|| {
-            VaultError::KeyState(format!(
-                "record under v{version}, whose key is not available (destroyed?)"
-            ))
-        })?;
-        let nonce: [u8; 12] = nonce
-            .as_slice()
-            .try_into()
-            .map_err(|_| VaultError::Decryption)?;
-        let card = old
-            .open(
-                &tenant,
-                &token,
-                &SealedRecord {
-                    key_version: version,
-                    nonce,
-                    ciphertext,
-                },
-            )
-            .map_err(|_| VaultError::Decryption)?;
-        let mut fresh = [0u8; 12];
-        rng::fill(&mut fresh)?;
-        let sealed = active.seal(&tenant, &token, &card, fresh)?;
-        n += u64::try_from(rewrap_rows::update_sealed(
-            tx,
-            id,
-            version,
-            sealed.key_version,
-            &sealed.nonce[..],
-            &sealed.ciphertext,
-        )?)
-        .unwrap_or(0);
-    }
-    Ok(n)
 }

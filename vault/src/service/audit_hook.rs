@@ -3,6 +3,9 @@
 //!
 //! Every event is appended inside the same transaction as the change it
 //! describes; if appending fails, the job fails and nothing is released.
+//!
+//! Longer than 600 lines on purpose: fail-closed auditing is reviewed as one unit
+//! (the events, the chain head the writer keeps, checkpoints and the signing key).
 
 use std::path::{Path, PathBuf};
 
@@ -201,9 +204,9 @@ pub(crate) fn build_event(
     rec: &AuditRecord<'_>,
     now: i64,
 ) -> Result<NewEvent, VaultError> {
-    let time =
-        OffsetDateTime::from_unix_timestamp(now).map_err(|_| VaultError::AuditUnavailable)?;
-    let action = Action::new(rec.action.as_str()).map_err(|_| VaultError::AuditUnavailable)?;
+    let time = OffsetDateTime::from_unix_timestamp(now)
+        .map_err(|e| VaultError::AuditUnavailable(Some(Box::new(e))))?;
+    let action = Action::new(rec.action.as_str()).map_err(audit_err)?;
     let mut ev = NewEvent::new(time, actor_of(ctx), action, rec.outcome.to_log());
     if let Some(t) = rec.tenant {
         ev = ev.with_tenant(clip(t));
@@ -282,8 +285,10 @@ impl std::fmt::Debug for AuditState {
     }
 }
 
-fn audit_err(_e: panvault_audit::log::AuditError) -> VaultError {
-    VaultError::AuditUnavailable
+/// The audit log failed: the access is refused (fail closed), and the cause is kept
+/// for the server's log.
+fn audit_err(e: panvault_audit::log::AuditError) -> VaultError {
+    VaultError::AuditUnavailable(Some(Box::new(e)))
 }
 
 impl AuditState {
@@ -524,13 +529,10 @@ pub(crate) fn init_tables(conn: &Connection) -> Result<(), VaultError> {
 /// Writes `DIR/audit-signing.pub`.
 pub(crate) fn write_public_key(dir: &Path, pkcs8: &[u8]) -> Result<PathBuf, VaultError> {
     let key = SigningKey::from_pkcs8(pkcs8).map_err(|_| VaultError::Crypto)?;
-    let path = dir.join("audit-signing.pub");
+    let path = crate::DataDir::new(dir).audit_public_key();
     key.public_key()
         .write_to(&path)
-        .map_err(|e| VaultError::Io {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| VaultError::io(&path, e))?;
     Ok(path)
 }
 
@@ -587,12 +589,8 @@ pub(crate) fn sign_checkpoint_now(
     let cp = state.sign(&tx, OffsetDateTime::now_utc())?;
     tx.commit().map_err(|e| VaultError::Store(e.into()))?;
     if let Some(path) = witness {
-        Checkpoint::append_to_witness(path, std::slice::from_ref(&cp)).map_err(|e| {
-            VaultError::Io {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            }
-        })?;
+        Checkpoint::append_to_witness(path, std::slice::from_ref(&cp))
+            .map_err(|e| VaultError::io(path, e))?;
     }
     Ok(cp)
 }
@@ -637,4 +635,25 @@ pub fn append_admin_event(
     let seq = chain.append(&tx, &ev).map_err(audit_err)?;
     tx.commit().map_err(|e| VaultError::Store(e.into()))?;
     Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn audit_failures_keep_the_audit_error() {
+        let conn = Connection::open_in_memory().unwrap();
+        // No audit tables: loading the chain fails, and the refusal says why.
+        let err = AuditChain::load(&conn).unwrap_err();
+        let e = audit_err(err);
+        assert!(matches!(e, VaultError::AuditUnavailable(Some(_))));
+        let src = e.source().expect("the audit error is kept");
+        assert!(
+            src.downcast_ref::<panvault_audit::log::AuditError>()
+                .is_some()
+        );
+    }
 }

@@ -158,7 +158,9 @@ pub(crate) fn erase_in_tx(
             )
         }
     };
-    let n = u64::try_from(n).unwrap_or(0);
+    let tokens_erased = i64::try_from(n)
+        .map_err(|e| VaultError::internal_from("an erased-record count overflowed", e))?;
+    let n = store::count_u64(tokens_erased)?;
     let details = format!("tokens_erased={n}");
     let rec = AuditRecord {
         action: AuditAction::Erase,
@@ -177,8 +179,9 @@ pub(crate) fn erase_in_tx(
             subject_hash: &subject_key_hash,
             token: token.as_ref().map(Token::as_str),
             at: now,
-            tokens_erased: i64::try_from(n).unwrap_or(i64::MAX),
-            audit_seq: i64::try_from(seq).unwrap_or(i64::MAX),
+            tokens_erased,
+            audit_seq: i64::try_from(seq)
+                .map_err(|e| VaultError::internal_from("an audit sequence number overflowed", e))?,
         },
     )
     .map_err(VaultError::Store)?;
@@ -186,7 +189,8 @@ pub(crate) fn erase_in_tx(
     // the same transaction, so whoever truncates next (this caller, or a server's
     // checkpointer if a reader prevents it now) knows to.
     store::mark_scrub_pending(conn, now).map_err(VaultError::Store)?;
-    let time = OffsetDateTime::from_unix_timestamp(now).map_err(|_| VaultError::Crypto)?;
+    let time = OffsetDateTime::from_unix_timestamp(now)
+        .map_err(|e| VaultError::internal_from("the clock is out of range", e))?;
     audit.sign_receipt(subject_key_hash, tenant, n, time, seq)
 }
 
@@ -206,7 +210,7 @@ pub(crate) fn purge_in_tx(
     let cutoff = cutoff_month(now, grace_days);
     let ts = now.unix_timestamp();
     let count = |n: Result<i64, StoreError>| -> Result<u64, VaultError> {
-        Ok(u64::try_from(n.map_err(VaultError::Store)?).unwrap_or(0))
+        Ok(store::count_u64(n.map_err(VaultError::Store)?)?)
     };
     let past_expiry = count(erasure::count_past_expiry(conn, cutoff, ts))?;
     let past_ttl = count(erasure::count_past_ttl_only(conn, cutoff, ts))?;

@@ -56,7 +56,12 @@ impl Inventory {
             return Err(VaultError::NotInitialized(data_dir.display().to_string()));
         }
         let conn = store::open_reader(&db)?;
-        let vault_id = keyring::meta_get(&conn, "vault_id")?.unwrap_or_default();
+        // Every vault is made with an id; one without has lost a row of its `meta`.
+        let vault_id = keyring::meta_get(&conn, "vault_id")?.ok_or_else(|| {
+            VaultError::Store(store::StoreError::Corrupt(
+                "the vault has no vault_id in its meta table".into(),
+            ))
+        })?;
         let keys = list_keys(&conn, now)?;
         let (seal, _, _): (SealInfo, _, _) = keyring::read_seal(&conn)?;
         let records = store_inv::count_cards(&conn)?;

@@ -100,7 +100,8 @@ pub(crate) fn write_seal(
             )
         }
         NewSeal::Kek(k, counts) => {
-            let kek = SecretKey32::from_slice(k.expose_secret()).ok_or(VaultError::Crypto)?;
+            let kek = SecretKey32::from_slice(k.expose_secret())
+                .ok_or(VaultError::internal("a key-encryption key is not 32 bytes"))?;
             ("shamir", None, None, kek, Vec::new(), Some(*counts))
         }
     };

@@ -158,11 +158,8 @@ impl ShareFile {
     /// Reads and parses `path`.
     pub fn read(path: &Path) -> Result<ShareFile, VaultError> {
         let text =
-            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| VaultError::io(path, &e))?);
-        ShareFile::parse(&text).map_err(|reason| VaultError::Io {
-            path: path.display().to_string(),
-            reason,
-        })
+            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| VaultError::io(path, e))?);
+        ShareFile::parse(&text).map_err(|reason| VaultError::io(path, reason))
     }
 }
 
@@ -234,20 +231,26 @@ pub fn split(
     if drawn.exhausted || shares.len() != usize::from(total) {
         return Err(VaultError::Crypto);
     }
-    Ok(shares
+    shares
         .iter()
         .map(|s| {
             let data = Zeroizing::new(Vec::<u8>::from(s));
-            ShareFile {
+            // A share's first byte is its x coordinate, never 0 (that would be the secret).
+            let number = data
+                .first()
+                .copied()
+                .filter(|x| *x != 0)
+                .ok_or(VaultError::internal("a dealt share has no share number"))?;
+            Ok(ShareFile {
                 vault_id: vault_id.to_owned(),
                 generation,
-                number: data.first().copied().unwrap_or(0),
+                number,
                 total,
                 threshold,
                 data,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Rebuilds the KEK from shares of `vault_id` at seal `generation`. Returns the

@@ -20,14 +20,11 @@ pub struct DirLock {
 
 fn open(data_dir: &Path) -> std::io::Result<File> {
     let path = super::serve_lock_path(data_dir);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)
+    crate::data_dir::owner_only()
+        .read(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 #[cfg(unix)]

@@ -26,9 +26,15 @@ pub use writer::{Completion, Job, JobOutcome, Writer, WriterConfig, WriterState}
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// SQLite reported an error.
-    #[error("database error: {0}")]
-    Sqlite(String),
+    /// SQLite reported an error (or refused a setting the vault needs).
+    #[error("database error: {reason}")]
+    Sqlite {
+        /// SQLite's error class, or what was refused.
+        reason: String,
+        /// SQLite's error (shared: the writer hands one failure to every job of a batch).
+        #[source]
+        source: Option<std::sync::Arc<rusqlite::Error>>,
+    },
     /// The database was written by a newer panvault.
     #[error("database schema version {0} is newer than this build understands")]
     SchemaTooNew(i64),
@@ -60,10 +66,14 @@ impl From<rusqlite::Error> for StoreError {
             {
                 StoreError::Corrupt(format!("{:?} ({})", err.code, err.extended_code))
             }
-            rusqlite::Error::SqliteFailure(err, _) => {
-                StoreError::Sqlite(format!("{:?} ({})", err.code, err.extended_code))
-            }
-            other => StoreError::Sqlite(short(&other)),
+            rusqlite::Error::SqliteFailure(err, _) => StoreError::Sqlite {
+                reason: format!("{:?} ({})", err.code, err.extended_code),
+                source: Some(std::sync::Arc::new(e)),
+            },
+            other => StoreError::Sqlite {
+                reason: short(&other),
+                source: Some(std::sync::Arc::new(other)),
+            },
         }
     }
 }
@@ -110,6 +120,12 @@ fn require_schema(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A count the database returned, as `u64`. A negative one cannot come from
+/// `count(*)` or a change count: the database is broken, and says so.
+pub(crate) fn count_u64(n: i64) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("a count came back as {n}")))
+}
+
 fn short(e: &rusqlite::Error) -> String {
     match e {
         rusqlite::Error::QueryReturnedNoRows => "no rows".into(),
@@ -127,7 +143,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Unavailable(_) | StoreError::LockHeld(_) => true,
-            StoreError::Sqlite(s) => {
+            StoreError::Sqlite { reason: s, .. } => {
                 s.contains("DiskFull")
                     || s.contains("ReadOnly")
                     || s.contains("SystemIoFailure")
@@ -191,9 +207,10 @@ pub fn open_writer(path: &Path, create: bool) -> Result<Connection, StoreError> 
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(corrupt)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Sqlite(format!(
-            "could not enable WAL (journal_mode={mode})"
-        )));
+        return Err(StoreError::Sqlite {
+            reason: format!("could not enable WAL (journal_mode={mode})"),
+            source: None,
+        });
     }
     configure(&conn, true)?;
     schema::migrate(&mut conn)?;
@@ -222,18 +239,17 @@ pub fn check_integrity(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The database file of a data directory.
+/// The database file of a data directory ([`crate::DataDir::database`]).
 pub fn db_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("vault.db")
+    crate::DataDir::new(data_dir).database()
 }
 
-/// The advisory lock file of a data directory: a serving vault holds a shared
-/// `flock` on it for its lifetime, `master rotate` an exclusive one.
-pub const SERVE_LOCK_FILE: &str = "serve.lock";
+/// The advisory lock file of a data directory ([`crate::DataDir::SERVE_LOCK`]).
+pub const SERVE_LOCK_FILE: &str = crate::DataDir::SERVE_LOCK;
 
-/// [`SERVE_LOCK_FILE`] in `data_dir`.
+/// The advisory lock file in `data_dir` ([`crate::DataDir::serve_lock`]).
 pub fn serve_lock_path(data_dir: &Path) -> PathBuf {
-    data_dir.join(SERVE_LOCK_FILE)
+    crate::DataDir::new(data_dir).serve_lock()
 }
 
 /// Up to `n` tokens of the store, for benchmarks and tests.
@@ -406,7 +422,7 @@ impl WalBound {
             limit_bytes: frames.saturating_mul(u64::from(PAGE_SIZE) + 24),
             wal: db.map(|p| {
                 let mut s = p.as_os_str().to_owned();
-                s.push("-wal");
+                s.push(crate::DataDir::DATABASE_SIDE_SUFFIXES[0]);
                 PathBuf::from(s)
             }),
             not_before: None,

@@ -257,12 +257,18 @@ fn run<S: WriterState>(
     state.on_shutdown(&mut conn);
 }
 
+/// Limits the "WAL checkpoint failed" warning to one a minute.
+static CHECKPOINT_WARN: super::WarnLimiter = super::WarnLimiter::new(Duration::from_secs(60));
+
 /// Limits the "write batch rolled back" warning to one a second.
 static ROLLBACK_WARN: super::WarnLimiter = super::WarnLimiter::new(Duration::from_secs(1));
 
 fn clone_err(e: &StoreError) -> StoreError {
     match e {
-        StoreError::Sqlite(s) => StoreError::Sqlite(s.clone()),
+        StoreError::Sqlite { reason, source } => StoreError::Sqlite {
+            reason: reason.clone(),
+            source: source.clone(),
+        },
         StoreError::SchemaTooNew(v) => StoreError::SchemaTooNew(*v),
         StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
         StoreError::Unavailable(s) => StoreError::Unavailable(s),
@@ -331,9 +337,18 @@ fn checkpoint_loop(
         }
         if let Some(c) = &mut conn {
             // PASSIVE: copies what it can without blocking the writer or readers.
-            let frames = c
+            let frames = match c
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
-                .unwrap_or(0);
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    // Not fatal (the next tick tries again), but not hidden either.
+                    if let Some(suppressed) = CHECKPOINT_WARN.check() {
+                        tracing::warn!(error = %super::StoreError::from(e), suppressed, "WAL checkpoint failed");
+                    }
+                    0
+                }
+            };
             // Under steady load a passive checkpoint never finishes, and the WAL only
             // restarts once one does: past the limit, ask the writer to restart the
             // log between two batches (doing it here would make the writer wait on
@@ -425,7 +440,10 @@ impl Stats {
 
     fn record(&mut self, jobs: usize, took: Duration) {
         self.batches += 1;
-        self.jobs += u64::try_from(jobs).unwrap_or(0);
+        // usize is at most 64 bits on every target panvault builds for.
+        self.jobs = self
+            .jobs
+            .saturating_add(u64::try_from(jobs).unwrap_or(u64::MAX));
         self.busy += took;
         let elapsed = self.since.elapsed();
         if elapsed >= Duration::from_secs(5) {

@@ -4,7 +4,6 @@
 //!
 //! Not for production: the CA key sits unencrypted beside the certificates.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -266,19 +265,10 @@ impl CertAuthority {
     }
 }
 
-/// Writes `contents` to a new file `path` (mode 0600 on Unix).
+/// Writes `contents` to `path` readable by its owner only
+/// ([`crate::data_dir::write_owner_only`]).
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(|e| io_err(path, &e))?;
-    f.write_all(contents)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| io_err(path, &e))
+    crate::data_dir::write_owner_only(path, contents).map_err(|e| io_err(path, &e))
 }
 
 fn write_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
@@ -313,10 +303,7 @@ pub struct DevPki {
 impl DevPki {
     /// `DIR/<name>.pem` and `DIR/<name>.key` of a client or the server.
     pub fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        )
+        crate::DataDir::pki_pair(dir, name)
     }
 }
 
@@ -328,7 +315,7 @@ impl DevPki {
 pub fn ensure_dev_pki(dir: &Path, clients: &[&str]) -> Result<DevPki, PkiError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, &e))?;
     let mut report = DevPki::default();
-    let (ca_cert, ca_key) = DevPki::pair(dir, "ca");
+    let (ca_cert, ca_key) = DevPki::pair(dir, crate::DataDir::PKI_CA);
     let ca = match (ca_cert.exists(), ca_key.exists()) {
         (true, true) => {
             let cert = std::fs::read_to_string(&ca_cert).map_err(|e| io_err(&ca_cert, &e))?;
@@ -350,7 +337,10 @@ pub fn ensure_dev_pki(dir: &Path, clients: &[&str]) -> Result<DevPki, PkiError> 
             )));
         }
     };
-    let mut leaves: Vec<(String, LeafSpec)> = vec![("server".into(), LeafSpec::localhost_server())];
+    let mut leaves: Vec<(String, LeafSpec)> = vec![(
+        crate::DataDir::PKI_SERVER.into(),
+        LeafSpec::localhost_server(),
+    )];
     leaves.extend(
         clients
             .iter()

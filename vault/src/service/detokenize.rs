@@ -1,0 +1,196 @@
+//! Reading a token back: its metadata, or the card itself, released only after the
+//! audit event of the access has committed.
+
+use super::request::{self, AccessContext, Detokenized, TokenInfo};
+use super::{
+    AuditAction, AuditOutcome, AuditRecord, StoredCard, Vault, audit_hook, audit_unavailable,
+};
+use crate::core::envelope::SealedRecord;
+use crate::core::pan::Expiry;
+use crate::core::token::Token;
+use crate::error::VaultError;
+use crate::store;
+use crate::store::cards::CardRow;
+
+impl Vault {
+    /// Reads one row of `tenant` (any other tenant's token is not found).
+    fn read_row(&self, tenant: &str, token: &str) -> Result<CardRow, VaultError> {
+        let Some(token) = Token::parse(token) else {
+            return Err(VaultError::NotFound);
+        };
+        let conn = self.inner.readers.get()?;
+        // By token and tenant: a bin_last4 token is unique within its tenant only.
+        let row = store::cards::by_token(&conn, token.as_str(), tenant)?;
+        match row {
+            Some(r)
+                if r.tenant == tenant
+                    && r.expires_at.is_none_or(|e| e > self.now().unix_timestamp()) =>
+            {
+                Ok(r)
+            }
+            _ => Err(VaultError::NotFound),
+        }
+    }
+
+    /// The stored facts of a token (never the number).
+    pub async fn metadata(
+        &self,
+        tenant: &str,
+        token: &str,
+        ctx: &AccessContext,
+    ) -> Result<TokenInfo, VaultError> {
+        let result = self.read_row(tenant, token).and_then(|r| r.info(false));
+        self.audit_only(AuditAction::Read, tenant, token, None, &result, ctx)
+            .await?;
+        result
+    }
+
+    /// Decrypts a token's card for `tenant`. The card is released only after the
+    /// audit event of this access has committed; if it cannot be, the card is
+    /// dropped (zeroized) and the call fails with [`VaultError::AuditUnavailable`].
+    pub async fn detokenize(
+        &self,
+        tenant: &str,
+        token: &str,
+        purpose: &str,
+        ctx: &AccessContext,
+    ) -> Result<Detokenized, VaultError> {
+        if purpose.trim().is_empty()
+            || purpose.chars().count() > 256
+            || purpose.chars().any(char::is_control)
+        {
+            return Err(VaultError::invalid(
+                "purpose",
+                "required: 1 to 256 printable characters",
+            ));
+        }
+        if request::contains_card_number(purpose) {
+            return Err(VaultError::invalid(
+                "purpose",
+                "must not contain a card number",
+            ));
+        }
+        let mut row_id = None;
+        let result = self.read_row(tenant, token).and_then(|mut row| {
+            row_id = Some(row.id);
+            let mut keys = self.keys()?;
+            if !keys.data.contains_key(&row.key_version) {
+                // A key made by another process (rotate, then rewrap) since our last
+                // refresh: reload once rather than fail.
+                self.refresh_keys()?;
+                keys = self.keys()?;
+            }
+            let key = keys
+                .data
+                .get(&row.key_version)
+                .ok_or(VaultError::Decryption)?;
+            let nonce: [u8; 12] = row
+                .nonce
+                .as_slice()
+                .try_into()
+                .map_err(|_| VaultError::Decryption)?;
+            let sealed = SealedRecord {
+                key_version: row.key_version,
+                nonce,
+                ciphertext: std::mem::take(&mut row.ciphertext),
+            };
+            let card = key
+                .open(tenant, &row.token, &sealed)
+                .map_err(|_| VaultError::Decryption)?;
+            let expiry =
+                Expiry::from_stored(row.exp_month, row.exp_year).ok_or(VaultError::Decryption)?;
+            Ok(Detokenized {
+                token: row.token.clone(),
+                card,
+                expiry,
+            })
+        });
+        match (result, row_id) {
+            (Ok(card), Some(id)) => {
+                // The row was read before this event's transaction: an erasure or
+                // delete committed in between must win, so the writer looks again.
+                self.audit_release(tenant, id, &card.token, purpose, ctx)
+                    .await?;
+                Ok(card)
+            }
+            (result, _) => {
+                self.audit_only(
+                    AuditAction::Detokenize,
+                    tenant,
+                    token,
+                    Some(purpose),
+                    &result,
+                    ctx,
+                )
+                .await?;
+                result
+            }
+        }
+    }
+
+    /// Records the event of a successful detokenize of row `id`, inside a writer
+    /// transaction that first checks the row is still there (same token and
+    /// tenant, not expired). If it is gone (erased, deleted or expired since it
+    /// was read) the event says `not_found` and so does the answer: the caller
+    /// drops the card, which zeroizes it. One lookup by rowid in the writer.
+    async fn audit_release(
+        &self,
+        tenant: &str,
+        id: i64,
+        token: &str,
+        purpose: &str,
+        ctx: &AccessContext,
+    ) -> Result<(), VaultError> {
+        let keys = self.keys()?;
+        let now = self.now().unix_timestamp();
+        let rec = AuditRecord {
+            action: AuditAction::Detokenize,
+            tenant: Some(tenant),
+            token: Some(token),
+            purpose: Some(purpose),
+            subject: None,
+            outcome: AuditOutcome::Success,
+            details: None,
+        };
+        // Built here, off the writer thread; the rare refusal is built there.
+        let ev = audit_hook::build_event(&keys, ctx, &rec, now)?;
+        let (tenant_s, token_s, purpose_s, ctx) = (
+            tenant.to_owned(),
+            token.to_owned(),
+            purpose.to_owned(),
+            ctx.clone(),
+        );
+        let still_held = self
+            .write(move |conn, state| {
+                let alive = store::cards::is_live(conn, id, &token_s, &tenant_s, now)
+                    .map_err(VaultError::Store);
+                let appended = match alive {
+                    Ok(true) => state.audit_mut().append(conn, &ev).map(|_| true),
+                    Ok(false) => {
+                        let gone = AuditRecord {
+                            action: AuditAction::Detokenize,
+                            tenant: Some(&tenant_s),
+                            token: Some(&token_s),
+                            purpose: Some(&purpose_s),
+                            subject: None,
+                            outcome: AuditOutcome::from_error(&VaultError::NotFound),
+                            details: None,
+                        };
+                        state.record(conn, &keys, &ctx, &gone, now).map(|_| false)
+                    }
+                    Err(e) => Err(e),
+                };
+                match appended {
+                    Ok(held) => (true, Ok(held)),
+                    Err(e) => (false, Err(e)),
+                }
+            })
+            .await
+            .map_err(audit_unavailable)?;
+        if still_held {
+            Ok(())
+        } else {
+            Err(VaultError::NotFound)
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Tokenizing: a card becomes a sealed record and a token (or the tenant's
+//! existing token for it), answered only once its transaction is durable.
+
+use std::sync::atomic::Ordering;
+
+use rusqlite::Connection;
+
+use super::keyring::Keyring;
+use super::request::{AccessContext, CardFacts, TokenInfo, TokenizeRequest};
+use super::state::VaultState;
+use super::{
+    AuditAction, AuditOutcome, AuditRecord, StoredCard, Vault, hex, rfc3339, validate_tenant,
+};
+use crate::core::envelope::SealedRecord;
+use crate::core::kdf::FINGERPRINT_LEN;
+use crate::core::rng;
+use crate::core::token::{Token, TokenFormat};
+use crate::error::VaultError;
+use crate::store;
+use crate::store::cards::{CardRow, Inserted, NewCard};
+
+impl Vault {
+    /// Tokenizes a card in `tenant`: the existing token if this tenant already holds
+    /// the card (unless `force_new`), else a new sealed record. Answered only once
+    /// durable.
+    pub async fn tokenize(
+        &self,
+        tenant: &str,
+        req: TokenizeRequest,
+        ctx: &AccessContext,
+    ) -> Result<TokenInfo, VaultError> {
+        let mut out = self.tokenize_batch(tenant, vec![Ok(req)], ctx).await?;
+        out.pop().unwrap_or(Err(VaultError::internal(
+            "a batch of one card answered nothing",
+        )))
+    }
+
+    /// Tokenizes many cards in one writer job; results in order. Items are
+    /// independent: one bad card fails only its own slot. The outer error is for
+    /// the whole batch (storage or audit unavailable).
+    pub async fn tokenize_batch(
+        &self,
+        tenant: &str,
+        items: Vec<Result<TokenizeRequest, VaultError>>,
+        ctx: &AccessContext,
+    ) -> Result<Vec<Result<TokenInfo, VaultError>>, VaultError> {
+        validate_tenant(tenant)?;
+        if self.inner.reload_wanted.swap(false, Ordering::SeqCst) {
+            // The writer found our active key behind the database's: load the
+            // keys now, whatever the epoch says.
+            let _ = self.reload_keys(true);
+        }
+        let keys = self.keys()?;
+        // Keys that could not be reloaded after a change: refuse every item (each is
+        // still audited, as a failure) rather than seal under what may be stale.
+        let stale = self.inner.keys_stale.load(Ordering::SeqCst);
+        let now = self.now().unix_timestamp();
+        let mut prepared = Vec::with_capacity(items.len());
+        for item in items {
+            prepared.push(item.and_then(|req| {
+                if stale {
+                    return Err(VaultError::KeysOutOfDate);
+                }
+                let fp = keys.fingerprint(tenant, req.card.pan.expose_digits())?;
+                let expires_at = match (
+                    req.ttl_seconds.map(|t| now.saturating_add(t)),
+                    req.expires_at,
+                ) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if expires_at.is_some_and(|e| e <= now) {
+                    return Err(VaultError::invalid("expires_at", "must be in the future"));
+                }
+                let metadata = match &req.metadata {
+                    Some(m) => Some(
+                        serde_json::to_string(m)
+                            .map_err(|_| VaultError::invalid("metadata", "not serializable"))?,
+                    ),
+                    None => None,
+                };
+                Ok((req, fp, metadata, expires_at))
+            }));
+        }
+        let tenant = tenant.to_owned();
+        let ctx = ctx.clone();
+        let out = self
+            .write(move |conn, state| {
+                let mut results = Vec::with_capacity(prepared.len());
+                for item in prepared {
+                    let (result, subject) = match item {
+                        Ok((req, fp, metadata, expires_at)) => (
+                            tokenize_in_tx(
+                                conn,
+                                state,
+                                &keys,
+                                &tenant,
+                                &req,
+                                &fp,
+                                metadata.as_deref(),
+                                expires_at,
+                                now,
+                            ),
+                            req.subject,
+                        ),
+                        Err(e) => (Err(e), None),
+                    };
+                    // A dedup hit that changed the stored record says what it changed.
+                    let details = match &result {
+                        Ok(i) if !i.updated.is_empty() => {
+                            Some(format!("updated={}", i.updated.join(",")))
+                        }
+                        _ => None,
+                    };
+                    let rec = AuditRecord {
+                        action: AuditAction::Tokenize,
+                        tenant: Some(&tenant),
+                        token: result.as_ref().ok().map(|i| i.token.as_str()),
+                        purpose: None,
+                        subject: subject.as_deref(),
+                        outcome: match &result {
+                            Ok(_) => AuditOutcome::Success,
+                            Err(e) => AuditOutcome::from_error(e),
+                        },
+                        details: details.as_deref(),
+                    };
+                    if let Err(e) = state.record(conn, &keys, &ctx, &rec, now) {
+                        return (false, Err(e));
+                    }
+                    results.push(result);
+                }
+                (true, Ok(results))
+            })
+            .await;
+        if self.inner.reload_wanted.swap(false, Ordering::SeqCst) {
+            // The writer sealed under keys newer than ours: take them before
+            // answering, so what the caller sees next (metrics, reads) agrees.
+            let _ = self.reload_keys(true);
+        }
+        out
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tokenize_in_tx(
+    conn: &Connection,
+    state: &mut VaultState,
+    keys: &Keyring,
+    tenant: &str,
+    req: &TokenizeRequest,
+    fp: &[u8; FINGERPRINT_LEN],
+    metadata: Option<&str>,
+    expires_at: Option<i64>,
+    now: i64,
+) -> Result<TokenInfo, VaultError> {
+    // A hit is the same card for the same subject: another customer of the tenant
+    // holding this card gets a token of their own, which only their erasure removes.
+    let subject = state.dedup.tag(req.subject.as_deref());
+    if !req.force_new
+        && let Some(id) = state.dedup.get(fp, subject)
+    {
+        let found =
+            store::cards::live_dedup_row(conn, id, &fp[..], tenant, req.subject.as_deref(), now)?;
+        match found {
+            Some(row) => {
+                return update_on_hit(conn, state, keys, tenant, req, row, metadata, expires_at);
+            }
+            None => state.dedup.remove(fp, subject),
+        }
+    }
+    // Formatted before anything is written: a time that cannot be shown is refused
+    // rather than stored.
+    let created_at = rfc3339("cards.created_at", now)?;
+    let expires_at_text = expires_at
+        .map(|e| rfc3339("cards.expires_at", e))
+        .transpose()?;
+    let fresh = state.sealing_keyring(conn, keys)?;
+    let key = fresh.as_deref().unwrap_or(keys).active_key()?;
+    let pan = &req.card.pan;
+    // One draw from the RNG per attempt: token (16) + nonce (12). A bin_last4
+    // token is unique within its tenant only (`cards_token` is on token and
+    // tenant), so another tenant's tokens of this card leave this one's free.
+    for _attempt in 0..32 {
+        let mut random = [0u8; 28];
+        rng::fill(&mut random)?;
+        let (tok_bytes, nonce_bytes) = random.split_at(16);
+        let token = match req.format {
+            TokenFormat::Opaque => Token::opaque_from_random(
+                tok_bytes
+                    .try_into()
+                    .map_err(|e| VaultError::internal_from("a token draw is not 16 bytes", e))?,
+            ),
+            TokenFormat::BinLast4 => Token::generate_bin_last4(pan.expose_digits())?,
+        };
+        let nonce: [u8; 12] = nonce_bytes
+            .try_into()
+            .map_err(|e| VaultError::internal_from("a nonce draw is not 12 bytes", e))?;
+        let sealed = key.seal(tenant, token.as_str(), &req.card, nonce)?;
+        let inserted = store::cards::insert(
+            conn,
+            &NewCard {
+                token: token.as_str(),
+                tenant,
+                key_version: sealed.key_version,
+                nonce: &sealed.nonce[..],
+                ciphertext: &sealed.ciphertext,
+                fingerprint: &fp[..],
+                brand: pan.brand().as_str(),
+                bin: pan.bin(),
+                last4: pan.last4(),
+                exp_month: req.expiry.month(),
+                exp_year: req.expiry.year(),
+                subject: req.subject.as_deref(),
+                metadata,
+                created_at: now,
+                expires_at,
+            },
+        )?;
+        match inserted {
+            Inserted::Row(id) => {
+                state.count_encryption(sealed.key_version);
+                state.dedup.insert(*fp, subject, id);
+                return Ok(TokenInfo {
+                    token: token.as_str().to_owned(),
+                    card: CardFacts {
+                        brand: pan.brand().as_str().to_owned(),
+                        bin: pan.bin().to_owned(),
+                        last4: pan.last4().to_owned(),
+                        exp_month: req.expiry.month(),
+                        exp_year: req.expiry.year(),
+                    },
+                    fingerprint: hex(fp),
+                    created_at,
+                    key_version: sealed.key_version,
+                    subject: req.subject.clone(),
+                    metadata: req.metadata.clone(),
+                    expires_at: expires_at_text,
+                    deduplicated: false,
+                    updated: Vec::new(),
+                });
+            }
+            Inserted::TokenTaken => continue,
+        }
+    }
+    Err(VaultError::invalid(
+        "format",
+        "no free bin_last4 token left for this card's BIN and last 4; use the opaque format",
+    ))
+}
+
+/// A dedup hit: the stored row of this card and subject takes what the request
+/// brings that it lacks, rather than dropping it. A later card expiry replaces the
+/// stored one (an earlier one is ignored: a reissued card keeps its new date when
+/// an old request comes back); a cardholder name, metadata or token expiry given
+/// in the request replaces the stored one (fields left out keep theirs). A new
+/// name is sealed afresh under the active key. The answer lists what changed,
+/// and so does the request's audit event.
+#[allow(clippy::too_many_arguments)]
+fn update_on_hit(
+    conn: &Connection,
+    state: &mut VaultState,
+    keys: &Keyring,
+    tenant: &str,
+    req: &TokenizeRequest,
+    mut row: CardRow,
+    metadata: Option<&str>,
+    expires_at: Option<i64>,
+) -> Result<TokenInfo, VaultError> {
+    // A corrupted row is reported, not overwritten (nor partly updated and then
+    // refused).
+    row.check()?;
+    let mut updated = Vec::new();
+    let (month, year) = (i64::from(req.expiry.month()), i64::from(req.expiry.year()));
+    if (year, month) > (row.exp_year, row.exp_month) {
+        (row.exp_year, row.exp_month) = (year, month);
+        updated.push("expiry");
+    }
+    if let Some(name) = &req.card.name
+        && stored_name_differs(keys, tenant, &row, name.expose())?
+    {
+        updated.push("name");
+    }
+    if let Some(m) = metadata
+        && row.metadata.as_deref() != Some(m)
+    {
+        row.metadata = Some(m.to_owned());
+        updated.push("metadata");
+    }
+    if let Some(e) = expires_at
+        && row.expires_at != Some(e)
+    {
+        row.expires_at = Some(e);
+        updated.push("expires_at");
+    }
+    // A new name is re-sealed; take the key before changing anything, so a refusal
+    // (the key is no longer active in the database) leaves the row as it was.
+    let fresh = if updated.contains(&"name") {
+        state.sealing_keyring(conn, keys)?
+    } else {
+        None
+    };
+    let reseal_key = if updated.contains(&"name") {
+        Some(fresh.as_deref().unwrap_or(keys).active_key()?)
+    } else {
+        None
+    };
+    if !updated.is_empty() {
+        store::cards::update_terms(
+            conn,
+            row.id,
+            row.exp_month,
+            row.exp_year,
+            row.metadata.as_deref(),
+            row.expires_at,
+        )?;
+    }
+    if let Some(key) = reseal_key {
+        let mut nonce = [0u8; 12];
+        rng::fill(&mut nonce)?;
+        let sealed = key.seal(tenant, &row.token, &req.card, nonce)?;
+        store::cards::update_sealed(
+            conn,
+            row.id,
+            sealed.key_version,
+            &sealed.nonce[..],
+            &sealed.ciphertext,
+        )?;
+        state.count_encryption(sealed.key_version);
+        row.key_version = sealed.key_version;
+    }
+    let mut info = row.info(true)?;
+    info.updated = updated;
+    Ok(info)
+}
+
+/// Whether the cardholder name sealed in `row` is not `name`. A row sealed under
+/// a key this process does not hold yet (rotated and rewrapped by another one)
+/// counts as different: it is sealed again under the active key. A row that does
+/// not open under its own key is an error, never overwritten.
+fn stored_name_differs(
+    keys: &Keyring,
+    tenant: &str,
+    row: &CardRow,
+    name: &str,
+) -> Result<bool, VaultError> {
+    let Some(key) = keys.data.get(&row.key_version) else {
+        return Ok(true);
+    };
+    let sealed = SealedRecord {
+        key_version: row.key_version,
+        nonce: row
+            .nonce
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::Decryption)?,
+        ciphertext: row.ciphertext.clone(),
+    };
+    let stored = key
+        .open(tenant, &row.token, &sealed)
+        .map_err(|_| VaultError::Decryption)?;
+    // Not a secret comparison: the answer says whether the name changed anyway,
+    // and the caller holds the card number.
+    Ok(stored.name.as_ref().map(|n| n.expose()) != Some(name))
+}
