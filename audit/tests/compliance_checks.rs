@@ -401,7 +401,7 @@ fn short_audit_retention() {
 fn missing_event_classes_and_fields() {
     let events: Vec<NewEvent> = good_events()
         .into_iter()
-        .filter(|e| e.action != Action::AUTH_FAILED)
+        .filter(|e| e.action != Action::Denied)
         .collect();
     let v = vault_with_events(&events);
     let mut f = good_facts(&v);
@@ -426,7 +426,7 @@ fn missing_event_classes_and_fields() {
     append(
         &v.db,
         &v.key,
-        &[event(Action::DETOKENIZE, client())
+        &[event(Action::Detokenize, client())
             .with_tenant("demo-shop")
             .with_token("tok_b")],
     );
