@@ -6,7 +6,8 @@
 //! file modes, the PAN scanner over the data directory and given paths, the
 //! audit log verified with its public key, and optional live endpoint probes.
 //!
-//! [`assess`] collects and evaluates a policy into a report; [`preflight`] runs
+//! [`collect`] gathers the facts and [`assess`] evaluates a policy over them
+//! into a report; [`preflight`] runs
 //! the TLS and key checks `serve` runs before it starts, and names each failure
 //! as a [`PreflightFailure`]; [`record_run`] records a run in the audit log.
 //! The CLI only picks the policy, parses arguments and renders.
@@ -74,8 +75,19 @@ fn host_name() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// Collects the facts of the deployment `config` describes, as of `now`.
-fn collect(
+/// Collects every fact `policy` can check about the deployment `config`
+/// describes, as of `now` (what [`assess`] evaluates), and the run's target.
+pub fn collect(
+    config: &LenientConfig,
+    policy: &Policy,
+    opts: &CollectOptions,
+    now: OffsetDateTime,
+) -> (Facts, Target) {
+    collect_scoped(config, policy, opts, Scope::Full, now)
+}
+
+/// [`collect`], or only the preflight's facts.
+fn collect_scoped(
     c: &LenientConfig,
     policy: &Policy,
     opts: &CollectOptions,
@@ -166,7 +178,7 @@ pub fn assess(
     opts: &CollectOptions,
     now: OffsetDateTime,
 ) -> Report {
-    let (facts, target) = collect(config, policy, opts, Scope::Full, now);
+    let (facts, target) = collect(config, policy, opts, now);
     evaluate(policy, &facts, target, OffsetDateTime::now_utc())
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use panvault_audit::compliance::{CheckResult, Policy, Status, evaluate_controls};
 use time::OffsetDateTime;
 
-use super::{CollectOptions, Scope, collect};
+use super::{CollectOptions, Scope, collect_scoped};
 use crate::config::{Config, ConfigError};
 
 /// A preflight check that failed (or could not run): `serve` refuses to start
@@ -59,7 +59,7 @@ impl fmt::Display for PreflightFailure {
 /// nothing to assess is an error.
 pub fn preflight(config_path: &Path, policy: &Policy) -> Result<Vec<CheckResult>, ConfigError> {
     let config = Config::load_lenient(config_path)?;
-    let (facts, _) = collect(
+    let (facts, _) = collect_scoped(
         &config,
         policy,
         &CollectOptions::default(),
