@@ -50,19 +50,31 @@ pub(super) fn collect(data_dir: &Path, grace_days: i64, now: OffsetDateTime) -> 
             };
         }
     };
-    let table = card_table(&conn).map_err(|e| format!("{}: {e}", db.display()));
-    let data = table.as_ref().map_err(Clone::clone).map(|t| DataFacts {
+    let table = match card_table(&conn) {
+        Ok(t) => t,
+        Err(e) => {
+            // The fingerprint facts need the table too: both facts fail.
+            let why = format!("{}: {e}", db.display());
+            return VaultFacts {
+                keys: Fact::Failed(why.clone()),
+                data: Fact::Failed(why),
+                vault_id: Some(inv.vault_id),
+                erasure: erasure_facts(&conn, now),
+            };
+        }
+    };
+    let keys = key_facts(&inv, table.fingerprint_len);
+    let data = DataFacts {
         records: inv.records,
         records_past_retention: inv.records_past_retention,
         retention_days_after_expiry: grace_days,
-        card_columns: t.columns.clone(),
-        max_leading_digits: t.max_bin,
-        max_trailing_digits: t.max_last,
-    });
-    let keys = key_facts(&inv, table.ok().and_then(|t| t.fingerprint_len));
+        card_columns: table.columns,
+        max_leading_digits: table.max_bin,
+        max_trailing_digits: table.max_last,
+    };
     VaultFacts {
         keys: Fact::Known(keys),
-        data: Fact::from_result(data),
+        data: Fact::Known(data),
         vault_id: Some(inv.vault_id),
         erasure: erasure_facts(&conn, now),
     }
@@ -131,19 +143,29 @@ fn length(column: &str, v: Option<i64>) -> Result<Option<u32>, String> {
         .transpose()
 }
 
+/// The `cards` table and the lengths of what it stores.
 pub(super) fn card_table(conn: &Connection) -> Result<CardTable, String> {
     let CardShape {
         columns,
+        cards,
         max_bin_len,
         max_last4_len,
         max_fingerprint_len,
     } = store::inventory::card_shape(conn).map_err(|e| e.to_string())?;
+    // Absent only when no card is stored (then no digit of one is kept); absent
+    // beside stored cards, the rows are not what the vault writes.
+    let digits = |column: &str, v: Option<i64>| match (length(column, v)?, cards) {
+        (Some(n), _) => Ok(n),
+        (None, 0) => Ok(0),
+        (None, _) => Err(format!(
+            "cards.{column}: no value in any of the {cards} stored cards"
+        )),
+    };
     Ok(CardTable {
-        columns,
-        // No card stored: no digit of one is kept.
-        max_bin: length("bin", max_bin_len)?.unwrap_or(0),
-        max_last: length("last4", max_last4_len)?.unwrap_or(0),
+        max_bin: digits("bin", max_bin_len)?,
+        max_last: digits("last4", max_last4_len)?,
         fingerprint_len: length("fingerprint", max_fingerprint_len)?,
+        columns,
     })
 }
 
