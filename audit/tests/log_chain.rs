@@ -556,14 +556,143 @@ fn export_jsonl_writes_one_object_per_event() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 8);
-    assert_eq!(lines[0]["seq"], 5);
-    assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
-    let t = lines[0]["time"].as_str().unwrap();
+    // header, 3 checkpoints (5, 10, 12), 8 events
+    assert_eq!(lines.len(), 1 + 3 + 8);
+    assert_eq!(lines[0]["type"], "header");
+    assert_eq!(lines[0]["format"], EXPORT_FORMAT);
+    assert_eq!(lines[0]["from_seq"], 5);
+    assert_eq!(lines[1]["type"], "checkpoint");
+    assert_eq!(lines[1]["seq"], 5);
+    let events = &lines[4..];
+    assert!(events.iter().all(|e| e["type"] == "event"));
+    assert_eq!(events[0]["seq"], 5);
+    assert_eq!(events[1]["prev_hash"], events[0]["hash"]);
+    assert_eq!(lines[1]["head"], events[0]["hash"]);
+    let t = events[0]["time"].as_str().unwrap();
     assert!(t.ends_with('Z') && t.contains('T'), "{t}");
-    assert_eq!(lines[0]["outcome"], "error");
-    assert_eq!(lines[0]["code"], "audit_unavailable");
-    assert!(lines[0]["purpose"].is_null());
+    assert_eq!(events[0]["outcome"], "error");
+    assert_eq!(events[0]["code"], "audit_unavailable");
+    assert!(events[0]["purpose"].is_null());
+}
+
+fn export_text(conn: &Connection) -> String {
+    let mut out = Vec::new();
+    export_jsonl(conn, 1, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn verify_text(
+    text: &str,
+    k: &SigningKey,
+    anchors: &[Checkpoint],
+) -> Result<VerifyReport, AuditError> {
+    verify_export(text.as_bytes(), &k.public_key(), anchors)
+}
+
+#[test]
+fn an_export_verifies_alone_and_names_the_break() {
+    let mut conn = fresh_db();
+    let k = key(17);
+    let built = build_log(&mut conn, &k, 30, 10, 0);
+    let partial;
+    // A genuine export: the same report as the vault's own.
+    let text = export_text(&conn);
+    let report = verify_text(&text, &k, &built.checkpoints).unwrap();
+    assert!(report.is_intact(), "{:?}", report.problem);
+    assert_eq!(report, verify_against(&conn, &k.public_key(), &[]).unwrap());
+    // With the wrong key, every signature fails.
+    let other = key(18);
+    assert_eq!(
+        verify_text(&text, &other, &[])
+            .unwrap()
+            .problem
+            .unwrap()
+            .kind,
+        BreakKind::BadSignature
+    );
+
+    // An attacker rewrites event 12 and recomputes the chain after it: the
+    // export carries checkpoint #2 (seq 20), whose signed head no longer matches.
+    let rewritten = {
+        let mut out = Vec::new();
+        export_jsonl(&conn, 5, &mut out).unwrap();
+        partial = out;
+        rewrite_from(&conn, 12);
+        export_text(&conn)
+    };
+    let b = verify_text(&rewritten, &k, &[]).unwrap().problem.unwrap();
+    assert_eq!((b.seq, b.kind), (20, BreakKind::Modified), "{b}");
+
+    // A checkpoint line removed from the middle: a gap in the ids.
+    let lines: Vec<&str> = text.lines().collect();
+    let cp2 = lines
+        .iter()
+        .position(|l| l.contains("\"type\":\"checkpoint\",\"id\":2,"))
+        .unwrap();
+    let without: String = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != cp2)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    let b = verify_text(&without, &k, &[]).unwrap().problem.unwrap();
+    assert_eq!(b.kind, BreakKind::Missing, "{b}");
+
+    // The tail cut off together with the checkpoints that covered it: only a
+    // checkpoint kept elsewhere shows it.
+    let last_cp = lines
+        .iter()
+        .rposition(|l| l.contains("\"type\":\"checkpoint\""))
+        .unwrap();
+    let truncated: String = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| {
+            *i != last_cp
+                && !(l.contains("\"type\":\"event\"")
+                    && serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                        .as_u64()
+                        .unwrap()
+                        > 20)
+        })
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    assert!(verify_text(&truncated, &k, &[]).unwrap().is_intact());
+    let kept = built.checkpoints.last().unwrap();
+    assert!(
+        verify_text(&truncated, &k, std::slice::from_ref(kept))
+            .unwrap()
+            .problem
+            .is_some()
+    );
+
+    // Not an export, or lines out of order: refused with the line.
+    let swapped: String = {
+        let mut l = lines.clone();
+        let n = l.len();
+        l.swap(n - 1, n - 2);
+        l.iter().map(|l| format!("{l}\n")).collect()
+    };
+    let e = verify_text(&swapped, &k, &[]).unwrap_err();
+    assert!(matches!(e, AuditError::BadExport { .. }), "{e}");
+    assert!(matches!(
+        verify_text("{}\n", &k, &[]),
+        Err(AuditError::BadExport { line: 1, .. })
+    ));
+    assert!(matches!(
+        verify_text("", &k, &[]),
+        Err(AuditError::BadExport { .. })
+    ));
+    let missing_key = text.replacen(",\"purpose\":null", "", 1);
+    assert!(matches!(
+        verify_text(&missing_key, &k, &[]),
+        Err(AuditError::BadExport { .. })
+    ));
+    // A partial export cannot stand alone.
+    assert!(matches!(
+        verify_export(partial.as_slice(), &k.public_key(), &[]),
+        Err(AuditError::BadExport { line: 1, .. })
+    ));
 }
 
 #[test]

@@ -176,17 +176,12 @@ pub fn vault_err(e: panvault_vault::VaultError) -> CliError {
     }
 }
 
-/// The real OS user, for `admin:<name>` audit actors: the process's real uid and
-/// the name `/etc/passwd` gives it (`admin:uid:<n>` when it has none). Never
-/// `$USER` or `$LOGNAME`, which whoever runs the command can set to anything.
+/// The audit actor of this admin command: `admin:<login name>` of the real
+/// uid, `admin:uid:<n>` when `/etc/passwd` has no name for it
+/// ([`panvault_vault::hygiene::admin_actor_name`]). Never `$USER`.
 pub fn admin_actor() -> panvault_vault::AccessContext {
-    let user = match panvault_vault::hygiene::current_user() {
-        Some(panvault_vault::hygiene::OsUser { name: Some(n), .. }) => n,
-        Some(panvault_vault::hygiene::OsUser { uid, name: None }) => format!("uid:{uid}"),
-        None => "unknown".into(),
-    };
     panvault_vault::AccessContext {
-        actor: format!("admin:{user}"),
+        actor: panvault_vault::hygiene::admin_actor_name(),
         ..Default::default()
     }
 }

@@ -50,9 +50,6 @@ enum Command {
     /// Audit log: verify, export, checkpoint.
     #[command(subcommand)]
     Audit(cmd::audit::Command),
-    /// Developer tools (test corpora).
-    #[command(subcommand, hide = true)]
-    Dev(cmd::dev::Command),
 }
 
 fn main() -> ExitCode {
@@ -69,7 +66,6 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Scan(args) => cmd::scan::run(args),
         Command::Audit(c) => cmd::audit::run(c),
-        Command::Dev(c) => cmd::dev::run(c),
     };
     match result {
         Ok(code) => code,

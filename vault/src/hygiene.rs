@@ -109,6 +109,23 @@ pub fn current_user() -> Option<OsUser> {
     }
 }
 
+/// The audit actor of an administrator acting through this process:
+/// `admin:<login name>` for the real uid when `/etc/passwd` names it,
+/// `admin:uid:<n>` when it does not (a container's uid without an entry), and
+/// `admin:unknown` off Unix. Never `$USER` or `$LOGNAME`, which whoever runs
+/// the command can set to anything.
+pub fn admin_actor_name() -> String {
+    admin_name_of(current_user())
+}
+
+fn admin_name_of(user: Option<OsUser>) -> String {
+    match user {
+        Some(OsUser { name: Some(n), .. }) => format!("admin:{n}"),
+        Some(OsUser { uid, name: None }) => format!("admin:uid:{uid}"),
+        None => "admin:unknown".to_owned(),
+    }
+}
+
 /// The first login name `passwd` (the text of `/etc/passwd`) gives `uid`.
 pub fn passwd_name(passwd: &str, uid: u32) -> Option<String> {
     passwd.lines().find_map(|line| {
@@ -125,6 +142,22 @@ pub fn passwd_name(passwd: &str, uid: u32) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn admin_names() {
+        use super::{OsUser, admin_name_of};
+        let alice = OsUser {
+            uid: 1000,
+            name: Some("alice".into()),
+        };
+        assert_eq!(admin_name_of(Some(alice)), "admin:alice");
+        let nobody = OsUser {
+            uid: 4242,
+            name: None,
+        };
+        assert_eq!(admin_name_of(Some(nobody)), "admin:uid:4242");
+        assert_eq!(admin_name_of(None), "admin:unknown");
+    }
+
     #[test]
     fn passwd_lines_map_uids_to_names() {
         let text = "# comment:x:7:7\nroot:x:0:0:root:/root:/bin/bash\n\

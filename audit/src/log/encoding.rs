@@ -154,7 +154,9 @@ fn nibble(c: u8) -> Option<u8> {
     }
 }
 
-/// Appends a length-prefixed byte string (u32 big-endian length) to a signed message.
+/// Appends a length-prefixed byte string to a signed message: `0x01 ‖ u32
+/// big-endian length ‖ bytes`, the encoding of a non-NULL text field (what
+/// `docs/audit-log.md` calls `lp`).
 pub(crate) fn push_lp(buf: &mut Vec<u8>, bytes: &[u8]) {
     push_text(buf, Some(bytes));
 }

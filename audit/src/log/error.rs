@@ -69,6 +69,15 @@ pub enum AuditError {
         /// Minimum retention in days.
         min_days: i64,
     },
+    /// A file given as an export is not a well-formed export (it is refused
+    /// before anything in it is verified).
+    #[error("line {line} of the export: {reason}")]
+    BadExport {
+        /// Line number (1-based).
+        line: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Pruning refused: the events it would delete fail verification (kept as evidence).
     #[error("refusing to prune: the audit log fails verification at seq {seq} ({kind})")]
     Tampered {

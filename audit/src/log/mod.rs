@@ -47,7 +47,7 @@ pub use event::{
     Action, ActionName, Actor, Event, MAX_CODE_LEN, MAX_DETAILS_LEN, MAX_FIELD_LEN, NewEvent,
     Outcome, Resource,
 };
-pub use export::{export_jsonl, read_events};
+pub use export::{EXPORT_FORMAT, export_jsonl, read_events, verify_export};
 pub use keys::{PublicKey, SigningKey};
 pub use prune::{DEFAULT_RETENTION, MIN_RETENTION, PruneRecord, PruneReport, prune};
 pub use receipt::{ErasureReceipt, subject_hash, verify_receipt};

@@ -212,6 +212,35 @@ mod tests {
         assert!(ErasureReceipt::from_json(&json.replace("v1", "v2")).is_err());
     }
 
+    /// The signed bytes, built by hand from `docs/audit-log.md` ("Erasure
+    /// receipts"): an outside verifier builds exactly these.
+    #[test]
+    fn receipt_message_is_what_the_docs_say() {
+        let key = SigningKey::from_seed(&[4; 32]).unwrap();
+        let time = OffsetDateTime::from_unix_timestamp_nanos(1_750_000_000_000_000_001).unwrap();
+        let sh = "ab".repeat(32);
+        let r = ErasureReceipt::sign(&key, &sh, "acme", 3, time, 1234).unwrap();
+        let mut expected = b"panvault-audit erasure-receipt v1\0".to_vec();
+        assert_eq!(expected.len(), 34);
+        expected.push(0x01);
+        expected.extend_from_slice(&64u32.to_be_bytes());
+        expected.extend_from_slice(sh.as_bytes());
+        expected.push(0x01);
+        expected.extend_from_slice(&4u32.to_be_bytes());
+        expected.extend_from_slice(b"acme");
+        expected.extend_from_slice(&3u64.to_be_bytes());
+        expected.extend_from_slice(&1_750_000_000_000_000_001i64.to_be_bytes());
+        expected.extend_from_slice(&1234u64.to_be_bytes());
+        assert_eq!(r.message().unwrap(), expected);
+        key.public_key().verify(&expected, &r.signature).unwrap();
+        // The JSON time carries the nanoseconds.
+        assert!(
+            r.to_json()
+                .unwrap()
+                .contains("\"time\":\"2025-06-15T15:06:40.000000001Z\"")
+        );
+    }
+
     #[test]
     fn subject_hash_is_keyed_and_unambiguous() {
         let a = subject_hash(&[1; 32], "acme", "bob");

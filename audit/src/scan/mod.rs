@@ -22,10 +22,7 @@
 //! Speed: files are spread over threads (largest first) and plain files over 64 MiB
 //! are cut into segments at line boundaries; each thread reads 1 MiB chunks into
 //! one reused buffer and skips eight bytes at a time to the next digit.
-//!
-//! [`corpus`] generates labelled test corpora and scores findings against them.
 
-pub mod corpus;
 mod detect;
 mod report;
 mod stream;
@@ -268,6 +265,28 @@ fn mask_runs(text: &str) -> String {
     out
 }
 
+/// Parses a size: digits with an optional K, M, G or T suffix (powers of 1024;
+/// `KB`, `KiB`, `MB`… read the same), as `panvault scan --max-file-size` and the dev
+/// tools take it.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits_end);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("not a size: {text:?}"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("unknown size unit in {text:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size too large: {text:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,5 +413,22 @@ mod redact_regression {
             super::scan_bytes(red.as_bytes(), false).is_empty(),
             "redacted text still holds a card number"
         );
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("600MB"), Ok(600 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size(" 2 g "), Ok(2 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Walking the paths, opening archives, and spreading files over threads.
+//! Walking the paths, opening archives (in [`archive`]), and spreading files over
+//! threads.
 //!
 //! The walk lists every regular file first (symbolic links below a root are not
 //! followed), then the workers take jobs from a shared index, largest first. A plain
@@ -17,11 +18,14 @@ use flate2::read::MultiGzDecoder;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use walkdir::WalkDir;
 
+use self::archive::{ARCHIVE_FACTOR, gz_inner_name, is_gzip, is_zip};
 use super::detect::Detector;
 use super::stream::{
     self, Chunker, Encoding, HEAD, LEFT, LOOKAHEAD, OffsetMap, Span, Utf16Ascii, to_u64,
 };
 use super::{Finding, Match, ScanError, ScanOptions, redact};
+
+mod archive;
 
 /// Plain files larger than this are split across threads.
 pub(crate) const SPLIT_MIN: u64 = 64 << 20;
@@ -29,10 +33,6 @@ pub(crate) const SPLIT_MIN: u64 = 64 << 20;
 pub(crate) const SEGMENT: u64 = 32 << 20;
 /// Archive members are decompressed up to this size unless `max_file_size` says.
 pub(crate) const DEFAULT_MEMBER_CAP: u64 = 1 << 30;
-/// One archive is decompressed up to this many times the member cap in all.
-const ARCHIVE_FACTOR: u64 = 8;
-/// How deep archives inside archives are opened.
-const MAX_DEPTH: usize = 3;
 /// How far after a nominal segment boundary a line break is looked for.
 const SPLIT_WINDOW: usize = 64 << 10;
 
@@ -174,14 +174,6 @@ fn display(path: &Path) -> String {
     redact(&path.to_string_lossy())
 }
 
-fn is_gzip(head: &[u8]) -> bool {
-    head.starts_with(&[0x1f, 0x8b])
-}
-
-fn is_zip(head: &[u8]) -> bool {
-    head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06")
-}
-
 /// Reads until `buf` is full or the stream ends; the count.
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -205,54 +197,6 @@ fn read_head(r: &mut dyn Read) -> io::Result<Vec<u8>> {
     let n = read_full(r, &mut head)?;
     head.truncate(n);
     Ok(head)
-}
-
-/// The name of what a `.gz` holds: its own name without `.gz`.
-fn gz_inner_name(name: &str) -> String {
-    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    match base.strip_suffix(".gz") {
-        Some(stem) if !stem.is_empty() => stem.to_string(),
-        _ => match base.strip_suffix(".tgz") {
-            Some(stem) if !stem.is_empty() => format!("{stem}.tar"),
-            _ => base.to_string(),
-        },
-    }
-}
-
-/// A reader that yields at most `limit` bytes and notes whether more were there.
-struct Capped<'r> {
-    inner: &'r mut dyn Read,
-    left: u64,
-    count: u64,
-    truncated: bool,
-}
-
-impl<'r> Capped<'r> {
-    fn new(inner: &'r mut dyn Read, limit: u64) -> Self {
-        Capped {
-            inner,
-            left: limit,
-            count: 0,
-            truncated: false,
-        }
-    }
-}
-
-impl Read for Capped<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            if !self.truncated {
-                let mut probe = [0u8; 1];
-                self.truncated = read_full(self.inner, &mut probe)? > 0;
-            }
-            return Ok(0);
-        }
-        let n = stream::to_usize(self.left).min(out.len());
-        let got = self.inner.read(out.get_mut(..n).unwrap_or(&mut []))?;
-        self.left -= to_u64(got);
-        self.count += to_u64(got);
-        Ok(got)
-    }
 }
 
 /// Where a segment boundary nominally at `nominal` really falls: just after the
@@ -650,101 +594,6 @@ impl<'s> Worker<'s> {
         }
         Ok(())
     }
-
-    /// Scans one archive member (or what a `.gz` holds), opening nested archives.
-    fn member(
-        &mut self,
-        reader: &mut dyn Read,
-        path: &Path,
-        name: String,
-        depth: usize,
-        budget: &mut u64,
-    ) {
-        let limit = self.scanner.member_cap().min(*budget);
-        let mut capped = Capped::new(reader, limit);
-        let result = self.member_inner(&mut capped, path, &name, depth, budget);
-        if let Err(e) = result {
-            self.warn(path, Some(&name), e);
-        }
-        if capped.truncated {
-            self.warn(
-                path,
-                Some(&name),
-                format_args!(
-                    "more than {limit} bytes decompressed: the rest was skipped (--max-file-size)"
-                ),
-            );
-        }
-        *budget = budget.saturating_sub(capped.count);
-    }
-
-    fn member_inner(
-        &mut self,
-        r: &mut Capped<'_>,
-        path: &Path,
-        name: &str,
-        depth: usize,
-        budget: &mut u64,
-    ) -> io::Result<()> {
-        let head = read_head(r)?;
-        if depth < MAX_DEPTH && is_gzip(&head) {
-            let inner = format!("{name}!{}", gz_inner_name(name));
-            let mut gz = MultiGzDecoder::new(Cursor::new(head).chain(r));
-            self.stats.members += 1;
-            self.member(&mut gz, path, inner, depth + 1, budget);
-            return Ok(());
-        }
-        if depth < MAX_DEPTH && is_zip(&head) {
-            let mut data = head;
-            r.read_to_end(&mut data)?;
-            return match zip::ZipArchive::new(Cursor::new(data)) {
-                Ok(archive) => {
-                    self.zip(archive, path, Some(name), depth + 1, budget);
-                    Ok(())
-                }
-                Err(e) => Err(io::Error::other(format!("not a readable zip: {e}"))),
-            };
-        }
-        self.text(&head, r, path, Some(name), None)
-    }
-
-    /// Scans every member of a zip archive.
-    fn zip<R: Read + Seek>(
-        &mut self,
-        mut archive: zip::ZipArchive<R>,
-        path: &Path,
-        prefix: Option<&str>,
-        depth: usize,
-        budget: &mut u64,
-    ) {
-        for i in 0..archive.len() {
-            let raw_name = archive.name_for_index(i).unwrap_or("?").to_string();
-            let name = match prefix {
-                Some(p) => format!("{p}!{raw_name}"),
-                None => raw_name,
-            };
-            if *budget == 0 {
-                self.warn(
-                    path,
-                    Some(&name),
-                    "archive decompresses to more than the total cap: the rest was skipped",
-                );
-                break;
-            }
-            let mut member = match archive.by_index(i) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.warn(path, Some(&name), e);
-                    continue;
-                }
-            };
-            if member.is_dir() {
-                continue;
-            }
-            self.stats.members += 1;
-            self.member(&mut member, path, name, depth, budget);
-        }
-    }
 }
 
 /// A finding from a match in a file.
@@ -764,174 +613,4 @@ fn finding(path: &str, member: Option<&str>, m: Match) -> Finding {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn scanner(join_lines: bool) -> Scanner {
-        Scanner::new(ScanOptions {
-            threads: 2,
-            join_lines,
-            ..ScanOptions::default()
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn archives_and_utf16() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::write(root.join("plain.log"), "x\ncard 4242424242424242\n").unwrap();
-        // gz
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(b"a\nb\npan=5555555555554444\n").unwrap();
-        std::fs::write(root.join("old.log.gz"), gz.finish().unwrap()).unwrap();
-        // zip with a nested gz and a docx-like member
-        let mut zw = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        zw.start_file("dir/a.csv", opts).unwrap();
-        zw.write_all(b"id,card\n1,378282246310005\n").unwrap();
-        let mut inner = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        inner
-            .write_all(b"t=;4242424242424242=2512101123456?\n")
-            .unwrap();
-        zw.start_file("b.txt.gz", opts).unwrap();
-        zw.write_all(&inner.finish().unwrap()).unwrap();
-        std::fs::write(root.join("export.zip"), zw.finish().unwrap().into_inner()).unwrap();
-        // UTF-16LE with BOM
-        let mut u = vec![0xFF, 0xFE];
-        for unit in "n\r\nk 6011111111111117\r\n".encode_utf16() {
-            u.extend(unit.to_le_bytes());
-        }
-        std::fs::write(root.join("notes.txt"), u).unwrap();
-        // excluded
-        std::fs::create_dir(root.join("skip")).unwrap();
-        std::fs::write(root.join("skip/x.log"), "4242424242424242\n").unwrap();
-
-        let opts = ScanOptions {
-            exclude: vec!["skip".into()],
-            ..ScanOptions::default()
-        };
-        let report = Scanner::new(opts).unwrap().scan(&[root]).unwrap();
-        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
-        let got: Vec<(String, Option<String>, u64, u64, String, String)> = report
-            .findings
-            .iter()
-            .map(|f| {
-                let name = Path::new(&f.path)
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                (
-                    name,
-                    f.member.clone(),
-                    f.line,
-                    f.offset,
-                    f.masked.clone(),
-                    f.kind.to_string(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (
-                    "export.zip".into(),
-                    Some("b.txt.gz!b.txt".into()),
-                    1,
-                    3,
-                    "424242******4242".into(),
-                    "track2".into()
-                ),
-                (
-                    "export.zip".into(),
-                    Some("dir/a.csv".into()),
-                    2,
-                    10,
-                    "378282*****0005".into(),
-                    "pan".into()
-                ),
-                (
-                    "notes.txt".into(),
-                    None,
-                    2,
-                    2 + 2 * 5,
-                    "601111******1117".into(),
-                    "pan".into()
-                ),
-                (
-                    "old.log.gz".into(),
-                    Some("old.log".into()),
-                    3,
-                    8,
-                    "555555******4444".into(),
-                    "pan".into()
-                ),
-                (
-                    "plain.log".into(),
-                    None,
-                    2,
-                    7,
-                    "424242******4242".into(),
-                    "pan".into()
-                ),
-            ]
-        );
-    }
-
-    #[test]
-    fn member_cap_stops_zip_bombs() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        let zeros = vec![b'0'; 1 << 20];
-        for _ in 0..8 {
-            gz.write_all(&zeros).unwrap();
-        }
-        gz.write_all(b"\n4242424242424242\n").unwrap();
-        std::fs::write(dir.path().join("bomb.gz"), gz.finish().unwrap()).unwrap();
-        let opts = ScanOptions {
-            max_file_size: Some(1 << 20),
-            ..ScanOptions::default()
-        };
-        let report = Scanner::new(opts).unwrap().scan(&[dir.path()]).unwrap();
-        assert!(report.findings.is_empty());
-        assert_eq!(report.warnings.len(), 1);
-        assert!(report.warnings[0].message.contains("skipped"));
-    }
-
-    #[test]
-    fn split_files_match_whole_files() {
-        // A file over SPLIT_MIN is cut into segments; results must equal a whole scan.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("big.log");
-        let mut text = Vec::new();
-        let mut k = 0u64;
-        while text.len() <= (3 << 20) + 12345 {
-            writeln!(
-                text,
-                "2024-06-15T12:00:00Z n={k} pan 4242 4242 4242 4242 ok"
-            )
-            .unwrap();
-            writeln!(text, "{}", "y".repeat(usize::try_from(k % 2000).unwrap())).unwrap();
-            k += 1;
-        }
-        std::fs::write(&path, &text).unwrap();
-        let report = scanner(false)
-            .with_split(1 << 20, 300_000)
-            .scan(&[&path])
-            .unwrap();
-        let whole = super::super::scan_bytes(&text, false);
-        assert_eq!(report.findings.len(), whole.len());
-        for (f, m) in report.findings.iter().zip(&whole) {
-            assert_eq!((f.offset, f.line, f.column), (m.offset, m.line, m.column));
-        }
-    }
-
-    #[test]
-    fn missing_root_is_an_error_unreadable_file_a_warning() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(scanner(false).scan(&[dir.path().join("nope")]).is_err());
-    }
-}
+mod tests;

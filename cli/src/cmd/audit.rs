@@ -28,11 +28,15 @@ const EXIT_BROKEN: u8 = 3;
 pub enum Command {
     /// Check the whole chain and every checkpoint signature using only the public key.
     ///
+    /// With `--export FILE --pubkey KEY`, checks an export (`audit export`) instead
+    /// of a vault: no data directory is needed.
+    ///
     /// Exit 0 when intact, 3 with the first sequence number where the log breaks
     /// and how (modified, missing, inserted, reordered, truncated, bad signature),
     /// 1 on usage or I/O errors.
     Verify(VerifyArgs),
-    /// Write the events as JSON lines (for a SIEM).
+    /// Write the log as JSON lines: a header, the prune records, the checkpoints
+    /// and the events (for a SIEM, or to verify elsewhere with `audit verify --export`).
     Export(ExportArgs),
     /// Sign a checkpoint covering every event committed so far and print it as
     /// one line, to keep off this host (unseals the vault; works while a server runs).
@@ -89,6 +93,10 @@ pub struct VerifyArgs {
     /// must be consistent with every one and extend the newest.
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<PathBuf>,
+    /// Verify this export (written by `audit export`) instead of the vault's
+    /// database; needs `--pubkey` (the data directory is not used).
+    #[arg(long, value_name = "FILE", requires = "pubkey")]
+    export: Option<PathBuf>,
     /// Fail (exit 3) when events have gone unsigned for longer than this, e.g.
     /// `90s`, `5m`, `2h`, `1d` (a plain number is seconds).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -107,7 +115,8 @@ pub enum Format {
 pub struct ExportArgs {
     #[command(flatten)]
     dir: DataDir,
-    /// First sequence number to export.
+    /// First event to export (checkpoints and prune records are always all
+    /// there; only an export of the whole kept log can be verified alone).
     #[arg(long, value_name = "SEQ", default_value_t = 1)]
     from: u64,
     /// Output format.
@@ -167,10 +176,14 @@ fn verify(a: &VerifyArgs) -> Result<ExitCode, CliError> {
         }
         None => Vec::new(),
     };
-    let conn = audit::open_read_only(&a.dir.db())
-        .map_err(|e| fail(&a.dir.db().display().to_string(), &e))?;
-    let report =
-        audit::verify_against(&conn, &key, &anchors).map_err(|e| fail("audit verify", &e))?;
+    let report = match &a.export {
+        Some(path) => verify_export(path, &key, &anchors)?,
+        None => {
+            let conn = audit::open_read_only(&a.dir.db())
+                .map_err(|e| fail(&a.dir.db().display().to_string(), &e))?;
+            audit::verify_against(&conn, &key, &anchors).map_err(|e| fail("audit verify", &e))?
+        }
+    };
     let now = time::OffsetDateTime::now_utc();
     print_report(&report, newest(&anchors), now);
     let outcome = match &report.problem {
@@ -206,6 +219,24 @@ fn verify(a: &VerifyArgs) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies an export file; a file that is not a well-formed export fails like
+/// a broken log (exit 3), since it may be one that was tampered with.
+fn verify_export(
+    path: &Path,
+    key: &PublicKey,
+    anchors: &[Checkpoint],
+) -> Result<VerifyReport, CliError> {
+    let file = File::open(path).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+    match audit::verify_export(io::BufReader::new(file), key, anchors) {
+        Ok(r) => Ok(r),
+        Err(e @ AuditError::BadExport { .. }) => Err(CliError::with_code(
+            format!("{}: not a verifiable audit export: {e}", path.display()),
+            EXIT_BROKEN,
+        )),
+        Err(e) => Err(fail(&path.display().to_string(), &e)),
+    }
 }
 
 /// The newest of the given checkpoints (highest id, then seq).
@@ -324,7 +355,7 @@ fn export(a: &ExportArgs) -> Result<ExitCode, CliError> {
         None => audit::export_jsonl(&conn, a.from, BufWriter::new(io::stdout().lock())),
     }
     .map_err(|e| fail("audit export", &e))?;
-    eprintln!("exported {n} events");
+    eprintln!("exported {n} events, with every checkpoint and prune record");
     eprintln!(
         "panvault: audit export by {}: {} from seq {} (read-only: not recorded in the log)",
         crate::common::admin_actor().actor,
@@ -466,6 +497,7 @@ mod tests {
             dir: v.data_dir(),
             pubkey: None,
             checkpoint,
+            export: None,
             max_unsigned_age: None,
         })
     }
@@ -558,6 +590,7 @@ mod tests {
                 dir: v.data_dir(),
                 pubkey: None,
                 checkpoint: None,
+                export: None,
                 max_unsigned_age: Some(parse_duration(max).unwrap()),
             })
         };
@@ -593,8 +626,37 @@ mod tests {
         };
         assert!(run(Command::Export(args)).is_ok());
         let text = std::fs::read_to_string(&out).unwrap();
-        assert_eq!(text.lines().count(), 5);
-        assert!(text.lines().all(|l| l.starts_with("{\"seq\":")));
+        assert!(text.starts_with("{\"type\":\"header\","), "{text}");
+        let events: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("{\"type\":\"event\","))
+            .collect();
+        assert_eq!(events.len(), 5);
+        assert!(events[0].contains("\"seq\":16,"));
+        // The whole log verifies from the file alone; a partial export is refused.
+        let whole = v.dir.path().join("whole.jsonl");
+        let args = ExportArgs {
+            dir: v.data_dir(),
+            from: 1,
+            format: Format::Jsonl,
+            output: Some(whole.clone()),
+        };
+        assert!(run(Command::Export(args)).is_ok());
+        let verify_file = |f: &Path| {
+            run(Command::Verify(VerifyArgs {
+                dir: DataDir {
+                    data_dir: v.dir.path().join("no-such-dir"),
+                },
+                pubkey: Some(v.dir.path().join("audit-signing.pub")),
+                checkpoint: None,
+                export: Some(f.to_owned()),
+                max_unsigned_age: None,
+            }))
+        };
+        assert!(verify_file(&whole).is_ok());
+        let err = verify_file(&out).unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_BROKEN);
+        assert!(err.to_string().contains("partial export"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,6 @@
 pub mod audit;
 pub mod bench;
 pub mod compliance;
-pub mod dev;
 pub mod erase;
 pub mod init;
 pub mod keys;

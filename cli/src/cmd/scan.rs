@@ -5,7 +5,9 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use panvault_audit::scan::{ScanOptions, Scanner, write_jsonl, write_sarif, write_text};
+use panvault_audit::scan::{
+    ScanOptions, Scanner, parse_size, write_jsonl, write_sarif, write_text,
+};
 
 use crate::common::CliError;
 
@@ -46,27 +48,6 @@ pub struct Args {
     /// Also find numbers broken by a line break.
     #[arg(long)]
     pub join_lines: bool,
-}
-
-/// Parses a size: digits with an optional K, M, G or T suffix (powers of 1024;
-/// `KB`, `KiB`, `MB`… read the same).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(digits_end);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("not a size: {text:?}"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(format!("unknown size unit in {text:?} (use K, M, G or T)")),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size too large: {text:?}"))
 }
 
 /// Runs the subcommand.
@@ -113,21 +94,4 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("123"), Ok(123));
-        assert_eq!(parse_size("4K"), Ok(4096));
-        assert_eq!(parse_size("600MB"), Ok(600 << 20));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size(" 2 g "), Ok(2 << 30));
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
 }

@@ -200,10 +200,12 @@ pub struct InitReport {
 
 impl Vault {
     /// Creates a new vault in `data_dir`: a root key sealed per `seal`, data key v1,
-    /// a fingerprint key and an audit-signing key. Refuses an existing vault.
+    /// a fingerprint key and an audit-signing key. Refuses an existing vault. Its
+    /// first event names the OS user who ran it
+    /// ([`hygiene::admin_actor_name`](crate::hygiene::admin_actor_name)).
     pub fn init(data_dir: &Path, seal: &SealSpec, clock: &Clock) -> Result<InitReport, VaultError> {
         let ctx = AccessContext {
-            actor: "admin:init".into(),
+            actor: crate::hygiene::admin_actor_name(),
             ..Default::default()
         };
         Vault::init_as(data_dir, seal, clock, &ctx)

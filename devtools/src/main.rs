@@ -1,88 +1,111 @@
-//! `panvault dev …` (hidden): developer tools. `corpus` writes a labelled test
-//! corpus for the PAN scanner; `score` measures a scan of it.
+//! `panvault-dev`: developer tools, not shipped with panvault. `corpus` writes a
+//! labelled test corpus for the PAN scanner; `score` measures a scan of it.
 //!
 //! ```text
-//! panvault dev corpus --out /tmp/pvc --size 600M --seed 1
+//! panvault-dev corpus --out /tmp/pvc --size 600M --seed 1
 //! panvault scan /tmp/pvc/files --format jsonl --threads 2 > /tmp/pvc/findings.jsonl
-//! panvault dev score --corpus /tmp/pvc --findings /tmp/pvc/findings.jsonl
+//! panvault-dev score --corpus /tmp/pvc --findings /tmp/pvc/findings.jsonl
 //! ```
+#![forbid(unsafe_code)]
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use panvault_audit::scan::Finding;
-use panvault_audit::scan::corpus::{self, CorpusSpec, Manifest};
+use clap::{Parser, Subcommand};
+use panvault_audit::scan::{Finding, parse_size};
+use panvault_dev::corpus::{self, CorpusSpec, Manifest};
 
-use super::scan::parse_size;
-use crate::common::CliError;
+/// panvault-dev: developer tools of panvault (test corpora for the PAN scanner).
+#[derive(Debug, Parser)]
+#[command(name = "panvault-dev", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
 /// Subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub enum Command {
+#[derive(Debug, Subcommand)]
+enum Command {
     /// Write a labelled corpus for the PAN scanner: DIR/files/… and DIR/manifest.jsonl.
     Corpus(CorpusArgs),
     /// Score scanner findings (JSON lines) against a corpus manifest.
     Score(ScoreArgs),
 }
 
-/// Arguments of `dev corpus`.
+/// Arguments of `corpus`.
 #[derive(Debug, clap::Args)]
-pub struct CorpusArgs {
+struct CorpusArgs {
     /// Directory to write (created if needed).
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    out: PathBuf,
     /// Approximate size on disk (K, M, G suffixes).
     #[arg(long, value_name = "SIZE", default_value = "600M", value_parser = parse_size)]
-    pub size: u64,
+    size: u64,
     /// Seed: the same seed and sizes give the same corpus.
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    seed: u64,
     /// Typical size of one text file.
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
-    pub file_size: u64,
+    file_size: u64,
     /// Threads writing files [default: one per core].
     #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    threads: Option<usize>,
 }
 
-/// Arguments of `dev score`.
+/// Arguments of `score`.
 #[derive(Debug, clap::Args)]
-pub struct ScoreArgs {
+struct ScoreArgs {
     /// The corpus directory (holds manifest.jsonl and files/).
     #[arg(long, value_name = "DIR")]
-    pub corpus: PathBuf,
+    corpus: PathBuf,
     /// Findings of `panvault scan DIR/files --format jsonl` (`-`: standard input).
     #[arg(long, value_name = "FILE")]
-    pub findings: PathBuf,
+    findings: PathBuf,
     /// The scan ran with --join-lines (line-broken cards are then expected).
     #[arg(long)]
-    pub join_lines: bool,
+    join_lines: bool,
     /// Exit 1 if precision is lower.
     #[arg(long, value_name = "RATIO")]
-    pub min_precision: Option<f64>,
+    min_precision: Option<f64>,
     /// Exit 1 if recall is lower.
     #[arg(long, value_name = "RATIO")]
-    pub min_recall: Option<f64>,
+    min_recall: Option<f64>,
 }
 
-/// Runs the subcommand.
-pub fn run(c: Command) -> Result<ExitCode, CliError> {
-    match c {
-        Command::Corpus(args) => corpus_cmd(args),
-        Command::Score(args) => score_cmd(args),
+/// An error the tool ends with: printed on stderr, exit code 1.
+#[derive(Debug)]
+struct Failure(String);
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Self {
+        Failure(message.into())
     }
 }
 
-fn corpus_cmd(args: CorpusArgs) -> Result<ExitCode, CliError> {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Corpus(args) => corpus_cmd(args),
+        Command::Score(args) => score_cmd(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("panvault-dev: {}", e.0);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn corpus_cmd(args: CorpusArgs) -> Result<ExitCode, Failure> {
     let mut spec = CorpusSpec::new(args.size, args.seed);
     spec.file_size = args.file_size;
     spec.threads = args.threads.unwrap_or(0);
     let started = Instant::now();
-    let manifest = corpus::generate(&args.out, &spec).map_err(|e| {
-        CliError::usage(format!("writing the corpus to {}: {e}", args.out.display()))
-    })?;
+    let manifest = corpus::generate(&args.out, &spec)
+        .map_err(|e| Failure::new(format!("writing the corpus to {}: {e}", args.out.display())))?;
     let mut out = io::stdout().lock();
     writeln!(
         out,
@@ -97,7 +120,7 @@ fn corpus_cmd(args: CorpusArgs) -> Result<ExitCode, CliError> {
         manifest.decoys(),
         args.out.join("manifest.jsonl").display()
     )
-    .map_err(|e| CliError::usage(format!("writing the summary: {e}")))?;
+    .map_err(|e| Failure::new(format!("writing the summary: {e}")))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -121,29 +144,26 @@ fn read_findings(path: &PathBuf) -> io::Result<Vec<Finding>> {
     Ok(out)
 }
 
-fn score_cmd(args: ScoreArgs) -> Result<ExitCode, CliError> {
+fn score_cmd(args: ScoreArgs) -> Result<ExitCode, Failure> {
     let manifest_path = args.corpus.join("manifest.jsonl");
     let manifest = Manifest::read(&manifest_path)
-        .map_err(|e| CliError::usage(format!("reading {}: {e}", manifest_path.display())))?;
+        .map_err(|e| Failure::new(format!("reading {}: {e}", manifest_path.display())))?;
     let findings = read_findings(&args.findings)
-        .map_err(|e| CliError::usage(format!("reading {}: {e}", args.findings.display())))?;
+        .map_err(|e| Failure::new(format!("reading {}: {e}", args.findings.display())))?;
     let root = args.corpus.join("files");
     let score = corpus::score(&manifest, &findings, &root, args.join_lines);
     let mut out = io::stdout().lock();
     write!(out, "{score}")
         .and_then(|()| out.flush())
-        .map_err(|e| CliError::usage(format!("writing the score: {e}")))?;
+        .map_err(|e| Failure::new(format!("writing the score: {e}")))?;
     let low_precision = args.min_precision.is_some_and(|m| score.precision() < m);
     let low_recall = args.min_recall.is_some_and(|m| score.recall() < m);
     if low_precision || low_recall {
-        return Err(CliError::with_code(
-            format!(
-                "below target: precision {:.4}, recall {:.4}",
-                score.precision(),
-                score.recall()
-            ),
-            1,
-        ));
+        return Err(Failure::new(format!(
+            "below target: precision {:.4}, recall {:.4}",
+            score.precision(),
+            score.recall()
+        )));
     }
     Ok(ExitCode::SUCCESS)
 }

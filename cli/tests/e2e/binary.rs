@@ -18,6 +18,8 @@ struct Quickstart {
     addr: SocketAddr,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// The end of stderr: everything is in `stderr` once it has come.
+    stderr_lines: util::LineCollector,
 }
 
 async fn quickstart(dir: &Path) -> Quickstart {
@@ -37,7 +39,8 @@ async fn quickstart(dir: &Path) -> Quickstart {
         .spawn()
         .unwrap();
     let stdout = util::collect_lines(child.stdout.take().unwrap());
-    let stderr = util::collect_lines(child.stderr.take().unwrap());
+    let stderr_lines = util::LineCollector::start(child.stderr.take().unwrap());
+    let stderr = Arc::clone(&stderr_lines.text);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let port = loop {
         let text = stdout.lock().unwrap().clone();
@@ -67,6 +70,7 @@ async fn quickstart(dir: &Path) -> Quickstart {
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         stdout,
         stderr,
+        stderr_lines,
     }
 }
 
@@ -95,7 +99,7 @@ impl Quickstart {
             .await
             .expect("no exit after SIGTERM")
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.stderr_lines.finished(Duration::from_secs(10)).await;
         let err = self.stderr.lock().unwrap().clone();
         assert!(status.success(), "exit {status}: {err}");
         err

@@ -1,8 +1,9 @@
 //! The end-to-end suite: the real server over real mutual TLS on 127.0.0.1:0, and
-//! the real `panvault` binary. One test binary; shared helpers are in the
-//! `panvault-tests` library (`tests/src/lib.rs`), used here as `util`.
+//! the real `panvault` binary, the one Cargo built for this run. One test binary;
+//! shared helpers are in the `panvault-tests` library (`tests/src/`) and, for what
+//! runs the binary, in `e2e/served.rs`; both are reached here as `util`.
 //!
-//! `cargo test -p panvault-tests`
+//! `cargo test -p panvault-cli --test e2e`
 // Test code: unwrap and indexing are how a test says "this must hold".
 #![allow(
     clippy::unwrap_used,
@@ -11,7 +12,14 @@
     clippy::indexing_slicing
 )]
 
-use panvault_tests as util;
+/// The harness: the `panvault-tests` library, and what runs the real binary.
+mod util {
+    pub use crate::served::*;
+    pub use panvault_tests::*;
+}
+
+#[path = "e2e/served.rs"]
+mod served;
 
 #[path = "e2e/admin_load.rs"]
 mod admin_load;
@@ -41,6 +49,8 @@ mod keys_cli;
 mod lifecycle;
 #[path = "e2e/live_keys.rs"]
 mod live_keys;
+#[path = "e2e/outside_verifier.rs"]
+mod outside_verifier;
 #[path = "e2e/refusals.rs"]
 mod refusals;
 #[path = "e2e/soak.rs"]

@@ -2,7 +2,7 @@
 //! (logs, NDJSON, CSV, XML, mail with planted cards and decoys), with and without
 //! `join_lines`, and the bare digit-run skip.
 //!
-//! `cargo bench -p panvault-audit --bench scan`
+//! `cargo bench -p panvault-dev --bench scan`
 //!
 //! The end-to-end figure (files, threads, archives) is measured with the CLI; see
 //! docs/scanner.md.
@@ -12,7 +12,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use panvault_audit::scan::{corpus, scan_bytes};
+use panvault_audit::scan::scan_bytes;
+use panvault_dev::corpus;
 
 const SIZE: usize = 64 << 20;
 

@@ -314,7 +314,7 @@ async fn crls_are_reloaded_and_an_expired_one_refuses_everyone() {
 }
 
 /// The reproduction at full size, for a figure (not run by default:
-/// `PANVAULT_EDGE_FLOOD=1 cargo test -p panvault-tests --test e2e edge::flood -- --nocapture`):
+/// `PANVAULT_EDGE_FLOOD=1 cargo test -p panvault-cli --test e2e edge::flood -- --nocapture`):
 /// 1,024 TLS connections of one storefront certificate that send nothing, then
 /// another tenant's request (default limits); 1,100 silent sockets, then a request;
 /// prints how long each took.

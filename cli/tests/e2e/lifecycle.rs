@@ -33,6 +33,22 @@ async fn read_all<R: AsyncReadExt + Unpin>(r: &mut R, limit: Duration) -> Vec<u8
     out
 }
 
+/// Reads until `end` has arrived (or the peer closes, or `limit` passes).
+async fn read_until<R: AsyncReadExt + Unpin>(r: &mut R, end: &[u8], limit: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, async {
+        let mut byte = [0u8; 1];
+        while !out.ends_with(end) {
+            match r.read(&mut byte).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => out.push(byte[0]),
+            }
+        }
+    })
+    .await;
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_time_out_and_the_limit_holds() {
     let server = TestServer::start_with(ServerOpts {
@@ -98,22 +114,35 @@ async fn shutdown_drains_the_request_in_flight() {
     let mut tls = client.connect_tls().await.unwrap();
     let body = util::card_request(&cards::fresh()).to_string();
     let (first, rest) = body.split_at(12);
+    // `expect: 100-continue`: the server answers `100 Continue` once the handler
+    // reads the body, which tells the test the request is in flight.
     let head = format!(
-        "POST /v1/tokens HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{first}",
+        "POST /v1/tokens HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
         body.len()
     );
     tls.write_all(head.as_bytes()).await.unwrap();
     tls.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let continued = read_until(&mut tls, b"\r\n\r\n", Duration::from_secs(10)).await;
+    assert!(
+        continued.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&continued)
+    );
+    tls.write_all(first.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
     server.signal_shutdown();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The listener closes on the signal; the request in flight keeps the server up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting 10 s after the shutdown signal"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         !server.is_finished(),
         "the server stopped with a request in flight"
-    );
-    assert!(
-        tokio::net::TcpStream::connect(server.addr).await.is_err(),
-        "still accepting after the shutdown signal"
     );
     tls.write_all(rest.as_bytes()).await.unwrap();
     tls.flush().await.unwrap();

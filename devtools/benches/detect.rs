@@ -3,7 +3,7 @@
 //! over 2 MiB of `"0"` runs (every window passes Luhn, none has an IIN) and of
 //! mixed generated text (logs, CSV, mail with cards and decoys).
 //!
-//! `cargo bench -p panvault-audit --bench detect`
+//! `cargo bench -p panvault-dev --bench detect`
 // Bench code: a panic is a failure.
 #![allow(clippy::unwrap_used)]
 
@@ -11,7 +11,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use panvault_audit::card::contains_card_number;
-use panvault_audit::scan::{corpus, scan_bytes};
+use panvault_audit::scan::scan_bytes;
+use panvault_dev::corpus;
 
 const SIZE: usize = 2 << 20;
 

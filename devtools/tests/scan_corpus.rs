@@ -2,14 +2,14 @@
 //! file kind, layout and decoy class), per format and per decoy class.
 //!
 //! The long run over a large corpus is `#[ignore]`d: `cargo test --release -p
-//! panvault-audit --test scan_corpus -- --ignored --nocapture`.
+//! panvault-dev --test scan_corpus -- --ignored --nocapture`.
 // Test helpers: a panic is a failure.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
-use panvault_audit::scan::corpus::{self, CorpusSpec, Manifest, Score};
 use panvault_audit::scan::{ScanOptions, Scanner};
+use panvault_dev::corpus::{self, CorpusSpec, Manifest, Score};
 
 fn corpus(dir: &Path, size: u64, seed: u64, file_size: u64) -> Manifest {
     let mut spec = CorpusSpec::new(size, seed);

@@ -7,7 +7,7 @@
 //! The default form runs 15 s. The long form is issue 9's soak, 10 minutes:
 //!
 //! ```sh
-//! PANVAULT_SOAK_SECS=600 cargo test --release -p panvault-tests --test e2e soak -- --nocapture
+//! PANVAULT_SOAK_SECS=600 cargo test --release -p panvault-cli --test e2e soak -- --nocapture
 //! ```
 //!
 //! The RSS samples are printed (`--nocapture`). "Flat" is judged on the second half

@@ -315,8 +315,12 @@ async fn an_admin_command_says_it_waits_for_the_write_lock() {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let stdout = util::collect_lines(child.stdout.take().unwrap());
-        let stderr = util::collect_lines(child.stderr.take().unwrap());
+        let mut stdout_lines = util::LineCollector::start(child.stdout.take().unwrap());
+        let mut stderr_lines = util::LineCollector::start(child.stderr.take().unwrap());
+        let (stdout, stderr) = (
+            Arc::clone(&stdout_lines.text),
+            Arc::clone(&stderr_lines.text),
+        );
         // Release the lock once the command says it waits for it (or has ended).
         let status = loop {
             if stderr
@@ -334,8 +338,9 @@ async fn an_admin_command_says_it_waits_for_the_write_lock() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         holder.join().unwrap();
-        // let the readers drain
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Everything it wrote: both streams have ended.
+        stdout_lines.finished(Duration::from_secs(10)).await;
+        stderr_lines.finished(Duration::from_secs(10)).await;
         let (out, err) = (
             stdout.lock().unwrap().clone(),
             stderr.lock().unwrap().clone(),

@@ -10,7 +10,7 @@
 //! times (the rewrap then gets 5,000 cards so that every kill lands mid-run):
 //!
 //! ```sh
-//! PANVAULT_CRASH_KILLS=20 cargo test -p panvault-tests --test e2e crash -- --nocapture
+//! PANVAULT_CRASH_KILLS=20 cargo test -p panvault-cli --test e2e crash -- --nocapture
 //! ```
 //!
 //! `PANVAULT_REWRAP_KILLS=N` sets the rewrap's kills on their own. Every restart
