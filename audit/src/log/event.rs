@@ -254,7 +254,7 @@ impl PartialEq<Action> for ActionName {
 
 impl fmt::Debug for ActionName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Action({})", self.as_str())
+        write!(f, "ActionName({})", self.as_str())
     }
 }
 
