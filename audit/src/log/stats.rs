@@ -42,9 +42,15 @@ fn table_exists(conn: &Connection, name: &str) -> Result<bool, AuditError> {
     Ok(n > 0)
 }
 
+/// A count read from column `col`: a negative one is a broken database, not zero.
+fn non_negative(col: usize, n: i64) -> Result<u64, AuditError> {
+    u64::try_from(n)
+        .map_err(|_| AuditError::Database(rusqlite::Error::IntegralValueOutOfRange(col, n)))
+}
+
 fn count(conn: &Connection, sql: &str) -> Result<u64, AuditError> {
     let n: i64 = conn.query_row(sql, [], |r| r.get(0))?;
-    u64::try_from(n).map_err(|_| AuditError::Overflow)
+    non_negative(0, n)
 }
 
 /// Whether the database holds an audit log at all (its events table).
@@ -93,8 +99,7 @@ pub fn event_stats(conn: &Connection) -> Result<EventStats, AuditError> {
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     for row in rows {
         let (action, n) = row?;
-        let n = u64::try_from(n).map_err(|_| AuditError::Overflow)?;
-        stats.actions.insert(action, n);
+        stats.actions.insert(action, non_negative(1, n)?);
     }
     stats.admin = count(
         conn,
