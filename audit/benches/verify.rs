@@ -24,7 +24,7 @@ fn event(i: u64, time: OffsetDateTime) -> NewEvent {
             "storefront-1",
             format!("{:064x}", i.wrapping_mul(0x9e37_79b9)),
         ),
-        Action::DETOKENIZE,
+        Action::Detokenize,
         Outcome::Success,
     )
     .with_tenant("acme")

@@ -6,7 +6,7 @@
 //! compliance checks with their reports.
 //!
 //! This crate never depends on `panvault-vault`: the vault writes into the types
-//! defined here, and the checks read plain facts that the CLI collects.
+//! defined here, and the checks read plain facts that the vault collects.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

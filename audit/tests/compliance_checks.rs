@@ -14,7 +14,7 @@ use panvault_audit::compliance::{
     CertRole, ClientFacts, DataKeyFacts, ErasureFacts, ErasureRequest, Fact, Facts, HelloReply,
     KeyAlgorithm, KeyState, ParamValue, SealFacts, Status, x509,
 };
-use panvault_audit::log::{Action, NewEvent};
+use panvault_audit::log::{Action, ActionName, Actor, NewEvent, Outcome};
 use time::Duration;
 
 fn assert_only(f: &Facts, expected: &[(&str, Status)]) {
@@ -401,7 +401,7 @@ fn short_audit_retention() {
 fn missing_event_classes_and_fields() {
     let events: Vec<NewEvent> = good_events()
         .into_iter()
-        .filter(|e| e.action != Action::AUTH_FAILED)
+        .filter(|e| e.action != Action::Denied)
         .collect();
     let v = vault_with_events(&events);
     let mut f = good_facts(&v);
@@ -426,7 +426,7 @@ fn missing_event_classes_and_fields() {
     append(
         &v.db,
         &v.key,
-        &[event(Action::DETOKENIZE, client())
+        &[event(Action::Detokenize, client())
             .with_tenant("demo-shop")
             .with_token("tok_b")],
     );
@@ -436,6 +436,32 @@ fn missing_event_classes_and_fields() {
     assert!(
         ev.contains("1 events from the API without an origin")
             && ev.contains("1 events detokenize without a declared purpose"),
+        "{ev}"
+    );
+}
+
+#[test]
+fn names_the_vault_never_emits_count_for_no_event_class() {
+    // The only key change of the good log is a rotation; in its place, names
+    // that once stood in the class table but that nothing writes.
+    let mut events: Vec<NewEvent> = good_events()
+        .into_iter()
+        .filter(|e| e.action != Action::KeyRotate)
+        .collect();
+    for name in ["master_key.unseal", "audit.init"] {
+        events.push(NewEvent::new(
+            now(),
+            Actor::admin("ops"),
+            ActionName::new(name).unwrap(),
+            Outcome::Success,
+        ));
+    }
+    let v = vault_with_events(&events);
+    let f = good_facts(&v);
+    assert_only(&f, &[("audit.event_classes", Status::Warn)]);
+    let ev = evidence(&f, "audit.event_classes");
+    assert!(
+        ev.contains("WARN: 10.2.1.5 changes to identification and authentication credentials and keys: 0 events"),
         "{ev}"
     );
 }

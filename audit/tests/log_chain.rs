@@ -181,7 +181,7 @@ fn known_answer_event_hash() {
     let ev = NewEvent::new(
         time,
         Actor::client("shop", "ab"),
-        Action::DETOKENIZE,
+        Action::Detokenize,
         Outcome::Success,
     )
     .with_tenant("acme")
@@ -771,7 +771,7 @@ proptest! {
                 1 => Outcome::Denied("forbidden".into()),
                 _ => Outcome::Error("internal".into()),
             };
-            let mut ev = NewEvent::new(time, Actor { name: actor, fingerprint: None }, Action::ERASE, outcome);
+            let mut ev = NewEvent::new(time, Actor { name: actor, fingerprint: None }, Action::Erase, outcome);
             ev.tenant = tenant;
             ev.details = details;
             chain.append(&conn, &ev).unwrap();

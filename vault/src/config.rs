@@ -42,6 +42,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod lenient;
+pub use lenient::{LenientClient, LenientConfig};
+
 /// A configuration problem: the field (as a TOML path) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

@@ -30,6 +30,7 @@ pub use crate::service::request::{
     AccessContext, CardFacts, Detokenized, TokenInfo, TokenizeRequest,
 };
 pub use crate::service::{Admin, Clock, KeyInfo, Vault, VaultOptions, system_clock};
+pub mod compliance;
 pub mod config;
 pub mod http;
 pub mod hygiene;

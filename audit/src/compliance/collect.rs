@@ -1,47 +1,15 @@
 //! Collectors for the facts this crate can read by itself: the audit log in the
-//! vault's database, file modes, and the PAN scanner. (Vault facts — keys,
-//! records — come from the vault's inventory, which the CLI reads.)
+//! vault's database (through the log's own read functions), file modes, and
+//! the PAN scanner. (Vault facts — keys, records, configuration — are collected
+//! by the vault, which depends on this crate.)
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-use rusqlite::{Connection, OptionalExtension};
-use time::OffsetDateTime;
 
 use super::facts::{
     AuditLogFacts, AuditVerifyFacts, FieldStats, FileFacts, FileRole, HitKind, ScanFacts, ScanHit,
 };
 use crate::log::{self, PublicKey};
 use crate::scan::{Kind, ScanOptions, Scanner};
-
-/// Actions that touch card data and must name the tenant (and token).
-const DATA_ACTIONS: &[&str] = &[
-    "tokenize",
-    "read",
-    "token.read",
-    "detokenize",
-    "delete",
-    "token.delete",
-    "erase",
-];
-
-fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n > 0)
-}
-
-fn count(conn: &Connection, sql: &str) -> rusqlite::Result<u64> {
-    conn.query_row(sql, [], |r| r.get::<_, i64>(0))
-        .and_then(|n| non_negative(0, n))
-}
-
-/// A count from column `col`: a negative one means a broken database, not zero.
-fn non_negative(col: usize, n: i64) -> rusqlite::Result<u64> {
-    u64::try_from(n).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(col, n))
-}
 
 /// Facts about the audit log in `db` (the vault's `vault.db`), verified with the
 /// public key in `pubkey`. `retention` is the configured retention of audit
@@ -65,8 +33,8 @@ pub fn audit_log_facts(
         denied_events: 0,
         fields: FieldStats::default(),
     };
-    let db_err = |e: rusqlite::Error| format!("{}: {e}", db.display());
-    facts.present = table_exists(&conn, "audit_events").map_err(db_err)?;
+    let db_err = |e: log::AuditError| format!("{}: {e}", db.display());
+    facts.present = log::has_audit_log(&conn).map_err(db_err)?;
     if !facts.present {
         return Ok(facts);
     }
@@ -84,64 +52,19 @@ pub fn audit_log_facts(
                 problem: r.problem.map(|b| (b.kind.to_string(), b.to_string())),
             }),
     };
-    if table_exists(&conn, "audit_prunes").map_err(db_err)? {
-        let mut stmt = conn
-            .prepare("SELECT time_ns - cutoff_ns FROM audit_prunes ORDER BY id")
-            .map_err(db_err)?;
-        let rows = stmt.query_map([], |r| r.get::<_, i64>(0)).map_err(db_err)?;
-        for ns in rows {
-            facts
-                .prune_retention_days
-                .push(ns.map_err(db_err)? / 86_400_000_000_000);
-        }
-    }
-    let oldest: Option<i64> = conn
-        .query_row("SELECT min(time_ns) FROM audit_events", [], |r| r.get(0))
-        .optional()
-        .map_err(db_err)?
-        .flatten();
-    facts.oldest_event =
-        oldest.and_then(|ns| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).ok());
-    let mut stmt = conn
-        .prepare("SELECT action, count(*) FROM audit_events GROUP BY action")
-        .map_err(db_err)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .map_err(db_err)?;
-    for row in rows {
-        let (action, n) = row.map_err(db_err)?;
-        facts
-            .actions
-            .insert(action, non_negative(1, n).map_err(db_err)?);
-    }
-    facts.admin_events = count(
-        &conn,
-        "SELECT count(*) FROM audit_events WHERE actor LIKE 'admin:%'",
-    )
-    .map_err(db_err)?;
-    facts.denied_events = count(
-        &conn,
-        "SELECT count(*) FROM audit_events WHERE outcome = 'denied'",
-    )
-    .map_err(db_err)?;
-    let data_list = DATA_ACTIONS
-        .iter()
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(",");
+    facts.prune_retention_days = log::prune_retention_days(&conn).map_err(db_err)?;
+    facts.oldest_event = log::oldest_event_time(&conn).map_err(db_err)?;
+    let stats = log::event_stats(&conn).map_err(db_err)?;
+    facts.actions = stats.actions;
+    facts.admin_events = stats.admin;
+    facts.denied_events = stats.denied;
     facts.fields = FieldStats {
-        examined: count(&conn, "SELECT count(*) FROM audit_events").map_err(db_err)?,
-        missing_actor: count(&conn, "SELECT count(*) FROM audit_events WHERE actor IS NULL OR actor = ''").map_err(db_err)?,
-        missing_origin: count(&conn, "SELECT count(*) FROM audit_events WHERE actor NOT LIKE 'admin:%' AND (peer IS NULL OR peer = '')")
-            .map_err(db_err)?,
-        missing_resource: count(
-            &conn,
-            &format!("SELECT count(*) FROM audit_events WHERE action IN ({data_list}) AND outcome = 'success' AND (tenant IS NULL OR tenant = '' OR (action <> 'erase' AND (token IS NULL OR token = '')))"),
-        )
-        .map_err(db_err)?,
-        missing_code: count(&conn, "SELECT count(*) FROM audit_events WHERE outcome <> 'success' AND (code IS NULL OR code = '')").map_err(db_err)?,
-        missing_purpose: count(&conn, "SELECT count(*) FROM audit_events WHERE action = 'detokenize' AND (purpose IS NULL OR purpose = '')")
-            .map_err(db_err)?,
+        examined: stats.examined,
+        missing_actor: stats.missing_actor,
+        missing_origin: stats.missing_origin,
+        missing_resource: stats.missing_resource,
+        missing_code: stats.missing_code,
+        missing_purpose: stats.missing_purpose,
     };
     Ok(facts)
 }

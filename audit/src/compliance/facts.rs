@@ -99,8 +99,11 @@ impl Facts {
 
 // ---------------------------------------------------------------- keys
 
-/// Key states as the vault names them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// Key states as the vault names them. The vault owns the life cycle (its
+/// `KeyState`, mapped here in one place); this crate cannot depend on it, so the
+/// checks see this copy. There is no "unknown" state: a state the vault cannot
+/// read is a collection error, never a value a check could pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
     /// Encrypts new records.
@@ -111,30 +114,16 @@ pub enum KeyState {
     Retired,
     /// Key material destroyed.
     Destroyed,
-    /// A state this build does not know.
-    Other(String),
 }
 
 impl KeyState {
-    /// From the vault's name (`active`, `decrypt_only`, `retired`, `destroyed`).
-    pub fn from_name(s: &str) -> KeyState {
-        match s {
-            "active" => KeyState::Active,
-            "decrypt_only" => KeyState::DecryptOnly,
-            "retired" => KeyState::Retired,
-            "destroyed" => KeyState::Destroyed,
-            other => KeyState::Other(other.to_owned()),
-        }
-    }
-
     /// The vault's name.
-    pub fn as_str(&self) -> &str {
+    pub fn as_str(self) -> &'static str {
         match self {
             KeyState::Active => "active",
             KeyState::DecryptOnly => "decrypt_only",
             KeyState::Retired => "retired",
             KeyState::Destroyed => "destroyed",
-            KeyState::Other(s) => s,
         }
     }
 }

@@ -9,9 +9,10 @@
 //! 2. **Facts.** [`Facts`] is plain data: key inventory, stored-data facts, scanner
 //!    findings, TLS settings, certificates, live probes ([`probe::probe`]), the
 //!    audit log ([`collect::audit_log_facts`]), clients and permissions, file
-//!    modes, erasure requests. The CLI collects them (this crate never depends on
-//!    the vault); tests build them by hand. A fact can be unknown (the check is
-//!    skipped) or failed (the check errors).
+//!    modes, erasure requests. The vault collects them
+//!    (`panvault_vault::compliance`; this crate never depends on the vault);
+//!    tests build them by hand. A fact can be unknown (the check is skipped) or
+//!    failed (the check errors).
 //! 3. **Evaluation and reports.** [`evaluate`] runs each enabled control's check
 //!    ([`CHECKS`]) into a [`CheckResult`] with evidence and remediation;
 //!    [`render`] writes text, JSON, SARIF 2.1.0, JUnit XML or HTML, and

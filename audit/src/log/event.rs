@@ -50,90 +50,215 @@ impl Actor {
     }
 }
 
-/// What was done: a short stable name such as `detokenize` or `key.rotate`.
-///
-/// The constants cover the operations known today; [`Action::new`] accepts any
-/// other name made of `a-z 0-9 . _ -` (at most [`MAX_CODE_LEN`] bytes).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Action(Cow<'static, str>);
-
-macro_rules! actions {
-    ($($(#[$doc:meta])* $name:ident = $text:literal;)*) => {
-        impl Action {
-            $($(#[$doc])* pub const $name: Action = Action(Cow::Borrowed($text));)*
-        }
-    };
+/// Every action panvault records: the one place their names are written. The
+/// vault emits exactly these; the compliance checks classify exactly these (an
+/// exhaustive match each, so a new action cannot go unclassified).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Action {
+    /// API: tokenize a card (`POST /v1/tokens`).
+    Tokenize,
+    /// API: read a token's masked facts (`GET /v1/tokens/{token}`).
+    Read,
+    /// API: detokenize (reveal a card), always with a purpose.
+    Detokenize,
+    /// API: delete a token.
+    Delete,
+    /// Admin or API: a data subject's (or a token's) card data was erased.
+    Erase,
+    /// Admin or server: old card data or audit events were purged under the
+    /// retention policy.
+    RetentionPurge,
+    /// API: a request refused before reaching an operation (authentication,
+    /// authorization, validation).
+    Denied,
+    /// Admin: a vault was created.
+    Init,
+    /// Admin: the server started.
+    ServeStart,
+    /// Admin: the server stopped.
+    ServeStop,
+    /// Admin: a new data key became active.
+    KeyRotate,
+    /// Admin: records were re-encrypted under the active key (one event per batch).
+    KeyRewrap,
+    /// Admin: a data key was retired (decrypt only).
+    KeyRetire,
+    /// Admin: a data key was destroyed.
+    KeyDestroy,
+    /// Admin: the root key was rotated (wrapped keys re-wrapped).
+    MasterRotate,
+    /// Admin: the unsealing passphrase was changed.
+    MasterChangePassphrase,
+    /// Admin: the unsealing secret was split into (new) custodian shares.
+    MasterReshare,
+    /// Admin: the audit log was verified.
+    AuditVerify,
+    /// Admin: the audit log was exported.
+    AuditExport,
+    /// Admin: a checkpoint was signed and printed for off-host keeping.
+    AuditCheckpoint,
+    /// Admin: a compliance check run.
+    ComplianceRun,
+    /// Admin: the server started despite failing compliance checks.
+    ServeNoncompliant,
 }
 
-actions! {
-    /// API: tokenize a card.
-    TOKENIZE = "tokenize";
-    /// API: detokenize (reveal a card), always with a purpose.
-    DETOKENIZE = "detokenize";
-    /// API: delete a token.
-    DELETE = "token.delete";
-    /// API: a request refused before reaching an operation (e.g. authentication failed).
-    AUTH_FAILED = "auth.failed";
-    /// Admin: a vault was created.
-    INIT = "init";
-    /// Admin: the server started.
-    SERVE_START = "serve.start";
-    /// Admin: the server stopped.
-    SERVE_STOP = "serve.stop";
-    /// Admin: a new data key became active.
-    KEY_ROTATE = "key.rotate";
-    /// Admin: records were re-encrypted under the active key (one event per batch or run).
-    KEY_REWRAP = "key.rewrap";
-    /// Admin: a data key was retired (decrypt only).
-    KEY_RETIRE = "key.retire";
-    /// Admin: a data key was destroyed.
-    KEY_DESTROY = "key.destroy";
-    /// Admin: the root key was rotated (wrapped keys re-wrapped).
-    MASTER_KEY_ROTATE = "master_key.rotate";
-    /// Admin: the root key was unsealed (passphrase or shares).
-    MASTER_KEY_UNSEAL = "master_key.unseal";
-    /// Admin: the unsealing secret was split into custodian shares.
-    MASTER_KEY_SPLIT = "master_key.split";
-    /// Admin or API: a data subject's card data was erased.
-    ERASE = "erase";
-    /// Admin: old card data or audit events were purged under the retention policy.
-    RETENTION_PURGE = "retention.purge";
-    /// Admin: the audit log was verified.
-    AUDIT_VERIFY = "audit.verify";
-    /// Admin: the audit log was exported.
-    AUDIT_EXPORT = "audit.export";
-    /// Admin: the latest checkpoint was printed for off-host keeping.
-    AUDIT_CHECKPOINT = "audit.checkpoint";
-    /// Admin: a compliance check run.
-    COMPLIANCE_RUN = "compliance.run";
+/// What an event of an [`Action`] must name besides who acted and how it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    /// Nothing: an administrative or refused action.
+    None,
+    /// The tenant whose card data it touched (an erasure by data subject).
+    Tenant,
+    /// The tenant and the token whose card data it touched.
+    Token,
 }
 
 impl Action {
+    /// Every action, in declaration order.
+    pub const ALL: [Action; 22] = [
+        Action::Tokenize,
+        Action::Read,
+        Action::Detokenize,
+        Action::Delete,
+        Action::Erase,
+        Action::RetentionPurge,
+        Action::Denied,
+        Action::Init,
+        Action::ServeStart,
+        Action::ServeStop,
+        Action::KeyRotate,
+        Action::KeyRewrap,
+        Action::KeyRetire,
+        Action::KeyDestroy,
+        Action::MasterRotate,
+        Action::MasterChangePassphrase,
+        Action::MasterReshare,
+        Action::AuditVerify,
+        Action::AuditExport,
+        Action::AuditCheckpoint,
+        Action::ComplianceRun,
+        Action::ServeNoncompliant,
+    ];
+
+    /// The name stored in the log.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Tokenize => "tokenize",
+            Action::Read => "token.read",
+            Action::Detokenize => "detokenize",
+            Action::Delete => "token.delete",
+            Action::Erase => "erase",
+            Action::RetentionPurge => "retention.purge",
+            Action::Denied => "auth.failed",
+            Action::Init => "init",
+            Action::ServeStart => "serve.start",
+            Action::ServeStop => "serve.stop",
+            Action::KeyRotate => "key.rotate",
+            Action::KeyRewrap => "key.rewrap",
+            Action::KeyRetire => "key.retire",
+            Action::KeyDestroy => "key.destroy",
+            Action::MasterRotate => "master_key.rotate",
+            Action::MasterChangePassphrase => "master_key.change_passphrase",
+            Action::MasterReshare => "master_key.split",
+            Action::AuditVerify => "audit.verify",
+            Action::AuditExport => "audit.export",
+            Action::AuditCheckpoint => "audit.checkpoint",
+            Action::ComplianceRun => "compliance.run",
+            Action::ServeNoncompliant => "serve.noncompliant",
+        }
+    }
+
+    /// The action stored under `name`, if it is one of ours.
+    pub fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    /// What a successful event of this action must name (PCI DSS 10.2.2: the
+    /// affected data): card-data actions name their tenant, and their token
+    /// unless they erase a whole data subject.
+    pub const fn resource(self) -> Resource {
+        match self {
+            Action::Tokenize | Action::Read | Action::Detokenize | Action::Delete => {
+                Resource::Token
+            }
+            Action::Erase => Resource::Tenant,
+            Action::RetentionPurge
+            | Action::Denied
+            | Action::Init
+            | Action::ServeStart
+            | Action::ServeStop
+            | Action::KeyRotate
+            | Action::KeyRewrap
+            | Action::KeyRetire
+            | Action::KeyDestroy
+            | Action::MasterRotate
+            | Action::MasterChangePassphrase
+            | Action::MasterReshare
+            | Action::AuditVerify
+            | Action::AuditExport
+            | Action::AuditCheckpoint
+            | Action::ComplianceRun
+            | Action::ServeNoncompliant => Resource::None,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An action's name as stored: one of [`Action`], or a custom name made of
+/// `a-z 0-9 . _ -` (at most [`MAX_CODE_LEN`] bytes) given to [`ActionName::new`].
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ActionName(Cow<'static, str>);
+
+impl ActionName {
     /// A custom action name: 1 to [`MAX_CODE_LEN`] bytes of `a-z 0-9 . _ -`.
-    pub fn new(name: impl Into<String>) -> Result<Action, AuditError> {
+    pub fn new(name: impl Into<String>) -> Result<ActionName, AuditError> {
         let name = name.into();
         check_code("action", &name)?;
-        Ok(Action(Cow::Owned(name)))
+        Ok(ActionName(Cow::Owned(name)))
     }
 
     /// A name read back from the database, taken as it is.
-    pub(crate) fn stored(name: String) -> Action {
-        Action(Cow::Owned(name))
+    pub(crate) fn stored(name: String) -> ActionName {
+        ActionName(Cow::Owned(name))
     }
 
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
 
-impl fmt::Debug for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Action({})", self.as_str())
+    /// The [`Action`] of this name, if it is one of ours.
+    pub fn action(&self) -> Option<Action> {
+        Action::from_name(self.as_str())
     }
 }
 
-impl fmt::Display for Action {
+impl From<Action> for ActionName {
+    fn from(a: Action) -> Self {
+        ActionName(Cow::Borrowed(a.as_str()))
+    }
+}
+
+impl PartialEq<Action> for ActionName {
+    fn eq(&self, other: &Action) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl fmt::Debug for ActionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActionName({})", self.as_str())
+    }
+}
+
+impl fmt::Display for ActionName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -187,7 +312,7 @@ pub struct NewEvent {
     /// Who acted.
     pub actor: Actor,
     /// What was done.
-    pub action: Action,
+    pub action: ActionName,
     /// The tenant whose data was concerned, if any.
     pub tenant: Option<String>,
     /// The token concerned, if any (never a card number).
@@ -207,11 +332,16 @@ pub struct NewEvent {
 
 impl NewEvent {
     /// An event with the required fields; add the others with the `with_*` methods.
-    pub fn new(time: OffsetDateTime, actor: Actor, action: Action, outcome: Outcome) -> NewEvent {
+    pub fn new(
+        time: OffsetDateTime,
+        actor: Actor,
+        action: impl Into<ActionName>,
+        outcome: Outcome,
+    ) -> NewEvent {
         NewEvent {
             time,
             actor,
-            action,
+            action: action.into(),
             tenant: None,
             token: None,
             purpose: None,
@@ -340,7 +470,7 @@ impl Event {
             name: text(2)?.ok_or_else(bad)?,
             fingerprint: text(3)?,
         };
-        let action = Action::stored(text(4)?.ok_or_else(bad)?);
+        let action = ActionName::stored(text(4)?.ok_or_else(bad)?);
         let outcome_kind = text(8)?.ok_or_else(bad)?;
         let outcome = Outcome::from_stored(&outcome_kind, text(9)?).ok_or_else(bad)?;
         let blob = |i: usize| -> Result<ChainHash, AuditError> {
@@ -419,11 +549,39 @@ mod tests {
 
     #[test]
     fn actions_validate() {
-        assert!(Action::new("key.rotate").is_ok());
-        assert!(Action::new("").is_err());
-        assert!(Action::new("Key").is_err());
-        assert!(Action::new("a b").is_err());
-        assert!(Action::new("x".repeat(65)).is_err());
+        assert!(ActionName::new("key.rotate").is_ok());
+        assert!(ActionName::new("").is_err());
+        assert!(ActionName::new("Key").is_err());
+        assert!(ActionName::new("a b").is_err());
+        assert!(ActionName::new("x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn every_action_has_one_valid_name() {
+        let mut names = std::collections::HashSet::new();
+        for a in Action::ALL {
+            assert!(ActionName::new(a.as_str()).is_ok(), "{a}");
+            assert!(names.insert(a.as_str()), "{a} named twice");
+            assert_eq!(Action::from_name(a.as_str()), Some(a));
+            assert_eq!(ActionName::from(a).action(), Some(a));
+        }
+        // Only the API's card operations must name a resource.
+        let on_cards: Vec<_> = Action::ALL
+            .into_iter()
+            .filter(|a| a.resource() != Resource::None)
+            .map(Action::as_str)
+            .collect();
+        assert_eq!(
+            on_cards,
+            [
+                "tokenize",
+                "token.read",
+                "detokenize",
+                "token.delete",
+                "erase"
+            ]
+        );
+        assert_eq!(Action::from_name("master_key.unseal"), None);
     }
 
     #[test]
@@ -445,7 +603,7 @@ mod tests {
         let ev = NewEvent::new(
             OffsetDateTime::UNIX_EPOCH,
             Actor::admin("root"),
-            Action::INIT,
+            Action::Init,
             Outcome::Success,
         );
         assert!(ev.validate().is_ok());

@@ -36,6 +36,7 @@ mod keys;
 mod prune;
 mod receipt;
 mod schema;
+mod stats;
 mod verify;
 
 pub use chain::{AuditChain, ChainHead, CheckpointPolicy};
@@ -43,11 +44,13 @@ pub use checkpoint::{Checkpoint, latest_checkpoint};
 pub use encoding::{ChainHash, ENCODING_VERSION, sha256_hex};
 pub use error::AuditError;
 pub use event::{
-    Action, Actor, Event, MAX_CODE_LEN, MAX_DETAILS_LEN, MAX_FIELD_LEN, NewEvent, Outcome,
+    Action, ActionName, Actor, Event, MAX_CODE_LEN, MAX_DETAILS_LEN, MAX_FIELD_LEN, NewEvent,
+    Outcome, Resource,
 };
 pub use export::{EXPORT_FORMAT, export_jsonl, read_events, verify_export};
 pub use keys::{PublicKey, SigningKey};
 pub use prune::{DEFAULT_RETENTION, MIN_RETENTION, PruneRecord, PruneReport, prune};
 pub use receipt::{ErasureReceipt, subject_hash, verify_receipt};
 pub use schema::{SCHEMA_SQL, SCHEMA_VERSION, migrate, open_read_only};
+pub use stats::{EventStats, event_stats, has_audit_log, oldest_event_time, prune_retention_days};
 pub use verify::{Break, BreakKind, Location, VerifyReport, verify, verify_against};

@@ -151,14 +151,14 @@ pub fn append(db: &Path, key: &SigningKey, events: &[NewEvent]) {
 pub fn good_events() -> Vec<NewEvent> {
     let admin = Actor::admin("ops");
     vec![
-        event(Action::INIT, admin.clone()),
-        event(Action::SERVE_START, admin.clone()),
-        event(Action::TOKENIZE, client())
+        event(Action::Init, admin.clone()),
+        event(Action::ServeStart, admin.clone()),
+        event(Action::Tokenize, client())
             .with_tenant("demo-shop")
             .with_token("tok_a")
             .with_peer("127.0.0.1:5000")
             .with_request_id("r1"),
-        event(Action::DETOKENIZE, client())
+        event(Action::Detokenize, client())
             .with_tenant("demo-shop")
             .with_token("tok_a")
             .with_purpose("refund")
@@ -167,12 +167,12 @@ pub fn good_events() -> Vec<NewEvent> {
         NewEvent::new(
             now(),
             Actor::unauthenticated(None),
-            Action::AUTH_FAILED,
+            Action::Denied,
             Outcome::Denied("bad_certificate".into()),
         )
         .with_peer("127.0.0.1:5001"),
-        event(Action::KEY_ROTATE, admin.clone()).with_details("new_version=2"),
-        event(Action::AUDIT_VERIFY, admin),
+        event(Action::KeyRotate, admin.clone()).with_details("new_version=2"),
+        event(Action::AuditVerify, admin),
     ]
 }
 

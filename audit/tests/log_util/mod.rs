@@ -36,11 +36,11 @@ pub fn sample_event(i: u64, time: OffsetDateTime) -> NewEvent {
         )
     };
     let (action, outcome) = match i % 5 {
-        0 => (Action::TOKENIZE, Outcome::Success),
-        1 => (Action::DETOKENIZE, Outcome::Success),
-        2 => (Action::DETOKENIZE, Outcome::Denied("forbidden".into())),
-        3 => (Action::KEY_ROTATE, Outcome::Success),
-        _ => (Action::DELETE, Outcome::Error("audit_unavailable".into())),
+        0 => (Action::Tokenize, Outcome::Success),
+        1 => (Action::Detokenize, Outcome::Success),
+        2 => (Action::Detokenize, Outcome::Denied("forbidden".into())),
+        3 => (Action::KeyRotate, Outcome::Success),
+        _ => (Action::Delete, Outcome::Error("audit_unavailable".into())),
     };
     let mut ev = NewEvent::new(time, actor, action, outcome)
         .with_tenant(if i.is_multiple_of(2) {

@@ -439,7 +439,7 @@ mod tests {
             let ev = NewEvent::new(
                 now,
                 Actor::client("shop", "ff"),
-                Action::TOKENIZE,
+                Action::Tokenize,
                 Outcome::Success,
             )
             .with_tenant("acme")
@@ -542,7 +542,7 @@ mod tests {
         let mut chain = AuditChain::load(&conn).unwrap();
         let old = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
         for i in 0..2 {
-            let ev = NewEvent::new(old, Actor::admin("ops"), Action::TOKENIZE, Outcome::Success)
+            let ev = NewEvent::new(old, Actor::admin("ops"), Action::Tokenize, Outcome::Success)
                 .with_token(format!("tok_tail_{i}"));
             chain.append(&conn, &ev).unwrap();
         }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use panvault_vault::compliance::PreflightFailure;
 use panvault_vault::config::Config;
 use panvault_vault::{Unlock, Vault};
 
@@ -48,24 +49,25 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, CliError> {
 /// Runs the TLS and key compliance checks of the default policy (PCI DSS 4.0.1)
 /// before anything is unsealed. A failure refuses to start, naming the checks,
 /// unless `allow` — then the failures are returned, to be logged and audited.
-pub(crate) fn preflight(config: &std::path::Path, allow: bool) -> Result<Option<String>, CliError> {
-    let results = crate::cmd::compliance::preflight(config)?;
-    let failed = crate::cmd::compliance::failed_checks(&results);
+pub(crate) fn preflight(
+    config: &std::path::Path,
+    allow: bool,
+) -> Result<Vec<PreflightFailure>, CliError> {
+    let failed = crate::cmd::compliance::preflight(config)?;
     if failed.is_empty() {
-        return Ok(None);
+        return Ok(failed);
     }
     if !allow {
         let msg = crate::cmd::compliance::refusal_text(&failed);
         return Err(CliError::with_code(msg, 1));
     }
     // Said as what happens (the server starts), not as the refusal it overrides.
-    let msg = format!(
-        "starting despite {} failed compliance check(s) (--allow-noncompliant, audited):\n  {}",
+    eprintln!(
+        "panvault: WARNING: starting despite {} failed compliance check(s) (--allow-noncompliant, audited):\n  {}",
         failed.len(),
-        failed.join("\n  ")
+        crate::cmd::compliance::lines(&failed)
     );
-    eprintln!("panvault: WARNING: {msg}");
-    Ok(Some(msg))
+    Ok(failed)
 }
 
 /// Opens the vault of `config` and serves it until a shutdown signal; `ready` is
@@ -74,7 +76,7 @@ pub(crate) fn preflight(config: &std::path::Path, allow: bool) -> Result<Option<
 pub(crate) fn serve(
     config: &Config,
     unlock: Unlock,
-    noncompliant: Option<String>,
+    noncompliant: Vec<PreflightFailure>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<ExitCode, CliError> {
     let hygiene = panvault_vault::hygiene::harden_process(false);
@@ -99,13 +101,12 @@ pub(crate) fn serve(
     let result = rt.block_on(async {
         let signal = shutdown_signal()
             .map_err(|e| CliError::usage(format!("cannot listen for signals: {e}")))?;
-        if let Some(failed) = &noncompliant {
+        if !noncompliant.is_empty() {
             let ctx = crate::common::admin_actor();
-            let summary: String = failed
-                .lines()
-                .skip(1)
+            let summary: String = noncompliant
+                .iter()
                 .take(20)
-                .map(str::trim)
+                .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
             vault

@@ -404,3 +404,34 @@ async fn bench_runs_a_mix_against_a_live_server() {
     assert!(stdout.contains("errors      0"), "{stdout}");
     server.stop().await;
 }
+
+/// `serve --allow-noncompliant` records in the audit log each preflight check it
+/// was told to override, as the check, its requirements and its first finding —
+/// the same words it printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_audits_each_overridden_preflight_failure_as_printed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = util::BinVault::create(tmp.path());
+    let server = util::ServeProcess::start(&v).await.unwrap();
+    let stderr = server.stderr();
+    assert!(server.terminate().await.success());
+    let conn = panvault_audit::log::open_read_only(&v.db()).unwrap();
+    let events = panvault_audit::log::read_events(&conn, 1, 10_000).unwrap();
+    let overridden = events
+        .iter()
+        .find(|e| e.event.action == panvault_audit::log::Action::ServeNoncompliant)
+        .expect("a serve.noncompliant event");
+    let details = overridden.event.details.as_deref().unwrap();
+    // A passphrase seal fails dual control by design.
+    assert!(details.contains("keys.dual_control (3.6.1.2"), "{details}");
+    for failure in details.split("; ") {
+        assert!(
+            failure.contains(" (") && failure.contains("): "),
+            "{failure}"
+        );
+        assert!(
+            stderr.contains(&format!("\n  {failure}")),
+            "{failure}\n{stderr}"
+        );
+    }
+}

@@ -387,7 +387,7 @@ async fn outside_verifier_follows_a_pruned_log() {
             } else {
                 now - time::Duration::minutes(30 - i)
             };
-            let ev = NewEvent::new(t, Actor::admin("ops"), Action::TOKENIZE, Outcome::Success)
+            let ev = NewEvent::new(t, Actor::admin("ops"), Action::Tokenize, Outcome::Success)
                 .with_tenant("acme")
                 .with_token(format!("tok_{i:020}"));
             chain.append(&tx, &ev).unwrap();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use panvault_audit::log::{
-    Action, Actor, AuditChain, ChainHead, Checkpoint, CheckpointPolicy, ErasureReceipt,
+    ActionName, Actor, AuditChain, ChainHead, Checkpoint, CheckpointPolicy, ErasureReceipt,
     MAX_CODE_LEN, MAX_FIELD_LEN, NewEvent, Outcome, SigningKey, subject_hash,
 };
 use rusqlite::{Connection, TransactionBehavior};
@@ -23,86 +23,9 @@ use super::keyring::Keyring;
 use super::request::AccessContext;
 use crate::error::VaultError;
 
-/// What was done; the names are the audit log's action names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AuditAction {
-    /// POST /v1/tokens.
-    Tokenize,
-    /// GET /v1/tokens/{token}.
-    Read,
-    /// POST /v1/tokens/{token}/detokenize.
-    Detokenize,
-    /// DELETE /v1/tokens/{token}.
-    Delete,
-    /// Erasure of a data subject or token.
-    Erase,
-    /// Retention purge.
-    RetentionPurge,
-    /// A request refused before any operation (authentication, authorization,
-    /// validation).
-    Denied,
-    /// init.
-    Init,
-    /// serve started.
-    ServeStart,
-    /// serve stopped.
-    ServeStop,
-    /// keys rotate.
-    KeyRotate,
-    /// keys rewrap (one event per batch).
-    KeyRewrap,
-    /// keys retire.
-    KeyRetire,
-    /// keys destroy.
-    KeyDestroy,
-    /// master rotate.
-    MasterRotate,
-    /// master change-passphrase.
-    MasterChangePassphrase,
-    /// master reshare.
-    MasterReshare,
-    /// audit verify.
-    AuditVerify,
-    /// audit export.
-    AuditExport,
-    /// audit checkpoint printed.
-    AuditCheckpoint,
-    /// compliance run.
-    ComplianceRun,
-    /// serve started despite failing compliance checks.
-    ServeNoncompliant,
-}
-
-impl AuditAction {
-    /// The action's name in the log.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuditAction::Tokenize => "tokenize",
-            AuditAction::Read => "token.read",
-            AuditAction::Detokenize => "detokenize",
-            AuditAction::Delete => "token.delete",
-            AuditAction::Erase => "erase",
-            AuditAction::RetentionPurge => "retention.purge",
-            AuditAction::Denied => "auth.failed",
-            AuditAction::Init => "init",
-            AuditAction::ServeStart => "serve.start",
-            AuditAction::ServeStop => "serve.stop",
-            AuditAction::KeyRotate => "key.rotate",
-            AuditAction::KeyRewrap => "key.rewrap",
-            AuditAction::KeyRetire => "key.retire",
-            AuditAction::KeyDestroy => "key.destroy",
-            AuditAction::MasterRotate => "master_key.rotate",
-            AuditAction::MasterChangePassphrase => "master_key.change_passphrase",
-            AuditAction::MasterReshare => "master_key.split",
-            AuditAction::AuditVerify => "audit.verify",
-            AuditAction::AuditExport => "audit.export",
-            AuditAction::AuditCheckpoint => "audit.checkpoint",
-            AuditAction::ComplianceRun => "compliance.run",
-            AuditAction::ServeNoncompliant => "serve.noncompliant",
-        }
-    }
-}
+/// What was done: the audit log's own vocabulary (one definition, in
+/// `panvault_audit::log::Action`), under the name the vault's API has used.
+pub use panvault_audit::log::Action as AuditAction;
 
 /// How it went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,8 +129,12 @@ pub(crate) fn build_event(
 ) -> Result<NewEvent, VaultError> {
     let time = OffsetDateTime::from_unix_timestamp(now)
         .map_err(|e| VaultError::AuditUnavailable(Some(Box::new(e))))?;
-    let action = Action::new(rec.action.as_str()).map_err(audit_err)?;
-    let mut ev = NewEvent::new(time, actor_of(ctx), action, rec.outcome.to_log());
+    let mut ev = NewEvent::new(
+        time,
+        actor_of(ctx),
+        ActionName::from(rec.action),
+        rec.outcome.to_log(),
+    );
     if let Some(t) = rec.tenant {
         ev = ev.with_tenant(clip(t));
     }
@@ -629,7 +556,6 @@ pub fn append_admin_event(
         .map_err(|e| VaultError::Store(e.into()))?;
     let mut chain = AuditChain::load(&tx).map_err(audit_err)?;
     let time = OffsetDateTime::now_utc();
-    let action = Action::new(action.as_str()).map_err(audit_err)?;
     let ev = NewEvent::new(time, actor_of(actor), action, Outcome::Success)
         .with_details(details.chars().take(4096).collect::<String>());
     let seq = chain.append(&tx, &ev).map_err(audit_err)?;

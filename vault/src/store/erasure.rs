@@ -208,6 +208,40 @@ pub(crate) fn mark_wal_scrubbed(conn: &Connection, id: i64, now: i64) -> Result<
     Ok(())
 }
 
+/// The erasure requests as a compliance run sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RequestOverview {
+    /// Requests not completed: (id, requested_at in unix seconds), oldest first.
+    pub open: Vec<(i64, i64)>,
+    /// Requests completed.
+    pub completed: i64,
+}
+
+/// The open and completed erasure requests; `None` for a vault whose schema
+/// predates erasure tracking (no `erasure_requests` table).
+pub(crate) fn request_overview(conn: &Connection) -> Result<Option<RequestOverview>, StoreError> {
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'erasure_requests'",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables == 0 {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare(
+        "SELECT id, requested_at FROM erasure_requests WHERE completed_at IS NULL ORDER BY requested_at",
+    )?;
+    let open = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let completed = conn.query_row(
+        "SELECT count(*) FROM erasure_requests WHERE completed_at IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(Some(RequestOverview { open, completed }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

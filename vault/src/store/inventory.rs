@@ -30,3 +30,63 @@ pub(crate) fn wrapped_key_names(conn: &Connection) -> Result<Vec<String>, StoreE
         .collect::<Result<Vec<_>, _>>()?;
     Ok(names)
 }
+
+/// What the `cards` table can hold, for the data-minimisation checks: its
+/// columns and the longest stored BIN, last four and fingerprint (in
+/// characters, bytes for the fingerprint; `None` when no card is stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CardShape {
+    /// Column names, in table order.
+    pub columns: Vec<String>,
+    /// Cards stored when the lengths were read.
+    pub cards: i64,
+    /// Longest `bin`.
+    pub max_bin_len: Option<i64>,
+    /// Longest `last4`.
+    pub max_last4_len: Option<i64>,
+    /// Longest `fingerprint`.
+    pub max_fingerprint_len: Option<i64>,
+}
+
+/// The shape of the `cards` table and its stored values.
+pub(crate) fn card_shape(conn: &Connection) -> Result<CardShape, StoreError> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('cards')")?;
+    let columns = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let (cards, max_bin_len, max_last4_len, max_fingerprint_len) = conn.query_row(
+        "SELECT count(*), max(length(bin)), max(length(last4)), max(length(fingerprint)) FROM cards",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    Ok(CardShape {
+        columns,
+        cards,
+        max_bin_len,
+        max_last4_len,
+        max_fingerprint_len,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_card_table_has_no_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open_writer(&dir.path().join("vault.db"), true).unwrap();
+        let shape = card_shape(&conn).unwrap();
+        assert_eq!(shape.cards, 0);
+        assert_eq!(
+            (
+                shape.max_bin_len,
+                shape.max_last4_len,
+                shape.max_fingerprint_len
+            ),
+            (None, None, None)
+        );
+        assert!(shape.columns.iter().any(|c| c == "fingerprint"));
+        assert!(!shape.columns.iter().any(|c| c == "pan"));
+    }
+}

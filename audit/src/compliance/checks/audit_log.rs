@@ -3,17 +3,18 @@ use super::{Outcome, need};
 use crate::compliance::facts::{AuditLogFacts, Facts};
 use crate::compliance::policy::Params;
 use crate::compliance::result::Status;
+use crate::log::Action;
 
 /// The event classes of PCI DSS 10.2.1.1–10.2.1.7.
 pub(crate) const CLASS_IDS: &[&str] = &[
     "10.2.1.1", "10.2.1.2", "10.2.1.3", "10.2.1.4", "10.2.1.5", "10.2.1.6", "10.2.1.7",
 ];
 
-/// What each class is and which events count for it.
+/// What each class is, and which events count for it besides the actions
+/// [`classes_of`] puts in it.
 struct Class {
     id: &'static str,
     what: &'static str,
-    actions: &'static [&'static str],
     /// Any event by an `admin:` actor counts.
     admin: bool,
     /// Any denied event counts.
@@ -24,72 +25,73 @@ const CLASSES: &[Class] = &[
     Class {
         id: "10.2.1.1",
         what: "individual access to cardholder data",
-        actions: &["detokenize"],
         admin: false,
         denied: false,
     },
     Class {
         id: "10.2.1.2",
         what: "actions by administrators",
-        actions: &[],
         admin: true,
         denied: false,
     },
     Class {
         id: "10.2.1.3",
         what: "access to the audit logs",
-        actions: &[
-            "audit.verify",
-            "audit.export",
-            "audit.checkpoint",
-            "compliance.run",
-        ],
         admin: false,
         denied: false,
     },
     Class {
         id: "10.2.1.4",
         what: "invalid logical access attempts",
-        actions: &["auth.failed"],
         admin: false,
         denied: true,
     },
     Class {
         id: "10.2.1.5",
         what: "changes to identification and authentication credentials and keys",
-        actions: &[
-            "key.rotate",
-            "key.retire",
-            "key.destroy",
-            "master_key.rotate",
-            "master_key.change_passphrase",
-            "master_key.split",
-            "master_key.unseal",
-        ],
         admin: false,
         denied: false,
     },
     Class {
         id: "10.2.1.6",
         what: "initialising, starting and stopping the audit log",
-        actions: &["init", "serve.start", "serve.stop", "audit.init"],
         admin: false,
         denied: false,
     },
     Class {
         id: "10.2.1.7",
         what: "creation and deletion of system-level objects",
-        actions: &[
-            "init",
-            "key.rotate",
-            "key.destroy",
-            "master_key.rotate",
-            "retention.purge",
-        ],
         admin: false,
         denied: false,
     },
 ];
+
+/// The PCI DSS 10.2.1 classes an action's events count for. An exhaustive
+/// match: an action added to the log's vocabulary does not compile until it is
+/// classified here (an empty list says "none", on purpose).
+fn classes_of(a: Action) -> &'static [&'static str] {
+    match a {
+        Action::Detokenize => &["10.2.1.1"],
+        Action::AuditVerify
+        | Action::AuditExport
+        | Action::AuditCheckpoint
+        | Action::ComplianceRun => &["10.2.1.3"],
+        Action::Denied => &["10.2.1.4"],
+        Action::KeyRetire | Action::MasterChangePassphrase | Action::MasterReshare => &["10.2.1.5"],
+        Action::KeyRotate | Action::KeyDestroy | Action::MasterRotate => &["10.2.1.5", "10.2.1.7"],
+        Action::ServeStart | Action::ServeStop => &["10.2.1.6"],
+        Action::Init => &["10.2.1.6", "10.2.1.7"],
+        Action::RetentionPurge => &["10.2.1.7"],
+        // Card operations other than a reveal, and the override of a refused
+        // start (itself an admin action, counted under 10.2.1.2 by its actor).
+        Action::Tokenize
+        | Action::Read
+        | Action::Delete
+        | Action::Erase
+        | Action::KeyRewrap
+        | Action::ServeNoncompliant => &[],
+    }
+}
 
 fn log_facts(f: &Facts) -> Result<&AuditLogFacts, Outcome> {
     let a = need(&f.audit_log, "audit log")?;
@@ -202,11 +204,14 @@ pub(super) fn event_classes(f: &Facts, p: &Params) -> Result<Outcome, Outcome> {
     };
     let mut o = Outcome::pass();
     for c in CLASSES {
-        let mut n: u64 = c
+        let mut n: u64 = a
             .actions
             .iter()
-            .map(|x| a.actions.get(*x).copied().unwrap_or(0))
-            .sum();
+            .filter(|(name, _)| {
+                Action::from_name(name).is_some_and(|x| classes_of(x).contains(&c.id))
+            })
+            .map(|(_, count)| *count)
+            .fold(0, u64::saturating_add);
         if c.admin {
             n = n.saturating_add(a.admin_events);
         }
@@ -276,4 +281,43 @@ pub(super) fn event_fields(f: &Facts, p: &Params) -> Result<Outcome, Outcome> {
         o.note("every event carries user, type, date and time, outcome, origin and affected resource (10.2.2)");
     }
     Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_the_vault_emits_is_classified() {
+        let mut unclassified = Vec::new();
+        for a in Action::ALL {
+            let classes = classes_of(a);
+            for id in classes {
+                assert!(CLASS_IDS.contains(id), "{a}: unknown class {id}");
+                assert!(CLASSES.iter().any(|c| c.id == *id), "{a}: {id}");
+            }
+            if classes.is_empty() {
+                unclassified.push(a.as_str());
+            }
+        }
+        assert_eq!(
+            unclassified,
+            [
+                "tokenize",
+                "token.read",
+                "token.delete",
+                "erase",
+                "key.rewrap",
+                "serve.noncompliant"
+            ]
+        );
+        // Every class an action can feed is fed by something the vault emits.
+        for c in CLASSES {
+            assert!(
+                c.admin || c.denied || Action::ALL.iter().any(|a| classes_of(*a).contains(&c.id)),
+                "{}",
+                c.id
+            );
+        }
+    }
 }

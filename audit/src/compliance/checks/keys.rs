@@ -86,7 +86,6 @@ pub(super) fn retired_versions(f: &Facts, p: &Params) -> Result<Outcome, Outcome
                 o.fail(format!("v{v} destroyed but {} records are still under it (they cannot be decrypted)", d.records));
             }
             KeyState::Destroyed => o.note(format!("v{v} destroyed: no records")),
-            KeyState::Other(s) => o.warn(format!("v{v} in unknown state {s:?} with {} records", d.records)),
         }
     }
     if k.data_keys.is_empty() {
