@@ -132,7 +132,7 @@ fn versions_from(min: &str) -> Vec<String> {
 fn server_suites() -> Vec<String> {
     panvault_vault::tls::AEAD_SUITES
         .iter()
-        .map(|s| format!("{:?}", s.suite()))
+        .map(panvault_vault::tls::iana_suite_name)
         .collect()
 }
 
@@ -167,7 +167,7 @@ fn load_config(path: &Path) -> Result<ConfigView, CliError> {
                 TlsVersion::Tls13 => "1.3",
                 _ => "1.2",
             }),
-            suites: server_suites(),
+            suites: panvault_vault::tls::negotiable_suite_names(&c.tls),
             clients: c
                 .clients
                 .iter()

@@ -19,6 +19,7 @@ pub use accept::{ClientKey, ConnStats, PeerAddr, ServeOptions, TlsConfigCell, se
 pub use client::client_config;
 pub use identity::ClientIdentity;
 pub use server::{
-    AEAD_SUITES, CRL_POLL, load_certs, load_certs_from_pem, load_crls, load_key, load_key_from_pem,
-    provider, server_config, watch_crls,
+    AEAD_SUITES, CRL_POLL, iana_suite_name, load_certs, load_certs_from_pem, load_crls, load_key,
+    load_key_from_pem, negotiable_suite_names, negotiable_suites, provider, server_config,
+    watch_crls,
 };
