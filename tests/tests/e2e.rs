@@ -45,3 +45,5 @@ mod live_keys;
 mod refusals;
 #[path = "e2e/soak.rs"]
 mod soak;
+#[path = "e2e/tls_probe.rs"]
+mod tls_probe;

@@ -506,7 +506,122 @@ pub fn probe(endpoint: &str, timeout: Duration) -> EndpointFacts {
     for version in HELLO_VERSIONS {
         enumerate(addr, &host, version, timeout, &mut facts.legacy);
     }
+    if facts.negotiated.is_none() {
+        // rustls found nothing it can speak: ask about client certificates in
+        // a version and suite the server did accept.
+        let accepted = facts.legacy.iter().rev().find_map(|h| match &h.reply {
+            HelloReply::ServerHello { version, suite } => Some((version.clone(), suite.clone())),
+            _ => None,
+        });
+        if let Some((version, suite)) = accepted {
+            let version_code = HELLO_VERSIONS
+                .into_iter()
+                .find(|v| version_name(*v) == version);
+            let suite_code = suites::registry()
+                .into_iter()
+                .find(|c| suite_name(*c) == suite);
+            if let (Some(v), Some(c)) = (version_code, suite_code) {
+                match legacy_client_auth(addr, &host, v, c, timeout) {
+                    Ok(ask) => {
+                        facts.client_cert_requested = ask.requested;
+                        facts.anonymous_refused = ask.refused;
+                    }
+                    Err(e) => {
+                        facts.handshake_error = Some(format!(
+                            "{} (and asking about client certificates in {version}: {e})",
+                            facts
+                                .handshake_error
+                                .as_deref()
+                                .unwrap_or("no modern handshake")
+                        ));
+                    }
+                }
+            }
+        }
+    }
     facts
+}
+
+/// What a server said about client certificates in a hand-built handshake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientAuthAnswer {
+    /// Its first flight held a CertificateRequest.
+    pub requested: bool,
+    /// It refused (an alert or a closed connection) an empty Certificate.
+    pub refused: bool,
+}
+
+/// Offers `version` and `suite` (which the server accepted before), reads the
+/// server's first flight up to ServerHelloDone, and if it holds a
+/// CertificateRequest answers with an empty Certificate: a server that
+/// requires a certificate refuses at once; one that does not waits for the
+/// rest of the handshake (read as "not refused" after a short wait).
+pub fn legacy_client_auth(
+    addr: SocketAddr,
+    host: &str,
+    version: u16,
+    suite: u16,
+    timeout: Duration,
+) -> io::Result<ClientAuthAnswer> {
+    let mut random = [0u8; 32];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+    let hello = client_hello(version, &[suite], Some(host), random)?;
+    let mut sock = TcpStream::connect_timeout(&addr, timeout)?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.set_write_timeout(Some(timeout))?;
+    sock.write_all(&hello)?;
+    let mut answer = ClientAuthAnswer::default();
+    let mut flight: Vec<u8> = Vec::new();
+    let mut done = false;
+    while !done {
+        let mut header = [0u8; 5];
+        sock.read_exact(&mut header)?;
+        if header[0] != 0x16 {
+            return Err(io::Error::other(format!(
+                "record type {} in the server's first flight",
+                header[0]
+            )));
+        }
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes([header[3], header[4]]))];
+        sock.read_exact(&mut body)?;
+        flight.extend_from_slice(&body);
+        // Whole handshake messages: type, 24-bit length, body.
+        loop {
+            let Some(&[kind, a, b, c]) = flight.get(..4) else {
+                break;
+            };
+            let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+            if flight.len() < 4 + len {
+                break;
+            }
+            match kind {
+                13 => answer.requested = true,
+                14 => done = true,
+                _ => {}
+            }
+            flight.drain(..4 + len);
+        }
+        if flight.len() > 1 << 20 {
+            return Err(io::Error::other("the server's first flight never ends"));
+        }
+    }
+    if !answer.requested {
+        return Ok(answer);
+    }
+    let v = version.to_be_bytes();
+    sock.write_all(&[0x16, v[0], v[1], 0, 7, 11, 0, 0, 3, 0, 0, 0])?;
+    sock.set_read_timeout(Some(timeout.min(Duration::from_secs(2))))?;
+    let mut first = [0u8; 1];
+    answer.refused = match sock.read(&mut first) {
+        // An alert, or the connection closed or reset.
+        Ok(0) => true,
+        Ok(_) => first[0] == 0x15,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ),
+    };
+    Ok(answer)
 }
 
 /// The rustls handshake: version, suite, chain, client-certificate behaviour.
