@@ -483,3 +483,50 @@ async fn aead_only_with_required_client_certificates_passes() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_naming_an_ip_address_in_sni_leave_no_warning_each() {
+    // Scanners connecting by IP put the address in the server name; rustls
+    // warned about each such ClientHello.
+    let tmp = tempfile::tempdir().unwrap();
+    let v = util::BinVault::create(tmp.path());
+    let server = util::ServeProcess::start(&v).await.unwrap();
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..5 {
+            // A name as long as the address, then the address in its place.
+            let mut hello =
+                probe::client_hello(probe::TLS1_2, &[0xc02b, 0xc02c], Some("x.invalid"), [7; 32])
+                    .unwrap();
+            let at = hello.windows(9).position(|w| w == b"x.invalid").unwrap();
+            hello[at..at + 9].copy_from_slice(b"127.0.0.1");
+            let reply = probe::send_hello(addr, &hello, PROBE_TIMEOUT).unwrap();
+            assert!(reply.accepted(), "{reply:?}");
+        }
+    })
+    .await
+    .unwrap();
+    // Stop it and read everything it wrote: "panvault: stopped" comes last.
+    let mut server = server;
+    let st = tokio::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(st.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
+        .await
+        .expect("no exit 30 s after SIGTERM")
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.stderr().contains("panvault: stopped") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{status}: {}",
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stderr = server.stderr();
+    assert!(!stderr.contains("Illegal SNI"), "{stderr}");
+}
