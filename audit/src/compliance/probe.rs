@@ -586,10 +586,7 @@ pub fn legacy_client_auth(
         sock.read_exact(&mut body)?;
         flight.extend_from_slice(&body);
         // Whole handshake messages: type, 24-bit length, body.
-        loop {
-            let Some(&[kind, a, b, c]) = flight.get(..4) else {
-                break;
-            };
+        while let Some(&[kind, a, b, c]) = flight.get(..4) {
             let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
             if flight.len() < 4 + len {
                 break;
