@@ -328,3 +328,34 @@ fn openssl_s_server_allowing_tls_1_0_is_caught() {
     assert!(ev.contains("did not ask for a client certificate"), "{ev}");
     let _ = Fact::<()>::Unknown(String::new());
 }
+
+#[test]
+fn a_silent_server_costs_one_timeout_per_version() {
+    // Accepts and never answers: each version is given up after its first
+    // unanswered hello (inconclusive), not after one per family.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let e = probe::probe(&addr.to_string(), Duration::from_millis(500));
+    assert!(e.negotiated.is_none());
+    let timeouts: Vec<&str> = e
+        .legacy
+        .iter()
+        .filter(|h| h.reply == HelloReply::Timeout)
+        .map(|h| h.offered.as_str())
+        .collect();
+    assert_eq!(timeouts.len(), 4, "{:?}", e.legacy);
+    assert_eq!(e.legacy.len(), 4, "{:?}", e.legacy);
+    let v = good_vault();
+    let (status, ev) = endpoint_report(&v, e);
+    assert_eq!(status, Status::Fail, "no modern handshake: {ev}");
+    assert!(
+        ev.contains("SSL 3.0 ClientHello (ECDHE-ECDSA suites) → no answer: inconclusive"),
+        "{ev}"
+    );
+}

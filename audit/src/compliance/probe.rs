@@ -289,7 +289,7 @@ pub fn enumerate(
     let mut refusal: Option<HelloReply> = None;
     let mut hellos = 0usize;
     let rng = ring::rand::SystemRandom::new();
-    for (family, chunk) in &families {
+    'families: for (family, chunk) in &families {
         let mut left = chunk.clone();
         for _ in 0..MAX_ROUNDS {
             if left.is_empty() {
@@ -323,7 +323,13 @@ pub fn enumerate(
                     refusal.get_or_insert(reply);
                     break;
                 }
-                HelloReply::Timeout | HelloReply::Unexpected { .. } => {
+                HelloReply::Timeout => {
+                    // A server (or firewall) that lets hellos of this version go
+                    // unanswered would cost a timeout per family: one is enough.
+                    out.push(HelloProbe { offered, reply });
+                    break 'families;
+                }
+                HelloReply::Unexpected { .. } => {
                     out.push(HelloProbe { offered, reply });
                     break;
                 }
