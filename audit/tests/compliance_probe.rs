@@ -141,7 +141,8 @@ fn rustls_mtls_server_passes() {
     assert_eq!(e.chain.len(), 1);
     assert_eq!(e.chain[0].subject, "CN=localhost");
     // Hand-built hellos: everything below TLS 1.2 refused, and at TLS 1.2 the
-    // three ECDHE-ECDSA AEAD suites rustls has for an EC key, found one by one.
+    // three ECDHE-ECDSA AEAD suites rustls has for an EC key, found one by one;
+    // TLS 1.3's three suites, one rustls handshake each.
     assert_eq!(
         probe::accepted_versions(&e).into_iter().collect::<Vec<_>>(),
         ["TLS 1.2", "TLS 1.3"]
@@ -157,6 +158,9 @@ fn rustls_mtls_server_passes() {
             "TLS 1.2 TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
             "TLS 1.2 TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
             "TLS 1.2 TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            "TLS 1.3 TLS_AES_128_GCM_SHA256",
+            "TLS 1.3 TLS_AES_256_GCM_SHA384",
+            "TLS 1.3 TLS_CHACHA20_POLY1305_SHA256",
         ]
     );
     for h in e.legacy.iter().filter(|h| !h.reply.accepted()) {

@@ -359,8 +359,8 @@ pub fn accepted_versions(e: &EndpointFacts) -> std::collections::BTreeSet<String
     out
 }
 
-/// Every `(version, suite)` the hand-built hellos saw accepted (IANA names), in
-/// the order found.
+/// Every `(version, suite)` the probe saw accepted (IANA names), in the order
+/// found: the hand-built hellos' and TLS 1.3's one-suite rustls handshakes.
 pub fn accepted_suites(e: &EndpointFacts) -> Vec<(String, String)> {
     e.legacy
         .iter()
@@ -462,6 +462,93 @@ fn builder(
         .with_custom_certificate_verifier(recorder))
 }
 
+/// TLS 1.3 by rustls, one suite per handshake (every TLS 1.3 suite ring
+/// implements): pushes a [`HelloProbe`] per suite the server picked, and one
+/// for those it refused.
+fn tls13_suites(addr: SocketAddr, host: &str, timeout: Duration, out: &mut Vec<HelloProbe>) {
+    let all: Vec<rustls::SupportedCipherSuite> = rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .into_iter()
+        .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)))
+        .collect();
+    let mut refused: Vec<String> = Vec::new();
+    let mut last_error = String::new();
+    for suite in &all {
+        let name = suite_name(u16::from(suite.suite()));
+        match tls13_handshake(addr, host, *suite, timeout) {
+            Ok(Some(picked)) => out.push(HelloProbe {
+                offered: format!("TLS 1.3 handshake offering only {name}"),
+                reply: HelloReply::ServerHello {
+                    version: version_name(0x0304),
+                    suite: suite_name(picked),
+                },
+            }),
+            Ok(None) => refused.push(name),
+            Err(e) => {
+                refused.push(name);
+                last_error = e.to_string();
+            }
+        }
+    }
+    if !refused.is_empty() {
+        out.push(HelloProbe {
+            offered: format!("TLS 1.3 handshakes offering only {}", refused.join(", ")),
+            reply: match alert_name_of(&last_error) {
+                Some(description) => HelloReply::Alert { description },
+                None => HelloReply::Closed,
+            },
+        });
+    }
+}
+
+/// The alert in a rustls error text (`received fatal alert: HandshakeFailure`).
+fn alert_name_of(e: &str) -> Option<String> {
+    e.split_once("received fatal alert: ")
+        .map(|(_, a)| a.trim().to_owned())
+}
+
+/// One rustls TLS 1.3 handshake offering only `suite`: the suite the server
+/// picked, if it answered with a ServerHello.
+fn tls13_handshake(
+    addr: SocketAddr,
+    host: &str,
+    suite: rustls::SupportedCipherSuite,
+    timeout: Duration,
+) -> io::Result<Option<u16>> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![suite];
+    let provider = Arc::new(provider);
+    let recorder = Arc::new(Recorder {
+        chain: Mutex::new(Vec::new()),
+        provider: Arc::clone(&provider),
+    });
+    let config = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(recorder)
+        .with_client_cert_resolver(Arc::new(AskedForCert::default()));
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let mut conn = ClientConnection::new(Arc::new(config), name)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut sock = TcpStream::connect_timeout(&addr, timeout)?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.set_write_timeout(Some(timeout))?;
+    let mut failure = None;
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut sock) {
+            failure = Some(e);
+            break;
+        }
+    }
+    match (conn.negotiated_cipher_suite(), failure) {
+        (Some(s), _) => Ok(Some(u16::from(s.suite()))),
+        (None, Some(e)) => Err(e),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Whether an I/O error from rustls is a fatal alert sent by the peer.
 fn alert_of(e: &io::Error) -> Option<rustls::AlertDescription> {
     match e
@@ -508,6 +595,13 @@ pub fn probe(endpoint: &str, timeout: Duration) -> EndpointFacts {
     if let Err(e) = modern(&mut facts, addr, &host, timeout) {
         facts.error = Some(format!("cannot connect: {e}"));
         return facts;
+    }
+    if facts
+        .negotiated
+        .as_ref()
+        .is_some_and(|n| n.version == "TLS 1.3")
+    {
+        tls13_suites(addr, &host, timeout, &mut facts.legacy);
     }
     for version in HELLO_VERSIONS {
         enumerate(addr, &host, version, timeout, &mut facts.legacy);
