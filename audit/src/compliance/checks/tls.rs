@@ -405,6 +405,15 @@ pub(super) fn inventory(f: &Facts, _p: &Params) -> Result<Outcome, Outcome> {
             )),
             None => o.note(format!("endpoint {}: no modern handshake", e.endpoint)),
         }
+        let accepted = crate::compliance::probe::accepted_suites(e);
+        if !accepted.is_empty() {
+            let list: Vec<String> = accepted.iter().map(|(v, s)| format!("{v} {s}")).collect();
+            o.note(format!(
+                "endpoint {}: suites accepted: {}",
+                e.endpoint,
+                list.join(", ")
+            ));
+        }
         for c in &e.chain {
             o.note(format!(
                 "certificate [endpoint] {}: {}",
