@@ -159,6 +159,13 @@ pub fn client_hello(
         }
         push_ext(&mut ext, 0x000d, &sa)?;
     }
+    // Some TLS terminators drop a ClientHello of 256 to 511 bytes: pad it past
+    // (the padding extension, RFC 7685).
+    let size = 4 + body.len() + 2 + ext.len();
+    if (256..512).contains(&size) {
+        let pad = 512usize.saturating_sub(size + 4);
+        push_ext(&mut ext, 0x0015, &vec![0u8; pad])?;
+    }
     push_u16(&mut body, ext.len())?;
     body.extend_from_slice(&ext);
     record(version, &body)
@@ -817,6 +824,18 @@ fn modern(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hellos_stay_out_of_256_to_511_bytes() {
+        for n in 1..=suites::MAX_PER_HELLO {
+            let codes: Vec<u16> = suites::registry().into_iter().take(n).collect();
+            for host in [Some("vault.example"), None] {
+                let h = client_hello(TLS1_2, &codes, host, [0; 32]).unwrap();
+                let hs = h.len() - 5;
+                assert!(!(256..512).contains(&hs), "{n} suites: {hs} bytes");
+            }
+        }
+    }
 
     #[test]
     fn hello_layout() {

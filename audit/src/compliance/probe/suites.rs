@@ -174,8 +174,8 @@ pub fn family(name: &str) -> &'static str {
     }
 }
 
-/// The most suites one hand-built ClientHello offers (a 130-byte list at most,
-/// under the sizes known to make some middleboxes drop the hello).
+/// The most suites one hand-built ClientHello offers: small hellos, as old
+/// servers that choke on long suite lists expect (128 bytes of suites at most).
 pub const MAX_PER_HELLO: usize = 64;
 
 /// `codes` split into families (in the order above), each cut into hellos of
