@@ -76,7 +76,8 @@ fn legacy_fake() -> SocketAddr {
             let Ok(mut s) = stream else { continue };
             s.set_read_timeout(Some(TIMEOUT)).unwrap();
             let mut head = [0u8; 5];
-            if s.read_exact(&mut head).is_err() {
+            if s.read_exact(&mut head).is_err() || head[0] != 0x16 {
+                // Not a TLS record (SSL 2.0's hello): hang up.
                 continue;
             }
             let mut body = vec![0u8; usize::from(u16::from_be_bytes([head[3], head[4]]))];
@@ -353,13 +354,67 @@ fn a_silent_server_costs_one_timeout_per_version() {
         .filter(|h| h.reply == HelloReply::Timeout)
         .map(|h| h.offered.as_str())
         .collect();
-    assert_eq!(timeouts.len(), 4, "{:?}", e.legacy);
-    assert_eq!(e.legacy.len(), 4, "{:?}", e.legacy);
+    assert_eq!(timeouts.len(), 5, "{:?}", e.legacy);
+    assert_eq!(e.legacy.len(), 5, "{:?}", e.legacy);
     let v = good_vault();
     let (status, ev) = endpoint_report(&v, e);
     assert_eq!(status, Status::Fail, "no modern handshake: {ev}");
     assert!(
         ev.contains("SSL 3.0 ClientHello (ECDHE-ECDSA suites) → no answer: inconclusive"),
+        "{ev}"
+    );
+}
+
+/// A fake SSL 2.0 server: answers an SSL 2.0 CLIENT-HELLO with a SERVER-HELLO
+/// listing RC4-128 and 3DES; any TLS hello gets a handshake_failure alert.
+fn ssl2_fake() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            s.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut head = [0u8; 2];
+            if s.read_exact(&mut head).is_err() {
+                continue;
+            }
+            if head[0] & 0x80 != 0 {
+                let mut body = vec![0u8; usize::from(head[1])];
+                if s.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let mut sh = vec![4, 0, 1, 0, 2, 0, 3, 0, 6, 0, 16, 0xaa, 0xbb, 0xcc];
+                sh.extend_from_slice(&[0x01, 0x00, 0x80, 0x07, 0x00, 0xc0]);
+                sh.extend_from_slice(&[0x42; 16]);
+                let mut rec = vec![0x80, u8::try_from(sh.len()).unwrap()];
+                rec.extend_from_slice(&sh);
+                let _ = s.write_all(&rec);
+            } else {
+                let _ = s.write_all(&[0x15, 3, 1, 0, 2, 2, 40]);
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_ssl_2_0_server_is_caught_and_its_ciphers_named() {
+    let v = good_vault();
+    let e = probe::probe(&ssl2_fake().to_string(), TIMEOUT);
+    assert_eq!(
+        probe::accepted_suites(&e),
+        [
+            ("SSL 2.0".to_owned(), "SSL_CK_RC4_128_WITH_MD5".to_owned()),
+            (
+                "SSL 2.0".to_owned(),
+                "SSL_CK_DES_192_EDE3_CBC_WITH_MD5".to_owned()
+            ),
+        ]
+    );
+    let (status, ev) = endpoint_report(&v, e);
+    assert_eq!(status, Status::Fail);
+    assert!(
+        ev.contains("SSL 2.0 CLIENT-HELLO (7 cipher kinds) → ServerHello SSL 2.0 SSL_CK_RC4_128_WITH_MD5: accepted, below TLS 1.2"),
         "{ev}"
     );
 }
