@@ -13,7 +13,9 @@
 //!    again without the suite the server picked until the server refuses: every
 //!    suite a server accepts is found and named, whichever it is (a server that
 //!    takes TLS 1.0 only with a NULL suite, TLS 1.2 only with Camellia-CBC).
-//!
+//!    When rustls could not handshake at all, a hand-built handshake in an
+//!    accepted version and suite asks about client certificates
+//!    ([`legacy_client_auth`]).
 //! 3. An SSL 2.0 CLIENT-HELLO (SSL 2.0's own record format) offers its seven
 //!    cipher kinds; a SERVER-HELLO names those the server has.
 //! 4. TLS 1.3, when the server speaks it: one rustls handshake per TLS 1.3 suite.
