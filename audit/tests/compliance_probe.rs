@@ -1,7 +1,8 @@
 //! The live TLS probe against real servers on 127.0.0.1: a rustls mTLS server
 //! (TLS 1.2/1.3, AEAD, client certificates required) passes; a raw-socket fake
-//! that answers TLS 1.0/1.1 ClientHellos, and OpenSSL's `s_server` allowing TLS
-//! 1.0/1.1 (when `openssl` is installed), are caught.
+//! that takes TLS 1.0/1.1 only with a NULL suite, and OpenSSL's `s_server`
+//! allowing TLS 1.0/1.1 (when `openssl` is installed), are caught. (The
+//! agreement with sslyze is tested end to end in `tests/tests/e2e/tls_probe.rs`.)
 // Test helpers outside #[test] functions: a panic is a test failure.
 #![allow(
     clippy::unwrap_used,
@@ -25,11 +26,7 @@ use rustls::{RootCertStore, ServerConfig, ServerConnection};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-fn mtls_server(
-    p: &Pki,
-    connections: usize,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> SocketAddr {
+fn mtls_server(p: &Pki, versions: &[&'static rustls::SupportedProtocolVersion]) -> SocketAddr {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from(p.ca_der.clone())).unwrap();
@@ -50,7 +47,7 @@ fn mtls_server(
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        for stream in listener.incoming().take(connections) {
+        for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
             s.set_read_timeout(Some(TIMEOUT)).unwrap();
             let mut conn = ServerConnection::new(Arc::clone(&config)).unwrap();
@@ -64,18 +61,23 @@ fn mtls_server(
     addr
 }
 
-/// A fake legacy server: answers a ClientHello whose version is below TLS 1.2
-/// with a ServerHello of that version (and the first suite offered); anything
-/// else gets a handshake_failure alert.
-fn legacy_fake(connections: usize) -> SocketAddr {
+/// The one suite the fake legacy server takes: TLS_ECDHE_ECDSA_WITH_NULL_SHA,
+/// which the probe's hand-picked legacy lists never offered.
+const FAKE_SUITE: [u8; 2] = [0xc0, 0x06];
+
+/// A fake legacy server: answers a TLS 1.0/1.1 ClientHello that offers
+/// [`FAKE_SUITE`] with a ServerHello of that version and suite; anything else
+/// gets a handshake_failure alert (as a server that has no shared suite sends).
+fn legacy_fake() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        for stream in listener.incoming().take(connections) {
+        for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
             s.set_read_timeout(Some(TIMEOUT)).unwrap();
             let mut head = [0u8; 5];
-            if s.read_exact(&mut head).is_err() {
+            if s.read_exact(&mut head).is_err() || head[0] != 0x16 {
+                // Not a TLS record (SSL 2.0's hello): hang up.
                 continue;
             }
             let mut body = vec![0u8; usize::from(u16::from_be_bytes([head[3], head[4]]))];
@@ -84,13 +86,17 @@ fn legacy_fake(connections: usize) -> SocketAddr {
             }
             let version = [body[4], body[5]];
             let sid = usize::from(body[38]);
-            let suite = [body[41 + sid], body[42 + sid]];
-            if u16::from_be_bytes(version) < 0x0303 {
+            let n = usize::from(u16::from_be_bytes([body[39 + sid], body[40 + sid]]));
+            let offered = body[41 + sid..41 + sid + n]
+                .chunks(2)
+                .any(|c| c == FAKE_SUITE);
+            let v = u16::from_be_bytes(version);
+            if (0x0301..0x0303).contains(&v) && offered {
                 let mut sh = vec![2, 0, 0, 38];
                 sh.extend_from_slice(&version);
                 sh.extend_from_slice(&[0x42; 32]);
                 sh.push(0);
-                sh.extend_from_slice(&suite);
+                sh.extend_from_slice(&FAKE_SUITE);
                 sh.push(0);
                 let mut rec = vec![
                     0x16,
@@ -102,7 +108,7 @@ fn legacy_fake(connections: usize) -> SocketAddr {
                 rec.extend_from_slice(&sh);
                 let _ = s.write_all(&rec);
             } else {
-                let _ = s.write_all(&[0x15, 3, 3, 0, 2, 2, 40]);
+                let _ = s.write_all(&[0x15, 3, 1, 0, 2, 2, 40]);
             }
         }
     });
@@ -123,24 +129,42 @@ fn endpoint_report(
 #[test]
 fn rustls_mtls_server_passes() {
     let v = good_vault();
-    let addr = mtls_server(
-        &v.pki,
-        4,
-        &[&rustls::version::TLS13, &rustls::version::TLS12],
-    );
+    let addr = mtls_server(&v.pki, &[&rustls::version::TLS13, &rustls::version::TLS12]);
     let e = probe::probe(&addr.to_string(), TIMEOUT);
     assert_eq!(e.error, None);
     let n = e.negotiated.clone().unwrap();
     assert_eq!(n.version, "TLS 1.3");
     assert!(
-        n.suite.starts_with("TLS13_AES") || n.suite.starts_with("TLS13_CHACHA"),
+        n.suite.starts_with("TLS_AES") || n.suite.starts_with("TLS_CHACHA"),
         "{n:?}"
     );
     assert!(e.client_cert_requested && e.anonymous_refused, "{e:?}");
     assert_eq!(e.chain.len(), 1);
     assert_eq!(e.chain[0].subject, "CN=localhost");
-    assert_eq!(e.legacy.len(), 3);
-    for h in &e.legacy {
+    // Hand-built hellos: everything below TLS 1.2 refused, and at TLS 1.2 the
+    // three ECDHE-ECDSA AEAD suites rustls has for an EC key, found one by one;
+    // TLS 1.3's three suites, one rustls handshake each.
+    assert_eq!(
+        probe::accepted_versions(&e).into_iter().collect::<Vec<_>>(),
+        ["TLS 1.2", "TLS 1.3"]
+    );
+    let mut suites: Vec<String> = probe::accepted_suites(&e)
+        .into_iter()
+        .map(|(v, s)| format!("{v} {s}"))
+        .collect();
+    suites.sort();
+    assert_eq!(
+        suites,
+        [
+            "TLS 1.2 TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "TLS 1.2 TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            "TLS 1.2 TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            "TLS 1.3 TLS_AES_128_GCM_SHA256",
+            "TLS 1.3 TLS_AES_256_GCM_SHA384",
+            "TLS 1.3 TLS_CHACHA20_POLY1305_SHA256",
+        ]
+    );
+    for h in e.legacy.iter().filter(|h| !h.reply.accepted()) {
         assert!(
             matches!(h.reply, HelloReply::Alert { .. } | HelloReply::Closed),
             "{h:?}"
@@ -149,7 +173,11 @@ fn rustls_mtls_server_passes() {
     let (status, ev) = endpoint_report(&v, e);
     assert_eq!(status, Status::Pass, "{ev}");
     assert!(
-        ev.contains("TLS 1.0 ClientHello → alert handshake_failure: refused"),
+        ev.contains("TLS 1.0 ClientHellos (389 suites in 12 hellos, by family) → alert handshake_failure: refused"),
+        "{ev}"
+    );
+    assert!(
+        ev.contains("TLS 1.2 ClientHello (ECDHE-ECDSA suites) → ServerHello TLS 1.2 TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384: accepted (AEAD)"),
         "{ev}"
     );
     assert!(ev.contains("client certificate required"), "{ev}");
@@ -160,7 +188,7 @@ fn tls_1_2_only_mtls_server_passes() {
     // With TLS 1.2 the server refuses the anonymous client inside the handshake:
     // version, suite and chain must still be recorded.
     let v = good_vault();
-    let addr = mtls_server(&v.pki, 4, &[&rustls::version::TLS12]);
+    let addr = mtls_server(&v.pki, &[&rustls::version::TLS12]);
     let e = probe::probe(&addr.to_string(), TIMEOUT);
     let n = e.negotiated.clone().unwrap();
     assert_eq!(n.version, "TLS 1.2");
@@ -173,30 +201,36 @@ fn tls_1_2_only_mtls_server_passes() {
 }
 
 #[test]
-fn raw_socket_fake_accepting_tls_1_0_and_1_1_is_caught() {
+fn raw_socket_fake_accepting_tls_1_0_and_1_1_with_a_null_suite_is_caught() {
+    // A server that takes TLS 1.0/1.1 only with a suite outside a short list
+    // answers every other hello with handshake_failure: the probe must offer
+    // the whole registry to find it.
     let v = good_vault();
-    let addr = legacy_fake(4);
+    let addr = legacy_fake();
     let e = probe::probe(&addr.to_string(), TIMEOUT);
     assert!(e.negotiated.is_none());
     assert_eq!(
-        e.legacy[0].reply,
-        HelloReply::ServerHello {
-            version: "TLS 1.0".into(),
-            suite: "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA".into()
-        }
-    );
-    assert_eq!(
-        e.legacy[1].reply,
-        HelloReply::ServerHello {
-            version: "TLS 1.1".into(),
-            suite: "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA".into()
-        }
+        probe::accepted_suites(&e),
+        [
+            (
+                "TLS 1.0".to_owned(),
+                "TLS_ECDHE_ECDSA_WITH_NULL_SHA".to_owned()
+            ),
+            (
+                "TLS 1.1".to_owned(),
+                "TLS_ECDHE_ECDSA_WITH_NULL_SHA".to_owned()
+            ),
+        ]
     );
     let (status, ev) = endpoint_report(&v, e);
     assert_eq!(status, Status::Fail);
-    assert!(ev.contains("FAIL: 127.0.0.1:") && ev.contains("TLS 1.0 ClientHello → ServerHello TLS 1.0 TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA: accepted"), "{ev}");
+    assert!(ev.contains("FAIL: 127.0.0.1:") && ev.contains("TLS 1.0 ClientHello (ECDHE-ECDSA suites) → ServerHello TLS 1.0 TLS_ECDHE_ECDSA_WITH_NULL_SHA: accepted, below TLS 1.2"), "{ev}");
     assert!(
-        ev.contains("TLS 1.1 ClientHello → ServerHello TLS 1.1"),
+        ev.contains("TLS 1.1 ClientHello (ECDHE-ECDSA suites) → ServerHello TLS 1.1"),
+        "{ev}"
+    );
+    assert!(
+        ev.contains("SSL 3.0 ClientHellos (") && ev.contains("alert handshake_failure: refused"),
         "{ev}"
     );
 }
@@ -247,8 +281,6 @@ fn openssl_s_server_allowing_tls_1_0_is_caught() {
             "s_server",
             "-accept",
             &format!("127.0.0.1:{port}"),
-            "-naccept",
-            "8",
             "-quiet",
         ])
         .arg("-cert")
@@ -279,12 +311,16 @@ fn openssl_s_server_allowing_tls_1_0_is_caught() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let e = probe::probe(&addr.to_string(), TIMEOUT);
-    assert!(e.legacy[0].reply.accepted(), "TLS 1.0: {:?}", e.legacy[0]);
-    assert!(e.legacy[1].reply.accepted(), "TLS 1.1: {:?}", e.legacy[1]);
+    let versions = probe::accepted_versions(&e);
     assert!(
-        e.legacy[2].reply.accepted(),
-        "CBC suites: {:?}",
-        e.legacy[2]
+        versions.contains("TLS 1.0") && versions.contains("TLS 1.1"),
+        "{versions:?}"
+    );
+    assert!(
+        probe::accepted_suites(&e)
+            .iter()
+            .any(|(v, s)| v == "TLS 1.2" && s.contains("_CBC_")),
+        "{e:?}"
     );
     assert_eq!(
         e.negotiated.as_ref().map(|n| n.version.as_str()),
@@ -293,10 +329,92 @@ fn openssl_s_server_allowing_tls_1_0_is_caught() {
     assert!(!e.client_cert_requested);
     let (status, ev) = endpoint_report(&v, e);
     assert_eq!(status, Status::Fail);
-    assert!(
-        ev.contains("TLS 1.0 ClientHello → ServerHello TLS 1.0"),
-        "{ev}"
-    );
+    assert!(ev.contains("→ ServerHello TLS 1.0 "), "{ev}");
     assert!(ev.contains("did not ask for a client certificate"), "{ev}");
     let _ = Fact::<()>::Unknown(String::new());
+}
+
+#[test]
+fn a_silent_server_costs_one_timeout_per_version() {
+    // Accepts and never answers: each version is given up after its first
+    // unanswered hello (inconclusive), not after one per family.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let e = probe::probe(&addr.to_string(), Duration::from_millis(500));
+    assert!(e.negotiated.is_none());
+    let timeouts: Vec<&str> = e
+        .legacy
+        .iter()
+        .filter(|h| h.reply == HelloReply::Timeout)
+        .map(|h| h.offered.as_str())
+        .collect();
+    assert_eq!(timeouts.len(), 5, "{:?}", e.legacy);
+    assert_eq!(e.legacy.len(), 5, "{:?}", e.legacy);
+    let v = good_vault();
+    let (status, ev) = endpoint_report(&v, e);
+    assert_eq!(status, Status::Fail, "no modern handshake: {ev}");
+    assert!(
+        ev.contains("SSL 3.0 ClientHello (ECDHE-ECDSA suites) → no answer: inconclusive"),
+        "{ev}"
+    );
+}
+
+/// A fake SSL 2.0 server: answers an SSL 2.0 CLIENT-HELLO with a SERVER-HELLO
+/// listing RC4-128 and 3DES; any TLS hello gets a handshake_failure alert.
+fn ssl2_fake() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            s.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut head = [0u8; 2];
+            if s.read_exact(&mut head).is_err() {
+                continue;
+            }
+            if head[0] & 0x80 != 0 {
+                let mut body = vec![0u8; usize::from(head[1])];
+                if s.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let mut sh = vec![4, 0, 1, 0, 2, 0, 3, 0, 6, 0, 16, 0xaa, 0xbb, 0xcc];
+                sh.extend_from_slice(&[0x01, 0x00, 0x80, 0x07, 0x00, 0xc0]);
+                sh.extend_from_slice(&[0x42; 16]);
+                let mut rec = vec![0x80, u8::try_from(sh.len()).unwrap()];
+                rec.extend_from_slice(&sh);
+                let _ = s.write_all(&rec);
+            } else {
+                let _ = s.write_all(&[0x15, 3, 1, 0, 2, 2, 40]);
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_ssl_2_0_server_is_caught_and_its_ciphers_named() {
+    let v = good_vault();
+    let e = probe::probe(&ssl2_fake().to_string(), TIMEOUT);
+    assert_eq!(
+        probe::accepted_suites(&e),
+        [
+            ("SSL 2.0".to_owned(), "SSL_CK_RC4_128_WITH_MD5".to_owned()),
+            (
+                "SSL 2.0".to_owned(),
+                "SSL_CK_DES_192_EDE3_CBC_WITH_MD5".to_owned()
+            ),
+        ]
+    );
+    let (status, ev) = endpoint_report(&v, e);
+    assert_eq!(status, Status::Fail);
+    assert!(
+        ev.contains("SSL 2.0 CLIENT-HELLO (7 cipher kinds) → ServerHello SSL 2.0 SSL_CK_RC4_128_WITH_MD5: accepted, below TLS 1.2"),
+        "{ev}"
+    );
 }

@@ -39,10 +39,19 @@ impl fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
-/// Logs to stderr, filtered by `PANVAULT_LOG` (default `warn`).
+/// Logs to stderr, filtered by `PANVAULT_LOG` (default `warn`), with
+/// [`panvault_vault::tls::LOG_DIRECTIVES`] unless `PANVAULT_LOG` names rustls.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PANVAULT_LOG")
+    let spec = std::env::var("PANVAULT_LOG").unwrap_or_else(|_| "warn".to_owned());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    if !spec.contains("rustls") {
+        for d in panvault_vault::tls::LOG_DIRECTIVES {
+            if let Ok(d) = d.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

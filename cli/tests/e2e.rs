@@ -55,3 +55,5 @@ mod outside_verifier;
 mod refusals;
 #[path = "e2e/soak.rs"]
 mod soak;
+#[path = "e2e/tls_probe.rs"]
+mod tls_probe;

@@ -5,10 +5,23 @@
 //!    suite and ALPN, the certificate chain (not verified: the probe inspects, it
 //!    sends no data), whether the server asked for a client certificate, and
 //!    whether it then refused the anonymous client.
-//! 2. Hand-built ClientHellos that rustls cannot send — TLS 1.0, TLS 1.1, and TLS
-//!    1.2 offering only CBC suites — are written to a plain TCP stream, and the
-//!    first record of the answer is classified: a ServerHello means the server
-//!    accepted (a failure), an alert or a closed connection means it refused.
+//! 2. Hand-built ClientHellos that rustls cannot send, for SSL 3.0, TLS 1.0, 1.1
+//!    and 1.2, are written to a plain TCP stream and the first record of the
+//!    answer is classified (a ServerHello: accepted; an alert or a closed
+//!    connection: refused). Each version is offered the whole suite registry
+//!    ([`suites`]), one family of key exchange per hello, and a family is offered
+//!    again without the suite the server picked until the server refuses: every
+//!    suite a server accepts is found and named, whichever it is (a server that
+//!    takes TLS 1.0 only with a NULL suite, TLS 1.2 only with Camellia-CBC).
+//!    When rustls could not handshake at all, a hand-built handshake in an
+//!    accepted version and suite asks about client certificates
+//!    ([`legacy_client_auth`]).
+//! 3. An SSL 2.0 CLIENT-HELLO (SSL 2.0's own record format) offers its seven
+//!    cipher kinds; a SERVER-HELLO names those the server has.
+//! 4. TLS 1.3, when the server speaks it: one rustls handshake per TLS 1.3 suite.
+//!
+//! Not probed: TLS 1.3 suites rustls does not implement (CCM, the
+//! integrity-only `TLS_SHA256_SHA256`).
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +38,12 @@ use rustls::{
 
 use super::facts::{EndpointFacts, HelloProbe, HelloReply, Negotiated};
 
+pub mod suites;
+
+pub use suites::suite_name;
+
+/// SSL 3.0.
+pub const SSL3_0: u16 = 0x0300;
 /// TLS 1.0.
 pub const TLS1_0: u16 = 0x0301;
 /// TLS 1.1.
@@ -32,59 +51,17 @@ pub const TLS1_1: u16 = 0x0302;
 /// TLS 1.2.
 pub const TLS1_2: u16 = 0x0303;
 
-/// Suites a TLS 1.0/1.1 server would pick from (CBC, 3DES, RC4: all that exists
-/// before TLS 1.2).
-pub const LEGACY_SUITES: &[u16] = &[
-    0xc014, 0xc013, 0xc00a, 0xc009, 0x0039, 0x0033, 0x0035, 0x002f, 0x000a, 0x0005, 0x0004,
-];
+/// The versions the hand-built hellos offer, oldest first.
+pub const HELLO_VERSIONS: [u16; 4] = [SSL3_0, TLS1_0, TLS1_1, TLS1_2];
 
-/// Non-AEAD TLS 1.2 suites: CBC with SHA-1 or SHA-2, 3DES, RC4.
-pub const CBC_SUITES: &[u16] = &[
-    0xc028, 0xc027, 0xc024, 0xc023, 0xc014, 0xc013, 0xc00a, 0xc009, 0x006b, 0x0067, 0x003d, 0x003c,
-    0x0035, 0x002f, 0x000a, 0x0005,
-];
-
-/// The IANA name of a cipher suite code, or its hex code.
-pub fn suite_name(code: u16) -> String {
-    let name = match code {
-        0x0004 => "TLS_RSA_WITH_RC4_128_MD5",
-        0x0005 => "TLS_RSA_WITH_RC4_128_SHA",
-        0x000a => "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
-        0x002f => "TLS_RSA_WITH_AES_128_CBC_SHA",
-        0x0033 => "TLS_DHE_RSA_WITH_AES_128_CBC_SHA",
-        0x0035 => "TLS_RSA_WITH_AES_256_CBC_SHA",
-        0x0039 => "TLS_DHE_RSA_WITH_AES_256_CBC_SHA",
-        0x003c => "TLS_RSA_WITH_AES_128_CBC_SHA256",
-        0x003d => "TLS_RSA_WITH_AES_256_CBC_SHA256",
-        0x0067 => "TLS_DHE_RSA_WITH_AES_128_CBC_SHA256",
-        0x006b => "TLS_DHE_RSA_WITH_AES_256_CBC_SHA256",
-        0x009c => "TLS_RSA_WITH_AES_128_GCM_SHA256",
-        0x009d => "TLS_RSA_WITH_AES_256_GCM_SHA384",
-        0xc009 => "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
-        0xc00a => "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
-        0xc013 => "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
-        0xc014 => "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
-        0xc023 => "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
-        0xc024 => "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA384",
-        0xc027 => "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
-        0xc028 => "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384",
-        0xc02b => "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-        0xc02c => "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-        0xc02f => "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-        0xc030 => "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-        0xcca8 => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-        0xcca9 => "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-        0x1301 => "TLS13_AES_128_GCM_SHA256",
-        0x1302 => "TLS13_AES_256_GCM_SHA384",
-        0x1303 => "TLS13_CHACHA20_POLY1305_SHA256",
-        _ => return format!("0x{code:04x}"),
-    };
-    name.to_owned()
-}
+/// Most ClientHellos per family and version: the server picks one suite per
+/// hello, so this bounds the suites named per family (and the connections).
+const MAX_ROUNDS: usize = 80;
 
 /// `TLS 1.0` … for a protocol version code.
 pub fn version_name(v: u16) -> String {
     match v {
+        0x0002 => "SSL 2.0".to_owned(),
         0x0300 => "SSL 3.0".to_owned(),
         TLS1_0 => "TLS 1.0".to_owned(),
         TLS1_1 => "TLS 1.1".to_owned(),
@@ -134,7 +111,8 @@ fn push_ext(out: &mut Vec<u8>, kind: u16, body: &[u8]) -> io::Result<()> {
 
 /// A ClientHello record offering `version` with `suites`, with SNI `host` (when
 /// it is a name), the usual groups and point formats, signature algorithms from
-/// TLS 1.2 on, and the renegotiation-info SCSV.
+/// TLS 1.2 on, and the renegotiation-info SCSV. An SSL 3.0 hello carries no
+/// extensions (SSL 3.0 has none) and an SSL 3.0 record version.
 pub fn client_hello(
     version: u16,
     suites: &[u16],
@@ -151,6 +129,9 @@ pub fn client_hello(
     }
     body.extend_from_slice(&0x00ffu16.to_be_bytes()); // TLS_EMPTY_RENEGOTIATION_INFO_SCSV
     body.extend_from_slice(&[1, 0]); // compression: null only
+    if version <= SSL3_0 {
+        return record(version, &body);
+    }
     let mut ext = Vec::new();
     if let Some(h) = host.filter(|h| h.parse::<std::net::IpAddr>().is_err() && !h.is_empty()) {
         let mut sni = Vec::new();
@@ -160,17 +141,23 @@ pub fn client_hello(
         sni.extend_from_slice(h.as_bytes());
         push_ext(&mut ext, 0x0000, &sni)?;
     }
-    // supported_groups: x25519, secp256r1, secp384r1
-    push_ext(
-        &mut ext,
-        0x000a,
-        &[0, 6, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18],
-    )?;
+    // supported_groups: x25519, secp256r1, secp384r1, secp521r1, x448, ffdhe2048-8192
+    let groups: [u16; 10] = [
+        0x001d, 0x0017, 0x0018, 0x0019, 0x001e, 0x0100, 0x0101, 0x0102, 0x0103, 0x0104,
+    ];
+    let mut g = Vec::new();
+    push_u16(&mut g, groups.len() * 2)?;
+    for x in groups {
+        g.extend_from_slice(&x.to_be_bytes());
+    }
+    push_ext(&mut ext, 0x000a, &g)?;
     // ec_point_formats: uncompressed
     push_ext(&mut ext, 0x000b, &[1, 0])?;
     if version >= TLS1_2 {
-        let schemes: [u16; 9] = [
-            0x0403, 0x0503, 0x0603, 0x0804, 0x0805, 0x0806, 0x0401, 0x0501, 0x0601,
+        // Every signature scheme an old server may insist on (SHA-1, DSA).
+        let schemes: [u16; 17] = [
+            0x0403, 0x0503, 0x0603, 0x0807, 0x0808, 0x0804, 0x0805, 0x0806, 0x0401, 0x0501, 0x0601,
+            0x0203, 0x0201, 0x0402, 0x0202, 0x0502, 0x0602,
         ];
         let mut sa = Vec::new();
         push_u16(&mut sa, schemes.len() * 2)?;
@@ -179,15 +166,27 @@ pub fn client_hello(
         }
         push_ext(&mut ext, 0x000d, &sa)?;
     }
+    // Some TLS terminators drop a ClientHello of 256 to 511 bytes: pad it past
+    // (the padding extension, RFC 7685).
+    let size = 4 + body.len() + 2 + ext.len();
+    if (256..512).contains(&size) {
+        let pad = 512usize.saturating_sub(size + 4);
+        push_ext(&mut ext, 0x0015, &vec![0u8; pad])?;
+    }
     push_u16(&mut body, ext.len())?;
     body.extend_from_slice(&ext);
+    record(version, &body)
+}
 
+/// The handshake record around a ClientHello body: record version TLS 1.0 (what
+/// clients send for compatibility), SSL 3.0 for an SSL 3.0 hello.
+fn record(version: u16, body: &[u8]) -> io::Result<Vec<u8>> {
     let len = u32::try_from(body.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ClientHello too long"))?;
     let mut hs = vec![1u8];
     hs.extend_from_slice(len.to_be_bytes().get(1..).unwrap_or(&[0, 0, 0]));
-    hs.extend_from_slice(&body);
-    let mut record = vec![0x16, 0x03, 0x01];
+    hs.extend_from_slice(body);
+    let mut record = vec![0x16, 0x03, if version <= SSL3_0 { 0x00 } else { 0x01 }];
     push_u16(&mut record, hs.len())?;
     record.extend_from_slice(&hs);
     Ok(record)
@@ -201,6 +200,23 @@ fn hex_prefix(b: &[u8]) -> String {
         .join("")
 }
 
+/// The version and suite codes of a ServerHello record.
+fn server_hello_codes(header: &[u8], body: &[u8]) -> Option<(u16, Option<u16>)> {
+    if header.first() != Some(&0x16) || body.first() != Some(&2) {
+        return None;
+    }
+    let version = body
+        .get(4..6)
+        .and_then(|v| <[u8; 2]>::try_from(v).ok())
+        .map(u16::from_be_bytes)?;
+    let sid_len = body.get(38).copied().map(usize::from);
+    let suite = sid_len
+        .and_then(|l| body.get(39 + l..41 + l))
+        .and_then(|s| <[u8; 2]>::try_from(s).ok())
+        .map(u16::from_be_bytes);
+    Some((version, suite))
+}
+
 /// Classifies the first record a server sent back.
 pub fn classify_reply(header: &[u8], body: &[u8]) -> HelloReply {
     match header.first() {
@@ -211,26 +227,15 @@ pub fn classify_reply(header: &[u8], body: &[u8]) -> HelloReply {
                 .map_or_else(|| "unknown".to_owned(), alert_name);
             HelloReply::Alert { description: desc }
         }
-        Some(0x16) if body.first() == Some(&2) => {
-            let version = body
-                .get(4..6)
-                .and_then(|v| <[u8; 2]>::try_from(v).ok())
-                .map(u16::from_be_bytes);
-            let sid_len = body.get(38).copied().map(usize::from);
-            let suite = sid_len
-                .and_then(|l| body.get(39 + l..41 + l))
-                .and_then(|s| <[u8; 2]>::try_from(s).ok())
-                .map(u16::from_be_bytes);
-            match version {
-                Some(v) => HelloReply::ServerHello {
-                    version: version_name(v),
-                    suite: suite.map_or_else(|| "?".to_owned(), suite_name),
-                },
-                None => HelloReply::Unexpected {
-                    detail: format!("short ServerHello {}", hex_prefix(body)),
-                },
-            }
-        }
+        Some(0x16) if body.first() == Some(&2) => match server_hello_codes(header, body) {
+            Some((v, suite)) => HelloReply::ServerHello {
+                version: version_name(v),
+                suite: suite.map_or_else(|| "?".to_owned(), suite_name),
+            },
+            None => HelloReply::Unexpected {
+                detail: format!("short ServerHello {}", hex_prefix(body)),
+            },
+        },
         _ => HelloReply::Unexpected {
             detail: format!("{}{}", hex_prefix(header), hex_prefix(body)),
         },
@@ -246,15 +251,25 @@ fn io_reply(e: &io::Error) -> HelloReply {
 
 /// Sends `hello` to `addr` and classifies the answer.
 pub fn send_hello(addr: SocketAddr, hello: &[u8], timeout: Duration) -> io::Result<HelloReply> {
+    exchange(addr, hello, timeout).map(|(reply, _)| reply)
+}
+
+/// Sends `hello` to `addr`: the classified answer, and the code of the suite
+/// a ServerHello picked.
+fn exchange(
+    addr: SocketAddr,
+    hello: &[u8],
+    timeout: Duration,
+) -> io::Result<(HelloReply, Option<u16>)> {
     let mut sock = TcpStream::connect_timeout(&addr, timeout)?;
     sock.set_read_timeout(Some(timeout))?;
     sock.set_write_timeout(Some(timeout))?;
     if let Err(e) = sock.write_all(hello) {
-        return Ok(io_reply(&e));
+        return Ok((io_reply(&e), None));
     }
     let mut header = [0u8; 5];
     if let Err(e) = sock.read_exact(&mut header) {
-        return Ok(io_reply(&e));
+        return Ok((io_reply(&e), None));
     }
     let len = usize::from(u16::from_be_bytes([header[3], header[4]])).min(18_432);
     let mut body = vec![0u8; len];
@@ -267,7 +282,107 @@ pub fn send_hello(addr: SocketAddr, hello: &[u8], timeout: Duration) -> io::Resu
         }
     }
     body.truncate(got);
-    Ok(classify_reply(&header, &body))
+    let suite = server_hello_codes(&header, &body).and_then(|(_, s)| s);
+    Ok((classify_reply(&header, &body), suite))
+}
+
+/// Offers `version` every suite of the registry, family by family; within a
+/// family the server is asked again without each suite it picked, until it
+/// refuses. Pushes one [`HelloProbe`] per accepted suite and per inconclusive
+/// answer, and one for the refusals of the whole version.
+pub fn enumerate(
+    addr: SocketAddr,
+    host: &str,
+    version: u16,
+    timeout: Duration,
+    out: &mut Vec<HelloProbe>,
+) {
+    let label = version_name(version);
+    let codes = suites::registry();
+    let families = suites::by_family(&codes);
+    let mut refusal: Option<HelloReply> = None;
+    let mut hellos = 0usize;
+    let rng = ring::rand::SystemRandom::new();
+    'families: for (family, chunk) in &families {
+        let mut left = chunk.clone();
+        for _ in 0..MAX_ROUNDS {
+            if left.is_empty() {
+                break;
+            }
+            let mut random = [0u8; 32];
+            let _ = ring::rand::SecureRandom::fill(&rng, &mut random);
+            hellos += 1;
+            let answer = client_hello(version, &left, Some(host), random)
+                .and_then(|hello| exchange(addr, &hello, timeout));
+            let (reply, picked) = match answer {
+                Ok(a) => a,
+                Err(e) => (
+                    HelloReply::Unexpected {
+                        detail: format!("cannot send: {e}"),
+                    },
+                    None,
+                ),
+            };
+            let offered = format!("{label} ClientHello ({family} suites)");
+            match reply {
+                HelloReply::ServerHello { .. } => {
+                    out.push(HelloProbe { offered, reply });
+                    match picked {
+                        Some(c) if left.contains(&c) => left.retain(|x| *x != c),
+                        // A suite it was not offered: asking again would loop.
+                        _ => break,
+                    }
+                }
+                HelloReply::Alert { .. } | HelloReply::Closed => {
+                    refusal.get_or_insert(reply);
+                    break;
+                }
+                HelloReply::Timeout => {
+                    // A server (or firewall) that lets hellos of this version go
+                    // unanswered would cost a timeout per family: one is enough.
+                    out.push(HelloProbe { offered, reply });
+                    break 'families;
+                }
+                HelloReply::Unexpected { .. } => {
+                    out.push(HelloProbe { offered, reply });
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(reply) = refusal {
+        out.push(HelloProbe {
+            offered: format!(
+                "{label} ClientHellos ({} suites in {hellos} hellos, by family)",
+                codes.len()
+            ),
+            reply,
+        });
+    }
+}
+
+/// The protocol versions `e` saw accepted: the modern handshake's, and the
+/// version of every ServerHello the hand-built hellos got (`TLS 1.0` …).
+pub fn accepted_versions(e: &EndpointFacts) -> std::collections::BTreeSet<String> {
+    let mut out: std::collections::BTreeSet<String> =
+        e.negotiated.iter().map(|n| n.version.clone()).collect();
+    out.extend(e.legacy.iter().filter_map(|h| match &h.reply {
+        HelloReply::ServerHello { version, .. } => Some(version.clone()),
+        _ => None,
+    }));
+    out
+}
+
+/// Every `(version, suite)` the probe saw accepted (IANA names), in the order
+/// found: the hand-built hellos' and TLS 1.3's one-suite rustls handshakes.
+pub fn accepted_suites(e: &EndpointFacts) -> Vec<(String, String)> {
+    e.legacy
+        .iter()
+        .filter_map(|h| match &h.reply {
+            HelloReply::ServerHello { version, suite } => Some((version.clone(), suite.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Records the server's chain; accepts any certificate (the probe inspects, it
@@ -361,6 +476,220 @@ fn builder(
         .with_custom_certificate_verifier(recorder))
 }
 
+/// SSL 2.0's cipher kinds (3-byte codes) and their names.
+pub const SSL2_CIPHERS: [([u8; 3], &str); 7] = [
+    ([0x01, 0x00, 0x80], "SSL_CK_RC4_128_WITH_MD5"),
+    ([0x02, 0x00, 0x80], "SSL_CK_RC4_128_EXPORT40_WITH_MD5"),
+    ([0x03, 0x00, 0x80], "SSL_CK_RC2_128_CBC_WITH_MD5"),
+    ([0x04, 0x00, 0x80], "SSL_CK_RC2_128_CBC_EXPORT40_WITH_MD5"),
+    ([0x05, 0x00, 0x80], "SSL_CK_IDEA_128_CBC_WITH_MD5"),
+    ([0x06, 0x00, 0x40], "SSL_CK_DES_64_CBC_WITH_MD5"),
+    ([0x07, 0x00, 0xc0], "SSL_CK_DES_192_EDE3_CBC_WITH_MD5"),
+];
+
+/// An SSL 2.0 CLIENT-HELLO offering every SSL 2.0 cipher kind.
+pub fn ssl2_client_hello(challenge: [u8; 16]) -> Vec<u8> {
+    let mut msg = vec![1, 0x00, 0x02]; // CLIENT-HELLO, version 2
+    msg.extend_from_slice(&[0, 21, 0, 0, 0, 16]); // cipher specs, session id, challenge lengths
+    for (code, _) in SSL2_CIPHERS {
+        msg.extend_from_slice(&code);
+    }
+    msg.extend_from_slice(&challenge);
+    // Two-byte header: high bit set, 15-bit length (always short here).
+    let len = u8::try_from(msg.len()).unwrap_or(u8::MAX);
+    let mut out = vec![0x80, len];
+    out.extend_from_slice(&msg);
+    out
+}
+
+/// The cipher kinds of an SSL 2.0 SERVER-HELLO (`header` is its two-byte
+/// record header), or `None` when `body` is not one.
+pub fn ssl2_server_hello_ciphers(header: [u8; 2], body: &[u8]) -> Option<Vec<String>> {
+    if header[0] & 0x80 == 0 || body.first() != Some(&4) {
+        return None;
+    }
+    let u16_at = |i: usize| {
+        body.get(i..i + 2)
+            .and_then(|b| <[u8; 2]>::try_from(b).ok())
+            .map(u16::from_be_bytes)
+            .map(usize::from)
+    };
+    let cert_len = u16_at(5)?;
+    let specs_len = u16_at(7)?;
+    let start = 11 + cert_len;
+    let specs = body.get(start..start + specs_len)?;
+    Some(
+        specs
+            .chunks(3)
+            .map(|c| {
+                SSL2_CIPHERS
+                    .iter()
+                    .find(|(code, _)| code.as_slice() == c)
+                    .map_or_else(
+                        || format!("SSL2 {}", hex_prefix(c)),
+                        |(_, n)| (*n).to_owned(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+/// Offers SSL 2.0 (a CLIENT-HELLO in SSL 2.0's own record format): one
+/// [`HelloProbe`] per cipher kind a SERVER-HELLO lists, or one for the refusal.
+pub fn ssl2(addr: SocketAddr, timeout: Duration, out: &mut Vec<HelloProbe>) {
+    let offered = format!("SSL 2.0 CLIENT-HELLO ({} cipher kinds)", SSL2_CIPHERS.len());
+    let mut challenge = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut challenge);
+    let answer = (|| -> io::Result<HelloReply> {
+        let mut sock = TcpStream::connect_timeout(&addr, timeout)?;
+        sock.set_read_timeout(Some(timeout))?;
+        sock.set_write_timeout(Some(timeout))?;
+        if let Err(e) = sock.write_all(&ssl2_client_hello(challenge)) {
+            return Ok(io_reply(&e));
+        }
+        let mut header = [0u8; 2];
+        if let Err(e) = sock.read_exact(&mut header) {
+            return Ok(io_reply(&e));
+        }
+        if header[0] & 0x80 == 0 {
+            // A TLS record (an alert, most likely): read the rest of its header.
+            let mut rest = [0u8; 3];
+            if let Err(e) = sock.read_exact(&mut rest) {
+                return Ok(io_reply(&e));
+            }
+            let tls_header = [header[0], header[1], rest[0], rest[1], rest[2]];
+            let mut body = vec![0u8; usize::from(u16::from_be_bytes([rest[1], rest[2]])).min(64)];
+            let _ = sock.read_exact(&mut body);
+            return Ok(classify_reply(&tls_header, &body));
+        }
+        let len = usize::from(u16::from_be_bytes([header[0] & 0x7f, header[1]]));
+        let mut body = vec![0u8; len];
+        if let Err(e) = sock.read_exact(&mut body) {
+            return Ok(io_reply(&e));
+        }
+        Ok(match ssl2_server_hello_ciphers(header, &body) {
+            Some(ciphers) if ciphers.is_empty() => HelloReply::Unexpected {
+                detail: "SSL 2.0 SERVER-HELLO without a cipher kind".to_owned(),
+            },
+            Some(ciphers) => {
+                for c in ciphers {
+                    out.push(HelloProbe {
+                        offered: offered.clone(),
+                        reply: HelloReply::ServerHello {
+                            version: version_name(0x0002),
+                            suite: c,
+                        },
+                    });
+                }
+                return Ok(HelloReply::ServerHello {
+                    version: version_name(0x0002),
+                    suite: String::new(),
+                });
+            }
+            None => HelloReply::Unexpected {
+                detail: format!("SSL 2.0 {}", hex_prefix(&body)),
+            },
+        })
+    })();
+    match answer {
+        Ok(HelloReply::ServerHello { .. }) => {}
+        Ok(reply) => out.push(HelloProbe { offered, reply }),
+        Err(e) => out.push(HelloProbe {
+            offered,
+            reply: HelloReply::Unexpected {
+                detail: format!("cannot send: {e}"),
+            },
+        }),
+    }
+}
+
+/// TLS 1.3 by rustls, one suite per handshake (every TLS 1.3 suite ring
+/// implements): pushes a [`HelloProbe`] per suite the server picked, and one
+/// for those it refused.
+fn tls13_suites(addr: SocketAddr, host: &str, timeout: Duration, out: &mut Vec<HelloProbe>) {
+    let all: Vec<rustls::SupportedCipherSuite> = rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .into_iter()
+        .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)))
+        .collect();
+    let mut refused: Vec<String> = Vec::new();
+    let mut last_error = String::new();
+    for suite in &all {
+        let name = suite_name(u16::from(suite.suite()));
+        match tls13_handshake(addr, host, *suite, timeout) {
+            Ok(Some(picked)) => out.push(HelloProbe {
+                offered: format!("TLS 1.3 handshake offering only {name}"),
+                reply: HelloReply::ServerHello {
+                    version: version_name(0x0304),
+                    suite: suite_name(picked),
+                },
+            }),
+            Ok(None) => refused.push(name),
+            Err(e) => {
+                refused.push(name);
+                last_error = e.to_string();
+            }
+        }
+    }
+    if !refused.is_empty() {
+        out.push(HelloProbe {
+            offered: format!("TLS 1.3 handshakes offering only {}", refused.join(", ")),
+            reply: match alert_name_of(&last_error) {
+                Some(description) => HelloReply::Alert { description },
+                None => HelloReply::Closed,
+            },
+        });
+    }
+}
+
+/// The alert in a rustls error text (`received fatal alert: HandshakeFailure`).
+fn alert_name_of(e: &str) -> Option<String> {
+    e.split_once("received fatal alert: ")
+        .map(|(_, a)| a.trim().to_owned())
+}
+
+/// One rustls TLS 1.3 handshake offering only `suite`: the suite the server
+/// picked, if it answered with a ServerHello.
+fn tls13_handshake(
+    addr: SocketAddr,
+    host: &str,
+    suite: rustls::SupportedCipherSuite,
+    timeout: Duration,
+) -> io::Result<Option<u16>> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![suite];
+    let provider = Arc::new(provider);
+    let recorder = Arc::new(Recorder {
+        chain: Mutex::new(Vec::new()),
+        provider: Arc::clone(&provider),
+    });
+    let config = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(recorder)
+        .with_client_cert_resolver(Arc::new(AskedForCert::default()));
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let mut conn = ClientConnection::new(Arc::new(config), name)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut sock = TcpStream::connect_timeout(&addr, timeout)?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.set_write_timeout(Some(timeout))?;
+    let mut failure = None;
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut sock) {
+            failure = Some(e);
+            break;
+        }
+    }
+    match (conn.negotiated_cipher_suite(), failure) {
+        (Some(s), _) => Ok(Some(u16::from(s.suite()))),
+        (None, Some(e)) => Err(e),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Whether an I/O error from rustls is a fatal alert sent by the peer.
 fn alert_of(e: &io::Error) -> Option<rustls::AlertDescription> {
     match e
@@ -408,32 +737,130 @@ pub fn probe(endpoint: &str, timeout: Duration) -> EndpointFacts {
         facts.error = Some(format!("cannot connect: {e}"));
         return facts;
     }
-    let mut random = [0u8; 32];
-    let offers: [(&str, u16, &[u16]); 3] = [
-        ("TLS 1.0 ClientHello", TLS1_0, LEGACY_SUITES),
-        ("TLS 1.1 ClientHello", TLS1_1, LEGACY_SUITES),
-        (
-            "TLS 1.2 ClientHello with CBC/3DES/RC4 suites only",
-            TLS1_2,
-            CBC_SUITES,
-        ),
-    ];
-    for (label, version, suites) in offers {
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
-        let reply = client_hello(version, suites, Some(&host), random)
-            .and_then(|hello| send_hello(addr, &hello, timeout));
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) => HelloReply::Unexpected {
-                detail: format!("cannot send: {e}"),
-            },
-        };
-        facts.legacy.push(HelloProbe {
-            offered: label.to_owned(),
-            reply,
+    if facts
+        .negotiated
+        .as_ref()
+        .is_some_and(|n| n.version == "TLS 1.3")
+    {
+        tls13_suites(addr, &host, timeout, &mut facts.legacy);
+    }
+    ssl2(addr, timeout, &mut facts.legacy);
+    for version in HELLO_VERSIONS {
+        enumerate(addr, &host, version, timeout, &mut facts.legacy);
+    }
+    if facts.negotiated.is_none() {
+        // rustls found nothing it can speak: ask about client certificates in
+        // a version and suite the server did accept.
+        let accepted = facts.legacy.iter().rev().find_map(|h| match &h.reply {
+            HelloReply::ServerHello { version, suite } => Some((version.clone(), suite.clone())),
+            _ => None,
         });
+        if let Some((version, suite)) = accepted {
+            let version_code = HELLO_VERSIONS
+                .into_iter()
+                .find(|v| version_name(*v) == version);
+            let suite_code = suites::registry()
+                .into_iter()
+                .find(|c| suite_name(*c) == suite);
+            if let (Some(v), Some(c)) = (version_code, suite_code) {
+                match legacy_client_auth(addr, &host, v, c, timeout) {
+                    Ok(ask) => {
+                        facts.client_cert_requested = ask.requested;
+                        facts.anonymous_refused = ask.refused;
+                    }
+                    Err(e) => {
+                        facts.handshake_error = Some(format!(
+                            "{} (and asking about client certificates in {version}: {e})",
+                            facts
+                                .handshake_error
+                                .as_deref()
+                                .unwrap_or("no modern handshake")
+                        ));
+                    }
+                }
+            }
+        }
     }
     facts
+}
+
+/// What a server said about client certificates in a hand-built handshake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientAuthAnswer {
+    /// Its first flight held a CertificateRequest.
+    pub requested: bool,
+    /// It refused (an alert or a closed connection) an empty Certificate.
+    pub refused: bool,
+}
+
+/// Offers `version` and `suite` (which the server accepted before), reads the
+/// server's first flight up to ServerHelloDone, and if it holds a
+/// CertificateRequest answers with an empty Certificate: a server that
+/// requires a certificate refuses at once; one that does not waits for the
+/// rest of the handshake (read as "not refused" after a short wait).
+pub fn legacy_client_auth(
+    addr: SocketAddr,
+    host: &str,
+    version: u16,
+    suite: u16,
+    timeout: Duration,
+) -> io::Result<ClientAuthAnswer> {
+    let mut random = [0u8; 32];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+    let hello = client_hello(version, &[suite], Some(host), random)?;
+    let mut sock = TcpStream::connect_timeout(&addr, timeout)?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.set_write_timeout(Some(timeout))?;
+    sock.write_all(&hello)?;
+    let mut answer = ClientAuthAnswer::default();
+    let mut flight: Vec<u8> = Vec::new();
+    let mut done = false;
+    while !done {
+        let mut header = [0u8; 5];
+        sock.read_exact(&mut header)?;
+        if header[0] != 0x16 {
+            return Err(io::Error::other(format!(
+                "record type {} in the server's first flight",
+                header[0]
+            )));
+        }
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes([header[3], header[4]]))];
+        sock.read_exact(&mut body)?;
+        flight.extend_from_slice(&body);
+        // Whole handshake messages: type, 24-bit length, body.
+        while let Some(&[kind, a, b, c]) = flight.get(..4) {
+            let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+            if flight.len() < 4 + len {
+                break;
+            }
+            match kind {
+                13 => answer.requested = true,
+                14 => done = true,
+                _ => {}
+            }
+            flight.drain(..4 + len);
+        }
+        if flight.len() > 1 << 20 {
+            return Err(io::Error::other("the server's first flight never ends"));
+        }
+    }
+    if !answer.requested {
+        return Ok(answer);
+    }
+    let v = version.to_be_bytes();
+    sock.write_all(&[0x16, v[0], v[1], 0, 7, 11, 0, 0, 3, 0, 0, 0])?;
+    sock.set_read_timeout(Some(timeout.min(Duration::from_secs(2))))?;
+    let mut first = [0u8; 1];
+    answer.refused = match sock.read(&mut first) {
+        // An alert, or the connection closed or reset.
+        Ok(0) => true,
+        Ok(_) => first[0] == 0x15,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ),
+    };
+    Ok(answer)
 }
 
 /// The rustls handshake: version, suite, chain, client-certificate behaviour.
@@ -511,7 +938,7 @@ fn modern(
         };
         facts.negotiated = Some(Negotiated {
             version,
-            suite: format!("{:?}", s.suite()),
+            suite: suite_name(u16::from(s.suite())),
             alpn: conn
                 .alpn_protocol()
                 .map(|a| String::from_utf8_lossy(a).into_owned()),
@@ -534,6 +961,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hellos_stay_out_of_256_to_511_bytes() {
+        for n in 1..=suites::MAX_PER_HELLO {
+            let codes: Vec<u16> = suites::registry().into_iter().take(n).collect();
+            for host in [Some("vault.example"), None] {
+                let h = client_hello(TLS1_2, &codes, host, [0; 32]).unwrap();
+                let hs = h.len() - 5;
+                assert!(!(256..512).contains(&hs), "{n} suites: {hs} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn ssl2_hellos() {
+        let h = ssl2_client_hello([9; 16]);
+        assert_eq!(usize::from(h[1]), h.len() - 2);
+        assert_eq!(&h[2..5], &[1, 0, 2]);
+        assert_eq!(h.len(), 2 + 9 + 21 + 16);
+        // SERVER-HELLO: no session hit, X.509, version 2, a 3-byte "certificate",
+        // two cipher kinds, a 16-byte connection id.
+        let mut sh = vec![4, 0, 1, 0, 2, 0, 3, 0, 6, 0, 16, 0xaa, 0xbb, 0xcc];
+        sh.extend_from_slice(&[0x01, 0x00, 0x80, 0x07, 0x00, 0xc0]);
+        sh.extend_from_slice(&[0; 16]);
+        assert_eq!(
+            ssl2_server_hello_ciphers([0x80, 40], &sh).unwrap(),
+            [
+                "SSL_CK_RC4_128_WITH_MD5",
+                "SSL_CK_DES_192_EDE3_CBC_WITH_MD5"
+            ]
+        );
+        assert_eq!(ssl2_server_hello_ciphers([0x15, 3], &sh), None);
+        assert_eq!(ssl2_server_hello_ciphers([0x80, 40], &sh[..12]), None);
+    }
+
+    #[test]
     fn hello_layout() {
         let h = client_hello(TLS1_0, &[0x002f], Some("vault.example"), [7; 32]).unwrap();
         assert_eq!(&h[..3], &[0x16, 0x03, 0x01]);
@@ -544,7 +1005,7 @@ mod tests {
         assert_eq!(hs_len, rec_len - 4);
         assert_eq!(&h[9..11], &[0x03, 0x01]);
         assert!(h.windows(13).any(|w| w == b"vault.example"));
-        let ip = client_hello(TLS1_2, CBC_SUITES, Some("127.0.0.1"), [0; 32]).unwrap();
+        let ip = client_hello(TLS1_2, &[0xc009, 0x002f], Some("127.0.0.1"), [0; 32]).unwrap();
         assert!(
             !ip.windows(9).any(|w| w == b"127.0.0.1"),
             "no SNI for an IP address"

@@ -59,8 +59,10 @@ pub struct RunArgs {
     /// The policy (default: the built-in PCI DSS v4.0.1 policy, policies/pci-dss-4.0.1.toml).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
-    /// A live endpoint to probe: negotiated version, suite and chain; TLS 1.0/1.1 and
-    /// CBC suites must be refused, a client certificate required. Repeat for each.
+    /// A live endpoint to probe (the vault or whatever fronts it): every protocol from
+    /// SSL 2.0 to TLS 1.3 and every registered suite is offered, and what it accepts
+    /// is named; legacy protocols and non-AEAD suites fail, and a client certificate
+    /// must be required. Repeat for each.
     #[arg(long = "endpoint", value_name = "HOST:PORT")]
     pub endpoints: Vec<String>,
     /// Report format.

@@ -14,11 +14,12 @@ pub(super) fn versions_from(min: &str) -> Vec<String> {
         .collect()
 }
 
-/// The suites the server offers (it has no setting for them).
+/// The suites the server enables (it has no setting for them), by IANA name; what
+/// it can negotiate also depends on its key ([`crate::tls::negotiable_suite_names`]).
 pub(super) fn server_suites() -> Vec<String> {
     crate::tls::AEAD_SUITES
         .iter()
-        .map(|s| format!("{:?}", s.suite()))
+        .map(crate::tls::iana_suite_name)
         .collect()
 }
 
@@ -27,7 +28,11 @@ pub(super) fn tls(c: &LenientConfig) -> TlsConfigFacts {
     TlsConfigFacts {
         source: c.path.display().to_string(),
         versions: versions_from(&c.min_version),
-        cipher_suites: c.cipher_suites.clone().unwrap_or_else(server_suites),
+        cipher_suites: c
+            .cipher_suites
+            .clone()
+            .or_else(|| c.negotiable_suites.clone())
+            .unwrap_or_else(server_suites),
         // panvault's server always builds a WebPkiClientVerifier over client_ca:
         // a verified client certificate is mandatory whenever a CA is configured.
         client_auth: if c.client_ca.is_some() {

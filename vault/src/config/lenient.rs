@@ -27,6 +27,9 @@ pub struct LenientConfig {
     /// `tls.cipher_suites` as written: the server has no such setting (it refuses a
     /// file that names one), so this is only ever set alongside `problem`.
     pub cipher_suites: Option<Vec<String>>,
+    /// The suites the server can negotiate with its configured key (IANA names), when
+    /// it accepts the file.
+    pub negotiable_suites: Option<Vec<String>>,
     /// The `[[clients]]` entries.
     pub clients: Vec<LenientClient>,
     /// `[audit] retention_days`, if the file sets it.
@@ -65,6 +68,7 @@ impl Config {
             .and_then(toml::Value::as_integer);
         match Config::load(path) {
             Ok(c) => Ok(LenientConfig {
+                negotiable_suites: Some(crate::tls::negotiable_suite_names(&c.tls)),
                 path: path.to_path_buf(),
                 data_dir: c.data_dir,
                 cert: Some(c.tls.cert),
@@ -172,6 +176,7 @@ fn lenient_from_toml(
             .unwrap_or("1.2")
             .to_owned(),
         cipher_suites: strs(tls_get("cipher_suites")),
+        negotiable_suites: None,
         clients,
         audit_retention_days,
         problem: Some(problem),

@@ -33,6 +33,63 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
+/// The IANA name of a suite, as sslyze and testssl.sh print it: TLS 1.3's
+/// `TLS_AES_256_GCM_SHA384`, where rustls says `TLS13_AES_256_GCM_SHA384`.
+pub fn iana_suite_name(s: &SupportedCipherSuite) -> String {
+    let name = s
+        .suite()
+        .as_str()
+        .map_or_else(|| format!("0x{:04x}", u16::from(s.suite())), str::to_owned);
+    match name.strip_prefix("TLS13_") {
+        Some(rest) => format!("TLS_{rest}"),
+        None => name,
+    }
+}
+
+/// The suites of [`AEAD_SUITES`] a client can negotiate with a server holding
+/// `key` from `min_version` on: TLS 1.3's whatever the key, and of TLS 1.2's
+/// only those the key can sign the key exchange of (`ECDHE_ECDSA` for an EC or
+/// Ed25519 key, `ECDHE_RSA` for an RSA key).
+pub fn negotiable_suites(
+    key: &PrivateKeyDer<'_>,
+    min_version: TlsVersion,
+) -> Result<Vec<SupportedCipherSuite>, String> {
+    let signer = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| format!("unusable private key: {e}"))?;
+    let alg = signer.algorithm();
+    Ok(AEAD_SUITES
+        .iter()
+        .copied()
+        .filter(|s| match s {
+            SupportedCipherSuite::Tls13(_) => true,
+            SupportedCipherSuite::Tls12(_) => {
+                min_version == TlsVersion::Tls12 && s.usable_for_signature_algorithm(alg)
+            }
+        })
+        .collect())
+}
+
+/// [`negotiable_suites`] for a configuration, by IANA name. When the key
+/// cannot be read (the server then refuses to start, which the configuration
+/// check reports) these are the suites the configured versions enable.
+pub fn negotiable_suite_names(tls: &TlsSettings) -> Vec<String> {
+    let suites = load_key("tls.key", &tls.key)
+        .map_err(|e| e.to_string())
+        .and_then(|key| negotiable_suites(&key, tls.min_version));
+    let suites = suites.unwrap_or_else(|_| {
+        AEAD_SUITES
+            .iter()
+            .copied()
+            .filter(|s| {
+                tls.min_version == TlsVersion::Tls12 || matches!(s, SupportedCipherSuite::Tls13(_))
+            })
+            .collect()
+    });
+    suites.iter().map(iana_suite_name).collect()
+}
+
 /// Certificates from PEM text.
 pub fn load_certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let mut rd = pem;
@@ -211,5 +268,45 @@ pub async fn watch_crls(tls: TlsSettings, cell: super::TlsConfigCell) {
             }
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod negotiable_tests {
+    use super::*;
+
+    fn key_der(alg: &'static rcgen::SignatureAlgorithm) -> PrivateKeyDer<'static> {
+        let kp = rcgen::KeyPair::generate_for(alg).unwrap();
+        load_key_from_pem(kp.serialize_pem().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn an_ecdsa_key_negotiates_no_rsa_suite() {
+        let names = |key: &PrivateKeyDer<'_>, v| -> Vec<String> {
+            negotiable_suites(key, v)
+                .unwrap()
+                .iter()
+                .map(iana_suite_name)
+                .collect()
+        };
+        let ec = key_der(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(
+            names(&ec, TlsVersion::Tls12),
+            [
+                "TLS_AES_256_GCM_SHA384",
+                "TLS_AES_128_GCM_SHA256",
+                "TLS_CHACHA20_POLY1305_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            ]
+        );
+        assert_eq!(names(&ec, TlsVersion::Tls13).len(), 3);
+        let ed = key_der(&rcgen::PKCS_ED25519);
+        assert!(
+            names(&ed, TlsVersion::Tls12)
+                .iter()
+                .all(|n| !n.contains("ECDHE_RSA"))
+        );
     }
 }

@@ -31,9 +31,10 @@ pub fn version_rank(v: &str) -> u8 {
     }
 }
 
-/// Whether a cipher suite (IANA name) is an AEAD suite: all TLS 1.3 suites, and
-/// TLS 1.2 suites with GCM, CCM or ChaCha20-Poly1305; never NULL, export, RC4,
-/// DES or CBC suites.
+/// Whether a cipher suite (IANA name) is an AEAD suite: TLS 1.3's suites (in
+/// IANA's `TLS_AES_128_GCM_SHA256` or rustls' `TLS13_…` spelling), and TLS 1.2
+/// suites with GCM, CCM or ChaCha20-Poly1305; never NULL, export, RC4, DES, CBC
+/// or anonymous suites, nor TLS 1.3's integrity-only `TLS_SHA256_SHA256`.
 pub fn suite_is_aead(name: &str) -> bool {
     let n = name.to_ascii_uppercase();
     let weak = ["NULL", "EXPORT", "RC4", "DES", "CBC", "ANON", "MD5"];
@@ -275,7 +276,15 @@ fn eval_endpoint(o: &mut Outcome, e: &EndpointFacts, now: OffsetDateTime, p: &Pa
     for h in &e.legacy {
         let line = format!("{at}: {} → {}", h.offered, describe(&h.reply));
         match &h.reply {
-            HelloReply::ServerHello { .. } => o.fail(format!("{line}: accepted")),
+            HelloReply::ServerHello { version, suite } => {
+                if version_rank(version) < version_rank(min) {
+                    o.fail(format!("{line}: accepted, below {}", tls_name(min)));
+                } else if !suite_is_aead(suite) {
+                    o.fail(format!("{line}: accepted, not an AEAD suite"));
+                } else {
+                    o.note(format!("{line}: accepted (AEAD)"));
+                }
+            }
             HelloReply::Alert { .. } | HelloReply::Closed => o.note(format!("{line}: refused")),
             HelloReply::Timeout | HelloReply::Unexpected { .. } => {
                 o.warn(format!("{line}: inconclusive"))
@@ -395,6 +404,15 @@ pub(super) fn inventory(f: &Facts, _p: &Params) -> Result<Outcome, Outcome> {
                 e.endpoint, n.version, n.suite
             )),
             None => o.note(format!("endpoint {}: no modern handshake", e.endpoint)),
+        }
+        let accepted = crate::compliance::probe::accepted_suites(e);
+        if !accepted.is_empty() {
+            let list: Vec<String> = accepted.iter().map(|(v, s)| format!("{v} {s}")).collect();
+            o.note(format!(
+                "endpoint {}: suites accepted: {}",
+                e.endpoint,
+                list.join(", ")
+            ));
         }
         for c in &e.chain {
             o.note(format!(
