@@ -537,13 +537,7 @@ pub fn append_admin_event(
         return Err(VaultError::NotInitialized(data_dir.display().to_string()));
     }
     // Not `open_writer`: no migrations here, and a file that is not a vault is left alone.
-    let mut conn =
-        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(|e| VaultError::Store(e.into()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(|e| VaultError::Store(e.into()))?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(|e| VaultError::Store(e.into()))?;
+    let mut conn = crate::store::open_for_append(&db).map_err(VaultError::Store)?;
     if super::keyring::meta_get(&conn, "vault_id")
         .ok()
         .flatten()

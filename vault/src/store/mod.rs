@@ -190,6 +190,16 @@ fn configure(conn: &Connection, writer: bool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Opens an existing database for a short write from a process that does not own
+/// the vault (an admin event appended without unsealing): no migrations, never
+/// creates a file, durable commits, and a 5 s wait for the write lock.
+pub fn open_for_append(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
 /// Opens (creating if `create`) the database at `path` for writing, in WAL mode,
 /// migrated to the latest schema.
 pub fn open_writer(path: &Path, create: bool) -> Result<Connection, StoreError> {
