@@ -8,6 +8,10 @@
 //! panvault bench --config DIR/panvault.toml --client storefront --op tokenize \
 //!     --connections 64 --duration 10s [--preload 1000000]
 //! ```
+//!
+//! One file on purpose (about 850 lines): it is a developer's measuring tool, read
+//! top to bottom as one program (arguments, workers, the rewrap run beside them,
+//! the report), and none of it is library API.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
