@@ -98,12 +98,14 @@ pub fn retention(c: RetentionCommand) -> Result<ExitCode, CliError> {
             r.past_ttl
         );
     } else {
+        let event = r
+            .audit_seq
+            .map_or_else(|| "no audit event".to_owned(), |s| format!("audit event #{s}"));
         crate::outln!(
-            "Purged {} card(s) past expiry + {} days and {} token(s) past their TTL; audit event #{}.",
+            "Purged {} card(s) past expiry + {} days and {} token(s) past their TTL; {event}.",
             r.past_expiry,
             a.grace_days,
             r.past_ttl,
-            r.audit_seq.unwrap_or(0)
         );
         if admin.wal_scrubbed() == Some(false) {
             eprintln!("{WAL_NOT_SCRUBBED}");
