@@ -47,7 +47,7 @@ enum Command {
     Retention(cmd::erase::RetentionCommand),
     /// Find card numbers left in files and archives.
     Scan(cmd::scan::Args),
-    /// Audit log: verify, export, checkpoint.
+    /// Audit log (verify, export, checkpoint, verify-receipt) and compliance checks (`audit run`).
     #[command(subcommand)]
     Audit(cmd::audit::Command),
     /// Developer tools (test corpora).

@@ -579,7 +579,12 @@ impl Admin {
             })?;
             return Err(e);
         }
-        let receipt = self.with_audit(|tx, audit, keys, now| {
+        // The request is recorded as it arrives, in its own transaction: if the
+        // erasure fails, it stays open (and overdue ones fail the compliance check).
+        let request = self.with_audit(|tx, _, keys, now| {
+            super::erase::open_request_in_tx(tx, keys, tenant, target, now.unix_timestamp())
+        })?;
+        let erased = self.with_audit(|tx, audit, keys, now| {
             super::erase::erase_in_tx(
                 tx,
                 audit,
@@ -591,8 +596,16 @@ impl Admin {
                 // No dedup index in this process; a running server re-checks
                 // its entries on their next hit.
                 None,
+                request,
             )
-        })?;
+        });
+        if let (Err(VaultError::NotFound), Some(id)) = (&erased, request) {
+            // Nothing was held: the request is done.
+            self.with_audit(|tx, _, _, now| {
+                super::erase::close_empty_request(tx, id, now.unix_timestamp())
+            })?;
+        }
+        let receipt = erased?;
         self.scrub_wal()?;
         let wal_scrubbed = self.last_scrub == Some(true);
         Ok(super::erase::Erasure {
