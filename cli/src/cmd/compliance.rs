@@ -158,7 +158,7 @@ fn load_config(path: &Path) -> Result<ConfigView, CliError> {
     match Config::load(path) {
         Ok(c) => Ok(ConfigView {
             path: path.to_path_buf(),
-            data_dir: c.data_dir.clone(),
+            data_dir: collect::clean_path(&c.data_dir),
             cert: Some(c.tls.cert.clone()),
             key: Some(c.tls.key.clone()),
             client_ca: Some(c.tls.client_ca.clone()),
@@ -196,7 +196,7 @@ fn load_config(path: &Path) -> Result<ConfigView, CliError> {
             let data_dir = raw
                 .get("data_dir")
                 .and_then(toml::Value::as_str)
-                .map(|s| resolve(Path::new(s)))
+                .map(|s| collect::clean_path(&resolve(Path::new(s))))
                 .ok_or_else(|| {
                     CliError::usage(format!(
                         "{}: {e} (and no data_dir to assess)",
