@@ -115,6 +115,15 @@ pub struct RewrapProgress {
     pub total: u64,
 }
 
+/// What `master rotate` re-wrapped under the new root key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MasterRotation {
+    /// Data keys (every version that still has key bytes).
+    pub data_keys: u32,
+    /// The other wrapped keys, by name (fingerprint, subject, audit signing…).
+    pub other_keys: Vec<String>,
+}
+
 /// What a rewrap did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RewrapSummary {
@@ -425,13 +434,14 @@ impl Admin {
         &mut self,
         actor: &AccessContext,
         unlock: &Unlock,
-    ) -> Result<(), VaultError> {
+    ) -> Result<MasterRotation, VaultError> {
         let _exclusive = store::lock_exclusive(&self.data_dir)
             .map_err(|e| VaultError::io(&store::serve_lock_path(&self.data_dir), &e))?
             .ok_or_else(|| VaultError::KeyState(MASTER_ROTATE_REFUSED.into()))?;
         let new_root = SecretKey32::generate()?;
-        self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
+        let done = self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
             let vid = keys.vault_id.clone();
+            let mut done = MasterRotation::default();
             // data keys
             let rows = key_rows::wrapped_data_key_bytes(tx)?;
             for (version, wrapped) in rows {
@@ -440,6 +450,7 @@ impl Admin {
                     .map_err(|_| VaultError::Decryption)?;
                 let rewrapped = wrap_key(&new_root, &label, &key)?;
                 key_rows::rewrap_data_key(tx, version, &rewrapped)?;
+                done.data_keys += 1;
             }
             let aux = key_rows::aux_keys(tx)?;
             for (name, wrapped) in aux {
@@ -448,6 +459,7 @@ impl Admin {
                     .map_err(|_| VaultError::Decryption)?;
                 let rewrapped = wrap_key(&new_root, &label, &key)?;
                 key_rows::rewrap_aux_key(tx, &name, &rewrapped)?;
+                done.other_keys.push(name);
             }
             // Reseal the new root under the same secret: a fresh salt for a passphrase,
             // the same KEK for custodian shares (so the share set stays valid).
@@ -466,10 +478,16 @@ impl Admin {
             };
             keyring::write_seal(tx, &vid, &new_root, &seal, generation, now)?;
             keyring::bump_key_epoch(tx)?;
-            Ok(((), format!("generation={generation}")))
+            let details = format!(
+                "generation={generation} data_keys={} other_keys={}",
+                done.data_keys,
+                done.other_keys.join(",")
+            );
+            Ok((done, details))
         })?;
         self.keys = Keyring::load(&self.conn, &self.keys.vault_id.clone(), new_root)?;
-        self.scrub_wal()
+        self.scrub_wal()?;
+        Ok(done)
     }
 
     /// Reseals the root key under a new passphrase (passphrase seals only).

@@ -34,7 +34,7 @@ use crate::error::VaultError;
 use crate::key_state::KeyState;
 use crate::store::cards::{CardRow, Inserted, NewCard};
 use crate::store::{self, JobOutcome, ReadPool, StoreError, Writer, WriterConfig};
-pub use admin::{Admin, RewrapProgress, RewrapSummary};
+pub use admin::{Admin, MasterRotation, RewrapProgress, RewrapSummary};
 pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord, append_admin_event, card_code};
 pub use erase::{EraseTarget, Erasure, PurgeReport};
 use keyring::{Keyring, SealSpec, Unlock};
