@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn rates_are_whole_records_per_second() {
-        assert_eq!(rate(181_342.0599), "181342 records/s");
+        assert_eq!(rate(181_342.059_9), "181342 records/s");
         assert_eq!(rate(0.4), "0 records/s");
         assert_eq!(rate(f64::NAN), "- records/s");
     }
