@@ -79,3 +79,52 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every `--flag` the compliance checks' remediations tell a reader to use.
+    fn remediation_flags() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for spec in panvault_audit::compliance::CHECKS {
+            for word in spec
+                .remediation
+                .split(|c: char| c.is_whitespace() || c == '`')
+            {
+                if let Some(flag) = word.strip_prefix("--") {
+                    let flag: String = flag
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                        .collect();
+                    if !flag.is_empty() {
+                        out.push((spec.name.to_owned(), flag));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn all_flags(cmd: &clap::Command, out: &mut Vec<String>) {
+        out.extend(
+            cmd.get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_owned)),
+        );
+        for sub in cmd.get_subcommands() {
+            all_flags(sub, out);
+        }
+    }
+
+    #[test]
+    fn remediations_name_only_flags_that_exist() {
+        let mut flags = Vec::new();
+        all_flags(&super::Cli::command(), &mut flags);
+        for (check, flag) in remediation_flags() {
+            assert!(
+                flags.contains(&flag),
+                "{check}'s remediation names --{flag}, which no panvault command has"
+            );
+        }
+    }
+}

@@ -522,7 +522,7 @@ pub static CHECKS: &[CheckSpec] = &[
             365,
             "smallest retention of audit events",
         )],
-        remediation: "Keep audit events for at least 365 days (set `[audit] retention_days = 365` or more in the server configuration; `panvault audit prune` and the server's purge keep what it says) and keep 3 months immediately available.",
+        remediation: "Keep audit events for at least 365 days (set `[audit] retention_days = 365` or more in the server configuration: the server prunes the audit log to it, never below 365 days) and keep 3 months immediately available.",
         preflight: false,
         run: audit_log::retention,
     },
