@@ -303,6 +303,30 @@ async fn real_vault_in_bad_states_fails_exactly_that_check() {
     )
     .unwrap();
 
+    // keys.kek_strength: a passphrase KEK derived with too little memory.
+    db.execute("UPDATE seal SET kdf_m_kib = kdf_m_kib / 4", [])
+        .unwrap();
+    only(config.clone(), "keys.kek_strength", "fail").await;
+    db.execute("UPDATE seal SET kdf_m_kib = kdf_m_kib * 4", [])
+        .unwrap();
+
+    // keys.fingerprint_keyed: no wrapped fingerprint key.
+    let (fp_wrapped, fp_at): (Vec<u8>, i64) = db
+        .query_row(
+            "SELECT wrapped, created_at FROM wrapped_keys WHERE name = 'fingerprint'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    db.execute("DELETE FROM wrapped_keys WHERE name = 'fingerprint'", [])
+        .unwrap();
+    only(config.clone(), "keys.fingerprint_keyed", "fail").await;
+    db.execute(
+        "INSERT INTO wrapped_keys (name, wrapped, created_at) VALUES ('fingerprint', ?1, ?2)",
+        rusqlite::params![fp_wrapped, fp_at],
+    )
+    .unwrap();
+
     // data.no_sensitive_auth_data: a CVV column in the cards table.
     db.execute("ALTER TABLE cards ADD COLUMN cvv TEXT", [])
         .unwrap();
@@ -380,6 +404,33 @@ async fn real_vault_in_bad_states_fails_exactly_that_check() {
     only(config.clone(), "tls.certificates", "fail").await;
     std::fs::write(pki_dir.join("server.pem"), &saved.0).unwrap();
     std::fs::write(pki_dir.join("server.key"), &saved.1).unwrap();
+
+    // keys.retired_versions: records still under the previous key 60 days after a
+    // rotation (the re-wrap grace is 30).
+    let pass = root.join("pass");
+    std::fs::write(&pass, format!("{PASS}\n")).unwrap();
+    let mut cmd = tokio::process::Command::new(util::panvault_bin());
+    cmd.args(["keys", "rotate", "--data-dir"])
+        .arg(&data)
+        .arg("--passphrase-file")
+        .arg(&pass);
+    let out = util::run_command(cmd, Duration::from_secs(120)).await;
+    assert!(out.success(), "{}", out.stderr);
+    let db = sql();
+    db.execute(
+        "UPDATE data_keys SET created_at = created_at - 60 * 86400 WHERE version = 2",
+        [],
+    )
+    .unwrap();
+    only(config.clone(), "keys.retired_versions", "fail").await;
+    db.execute(
+        "UPDATE data_keys SET created_at = created_at + 60 * 86400 WHERE version = 2",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    // (just rotated: still what the base run saw)
+    assert_eq!(not_passing(&audit_run(&config, &[]).await), base);
 
     // data.display_masking: a 12-digit card under a format-preserving token keeps
     // 10 of its 12 digits in the clear.
