@@ -117,6 +117,17 @@ mod tests {
     }
 
     #[test]
+    fn audit_help_names_audit_run() {
+        let cli = super::Cli::command();
+        let audit = cli.find_subcommand("audit").unwrap();
+        let about = audit
+            .get_about()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(about.contains("`audit run`"), "{about}");
+    }
+
+    #[test]
     fn remediations_name_only_flags_that_exist() {
         let mut flags = Vec::new();
         all_flags(&super::Cli::command(), &mut flags);
