@@ -64,9 +64,11 @@ fn json_has_the_documented_shape() {
     let v: serde_json::Value = serde_json::from_str(&render(&r, Format::Json, false)).unwrap();
     assert_eq!(v["policy"]["id"], "pci-dss-4.0.1");
     assert!(v["generated_at"].as_str().unwrap().ends_with('Z'));
-    for k in ["pass", "fail", "warn", "skip", "error"] {
+    for k in ["pass", "attest", "fail", "warn", "skip", "error"] {
         assert!(v["summary"][k].is_u64(), "{k}");
     }
+    assert_eq!(v["summary"]["attest"], 2);
+    assert!(v["elapsed_seconds"].is_f64());
     assert_eq!(v["summary"]["fail"], 2);
     assert_eq!(v["summary"]["skip"], 1);
     let results = v["results"].as_array().unwrap();
@@ -85,7 +87,10 @@ fn json_has_the_documented_shape() {
                 "title"
             ]
         );
-        assert!(["pass", "fail", "warn", "skip", "error"].contains(&x["status"].as_str().unwrap()));
+        assert!(
+            ["pass", "attest", "fail", "warn", "skip", "error"]
+                .contains(&x["status"].as_str().unwrap())
+        );
         assert!(
             x["requirements"]
                 .as_array()
@@ -139,7 +144,17 @@ fn sarif_validates_against_the_oasis_schema() {
     let sarif = render(&r, Format::Sarif, false);
     let log: serde_json::Value = serde_json::from_str(&sarif).unwrap();
     assert_eq!(log["version"], "2.1.0");
+    // A link to a placeholder domain would lead nowhere.
+    assert!(!sarif.contains("example.invalid"), "{sarif}");
     let results = log["runs"][0]["results"].as_array().unwrap();
+    let attested = results
+        .iter()
+        .find(|x| x["ruleId"] == "tls.configuration")
+        .unwrap();
+    assert_eq!(
+        (attested["kind"].as_str(), attested["level"].as_str()),
+        (Some("review"), Some("none"))
+    );
     let old = results
         .iter()
         .find(|x| x["ruleId"] == "keys.cryptoperiod")
@@ -172,7 +187,7 @@ fn sarif_validates_against_the_oasis_schema() {
         assert_eq!(out.lines().next(), Some("20 20"), "{out}");
         assert_eq!(
             out.lines().nth(1),
-            Some("fail notApplicable open pass"),
+            Some("fail notApplicable open pass review"),
             "{out}"
         );
     }
@@ -227,7 +242,8 @@ fn junit_is_read_by_a_junit_parser() {
     }
     if let Some(out) = python(JUNIT_CHECK, &[&file]) {
         let mut lines = out.lines();
-        assert_eq!(lines.next(), Some("pci-dss-4.0.1 20 2 4 1"), "{out}");
+        // skipped: the unprobed endpoint and the two attested controls
+        assert_eq!(lines.next(), Some("pci-dss-4.0.1 20 2 4 3"), "{out}");
         let cases: Vec<&str> = lines.collect();
         assert_eq!(cases.len(), 20, "{out}");
         assert!(
@@ -254,7 +270,63 @@ fn junit_is_read_by_a_junit_parser() {
                 .any(|l| l.starts_with("panvault.compliance.keys keys.nonce_budget passed")),
             "{out}"
         );
+        assert!(
+            cases
+                .iter()
+                .any(|l| l.starts_with("panvault.compliance.tls tls.configuration Skipped")),
+            "an attestation is never a pass: {out}"
+        );
     }
+    assert!(xml.contains("<skipped message=\"attestation: "), "{xml}");
+}
+
+#[test]
+fn junit_time_is_the_runs_real_duration() {
+    let (_v, mut r) = mixed();
+    r.elapsed = std::time::Duration::from_millis(2_345);
+    let xml = render(&r, Format::Junit, false);
+    assert!(
+        xml.contains("<testsuites name=\"panvault compliance: pci-dss-4.0.1\" tests=\"20\"")
+            && xml.matches("time=\"2.345000\"").count() == 2,
+        "{xml}"
+    );
+}
+
+#[test]
+fn html_rolls_requirements_up_per_sub_requirement() {
+    let (_v, mut r) = mixed();
+    let classes = r
+        .results
+        .iter_mut()
+        .find(|x| x.id == "audit.event_classes")
+        .unwrap();
+    classes.status = Status::Warn;
+    classes.evidence = vec![
+        "10.2.1.1 individual access to cardholder data: 4 events".into(),
+        "WARN: 10.2.1.5 changes to identification and authentication credentials and keys: 0 events".into(),
+    ];
+    let html = render(&r, Format::Html, false);
+    let row = |q: &str| {
+        let start = html.find(&format!("<td class=\"req\">{q}</td>")).unwrap();
+        let end = start + html[start..].find("</tr>").unwrap();
+        html[start..end].to_owned()
+    };
+    assert!(
+        row("10.2.1.5").contains("<td><span class=\"badge warn\">"),
+        "{}",
+        row("10.2.1.5")
+    );
+    assert!(
+        row("10.2.1.1").contains("<td><span class=\"badge pass\">"),
+        "{}",
+        row("10.2.1.1")
+    );
+    // The parent requirement keeps the control's status.
+    assert!(
+        row("10.2.1").contains("<td><span class=\"badge warn\">"),
+        "{}",
+        row("10.2.1")
+    );
 }
 
 #[test]
@@ -291,7 +363,7 @@ fn text_is_a_table_with_colour_on_request() {
     assert!(plain.contains("STATUS  ID"));
     assert!(plain.contains("FAIL    keys.cryptoperiod"), "{plain}");
     assert!(
-        plain.contains("20 controls: 12 pass, 2 fail, 1 warn, 1 skip, 4 error"),
+        plain.contains("20 controls: 10 pass, 2 attest, 2 fail, 1 warn, 1 skip, 4 error"),
         "{plain}"
     );
     assert!(!plain.contains('\x1b'));

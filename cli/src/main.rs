@@ -47,7 +47,7 @@ enum Command {
     Retention(cmd::erase::RetentionCommand),
     /// Find card numbers left in files and archives.
     Scan(cmd::scan::Args),
-    /// Audit log: verify, export, checkpoint.
+    /// Audit log (verify, export, checkpoint, verify-receipt) and compliance checks (`audit run`).
     #[command(subcommand)]
     Audit(cmd::audit::Command),
 }
@@ -120,6 +120,61 @@ mod tests {
             "panvault audit verify",
         ] {
             assert!(found.iter().any(|f| f == want), "{want}: {found:?}");
+        }
+    }
+
+    /// Every `--flag` the compliance checks' remediations tell a reader to use.
+    fn remediation_flags() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for spec in panvault_audit::compliance::CHECKS {
+            for word in spec
+                .remediation
+                .split(|c: char| c.is_whitespace() || c == '`')
+            {
+                if let Some(flag) = word.strip_prefix("--") {
+                    let flag: String = flag
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                        .collect();
+                    if !flag.is_empty() {
+                        out.push((spec.name.to_owned(), flag));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn all_flags(cmd: &clap::Command, out: &mut Vec<String>) {
+        out.extend(
+            cmd.get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_owned)),
+        );
+        for sub in cmd.get_subcommands() {
+            all_flags(sub, out);
+        }
+    }
+
+    #[test]
+    fn audit_help_names_audit_run() {
+        let cli = super::Cli::command();
+        let audit = cli.find_subcommand("audit").unwrap();
+        let about = audit
+            .get_about()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(about.contains("`audit run`"), "{about}");
+    }
+
+    #[test]
+    fn remediations_name_only_flags_that_exist() {
+        let mut flags = Vec::new();
+        all_flags(&super::Cli::command(), &mut flags);
+        for (check, flag) in remediation_flags() {
+            assert!(
+                flags.contains(&flag),
+                "{check}'s remediation names --{flag}, which no panvault command has"
+            );
         }
     }
 }

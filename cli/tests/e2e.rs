@@ -29,6 +29,8 @@ mod audit_tail;
 mod batch;
 #[path = "e2e/binary.rs"]
 mod binary;
+#[path = "e2e/compliance_run.rs"]
+mod compliance_run;
 #[path = "e2e/crash.rs"]
 mod crash;
 #[path = "e2e/dedup.rs"]

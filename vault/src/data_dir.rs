@@ -35,9 +35,8 @@ impl DataDir {
     /// The development PKI `quickstart` makes.
     pub const PKI: &'static str = "pki";
     /// The development passphrase `quickstart` makes.
-    pub const DEV_PASSPHRASE: &'static str = "dev-passphrase";
-    /// The example request `quickstart` writes.
-    pub const EXAMPLE_CARD: &'static str = "example-card.json";
+    /// (The compliance checks recognise a development vault by it.)
+    pub const DEV_PASSPHRASE: &'static str = panvault_audit::compliance::DEV_PASSPHRASE_FILE;
     /// Base name of the CA's certificate and key in [`DataDir::PKI`].
     pub const PKI_CA: &'static str = "ca";
     /// Base name of the server's certificate and key in [`DataDir::PKI`].
@@ -93,11 +92,6 @@ impl DataDir {
     /// [`DataDir::DEV_PASSPHRASE`].
     pub fn dev_passphrase(&self) -> PathBuf {
         self.root.join(Self::DEV_PASSPHRASE)
-    }
-
-    /// [`DataDir::EXAMPLE_CARD`].
-    pub fn example_card(&self) -> PathBuf {
-        self.root.join(Self::EXAMPLE_CARD)
     }
 
     /// `PKI_DIR/<name>.pem` and `PKI_DIR/<name>.key`: a certificate and its key.

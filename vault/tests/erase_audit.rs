@@ -336,3 +336,62 @@ fn every_operation_leaves_an_event_with_the_10_2_2_fields() {
     assert!(!contains(&export, b"4242424242424242"));
     verify_log(dir.path());
 }
+
+/// `(open, completed, completed with tokens erased)` erasure requests.
+fn requests(dir: &Path) -> (i64, i64, i64) {
+    rusqlite::Connection::open(dir.join("vault.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FILTER (WHERE completed_at IS NULL), \
+             count(*) FILTER (WHERE completed_at >= requested_at), \
+             coalesce(sum(tokens_erased), 0) FROM erasure_requests",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+}
+
+#[test]
+fn the_cli_records_an_erasure_request_as_it_arrives_and_completes_it_when_done() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
+    let v = Vault::open(dir.path(), &pass()).unwrap();
+    let token = rt().block_on(async {
+        let mut r = TokenizeRequest::new("4242424242424242", 12, 2031, v.today()).unwrap();
+        r.subject = Some("cust_1".into());
+        v.tokenize("shop", r, &ctx()).await.unwrap().token
+    });
+    v.shutdown();
+    drop(v);
+    let mut admin = Admin::open(dir.path(), &pass(), panvault_vault::system_clock()).unwrap();
+    admin
+        .erase(&ctx(), "shop", &EraseTarget::Subject("cust_1".into()))
+        .unwrap();
+    assert_eq!(requests(dir.path()), (0, 1, 1));
+    // A token erased already: nothing held, the request is done at once.
+    let again = admin
+        .erase(&ctx(), "shop", &EraseTarget::Token(token.to_string()))
+        .unwrap();
+    assert_eq!(again.receipt.tokens_erased, 0);
+    assert_eq!(requests(dir.path()), (0, 2, 1));
+    // Not a token at all: not found, and no request is left behind.
+    let bad = admin.erase(&ctx(), "shop", &EraseTarget::Token("nope".into()));
+    assert!(matches!(bad, Err(VaultError::NotFound)), "{bad:?}");
+    assert_eq!(requests(dir.path()), (0, 2, 1));
+    // An erasure that cannot be audited is refused; its request stays open for the
+    // erasure-deadline check to see.
+    let conn = rusqlite::Connection::open(dir.path().join("vault.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER no_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END",
+    )
+    .unwrap();
+    assert!(
+        admin
+            .erase(&ctx(), "shop", &EraseTarget::Subject("cust_2".into()))
+            .is_err()
+    );
+    conn.execute_batch("DROP TRIGGER no_audit").unwrap();
+    assert_eq!(requests(dir.path()), (1, 2, 1));
+    drop(admin);
+    verify_log(dir.path());
+}

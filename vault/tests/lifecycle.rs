@@ -151,7 +151,13 @@ fn master_rotate_and_passphrase_change() {
         .query_row("SELECT sealed_root FROM seal", [], |r| r.get(0))
         .unwrap();
     let mut admin = Admin::open(dir.path(), &pass("pw"), system_clock()).unwrap();
-    admin.master_rotate(&ctx(), &pass("pw")).unwrap();
+    let done = admin.master_rotate(&ctx(), &pass("pw")).unwrap();
+    // It says what it re-wrapped: the one data key and the named auxiliary keys.
+    assert_eq!(done.data_keys, 1);
+    assert!(
+        done.other_keys.iter().any(|k| k == "fingerprint"),
+        "{done:?}"
+    );
     admin
         .change_passphrase(
             &ctx(),

@@ -108,43 +108,124 @@ pub fn file_facts(path: &Path, role: FileRole) -> FileFacts {
     }
 }
 
-/// The modes of the data directory and every regular file directly in it
-/// (public `*.pub` files aside), plus `extra` files (shares, TLS keys).
-pub fn data_dir_modes(
-    data_dir: &Path,
-    extra: &[(PathBuf, FileRole)],
-) -> Result<Vec<FileFacts>, String> {
-    let mut out = vec![file_facts(data_dir, FileRole::DataDir)];
-    let entries =
-        std::fs::read_dir(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    for p in files {
+/// `path` without `.` components (`qs/./vault.db` is `qs/vault.db`), so that
+/// reports name files the way a person would.
+pub fn clean_path(path: &Path) -> PathBuf {
+    let cleaned: PathBuf = path.components().collect();
+    if cleaned.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        cleaned
+    }
+}
+
+/// Whether the PEM or key file at `path` holds a private key (read at most 1 MiB;
+/// an unreadable file counts as one, so that it is held to the strict mode).
+fn holds_private_key(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut text = Vec::new();
+    match std::fs::File::open(path).and_then(|f| f.take(1 << 20).read_to_end(&mut text)) {
+        Ok(_) => text.windows(11).any(|w| w == b"PRIVATE KEY"),
+        Err(_) => true,
+    }
+}
+
+/// The role of the file `name` found under the data directory (`top`: directly in it).
+fn role_of(path: &Path, name: &str, top: bool) -> FileRole {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if top && name == "vault.db" {
+        FileRole::Database
+    } else if top && name.starts_with("vault.db-") {
+        FileRole::DatabaseWal
+    } else if ext == "share" {
+        FileRole::Share
+    } else if ext == "key" {
+        FileRole::PrivateKey
+    } else if matches!(ext.as_str(), "pub" | "pem" | "crt" | "cer") {
+        if holds_private_key(path) {
+            FileRole::PrivateKey
+        } else {
+            FileRole::Public
+        }
+    } else {
+        FileRole::DataFile
+    }
+}
+
+/// Every directory and file below `dir`, depth first in name order (symbolic
+/// links are reported by their target's mode but never followed into).
+fn walk(dir: &Path, top: bool, out: &mut Vec<FileFacts>) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        paths.push(entry.path());
+    }
+    paths.sort();
+    for p in paths {
         let name = p
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if name.ends_with(".pub") {
-            continue;
+        match std::fs::symlink_metadata(&p) {
+            Ok(meta) if meta.is_dir() => {
+                out.push(file_facts(&p, FileRole::Subdir));
+                if let Err(e) = walk(&p, false, out) {
+                    out.push(FileFacts {
+                        path: p.display().to_string(),
+                        role: FileRole::Subdir,
+                        mode: None,
+                        error: Some(e),
+                    });
+                }
+            }
+            Ok(_) => out.push(file_facts(&p, role_of(&p, &name, top))),
+            Err(e) => out.push(FileFacts {
+                path: p.display().to_string(),
+                role: FileRole::DataFile,
+                mode: None,
+                error: Some(e.to_string()),
+            }),
         }
-        let role = if name == "vault.db" {
-            FileRole::Database
-        } else if name.starts_with("vault.db-") {
-            FileRole::DatabaseWal
-        } else if name.ends_with(".share") {
-            FileRole::Share
-        } else {
-            FileRole::DataFile
-        };
-        out.push(file_facts(&p, role));
     }
+    Ok(())
+}
+
+/// The modes of the data directory and of every directory and file below it
+/// (certificates and public keys are held to [`FileRole::Public`], any file
+/// holding a private key to the strict mode), plus `extra` files the
+/// configuration names (shares, TLS keys, certificates). For each certificate
+/// in `extra`, the private key beside it (`ca.pem` → `ca.key`) is checked too:
+/// a CA key can mint client certificates.
+pub fn data_dir_modes(
+    data_dir: &Path,
+    extra: &[(PathBuf, FileRole)],
+) -> Result<Vec<FileFacts>, String> {
+    let data_dir = clean_path(data_dir);
+    let mut out = vec![file_facts(&data_dir, FileRole::DataDir)];
+    walk(&data_dir, true, &mut out)?;
+    let mut named: Vec<(PathBuf, FileRole)> = Vec::new();
     for (p, role) in extra {
-        if !out.iter().any(|f| Path::new(&f.path) == p.as_path()) {
-            out.push(file_facts(p, *role));
+        let p = clean_path(p);
+        if *role == FileRole::Public {
+            let key = p.with_extension("key");
+            if key != p && key.exists() {
+                named.push((p.clone(), *role));
+                named.push((key, FileRole::PrivateKey));
+                continue;
+            }
+        }
+        named.push((p, *role));
+    }
+    for (p, role) in named {
+        match out.iter_mut().find(|f| Path::new(&f.path) == p.as_path()) {
+            // The configuration says what it is (a TLS key named `server.pem`).
+            Some(seen) if role != FileRole::Public => seen.role = role,
+            Some(_) => {}
+            None => out.push(file_facts(&p, role)),
         }
     }
     Ok(out)
@@ -154,7 +235,8 @@ pub fn data_dir_modes(
 /// WAL, log files or directories).
 pub fn scan_facts(roots: &[PathBuf]) -> Result<ScanFacts, String> {
     let scanner = Scanner::new(ScanOptions::default()).map_err(|e| e.to_string())?;
-    let report = scanner.scan(roots).map_err(|e| e.to_string())?;
+    let roots: Vec<PathBuf> = roots.iter().map(|r| clean_path(r)).collect();
+    let report = scanner.scan(&roots).map_err(|e| e.to_string())?;
     let hits = report
         .findings
         .iter()

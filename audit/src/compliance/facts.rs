@@ -75,6 +75,11 @@ pub struct Facts {
     pub files: Fact<Vec<FileFacts>>,
     /// Data subjects' erasure requests (GDPR Art. 17).
     pub erasure: Fact<ErasureFacts>,
+    /// Digits of the stored cards kept in the clear, per card-number length.
+    pub masking: Fact<Vec<MaskingRow>>,
+    /// When collection started (the report gives the run's real duration).
+    #[serde(skip)]
+    pub started: std::time::Instant,
 }
 
 impl Facts {
@@ -93,6 +98,8 @@ impl Facts {
             access: Fact::default(),
             files: Fact::default(),
             erasure: Fact::default(),
+            masking: Fact::default(),
+            started: std::time::Instant::now(),
         }
     }
 }
@@ -217,6 +224,23 @@ pub struct DataFacts {
     pub max_leading_digits: u32,
     /// Largest number of trailing PAN digits stored in the clear (the last-four column).
     pub max_trailing_digits: u32,
+}
+
+/// Stored cards of one card-number length (when it can be read without
+/// unsealing) and the digits they keep in the clear.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MaskingRow {
+    /// Digits in the card number; `None` when the clear columns do not tell
+    /// (an opaque token): only the sealed record knows.
+    pub pan_len: Option<u32>,
+    /// Cards in this row.
+    pub cards: u64,
+    /// The most leading digits kept in the clear (the BIN column, and a
+    /// format-preserving token).
+    pub leading: u32,
+    /// The most trailing digits kept in the clear (the last-four column, and a
+    /// format-preserving token).
+    pub trailing: u32,
 }
 
 /// What kind of card data the scanner found.
@@ -602,7 +626,20 @@ pub enum FileRole {
     Share,
     /// A TLS private key.
     TlsKey,
+    /// A directory below the data directory.
+    Subdir,
+    /// Another private key (a PEM file holding one, or a `*.key` file), such as
+    /// a CA key that can mint client certificates.
+    PrivateKey,
+    /// A certificate or public key: may be world-readable, never writable by
+    /// others.
+    Public,
 }
+
+/// The passphrase file `panvault quickstart` writes into a development vault's
+/// data directory (one name for the CLI that writes it and the checks that
+/// recognise a development vault by it).
+pub const DEV_PASSPHRASE_FILE: &str = "dev-passphrase";
 
 impl FileRole {
     /// A short name for reports.
@@ -614,6 +651,9 @@ impl FileRole {
             FileRole::DataFile => "data file",
             FileRole::Share => "custodian share",
             FileRole::TlsKey => "TLS private key",
+            FileRole::Subdir => "directory",
+            FileRole::PrivateKey => "private key",
+            FileRole::Public => "certificate or public key",
         }
     }
 }

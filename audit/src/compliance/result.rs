@@ -13,6 +13,11 @@ use super::policy::Severity;
 pub enum Status {
     /// The control is met.
     Pass,
+    /// The control cannot be measured on a panvault deployment (the property
+    /// holds by construction, or only a person can confirm it): the report states
+    /// what is attested and what was measured, and an assessor confirms it. Never
+    /// counted as a pass; does not change the exit code.
+    Attest,
     /// The control is met, but something needs attention soon (e.g. a certificate
     /// inside its expiry warning window).
     Warn,
@@ -27,10 +32,11 @@ pub enum Status {
 }
 
 impl Status {
-    /// `pass`, `warn`, `fail`, `skip`, `error`.
+    /// `pass`, `attest`, `warn`, `fail`, `skip`, `error`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Status::Pass => "pass",
+            Status::Attest => "attest",
             Status::Warn => "warn",
             Status::Fail => "fail",
             Status::Skip => "skip",
@@ -39,14 +45,15 @@ impl Status {
     }
 
     /// How bad it is, for combining the statuses of several findings: the worse
-    /// wins (pass < skip < warn < fail < error).
+    /// wins (pass < attest < skip < warn < fail < error).
     pub const fn rank(self) -> u8 {
         match self {
             Status::Pass => 0,
-            Status::Skip => 1,
-            Status::Warn => 2,
-            Status::Fail => 3,
-            Status::Error => 4,
+            Status::Attest => 1,
+            Status::Skip => 2,
+            Status::Warn => 3,
+            Status::Fail => 4,
+            Status::Error => 5,
         }
     }
 
@@ -97,6 +104,31 @@ pub struct CheckResult {
     pub micros: u64,
 }
 
+impl CheckResult {
+    /// The status of this control for one of its `requirement`s. A control whose
+    /// evidence lines start with requirement numbers (`WARN: 10.2.1.5 …`) is
+    /// rolled up per requirement: a requirement named by some lines takes the
+    /// worst of those lines; one named by none takes the control's status.
+    pub fn status_for(&self, requirement: &str) -> Status {
+        let mut named = None::<Status>;
+        for line in &self.evidence {
+            let (status, rest) = if let Some(r) = line.strip_prefix("FAIL: ") {
+                (Status::Fail, r)
+            } else if let Some(r) = line.strip_prefix("WARN: ") {
+                (Status::Warn, r)
+            } else if let Some(r) = line.strip_prefix("ERROR: ") {
+                (Status::Error, r)
+            } else {
+                (Status::Pass, line.as_str())
+            };
+            if rest.split_whitespace().next() == Some(requirement) {
+                named = Some(named.map_or(status, |n| n.worst(status)));
+            }
+        }
+        named.unwrap_or(self.status)
+    }
+}
+
 fn lines<S: serde::Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&v.join("\n"))
 }
@@ -106,6 +138,8 @@ fn lines<S: serde::Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
 pub struct Summary {
     /// Controls met.
     pub pass: u32,
+    /// Controls attested, not measured.
+    pub attest: u32,
     /// Controls not met.
     pub fail: u32,
     /// Controls met with a warning.
@@ -123,6 +157,7 @@ impl Summary {
         for r in results {
             let slot = match r.status {
                 Status::Pass => &mut s.pass,
+                Status::Attest => &mut s.attest,
                 Status::Fail => &mut s.fail,
                 Status::Warn => &mut s.warn,
                 Status::Skip => &mut s.skip,
@@ -136,6 +171,7 @@ impl Summary {
     /// Number of controls.
     pub fn total(&self) -> u32 {
         self.pass
+            .saturating_add(self.attest)
             .saturating_add(self.fail)
             .saturating_add(self.warn)
             .saturating_add(self.skip)
@@ -192,6 +228,13 @@ pub struct Report {
     pub summary: Summary,
     /// One result per enabled control, in policy order.
     pub results: Vec<CheckResult>,
+    /// How long the run took, from the first fact collected to the report.
+    #[serde(rename = "elapsed_seconds", serialize_with = "seconds")]
+    pub elapsed: std::time::Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 /// Exit code: every control passed (warnings allowed).
@@ -205,7 +248,7 @@ pub const EXIT_SKIP: u8 = 101;
 
 impl Report {
     /// The process exit code, following InSpec: 0 when everything passed
-    /// (warnings allowed), 100 when a control failed or errored, 101 when nothing
+    /// (warnings and attestations allowed), 100 when a control failed or errored, 101 when nothing
     /// failed but something was skipped.
     pub fn exit_code(&self) -> u8 {
         if self.summary.fail > 0 || self.summary.error > 0 {

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use panvault_audit::compliance::{
     AccessFacts, ClientAuth, ClientFacts, DataFacts, DataKeyFacts, EndpointFacts, ErasureFacts,
     Fact, Facts, FileRole, FingerprintFacts, HelloProbe, HelloReply, KeyFacts, KeyState,
-    Negotiated, Policy, Report, SealFacts, Status, Target, TlsConfigFacts, collect, evaluate, x509,
+    MaskingRow, Negotiated, Policy, Report, SealFacts, Status, Target, TlsConfigFacts, collect,
+    evaluate, x509,
 };
 use panvault_audit::compliance::{CertRole, CertSource};
 use panvault_audit::log::{Action, Actor, AuditChain, NewEvent, Outcome, SigningKey, migrate};
@@ -381,9 +382,21 @@ pub fn good_facts(v: &GoodVault) -> Facts {
         open: Vec::new(),
         completed: 2,
     });
+    // Format-preserving tokens of 16-digit cards: the digits kept in the clear
+    // per length are measured.
+    f.masking = Fact::Known(vec![MaskingRow {
+        pan_len: Some(16),
+        cards: 2,
+        leading: 6,
+        trailing: 4,
+    }]);
     refresh(v, &mut f);
     f
 }
+
+/// The controls that are attested, never measured, on any panvault deployment
+/// whose facts are otherwise good.
+pub const ATTESTED: [&str; 2] = ["keys.fingerprint_keyed", "tls.configuration"];
 
 pub fn pci() -> Policy {
     Policy::builtin("pci-dss-4.0.1").unwrap().unwrap()
@@ -408,7 +421,10 @@ pub fn not_passing(f: &Facts) -> Vec<(String, Status)> {
     let mut out: Vec<(String, Status)> = [pci(), gdpr()]
         .iter()
         .flat_map(|p| run(p, f).results)
-        .filter(|r| r.status != Status::Pass)
+        .filter(|r| {
+            r.status != Status::Pass
+                && !(r.status == Status::Attest && ATTESTED.contains(&r.check.as_str()))
+        })
         .map(|r| (r.check, r.status))
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));

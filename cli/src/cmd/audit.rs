@@ -49,8 +49,8 @@ pub enum Command {
     /// Evaluate the vault against a compliance policy (PCI DSS 4.0.1 by default)
     /// and write a report (text, json, sarif, junit, html).
     ///
-    /// Exit 0 all pass (warnings allowed), 100 something failed, 101 nothing
-    /// failed but something was skipped, 1 usage or internal error.
+    /// Exit 0 all pass (warnings and attested controls allowed), 100 something
+    /// failed, 101 nothing failed but something was skipped, 1 usage or internal error.
     Run(crate::cmd::compliance::RunArgs),
 }
 

@@ -98,9 +98,10 @@ pub fn retention(c: RetentionCommand) -> Result<ExitCode, CliError> {
             r.past_ttl
         );
     } else {
-        let event = r
-            .audit_seq
-            .map_or_else(|| "no audit event".to_owned(), |s| format!("audit event #{s}"));
+        let event = r.audit_seq.map_or_else(
+            || "no audit event".to_owned(),
+            |s| format!("audit event #{s}"),
+        );
         crate::outln!(
             "Purged {} card(s) past expiry + {} days and {} token(s) past their TTL; {event}.",
             r.past_expiry,

@@ -58,10 +58,15 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
             Admin::ensure_not_served(&common.data_dir).map_err(vault_err)?;
             let unlock = common.secret.unlock_for(&common.data_dir)?;
             let mut admin = open_unlocked(&common, &unlock)?;
-            admin
+            let done = admin
                 .master_rotate(&admin_actor(), &unlock)
                 .map_err(vault_err)?;
-            crate::outln!("New root key in place; all keys re-wrapped. The old root key is gone.");
+            crate::outln!(
+                "New root key in place; re-wrapped {} data key(s) and {} other key(s) ({}). The old root key is gone.",
+                done.data_keys,
+                done.other_keys.len(),
+                done.other_keys.join(", ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::ChangePassphrase(a) => {

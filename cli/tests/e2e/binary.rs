@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 
 use crate::util::{self, Client, TestServer, cards};
 
-struct Quickstart {
+pub(crate) struct Quickstart {
     child: Child,
     addr: SocketAddr,
     stdout: Arc<Mutex<String>>,
@@ -22,7 +22,7 @@ struct Quickstart {
     stderr_lines: util::LineCollector,
 }
 
-async fn quickstart(dir: &Path) -> Quickstart {
+pub(crate) async fn quickstart(dir: &Path) -> Quickstart {
     let mut child = Command::new(util::panvault_bin())
         .args(["quickstart", "--data-dir"])
         .arg(dir)
@@ -75,7 +75,7 @@ async fn quickstart(dir: &Path) -> Quickstart {
 }
 
 impl Quickstart {
-    fn client(&self, dir: &Path, name: &str) -> Client {
+    pub(crate) fn client(&self, dir: &Path, name: &str) -> Client {
         let p = dir.join("pki");
         let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap();
         Client::new(
@@ -87,7 +87,7 @@ impl Quickstart {
     }
 
     /// SIGTERM, then the exit status must be success.
-    async fn stop(mut self) -> String {
+    pub(crate) async fn stop(mut self) -> String {
         let pid = self.child.id().unwrap();
         let st = Command::new("kill")
             .args(["-TERM", &pid.to_string()])

@@ -75,7 +75,8 @@ async fn master_rotate_is_refused_while_the_server_runs_and_works_once_it_stoppe
         let out = v.run(&["master", "rotate"], true, LIMIT).await;
         assert!(out.success(), "{}", out.stderr);
         assert!(
-            out.stdout.contains("New root key in place"),
+            out.stdout.contains("New root key in place")
+                && out.stdout.contains("re-wrapped 1 data key(s) and "),
             "{}",
             out.stdout
         );

@@ -112,6 +112,7 @@ fn collect_scoped(
     }
     f.data = v.data;
     f.erasure = v.erasure;
+    f.masking = v.masking;
     f.key_files = Fact::Known(
         c.key
             .iter()
@@ -130,6 +131,13 @@ fn collect_scoped(
         opts.share_files
             .iter()
             .map(|s| (s.clone(), FileRole::Share)),
+    );
+    // The certificates the config names, and the private key beside each one.
+    extra.extend(
+        c.cert
+            .iter()
+            .chain(&c.client_ca)
+            .map(|p| (p.clone(), FileRole::Public)),
     );
     f.files = Fact::from_result(audit_collect::data_dir_modes(&c.data_dir, &extra));
     let pubkey = opts

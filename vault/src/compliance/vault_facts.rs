@@ -5,7 +5,7 @@ use std::path::Path;
 
 use panvault_audit::compliance::{
     DataFacts, DataKeyFacts, ErasureFacts, ErasureRequest, Fact, FingerprintFacts, KeyFacts,
-    SealFacts,
+    MaskingRow, SealFacts,
 };
 use rusqlite::Connection;
 use time::OffsetDateTime;
@@ -20,6 +20,7 @@ pub(super) struct VaultFacts {
     pub data: Fact<DataFacts>,
     pub vault_id: Option<String>,
     pub erasure: Fact<ErasureFacts>,
+    pub masking: Fact<Vec<MaskingRow>>,
 }
 
 /// Keys and data of the vault in `data_dir`; `grace_days` is the card retention
@@ -33,7 +34,8 @@ pub(super) fn collect(data_dir: &Path, grace_days: i64, now: OffsetDateTime) -> 
                 keys: Fact::Failed(why.clone()),
                 data: Fact::Failed(why.clone()),
                 vault_id: None,
-                erasure: Fact::Failed(why),
+                erasure: Fact::Failed(why.clone()),
+                masking: Fact::Failed(why),
             };
         }
     };
@@ -46,7 +48,8 @@ pub(super) fn collect(data_dir: &Path, grace_days: i64, now: OffsetDateTime) -> 
                 keys: Fact::Failed(why.clone()),
                 data: Fact::Failed(why.clone()),
                 vault_id: Some(inv.vault_id),
-                erasure: Fact::Failed(why),
+                erasure: Fact::Failed(why.clone()),
+                masking: Fact::Failed(why),
             };
         }
     };
@@ -60,6 +63,7 @@ pub(super) fn collect(data_dir: &Path, grace_days: i64, now: OffsetDateTime) -> 
                 data: Fact::Failed(why),
                 vault_id: Some(inv.vault_id),
                 erasure: erasure_facts(&conn, now),
+                masking: masking_facts(&conn),
             };
         }
     };
@@ -77,7 +81,32 @@ pub(super) fn collect(data_dir: &Path, grace_days: i64, now: OffsetDateTime) -> 
         data: Fact::Known(data),
         vault_id: Some(inv.vault_id),
         erasure: erasure_facts(&conn, now),
+        masking: masking_facts(&conn),
     }
+}
+
+/// Digits kept in the clear per card length (known only under format-preserving
+/// tokens, which have the card's length).
+pub(super) fn masking_facts(conn: &Connection) -> Fact<Vec<MaskingRow>> {
+    let read = || -> Result<Vec<MaskingRow>, String> {
+        let groups = store::inventory::masking_shape(conn).map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(groups.len());
+        for g in groups {
+            let cards = u64::try_from(g.cards)
+                .map_err(|_| format!("cards: impossible count {}", g.cards))?;
+            // Absent only when no card of the group keeps digits of that kind.
+            let digits =
+                |column: &str, v: Option<i64>| length(column, v).map(|n| n.unwrap_or_default());
+            out.push(MaskingRow {
+                pan_len: length("token", g.digit_token_len)?,
+                cards,
+                leading: digits("bin", g.max_bin_len)?,
+                trailing: digits("last4", g.max_last4_len)?,
+            });
+        }
+        Ok(out)
+    };
+    Fact::from_result(read())
 }
 
 fn key_facts(inv: &Inventory, fingerprint_len: Option<u32>) -> KeyFacts {

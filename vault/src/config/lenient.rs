@@ -70,7 +70,7 @@ impl Config {
             Ok(c) => Ok(LenientConfig {
                 negotiable_suites: Some(crate::tls::negotiable_suite_names(&c.tls)),
                 path: path.to_path_buf(),
-                data_dir: c.data_dir,
+                data_dir: panvault_audit::compliance::collect::clean_path(&c.data_dir),
                 cert: Some(c.tls.cert),
                 key: Some(c.tls.key),
                 client_ca: Some(c.tls.client_ca),
@@ -166,7 +166,7 @@ fn lenient_from_toml(
         .collect();
     Ok(LenientConfig {
         path: path.to_path_buf(),
-        data_dir,
+        data_dir: panvault_audit::compliance::collect::clean_path(&data_dir),
         cert: tls_path("cert"),
         key: tls_path("key"),
         client_ca: tls_path("client_ca"),

@@ -102,10 +102,18 @@ fn parse_json(raw: &[u8]) -> Result<Value, Problem> {
             "the request body is empty; expected a JSON object",
         ));
     }
-    serde_json::from_slice(raw).map_err(|e| {
+    super::json::from_slice(raw).map_err(|e| {
         let what = match e.classify() {
-            serde_json::error::Category::Eof => "it ends too early",
-            _ => "syntax error",
+            serde_json::error::Category::Eof => "it ends too early".to_owned(),
+            // Only a repeated key is a data error here.
+            serde_json::error::Category::Data => {
+                let msg = e.to_string();
+                msg.split(" at line ")
+                    .next()
+                    .unwrap_or("a key appears twice")
+                    .to_owned()
+            }
+            _ => "syntax error".to_owned(),
         };
         Problem::invalid_json(format!(
             "the request body is not valid JSON ({what} at line {}, column {})",

@@ -10,20 +10,29 @@ use axum::http::Method;
 
 use crate::tls::ConnStats;
 
-/// The routes measured: (method, template). Anything else is counted as
-/// `other`/`other` (unknown paths, wrong methods).
+/// The routes measured: (method, template). A method a route does not serve
+/// (`PUT /v1/tokens`, answered 405) is counted under the route with method
+/// `other`; unknown paths under `other`/`other`.
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tokens"),
     ("POST", "/v1/tokens/batch"),
     ("GET", "/v1/tokens/{token}"),
     ("DELETE", "/v1/tokens/{token}"),
     ("POST", "/v1/tokens/{token}/detokenize"),
+    ("POST", "/v1/subjects/{subject}/erase"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
+    ("other", "/v1/tokens"),
+    ("other", "/v1/tokens/batch"),
+    ("other", "/v1/tokens/{token}"),
+    ("other", "/v1/tokens/{token}/detokenize"),
+    ("other", "/v1/subjects/{subject}/erase"),
+    ("other", "/healthz"),
+    ("other", "/metrics"),
     ("other", "other"),
 ];
 
-const OTHER: usize = 7;
+const OTHER: usize = ROUTES.len() - 1;
 
 /// Upper bounds of the latency buckets, in microseconds (the last, +Inf, is implied).
 const BUCKETS_US: [u64; 14] = [
@@ -68,6 +77,7 @@ pub fn route_index(method: &Method, template: Option<&str>) -> usize {
     ROUTES
         .iter()
         .position(|(m, p)| *p == t && *m == method.as_str())
+        .or_else(|| ROUTES.iter().position(|(m, p)| *p == t && *m == "other"))
         .unwrap_or(OTHER)
 }
 
@@ -229,7 +239,14 @@ mod tests {
         let m = Metrics::new(Arc::new(ConnStats::default()));
         let i = route_index(&Method::POST, Some("/v1/tokens"));
         assert_eq!(i, 0);
-        assert_eq!(route_index(&Method::PUT, Some("/v1/tokens")), OTHER);
+        // A method the route does not serve: the route, method `other`.
+        let put = route_index(&Method::PUT, Some("/v1/tokens"));
+        assert_eq!(ROUTES.get(put), Some(&("other", "/v1/tokens")));
+        assert_eq!(route_index(&Method::PUT, Some("/v2/unknown")), OTHER);
+        assert_eq!(
+            route_index(&Method::POST, Some("/v1/subjects/{subject}/erase")),
+            5
+        );
         assert_eq!(route_index(&Method::GET, None), OTHER);
         m.observe(i, 201, Duration::from_micros(700));
         m.observe(i, 201, Duration::from_millis(30));

@@ -18,6 +18,7 @@
 
 mod auth;
 mod handlers;
+mod json;
 pub mod metrics;
 mod problem;
 pub mod ratelimit;

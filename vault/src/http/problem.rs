@@ -242,6 +242,9 @@ impl Problem {
     }
 }
 
+/// The challenge of every 401.
+pub const WWW_AUTHENTICATE: &str = "MutualTLS realm=\"panvault\"";
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.body()).unwrap_or_default();
@@ -250,6 +253,15 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        // RFC 9110 §11.6.1: a 401 names the scheme to authenticate with; here a
+        // client certificate that names a configured client (there is no
+        // registered scheme for TLS client authentication).
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(WWW_AUTHENTICATE),
+            );
+        }
         resp
     }
 }

@@ -178,6 +178,7 @@ async fn no_identity_is_401_and_unknown_client_403() {
     )
     .await;
     assert_problem(s, &hd, &v, 401, "unauthenticated");
+    assert_eq!(hd["www-authenticate"], "MutualTLS realm=\"panvault\"");
     let anon = ClientIdentity::new(None, Vec::new(), vec!["x.example".into()], "cd".repeat(32));
     let (s, hd, v) = call(
         &h.app,
@@ -190,6 +191,7 @@ async fn no_identity_is_401_and_unknown_client_403() {
     )
     .await;
     assert_problem(s, &hd, &v, 401, "unauthenticated");
+    assert_eq!(hd["www-authenticate"], "MutualTLS realm=\"panvault\"");
     let (s, hd, v) = as_client(&h, "stranger", "POST", "/v1/tokens", card(VISA)).await;
     assert_problem(s, &hd, &v, 403, "forbidden");
     let (s, hd, v) = as_client(&h, "payments", "POST", "/v1/tokens", card(VISA)).await;
@@ -296,6 +298,24 @@ async fn tokenize_validation() {
     )
     .await;
     assert_problem(s, &hd, &v, 400, "invalid_json");
+    // A repeated key is refused, not resolved to its last value (a proxy in front
+    // may have inspected the first).
+    let twice = format!(
+        "{{\"card\":{{\"number\":\"{}\",\"number\":\"{VISA}\",\"exp_month\":12,\"exp_year\":2031}}}}",
+        "5555555555554444"
+    );
+    let (s, hd, v) = call(
+        &h.app,
+        request("POST", "/v1/tokens", Some(identity("storefront")), twice),
+    )
+    .await;
+    assert_problem(s, &hd, &v, 400, "invalid_json");
+    let detail = v["detail"].as_str().unwrap();
+    assert!(detail.contains("`number` appears twice"), "{detail}");
+    assert!(
+        !detail.contains("4444") && !detail.contains("4242"),
+        "{detail}"
+    );
     let mut req = request(
         "POST",
         "/v1/tokens",
@@ -677,7 +697,9 @@ async fn routing_errors_and_metrics() {
     for want in [
         "panvault_http_requests_total{route=\"/v1/tokens\",method=\"POST\",status=\"201\"} 1",
         "panvault_http_requests_total{route=\"other\",method=\"other\",status=\"404\"} 1",
-        "panvault_http_requests_total{route=\"other\",method=\"other\",status=\"405\"} 2",
+        // a method the route does not serve is counted under the route
+        "panvault_http_requests_total{route=\"/v1/tokens\",method=\"other\",status=\"405\"} 1",
+        "panvault_http_requests_total{route=\"/v1/tokens/batch\",method=\"other\",status=\"405\"} 1",
         "panvault_http_requests_total{route=\"/metrics\",method=\"GET\",status=\"403\"} 1",
         "panvault_http_request_duration_seconds_count{route=\"/v1/tokens\",method=\"POST\"} 1",
         "panvault_tokens_stored 1",

@@ -107,6 +107,15 @@ impl std::fmt::Debug for Admin {
     }
 }
 
+/// What `master rotate` re-wrapped under the new root key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MasterRotation {
+    /// Data keys (every version that still has key bytes).
+    pub data_keys: u32,
+    /// The other wrapped keys, by name (fingerprint, subject, audit signing…).
+    pub other_keys: Vec<String>,
+}
+
 impl Admin {
     /// Opens and unseals `data_dir` for administration.
     pub fn open(data_dir: &Path, unlock: &Unlock, clock: Clock) -> Result<Admin, VaultError> {
@@ -241,13 +250,14 @@ impl Admin {
         &mut self,
         actor: &AccessContext,
         unlock: &Unlock,
-    ) -> Result<(), VaultError> {
+    ) -> Result<MasterRotation, VaultError> {
         let _exclusive = store::lock_exclusive(&self.data_dir)
             .map_err(|e| VaultError::io(&store::serve_lock_path(&self.data_dir), e))?
             .ok_or_else(|| VaultError::KeyState(MASTER_ROTATE_REFUSED.into()))?;
         let new_root = SecretKey32::generate()?;
-        self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
+        let done = self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
             let vid = keys.vault_id.clone();
+            let mut done = MasterRotation::default();
             // data keys
             let rows = key_rows::wrapped_data_key_bytes(tx)?;
             for (version, wrapped) in rows {
@@ -256,6 +266,7 @@ impl Admin {
                     .map_err(|_| VaultError::Decryption)?;
                 let rewrapped = wrap_key(&new_root, &label, &key)?;
                 key_rows::rewrap_data_key(tx, version, &rewrapped)?;
+                done.data_keys += 1;
             }
             let aux = key_rows::aux_keys(tx)?;
             for (name, wrapped) in aux {
@@ -264,6 +275,7 @@ impl Admin {
                     .map_err(|_| VaultError::Decryption)?;
                 let rewrapped = wrap_key(&new_root, &label, &key)?;
                 key_rows::rewrap_aux_key(tx, &name, &rewrapped)?;
+                done.other_keys.push(name);
             }
             // Reseal the new root under the same secret: a fresh salt for a passphrase,
             // the same KEK for custodian shares (so the share set stays valid).
@@ -292,10 +304,16 @@ impl Admin {
             };
             keyring::write_seal(tx, &vid, &new_root, &seal, generation, now)?;
             keyring::bump_key_epoch(tx)?;
-            Ok(((), format!("generation={generation}")))
+            let details = format!(
+                "generation={generation} data_keys={} other_keys={}",
+                done.data_keys,
+                done.other_keys.join(",")
+            );
+            Ok((done, details))
         })?;
         self.keys = Keyring::load(&self.conn, &self.keys.vault_id.clone(), new_root)?;
-        self.scrub_wal()
+        self.scrub_wal()?;
+        Ok(done)
     }
 
     /// Reseals the root key under a new passphrase (passphrase seals only).
@@ -405,7 +423,12 @@ impl Admin {
             })?;
             return Err(e);
         }
-        let receipt = self.with_audit(|tx, audit, keys, now| {
+        // The request is recorded as it arrives, in its own transaction: if the
+        // erasure fails, it stays open (and overdue ones fail the compliance check).
+        let request = self.with_audit(|tx, _, keys, now| {
+            super::erase::open_request_in_tx(tx, keys, tenant, target, now.unix_timestamp())
+        })?;
+        let erased = self.with_audit(|tx, audit, keys, now| {
             super::erase::erase_in_tx(
                 tx,
                 audit,
@@ -417,8 +440,16 @@ impl Admin {
                 // No dedup index in this process; a running server re-checks
                 // its entries on their next hit.
                 None,
+                request,
             )
-        })?;
+        });
+        if let (Err(VaultError::NotFound), Some(id)) = (&erased, request) {
+            // Nothing was held: the request is done.
+            self.with_audit(|tx, _, _, now| {
+                super::erase::close_empty_request(tx, id, now.unix_timestamp())
+            })?;
+        }
+        let receipt = erased?;
         self.scrub_wal()?;
         let wal_scrubbed = self.last_scrub == Some(true);
         Ok(super::erase::Erasure {

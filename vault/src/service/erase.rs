@@ -120,8 +120,61 @@ pub(crate) fn target_token(target: &EraseTarget) -> Option<Token> {
     }
 }
 
+/// The keyed subject hash and the token an erasure of `target` is recorded under.
+fn request_identity(
+    keys: &Keyring,
+    tenant: &str,
+    target: &EraseTarget,
+) -> Result<(String, Option<Token>), VaultError> {
+    Ok(match target {
+        EraseTarget::Subject(s) => (
+            subject_hash(keys.subject_key.expose_secret(), tenant, s),
+            None,
+        ),
+        EraseTarget::Token(t) => {
+            let parsed = Token::parse(t).ok_or(VaultError::NotFound)?;
+            (
+                subject_hash(
+                    keys.subject_key.expose_secret(),
+                    tenant,
+                    &format!("token:{}", parsed.as_str()),
+                ),
+                Some(parsed),
+            )
+        }
+    })
+}
+
+/// Records an erasure request as it arrives, in a transaction of its own before
+/// the erasure's: if the erasure then fails, the request stays open and the
+/// compliance check of the erasure deadline sees it. `None` for a token that
+/// cannot exist (the erasure answers not found).
+pub(crate) fn open_request_in_tx(
+    conn: &Connection,
+    keys: &Keyring,
+    tenant: &str,
+    target: &EraseTarget,
+    now: i64,
+) -> Result<Option<i64>, VaultError> {
+    let Ok((hash, token)) = request_identity(keys, tenant, target) else {
+        return Ok(None);
+    };
+    erasure::insert_open_request(conn, tenant, &hash, token.as_ref().map(Token::as_str), now)
+        .map(Some)
+        .map_err(VaultError::Store)
+}
+
+/// Completes request `id` when there was nothing to erase (an unknown token).
+pub(crate) fn close_empty_request(conn: &Connection, id: i64, now: i64) -> Result<(), VaultError> {
+    erasure::complete_request(conn, id, now, 0, None)
+        .map(drop)
+        .map_err(VaultError::Store)
+}
+
 /// Erases inside `conn`'s transaction; returns the receipt. `dedup`: the server's
-/// index (none in the CLI's own process).
+/// index (none in the CLI's own process). `request`: the open request this
+/// erasure completes (from [`open_request_in_tx`]); without one, the request is
+/// recorded as arriving and completing now.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn erase_in_tx(
     conn: &Connection,
@@ -132,6 +185,7 @@ pub(crate) fn erase_in_tx(
     target: &EraseTarget,
     now: i64,
     dedup: Option<&mut DedupIndex>,
+    request: Option<i64>,
 ) -> Result<ErasureReceipt, VaultError> {
     let (n, subject_key_hash, token, subject) = match target {
         EraseTarget::Subject(s) => {
@@ -172,19 +226,27 @@ pub(crate) fn erase_in_tx(
         details: Some(&details),
     };
     let seq = audit.record(conn, keys, ctx, &rec, now)?;
-    erasure::insert_completed_request(
-        conn,
-        &erasure::CompletedErasure {
-            tenant,
-            subject_hash: &subject_key_hash,
-            token: token.as_ref().map(Token::as_str),
-            at: now,
-            tokens_erased,
-            audit_seq: i64::try_from(seq)
-                .map_err(|e| VaultError::internal_from("an audit sequence number overflowed", e))?,
-        },
-    )
-    .map_err(VaultError::Store)?;
+    let audit_seq = i64::try_from(seq)
+        .map_err(|e| VaultError::internal_from("an audit sequence number overflowed", e))?;
+    let completed = match request {
+        Some(id) => erasure::complete_request(conn, id, now, tokens_erased, Some(audit_seq))
+            .map_err(VaultError::Store)?,
+        None => false,
+    };
+    if !completed {
+        erasure::insert_completed_request(
+            conn,
+            &erasure::CompletedErasure {
+                tenant,
+                subject_hash: &subject_key_hash,
+                token: token.as_ref().map(Token::as_str),
+                at: now,
+                tokens_erased,
+                audit_seq,
+            },
+        )
+        .map_err(VaultError::Store)?;
+    }
     // Page copies of the erased rows stay in the WAL until it is truncated: marked in
     // the same transaction, so whoever truncates next (this caller, or a server's
     // checkpointer if a reader prevents it now) knows to.
@@ -340,6 +402,17 @@ impl Vault {
         let keys = self.keys()?;
         let tenant_s = tenant.to_owned();
         let ctx = ctx.clone();
+        let arrived = self.now().unix_timestamp();
+        let request = {
+            let (keys, tenant, target) = (keys.clone(), tenant_s.clone(), target.clone());
+            self.write(move |conn, _| {
+                match open_request_in_tx(conn, &keys, &tenant, &target, arrived) {
+                    Ok(id) => (true, Ok(id)),
+                    Err(e) => (false, Err(e)),
+                }
+            })
+            .await?
+        };
         let now = self.now().unix_timestamp();
         let receipt = self
             .write(move |conn, state| {
@@ -353,12 +426,19 @@ impl Vault {
                     &target,
                     now,
                     Some(dedup),
+                    request,
                 );
                 match result {
                     Ok(r) => (true, Ok(r)),
                     Err(VaultError::NotFound) => {
                         // Audited in the same transaction; no event, no answer.
+                        // Nothing was held: the request is done.
                         let e = VaultError::NotFound;
+                        if let Some(id) = request
+                            && let Err(c) = close_empty_request(conn, id, now)
+                        {
+                            return (false, Err(c));
+                        }
                         let token = target_token(&target);
                         let details = refusal_details(&e);
                         let rec = refused_erase_record(&tenant_s, &e, token.as_ref(), &details);

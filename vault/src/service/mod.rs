@@ -32,7 +32,7 @@ use crate::core::token::Token;
 use crate::error::VaultError;
 use crate::store::cards::CardRow;
 use crate::store::{self, JobOutcome, ReadPool, StoreError, Writer, WriterConfig};
-pub use admin::{Admin, RewrapProgress, RewrapSummary};
+pub use admin::{Admin, MasterRotation, RewrapProgress, RewrapSummary};
 pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord, append_admin_event, card_code};
 pub use erase::{EraseTarget, Erasure, PurgeReport};
 use keyring::Keyring;

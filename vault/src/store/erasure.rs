@@ -181,6 +181,39 @@ pub(crate) fn insert_completed_request(
     Ok(())
 }
 
+/// Records an erasure request as it arrives at `at` (open until
+/// [`complete_request`]); returns its id.
+pub(crate) fn insert_open_request(
+    conn: &Connection,
+    tenant: &str,
+    subject_hash: &str,
+    token: Option<&str>,
+    at: i64,
+) -> Result<i64, StoreError> {
+    conn.execute(
+        "INSERT INTO erasure_requests (tenant, subject_hash, token, requested_at) VALUES (?1, ?2, ?3, ?4)",
+        params![tenant, subject_hash, token, at],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Completes the open request `id` at `at` (`audit_seq`: its erasure event; none
+/// when there was nothing to erase). `false` if it was not open.
+pub(crate) fn complete_request(
+    conn: &Connection,
+    id: i64,
+    at: i64,
+    tokens_erased: i64,
+    audit_seq: Option<i64>,
+) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE erasure_requests SET completed_at = ?2, tokens_erased = ?3, audit_seq = ?4
+         WHERE id = ?1 AND completed_at IS NULL",
+        params![id, at, tokens_erased, audit_seq],
+    )?;
+    Ok(n == 1)
+}
+
 /// Erasure requests not completed that arrived before `cutoff` (unix seconds).
 pub(crate) fn count_open_requests_before(
     conn: &Connection,

@@ -68,6 +68,39 @@ pub(crate) fn card_shape(conn: &Connection) -> Result<CardShape, StoreError> {
     })
 }
 
+/// Cards grouped by the length of their token when it is all digits (a
+/// format-preserving token has the card's length), with the most leading and
+/// trailing digits any of them keeps in the clear.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct MaskingShape {
+    /// The token's length when it is all digits; `None` for opaque tokens.
+    pub digit_token_len: Option<i64>,
+    /// Cards in the group.
+    pub cards: i64,
+    /// Longest `bin` in the group.
+    pub max_bin_len: Option<i64>,
+    /// Longest `last4` in the group.
+    pub max_last4_len: Option<i64>,
+}
+
+/// [`MaskingShape`] of every group, shortest tokens first.
+pub(crate) fn masking_shape(conn: &Connection) -> Result<Vec<MaskingShape>, StoreError> {
+    // GLOB '*[^0-9]*' is true when any character is not a digit.
+    let mut stmt = conn.prepare(
+        "SELECT CASE WHEN token GLOB '*[^0-9]*' THEN NULL ELSE length(token) END AS len, \
+         count(*), max(length(bin)), max(length(last4)) FROM cards GROUP BY len ORDER BY len",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(MaskingShape {
+            digit_token_len: r.get(0)?,
+            cards: r.get(1)?,
+            max_bin_len: r.get(2)?,
+            max_last4_len: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

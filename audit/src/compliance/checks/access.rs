@@ -102,15 +102,16 @@ pub(super) fn file_modes(f: &Facts, p: &Params) -> Result<Outcome, Outcome> {
     let files = need(&f.files, "file modes")?;
     let max_dir = u32::try_from(p.int("max_dir_mode")).unwrap_or(0o700);
     let max_file = u32::try_from(p.int("max_file_mode")).unwrap_or(0o600);
+    let max_public = u32::try_from(p.int("max_public_mode")).unwrap_or(0o644);
     let mut o = Outcome::pass();
     if files.is_empty() {
         o.fail("no file to check");
     }
     for file in files {
-        let allowed = if file.role == FileRole::DataDir {
-            max_dir
-        } else {
-            max_file
+        let allowed = match file.role {
+            FileRole::DataDir | FileRole::Subdir => max_dir,
+            FileRole::Public => max_public,
+            _ => max_file,
         };
         match (file.mode, &file.error) {
             (Some(mode), _) => {

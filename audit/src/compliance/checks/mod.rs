@@ -99,6 +99,12 @@ impl Outcome {
     }
 }
 
+/// `n` and the noun for it: `1 card`, `2 cards` (`plural` is the noun's plural).
+pub(crate) fn count(n: impl Into<u64>, one: &str, plural: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { plural })
+}
+
 /// The fact a check needs, or the outcome that says why it cannot run.
 pub(crate) fn need<'a, T>(fact: &'a Fact<T>, what: &str) -> Result<&'a T, Outcome> {
     match fact {
@@ -386,8 +392,15 @@ pub static CHECKS: &[CheckSpec] = &[
         params: &[
             int("max_leading_digits", 0, 8, 6, "most leading digits shown"),
             int("max_trailing_digits", 0, 4, 4, "most trailing digits shown"),
+            int(
+                "min_hidden_digits",
+                0,
+                19,
+                3,
+                "fewest digits of a card number that must stay hidden, whatever its length",
+            ),
         ],
-        remediation: "Store and show at most the first six and last four digits.",
+        remediation: "Store and show at most the first six and last four digits, fewer for short card numbers so that enough digits stay hidden; use opaque tokens rather than format-preserving ones for short card numbers.",
         preflight: false,
         run: data::display_masking,
     },
@@ -509,7 +522,7 @@ pub static CHECKS: &[CheckSpec] = &[
             365,
             "smallest retention of audit events",
         )],
-        remediation: "Keep audit events for at least 365 days (prune with `--retention 365d` or more) and keep 3 months immediately available.",
+        remediation: "Keep audit events for at least 365 days (set `[audit] retention_days = 365` or more in the server configuration: the server prunes the audit log to it, never below 365 days) and keep 3 months immediately available.",
         preflight: false,
         run: audit_log::retention,
     },
@@ -582,7 +595,7 @@ pub static CHECKS: &[CheckSpec] = &[
     },
     CheckSpec {
         name: "access.file_modes",
-        title: "Data directory 0700; seal, share and key files 0600",
+        title: "Data directory and everything in it 0700/0600; seal, share and key files 0600",
         requirements: &["7.2.1", "3.6.1.3"],
         params: &[
             int(
@@ -597,10 +610,17 @@ pub static CHECKS: &[CheckSpec] = &[
                 0,
                 0o7777,
                 0o600,
-                "most permissive mode of the database, shares and private keys",
+                "most permissive mode of the database, shares, private keys and other files",
+            ),
+            int(
+                "max_public_mode",
+                0,
+                0o7777,
+                0o644,
+                "most permissive mode of certificates and public keys",
             ),
         ],
-        remediation: "chmod 700 the data directory and 600 the files in it, the share files and the TLS private key; own them by the service user.",
+        remediation: "chmod 700 the data directory and every directory in it, 600 every file in it (certificates and public keys may be 644), the share files and the private keys the configuration names or keeps beside its certificates (a CA key can mint client certificates); own them by the service user.",
         preflight: false,
         run: access::file_modes,
     },
@@ -683,6 +703,12 @@ pub fn evaluate(
     generated_at: OffsetDateTime,
 ) -> Report {
     let results = evaluate_controls(policy, facts, |_| true);
+    let mut target = target;
+    for path in [&mut target.config, &mut target.data_dir] {
+        *path = super::collect::clean_path(std::path::Path::new(path.as_str()))
+            .display()
+            .to_string();
+    }
     Report {
         policy: PolicyInfo {
             id: policy.id.clone(),
@@ -697,6 +723,7 @@ pub fn evaluate(
         target,
         summary: Summary::of(&results),
         results,
+        elapsed: facts.started.elapsed(),
     }
 }
 

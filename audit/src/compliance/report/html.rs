@@ -9,7 +9,7 @@ use super::requirement_order;
 use crate::compliance::result::{CheckResult, Report, Status};
 
 const CSS: &str = r#"
-:root{--pass:#1a7f37;--fail:#cf222e;--warn:#9a6700;--skip:#6e7781;--error:#8250df;--ink:#1f2328;--muted:#59636e;--line:#d1d9e0;--bg:#f6f8fa}
+:root{--pass:#1a7f37;--fail:#cf222e;--warn:#9a6700;--skip:#6e7781;--attest:#0969da;--error:#8250df;--ink:#1f2328;--muted:#59636e;--line:#d1d9e0;--bg:#f6f8fa}
 *{box-sizing:border-box}
 body{font:14px/1.5 -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:var(--ink);margin:0;background:#fff}
 main{max-width:1180px;margin:0 auto;padding:28px 32px 48px}
@@ -24,15 +24,15 @@ h3{font-size:15px;margin:0}
 .tile{border:1px solid var(--line);border-radius:8px;padding:12px 14px;background:var(--bg)}
 .tile b{display:block;font-size:28px;line-height:1.1}
 .tile span{color:var(--muted);text-transform:uppercase;font-size:12px;letter-spacing:.04em}
-.tile.pass b{color:var(--pass)}.tile.fail b{color:var(--fail)}.tile.warn b{color:var(--warn)}.tile.skip b{color:var(--skip)}.tile.error b{color:var(--error)}
+.tile.pass b{color:var(--pass)}.tile.fail b{color:var(--fail)}.tile.warn b{color:var(--warn)}.tile.skip b{color:var(--skip)}.tile.attest b{color:var(--attest)}.tile.error b{color:var(--error)}
 table{border-collapse:collapse;width:100%;margin:8px 0 4px}
 th,td{border-bottom:1px solid var(--line);padding:6px 8px;text-align:left;vertical-align:top}
 th{background:var(--bg);font-size:12px;text-transform:uppercase;letter-spacing:.03em;color:var(--muted)}
 td.req{white-space:nowrap;font-weight:600}
 .badge{display:inline-block;min-width:46px;text-align:center;padding:1px 7px;border-radius:10px;font-size:12px;font-weight:700;color:#fff;text-transform:uppercase}
-.pass .badge,.badge.pass{background:var(--pass)}.badge.fail{background:var(--fail)}.badge.warn{background:var(--warn)}.badge.skip{background:var(--skip)}.badge.error{background:var(--error)}
+.pass .badge,.badge.pass{background:var(--pass)}.badge.fail{background:var(--fail)}.badge.warn{background:var(--warn)}.badge.skip{background:var(--skip)}.badge.attest{background:var(--attest)}.badge.error{background:var(--error)}
 .ctl{border:1px solid var(--line);border-left:6px solid var(--skip);border-radius:6px;padding:12px 14px;margin:12px 0;break-inside:avoid}
-.ctl.pass{border-left-color:var(--pass)}.ctl.fail{border-left-color:var(--fail)}.ctl.warn{border-left-color:var(--warn)}.ctl.error{border-left-color:var(--error)}
+.ctl.pass{border-left-color:var(--pass)}.ctl.fail{border-left-color:var(--fail)}.ctl.warn{border-left-color:var(--warn)}.ctl.error{border-left-color:var(--error)}.ctl.attest{border-left-color:var(--attest)}
 .ctl .head{display:flex;gap:10px;align-items:baseline;flex-wrap:wrap}
 .ctl .id{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;color:var(--muted);font-size:13px}
 .ctl .sev{margin-left:auto;color:var(--muted);font-size:12px}
@@ -105,6 +105,10 @@ pub(super) fn render(r: &Report) -> String {
         ))
         .unwrap_or_default();
     let (verdict, colour) = match r.exit_code() {
+        0 if s.attest > 0 => (
+            "COMPLIANT AS MEASURED — every measured control passed; attested controls need an assessor",
+            "var(--pass)",
+        ),
         0 => ("COMPLIANT — every control passed", "var(--pass)"),
         101 => (
             "INCOMPLETE — nothing failed, some controls were not evaluated",
@@ -149,6 +153,7 @@ pub(super) fn render(r: &Report) -> String {
     out.push_str("<div class=\"tiles\">");
     for (n, label) in [
         (s.pass, "pass"),
+        (s.attest, "attest"),
         (s.fail, "fail"),
         (s.warn, "warn"),
         (s.skip, "skip"),
@@ -210,9 +215,11 @@ pub(super) fn render(r: &Report) -> String {
     out.push_str("<h2>By requirement</h2><table><tr><th>Requirement</th><th>Status</th><th>Evidenced by</th></tr>");
     for q in reqs {
         let controls = by_req.get(q).map(Vec::as_slice).unwrap_or_default();
+        // Per requirement: a control whose evidence names sub-requirements
+        // (10.2.1.1 … 10.2.1.7) counts only the lines about this one.
         let worst = controls
             .iter()
-            .fold(Status::Pass, |acc, x| acc.worst(x.status));
+            .fold(Status::Pass, |acc, x| acc.worst(x.status_for(q)));
         let links: Vec<String> = controls
             .iter()
             .map(|x| {
@@ -220,7 +227,7 @@ pub(super) fn render(r: &Report) -> String {
                     "<a href=\"#c-{}\">{}</a> {}",
                     anchor(&x.id),
                     esc(&x.id),
-                    badge(x.status)
+                    badge(x.status_for(q))
                 )
             })
             .collect();
@@ -238,10 +245,11 @@ pub(super) fn render(r: &Report) -> String {
     }
     let _ = write!(
         out,
-        "<footer>Exit code {} ({} pass, {} fail, {} warn, {} skip, {} error). Card numbers in this report are masked (first 6, last 4 at most); \
+        "<footer>Exit code {} ({} pass, {} attest, {} fail, {} warn, {} skip, {} error). Attested controls cannot be measured on a deployment and are never counted as passed. Card numbers in this report are masked (first 6, last 4 at most); \
          no key material is included. The run is recorded in the vault's audit log with the SHA-256 of this file.</footer>\n</main></body></html>\n",
         r.exit_code(),
         s.pass,
+        s.attest,
         s.fail,
         s.warn,
         s.skip,

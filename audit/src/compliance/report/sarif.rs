@@ -10,6 +10,24 @@ use crate::compliance::result::{CheckResult, Report, Status};
 pub const SARIF_SCHEMA: &str =
     "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json";
 
+/// The project's home from the crate metadata (`repository`), unless it is a
+/// placeholder under a reserved domain: a dashboard link must lead somewhere.
+fn information_uri() -> Option<&'static str> {
+    let repo = option_env!("CARGO_PKG_REPOSITORY")?;
+    let host = repo
+        .strip_prefix("https://")?
+        .split('/')
+        .next()?
+        .to_ascii_lowercase();
+    let reserved = ["invalid", "example", "test", "localhost"]
+        .iter()
+        .any(|tld| host == *tld || host.ends_with(&format!(".{tld}")))
+        || ["example.com", "example.org", "example.net"]
+            .iter()
+            .any(|d| host == *d || host.ends_with(&format!(".{d}")));
+    (!reserved).then_some(repo)
+}
+
 /// A relative or `file://` URI for a policy source.
 fn policy_uri(source: &str) -> String {
     if let Some(name) = source.strip_prefix("builtin:") {
@@ -33,6 +51,8 @@ fn policy_uri(source: &str) -> String {
 fn kind_level(x: &CheckResult) -> (&'static str, &'static str) {
     match x.status {
         Status::Pass => ("pass", "none"),
+        // Not measurable: a person must review it (never `pass`).
+        Status::Attest => ("review", "none"),
         Status::Skip => ("notApplicable", "none"),
         Status::Error => ("open", "none"),
         Status::Warn => ("fail", "warning"),
@@ -136,7 +156,7 @@ pub(super) fn render(r: &Report) -> String {
         .generated_at
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let log = json!({
+    let mut log = json!({
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
         "runs": [{
@@ -146,7 +166,6 @@ pub(super) fn render(r: &Report) -> String {
                     "fullName": r.tool,
                     "version": env!("CARGO_PKG_VERSION"),
                     "semanticVersion": env!("CARGO_PKG_VERSION"),
-                    "informationUri": "https://example.invalid/panvault/docs/compliance.md",
                     "rules": rules
                 }
             },
@@ -164,6 +183,12 @@ pub(super) fn render(r: &Report) -> String {
             }
         }]
     });
+    if let Some(uri) = information_uri()
+        && let Some(driver) = log.pointer_mut("/runs/0/tool/driver")
+        && let Some(driver) = driver.as_object_mut()
+    {
+        driver.insert("informationUri".to_owned(), Value::String(uri.to_owned()));
+    }
     let mut s = serde_json::to_string_pretty(&log).unwrap_or_default();
     s.push('\n');
     s

@@ -9,6 +9,7 @@ fn paint(s: &str, status: Status, colour: bool) -> String {
     }
     let code = match status {
         Status::Pass => "32",
+        Status::Attest => "36",
         Status::Warn => "33",
         Status::Fail => "31;1",
         Status::Error => "35;1",
@@ -73,9 +74,10 @@ pub(super) fn render(r: &Report, colour: bool) -> String {
     let s = &r.summary;
     let _ = writeln!(
         out,
-        "\n{} controls: {} pass, {} fail, {} warn, {} skip, {} error",
+        "\n{} controls: {} pass, {} attest, {} fail, {} warn, {} skip, {} error",
         s.total(),
         s.pass,
+        s.attest,
         s.fail,
         s.warn,
         s.skip,
