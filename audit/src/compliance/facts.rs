@@ -1,10 +1,14 @@
-//! The facts the checks read: plain data, collected by the CLI (from the vault's
-//! inventory, the server configuration, certificate files, the audit log, file
-//! modes, the scanner and live probes) or built by hand in tests.
+//! The facts the checks read: plain data, collected by the vault
+//! (`panvault_vault::compliance`: its inventory, the server configuration,
+//! certificate files) and by this crate (the audit log, file modes, the scanner
+//! and live probes), or built by hand in tests.
 //!
 //! Every group is a [`Fact`]: known, unknown (the check is skipped and says why)
 //! or failed to collect (the check reports an error). Nothing here holds a card
 //! number (only masked ones) or key bytes.
+//!
+//! One file of plain type definitions (about 700 lines, mostly doc comments): the
+//! whole contract between the collectors and the checks, read in one place.
 use std::collections::BTreeMap;
 
 use serde::Serialize;

@@ -1,6 +1,11 @@
 //! The built-in checks: each a pure function from [`Facts`] and a control's
 //! [`Params`] to an [`Outcome`], so every check is testable with facts built by
 //! hand. [`CHECKS`] lists them with their parameters; [`evaluate`] runs a policy.
+//!
+//! Longer than most files here because of [`CHECKS`]: one table entry per check
+//! (requirement, severity, parameters, remediation), kept in one place so that a
+//! reader sees every check side by side. The checks themselves are in the
+//! submodules.
 use std::time::Instant;
 
 use time::OffsetDateTime;
