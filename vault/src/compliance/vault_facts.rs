@@ -10,8 +10,7 @@ use panvault_audit::compliance::{
 use time::OffsetDateTime;
 
 use crate::service::inventory::Inventory;
-use crate::store::inventory::CardShape;
-use crate::store::{self, Reader};
+use crate::store::{self, CardShape, Reader};
 
 /// What [`collect`] learned.
 pub(super) struct VaultFacts {

@@ -9,7 +9,7 @@ use crate::core::envelope::SealedRecord;
 use crate::core::pan::Expiry;
 use crate::core::token::Token;
 use crate::error::VaultError;
-use crate::store::cards::CardRow;
+use crate::store::CardRow;
 
 impl Vault {
     /// Reads one row of `tenant` (any other tenant's token is not found).

@@ -15,8 +15,7 @@ use crate::core::rng;
 use crate::core::secret::{SecretKey32, SecretText};
 use crate::error::VaultError;
 use crate::key_state::KeyState;
-use crate::store::keys::{self as key_rows, SealRow};
-use crate::store::{Reader, StoreError, Tx};
+use crate::store::{Reader, SealRow, StoreError, Tx, WrappedDataKey};
 
 /// What unseals the root key.
 #[derive(Debug)]
@@ -294,7 +293,7 @@ impl Keyring {
         let mut active = None;
         {
             for row in conn.wrapped_data_keys()? {
-                let key_rows::WrappedDataKey {
+                let WrappedDataKey {
                     version,
                     state,
                     wrapped,

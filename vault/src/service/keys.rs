@@ -104,7 +104,7 @@ impl Vault {
 pub fn list_keys(conn: &Reader<'_>, now: OffsetDateTime) -> Result<Vec<KeyInfo>, VaultError> {
     let mut keys = Vec::new();
     for row in conn.list_data_keys()? {
-        let store::keys::DataKeyRow {
+        let store::DataKeyRow {
             version,
             state,
             created_at: created,

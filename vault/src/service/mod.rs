@@ -29,8 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::core::token::Token;
 use crate::error::VaultError;
-use crate::store::cards::CardRow;
-use crate::store::{self, JobOutcome, ReadPool, StoreError, Tx, Writer, WriterConfig};
+use crate::store::{self, CardRow, JobOutcome, ReadPool, StoreError, Tx, Writer, WriterConfig};
 pub use admin::{Admin, RewrapProgress, RewrapSummary};
 pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord, append_admin_event, card_code};
 pub use erase::{EraseTarget, Erasure, PurgeReport};

@@ -14,8 +14,7 @@ use crate::core::kdf::FINGERPRINT_LEN;
 use crate::core::rng;
 use crate::core::token::{Token, TokenFormat};
 use crate::error::VaultError;
-use crate::store::Tx;
-use crate::store::cards::{CardRow, Inserted, NewCard};
+use crate::store::{CardRow, Inserted, NewCard, Tx};
 
 impl Vault {
     /// Tokenizes a card in `tenant`: the existing token if this tenant already holds

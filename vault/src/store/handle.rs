@@ -13,13 +13,12 @@ use panvault_audit::log::{AuditChain, AuditError, Checkpoint, NewEvent, PruneRep
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use time::OffsetDateTime;
 
-use super::cards::{CardRow, Inserted, NewCard};
-use super::erasure::{CompletedErasure, DeletedCard, RequestOverview};
-use super::inventory::CardShape;
-use super::keys::{DataKeyRow, SealRow, WrappedDataKey};
 use super::pool::PooledConn;
-use super::rewrap::SealedCard;
-use super::{StoreError, cards, erasure, inventory, keys, meta, rewrap};
+use super::{
+    CardRow, CardShape, CompletedErasure, DataKeyRow, DeletedCard, Inserted, NewCard,
+    RequestOverview, SealRow, SealedCard, StoreError, WrappedDataKey, cards, erasure, inventory,
+    keys, meta, rewrap,
+};
 use crate::key_state::KeyState;
 
 enum Conn<'a> {

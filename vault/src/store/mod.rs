@@ -20,8 +20,14 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 pub use handle::{OpenTx, Reader, Session, Tx};
+// The rows the handles take and return: plain data, the same for every engine.
+pub(crate) use cards::{CardRow, Inserted, NewCard};
+pub(crate) use erasure::{CompletedErasure, DeletedCard, RequestOverview};
+pub(crate) use inventory::CardShape;
+pub(crate) use keys::{DataKeyRow, SealRow, WrappedDataKey};
 pub use lock::{DirLock, lock_exclusive, lock_shared};
 pub use pool::ReadPool;
+pub(crate) use rewrap::SealedCard;
 pub use writer::{Completion, Job, JobOutcome, Writer, WriterConfig, WriterState};
 
 /// A storage failure. Messages carry SQLite's error class, never SQL parameters.

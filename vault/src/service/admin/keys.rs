@@ -12,7 +12,7 @@ use crate::service::audit_hook::{self, AuditAction};
 use crate::service::keyring::{self, Keyring};
 use crate::service::request::AccessContext;
 use crate::service::{KeyInfo, list_keys};
-use crate::store::{self, Reader, Tx, rewrap as rewrap_rows};
+use crate::store::{self, Reader, SealedCard, Tx};
 
 /// Progress of a rewrap, reported after every batch.
 #[derive(Debug, Clone, Copy)]
@@ -250,7 +250,7 @@ fn rewrap_chunk(tx: &Tx<'_>, keys: &Keyring, limit: i64) -> Result<u64, VaultErr
     let rows = tx.sealed_not_under(active.version(), limit)?;
     let mut n: u64 = 0;
     for row in rows {
-        let rewrap_rows::SealedCard {
+        let SealedCard {
             id,
             token,
             tenant,
