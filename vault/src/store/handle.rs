@@ -539,3 +539,42 @@ impl Session {
         super::scrub_wal_on(&mut self.conn, wait, now)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Production files under `dir` (test modules and `tests.rs` files left out)
+    /// that name `word`.
+    fn naming(dir: &Path, word: &str, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                naming(&path, word, found);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs")
+                || path.file_name().is_some_and(|n| n == "tests.rs")
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let production = text.split("#[cfg(test)]").next().unwrap_or_default();
+            if production.contains(word) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+
+    /// The service and the compliance collection hold store handles, never the
+    /// engine's types: a second engine plugs in under `store/` alone.
+    #[test]
+    fn the_service_does_not_name_the_database_engine() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        for dir in ["service", "compliance"] {
+            naming(&src.join(dir), "rusqlite", &mut found);
+        }
+        assert!(found.is_empty(), "rusqlite named in {found:?}");
+    }
+}
