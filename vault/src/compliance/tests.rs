@@ -337,7 +337,7 @@ fn shares_seal_passes_dual_control() {
 fn the_erasure_requests_and_card_table_are_read_through_the_store() {
     let (tmp, config) = deployment(false);
     let db = tmp.path().join("data/vault.db");
-    let conn = crate::store::open_reader(&db).unwrap();
+    let conn = crate::store::Reader::open(&db).unwrap();
     let now = OffsetDateTime::now_utc();
     let table = vault_facts::card_table(&conn).unwrap();
     assert_eq!((table.max_bin, table.max_last), (6, 4));
@@ -363,7 +363,7 @@ fn the_erasure_requests_and_card_table_are_read_through_the_store() {
     )
     .unwrap();
     drop(w);
-    let conn = crate::store::open_reader(&db).unwrap();
+    let conn = crate::store::Reader::open(&db).unwrap();
     let Fact::Known(e) = vault_facts::erasure_facts(&conn, now) else {
         panic!("erasure facts")
     };

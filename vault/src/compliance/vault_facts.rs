@@ -7,12 +7,10 @@ use panvault_audit::compliance::{
     DataFacts, DataKeyFacts, ErasureFacts, ErasureRequest, Fact, FingerprintFacts, KeyFacts,
     MaskingRow, SealFacts,
 };
-use rusqlite::Connection;
 use time::OffsetDateTime;
 
 use crate::service::inventory::Inventory;
-use crate::store;
-use crate::store::inventory::CardShape;
+use crate::store::{self, CardShape, Reader};
 
 /// What [`collect`] learned.
 pub(super) struct VaultFacts {
@@ -40,7 +38,7 @@ pub(super) fn collect(data_dir: &Path, grace_days: i64, now: OffsetDateTime) -> 
         }
     };
     let db = &inv.db_path;
-    let conn = match store::open_reader(db) {
+    let conn = match store::Reader::open(db) {
         Ok(c) => c,
         Err(e) => {
             let why = format!("{}: {e}", db.display());
@@ -87,9 +85,9 @@ pub(super) fn collect(data_dir: &Path, grace_days: i64, now: OffsetDateTime) -> 
 
 /// Digits kept in the clear per card length (known only under format-preserving
 /// tokens, which have the card's length).
-pub(super) fn masking_facts(conn: &Connection) -> Fact<Vec<MaskingRow>> {
+pub(super) fn masking_facts(conn: &Reader<'_>) -> Fact<Vec<MaskingRow>> {
     let read = || -> Result<Vec<MaskingRow>, String> {
-        let groups = store::inventory::masking_shape(conn).map_err(|e| e.to_string())?;
+        let groups = conn.masking_shape().map_err(|e| e.to_string())?;
         let mut out = Vec::with_capacity(groups.len());
         for g in groups {
             let cards = u64::try_from(g.cards)
@@ -173,14 +171,14 @@ fn length(column: &str, v: Option<i64>) -> Result<Option<u32>, String> {
 }
 
 /// The `cards` table and the lengths of what it stores.
-pub(super) fn card_table(conn: &Connection) -> Result<CardTable, String> {
+pub(super) fn card_table(conn: &Reader<'_>) -> Result<CardTable, String> {
     let CardShape {
         columns,
         cards,
         max_bin_len,
         max_last4_len,
         max_fingerprint_len,
-    } = store::inventory::card_shape(conn).map_err(|e| e.to_string())?;
+    } = conn.card_shape().map_err(|e| e.to_string())?;
     // Absent only when no card is stored (then no digit of one is kept); absent
     // beside stored cards, the rows are not what the vault writes.
     let digits = |column: &str, v: Option<i64>| match (length(column, v)?, cards) {
@@ -200,8 +198,8 @@ pub(super) fn card_table(conn: &Connection) -> Result<CardTable, String> {
 
 /// Open and completed erasure requests; unknown for a vault whose schema
 /// predates erasure tracking.
-pub(super) fn erasure_facts(conn: &Connection, now: OffsetDateTime) -> Fact<ErasureFacts> {
-    let overview = match store::erasure::request_overview(conn) {
+pub(super) fn erasure_facts(conn: &Reader<'_>, now: OffsetDateTime) -> Fact<ErasureFacts> {
+    let overview = match conn.erasure_overview() {
         Ok(Some(o)) => o,
         Ok(None) => {
             return Fact::Unknown(

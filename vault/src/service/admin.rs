@@ -8,18 +8,16 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, Transaction, TransactionBehavior};
-
+use super::Clock;
 use super::audit_hook::{self, AuditAction};
 use super::keyring::{self, Keyring, NewSeal, Unlock};
 use super::request::AccessContext;
 use super::shamir::ShareFile;
-use super::{Clock, store_err};
 use crate::core::envelope::wrap_key;
 use crate::core::kdf::KdfParams;
 use crate::core::secret::{SecretKey32, SecretText};
 use crate::error::VaultError;
-use crate::store::{self, StoreError, keys as key_rows};
+use crate::store::{self, OpenTx, Session, StoreError, Tx};
 
 mod keys;
 pub use keys::{RewrapProgress, RewrapSummary};
@@ -31,7 +29,7 @@ const MASTER_ROTATE_REFUSED: &str = "a panvault server is serving this vault (or
 /// Administrative access to an unsealed vault.
 pub struct Admin {
     data_dir: std::path::PathBuf,
-    conn: Connection,
+    conn: Session,
     keys: Keyring,
     clock: Clock,
     share_numbers: Vec<u8>,
@@ -69,34 +67,23 @@ const PURGE_CHUNK: usize = 200;
 
 /// Begins an IMMEDIATE transaction on `conn`, first leaving the lock free for the
 /// rest of `y.gap` since the last commit, then waiting up to `y.wait` for it.
-fn begin<'c>(conn: &'c Connection, y: &mut Yielding) -> Result<Transaction<'c>, VaultError> {
+fn begin<'c>(conn: &'c Session, y: &mut Yielding) -> Result<OpenTx<'c>, VaultError> {
     if let Some(t) = y.last_commit {
         let since = t.elapsed();
         if since < y.gap {
             std::thread::sleep(y.gap - since);
         }
     }
-    let start = Instant::now();
-    loop {
-        match Transaction::new_unchecked(conn, TransactionBehavior::Immediate) {
-            Ok(tx) => return Ok(tx),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                if start.elapsed() >= y.wait {
-                    return Err(VaultError::Store(StoreError::LockHeld(y.wait.as_secs())));
-                }
-                if !y.warned {
-                    y.warned = true;
-                    tracing::warn!(
-                        "waiting for the vault's write lock: another admin command or the server holds it (giving up after {} s)",
-                        y.wait.as_secs()
-                    );
-                }
-            }
-            Err(e) => return Err(store_err(e)),
+    let (wait, warned) = (y.wait, &mut y.warned);
+    Ok(conn.begin_immediate_waiting(wait, || {
+        if !*warned {
+            *warned = true;
+            tracing::warn!(
+                "waiting for the vault's write lock: another admin command or the server holds it (giving up after {} s)",
+                wait.as_secs()
+            );
         }
-    }
+    })?)
 }
 
 impl std::fmt::Debug for Admin {
@@ -125,12 +112,12 @@ impl Admin {
         }
         // No full integrity scan here (it reads the whole file; `serve` does it at
         // start): admin commands must stay quick on a large vault.
-        let mut conn = store::open_writer(&db, false)?;
-        store::poll_for_locks(&mut conn, LOCK_ATTEMPT)?;
-        let vault_id = keyring::meta_get(&conn, "vault_id")?
+        let mut conn = Session::open(&db, false)?;
+        conn.poll_for_locks(LOCK_ATTEMPT)?;
+        let vault_id = keyring::meta_get(&conn.reader(), "vault_id")?
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
-        let (root, _, share_numbers) = keyring::unseal_root(&conn, &vault_id, unlock)?;
-        let keys = Keyring::load(&conn, &vault_id, root)?;
+        let (root, _, share_numbers) = keyring::unseal_root(&conn.reader(), &vault_id, unlock)?;
+        let keys = Keyring::load(&conn.reader(), &vault_id, root)?;
         Ok(Admin {
             data_dir: data_dir.to_owned(),
             conn,
@@ -164,7 +151,7 @@ impl Admin {
     /// WAL frames past which batch jobs checkpoint and truncate the log (default
     /// ~64 MiB).
     pub fn set_wal_restart_frames(&mut self, frames: i64) {
-        self.wal = store::WalBound::new(self.conn.path().map(Path::new), frames);
+        self.wal = store::WalBound::new(self.conn.path(), frames);
     }
 
     /// Whether the last command that deleted key or card data (`erase`, `retention
@@ -195,7 +182,7 @@ impl Admin {
     fn reload(&mut self) -> Result<(), VaultError> {
         let root = SecretKey32::from_slice(self.keys.root.expose_secret())
             .ok_or(VaultError::internal("a root key is not 32 bytes"))?;
-        self.keys = Keyring::load(&self.conn, &self.keys.vault_id, root)?;
+        self.keys = Keyring::load(&self.conn.reader(), &self.keys.vault_id, root)?;
         Ok(())
     }
 
@@ -204,14 +191,16 @@ impl Admin {
         &mut self,
         actor: &AccessContext,
         action: AuditAction,
-        f: impl FnOnce(&Connection, &Keyring, i64) -> Result<(T, String), VaultError>,
+        f: impl FnOnce(&Tx<'_>, &Keyring, i64) -> Result<(T, String), VaultError>,
     ) -> Result<T, VaultError> {
         let now = self.now();
-        let tx = begin(&self.conn, &mut self.lock)?;
+        let open = begin(&self.conn, &mut self.lock)?;
+        let tx = open.tx();
         let (out, details) = f(&tx, &self.keys, now)?;
         let details = self.with_shares(details);
         audit_hook::record_admin(&tx, &self.keys, actor, action, Some(&details), now)?;
-        tx.commit().map_err(store_err)?;
+        drop(tx);
+        open.commit()?;
         self.committed();
         Ok(out)
     }
@@ -259,22 +248,22 @@ impl Admin {
             let vid = keys.vault_id.clone();
             let mut done = MasterRotation::default();
             // data keys
-            let rows = key_rows::wrapped_data_key_bytes(tx)?;
+            let rows = tx.wrapped_data_key_bytes()?;
             for (version, wrapped) in rows {
                 let label = keyring::dek_label(&vid, version);
                 let key = crate::core::envelope::unwrap_key(&keys.root, &label, &wrapped)
                     .map_err(|_| VaultError::Decryption)?;
                 let rewrapped = wrap_key(&new_root, &label, &key)?;
-                key_rows::rewrap_data_key(tx, version, &rewrapped)?;
+                tx.rewrap_data_key(version, &rewrapped)?;
                 done.data_keys += 1;
             }
-            let aux = key_rows::aux_keys(tx)?;
+            let aux = tx.aux_keys()?;
             for (name, wrapped) in aux {
                 let label = keyring::aux_label(&vid, &name);
                 let key = crate::core::envelope::unwrap_key(&keys.root, &label, &wrapped)
                     .map_err(|_| VaultError::Decryption)?;
                 let rewrapped = wrap_key(&new_root, &label, &key)?;
-                key_rows::rewrap_aux_key(tx, &name, &rewrapped)?;
+                tx.rewrap_aux_key(&name, &rewrapped)?;
                 done.other_keys.push(name);
             }
             // Reseal the new root under the same secret: a fresh salt for a passphrase,
@@ -311,7 +300,7 @@ impl Admin {
             );
             Ok((done, details))
         })?;
-        self.keys = Keyring::load(&self.conn, &self.keys.vault_id.clone(), new_root)?;
+        self.keys = Keyring::load(&self.conn.reader(), &self.keys.vault_id.clone(), new_root)?;
         self.scrub_wal()?;
         Ok(done)
     }
@@ -400,8 +389,8 @@ impl Admin {
     /// is in [`Admin::wal_scrubbed`].
     fn scrub_wal(&mut self) -> Result<(), VaultError> {
         let now = self.now();
-        let done = store::scrub_wal_on(&mut self.conn, SCRUB_WAIT, now);
-        store::poll_for_locks(&mut self.conn, LOCK_ATTEMPT)?;
+        let done = self.conn.scrub_wal(SCRUB_WAIT, now);
+        self.conn.poll_for_locks(LOCK_ATTEMPT)?;
         self.last_scrub = Some(done?);
         Ok(())
     }
@@ -473,7 +462,7 @@ impl Admin {
                 super::erase::purge_in_tx(tx, audit, keys, actor, grace_days, true, now, None)
             });
         }
-        let ids = super::erase::purge_candidates(&self.conn, grace_days, (self.clock)())?;
+        let ids = super::erase::purge_candidates(&self.conn.reader(), grace_days, (self.clock)())?;
         let mut report = super::erase::PurgeReport {
             deleted: true,
             ..Default::default()
@@ -502,14 +491,15 @@ impl Admin {
     fn with_audit<T>(
         &mut self,
         f: impl FnOnce(
-            &Connection,
+            &Tx<'_>,
             &mut super::audit_hook::AuditState,
             &Keyring,
             time::OffsetDateTime,
         ) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
         let now = (self.clock)();
-        let tx = begin(&self.conn, &mut self.lock)?;
+        let open = begin(&self.conn, &mut self.lock)?;
+        let tx = open.tx();
         let mut audit = super::audit_hook::AuditState::load(
             &tx,
             &self.keys,
@@ -517,7 +507,8 @@ impl Admin {
         )?;
         let out = f(&tx, &mut audit, &self.keys, now)?;
         audit.checkpoint_if_due(&tx, false)?;
-        tx.commit().map_err(store_err)?;
+        drop(tx);
+        open.commit()?;
         self.committed();
         Ok(out)
     }

@@ -15,13 +15,13 @@ use panvault_audit::log::{
     ActionName, Actor, AuditChain, ChainHead, Checkpoint, CheckpointPolicy, ErasureReceipt,
     MAX_CODE_LEN, MAX_FIELD_LEN, NewEvent, Outcome, SigningKey, subject_hash,
 };
-use rusqlite::{Connection, TransactionBehavior};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::keyring::Keyring;
 use super::request::AccessContext;
 use crate::error::VaultError;
+use crate::store::{Session, Tx};
 
 /// What was done: the audit log's own vocabulary (one definition, in
 /// `panvault_audit::log::Action`), under the name the vault's API has used.
@@ -220,12 +220,12 @@ fn audit_err(e: panvault_audit::log::AuditError) -> VaultError {
 
 impl AuditState {
     pub(crate) fn load(
-        conn: &Connection,
+        conn: &Tx<'_>,
         keys: &Keyring,
         policy: CheckpointPolicy,
     ) -> Result<Self, VaultError> {
-        panvault_audit::log::migrate(conn).map_err(audit_err)?;
-        let chain = AuditChain::load(conn).map_err(audit_err)?;
+        conn.migrate_audit().map_err(audit_err)?;
+        let chain = conn.load_audit_chain().map_err(audit_err)?;
         let signer =
             SigningKey::from_pkcs8(&keys.audit_pkcs8).map_err(|_| VaultError::Decryption)?;
         Ok(AuditState {
@@ -251,20 +251,20 @@ impl AuditState {
     /// Appends an event inside the current transaction; returns its sequence number.
     pub(crate) fn record(
         &mut self,
-        conn: &Connection,
+        conn: &Tx<'_>,
         keys: &Keyring,
         ctx: &AccessContext,
         rec: &AuditRecord<'_>,
         now: i64,
     ) -> Result<u64, VaultError> {
         let ev = build_event(keys, ctx, rec, now)?;
-        self.chain.append(conn, &ev).map_err(audit_err)
+        conn.append_audit(&mut self.chain, &ev).map_err(audit_err)
     }
 
     /// Appends an event built beforehand (off the writer thread, by
     /// [`build_event`]) inside the current transaction; returns its sequence number.
-    pub(crate) fn append(&mut self, conn: &Connection, ev: &NewEvent) -> Result<u64, VaultError> {
-        self.chain.append(conn, ev).map_err(audit_err)
+    pub(crate) fn append(&mut self, conn: &Tx<'_>, ev: &NewEvent) -> Result<u64, VaultError> {
+        conn.append_audit(&mut self.chain, ev).map_err(audit_err)
     }
 
     pub(crate) fn snapshot(&self) -> ChainHead {
@@ -312,10 +312,9 @@ impl AuditState {
     }
 
     /// Signs a checkpoint of the current head inside the caller's transaction.
-    fn sign(&mut self, conn: &Connection, now: OffsetDateTime) -> Result<Checkpoint, VaultError> {
-        let cp = self
-            .chain
-            .checkpoint(conn, &self.signer, now)
+    fn sign(&mut self, conn: &Tx<'_>, now: OffsetDateTime) -> Result<Checkpoint, VaultError> {
+        let cp = conn
+            .sign_audit_checkpoint(&mut self.chain, &self.signer, now)
             .map_err(audit_err)?;
         if let Some(w) = &mut self.witness {
             w.in_tx.push(cp.clone());
@@ -326,7 +325,7 @@ impl AuditState {
     /// Writes a signed checkpoint if one is due (or `force`).
     pub(crate) fn checkpoint_if_due(
         &mut self,
-        conn: &Connection,
+        conn: &Tx<'_>,
         force: bool,
     ) -> Result<(), VaultError> {
         let now = OffsetDateTime::now_utc();
@@ -362,7 +361,7 @@ impl AuditState {
     /// and retries a witness file that could not be written. The checkpoint is
     /// signed in its own IMMEDIATE transaction after reloading the head, so it
     /// covers every event committed before it.
-    pub(crate) fn on_idle(&mut self, conn: &mut Connection, force: bool) {
+    pub(crate) fn on_idle(&mut self, conn: &mut Session, force: bool) {
         if !force && self.idle_retry.is_some_and(|t| t > Instant::now()) {
             return;
         }
@@ -382,9 +381,15 @@ impl AuditState {
         }
     }
 
-    fn sign_tail(&mut self, conn: &mut Connection, force: bool) -> Result<(), VaultError> {
-        if !self.chain.is_current(conn).map_err(audit_err)? {
-            self.chain.reload(conn).map_err(audit_err)?;
+    fn sign_tail(&mut self, conn: &mut Session, force: bool) -> Result<(), VaultError> {
+        if !conn
+            .reader()
+            .audit_chain_is_current(&self.chain)
+            .map_err(audit_err)?
+        {
+            conn.autocommit()
+                .reload_audit_chain(&mut self.chain)
+                .map_err(audit_err)?;
         }
         let due = |chain: &AuditChain, policy: &CheckpointPolicy| {
             if force {
@@ -396,28 +401,28 @@ impl AuditState {
         if !due(&self.chain, &self.policy) {
             return Ok(());
         }
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| VaultError::Store(e.into()))?;
+        let open = conn.begin_immediate()?;
+        let tx = open.tx();
         // Under the write lock nobody else appends: this head is the last one.
-        self.chain.reload(&tx).map_err(audit_err)?;
+        tx.reload_audit_chain(&mut self.chain).map_err(audit_err)?;
         if due(&self.chain, &self.policy) {
             self.sign(&tx, OffsetDateTime::now_utc())?;
         }
-        tx.commit().map_err(|e| VaultError::Store(e.into()))
+        drop(tx);
+        Ok(open.commit()?)
     }
 
     /// Prunes events older than `retention_days` (at least 365) with a signed record.
     pub(crate) fn prune(
         &mut self,
-        conn: &Connection,
+        conn: &Tx<'_>,
         now: OffsetDateTime,
         retention_days: i64,
     ) -> Result<u64, VaultError> {
         let days = retention_days.max(365);
-        let report =
-            panvault_audit::log::prune(conn, &self.signer, now, time::Duration::days(days))
-                .map_err(audit_err)?;
+        let report = conn
+            .prune_audit(&self.signer, now, time::Duration::days(days))
+            .map_err(audit_err)?;
         Ok(report.deleted)
     }
 
@@ -449,8 +454,8 @@ pub(crate) fn generate_signing_key() -> Result<Zeroizing<Vec<u8>>, VaultError> {
 }
 
 /// Creates the audit tables.
-pub(crate) fn init_tables(conn: &Connection) -> Result<(), VaultError> {
-    panvault_audit::log::migrate(conn).map_err(audit_err)
+pub(crate) fn init_tables(conn: &Tx<'_>) -> Result<(), VaultError> {
+    conn.migrate_audit().map_err(audit_err)
 }
 
 /// Writes `DIR/audit-signing.pub`.
@@ -466,7 +471,7 @@ pub(crate) fn write_public_key(dir: &Path, pkcs8: &[u8]) -> Result<PathBuf, Vaul
 /// Records an admin action (CLI) inside the caller's transaction, and signs a
 /// checkpoint if one is due. Returns the event's sequence number.
 pub(crate) fn record_admin(
-    conn: &Connection,
+    conn: &Tx<'_>,
     keys: &Keyring,
     actor: &AccessContext,
     action: AuditAction,
@@ -493,15 +498,14 @@ pub(crate) fn record_admin(
 /// running server's writer waits for it, and nobody can append in between).
 /// With `witness`, the checkpoint is also appended to that file.
 pub(crate) fn sign_checkpoint_now(
-    conn: &mut Connection,
+    conn: &mut Session,
     keys: &Keyring,
     actor: &AccessContext,
     now: i64,
     witness: Option<&Path>,
 ) -> Result<Checkpoint, VaultError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| VaultError::Store(e.into()))?;
+    let open = conn.begin_immediate()?;
+    let tx = open.tx();
     let mut state = AuditState::load(&tx, keys, CheckpointPolicy::default())?;
     let rec = AuditRecord {
         action: AuditAction::AuditCheckpoint,
@@ -514,7 +518,8 @@ pub(crate) fn sign_checkpoint_now(
     };
     state.record(&tx, keys, actor, &rec, now)?;
     let cp = state.sign(&tx, OffsetDateTime::now_utc())?;
-    tx.commit().map_err(|e| VaultError::Store(e.into()))?;
+    drop(tx);
+    open.commit()?;
     if let Some(path) = witness {
         Checkpoint::append_to_witness(path, std::slice::from_ref(&cp))
             .map_err(|e| VaultError::io(path, e))?;
@@ -537,23 +542,23 @@ pub fn append_admin_event(
         return Err(VaultError::NotInitialized(data_dir.display().to_string()));
     }
     // Not `open_writer`: no migrations here, and a file that is not a vault is left alone.
-    let mut conn = crate::store::open_for_append(&db).map_err(VaultError::Store)?;
-    if super::keyring::meta_get(&conn, "vault_id")
+    let conn = Session::open_for_append(&db).map_err(VaultError::Store)?;
+    if super::keyring::meta_get(&conn.reader(), "vault_id")
         .ok()
         .flatten()
         .is_none()
     {
         return Err(VaultError::NotInitialized(data_dir.display().to_string()));
     }
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(|e| VaultError::Store(e.into()))?;
-    let mut chain = AuditChain::load(&tx).map_err(audit_err)?;
+    let open = conn.begin_immediate()?;
+    let tx = open.tx();
+    let mut chain = tx.load_audit_chain().map_err(audit_err)?;
     let time = OffsetDateTime::now_utc();
     let ev = NewEvent::new(time, actor_of(actor), action, Outcome::Success)
         .with_details(details.chars().take(4096).collect::<String>());
-    let seq = chain.append(&tx, &ev).map_err(audit_err)?;
-    tx.commit().map_err(|e| VaultError::Store(e.into()))?;
+    let seq = tx.append_audit(&mut chain, &ev).map_err(audit_err)?;
+    drop(tx);
+    open.commit()?;
     Ok(seq)
 }
 
@@ -565,7 +570,7 @@ mod tests {
 
     #[test]
     fn audit_failures_keep_the_audit_error() {
-        let conn = Connection::open_in_memory().unwrap();
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
         // No audit tables: loading the chain fails, and the refusal says why.
         let err = AuditChain::load(&conn).unwrap_err();
         let e = audit_err(err);

@@ -9,8 +9,7 @@ use crate::core::envelope::SealedRecord;
 use crate::core::pan::Expiry;
 use crate::core::token::Token;
 use crate::error::VaultError;
-use crate::store;
-use crate::store::cards::CardRow;
+use crate::store::CardRow;
 
 impl Vault {
     /// Reads one row of `tenant` (any other tenant's token is not found).
@@ -20,7 +19,7 @@ impl Vault {
         };
         let conn = self.inner.readers.get()?;
         // By token and tenant: a bin_last4 token is unique within its tenant only.
-        let row = store::cards::by_token(&conn, token.as_str(), tenant)?;
+        let row = conn.card_by_token(token.as_str(), tenant)?;
         match row {
             Some(r)
                 if r.tenant == tenant
@@ -162,7 +161,8 @@ impl Vault {
         );
         let still_held = self
             .write(move |conn, state| {
-                let alive = store::cards::is_live(conn, id, &token_s, &tenant_s, now)
+                let alive = conn
+                    .card_is_live(id, &token_s, &tenant_s, now)
                     .map_err(VaultError::Store);
                 let appended = match alive {
                     Ok(true) => state.audit_mut().append(conn, &ev).map(|_| true),

@@ -7,7 +7,6 @@
 //! signed with the audit key naming the event's sequence number. The audit log
 //! keeps only the keyed hash of the subject, so it never needs rewriting.
 
-use rusqlite::Connection;
 use time::OffsetDateTime;
 
 use super::audit_hook::{AuditAction, AuditOutcome, AuditRecord, AuditState};
@@ -18,7 +17,7 @@ use super::{Vault, validate_tenant};
 use crate::core::token::Token;
 use crate::error::VaultError;
 use crate::store::erasure::{self, DeletedCard};
-use crate::store::{self, StoreError};
+use crate::store::{self, Reader, StoreError, Tx};
 use panvault_audit::log::{ErasureReceipt, subject_hash};
 
 /// What to erase.
@@ -150,7 +149,7 @@ fn request_identity(
 /// compliance check of the erasure deadline sees it. `None` for a token that
 /// cannot exist (the erasure answers not found).
 pub(crate) fn open_request_in_tx(
-    conn: &Connection,
+    conn: &Tx<'_>,
     keys: &Keyring,
     tenant: &str,
     target: &EraseTarget,
@@ -159,14 +158,14 @@ pub(crate) fn open_request_in_tx(
     let Ok((hash, token)) = request_identity(keys, tenant, target) else {
         return Ok(None);
     };
-    erasure::insert_open_request(conn, tenant, &hash, token.as_ref().map(Token::as_str), now)
+    conn.insert_open_erasure_request(tenant, &hash, token.as_ref().map(Token::as_str), now)
         .map(Some)
         .map_err(VaultError::Store)
 }
 
 /// Completes request `id` when there was nothing to erase (an unknown token).
-pub(crate) fn close_empty_request(conn: &Connection, id: i64, now: i64) -> Result<(), VaultError> {
-    erasure::complete_request(conn, id, now, 0, None)
+pub(crate) fn close_empty_request(conn: &Tx<'_>, id: i64, now: i64) -> Result<(), VaultError> {
+    conn.complete_erasure_request(id, now, 0, None)
         .map(drop)
         .map_err(VaultError::Store)
 }
@@ -177,7 +176,7 @@ pub(crate) fn close_empty_request(conn: &Connection, id: i64, now: i64) -> Resul
 /// recorded as arriving and completing now.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn erase_in_tx(
-    conn: &Connection,
+    conn: &Tx<'_>,
     audit: &mut AuditState,
     keys: &Keyring,
     ctx: &AccessContext,
@@ -189,7 +188,7 @@ pub(crate) fn erase_in_tx(
 ) -> Result<ErasureReceipt, VaultError> {
     let (n, subject_key_hash, token, subject) = match target {
         EraseTarget::Subject(s) => {
-            let n = note_deleted(erasure::delete_subject(conn, tenant, s), dedup)?;
+            let n = note_deleted(conn.delete_subject(tenant, s), dedup)?;
             (
                 n,
                 subject_hash(keys.subject_key.expose_secret(), tenant, s),
@@ -199,7 +198,7 @@ pub(crate) fn erase_in_tx(
         }
         EraseTarget::Token(t) => {
             let parsed = Token::parse(t).ok_or(VaultError::NotFound)?;
-            let n = note_deleted(erasure::delete_token(conn, tenant, parsed.as_str()), dedup)?;
+            let n = note_deleted(conn.delete_token(tenant, parsed.as_str()), dedup)?;
             (
                 n,
                 subject_hash(
@@ -229,28 +228,26 @@ pub(crate) fn erase_in_tx(
     let audit_seq = i64::try_from(seq)
         .map_err(|e| VaultError::internal_from("an audit sequence number overflowed", e))?;
     let completed = match request {
-        Some(id) => erasure::complete_request(conn, id, now, tokens_erased, Some(audit_seq))
+        Some(id) => conn
+            .complete_erasure_request(id, now, tokens_erased, Some(audit_seq))
             .map_err(VaultError::Store)?,
         None => false,
     };
     if !completed {
-        erasure::insert_completed_request(
-            conn,
-            &erasure::CompletedErasure {
-                tenant,
-                subject_hash: &subject_key_hash,
-                token: token.as_ref().map(Token::as_str),
-                at: now,
-                tokens_erased,
-                audit_seq,
-            },
-        )
+        conn.insert_completed_erasure(&erasure::CompletedErasure {
+            tenant,
+            subject_hash: &subject_key_hash,
+            token: token.as_ref().map(Token::as_str),
+            at: now,
+            tokens_erased,
+            audit_seq,
+        })
         .map_err(VaultError::Store)?;
     }
     // Page copies of the erased rows stay in the WAL until it is truncated: marked in
     // the same transaction, so whoever truncates next (this caller, or a server's
     // checkpointer if a reader prevents it now) knows to.
-    store::mark_scrub_pending(conn, now).map_err(VaultError::Store)?;
+    conn.mark_scrub_pending(now).map_err(VaultError::Store)?;
     let time = OffsetDateTime::from_unix_timestamp(now)
         .map_err(|e| VaultError::internal_from("the clock is out of range", e))?;
     audit.sign_receipt(subject_key_hash, tenant, n, time, seq)
@@ -260,7 +257,7 @@ pub(crate) fn erase_in_tx(
 /// transaction. `dedup`: the server's index (none in the CLI's own process).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn purge_in_tx(
-    conn: &Connection,
+    conn: &Tx<'_>,
     audit: &mut AuditState,
     keys: &Keyring,
     ctx: &AccessContext,
@@ -274,8 +271,8 @@ pub(crate) fn purge_in_tx(
     let count = |n: Result<i64, StoreError>| -> Result<u64, VaultError> {
         Ok(store::count_u64(n.map_err(VaultError::Store)?)?)
     };
-    let past_expiry = count(erasure::count_past_expiry(conn, cutoff, ts))?;
-    let past_ttl = count(erasure::count_past_ttl_only(conn, cutoff, ts))?;
+    let past_expiry = count(conn.count_past_expiry(cutoff, ts))?;
+    let past_ttl = count(conn.count_past_ttl_only(cutoff, ts))?;
     if dry_run {
         return Ok(PurgeReport {
             past_expiry,
@@ -284,7 +281,7 @@ pub(crate) fn purge_in_tx(
             audit_seq: None,
         });
     }
-    note_deleted(erasure::delete_past_retention(conn, cutoff, ts), dedup)?;
+    note_deleted(conn.delete_past_retention(cutoff, ts), dedup)?;
     purged(
         conn,
         audit,
@@ -300,18 +297,18 @@ pub(crate) fn purge_in_tx(
 /// Ids of the cards past retention at `now` (read without the write lock; each is
 /// checked again when deleted by [`purge_ids_in_tx`]).
 pub(crate) fn purge_candidates(
-    conn: &Connection,
+    conn: &Reader<'_>,
     grace_days: i64,
     now: OffsetDateTime,
 ) -> Result<Vec<i64>, VaultError> {
-    erasure::retention_candidates(conn, cutoff_month(now, grace_days), now.unix_timestamp())
+    conn.retention_candidates(cutoff_month(now, grace_days), now.unix_timestamp())
         .map_err(VaultError::Store)
 }
 
 /// Deletes those of `ids` still past retention inside `conn`'s transaction, with
 /// one audit event for them (the CLI's `retention run`, a chunk at a time).
 pub(crate) fn purge_ids_in_tx(
-    conn: &Connection,
+    conn: &Tx<'_>,
     audit: &mut AuditState,
     keys: &Keyring,
     ctx: &AccessContext,
@@ -324,9 +321,9 @@ pub(crate) fn purge_ids_in_tx(
     let mut past_expiry = 0u64;
     let mut past_ttl = 0u64;
     for id in ids {
-        if note_deleted(erasure::delete_id_past_expiry(conn, *id, cutoff), None)? > 0 {
+        if note_deleted(conn.delete_id_past_expiry(*id, cutoff), None)? > 0 {
             past_expiry += 1;
-        } else if note_deleted(erasure::delete_id_past_ttl(conn, *id, ts), None)? > 0 {
+        } else if note_deleted(conn.delete_id_past_ttl(*id, ts), None)? > 0 {
             past_ttl += 1;
         }
     }
@@ -350,7 +347,7 @@ pub(crate) fn purge_ids_in_tx(
     reason = "the purge's transaction, audit state and keys, who, and its figures"
 )]
 fn purged(
-    conn: &Connection,
+    conn: &Tx<'_>,
     audit: &mut AuditState,
     keys: &Keyring,
     ctx: &AccessContext,
@@ -360,7 +357,7 @@ fn purged(
     ts: i64,
 ) -> Result<PurgeReport, VaultError> {
     if past_expiry + past_ttl > 0 {
-        store::mark_scrub_pending(conn, ts).map_err(VaultError::Store)?;
+        conn.mark_scrub_pending(ts).map_err(VaultError::Store)?;
     }
     let details = format!("past_expiry={past_expiry} past_ttl={past_ttl} grace_days={grace_days}");
     let rec = AuditRecord {
@@ -522,10 +519,11 @@ impl Vault {
 
 /// Open erasure requests (not completed) older than `days`, for compliance checks.
 pub fn open_erasure_requests(
-    conn: &Connection,
+    conn: &Reader<'_>,
     older_than_days: i64,
     now: OffsetDateTime,
 ) -> Result<i64, VaultError> {
     let cutoff = now.unix_timestamp() - older_than_days * 86_400;
-    erasure::count_open_requests_before(conn, cutoff).map_err(VaultError::Store)
+    conn.count_open_requests_before(cutoff)
+        .map_err(VaultError::Store)
 }

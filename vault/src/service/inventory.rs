@@ -10,7 +10,6 @@ use super::keyring::{self, SealInfo};
 use super::{KeyInfo, list_keys};
 use crate::error::VaultError;
 use crate::store;
-use crate::store::inventory as store_inv;
 
 /// What a compliance run learns about a vault's keys and data without its secret.
 #[derive(Debug, Clone, Serialize)]
@@ -55,7 +54,7 @@ impl Inventory {
         if !db.exists() {
             return Err(VaultError::NotInitialized(data_dir.display().to_string()));
         }
-        let conn = store::open_reader(&db)?;
+        let conn = store::Reader::open(&db)?;
         // Every vault is made with an id; one without has lost a row of its `meta`.
         let vault_id = keyring::meta_get(&conn, "vault_id")?.ok_or_else(|| {
             VaultError::Store(store::StoreError::Corrupt(
@@ -64,13 +63,13 @@ impl Inventory {
         })?;
         let keys = list_keys(&conn, now)?;
         let (seal, _, _): (SealInfo, _, _) = keyring::read_seal(&conn)?;
-        let records = store_inv::count_cards(&conn)?;
+        let records = conn.count_cards()?;
         // A card is past retention once `grace_days` have passed after the last day of
         // its expiry month: compare (year*12 + month) against now minus grace.
         let cutoff = now - time::Duration::days(grace_days);
         let cutoff_month = i64::from(cutoff.year()) * 12 + i64::from(u8::from(cutoff.month())) - 1;
-        let past = store_inv::count_expired_before(&conn, cutoff_month)?;
-        let wrapped_keys = store_inv::wrapped_key_names(&conn)?;
+        let past = conn.count_expired_before(cutoff_month)?;
+        let wrapped_keys = conn.wrapped_key_names()?;
         Ok(Inventory {
             data_dir: data_dir.to_owned(),
             db_path: db,
@@ -96,7 +95,7 @@ pub fn seal_method(data_dir: &Path) -> Result<(String, Option<u8>), VaultError> 
     if !db.exists() {
         return Err(VaultError::NotInitialized(data_dir.display().to_string()));
     }
-    let conn = store::open_reader(&db)?;
+    let conn = store::Reader::open(&db)?;
     let (seal, _, _) = keyring::read_seal(&conn)?;
     Ok((seal.method, seal.shares.map(|(_, m)| m)))
 }

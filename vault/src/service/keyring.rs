@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
 use ring::hmac;
-use rusqlite::Connection;
 use zeroize::Zeroizing;
 
 use super::shamir::{self, ShareFile};
@@ -16,8 +15,7 @@ use crate::core::rng;
 use crate::core::secret::{SecretKey32, SecretText};
 use crate::error::VaultError;
 use crate::key_state::KeyState;
-use crate::store::keys::{self as key_rows, SealRow};
-use crate::store::{StoreError, meta};
+use crate::store::{Reader, SealRow, StoreError, Tx, WrappedDataKey};
 
 /// What unseals the root key.
 #[derive(Debug)]
@@ -63,7 +61,7 @@ pub(crate) enum NewSeal<'a> {
 /// Writes a new seal row (replacing any) for `root` at `generation`. Returns the
 /// custodian shares for a share seal (empty otherwise).
 pub(crate) fn write_seal(
-    conn: &Connection,
+    conn: &Tx<'_>,
     vault_id: &str,
     root: &SecretKey32,
     seal: &NewSeal<'_>,
@@ -110,18 +108,15 @@ pub(crate) fn write_seal(
         &root_label(vault_id, generation),
         root.expose_secret(),
     )?;
-    key_rows::write_seal(
-        conn,
-        &SealRow {
-            method: method.to_owned(),
-            kdf,
-            salt,
-            shares: counts,
-            sealed_root: sealed,
-            root_created_at,
-            generation,
-        },
-    )?;
+    conn.write_seal(&SealRow {
+        method: method.to_owned(),
+        kdf,
+        salt,
+        shares: counts,
+        sealed_root: sealed,
+        root_created_at,
+        generation,
+    })?;
     Ok(shares)
 }
 
@@ -142,8 +137,8 @@ pub struct SealInfo {
 
 type SealParts = (SealInfo, Option<Vec<u8>>, Vec<u8>);
 
-pub(crate) fn read_seal(conn: &Connection) -> Result<SealParts, VaultError> {
-    let row = key_rows::read_seal(conn)?;
+pub(crate) fn read_seal(conn: &Reader<'_>) -> Result<SealParts, VaultError> {
+    let row = conn.read_seal()?;
     let row = row.ok_or_else(|| VaultError::Store(StoreError::Corrupt("no seal row".into())))?;
     Ok((
         SealInfo {
@@ -161,7 +156,7 @@ pub(crate) fn read_seal(conn: &Connection) -> Result<SealParts, VaultError> {
 /// Unseals the root key of the vault in `conn`. Returns the root, the seal's facts
 /// and the share numbers that took part (empty for a passphrase).
 pub(crate) fn unseal_root(
-    conn: &Connection,
+    conn: &Reader<'_>,
     vault_id: &str,
     unlock: &Unlock,
 ) -> Result<(SecretKey32, SealInfo, Vec<u8>), VaultError> {
@@ -195,23 +190,23 @@ pub(crate) fn unseal_root(
     Ok((root, info, numbers))
 }
 
-pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, VaultError> {
-    Ok(meta::get(conn, key)?)
+pub(crate) fn meta_get(conn: &Reader<'_>, key: &str) -> Result<Option<String>, VaultError> {
+    Ok(conn.meta_get(key)?)
 }
 
-pub(crate) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), VaultError> {
-    Ok(meta::set(conn, key, value)?)
+pub(crate) fn meta_set(conn: &Tx<'_>, key: &str, value: &str) -> Result<(), VaultError> {
+    Ok(conn.meta_set(key, value)?)
 }
 
 /// Bumps the key epoch so running servers reload their keys.
-pub(crate) fn bump_key_epoch(conn: &Connection) -> Result<(), VaultError> {
-    Ok(meta::bump_key_epoch(conn)?)
+pub(crate) fn bump_key_epoch(conn: &Tx<'_>) -> Result<(), VaultError> {
+    Ok(conn.bump_key_epoch()?)
 }
 
 /// Reads the key epoch (0 for a vault made before there was one). A value that is
 /// not a number is corruption, not "no change".
-pub(crate) fn key_epoch(conn: &Connection) -> Result<i64, VaultError> {
-    match meta::key_epoch(conn)? {
+pub(crate) fn key_epoch(conn: &Reader<'_>) -> Result<i64, VaultError> {
+    match conn.key_epoch()? {
         None => Ok(0),
         Some(v) => v.parse().map_err(|_| {
             VaultError::Store(crate::store::StoreError::Corrupt(
@@ -222,13 +217,13 @@ pub(crate) fn key_epoch(conn: &Connection) -> Result<i64, VaultError> {
 }
 
 /// The data-key version `active` in the database now (`None` if none is).
-pub(crate) fn active_version(conn: &Connection) -> Result<Option<u32>, VaultError> {
-    Ok(key_rows::active_version(conn)?)
+pub(crate) fn active_version(conn: &Reader<'_>) -> Result<Option<u32>, VaultError> {
+    Ok(conn.active_key_version()?)
 }
 
 /// Stores a freshly generated data key as `version`, `active`.
 pub(crate) fn insert_data_key(
-    conn: &Connection,
+    conn: &Tx<'_>,
     vault_id: &str,
     root: &SecretKey32,
     version: u32,
@@ -236,12 +231,12 @@ pub(crate) fn insert_data_key(
 ) -> Result<(), VaultError> {
     let key = SecretKey32::generate()?;
     let wrapped = wrap_key(root, &dek_label(vault_id, version), key.expose_secret())?;
-    Ok(key_rows::insert_data_key(conn, version, &wrapped, now)?)
+    Ok(conn.insert_data_key(version, &wrapped, now)?)
 }
 
 /// Stores an auxiliary key (`fingerprint`, `audit-signing`) wrapped under the root.
 pub(crate) fn insert_aux_key(
-    conn: &Connection,
+    conn: &Tx<'_>,
     vault_id: &str,
     root: &SecretKey32,
     name: &str,
@@ -249,16 +244,16 @@ pub(crate) fn insert_aux_key(
     now: i64,
 ) -> Result<(), VaultError> {
     let wrapped = wrap_key(root, &aux_label(vault_id, name), key)?;
-    Ok(key_rows::insert_aux_key(conn, name, &wrapped, now)?)
+    Ok(conn.insert_aux_key(name, &wrapped, now)?)
 }
 
 fn read_aux(
-    conn: &Connection,
+    conn: &Reader<'_>,
     vault_id: &str,
     root: &SecretKey32,
     name: &str,
 ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-    let blob = key_rows::read_aux_key(conn, name)?;
+    let blob = conn.read_aux_key(name)?;
     unwrap_key(root, &aux_label(vault_id, name), &blob).map_err(|_| VaultError::Decryption)
 }
 
@@ -289,7 +284,7 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// Loads every usable key, unwrapping under `root`.
     pub(crate) fn load(
-        conn: &Connection,
+        conn: &Reader<'_>,
         vault_id: &str,
         root: SecretKey32,
     ) -> Result<Keyring, VaultError> {
@@ -297,8 +292,8 @@ impl Keyring {
         let mut data = BTreeMap::new();
         let mut active = None;
         {
-            for row in key_rows::wrapped_data_keys(conn)? {
-                let key_rows::WrappedDataKey {
+            for row in conn.wrapped_data_keys()? {
+                let WrappedDataKey {
                     version,
                     state,
                     wrapped,

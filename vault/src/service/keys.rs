@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use rusqlite::Connection;
 use time::OffsetDateTime;
 
 use super::keyring::{self, Keyring};
@@ -13,7 +12,7 @@ use crate::core::kdf::KdfParams;
 use crate::core::secret::SecretKey32;
 use crate::error::VaultError;
 use crate::key_state::KeyState;
-use crate::store;
+use crate::store::{self, Reader};
 
 /// A key's row, as `keys list` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -102,10 +101,10 @@ impl Vault {
 }
 
 /// Lists the data keys of the database behind `conn`.
-pub fn list_keys(conn: &Connection, now: OffsetDateTime) -> Result<Vec<KeyInfo>, VaultError> {
+pub fn list_keys(conn: &Reader<'_>, now: OffsetDateTime) -> Result<Vec<KeyInfo>, VaultError> {
     let mut keys = Vec::new();
-    for row in store::keys::list_data_keys(conn)? {
-        let store::keys::DataKeyRow {
+    for row in conn.list_data_keys()? {
+        let store::DataKeyRow {
             version,
             state,
             created_at: created,

@@ -23,15 +23,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rusqlite::Connection;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::oneshot;
 
 use crate::core::token::Token;
 use crate::error::VaultError;
-use crate::store::cards::CardRow;
-use crate::store::{self, JobOutcome, ReadPool, StoreError, Writer, WriterConfig};
+use crate::store::{self, CardRow, JobOutcome, ReadPool, StoreError, Tx, Writer, WriterConfig};
 pub use admin::{Admin, MasterRotation, RewrapProgress, RewrapSummary};
 pub use audit_hook::{AuditAction, AuditOutcome, AuditRecord, append_admin_event, card_code};
 pub use erase::{EraseTarget, Erasure, PurgeReport};
@@ -150,10 +148,6 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-pub(crate) fn store_err(e: rusqlite::Error) -> VaultError {
-    VaultError::Store(e.into())
-}
-
 impl Vault {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
@@ -180,7 +174,7 @@ impl Vault {
     /// Runs `job` on the writer and waits (bounded) for its answer.
     async fn write<T: Send + 'static>(
         &self,
-        job: impl FnOnce(&Connection, &mut VaultState) -> (bool, Result<T, VaultError>) + Send + 'static,
+        job: impl FnOnce(&Tx<'_>, &mut VaultState) -> (bool, Result<T, VaultError>) + Send + 'static,
     ) -> Result<T, VaultError> {
         let (tx, rx) = oneshot::channel::<Result<T, VaultError>>();
         self.inner.writer.submit(Box::new(move |conn, state| {
@@ -227,7 +221,7 @@ impl Vault {
             let result = match &parsed {
                 None => Err(VaultError::NotFound),
                 Some(t) => erase::note_deleted(
-                    store::erasure::delete_live_token(conn, &tenant, t.as_str(), now),
+                    conn.delete_live_token(&tenant, t.as_str(), now),
                     Some(&mut state.dedup),
                 )
                 .and_then(|n| {
@@ -342,7 +336,7 @@ impl Vault {
     /// Number of tokens stored.
     pub fn token_count(&self) -> Result<i64, VaultError> {
         let conn = self.inner.readers.get()?;
-        Ok(store::cards::count(&conn)?)
+        Ok(conn.card_count()?)
     }
 
     /// Tokens stored, from the running count the writer keeps (counted once at

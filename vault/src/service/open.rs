@@ -8,11 +8,11 @@ use std::sync::{Arc, RwLock};
 use super::keyring::{self, Keyring, SealSpec, Unlock};
 use super::request::AccessContext;
 use super::state::VaultState;
-use super::{AuditAction, Clock, Inner, Vault, VaultOptions, audit_hook, hex, shamir, store_err};
+use super::{AuditAction, Clock, Inner, Vault, VaultOptions, audit_hook, hex, shamir};
 use crate::core::rng;
 use crate::core::secret::SecretKey32;
 use crate::error::VaultError;
-use crate::store::{self, ReadPool, StoreError, Writer};
+use crate::store::{self, ReadPool, Session, StoreError, Writer};
 
 /// Creates the data directory (mode 0700) if needed.
 fn create_dir(dir: &Path) -> Result<(), VaultError> {
@@ -96,7 +96,7 @@ impl Vault {
         actor: &AccessContext,
         persist: impl FnOnce(&[shamir::ShareFile]) -> Result<(), VaultError>,
     ) -> Result<InitReport, VaultError> {
-        let mut conn = store::open_writer(db, true)?;
+        let conn = Session::open(db, true)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -109,7 +109,8 @@ impl Vault {
         let root = SecretKey32::generate()?;
         let fp = SecretKey32::generate()?;
         let audit_pkcs8 = audit_hook::generate_signing_key()?;
-        let tx = conn.transaction().map_err(store_err)?;
+        let open = conn.begin()?;
+        let tx = open.tx();
         keyring::meta_set(&tx, "vault_id", &vault_id)?;
         keyring::meta_set(&tx, "key_epoch", "1")?;
         let new_seal = match (&seal.shares, &seal.unlock) {
@@ -146,7 +147,8 @@ impl Vault {
         };
         audit_hook::record_admin(&tx, &ring, actor, AuditAction::Init, Some(&details), now)?;
         persist(&shares)?;
-        tx.commit().map_err(store_err)?;
+        drop(tx);
+        open.commit()?;
         let audit_pubkey_path = audit_hook::write_public_key(data_dir, &audit_pkcs8)?;
         Ok(InitReport {
             vault_id,
@@ -181,14 +183,14 @@ impl Vault {
                         .into(),
                 )
             })?;
-        let conn = store::open_writer(&db, false)?;
-        store::check_integrity(&conn)?;
-        let vault_id = keyring::meta_get(&conn, "vault_id")?
+        let conn = Session::open(&db, false)?;
+        conn.check_integrity()?;
+        let vault_id = keyring::meta_get(&conn.reader(), "vault_id")?
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
-        let (root, _info, _shares) = keyring::unseal_root(&conn, &vault_id, unlock)?;
-        let ring = Keyring::load(&conn, &vault_id, root)?;
+        let (root, _info, _shares) = keyring::unseal_root(&conn.reader(), &vault_id, unlock)?;
+        let ring = Keyring::load(&conn.reader(), &vault_id, root)?;
         let state = VaultState::load(
-            &conn,
+            &conn.autocommit(),
             &ring,
             opts.checkpoint,
             opts.checkpoint_witness.clone(),

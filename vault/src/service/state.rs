@@ -28,8 +28,6 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-use rusqlite::Connection;
-
 use panvault_audit::log::{ChainHead, CheckpointPolicy};
 
 use super::audit_hook::{AuditRecord, AuditState};
@@ -37,7 +35,7 @@ use super::keyring::{self, Keyring};
 use super::request::AccessContext;
 use crate::core::kdf::FINGERPRINT_LEN;
 use crate::error::VaultError;
-use crate::store::{self, StoreError, WriterState};
+use crate::store::{Reader, Session, StoreError, Tx, WriterState};
 
 /// The tag of a subject (or of "no subject") in the dedup index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +69,10 @@ pub(crate) struct DedupIndex {
 }
 
 impl DedupIndex {
-    fn load(conn: &Connection) -> Result<Self, VaultError> {
+    fn load(conn: &Reader<'_>) -> Result<Self, VaultError> {
         let mut index = DedupIndex::default();
         let mut rows_seen: i64 = 0;
-        store::cards::for_each_fingerprint(conn, |id, fp, subject| {
+        conn.for_each_fingerprint(|id, fp, subject| {
             rows_seen += 1;
             if let Ok(fp) = <[u8; FINGERPRINT_LEN]>::try_from(fp.as_slice()) {
                 let tag = index.tag(subject.as_deref());
@@ -208,7 +206,7 @@ pub struct VaultState {
 
 impl VaultState {
     pub(crate) fn load(
-        conn: &Connection,
+        conn: &Tx<'_>,
         keys: &Keyring,
         policy: CheckpointPolicy,
         witness: Option<std::path::PathBuf>,
@@ -246,7 +244,7 @@ impl VaultState {
     /// [`VaultError::KeysOutOfDate`].
     pub(crate) fn sealing_keyring(
         &mut self,
-        conn: &Connection,
+        conn: &Reader<'_>,
         keys: &Keyring,
     ) -> Result<Option<Arc<Keyring>>, VaultError> {
         let active = match self.db_active {
@@ -290,7 +288,7 @@ impl VaultState {
     /// Appends an audit event inside the current transaction.
     pub(crate) fn record(
         &mut self,
-        conn: &Connection,
+        conn: &Tx<'_>,
         keys: &Keyring,
         ctx: &AccessContext,
         rec: &AuditRecord<'_>,
@@ -305,7 +303,7 @@ impl WriterState for VaultState {
     fn snapshot(&self) -> ChainHead {
         self.audit.snapshot()
     }
-    fn begin_batch(&mut self, _conn: &Connection) {
+    fn begin_batch(&mut self, _conn: &Tx<'_>) {
         // Another process may have changed the keys between two batches.
         self.db_active = None;
     }
@@ -315,7 +313,7 @@ impl WriterState for VaultState {
         self.dedup.rollback();
         self.audit.restore(snap);
     }
-    fn on_shutdown(&mut self, conn: &mut Connection) {
+    fn on_shutdown(&mut self, conn: &mut Session) {
         // A final signed checkpoint so the log's end is covered (also events
         // other processes appended).
         self.audit.on_idle(conn, true);
@@ -323,15 +321,15 @@ impl WriterState for VaultState {
     fn idle_wait(&self) -> std::time::Duration {
         self.audit.idle_wait()
     }
-    fn on_idle(&mut self, conn: &mut Connection) {
+    fn on_idle(&mut self, conn: &mut Session) {
         // An idle server still signs its tail within the checkpoint interval.
         self.audit.on_idle(conn, false);
     }
-    fn after_commit(&mut self, _conn: &mut Connection) {
+    fn after_commit(&mut self, _conn: &mut Session) {
         self.dedup.commit();
         self.audit.committed();
     }
-    fn before_commit(&mut self, conn: &Connection) -> Result<(), StoreError> {
+    fn before_commit(&mut self, conn: &Tx<'_>) -> Result<(), StoreError> {
         self.audit
             .checkpoint_if_due(conn, false)
             .map_err(|_| StoreError::Unavailable("audit checkpoint could not be written"))?;
@@ -339,7 +337,7 @@ impl WriterState for VaultState {
             return Ok(());
         }
         for (v, n) in std::mem::take(&mut self.encryptions) {
-            crate::store::keys::add_encryptions(conn, v, n)?;
+            conn.add_encryptions(v, n)?;
         }
         Ok(())
     }

@@ -3,8 +3,6 @@
 
 use std::sync::atomic::Ordering;
 
-use rusqlite::Connection;
-
 use super::keyring::Keyring;
 use super::request::{AccessContext, CardFacts, TokenInfo, TokenizeRequest};
 use super::state::VaultState;
@@ -16,8 +14,7 @@ use crate::core::kdf::FINGERPRINT_LEN;
 use crate::core::rng;
 use crate::core::token::{Token, TokenFormat};
 use crate::error::VaultError;
-use crate::store;
-use crate::store::cards::{CardRow, Inserted, NewCard};
+use crate::store::{CardRow, Inserted, NewCard, Tx};
 
 impl Vault {
     /// Tokenizes a card in `tenant`: the existing token if this tenant already holds
@@ -143,7 +140,7 @@ impl Vault {
 
 #[allow(clippy::too_many_arguments)]
 fn tokenize_in_tx(
-    conn: &Connection,
+    conn: &Tx<'_>,
     state: &mut VaultState,
     keys: &Keyring,
     tenant: &str,
@@ -159,8 +156,7 @@ fn tokenize_in_tx(
     if !req.force_new
         && let Some(id) = state.dedup.get(fp, subject)
     {
-        let found =
-            store::cards::live_dedup_row(conn, id, &fp[..], tenant, req.subject.as_deref(), now)?;
+        let found = conn.live_dedup_row(id, &fp[..], tenant, req.subject.as_deref(), now)?;
         match found {
             Some(row) => {
                 return update_on_hit(conn, state, keys, tenant, req, row, metadata, expires_at);
@@ -196,26 +192,23 @@ fn tokenize_in_tx(
             .try_into()
             .map_err(|e| VaultError::internal_from("a nonce draw is not 12 bytes", e))?;
         let sealed = key.seal(tenant, token.as_str(), &req.card, nonce)?;
-        let inserted = store::cards::insert(
-            conn,
-            &NewCard {
-                token: token.as_str(),
-                tenant,
-                key_version: sealed.key_version,
-                nonce: &sealed.nonce[..],
-                ciphertext: &sealed.ciphertext,
-                fingerprint: &fp[..],
-                brand: pan.brand().as_str(),
-                bin: pan.bin(),
-                last4: pan.last4(),
-                exp_month: req.expiry.month(),
-                exp_year: req.expiry.year(),
-                subject: req.subject.as_deref(),
-                metadata,
-                created_at: now,
-                expires_at,
-            },
-        )?;
+        let inserted = conn.insert_card(&NewCard {
+            token: token.as_str(),
+            tenant,
+            key_version: sealed.key_version,
+            nonce: &sealed.nonce[..],
+            ciphertext: &sealed.ciphertext,
+            fingerprint: &fp[..],
+            brand: pan.brand().as_str(),
+            bin: pan.bin(),
+            last4: pan.last4(),
+            exp_month: req.expiry.month(),
+            exp_year: req.expiry.year(),
+            subject: req.subject.as_deref(),
+            metadata,
+            created_at: now,
+            expires_at,
+        })?;
         match inserted {
             Inserted::Row(id) => {
                 state.count_encryption(sealed.key_version);
@@ -257,7 +250,7 @@ fn tokenize_in_tx(
 /// and so does the request's audit event.
 #[allow(clippy::too_many_arguments)]
 fn update_on_hit(
-    conn: &Connection,
+    conn: &Tx<'_>,
     state: &mut VaultState,
     keys: &Keyring,
     tenant: &str,
@@ -305,8 +298,7 @@ fn update_on_hit(
         None
     };
     if !updated.is_empty() {
-        store::cards::update_terms(
-            conn,
+        conn.update_card_terms(
             row.id,
             row.exp_month,
             row.exp_year,
@@ -318,8 +310,7 @@ fn update_on_hit(
         let mut nonce = [0u8; 12];
         rng::fill(&mut nonce)?;
         let sealed = key.seal(tenant, &row.token, &req.card, nonce)?;
-        store::cards::update_sealed(
-            conn,
+        conn.update_card_sealed(
             row.id,
             sealed.key_version,
             &sealed.nonce[..],

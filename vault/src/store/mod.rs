@@ -4,6 +4,7 @@
 
 pub(crate) mod cards;
 pub(crate) mod erasure;
+mod handle;
 pub(crate) mod inventory;
 pub(crate) mod keys;
 mod lock;
@@ -18,8 +19,15 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+pub use handle::{OpenTx, Reader, Session, Tx};
+// The rows the handles take and return: plain data, the same for every engine.
+pub(crate) use cards::{CardRow, Inserted, NewCard};
+pub(crate) use erasure::{CompletedErasure, DeletedCard, RequestOverview};
+pub(crate) use inventory::CardShape;
+pub(crate) use keys::{DataKeyRow, SealRow, WrappedDataKey};
 pub use lock::{DirLock, lock_exclusive, lock_shared};
-pub use pool::{PooledConn, ReadPool};
+pub use pool::ReadPool;
+pub(crate) use rewrap::SealedCard;
 pub use writer::{Completion, Job, JobOutcome, Writer, WriterConfig, WriterState};
 
 /// A storage failure. Messages carry SQLite's error class, never SQL parameters.
@@ -441,7 +449,8 @@ impl WalBound {
 
     /// Call after each commit. Never fails the caller's work: a checkpoint that
     /// cannot run now is tried again later.
-    pub fn after_commit(&mut self, conn: &mut Connection) {
+    pub fn after_commit(&mut self, session: &mut Session) {
+        let conn = session.conn_mut();
         if self.not_before.is_some_and(|t| Instant::now() < t) {
             return;
         }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use rusqlite::Connection;
 
-use super::{StoreError, open_reader};
+use super::{Reader, StoreError, open_reader};
 
 /// Read connections, opened on demand and kept for reuse.
 #[derive(Debug)]
@@ -26,8 +26,8 @@ impl ReadPool {
         }
     }
 
-    /// A connection, returned to the pool when dropped.
-    pub fn get(&self) -> Result<PooledConn<'_>, StoreError> {
+    /// A reader, whose connection returns to the pool when dropped.
+    pub fn get(&self) -> Result<Reader<'_>, StoreError> {
         let conn = match self.idle.lock() {
             Ok(mut idle) => idle.pop(),
             Err(_) => None,
@@ -36,16 +36,16 @@ impl ReadPool {
             Some(c) => c,
             None => open_reader(&self.path)?,
         };
-        Ok(PooledConn {
+        Ok(Reader::pooled(PooledConn {
             pool: self,
             conn: Some(conn),
-        })
+        }))
     }
 }
 
 /// A read connection borrowed from a [`ReadPool`].
 #[derive(Debug)]
-pub struct PooledConn<'a> {
+pub(super) struct PooledConn<'a> {
     pool: &'a ReadPool,
     conn: Option<Connection>,
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::StoreError;
+use super::{Session, StoreError, Tx};
 
 /// Called once the batch holding the job has committed (`Ok`) or failed (`Err`).
 pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -52,16 +52,16 @@ pub trait WriterState: Send + 'static {
     fn restore(&mut self, snap: Self::Snapshot);
     /// Runs when the batch's transaction has begun, before its jobs (e.g. to forget
     /// what was read from the database in the previous batch).
-    fn begin_batch(&mut self, _conn: &Connection) {}
+    fn begin_batch(&mut self, _tx: &Tx<'_>) {}
     /// Runs after the batch's jobs, inside its transaction, before the commit (e.g. to
     /// flush counters). An error fails the batch.
-    fn before_commit(&mut self, _conn: &Connection) -> Result<(), StoreError> {
+    fn before_commit(&mut self, _tx: &Tx<'_>) -> Result<(), StoreError> {
         Ok(())
     }
     /// Runs after every committed batch.
-    fn after_commit(&mut self, _conn: &mut Connection) {}
+    fn after_commit(&mut self, _session: &mut Session) {}
     /// Runs once when the writer stops, after the last batch.
-    fn on_shutdown(&mut self, _conn: &mut Connection) {}
+    fn on_shutdown(&mut self, _session: &mut Session) {}
     /// How long the writer may wait for a job before calling
     /// [`WriterState::on_idle`] (e.g. until the audit tail is due to be signed).
     fn idle_wait(&self) -> Duration {
@@ -69,7 +69,7 @@ pub trait WriterState: Send + 'static {
     }
     /// Runs when no job came for [`WriterState::idle_wait`], outside any
     /// transaction (e.g. to sign the audit log's tail on an idle server).
-    fn on_idle(&mut self, _conn: &mut Connection) {}
+    fn on_idle(&mut self, _session: &mut Session) {}
 }
 
 /// How long the writer waits for a job at most between two idle calls.
@@ -82,7 +82,7 @@ impl WriterState for () {
 }
 
 /// A unit of work run by the writer inside the batch transaction.
-pub type Job<S> = Box<dyn FnOnce(&Connection, &mut S) -> JobOutcome + Send>;
+pub type Job<S> = Box<dyn for<'t> FnOnce(&Tx<'t>, &mut S) -> JobOutcome + Send>;
 
 /// Tuning of the writer.
 #[derive(Debug, Clone)]
@@ -120,9 +120,9 @@ impl<S: WriterState> std::fmt::Debug for Writer<S> {
 }
 
 impl<S: WriterState> Writer<S> {
-    /// Starts the writer on `conn` with initial `state`, and a checkpointer on `path`.
+    /// Starts the writer on `session` with initial `state`, and a checkpointer on `path`.
     pub fn start(
-        mut conn: Connection,
+        mut session: Session,
         state: S,
         path: PathBuf,
         cfg: WriterConfig,
@@ -130,14 +130,14 @@ impl<S: WriterState> Writer<S> {
         // Admin commands write from other processes in short transactions with
         // gaps between them: poll for the lock so the writer takes it in the first
         // gap rather than sleeping through several.
-        super::poll_for_locks(&mut conn, super::LOCK_WAIT)?;
+        session.poll_for_locks(super::LOCK_WAIT)?;
         let (tx, rx) = sync_channel::<Job<S>>(cfg.queue);
         let restart = Arc::new(AtomicBool::new(false));
         let restart2 = Arc::clone(&restart);
         let max_batch = cfg.max_batch.max(1);
         let thread = std::thread::Builder::new()
             .name("panvault-writer".into())
-            .spawn(move || run(conn, state, rx, max_batch, restart))
+            .spawn(move || run(session, state, rx, max_batch, restart))
             .map_err(|_| StoreError::Unavailable("could not start the writer thread"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
@@ -197,7 +197,7 @@ impl<S: WriterState> Drop for Writer<S> {
 }
 
 fn run<S: WriterState>(
-    mut conn: Connection,
+    mut session: Session,
     mut state: S,
     rx: Receiver<Job<S>>,
     max_batch: usize,
@@ -210,7 +210,7 @@ fn run<S: WriterState>(
         match rx.recv_timeout(state.idle_wait()) {
             Ok(job) => batch.push(job),
             Err(RecvTimeoutError::Timeout) => {
-                state.on_idle(&mut conn);
+                state.on_idle(&mut session);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -224,7 +224,7 @@ fn run<S: WriterState>(
         let before = state.snapshot();
         let t0 = std::time::Instant::now();
         let n = batch.len();
-        let result = run_batch(&mut conn, &mut state, &mut batch, &mut completions);
+        let result = run_batch(session.conn_mut(), &mut state, &mut batch, &mut completions);
         stats.record(n, t0.elapsed());
         if let Err(e) = &result {
             // Every caller of the batch gets 503; say why, for the operator (a full
@@ -240,7 +240,7 @@ fn run<S: WriterState>(
         // caller reads after its answer (e.g. the running token count) includes
         // its own change.
         if failed.is_none() {
-            state.after_commit(&mut conn);
+            state.after_commit(&mut session);
         }
         for c in completions.drain(..) {
             match &failed {
@@ -251,10 +251,12 @@ fn run<S: WriterState>(
         if restart.swap(false, Ordering::SeqCst) {
             // Most frames are already copied by the passive checkpoints: this copies
             // the rest and lets the next transaction start the WAL from the top.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+            let _ = session
+                .conn_mut()
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
         }
     }
-    state.on_shutdown(&mut conn);
+    state.on_shutdown(&mut session);
 }
 
 /// Limits the "WAL checkpoint failed" warning to one a minute.
@@ -293,22 +295,25 @@ fn run_batch<S: WriterState>(
             return Err(err);
         }
     };
-    state.begin_batch(&tx);
+    let unit = Tx::new(&tx);
+    state.begin_batch(&unit);
     let mut abort = false;
     for job in batch.drain(..) {
-        let outcome = job(&tx, state);
+        let outcome = job(&unit, state);
         abort |= !outcome.keep;
         completions.push(outcome.completion);
     }
     if abort {
         // A job could not finish its unit of work (e.g. its audit event could not be
         // written): nothing of the batch may commit.
+        drop(unit);
         drop(tx);
         return Err(StoreError::Unavailable(
             "a job in the batch failed; batch rolled back",
         ));
     }
-    state.before_commit(&tx)?;
+    state.before_commit(&unit)?;
+    drop(unit);
     tx.commit()?;
     Ok(())
 }

@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
-
 use super::{Admin, begin};
 use crate::core::envelope::SealedRecord;
 use crate::core::rng;
@@ -13,8 +11,8 @@ use crate::key_state::KeyState;
 use crate::service::audit_hook::{self, AuditAction};
 use crate::service::keyring::{self, Keyring};
 use crate::service::request::AccessContext;
-use crate::service::{KeyInfo, list_keys, store_err};
-use crate::store::{self, keys as key_rows, rewrap as rewrap_rows};
+use crate::service::{KeyInfo, list_keys};
+use crate::store::{self, Reader, SealedCard, Tx};
 
 /// Progress of a rewrap, reported after every batch.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +41,7 @@ pub struct RewrapSummary {
 impl Admin {
     /// Lists the keys.
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>, VaultError> {
-        list_keys(&self.conn, (self.clock)())
+        list_keys(&self.conn.reader(), (self.clock)())
     }
 
     /// The active key's age in whole days.
@@ -59,8 +57,8 @@ impl Admin {
     /// new version.
     pub fn rotate(&mut self, actor: &AccessContext) -> Result<u32, VaultError> {
         let next = self.admin_tx(actor, AuditAction::KeyRotate, |tx, keys, now| {
-            let next = key_rows::next_version(tx)?;
-            key_rows::set_state_where(tx, KeyState::Active, KeyState::DecryptOnly)?;
+            let next = tx.next_key_version()?;
+            tx.set_key_state_where(KeyState::Active, KeyState::DecryptOnly)?;
             keyring::insert_data_key(tx, &keys.vault_id, &keys.root, next, now)?;
             keyring::bump_key_epoch(tx)?;
             Ok((next, format!("new_version={next}")))
@@ -71,7 +69,7 @@ impl Admin {
 
     /// Records still under versions other than the active one.
     pub fn records_not_under_active(&self) -> Result<u64, VaultError> {
-        let n = rewrap_rows::count_not_under(&self.conn, self.keys.active)?;
+        let n = self.conn.reader().count_not_under(self.keys.active)?;
         Ok(store::count_u64(n)?)
     }
 
@@ -97,11 +95,13 @@ impl Admin {
         let mut done: u64 = 0;
         loop {
             let now = self.now();
-            let tx = begin(&self.conn, &mut self.lock)?;
+            let open = begin(&self.conn, &mut self.lock)?;
+            let tx = open.tx();
             // Under the write lock no rotation can commit: if one did since the keys
             // were loaded, reload and encrypt under the new active key.
             if keyring::key_epoch(&tx)? != self.keys.epoch {
                 drop(tx);
+                drop(open);
                 self.reload()?;
                 total = done + self.records_not_under_active()?;
                 continue;
@@ -122,7 +122,8 @@ impl Admin {
                 Some(&details),
                 now,
             )?;
-            tx.commit().map_err(store_err)?;
+            drop(tx);
+            open.commit()?;
             self.committed();
             done += n;
             progress(RewrapProgress {
@@ -165,13 +166,13 @@ impl Admin {
                 }
                 KeyState::DecryptOnly => {}
             }
-            let used = key_rows::records_under(tx, version)?;
+            let used = tx.records_under(version)?;
             if used > 0 {
                 return Err(VaultError::KeyState(format!(
                     "v{version} still encrypts {used} record(s); run `panvault keys rewrap` first"
                 )));
             }
-            key_rows::mark_retired(tx, version, now)?;
+            tx.mark_key_retired(version, now)?;
             keyring::bump_key_epoch(tx)?;
             Ok(((), format!("version={version}")))
         })?;
@@ -188,13 +189,13 @@ impl Admin {
                     "v{version} is {state}; only retired keys can be destroyed"
                 )));
             }
-            let used = key_rows::records_under(tx, version)?;
+            let used = tx.records_under(version)?;
             if used > 0 {
                 return Err(VaultError::KeyState(format!(
                     "v{version} still encrypts {used} record(s)"
                 )));
             }
-            key_rows::mark_destroyed(tx, version, now)?;
+            tx.mark_key_destroyed(version, now)?;
             keyring::bump_key_epoch(tx)?;
             Ok(((), format!("version={version}")))
         })?;
@@ -203,8 +204,8 @@ impl Admin {
     }
 }
 
-fn key_state(conn: &Connection, version: u32) -> Result<KeyState, VaultError> {
-    key_rows::key_state(conn, version)?
+fn key_state(conn: &Reader<'_>, version: u32) -> Result<KeyState, VaultError> {
+    conn.key_state(version)?
         .ok_or_else(|| VaultError::KeyState(format!("no key v{version}")))
 }
 
@@ -214,7 +215,7 @@ const REWRAP_CHUNK: i64 = 64;
 /// Re-encrypts up to `limit` records not under the active key, stopping once
 /// `budget` has been spent (after at least one chunk). Returns how many.
 fn rewrap_batch(
-    tx: &Connection,
+    tx: &Tx<'_>,
     keys: &Keyring,
     limit: i64,
     budget: Duration,
@@ -238,18 +239,18 @@ fn rewrap_batch(
     if n > 0 {
         let n = i64::try_from(n)
             .map_err(|e| VaultError::internal_from("a re-encryption count overflowed", e))?;
-        store::keys::add_encryptions(tx, active.version(), n)?;
+        tx.add_encryptions(active.version(), n)?;
     }
     Ok(n)
 }
 
 /// Re-encrypts up to `limit` records not under the active key. Returns how many.
-fn rewrap_chunk(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, VaultError> {
+fn rewrap_chunk(tx: &Tx<'_>, keys: &Keyring, limit: i64) -> Result<u64, VaultError> {
     let active = keys.active_key()?;
-    let rows = rewrap_rows::batch_not_under(tx, active.version(), limit)?;
+    let rows = tx.sealed_not_under(active.version(), limit)?;
     let mut n: u64 = 0;
     for row in rows {
-        let rewrap_rows::SealedCard {
+        let SealedCard {
             id,
             token,
             tenant,
@@ -280,8 +281,7 @@ fn rewrap_chunk(tx: &Connection, keys: &Keyring, limit: i64) -> Result<u64, Vaul
         let mut fresh = [0u8; 12];
         rng::fill(&mut fresh)?;
         let sealed = active.seal(&tenant, &token, &card, fresh)?;
-        let changed = rewrap_rows::update_sealed(
-            tx,
+        let changed = tx.rewrap_card(
             id,
             version,
             sealed.key_version,
