@@ -95,7 +95,10 @@ impl PgServer {
         } else {
             None
         };
-        let root = tempfile::Builder::new().prefix("panvault-pg").tempdir().unwrap();
+        let root = tempfile::Builder::new()
+            .prefix("panvault-pg")
+            .tempdir()
+            .unwrap();
         let password = random_password();
         std::fs::write(root.path().join("pwfile"), format!("{password}\n")).unwrap();
         std::fs::create_dir(root.path().join("sock")).unwrap();
@@ -110,7 +113,10 @@ impl PgServer {
         let tls = opts.tls.is_some();
         if let Some(pki) = opts.tls {
             let issued = pki.issue(&LeafSpec::localhost_server());
-            let (crt, key) = (root.path().join("server.crt"), root.path().join("server.key"));
+            let (crt, key) = (
+                root.path().join("server.crt"),
+                root.path().join("server.key"),
+            );
             std::fs::write(&crt, &issued.cert_pem).unwrap();
             std::fs::write(&key, issued.key_pem.as_bytes()).unwrap();
             // PostgreSQL refuses a key file others can read.
