@@ -11,6 +11,8 @@ mod settings;
 use std::path::PathBuf;
 
 pub use connect::{client_tls_config, connect};
+/// A connection to the database (the synchronous driver's client).
+pub use postgres::Client as PgClient;
 pub use settings::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, MAX_POOL_SIZE, PgHost, PgSettings, SslMode,
 };
