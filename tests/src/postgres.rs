@@ -243,8 +243,16 @@ impl PgServer {
             .unwrap();
         assert!(
             out.status.success(),
-            "initdb failed ({}): {}{}",
+            "initdb failed ({}){}: {}{}",
             out.status,
+            match self.run_as {
+                Some(u) => format!(
+                    " (run as uid {}: every directory above {} must be searchable by it; set TMPDIR otherwise)",
+                    u.uid,
+                    self.root.path().display()
+                ),
+                None => String::new(),
+            },
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );

@@ -29,6 +29,14 @@ fn harness_starts_stops_and_restarts_postgres() {
     let mut c = pg::connect(&settings(&pg.url("disable"))).unwrap();
     c.batch_execute("SELECT 1").unwrap();
     drop(c);
+    // The unix socket too (no TLS there; the harness trusts local connections).
+    let socket = format!(
+        "postgres://panvault@:{port}/postgres?host={}",
+        pg.socket_dir().display()
+    );
+    let mut c = pg::connect(&settings(&socket)).unwrap();
+    c.batch_execute("SELECT 1").unwrap();
+    drop(c);
     pg.stop();
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
