@@ -4,7 +4,7 @@
 
 use panvault_tests::TestPki;
 use panvault_tests::postgres::PgServer;
-use panvault_vault::store::pg::{self, PgError, PgSettings, schema};
+use panvault_vault::store::pg::{self, PgError, PgPool, PgSettings, schema};
 
 fn settings(url: &str) -> PgSettings {
     PgSettings::from_url(url).unwrap()
@@ -207,6 +207,47 @@ fn a_wrong_password_is_refused_without_printing_either() {
     }
     let right = settings(&pg.url("disable"));
     assert_no_password(&pg, &[right.to_string(), format!("{right:?}")]);
+}
+
+#[test]
+fn the_pool_is_bounded_and_reconnects_after_a_database_restart() {
+    let Some(mut pg) =
+        PgServer::start("the_pool_is_bounded_and_reconnects_after_a_database_restart")
+    else {
+        return;
+    };
+    let s = settings(&format!(
+        "{}&pool_size=2&connect_timeout=1",
+        pg.url("disable")
+    ));
+    let pool = PgPool::open(&s).unwrap();
+    assert_eq!(pool.max_size(), 2);
+    let mut a = pool.get().unwrap();
+    let b = pool.get().unwrap();
+    // Both in use: a third caller is refused after the wait, not queued forever.
+    let Err(e) = pool.get() else {
+        panic!("expected no connection")
+    };
+    assert!(matches!(e, PgError::Pool { .. }), "{e:?}");
+    let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    drop(b);
+    pool.get().unwrap().batch_execute("SELECT 1").unwrap();
+
+    // The database goes away: refused within the wait, the password never shown.
+    drop(a);
+    pg.stop();
+    let Err(e) = pool.get() else {
+        panic!("expected no connection")
+    };
+    assert_no_password(
+        &pg,
+        &[error_chain(&e), format!("{e:?}"), format!("{pool:?}")],
+    );
+    // Back: the pool replaces the connections the restart closed.
+    pg.restart();
+    let mut c = pool.get().unwrap();
+    let new_pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    assert_ne!(pid, new_pid);
 }
 
 fn refused(s: &PgSettings) -> PgError {

@@ -9,12 +9,22 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{PgError, PgHost, PgSettings, SslMode};
 
-/// Connects as the settings say. The password goes to the driver only here, and the
-/// driver's copy is dropped with the `Config` when this returns.
+/// Connects as the settings say.
 pub fn connect(settings: &PgSettings) -> Result<postgres::Client, PgError> {
+    let (cfg, tls) = driver_config(settings)?;
+    Ok(cfg.connect(tls)?)
+}
+
+/// The driver's configuration and TLS connector for the settings. The driver keeps
+/// its own copy of the password (not zeroized: a pool reconnects with it for as
+/// long as it runs).
+pub(super) fn driver_config(
+    settings: &PgSettings,
+) -> Result<(postgres::Config, MakeRustlsConnect), PgError> {
     let mut cfg = postgres::Config::new();
     cfg.user(&settings.user)
         .dbname(&settings.dbname)
@@ -27,15 +37,23 @@ pub fn connect(settings: &PgSettings) -> Result<postgres::Client, PgError> {
         PgHost::Tcp(host, port) => cfg.host(host).port(*port),
         PgHost::Socket(dir, port) => cfg.host_path(dir).port(*port),
     };
-    let client = match client_tls_config(settings)? {
-        None => cfg
-            .ssl_mode(postgres::config::SslMode::Disable)
-            .connect(postgres::NoTls)?,
-        Some(tls) => cfg
-            .ssl_mode(postgres::config::SslMode::Require)
-            .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))?,
+    let tls = match client_tls_config(settings)? {
+        Some(tls) => {
+            cfg.ssl_mode(postgres::config::SslMode::Require);
+            tls
+        }
+        None => {
+            // Never used (the driver does not start TLS when told not to), and it
+            // trusts no CA in case it ever were.
+            cfg.ssl_mode(postgres::config::SslMode::Disable);
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(PgError::Tls)?
+                .with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth()
+        }
     };
-    Ok(client)
+    Ok((cfg, MakeRustlsConnect::new(tls)))
 }
 
 /// The rustls client configuration of the settings' `sslmode` (`None`: no TLS).

@@ -2,15 +2,18 @@
 //!
 //! Groundwork, not yet behind the store's seam: the connection settings (a URL or a
 //! file holding it; the password never printed), connecting over TLS verified with
-//! rustls and *ring*, and the versioned schema. The service still runs on SQLite.
+//! rustls and *ring*, a node's bounded pool, and the versioned schema. The service
+//! still runs on SQLite.
 
 mod connect;
+mod pool;
 pub mod schema;
 mod settings;
 
 use std::path::PathBuf;
 
 pub use connect::{client_tls_config, connect};
+pub use pool::{PgManager, PgPool, PooledClient};
 /// A connection to the database (the synchronous driver's client).
 pub use postgres::Client as PgClient;
 pub use settings::{
@@ -50,6 +53,16 @@ pub enum PgError {
     /// The server or the connection to it failed.
     #[error("PostgreSQL: {}", describe(.0))]
     Db(#[source] postgres::Error),
+    /// No connection within the wait (all in use, or the database unreachable: the
+    /// last connection error, if any, is the source).
+    #[error("no PostgreSQL connection within {wait:?}: {source}")]
+    Pool {
+        /// How long the caller waited.
+        wait: std::time::Duration,
+        /// r2d2's error (the last connection error's message).
+        #[source]
+        source: r2d2::Error,
+    },
     /// The database holds a newer schema than this build knows: refused rather
     /// than written with assumptions that may no longer hold.
     #[error(
