@@ -82,7 +82,7 @@ impl PgServer {
         let Some(bin) = find_bin_dir() else {
             crate::tools::missing(
                 test,
-                "PostgreSQL (initdb and postgres on PATH or under /usr/lib/postgresql/*/bin)",
+                "PostgreSQL not installed (no initdb and postgres in $PANVAULT_PG_BIN, on PATH or under /usr/lib/postgresql/*/bin)",
             );
             return None;
         };
