@@ -24,6 +24,7 @@ mod db;
 mod logs;
 mod output;
 mod pki;
+pub mod postgres;
 mod process;
 mod rng;
 mod server;

@@ -9,6 +9,7 @@ pub(crate) mod inventory;
 pub(crate) mod keys;
 mod lock;
 pub(crate) mod meta;
+pub mod pg;
 mod pool;
 pub(crate) mod rewrap;
 pub mod schema;

@@ -1,0 +1,105 @@
+//! The PostgreSQL engine, for several stateless vault nodes on one database.
+//!
+//! Groundwork, not yet behind the store's seam: the connection settings (a URL or a
+//! file holding it; the password never printed), connecting over TLS verified with
+//! rustls and *ring*, a node's bounded pool, and the versioned schema. The service
+//! still runs on SQLite.
+
+mod connect;
+mod pool;
+pub mod schema;
+mod settings;
+
+use std::path::PathBuf;
+
+pub use connect::{client_tls_config, connect};
+pub use pool::{PgManager, PgPool, PooledClient};
+/// A connection to the database (the synchronous driver's client).
+pub use postgres::Client as PgClient;
+pub use settings::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, MAX_POOL_SIZE, PgHost, PgSettings, SslMode,
+};
+
+/// A failure of the PostgreSQL engine. Never carries the password or a URL's text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PgError {
+    /// The URL is malformed or asks for something unsupported (described, not quoted).
+    #[error("PostgreSQL URL: {0}")]
+    Url(String),
+    /// The file holding the URL could not be read.
+    #[error("reading the PostgreSQL URL from {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CA file of `sslrootcert` could not be used.
+    #[error("PostgreSQL CA file {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// rustls refused the TLS settings.
+    #[error("PostgreSQL TLS settings: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The server or the connection to it failed.
+    #[error("PostgreSQL: {}", describe(.0))]
+    Db(#[source] postgres::Error),
+    /// No connection within the wait (all in use, or the database unreachable: the
+    /// last connection error, if any, is the source).
+    #[error("no PostgreSQL connection within {wait:?}: {source}")]
+    Pool {
+        /// How long the caller waited.
+        wait: std::time::Duration,
+        /// r2d2's error (the last connection error's message).
+        #[source]
+        source: r2d2::Error,
+    },
+    /// The database holds a newer schema than this build knows: refused rather
+    /// than written with assumptions that may no longer hold.
+    #[error(
+        "the PostgreSQL schema is version {found}, newer than this build knows ({known}): upgrade panvault"
+    )]
+    SchemaTooNew {
+        /// The version in the database.
+        found: i64,
+        /// The newest version this build knows.
+        known: i64,
+    },
+    /// The database holds tables that are not panvault's.
+    #[error("the PostgreSQL database is not a panvault database: {0}")]
+    Foreign(String),
+}
+
+impl From<postgres::Error> for PgError {
+    fn from(e: postgres::Error) -> Self {
+        PgError::Db(e)
+    }
+}
+
+impl PgError {
+    /// The SQLSTATE of a server error (e.g. `40001` serialization failure).
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            PgError::Db(e) => e.code().map(postgres::error::SqlState::code),
+            _ => None,
+        }
+    }
+}
+
+/// A server error as its message and SQLSTATE, without DETAIL (which can quote
+/// row values, e.g. the key of a unique violation); other errors as they are.
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
