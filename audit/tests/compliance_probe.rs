@@ -2,7 +2,7 @@
 //! (TLS 1.2/1.3, AEAD, client certificates required) passes; a raw-socket fake
 //! that takes TLS 1.0/1.1 only with a NULL suite, and OpenSSL's `s_server`
 //! allowing TLS 1.0/1.1 (when `openssl` is installed), are caught. (The
-//! agreement with sslyze is tested end to end in `tests/tests/e2e/tls_probe.rs`.)
+//! agreement with sslyze is tested end to end in `cli/tests/e2e/tls_probe.rs`.)
 // Test helpers outside #[test] functions: a panic is a test failure.
 #![allow(
     clippy::unwrap_used,
