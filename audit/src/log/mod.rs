@@ -36,11 +36,13 @@ mod keys;
 mod prune;
 mod receipt;
 mod schema;
+mod sqlite;
 mod stats;
+mod store;
 mod verify;
 
 pub use chain::{AuditChain, ChainHead, CheckpointPolicy};
-pub use checkpoint::{Checkpoint, latest_checkpoint};
+pub use checkpoint::Checkpoint;
 pub use encoding::{ChainHash, ENCODING_VERSION, sha256_hex};
 pub use error::AuditError;
 pub use event::{
@@ -52,5 +54,7 @@ pub use keys::{PublicKey, SigningKey};
 pub use prune::{DEFAULT_RETENTION, MIN_RETENTION, PruneRecord, PruneReport, prune};
 pub use receipt::{ErasureReceipt, subject_hash, verify_receipt};
 pub use schema::{SCHEMA_SQL, SCHEMA_VERSION, migrate, open_read_only};
+pub use sqlite::latest_checkpoint;
 pub use stats::{EventStats, event_stats, has_audit_log, oldest_event_time, prune_retention_days};
+pub use store::{EventRow, Insert, LogStore, LogTx};
 pub use verify::{Break, BreakKind, Location, VerifyReport, verify, verify_against};
