@@ -18,6 +18,11 @@
 //! [`Checkpoint::append_to_witness`] copies each one to a witness file. Retention
 //! runs [`prune`]; erasures hand out an [`ErasureReceipt`].
 //!
+//! The write path holds no SQL: it goes through [`LogStore`] and [`LogTx`], which
+//! SQLite implements for `rusqlite::Connection` and `Transaction` (so `&conn` and
+//! `&tx` are what the vault passes); another engine implements them for its own
+//! transaction type.
+//!
 //! What a verifier calls: [`open_read_only`], [`verify`] (optionally against a
 //! checkpoint kept elsewhere) or [`verify_against`] (against many, e.g. a
 //! witness file read with [`Checkpoint::parse_many`]), [`export_jsonl`],
