@@ -1,14 +1,14 @@
 //! The writer's side: appending events and checkpoints inside the caller's transaction.
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use time::OffsetDateTime;
 
-use super::checkpoint::{Checkpoint, latest_checkpoint, to_i64};
+use super::checkpoint::Checkpoint;
 use super::encoding::{self, ChainHash};
 use super::error::AuditError;
-use super::event::{NewEvent, time_ns};
+use super::event::NewEvent;
 use super::keys::SigningKey;
+use super::store::{EventRow, Insert, LogStore, LogTx};
 
 /// When the writer should sign a checkpoint (besides at shutdown).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,10 +56,10 @@ impl ChainHead {
 
 /// The audit chain as the vault's single writer sees it.
 ///
-/// All methods that write take the connection of the caller's open transaction
-/// (a `rusqlite::Transaction` derefs to `Connection`); they never begin, commit
-/// or roll back themselves, so an event commits atomically with the change it
-/// records.
+/// All methods that write take the caller's open transaction as a [`LogTx`]
+/// (on SQLite a `rusqlite::Connection` or `Transaction`); they never begin,
+/// commit or roll back themselves, so an event commits atomically with the
+/// change it records. The chain logic is here; the store only keeps rows.
 ///
 /// ```no_run
 /// # use panvault_audit::log::*;
@@ -94,9 +94,9 @@ impl std::fmt::Debug for AuditChain {
 
 impl AuditChain {
     /// Reads the head of the chain from the database (after [`super::migrate`]).
-    pub fn load(conn: &Connection) -> Result<AuditChain, AuditError> {
+    pub fn load<S: LogStore + ?Sized>(store: &S) -> Result<AuditChain, AuditError> {
         Ok(AuditChain {
-            state: read_head(conn)?,
+            state: read_head(store)?,
             buf: Vec::with_capacity(512),
         })
     }
@@ -104,74 +104,52 @@ impl AuditChain {
     /// Re-reads the head from the database, e.g. after another process (an admin
     /// command) appended. [`AuditChain::append`] does this by itself when its
     /// sequence number turns out to be taken.
-    pub fn reload(&mut self, conn: &Connection) -> Result<(), AuditError> {
-        self.state = read_head(conn)?;
+    pub fn reload<S: LogStore + ?Sized>(&mut self, store: &S) -> Result<(), AuditError> {
+        self.state = read_head(store)?;
         Ok(())
     }
 
     /// Appends `ev` inside the caller's transaction and returns its sequence
     /// number. The in-memory head moves on at once: restore a snapshot if the
     /// transaction does not commit.
-    pub fn append(&mut self, conn: &Connection, ev: &NewEvent) -> Result<u64, AuditError> {
+    pub fn append<S: LogTx + ?Sized>(
+        &mut self,
+        store: &S,
+        ev: &NewEvent,
+    ) -> Result<u64, AuditError> {
         ev.validate()?;
-        match self.try_append(conn, ev) {
-            Err(AuditError::Database(e)) if is_constraint(&e) => {
-                // Someone else (an admin command in another process) appended:
-                // take their head and try once more.
-                self.reload(conn)?;
-                self.try_append(conn, ev).map_err(|e| match e {
-                    AuditError::Database(e) if is_constraint(&e) => AuditError::Conflict,
-                    other => other,
-                })
-            }
-            other => other,
+        if let Some(seq) = self.try_append(store, ev)? {
+            return Ok(seq);
         }
+        // Someone else (an admin command in another process) appended: take
+        // their head and try once more.
+        self.reload(store)?;
+        self.try_append(store, ev)?.ok_or(AuditError::Conflict)
     }
 
-    fn try_append(&mut self, conn: &Connection, ev: &NewEvent) -> Result<u64, AuditError> {
+    /// `None` if the sequence number was taken (nothing written, head unchanged).
+    fn try_append<S: LogTx + ?Sized>(
+        &mut self,
+        store: &S,
+        ev: &NewEvent,
+    ) -> Result<Option<u64>, AuditError> {
         let seq = self.state.next_seq;
         ev.encode(seq, &mut self.buf)?;
-        let prev = self.state.head;
-        let hash = encoding::chain_hash(&prev, &self.buf);
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO audit_events (seq, time_ns, actor, actor_fp, action, tenant, token, \
-             purpose, outcome, code, request_id, peer, details, prev_hash, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        )?;
-        let [
-            actor,
-            actor_fp,
-            action,
-            tenant,
-            token,
-            purpose,
-            outcome,
-            code,
-            request_id,
-            peer,
-            details,
-        ] = ev.text_columns();
-        stmt.execute(rusqlite::params![
-            to_i64(seq)?,
-            time_ns(ev.time)?,
-            actor,
-            actor_fp,
-            action,
-            tenant,
-            token,
-            purpose,
-            outcome,
-            code,
-            request_id,
-            peer,
-            details,
-            &prev.0[..],
-            &hash.0[..],
-        ])?;
+        let prev_hash = self.state.head;
+        let hash = encoding::chain_hash(&prev_hash, &self.buf);
+        let row = EventRow {
+            seq,
+            event: ev,
+            prev_hash,
+            hash,
+        };
+        if store.insert_event(&row)? == Insert::Taken {
+            return Ok(None);
+        }
         self.state.next_seq = seq.checked_add(1).ok_or(AuditError::Overflow)?;
         self.state.head = hash;
         self.state.since_checkpoint = self.state.since_checkpoint.saturating_add(1);
-        Ok(seq)
+        Ok(Some(seq))
     }
 
     /// The state to put back with [`AuditChain::restore`] if the transaction fails.
@@ -221,22 +199,8 @@ impl AuditChain {
     /// Whether the database's log ends where this head says: no other process
     /// appended an event or a checkpoint since it was loaded. Two primary-key
     /// lookups; [`AuditChain::reload`] when it says `false`.
-    pub fn is_current(&self, conn: &Connection) -> Result<bool, AuditError> {
-        let (seq, id): (Option<i64>, Option<i64>) = conn.query_row(
-            "SELECT (SELECT max(seq) FROM audit_events), (SELECT max(id) FROM audit_checkpoints)",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let seq_now = match seq {
-            Some(s) => Some(u64::try_from(s).map_err(|_| AuditError::CorruptEvent { seq: s })?),
-            None => None,
-        };
-        let id_now = match id {
-            Some(i) => u64::try_from(i).map_err(|_| AuditError::Parse {
-                what: "stored checkpoint",
-            })?,
-            None => 0,
-        };
+    pub fn is_current<S: LogStore + ?Sized>(&self, store: &S) -> Result<bool, AuditError> {
+        let (seq_now, id_now) = store.log_end()?;
         Ok(seq_now.is_none_or(|s| s == self.last_seq())
             && id_now.saturating_add(1) == self.state.next_checkpoint_id)
     }
@@ -260,85 +224,49 @@ impl AuditChain {
     /// transaction (also for an empty log, and even if nothing changed since the
     /// last one — at shutdown call it when [`AuditChain::events_since_checkpoint`]
     /// is not zero).
-    pub fn checkpoint(
+    pub fn checkpoint<S: LogTx + ?Sized>(
         &mut self,
-        conn: &Connection,
+        store: &S,
         key: &SigningKey,
         now: OffsetDateTime,
     ) -> Result<Checkpoint, AuditError> {
-        match self.try_checkpoint(conn, key, now) {
-            Err(AuditError::Database(e)) if is_constraint(&e) => {
-                self.reload(conn)?;
-                self.try_checkpoint(conn, key, now).map_err(|e| match e {
-                    AuditError::Database(e) if is_constraint(&e) => AuditError::Conflict,
-                    other => other,
-                })
-            }
-            other => other,
+        if let Some(cp) = self.try_checkpoint(store, key, now)? {
+            return Ok(cp);
         }
+        self.reload(store)?;
+        self.try_checkpoint(store, key, now)?
+            .ok_or(AuditError::Conflict)
     }
 
-    fn try_checkpoint(
+    /// `None` if the checkpoint id was taken (nothing written, head unchanged).
+    fn try_checkpoint<S: LogTx + ?Sized>(
         &mut self,
-        conn: &Connection,
+        store: &S,
         key: &SigningKey,
         now: OffsetDateTime,
-    ) -> Result<Checkpoint, AuditError> {
+    ) -> Result<Option<Checkpoint>, AuditError> {
         let id = self.state.next_checkpoint_id;
         let cp = Checkpoint::sign(key, id, self.last_seq(), self.state.head, now)?;
-        cp.insert(conn)?;
+        if store.insert_checkpoint(&cp)? == Insert::Taken {
+            return Ok(None);
+        }
         self.state.next_checkpoint_id = id.checked_add(1).ok_or(AuditError::Overflow)?;
         self.state.since_checkpoint = 0;
         self.state.last_checkpoint_time = Some(cp.time);
-        Ok(cp)
+        Ok(Some(cp))
     }
 }
 
-fn is_constraint(e: &rusqlite::Error) -> bool {
-    e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation)
-}
-
 /// Reads where the chain stands: the last event, else the last prune record, else genesis.
-fn read_head(conn: &Connection) -> Result<ChainHead, AuditError> {
-    let last: Option<(i64, Vec<u8>)> = conn
-        .query_row(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let (last_seq, head) = match last {
-        Some((seq, hash)) => {
-            let bad = AuditError::CorruptEvent { seq };
-            let s = u64::try_from(seq).map_err(|_| AuditError::CorruptEvent { seq })?;
-            (s, ChainHash::from_slice(&hash).ok_or(bad)?)
-        }
-        None => {
-            let pruned: Option<(i64, Vec<u8>)> = conn
-                .query_row(
-                    "SELECT first_seq, prev_hash FROM audit_prunes ORDER BY id DESC LIMIT 1",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            match pruned {
-                Some((first, prev)) => {
-                    let err = AuditError::Parse {
-                        what: "stored prune record",
-                    };
-                    let first = u64::try_from(first).map_err(|_| AuditError::Parse {
-                        what: "stored prune record",
-                    })?;
-                    (
-                        first.saturating_sub(1),
-                        ChainHash::from_slice(&prev).ok_or(err)?,
-                    )
-                }
-                None => (0, ChainHash::GENESIS),
-            }
-        }
+fn read_head<S: LogStore + ?Sized>(store: &S) -> Result<ChainHead, AuditError> {
+    let (last_seq, head) = match store.last_event()? {
+        Some(last) => last,
+        None => match store.last_prune()? {
+            Some((first, prev)) => (first.saturating_sub(1), prev),
+            None => (0, ChainHash::GENESIS),
+        },
     };
-    let cp = latest_checkpoint(conn)?;
+    let cp = store.latest_checkpoint()?;
     Ok(ChainHead {
         next_seq: last_seq.checked_add(1).ok_or(AuditError::Overflow)?,
         head,

@@ -5,14 +5,13 @@ use std::str::FromStr;
 use std::io::Write;
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::encoding::{ChainHash, hex_decode_array, hex_encode};
 use super::error::AuditError;
-use super::event::{from_time_ns, time_ns, utc};
+use super::event::{time_ns, utc};
 use super::keys::{PublicKey, SigningKey};
 
 /// Domain separation for checkpoint signatures.
@@ -70,39 +69,6 @@ impl Checkpoint {
     pub fn verify(&self, key: &PublicKey) -> Result<(), AuditError> {
         let message = message(self.id, self.seq, &self.head, time_ns(self.time)?);
         key.verify(&message, &self.signature)
-    }
-
-    /// Stores this checkpoint as a row of `audit_checkpoints`.
-    pub(crate) fn insert(&self, conn: &Connection) -> Result<(), AuditError> {
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO audit_checkpoints (id, seq, head, time_ns, signature) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        stmt.execute(rusqlite::params![
-            to_i64(self.id)?,
-            to_i64(self.seq)?,
-            &self.head.0[..],
-            time_ns(self.time)?,
-            &self.signature[..],
-        ])?;
-        Ok(())
-    }
-
-    /// Decodes a row `id, seq, head, time_ns, signature`; `None` if any column is
-    /// not what the schema says (the row is then reported as a bad signature).
-    pub(crate) fn from_row(row: &rusqlite::Row<'_>) -> Option<Checkpoint> {
-        let id = u64::try_from(row.get::<_, i64>(0).ok()?).ok()?;
-        let seq = u64::try_from(row.get::<_, i64>(1).ok()?).ok()?;
-        let head = ChainHash::from_slice(&row.get::<_, Vec<u8>>(2).ok()?)?;
-        let time = from_time_ns(row.get::<_, i64>(3).ok()?).ok()?;
-        let signature = <[u8; 64]>::try_from(row.get::<_, Vec<u8>>(4).ok()?.as_slice()).ok()?;
-        Some(Checkpoint {
-            id,
-            seq,
-            head,
-            time,
-            signature,
-        })
     }
 }
 
@@ -217,25 +183,6 @@ fn message(id: u64, seq: u64, head: &ChainHash, time_ns: i64) -> Vec<u8> {
     m.extend_from_slice(&head.0);
     m.extend_from_slice(&time_ns.to_be_bytes());
     m
-}
-
-/// The latest checkpoint in the log (highest id), if any, without checking it.
-pub fn latest_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, AuditError> {
-    let row = conn
-        .query_row(
-            "SELECT id, seq, head, time_ns, signature FROM audit_checkpoints \
-             ORDER BY id DESC LIMIT 1",
-            [],
-            |r| Ok(Checkpoint::from_row(r)),
-        )
-        .optional()?;
-    match row {
-        None => Ok(None),
-        Some(Some(cp)) => Ok(Some(cp)),
-        Some(None) => Err(AuditError::Parse {
-            what: "stored checkpoint",
-        }),
-    }
 }
 
 pub(crate) fn to_i64(v: u64) -> Result<i64, AuditError> {

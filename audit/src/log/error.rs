@@ -9,6 +9,10 @@ pub enum AuditError {
     /// The database refused or failed an operation (busy, full, I/O, constraint…).
     #[error("audit database error")]
     Database(#[source] rusqlite::Error),
+    /// A storage engine other than SQLite (an implementation of
+    /// [`super::LogTx`] outside this crate) refused or failed an operation.
+    #[error("audit storage error")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// Reading or writing a file (public key, checkpoint, export target) failed.
     #[error("audit I/O error")]
     Io(#[source] std::io::Error),

@@ -18,6 +18,11 @@
 //! [`Checkpoint::append_to_witness`] copies each one to a witness file. Retention
 //! runs [`prune`]; erasures hand out an [`ErasureReceipt`].
 //!
+//! The write path holds no SQL: it goes through [`LogStore`] and [`LogTx`], which
+//! SQLite implements for `rusqlite::Connection` and `Transaction` (so `&conn` and
+//! `&tx` are what the vault passes); another engine implements them for its own
+//! transaction type.
+//!
 //! What a verifier calls: [`open_read_only`], [`verify`] (optionally against a
 //! checkpoint kept elsewhere) or [`verify_against`] (against many, e.g. a
 //! witness file read with [`Checkpoint::parse_many`]), [`export_jsonl`],
@@ -36,11 +41,13 @@ mod keys;
 mod prune;
 mod receipt;
 mod schema;
+mod sqlite;
 mod stats;
+mod store;
 mod verify;
 
 pub use chain::{AuditChain, ChainHead, CheckpointPolicy};
-pub use checkpoint::{Checkpoint, latest_checkpoint};
+pub use checkpoint::Checkpoint;
 pub use encoding::{ChainHash, ENCODING_VERSION, sha256_hex};
 pub use error::AuditError;
 pub use event::{
@@ -52,5 +59,7 @@ pub use keys::{PublicKey, SigningKey};
 pub use prune::{DEFAULT_RETENTION, MIN_RETENTION, PruneRecord, PruneReport, prune};
 pub use receipt::{ErasureReceipt, subject_hash, verify_receipt};
 pub use schema::{SCHEMA_SQL, SCHEMA_VERSION, migrate, open_read_only};
+pub use sqlite::latest_checkpoint;
 pub use stats::{EventStats, event_stats, has_audit_log, oldest_event_time, prune_retention_days};
+pub use store::{EventRow, Insert, LogStore, LogTx};
 pub use verify::{Break, BreakKind, Location, VerifyReport, verify, verify_against};

@@ -1,14 +1,12 @@
 //! Retention: deleting events older than the retention period, leaving a signed
 //! record of where the kept log starts.
-use rusqlite::{Connection, OptionalExtension};
 use time::{Duration, OffsetDateTime};
 
-use super::checkpoint::{Checkpoint, to_i64};
 use super::encoding::ChainHash;
 use super::error::AuditError;
-use super::event::{from_time_ns, time_ns, utc};
+use super::event::{time_ns, utc};
 use super::keys::{PublicKey, SigningKey};
-use super::verify::{self, Bound};
+use super::store::LogTx;
 
 /// Domain separation for prune-record signatures.
 const PRUNE_DOMAIN: &[u8] = b"panvault-audit prune v1\0";
@@ -58,27 +56,6 @@ impl PruneRecord {
     pub fn verify(&self, key: &PublicKey) -> Result<(), AuditError> {
         key.verify(&self.message()?, &self.signature)
     }
-
-    /// Decodes a row of `audit_prunes` (columns in schema order); `None` if a
-    /// column does not hold what the schema says.
-    pub(crate) fn from_row(row: &rusqlite::Row<'_>) -> Option<PruneRecord> {
-        let u = |i: usize| {
-            row.get::<_, i64>(i)
-                .ok()
-                .and_then(|v| u64::try_from(v).ok())
-        };
-        let t = |i: usize| row.get::<_, i64>(i).ok().and_then(|v| from_time_ns(v).ok());
-        Some(PruneRecord {
-            id: u(0)?,
-            first_seq: u(1)?,
-            prev_hash: ChainHash::from_slice(&row.get::<_, Vec<u8>>(2).ok()?)?,
-            checkpoint_id: u(3)?,
-            cutoff: t(4)?,
-            deleted: u(5)?,
-            time: t(6)?,
-            signature: <[u8; 64]>::try_from(row.get::<_, Vec<u8>>(7).ok()?.as_slice()).ok()?,
-        })
-    }
 }
 
 /// What a purge did.
@@ -99,8 +76,8 @@ pub struct PruneReport {
 /// the kept log starts at `c.seq + 1` with `prev_hash = c.head`. Checkpoints are
 /// never deleted. Events younger than the retention are never deleted, whatever
 /// their order in the log. `retention` below [`MIN_RETENTION`] is refused.
-pub fn prune(
-    conn: &Connection,
+pub fn prune<S: LogTx + ?Sized>(
+    store: &S,
     key: &SigningKey,
     now: OffsetDateTime,
     retention: Duration,
@@ -115,50 +92,32 @@ pub fn prune(
     let cutoff = now
         .checked_sub(retention)
         .ok_or(AuditError::TimeOutOfRange)?;
-    let cutoff_ns = time_ns(cutoff)?;
 
     // The first event that must be kept because of its age (events may be out of
     // time order: take the lowest seq of any young event).
-    let first_young: Option<i64> = conn
-        .query_row(
-            "SELECT seq FROM audit_events WHERE time_ns >= ?1 ORDER BY seq LIMIT 1",
-            [cutoff_ns],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let limit = match first_young {
+    let limit = match store.first_event_since(time_ns(cutoff)?)? {
         Some(s) => s.saturating_sub(1),
-        None => i64::MAX,
+        None => u64::MAX,
     };
     // The newest checkpoint at or before that, beyond what is already pruned.
-    let start: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(first_seq), 1) FROM audit_prunes",
-        [],
-        |r| r.get(0),
-    )?;
-    let last_event: i64 =
-        conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_events", [], |r| {
-            r.get(0)
-        })?;
-    let cp: Option<Checkpoint> = conn
-        .query_row(
-            "SELECT id, seq, head, time_ns, signature FROM audit_checkpoints \
-             WHERE seq <= ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq DESC, id DESC LIMIT 1",
-            [limit, start, last_event],
-            |r| Ok(Checkpoint::from_row(r)),
-        )
-        .optional()?
-        .flatten();
-    let Some(cp) = cp else {
-        return Ok(PruneReport {
-            deleted: 0,
-            record: None,
-        });
+    let none = PruneReport {
+        deleted: 0,
+        record: None,
+    };
+    let start = store.kept_from()?;
+    let Some(last_event) = store.log_end()?.0 else {
+        return Ok(none); // no event to delete
+    };
+    let hi = limit.min(last_event);
+    if start > hi {
+        return Ok(none);
+    }
+    let Some(cp) = store.newest_checkpoint_between(start, hi)? else {
+        return Ok(none);
     };
 
     // Keep the evidence if what would be deleted does not verify.
-    let public = key.public_key();
-    let report = verify::verify_bounded(conn, &public, &[], Bound::UpTo(cp.seq))?;
+    let report = store.verify_through(&key.public_key(), cp.seq)?;
     if let Some(b) = report.problem {
         return Err(AuditError::Tampered {
             seq: b.seq,
@@ -166,18 +125,9 @@ pub fn prune(
         });
     }
 
-    let deleted = conn.execute(
-        "DELETE FROM audit_events WHERE seq <= ?1",
-        [to_i64(cp.seq)?],
-    )?;
-    let deleted = u64::try_from(deleted).map_err(|_| AuditError::Overflow)?;
-    let next_id: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(id), 0) + 1 FROM audit_prunes",
-        [],
-        |r| r.get(0),
-    )?;
+    let deleted = store.delete_events_through(cp.seq)?;
     let mut record = PruneRecord {
-        id: u64::try_from(next_id).map_err(|_| AuditError::Overflow)?,
+        id: store.next_prune_id()?,
         first_seq: cp.seq.checked_add(1).ok_or(AuditError::Overflow)?,
         prev_hash: cp.head,
         checkpoint_id: cp.id,
@@ -187,20 +137,7 @@ pub fn prune(
         signature: [0; 64],
     };
     record.signature = key.sign(&record.message()?);
-    conn.execute(
-        "INSERT INTO audit_prunes (id, first_seq, prev_hash, checkpoint_id, cutoff_ns, deleted, \
-         time_ns, signature) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        rusqlite::params![
-            to_i64(record.id)?,
-            to_i64(record.first_seq)?,
-            &record.prev_hash.0[..],
-            to_i64(record.checkpoint_id)?,
-            cutoff_ns,
-            to_i64(record.deleted)?,
-            time_ns(record.time)?,
-            &record.signature[..],
-        ],
-    )?;
+    store.insert_prune(&record)?;
     Ok(PruneReport {
         deleted,
         record: Some(record),

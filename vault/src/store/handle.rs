@@ -402,7 +402,9 @@ impl Tx<'_> {
         super::mark_scrub_pending(self.c(), now)
     }
 
-    // --- audit log: events and checkpoints commit with the transaction's other work
+    // --- audit log: events and checkpoints commit with the transaction's other work.
+    // The chain and prune take the engine's `LogTx` (SQLite: the connection of the
+    // open transaction); they never begin or commit themselves.
     pub(crate) fn migrate_audit(&self) -> Result<(), AuditError> {
         panvault_audit::log::migrate(self.c())
     }
