@@ -53,6 +53,8 @@ mod lifecycle;
 mod live_keys;
 #[path = "e2e/outside_verifier.rs"]
 mod outside_verifier;
+#[path = "e2e/pg_audit.rs"]
+mod pg_audit;
 #[path = "e2e/pg_store.rs"]
 mod pg_store;
 #[path = "e2e/refusals.rs"]

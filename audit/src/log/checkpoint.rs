@@ -185,6 +185,26 @@ fn message(id: u64, seq: u64, head: &ChainHash, time_ns: i64) -> Vec<u8> {
     m
 }
 
+impl Checkpoint {
+    /// A stored checkpoint from its columns `id, seq, head, time_ns, signature`
+    /// (for any engine); `None` if one does not hold what the schema says.
+    pub fn from_columns(
+        id: i64,
+        seq: i64,
+        head: &[u8],
+        time_ns: i64,
+        signature: &[u8],
+    ) -> Option<Checkpoint> {
+        Some(Checkpoint {
+            id: u64::try_from(id).ok()?,
+            seq: u64::try_from(seq).ok()?,
+            head: ChainHash::from_slice(head)?,
+            time: super::event::from_time_ns(time_ns).ok()?,
+            signature: <[u8; 64]>::try_from(signature).ok()?,
+        })
+    }
+}
+
 pub(crate) fn to_i64(v: u64) -> Result<i64, AuditError> {
     i64::try_from(v).map_err(|_| AuditError::Overflow)
 }

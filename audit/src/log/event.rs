@@ -503,8 +503,8 @@ pub(crate) fn utc(t: OffsetDateTime) -> Result<OffsetDateTime, AuditError> {
         .ok_or(AuditError::TimeOutOfRange)
 }
 
-/// Unix nanoseconds of a time, as stored.
-pub(crate) fn time_ns(t: OffsetDateTime) -> Result<i64, AuditError> {
+/// Unix nanoseconds of a time, as stored (the `time_ns` columns).
+pub fn time_ns(t: OffsetDateTime) -> Result<i64, AuditError> {
     i64::try_from(t.unix_timestamp_nanos()).map_err(|_| AuditError::TimeOutOfRange)
 }
 

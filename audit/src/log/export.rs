@@ -22,7 +22,7 @@ use super::event::{Event, from_time_ns, time_ns, utc};
 use super::keys::PublicKey;
 use super::prune::PruneRecord;
 use super::schema::{ReadTx, migrate};
-use super::verify::{VerifyReport, verify_against};
+use super::verify::{Bound, VerifyReport, verify_against, verify_bounded};
 
 /// The `format` of an export's header line.
 pub const EXPORT_FORMAT: &str = "panvault-audit-export-v2";
@@ -63,26 +63,10 @@ pub fn read_events(
 pub fn export_jsonl(
     conn: &Connection,
     from_seq: u64,
-    mut writer: impl Write,
+    writer: impl Write,
 ) -> Result<u64, AuditError> {
     let _tx = ReadTx::begin(conn)?;
-    let mut line = Vec::with_capacity(512);
-    let mut put = |line: &mut Vec<u8>, value: &Line| -> Result<(), AuditError> {
-        line.clear();
-        serde_json::to_writer(&mut *line, value).map_err(|_| AuditError::Parse {
-            what: "export line",
-        })?;
-        line.push(b'\n');
-        writer.write_all(line)?;
-        Ok(())
-    };
-    put(
-        &mut line,
-        &Line::Header {
-            format: EXPORT_FORMAT.to_owned(),
-            from_seq,
-        },
-    )?;
+    let mut out = ExportWriter::new(writer, from_seq)?;
 
     let mut stmt = conn.prepare(
         "SELECT id, first_seq, prev_hash, checkpoint_id, cutoff_ns, deleted, time_ns, \
@@ -93,19 +77,7 @@ pub fn export_jsonl(
         let p = PruneRecord::from_row(row).ok_or(AuditError::Parse {
             what: "stored prune record",
         })?;
-        put(
-            &mut line,
-            &Line::Prune {
-                id: p.id,
-                first_seq: p.first_seq,
-                prev_hash: p.prev_hash.to_string(),
-                checkpoint_id: p.checkpoint_id,
-                cutoff: rfc3339(p.cutoff)?,
-                deleted: p.deleted,
-                time: rfc3339(p.time)?,
-                signature: hex_encode(&p.signature),
-            },
-        )?;
+        out.prune(&p)?;
     }
     drop(rows);
     drop(stmt);
@@ -117,52 +89,125 @@ pub fn export_jsonl(
         let c = Checkpoint::from_row(row).ok_or(AuditError::Parse {
             what: "stored checkpoint",
         })?;
-        put(
-            &mut line,
-            &Line::Checkpoint {
-                id: c.id,
-                seq: c.seq,
-                head: c.head.to_string(),
-                time: rfc3339(c.time)?,
-                signature: hex_encode(&c.signature),
-            },
-        )?;
+        out.checkpoint(&c)?;
     }
     drop(rows);
     drop(stmt);
 
     let mut stmt = conn.prepare(SELECT_FROM)?;
     let mut rows = stmt.query([to_i64(from_seq)?])?;
-    let mut n = 0u64;
     while let Some(row) = rows.next()? {
-        let ev = RawEvent::from_row(row)?;
-        put(&mut line, &ev.line()?)?;
-        n = n.saturating_add(1);
+        out.event(&StoredEvent::from_row(row)?)?;
     }
-    writer.flush()?;
-    Ok(n)
+    out.finish()
 }
 
-/// An event row exactly as stored (no interpretation of the values).
-struct RawEvent {
-    seq: u64,
-    time_ns: i64,
-    text: [Option<String>; 11],
-    prev_hash: ChainHash,
-    hash: ChainHash,
+/// The export's line writer, for an engine whose rows are not in SQLite: the
+/// caller reads, in one snapshot, every prune record (by id), every checkpoint
+/// (by id) and the events from `from_seq` on (by seq), and hands them over in
+/// that order. The lines are exactly those [`export_jsonl`] writes.
+pub struct ExportWriter<W: Write> {
+    writer: W,
+    line: Vec<u8>,
+    events: u64,
 }
 
-impl RawEvent {
-    fn from_row(row: &rusqlite::Row<'_>) -> Result<RawEvent, AuditError> {
-        let seq_raw: i64 = row.get(0)?;
-        let bad = || AuditError::CorruptEvent { seq: seq_raw };
-        let text = |i: usize| row.get::<_, Option<String>>(i).map_err(|_| bad());
-        let blob = |i: usize| -> Result<ChainHash, AuditError> {
-            let v: Vec<u8> = row.get(i).map_err(|_| bad())?;
-            ChainHash::from_slice(&v).ok_or_else(bad)
+impl<W: Write> std::fmt::Debug for ExportWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportWriter")
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Write> ExportWriter<W> {
+    /// Starts an export of the log from event `from_seq` on: writes the header.
+    pub fn new(writer: W, from_seq: u64) -> Result<Self, AuditError> {
+        let mut w = ExportWriter {
+            writer,
+            line: Vec::with_capacity(512),
+            events: 0,
         };
-        Ok(RawEvent {
-            seq: u64::try_from(seq_raw).map_err(|_| bad())?,
+        w.put(&Line::Header {
+            format: EXPORT_FORMAT.to_owned(),
+            from_seq,
+        })?;
+        Ok(w)
+    }
+
+    /// Writes a prune record.
+    pub fn prune(&mut self, p: &PruneRecord) -> Result<(), AuditError> {
+        self.put(&Line::Prune {
+            id: p.id,
+            first_seq: p.first_seq,
+            prev_hash: p.prev_hash.to_string(),
+            checkpoint_id: p.checkpoint_id,
+            cutoff: rfc3339(p.cutoff)?,
+            deleted: p.deleted,
+            time: rfc3339(p.time)?,
+            signature: hex_encode(&p.signature),
+        })
+    }
+
+    /// Writes a checkpoint.
+    pub fn checkpoint(&mut self, c: &Checkpoint) -> Result<(), AuditError> {
+        self.put(&Line::Checkpoint {
+            id: c.id,
+            seq: c.seq,
+            head: c.head.to_string(),
+            time: rfc3339(c.time)?,
+            signature: hex_encode(&c.signature),
+        })
+    }
+
+    /// Writes an event row exactly as stored.
+    pub fn event(&mut self, ev: &StoredEvent) -> Result<(), AuditError> {
+        self.put(&ev.line()?)?;
+        self.events = self.events.saturating_add(1);
+        Ok(())
+    }
+
+    /// Flushes the writer; returns how many events were written.
+    pub fn finish(mut self) -> Result<u64, AuditError> {
+        self.writer.flush()?;
+        Ok(self.events)
+    }
+
+    fn put(&mut self, value: &Line) -> Result<(), AuditError> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, value).map_err(|_| AuditError::Parse {
+            what: "export line",
+        })?;
+        self.line.push(b'\n');
+        self.writer.write_all(&self.line)?;
+        Ok(())
+    }
+}
+
+/// An event row exactly as stored (no interpretation of the values), for
+/// [`ExportWriter::event`]: the columns of `audit_events` in schema order.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    /// `seq`.
+    pub seq: i64,
+    /// `time_ns`.
+    pub time_ns: i64,
+    /// `actor, actor_fp, action, tenant, token, purpose, outcome, code,
+    /// request_id, peer, details`.
+    pub text: [Option<String>; 11],
+    /// `prev_hash`.
+    pub prev_hash: Vec<u8>,
+    /// `hash`.
+    pub hash: Vec<u8>,
+}
+
+impl StoredEvent {
+    fn from_row(row: &rusqlite::Row<'_>) -> Result<StoredEvent, AuditError> {
+        let seq: i64 = row.get(0)?;
+        let bad = || AuditError::CorruptEvent { seq };
+        let text = |i: usize| row.get::<_, Option<String>>(i).map_err(|_| bad());
+        Ok(StoredEvent {
+            seq,
             time_ns: row.get(1).map_err(|_| bad())?,
             text: [
                 text(2)?,
@@ -177,15 +222,14 @@ impl RawEvent {
                 text(11)?,
                 text(12)?,
             ],
-            prev_hash: blob(13)?,
-            hash: blob(14)?,
+            prev_hash: row.get(13).map_err(|_| bad())?,
+            hash: row.get(14).map_err(|_| bad())?,
         })
     }
 
     fn line(&self) -> Result<Line, AuditError> {
-        let bad = || AuditError::CorruptEvent {
-            seq: to_i64(self.seq).unwrap_or(i64::MAX),
-        };
+        let bad = || AuditError::CorruptEvent { seq: self.seq };
+        let hash = |b: &[u8]| ChainHash::from_slice(b).ok_or_else(bad);
         let [
             actor,
             actor_fingerprint,
@@ -200,7 +244,7 @@ impl RawEvent {
             details,
         ] = self.text.clone();
         Ok(Line::Event {
-            seq: self.seq,
+            seq: u64::try_from(self.seq).map_err(|_| bad())?,
             time: from_time_ns(self.time_ns)
                 .and_then(rfc3339)
                 .map_err(|_| bad())?,
@@ -215,8 +259,8 @@ impl RawEvent {
             request_id,
             peer,
             details,
-            prev_hash: self.prev_hash.to_string(),
-            hash: self.hash.to_string(),
+            prev_hash: hash(&self.prev_hash)?.to_string(),
+            hash: hash(&self.hash)?.to_string(),
         })
     }
 }
@@ -306,6 +350,20 @@ pub fn verify_export(
     migrate(&conn)?;
     load_export(&conn, reader)?;
     verify_against(&conn, key, anchors)
+}
+
+/// Verifies an export with `key` up to event `seq` only (what a prune checks
+/// before it deletes events through `seq`, on an engine whose log is read back
+/// as an export). Events after `seq` are not examined.
+pub fn verify_export_through(
+    reader: impl BufRead,
+    key: &PublicKey,
+    seq: u64,
+) -> Result<VerifyReport, AuditError> {
+    let conn = Connection::open_in_memory()?;
+    migrate(&conn)?;
+    load_export(&conn, reader)?;
+    verify_bounded(&conn, key, &[], Bound::UpTo(seq))
 }
 
 /// What part of the file a line belongs to; lines come in this order.

@@ -50,11 +50,15 @@ pub use chain::{AuditChain, ChainHead, CheckpointPolicy};
 pub use checkpoint::Checkpoint;
 pub use encoding::{ChainHash, ENCODING_VERSION, sha256_hex};
 pub use error::AuditError;
+pub use event::time_ns;
 pub use event::{
     Action, ActionName, Actor, Event, MAX_CODE_LEN, MAX_DETAILS_LEN, MAX_FIELD_LEN, NewEvent,
     Outcome, Resource,
 };
-pub use export::{EXPORT_FORMAT, export_jsonl, read_events, verify_export};
+pub use export::{
+    EXPORT_FORMAT, ExportWriter, StoredEvent, export_jsonl, read_events, verify_export,
+    verify_export_through,
+};
 pub use keys::{PublicKey, SigningKey};
 pub use prune::{DEFAULT_RETENTION, MIN_RETENTION, PruneRecord, PruneReport, prune};
 pub use receipt::{ErasureReceipt, subject_hash, verify_receipt};

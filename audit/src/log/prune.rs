@@ -143,3 +143,28 @@ pub fn prune<S: LogTx + ?Sized>(
         record: Some(record),
     })
 }
+
+impl PruneRecord {
+    /// A stored prune record from its columns (for any engine): the numbers
+    /// `[id, first_seq, checkpoint_id, cutoff_ns, deleted, time_ns]`, then
+    /// `prev_hash` and `signature`; `None` if one does not hold what the schema says.
+    pub fn from_columns(
+        numbers: [i64; 6],
+        prev_hash: &[u8],
+        signature: &[u8],
+    ) -> Option<PruneRecord> {
+        let [id, first_seq, checkpoint_id, cutoff_ns, deleted, time_ns] = numbers;
+        let u = |v: i64| u64::try_from(v).ok();
+        let t = |v: i64| super::event::from_time_ns(v).ok();
+        Some(PruneRecord {
+            id: u(id)?,
+            first_seq: u(first_seq)?,
+            prev_hash: ChainHash::from_slice(prev_hash)?,
+            checkpoint_id: u(checkpoint_id)?,
+            cutoff: t(cutoff_ns)?,
+            deleted: u(deleted)?,
+            time: t(time_ns)?,
+            signature: <[u8; 64]>::try_from(signature).ok()?,
+        })
+    }
+}

@@ -7,7 +7,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction};
 use super::checkpoint::{Checkpoint, to_i64};
 use super::encoding::ChainHash;
 use super::error::AuditError;
-use super::event::{from_time_ns, time_ns};
+use super::event::time_ns;
 use super::keys::PublicKey;
 use super::prune::PruneRecord;
 use super::store::{EventRow, Insert, LogStore, LogTx};
@@ -292,18 +292,13 @@ impl Checkpoint {
     /// Decodes a row `id, seq, head, time_ns, signature`; `None` if any column is
     /// not what the schema says (the row is then reported as a bad signature).
     pub(crate) fn from_row(row: &rusqlite::Row<'_>) -> Option<Checkpoint> {
-        let id = u64::try_from(row.get::<_, i64>(0).ok()?).ok()?;
-        let seq = u64::try_from(row.get::<_, i64>(1).ok()?).ok()?;
-        let head = ChainHash::from_slice(&row.get::<_, Vec<u8>>(2).ok()?)?;
-        let time = from_time_ns(row.get::<_, i64>(3).ok()?).ok()?;
-        let signature = <[u8; 64]>::try_from(row.get::<_, Vec<u8>>(4).ok()?.as_slice()).ok()?;
-        Some(Checkpoint {
-            id,
-            seq,
-            head,
-            time,
-            signature,
-        })
+        Checkpoint::from_columns(
+            row.get(0).ok()?,
+            row.get(1).ok()?,
+            &row.get::<_, Vec<u8>>(2).ok()?,
+            row.get(3).ok()?,
+            &row.get::<_, Vec<u8>>(4).ok()?,
+        )
     }
 }
 
@@ -311,21 +306,17 @@ impl PruneRecord {
     /// Decodes a row of `audit_prunes` (columns in schema order); `None` if a
     /// column does not hold what the schema says.
     pub(crate) fn from_row(row: &rusqlite::Row<'_>) -> Option<PruneRecord> {
-        let u = |i: usize| {
-            row.get::<_, i64>(i)
-                .ok()
-                .and_then(|v| u64::try_from(v).ok())
-        };
-        let t = |i: usize| row.get::<_, i64>(i).ok().and_then(|v| from_time_ns(v).ok());
-        Some(PruneRecord {
-            id: u(0)?,
-            first_seq: u(1)?,
-            prev_hash: ChainHash::from_slice(&row.get::<_, Vec<u8>>(2).ok()?)?,
-            checkpoint_id: u(3)?,
-            cutoff: t(4)?,
-            deleted: u(5)?,
-            time: t(6)?,
-            signature: <[u8; 64]>::try_from(row.get::<_, Vec<u8>>(7).ok()?.as_slice()).ok()?,
-        })
+        PruneRecord::from_columns(
+            [
+                row.get(0).ok()?,
+                row.get(1).ok()?,
+                row.get(3).ok()?,
+                row.get(4).ok()?,
+                row.get(5).ok()?,
+                row.get(6).ok()?,
+            ],
+            &row.get::<_, Vec<u8>>(2).ok()?,
+            &row.get::<_, Vec<u8>>(7).ok()?,
+        )
     }
 }

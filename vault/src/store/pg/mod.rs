@@ -5,6 +5,7 @@
 //! rustls and *ring*, a node's bounded pool, and the versioned schema. The service
 //! still runs on SQLite.
 
+pub mod audit;
 mod connect;
 mod pool;
 pub mod schema;
@@ -12,6 +13,7 @@ mod settings;
 
 use std::path::PathBuf;
 
+pub use audit::PgLog;
 pub use connect::{client_tls_config, connect};
 pub use pool::{PgManager, PgPool, PooledClient};
 /// A connection to the database (the synchronous driver's client).
