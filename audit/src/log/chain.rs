@@ -259,6 +259,11 @@ impl AuditChain {
 
 /// Reads where the chain stands: the last event, else the last prune record, else genesis.
 fn read_head<S: LogStore + ?Sized>(store: &S) -> Result<ChainHead, AuditError> {
+    // The checkpoint first: on an engine where each statement sees what has been
+    // committed by then (PostgreSQL's READ COMMITTED), the event a checkpoint
+    // covers is visible once the checkpoint is, so the head read next is never
+    // behind the checkpoint that sets the next id.
+    let cp = store.latest_checkpoint()?;
     let (last_seq, head) = match store.last_event()? {
         Some(last) => last,
         None => match store.last_prune()? {
@@ -266,7 +271,6 @@ fn read_head<S: LogStore + ?Sized>(store: &S) -> Result<ChainHead, AuditError> {
             None => (0, ChainHash::GENESIS),
         },
     };
-    let cp = store.latest_checkpoint()?;
     Ok(ChainHead {
         next_seq: last_seq.checked_add(1).ok_or(AuditError::Overflow)?,
         head,
