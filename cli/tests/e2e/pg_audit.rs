@@ -255,6 +255,17 @@ fn pg_audit_tamper_in_the_database_fails_the_export_and_blocks_a_prune() {
     assert!(report.is_intact(), "{report:?}");
     assert_eq!((n, report.first_seq, report.prunes), (4, 7, 1));
 
+    // Two events swapped in the database (reordered): detected; swapped back: intact.
+    let swap = "UPDATE audit_events SET seq = -1 WHERE seq = 8;
+                UPDATE audit_events SET seq = 8 WHERE seq = 9;
+                UPDATE audit_events SET seq = 9 WHERE seq = -1;";
+    c.batch_execute(swap).unwrap();
+    let (_, report) = export_and_verify(&mut c, &public);
+    assert!(!report.is_intact(), "reordered events went unnoticed");
+    c.batch_execute(swap).unwrap();
+    let (_, report) = export_and_verify(&mut c, &public);
+    assert!(report.is_intact(), "{report:?}");
+
     // An event deleted in the database: detected.
     c.batch_execute("DELETE FROM audit_events WHERE seq = 8")
         .unwrap();

@@ -12,7 +12,7 @@
 //! `verify_export`. A prune verifies what it would delete the same way.
 
 use std::cell::RefCell;
-use std::io::Write;
+use std::io::{BufReader, BufWriter, Write};
 
 use panvault_audit::log::{
     AuditError, ChainHash, Checkpoint, EventRow, ExportWriter, Insert, LogStore, LogTx,
@@ -300,11 +300,28 @@ impl LogTx for PgLog<'_, '_> {
     }
 
     /// The documented route: the log up to `seq` is written out as an export
-    /// (in memory) and verified by the audit crate's one verifier.
+    /// and verified by the audit crate's one verifier. The export streams through
+    /// a pipe to the verifier on a scoped thread rather than being held whole.
     fn verify_through(&self, key: &PublicKey, seq: u64) -> Result<VerifyReport, AuditError> {
-        let mut export = Vec::new();
-        write_export(&mut self.tx.borrow_mut(), 1, Some(seq), &mut export)?;
-        verify_export_through(export.as_slice(), key, seq)
+        let (reader, writer) = std::io::pipe()?;
+        let mut tx = self.tx.borrow_mut();
+        std::thread::scope(|s| {
+            let verifier = s.spawn(move || verify_export_through(BufReader::new(reader), key, seq));
+            // The writer end is dropped when this returns: the verifier sees the end.
+            let written = write_export(&mut tx, 1, Some(seq), BufWriter::new(writer));
+            let verified = verifier.join().map_err(|_| AuditError::Parse {
+                what: "export verification (the verifier thread panicked)",
+            })?;
+            match written {
+                Ok(_) => verified,
+                // The verifier stopped reading: its error says why.
+                Err(AuditError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    verified.and(Err(AuditError::Io(e)))
+                }
+                // A truncated export must never pass: the writer's error wins.
+                Err(e) => Err(e),
+            }
+        })
     }
 
     fn delete_events_through(&self, seq: u64) -> Result<u64, AuditError> {
