@@ -857,3 +857,22 @@ fn verify_throughput_1m() {
         );
     }
 }
+
+#[test]
+fn an_export_verified_through_a_seq_ignores_what_follows() {
+    // What a prune on another engine checks: only the events it would delete.
+    let mut conn = fresh_db();
+    let k = key(19);
+    build_log(&mut conn, &k, 30, 10, 0);
+    conn.execute(
+        "UPDATE audit_events SET purpose = 'other' WHERE seq = 25",
+        [],
+    )
+    .unwrap();
+    let text = export_text(&conn);
+    let through = |seq| verify_export_through(text.as_bytes(), &k.public_key(), seq).unwrap();
+    assert!(through(20).is_intact(), "{:?}", through(20).problem);
+    assert_eq!(through(20).last_seq, 20);
+    assert_eq!(through(25).problem.unwrap().seq, 25);
+    assert!(!verify_text(&text, &k, &[]).unwrap().is_intact());
+}
