@@ -22,6 +22,9 @@
 //!
 //! Not probed: TLS 1.3 suites rustls does not implement (CCM, the
 //! integrity-only `TLS_SHA256_SHA256`).
+//!
+//! About 650 lines on purpose: the steps above stay in one file, in order; the
+//! record formats are in `hello.rs` and `ssl2.rs`, the suite registry in [`suites`].
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
