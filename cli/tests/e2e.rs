@@ -55,6 +55,8 @@ mod live_keys;
 mod outside_verifier;
 #[path = "e2e/pg_audit.rs"]
 mod pg_audit;
+#[path = "e2e/pg_cards.rs"]
+mod pg_cards;
 #[path = "e2e/pg_store.rs"]
 mod pg_store;
 #[path = "e2e/refusals.rs"]

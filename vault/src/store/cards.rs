@@ -56,29 +56,44 @@ impl CardRow {
 }
 
 /// A card to insert: sealed under `key_version`, with the facts shown without
-/// decrypting it.
+/// decrypting it. Public for the PostgreSQL twin (`store::pg::cards`).
 #[derive(Debug)]
-pub(crate) struct NewCard<'a> {
-    pub(crate) token: &'a str,
-    pub(crate) tenant: &'a str,
-    pub(crate) key_version: u32,
-    pub(crate) nonce: &'a [u8],
-    pub(crate) ciphertext: &'a [u8],
-    pub(crate) fingerprint: &'a [u8],
-    pub(crate) brand: &'a str,
-    pub(crate) bin: &'a str,
-    pub(crate) last4: &'a str,
-    pub(crate) exp_month: u8,
-    pub(crate) exp_year: u16,
-    pub(crate) subject: Option<&'a str>,
-    pub(crate) metadata: Option<&'a str>,
-    pub(crate) created_at: i64,
-    pub(crate) expires_at: Option<i64>,
+pub struct NewCard<'a> {
+    /// The token.
+    pub token: &'a str,
+    /// The tenant the token belongs to.
+    pub tenant: &'a str,
+    /// The data key version the card is sealed under.
+    pub key_version: u32,
+    /// The card's nonce.
+    pub nonce: &'a [u8],
+    /// The sealed card.
+    pub ciphertext: &'a [u8],
+    /// The card's keyed fingerprint (deduplication).
+    pub fingerprint: &'a [u8],
+    /// The card brand.
+    pub brand: &'a str,
+    /// The issuer identification number shown without decrypting.
+    pub bin: &'a str,
+    /// The last four digits.
+    pub last4: &'a str,
+    /// The card's expiry month.
+    pub exp_month: u8,
+    /// The card's expiry year.
+    pub exp_year: u16,
+    /// The data subject, in clear (SQLite only; PostgreSQL stores a keyed hash).
+    pub subject: Option<&'a str>,
+    /// The metadata, in clear (SQLite only; PostgreSQL stores it sealed).
+    pub metadata: Option<&'a str>,
+    /// When the row is created (Unix seconds).
+    pub created_at: i64,
+    /// When the token's own time-to-live runs out (Unix seconds), if it has one.
+    pub expires_at: Option<i64>,
 }
 
 /// What an insert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Inserted {
+pub enum Inserted {
     /// The row was stored under this id.
     Row(i64),
     /// The token is already held (within the tenant): nothing was written; draw

@@ -2,10 +2,11 @@
 //!
 //! Groundwork, not yet behind the store's seam: the connection settings (a URL or a
 //! file holding it; the password never printed), connecting over TLS verified with
-//! rustls and *ring*, a node's bounded pool, the versioned schema, and the audit
-//! log's write path and export ([`audit`]). The service still runs on SQLite.
+//! rustls and *ring*, a node's bounded pool, the versioned schema, the card rows
+//! ([`cards`]), and the audit log's write path and export ([`audit`]). The service still runs on SQLite.
 
 pub mod audit;
+pub mod cards;
 mod connect;
 mod pool;
 pub mod schema;

@@ -1,0 +1,204 @@
+//! The `cards` table on PostgreSQL: the twins of `store::cards` (insert, find by
+//! token, the dedup lookup) and of the API's delete in `store::erasure`, inside the
+//! caller's transaction or on a plain connection ([`GenericClient`]).
+//!
+//! Unlike SQLite's table this one holds no personal data in clear (see
+//! [`super::schema`]): the caller passes the subject's keyed hash and the sealed
+//! metadata, and rows come back with those bytes ([`PgCardRow`]).
+//!
+//! A taken token is answered with `ON CONFLICT DO NOTHING` and no row: a failed
+//! statement would abort a PostgreSQL transaction, and the caller draws another
+//! token in the same one.
+
+use postgres::{GenericClient, Row};
+
+use super::PgError;
+pub use crate::store::cards::{Inserted, NewCard};
+
+/// `(id, fingerprint)` of a deleted card row, as the SQLite deletes return it.
+pub type DeletedCard = (i64, Vec<u8>);
+
+/// One stored card row, as the PostgreSQL table holds it (sealed; the caller
+/// checks the columns, `key_version` included, before it uses them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgCardRow {
+    /// The row's id (unique across nodes: an identity column).
+    pub id: i64,
+    /// The token.
+    pub token: String,
+    /// The tenant the token belongs to.
+    pub tenant: String,
+    /// The data key version the card is sealed under (as stored; not range-checked).
+    pub key_version: i64,
+    /// The card's nonce.
+    pub nonce: Vec<u8>,
+    /// The sealed card.
+    pub ciphertext: Vec<u8>,
+    /// The card's keyed fingerprint (deduplication).
+    pub fingerprint: Vec<u8>,
+    /// The card brand.
+    pub brand: String,
+    /// The issuer identification number shown without decrypting.
+    pub bin: String,
+    /// The last four digits.
+    pub last4: String,
+    /// The card's expiry month (as stored).
+    pub exp_month: i64,
+    /// The card's expiry year (as stored).
+    pub exp_year: i64,
+    /// The keyed hash of the data subject, if the card has one.
+    pub subject_hash: Option<Vec<u8>>,
+    /// The metadata sealed under the record's data key, if any.
+    pub metadata_sealed: Option<Vec<u8>>,
+    /// When the row was created (Unix seconds).
+    pub created_at: i64,
+    /// When the token's own time-to-live runs out (Unix seconds), if it has one.
+    pub expires_at: Option<i64>,
+}
+
+/// The columns [`PgCardRow::from_row`] reads, in order.
+const ROW_COLUMNS: &str = "id, token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, \
+                           last4, exp_month, exp_year, subject_hash, metadata_sealed, created_at, expires_at";
+
+impl PgCardRow {
+    fn from_row(r: &Row) -> Result<PgCardRow, PgError> {
+        Ok(PgCardRow {
+            id: r.try_get(0)?,
+            token: r.try_get(1)?,
+            tenant: r.try_get(2)?,
+            key_version: r.try_get(3)?,
+            nonce: r.try_get(4)?,
+            ciphertext: r.try_get(5)?,
+            fingerprint: r.try_get(6)?,
+            brand: r.try_get(7)?,
+            bin: r.try_get(8)?,
+            last4: r.try_get(9)?,
+            exp_month: r.try_get(10)?,
+            exp_year: r.try_get(11)?,
+            subject_hash: r.try_get(12)?,
+            metadata_sealed: r.try_get(13)?,
+            created_at: r.try_get(14)?,
+            expires_at: r.try_get(15)?,
+        })
+    }
+}
+
+fn one_row(row: Option<Row>) -> Result<Option<PgCardRow>, PgError> {
+    row.as_ref().map(PgCardRow::from_row).transpose()
+}
+
+/// Inserts `card` with `subject_hash` (the keyed hash of `card.subject`) and
+/// `metadata_sealed` (`card.metadata` sealed under the record's data key) in
+/// their place: `card.subject` and `card.metadata` themselves are never read,
+/// so nothing in clear reaches the table.
+pub fn insert(
+    c: &mut impl GenericClient,
+    card: &NewCard<'_>,
+    subject_hash: Option<&[u8]>,
+    metadata_sealed: Option<&[u8]>,
+) -> Result<Inserted, PgError> {
+    let row = c.query_opt(
+        "INSERT INTO cards (token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4,
+                            exp_month, exp_year, subject_hash, metadata_sealed, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         ON CONFLICT (token, tenant) DO NOTHING
+         RETURNING id",
+        &[
+            &card.token,
+            &card.tenant,
+            &i64::from(card.key_version),
+            &card.nonce,
+            &card.ciphertext,
+            &card.fingerprint,
+            &card.brand,
+            &card.bin,
+            &card.last4,
+            &i64::from(card.exp_month),
+            &i64::from(card.exp_year),
+            &subject_hash,
+            &metadata_sealed,
+            &card.created_at,
+            &card.expires_at,
+        ],
+    )?;
+    match row {
+        Some(r) => Ok(Inserted::Row(r.try_get(0)?)),
+        // Only the token's uniqueness (within the tenant) can conflict.
+        None => Ok(Inserted::TokenTaken),
+    }
+}
+
+/// The row of `token` in `tenant` (expired or not). A bin_last4 token is unique
+/// within its tenant only.
+pub fn by_token(
+    c: &mut impl GenericClient,
+    token: &str,
+    tenant: &str,
+) -> Result<Option<PgCardRow>, PgError> {
+    one_row(c.query_opt(
+        &format!("SELECT {ROW_COLUMNS} FROM cards WHERE token = $1 AND tenant = $2"),
+        &[&token, &tenant],
+    )?)
+}
+
+/// The oldest live (unexpired at `now`) row of card `fingerprint` for the subject
+/// hashed to `subject_hash` (none: cards without a subject) in `tenant`. SQLite
+/// re-checks a hit of the node's in-memory dedup index; nodes sharing a database
+/// have no common index, so this looks the card up itself.
+pub fn live_dedup_row(
+    c: &mut impl GenericClient,
+    tenant: &str,
+    fingerprint: &[u8],
+    subject_hash: Option<&[u8]>,
+    now: i64,
+) -> Result<Option<PgCardRow>, PgError> {
+    one_row(c.query_opt(
+        &format!(
+            "SELECT {ROW_COLUMNS} FROM cards WHERE tenant = $1 AND fingerprint = $2 \
+             AND subject_hash IS NOT DISTINCT FROM $3 \
+             AND (expires_at IS NULL OR expires_at > $4) ORDER BY id LIMIT 1"
+        ),
+        &[&tenant, &fingerprint, &subject_hash, &now],
+    )?)
+}
+
+/// Runs a `DELETE … RETURNING id, fingerprint` and collects the deleted rows.
+fn delete_returning(
+    c: &mut impl GenericClient,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Result<Vec<DeletedCard>, PgError> {
+    c.query(sql, params)?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// Deletes `token` of `tenant` unless its own time-to-live has run out at `now`
+/// (the API's delete: an expired token is already gone for callers).
+pub fn delete_live_token(
+    c: &mut impl GenericClient,
+    tenant: &str,
+    token: &str,
+    now: i64,
+) -> Result<Vec<DeletedCard>, PgError> {
+    delete_returning(
+        c,
+        "DELETE FROM cards WHERE token = $1 AND tenant = $2 \
+         AND (expires_at IS NULL OR expires_at > $3) RETURNING id, fingerprint",
+        &[&token, &tenant, &now],
+    )
+}
+
+/// Deletes `token` of `tenant`, expired or not (an erasure).
+pub fn delete_token(
+    c: &mut impl GenericClient,
+    tenant: &str,
+    token: &str,
+) -> Result<Vec<DeletedCard>, PgError> {
+    delete_returning(
+        c,
+        "DELETE FROM cards WHERE tenant = $1 AND token = $2 RETURNING id, fingerprint",
+        &[&tenant, &token],
+    )
+}
