@@ -184,11 +184,7 @@ mod tests {
 
     #[test]
     fn sqlite_errors_keep_rusqlite_error_as_source() {
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
-        let err = conn
-            .execute("INSERT INTO no_such_table VALUES (1)", [])
-            .unwrap_err();
-        let e = StoreError::from(err);
+        let e = StoreError::from(rusqlite::Error::QueryReturnedNoRows);
         let sqlite = e.source().expect("rusqlite's error is kept");
         assert!(
             sqlite

@@ -6,6 +6,7 @@ pub(crate) mod cards;
 pub(crate) mod erasure;
 mod handle;
 pub(crate) mod inventory;
+mod key_state_sql;
 pub(crate) mod keys;
 mod lock;
 pub(crate) mod meta;
