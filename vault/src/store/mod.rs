@@ -8,6 +8,7 @@ mod handle;
 pub(crate) mod inventory;
 mod key_state_sql;
 pub(crate) mod keys;
+mod location;
 mod lock;
 pub(crate) mod meta;
 pub mod pg;
@@ -27,6 +28,7 @@ pub(crate) use cards::{CardRow, Inserted, NewCard};
 pub(crate) use erasure::{CompletedErasure, DeletedCard, RequestOverview};
 pub(crate) use inventory::CardShape;
 pub(crate) use keys::{DataKeyRow, SealRow, WrappedDataKey};
+pub use location::Location;
 pub use lock::{DirLock, lock_exclusive, lock_shared};
 pub use pool::ReadPool;
 pub(crate) use rewrap::SealedCard;
@@ -45,6 +47,27 @@ pub enum StoreError {
         #[source]
         source: Option<std::sync::Arc<rusqlite::Error>>,
     },
+    /// PostgreSQL reported an error, or could not be reached. The reason is the
+    /// server's message and SQLSTATE (never its DETAIL, which can quote row
+    /// values) or the connection failure; never the URL or the password.
+    #[error("PostgreSQL: {reason}")]
+    Postgres {
+        /// What failed, described.
+        reason: String,
+        /// The SQLSTATE of a server error (e.g. `40P01`), if there was one.
+        code: Option<String>,
+        /// Whether the connection (or the pool's wait for one) failed rather than
+        /// a statement: the database is down, restarting or overloaded.
+        connection: bool,
+        /// The engine's error (shared: the writer hands one failure to every job
+        /// of a batch).
+        #[source]
+        source: Option<std::sync::Arc<pg::PgError>>,
+    },
+    /// The `[storage]` configuration is missing, malformed or unreadable
+    /// (described; a URL is never quoted).
+    #[error("storage configuration: {0}")]
+    Config(String),
     /// The database was written by a newer panvault.
     #[error("database schema version {0} is newer than this build understands")]
     SchemaTooNew(i64),
@@ -85,6 +108,55 @@ impl From<rusqlite::Error> for StoreError {
                 source: Some(std::sync::Arc::new(other)),
             },
         }
+    }
+}
+
+impl From<pg::PgError> for StoreError {
+    fn from(e: pg::PgError) -> Self {
+        match e {
+            pg::PgError::SchemaTooNew { found, .. } => StoreError::SchemaTooNew(found),
+            pg::PgError::Foreign(what) => StoreError::Corrupt(what),
+            other => {
+                let code = other.sqlstate().map(str::to_owned);
+                let connection = pg_connection_lost(&other);
+                StoreError::Postgres {
+                    reason: other.to_string(),
+                    code,
+                    connection,
+                    source: Some(std::sync::Arc::new(other)),
+                }
+            }
+        }
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::from(pg::PgError::Db(e))
+    }
+}
+
+/// Whether a PostgreSQL failure means the database is out of reach now (and may
+/// come back): the connection closed or failed, the pool found none in time, the
+/// server is shutting down or starting (`57P01`–`57P03`), a connection exception
+/// (`08xxx`), too many connections (`53300`), or a deadlock or serialization
+/// failure (`40P01`, `40001`: only that transaction failed; trying again works).
+fn pg_connection_lost(e: &pg::PgError) -> bool {
+    match e {
+        pg::PgError::Pool { .. } => true,
+        pg::PgError::Db(err) => match err.code() {
+            Some(code) => {
+                let c = code.code();
+                c.starts_with("08")
+                    || c.starts_with("57P")
+                    || c == "53300"
+                    || c == "40P01"
+                    || c == "40001"
+            }
+            // No SQLSTATE: the driver's own failure (I/O, closed connection).
+            None => err.is_closed() || err.as_db_error().is_none(),
+        },
+        _ => false,
     }
 }
 
@@ -153,6 +225,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Unavailable(_) | StoreError::LockHeld(_) => true,
+            StoreError::Postgres { connection, .. } => *connection,
             StoreError::Sqlite { reason: s, .. } => {
                 s.contains("DiskFull")
                     || s.contains("ReadOnly")

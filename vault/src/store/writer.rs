@@ -271,6 +271,18 @@ fn clone_err(e: &StoreError) -> StoreError {
             reason: reason.clone(),
             source: source.clone(),
         },
+        StoreError::Postgres {
+            reason,
+            code,
+            connection,
+            source,
+        } => StoreError::Postgres {
+            reason: reason.clone(),
+            code: code.clone(),
+            connection: *connection,
+            source: source.clone(),
+        },
+        StoreError::Config(s) => StoreError::Config(s.clone()),
         StoreError::SchemaTooNew(v) => StoreError::SchemaTooNew(*v),
         StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
         StoreError::Unavailable(s) => StoreError::Unavailable(s),
