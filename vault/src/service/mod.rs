@@ -481,6 +481,7 @@ mod tests {
             metadata: Some(r#"{"order":"A-1"}"#.into()),
             created_at: 1_700_000_000,
             expires_at: None,
+            sealed_personal: None,
         }
     }
 

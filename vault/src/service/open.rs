@@ -197,7 +197,7 @@ impl Vault {
         )?;
         let reload_wanted = state.reload_wanted();
         let tokens_stored = state.dedup.stored();
-        let writer = Writer::start(conn, state, db.clone(), opts.writer.clone())?;
+        let writer = Writer::start(conn, state, Some(db.clone()), opts.writer.clone())?;
         let readers = ReadPool::new(db.clone(), opts.read_pool);
         Ok(Vault {
             inner: Arc::new(Inner {

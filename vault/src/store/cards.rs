@@ -26,6 +26,10 @@ pub(crate) struct CardRow {
     pub(crate) metadata: Option<String>,
     pub(crate) created_at: i64,
     pub(crate) expires_at: Option<i64>,
+    /// PostgreSQL only: the subject and metadata sealed under the record's data
+    /// key (the engine holds no personal data in clear; `subject` and `metadata`
+    /// stay `None` until the service opens this).
+    pub(crate) sealed_personal: Option<Vec<u8>>,
 }
 
 /// The columns [`CardRow::from_sql`] reads, in order.
@@ -51,6 +55,7 @@ impl CardRow {
             created_at: r.get(13)?,
             expires_at: r.get(14)?,
             id: r.get(15)?,
+            sealed_personal: None,
         })
     }
 }

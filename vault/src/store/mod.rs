@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 pub use handle::{OpenTx, Reader, Session, Tx};
+pub(crate) use handle::SealedPersonal;
 // The rows the handles take and return: plain data, the same for every engine.
 pub(crate) use cards::{CardRow, Inserted, NewCard};
 pub(crate) use erasure::{CompletedErasure, DeletedCard, RequestOverview};
@@ -68,6 +69,12 @@ pub enum StoreError {
     /// (described; a URL is never quoted).
     #[error("storage configuration: {0}")]
     Config(String),
+    /// The database holds no vault (PostgreSQL: no panvault schema yet).
+    #[error("the database holds no panvault vault; run `panvault init` first")]
+    NoVault,
+    /// The operation has no meaning on this engine.
+    #[error("not available on this storage engine: {0}")]
+    Unsupported(&'static str),
     /// The database was written by a newer panvault.
     #[error("database schema version {0} is newer than this build understands")]
     SchemaTooNew(i64),
@@ -525,7 +532,9 @@ impl WalBound {
     /// Call after each commit. Never fails the caller's work: a checkpoint that
     /// cannot run now is tried again later.
     pub fn after_commit(&mut self, session: &mut Session) {
-        let conn = session.conn_mut();
+        let Some(conn) = session.conn_mut() else {
+            return;
+        };
         if self.not_before.is_some_and(|t| Instant::now() < t) {
             return;
         }

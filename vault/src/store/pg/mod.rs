@@ -10,6 +10,7 @@ pub mod cards;
 mod connect;
 mod pool;
 pub mod schema;
+pub(crate) mod session;
 mod settings;
 
 use std::path::PathBuf;
