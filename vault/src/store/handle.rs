@@ -349,6 +349,22 @@ impl Reader<'_> {
         on!(self, c => inventory::masking_shape(c), p => pg::inventory::masking_shape(p))
     }
 
+    /// One round trip to the database (SQLite: a trivial read).
+    pub(crate) fn ping(&self) -> Result<(), StoreError> {
+        on!(self, c => c.query_row("SELECT 1", [], |_| Ok(())).map_err(StoreError::from),
+            p => p.simple_query("").map(|_| ()).map_err(pg::PgError::from))
+    }
+
+    /// PostgreSQL: `VACUUM`s the tables deletes leave dead row versions in (see
+    /// [`Session::scrub_wal`]). SQLite truncates its WAL instead
+    /// ([`super::scrub_wal`]).
+    pub(crate) fn vacuum(&self) -> Result<(), StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Err(StoreError::Unsupported("VACUUM of a read connection (SQLite)")),
+            Eng::Pg(conn) => conn.vacuum(),
+        }
+    }
+
     // --- audit log
     pub(crate) fn load_audit_chain(&self) -> Result<AuditChain, AuditError> {
         match self.eng() {
@@ -838,7 +854,11 @@ impl Session {
         }
     }
 
-    fn begin_pg(&self, c: &PgConn, lock: KeyLock, wait: Option<Duration>) -> Result<OpenTx<'_>, StoreError> {
+    fn begin_pg(
+        c: &PgConn,
+        lock: KeyLock,
+        wait: Option<Duration>,
+    ) -> Result<OpenTx<'_>, StoreError> {
         c.reconnect_if_closed()?;
         c.begin(lock, wait)?;
         Ok(OpenTx {
@@ -856,7 +876,7 @@ impl Session {
             SessionConn::Sqlite(c) => Ok(OpenTx {
                 tx: OpenKind::Sqlite(Transaction::new_unchecked(c, TransactionBehavior::Deferred)?),
             }),
-            SessionConn::Pg(c) => self.begin_pg(c, KeyLock::None, None),
+            SessionConn::Pg(c) => Session::begin_pg(c, KeyLock::None, None),
         }
     }
 
@@ -869,7 +889,7 @@ impl Session {
             SessionConn::Sqlite(c) => Ok(OpenTx {
                 tx: OpenKind::Sqlite(Transaction::new_unchecked(c, TransactionBehavior::Immediate)?),
             }),
-            SessionConn::Pg(c) => self.begin_pg(c, KeyLock::Exclusive, Some(super::LOCK_WAIT)),
+            SessionConn::Pg(c) => Session::begin_pg(c, KeyLock::Exclusive, Some(super::LOCK_WAIT)),
         }
     }
 
@@ -885,10 +905,10 @@ impl Session {
         let c = match &self.conn {
             SessionConn::Sqlite(c) => c,
             SessionConn::Pg(c) => {
-                return match self.begin_pg(c, KeyLock::Exclusive, Some(Duration::from_millis(100))) {
+                return match Session::begin_pg(c, KeyLock::Exclusive, Some(Duration::from_millis(100))) {
                     Err(StoreError::LockHeld(_)) => {
                         on_busy();
-                        self.begin_pg(c, KeyLock::Exclusive, Some(wait))
+                        Session::begin_pg(c, KeyLock::Exclusive, Some(wait))
                             .map_err(|e| match e {
                                 StoreError::LockHeld(_) => StoreError::LockHeld(wait.as_secs()),
                                 other => other,

@@ -2,18 +2,18 @@
 //! that commits concurrently submitted work together (group commit), and a pool of
 //! read connections. This module sees only sealed records, never card numbers.
 
-pub(crate) mod cards;
-pub(crate) mod erasure;
+pub mod cards;
+pub mod erasure;
 mod handle;
-pub(crate) mod inventory;
+pub mod inventory;
 mod key_state_sql;
-pub(crate) mod keys;
+pub mod keys;
 mod location;
 mod lock;
-pub(crate) mod meta;
+pub mod meta;
 pub mod pg;
 mod pool;
-pub(crate) mod rewrap;
+pub mod rewrap;
 pub mod schema;
 mod writer;
 
@@ -25,14 +25,14 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 pub use handle::{OpenTx, Reader, Session, Tx};
 pub(crate) use handle::SealedPersonal;
 // The rows the handles take and return: plain data, the same for every engine.
-pub(crate) use cards::{CardRow, Inserted, NewCard};
-pub(crate) use erasure::{CompletedErasure, DeletedCard, RequestOverview};
-pub(crate) use inventory::CardShape;
-pub(crate) use keys::{DataKeyRow, SealRow, WrappedDataKey};
+pub use cards::{CardRow, Inserted, NewCard};
+pub use erasure::{CompletedErasure, DeletedCard, RequestOverview};
+pub use inventory::CardShape;
+pub use keys::{DataKeyRow, SealRow, WrappedDataKey};
 pub use location::Location;
 pub use lock::{DirLock, lock_exclusive, lock_shared};
 pub use pool::ReadPool;
-pub(crate) use rewrap::SealedCard;
+pub use rewrap::SealedCard;
 pub use writer::{Completion, Job, JobOutcome, Writer, WriterConfig, WriterState};
 
 /// A storage failure. Messages carry SQLite's error class, never SQL parameters.

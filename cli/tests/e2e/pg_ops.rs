@@ -1,0 +1,642 @@
+//! The PostgreSQL twins of the store's SQLite functions (`store::pg::{meta, keys,
+//! cards, rewrap, erasure, inventory}`) against a real server the harness starts.
+//! Each test runs the SQLite function and its twin on the same inputs, one call
+//! after the other, and compares the results: that is what makes them twins. The
+//! deliberate differences (a subject's keyed hash instead of the subject, sealed
+//! metadata instead of clear) are mapped explicitly. No card number is involved:
+//! the rows are made up and "sealed".
+
+use panvault_vault::KeyState;
+use panvault_vault::core::kdf::KdfParams;
+use panvault_vault::store::pg::cards::PgCardRow;
+use panvault_vault::store::pg::{self, PgClient, PgError, PgSettings, schema};
+use panvault_vault::store::{self, CardRow, CompletedErasure, Inserted, NewCard, SealRow};
+use rusqlite::Connection;
+
+use crate::util::postgres::PgServer;
+
+const NOW: i64 = 1_750_000_000;
+
+/// One SQLite vault database and one migrated PostgreSQL database, side by side.
+struct Both {
+    s: Connection,
+    p: PgClient,
+    _dir: tempfile::TempDir,
+    _pg: PgServer,
+}
+
+fn both(test: &str) -> Option<Both> {
+    let pg = PgServer::start(test)?;
+    let mut p = pg::connect(&PgSettings::from_url(&pg.url("disable")).unwrap()).unwrap();
+    schema::migrate(&mut p).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = store::open_writer(&dir.path().join("vault.db"), true).unwrap();
+    Some(Both {
+        s,
+        p,
+        _dir: dir,
+        _pg: pg,
+    })
+}
+
+/// Runs the SQLite function and its twin; both must succeed with equal results.
+macro_rules! same {
+    ($b:ident, $m:ident :: $f:ident ( $($arg:expr),* )) => {{
+        let s = store::$m::$f(&$b.s $(, $arg)*).unwrap();
+        let p = pg::$m::$f(&mut $b.p $(, $arg)*).unwrap();
+        assert_eq!(s, p, "{} differs", stringify!($m::$f));
+        s
+    }};
+}
+
+/// The test's stand-in for the keyed subject hash (the service's is an HMAC).
+fn hash(subject: &str) -> Vec<u8> {
+    subject.bytes().rev().map(|b| b ^ 0x5a).collect()
+}
+
+fn card<'a>(
+    token: &'a str,
+    tenant: &'a str,
+    subject: Option<&'a str>,
+    exp_year: u16,
+    expires_at: Option<i64>,
+) -> NewCard<'a> {
+    NewCard {
+        token,
+        tenant,
+        key_version: 1,
+        nonce: &[7; 12],
+        ciphertext: &[9; 32],
+        fingerprint: token.as_bytes(),
+        brand: "visa",
+        bin: "424242",
+        last4: "4242",
+        exp_month: 6,
+        exp_year,
+        subject,
+        metadata: Some("{\"order\":\"1\"}"),
+        created_at: NOW - 10,
+        expires_at,
+    }
+}
+
+/// Inserts `c` into both, the subject hashed and the metadata "sealed" on
+/// PostgreSQL; both give the row the same id.
+fn insert(b: &mut Both, c: &NewCard<'_>) -> i64 {
+    let s = store::cards::insert(&b.s, c).unwrap();
+    let sealed = c.metadata.map(hash);
+    let p = pg::cards::insert(
+        &mut b.p,
+        c,
+        c.subject.map(hash).as_deref(),
+        sealed.as_deref(),
+    )
+    .unwrap();
+    assert_eq!(s, p);
+    let Inserted::Row(id) = s else {
+        panic!("insert refused");
+    };
+    id
+}
+
+/// The columns both tables hold (the subject as its hash).
+type Common = (
+    (i64, String, String, i64, Vec<u8>, Vec<u8>, Vec<u8>),
+    (
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        Option<Vec<u8>>,
+        i64,
+        Option<i64>,
+    ),
+);
+
+/// A SQLite row as PostgreSQL must hold it: subject hashed, metadata left out
+/// (compared separately, sealed).
+fn from_sqlite(r: CardRow) -> Common {
+    (
+        (
+            r.id,
+            r.token,
+            r.tenant,
+            i64::from(r.key_version),
+            r.nonce,
+            r.ciphertext,
+            r.fingerprint,
+        ),
+        (
+            r.brand,
+            r.bin,
+            r.last4,
+            r.exp_month,
+            r.exp_year,
+            r.subject.as_deref().map(hash),
+            r.created_at,
+            r.expires_at,
+        ),
+    )
+}
+
+fn from_pg(r: PgCardRow) -> Common {
+    (
+        (
+            r.id,
+            r.token,
+            r.tenant,
+            r.key_version,
+            r.nonce,
+            r.ciphertext,
+            r.fingerprint,
+        ),
+        (
+            r.brand,
+            r.bin,
+            r.last4,
+            r.exp_month,
+            r.exp_year,
+            r.subject_hash,
+            r.created_at,
+            r.expires_at,
+        ),
+    )
+}
+
+fn same_card(b: &mut Both, token: &str, tenant: &str) -> Option<Common> {
+    let s = store::cards::by_token(&b.s, token, tenant)
+        .unwrap()
+        .map(from_sqlite);
+    let p = pg::cards::by_token(&mut b.p, token, tenant)
+        .unwrap()
+        .map(from_pg);
+    assert_eq!(s, p, "row of {token} in {tenant}");
+    s
+}
+
+/// An error and its causes, as displayed.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+#[test]
+fn pg_ops_meta_and_keys_are_twins_and_refuse_corrupt_rows() {
+    let Some(mut b) = both("pg_ops_meta_and_keys_are_twins_and_refuse_corrupt_rows") else {
+        return;
+    };
+    // meta
+    same!(b, meta::get("vault_id"));
+    same!(b, meta::key_epoch());
+    same!(b, meta::bump_key_epoch());
+    assert_eq!(same!(b, meta::key_epoch()).as_deref(), Some("1"));
+    same!(b, meta::set("vault_id", "v-1"));
+    same!(b, meta::set("vault_id", "v-2"));
+    same!(b, meta::set("key_epoch", "41"));
+    same!(b, meta::bump_key_epoch());
+    assert_eq!(same!(b, meta::key_epoch()).as_deref(), Some("42"));
+    assert_eq!(same!(b, meta::get("vault_id")).as_deref(), Some("v-2"));
+
+    // the seal: a passphrase seal, then replaced by a share seal
+    assert_eq!(same!(b, keys::read_seal()), None);
+    let pass = SealRow {
+        method: "passphrase".into(),
+        kdf: Some(KdfParams::MINIMUM),
+        salt: Some(vec![7; 16]),
+        shares: None,
+        sealed_root: vec![1, 2, 3],
+        root_created_at: 10,
+        generation: 2,
+    };
+    same!(b, keys::write_seal(&pass));
+    assert_eq!(same!(b, keys::read_seal()), Some(pass));
+    let shares = SealRow {
+        method: "shamir".into(),
+        kdf: None,
+        salt: None,
+        shares: Some((5, 3)),
+        sealed_root: vec![4; 60],
+        root_created_at: 20,
+        generation: 3,
+    };
+    same!(b, keys::write_seal(&shares));
+    assert_eq!(same!(b, keys::read_seal()), Some(shares));
+
+    // data keys through their life cycle
+    assert_eq!(same!(b, keys::next_version()), 1);
+    assert_eq!(same!(b, keys::active_version()), None);
+    same!(b, keys::insert_data_key(1, b"w1", 100));
+    same!(
+        b,
+        keys::set_state_where(KeyState::Active, KeyState::DecryptOnly)
+    );
+    same!(b, keys::insert_data_key(2, b"w2", 200));
+    assert_eq!(same!(b, keys::active_version()), Some(2));
+    assert_eq!(same!(b, keys::next_version()), 3);
+    assert_eq!(same!(b, keys::key_state(1)), Some(KeyState::DecryptOnly));
+    assert_eq!(same!(b, keys::key_state(9)), None);
+    insert(&mut b, &card("t1", "shop", None, 2031, None));
+    insert(&mut b, &card("t2", "shop", None, 2031, None));
+    assert_eq!(same!(b, keys::records_under(1)), 2);
+    assert_eq!(same!(b, keys::records_under(2)), 0);
+    same!(b, keys::add_encryptions(2, 5));
+    same!(b, keys::add_encryptions(2, 1));
+    same!(b, keys::mark_retired(1, 300));
+    assert_eq!(same!(b, keys::wrapped_data_keys()).len(), 2);
+    same!(b, keys::mark_destroyed(1, 400));
+    let rows = same!(b, keys::list_data_keys());
+    assert_eq!(
+        (rows[0].state, rows[0].retired_at, rows[0].destroyed_at),
+        (KeyState::Destroyed, Some(300), Some(400))
+    );
+    assert_eq!((rows[1].encryptions, rows[0].records), (6, 2));
+    assert_eq!(
+        same!(b, keys::wrapped_data_key_bytes()),
+        vec![(2, b"w2".to_vec())]
+    );
+    same!(b, keys::rewrap_data_key(2, b"w2'"));
+    assert_eq!(same!(b, keys::wrapped_data_keys())[0].wrapped, b"w2'");
+
+    // auxiliary keys
+    same!(b, keys::insert_aux_key("fingerprint", b"a", 1));
+    same!(b, keys::insert_aux_key("audit-signing", b"s", 1));
+    same!(b, keys::insert_aux_key("fingerprint", b"a2", 2));
+    same!(b, keys::rewrap_aux_key("fingerprint", b"b"));
+    assert_eq!(same!(b, keys::read_aux_key("fingerprint")), b"b");
+    let mut s = store::keys::aux_keys(&b.s).unwrap();
+    s.sort();
+    assert_eq!(s, pg::keys::aux_keys(&mut b.p).unwrap());
+    assert!(store::keys::read_aux_key(&b.s, "missing").is_err());
+    assert!(pg::keys::read_aux_key(&mut b.p, "missing").is_err());
+
+    // Corrupt rows are errors, never defaults: an unknown key state (the CHECK
+    // dropped to plant it), a version past u32, a negative KDF parameter.
+    b.p.batch_execute(
+        "ALTER TABLE data_keys DROP CONSTRAINT data_keys_state_check;
+         UPDATE data_keys SET state = 'activ' WHERE version = 2;",
+    )
+    .unwrap();
+    for e in [
+        pg::keys::key_state(&mut b.p, 2).unwrap_err(),
+        pg::keys::list_data_keys(&mut b.p).unwrap_err(),
+        pg::keys::wrapped_data_keys(&mut b.p).unwrap_err(),
+    ] {
+        assert!(matches!(e, PgError::Db(_)), "{e:?}");
+        let text = chain(&e);
+        assert!(text.contains("unknown key state"), "{text}");
+        assert!(!text.contains("activ'"), "the stored value echoed: {text}");
+    }
+    b.p.batch_execute(
+        "INSERT INTO data_keys (version, state, created_at) VALUES (4294967296, 'retired', 0)",
+    )
+    .unwrap();
+    assert!(matches!(
+        pg::keys::next_version(&mut b.p).unwrap_err(),
+        PgError::Corrupt(_)
+    ));
+    assert!(matches!(
+        pg::keys::wrapped_data_key_bytes(&mut b.p).unwrap(),
+        v if v.len() == 1
+    ));
+    b.p.batch_execute(
+        "UPDATE seal SET method = 'passphrase', kdf_m_kib = -1, kdf_t = 1, kdf_p = 1",
+    )
+    .unwrap();
+    assert!(matches!(
+        pg::keys::read_seal(&mut b.p).unwrap_err(),
+        PgError::Corrupt(_)
+    ));
+    b.p.batch_execute("UPDATE meta SET value = 'x' WHERE key = 'key_epoch'")
+        .unwrap();
+    assert!(pg::meta::bump_key_epoch(&mut b.p).is_err());
+    assert_eq!(pg::meta::key_epoch(&mut b.p).unwrap().as_deref(), Some("x"));
+}
+
+#[test]
+fn pg_ops_cards_and_rewrap_are_twins() {
+    let Some(mut b) = both("pg_ops_cards_and_rewrap_are_twins") else {
+        return;
+    };
+    let a = insert(&mut b, &card("t1", "shop", Some("cust-1"), 2031, None));
+    let c = insert(&mut b, &card("t2", "shop", None, 2031, Some(NOW + 100)));
+    let d = insert(&mut b, &card("t1", "other", Some("cust-2"), 2031, None));
+    // A taken token in the same tenant is reported alike.
+    let taken = card("t1", "shop", None, 2031, None);
+    assert_eq!(
+        store::cards::insert(&b.s, &taken).unwrap(),
+        pg::cards::insert(&mut b.p, &taken, None, None).unwrap()
+    );
+    assert_eq!(same!(b, cards::count()), 3);
+    for (token, tenant) in [
+        ("t1", "shop"),
+        ("t2", "shop"),
+        ("t1", "other"),
+        ("t2", "other"),
+    ] {
+        same_card(&mut b, token, tenant);
+    }
+    for (id, token, tenant, now) in [
+        (a, "t1", "shop", NOW),
+        (a, "t1", "other", NOW),
+        (d, "t1", "other", NOW),
+        (c, "t2", "shop", NOW),
+        (c, "t2", "shop", NOW + 100),
+        (a, "t2", "shop", NOW),
+        (99, "t1", "shop", NOW),
+    ] {
+        same!(b, cards::is_live(id, token, tenant, now));
+    }
+    // The dedup re-check (SQLite, by id) and lookup (PostgreSQL, by hash) agree.
+    for (id, token, tenant, subject, now) in [
+        (a, "t1", "shop", Some("cust-1"), NOW),
+        (a, "t1", "shop", None, NOW),
+        (c, "t2", "shop", None, NOW),
+        (c, "t2", "shop", None, NOW + 100),
+        (d, "t1", "other", Some("cust-2"), NOW),
+        (d, "t1", "other", Some("cust-1"), NOW),
+    ] {
+        let s = store::cards::live_dedup_row(&b.s, id, token.as_bytes(), tenant, subject, now)
+            .unwrap()
+            .map(from_sqlite);
+        let h = subject.map(hash);
+        let p = pg::cards::live_dedup_row(&mut b.p, tenant, token.as_bytes(), h.as_deref(), now)
+            .unwrap()
+            .map(from_pg);
+        assert_eq!(s, p);
+    }
+    // The dedup index's scan: the subject comes back as its hash.
+    let mut s = Vec::new();
+    store::cards::for_each_fingerprint(&b.s, |id, fp, subject| {
+        s.push((id, fp, subject.as_deref().map(hash)));
+    })
+    .unwrap();
+    let mut p = Vec::new();
+    pg::cards::for_each_fingerprint(&mut b.p, |id, fp, h| p.push((id, fp, h))).unwrap();
+    s.sort();
+    assert_eq!((s.len(), s), (3, p));
+
+    // Updates: terms (metadata sealed on PostgreSQL) and the sealed card.
+    store::cards::update_terms(&b.s, a, 1, 2033, Some("{}"), Some(NOW + 5)).unwrap();
+    pg::cards::update_terms(&mut b.p, a, 1, 2033, Some(&hash("{}")), Some(NOW + 5)).unwrap();
+    same!(b, cards::update_sealed(c, 2, &[3; 12], &[4; 40]));
+    same_card(&mut b, "t1", "shop");
+    same_card(&mut b, "t2", "shop");
+    let s = store::cards::by_token(&b.s, "t1", "shop").unwrap().unwrap();
+    let p = pg::cards::by_token(&mut b.p, "t1", "shop")
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.metadata.as_deref().map(hash), p.metadata_sealed);
+    store::cards::update_terms(&b.s, a, 1, 2033, None, None).unwrap();
+    pg::cards::update_terms(&mut b.p, a, 1, 2033, None, None).unwrap();
+    same_card(&mut b, "t1", "shop");
+
+    // rewrap: batches not under the active version, a stale write left alone.
+    assert_eq!(same!(b, rewrap::count_not_under(2)), 2);
+    assert_eq!(same!(b, rewrap::count_not_under(1)), 1);
+    let batch = same!(b, rewrap::batch_not_under(2, 1));
+    assert_eq!(batch.len(), 1);
+    let all = same!(b, rewrap::batch_not_under(2, 10));
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a, d]);
+    assert_eq!(same!(b, rewrap::update_sealed(a, 3, 2, b"n", b"c")), 0);
+    assert_eq!(same!(b, rewrap::update_sealed(a, 1, 2, b"n", b"c")), 1);
+    assert_eq!(same!(b, rewrap::update_sealed(99, 1, 2, b"n", b"c")), 0);
+    assert_eq!(same!(b, rewrap::count_not_under(2)), 1);
+    same_card(&mut b, "t1", "shop");
+    assert_eq!(same!(b, cards::count()), 3);
+}
+
+#[test]
+fn pg_ops_erasure_and_retention_are_twins() {
+    let Some(mut b) = both("pg_ops_erasure_and_retention_are_twins") else {
+        return;
+    };
+    let a = insert(&mut b, &card("a", "t", Some("s1"), 2099, None));
+    let b2 = insert(&mut b, &card("b", "t", Some("s1"), 2099, None));
+    let c = insert(&mut b, &card("c", "t", Some("s2"), 2000, None));
+    let d = insert(&mut b, &card("d", "t", Some("s3"), 2099, Some(10)));
+    let e = insert(&mut b, &card("e", "t", None, 2000, Some(10)));
+    let f = insert(&mut b, &card("f", "u", Some("s1"), 2099, None));
+    let cutoff = 2020 * 12;
+    assert_eq!(same!(b, erasure::count_past_expiry(cutoff, 100)), 2);
+    assert_eq!(same!(b, erasure::count_past_ttl_only(cutoff, 100)), 1);
+    assert_eq!(same!(b, erasure::count_past_ttl_only(cutoff, 5)), 0);
+    assert_eq!(
+        same!(b, erasure::retention_candidates(cutoff, 100)),
+        vec![c, d, e]
+    );
+    // An expired token is not deleted by the API's delete, but is by an erasure.
+    assert!(same!(b, erasure::delete_live_token("t", "d", 100)).is_empty());
+    assert_eq!(
+        same!(b, erasure::delete_token("t", "d")),
+        vec![(d, b"d".to_vec())]
+    );
+    assert!(same!(b, erasure::delete_id_past_expiry(a, cutoff)).is_empty());
+    assert_eq!(
+        same!(b, erasure::delete_id_past_expiry(c, cutoff)),
+        vec![(c, b"c".to_vec())]
+    );
+    assert!(same!(b, erasure::delete_id_past_ttl(a, 100)).is_empty());
+    assert!(same!(b, erasure::delete_id_past_ttl(e, 5)).is_empty());
+    assert_eq!(
+        same!(b, erasure::delete_id_past_ttl(e, 100)),
+        vec![(e, b"e".to_vec())]
+    );
+    // The subject: SQLite by name, PostgreSQL by its keyed hash; the other
+    // tenant's card of the same subject stays.
+    let mut s = store::erasure::delete_subject(&b.s, "t", "s1").unwrap();
+    let mut p = pg::erasure::delete_subject(&mut b.p, "t", &hash("s1")).unwrap();
+    s.sort();
+    p.sort();
+    assert_eq!(s, p);
+    assert_eq!(s, vec![(a, b"a".to_vec()), (b2, b"b".to_vec())]);
+    assert_eq!(same!(b, cards::count()), 1);
+    // The retention purge.
+    insert(&mut b, &card("g", "t", None, 2000, None));
+    let h = insert(&mut b, &card("h", "t", None, 2099, Some(50)));
+    insert(&mut b, &card("i", "t", None, 2099, Some(500)));
+    let purged = same!(b, erasure::delete_past_retention(cutoff, 100));
+    assert_eq!(purged.len(), 2);
+    assert!(purged.iter().any(|(id, _)| *id == h));
+    assert_eq!(same!(b, cards::count()), 2);
+    assert!(same!(b, erasure::delete_live_token("u", "f", NOW)) == vec![(f, b"f".to_vec())]);
+
+    // The erasure requests.
+    assert_eq!(
+        same!(b, erasure::request_overview()),
+        Some(store::RequestOverview {
+            open: vec![],
+            completed: 0
+        })
+    );
+    same!(
+        b,
+        erasure::insert_completed_request(&CompletedErasure {
+            tenant: "t",
+            subject_hash: "h1",
+            token: None,
+            at: 5,
+            tokens_erased: 2,
+            audit_seq: 1,
+        })
+    );
+    let open = same!(b, erasure::insert_open_request("t", "h2", Some("tok"), 50));
+    let open2 = same!(b, erasure::insert_open_request("t", "h3", None, 40));
+    assert_eq!((open, open2), (2, 3));
+    assert_eq!(same!(b, erasure::count_open_requests_before(45)), 1);
+    assert_eq!(same!(b, erasure::count_open_requests_before(100)), 2);
+    assert_eq!(
+        same!(b, erasure::request_overview()),
+        Some(store::RequestOverview {
+            open: vec![(open2, 40), (open, 50)],
+            completed: 1
+        })
+    );
+    assert!(same!(b, erasure::complete_request(open, 60, 1, Some(7))));
+    assert!(!same!(b, erasure::complete_request(open, 61, 1, Some(8))));
+    assert!(!same!(b, erasure::complete_request(99, 61, 1, None)));
+    assert!(same!(b, erasure::complete_request(open2, 62, 0, None)));
+    assert_eq!(same!(b, erasure::count_open_requests_before(100)), 0);
+    assert_eq!(
+        same!(b, erasure::request_overview()).map(|o| o.completed),
+        Some(3)
+    );
+}
+
+#[test]
+fn pg_ops_inventory_and_schema_are_twins() {
+    let Some(mut b) = both("pg_ops_inventory_and_schema_are_twins") else {
+        return;
+    };
+    let empty_s = store::inventory::card_shape(&b.s).unwrap();
+    let empty_p = pg::inventory::card_shape(&mut b.p).unwrap();
+    assert_eq!(
+        (
+            empty_p.cards,
+            empty_p.max_bin_len,
+            empty_p.max_fingerprint_len
+        ),
+        (0, None, None)
+    );
+    assert_eq!(
+        (empty_s.cards, empty_s.max_last4_len),
+        (empty_p.cards, empty_p.max_last4_len)
+    );
+    assert_eq!(same!(b, inventory::masking_shape()), vec![]);
+    // Format-preserving tokens of two lengths, opaque ones, one BIN of 8.
+    for (token, tenant) in [
+        ("4242420000004242", "shop"),
+        ("4242421111114242", "shop"),
+        ("424242111114242", "shop"),
+        ("tok_abc", "shop"),
+        ("tok_def", "other"),
+        ("12a4", "other"),
+    ] {
+        insert(&mut b, &card(token, tenant, None, 2031, None));
+    }
+    let mut eight = card("4242420000001111", "wide", None, 2010, None);
+    eight.bin = "42424200";
+    insert(&mut b, &eight);
+    assert_eq!(same!(b, inventory::count_cards()), 7);
+    assert_eq!(same!(b, inventory::count_expired_before(2020 * 12)), 1);
+    let shapes = same!(b, inventory::masking_shape());
+    assert_eq!(
+        shapes.iter().map(|s| s.digit_token_len).collect::<Vec<_>>(),
+        vec![None, Some(15), Some(16)]
+    );
+    assert_eq!(
+        same!(b, inventory::wrapped_key_names()),
+        Vec::<String>::new()
+    );
+    for name in ["fingerprint", "audit-signing", "Zeta"] {
+        same!(b, keys::insert_aux_key(name, b"w", 1));
+    }
+    assert_eq!(
+        same!(b, inventory::wrapped_key_names()),
+        vec!["Zeta", "audit-signing", "fingerprint"]
+    );
+
+    // The card table's shape: the same columns in the same order, except that
+    // PostgreSQL holds the subject's hash and the sealed metadata.
+    let s = store::inventory::card_shape(&b.s).unwrap();
+    let p = pg::inventory::card_shape(&mut b.p).unwrap();
+    let renamed: Vec<String> = s
+        .columns
+        .iter()
+        .map(|c| match c.as_str() {
+            "subject" => "subject_hash".to_owned(),
+            "metadata" => "metadata_sealed".to_owned(),
+            other => other.to_owned(),
+        })
+        .collect();
+    assert_eq!(renamed, p.columns);
+    assert_eq!(
+        (
+            s.cards,
+            s.max_bin_len,
+            s.max_last4_len,
+            s.max_fingerprint_len
+        ),
+        (
+            p.cards,
+            p.max_bin_len,
+            p.max_last4_len,
+            p.max_fingerprint_len
+        )
+    );
+    assert_eq!(p.max_bin_len, Some(8));
+
+    // Nothing of the SQLite schema is missing on PostgreSQL: every table with its
+    // columns, but for the documented differences (no clear subject or metadata;
+    // the erasure's residue is the vacuum there, the WAL scrub here).
+    let tables: Vec<String> = {
+        let mut st =
+            b.s.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert!(
+        tables.contains(&"erasure_requests".to_owned()),
+        "{tables:?}"
+    );
+    for table in tables {
+        let mut st =
+            b.s.prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
+                .unwrap();
+        let sqlite: Vec<String> = st
+            .query_map([&table], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: Vec<String> = sqlite
+            .into_iter()
+            .map(|c| match (table.as_str(), c.as_str()) {
+                ("cards", "subject") => "subject_hash".to_owned(),
+                ("cards", "metadata") => "metadata_sealed".to_owned(),
+                ("erasure_requests", "wal_scrubbed_at") => "vacuumed_at".to_owned(),
+                _ => c,
+            })
+            .collect();
+        let have: Vec<String> =
+            b.p.query(
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = $1
+                 ORDER BY ordinal_position",
+                &[&table],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(want, have, "table {table}");
+    }
+}
