@@ -109,3 +109,13 @@ pub(crate) fn open_reader(
         Err(e) => Err(e.into()),
     }
 }
+
+/// Whether `data_dir` names a vault (SQLite: its file exists; PostgreSQL: the
+/// database holds a vault's id).
+pub fn vault_exists(data_dir: &Path) -> Result<bool, VaultError> {
+    match open_reader(data_dir) {
+        Ok((conn, _)) => Ok(keyring::meta_get(&conn, "vault_id")?.is_some()),
+        Err(VaultError::NotInitialized(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
