@@ -4,9 +4,10 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::checkpoint::Checkpoint;
+use super::cluster::{ClusterCheckpoint, ClusterLogTx};
 use super::encoding::{self, ChainHash};
 use super::error::AuditError;
-use super::event::NewEvent;
+use super::event::{Action, Actor, NewEvent, Outcome, time_ns};
 use super::keys::SigningKey;
 use super::store::{EventRow, Insert, LogStore, LogTx};
 
@@ -280,4 +281,76 @@ fn read_head<S: LogStore + ?Sized>(store: &S) -> Result<ChainHead, AuditError> {
             .map_or(Ok(1), |c| c.id.checked_add(1).ok_or(AuditError::Overflow))?,
         last_checkpoint_time: cp.map(|c| c.time),
     })
+}
+
+/// A log shared by several nodes: this chain is one node's ([`ClusterLogTx`]).
+impl AuditChain {
+    /// Signs a cluster checkpoint: every registered node's head as `store`'s
+    /// transaction sees it, this node's being the chain's own head, and stores
+    /// it inside the caller's transaction. Idle nodes sign too (when
+    /// [`AuditChain::checkpoint_due`] says so, or on a timer: a checkpoint
+    /// anchors the other nodes' heads even when this chain has not moved).
+    ///
+    /// If this node's chain in the database is not where the in-memory head
+    /// says, or the checkpoint number is taken, the head is reloaded and it
+    /// tries once more ([`AuditError::Conflict`] after that).
+    pub fn cluster_checkpoint<S: ClusterLogTx + ?Sized>(
+        &mut self,
+        store: &S,
+        key: &SigningKey,
+        now: OffsetDateTime,
+    ) -> Result<ClusterCheckpoint, AuditError> {
+        if let Some(cp) = self.try_cluster_checkpoint(store, key, now)? {
+            return Ok(cp);
+        }
+        self.reload(store)?;
+        self.try_cluster_checkpoint(store, key, now)?
+            .ok_or(AuditError::Conflict)
+    }
+
+    fn try_cluster_checkpoint<S: ClusterLogTx + ?Sized>(
+        &mut self,
+        store: &S,
+        key: &SigningKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<ClusterCheckpoint>, AuditError> {
+        let heads = store.node_heads()?;
+        let node = store.node();
+        let Some(own) = heads.iter().find(|h| &h.node == node) else {
+            return Err(AuditError::NodeNotRegistered);
+        };
+        if own.seq != self.last_seq() || own.head != self.state.head {
+            return Ok(None);
+        }
+        let id = self.state.next_checkpoint_id;
+        let cp = ClusterCheckpoint::sign(key, node.clone(), id, heads, now)?;
+        if store.insert_cluster_checkpoint(&cp)? == Insert::Taken {
+            return Ok(None);
+        }
+        self.state.next_checkpoint_id = id.checked_add(1).ok_or(AuditError::Overflow)?;
+        self.state.since_checkpoint = 0;
+        self.state.last_checkpoint_time = Some(cp.time);
+        Ok(Some(cp))
+    }
+
+    /// Registers `store`'s node, once: adds it to the registry, appends its
+    /// `node.register` event (seq 1 of its chain, by `actor`) and signs its
+    /// first cluster checkpoint, all inside the caller's transaction. `None` if
+    /// the node was registered already (nothing written). Call it at a node's
+    /// start, before its first append.
+    pub fn register_node<S: ClusterLogTx + ?Sized>(
+        &mut self,
+        store: &S,
+        key: &SigningKey,
+        actor: Actor,
+        now: OffsetDateTime,
+    ) -> Result<Option<ClusterCheckpoint>, AuditError> {
+        if store.register_node(time_ns(now)?)? == Insert::Taken {
+            return Ok(None);
+        }
+        let event = NewEvent::new(now, actor, Action::NodeRegister, Outcome::Success)
+            .with_details(format!("node={}", store.node()));
+        self.append(store, &event)?;
+        self.cluster_checkpoint(store, key, now).map(Some)
+    }
 }
