@@ -627,7 +627,6 @@ impl<'k> ClusterVerifier<'k> {
             self.verify_node(node, &conn)?;
         }
         self.report.nodes.sort_by(|a, b| a.node.cmp(&b.node));
-        self.report.last_seq = self.report.events;
         Ok(self.report)
     }
 }

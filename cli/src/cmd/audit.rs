@@ -251,7 +251,20 @@ fn human_secs(s: u64) -> String {
 
 fn print_report(r: &VerifyReport, anchor: Option<&Checkpoint>, now: time::OffsetDateTime) {
     let mut out = io::stdout().lock();
-    let range = if r.events == 0 {
+    let range = if !r.nodes.is_empty() {
+        // A log shared by several nodes: one chain each.
+        let heads: Vec<String> = r
+            .nodes
+            .iter()
+            .map(|h| format!("{} {}", h.node, h.seq))
+            .collect();
+        format!(
+            "{} on {} (last seq {})",
+            count(r.events, "event"),
+            count(u64::try_from(r.nodes.len()).unwrap_or(u64::MAX), "node"),
+            heads.join(", ")
+        )
+    } else if r.events == 0 {
         "no events".to_owned()
     } else {
         format!(

@@ -134,7 +134,8 @@ pub struct VerifyReport {
     /// The first break, or `None` when the log is intact.
     pub problem: Option<Break>,
     /// A log of several nodes: each node's chain as verified (up to the break,
-    /// if any), by node name. Empty for a single log (SQLite's).
+    /// if any), by node name; `first_seq`, `last_seq` and `head` then stay 1,
+    /// 0 and genesis, and `last_checkpoint` `None`. Empty for a single log (SQLite's).
     pub nodes: Vec<super::cluster::NodeHead>,
 }
 
