@@ -369,3 +369,44 @@ fn an_export_not_in_the_format_is_refused_by_line() {
         "{err:?}"
     );
 }
+
+#[test]
+fn an_idle_node_signs_when_the_others_moved_and_the_interval_passed() {
+    use panvault_audit::log::CheckpointPolicy;
+    use time::Duration;
+
+    let db = Rc::new(RefCell::new(Db::default()));
+    let (a, idle) = (
+        View {
+            db: db.clone(),
+            node: NodeId::new("a").unwrap(),
+        },
+        View {
+            db: db.clone(),
+            node: NodeId::new("idle").unwrap(),
+        },
+    );
+    let mut chain_a = AuditChain::load(&a).unwrap();
+    chain_a.register_node(&a, &key(), Actor::admin("ops"), now()).unwrap();
+    let mut chain_i = AuditChain::load(&idle).unwrap();
+    chain_i.register_node(&idle, &key(), Actor::admin("ops"), now()).unwrap();
+    let policy = CheckpointPolicy {
+        every_events: 1000,
+        every: std::time::Duration::from_secs(60),
+    };
+    let later = now() + Duration::seconds(61);
+    // Nothing moved since its checkpoint: nothing to sign, however long it waits.
+    assert!(!chain_i.cluster_checkpoint_due(&idle, &policy, later).unwrap());
+    chain_a.append(&a, &event("a", 1)).unwrap();
+    // a moved: not before the interval, then yes.
+    let soon = now() + Duration::seconds(10);
+    assert!(!chain_i.cluster_checkpoint_due(&idle, &policy, soon).unwrap());
+    assert!(chain_i.cluster_checkpoint_due(&idle, &policy, later).unwrap());
+    let cp = chain_i.cluster_checkpoint(&idle, &key(), later).unwrap();
+    assert_eq!(cp.head_of(&a.node).map(|h| h.seq), Some(2));
+    assert!(!chain_i.cluster_checkpoint_due(&idle, &policy, later + Duration::seconds(120)).unwrap());
+    // a's event is anchored by the idle node alone.
+    let r = verify(&db.borrow());
+    assert!(r.is_intact(), "{r:?}");
+    assert_eq!(r.unsigned_tail, 0);
+}

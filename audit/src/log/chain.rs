@@ -4,7 +4,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::checkpoint::Checkpoint;
-use super::cluster::{ClusterCheckpoint, ClusterLogTx};
+use super::cluster::{ClusterCheckpoint, ClusterLogTx, NodeHead};
 use super::encoding::{self, ChainHash};
 use super::error::AuditError;
 use super::event::{Action, Actor, NewEvent, Outcome, time_ns};
@@ -83,6 +83,10 @@ pub struct AuditChain {
     state: ChainHead,
     /// Scratch space for the encoding (reused; not shown by `Debug`).
     buf: Vec<u8>,
+    /// On a log shared by several nodes: the heads of this node's last cluster
+    /// checkpoint, with its id (stale once the id is not the last one signed,
+    /// e.g. after a rollback).
+    signed_heads: Option<(u64, Vec<NodeHead>)>,
 }
 
 impl std::fmt::Debug for AuditChain {
@@ -99,6 +103,7 @@ impl AuditChain {
         Ok(AuditChain {
             state: read_head(store)?,
             buf: Vec::with_capacity(512),
+            signed_heads: None,
         })
     }
 
@@ -330,7 +335,37 @@ impl AuditChain {
         self.state.next_checkpoint_id = id.checked_add(1).ok_or(AuditError::Overflow)?;
         self.state.since_checkpoint = 0;
         self.state.last_checkpoint_time = Some(cp.time);
+        self.signed_heads = Some((id, cp.heads.clone()));
         Ok(Some(cp))
+    }
+
+    /// Whether this node should sign a cluster checkpoint now (on a write
+    /// batch, and on the writer's idle tick): when
+    /// [`AuditChain::checkpoint_due`] says so for its own events, or when
+    /// `policy.every` has passed since its last checkpoint and another node's
+    /// head moved since then. So an idle node keeps anchoring the others, and
+    /// signs nothing while nothing anywhere changes. One index lookup per node.
+    pub fn cluster_checkpoint_due<S: ClusterLogTx + ?Sized>(
+        &self,
+        store: &S,
+        policy: &CheckpointPolicy,
+        now: OffsetDateTime,
+    ) -> Result<bool, AuditError> {
+        if self.checkpoint_due(policy, now) {
+            return Ok(true);
+        }
+        if let Some(last) = self.state.last_checkpoint_time
+            && (now - last) < policy.every
+        {
+            return Ok(false);
+        }
+        let mut heads = store.node_heads()?;
+        heads.sort_by(|a, b| a.node.cmp(&b.node));
+        let last_id = self.state.next_checkpoint_id.saturating_sub(1);
+        Ok(match &self.signed_heads {
+            Some((id, signed)) if *id == last_id => *signed != heads,
+            _ => true,
+        })
     }
 
     /// Registers `store`'s node, once: adds it to the registry, appends its
