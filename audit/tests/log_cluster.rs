@@ -221,10 +221,16 @@ fn cluster() -> Db {
     }
     for round in 0..4u32 {
         for (v, chain) in chains.iter_mut().take(2) {
-            for i in 0..3 {
-                chain
-                    .append(v, &event(v.node.as_str(), round * 3 + i))
-                    .unwrap();
+            let name = v.node.as_str();
+            if name == "a" {
+                for i in 0..3 {
+                    chain.append(v, &event(name, round * 3 + i)).unwrap();
+                }
+            } else {
+                // b writes its batches in one call.
+                let events: Vec<NewEvent> = (0..3).map(|i| event(name, round * 3 + i)).collect();
+                let first = chain.append_all(v, &events).unwrap();
+                assert_eq!(first, 2 + u64::from(round) * 3);
             }
             chain.cluster_checkpoint(v, &key(), now()).unwrap();
         }
@@ -387,24 +393,44 @@ fn an_idle_node_signs_when_the_others_moved_and_the_interval_passed() {
         },
     );
     let mut chain_a = AuditChain::load(&a).unwrap();
-    chain_a.register_node(&a, &key(), Actor::admin("ops"), now()).unwrap();
+    chain_a
+        .register_node(&a, &key(), Actor::admin("ops"), now())
+        .unwrap();
     let mut chain_i = AuditChain::load(&idle).unwrap();
-    chain_i.register_node(&idle, &key(), Actor::admin("ops"), now()).unwrap();
+    chain_i
+        .register_node(&idle, &key(), Actor::admin("ops"), now())
+        .unwrap();
     let policy = CheckpointPolicy {
         every_events: 1000,
         every: std::time::Duration::from_secs(60),
     };
     let later = now() + Duration::seconds(61);
     // Nothing moved since its checkpoint: nothing to sign, however long it waits.
-    assert!(!chain_i.cluster_checkpoint_due(&idle, &policy, later).unwrap());
+    assert!(
+        !chain_i
+            .cluster_checkpoint_due(&idle, &policy, later)
+            .unwrap()
+    );
     chain_a.append(&a, &event("a", 1)).unwrap();
     // a moved: not before the interval, then yes.
     let soon = now() + Duration::seconds(10);
-    assert!(!chain_i.cluster_checkpoint_due(&idle, &policy, soon).unwrap());
-    assert!(chain_i.cluster_checkpoint_due(&idle, &policy, later).unwrap());
+    assert!(
+        !chain_i
+            .cluster_checkpoint_due(&idle, &policy, soon)
+            .unwrap()
+    );
+    assert!(
+        chain_i
+            .cluster_checkpoint_due(&idle, &policy, later)
+            .unwrap()
+    );
     let cp = chain_i.cluster_checkpoint(&idle, &key(), later).unwrap();
     assert_eq!(cp.head_of(&a.node).map(|h| h.seq), Some(2));
-    assert!(!chain_i.cluster_checkpoint_due(&idle, &policy, later + Duration::seconds(120)).unwrap());
+    assert!(
+        !chain_i
+            .cluster_checkpoint_due(&idle, &policy, later + Duration::seconds(120))
+            .unwrap()
+    );
     // a's event is anchored by the idle node alone.
     let r = verify(&db.borrow());
     assert!(r.is_intact(), "{r:?}");

@@ -158,6 +158,58 @@ impl AuditChain {
         Ok(Some(seq))
     }
 
+    /// Appends `events` in order inside the caller's transaction, stored in one
+    /// call ([`LogTx::insert_events`]), and returns the seq of the first (the
+    /// others follow it). As [`AuditChain::append`]: the head moves on at once,
+    /// and a taken first seq reloads the head and tries once more.
+    pub fn append_all<S: LogTx + ?Sized>(
+        &mut self,
+        store: &S,
+        events: &[NewEvent],
+    ) -> Result<u64, AuditError> {
+        for ev in events {
+            ev.validate()?;
+        }
+        if let Some(first) = self.try_append_all(store, events)? {
+            return Ok(first);
+        }
+        self.reload(store)?;
+        self.try_append_all(store, events)?
+            .ok_or(AuditError::Conflict)
+    }
+
+    fn try_append_all<S: LogTx + ?Sized>(
+        &mut self,
+        store: &S,
+        events: &[NewEvent],
+    ) -> Result<Option<u64>, AuditError> {
+        let first = self.state.next_seq;
+        let (mut seq, mut prev_hash) = (first, self.state.head);
+        let mut rows = Vec::with_capacity(events.len());
+        for event in events {
+            event.encode(seq, &mut self.buf)?;
+            let hash = encoding::chain_hash(&prev_hash, &self.buf);
+            rows.push(EventRow {
+                seq,
+                event,
+                prev_hash,
+                hash,
+            });
+            (seq, prev_hash) = (seq.checked_add(1).ok_or(AuditError::Overflow)?, hash);
+        }
+        if rows.is_empty() {
+            return Ok(Some(first));
+        }
+        if store.insert_events(&rows)? == Insert::Taken {
+            return Ok(None);
+        }
+        let n = u64::try_from(rows.len()).map_err(|_| AuditError::Overflow)?;
+        self.state.next_seq = seq;
+        self.state.head = prev_hash;
+        self.state.since_checkpoint = self.state.since_checkpoint.saturating_add(n);
+        Ok(Some(first))
+    }
+
     /// The state to put back with [`AuditChain::restore`] if the transaction fails.
     pub fn snapshot(&self) -> ChainHead {
         self.state

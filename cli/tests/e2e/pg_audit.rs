@@ -64,16 +64,15 @@ fn register(c: &mut PgClient, name: &str) -> AuditChain {
     chain
 }
 
-/// One write batch of a node: `n` events, and a cluster checkpoint if `sign`,
+/// One write batch of a node: `n` events (in one statement), and a cluster checkpoint if `sign`,
 /// in one transaction run as the engine runs it (BEGIN/COMMIT on a plain client).
 fn batch(c: &mut PgClient, name: &str, chain: &mut AuditChain, first: u32, n: u32, sign: bool) {
     let before = chain.snapshot();
     c.batch_execute("BEGIN").unwrap();
     let log = PgLog::new(c, node(name));
     let done: Result<(), AuditError> = (|| {
-        for i in first..first + n {
-            chain.append(&log, &event(name, i))?;
-        }
+        let events: Vec<NewEvent> = (first..first + n).map(|i| event(name, i)).collect();
+        chain.append_all(&log, &events)?;
         if sign {
             chain.cluster_checkpoint(&log, &key(), OffsetDateTime::now_utc())?;
         }

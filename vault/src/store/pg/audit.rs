@@ -245,6 +245,69 @@ impl<C: GenericClient> LogTx for PgLog<'_, C> {
         Ok(inserted(n))
     }
 
+    /// All rows in one statement (one round trip): `unnest` over one array
+    /// per column.
+    fn insert_events(&self, rows: &[EventRow<'_>]) -> Result<Insert, AuditError> {
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut times = Vec::with_capacity(rows.len());
+        let mut text: [Vec<Option<&str>>; 11] = Default::default();
+        let mut prev = Vec::with_capacity(rows.len());
+        let mut hashes = Vec::with_capacity(rows.len());
+        for row in rows {
+            seqs.push(to_i64(row.seq)?);
+            times.push(row.time_ns()?);
+            for (column, value) in text.iter_mut().zip(row.text_columns()) {
+                column.push(value);
+            }
+            prev.push(&row.prev_hash.0[..]);
+            hashes.push(&row.hash.0[..]);
+        }
+        let [
+            actor,
+            actor_fp,
+            action,
+            tenant,
+            token,
+            purpose,
+            outcome,
+            code,
+            request_id,
+            peer,
+            details,
+        ] = &text;
+        let n = self.execute(
+            "INSERT INTO audit_events (node, seq, time_ns, actor, actor_fp, action, tenant, \
+             token, purpose, outcome, code, request_id, peer, details, prev_hash, hash) \
+             SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+             $12::text[], $13::text[], $14::text[], $15::bytea[], $16::bytea[]) \
+             ON CONFLICT DO NOTHING",
+            &[
+                &self.node.as_str(),
+                &seqs,
+                &times,
+                actor,
+                actor_fp,
+                action,
+                tenant,
+                token,
+                purpose,
+                outcome,
+                code,
+                request_id,
+                peer,
+                details,
+                &prev,
+                &hashes,
+            ],
+        )?;
+        match usize::try_from(n) {
+            Ok(0) if !rows.is_empty() => Ok(Insert::Taken),
+            Ok(n) if n == rows.len() => Ok(Insert::Done),
+            _ => Err(AuditError::Conflict),
+        }
+    }
+
     /// Refused: on a shared log every checkpoint is a cluster checkpoint
     /// (`AuditChain::cluster_checkpoint`).
     fn insert_checkpoint(&self, _: &Checkpoint) -> Result<Insert, AuditError> {
