@@ -38,6 +38,13 @@ async fn tokenize(sf: &Client, card: &str) -> (u16, String, u64) {
     }
 }
 
+/// `panvault serve` for `v` as node `name` of the shared audit log.
+async fn node(v: &BinVault, name: &str) -> ServeProcess {
+    let mut cmd = tokio::process::Command::new(util::panvault_bin());
+    cmd.args(v.serve_args()).env("PANVAULT_NODE", name);
+    ServeProcess::spawn(cmd).await.unwrap()
+}
+
 async fn assert_detokenizes(payments: &Client, token: &str, card: &str) {
     let d = payments.detokenize(token, "check").await;
     assert_eq!(d.status, 200, "{}", d.text());
@@ -59,8 +66,8 @@ async fn pg_nodes_share_tokens_dedup_across_nodes_and_follow_a_key_rotation() {
         let tmp = tempfile::tempdir().unwrap();
         let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
         assert!(!v.db().exists(), "the vault must not be in SQLite");
-        let a = ServeProcess::start(&v).await.unwrap();
-        let b = ServeProcess::start(&v).await.unwrap();
+        let a = node(&v, "node-a").await;
+        let b = node(&v, "node-b").await;
         let (sf_a, sf_b) = (
             v.client(a.addr, "storefront"),
             v.client(b.addr, "storefront"),

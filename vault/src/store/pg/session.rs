@@ -17,7 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::Duration;
 
-use panvault_audit::log::AuditError;
+use panvault_audit::log::{AuditError, MAX_NODE_LEN, NodeId};
 
 use super::{PgError, PgLog, PgPool, PooledClient};
 use crate::store::StoreError;
@@ -92,7 +92,7 @@ impl PgConn {
         let in_use = || AuditError::Storage(Box::new(in_use()));
         let mut guard = self.client.try_borrow_mut().map_err(|_| in_use())?;
         let client: &mut postgres::Client = guard.as_mut().ok_or_else(in_use)?;
-        let r = blocking(|| f(&PgLog::new(client)));
+        let r = blocking(|| f(&PgLog::new(client, node_id())));
         if r.is_err() {
             self.failed.set(true);
         }
@@ -227,6 +227,43 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
         }
         _ => f(),
     }
+}
+
+/// This process's node id in the shared audit log (one chain per node): the
+/// environment's `PANVAULT_NODE`, else the host name, lowercased, with anything
+/// outside `a-z 0-9 . _ -` as `-` (admin commands on a node's host append to
+/// that node's chain, as an admin command and the server share one log on
+/// SQLite: a sequence number taken by the other makes the chain reload).
+pub fn node_id() -> NodeId {
+    static NODE: std::sync::OnceLock<NodeId> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| {
+        let raw = std::env::var("PANVAULT_NODE")
+            .ok()
+            .filter(|n| !n.trim().is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .unwrap_or_default();
+        let name: String = raw
+            .trim()
+            .chars()
+            .map(|c| c.to_ascii_lowercase())
+            .map(|c| {
+                if c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(MAX_NODE_LEN)
+            .collect();
+        NodeId::new(name)
+            .unwrap_or_else(|_| NodeId::new("node").unwrap_or_else(|_| unreachable_node()))
+    })
+    .clone()
+}
+
+#[allow(clippy::panic)] // "node" is a valid node id: checked by a test
+fn unreachable_node() -> NodeId {
+    panic!("\"node\" is not a valid node id")
 }
 
 /// Which key lock a transaction takes.
