@@ -344,3 +344,89 @@ async fn pg_nodes_one_killed_under_load_the_other_serves_and_nothing_acknowledge
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_nodes_store_no_personal_data_in_clear_and_keep_it_readable_across_key_destruction() {
+    let Some(pg) = PgServer::start(
+        "pg_nodes_store_no_personal_data_in_clear_and_keep_it_readable_across_key_destruction",
+    ) else {
+        return;
+    };
+    util::within(Duration::from_secs(300), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let a = node(&v, "node-a").await;
+        let sf = v.client(a.addr, "storefront");
+        let pay = v.client(a.addr, "payments");
+        let (subject, order) = ("cust-clear-7731", "ORD-clear-5519");
+        let card = cards::fresh();
+        let body = |card: &str| {
+            serde_json::json!({"card": {"number": card, "exp_month": 12,
+                "exp_year": util::this_year() + 4}, "subject": subject,
+                "metadata": {"order": order}})
+        };
+        let r = sf.post("/v1/tokens", &body(&card)).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let token = r.json()["token"].as_str().unwrap().to_owned();
+        // Same card and subject: the same token (the dedup lookup by the subject's hash).
+        let again = sf.post("/v1/tokens", &body(&card)).await;
+        assert_eq!(again.json()["token"], token.as_str(), "{}", again.text());
+
+        // Nothing of the subject or the metadata is in the table in clear.
+        let settings = panvault_vault::store::pg::PgSettings::from_url(&pg.url("disable")).unwrap();
+        let rows = tokio::task::block_in_place(|| {
+            let mut c = panvault_vault::store::pg::connect(&settings).unwrap();
+            c.query("SELECT cards::text FROM cards", &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(rows.len(), 1);
+        for needle in [
+            subject,
+            order,
+            &hex(subject.as_bytes())[..],
+            &hex(order.as_bytes())[..],
+        ] {
+            assert!(!rows[0].contains(needle), "{needle:?} stored in clear");
+        }
+
+        // Rotate, rewrap, retire and destroy v1: the subject and metadata still read.
+        for args in [
+            &["keys", "rotate"][..],
+            &["keys", "rewrap", "--quiet"],
+            &["keys", "retire", "--version", "1"],
+            &["keys", "destroy", "--version", "1"],
+        ] {
+            let out = v.run(args, true, LIMIT).await;
+            assert!(out.success(), "{args:?}: {}", out.stderr);
+        }
+        let m = sf.get(&format!("/v1/tokens/{token}")).await;
+        assert_eq!(m.status, 200, "{}", m.text());
+        let j = m.json();
+        assert_eq!(
+            (j["subject"].as_str(), j["metadata"]["order"].as_str()),
+            (Some(subject), Some(order))
+        );
+        assert_eq!(j["key_version"], 2);
+        assert_detokenizes(&pay, &token, &card).await;
+
+        // Erasure by subject finds the card by the subject's hash.
+        let e = sf
+            .post(
+                &format!("/v1/subjects/{subject}/erase"),
+                &serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(e.status, 200, "{}", e.text());
+        assert_eq!(e.json()["receipt"]["tokens_erased"], 1, "{}", e.text());
+        assert_eq!(pay.detokenize(&token, "check").await.status, 404);
+        assert!(a.terminate().await.success());
+    })
+    .await;
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
