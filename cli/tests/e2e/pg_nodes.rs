@@ -402,7 +402,12 @@ async fn pg_nodes_store_no_personal_data_in_clear_and_keep_it_readable_across_ke
             let out = v.run(args, true, LIMIT).await;
             assert!(out.success(), "{args:?}: {}", out.stderr);
         }
-        let m = sf.get(&format!("/v1/tokens/{token}")).await;
+        // A node started now holds no v1 at all.
+        let b = node(&v, "node-b").await;
+        let m = v
+            .client(b.addr, "storefront")
+            .get(&format!("/v1/tokens/{token}"))
+            .await;
         assert_eq!(m.status, 200, "{}", m.text());
         let j = m.json();
         assert_eq!(
@@ -423,6 +428,7 @@ async fn pg_nodes_store_no_personal_data_in_clear_and_keep_it_readable_across_ke
         assert_eq!(e.json()["receipt"]["tokens_erased"], 1, "{}", e.text());
         assert_eq!(pay.detokenize(&token, "check").await.status, 404);
         assert!(a.terminate().await.success());
+        assert!(b.terminate().await.success());
     })
     .await;
 }
