@@ -436,3 +436,59 @@ async fn pg_nodes_store_no_personal_data_in_clear_and_keep_it_readable_across_ke
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_nodes_init_with_postgres_records_the_engine_for_every_admin_command() {
+    let Some(pg) =
+        PgServer::start("pg_nodes_init_with_postgres_records_the_engine_for_every_admin_command")
+    else {
+        return;
+    };
+    util::within(Duration::from_secs(180), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let pass = tmp.path().join("pass");
+        std::fs::write(&pass, "init-postgres-passphrase\n").unwrap();
+        let run = |args: &[&str]| {
+            let mut cmd = tokio::process::Command::new(util::panvault_bin());
+            cmd.args(args)
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--passphrase-file")
+                .arg(&pass);
+            util::run_command(cmd, LIMIT)
+        };
+        let url = pg.url("disable");
+        let out = run(&["init", "--postgres", &url]).await;
+        assert!(out.success(), "init: {}", out.stderr);
+        let config = std::fs::read_to_string(data.join("panvault.toml")).unwrap();
+        assert!(config.contains("[storage]") && config.contains("engine = \"postgres\""));
+        assert!(!data.join("vault.db").exists(), "a SQLite file was made");
+        // Admin commands find the engine from --data-dir alone.
+        let out = run(&["keys", "list", "--json"]).await;
+        assert!(out.success(), "keys list: {}", out.stderr);
+        assert!(out.stdout.contains("\"active\""), "{}", out.stdout);
+        let out = run(&["keys", "rotate"]).await;
+        assert!(out.success(), "keys rotate: {}", out.stderr);
+        // A second init finds the vault in the database and refuses.
+        let out = run(&["init", "--postgres", &url]).await;
+        assert!(!out.success(), "a second init was accepted");
+        let mut cmd = tokio::process::Command::new(util::panvault_bin());
+        cmd.args(["audit", "verify", "--data-dir"]).arg(&data);
+        let out = util::run_command(cmd, LIMIT).await;
+        assert!(
+            out.success(),
+            "audit verify: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        // A malformed URL is described, never echoed; the password is never printed.
+        let bad = format!("mysql://panvault:{}@127.0.0.1/x", pg.password());
+        let out = run(&["init", "--postgres", &bad]).await;
+        assert!(!out.success());
+        for o in [&out.stdout, &out.stderr] {
+            assert!(!o.contains(pg.password()), "the password was printed");
+        }
+    })
+    .await;
+}
