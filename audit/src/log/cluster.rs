@@ -50,6 +50,17 @@ impl NodeId {
         Ok(NodeId(name))
     }
 
+    /// A new random id, `n-` and 16 hex digits (64 random bits), for a node
+    /// whose configuration names none. It is the node's for as long as it is
+    /// kept: a node that takes a new one at each start registers a new chain
+    /// each time, and every later checkpoint names them all.
+    pub fn generate() -> Result<NodeId, AuditError> {
+        let bytes: [u8; 8] = ring::rand::generate(&ring::rand::SystemRandom::new())
+            .map_err(|_| AuditError::Key)?
+            .expose();
+        NodeId::new(format!("n-{}", super::encoding::hex_encode(&bytes)))
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -292,6 +303,9 @@ mod tests {
         for bad in ["", "A", "node 1", "nöde", &"x".repeat(65)] {
             assert!(NodeId::new(bad).is_err(), "{bad}");
         }
+        let (a, b) = (NodeId::generate().unwrap(), NodeId::generate().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 18);
     }
 
     #[test]

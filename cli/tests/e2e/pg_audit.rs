@@ -291,6 +291,50 @@ fn small_cluster(pg: &PgServer) -> PgClient {
 }
 
 #[test]
+fn pg_audit_two_writers_of_one_node_take_turns_without_aborting() {
+    let Some(pg) = PgServer::start("pg_audit_two_writers_of_one_node_take_turns_without_aborting")
+    else {
+        return;
+    };
+    let public = key().public_key();
+    let mut a = client(&pg);
+    schema::migrate(&mut a).unwrap();
+    let mut chain_a = register(&mut a, "shared");
+    let mut b = client(&pg);
+    let mut chain_b = AuditChain::load(&PgLog::new(&mut b, node("shared"))).unwrap();
+    assert_eq!(chain_a.snapshot(), chain_b.snapshot());
+
+    // Two processes on one node id (admin commands sharing one): A appends seq
+    // 2 and holds its transaction open. B's insert of seq 2 waits for A, finds
+    // it taken without aborting B's transaction, and B reloads and writes seq 3.
+    let mut tx_a = a.transaction().unwrap();
+    let seq = chain_a
+        .append(&PgLog::new(&mut tx_a, node("shared")), &event("a", 0))
+        .unwrap();
+    assert_eq!(seq, 2);
+    let racer = std::thread::spawn(move || {
+        let mut tx = b.transaction().unwrap();
+        let log = PgLog::new(&mut tx, node("shared"));
+        let seq = chain_b.append(&log, &event("b", 0)).unwrap();
+        chain_b
+            .cluster_checkpoint(&log, &key(), OffsetDateTime::now_utc())
+            .unwrap();
+        drop(log);
+        tx.commit().unwrap();
+        seq
+    });
+    tx_a.commit().unwrap();
+    assert_eq!(
+        racer.join().unwrap(),
+        3,
+        "the loser reloads and takes the next number"
+    );
+    let e = export(&mut a, &public);
+    accepted(&e);
+    assert_eq!((e.report.events, e.report.unsigned_tail), (3, 0));
+}
+
+#[test]
 fn pg_audit_tamper_in_the_database_is_detected_and_names_the_node() {
     let Some(pg) =
         PgServer::start("pg_audit_tamper_in_the_database_is_detected_and_names_the_node")
