@@ -299,9 +299,14 @@ fn print_report(r: &VerifyReport, anchor: Option<&Checkpoint>, now: time::Offset
             .unsigned_since
             .map(|t| format!(", the oldest {} old", human(now - t)))
             .unwrap_or_default();
+        let after = if r.nodes.is_empty() {
+            "the latest checkpoint"
+        } else {
+            "the latest checkpoint naming their node"
+        };
         let _ = writeln!(
             out,
-            "unsigned tail: {} after the latest checkpoint{age}: chained, not yet signed",
+            "unsigned tail: {} after {after}{age}: chained, not yet signed",
             count(r.unsigned_tail, "event")
         );
     }

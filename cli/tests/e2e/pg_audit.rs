@@ -167,6 +167,12 @@ fn accepted(e: &Exported) {
         o.stdout,
         o.stderr
     );
+    let nodes = format!("on {} ", e.report.nodes.len());
+    assert!(
+        o.stdout.contains(&nodes),
+        "audit verify --export: {}",
+        o.stdout
+    );
     if let Some(o) = python(e) {
         assert!(
             o.success(),
