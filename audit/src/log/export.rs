@@ -344,8 +344,10 @@ fn required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D:
 ///
 /// A multi-node export (`panvault-audit-export-v3`, a log shared by several
 /// nodes) is recognised by its header and verified node by node against the
-/// cluster checkpoints (`docs/audit-log.md`, "Several nodes"); anchors are not
-/// taken for it yet ([`AuditError::Unsupported`]).
+/// cluster checkpoints (`docs/audit-log.md`, "Several nodes"); its anchors are
+/// cluster checkpoints, given to
+/// [`verify_cluster_export`](super::verify_cluster_export) (single-log ones are
+/// [`AuditError::Unsupported`] here).
 pub fn verify_export(
     mut reader: impl BufRead,
     key: &PublicKey,
@@ -361,7 +363,13 @@ pub fn verify_export(
     }
     let reader = std::io::Cursor::new(first.clone().into_bytes()).chain(reader);
     if super::cluster_export::is_cluster_header(first.trim()) {
-        return super::cluster_export::verify_cluster_export(reader, key, anchors);
+        if !anchors.is_empty() {
+            return Err(AuditError::Unsupported {
+                what: "checking a multi-node export against single-log checkpoints \
+                       (give cluster checkpoints: verify_cluster_export)",
+            });
+        }
+        return super::cluster_export::verify_cluster_export(reader, key, &[]);
     }
     let conn = Connection::open_in_memory()?;
     migrate(&conn)?;

@@ -155,17 +155,41 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
 
 fn verify(a: &VerifyArgs) -> Result<ExitCode, CliError> {
     let key = read_pubkey(&a.dir.pubkey(a.pubkey.as_deref()))?;
+    // Kept checkpoints: a single log's, or a multi-node log's cluster checkpoints.
+    let mut cluster_anchors = None;
     let anchors = match &a.checkpoint {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-            Checkpoint::parse_many(&text).map_err(|e| fail(&format!("{}", path.display()), &e))?
+            match Checkpoint::parse_many(&text) {
+                Ok(anchors) => anchors,
+                Err(e) => {
+                    cluster_anchors = Some(
+                        audit::ClusterCheckpoint::parse_many(&text)
+                            .map_err(|_| fail(&format!("{}", path.display()), &e))?,
+                    );
+                    Vec::new()
+                }
+            }
         }
         None => Vec::new(),
     };
-    let report = match &a.export {
-        Some(path) => verify_export(path, &key, &anchors)?,
-        None => {
+    let report = match (&a.export, &cluster_anchors) {
+        (Some(path), Some(kept)) => {
+            let file = File::open(path)
+                .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+            export_verified(
+                path,
+                audit::verify_cluster_export(io::BufReader::new(file), &key, kept),
+            )?
+        }
+        (None, Some(_)) => {
+            return Err(CliError::usage(
+                "cluster checkpoints anchor a multi-node export: give --export FILE".to_owned(),
+            ));
+        }
+        (Some(path), None) => verify_export(path, &key, &anchors)?,
+        (None, None) => {
             let conn = audit::open_read_only(&a.dir.db())
                 .map_err(|e| fail(&a.dir.db().display().to_string(), &e))?;
             audit::verify_against(&conn, &key, &anchors).map_err(|e| fail("audit verify", &e))?
@@ -216,7 +240,18 @@ fn verify_export(
     anchors: &[Checkpoint],
 ) -> Result<VerifyReport, CliError> {
     let file = File::open(path).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-    match audit::verify_export(io::BufReader::new(file), key, anchors) {
+    export_verified(
+        path,
+        audit::verify_export(io::BufReader::new(file), key, anchors),
+    )
+}
+
+/// The outcome of verifying the export at `path`, as the command reports it.
+fn export_verified(
+    path: &Path,
+    verified: Result<VerifyReport, AuditError>,
+) -> Result<VerifyReport, CliError> {
+    match verified {
         Ok(r) => Ok(r),
         Err(e @ AuditError::BadExport { .. }) => Err(CliError::with_code(
             format!("{}: not a verifiable audit export: {e}", path.display()),
