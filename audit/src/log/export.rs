@@ -353,15 +353,18 @@ pub fn verify_export(
     key: &PublicKey,
     anchors: &[Checkpoint],
 ) -> Result<VerifyReport, AuditError> {
-    // The header says which format follows; blank lines before it are skipped.
+    // The header says which format follows. What was read to find it (blank
+    // lines, then the header) is read again, so line numbers stay right.
+    let mut consumed = String::new();
     let mut first = String::new();
     while first.trim().is_empty() {
         first.clear();
         if reader.read_line(&mut first)? == 0 {
             break;
         }
+        consumed.push_str(&first);
     }
-    let reader = std::io::Cursor::new(first.clone().into_bytes()).chain(reader);
+    let reader = std::io::Cursor::new(consumed.into_bytes()).chain(reader);
     if super::cluster_export::is_cluster_header(first.trim()) {
         if !anchors.is_empty() {
             return Err(AuditError::Unsupported {
