@@ -436,3 +436,73 @@ fn an_idle_node_signs_when_the_others_moved_and_the_interval_passed() {
     assert!(r.is_intact(), "{r:?}");
     assert_eq!(r.unsigned_tail, 0);
 }
+
+#[test]
+fn cluster_checkpoints_kept_elsewhere_catch_a_log_cut_back_on_every_node() {
+    use panvault_audit::log::{Location, verify_cluster_export};
+
+    let db = cluster();
+    let (a, b, c) = (
+        NodeId::new("a").unwrap(),
+        NodeId::new("b").unwrap(),
+        NodeId::new("c").unwrap(),
+    );
+    // A witness file: every checkpoint a signed, as JSON lines.
+    let witness: String = db
+        .checkpoints
+        .iter()
+        .filter(|((n, _), _)| *n == a)
+        .map(|(_, cp)| cp.to_json().unwrap() + "\n")
+        .collect();
+    let kept = ClusterCheckpoint::parse_many(&witness).unwrap();
+    assert_eq!(kept.len(), 5);
+    let with = |db: &Db, kept: &[ClusterCheckpoint]| {
+        verify_cluster_export(export(db).as_slice(), &key().public_key(), kept).unwrap()
+    };
+    assert!(with(&db, &kept).is_intact());
+
+    // Every node's newest checkpoint removed, and a's events they alone
+    // covered: the log verifies on its own, not against what was kept.
+    let mut cut = db.clone();
+    for n in [&a, &b, &c] {
+        cut.checkpoints.remove(&(n.clone(), 5));
+    }
+    for seq in 11..=15 {
+        cut.events.remove(&(a.clone(), seq));
+    }
+    assert!(
+        verify(&cut).is_intact(),
+        "nothing in the log itself shows it"
+    );
+    let r = with(&cut, &kept);
+    let p = r.problem.expect("the cut went unnoticed");
+    assert_eq!((p.kind, p.location), (BreakKind::Missing, Location::Anchor));
+    assert!(p.detail.starts_with("node a:"), "{p}");
+
+    // The events cut, the checkpoints kept: the kept heads still name them.
+    let mut cut = db.clone();
+    for seq in 12..=15 {
+        cut.events.remove(&(a.clone(), seq));
+    }
+    cut.checkpoints.retain(|(n, id), _| *n == a || *id < 5);
+    let p = with(&cut, &kept).problem.expect("the cut went unnoticed");
+    assert_eq!((p.kind, p.seq), (BreakKind::Truncated, 12));
+
+    // A kept checkpoint that was altered does not verify.
+    let mut bad = kept.clone();
+    bad[4].heads[0].seq += 1;
+    let p = with(&db, &bad)
+        .problem
+        .expect("an altered anchor went unnoticed");
+    assert_eq!(
+        (p.kind, p.location),
+        (BreakKind::BadSignature, Location::Anchor)
+    );
+
+    // Single-log checkpoints are not anchors of a multi-node export.
+    let single = Checkpoint::from_columns(1, 1, &[0; 32], 0, &[0; 64]).unwrap();
+    assert!(matches!(
+        verify_export(export(&db).as_slice(), &key().public_key(), &[single]),
+        Err(AuditError::Unsupported { .. })
+    ));
+}

@@ -12,10 +12,12 @@
 //! same transaction. `docs/audit-log.md`, "Several nodes", gives the format.
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use super::checkpoint::Checkpoint;
-use super::encoding::ChainHash;
+use super::encoding::{ChainHash, hex_decode_array, hex_encode};
 use super::error::AuditError;
 use super::event::{from_time_ns, time_ns, utc};
 use super::keys::{PublicKey, SigningKey};
@@ -48,6 +50,17 @@ impl NodeId {
             });
         }
         Ok(NodeId(name))
+    }
+
+    /// A new random id, `n-` and 16 hex digits (64 random bits), for a node
+    /// whose configuration names none. It is the node's for as long as it is
+    /// kept: a node that takes a new one at each start registers a new chain
+    /// each time, and every later checkpoint names them all.
+    pub fn generate() -> Result<NodeId, AuditError> {
+        let bytes: [u8; 8] = ring::rand::generate(&ring::rand::SystemRandom::new())
+            .map_err(|_| AuditError::Key)?
+            .expose();
+        NodeId::new(format!("n-{}", super::encoding::hex_encode(&bytes)))
     }
 
     /// The name.
@@ -196,6 +209,134 @@ impl ClusterCheckpoint {
     }
 }
 
+/// The `format` of a cluster checkpoint's JSON form.
+const CLUSTER_CHECKPOINT_FORMAT: &str = "panvault-audit-cluster-checkpoint-v1";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeadJson {
+    node: String,
+    seq: u64,
+    head: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterCheckpointJson {
+    format: String,
+    node: String,
+    id: u64,
+    time: String,
+    heads: Vec<HeadJson>,
+    signature: String,
+}
+
+impl ClusterCheckpoint {
+    /// The JSON form, one line (what a node appends to its witness file):
+    /// `{"format":"panvault-audit-cluster-checkpoint-v1","node":…,"id":…,
+    /// "time":…,"heads":[{"node":…,"seq":…,"head":…}…],"signature":…}`.
+    pub fn to_json(&self) -> Result<String, AuditError> {
+        let json = ClusterCheckpointJson {
+            format: CLUSTER_CHECKPOINT_FORMAT.to_owned(),
+            node: self.node.to_string(),
+            id: self.id,
+            time: self
+                .time
+                .format(&Rfc3339)
+                .map_err(|_| AuditError::TimeOutOfRange)?,
+            heads: self
+                .heads
+                .iter()
+                .map(|h| HeadJson {
+                    node: h.node.to_string(),
+                    seq: h.seq,
+                    head: h.head.to_string(),
+                })
+                .collect(),
+            signature: hex_encode(&self.signature),
+        };
+        serde_json::to_string(&json).map_err(|_| AuditError::Parse {
+            what: "cluster checkpoint",
+        })
+    }
+
+    /// Parses the JSON form (without checking the signature).
+    pub fn from_json(text: &str) -> Result<ClusterCheckpoint, AuditError> {
+        let err = || AuditError::Parse {
+            what: "cluster checkpoint",
+        };
+        let j: ClusterCheckpointJson = serde_json::from_str(text).map_err(|_| err())?;
+        if j.format != CLUSTER_CHECKPOINT_FORMAT {
+            return Err(err());
+        }
+        Ok(ClusterCheckpoint {
+            node: NodeId::new(j.node).map_err(|_| err())?,
+            id: j.id,
+            time: OffsetDateTime::parse(&j.time, &Rfc3339)
+                .ok()
+                .and_then(|t| utc(t).ok())
+                .ok_or_else(err)?,
+            heads: j
+                .heads
+                .into_iter()
+                .map(|h| {
+                    Some(NodeHead {
+                        node: NodeId::new(h.node).ok()?,
+                        seq: h.seq,
+                        head: ChainHash::from_hex(&h.head)?,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(err)?,
+            signature: hex_decode_array(&j.signature).ok_or_else(err)?,
+        })
+    }
+
+    /// Parses a witness file of cluster checkpoints: one JSON form per line,
+    /// blank lines skipped; anything else, or no checkpoint at all, is an error.
+    pub fn parse_many(text: &str) -> Result<Vec<ClusterCheckpoint>, AuditError> {
+        let out = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(ClusterCheckpoint::from_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        if out.is_empty() {
+            return Err(AuditError::Parse {
+                what: "checkpoint file (no checkpoint in it)",
+            });
+        }
+        Ok(out)
+    }
+
+    /// Appends `checkpoints` to the witness file at `path`, one JSON line
+    /// each, synced before it returns (as [`Checkpoint::append_to_witness`]).
+    pub fn append_to_witness(
+        path: &std::path::Path,
+        checkpoints: &[ClusterCheckpoint],
+    ) -> Result<(), AuditError> {
+        if checkpoints.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for cp in checkpoints {
+            text.push_str(&cp.to_json()?);
+            text.push('\n');
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o640);
+        }
+        let mut file = opts.open(path)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_data()?;
+        Ok(())
+    }
+}
+
 /// `0x01 ‖ u32 big-endian length ‖ bytes`, as the event encoding writes a value.
 fn put_lp(out: &mut Vec<u8>, s: &str) -> Result<(), AuditError> {
     let len = u32::try_from(s.len()).map_err(|_| AuditError::Overflow)?;
@@ -292,6 +433,9 @@ mod tests {
         for bad in ["", "A", "node 1", "nöde", &"x".repeat(65)] {
             assert!(NodeId::new(bad).is_err(), "{bad}");
         }
+        let (a, b) = (NodeId::generate().unwrap(), NodeId::generate().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 18);
     }
 
     #[test]
@@ -344,5 +488,17 @@ mod tests {
         c.heads.reverse();
         assert!(c.verify(&public).is_err(), "not in canonical order");
         assert!(ClusterCheckpoint::from_columns("a", 4, 0, &[0, 0, 0], &cp.signature).is_none());
+
+        // The JSON form (a witness file's line) reads back to the same checkpoint.
+        let json = cp.to_json().unwrap();
+        assert!(json.starts_with(r#"{"format":"panvault-audit-cluster-checkpoint-v1","node":"a""#));
+        assert_eq!(ClusterCheckpoint::from_json(&json).unwrap(), cp);
+        assert_eq!(
+            ClusterCheckpoint::parse_many(&format!("{json}\n\n{json}\n"))
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(ClusterCheckpoint::parse_many("").is_err());
     }
 }

@@ -235,18 +235,18 @@ struct Mark {
     id: u64,
 }
 
-/// Verifies a multi-node export with `key` alone (see the module doc).
-pub(crate) fn verify_cluster_export(
+/// Verifies a multi-node export with `key` alone (see the module doc), against
+/// `anchors`: cluster checkpoints kept elsewhere (a witness file). Each must
+/// verify, be in the log unchanged if the log has its signer's id, and is
+/// then one more set of heads the nodes' chains must reach and match; one
+/// whose id is beyond its signer's last checkpoint in the log says the log
+/// was cut back.
+pub fn verify_cluster_export(
     reader: impl BufRead,
     key: &PublicKey,
-    anchors: &[Checkpoint],
+    anchors: &[ClusterCheckpoint],
 ) -> Result<VerifyReport, AuditError> {
-    if !anchors.is_empty() {
-        return Err(AuditError::Unsupported {
-            what: "checking a multi-node export against kept single-log checkpoints",
-        });
-    }
-    let mut v = ClusterVerifier::new(key)?;
+    let mut v = ClusterVerifier::new(key, anchors)?;
     let mut line_no = 0u64;
     let mut seen_header = false;
     for text in reader.lines() {
@@ -267,7 +267,11 @@ pub(crate) fn verify_cluster_export(
                     seen_header = true;
                     continue;
                 }
-                _ => return Err(bad("the first line must be the export's header")),
+                _ => {
+                    return Err(bad(
+                        "the first line must be the header of a multi-node export (v3)",
+                    ));
+                }
             }
         }
         v.line(parsed).map_err(|e| match e {
@@ -304,6 +308,7 @@ fn out_of_order() -> AuditError {
 
 struct ClusterVerifier<'k> {
     key: &'k PublicKey,
+    anchors: &'k [ClusterCheckpoint],
     /// Carries heads already checked under `key` through the single-log
     /// verifier, which wants signed checkpoints. It protects nothing: it
     /// exists only inside this verification, over facts verified with `key`.
@@ -321,9 +326,10 @@ struct ClusterVerifier<'k> {
 }
 
 impl<'k> ClusterVerifier<'k> {
-    fn new(key: &'k PublicKey) -> Result<Self, AuditError> {
+    fn new(key: &'k PublicKey, anchors: &'k [ClusterCheckpoint]) -> Result<Self, AuditError> {
         Ok(ClusterVerifier {
             key,
+            anchors,
             relay: SigningKey::from_seed(&[0; 32])?,
             section: Section::Nodes,
             registered: BTreeSet::new(),
@@ -525,7 +531,11 @@ impl<'k> ClusterVerifier<'k> {
             }
             *next = next.saturating_add(1);
         }
-        for cp in &self.checkpoints {
+        if let Some(b) = self.check_anchors() {
+            self.report.problem = Some(b);
+            return Ok(());
+        }
+        for cp in self.checkpoints.iter().chain(self.anchors) {
             for h in &cp.heads {
                 self.marks.entry(h.node.clone()).or_default().push(Mark {
                     seq: h.seq,
@@ -537,6 +547,72 @@ impl<'k> ClusterVerifier<'k> {
             }
         }
         Ok(())
+    }
+
+    /// The checkpoints kept elsewhere: signed, consistent with each other and
+    /// with the log, and not beyond it.
+    fn check_anchors(&self) -> Option<Break> {
+        let own_seq = |c: &ClusterCheckpoint| c.head_of(&c.node).map_or(0, |h| h.seq);
+        let anchor_break = |c: &ClusterCheckpoint, kind, detail: String| Break {
+            seq: own_seq(c),
+            kind,
+            location: Location::Anchor,
+            detail: format!("node {}: {detail}", c.node),
+        };
+        for (i, a) in self.anchors.iter().enumerate() {
+            if a.verify(self.key).is_err() {
+                return Some(anchor_break(
+                    a,
+                    BreakKind::BadSignature,
+                    format!("the given checkpoint #{} does not verify", a.id),
+                ));
+            }
+            let twin = self
+                .anchors
+                .iter()
+                .take(i)
+                .find(|b| (&b.node, b.id) == (&a.node, a.id));
+            if twin.is_some_and(|b| b != a) {
+                return Some(anchor_break(
+                    a,
+                    BreakKind::Truncated,
+                    format!(
+                        "two given checkpoints #{} differ: the log was rolled back and signed again",
+                        a.id
+                    ),
+                ));
+            }
+            match self
+                .checkpoints
+                .iter()
+                .find(|c| (&c.node, c.id) == (&a.node, a.id))
+            {
+                Some(c) if c == a => {}
+                Some(_) => {
+                    return Some(anchor_break(
+                        a,
+                        BreakKind::Truncated,
+                        format!(
+                            "its checkpoint #{} differs from the one kept elsewhere: the log \
+                             was rolled back and signed again",
+                            a.id
+                        ),
+                    ));
+                }
+                None => {
+                    return Some(anchor_break(
+                        a,
+                        BreakKind::Missing,
+                        format!(
+                            "its checkpoint #{}, kept elsewhere, is not in the log: the log \
+                             was cut back",
+                            a.id
+                        ),
+                    ));
+                }
+            }
+        }
+        None
     }
 
     /// Verifies the chain of the node being read (if any) against every head

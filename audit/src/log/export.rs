@@ -344,24 +344,35 @@ fn required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D:
 ///
 /// A multi-node export (`panvault-audit-export-v3`, a log shared by several
 /// nodes) is recognised by its header and verified node by node against the
-/// cluster checkpoints (`docs/audit-log.md`, "Several nodes"); anchors are not
-/// taken for it yet ([`AuditError::Unsupported`]).
+/// cluster checkpoints (`docs/audit-log.md`, "Several nodes"); its anchors are
+/// cluster checkpoints, given to
+/// [`verify_cluster_export`](super::verify_cluster_export) (single-log ones are
+/// [`AuditError::Unsupported`] here).
 pub fn verify_export(
     mut reader: impl BufRead,
     key: &PublicKey,
     anchors: &[Checkpoint],
 ) -> Result<VerifyReport, AuditError> {
-    // The header says which format follows; blank lines before it are skipped.
+    // The header says which format follows. What was read to find it (blank
+    // lines, then the header) is read again, so line numbers stay right.
+    let mut consumed = String::new();
     let mut first = String::new();
     while first.trim().is_empty() {
         first.clear();
         if reader.read_line(&mut first)? == 0 {
             break;
         }
+        consumed.push_str(&first);
     }
-    let reader = std::io::Cursor::new(first.clone().into_bytes()).chain(reader);
+    let reader = std::io::Cursor::new(consumed.into_bytes()).chain(reader);
     if super::cluster_export::is_cluster_header(first.trim()) {
-        return super::cluster_export::verify_cluster_export(reader, key, anchors);
+        if !anchors.is_empty() {
+            return Err(AuditError::Unsupported {
+                what: "checking a multi-node export against single-log checkpoints \
+                       (give cluster checkpoints: verify_cluster_export)",
+            });
+        }
+        return super::cluster_export::verify_cluster_export(reader, key, &[]);
     }
     let conn = Connection::open_in_memory()?;
     migrate(&conn)?;

@@ -57,7 +57,7 @@ mod verify;
 pub use chain::{AuditChain, ChainHead, CheckpointPolicy};
 pub use checkpoint::Checkpoint;
 pub use cluster::{ClusterCheckpoint, ClusterLogTx, MAX_NODE_LEN, NodeHead, NodeId};
-pub use cluster_export::{CLUSTER_EXPORT_FORMAT, ClusterExportWriter};
+pub use cluster_export::{CLUSTER_EXPORT_FORMAT, ClusterExportWriter, verify_cluster_export};
 pub use encoding::{ChainHash, ENCODING_VERSION, sha256_hex};
 pub use error::AuditError;
 pub use event::time_ns;

@@ -158,20 +158,47 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
 
 fn verify(a: &VerifyArgs) -> Result<ExitCode, CliError> {
     let key = read_pubkey(&a.dir.pubkey(a.pubkey.as_deref()))?;
+    // Kept checkpoints: a single log's, or a multi-node log's cluster checkpoints.
+    let mut cluster_anchors = None;
     let anchors = match &a.checkpoint {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-            Checkpoint::parse_many(&text).map_err(|e| fail(&format!("{}", path.display()), &e))?
+            match Checkpoint::parse_many(&text) {
+                Ok(anchors) => anchors,
+                Err(e) => {
+                    cluster_anchors = Some(
+                        audit::ClusterCheckpoint::parse_many(&text)
+                            .map_err(|_| fail(&format!("{}", path.display()), &e))?,
+                    );
+                    Vec::new()
+                }
+            }
         }
         None => Vec::new(),
     };
-    let report = match &a.export {
-        Some(path) => verify_export(path, &key, &anchors)?,
-        None if let Some(settings) = postgres_of(&a.dir.data_dir)? => {
-            verify_postgres(&settings, &key, &anchors)?
+    let report = match (&a.export, &cluster_anchors) {
+        (Some(path), Some(kept)) => {
+            let file = File::open(path)
+                .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+            export_verified(
+                path,
+                audit::verify_cluster_export(io::BufReader::new(file), &key, kept),
+            )?
         }
-        None => {
+        (None, Some(kept)) if let Some(settings) = postgres_of(&a.dir.data_dir)? => {
+            verify_postgres(&settings, |r| audit::verify_cluster_export(r, &key, kept))?
+        }
+        (None, Some(_)) => {
+            return Err(CliError::usage(
+                "cluster checkpoints anchor a multi-node export: give --export FILE".to_owned(),
+            ));
+        }
+        (Some(path), None) => verify_export(path, &key, &anchors)?,
+        (None, None) if let Some(settings) = postgres_of(&a.dir.data_dir)? => {
+            verify_postgres(&settings, |r| audit::verify_export(r, &key, &anchors))?
+        }
+        (None, None) => {
             let conn = audit::open_read_only(&a.dir.db())
                 .map_err(|e| fail(&a.dir.db().display().to_string(), &e))?;
             audit::verify_against(&conn, &key, &anchors).map_err(|e| fail("audit verify", &e))?
@@ -222,7 +249,18 @@ fn verify_export(
     anchors: &[Checkpoint],
 ) -> Result<VerifyReport, CliError> {
     let file = File::open(path).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-    match audit::verify_export(io::BufReader::new(file), key, anchors) {
+    export_verified(
+        path,
+        audit::verify_export(io::BufReader::new(file), key, anchors),
+    )
+}
+
+/// The outcome of verifying the export at `path`, as the command reports it.
+fn export_verified(
+    path: &Path,
+    verified: Result<VerifyReport, AuditError>,
+) -> Result<VerifyReport, CliError> {
+    match verified {
         Ok(r) => Ok(r),
         Err(e @ AuditError::BadExport { .. }) => Err(CliError::with_code(
             format!("{}: not a verifiable audit export: {e}", path.display()),
@@ -305,9 +343,14 @@ fn print_report(r: &VerifyReport, anchor: Option<&Checkpoint>, now: time::Offset
             .unsigned_since
             .map(|t| format!(", the oldest {} old", human(now - t)))
             .unwrap_or_default();
+        let after = if r.nodes.is_empty() {
+            "the latest checkpoint"
+        } else {
+            "the latest checkpoint naming their node"
+        };
         let _ = writeln!(
             out,
-            "unsigned tail: {} after the latest checkpoint{age}: chained, not yet signed",
+            "unsigned tail: {} after {after}{age}: chained, not yet signed",
             count(r.unsigned_tail, "event")
         );
     }
@@ -343,8 +386,7 @@ fn postgres_of(dir: &Path) -> Result<Option<PgSettings>, CliError> {
 /// a thread), never held whole. An export that fails part way fails the check.
 fn verify_postgres(
     settings: &PgSettings,
-    key: &PublicKey,
-    anchors: &[Checkpoint],
+    verify: impl FnOnce(io::BufReader<io::PipeReader>) -> Result<VerifyReport, AuditError>,
 ) -> Result<VerifyReport, CliError> {
     let shown = settings.to_string();
     let mut client = pg::connect(settings).map_err(|e| CliError::usage(format!("{shown}: {e}")))?;
@@ -353,7 +395,7 @@ fn verify_postgres(
     let (exported, verified) = std::thread::scope(|s| {
         let exporter =
             s.spawn(move || pg::audit::export_jsonl(&mut client, BufWriter::new(writer)));
-        let verified = audit::verify_export(io::BufReader::new(reader), key, anchors);
+        let verified = verify(io::BufReader::new(reader));
         (exporter.join(), verified)
     });
     match exported {

@@ -13,8 +13,8 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use panvault_audit::log::{
-    Action, Actor, AuditChain, AuditError, BreakKind, NewEvent, NodeId, Outcome, PublicKey,
-    SigningKey, VerifyReport, verify_export,
+    Action, Actor, AuditChain, AuditError, BreakKind, ClusterCheckpoint, NewEvent, NodeId, Outcome,
+    PublicKey, SigningKey, VerifyReport, verify_export,
 };
 use panvault_vault::store::pg::{self, PgClient, PgLog, PgSettings, schema};
 use time::OffsetDateTime;
@@ -66,21 +66,33 @@ fn register(c: &mut PgClient, name: &str) -> AuditChain {
 
 /// One write batch of a node: `n` events (in one statement), and a cluster checkpoint if `sign`,
 /// in one transaction run as the engine runs it (BEGIN/COMMIT on a plain client).
-fn batch(c: &mut PgClient, name: &str, chain: &mut AuditChain, first: u32, n: u32, sign: bool) {
+fn batch(
+    c: &mut PgClient,
+    name: &str,
+    chain: &mut AuditChain,
+    first: u32,
+    n: u32,
+    sign: bool,
+) -> Option<ClusterCheckpoint> {
     let before = chain.snapshot();
     c.batch_execute("BEGIN").unwrap();
     let log = PgLog::new(c, node(name));
-    let done: Result<(), AuditError> = (|| {
+    let done: Result<Option<ClusterCheckpoint>, AuditError> = (|| {
         let events: Vec<NewEvent> = (first..first + n).map(|i| event(name, i)).collect();
         chain.append_all(&log, &events)?;
         if sign {
-            chain.cluster_checkpoint(&log, &key(), OffsetDateTime::now_utc())?;
+            return chain
+                .cluster_checkpoint(&log, &key(), OffsetDateTime::now_utc())
+                .map(Some);
         }
-        Ok(())
+        Ok(None)
     })();
     drop(log);
     match done {
-        Ok(()) => c.batch_execute("COMMIT").unwrap(),
+        Ok(cp) => {
+            c.batch_execute("COMMIT").unwrap();
+            cp
+        }
         Err(e) => {
             c.batch_execute("ROLLBACK").unwrap();
             chain.restore(before);
@@ -90,8 +102,8 @@ fn batch(c: &mut PgClient, name: &str, chain: &mut AuditChain, first: u32, n: u3
 }
 
 /// An idle node's checkpoint: nothing of its own to sign, the others' heads to anchor.
-fn idle_checkpoint(c: &mut PgClient, name: &str, chain: &mut AuditChain) {
-    batch(c, name, chain, 0, 0, true);
+fn idle_checkpoint(c: &mut PgClient, name: &str, chain: &mut AuditChain) -> ClusterCheckpoint {
+    batch(c, name, chain, 0, 0, true).unwrap()
 }
 
 struct Exported {
@@ -166,6 +178,12 @@ fn accepted(e: &Exported) {
         "audit verify --export: {}{}",
         o.stdout,
         o.stderr
+    );
+    let nodes = format!("on {} ", e.report.nodes.len());
+    assert!(
+        o.stdout.contains(&nodes),
+        "audit verify --export: {}",
+        o.stdout
     );
     if let Some(o) = python(e) {
         assert!(
@@ -274,8 +292,9 @@ fn pg_audit_nodes_append_concurrently_with_checkpoints_and_the_export_verifies()
 }
 
 /// Three nodes, sequentially: a and b append and sign, c registers and signs
-/// later; a appends two events after everyone's last checkpoint.
-fn small_cluster(pg: &PgServer) -> PgClient {
+/// later; a appends two events after everyone's last checkpoint. Returns c's
+/// last checkpoint too, as a witness file would keep it.
+fn small_cluster(pg: &PgServer) -> (PgClient, ClusterCheckpoint) {
     let mut c = client(pg);
     schema::migrate(&mut c).unwrap();
     let mut a = register(&mut c, "a");
@@ -285,9 +304,53 @@ fn small_cluster(pg: &PgServer) -> PgClient {
         batch(&mut c, "b", &mut b, round * 3, 3, true);
     }
     let mut cn = register(&mut c, "c");
-    idle_checkpoint(&mut c, "c", &mut cn);
+    let kept = idle_checkpoint(&mut c, "c", &mut cn);
     batch(&mut c, "a", &mut a, 100, 2, false);
-    c
+    (c, kept)
+}
+
+#[test]
+fn pg_audit_two_writers_of_one_node_take_turns_without_aborting() {
+    let Some(pg) = PgServer::start("pg_audit_two_writers_of_one_node_take_turns_without_aborting")
+    else {
+        return;
+    };
+    let public = key().public_key();
+    let mut a = client(&pg);
+    schema::migrate(&mut a).unwrap();
+    let mut chain_a = register(&mut a, "shared");
+    let mut b = client(&pg);
+    let mut chain_b = AuditChain::load(&PgLog::new(&mut b, node("shared"))).unwrap();
+    assert_eq!(chain_a.snapshot(), chain_b.snapshot());
+
+    // Two processes on one node id (admin commands sharing one): A appends seq
+    // 2 and holds its transaction open. B's insert of seq 2 waits for A, finds
+    // it taken without aborting B's transaction, and B reloads and writes seq 3.
+    let mut tx_a = a.transaction().unwrap();
+    let seq = chain_a
+        .append(&PgLog::new(&mut tx_a, node("shared")), &event("a", 0))
+        .unwrap();
+    assert_eq!(seq, 2);
+    let racer = std::thread::spawn(move || {
+        let mut tx = b.transaction().unwrap();
+        let log = PgLog::new(&mut tx, node("shared"));
+        let seq = chain_b.append(&log, &event("b", 0)).unwrap();
+        chain_b
+            .cluster_checkpoint(&log, &key(), OffsetDateTime::now_utc())
+            .unwrap();
+        drop(log);
+        tx.commit().unwrap();
+        seq
+    });
+    tx_a.commit().unwrap();
+    assert_eq!(
+        racer.join().unwrap(),
+        3,
+        "the loser reloads and takes the next number"
+    );
+    let e = export(&mut a, &public);
+    accepted(&e);
+    assert_eq!((e.report.events, e.report.unsigned_tail), (3, 0));
 }
 
 #[test]
@@ -298,7 +361,7 @@ fn pg_audit_tamper_in_the_database_is_detected_and_names_the_node() {
         return;
     };
     let public = key().public_key();
-    let mut c = small_cluster(&pg);
+    let (mut c, _) = small_cluster(&pg);
     let e = export(&mut c, &public);
     accepted(&e);
     assert_eq!(
@@ -366,5 +429,49 @@ fn pg_audit_tamper_in_the_database_is_detected_and_names_the_node() {
         BreakKind::Truncated,
         1,
         "a node's whole history deleted",
+    );
+}
+
+#[test]
+fn pg_audit_a_log_cut_back_on_every_node_is_caught_by_a_kept_checkpoint() {
+    let Some(pg) =
+        PgServer::start("pg_audit_a_log_cut_back_on_every_node_is_caught_by_a_kept_checkpoint")
+    else {
+        return;
+    };
+    let public = key().public_key();
+    let (mut c, kept) = small_cluster(&pg);
+
+    // Every checkpoint naming a's events after seq 7 deleted with those events,
+    // and node c (registered last, named by nobody else) with all its rows: what
+    // is left verifies on its own, a's and b's later events are an unsigned tail.
+    c.batch_execute(
+        "DELETE FROM audit_events WHERE node = 'a' AND seq >= 8;
+         DELETE FROM audit_checkpoints WHERE (node IN ('a', 'b') AND id = 4) OR node = 'c';
+         DELETE FROM audit_events WHERE node = 'c';
+         DELETE FROM audit_nodes WHERE node = 'c';",
+    )
+    .unwrap();
+    let e = export(&mut c, &public);
+    accepted(&e);
+
+    // c's checkpoint, kept off the host (a witness file), catches it.
+    let witness = e.file.with_file_name("witness.jsonl");
+    ClusterCheckpoint::append_to_witness(&witness, &[kept]).unwrap();
+    let mut cmd = tokio::process::Command::new(panvault_bin());
+    cmd.current_dir(e.file.parent().unwrap())
+        .args(["audit", "verify", "--export"])
+        .arg(&e.file)
+        .arg("--pubkey")
+        .arg(&e.pubkey)
+        .arg("--checkpoint")
+        .arg(&witness);
+    let o = block_on(run_command(cmd, LIMIT));
+    assert_eq!(o.status.code(), Some(3), "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stderr
+            .contains("node c: its checkpoint #2, kept elsewhere, is not in the log"),
+        "{}",
+        o.stderr
     );
 }
