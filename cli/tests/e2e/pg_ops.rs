@@ -640,3 +640,250 @@ fn pg_ops_inventory_and_schema_are_twins() {
         assert_eq!(want, have, "table {table}");
     }
 }
+
+/// The test's stand-in for the service's sealing (the real one seals under the
+/// card's data key): a recognisable transform, so the copy can be checked.
+struct FakeProtect;
+
+impl pg::migrate::Protect for FakeProtect {
+    fn subject_hash(
+        &mut self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Vec<u8>, panvault_vault::CryptoError> {
+        Ok(hash(&format!("{tenant}/{subject}")))
+    }
+    fn seal_metadata(
+        &mut self,
+        card: &CardRow,
+        metadata: &str,
+    ) -> Result<Vec<u8>, panvault_vault::CryptoError> {
+        Ok(hash(&format!("{}/{metadata}", card.id)))
+    }
+}
+
+/// `SELECT count(*)` of a SQLite table.
+fn sqlite_count(s: &Connection, table: &str) -> u64 {
+    s.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| u64::try_from(n).unwrap())
+    .unwrap()
+}
+
+/// A real SQLite vault (cards with and without subject and metadata, two
+/// tenants, an erasure, a signed checkpoint) moved into PostgreSQL: every row
+/// arrives, the log exports and verifies with the vault's public key alone, and
+/// verifies as the SQLite log did; a second migration into it is refused.
+#[test]
+fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
+    use panvault_audit::log::{PublicKey, verify, verify_export};
+    use panvault_vault::service::erase::EraseTarget;
+    use panvault_vault::{
+        AccessContext, Admin, DataDir, SealSpec, SecretText, TokenizeRequest, Unlock, Vault,
+        system_clock,
+    };
+
+    let Some(pg) =
+        PgServer::start("pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let unlock = || Unlock::Passphrase(SecretText::new("migrate-test-passphrase".into()));
+    let spec = SealSpec {
+        unlock: unlock(),
+        kdf: KdfParams::MINIMUM,
+        shares: None,
+    };
+    drop(Vault::init(&data, &spec, &system_clock()).unwrap());
+    let ctx = AccessContext {
+        actor: "storefront".into(),
+        peer: Some("127.0.0.1:1".into()),
+        ..Default::default()
+    };
+    // The vault's service runs on tokio; the PostgreSQL client below blocks, so
+    // the vault is filled on a runtime of its own, gone before PostgreSQL is used.
+    let tokens = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let vault = Vault::open(&data, &unlock()).unwrap();
+            let mut tokens = Vec::new();
+            for i in 0..6 {
+                let mut req =
+                    TokenizeRequest::new(&crate::util::cards::fresh(), 12, 2031, vault.today())
+                        .unwrap();
+                if i % 2 == 0 {
+                    req.subject = Some(format!("cust-{}", i % 4));
+                }
+                if i % 3 == 0 {
+                    let mut m = serde_json::Map::new();
+                    m.insert("order".into(), serde_json::Value::String(format!("o-{i}")));
+                    req.metadata = Some(m);
+                }
+                let tenant = if i == 5 { "other-shop" } else { "demo-shop" };
+                tokens.push(vault.tokenize(tenant, req, &ctx).await.unwrap().token);
+            }
+            vault
+                .erase("demo-shop", EraseTarget::Token(tokens[1].clone()), &ctx)
+                .await
+                .unwrap();
+            vault
+                .erase("demo-shop", EraseTarget::Subject("cust-2".into()), &ctx)
+                .await
+                .unwrap();
+            vault.shutdown();
+            tokens
+        });
+    let mut admin = Admin::open(&data, &unlock(), system_clock()).unwrap();
+    admin.audit_checkpoint(&ctx, None).unwrap();
+    drop(admin);
+
+    let src = store::open_reader(&store::db_path(&data)).unwrap();
+    let mut dst = pg::connect(&PgSettings::from_url(&pg.url("disable")).unwrap()).unwrap();
+    let moved = pg::migrate::from_sqlite(&src, &mut dst, &mut FakeProtect).unwrap();
+    assert_eq!(moved.schema_version, schema::latest_version());
+
+    // Every row arrived (meta but for SQLite's WAL-scrub marks).
+    let scrub_marks: u64 = src
+        .query_row(
+            "SELECT count(*) FROM meta WHERE key IN (?1, ?2)",
+            [store::SCRUB_PENDING, store::SCRUBBED_AT],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| u64::try_from(n).unwrap())
+        .unwrap();
+    for table in [
+        "meta",
+        "seal",
+        "data_keys",
+        "wrapped_keys",
+        "cards",
+        "erasure_requests",
+        "audit_events",
+        "audit_checkpoints",
+        "audit_prunes",
+    ] {
+        let want = sqlite_count(&src, table) - if table == "meta" { scrub_marks } else { 0 };
+        let found: i64 = dst
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(moved.rows(table), want, "{table}");
+        assert_eq!(u64::try_from(found).unwrap(), want, "{table}");
+    }
+    assert_eq!(moved.rows("cards"), 4);
+    assert!(moved.rows("erasure_requests") >= 2);
+    assert!(moved.rows("audit_checkpoints") >= 1);
+
+    // The rows read back alike through the twins.
+    assert_eq!(
+        store::keys::read_seal(&src).unwrap(),
+        pg::keys::read_seal(&mut dst).unwrap()
+    );
+    assert_eq!(
+        store::keys::list_data_keys(&src).unwrap(),
+        pg::keys::list_data_keys(&mut dst).unwrap()
+    );
+    assert_eq!(
+        store::keys::wrapped_data_keys(&src).unwrap(),
+        pg::keys::wrapped_data_keys(&mut dst).unwrap()
+    );
+    let mut aux = store::keys::aux_keys(&src).unwrap();
+    aux.sort();
+    assert_eq!(aux, pg::keys::aux_keys(&mut dst).unwrap());
+    assert_eq!(
+        store::meta::key_epoch(&src).unwrap(),
+        pg::meta::key_epoch(&mut dst).unwrap()
+    );
+    assert_eq!(
+        store::meta::get(&src, "vault_id").unwrap(),
+        pg::meta::get(&mut dst, "vault_id").unwrap()
+    );
+    assert_eq!(
+        store::erasure::request_overview(&src).unwrap(),
+        pg::erasure::request_overview(&mut dst).unwrap()
+    );
+    let mut with_subject = 0;
+    for (i, token) in tokens.iter().enumerate() {
+        let tenant = if i == 5 { "other-shop" } else { "demo-shop" };
+        let s = store::cards::by_token(&src, token, tenant).unwrap();
+        let p = pg::cards::by_token(&mut dst, token, tenant).unwrap();
+        let (Some(s), Some(p)) = (s, p) else {
+            assert!(matches!(i, 1 | 2), "card {i} missing on one side");
+            continue;
+        };
+        let subject = s.subject.as_ref().map(|x| hash(&format!("{tenant}/{x}")));
+        let metadata = s.metadata.as_ref().map(|m| hash(&format!("{}/{m}", s.id)));
+        with_subject += usize::from(subject.is_some());
+        assert_eq!(
+            (subject, metadata),
+            (p.subject_hash.clone(), p.metadata_sealed.clone())
+        );
+        let mut s = from_sqlite(s);
+        s.1.5 = p.subject_hash.clone();
+        assert_eq!(s, from_pg(p));
+    }
+    assert_eq!(with_subject, 2);
+    // New rows continue after the copied ids.
+    let max_id: i64 = dst
+        .query_one("SELECT max(id) FROM cards", &[])
+        .unwrap()
+        .get(0);
+    let next = pg::cards::insert(
+        &mut dst,
+        &card("tok_new", "demo-shop", None, 2031, None),
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(next, Inserted::Row(max_id + 1));
+    let next_req = pg::erasure::insert_open_request(&mut dst, "demo-shop", "h", None, NOW).unwrap();
+    let max_req: i64 = src
+        .query_row("SELECT max(id) FROM erasure_requests", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(next_req, max_req + 1);
+
+    // The log moved as one chain: it exports and verifies with the public key
+    // alone, exactly as the SQLite log verifies.
+    let public = PublicKey::read_from(&DataDir::new(&data).audit_public_key()).unwrap();
+    let mut out = Vec::new();
+    let n = pg::audit::export_jsonl(&mut dst, 1, &mut out).unwrap();
+    assert_eq!(n, moved.rows("audit_events"));
+    let from_pg = verify_export(out.as_slice(), &public, &[]).unwrap();
+    let from_sqlite = verify(&src, &public, None).unwrap();
+    assert_eq!(from_pg, from_sqlite);
+    assert!(from_pg.last_checkpoint.is_some());
+    assert_eq!(from_pg.events, moved.rows("audit_events"));
+
+    // A non-empty target is refused, and nothing is added to it.
+    let before: i64 = dst
+        .query_one("SELECT count(*) FROM cards", &[])
+        .unwrap()
+        .get(0);
+    let err = pg::migrate::from_sqlite(&src, &mut dst, &mut FakeProtect).unwrap_err();
+    assert!(
+        matches!(err, pg::migrate::MigrateError::Pg(PgError::NotEmpty(_))),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("not empty"), "{err}");
+    let after: i64 = dst
+        .query_one("SELECT count(*) FROM cards", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(before, after);
+    // A database holding another application's tables is refused too.
+    let mut other = pg::connect(&PgSettings::from_url(&pg.url("disable")).unwrap()).unwrap();
+    other
+        .batch_execute("CREATE SCHEMA elsewhere; SET search_path TO elsewhere; CREATE TABLE orders (id bigint)")
+        .unwrap();
+    let err = pg::migrate::from_sqlite(&src, &mut other, &mut FakeProtect).unwrap_err();
+    assert!(
+        matches!(err, pg::migrate::MigrateError::Pg(PgError::Foreign(_))),
+        "{err:?}"
+    );
+}

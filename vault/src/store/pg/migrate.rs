@@ -1,0 +1,367 @@
+//! Moving a SQLite vault into an empty PostgreSQL database (`panvault migrate
+//! --to-postgres`): the keys (seal, data keys, auxiliary keys), `meta`, the cards,
+//! the erasure records and the audit log (events, checkpoints, prune records) as
+//! they are, so every token detokenizes afterwards and the log's chain and signed
+//! checkpoints verify with the same public key.
+//!
+//! One PostgreSQL transaction: the schema is migrated first, then every table is
+//! locked and found empty (a target holding any row is refused with
+//! [`PgError::NotEmpty`]), the rows are copied with their ids, the identity
+//! sequences are moved past them, the copy is counted, and it commits whole or not
+//! at all. The SQLite side is read in one read transaction (one snapshot); the
+//! caller keeps other writers away (the CLI holds the data directory's lock).
+//!
+//! What changes on the way: PostgreSQL stores no personal data in clear, so a
+//! card's subject becomes its keyed hash and its metadata is sealed under the
+//! record's data key. Both need keys the store never holds: the caller supplies
+//! them through [`Protect`] (the service layer, with the unsealed keys). Left
+//! behind on purpose: SQLite's WAL-scrub marks in `meta` and the erasure records'
+//! `wal_scrubbed_at` (they describe SQLite's files; PostgreSQL's residue is tracked
+//! by `vacuumed_at`), and `audit_meta` (the version of SQLite's audit tables;
+//! PostgreSQL's schema has its own version). Audit events keep their sequence
+//! numbers and hashes: the log moves as one chain.
+
+use postgres::types::{ToSql, Type};
+use postgres::{Client, Transaction};
+use rusqlite::Connection;
+
+use super::PgError;
+use crate::CryptoError;
+use crate::store::{CardRow, SCRUB_PENDING, SCRUBBED_AT, StoreError};
+
+/// What the store cannot do itself: the keyed hash of a subject and the sealing of
+/// metadata, both under keys of the unsealed vault.
+pub trait Protect {
+    /// The keyed hash of `subject` in `tenant`, as PostgreSQL's
+    /// `cards.subject_hash` holds it (the dedup lookup and erasure by subject
+    /// find the card by it).
+    fn subject_hash(&mut self, tenant: &str, subject: &str) -> Result<Vec<u8>, CryptoError>;
+    /// `metadata` of `card` sealed under the card's data key (`card.key_version`)
+    /// and bound to the row, as `cards.metadata_sealed` holds it.
+    fn seal_metadata(&mut self, card: &CardRow, metadata: &str) -> Result<Vec<u8>, CryptoError>;
+}
+
+/// A migration that did not happen (nothing was committed to PostgreSQL).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// Reading the SQLite vault failed.
+    #[error("reading the SQLite vault: {0}")]
+    Sqlite(#[source] StoreError),
+    /// PostgreSQL refused the schema, the target or a row (or is unreachable).
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    /// Hashing a subject or sealing metadata failed.
+    #[error("protecting a card's subject or metadata failed")]
+    Protect(#[source] CryptoError),
+    /// The rows in PostgreSQL after the copy are not the rows read: nothing is
+    /// committed.
+    #[error("{table}: {read} rows read from SQLite, {found} found in PostgreSQL after the copy")]
+    Mismatch {
+        /// The table.
+        table: &'static str,
+        /// Rows read from SQLite.
+        read: u64,
+        /// Rows counted in PostgreSQL.
+        found: i64,
+    },
+}
+
+impl From<rusqlite::Error> for MigrateError {
+    fn from(e: rusqlite::Error) -> Self {
+        MigrateError::Sqlite(e.into())
+    }
+}
+
+impl From<postgres::Error> for MigrateError {
+    fn from(e: postgres::Error) -> Self {
+        MigrateError::Pg(e.into())
+    }
+}
+
+/// What a migration moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// The PostgreSQL schema version written.
+    pub schema_version: i64,
+    /// Rows copied per table, in copy order.
+    pub tables: Vec<(&'static str, u64)>,
+}
+
+impl Migrated {
+    /// Rows copied into `table` (0 for a table not copied).
+    pub fn rows(&self, table: &str) -> u64 {
+        self.tables
+            .iter()
+            .find(|(t, _)| *t == table)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// Every table of the PostgreSQL schema a vault writes (all must be empty before).
+const TABLES: &[&str] = &[
+    "meta",
+    "seal",
+    "data_keys",
+    "wrapped_keys",
+    "cards",
+    "erasure_requests",
+    "audit_meta",
+    "audit_events",
+    "audit_checkpoints",
+    "audit_prunes",
+];
+
+/// The tables copied as they are: (table, columns, SQLite's filter and order).
+const PLAIN: &[(&str, &str, &str)] = &[
+    (
+        "meta",
+        "key, value",
+        "WHERE key <> ?1 AND key <> ?2 ORDER BY key",
+    ),
+    (
+        "seal",
+        "id, method, kdf_m_kib, kdf_t, kdf_p, salt, shares_total, shares_threshold, \
+         sealed_root, root_created_at, generation",
+        "ORDER BY id",
+    ),
+    (
+        "data_keys",
+        "version, state, wrapped, created_at, retired_at, destroyed_at, encryptions",
+        "ORDER BY version",
+    ),
+    ("wrapped_keys", "name, wrapped, created_at", "ORDER BY name"),
+];
+
+/// The erasure records and the audit log, copied after the cards.
+const PLAIN_AFTER: &[(&str, &str, &str)] = &[
+    (
+        "erasure_requests",
+        "id, tenant, subject_hash, token, requested_at, completed_at, tokens_erased, audit_seq",
+        "ORDER BY id",
+    ),
+    (
+        "audit_events",
+        "seq, time_ns, actor, actor_fp, action, tenant, token, purpose, outcome, code, \
+         request_id, peer, details, prev_hash, hash",
+        "ORDER BY seq",
+    ),
+    (
+        "audit_checkpoints",
+        "id, seq, head, time_ns, signature",
+        "ORDER BY id",
+    ),
+    (
+        "audit_prunes",
+        "id, first_seq, prev_hash, checkpoint_id, cutoff_ns, deleted, time_ns, signature",
+        "ORDER BY id",
+    ),
+];
+
+/// Copies the vault of SQLite connection `src` into the empty PostgreSQL database
+/// of `dst` (creating or completing its schema first) in one transaction; the
+/// subjects and metadata of the cards go through `protect`. A target holding any
+/// row is refused before anything is copied.
+pub fn from_sqlite(
+    src: &Connection,
+    dst: &mut Client,
+    protect: &mut impl Protect,
+) -> Result<Migrated, MigrateError> {
+    let schema_version = super::schema::migrate(dst)?;
+    let read = src.unchecked_transaction()?;
+    let mut tx = dst.transaction()?;
+    tx.batch_execute(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        TABLES.join(", ")
+    ))?;
+    for table in TABLES {
+        let n: i64 = tx
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
+            .try_get(0)?;
+        if n != 0 {
+            return Err(PgError::NotEmpty(format!(
+                "table {table} holds {n} rows; migrate only into an empty database"
+            ))
+            .into());
+        }
+    }
+    let mut tables = Vec::new();
+    for (table, columns, tail) in PLAIN {
+        let n = if *table == "meta" {
+            copy_plain(
+                &read,
+                &mut tx,
+                table,
+                columns,
+                tail,
+                &[SCRUB_PENDING, SCRUBBED_AT],
+            )?
+        } else {
+            copy_plain(&read, &mut tx, table, columns, tail, &[])?
+        };
+        tables.push((*table, n));
+    }
+    tables.push(("cards", copy_cards(&read, &mut tx, protect)?));
+    for (table, columns, tail) in PLAIN_AFTER {
+        tables.push((
+            *table,
+            copy_plain(&read, &mut tx, table, columns, tail, &[])?,
+        ));
+    }
+    // New rows continue after the copied ids.
+    for table in ["cards", "erasure_requests"] {
+        tx.execute(
+            &format!(
+                "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
+                 COALESCE((SELECT max(id) FROM {table}), 0) + 1, false)"
+            ),
+            &[],
+        )?;
+    }
+    for (table, n) in &tables {
+        let found: i64 = tx
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
+            .try_get(0)?;
+        if u64::try_from(found).ok() != Some(*n) {
+            return Err(MigrateError::Mismatch {
+                table,
+                read: *n,
+                found,
+            });
+        }
+    }
+    tx.commit()?;
+    read.finish()?;
+    Ok(Migrated {
+        schema_version,
+        tables,
+    })
+}
+
+/// Copies `columns` of `table` as they are, every value bound with the type of
+/// PostgreSQL's column (a NULL too, so it matches the column). `args` fill the
+/// `?n` of SQLite's `tail`.
+fn copy_plain(
+    src: &Connection,
+    tx: &mut Transaction<'_>,
+    table: &str,
+    columns: &str,
+    tail: &str,
+    args: &[&str],
+) -> Result<u64, MigrateError> {
+    let n = columns.split(',').count();
+    let placeholders: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    let insert = tx.prepare(&format!(
+        "INSERT INTO {table} ({columns}) VALUES ({})",
+        placeholders.join(", ")
+    ))?;
+    let types = insert.params().to_vec();
+    let mut select = src.prepare(&format!("SELECT {columns} FROM {table} {tail}"))?;
+    let mut rows = select.query(rusqlite::params_from_iter(args))?;
+    let mut copied = 0u64;
+    while let Some(r) = rows.next()? {
+        let mut values: Vec<Box<dyn ToSql + Sync>> = Vec::with_capacity(n);
+        for (i, ty) in types.iter().enumerate() {
+            values.push(match *ty {
+                Type::INT8 => Box::new(r.get::<_, Option<i64>>(i)?),
+                Type::INT2 => Box::new(
+                    r.get::<_, Option<i64>>(i)?
+                        .map(|v| {
+                            i16::try_from(v).map_err(|_| {
+                                PgError::Corrupt(format!("{table} holds an out-of-range value"))
+                            })
+                        })
+                        .transpose()?,
+                ),
+                Type::TEXT => Box::new(r.get::<_, Option<String>>(i)?),
+                Type::BYTEA => Box::new(r.get::<_, Option<Vec<u8>>>(i)?),
+                _ => {
+                    return Err(PgError::Corrupt(format!(
+                        "{table}: a column of type {ty} has no copy rule"
+                    ))
+                    .into());
+                }
+            });
+        }
+        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(AsRef::as_ref).collect();
+        tx.execute(&insert, &refs)?;
+        copied += 1;
+    }
+    Ok(copied)
+}
+
+/// Copies the cards with their ids, the subject hashed and the metadata sealed.
+fn copy_cards(
+    src: &Connection,
+    tx: &mut Transaction<'_>,
+    protect: &mut impl Protect,
+) -> Result<u64, MigrateError> {
+    let insert = tx.prepare(
+        "INSERT INTO cards (id, token, tenant, key_version, nonce, ciphertext, fingerprint, brand,
+                            bin, last4, exp_month, exp_year, subject_hash, metadata_sealed,
+                            created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )?;
+    let mut select = src.prepare(
+        "SELECT id, token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4,
+                exp_month, exp_year, subject, metadata, created_at, expires_at
+         FROM cards ORDER BY id",
+    )?;
+    let mut rows = select.query([])?;
+    let mut copied = 0u64;
+    while let Some(r) = rows.next()? {
+        let card = CardRow {
+            id: r.get(0)?,
+            token: r.get(1)?,
+            tenant: r.get(2)?,
+            key_version: r.get(3)?,
+            nonce: r.get(4)?,
+            ciphertext: r.get(5)?,
+            fingerprint: r.get(6)?,
+            brand: r.get(7)?,
+            bin: r.get(8)?,
+            last4: r.get(9)?,
+            exp_month: r.get(10)?,
+            exp_year: r.get(11)?,
+            subject: r.get(12)?,
+            metadata: r.get(13)?,
+            created_at: r.get(14)?,
+            expires_at: r.get(15)?,
+        };
+        let subject_hash = card
+            .subject
+            .as_deref()
+            .map(|s| protect.subject_hash(&card.tenant, s))
+            .transpose()
+            .map_err(MigrateError::Protect)?;
+        let metadata_sealed = card
+            .metadata
+            .as_deref()
+            .map(|m| protect.seal_metadata(&card, m))
+            .transpose()
+            .map_err(MigrateError::Protect)?;
+        tx.execute(
+            &insert,
+            &[
+                &card.id,
+                &card.token,
+                &card.tenant,
+                &i64::from(card.key_version),
+                &card.nonce,
+                &card.ciphertext,
+                &card.fingerprint,
+                &card.brand,
+                &card.bin,
+                &card.last4,
+                &card.exp_month,
+                &card.exp_year,
+                &subject_hash,
+                &metadata_sealed,
+                &card.created_at,
+                &card.expires_at,
+            ],
+        )?;
+        copied += 1;
+    }
+    Ok(copied)
+}
