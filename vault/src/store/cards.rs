@@ -42,6 +42,10 @@ pub struct CardRow {
     pub created_at: i64,
     /// When the token's own time-to-live runs out (Unix seconds), if it has one.
     pub expires_at: Option<i64>,
+    /// PostgreSQL only: the subject and metadata sealed under the record's data
+    /// key (the engine holds no personal data in clear; `subject` and `metadata`
+    /// stay `None` until the service opens this).
+    pub sealed_personal: Option<Vec<u8>>,
 }
 
 /// The columns [`CardRow::from_sql`] reads, in order.
@@ -67,6 +71,7 @@ impl CardRow {
             created_at: r.get(13)?,
             expires_at: r.get(14)?,
             id: r.get(15)?,
+            sealed_personal: None,
         })
     }
 }

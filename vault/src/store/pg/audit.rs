@@ -20,27 +20,28 @@ use panvault_audit::log::{
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, IsolationLevel, Row, Transaction};
+use postgres::{Client, GenericClient, IsolationLevel, Row};
 
 use super::PgError;
 
 /// The audit log inside a PostgreSQL transaction: what `AuditChain` and
 /// `prune` take on this engine. The driver's queries need `&mut`, the seam's
 /// methods take `&self`: the transaction is borrowed for the life of this value.
-pub struct PgLog<'a, 'c> {
-    tx: RefCell<&'a mut Transaction<'c>>,
+pub struct PgLog<'a, C: GenericClient> {
+    tx: RefCell<&'a mut C>,
 }
 
-impl std::fmt::Debug for PgLog<'_, '_> {
+impl<C: GenericClient> std::fmt::Debug for PgLog<'_, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgLog").finish_non_exhaustive()
     }
 }
 
-impl<'a, 'c> PgLog<'a, 'c> {
-    /// The log as seen from `tx`; every write joins it (commit or roll back `tx`
-    /// after this value is dropped).
-    pub fn new(tx: &'a mut Transaction<'c>) -> Self {
+impl<'a, C: GenericClient> PgLog<'a, C> {
+    /// The log as seen from `tx` (a transaction, or a client inside a transaction
+    /// begun with `BEGIN`); every write joins it (commit or roll back after this
+    /// value is dropped).
+    pub fn new(tx: &'a mut C) -> Self {
         PgLog {
             tx: RefCell::new(tx),
         }
@@ -151,7 +152,7 @@ fn event_from(row: &Row) -> Result<StoredEvent, AuditError> {
     })
 }
 
-impl LogStore for PgLog<'_, '_> {
+impl<C: GenericClient> LogStore for PgLog<'_, C> {
     fn last_event(&self) -> Result<Option<(u64, ChainHash)>, AuditError> {
         let Some(row) = self.query_opt(
             "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
@@ -211,7 +212,7 @@ impl LogStore for PgLog<'_, '_> {
     }
 }
 
-impl LogTx for PgLog<'_, '_> {
+impl<C: GenericClient> LogTx for PgLog<'_, C> {
     fn insert_event(&self, row: &EventRow<'_>) -> Result<Insert, AuditError> {
         let [
             actor,
@@ -308,7 +309,7 @@ impl LogTx for PgLog<'_, '_> {
         std::thread::scope(|s| {
             let verifier = s.spawn(move || verify_export_through(BufReader::new(reader), key, seq));
             // The writer end is dropped when this returns: the verifier sees the end.
-            let written = write_export(&mut tx, 1, Some(seq), BufWriter::new(writer));
+            let written = write_export(&mut **tx, 1, Some(seq), BufWriter::new(writer));
             let verified = verifier.join().map_err(|_| AuditError::Parse {
                 what: "export verification (the verifier thread panicked)",
             })?;
@@ -379,7 +380,7 @@ pub fn export_jsonl(
 /// Every prune record, every checkpoint, and the events from `from_seq` on (up
 /// to `through` if given), in the export's order, read inside `tx`.
 fn write_export(
-    tx: &mut Transaction<'_>,
+    tx: &mut impl GenericClient,
     from_seq: u64,
     through: Option<u64>,
     writer: impl Write,

@@ -29,6 +29,7 @@ pub mod migrate;
 mod pool;
 pub mod rewrap;
 pub mod schema;
+pub(crate) mod session;
 mod settings;
 
 use std::path::PathBuf;

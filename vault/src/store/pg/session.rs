@@ -1,0 +1,204 @@
+//! A node's PostgreSQL connection as the store's handles use it: one pooled
+//! client, transactions run as `BEGIN` … `COMMIT` on it (so a handle borrows the
+//! client only for each statement), the advisory locks that take the place of
+//! SQLite's write lock, and the one place the audit log is reached ([`PgConn::audit`]).
+//!
+//! Locks (transaction-level, released by `COMMIT` or `ROLLBACK`):
+//! - every writer batch takes [`KEY_LOCK`] shared; a command that changes keys
+//!   (and every admin transaction) takes it exclusively, so no batch that seals
+//!   interleaves with a key change: a batch sees the active key it checks at its
+//!   start until it commits;
+//! - a tokenize takes a lock on the card's keyed fingerprint (two 32-bit keys, a
+//!   key space apart from the single 64-bit keys above) before it looks the card
+//!   up, so two nodes tokenizing one card at once make one row: the second waits
+//!   for the first's commit and then finds its row.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::time::Duration;
+
+use panvault_audit::log::AuditError;
+
+use super::{PgError, PgLog, PgPool, PooledClient};
+use crate::store::StoreError;
+
+/// The advisory lock between writer batches (shared) and key changes (exclusive): "PNVK".
+pub(crate) const KEY_LOCK: i64 = 0x504E_564B;
+
+/// `lock_not_available`: a `lock_timeout` ran out.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// One client of the pool, used by one handle at a time.
+pub(crate) struct PgConn {
+    pool: Option<Arc<PgPool>>,
+    client: RefCell<PooledClient>,
+    /// A statement failed since the transaction began: PostgreSQL has aborted
+    /// it, and its `COMMIT` would quietly roll back.
+    failed: Cell<bool>,
+}
+
+impl PgConn {
+    /// A client of `pool`, which also replaces it when the server closed it.
+    pub(crate) fn from_pool(pool: Arc<PgPool>) -> Result<PgConn, StoreError> {
+        let client = pool.get()?;
+        Ok(PgConn {
+            pool: Some(pool),
+            client: RefCell::new(client),
+            failed: Cell::new(false),
+        })
+    }
+
+    /// Replaces a client the server closed (a restart, a failover) with a fresh
+    /// one from the pool; a live client stays.
+    pub(crate) fn reconnect_if_closed(&self) -> Result<(), StoreError> {
+        let closed = self.client.try_borrow().map(|c| c.is_closed()).unwrap_or(false);
+        if closed && let Some(pool) = &self.pool {
+            let fresh = pool.get()?;
+            *self.client.try_borrow_mut().map_err(|_| in_use())? = fresh;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the client, noting a failure (the transaction is aborted).
+    pub(crate) fn run<T>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, PgError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.client.try_borrow_mut().map_err(|_| in_use())?;
+        let r = f(&mut guard);
+        if r.is_err() {
+            self.failed.set(true);
+        }
+        r.map_err(StoreError::from)
+    }
+
+    /// The audit log on this client, inside its open transaction. The only place
+    /// the vault builds a [`PgLog`].
+    pub(crate) fn audit<T>(
+        &self,
+        f: impl FnOnce(&PgLog<'_, postgres::Client>) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        let mut guard = self.client.try_borrow_mut().map_err(|_| {
+            AuditError::Storage(Box::new(StoreError::Unavailable(
+                "the PostgreSQL connection is in use by another statement of this handle",
+            )))
+        })?;
+        let client: &mut postgres::Client = &mut guard;
+        let r = f(&PgLog::new(client));
+        if r.is_err() {
+            self.failed.set(true);
+        }
+        r
+    }
+
+    /// `BEGIN`, then the key lock: shared (a writer batch), exclusive (a key
+    /// change or an admin transaction), or none. `wait` bounds the wait for an
+    /// exclusive lock ([`StoreError::LockHeld`] after it).
+    pub(crate) fn begin(&self, lock: KeyLock, wait: Option<Duration>) -> Result<(), StoreError> {
+        self.failed.set(false);
+        self.run(|c| Ok(c.batch_execute("BEGIN")?))?;
+        let locked = self.run(|c| {
+            if let Some(w) = wait {
+                let ms = i64::try_from(w.as_millis()).unwrap_or(i64::MAX).max(1);
+                c.batch_execute(&format!("SET LOCAL lock_timeout = {ms}"))?;
+            }
+            match lock {
+                KeyLock::None => {}
+                KeyLock::Shared => {
+                    c.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&KEY_LOCK])?;
+                }
+                KeyLock::Exclusive => {
+                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&KEY_LOCK])?;
+                }
+            }
+            if wait.is_some() {
+                c.batch_execute("SET LOCAL lock_timeout = 0")?;
+            }
+            Ok(())
+        });
+        if let Err(e) = locked {
+            self.rollback();
+            return Err(match (&e, wait) {
+                (StoreError::Postgres { code: Some(c), .. }, Some(w)) if c == LOCK_NOT_AVAILABLE => {
+                    StoreError::LockHeld(w.as_secs())
+                }
+                _ => e,
+            });
+        }
+        Ok(())
+    }
+
+    /// `COMMIT` (durable: `synchronous_commit` is left on). A transaction in which
+    /// a statement failed is rolled back instead, and says so. A `COMMIT` whose
+    /// answer never came (the connection broke) may or may not have committed:
+    /// it is an error, never a success.
+    pub(crate) fn commit(&self) -> Result<(), StoreError> {
+        if self.failed.get() {
+            self.rollback();
+            return Err(StoreError::Unavailable(
+                "a statement of the transaction failed; it was rolled back",
+            ));
+        }
+        let r = self.run(|c| Ok(c.batch_execute("COMMIT")?));
+        if let Err(StoreError::Postgres {
+            code: None,
+            source,
+            ..
+        }) = &r
+        {
+            return Err(StoreError::Postgres {
+                reason: "the connection broke during COMMIT: whether the transaction \
+                         committed is unknown"
+                    .into(),
+                code: None,
+                connection: true,
+                source: source.clone(),
+            });
+        }
+        r
+    }
+
+    /// `ROLLBACK`, best effort (a broken connection has rolled back already).
+    pub(crate) fn rollback(&self) {
+        if let Ok(mut c) = self.client.try_borrow_mut() {
+            let _ = c.batch_execute("ROLLBACK");
+        }
+        self.failed.set(false);
+    }
+
+    /// Takes the transaction's lock on card `fingerprint` (see the module).
+    pub(crate) fn lock_card(&self, fingerprint: &[u8]) -> Result<(), StoreError> {
+        let mut k = [0u8; 8];
+        for (d, s) in k.iter_mut().zip(fingerprint) {
+            *d = *s;
+        }
+        let [a, b, c, d, e, f, g, h] = k;
+        let (hi, lo) = (i32::from_be_bytes([a, b, c, d]), i32::from_be_bytes([e, f, g, h]));
+        self.run(|c| {
+            c.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&hi, &lo])?;
+            Ok(())
+        })
+    }
+
+    /// `VACUUM` of the tables deletes leave dead row versions in (outside any
+    /// transaction): their space is marked for reuse. What it cannot remove (WAL,
+    /// backups, pages not yet reused) stays ciphertext.
+    pub(crate) fn vacuum(&self) -> Result<(), StoreError> {
+        self.run(|c| Ok(c.batch_execute("VACUUM cards, erasure_requests")?))
+    }
+}
+
+/// Which key lock a transaction takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyLock {
+    /// None (reads, the schema, `init`).
+    None,
+    /// Shared: a writer batch.
+    Shared,
+    /// Exclusive: a key change, an admin transaction.
+    Exclusive,
+}
+
+fn in_use() -> StoreError {
+    StoreError::Unavailable("the PostgreSQL connection is in use by another statement of this handle")
+}
