@@ -641,25 +641,19 @@ fn pg_ops_inventory_and_schema_are_twins() {
     }
 }
 
-/// The test's stand-in for the service's sealing (the real one seals under the
-/// card's data key): a recognisable transform, so the copy can be checked.
-struct FakeProtect;
-
-impl pg::migrate::Protect for FakeProtect {
-    fn subject_hash(
-        &mut self,
-        tenant: &str,
-        subject: &str,
-    ) -> Result<Vec<u8>, panvault_vault::CryptoError> {
-        Ok(hash(&format!("{tenant}/{subject}")))
-    }
-    fn seal_metadata(
-        &mut self,
-        card: &CardRow,
-        metadata: &str,
-    ) -> Result<Vec<u8>, panvault_vault::CryptoError> {
-        Ok(hash(&format!("{}/{metadata}", card.id)))
-    }
+/// The test's stand-in for the service's protection (the real one hashes under
+/// the subject key and seals under the card's data key): a recognisable
+/// transform, so the copy can be checked.
+fn fake_protect(card: &CardRow) -> Result<pg::migrate::Protected, pg::migrate::ProtectError> {
+    let subject_hash = card
+        .subject
+        .as_ref()
+        .map(|s| hash(&format!("{}/{s}", card.tenant)));
+    let sealed = match (&card.subject, &card.metadata) {
+        (None, None) => None,
+        (s, m) => Some(hash(&format!("{}/{s:?}/{m:?}", card.id))),
+    };
+    Ok((subject_hash, sealed))
 }
 
 /// `SELECT count(*)` of a SQLite table.
@@ -745,7 +739,7 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
 
     let src = store::open_reader(&store::db_path(&data)).unwrap();
     let mut dst = pg::connect(&PgSettings::from_url(&pg.url("disable")).unwrap()).unwrap();
-    let moved = pg::migrate::from_sqlite(&src, &mut dst, &mut FakeProtect).unwrap();
+    let moved = pg::migrate::from_sqlite(&src, &mut dst, &mut fake_protect).unwrap();
     assert_eq!(moved.schema_version, schema::latest_version());
 
     // Every row arrived (meta but for SQLite's WAL-scrub marks).
@@ -818,7 +812,7 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
             continue;
         };
         let subject = s.subject.as_ref().map(|x| hash(&format!("{tenant}/{x}")));
-        let metadata = s.metadata.as_ref().map(|m| hash(&format!("{}/{m}", s.id)));
+        let metadata = fake_protect(&s).unwrap().1;
         with_subject += usize::from(subject.is_some());
         assert_eq!(
             (subject, metadata),
@@ -865,7 +859,7 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
         .query_one("SELECT count(*) FROM cards", &[])
         .unwrap()
         .get(0);
-    let err = pg::migrate::from_sqlite(&src, &mut dst, &mut FakeProtect).unwrap_err();
+    let err = pg::migrate::from_sqlite(&src, &mut dst, &mut fake_protect).unwrap_err();
     assert!(
         matches!(err, pg::migrate::MigrateError::Pg(PgError::NotEmpty(_))),
         "{err:?}"
@@ -881,9 +875,174 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
     other
         .batch_execute("CREATE SCHEMA elsewhere; SET search_path TO elsewhere; CREATE TABLE orders (id bigint)")
         .unwrap();
-    let err = pg::migrate::from_sqlite(&src, &mut other, &mut FakeProtect).unwrap_err();
+    let err = pg::migrate::from_sqlite(&src, &mut other, &mut fake_protect).unwrap_err();
     assert!(
         matches!(err, pg::migrate::MigrateError::Pg(PgError::Foreign(_))),
         "{err:?}"
     );
+}
+
+/// `panvault migrate --to-postgres` through the real binary: a SQLite vault moves
+/// into PostgreSQL, the data directory then names PostgreSQL, and the vault opened
+/// from it detokenizes every token, shows every token's subject and metadata,
+/// erases by subject, and appends to the same verified audit chain. A second
+/// migration of it, and a migration of another vault into the now non-empty
+/// database, are refused. The database password is never printed.
+#[test]
+fn pg_ops_migrate_command_moves_a_vault_that_then_serves_from_postgres() {
+    use panvault_audit::log::{PublicKey, verify_export};
+    use panvault_vault::service::erase::EraseTarget;
+    use panvault_vault::{
+        AccessContext, DataDir, SealSpec, SecretText, TokenizeRequest, Unlock, Vault,
+        system_clock,
+    };
+
+    const PASS: &str = "migrate-command-passphrase";
+    let Some(pg) = PgServer::start("pg_ops_migrate_command_moves_a_vault_that_then_serves")
+    else {
+        return;
+    };
+    let url = pg.url("disable");
+    let tmp = tempfile::tempdir().unwrap();
+    let pass_file = tmp.path().join("pass");
+    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+    let unlock = || Unlock::Passphrase(SecretText::new(PASS.into()));
+    let init = |data: &std::path::Path| {
+        let spec = SealSpec {
+            unlock: unlock(),
+            kdf: KdfParams::MINIMUM,
+            shares: None,
+        };
+        drop(Vault::init(data, &spec, &system_clock()).unwrap());
+    };
+    let migrate = |data: &std::path::Path| {
+        let out = std::process::Command::new(crate::util::panvault_bin())
+            .arg("migrate")
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--passphrase-file")
+            .arg(&pass_file)
+            .args(["--to-postgres", &url])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map(crate::util::kept)
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains(pg.password()), "password printed: {text}");
+        (out.status.success(), text)
+    };
+    let ctx = AccessContext {
+        actor: "storefront".into(),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // A SQLite vault: cards with and without subject and metadata, one erased.
+    let data = tmp.path().join("data");
+    init(&data);
+    let kept = rt.block_on(async {
+        let vault = Vault::open(&data, &unlock()).unwrap();
+        let mut kept = Vec::new();
+        for i in 0..5 {
+            let number = crate::util::cards::fresh();
+            let mut req = TokenizeRequest::new(&number, 12, 2031, vault.today()).unwrap();
+            if i != 3 {
+                req.subject = Some(format!("cust-{}", i % 2));
+            }
+            if i % 2 == 0 {
+                let mut m = serde_json::Map::new();
+                m.insert("order".into(), serde_json::Value::String(format!("o-{i}")));
+                req.metadata = Some(m);
+            }
+            let token = vault.tokenize("demo-shop", req, &ctx).await.unwrap().token;
+            if i == 4 {
+                vault
+                    .erase("demo-shop", EraseTarget::Token(token), &ctx)
+                    .await
+                    .unwrap();
+                continue;
+            }
+            let info = vault.metadata("demo-shop", &token, &ctx).await.unwrap();
+            kept.push((token, number, info));
+        }
+        vault.shutdown();
+        kept
+    });
+
+    let (ok, text) = migrate(&data);
+    assert!(ok, "{text}");
+    assert!(text.contains("cards"), "{text}");
+    let config = std::fs::read_to_string(DataDir::new(&data).config()).unwrap();
+    assert!(config.contains("[storage]") && !config.contains(pg.password()), "{config}");
+
+    // The data directory now leads to PostgreSQL; the SQLite file is not used.
+    std::fs::rename(
+        DataDir::new(&data).database(),
+        tmp.path().join("vault.db.moved"),
+    )
+    .unwrap();
+    let vault = Vault::open(&data, &unlock()).unwrap();
+    rt.block_on(async {
+        for (i, (token, number, info)) in kept.iter().enumerate() {
+            let d = vault
+                .detokenize("demo-shop", token, "migration check", &ctx)
+                .await
+                .unwrap();
+            assert!(
+                d.card.pan.expose_digits() == number.as_str(),
+                "card {i} detokenizes to another number after the migration"
+            );
+            let after = vault.metadata("demo-shop", token, &ctx).await.unwrap();
+            assert_eq!(&after, info, "card {i}");
+        }
+        // The subject hash PostgreSQL holds finds the subject's cards.
+        let gone = vault
+            .erase("demo-shop", EraseTarget::Subject("cust-0".into()), &ctx)
+            .await
+            .unwrap();
+        assert_eq!(gone.receipt.tokens_erased, 2);
+        vault.shutdown();
+    });
+    drop(vault);
+
+    // One chain: the SQLite events, then the PostgreSQL node's, verified with
+    // the vault's public key alone.
+    let public = PublicKey::read_from(&DataDir::new(&data).audit_public_key()).unwrap();
+    let mut c = pg::connect(&PgSettings::from_url(&url).unwrap()).unwrap();
+    let mut out = Vec::new();
+    let n = pg::audit::export_jsonl(&mut c, 1, &mut out).unwrap();
+    let report = verify_export(out.as_slice(), &public, &[]).unwrap();
+    assert_eq!(report.events, n);
+    assert!(n > 12, "{n} events");
+
+    // Again: refused (the configuration names PostgreSQL already).
+    std::fs::rename(
+        tmp.path().join("vault.db.moved"),
+        DataDir::new(&data).database(),
+    )
+    .unwrap();
+    let (ok, text) = migrate(&data);
+    assert!(!ok && text.contains("[storage]"), "{text}");
+
+    // Another vault into the same, now non-empty database: refused, and its data
+    // directory still leads to its SQLite file.
+    let other = tmp.path().join("other");
+    init(&other);
+    let (ok, text) = migrate(&other);
+    assert!(!ok && text.contains("not empty"), "{text}");
+    assert!(!DataDir::new(&other).config().exists());
+    assert!(!DataDir::new(&other).postgres_url().exists());
+    let cards: i64 = c
+        .query_one("SELECT count(*) FROM cards", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(cards, 2);
 }

@@ -12,9 +12,9 @@
 //! caller keeps other writers away (the CLI holds the data directory's lock).
 //!
 //! What changes on the way: PostgreSQL stores no personal data in clear, so a
-//! card's subject becomes its keyed hash and its metadata is sealed under the
-//! record's data key. Both need keys the store never holds: the caller supplies
-//! them through [`Protect`] (the service layer, with the unsealed keys). Left
+//! card's subject becomes its keyed hash and its subject and metadata are sealed
+//! under the record's data key. Both need keys the store never holds: the caller
+//! supplies them through [`Protect`] (the service, with the unsealed keys). Left
 //! behind on purpose: SQLite's WAL-scrub marks in `meta` and the erasure records'
 //! `wal_scrubbed_at` (they describe SQLite's files; PostgreSQL's residue is tracked
 //! by `vacuumed_at`), and `audit_meta` (the version of SQLite's audit tables;
@@ -26,19 +26,32 @@ use postgres::{Client, Transaction};
 use rusqlite::Connection;
 
 use super::PgError;
-use crate::CryptoError;
 use crate::store::{CardRow, SCRUB_PENDING, SCRUBBED_AT, StoreError};
 
-/// What the store cannot do itself: the keyed hash of a subject and the sealing of
-/// metadata, both under keys of the unsealed vault.
+/// A failure of [`Protect`] (the service's error, kept as the cause).
+pub type ProtectError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What the store cannot do itself: protecting a card's personal data under keys
+/// of the unsealed vault. Any `FnMut(&CardRow) -> Result<(…), ProtectError>` is one.
 pub trait Protect {
-    /// The keyed hash of `subject` in `tenant`, as PostgreSQL's
-    /// `cards.subject_hash` holds it (the dedup lookup and erasure by subject
-    /// find the card by it).
-    fn subject_hash(&mut self, tenant: &str, subject: &str) -> Result<Vec<u8>, CryptoError>;
-    /// `metadata` of `card` sealed under the card's data key (`card.key_version`)
-    /// and bound to the row, as `cards.metadata_sealed` holds it.
-    fn seal_metadata(&mut self, card: &CardRow, metadata: &str) -> Result<Vec<u8>, CryptoError>;
+    /// For `card` as SQLite holds it (subject and metadata in clear): what
+    /// PostgreSQL's row holds instead, `(subject_hash, metadata_sealed)`: the
+    /// subject's keyed hash (if it has a subject; the dedup lookup and the erasure
+    /// by subject find the card by it) and its personal data sealed under its data
+    /// key and bound to the row (if it has a subject or metadata).
+    fn protect(&mut self, card: &CardRow) -> Result<Protected, ProtectError>;
+}
+
+/// `(subject_hash, metadata_sealed)` of a card row on PostgreSQL.
+pub type Protected = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+impl<F> Protect for F
+where
+    F: FnMut(&CardRow) -> Result<Protected, ProtectError>,
+{
+    fn protect(&mut self, card: &CardRow) -> Result<Protected, ProtectError> {
+        self(card)
+    }
 }
 
 /// A migration that did not happen (nothing was committed to PostgreSQL).
@@ -51,9 +64,15 @@ pub enum MigrateError {
     /// PostgreSQL refused the schema, the target or a row (or is unreachable).
     #[error(transparent)]
     Pg(#[from] PgError),
-    /// Hashing a subject or sealing metadata failed.
-    #[error("protecting a card's subject or metadata failed")]
-    Protect(#[source] CryptoError),
+    /// Hashing a subject or sealing the personal data failed.
+    #[error("protecting the subject or metadata of card row {id} failed")]
+    Protect {
+        /// The card row.
+        id: i64,
+        /// The caller's error.
+        #[source]
+        source: ProtectError,
+    },
     /// The rows in PostgreSQL after the copy are not the rows read: nothing is
     /// committed.
     #[error("{table}: {read} rows read from SQLite, {found} found in PostgreSQL after the copy")]
@@ -327,19 +346,15 @@ fn copy_cards(
             metadata: r.get(13)?,
             created_at: r.get(14)?,
             expires_at: r.get(15)?,
+            sealed_personal: None,
         };
-        let subject_hash = card
-            .subject
-            .as_deref()
-            .map(|s| protect.subject_hash(&card.tenant, s))
-            .transpose()
-            .map_err(MigrateError::Protect)?;
-        let metadata_sealed = card
-            .metadata
-            .as_deref()
-            .map(|m| protect.seal_metadata(&card, m))
-            .transpose()
-            .map_err(MigrateError::Protect)?;
+        let (subject_hash, metadata_sealed) =
+            protect
+                .protect(&card)
+                .map_err(|source| MigrateError::Protect {
+                    id: card.id,
+                    source,
+                })?;
         tx.execute(
             &insert,
             &[

@@ -1,0 +1,174 @@
+//! `panvault migrate --to-postgres`: a SQLite vault moved into an empty
+//! PostgreSQL database, then found there by every command of its data directory.
+//!
+//! The store copies the rows (`store::pg::migrate`); this supplies what needs the
+//! unsealed keys (each card's subject hashed and its personal data sealed, as the
+//! PostgreSQL engine stores them) and records the engine in the data directory's
+//! configuration: `[storage]` with `url_file` naming an owner-only file that holds
+//! the URL, so the configuration itself holds no password.
+//!
+//! While it runs it holds the data directory's exclusive lock (no server runs on
+//! the vault) and SQLite's write lock (no admin command writes): the copy is one
+//! snapshot, and nothing committed to SQLite after it is left behind. The SQLite
+//! file stays as it was, as a copy to keep or remove.
+
+use std::path::{Path, PathBuf};
+
+use super::keyring::{self, Keyring, Unlock};
+use super::personal;
+use crate::config::StorageSettings;
+use crate::error::VaultError;
+use crate::store::pg::migrate::{MigrateError, Migrated, ProtectError, Protected};
+use crate::store::pg::{self, PgSettings};
+use crate::store::{self, CardRow, Location, Session, StoreError};
+
+/// The `[storage]` table `migrate` appends to the data directory's configuration.
+const STORAGE_TABLE: &str = "[storage]\nengine = \"postgres\"\nurl_file = \"postgres.url\"\n";
+
+/// What a migration did.
+#[derive(Debug)]
+pub struct Migration {
+    /// The rows moved, per table.
+    pub moved: Migrated,
+    /// Where they went (the URL with its password redacted).
+    pub target: String,
+    /// The configuration that now names PostgreSQL.
+    pub config: PathBuf,
+    /// The owner-only file holding the URL.
+    pub url_file: PathBuf,
+    /// The SQLite file, left as it was.
+    pub sqlite: PathBuf,
+}
+
+fn config_err(msg: impl Into<String>) -> VaultError {
+    VaultError::Store(StoreError::Config(msg.into()))
+}
+
+fn migrate_err(e: MigrateError) -> VaultError {
+    match e {
+        MigrateError::Sqlite(e) => VaultError::Store(e),
+        MigrateError::Pg(e) => VaultError::Store(e.into()),
+        MigrateError::Protect { source, .. } => match source.downcast::<VaultError>() {
+            Ok(v) => *v,
+            Err(_) => VaultError::Crypto,
+        },
+        other => VaultError::Store(StoreError::Corrupt(other.to_string())),
+    }
+}
+
+/// What PostgreSQL stores for `card` (as the PostgreSQL engine writes a new card):
+/// the subject's keyed hash, and the subject and metadata sealed under the card's
+/// own data key.
+fn protect(keys: &Keyring, card: &CardRow) -> Result<Protected, ProtectError> {
+    let key = keys.data.get(&card.key_version).ok_or_else(|| {
+        VaultError::KeyState(format!(
+            "card row {} is sealed under data key version {}, which is not loaded (destroyed?)",
+            card.id, card.key_version
+        ))
+    })?;
+    let p = personal::seal(
+        keys,
+        key,
+        &card.tenant,
+        &card.token,
+        card.subject.as_deref(),
+        card.metadata.as_deref(),
+    )?;
+    Ok((p.subject_hash, p.sealed))
+}
+
+/// Moves the SQLite vault of `data_dir` (unsealed with `unlock`) into the empty
+/// PostgreSQL database at `url`, then records `[storage]` in the data directory's
+/// configuration. Refused when the vault is already on PostgreSQL, when the
+/// configuration already has a `[storage]` table, while a server holds the vault,
+/// and when the target holds anything.
+pub fn migrate_to_postgres(
+    data_dir: &Path,
+    unlock: &Unlock,
+    url: &str,
+) -> Result<Migration, VaultError> {
+    let settings = PgSettings::from_url(url).map_err(StoreError::from)?;
+    let dir = crate::DataDir::new(data_dir);
+    let config = dir.config();
+    let existing = match std::fs::read_to_string(&config) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(VaultError::io(&config, e)),
+    };
+    if let Some(text) = &existing {
+        let storage = StorageSettings::from_config_text(text)
+            .map_err(|e| config_err(format!("{}: {e}", config.display())))?;
+        if storage.is_some() {
+            return Err(config_err(format!(
+                "{} already has a [storage] table: the vault is not moved (remove the table \
+                 if the vault is on SQLite, then run this again)",
+                config.display()
+            )));
+        }
+    }
+    let db = match Location::of(data_dir)? {
+        Location::Sqlite(db) => db,
+        Location::Postgres(_) => {
+            return Err(config_err("this vault's data is already in PostgreSQL"));
+        }
+    };
+    if !db.exists() {
+        return Err(VaultError::NotInitialized(data_dir.display().to_string()));
+    }
+    let _serve_lock = store::lock_exclusive(data_dir)
+        .map_err(|e| VaultError::io(&store::serve_lock_path(data_dir), e))?
+        .ok_or_else(|| {
+            VaultError::KeyState(
+                "a server (or `master rotate`) holds this vault: stop it, then migrate".into(),
+            )
+        })?;
+    let session = Session::open(&db, false)?;
+    // SQLite's write lock for the whole copy: an admin command waits, and
+    // nothing it would commit is left behind in SQLite.
+    let hold = session.begin_immediate()?;
+    let keys = {
+        let tx = hold.tx();
+        let vault_id = keyring::meta_get(&tx, "vault_id")?
+            .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
+        let (root, _, _) = keyring::unseal_root(&tx, &vault_id, unlock)?;
+        Keyring::load(&tx, &vault_id, root)?
+    };
+    let reader = store::open_reader(&db)?;
+    let mut client = pg::connect(&settings).map_err(StoreError::from)?;
+    let moved = pg::migrate::from_sqlite(&reader, &mut client, &mut |card: &CardRow| {
+        protect(&keys, card)
+    })
+    .map_err(migrate_err)?;
+    drop(client);
+
+    // The engine, recorded where every command of this data directory looks.
+    let url_file = dir.postgres_url();
+    crate::data_dir::write_owner_only(&url_file, format!("{url}\n").as_bytes())
+        .map_err(|e| VaultError::io(&url_file, e))?;
+    let mut text = existing.unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(STORAGE_TABLE);
+    let staged = config.with_extension("toml.migrating");
+    crate::data_dir::write_owner_only(&staged, text.as_bytes())
+        .map_err(|e| VaultError::io(&staged, e))?;
+    std::fs::rename(&staged, &config).map_err(|e| VaultError::io(&config, e))?;
+    if !Location::of(data_dir)?.is_postgres() {
+        return Err(config_err(format!(
+            "{} does not name PostgreSQL after the migration",
+            config.display()
+        )));
+    }
+    drop(hold);
+    Ok(Migration {
+        moved,
+        target: settings.to_string(),
+        config,
+        url_file,
+        sqlite: db,
+    })
+}
