@@ -344,6 +344,41 @@ impl StorageSettings {
         }
     }
 
+    /// The `[storage]` table naming PostgreSQL at `url`, as TOML text.
+    pub fn postgres_table(url: &str) -> String {
+        format!(
+            "\n[storage]\nengine = \"postgres\"\nurl = {}\n",
+            toml::Value::String(url.to_owned())
+        )
+    }
+
+    /// Records PostgreSQL at `url` in `DATA/panvault.toml` (`init --postgres`):
+    /// the table is appended (the file made, owner only, if there is none), so
+    /// every admin command finds the engine from `--data-dir`. A file that names
+    /// another storage already is refused, never rewritten.
+    pub fn record_postgres(data_dir: &Path, url: &str) -> Result<(), ConfigError> {
+        let path = crate::DataDir::new(data_dir).config();
+        let field = || path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(ConfigError::new(field(), e.to_string())),
+        };
+        if let Some(existing) = StorageSettings::from_config_text(&text)? {
+            if existing.engine == Engine::Postgres && existing.url() == Some(url) {
+                return Ok(());
+            }
+            return Err(ConfigError::new(
+                field(),
+                "already has a [storage] table naming another database; edit it by hand",
+            ));
+        }
+        let mut all = text;
+        all.push_str(&StorageSettings::postgres_table(url));
+        crate::data_dir::write_owner_only(&path, all.as_bytes())
+            .map_err(|e| ConfigError::new(field(), e.to_string()))
+    }
+
     /// The URL, if given inline.
     pub fn url(&self) -> Option<&str> {
         self.url.as_ref().map(|u| u.0.as_str())

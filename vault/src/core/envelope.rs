@@ -264,9 +264,14 @@ mod tests {
     #[test]
     fn personal_data_opens_only_for_its_row_and_never_as_a_card() {
         let k = DataKey::new(3, &SecretKey32::from_bytes(&mut [7u8; 32]));
-        let blob = k.seal_personal("shop", "tok_a", b"{\"s\":\"alice\"}").unwrap();
+        let blob = k
+            .seal_personal("shop", "tok_a", b"{\"s\":\"alice\"}")
+            .unwrap();
         assert_eq!(personal_version(&blob), Some(3));
-        assert_eq!(&k.open_personal("shop", "tok_a", &blob).unwrap()[..], b"{\"s\":\"alice\"}");
+        assert_eq!(
+            &k.open_personal("shop", "tok_a", &blob).unwrap()[..],
+            b"{\"s\":\"alice\"}"
+        );
         assert!(k.open_personal("shop", "tok_b", &blob).is_err());
         assert!(k.open_personal("other", "tok_a", &blob).is_err());
         let other = DataKey::new(4, &SecretKey32::from_bytes(&mut [7u8; 32]));

@@ -537,12 +537,19 @@ pub fn append_admin_event(
     action: AuditAction,
     details: &str,
 ) -> Result<u64, VaultError> {
-    let db = crate::store::db_path(data_dir);
-    if !db.exists() {
+    let location = crate::store::Location::of(data_dir)?;
+    if let crate::store::Location::Sqlite(db) = &location
+        && !db.exists()
+    {
         return Err(VaultError::NotInitialized(data_dir.display().to_string()));
     }
     // Not `open_writer`: no migrations here, and a file that is not a vault is left alone.
-    let conn = Session::open_for_append(&db).map_err(VaultError::Store)?;
+    let conn = match Session::open_for_append_at(&location) {
+        Err(crate::store::StoreError::NoVault) => {
+            return Err(VaultError::NotInitialized(location.to_string()));
+        }
+        other => other.map_err(VaultError::Store)?,
+    };
     if super::keyring::meta_get(&conn.reader(), "vault_id")
         .ok()
         .flatten()

@@ -205,7 +205,12 @@ impl Vault {
                                 .into(),
                         )
                     })?;
-                (Session::open(db, false)?, Some(serve_lock), None, db.clone())
+                (
+                    Session::open(db, false)?,
+                    Some(serve_lock),
+                    None,
+                    db.clone(),
+                )
             }
             Location::Postgres(settings) => {
                 let pool = Arc::new(store::pg::PgPool::open(settings).map_err(StoreError::from)?);

@@ -52,8 +52,9 @@ macro_rules! on {
 /// A PostgreSQL card row as the service reads it: the subject and metadata stay
 /// sealed (`sealed_personal`) until the service opens them.
 fn from_pg(row: pg::cards::PgCardRow) -> Result<CardRow, pg::PgError> {
-    let key_version = u32::try_from(row.key_version)
-        .map_err(|_| pg::PgError::Foreign("cards.key_version holds a value the vault never writes".into()))?;
+    let key_version = u32::try_from(row.key_version).map_err(|_| {
+        pg::PgError::Foreign("cards.key_version holds a value the vault never writes".into())
+    })?;
     Ok(CardRow {
         id: row.id,
         token: row.token,
@@ -360,7 +361,9 @@ impl Reader<'_> {
     /// ([`super::scrub_wal`]).
     pub(crate) fn vacuum(&self) -> Result<(), StoreError> {
         match self.eng() {
-            Eng::Sqlite(_) => Err(StoreError::Unsupported("VACUUM of a read connection (SQLite)")),
+            Eng::Sqlite(_) => Err(StoreError::Unsupported(
+                "VACUUM of a read connection (SQLite)",
+            )),
             Eng::Pg(conn) => conn.vacuum(),
         }
     }
@@ -874,7 +877,10 @@ impl Session {
     pub fn begin(&self) -> Result<OpenTx<'_>, StoreError> {
         match &self.conn {
             SessionConn::Sqlite(c) => Ok(OpenTx {
-                tx: OpenKind::Sqlite(Transaction::new_unchecked(c, TransactionBehavior::Deferred)?),
+                tx: OpenKind::Sqlite(Transaction::new_unchecked(
+                    c,
+                    TransactionBehavior::Deferred,
+                )?),
             }),
             SessionConn::Pg(c) => Session::begin_pg(c, KeyLock::None, None),
         }
@@ -887,7 +893,10 @@ impl Session {
     pub fn begin_immediate(&self) -> Result<OpenTx<'_>, StoreError> {
         match &self.conn {
             SessionConn::Sqlite(c) => Ok(OpenTx {
-                tx: OpenKind::Sqlite(Transaction::new_unchecked(c, TransactionBehavior::Immediate)?),
+                tx: OpenKind::Sqlite(Transaction::new_unchecked(
+                    c,
+                    TransactionBehavior::Immediate,
+                )?),
             }),
             SessionConn::Pg(c) => Session::begin_pg(c, KeyLock::Exclusive, Some(super::LOCK_WAIT)),
         }
@@ -905,14 +914,17 @@ impl Session {
         let c = match &self.conn {
             SessionConn::Sqlite(c) => c,
             SessionConn::Pg(c) => {
-                return match Session::begin_pg(c, KeyLock::Exclusive, Some(Duration::from_millis(100))) {
+                return match Session::begin_pg(
+                    c,
+                    KeyLock::Exclusive,
+                    Some(Duration::from_millis(100)),
+                ) {
                     Err(StoreError::LockHeld(_)) => {
                         on_busy();
-                        Session::begin_pg(c, KeyLock::Exclusive, Some(wait))
-                            .map_err(|e| match e {
-                                StoreError::LockHeld(_) => StoreError::LockHeld(wait.as_secs()),
-                                other => other,
-                            })
+                        Session::begin_pg(c, KeyLock::Exclusive, Some(wait)).map_err(|e| match e {
+                            StoreError::LockHeld(_) => StoreError::LockHeld(wait.as_secs()),
+                            other => other,
+                        })
                     }
                     other => other,
                 };

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-pub use handle::{OpenTx, Reader, Session, Tx};
 pub(crate) use handle::SealedPersonal;
+pub use handle::{OpenTx, Reader, Session, Tx};
 // The rows the handles take and return: plain data, the same for every engine.
 pub use cards::{CardRow, Inserted, NewCard};
 pub use erasure::{CompletedErasure, DeletedCard, RequestOverview};

@@ -360,7 +360,9 @@ fn run_batch_pg<S: WriterState>(
 ) -> Result<(), StoreError> {
     let Some(conn) = session.pg() else {
         batch.clear();
-        return Err(StoreError::Unavailable("the writer has no database connection"));
+        return Err(StoreError::Unavailable(
+            "the writer has no database connection",
+        ));
     };
     let begun = conn
         .reconnect_if_closed()

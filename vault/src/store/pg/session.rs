@@ -51,7 +51,11 @@ impl PgConn {
     /// Replaces a client the server closed (a restart, a failover) with a fresh
     /// one from the pool; a live client stays.
     pub(crate) fn reconnect_if_closed(&self) -> Result<(), StoreError> {
-        let closed = self.client.try_borrow().map(|c| c.is_closed()).unwrap_or(false);
+        let closed = self
+            .client
+            .try_borrow()
+            .map(|c| c.is_closed())
+            .unwrap_or(false);
         if closed && let Some(pool) = &self.pool {
             let fresh = pool.get()?;
             *self.client.try_borrow_mut().map_err(|_| in_use())? = fresh;
@@ -119,7 +123,9 @@ impl PgConn {
         if let Err(e) = locked {
             self.rollback();
             return Err(match (&e, wait) {
-                (StoreError::Postgres { code: Some(c), .. }, Some(w)) if c == LOCK_NOT_AVAILABLE => {
+                (StoreError::Postgres { code: Some(c), .. }, Some(w))
+                    if c == LOCK_NOT_AVAILABLE =>
+                {
                     StoreError::LockHeld(w.as_secs())
                 }
                 _ => e,
@@ -141,9 +147,7 @@ impl PgConn {
         }
         let r = self.run(|c| Ok(c.batch_execute("COMMIT")?));
         if let Err(StoreError::Postgres {
-            code: None,
-            source,
-            ..
+            code: None, source, ..
         }) = &r
         {
             return Err(StoreError::Postgres {
@@ -173,7 +177,10 @@ impl PgConn {
             *d = *s;
         }
         let [a, b, c, d, e, f, g, h] = k;
-        let (hi, lo) = (i32::from_be_bytes([a, b, c, d]), i32::from_be_bytes([e, f, g, h]));
+        let (hi, lo) = (
+            i32::from_be_bytes([a, b, c, d]),
+            i32::from_be_bytes([e, f, g, h]),
+        );
         self.run(|c| {
             c.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&hi, &lo])?;
             Ok(())
@@ -200,5 +207,7 @@ pub(crate) enum KeyLock {
 }
 
 fn in_use() -> StoreError {
-    StoreError::Unavailable("the PostgreSQL connection is in use by another statement of this handle")
+    StoreError::Unavailable(
+        "the PostgreSQL connection is in use by another statement of this handle",
+    )
 }
