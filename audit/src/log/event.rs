@@ -102,6 +102,9 @@ pub enum Action {
     ComplianceRun,
     /// Admin: the server started despite failing compliance checks.
     ServeNoncompliant,
+    /// Server: a vault node joined a log shared by several nodes (the first
+    /// event of its chain).
+    NodeRegister,
 }
 
 /// What an event of an [`Action`] must name besides who acted and how it ended.
@@ -117,7 +120,7 @@ pub enum Resource {
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 23] = [
         Action::Tokenize,
         Action::Read,
         Action::Detokenize,
@@ -140,6 +143,7 @@ impl Action {
         Action::AuditCheckpoint,
         Action::ComplianceRun,
         Action::ServeNoncompliant,
+        Action::NodeRegister,
     ];
 
     /// The name stored in the log.
@@ -167,6 +171,7 @@ impl Action {
             Action::AuditCheckpoint => "audit.checkpoint",
             Action::ComplianceRun => "compliance.run",
             Action::ServeNoncompliant => "serve.noncompliant",
+            Action::NodeRegister => "node.register",
         }
     }
 
@@ -200,7 +205,8 @@ impl Action {
             | Action::AuditExport
             | Action::AuditCheckpoint
             | Action::ComplianceRun
-            | Action::ServeNoncompliant => Resource::None,
+            | Action::ServeNoncompliant
+            | Action::NodeRegister => Resource::None,
         }
     }
 }

@@ -257,7 +257,20 @@ fn human_secs(s: u64) -> String {
 
 fn print_report(r: &VerifyReport, anchor: Option<&Checkpoint>, now: time::OffsetDateTime) {
     let mut out = io::stdout().lock();
-    let range = if r.events == 0 {
+    let range = if !r.nodes.is_empty() {
+        // A log shared by several nodes: one chain each.
+        let heads: Vec<String> = r
+            .nodes
+            .iter()
+            .map(|h| format!("{} {}", h.node, h.seq))
+            .collect();
+        format!(
+            "{} on {} (last seq {})",
+            count(r.events, "event"),
+            count(u64::try_from(r.nodes.len()).unwrap_or(u64::MAX), "node"),
+            heads.join(", ")
+        )
+    } else if r.events == 0 {
         "no events".to_owned()
     } else {
         format!(
@@ -339,7 +352,7 @@ fn verify_postgres(
         io::pipe().map_err(|e| CliError::usage(format!("cannot make a pipe: {e}")))?;
     let (exported, verified) = std::thread::scope(|s| {
         let exporter =
-            s.spawn(move || pg::audit::export_jsonl(&mut client, 1, BufWriter::new(writer)));
+            s.spawn(move || pg::audit::export_jsonl(&mut client, BufWriter::new(writer)));
         let verified = audit::verify_export(io::BufReader::new(reader), key, anchors);
         (exporter.join(), verified)
     });
@@ -356,6 +369,11 @@ fn verify_postgres(
 fn export(a: &ExportArgs) -> Result<ExitCode, CliError> {
     let Format::Jsonl = a.format;
     if let Some(settings) = postgres_of(&a.dir.data_dir)? {
+        if a.from > 1 {
+            return Err(CliError::usage(
+                "--from: a log shared by several nodes (PostgreSQL) is exported whole",
+            ));
+        }
         let shown = settings.to_string();
         let mut client =
             pg::connect(&settings).map_err(|e| CliError::usage(format!("{shown}: {e}")))?;
@@ -363,11 +381,9 @@ fn export(a: &ExportArgs) -> Result<ExitCode, CliError> {
             Some(path) => {
                 let file = create_private(path)
                     .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-                pg::audit::export_jsonl(&mut client, a.from, BufWriter::new(file))
+                pg::audit::export_jsonl(&mut client, BufWriter::new(file))
             }
-            None => {
-                pg::audit::export_jsonl(&mut client, a.from, BufWriter::new(io::stdout().lock()))
-            }
+            None => pg::audit::export_jsonl(&mut client, BufWriter::new(io::stdout().lock())),
         }
         .map_err(|e| fail("audit export", &e))?;
         eprintln!("exported {n} events, with every checkpoint and prune record");

@@ -533,7 +533,14 @@ impl Admin {
         witness: Option<&Path>,
     ) -> Result<panvault_audit::log::Checkpoint, VaultError> {
         let now = self.now();
-        audit_hook::sign_checkpoint_now(&mut self.conn, &self.keys, actor, now, witness)
+        // PostgreSQL signs a cluster checkpoint (every node's head), which has no
+        // single-chain form to hand back or witness: it is committed, and said so.
+        audit_hook::sign_checkpoint_now(&mut self.conn, &self.keys, actor, now, witness)?.ok_or(
+            VaultError::Store(StoreError::Unsupported(
+                "a single-chain checkpoint on PostgreSQL: a cluster checkpoint of every node's \
+                 head was signed and committed; `audit verify` checks it",
+            )),
+        )
     }
 
     /// Records an admin action that has no data change of its own (e.g. `audit

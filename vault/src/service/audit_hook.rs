@@ -311,15 +311,37 @@ impl AuditState {
         }
     }
 
-    /// Signs a checkpoint of the current head inside the caller's transaction.
-    fn sign(&mut self, conn: &Tx<'_>, now: OffsetDateTime) -> Result<Checkpoint, VaultError> {
+    /// Signs a checkpoint of the current head inside the caller's transaction
+    /// (PostgreSQL: a cluster checkpoint, `None`; the witness file holds
+    /// single-chain checkpoints only).
+    fn sign(
+        &mut self,
+        conn: &Tx<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Option<Checkpoint>, VaultError> {
         let cp = conn
             .sign_audit_checkpoint(&mut self.chain, &self.signer, now)
             .map_err(audit_err)?;
-        if let Some(w) = &mut self.witness {
+        if let (Some(w), Some(cp)) = (&mut self.witness, &cp) {
             w.in_tx.push(cp.clone());
         }
         Ok(cp)
+    }
+
+    /// Registers this node in the shared log if it is not yet (PostgreSQL; see
+    /// [`Tx::register_audit_node`]), inside the caller's transaction.
+    pub(crate) fn register_node(
+        &mut self,
+        conn: &Tx<'_>,
+        actor: &AccessContext,
+    ) -> Result<(), VaultError> {
+        conn.register_audit_node(
+            &mut self.chain,
+            &self.signer,
+            actor_of(actor),
+            OffsetDateTime::now_utc(),
+        )
+        .map_err(audit_err)
     }
 
     /// Writes a signed checkpoint if one is due (or `force`).
@@ -330,7 +352,9 @@ impl AuditState {
     ) -> Result<(), VaultError> {
         let now = OffsetDateTime::now_utc();
         if (force && self.chain.events_since_checkpoint() > 0)
-            || self.chain.checkpoint_due(&self.policy, now)
+            || conn
+                .audit_checkpoint_due(&self.chain, &self.policy, now)
+                .map_err(audit_err)?
         {
             self.sign(conn, now)?;
         }
@@ -391,21 +415,22 @@ impl AuditState {
                 .reload_audit_chain(&mut self.chain)
                 .map_err(audit_err)?;
         }
-        let due = |chain: &AuditChain, policy: &CheckpointPolicy| {
+        let due = |r: &crate::store::Reader<'_>, chain: &AuditChain, policy: &CheckpointPolicy| {
             if force {
-                chain.events_since_checkpoint() > 0
+                Ok(chain.events_since_checkpoint() > 0)
             } else {
-                chain.checkpoint_due(policy, OffsetDateTime::now_utc())
+                r.audit_checkpoint_due(chain, policy, OffsetDateTime::now_utc())
+                    .map_err(audit_err)
             }
         };
-        if !due(&self.chain, &self.policy) {
+        if !due(&conn.reader(), &self.chain, &self.policy)? {
             return Ok(());
         }
         let open = conn.begin_immediate()?;
         let tx = open.tx();
         // Under the write lock nobody else appends: this head is the last one.
         tx.reload_audit_chain(&mut self.chain).map_err(audit_err)?;
-        if due(&self.chain, &self.policy) {
+        if due(&tx, &self.chain, &self.policy)? {
             self.sign(&tx, OffsetDateTime::now_utc())?;
         }
         drop(tx);
@@ -479,6 +504,7 @@ pub(crate) fn record_admin(
     now: i64,
 ) -> Result<u64, VaultError> {
     let mut state = AuditState::load(conn, keys, CheckpointPolicy::default())?;
+    state.register_node(conn, actor)?;
     let rec = AuditRecord {
         action,
         tenant: None,
@@ -503,10 +529,11 @@ pub(crate) fn sign_checkpoint_now(
     actor: &AccessContext,
     now: i64,
     witness: Option<&Path>,
-) -> Result<Checkpoint, VaultError> {
+) -> Result<Option<Checkpoint>, VaultError> {
     let open = conn.begin_immediate()?;
     let tx = open.tx();
     let mut state = AuditState::load(&tx, keys, CheckpointPolicy::default())?;
+    state.register_node(&tx, actor)?;
     let rec = AuditRecord {
         action: AuditAction::AuditCheckpoint,
         tenant: None,
@@ -520,8 +547,8 @@ pub(crate) fn sign_checkpoint_now(
     let cp = state.sign(&tx, OffsetDateTime::now_utc())?;
     drop(tx);
     open.commit()?;
-    if let Some(path) = witness {
-        Checkpoint::append_to_witness(path, std::slice::from_ref(&cp))
+    if let (Some(path), Some(cp)) = (witness, &cp) {
+        Checkpoint::append_to_witness(path, std::slice::from_ref(cp))
             .map_err(|e| VaultError::io(path, e))?;
     }
     Ok(cp)

@@ -228,12 +228,25 @@ impl Vault {
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
         let (root, _info, _shares) = keyring::unseal_root(&conn.reader(), &vault_id, unlock)?;
         let ring = Keyring::load(&conn.reader(), &vault_id, root)?;
-        let state = VaultState::load(
+        let mut state = VaultState::load(
             &conn.autocommit(),
             &ring,
             opts.checkpoint,
             opts.checkpoint_witness.clone(),
         )?;
+        if conn.is_postgres() {
+            // This node's chain in the shared log: registered (its first event and
+            // cluster checkpoint) before it appends anything.
+            let ctx = AccessContext {
+                actor: crate::hygiene::admin_actor_name(),
+                ..Default::default()
+            };
+            let open = conn.begin()?;
+            let tx = open.tx();
+            state.audit_mut().register_node(&tx, &ctx)?;
+            drop(tx);
+            open.commit()?;
+        }
         let reload_wanted = state.reload_wanted();
         let tokens_stored = state.dedup.stored();
         let (checkpointed, readers) = match &pg_pool {

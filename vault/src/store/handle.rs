@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use panvault_audit::log::{AuditChain, AuditError, Checkpoint, NewEvent, PruneReport, SigningKey};
+use panvault_audit::log::{
+    Actor, AuditChain, AuditError, Checkpoint, CheckpointPolicy, NewEvent, PruneReport, SigningKey,
+};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use time::OffsetDateTime;
 
@@ -29,7 +31,7 @@ enum Conn<'a> {
     Pooled(PooledConn<'a>),
     Owned(Connection),
     PgBorrowed(&'a PgConn),
-    PgOwned(PgConn),
+    PgOwned(Box<PgConn>),
 }
 
 /// The engine under a handle.
@@ -135,7 +137,7 @@ impl<'a> Reader<'a> {
 
     pub(super) fn pg(conn: PgConn) -> Reader<'a> {
         Reader {
-            conn: Conn::PgOwned(conn),
+            conn: Conn::PgOwned(Box::new(conn)),
         }
     }
 
@@ -373,6 +375,20 @@ impl Reader<'_> {
         match self.eng() {
             Eng::Sqlite(c) => AuditChain::load(c),
             Eng::Pg(conn) => conn.audit(|log| AuditChain::load(log)),
+        }
+    }
+    /// Whether a checkpoint is due: the policy's (events or time since the last),
+    /// and on PostgreSQL also when another node's head moved since this node last
+    /// signed and the interval passed, so idle nodes anchor the others.
+    pub(crate) fn audit_checkpoint_due(
+        &self,
+        chain: &AuditChain,
+        policy: &CheckpointPolicy,
+        now: OffsetDateTime,
+    ) -> Result<bool, AuditError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(chain.checkpoint_due(policy, now)),
+            Eng::Pg(conn) => conn.audit(|log| chain.cluster_checkpoint_due(log, policy, now)),
         }
     }
     pub(crate) fn audit_chain_is_current(&self, chain: &AuditChain) -> Result<bool, AuditError> {
@@ -638,15 +654,37 @@ impl Tx<'_> {
             Eng::Pg(conn) => conn.audit(|log| chain.reload(log)),
         }
     }
+    /// Signs a checkpoint of the chain's head. On PostgreSQL a cluster checkpoint
+    /// (every registered node's head, see `panvault_audit::log::cluster`): no
+    /// single-chain checkpoint comes back (`None`).
     pub(crate) fn sign_audit_checkpoint(
         &self,
         chain: &mut AuditChain,
         key: &SigningKey,
         now: OffsetDateTime,
-    ) -> Result<Checkpoint, AuditError> {
+    ) -> Result<Option<Checkpoint>, AuditError> {
         match self.eng() {
-            Eng::Sqlite(c) => chain.checkpoint(c, key, now),
-            Eng::Pg(conn) => conn.audit(|log| chain.checkpoint(log, key, now)),
+            Eng::Sqlite(c) => chain.checkpoint(c, key, now).map(Some),
+            Eng::Pg(conn) => conn
+                .audit(|log| chain.cluster_checkpoint(log, key, now))
+                .map(|_| None),
+        }
+    }
+    /// Registers this node in the shared log (PostgreSQL: its `node.register`
+    /// event and first cluster checkpoint, once; nothing if it is registered
+    /// already). SQLite has one chain: nothing to do.
+    pub(crate) fn register_audit_node(
+        &self,
+        chain: &mut AuditChain,
+        key: &SigningKey,
+        actor: Actor,
+        now: OffsetDateTime,
+    ) -> Result<(), AuditError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(()),
+            Eng::Pg(conn) => conn
+                .audit(|log| chain.register_node(log, key, actor, now))
+                .map(|_| ()),
         }
     }
     pub(crate) fn prune_audit(
@@ -671,7 +709,7 @@ pub struct Session {
 
 enum SessionConn {
     Sqlite(Connection),
-    Pg(PgConn),
+    Pg(Box<PgConn>),
 }
 
 impl std::fmt::Debug for Session {
@@ -767,7 +805,7 @@ impl Session {
                 }
                 conn.run(|c| pg::schema::migrate(c).map(|_| ()))?;
                 Ok(Session {
-                    conn: SessionConn::Pg(conn),
+                    conn: SessionConn::Pg(Box::new(conn)),
                 })
             }
         }
