@@ -4,8 +4,7 @@
 //! The store copies the rows (`store::pg::migrate`); this supplies what needs the
 //! unsealed keys (each card's subject hashed and its personal data sealed, as the
 //! PostgreSQL engine stores them) and records the engine in the data directory's
-//! configuration: `[storage]` with `url_file` naming an owner-only file that holds
-//! the URL, so the configuration itself holds no password.
+//! configuration (`[storage]`, as `init --postgres` does: the file owner-only).
 //!
 //! While it runs it holds the data directory's exclusive lock (no server runs on
 //! the vault) and SQLite's write lock (no admin command writes): the copy is one
@@ -22,9 +21,6 @@ use crate::store::pg::migrate::{MigrateError, Migrated, ProtectError, Protected}
 use crate::store::pg::{self, PgSettings};
 use crate::store::{self, CardRow, Location, Session, StoreError};
 
-/// The `[storage]` table `migrate` appends to the data directory's configuration.
-const STORAGE_TABLE: &str = "[storage]\nengine = \"postgres\"\nurl_file = \"postgres.url\"\n";
-
 /// What a migration did.
 #[derive(Debug)]
 pub struct Migration {
@@ -34,8 +30,6 @@ pub struct Migration {
     pub target: String,
     /// The configuration that now names PostgreSQL.
     pub config: PathBuf,
-    /// The owner-only file holding the URL.
-    pub url_file: PathBuf,
     /// The SQLite file, left as it was.
     pub sqlite: PathBuf,
 }
@@ -142,21 +136,11 @@ pub fn migrate_to_postgres(
     drop(client);
 
     // The engine, recorded where every command of this data directory looks.
-    let url_file = dir.postgres_url();
-    crate::data_dir::write_owner_only(&url_file, format!("{url}\n").as_bytes())
-        .map_err(|e| VaultError::io(&url_file, e))?;
-    let mut text = existing.unwrap_or_default();
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    if !text.is_empty() {
-        text.push('\n');
-    }
-    text.push_str(STORAGE_TABLE);
-    let staged = config.with_extension("toml.migrating");
-    crate::data_dir::write_owner_only(&staged, text.as_bytes())
-        .map_err(|e| VaultError::io(&staged, e))?;
-    std::fs::rename(&staged, &config).map_err(|e| VaultError::io(&config, e))?;
+    StorageSettings::record_postgres(data_dir, url).map_err(|e| {
+        config_err(format!(
+            "the vault was copied, but recording [storage] failed: {e}"
+        ))
+    })?;
     if !Location::of(data_dir)?.is_postgres() {
         return Err(config_err(format!(
             "{} does not name PostgreSQL after the migration",
@@ -168,7 +152,6 @@ pub fn migrate_to_postgres(
         moved,
         target: settings.to_string(),
         config,
-        url_file,
         sqlite: db,
     })
 }
