@@ -62,6 +62,14 @@ impl ReadPool {
     }
 }
 
+impl Drop for ReadPool {
+    fn drop(&mut self) {
+        // Closing PostgreSQL clients blocks on the driver's runtime.
+        let pg = self.pg.take();
+        super::pg::session::blocking(|| drop(pg));
+    }
+}
+
 /// A read connection borrowed from a [`ReadPool`].
 #[derive(Debug)]
 pub(super) struct PooledConn<'a> {

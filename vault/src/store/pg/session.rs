@@ -31,7 +31,8 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// One client of the pool, used by one handle at a time.
 pub(crate) struct PgConn {
     pool: Option<Arc<PgPool>>,
-    client: RefCell<PooledClient>,
+    /// Always `Some` until dropped (see `Drop`).
+    client: RefCell<Option<PooledClient>>,
     /// A statement failed since the transaction began: PostgreSQL has aborted
     /// it, and its `COMMIT` would quietly roll back.
     failed: Cell<bool>,
@@ -40,10 +41,10 @@ pub(crate) struct PgConn {
 impl PgConn {
     /// A client of `pool`, which also replaces it when the server closed it.
     pub(crate) fn from_pool(pool: Arc<PgPool>) -> Result<PgConn, StoreError> {
-        let client = pool.get()?;
+        let client = blocking(|| pool.get())?;
         Ok(PgConn {
             pool: Some(pool),
-            client: RefCell::new(client),
+            client: RefCell::new(Some(client)),
             failed: Cell::new(false),
         })
     }
@@ -54,11 +55,16 @@ impl PgConn {
         let closed = self
             .client
             .try_borrow()
-            .map(|c| c.is_closed())
+            .map(|c| c.as_ref().is_none_or(|c| c.is_closed()))
             .unwrap_or(false);
         if closed && let Some(pool) = &self.pool {
-            let fresh = pool.get()?;
-            *self.client.try_borrow_mut().map_err(|_| in_use())? = fresh;
+            let fresh = blocking(|| pool.get())?;
+            let old = self
+                .client
+                .try_borrow_mut()
+                .map_err(|_| in_use())?
+                .replace(fresh);
+            blocking(|| drop(old));
         }
         Ok(())
     }
@@ -69,7 +75,8 @@ impl PgConn {
         f: impl FnOnce(&mut postgres::Client) -> Result<T, PgError>,
     ) -> Result<T, StoreError> {
         let mut guard = self.client.try_borrow_mut().map_err(|_| in_use())?;
-        let r = f(&mut guard);
+        let client = guard.as_mut().ok_or_else(in_use)?;
+        let r = blocking(|| f(client));
         if r.is_err() {
             self.failed.set(true);
         }
@@ -82,13 +89,10 @@ impl PgConn {
         &self,
         f: impl FnOnce(&PgLog<'_, postgres::Client>) -> Result<T, AuditError>,
     ) -> Result<T, AuditError> {
-        let mut guard = self.client.try_borrow_mut().map_err(|_| {
-            AuditError::Storage(Box::new(StoreError::Unavailable(
-                "the PostgreSQL connection is in use by another statement of this handle",
-            )))
-        })?;
-        let client: &mut postgres::Client = &mut guard;
-        let r = f(&PgLog::new(client));
+        let in_use = || AuditError::Storage(Box::new(in_use()));
+        let mut guard = self.client.try_borrow_mut().map_err(|_| in_use())?;
+        let client: &mut postgres::Client = guard.as_mut().ok_or_else(in_use)?;
+        let r = blocking(|| f(&PgLog::new(client)));
         if r.is_err() {
             self.failed.set(true);
         }
@@ -164,8 +168,10 @@ impl PgConn {
 
     /// `ROLLBACK`, best effort (a broken connection has rolled back already).
     pub(crate) fn rollback(&self) {
-        if let Ok(mut c) = self.client.try_borrow_mut() {
-            let _ = c.batch_execute("ROLLBACK");
+        if let Ok(mut c) = self.client.try_borrow_mut()
+            && let Some(c) = c.as_mut()
+        {
+            let _ = blocking(|| c.batch_execute("ROLLBACK"));
         }
         self.failed.set(false);
     }
@@ -192,6 +198,34 @@ impl PgConn {
     /// backups, pages not yet reused) stays ciphertext.
     pub(crate) fn vacuum(&self) -> Result<(), StoreError> {
         self.run(|c| Ok(c.batch_execute("VACUUM cards, erasure_requests")?))
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // A client the pool discards (closed) is dropped here, and the driver's
+        // drop blocks on its runtime: never on an async worker thread as it is.
+        let client = self.client.get_mut().take();
+        let pool = self.pool.take();
+        blocking(|| {
+            drop(client);
+            // The last handle on a pool closes its idle clients.
+            drop(pool);
+        });
+    }
+}
+
+/// Runs `f`, which blocks on the synchronous driver's own runtime: on a worker
+/// thread of a multi-threaded tokio runtime (a request handler reading through
+/// the pool) it runs in `block_in_place`, which is allowed to; elsewhere (the
+/// writer thread, admin commands) as it is. A current-thread runtime cannot host
+/// the PostgreSQL engine's blocking calls: use `spawn_blocking` there.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
