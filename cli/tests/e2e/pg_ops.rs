@@ -1074,8 +1074,6 @@ fn pg_ops_migrate_command_moves_a_vault_and_refuses_twice() {
 /// hash PostgreSQL holds, and the new events continue the moved chain, which
 /// verifies with the public key alone.
 #[test]
-#[ignore = "the PostgreSQL read path still runs the blocking driver on a tokio worker \
-            (ReadPool::get panics: a runtime inside a runtime); enable with the engine's fix"]
 fn pg_ops_migrated_vault_serves_every_token_from_postgres() {
     use panvault_audit::log::{PublicKey, verify_export};
     use panvault_vault::service::erase::EraseTarget;
