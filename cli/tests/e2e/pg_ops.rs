@@ -1059,6 +1059,29 @@ fn pg_ops_migrate_command_moves_a_vault_and_refuses_twice() {
     init_sqlite_vault(&other);
     let (ok, text) = run_panvault(&pg, &["migrate", "--to-postgres", &url], &other);
     assert!(!ok && text.contains("not empty"), "{text}");
+
+    // A vault whose audit log does not verify is not moved (a modified event).
+    let broken = tmp.path().join("broken");
+    filled_sqlite_vault(&broken);
+    let fresh =
+        PgServer::start("pg_ops_migrate_command_moves_a_vault_and_refuses_twice_2").unwrap();
+    let fresh_url = fresh.url("disable");
+    rusqlite::Connection::open(store::db_path(&broken))
+        .unwrap()
+        .execute(
+            "UPDATE audit_events SET actor = 'someone-else' WHERE seq = 3",
+            [],
+        )
+        .unwrap();
+    let (ok, text) = run_panvault(&fresh, &["migrate", "--to-postgres", &fresh_url], &broken);
+    assert!(!ok && text.contains("does not verify"), "{text}");
+    assert!(!Location::of(&broken).unwrap().is_postgres());
+    let mut f = pg::connect(&PgSettings::from_url(&fresh_url).unwrap()).unwrap();
+    assert_eq!(
+        schema::version(&mut f).unwrap(),
+        None,
+        "the target was touched"
+    );
     assert!(!DataDir::new(&other).config().exists());
     assert!(!Location::of(&other).unwrap().is_postgres());
     let cards: i64 = c
