@@ -29,7 +29,7 @@ enum Conn<'a> {
     Pooled(PooledConn<'a>),
     Owned(Connection),
     PgBorrowed(&'a PgConn),
-    PgOwned(PgConn),
+    PgOwned(Box<PgConn>),
 }
 
 /// The engine under a handle.
@@ -135,7 +135,7 @@ impl<'a> Reader<'a> {
 
     pub(super) fn pg(conn: PgConn) -> Reader<'a> {
         Reader {
-            conn: Conn::PgOwned(conn),
+            conn: Conn::PgOwned(Box::new(conn)),
         }
     }
 
@@ -671,7 +671,7 @@ pub struct Session {
 
 enum SessionConn {
     Sqlite(Connection),
-    Pg(PgConn),
+    Pg(Box<PgConn>),
 }
 
 impl std::fmt::Debug for Session {
@@ -767,7 +767,7 @@ impl Session {
                 }
                 conn.run(|c| pg::schema::migrate(c).map(|_| ()))?;
                 Ok(Session {
-                    conn: SessionConn::Pg(conn),
+                    conn: SessionConn::Pg(Box::new(conn)),
                 })
             }
         }
