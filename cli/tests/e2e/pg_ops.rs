@@ -1159,3 +1159,43 @@ fn pg_ops_migrated_vault_serves_every_token_from_postgres() {
     assert_eq!(report.events, n);
     assert!(n > before, "{n} events after, {before} before");
 }
+
+/// How fast `store::pg::migrate` copies (a measurement, not a check): `N` cards
+/// (all with a subject, half with metadata, the test's stand-in protection) and
+/// `N` audit rows (`N` = `PANVAULT_MIGRATE_ROWS`, default 20000), built straight into SQLite.
+/// `PANVAULT_MIGRATE_ROWS=100000 cargo test -p panvault-cli --test e2e pg_ops_measure -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement: run it by name with --ignored --nocapture"]
+fn pg_ops_measure_migrate_rows_per_second() {
+    let n: u32 = std::env::var("PANVAULT_MIGRATE_ROWS").map_or(20_000, |v| v.parse().unwrap());
+    let Some(pg) = PgServer::start("pg_ops_measure_migrate_rows_per_second") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store::open_writer(&dir.path().join("vault.db"), true).unwrap();
+    panvault_audit::log::migrate(&s).unwrap();
+    let tx = s.transaction().unwrap();
+    for i in 0..n {
+        let token = format!("tok_{i:08}");
+        let subject = format!("cust-{}", i % 1000);
+        let mut c = card(&token, "shop", Some(&subject), 2031, None);
+        c.metadata = (i % 2 == 0).then_some("{\"o\":\"1\"}");
+        store::cards::insert(&tx, &c).unwrap();
+        tx.execute(
+            "INSERT INTO audit_events (seq, time_ns, actor, action, outcome, prev_hash, hash) \
+             VALUES (?1, 0, 'a', 'tokenize', 'success', zeroblob(32), zeroblob(32))",
+            [i64::from(i) + 1],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let mut p = pg::connect(&PgSettings::from_url(&pg.url("disable")).unwrap()).unwrap();
+    let t = std::time::Instant::now();
+    let m = pg::migrate::from_sqlite(&s, &mut p, &mut fake_protect).unwrap();
+    let e = t.elapsed();
+    assert_eq!(m.rows("cards"), u64::from(n));
+    eprintln!(
+        "migrate: {n} cards + {n} audit events in {e:?}: {:.0} rows/s",
+        2.0 * f64::from(n) / e.as_secs_f64()
+    );
+}
