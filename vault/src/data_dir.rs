@@ -34,10 +34,7 @@ impl DataDir {
     pub const CONFIG: &'static str = "panvault.toml";
     /// The development PKI `quickstart` makes.
     pub const PKI: &'static str = "pki";
-    /// The PostgreSQL URL of a vault moved there by `migrate --to-postgres`
-    /// (owner-only; `[storage] url_file` names it, so the configuration holds no
-    /// password).
-    pub const POSTGRES_URL: &'static str = "postgres.url";
+
     /// The development passphrase `quickstart` makes.
     /// (The compliance checks recognise a development vault by it.)
     pub const DEV_PASSPHRASE: &'static str = panvault_audit::compliance::DEV_PASSPHRASE_FILE;
@@ -86,11 +83,6 @@ impl DataDir {
     /// [`DataDir::CONFIG`].
     pub fn config(&self) -> PathBuf {
         self.root.join(Self::CONFIG)
-    }
-
-    /// [`DataDir::POSTGRES_URL`].
-    pub fn postgres_url(&self) -> PathBuf {
-        self.root.join(Self::POSTGRES_URL)
     }
 
     /// [`DataDir::PKI`].

@@ -20,6 +20,8 @@ pub struct Args {
     #[arg(
         long = "to-postgres",
         value_name = "URL",
+        env = "PANVAULT_POSTGRES_URL",
+        hide_env_values = true,
         conflicts_with = "to_postgres_file",
         required_unless_present = "to_postgres_file"
     )]
@@ -43,16 +45,20 @@ pub fn run(a: Args) -> Result<ExitCode, CliError> {
         (None, None) => return Err(CliError::usage("give --to-postgres or --to-postgres-file")),
     };
     let unlock = a.common.secret.unlock_for(&a.common.data_dir)?;
-    let m = panvault_vault::service::migrate::migrate_to_postgres(&a.common.data_dir, &unlock, &url)
-        .map_err(vault_err)?;
-    crate::outln!("Moved the vault into {} (schema version {}):", m.target, m.moved.schema_version);
+    let m =
+        panvault_vault::service::migrate::migrate_to_postgres(&a.common.data_dir, &unlock, &url)
+            .map_err(vault_err)?;
+    crate::outln!(
+        "Moved the vault into {} (schema version {}):",
+        m.target,
+        m.moved.schema_version
+    );
     for (table, rows) in &m.moved.tables {
         crate::outln!("  {table:<18} {rows:>10}");
     }
     crate::outln!(
-        "{} now names PostgreSQL ([storage], URL in {}); admin commands with this --data-dir use it.",
-        m.config.display(),
-        m.url_file.display()
+        "{} now names PostgreSQL ([storage]); admin commands with this --data-dir use it.",
+        m.config.display()
     );
     crate::outln!(
         "A server started with its own --config needs the same [storage] table. {} was left as it was: keep it as a copy or remove it.",

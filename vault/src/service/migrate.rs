@@ -4,8 +4,11 @@
 //! The store copies the rows (`store::pg::migrate`); this supplies what needs the
 //! unsealed keys (each card's subject hashed and its personal data sealed, as the
 //! PostgreSQL engine stores them) and records the engine in the data directory's
-//! configuration: `[storage]` with `url_file` naming an owner-only file that holds
-//! the URL, so the configuration itself holds no password.
+//! configuration (`[storage]`, as `init --postgres` does: the file owner-only).
+//!
+//! The audit log must verify (with the vault's public key) before the move, and
+//! its export from PostgreSQL must verify to the same report after it; only then
+//! is `[storage]` recorded.
 //!
 //! While it runs it holds the data directory's exclusive lock (no server runs on
 //! the vault) and SQLite's write lock (no admin command writes): the copy is one
@@ -14,6 +17,8 @@
 
 use std::path::{Path, PathBuf};
 
+use panvault_audit::log::{self as audit, AuditError, SigningKey};
+
 use super::keyring::{self, Keyring, Unlock};
 use super::personal;
 use crate::config::StorageSettings;
@@ -21,9 +26,6 @@ use crate::error::VaultError;
 use crate::store::pg::migrate::{MigrateError, Migrated, ProtectError, Protected};
 use crate::store::pg::{self, PgSettings};
 use crate::store::{self, CardRow, Location, Session, StoreError};
-
-/// The `[storage]` table `migrate` appends to the data directory's configuration.
-const STORAGE_TABLE: &str = "[storage]\nengine = \"postgres\"\nurl_file = \"postgres.url\"\n";
 
 /// What a migration did.
 #[derive(Debug)]
@@ -34,14 +36,16 @@ pub struct Migration {
     pub target: String,
     /// The configuration that now names PostgreSQL.
     pub config: PathBuf,
-    /// The owner-only file holding the URL.
-    pub url_file: PathBuf,
     /// The SQLite file, left as it was.
     pub sqlite: PathBuf,
 }
 
 fn config_err(msg: impl Into<String>) -> VaultError {
     VaultError::Store(StoreError::Config(msg.into()))
+}
+
+fn audit_err(e: AuditError) -> VaultError {
+    VaultError::AuditUnavailable(Some(Box::new(e)))
 }
 
 fn migrate_err(e: MigrateError) -> VaultError {
@@ -134,29 +138,58 @@ pub fn migrate_to_postgres(
         Keyring::load(&tx, &vault_id, root)?
     };
     let reader = store::open_reader(&db)?;
+    // The log must verify before it moves (a broken chain would arrive broken),
+    // and verify alike after: the same events, checkpoints and head.
+    let public = SigningKey::from_pkcs8(&keys.audit_pkcs8)
+        .map_err(|_| VaultError::Crypto)?
+        .public_key();
+    let before = audit::verify(&reader, &public, None).map_err(audit_err)?;
+    if let Some(problem) = &before.problem {
+        return Err(VaultError::AuditUnavailable(Some(
+            format!("the SQLite audit log does not verify ({problem}): the vault is not moved")
+                .into(),
+        )));
+    }
     let mut client = pg::connect(&settings).map_err(StoreError::from)?;
     let moved = pg::migrate::from_sqlite(&reader, &mut client, &mut |card: &CardRow| {
         protect(&keys, card)
     })
     .map_err(migrate_err)?;
+    // Streamed to the verifier through a pipe: the log is never held whole.
+    let (pipe_out, pipe_in) = std::io::pipe().map_err(|e| VaultError::io(&config, e))?;
+    let (exported, after) = std::thread::scope(|s| {
+        let client = &mut client;
+        let exporter =
+            s.spawn(move || pg::audit::export_jsonl(client, 1, std::io::BufWriter::new(pipe_in)));
+        let after = audit::verify_export(std::io::BufReader::new(pipe_out), &public, &[]);
+        (exporter.join(), after)
+    });
+    match exported {
+        Ok(Ok(_)) => {}
+        // The verifier stopped reading: its own answer says why.
+        Ok(Err(AuditError::Io(e))) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Ok(Err(e)) => return Err(audit_err(e)),
+        Err(_) => {
+            return Err(VaultError::internal("the export thread panicked"));
+        }
+    }
+    let after = after.map_err(audit_err)?;
     drop(client);
+    if after != before {
+        return Err(VaultError::AuditUnavailable(Some(
+            "the audit log copied into PostgreSQL does not verify as the SQLite log did; \
+             [storage] was not recorded (the vault stays on SQLite; empty the database \
+             before trying again)"
+                .into(),
+        )));
+    }
 
     // The engine, recorded where every command of this data directory looks.
-    let url_file = dir.postgres_url();
-    crate::data_dir::write_owner_only(&url_file, format!("{url}\n").as_bytes())
-        .map_err(|e| VaultError::io(&url_file, e))?;
-    let mut text = existing.unwrap_or_default();
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    if !text.is_empty() {
-        text.push('\n');
-    }
-    text.push_str(STORAGE_TABLE);
-    let staged = config.with_extension("toml.migrating");
-    crate::data_dir::write_owner_only(&staged, text.as_bytes())
-        .map_err(|e| VaultError::io(&staged, e))?;
-    std::fs::rename(&staged, &config).map_err(|e| VaultError::io(&config, e))?;
+    StorageSettings::record_postgres(data_dir, url).map_err(|e| {
+        config_err(format!(
+            "the vault was copied, but recording [storage] failed: {e}"
+        ))
+    })?;
     if !Location::of(data_dir)?.is_postgres() {
         return Err(config_err(format!(
             "{} does not name PostgreSQL after the migration",
@@ -168,7 +201,6 @@ pub fn migrate_to_postgres(
         moved,
         target: settings.to_string(),
         config,
-        url_file,
         sqlite: db,
     })
 }

@@ -21,6 +21,7 @@
 //! PostgreSQL's schema has its own version). Audit events keep their sequence
 //! numbers and hashes: the log moves as one chain.
 
+use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Transaction};
 use rusqlite::Connection;
@@ -269,6 +270,7 @@ fn copy_plain(
     args: &[&str],
 ) -> Result<u64, MigrateError> {
     let n = columns.split(',').count();
+    // The statement is only prepared, never run: it tells the columns' types.
     let placeholders: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
     let insert = tx.prepare(&format!(
         "INSERT INTO {table} ({columns}) VALUES ({})",
@@ -277,6 +279,10 @@ fn copy_plain(
     let types = insert.params().to_vec();
     let mut select = src.prepare(&format!("SELECT {columns} FROM {table} {tail}"))?;
     let mut rows = select.query(rusqlite::params_from_iter(args))?;
+    let mut copy = BinaryCopyInWriter::new(
+        tx.copy_in(&format!("COPY {table} ({columns}) FROM STDIN BINARY"))?,
+        &types,
+    );
     let mut copied = 0u64;
     while let Some(r) = rows.next()? {
         let mut values: Vec<Box<dyn ToSql + Sync>> = Vec::with_capacity(n);
@@ -303,9 +309,10 @@ fn copy_plain(
             });
         }
         let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(AsRef::as_ref).collect();
-        tx.execute(&insert, &refs)?;
+        copy.write(&refs)?;
         copied += 1;
     }
+    copy.finish()?;
     Ok(copied)
 }
 
@@ -315,12 +322,33 @@ fn copy_cards(
     tx: &mut Transaction<'_>,
     protect: &mut impl Protect,
 ) -> Result<u64, MigrateError> {
-    let insert = tx.prepare(
-        "INSERT INTO cards (id, token, tenant, key_version, nonce, ciphertext, fingerprint, brand,
-                            bin, last4, exp_month, exp_year, subject_hash, metadata_sealed,
-                            created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-    )?;
+    let (i8, text, bytes) = (Type::INT8, Type::TEXT, Type::BYTEA);
+    let types = [
+        i8.clone(),
+        text.clone(),
+        text.clone(),
+        i8.clone(),
+        bytes.clone(),
+        bytes.clone(),
+        bytes.clone(),
+        text.clone(),
+        text.clone(),
+        text,
+        i8.clone(),
+        i8.clone(),
+        bytes.clone(),
+        bytes,
+        i8.clone(),
+        i8,
+    ];
+    let mut copy = BinaryCopyInWriter::new(
+        tx.copy_in(
+            "COPY cards (id, token, tenant, key_version, nonce, ciphertext, fingerprint, brand,
+                         bin, last4, exp_month, exp_year, subject_hash, metadata_sealed,
+                         created_at, expires_at) FROM STDIN BINARY",
+        )?,
+        &types,
+    );
     let mut select = src.prepare(
         "SELECT id, token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4,
                 exp_month, exp_year, subject, metadata, created_at, expires_at
@@ -355,28 +383,26 @@ fn copy_cards(
                     id: card.id,
                     source,
                 })?;
-        tx.execute(
-            &insert,
-            &[
-                &card.id,
-                &card.token,
-                &card.tenant,
-                &i64::from(card.key_version),
-                &card.nonce,
-                &card.ciphertext,
-                &card.fingerprint,
-                &card.brand,
-                &card.bin,
-                &card.last4,
-                &card.exp_month,
-                &card.exp_year,
-                &subject_hash,
-                &metadata_sealed,
-                &card.created_at,
-                &card.expires_at,
-            ],
-        )?;
+        copy.write(&[
+            &card.id,
+            &card.token,
+            &card.tenant,
+            &i64::from(card.key_version),
+            &card.nonce,
+            &card.ciphertext,
+            &card.fingerprint,
+            &card.brand,
+            &card.bin,
+            &card.last4,
+            &card.exp_month,
+            &card.exp_year,
+            &subject_hash,
+            &metadata_sealed,
+            &card.created_at,
+            &card.expires_at,
+        ])?;
         copied += 1;
     }
+    copy.finish()?;
     Ok(copied)
 }
