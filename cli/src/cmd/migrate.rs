@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use zeroize::Zeroizing;
 
 use crate::cmd::keys::Common;
-use crate::common::{CliError, vault_err};
+use crate::common::{CliError, admin_actor, vault_err};
 
 /// Move the vault (keys, cards, erasure records, the audit log) into PostgreSQL.
 #[derive(Debug, clap::Args)]
@@ -45,9 +45,13 @@ pub fn run(a: Args) -> Result<ExitCode, CliError> {
         (None, None) => return Err(CliError::usage("give --to-postgres or --to-postgres-file")),
     };
     let unlock = a.common.secret.unlock_for(&a.common.data_dir)?;
-    let m =
-        panvault_vault::service::migrate::migrate_to_postgres(&a.common.data_dir, &unlock, &url)
-            .map_err(vault_err)?;
+    let m = panvault_vault::service::migrate::migrate_to_postgres(
+        &a.common.data_dir,
+        &unlock,
+        &url,
+        &admin_actor(),
+    )
+    .map_err(vault_err)?;
     crate::outln!(
         "Moved the vault into {} (schema version {}):",
         m.target,
@@ -56,6 +60,11 @@ pub fn run(a: Args) -> Result<ExitCode, CliError> {
     for (table, rows) in &m.moved.tables {
         crate::outln!("  {table:<18} {rows:>10}");
     }
+    crate::outln!(
+        "The audit log is node {}'s chain: its events as they were, then its registration, under a new cluster checkpoint naming its head (the {} SQLite checkpoints verified before the move; they are signed over the single-chain form PostgreSQL does not keep).",
+        m.moved.audit_node,
+        m.moved.sqlite_checkpoints
+    );
     crate::outln!(
         "{} now names PostgreSQL ([storage]); admin commands with this --data-dir use it.",
         m.config.display()

@@ -6,12 +6,14 @@
 //! metadata instead of clear) are mapped explicitly. No card number is involved:
 //! the rows are made up and "sealed".
 
+use panvault_audit::log::{Actor, SigningKey};
 use panvault_vault::KeyState;
 use panvault_vault::core::kdf::KdfParams;
 use panvault_vault::store::pg::cards::PgCardRow;
 use panvault_vault::store::pg::{self, PgClient, PgError, PgSettings, schema};
 use panvault_vault::store::{self, CardRow, CompletedErasure, Inserted, NewCard, SealRow};
 use rusqlite::Connection;
+use time::OffsetDateTime;
 
 use crate::util::postgres::PgServer;
 
@@ -739,8 +741,24 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
 
     let src = store::open_reader(&store::db_path(&data)).unwrap();
     let mut dst = pg::connect(&PgSettings::from_url(&pg.url("disable")).unwrap()).unwrap();
-    let moved = pg::migrate::from_sqlite(&src, &mut dst, &mut fake_protect).unwrap();
+    // The test signs the move's cluster checkpoint with a key of its own (the
+    // service signs with the vault's audit key: see the command's test).
+    let key = SigningKey::from_seed(&[7; 32]).unwrap();
+    let moved = pg::migrate::from_sqlite(
+        &src,
+        &mut dst,
+        &mut fake_protect,
+        &key,
+        Actor::admin("ops"),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
     assert_eq!(moved.schema_version, schema::latest_version());
+    assert_eq!(moved.audit_node, pg::migrate::MIGRATED_NODE);
+    assert_eq!(
+        moved.sqlite_checkpoints,
+        sqlite_count(&src, "audit_checkpoints")
+    );
 
     // Every row arrived (meta but for SQLite's WAL-scrub marks).
     let scrub_marks: u64 = src
@@ -759,10 +777,13 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
         "cards",
         "erasure_requests",
         "audit_events",
-        "audit_checkpoints",
-        "audit_prunes",
     ] {
-        let want = sqlite_count(&src, table) - if table == "meta" { scrub_marks } else { 0 };
+        let want = match table {
+            "meta" => sqlite_count(&src, table) - scrub_marks,
+            // the moved events, then the node's registration
+            "audit_events" => sqlite_count(&src, table) + 1,
+            _ => sqlite_count(&src, table),
+        };
         let found: i64 = dst
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
             .unwrap()
@@ -772,7 +793,11 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
     }
     assert_eq!(moved.rows("cards"), 4);
     assert!(moved.rows("erasure_requests") >= 2);
-    assert!(moved.rows("audit_checkpoints") >= 1);
+    assert!(moved.sqlite_checkpoints >= 2);
+    assert_eq!(
+        (moved.rows("audit_nodes"), moved.rows("audit_checkpoints")),
+        (1, 1)
+    );
 
     // The rows read back alike through the twins.
     assert_eq!(
@@ -842,24 +867,48 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
         .unwrap();
     assert_eq!(next_req, max_req + 1);
 
-    // The log moved as one chain: it exports and verifies with the public key
-    // alone, exactly as the SQLite log verifies.
+    // The log moved as one node's chain: SQLite's events exactly (the same
+    // hashes), then the registration, all signed by the move's checkpoint; the
+    // export verifies with the public key alone.
     let public = PublicKey::read_from(&DataDir::new(&data).audit_public_key()).unwrap();
-    let mut out = Vec::new();
-    let n = pg::audit::export_jsonl(&mut dst, 1, &mut out).unwrap();
-    assert_eq!(n, moved.rows("audit_events"));
-    let from_pg = verify_export(out.as_slice(), &public, &[]).unwrap();
     let from_sqlite = verify(&src, &public, None).unwrap();
-    assert_eq!(from_pg, from_sqlite);
-    assert!(from_pg.last_checkpoint.is_some());
-    assert_eq!(from_pg.events, moved.rows("audit_events"));
+    assert!(from_sqlite.is_intact());
+    let mut out = Vec::new();
+    let n = pg::audit::export_jsonl(&mut dst, &mut out).unwrap();
+    assert_eq!(n, moved.rows("audit_events"));
+    let from_pg = verify_export(out.as_slice(), &key.public_key(), &[]).unwrap();
+    assert!(from_pg.is_intact(), "{:?}", from_pg.problem);
+    assert_eq!(from_pg.events, from_sqlite.events + 1);
+    assert_eq!((from_pg.checkpoints, from_pg.unsigned_tail), (1, 0));
+    assert_eq!(from_pg.nodes.len(), 1);
+    assert_eq!(from_pg.nodes[0].node.as_str(), pg::migrate::MIGRATED_NODE);
+    assert_eq!(from_pg.nodes[0].seq, from_sqlite.last_seq + 1);
+    let head: Vec<u8> = dst
+        .query_one(
+            "SELECT hash FROM audit_events WHERE node = $1 AND seq = $2",
+            &[
+                &pg::migrate::MIGRATED_NODE,
+                &i64::try_from(from_sqlite.last_seq).unwrap(),
+            ],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(head, from_sqlite.head.0.to_vec());
 
     // A non-empty target is refused, and nothing is added to it.
     let before: i64 = dst
         .query_one("SELECT count(*) FROM cards", &[])
         .unwrap()
         .get(0);
-    let err = pg::migrate::from_sqlite(&src, &mut dst, &mut fake_protect).unwrap_err();
+    let err = pg::migrate::from_sqlite(
+        &src,
+        &mut dst,
+        &mut fake_protect,
+        &key,
+        Actor::admin("ops"),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap_err();
     assert!(
         matches!(err, pg::migrate::MigrateError::Pg(PgError::NotEmpty(_))),
         "{err:?}"
@@ -875,7 +924,15 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
     other
         .batch_execute("CREATE SCHEMA elsewhere; SET search_path TO elsewhere; CREATE TABLE orders (id bigint)")
         .unwrap();
-    let err = pg::migrate::from_sqlite(&src, &mut other, &mut fake_protect).unwrap_err();
+    let err = pg::migrate::from_sqlite(
+        &src,
+        &mut other,
+        &mut fake_protect,
+        &key,
+        Actor::admin("ops"),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap_err();
     assert!(
         matches!(err, pg::migrate::MigrateError::Pg(PgError::Foreign(_))),
         "{err:?}"
@@ -1113,7 +1170,7 @@ fn pg_ops_migrated_vault_serves_every_token_from_postgres() {
     assert!(ok, "{text}");
     let before = {
         let mut c = pg::connect(&PgSettings::from_url(&url).unwrap()).unwrap();
-        pg::audit::export_jsonl(&mut c, 1, std::io::sink()).unwrap()
+        pg::audit::export_jsonl(&mut c, std::io::sink()).unwrap()
     };
 
     // The SQLite file out of the way: whatever answers, answers from PostgreSQL.
@@ -1154,7 +1211,7 @@ fn pg_ops_migrated_vault_serves_every_token_from_postgres() {
     let public = PublicKey::read_from(&DataDir::new(&data).audit_public_key()).unwrap();
     let mut c = pg::connect(&PgSettings::from_url(&url).unwrap()).unwrap();
     let mut out = Vec::new();
-    let n = pg::audit::export_jsonl(&mut c, 1, &mut out).unwrap();
+    let n = pg::audit::export_jsonl(&mut c, &mut out).unwrap();
     let report = verify_export(out.as_slice(), &public, &[]).unwrap();
     assert_eq!(report.events, n);
     assert!(n > before, "{n} events after, {before} before");
@@ -1191,7 +1248,15 @@ fn pg_ops_measure_migrate_rows_per_second() {
     tx.commit().unwrap();
     let mut p = pg::connect(&PgSettings::from_url(&pg.url("disable")).unwrap()).unwrap();
     let t = std::time::Instant::now();
-    let m = pg::migrate::from_sqlite(&s, &mut p, &mut fake_protect).unwrap();
+    let m = pg::migrate::from_sqlite(
+        &s,
+        &mut p,
+        &mut fake_protect,
+        &SigningKey::from_seed(&[7; 32]).unwrap(),
+        Actor::admin("ops"),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
     let e = t.elapsed();
     assert_eq!(m.rows("cards"), u64::from(n));
     eprintln!(

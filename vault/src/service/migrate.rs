@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use panvault_audit::log::{self as audit, AuditError, SigningKey};
+use panvault_audit::log::{self as audit, Actor, AuditError, SigningKey};
 
 use super::keyring::{self, Keyring, Unlock};
 use super::personal;
@@ -90,6 +90,7 @@ pub fn migrate_to_postgres(
     data_dir: &Path,
     unlock: &Unlock,
     url: &str,
+    actor: &crate::AccessContext,
 ) -> Result<Migration, VaultError> {
     let settings = PgSettings::from_url(url).map_err(StoreError::from)?;
     let dir = crate::DataDir::new(data_dir);
@@ -151,16 +152,25 @@ pub fn migrate_to_postgres(
         )));
     }
     let mut client = pg::connect(&settings).map_err(StoreError::from)?;
-    let moved = pg::migrate::from_sqlite(&reader, &mut client, &mut |card: &CardRow| {
-        protect(&keys, card)
-    })
+    let signing = SigningKey::from_pkcs8(&keys.audit_pkcs8).map_err(|_| VaultError::Crypto)?;
+    let moved = pg::migrate::from_sqlite(
+        &reader,
+        &mut client,
+        &mut |card: &CardRow| protect(&keys, card),
+        &signing,
+        Actor {
+            name: actor.actor.clone(),
+            fingerprint: actor.actor_fingerprint.clone(),
+        },
+        crate::system_clock()(),
+    )
     .map_err(migrate_err)?;
     // Streamed to the verifier through a pipe: the log is never held whole.
     let (pipe_out, pipe_in) = std::io::pipe().map_err(|e| VaultError::io(&config, e))?;
     let (exported, after) = std::thread::scope(|s| {
         let client = &mut client;
         let exporter =
-            s.spawn(move || pg::audit::export_jsonl(client, 1, std::io::BufWriter::new(pipe_in)));
+            s.spawn(move || pg::audit::export_jsonl(client, std::io::BufWriter::new(pipe_in)));
         let after = audit::verify_export(std::io::BufReader::new(pipe_out), &public, &[]);
         (exporter.join(), after)
     });
@@ -175,9 +185,21 @@ pub fn migrate_to_postgres(
     }
     let after = after.map_err(audit_err)?;
     drop(client);
-    if after != before {
+    // The moved chain, then the node's registration event, under one signed
+    // cluster checkpoint that names its head.
+    let node_head = after
+        .nodes
+        .iter()
+        .find(|n| n.node.as_str() == moved.audit_node)
+        .map(|n| n.seq);
+    if !after.is_intact()
+        || after.events != before.events + 1
+        || node_head != Some(before.last_seq + 1)
+        || after.unsigned_tail != 0
+    {
         return Err(VaultError::AuditUnavailable(Some(
-            "the audit log copied into PostgreSQL does not verify as the SQLite log did; \
+            "the audit log copied into PostgreSQL does not verify as the SQLite log did plus its \
+             registration; \
              [storage] was not recorded (the vault stays on SQLite; empty the database \
              before trying again)"
                 .into(),

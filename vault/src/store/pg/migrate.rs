@@ -21,12 +21,14 @@
 //! PostgreSQL's schema has its own version). Audit events keep their sequence
 //! numbers and hashes: the log moves as one chain.
 
+use panvault_audit::log::{Actor, AuditChain, AuditError, ChainHash, NodeId, SigningKey};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Transaction};
 use rusqlite::Connection;
+use time::OffsetDateTime;
 
-use super::PgError;
+use super::{PgError, PgLog};
 use crate::store::{CardRow, SCRUB_PENDING, SCRUBBED_AT, StoreError};
 
 /// A failure of [`Protect`] (the service's error, kept as the cause).
@@ -74,6 +76,16 @@ pub enum MigrateError {
         #[source]
         source: ProtectError,
     },
+    /// The SQLite audit log was pruned: the per-node log on PostgreSQL carries
+    /// no prune records yet, so a chain that does not start at event 1 could not
+    /// be verified there.
+    #[error(
+        "the SQLite audit log was pruned (it starts after event 1): the PostgreSQL log cannot carry prune records yet"
+    )]
+    Pruned,
+    /// Registering the moved log as a node's chain, or signing its checkpoint, failed.
+    #[error("moving the audit log: {0}")]
+    Audit(#[source] AuditError),
     /// The rows in PostgreSQL after the copy are not the rows read: nothing is
     /// committed.
     #[error("{table}: {read} rows read from SQLite, {found} found in PostgreSQL after the copy")]
@@ -104,8 +116,17 @@ impl From<postgres::Error> for MigrateError {
 pub struct Migrated {
     /// The PostgreSQL schema version written.
     pub schema_version: i64,
-    /// Rows copied per table, in copy order.
+    /// Rows written per table, in copy order (`audit_events` counts the moved
+    /// events and the node's registration event, `audit_checkpoints` the one
+    /// cluster checkpoint signed at the move).
     pub tables: Vec<(&'static str, u64)>,
+    /// The node whose chain the moved events are ([`MIGRATED_NODE`]).
+    pub audit_node: String,
+    /// The SQLite log's checkpoints: checked when the caller verified the log
+    /// before the move, superseded by the cluster checkpoint signed at the move
+    /// (they are signed over the single-chain message, which the per-node log
+    /// does not store).
+    pub sqlite_checkpoints: u64,
 }
 
 impl Migrated {
@@ -118,8 +139,13 @@ impl Migrated {
     }
 }
 
+/// The audit node whose chain the moved SQLite events become: SQLite's log is the
+/// one-node case, its events keep their numbers and hashes.
+pub const MIGRATED_NODE: &str = "migrated-sqlite";
+
 /// Every table of the PostgreSQL schema a vault writes (all must be empty before).
 const TABLES: &[&str] = &[
+    "audit_nodes",
     "meta",
     "seal",
     "data_keys",
@@ -153,39 +179,34 @@ const PLAIN: &[(&str, &str, &str)] = &[
     ("wrapped_keys", "name, wrapped, created_at", "ORDER BY name"),
 ];
 
-/// The erasure records and the audit log, copied after the cards.
-const PLAIN_AFTER: &[(&str, &str, &str)] = &[
-    (
-        "erasure_requests",
-        "id, tenant, subject_hash, token, requested_at, completed_at, tokens_erased, audit_seq",
-        "ORDER BY id",
-    ),
-    (
-        "audit_events",
-        "seq, time_ns, actor, actor_fp, action, tenant, token, purpose, outcome, code, \
-         request_id, peer, details, prev_hash, hash",
-        "ORDER BY seq",
-    ),
-    (
-        "audit_checkpoints",
-        "id, seq, head, time_ns, signature",
-        "ORDER BY id",
-    ),
-    (
-        "audit_prunes",
-        "id, first_seq, prev_hash, checkpoint_id, cutoff_ns, deleted, time_ns, signature",
-        "ORDER BY id",
-    ),
-];
+/// The erasure records, copied after the cards.
+const PLAIN_AFTER: &[(&str, &str, &str)] = &[(
+    "erasure_requests",
+    "id, tenant, subject_hash, token, requested_at, completed_at, tokens_erased, audit_seq",
+    "ORDER BY id",
+)];
+
+/// The columns of an audit event, as both engines store them.
+const EVENT_COLUMNS: &str = "seq, time_ns, actor, actor_fp, action, tenant, token, purpose, \
+                             outcome, code, request_id, peer, details, prev_hash, hash";
 
 /// Copies the vault of SQLite connection `src` into the empty PostgreSQL database
 /// of `dst` (creating or completing its schema first) in one transaction; the
 /// subjects and metadata of the cards go through `protect`. A target holding any
 /// row is refused before anything is copied.
+///
+/// The audit events become the chain of node [`MIGRATED_NODE`], unchanged; the
+/// node is then registered (its `node.register` event names `actor`) and signs
+/// its first cluster checkpoint with `key` (the vault's audit key) at `now`,
+/// naming the moved head. The caller verifies the SQLite log before (its
+/// checkpoints are not stored on PostgreSQL) and the PostgreSQL export after.
 pub fn from_sqlite(
     src: &Connection,
     dst: &mut Client,
     protect: &mut impl Protect,
+    key: &SigningKey,
+    actor: Actor,
+    now: OffsetDateTime,
 ) -> Result<Migrated, MigrateError> {
     let schema_version = super::schema::migrate(dst)?;
     let read = src.unchecked_transaction()?;
@@ -228,6 +249,10 @@ pub fn from_sqlite(
             copy_plain(&read, &mut tx, table, columns, tail, &[])?,
         ));
     }
+    let (events, sqlite_checkpoints) = move_audit_log(&read, &mut tx, key, actor, now)?;
+    tables.push(("audit_nodes", 1));
+    tables.push(("audit_events", events + 1));
+    tables.push(("audit_checkpoints", 1));
     // New rows continue after the copied ids.
     for table in ["cards", "erasure_requests"] {
         tx.execute(
@@ -255,7 +280,137 @@ pub fn from_sqlite(
     Ok(Migrated {
         schema_version,
         tables,
+        audit_node: MIGRATED_NODE.to_owned(),
+        sqlite_checkpoints,
     })
+}
+
+/// Copies SQLite's audit events as node [`MIGRATED_NODE`]'s chain, checks that
+/// its head is SQLite's, registers the node and signs its cluster checkpoint.
+/// Returns (events moved, SQLite checkpoints superseded).
+fn move_audit_log(
+    src: &Connection,
+    tx: &mut Transaction<'_>,
+    key: &SigningKey,
+    actor: Actor,
+    now: OffsetDateTime,
+) -> Result<(u64, u64), MigrateError> {
+    let (prunes, first, last, checkpoints): (i64, Option<i64>, Option<i64>, i64) = src.query_row(
+        "SELECT (SELECT count(*) FROM audit_prunes), (SELECT min(seq) FROM audit_events),
+                (SELECT max(seq) FROM audit_events), (SELECT count(*) FROM audit_checkpoints)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    if prunes > 0 || first.is_some_and(|f| f != 1) {
+        return Err(MigrateError::Pruned);
+    }
+    let sqlite_head: Option<Vec<u8>> = match last {
+        Some(seq) => Some(src.query_row(
+            "SELECT hash FROM audit_events WHERE seq = ?1",
+            [seq],
+            |r| r.get(0),
+        )?),
+        None => None,
+    };
+    let node = NodeId::new(MIGRATED_NODE).map_err(MigrateError::Audit)?;
+    let (i8, text, bytes) = (Type::INT8, Type::TEXT, Type::BYTEA);
+    let types = [
+        text.clone(),
+        i8.clone(),
+        i8,
+        text.clone(),
+        text.clone(),
+        text.clone(),
+        text.clone(),
+        text.clone(),
+        text.clone(),
+        text.clone(),
+        text.clone(),
+        text.clone(),
+        text.clone(),
+        text,
+        bytes.clone(),
+        bytes,
+    ];
+    let mut copy = BinaryCopyInWriter::new(
+        tx.copy_in(&format!(
+            "COPY audit_events (node, {EVENT_COLUMNS}) FROM STDIN BINARY"
+        ))?,
+        &types,
+    );
+    let mut select = src.prepare(&format!(
+        "SELECT {EVENT_COLUMNS} FROM audit_events ORDER BY seq"
+    ))?;
+    let mut rows = select.query([])?;
+    let mut moved = 0u64;
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        let time_ns: i64 = r.get(1)?;
+        let texts: [Option<String>; 11] = [
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+        ];
+        let prev_hash: Vec<u8> = r.get(13)?;
+        let hash: Vec<u8> = r.get(14)?;
+        let [a, b, c, d, e, f, g, h, i, j, k] = &texts;
+        let row: [&(dyn ToSql + Sync); 16] = [
+            &MIGRATED_NODE,
+            &seq,
+            &time_ns,
+            a,
+            b,
+            c,
+            d,
+            e,
+            f,
+            g,
+            h,
+            i,
+            j,
+            k,
+            &prev_hash,
+            &hash,
+        ];
+        copy.write(&row)?;
+        moved += 1;
+    }
+    copy.finish()?;
+    // The chain as PostgreSQL now holds it ends where SQLite's did; then the node
+    // is registered (an event of its own) and signs the checkpoint naming it.
+    let log = PgLog::new(&mut *tx, node);
+    let mut chain = AuditChain::load(&log).map_err(MigrateError::Audit)?;
+    let head_matches = match &sqlite_head {
+        None => chain.last_seq() == 0 && chain.head() == ChainHash::GENESIS,
+        Some(h) => {
+            Some(chain.last_seq()) == last.and_then(|l| u64::try_from(l).ok())
+                && chain.head().0.as_slice() == h.as_slice()
+        }
+    };
+    if !head_matches {
+        return Err(MigrateError::Mismatch {
+            table: "audit_events",
+            read: moved,
+            found: i64::try_from(chain.last_seq()).unwrap_or(i64::MAX),
+        });
+    }
+    let signed = chain
+        .register_node(&log, key, actor, now)
+        .map_err(MigrateError::Audit)?;
+    if signed.is_none() {
+        return Err(MigrateError::Audit(AuditError::Conflict));
+    }
+    let checkpoints = u64::try_from(checkpoints)
+        .map_err(|_| PgError::Corrupt("a SQLite count is negative".into()))?;
+    Ok((moved, checkpoints))
 }
 
 /// Copies `columns` of `table` as they are, every value bound with the type of
