@@ -937,6 +937,42 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
         matches!(err, pg::migrate::MigrateError::Pg(PgError::Foreign(_))),
         "{err:?}"
     );
+
+    // A pruned SQLite log (its chain no longer starts at event 1) is refused, and
+    // nothing of the vault is committed to the (empty) target.
+    drop(src);
+    let pruned = tmp.path().join("pruned.db");
+    std::fs::copy(store::db_path(&data), &pruned).unwrap();
+    Connection::open(&pruned)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO audit_prunes (id, first_seq, prev_hash, checkpoint_id, cutoff_ns, deleted,
+                                       time_ns, signature)
+             VALUES (1, 3, zeroblob(32), 1, 0, 2, 0, zeroblob(64));
+             DELETE FROM audit_events WHERE seq < 3;",
+        )
+        .unwrap();
+    other.batch_execute("CREATE DATABASE fresh").unwrap();
+    let mut fresh = pg::connect(
+        &PgSettings::from_url(&pg.url("disable").replace("/postgres?", "/fresh?")).unwrap(),
+    )
+    .unwrap();
+    let src = store::open_reader(&pruned).unwrap();
+    let err = pg::migrate::from_sqlite(
+        &src,
+        &mut fresh,
+        &mut fake_protect,
+        &key,
+        Actor::admin("ops"),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, pg::migrate::MigrateError::Pruned), "{err:?}");
+    let cards: i64 = fresh
+        .query_one("SELECT count(*) FROM cards", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(cards, 0);
 }
 
 const MIGRATE_PASS: &str = "migrate-command-passphrase";
