@@ -143,3 +143,296 @@ async fn pg_nodes_share_tokens_dedup_across_nodes_and_follow_a_key_rotation() {
     })
     .await;
 }
+
+/// What a load task saw: every answer's status, and the acknowledged tokens.
+#[derive(Default)]
+struct Seen {
+    statuses: Vec<u16>,
+    acked: Vec<(String, String)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_nodes_answer_503_while_the_database_is_down_and_recover_losing_nothing() {
+    let Some(mut pg) = PgServer::start(
+        "pg_nodes_answer_503_while_the_database_is_down_and_recover_losing_nothing",
+    ) else {
+        return;
+    };
+    util::within(Duration::from_secs(300), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let a = node(&v, "node-a").await;
+        let pay = v.client(a.addr, "payments");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut load = Vec::new();
+        for _ in 0..2 {
+            let (sf, seen, stop) = (v.client(a.addr, "storefront"), seen.clone(), stop.clone());
+            load.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let card = cards::fresh();
+                    let r = sf.tokenize(&card).await;
+                    let mut s = seen.lock().unwrap();
+                    s.statuses.push(r.status);
+                    if r.status == 201 {
+                        s.acked
+                            .push((r.json()["token"].as_str().unwrap().to_owned(), card));
+                    }
+                }
+            }));
+        }
+        let acked = |n: usize| {
+            let seen = seen.clone();
+            async move {
+                while seen.lock().unwrap().acked.len() < n {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        acked(20).await;
+
+        // The database goes away: the node says so (503), never 500, never a hang.
+        tokio::task::block_in_place(|| pg.stop());
+        let before = seen.lock().unwrap().statuses.len();
+        let health = |want: u16| {
+            let client = v.client(a.addr, "payments");
+            async move {
+                loop {
+                    let r = client.request("GET", "/healthz", None, None).await.unwrap();
+                    if r.status == want {
+                        return r;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let down = health(503).await;
+        assert_eq!(down.json()["database"], "down", "{}", down.text());
+        while !seen.lock().unwrap().statuses[before..].contains(&503) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // Back: the node recovers by itself (its pool replaces dead connections).
+        tokio::task::block_in_place(|| pg.restart());
+        let back = Instant::now();
+        health(200).await;
+        let n = seen.lock().unwrap().acked.len();
+        acked(n + 10).await;
+        eprintln!(
+            "pg_nodes: healthy again {} ms after the database was back",
+            back.elapsed().as_millis()
+        );
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in load {
+            t.await.unwrap();
+        }
+
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let odd: Vec<u16> = seen
+            .statuses
+            .iter()
+            .copied()
+            .filter(|s| *s != 201 && *s != 503)
+            .collect();
+        assert!(odd.is_empty(), "answers other than 201 and 503: {odd:?}");
+        // Nothing acknowledged is lost.
+        for (token, card) in &seen.acked {
+            assert_detokenizes(&pay, token, card).await;
+        }
+        assert!(a.terminate().await.success());
+        let out = v.run(&["audit", "verify"], false, LIMIT).await;
+        assert!(
+            out.success(),
+            "audit verify: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_nodes_one_killed_under_load_the_other_serves_and_nothing_acknowledged_is_lost() {
+    let Some(pg) = PgServer::start(
+        "pg_nodes_one_killed_under_load_the_other_serves_and_nothing_acknowledged_is_lost",
+    ) else {
+        return;
+    };
+    util::within(Duration::from_secs(300), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let mut a = node(&v, "node-a").await;
+        let b = node(&v, "node-b").await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Load on both nodes; A's answers may break off when it dies (no answer,
+        // or a connection error): only what was acknowledged counts.
+        let mut load = Vec::new();
+        let counts = [
+            std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        ];
+        for ((addr, name), count) in [(a.addr, "a"), (b.addr, "b")].into_iter().zip(&counts) {
+            let (sf, stop, count) = (v.client(addr, "storefront"), stop.clone(), count.clone());
+            load.push(tokio::spawn(async move {
+                let mut seen = Seen::default();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let card = cards::fresh();
+                    let Ok(r) = sf
+                        .request(
+                            "POST",
+                            "/v1/tokens",
+                            Some(util::card_request(&card).to_string().as_bytes()),
+                            Some("application/json"),
+                        )
+                        .await
+                    else {
+                        assert_eq!(name, "a", "node b's request failed");
+                        break;
+                    };
+                    seen.statuses.push(r.status);
+                    if r.status == 201 {
+                        seen.acked
+                            .push((r.json()["token"].as_str().unwrap().to_owned(), card));
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                seen
+            }));
+        }
+        let pay_b = v.client(b.addr, "payments");
+        let acked = |i: usize| counts[i].load(std::sync::atomic::Ordering::SeqCst);
+        let until = |i: usize, n: usize| async move {
+            while acked(i) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        // Both get going, then A is killed in the middle of its work.
+        until(0, 10).await;
+        until(1, 10).await;
+        a.kill().await;
+        // B keeps serving.
+        let n = acked(1);
+        until(1, n + 30).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut all = Vec::new();
+        for (i, t) in load.into_iter().enumerate() {
+            let seen = t.await.unwrap();
+            if i == 1 {
+                assert!(
+                    seen.statuses.iter().all(|s| *s == 201),
+                    "node b answered {:?}",
+                    seen.statuses
+                        .iter()
+                        .filter(|s| **s != 201)
+                        .collect::<Vec<_>>()
+                );
+                assert!(seen.acked.len() > 5, "node b served too little to tell");
+            }
+            all.extend(seen.acked);
+        }
+        for (token, card) in &all {
+            assert_detokenizes(&pay_b, token, card).await;
+        }
+        assert!(b.terminate().await.success());
+        let out = v.run(&["audit", "verify"], false, LIMIT).await;
+        assert!(
+            out.success(),
+            "audit verify: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_nodes_store_no_personal_data_in_clear_and_keep_it_readable_across_key_destruction() {
+    let Some(pg) = PgServer::start(
+        "pg_nodes_store_no_personal_data_in_clear_and_keep_it_readable_across_key_destruction",
+    ) else {
+        return;
+    };
+    util::within(Duration::from_secs(300), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let a = node(&v, "node-a").await;
+        let sf = v.client(a.addr, "storefront");
+        let pay = v.client(a.addr, "payments");
+        let (subject, order) = ("cust-clear-7731", "ORD-clear-5519");
+        let card = cards::fresh();
+        let body = |card: &str| {
+            serde_json::json!({"card": {"number": card, "exp_month": 12,
+                "exp_year": util::this_year() + 4}, "subject": subject,
+                "metadata": {"order": order}})
+        };
+        let r = sf.post("/v1/tokens", &body(&card)).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let token = r.json()["token"].as_str().unwrap().to_owned();
+        // Same card and subject: the same token (the dedup lookup by the subject's hash).
+        let again = sf.post("/v1/tokens", &body(&card)).await;
+        assert_eq!(again.json()["token"], token.as_str(), "{}", again.text());
+
+        // Nothing of the subject or the metadata is in the table in clear.
+        let settings = panvault_vault::store::pg::PgSettings::from_url(&pg.url("disable")).unwrap();
+        let rows = tokio::task::block_in_place(|| {
+            let mut c = panvault_vault::store::pg::connect(&settings).unwrap();
+            c.query("SELECT cards::text FROM cards", &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(rows.len(), 1);
+        for needle in [
+            subject,
+            order,
+            &hex(subject.as_bytes())[..],
+            &hex(order.as_bytes())[..],
+        ] {
+            assert!(!rows[0].contains(needle), "{needle:?} stored in clear");
+        }
+
+        // Rotate, rewrap, retire and destroy v1: the subject and metadata still read.
+        for args in [
+            &["keys", "rotate"][..],
+            &["keys", "rewrap", "--quiet"],
+            &["keys", "retire", "--version", "1"],
+            &["keys", "destroy", "--version", "1"],
+        ] {
+            let out = v.run(args, true, LIMIT).await;
+            assert!(out.success(), "{args:?}: {}", out.stderr);
+        }
+        // A node started now holds no v1 at all.
+        let b = node(&v, "node-b").await;
+        let m = v
+            .client(b.addr, "storefront")
+            .get(&format!("/v1/tokens/{token}"))
+            .await;
+        assert_eq!(m.status, 200, "{}", m.text());
+        let j = m.json();
+        assert_eq!(
+            (j["subject"].as_str(), j["metadata"]["order"].as_str()),
+            (Some(subject), Some(order))
+        );
+        assert_eq!(j["key_version"], 2);
+        assert_detokenizes(&pay, &token, &card).await;
+
+        // Erasure by subject finds the card by the subject's hash.
+        let e = sf
+            .post(
+                &format!("/v1/subjects/{subject}/erase"),
+                &serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(e.status, 200, "{}", e.text());
+        assert_eq!(e.json()["receipt"]["tokens_erased"], 1, "{}", e.text());
+        assert_eq!(pay.detokenize(&token, "check").await.status, 404);
+        assert!(a.terminate().await.success());
+        assert!(b.terminate().await.success());
+    })
+    .await;
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use super::keyring::Keyring;
 use crate::core::envelope::{DataKey, personal_version};
 use crate::error::VaultError;
-use crate::store::{CardRow, SealedPersonal};
+use crate::store::{CardRow, SealedPersonal, Tx};
 
 /// The keyed hash of `subject` in `tenant` as the card rows hold it:
 /// HMAC-SHA256 under the subject key (derived from the fingerprint key), over a
@@ -86,6 +86,39 @@ pub(crate) fn open(keys: &Keyring, row: &mut CardRow) -> Result<(), VaultError> 
     let p: Personal = serde_json::from_slice(&plain).map_err(|_| VaultError::Decryption)?;
     row.subject = p.subject;
     row.metadata = p.metadata;
+    Ok(())
+}
+
+/// A rewrap of row `id` (PostgreSQL): its sealed subject and metadata move to
+/// the active key with the card, so destroying the old key leaves them readable.
+/// Nothing on SQLite, or when none is stored or it is under the active key.
+pub(crate) fn rewrap(
+    tx: &Tx<'_>,
+    keys: &Keyring,
+    id: i64,
+    tenant: &str,
+    token: &str,
+) -> Result<(), VaultError> {
+    let Some(blob) = tx.card_sealed_personal(id)? else {
+        return Ok(());
+    };
+    let active = keys.active_key()?;
+    let version = personal_version(&blob).ok_or(VaultError::Decryption)?;
+    if version == active.version() {
+        return Ok(());
+    }
+    let old = keys.data.get(&version).ok_or_else(|| {
+        VaultError::KeyState(format!(
+            "personal data under v{version}, whose key is not available (destroyed?)"
+        ))
+    })?;
+    let plain = old
+        .open_personal(tenant, token, &blob)
+        .map_err(|_| VaultError::Decryption)?;
+    let fresh = active
+        .seal_personal(tenant, token, &plain)
+        .map_err(|_| VaultError::Crypto)?;
+    tx.rewrap_card_personal(id, &fresh)?;
     Ok(())
 }
 

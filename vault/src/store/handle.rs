@@ -535,6 +535,22 @@ impl Tx<'_> {
             p => pg::rewrap::update_sealed(p, id, old_version, key_version, nonce, ciphertext))
     }
 
+    /// PostgreSQL: row `id`'s sealed subject and metadata (SQLite keeps them in
+    /// clear: `None`).
+    pub(crate) fn card_sealed_personal(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(None),
+            Eng::Pg(conn) => conn.run(|p| pg::personal::sealed(p, id)),
+        }
+    }
+    /// PostgreSQL: replaces row `id`'s sealed subject and metadata (a rewrap).
+    pub(crate) fn rewrap_card_personal(&self, id: i64, blob: &[u8]) -> Result<(), StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Err(StoreError::Unsupported("sealed personal data (SQLite)")),
+            Eng::Pg(conn) => conn.run(|p| pg::personal::update_sealed(p, id, blob)),
+        }
+    }
+
     // --- deletes: each returns the `(id, fingerprint)` of every row it removed
     pub(crate) fn delete_live_token(
         &self,

@@ -26,6 +26,7 @@ pub mod inventory;
 pub mod keys;
 pub mod meta;
 pub mod migrate;
+pub mod personal;
 mod pool;
 pub mod rewrap;
 pub mod schema;
