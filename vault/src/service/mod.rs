@@ -12,6 +12,7 @@ pub mod erase;
 pub mod inventory;
 pub mod keyring;
 mod keys;
+pub mod migrate;
 mod open;
 mod personal;
 pub mod request;

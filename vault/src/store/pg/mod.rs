@@ -25,6 +25,7 @@ pub mod erasure;
 pub mod inventory;
 pub mod keys;
 pub mod meta;
+pub mod migrate;
 pub mod personal;
 mod pool;
 pub mod rewrap;
