@@ -14,6 +14,9 @@ use crate::core::secret::SecretKey32;
 use crate::error::VaultError;
 use crate::store::{self, Location, ReadPool, Session, StoreError, Writer};
 
+/// The most jobs in one writer batch on PostgreSQL.
+const PG_MAX_BATCH: usize = 256;
+
 /// Creates the data directory (mode 0700) if needed.
 fn create_dir(dir: &Path) -> Result<(), VaultError> {
     std::fs::create_dir_all(dir).map_err(|e| VaultError::io(dir, e))?;
@@ -253,7 +256,15 @@ impl Vault {
             None => (Some(db.clone()), ReadPool::new(db.clone(), opts.read_pool)),
             Some(pool) => (None, ReadPool::postgres(Arc::clone(pool))),
         };
-        let writer = Writer::start(conn, state, checkpointed, opts.writer.clone())?;
+        let mut writer_cfg = opts.writer.clone();
+        if pg_pool.is_some() {
+            // Each tokenize holds an advisory lock on its card until its batch
+            // commits, and PostgreSQL's lock table is shared by every connection
+            // (`max_locks_per_transaction` × `max_connections`): smaller batches
+            // keep several nodes' open batches well inside it.
+            writer_cfg.max_batch = writer_cfg.max_batch.min(PG_MAX_BATCH);
+        }
+        let writer = Writer::start(conn, state, checkpointed, writer_cfg)?;
         Ok(Vault {
             inner: Arc::new(Inner {
                 data_dir: data_dir.to_owned(),

@@ -146,7 +146,7 @@ impl From<postgres::Error> for StoreError {
 /// Whether a PostgreSQL failure means the database is out of reach now (and may
 /// come back): the connection closed or failed, the pool found none in time, the
 /// server is shutting down or starting (`57P01`–`57P03`), a connection exception
-/// (`08xxx`), too many connections (`53300`), or a deadlock or serialization
+/// (`08xxx`), too many connections (`53300`), the lock table full (`53200`), or a deadlock or serialization
 /// failure (`40P01`, `40001`: only that transaction failed; trying again works).
 fn pg_connection_lost(e: &pg::PgError) -> bool {
     match e {
@@ -157,6 +157,7 @@ fn pg_connection_lost(e: &pg::PgError) -> bool {
                 c.starts_with("08")
                     || c.starts_with("57P")
                     || c == "53300"
+                    || c == "53200"
                     || c == "40P01"
                     || c == "40001"
             }
