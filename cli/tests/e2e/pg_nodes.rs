@@ -492,3 +492,68 @@ async fn pg_nodes_init_with_postgres_records_the_engine_for_every_admin_command(
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_nodes_quickstart_with_postgres_serves_from_the_database() {
+    let Some(pg) = PgServer::start("pg_nodes_quickstart_with_postgres_serves_from_the_database")
+    else {
+        return;
+    };
+    util::within(Duration::from_secs(180), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("qs");
+        let mut child = tokio::process::Command::new(util::panvault_bin())
+            .args(["quickstart", "--data-dir"])
+            .arg(&dir)
+            .args(["--listen", "127.0.0.1:0", "--postgres", &pg.url("disable")])
+            .env("PANVAULT_LOG", util::child_log_level())
+            .env_remove("PANVAULT_PASSPHRASE")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = util::collect_lines(child.stdout.take().unwrap());
+        let stderr = util::LineCollector::start(child.stderr.take().unwrap());
+        let port = loop {
+            let text = stdout.lock().unwrap().clone();
+            if let Some(rest) = text.split("ready at https://localhost:").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse::<u16>()
+                    .unwrap();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("quickstart exited with {status}: {}", stderr.text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(!dir.join("vault.db").exists(), "a SQLite file was made");
+        let config = std::fs::read_to_string(dir.join("panvault.toml")).unwrap();
+        assert!(config.contains("listen") && config.contains("engine = \"postgres\""));
+        let pki = dir.join("pki");
+        let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
+        let client = |name: &str| {
+            Client::new(
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                &read("ca.pem"),
+                Some((&read(&format!("{name}.pem")), &read(&format!("{name}.key")))),
+                &[b"http/1.1"],
+            )
+        };
+        let card = cards::fresh();
+        let (_, token, _) = tokenize(&client("storefront"), &card).await;
+        assert_detokenizes(&client("payments"), &token, &card).await;
+        let h = client("payments").get("/healthz").await;
+        assert_eq!(h.json()["database"], "up", "{}", h.text());
+        child.start_kill().unwrap();
+        let _ = child.wait().await;
+        for o in [stdout.lock().unwrap().clone(), stderr.text()] {
+            assert!(!o.contains(pg.password()), "the password was printed");
+        }
+    })
+    .await;
+}
