@@ -1085,13 +1085,22 @@ fn pg_ops_migrate_command_moves_a_vault_and_refuses_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let kept = filled_sqlite_vault(&data);
+    // Not while the vault is open (a server holds it): nothing is written anywhere.
+    let open = panvault_vault::Vault::open(&data, &migrate_unlock()).unwrap();
+    let (ok, text) = run_panvault(&pg, &["migrate", "--to-postgres", &url], &data);
+    assert!(!ok && text.contains("stop it, then migrate"), "{text}");
+    assert!(!DataDir::new(&data).config().exists());
+    let mut c = pg::connect(&PgSettings::from_url(&url).unwrap()).unwrap();
+    assert_eq!(schema::version(&mut c).unwrap(), None);
+    open.shutdown();
+    drop(open);
+
     let (ok, text) = run_panvault(&pg, &["migrate", "--to-postgres", &url], &data);
     assert!(ok, "{text}");
     assert!(text.contains("cards"), "{text}");
 
     // The rows, as the twins read them.
     let src = store::open_reader(&store::db_path(&data)).unwrap();
-    let mut c = pg::connect(&PgSettings::from_url(&url).unwrap()).unwrap();
     assert_eq!(
         store::keys::list_data_keys(&src).unwrap(),
         pg::keys::list_data_keys(&mut c).unwrap()

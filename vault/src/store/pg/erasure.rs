@@ -7,8 +7,9 @@
 //!
 //! SQLite's WAL scrub after an erasure (`store::mark_scrub_pending`,
 //! `store::erasure::mark_wal_scrubbed`) has no twin: PostgreSQL's residue is the
-//! deleted row versions until vacuum, recorded in `erasure_requests.vacuumed_at`
-//! by the vacuum that removes them.
+//! deleted row versions until vacuum (the session vacuums after deleting, in
+//! place of the scrub); `erasure_requests.vacuumed_at` is the column meant to
+//! record it, not written yet.
 
 use postgres::GenericClient;
 

@@ -1,8 +1,7 @@
 //! Moving a SQLite vault into an empty PostgreSQL database (`panvault migrate
 //! --to-postgres`): the keys (seal, data keys, auxiliary keys), `meta`, the cards,
-//! the erasure records and the audit log (events, checkpoints, prune records) as
-//! they are, so every token detokenizes afterwards and the log's chain and signed
-//! checkpoints verify with the same public key.
+//! the erasure records and the audit log's chain as they are, so every token
+//! detokenizes afterwards and the log verifies with the same public key.
 //!
 //! One PostgreSQL transaction: the schema is migrated first, then every table is
 //! locked and found empty (a target holding any row is refused with
@@ -16,10 +15,13 @@
 //! under the record's data key. Both need keys the store never holds: the caller
 //! supplies them through [`Protect`] (the service, with the unsealed keys). Left
 //! behind on purpose: SQLite's WAL-scrub marks in `meta` and the erasure records'
-//! `wal_scrubbed_at` (they describe SQLite's files; PostgreSQL's residue is tracked
-//! by `vacuumed_at`), and `audit_meta` (the version of SQLite's audit tables;
-//! PostgreSQL's schema has its own version). Audit events keep their sequence
-//! numbers and hashes: the log moves as one chain.
+//! `wal_scrubbed_at` (they describe SQLite's files, not PostgreSQL's), and
+//! `audit_meta` (the version of SQLite's audit tables; PostgreSQL's schema has
+//! its own version). Audit events keep their sequence numbers and hashes: the log
+//! becomes the chain of one node, [`MIGRATED_NODE`], registered and anchored by a
+//! cluster checkpoint at the move; SQLite's own checkpoints (signed over the
+//! single-chain message, which PostgreSQL does not store) are left behind, so the
+//! caller verifies the log before the move. A pruned log is refused.
 
 use panvault_audit::log::{Actor, AuditChain, AuditError, ChainHash, NodeId, SigningKey};
 use postgres::binary_copy::BinaryCopyInWriter;
