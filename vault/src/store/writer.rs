@@ -344,6 +344,11 @@ fn run_batch<S: WriterState>(
     Ok(())
 }
 
+/// How long a PostgreSQL batch waits for the shared key lock (an admin
+/// transaction holds it exclusively for milliseconds): past it the batch fails
+/// (503), rather than the writer hanging behind a stuck admin command.
+const BATCH_LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// A batch on PostgreSQL: one transaction (`BEGIN`, the key lock shared, every
 /// job, `COMMIT`), so a node's callers share one durable commit as on SQLite.
 /// PostgreSQL makes the commit atomic: a connection broken anywhere in the batch
@@ -366,7 +371,7 @@ fn run_batch_pg<S: WriterState>(
     };
     let begun = conn
         .reconnect_if_closed()
-        .and_then(|()| conn.begin(super::pg::session::KeyLock::Shared, None));
+        .and_then(|()| conn.begin(super::pg::session::KeyLock::Shared, Some(BATCH_LOCK_WAIT)));
     if let Err(e) = begun {
         // The jobs never ran: fail them all.
         batch.clear();

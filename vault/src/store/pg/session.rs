@@ -104,26 +104,27 @@ impl PgConn {
     /// exclusive lock ([`StoreError::LockHeld`] after it).
     pub(crate) fn begin(&self, lock: KeyLock, wait: Option<Duration>) -> Result<(), StoreError> {
         self.failed.set(false);
-        self.run(|c| Ok(c.batch_execute("BEGIN")?))?;
-        let locked = self.run(|c| {
-            if let Some(w) = wait {
-                let ms = i64::try_from(w.as_millis()).unwrap_or(i64::MAX).max(1);
-                c.batch_execute(&format!("SET LOCAL lock_timeout = {ms}"))?;
+        // One round trip: `BEGIN`, the bounded wait, the lock.
+        let mut sql = String::from("BEGIN");
+        if let Some(w) = wait {
+            let ms = i32::try_from(w.as_millis()).unwrap_or(i32::MAX).max(1);
+            sql.push_str(&format!("; SET LOCAL lock_timeout = {ms}"));
+        }
+        match lock {
+            KeyLock::None => {}
+            KeyLock::Shared => {
+                sql.push_str(&format!(
+                    "; SELECT pg_advisory_xact_lock_shared({KEY_LOCK})"
+                ));
             }
-            match lock {
-                KeyLock::None => {}
-                KeyLock::Shared => {
-                    c.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&KEY_LOCK])?;
-                }
-                KeyLock::Exclusive => {
-                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&KEY_LOCK])?;
-                }
+            KeyLock::Exclusive => {
+                sql.push_str(&format!("; SELECT pg_advisory_xact_lock({KEY_LOCK})"));
             }
-            if wait.is_some() {
-                c.batch_execute("SET LOCAL lock_timeout = 0")?;
-            }
-            Ok(())
-        });
+        }
+        if wait.is_some() {
+            sql.push_str("; SET LOCAL lock_timeout = 0");
+        }
+        let locked = self.run(|c| Ok(c.batch_execute(&sql)?));
         if let Err(e) = locked {
             self.rollback();
             return Err(match (&e, wait) {
