@@ -51,6 +51,8 @@ mod keys_cli;
 mod lifecycle;
 #[path = "e2e/live_keys.rs"]
 mod live_keys;
+#[path = "e2e/openapi.rs"]
+mod openapi;
 #[path = "e2e/outside_verifier.rs"]
 mod outside_verifier;
 #[path = "e2e/pg_audit.rs"]
