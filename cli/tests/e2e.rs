@@ -23,6 +23,8 @@ mod served;
 
 #[path = "e2e/admin_load.rs"]
 mod admin_load;
+#[path = "e2e/api_fuzz.rs"]
+mod api_fuzz;
 #[path = "e2e/audit_tail.rs"]
 mod audit_tail;
 #[path = "e2e/batch.rs"]
