@@ -199,6 +199,13 @@ def check_problem(spec, code, ex, errors, where):
     rptr = f"#/x-validate/{code}"
     check_headers(spec, fake, rptr, ex["headers"], errors, where)
     check_body(spec, fake, rptr, ex, errors, where)
+    if code == "method_not_allowed":
+        # RFC 9110 §15.5.6: a 405 names the methods the route serves.
+        template, _, _ = spec.operation(ex["method"], ex["path"])
+        served = {m for m, _, t, _ in spec.routes if t == template}
+        allow = {m.strip().upper() for m in ex["headers"].get("allow", "").split(",") if m.strip()}
+        if not served <= allow:
+            errors.append(f"{where}: `allow` is {sorted(allow)}, the route serves {sorted(served)}")
 
 
 def main(argv):
