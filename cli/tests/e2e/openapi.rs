@@ -198,7 +198,7 @@ async fn exercise_binary(root: &Path, ex: &mut Exchanges) {
     // body timeout for the 408.
     let mut config = std::fs::read_to_string(&v.config).unwrap();
     config.push_str(&format!(
-        "[limits]\nheader_read_timeout_ms = 1500\ndetokenize_per_second = 0.001\ndetokenize_burst = {DETOKENIZE_BURST}\n"
+        "[limits]\nheader_read_timeout_ms = 3000\ndetokenize_per_second = 0.001\ndetokenize_burst = {DETOKENIZE_BURST}\n"
     ));
     std::fs::write(&v.config, config).unwrap();
     let server = ServeProcess::start(&v).await.unwrap();
