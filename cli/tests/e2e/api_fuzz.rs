@@ -1,11 +1,11 @@
 //! A property-based fuzzer driven by the API description: schemathesis generates
 //! requests from `docs/openapi.yaml` (valid ones, and ones that break it), sends
 //! them over mutual TLS to a real `panvault serve`, and checks every answer: no
-//! 5xx, and status, content type, headers and body as described; a method a route
-//! does not serve answers 405 with an `Allow` header naming the described ones. Bounded by a
-//! fixed seed and a number of examples per operation (under a minute on 2 cores);
-//! `PANVAULT_API_FUZZ_EXAMPLES` raises it for a longer run, `PANVAULT_API_FUZZ_SEED`
-//! explores elsewhere.
+//! 5xx; status, content type, headers and body as described; a method a route does
+//! not serve answered 405 with an `Allow` header naming the described ones.
+//! Bounded by a fixed seed and a number of examples per operation (under a minute
+//! on 2 cores); `PANVAULT_API_FUZZ_EXAMPLES` raises it for a longer run,
+//! `PANVAULT_API_FUZZ_SEED` explores elsewhere.
 //!
 //! Needs Python's `schemathesis` (`.ci/run` installs it; under CI its absence fails
 //! the test). Its output goes to the suite's leak scan like every other output.
