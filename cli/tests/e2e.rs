@@ -23,6 +23,8 @@ mod served;
 
 #[path = "e2e/admin_load.rs"]
 mod admin_load;
+#[path = "e2e/api_fuzz.rs"]
+mod api_fuzz;
 #[path = "e2e/audit_tail.rs"]
 mod audit_tail;
 #[path = "e2e/batch.rs"]
@@ -51,6 +53,8 @@ mod keys_cli;
 mod lifecycle;
 #[path = "e2e/live_keys.rs"]
 mod live_keys;
+#[path = "e2e/openapi.rs"]
+mod openapi;
 #[path = "e2e/outside_verifier.rs"]
 mod outside_verifier;
 #[path = "e2e/pg_audit.rs"]
