@@ -138,7 +138,7 @@ pub(crate) fn corrupt_column(column: &'static str) -> VaultError {
     )))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()
