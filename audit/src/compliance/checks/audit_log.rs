@@ -310,7 +310,8 @@ mod tests {
                 "token.delete",
                 "erase",
                 "key.rewrap",
-                "serve.noncompliant"
+                "serve.noncompliant",
+                "relay.result"
             ]
         );
         // Every class an action can feed is fed by something the vault emits.
