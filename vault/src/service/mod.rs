@@ -13,6 +13,7 @@ pub mod inventory;
 pub mod keyring;
 mod keys;
 mod open;
+pub mod relay;
 pub mod request;
 pub mod shamir;
 mod state;
