@@ -74,7 +74,7 @@ async fn configure(v: &BinVault) -> Providers {
     text.push_str(
         "[[clients]]\nname = \"checkout\"\ntenant = \"demo-shop\"\npermissions = [\"tokenize\", \"read\", \"relay\"]\n\
          [[clients]]\nname = \"other-relay\"\ntenant = \"other-shop\"\npermissions = [\"relay\"]\n\
-         [relay]\nconnect_timeout_secs = 3\ntimeout_secs = 3\n",
+         [relay]\nconnect_timeout_secs = 3\ntimeout_secs = 3\nrequest_bytes = 4096\nresponse_bytes = 2048\n",
     );
     let both = ["checkout", "other-relay"];
     text.push_str(&destination(
@@ -235,6 +235,12 @@ async fn relay_puts_the_card_in_masks_the_answer_and_refuses_what_it_must() {
     );
 
     // Failures of the provider.
+    let padded = format!(
+        r#"{{"pad":"{}","n":"{{{{card.number}}}}"}}"#,
+        "x".repeat(3000)
+    );
+    let r = relay(&checkout, "echo", &token, &padded).await;
+    r.assert_problem(502, "upstream_answer_too_large");
     let r = relay(&checkout, "down", &token, CHARGE).await;
     r.assert_problem(502, "upstream_unreachable");
     let r = relay(&checkout, "wrong-ca", &token, CHARGE).await;
@@ -264,6 +270,12 @@ async fn relay_puts_the_card_in_masks_the_answer_and_refuses_what_it_must() {
     r.assert_problem(422, "bad_template");
     let r = relay(&checkout, "psp", &token, r#"{"pin":"{{card.pin}}"}"#).await;
     r.assert_problem(422, "unknown_placeholder");
+    let big = format!(
+        r#"{{"pad":"{}","n":"{{{{card.number}}}}"}}"#,
+        "x".repeat(5000)
+    );
+    let r = relay(&checkout, "psp", &token, &big).await;
+    r.assert_problem(422, "request_too_large");
     let r = checkout
         .post(
             "/v1/relay/psp",
@@ -292,14 +304,14 @@ async fn relay_puts_the_card_in_masks_the_answer_and_refuses_what_it_must() {
     // the results; never the number.
     let started = events(&v, "relay");
     let ok = started.iter().filter(|e| e.0 == "success").count();
-    assert_eq!(ok, 7, "{started:?}");
+    assert_eq!(ok, 8, "{started:?}");
     assert!(
         started
             .iter()
             .any(|e| e.1.as_deref() == Some("cvc_unavailable"))
     );
     let results = events(&v, "relay.result");
-    assert_eq!(results.len(), 7, "{results:?}");
+    assert_eq!(results.len(), 8, "{results:?}");
     let details: Vec<&str> = results.iter().filter_map(|e| e.2.as_deref()).collect();
     assert!(
         details

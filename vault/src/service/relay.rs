@@ -60,9 +60,10 @@ impl Vault {
     /// The security code held for `token` of `tenant`, taken for one relay: from
     /// then on it is gone (deleted at first use). `None` when none is held.
     ///
-    /// Security codes are not stored yet, so none is ever held; the part of the
-    /// vault that accepts and seals them replaces this body.
-    pub(crate) async fn take_cvc(
+    /// Security codes are not stored on this branch, so none is ever held. Once
+    /// the vault holds them (`Vault::take_cvc`), this body becomes
+    /// `Ok(self.take_cvc(tenant, token).await?.map(|c| Zeroizing::new(c.expose().to_owned())))`.
+    async fn relay_cvc(
         &self,
         tenant: &str,
         token: &str,
@@ -114,7 +115,7 @@ impl Vault {
             (Ok(_), None) => return Err(VaultError::internal("a card opened without its row")),
         };
         let cvc = if needs_cvc {
-            match self.take_cvc(tenant, &card.token).await? {
+            match self.relay_cvc(tenant, &card.token).await? {
                 Some(c) => Some(c),
                 None => {
                     let e = VaultError::Relay(RelayError::CvcUnavailable);
