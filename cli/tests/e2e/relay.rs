@@ -345,3 +345,49 @@ async fn relay_puts_the_card_in_masks_the_answer_and_refuses_what_it_must() {
         }
     }
 }
+
+/// The `relay` event is durable before any byte goes to the provider: with the
+/// vault's writer stopped under the running server, a relay is `503
+/// audit_unavailable` and the provider receives nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_cannot_be_recorded_sends_nothing() {
+    let psp = FakeProvider::start(Mode::Answer(201, r#"{"id":"ch_1"}"#)).await;
+    let files = tempfile::tempdir().unwrap();
+    let ca = files.path().join("psp-ca.pem");
+    psp.write_ca(&ca);
+    let extra = format!(
+        "[[clients]]\nname = \"checkout\"\ntenant = \"demo-shop\"\npermissions = [\"tokenize\", \"relay\"]\n[relay]\n{}",
+        destination(
+            "psp",
+            &psp.url("/v1/charges"),
+            &ca.display().to_string(),
+            &["checkout"]
+        )
+    );
+    let server = crate::util::TestServer::start_with(crate::util::ServerOpts {
+        extra_clients: extra,
+        ..Default::default()
+    })
+    .await;
+    let leaf = server.pki.issue(&LeafSpec::client("checkout"));
+    let checkout = server.client_with(&leaf.cert_pem, &leaf.key_pem);
+    let r = checkout.tokenize(&cards::fresh()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    // It works while the audit log does…
+    let r = relay(&checkout, "psp", &token, CHARGE).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(psp.received().len(), 1);
+    // …and sends nothing once it cannot record.
+    let vault = server.vault.clone();
+    tokio::task::spawn_blocking(move || vault.shutdown())
+        .await
+        .unwrap();
+    let r = relay(&checkout, "psp", &token, CHARGE).await;
+    r.assert_problem(503, "audit_unavailable");
+    assert_eq!(
+        psp.received().len(),
+        1,
+        "a relay that was not recorded reached the provider"
+    );
+}
