@@ -73,6 +73,7 @@ pub struct FakeProvider {
     pub addr: SocketAddr,
     ca_pem: String,
     received: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -97,6 +98,8 @@ impl FakeProvider {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let rec = Arc::clone(&received);
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             // Dropped with this task: every connection ends with the provider.
             let mut conns = JoinSet::new();
@@ -104,6 +107,7 @@ impl FakeProvider {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (acceptor, mode, rec) = (acceptor.clone(), mode.clone(), Arc::clone(&rec));
                 conns.spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
@@ -123,8 +127,14 @@ impl FakeProvider {
             addr,
             ca_pem: ca.cert_pem().to_owned(),
             received,
+            connections,
             task,
         }
+    }
+
+    /// How many TCP connections it has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `https://127.0.0.1:PORT{path}`.

@@ -198,6 +198,17 @@ async fn relay_puts_the_card_in_masks_the_answer_and_refuses_what_it_must() {
     assert_eq!(got[0].header("idempotency-key"), Some("order-1234"));
     assert_eq!(got[0].header("host"), Some(p.psp.addr.to_string().as_str()));
 
+    // The outbound pool keeps its connection: a second relay to the same
+    // destination opens none.
+    let r = relay(&checkout, "psp", &token, CHARGE).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(p.psp.received().len(), 2);
+    assert_eq!(
+        p.psp.connections(),
+        1,
+        "the relay did not reuse its pooled connection"
+    );
+
     // A provider that echoes the number: the caller gets it masked, and the
     // event says how many were masked.
     let r = relay(&checkout, "echo", &token, CHARGE).await;
@@ -304,14 +315,14 @@ async fn relay_puts_the_card_in_masks_the_answer_and_refuses_what_it_must() {
     // the results; never the number.
     let started = events(&v, "relay");
     let ok = started.iter().filter(|e| e.0 == "success").count();
-    assert_eq!(ok, 8, "{started:?}");
+    assert_eq!(ok, 9, "{started:?}");
     assert!(
         started
             .iter()
             .any(|e| e.1.as_deref() == Some("cvc_unavailable"))
     );
     let results = events(&v, "relay.result");
-    assert_eq!(results.len(), 8, "{results:?}");
+    assert_eq!(results.len(), 9, "{results:?}");
     let details: Vec<&str> = results.iter().filter_map(|e| e.2.as_deref()).collect();
     assert!(
         details
