@@ -53,9 +53,10 @@ where
     all
 }
 
-fn pct(sorted: &[u64], p: f64) -> u64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+/// The `per_mille`-th per-mille of `sorted` (nearest rank).
+fn pct(sorted: &[u64], per_mille: usize) -> u64 {
+    let i = (sorted.len() - 1) * per_mille / 1000;
+    sorted[i]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,8 +134,8 @@ async fn relay_bench() {
         .await;
 
         let rate = |n: usize| n as f64 / secs as f64;
-        let (r50, r99) = (pct(&relayed, 0.50), pct(&relayed, 0.99));
-        let (d50, d99) = (pct(&direct, 0.50), pct(&direct, 0.99));
+        let (r50, r99) = (pct(&relayed, 500), pct(&relayed, 990));
+        let (d50, d99) = (pct(&direct, 500), pct(&direct, 990));
         println!(
             "relay_bench: {CONNECTIONS} connections, {secs} s a phase, {opened} connections from the vault to the provider\n  \
              through the vault: {} relays, {:.0}/s, p50 {r50} µs, p99 {r99} µs\n  \
