@@ -65,6 +65,10 @@ mod pg_cards;
 mod pg_store;
 #[path = "e2e/refusals.rs"]
 mod refusals;
+#[path = "e2e/relay.rs"]
+mod relay;
+#[path = "e2e/relay_bench.rs"]
+mod relay_bench;
 #[path = "e2e/soak.rs"]
 mod soak;
 #[path = "e2e/tls_probe.rs"]
