@@ -34,6 +34,7 @@ pub mod compliance;
 pub mod config;
 pub mod http;
 pub mod hygiene;
+pub mod relay;
 pub mod tls;
 
 // The API server: configuration, HTTP API, mTLS (re-exported so a host program
