@@ -26,9 +26,7 @@ use crate::core::token::Token;
 use crate::error::VaultError;
 use crate::store::{self, CvcKeyRow, NewCvcKey, NewHeldCvc, Reader, Tx};
 
-/// The longest a code may be held, in seconds (PCI DSS 3.3.1.2: not after
-/// authorisation; an hour covers a checkout that ends in a charge).
-pub const MAX_CVC_TTL_SECS: u64 = 3600;
+pub use crate::config::MAX_CVC_TTL_SECS;
 
 /// Whether a token holds a security code, and until when. Never the code.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

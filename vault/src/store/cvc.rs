@@ -88,10 +88,8 @@ pub(crate) struct CvcShape {
     pub oldest_key_age_secs: Option<i64>,
     /// Longest planned key life (destroy_at − created_at).
     pub longest_key_life_secs: Option<i64>,
-    /// Longest window length any key was made for.
-    pub longest_ttl_secs: Option<i64>,
-    /// Keys still stored past their destruction time.
-    pub keys_past_destroy: i64,
+    /// How far past its destruction time the most overdue key is.
+    pub key_overdue_secs: Option<i64>,
 }
 
 fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CvcKeyRow> {
@@ -286,9 +284,9 @@ pub(crate) fn shape(conn: &Connection, now: i64) -> Result<Option<CvcShape>, Sto
         [],
         |r| r.get(0),
     )?;
-    let (keys, oldest, longest_life, longest_ttl, keys_past) = conn.query_row(
-        "SELECT count(*), max(?1 - created_at), max(destroy_at - created_at), max(ttl_secs),
-                coalesce(sum(destroy_at <= ?1), 0)
+    let (keys, oldest, longest_life, key_overdue) = conn.query_row(
+        "SELECT count(*), max(?1 - created_at), max(destroy_at - created_at),
+                max(CASE WHEN destroy_at <= ?1 THEN ?1 - destroy_at END)
          FROM cvc_keys",
         [now],
         |r| {
@@ -297,7 +295,6 @@ pub(crate) fn shape(conn: &Connection, now: i64) -> Result<Option<CvcShape>, Sto
                 r.get::<_, Option<i64>>(1)?,
                 r.get::<_, Option<i64>>(2)?,
                 r.get::<_, Option<i64>>(3)?,
-                r.get::<_, i64>(4)?,
             ))
         },
     )?;
@@ -312,7 +309,6 @@ pub(crate) fn shape(conn: &Connection, now: i64) -> Result<Option<CvcShape>, Sto
         keys,
         oldest_key_age_secs: oldest,
         longest_key_life_secs: longest_life,
-        longest_ttl_secs: longest_ttl,
-        keys_past_destroy: keys_past,
+        key_overdue_secs: key_overdue,
     }))
 }
