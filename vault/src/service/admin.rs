@@ -267,12 +267,12 @@ impl Admin {
                 done.other_keys.push(name);
             }
             // the short-lived keys of held security codes
-            for (id, window_start, ttl, wrapped) in tx.wrapped_cvc_keys()? {
-                let label = super::cvc::key_label(&vid, window_start, ttl);
-                let key = crate::core::envelope::unwrap_key(&keys.root, &label, &wrapped)
+            for k in tx.cvc_keys()? {
+                let label = super::cvc::key_label(&vid, k.window_start, k.ttl_secs);
+                let key = crate::core::envelope::unwrap_key(&keys.root, &label, &k.wrapped)
                     .map_err(|_| VaultError::Decryption)?;
                 let rewrapped = wrap_key(&new_root, &label, &key)?;
-                tx.rewrap_cvc_key(id, &rewrapped)?;
+                tx.rewrap_cvc_key(k.id, &rewrapped)?;
             }
             // Reseal the new root under the same secret: a fresh salt for a passphrase,
             // the same KEK for custodian shares (so the share set stays valid).

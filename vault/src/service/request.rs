@@ -113,9 +113,9 @@ impl TokenizeRequest {
             .and_then(Value::as_object)
             .ok_or_else(|| VaultError::invalid("card", "required object"))?;
         for k in card.keys() {
-            if !matches!(k.as_str(), "number" | "exp_month" | "exp_year" | "name")
-                && !(accept_cvc && k == "cvc")
-            {
+            let known = matches!(k.as_str(), "number" | "exp_month" | "exp_year" | "name")
+                || (accept_cvc && k == "cvc");
+            if !known {
                 return Err(VaultError::invalid(
                     format!("card.{}", field_name(k)),
                     "unknown field",

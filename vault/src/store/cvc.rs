@@ -145,10 +145,10 @@ pub(crate) fn insert_key(conn: &Connection, k: &NewCvcKey<'_>) -> Result<bool, S
     Ok(n == 1)
 }
 
-/// Every key row: `(id, window_start, ttl_secs, wrapped)` (for a root rotation).
-pub(crate) fn wrapped_keys(conn: &Connection) -> Result<Vec<(i64, i64, i64, Vec<u8>)>, StoreError> {
-    let mut stmt = conn.prepare("SELECT id, window_start, ttl_secs, wrapped FROM cvc_keys")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+/// Every key row (for a root rotation).
+pub(crate) fn all_keys(conn: &Connection) -> Result<Vec<CvcKeyRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {KEY_COLUMNS} FROM cvc_keys"))?;
+    let rows = stmt.query_map([], key_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

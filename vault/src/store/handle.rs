@@ -243,8 +243,8 @@ impl Reader<'_> {
     pub(crate) fn cvc_key(&self, id: i64) -> Result<Option<CvcKeyRow>, StoreError> {
         cvc::key_by_id(self.c(), id)
     }
-    pub(crate) fn wrapped_cvc_keys(&self) -> Result<Vec<(i64, i64, i64, Vec<u8>)>, StoreError> {
-        cvc::wrapped_keys(self.c())
+    pub(crate) fn cvc_keys(&self) -> Result<Vec<CvcKeyRow>, StoreError> {
+        cvc::all_keys(self.c())
     }
     pub(crate) fn held_cvc(
         &self,

@@ -271,18 +271,6 @@ pub(super) fn erasure_deadline(f: &Facts, p: &Params) -> Result<Outcome, Outcome
     Ok(o)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::revealed;
-
-    #[test]
-    fn revealed_digits() {
-        assert_eq!(revealed("411111******1111"), (6, 4));
-        assert_eq!(revealed("********1111"), (0, 4));
-        assert_eq!(revealed("4111111111111111"), (16, 0));
-    }
-}
-
 /// A 3- or 4-digit code sealed with AES-256-GCM: its digits and a 16-byte tag.
 const SEALED_CVC_LEN: std::ops::RangeInclusive<i64> = 19..=20;
 
@@ -367,4 +355,16 @@ pub(super) fn cvc_not_retained(f: &Facts, p: &Params) -> Result<Outcome, Outcome
         ));
     }
     Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::revealed;
+
+    #[test]
+    fn revealed_digits() {
+        assert_eq!(revealed("411111******1111"), (6, 4));
+        assert_eq!(revealed("********1111"), (0, 4));
+        assert_eq!(revealed("4111111111111111"), (16, 0));
+    }
 }
