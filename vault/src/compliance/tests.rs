@@ -314,9 +314,8 @@ fn held_security_codes_in_bad_states_fail_exactly_the_cvc_check() {
         .build()
         .unwrap();
     let mut req = TokenizeRequest::new("378282246310005", 12, 2031, v.today()).unwrap();
-    req.cvc = Some(
-        crate::core::cvc::Cvc::parse("7391", panvault_audit::card::Brand::Amex).unwrap(),
-    );
+    req.cvc =
+        Some(crate::core::cvc::Cvc::parse("7391", panvault_audit::card::Brand::Amex).unwrap());
     let info = rt
         .block_on(v.tokenize(
             "demo-shop",
@@ -386,7 +385,10 @@ fn held_security_codes_in_bad_states_fail_exactly_the_cvc_check() {
     conn.execute("ALTER TABLE held_cvcs ADD COLUMN cvc TEXT", [])
         .unwrap();
     let ev = fails_alone("a clear column");
-    assert!(ev.contains("column `cvc` outside the sealed layout"), "{ev}");
+    assert!(
+        ev.contains("column `cvc` outside the sealed layout"),
+        "{ev}"
+    );
     drop(tmp);
 }
 
