@@ -278,7 +278,7 @@ fn an_idempotency_key_replays_its_first_answer_for_a_day() {
         let IdempotencyStart::Proceed(other) = begin("back-office", b"{2}").await.unwrap() else {
             panic!("another client's key was shared");
         };
-        // A 5xx answer is not kept: the retry runs afresh.
+        // A 503 (nothing was done) is not kept: the retry runs afresh.
         let mut failed = answer("busy");
         failed.status = 503;
         v.idempotency_finish(other, &failed).await.unwrap();

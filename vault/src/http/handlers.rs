@@ -151,7 +151,7 @@ fn created_or_ok(info: TokenInfo) -> Response {
 
 /// The `Idempotency-Key` header, if the request has one (checked: bounded,
 /// printable, no card number).
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -172,8 +172,10 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Runs `work` at most once per idempotency key of the caller (when the request
 /// has one): a retry of the same request (`path` and `raw` body) gets the first
 /// answer again, marked `idempotent-replayed: true`; the same key with another
-/// request is 409 `idempotency_key_reused`. Without a key, just `work`.
-async fn idempotent<F, Fut>(
+/// request is 409 `idempotency_key_reused`. Without a key, just `work`. For
+/// every POST route that takes the header (the relay's too: its answer is
+/// masked before `work` returns it).
+pub(crate) async fn idempotent<F, Fut>(
     state: &AppState,
     caller: &Caller,
     key: Option<IdempotencyKey>,

@@ -14,9 +14,11 @@
 //!
 //! A first request is reserved before its work starts: a concurrent retry
 //! finds it in progress (`idempotency_key_in_use`) instead of doing the work a
-//! second time. An answer with a 5xx status is not kept (the reservation is
-//! released), so a retry of a request that failed for lack of storage or of the
-//! audit log runs again.
+//! second time. Every answer is kept except a 503 (storage or the audit log
+//! unavailable: the vault refused before doing anything, and its batch rolled
+//! back), whose reservation is released so a retry runs again. A 500 or a
+//! relay's 502/504 is kept: the work may have happened (a provider may have
+//! charged), and a retry must not do it twice.
 
 use ring::{hkdf, hmac};
 
@@ -277,14 +279,15 @@ impl Vault {
         }
     }
 
-    /// Keeps `answer` as the answer of the request `ticket` reserved (a 5xx
-    /// answer is not kept: the key is released instead, so a retry runs again).
+    /// Keeps `answer` as the answer of the request `ticket` reserved. A 503 is
+    /// not kept (the vault did nothing): the key is released instead, so a
+    /// retry runs again.
     pub async fn idempotency_finish(
         &self,
         ticket: IdempotencyTicket,
         answer: &StoredAnswer,
     ) -> Result<(), VaultError> {
-        if answer.status >= 500 {
+        if answer.status == 503 {
             return self.idempotency_release(ticket).await;
         }
         let keys = self.keys()?;
