@@ -63,6 +63,8 @@ mod pg_cards;
 mod pg_store;
 #[path = "e2e/refusals.rs"]
 mod refusals;
+#[path = "e2e/relay.rs"]
+mod relay;
 #[path = "e2e/soak.rs"]
 mod soak;
 #[path = "e2e/tls_probe.rs"]

@@ -45,6 +45,7 @@ use serde::Deserialize;
 mod lenient;
 mod relay;
 pub use lenient::{LenientClient, LenientConfig};
+pub(crate) use relay::is_header_name;
 pub use relay::{
     Destination, MAX_CVC_TTL_SECS, RelaySettings, SigningAlgorithm, SigningEncoding, SigningRule,
     Target, is_destination_name, parse_target,

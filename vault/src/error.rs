@@ -72,6 +72,10 @@ pub enum VaultError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// A relay to a payment provider failed (template, security code, the
+    /// provider unreachable or too slow).
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
     /// Something that cannot happen did (a broken invariant, a failed encoding of
     /// the vault's own data, a clock out of range): a bug, never the caller's fault.
     /// Answered as a bare 500; the reason is for the server's log.

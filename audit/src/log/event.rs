@@ -102,6 +102,12 @@ pub enum Action {
     ComplianceRun,
     /// Admin: the server started despite failing compliance checks.
     ServeNoncompliant,
+    /// API: a card was sent to a payment provider (relay), always with a purpose;
+    /// recorded before any byte leaves for the provider.
+    Relay,
+    /// API: how a relay ended (the provider's status, bytes, card numbers masked
+    /// in its answer), recorded after the answer.
+    RelayResult,
 }
 
 /// What an event of an [`Action`] must name besides who acted and how it ended.
@@ -117,7 +123,7 @@ pub enum Resource {
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 24] = [
         Action::Tokenize,
         Action::Read,
         Action::Detokenize,
@@ -140,6 +146,8 @@ impl Action {
         Action::AuditCheckpoint,
         Action::ComplianceRun,
         Action::ServeNoncompliant,
+        Action::Relay,
+        Action::RelayResult,
     ];
 
     /// The name stored in the log.
@@ -167,6 +175,8 @@ impl Action {
             Action::AuditCheckpoint => "audit.checkpoint",
             Action::ComplianceRun => "compliance.run",
             Action::ServeNoncompliant => "serve.noncompliant",
+            Action::Relay => "relay",
+            Action::RelayResult => "relay.result",
         }
     }
 
@@ -180,9 +190,12 @@ impl Action {
     /// unless they erase a whole data subject.
     pub const fn resource(self) -> Resource {
         match self {
-            Action::Tokenize | Action::Read | Action::Detokenize | Action::Delete => {
-                Resource::Token
-            }
+            Action::Tokenize
+            | Action::Read
+            | Action::Detokenize
+            | Action::Delete
+            | Action::Relay
+            | Action::RelayResult => Resource::Token,
             Action::Erase => Resource::Tenant,
             Action::RetentionPurge
             | Action::Denied

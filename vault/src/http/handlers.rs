@@ -27,7 +27,7 @@ use crate::service::request::{Detokenized, TokenInfo, TokenizeRequest};
 /// Reads a request body of at most `limit` bytes within `timeout`. A body with a
 /// content type must be JSON (415 otherwise). An oversized body is read on (and
 /// dropped) up to a bound so the 413 reaches a client still sending, then 413.
-async fn read_body(
+pub(super) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -97,7 +97,7 @@ async fn read_body(
 }
 
 /// Parses JSON; the error says where, never what.
-fn parse_json(raw: &[u8]) -> Result<Value, Problem> {
+pub(super) fn parse_json(raw: &[u8]) -> Result<Value, Problem> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(Problem::invalid_json(
             "the request body is empty; expected a JSON object",
@@ -126,7 +126,7 @@ fn parse_json(raw: &[u8]) -> Result<Value, Problem> {
 
 /// Wipes every string of a parsed request (card number, name…) once it is no
 /// longer needed.
-fn scrub(v: &mut Value) {
+pub(super) fn scrub(v: &mut Value) {
     match v {
         Value::String(s) => s.zeroize(),
         Value::Array(a) => a.iter_mut().for_each(scrub),

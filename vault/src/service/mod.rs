@@ -15,6 +15,7 @@ pub mod inventory;
 pub mod keyring;
 mod keys;
 mod open;
+pub mod relay;
 pub mod request;
 pub mod shamir;
 mod state;
@@ -145,7 +146,7 @@ pub(crate) fn corrupt_column(column: &'static str) -> VaultError {
     )))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()
