@@ -336,3 +336,97 @@ async fn purged_idempotent_answers_make_a_fresh_request() {
     assert_eq!(server.vault.token_count().unwrap(), 2);
     server.stop().await;
 }
+
+/// The relay through the binary puts the held code into the provider's request
+/// once (the echoing provider's answer comes back with it masked), then there is
+/// none (`409 cvc_unavailable`, nothing sent); a code past its deadline is not
+/// sent either; and after the relay neither the code in the clear nor its sealed
+/// bytes are in the database file or its WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_sends_a_held_code_once_and_never_an_expired_one() {
+    use crate::util::provider::{FakeProvider, Mode};
+    let tmp = tempfile::tempdir().unwrap();
+    let v = BinVault::create(tmp.path());
+    let echo = FakeProvider::start(Mode::Echo).await;
+    echo.write_ca(&v.root.join("echo-ca.pem"));
+    let mut text = std::fs::read_to_string(&v.config).unwrap();
+    text = text.replace(
+        "name = \"storefront\"\ntenant = \"demo-shop\"\npermissions = [",
+        "name = \"storefront\"\ntenant = \"demo-shop\"\npermissions = [\"relay\", ",
+    );
+    text.push_str(&format!(
+        "[relay]\ncvc_ttl_secs = 5\n[[relay.destinations]]\nname = \"echo\"\nurl = \"{}\"\nca_file = \"echo-ca.pem\"\nclients = [\"storefront\"]\n",
+        echo.url("/echo")
+    ));
+    std::fs::write(&v.config, text).unwrap();
+    let server = ServeProcess::start(&v).await.unwrap();
+    let sf = v.client(server.addr, "storefront");
+    let relay = |token: String| {
+        let sf = &sf;
+        async move {
+            sf.post(
+                "/v1/relay/echo",
+                &json!({
+                    "token": token,
+                    "purpose": "charge order 1234",
+                    "method": "POST",
+                    "headers": {"content-type": "application/json"},
+                    "body": r#"{"amount":1999,"card":{"number":"{{card.number}}","cvc":"{{card.cvc}}"}}"#,
+                }),
+            )
+            .await
+        }
+    };
+
+    let r = sf.post("/v1/tokens", &with_cvc(cards::AMEX, "7391")).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let sealed: Vec<u8> = rusqlite::Connection::open(v.db())
+        .unwrap()
+        .query_row("SELECT sealed FROM held_cvcs", [], |r| r.get(0))
+        .unwrap();
+    let r = relay(token.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        !r.text().contains("7391"),
+        "the code came back to the caller"
+    );
+    let got = echo.received();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].json()["card"]["cvc"] == "7391",
+        "the provider did not get the held code"
+    );
+    // Used once: gone.
+    assert_eq!(
+        sf.get(&format!("/v1/tokens/{token}")).await.json()["cvc"],
+        json!({"held": false})
+    );
+    relay(token.clone())
+        .await
+        .assert_problem(409, "cvc_unavailable");
+    assert_eq!(
+        echo.received().len(),
+        1,
+        "a relay without its code was sent"
+    );
+
+    // A code past its deadline is not sent (bounded wait for the 5 s lifetime).
+    let r = sf.post("/v1/tokens", &with_cvc(cards::VISA, "123")).await;
+    let late = r.json()["token"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sf.get(&format!("/v1/tokens/{late}")).await.json()["cvc"]["held"] == true {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still held after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    relay(late).await.assert_problem(409, "cvc_unavailable");
+    assert_eq!(echo.received().len(), 1);
+
+    assert!(server.terminate().await.success());
+    let bytes = db_bytes(&v.db());
+    assert!(!contains(&bytes, b"\"7391\""), "the code in the clear");
+    assert!(!contains(&bytes, &sealed), "the used code's sealed bytes");
+}
