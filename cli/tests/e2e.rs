@@ -65,6 +65,8 @@ mod pg_store;
 mod refusals;
 #[path = "e2e/relay.rs"]
 mod relay;
+#[path = "e2e/relay_bench.rs"]
+mod relay_bench;
 #[path = "e2e/soak.rs"]
 mod soak;
 #[path = "e2e/tls_probe.rs"]

@@ -71,8 +71,10 @@ impl Received {
 /// A running fake provider; stops (with every connection it holds) when dropped.
 pub struct FakeProvider {
     pub addr: SocketAddr,
+    ca: CertAuthority,
     ca_pem: String,
     received: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -80,23 +82,43 @@ impl FakeProvider {
     /// Starts a provider answering as `mode`, with a certificate for 127.0.0.1
     /// issued by a CA made for it alone.
     pub async fn start(mode: Mode) -> FakeProvider {
+        FakeProvider::start_with(mode, false).await
+    }
+
+    /// [`FakeProvider::start`]; with `client_certs`, the TLS handshake requires a
+    /// client certificate from the provider's own CA ([`FakeProvider::issue_client`]).
+    pub async fn start_with(mode: Mode, client_certs: bool) -> FakeProvider {
         let ca = CertAuthority::generate("fake provider CA", 1).unwrap();
         let leaf = ca.issue(&LeafSpec::localhost_server()).unwrap();
         let certs = panvault_vault::tls::load_certs_from_pem(leaf.cert_pem.as_bytes()).unwrap();
         let key = panvault_vault::tls::load_key_from_pem(leaf.key_pem.as_bytes()).unwrap();
-        let mut config =
-            rustls::ServerConfig::builder_with_provider(panvault_vault::tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(certs, key)
-                .unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(panvault_vault::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if client_certs {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in panvault_vault::tls::load_certs_from_pem(ca.cert_pem().as_bytes()).unwrap() {
+                roots.add(c).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                panvault_vault::tls::provider(),
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_single_cert(certs, key).unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let rec = Arc::clone(&received);
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             // Dropped with this task: every connection ends with the provider.
             let mut conns = JoinSet::new();
@@ -104,6 +126,7 @@ impl FakeProvider {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (acceptor, mode, rec) = (acceptor.clone(), mode.clone(), Arc::clone(&rec));
                 conns.spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
@@ -122,9 +145,16 @@ impl FakeProvider {
         FakeProvider {
             addr,
             ca_pem: ca.cert_pem().to_owned(),
+            ca,
             received,
+            connections,
             task,
         }
+    }
+
+    /// How many TCP connections it has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `https://127.0.0.1:PORT{path}`.
@@ -135,6 +165,13 @@ impl FakeProvider {
     /// Its CA certificate (PEM).
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// A client certificate from its CA, written to `cert` and `key` (PEM).
+    pub fn issue_client(&self, name: &str, cert: &Path, key: &Path) {
+        let leaf = self.ca.issue(&LeafSpec::client(name)).unwrap();
+        std::fs::write(cert, leaf.cert_pem).unwrap();
+        std::fs::write(key, leaf.key_pem.as_bytes()).unwrap();
     }
 
     /// Writes its CA certificate to `path`.

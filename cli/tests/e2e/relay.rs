@@ -26,6 +26,7 @@ struct Providers {
     slow: FakeProvider,
     redirect: FakeProvider,
     signed: FakeProvider,
+    mtls: FakeProvider,
 }
 
 /// Issues a client certificate `name` in the vault's PKI.
@@ -57,6 +58,7 @@ async fn configure(v: &BinVault) -> Providers {
         slow: FakeProvider::start(Mode::Slow).await,
         redirect: FakeProvider::start(Mode::Redirect).await,
         signed: FakeProvider::start(Mode::VerifyHmac(SECRET)).await,
+        mtls: FakeProvider::start_with(Mode::Answer(200, r#"{"mtls":true}"#), true).await,
     };
     for (name, prov) in [
         ("psp", &p.psp),
@@ -64,6 +66,7 @@ async fn configure(v: &BinVault) -> Providers {
         ("slow", &p.slow),
         ("redirect", &p.redirect),
         ("signed", &p.signed),
+        ("mtls", &p.mtls),
     ] {
         prov.write_ca(&v.root.join(format!("{name}-ca.pem")));
     }
@@ -129,6 +132,25 @@ async fn configure(v: &BinVault) -> Providers {
     text.push_str(
         "[relay.destinations.signing]\nalgorithm = \"hmac-sha256\"\nsecret_file = \"psp-secret\"\nheader = \"x-signature\"\n",
     );
+    // A provider that requires a client certificate: with one, and without.
+    p.mtls.issue_client(
+        "vault",
+        &v.root.join("mtls-client.pem"),
+        &v.root.join("mtls-client.key"),
+    );
+    text.push_str(&destination(
+        "mtls",
+        &p.mtls.url("/pay"),
+        "mtls-ca.pem",
+        &both,
+    ));
+    text.push_str("client_cert = \"mtls-client.pem\"\nclient_key = \"mtls-client.key\"\n");
+    text.push_str(&destination(
+        "mtls-nocert",
+        &p.mtls.url("/pay"),
+        "mtls-ca.pem",
+        &both,
+    ));
     std::fs::write(&v.config, text).unwrap();
     p
 }
@@ -198,6 +220,17 @@ async fn relay_puts_the_card_in_masks_the_answer_and_refuses_what_it_must() {
     assert_eq!(got[0].header("idempotency-key"), Some("order-1234"));
     assert_eq!(got[0].header("host"), Some(p.psp.addr.to_string().as_str()));
 
+    // The outbound pool keeps its connection: a second relay to the same
+    // destination opens none.
+    let r = relay(&checkout, "psp", &token, CHARGE).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(p.psp.received().len(), 2);
+    assert_eq!(
+        p.psp.connections(),
+        1,
+        "the relay did not reuse its pooled connection"
+    );
+
     // A provider that echoes the number: the caller gets it masked, and the
     // event says how many were masked.
     let r = relay(&checkout, "echo", &token, CHARGE).await;
@@ -233,6 +266,15 @@ async fn relay_puts_the_card_in_masks_the_answer_and_refuses_what_it_must() {
         !r.text().contains("psp-merchant-secret"),
         "the secret is never in an answer"
     );
+
+    // Mutual TLS to the provider.
+    let r = relay(&checkout, "mtls", &token, CHARGE).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body"], r#"{"mtls":true}"#);
+    assert_eq!(p.mtls.received().len(), 1);
+    let r = relay(&checkout, "mtls-nocert", &token, CHARGE).await;
+    r.assert_problem(502, "upstream_unreachable");
+    assert_eq!(p.mtls.received().len(), 1);
 
     // Failures of the provider.
     let padded = format!(
@@ -304,14 +346,14 @@ async fn relay_puts_the_card_in_masks_the_answer_and_refuses_what_it_must() {
     // the results; never the number.
     let started = events(&v, "relay");
     let ok = started.iter().filter(|e| e.0 == "success").count();
-    assert_eq!(ok, 8, "{started:?}");
+    assert_eq!(ok, 11, "{started:?}");
     assert!(
         started
             .iter()
             .any(|e| e.1.as_deref() == Some("cvc_unavailable"))
     );
     let results = events(&v, "relay.result");
-    assert_eq!(results.len(), 8, "{results:?}");
+    assert_eq!(results.len(), 11, "{results:?}");
     let details: Vec<&str> = results.iter().filter_map(|e| e.2.as_deref()).collect();
     assert!(
         details
