@@ -35,6 +35,8 @@ mod binary;
 mod compliance_run;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/cvc.rs"]
+mod cvc;
 #[path = "e2e/dedup.rs"]
 mod dedup;
 #[path = "e2e/edge.rs"]

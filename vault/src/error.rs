@@ -53,6 +53,13 @@ pub enum VaultError {
         "the data keys in memory are not the vault's current ones; sealing refused until they reload"
     )]
     KeysOutOfDate,
+    /// An `Idempotency-Key` this client already used within 24 hours for a
+    /// different request (method, path or body).
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    /// The first request with this `Idempotency-Key` is still running.
+    #[error("the first request with this Idempotency-Key is still in progress")]
+    IdempotencyKeyInUse,
     /// Randomness or another cryptographic primitive failed. Opaque on purpose.
     #[error("cryptographic failure")]
     Crypto,

@@ -89,6 +89,7 @@ pub(crate) fn serve(
             every: std::time::Duration::from_secs(config.audit.checkpoint_every_secs),
         },
         checkpoint_witness: config.audit.checkpoint_witness.clone(),
+        cvc_ttl: config.cvc_ttl(),
         ..Default::default()
     };
     let vault = Vault::open_with(&config.data_dir, &unlock, opts).map_err(vault_err)?;

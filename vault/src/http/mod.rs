@@ -305,6 +305,7 @@ where
     let retention = config.retention.clone();
     let audit_retention = config.audit.retention_days;
     let purge_ctx = server_ctx.clone();
+    let cvc_ctx = server_ctx.clone();
     let handle = tokio::spawn(async move {
         let refresher = tokio::spawn(refresh_keys(vault.clone()));
         let purger = tokio::spawn(purge_loop(
@@ -313,11 +314,13 @@ where
             audit_retention,
             purge_ctx,
         ));
+        let cvc_sweeper = tokio::spawn(cvc_sweep_loop(vault.clone(), cvc_ctx));
         let crl_watcher =
             crl_watch.map(|(settings, cell)| tokio::spawn(crate::tls::watch_crls(settings, cell)));
         crate::tls::serve_tls(listener, tls, app, opts, conns, client_key, shutdown).await;
         refresher.abort();
         purger.abort();
+        cvc_sweeper.abort();
         if let Some(w) = crl_watcher {
             w.abort();
         }
@@ -367,10 +370,40 @@ async fn purge_loop(
             ),
             Err(e) => tracing::warn!(error = %e, "retention purge failed; will retry"),
         }
+        match vault.purge_idempotency().await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "idempotent answers past 24 h purged"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "idempotency purge failed; will retry"),
+        }
         match vault.prune_audit(audit_days).await {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "audit events past retention pruned"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "audit prune failed; will retry"),
+        }
+    }
+}
+
+/// Deletes held security codes past their deadline and destroys the window keys
+/// whose codes have all expired: every quarter of the codes' lifetime (1 s to
+/// 60 s) when the vault holds codes, else every 10 minutes (codes held before a
+/// relay was removed from the configuration still expire). Reads refuse an
+/// expired code before the sweep has run.
+async fn cvc_sweep_loop(vault: Vault, ctx: AccessContext) {
+    let every = vault.cvc_ttl().map_or(Duration::from_secs(600), |ttl| {
+        (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    });
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match vault.sweep_cvcs(&ctx).await {
+            Ok(r) if r.codes + r.keys > 0 => tracing::info!(
+                codes = r.codes,
+                keys = r.keys,
+                "expired security codes and their keys deleted"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "security code sweep failed; will retry"),
         }
     }
 }

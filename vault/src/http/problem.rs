@@ -87,6 +87,16 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("not_found", 404, "Not found"),
     ("method_not_allowed", 405, "Method not allowed"),
     ("request_timeout", 408, "Request body too slow"),
+    (
+        "idempotency_key_reused",
+        409,
+        "Idempotency key used for another request",
+    ),
+    (
+        "idempotency_key_in_use",
+        409,
+        "A request with this idempotency key is in progress",
+    ),
     ("payload_too_large", 413, "Payload too large"),
     ("unsupported_media_type", 415, "Unsupported media type"),
     ("invalid_card_number", 422, "Invalid card number"),
@@ -204,6 +214,16 @@ impl Problem {
                 Problem::invalid_request(format!("{field}: {reason}"))
             }
             VaultError::NotFound => Problem::not_found("no such token"),
+            VaultError::IdempotencyKeyReused => Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used for a different request within 24 hours; use a new key",
+            ),
+            VaultError::IdempotencyKeyInUse => Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                "the first request with this Idempotency-Key is still in progress; retry later",
+            ),
             VaultError::Relay(r) => Problem::from_relay(r),
             VaultError::AuditUnavailable(_) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,

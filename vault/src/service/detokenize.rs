@@ -38,7 +38,12 @@ impl Vault {
         token: &str,
         ctx: &AccessContext,
     ) -> Result<TokenInfo, VaultError> {
-        let result = self.read_row(tenant, token).and_then(|r| r.info(false));
+        let result = self.read_row(tenant, token).and_then(|r| {
+            let held = self.cvc_status(tenant, &r.token)?;
+            let mut info = r.info(false)?;
+            info.cvc = Some(held);
+            Ok(info)
+        });
         self.audit_only(AuditAction::Read, tenant, token, None, &result, ctx)
             .await?;
         result

@@ -7,8 +7,10 @@
 
 mod admin;
 mod audit_hook;
+pub mod cvc;
 mod detokenize;
 pub mod erase;
+pub mod idempotency;
 pub mod inventory;
 pub mod keyring;
 mod keys;
@@ -64,6 +66,10 @@ pub struct VaultOptions {
     /// A file outside the data directory that every signed checkpoint is
     /// appended to (`[audit] checkpoint_witness`).
     pub checkpoint_witness: Option<PathBuf>,
+    /// How long a card security code given to tokenize is held for the relay
+    /// (`[relay] cvc_ttl_secs`, at most an hour); `None`: no relay, and a
+    /// request carrying a code is refused.
+    pub cvc_ttl: Option<Duration>,
 }
 
 impl Default for VaultOptions {
@@ -75,6 +81,7 @@ impl Default for VaultOptions {
             write_timeout: Duration::from_secs(10),
             checkpoint: panvault_audit::log::CheckpointPolicy::default(),
             checkpoint_witness: None,
+            cvc_ttl: None,
         }
     }
 }
@@ -456,6 +463,7 @@ impl StoredCard for CardRow {
             subject: self.subject,
             deduplicated,
             updated: Vec::new(),
+            cvc: None,
         })
     }
 }

@@ -58,18 +58,17 @@ const PROBE: CardValues<'static> = CardValues {
 
 impl Vault {
     /// The security code held for `token` of `tenant`, taken for one relay: from
-    /// then on it is gone (deleted at first use). `None` when none is held.
-    ///
-    /// Security codes are not stored on this branch, so none is ever held. Once
-    /// the vault holds them (`Vault::take_cvc`), this body becomes
-    /// `Ok(self.take_cvc(tenant, token).await?.map(|c| Zeroizing::new(c.expose().to_owned())))`.
+    /// then on it is gone (deleted at first use, [`Vault::take_cvc`]). `None`
+    /// when none is held (none given, used, or past its deadline).
     async fn relay_cvc(
         &self,
         tenant: &str,
         token: &str,
     ) -> Result<Option<Zeroizing<String>>, VaultError> {
-        let _ = (tenant, token);
-        Ok(None)
+        Ok(self
+            .take_cvc(tenant, token)
+            .await?
+            .map(|c| Zeroizing::new(c.expose().to_owned())))
     }
 
     /// Relays `req` with the card of `req.token` (of `tenant`) to `dest`.

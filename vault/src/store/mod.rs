@@ -3,8 +3,10 @@
 //! read connections. This module sees only sealed records, never card numbers.
 
 pub(crate) mod cards;
+pub(crate) mod cvc;
 pub(crate) mod erasure;
 mod handle;
+pub(crate) mod idempotency;
 pub(crate) mod inventory;
 mod key_state_sql;
 pub(crate) mod keys;
@@ -24,7 +26,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 pub use handle::{OpenTx, Reader, Session, Tx};
 // The rows the handles take and return: plain data, the same for every engine.
 pub(crate) use cards::{CardRow, Inserted, NewCard};
+pub(crate) use cvc::{CvcKeyRow, CvcShape, CvcSweep, HeldCvcRow, NewCvcKey, NewHeldCvc};
 pub(crate) use erasure::{CompletedErasure, DeletedCard, RequestOverview};
+pub(crate) use idempotency::IdempotencyRow;
 pub(crate) use inventory::CardShape;
 pub(crate) use keys::{DataKeyRow, SealRow, WrappedDataKey};
 pub use lock::{DirLock, lock_exclusive, lock_shared};
