@@ -67,7 +67,7 @@ fn good_state_passes_everything() {
         // Attested controls never count as passed, nor fail the run.
         assert_eq!(r.exit_code(), 0);
     }
-    assert_eq!(run(&pci(), &f).results.len(), 20);
+    assert_eq!(run(&pci(), &f).results.len(), 21);
 }
 
 #[test]
@@ -599,6 +599,56 @@ fn overdue_erasure_request() {
     assert!(r.result("gdpr.erasure-deadline").unwrap().evidence[0].contains("does not track"));
 }
 
+/// A held security code past its deadline beyond the sweep's grace, a window
+/// key kept past its destruction, a code longer than sealed, a clear column, or
+/// a lifetime over the ceiling: each fails `data.cvc_not_retained` alone.
+#[test]
+fn security_codes_kept_too_long_or_in_the_clear() {
+    let v = good_vault();
+    let good = good_facts(&v);
+    assert!(evidence(&good, "data.cvc_not_retained").contains("every held code is sealed"));
+    let bad = |change: &dyn Fn(&mut panvault_audit::compliance::CvcFacts), says: &str| {
+        let mut f = good_facts(&v);
+        if let Fact::Known(c) = &mut f.cvc {
+            change(c);
+        }
+        assert_only(&f, &[("data.cvc_not_retained", Status::Fail)]);
+        let ev = evidence(&f, "data.cvc_not_retained");
+        assert!(ev.contains(says), "{ev}");
+    };
+    bad(
+        &|c| {
+            c.past_deadline = 1;
+            c.most_overdue_secs = Some(600);
+        },
+        "still stored past the deadline",
+    );
+    bad(
+        &|c| c.key_overdue_secs = Some(600),
+        "after its destruction time",
+    );
+    bad(
+        &|c| c.sealed_len = Some((3, 19)),
+        "not a sealed 3 or 4 digit code",
+    );
+    bad(
+        &|c| c.columns.push("cvc".into()),
+        "column `cvc` outside the sealed layout",
+    );
+    bad(&|c| c.longest_lifetime_secs = Some(7200), "7200 s to live");
+    bad(
+        &|c| c.longest_key_life_secs = Some(10_000),
+        "more than twice the longest code lifetime",
+    );
+    // Within the sweep's grace: a note, not a failure.
+    let mut f = good_facts(&v);
+    if let Fact::Known(c) = &mut f.cvc {
+        c.past_deadline = 1;
+        c.most_overdue_secs = Some(30);
+    }
+    assert_only(&f, &[]);
+}
+
 #[test]
 fn failed_facts_are_errors_and_fail_the_run() {
     let v = good_vault();
@@ -617,7 +667,7 @@ fn disabled_controls_are_left_out() {
     let f = good_facts(&v);
     let mut p = pci();
     p.controls[0].enabled = false;
-    assert_eq!(run(&p, &f).results.len(), 19);
+    assert_eq!(run(&p, &f).results.len(), 20);
     let _ = (
         DataKeyFacts {
             version: 0,

@@ -72,7 +72,7 @@ fn json_has_the_documented_shape() {
     assert_eq!(v["summary"]["fail"], 2);
     assert_eq!(v["summary"]["skip"], 1);
     let results = v["results"].as_array().unwrap();
-    assert_eq!(results.len(), 20);
+    assert_eq!(results.len(), 21);
     for x in results {
         let keys: Vec<&str> = x.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(
@@ -184,7 +184,7 @@ fn sarif_validates_against_the_oasis_schema() {
     );
     let file = write(v.tmp.path(), "report.sarif", &sarif);
     if let Some(out) = python(SARIF_CHECK, &[&file, &schema]) {
-        assert_eq!(out.lines().next(), Some("20 20"), "{out}");
+        assert_eq!(out.lines().next(), Some("21 21"), "{out}");
         assert_eq!(
             out.lines().nth(1),
             Some("fail notApplicable open pass review"),
@@ -238,14 +238,14 @@ fn junit_is_read_by_a_junit_parser() {
     let xml = render(&r, Format::Junit, false);
     let file = write(v.tmp.path(), "report.xml", &xml);
     if let Some(out) = python(ETREE_CHECK, &[&file]) {
-        assert_eq!(out.trim(), "etree ok 20");
+        assert_eq!(out.trim(), "etree ok 21");
     }
     if let Some(out) = python(JUNIT_CHECK, &[&file]) {
         let mut lines = out.lines();
         // skipped: the unprobed endpoint and the two attested controls
-        assert_eq!(lines.next(), Some("pci-dss-4.0.1 20 2 4 3"), "{out}");
+        assert_eq!(lines.next(), Some("pci-dss-4.0.1 21 2 4 3"), "{out}");
         let cases: Vec<&str> = lines.collect();
-        assert_eq!(cases.len(), 20, "{out}");
+        assert_eq!(cases.len(), 21, "{out}");
         assert!(
             cases
                 .iter()
@@ -286,7 +286,7 @@ fn junit_time_is_the_runs_real_duration() {
     r.elapsed = std::time::Duration::from_millis(2_345);
     let xml = render(&r, Format::Junit, false);
     assert!(
-        xml.contains("<testsuites name=\"panvault compliance: pci-dss-4.0.1\" tests=\"20\"")
+        xml.contains("<testsuites name=\"panvault compliance: pci-dss-4.0.1\" tests=\"21\"")
             && xml.matches("time=\"2.345000\"").count() == 2,
         "{xml}"
     );
@@ -363,7 +363,7 @@ fn text_is_a_table_with_colour_on_request() {
     assert!(plain.contains("STATUS  ID"));
     assert!(plain.contains("FAIL    keys.cryptoperiod"), "{plain}");
     assert!(
-        plain.contains("20 controls: 10 pass, 2 attest, 2 fail, 1 warn, 1 skip, 4 error"),
+        plain.contains("21 controls: 11 pass, 2 attest, 2 fail, 1 warn, 1 skip, 4 error"),
         "{plain}"
     );
     assert!(!plain.contains('\x1b'));

@@ -23,6 +23,8 @@ mod served;
 
 #[path = "e2e/admin_load.rs"]
 mod admin_load;
+#[path = "e2e/api_fuzz.rs"]
+mod api_fuzz;
 #[path = "e2e/audit_tail.rs"]
 mod audit_tail;
 #[path = "e2e/batch.rs"]
@@ -33,6 +35,8 @@ mod binary;
 mod compliance_run;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/cvc.rs"]
+mod cvc;
 #[path = "e2e/dedup.rs"]
 mod dedup;
 #[path = "e2e/edge.rs"]
@@ -51,6 +55,8 @@ mod keys_cli;
 mod lifecycle;
 #[path = "e2e/live_keys.rs"]
 mod live_keys;
+#[path = "e2e/openapi.rs"]
+mod openapi;
 #[path = "e2e/outside_verifier.rs"]
 mod outside_verifier;
 #[path = "e2e/pg_audit.rs"]
@@ -65,6 +71,10 @@ mod pg_ops;
 mod pg_store;
 #[path = "e2e/refusals.rs"]
 mod refusals;
+#[path = "e2e/relay.rs"]
+mod relay;
+#[path = "e2e/relay_bench.rs"]
+mod relay_bench;
 #[path = "e2e/soak.rs"]
 mod soak;
 #[path = "e2e/tls_probe.rs"]

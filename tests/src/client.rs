@@ -155,10 +155,29 @@ impl Client {
         body: Option<&[u8]>,
         content_type: Option<&str>,
     ) -> Result<Resp, String> {
+        self.request_with_headers(method, path, body, content_type, &[])
+            .await
+    }
+
+    /// [`Client::request`] with extra request headers.
+    pub async fn request_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        content_type: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Result<Resp, String> {
         let reused = self.conn.lock().await.is_some();
-        match self.request_once(method, path, body, content_type).await {
+        match self
+            .request_once(method, path, body, content_type, extra)
+            .await
+        {
             // The server may have closed an idle keep-alive connection: once more, fresh.
-            Err(_) if reused => self.request_once(method, path, body, content_type).await,
+            Err(_) if reused => {
+                self.request_once(method, path, body, content_type, extra)
+                    .await
+            }
             r => r,
         }
     }
@@ -169,6 +188,7 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
         content_type: Option<&str>,
+        extra: &[(&str, &str)],
     ) -> Result<Resp, String> {
         let mut guard = self.conn.lock().await;
         let reusable = match guard.as_mut() {
@@ -186,16 +206,22 @@ impl Client {
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
+        for (name, value) in extra {
+            req = req.header(*name, *value);
+        }
         let body = Full::new(Bytes::copy_from_slice(body.unwrap_or_default()));
         let result = match guard.as_mut() {
             Some(Sender::H1(s)) => s.send_request(req.body(body).unwrap()).await,
             Some(Sender::H2(s)) => {
                 let uri = format!("https://localhost{path}");
                 let req = hyper::Request::builder().method(method).uri(uri);
-                let req = match content_type {
+                let mut req = match content_type {
                     Some(ct) => req.header("content-type", ct),
                     None => req,
                 };
+                for (name, value) in extra {
+                    req = req.header(*name, *value);
+                }
                 s.send_request(req.body(body).unwrap()).await
             }
             None => unreachable!(),

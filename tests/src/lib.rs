@@ -26,6 +26,7 @@ mod output;
 mod pki;
 pub mod postgres;
 mod process;
+pub mod provider;
 mod rng;
 mod server;
 pub mod tools;

@@ -24,6 +24,10 @@ pub struct ServerOpts {
     pub revoked_clients: Vec<&'static str>,
     /// Extra `[[clients]]` entries (TOML).
     pub extra_clients: String,
+    /// Extra TOML tables after the clients (e.g. `[relay]`).
+    pub extra_config: String,
+    /// The vault's clock (default: the system's).
+    pub clock: Option<panvault_vault::Clock>,
 }
 
 /// A vault served in-process over mTLS on 127.0.0.1:0.
@@ -99,10 +103,20 @@ impl TestServer {
             ));
         }
         text.push_str(&opts.extra_clients);
+        text.push_str(&opts.extra_config);
         let path = dir.path().join("panvault.toml");
         std::fs::write(&path, &text).unwrap();
         let config = Config::load(&path).unwrap();
-        let vault = Vault::open(&config.data_dir, &unlock()).unwrap();
+        let vault = Vault::open_with(
+            &config.data_dir,
+            &unlock(),
+            panvault_vault::VaultOptions {
+                clock: opts.clock.clone().unwrap_or_else(system_clock),
+                cvc_ttl: config.cvc_ttl(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let running = panvault_vault::http::start(&config, vault.clone(), async move {
             let _ = rx.await;

@@ -47,7 +47,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod lenient;
+mod relay;
 pub use lenient::{LenientClient, LenientConfig};
+pub(crate) use relay::is_header_name;
+pub use relay::{
+    Destination, MAX_CVC_TTL_SECS, RelaySettings, SigningAlgorithm, SigningEncoding, SigningRule,
+    Target, is_destination_name, parse_target,
+};
 
 /// A configuration problem: the field (as a TOML path) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +99,8 @@ pub enum Permission {
     /// `GET /metrics` (request counts and latencies of every tenant, the number
     /// of tokens stored): for monitoring, not for a shop's own clients.
     Metrics,
+    /// `POST /v1/relay/{destination}` (and only to destinations that list the client).
+    Relay,
 }
 
 impl Permission {
@@ -105,11 +113,14 @@ impl Permission {
             Permission::Delete => "delete",
             Permission::Erase => "erase",
             Permission::Metrics => "metrics",
+            Permission::Relay => "relay",
         }
     }
 
     /// Every permission over card data (what a catch-all client would hold);
-    /// `metrics` touches no card data and is not among them.
+    /// `metrics` touches no card data and is not among them. Nor is `relay`: it
+    /// reaches only destinations that list the client, and a client holding the
+    /// five below is a catch-all whether or not it may also relay.
     pub const ALL: [Permission; 5] = [
         Permission::Tokenize,
         Permission::Read,
@@ -280,6 +291,10 @@ pub struct Config {
     /// The audit log.
     #[serde(default)]
     pub audit: AuditSettings,
+    /// The relay to payment providers; absent: no relay, and no security codes
+    /// accepted at tokenization.
+    #[serde(default)]
+    pub relay: Option<RelaySettings>,
     /// Where the data lives (absent: SQLite in the data directory).
     #[serde(default)]
     pub storage: Option<StorageSettings>,
@@ -488,6 +503,9 @@ impl Config {
         if let Some(w) = &mut self.audit.checkpoint_witness {
             fix(w);
         }
+        if let Some(r) = &mut self.relay {
+            r.resolve_paths(base);
+        }
     }
 
     /// Checks that the TLS files exist and are readable.
@@ -504,6 +522,11 @@ impl Config {
                 .enumerate()
                 .map(|(i, p)| (format!("tls.crls[{i}]"), p)),
         );
+        let mut files: Vec<(String, &Path)> =
+            files.into_iter().map(|(f, p)| (f, p.as_path())).collect();
+        if let Some(r) = &self.relay {
+            files.extend(r.files());
+        }
         for (field, p) in files {
             std::fs::File::open(p)
                 .map_err(|e| ConfigError::new(field, format!("{}: {e}", p.display())))?;
@@ -686,7 +709,17 @@ impl Config {
             let mut seen = HashSet::new();
             c.permissions.retain(|p| seen.insert(*p));
         }
+        if let Some(r) = &mut self.relay {
+            let clients: HashSet<&str> = self.clients.iter().map(|c| c.name.as_str()).collect();
+            r.validate(&clients)?;
+        }
         Ok(())
+    }
+
+    /// How long a security code given at tokenization is held: `None` when no
+    /// relay is configured (codes are then refused).
+    pub fn cvc_ttl(&self) -> Option<Duration> {
+        self.relay.as_ref().map(RelaySettings::cvc_ttl)
     }
 
     /// The client named `name`.

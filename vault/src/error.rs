@@ -53,6 +53,13 @@ pub enum VaultError {
         "the data keys in memory are not the vault's current ones; sealing refused until they reload"
     )]
     KeysOutOfDate,
+    /// An `Idempotency-Key` this client already used within 24 hours for a
+    /// different request (method, path or body).
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    /// The first request with this `Idempotency-Key` is still running.
+    #[error("the first request with this Idempotency-Key is still in progress")]
+    IdempotencyKeyInUse,
     /// Randomness or another cryptographic primitive failed. Opaque on purpose.
     #[error("cryptographic failure")]
     Crypto,
@@ -65,6 +72,10 @@ pub enum VaultError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// A relay to a payment provider failed (template, security code, the
+    /// provider unreachable or too slow).
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
     /// Something that cannot happen did (a broken invariant, a failed encoding of
     /// the vault's own data, a clock out of range): a bug, never the caller's fault.
     /// Answered as a bare 500; the reason is for the server's log.

@@ -13,6 +13,7 @@
 pub mod core;
 
 pub use crate::core::CryptoError;
+pub use crate::core::cvc::Cvc;
 pub use crate::core::pan::{CardError, CardSecret, CardholderName, Expiry, Pan};
 pub use crate::core::secret::{SecretKey32, SecretText};
 pub use crate::core::token::{Token, TokenFormat};
@@ -34,6 +35,7 @@ pub mod compliance;
 pub mod config;
 pub mod http;
 pub mod hygiene;
+pub mod relay;
 pub mod tls;
 
 // The API server: configuration, HTTP API, mTLS (re-exported so a host program

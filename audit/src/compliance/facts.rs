@@ -81,6 +81,8 @@ pub struct Facts {
     pub erasure: Fact<ErasureFacts>,
     /// Digits of the stored cards kept in the clear, per card-number length.
     pub masking: Fact<Vec<MaskingRow>>,
+    /// Card security codes held for the relay, and their keys.
+    pub cvc: Fact<CvcFacts>,
     /// When collection started (the report gives the run's real duration).
     #[serde(skip)]
     pub started: std::time::Instant,
@@ -103,6 +105,7 @@ impl Facts {
             files: Fact::default(),
             erasure: Fact::default(),
             masking: Fact::default(),
+            cvc: Fact::default(),
             started: std::time::Instant::now(),
         }
     }
@@ -228,6 +231,36 @@ pub struct DataFacts {
     pub max_leading_digits: u32,
     /// Largest number of trailing PAN digits stored in the clear (the last-four column).
     pub max_trailing_digits: u32,
+}
+
+/// Card security codes held until a card's first relay (PCI DSS 3.3.1.2,
+/// 3.3.2), read from the vault's tables without unsealing anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CvcFacts {
+    /// Columns of the table of held codes.
+    pub columns: Vec<String>,
+    /// The columns a held code is stored in, sealed (what the vault writes).
+    pub sealed_layout: Vec<String>,
+    /// Codes held.
+    pub held: u64,
+    /// Codes still stored past their deadline.
+    pub past_deadline: u64,
+    /// How far past its deadline the most overdue code is (seconds).
+    pub most_overdue_secs: Option<i64>,
+    /// The longest lifetime a held code was given (seconds).
+    pub longest_lifetime_secs: Option<i64>,
+    /// Shortest and longest stored (sealed) code, in bytes.
+    pub sealed_len: Option<(i64, i64)>,
+    /// Codes whose key is already destroyed (unreadable; the sweep deletes them).
+    pub orphaned: u64,
+    /// Window keys stored.
+    pub keys: u64,
+    /// Age of the oldest window key (seconds).
+    pub oldest_key_age_secs: Option<i64>,
+    /// The longest life a window key was given (creation to destruction, seconds).
+    pub longest_key_life_secs: Option<i64>,
+    /// How far past its destruction time the most overdue key is (seconds).
+    pub key_overdue_secs: Option<i64>,
 }
 
 /// Stored cards of one card-number length (when it can be read without

@@ -34,10 +34,10 @@ pub use checks::{
 };
 pub use facts::{
     AccessFacts, AuditLogFacts, AuditVerifyFacts, CertFacts, CertRole, CertSource, ClientAuth,
-    ClientFacts, DEV_PASSPHRASE_FILE, DataFacts, DataKeyFacts, EndpointFacts, ErasureFacts,
-    ErasureRequest, Fact, Facts, FieldStats, FileFacts, FileRole, FingerprintFacts, HelloProbe,
-    HelloReply, HitKind, KeyAlgorithm, KeyFacts, KeyFileFacts, KeyState, MaskingRow, Negotiated,
-    ScanFacts, ScanHit, SealFacts, TlsConfigFacts,
+    ClientFacts, CvcFacts, DEV_PASSPHRASE_FILE, DataFacts, DataKeyFacts, EndpointFacts,
+    ErasureFacts, ErasureRequest, Fact, Facts, FieldStats, FileFacts, FileRole, FingerprintFacts,
+    HelloProbe, HelloReply, HitKind, KeyAlgorithm, KeyFacts, KeyFileFacts, KeyState, MaskingRow,
+    Negotiated, ScanFacts, ScanHit, SealFacts, TlsConfigFacts,
 };
 pub use policy::{
     Control, GDPR, PCI_DSS_4_0_1, ParamDefault, ParamKind, ParamSpec, ParamValue, Params, Policy,

@@ -105,6 +105,12 @@ pub enum Action {
     /// Server: a vault node joined a log shared by several nodes (the first
     /// event of its chain).
     NodeRegister,
+    /// API: a card was sent to a payment provider (relay), always with a purpose;
+    /// recorded before any byte leaves for the provider.
+    Relay,
+    /// API: how a relay ended (the provider's status, bytes, card numbers masked
+    /// in its answer), recorded after the answer.
+    RelayResult,
 }
 
 /// What an event of an [`Action`] must name besides who acted and how it ended.
@@ -120,7 +126,7 @@ pub enum Resource {
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 23] = [
+    pub const ALL: [Action; 25] = [
         Action::Tokenize,
         Action::Read,
         Action::Detokenize,
@@ -144,6 +150,8 @@ impl Action {
         Action::ComplianceRun,
         Action::ServeNoncompliant,
         Action::NodeRegister,
+        Action::Relay,
+        Action::RelayResult,
     ];
 
     /// The name stored in the log.
@@ -172,6 +180,8 @@ impl Action {
             Action::ComplianceRun => "compliance.run",
             Action::ServeNoncompliant => "serve.noncompliant",
             Action::NodeRegister => "node.register",
+            Action::Relay => "relay",
+            Action::RelayResult => "relay.result",
         }
     }
 
@@ -185,9 +195,12 @@ impl Action {
     /// unless they erase a whole data subject.
     pub const fn resource(self) -> Resource {
         match self {
-            Action::Tokenize | Action::Read | Action::Detokenize | Action::Delete => {
-                Resource::Token
-            }
+            Action::Tokenize
+            | Action::Read
+            | Action::Detokenize
+            | Action::Delete
+            | Action::Relay
+            | Action::RelayResult => Resource::Token,
             Action::Erase => Resource::Tenant,
             Action::RetentionPurge
             | Action::Denied

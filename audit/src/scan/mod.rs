@@ -188,32 +188,40 @@ pub fn scan_bytes(data: &[u8], join_lines: bool) -> Vec<Match> {
 /// names, which are printed). Stricter than the scanner: a digit run that is a card
 /// number is masked even when glued to letters.
 pub fn redact(text: &str) -> String {
+    redact_counted(text).0
+}
+
+/// [`redact`], also saying how many card numbers it masked (for the relay, whose
+/// audit event records it).
+pub fn redact_counted(text: &str) -> (String, usize) {
     // Masking one hit can leave the digits around it forming another card number
     // (a long run of grouped digits): repeat until a scan finds nothing. Each pass
     // masks at least one digit, so this ends; the bound is a safeguard.
-    let mut out = redact_once(text);
+    let (mut out, mut count) = redact_once(text);
     for _ in 0..64 {
         let det = detect::Detector { join_lines: false };
         if detect::scan_all(&det, out.as_bytes()).is_empty() {
             break;
         }
-        let next = redact_once(&out);
+        let (next, n) = redact_once(&out);
         if next == out {
             break;
         }
         out = next;
+        count = count.saturating_add(n);
     }
-    out
+    (out, count)
 }
 
-fn redact_once(text: &str) -> String {
-    let glued = mask_runs(text);
+fn redact_once(text: &str) -> (String, usize) {
+    let (glued, runs) = mask_runs(text);
     let det = detect::Detector { join_lines: false };
     let bytes = glued.as_bytes();
     let hits = detect::scan_all(&det, bytes);
     if hits.is_empty() {
-        return glued;
+        return (glued, runs);
     }
+    let count = runs.saturating_add(hits.len());
     let mut out = String::with_capacity(glued.len());
     let mut at = 0usize;
     for h in hits {
@@ -235,11 +243,13 @@ fn redact_once(text: &str) -> String {
         at = end;
     }
     out.push_str(glued.get(at..).unwrap_or(""));
-    out
+    (out, count)
 }
 
-/// Masks every maximal digit run of `text` that is a card number by itself.
-fn mask_runs(text: &str) -> String {
+/// Masks every maximal digit run of `text` that is a card number by itself, and
+/// says how many.
+fn mask_runs(text: &str) -> (String, usize) {
+    let mut count = 0usize;
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
@@ -256,13 +266,14 @@ fn mask_runs(text: &str) -> String {
             && crate::card::issued_brand(digits).is_some()
         {
             out.push_str(&crate::card::mask(digits));
+            count = count.saturating_add(1);
         } else {
             out.push_str(run);
         }
         rest = after;
     }
     out.push_str(rest);
-    out
+    (out, count)
 }
 
 /// Parses a size: digits with an optional K, M, G or T suffix (powers of 1024;

@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use panvault_audit::compliance::{
-    AccessFacts, ClientAuth, ClientFacts, DataFacts, DataKeyFacts, EndpointFacts, ErasureFacts,
-    Fact, Facts, FileRole, FingerprintFacts, HelloProbe, HelloReply, KeyFacts, KeyState,
-    MaskingRow, Negotiated, Policy, Report, SealFacts, Status, Target, TlsConfigFacts, collect,
-    evaluate, x509,
+    AccessFacts, ClientAuth, ClientFacts, CvcFacts, DataFacts, DataKeyFacts, EndpointFacts,
+    ErasureFacts, Fact, Facts, FileRole, FingerprintFacts, HelloProbe, HelloReply, KeyFacts,
+    KeyState, MaskingRow, Negotiated, Policy, Report, SealFacts, Status, Target, TlsConfigFacts,
+    collect, evaluate, x509,
 };
 use panvault_audit::compliance::{CertRole, CertSource};
 use panvault_audit::log::{Action, Actor, AuditChain, NewEvent, Outcome, SigningKey, migrate};
@@ -390,8 +390,40 @@ pub fn good_facts(v: &GoodVault) -> Facts {
         leading: 6,
         trailing: 4,
     }]);
+    f.cvc = Fact::Known(cvc_facts());
     refresh(v, &mut f);
     f
+}
+
+/// One security code held for the relay, sealed, 5 minutes before its deadline,
+/// under a window key 5 minutes old.
+pub fn cvc_facts() -> CvcFacts {
+    let layout: Vec<String> = [
+        "tenant",
+        "token",
+        "key_id",
+        "nonce",
+        "sealed",
+        "created_at",
+        "deadline",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    CvcFacts {
+        columns: layout.clone(),
+        sealed_layout: layout,
+        held: 1,
+        past_deadline: 0,
+        most_overdue_secs: None,
+        longest_lifetime_secs: Some(900),
+        sealed_len: Some((19, 19)),
+        orphaned: 0,
+        keys: 1,
+        oldest_key_age_secs: Some(300),
+        longest_key_life_secs: Some(1800),
+        key_overdue_secs: None,
+    }
 }
 
 /// The controls that are attested, never measured, on any panvault deployment

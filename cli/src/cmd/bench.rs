@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -103,9 +103,10 @@ pub struct Args {
     /// CA that signed the server's certificate [default: tls.client_ca].
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// Server address [default: the configuration's listen address].
+    /// Server address [default: the configuration's listen address]. Repeat it
+    /// to spread the connections over several nodes (round robin).
     #[arg(long, value_name = "ADDR")]
-    pub addr: Option<SocketAddr>,
+    pub addr: Vec<SocketAddr>,
     /// Threads of the load generator (the server on the same machine needs the
     /// rest).
     #[arg(long, default_value_t = 1)]
@@ -129,7 +130,9 @@ pub struct Args {
 
 /// A client identity's TLS setup.
 struct Target {
-    addr: SocketAddr,
+    /// The nodes; each new connection goes to the next one.
+    addrs: Vec<SocketAddr>,
+    next_addr: AtomicUsize,
     server_name: ServerName<'static>,
     connector: TlsConnector,
 }
@@ -161,11 +164,16 @@ fn target_for(args: &Args, config: &Config, client: &str) -> Result<Target, CliE
     let key = panvault_vault::tls::load_key("client key", &key).map_err(e)?;
     let tls = panvault_vault::tls::client_config(roots, chain, key, &[b"http/1.1"])
         .map_err(|e| CliError::usage(format!("TLS client: {e}")))?;
-    let mut addr = args.addr.unwrap_or(config.listen);
-    if args.addr.is_none() && addr.ip().is_unspecified() {
-        addr.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
-    }
-    if addr.port() == 0 {
+    let addrs = if args.addr.is_empty() {
+        let mut addr = config.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
+        }
+        vec![addr]
+    } else {
+        args.addr.clone()
+    };
+    if addrs.iter().any(|a| a.port() == 0) {
         return Err(CliError::usage(
             "the configuration listens on port 0; give the real address with --addr",
         ));
@@ -173,7 +181,8 @@ fn target_for(args: &Args, config: &Config, client: &str) -> Result<Target, CliE
     let server_name = ServerName::try_from(args.server_name.clone())
         .map_err(|e| CliError::usage(format!("--server-name: {e}")))?;
     Ok(Target {
-        addr,
+        addrs,
+        next_addr: AtomicUsize::new(0),
         server_name,
         connector: TlsConnector::from(tls),
     })
@@ -182,9 +191,15 @@ fn target_for(args: &Args, config: &Config, client: &str) -> Result<Target, CliE
 type Conn = SendRequest<Full<Bytes>>;
 
 async fn connect(t: &Target) -> Result<Conn, String> {
-    let tcp = tokio::net::TcpStream::connect(t.addr)
+    let n = t.next_addr.fetch_add(1, Ordering::Relaxed);
+    let addr = t
+        .addrs
+        .get(n.checked_rem(t.addrs.len()).unwrap_or(0))
+        .copied()
+        .ok_or("no server address")?;
+    let tcp = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect {}: {e}", t.addr))?;
+        .map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let tls = t
         .connector
@@ -784,7 +799,12 @@ fn print_report(
     println!(
         "panvault bench{label}: {:?} against {} as {:?}, {} connections, {secs:.1}s measured after {:.1}s warm-up",
         args.op,
-        target.addr,
+        target
+            .addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         args.client,
         args.connections.max(1),
         warmup.as_secs_f64()

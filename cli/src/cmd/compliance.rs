@@ -283,7 +283,7 @@ permissions = ["tokenize", "read"]
         let (_tmp, config) = deployment();
         let (_, text) = assess(&args(&config)).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["results"].as_array().unwrap().len(), 20);
+        assert_eq!(v["results"].as_array().unwrap().len(), 21);
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub(crate) fn serve(
         },
         checkpoint_witness: config.audit.checkpoint_witness.clone(),
         storage: config.storage.clone(),
+        cvc_ttl: config.cvc_ttl(),
         ..Default::default()
     };
     let vault = Vault::open_with(&config.data_dir, &unlock, opts).map_err(vault_err)?;

@@ -113,6 +113,7 @@ fn collect_scoped(
     f.data = v.data;
     f.erasure = v.erasure;
     f.masking = v.masking;
+    f.cvc = v.cvc;
     f.key_files = Fact::Known(
         c.key
             .iter()

@@ -110,7 +110,7 @@ fn statuses(r: &Report) -> Vec<(String, Status)> {
 fn real_vault_passphrase_seal() {
     let (tmp, config) = deployment(false);
     let report = assess_with(&config, &options());
-    assert_eq!(report.results.len(), 20);
+    assert_eq!(report.results.len(), 21);
     let bad = statuses(&report);
     let plain = render(&report, Format::Text, false);
     // One passphrase: no dual control. No endpoint given: skipped.
@@ -139,6 +139,7 @@ fn real_vault_passphrase_seal() {
         "keys.kek_strength",
         "data.no_clear_pan",
         "data.no_sensitive_auth_data",
+        "data.cvc_not_retained",
         "data.retention",
         "tls.certificates",
         "tls.inventory",
@@ -294,6 +295,101 @@ fn real_vault_in_bad_states_fails_exactly_that_check() {
     )
     .unwrap();
     only(&bad, &options(), "tls.configuration");
+}
+
+/// A code held for the relay passes while sealed and within its lifetime; left
+/// past its deadline without a sweep, under a key kept past its destruction
+/// time, or beside a column outside the sealed layout, that check alone fails.
+#[test]
+fn held_security_codes_in_bad_states_fail_exactly_the_cvc_check() {
+    let (tmp, config) = deployment(false);
+    let data = tmp.path().join("data");
+    let opts = crate::VaultOptions {
+        cvc_ttl: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let v = Vault::open_with(&data, &unlock(), opts).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut req = TokenizeRequest::new("378282246310005", 12, 2031, v.today()).unwrap();
+    req.cvc =
+        Some(crate::core::cvc::Cvc::parse("7391", panvault_audit::card::Brand::Amex).unwrap());
+    let info = rt
+        .block_on(v.tokenize(
+            "demo-shop",
+            req,
+            &AccessContext {
+                actor: "storefront".into(),
+                peer: Some("127.0.0.1:1".into()),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    assert!(info.cvc.is_some_and(|c| c.held));
+    v.shutdown();
+    drop(v);
+    let check = |config: &Path| {
+        let r = assess_with(config, &options());
+        let c = r.result("data.cvc_not_retained").unwrap().clone();
+        (statuses(&r), c.status, c.evidence.join("\n"))
+    };
+    let (base, status, evidence) = check(&config);
+    assert_eq!(status, Status::Pass, "{evidence}");
+    assert!(
+        evidence.contains("1 security code held under 1 window key")
+            && evidence.contains("every held code is sealed"),
+        "{evidence}"
+    );
+    let conn = rusqlite::Connection::open(data.join("vault.db")).unwrap();
+    let fails_alone = |what: &str| {
+        let (got, status, evidence) = check(&config);
+        assert_eq!(status, Status::Fail, "{what}: {evidence}");
+        let mut want = base.clone();
+        want.push(("data.cvc_not_retained".to_owned(), Status::Fail));
+        want.sort_by(|x, y| x.0.cmp(&y.0));
+        let mut got = got;
+        got.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(got, want, "{what}");
+        evidence
+    };
+    // Ten minutes past its deadline, never swept.
+    conn.execute(
+        "UPDATE held_cvcs SET created_at = created_at - 660, deadline = deadline - 660",
+        [],
+    )
+    .unwrap();
+    let ev = fails_alone("a code past its deadline");
+    assert!(ev.contains("still stored past the deadline"), "{ev}");
+    conn.execute(
+        "UPDATE held_cvcs SET created_at = created_at + 660, deadline = deadline + 660",
+        [],
+    )
+    .unwrap();
+    // A window key kept past its destruction time.
+    conn.execute(
+        "UPDATE cvc_keys SET created_at = created_at - 3600, destroy_at = destroy_at - 3600",
+        [],
+    )
+    .unwrap();
+    let ev = fails_alone("a key past its destruction");
+    assert!(ev.contains("after its destruction time"), "{ev}");
+    conn.execute(
+        "UPDATE cvc_keys SET created_at = created_at + 3600, destroy_at = destroy_at + 3600",
+        [],
+    )
+    .unwrap();
+    assert_eq!(check(&config).1, Status::Pass);
+    // A code written in the clear beside the sealed one.
+    conn.execute("ALTER TABLE held_cvcs ADD COLUMN cvc TEXT", [])
+        .unwrap();
+    let ev = fails_alone("a clear column");
+    assert!(
+        ev.contains("column `cvc` outside the sealed layout"),
+        "{ev}"
+    );
+    drop(tmp);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The part of the vault that sees card numbers and key bytes. No network, no
 //! database: pure functions and types, small enough to review line by line.
 
+pub mod cvc;
 pub mod envelope;
 pub mod kdf;
 pub mod pan;

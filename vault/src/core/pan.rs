@@ -36,6 +36,10 @@ pub enum CardError {
     /// The request carried a card verification code, which is never stored (PCI DSS 3.3.1).
     #[error("card verification codes (CVV/CVC) are not accepted and never stored (PCI DSS 3.3.1)")]
     CvvNotAccepted,
+    /// The security code is not 3 digits (4 for American Express), or was given
+    /// where the vault holds none.
+    #[error("card.cvc must be a string of 3 digits (4 for American Express)")]
+    InvalidCvc,
     /// The cardholder name is empty, too long (over 128 characters) or has control characters.
     #[error("cardholder name must be 1 to 128 printable characters")]
     InvalidName,

@@ -21,12 +21,13 @@ use super::AppState;
 use super::auth::Caller;
 use super::problem::{Problem, ProblemBody};
 use crate::config::Permission;
+use crate::service::idempotency::{IdempotencyKey, IdempotencyStart, StoredAnswer};
 use crate::service::request::{Detokenized, TokenInfo, TokenizeRequest};
 
 /// Reads a request body of at most `limit` bytes within `timeout`. A body with a
 /// content type must be JSON (415 otherwise). An oversized body is read on (and
 /// dropped) up to a bound so the 413 reaches a client still sending, then 413.
-async fn read_body(
+pub(super) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -96,7 +97,7 @@ async fn read_body(
 }
 
 /// Parses JSON; the error says where, never what.
-fn parse_json(raw: &[u8]) -> Result<Value, Problem> {
+pub(super) fn parse_json(raw: &[u8]) -> Result<Value, Problem> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(Problem::invalid_json(
             "the request body is empty; expected a JSON object",
@@ -125,7 +126,7 @@ fn parse_json(raw: &[u8]) -> Result<Value, Problem> {
 
 /// Wipes every string of a parsed request (card number, name…) once it is no
 /// longer needed.
-fn scrub(v: &mut Value) {
+pub(super) fn scrub(v: &mut Value) {
     match v {
         Value::String(s) => s.zeroize(),
         Value::Array(a) => a.iter_mut().for_each(scrub),
@@ -148,6 +149,106 @@ fn created_or_ok(info: TokenInfo) -> Response {
     resp
 }
 
+/// The `Idempotency-Key` header, if the request has one (checked: bounded,
+/// printable, no card number).
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Problem::invalid_request("Idempotency-Key: give it once"));
+    }
+    IdempotencyKey::parse(value.as_bytes())
+        .map(Some)
+        .map_err(|e| Problem::from_vault(&e))
+}
+
+/// The header a replayed answer carries.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// The request header naming an idempotency key.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Runs `work` at most once per idempotency key of the caller (when the request
+/// has one): a retry of the same request (`path` and `raw` body) gets the first
+/// answer again, marked `idempotent-replayed: true`; the same key with another
+/// request is 409 `idempotency_key_reused`. Without a key, just `work`. For
+/// every POST route that takes the header (the relay's too: its answer is
+/// masked before `work` returns it).
+pub(crate) async fn idempotent<F, Fut>(
+    state: &AppState,
+    caller: &Caller,
+    key: Option<IdempotencyKey>,
+    path: &str,
+    raw: &[u8],
+    work: F,
+) -> Result<Response, Problem>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Response, Problem>>,
+{
+    let Some(key) = key else {
+        return work().await;
+    };
+    let start = state
+        .vault()
+        .idempotency_begin(&caller.client.name, &key, "POST", path, raw)
+        .await
+        .map_err(|e| Problem::from_vault(&e))?;
+    let ticket = match start {
+        IdempotencyStart::Replay(answer) => return Ok(replayed(answer)),
+        IdempotencyStart::Proceed(ticket) => ticket,
+    };
+    let resp = work().await.unwrap_or_else(IntoResponse::into_response);
+    let (parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = state.vault().idempotency_release(ticket).await;
+            return Err(Problem::from_vault(&crate::VaultError::internal_from(
+                "reading an answer to keep it failed",
+                e,
+            )));
+        }
+    };
+    let kept = [header::CONTENT_TYPE, header::LOCATION];
+    let answer = StoredAnswer {
+        status: parts.status.as_u16(),
+        headers: kept
+            .iter()
+            .filter_map(|h| {
+                let v = parts.headers.get(h)?.to_str().ok()?;
+                Some((h.as_str().to_owned(), v.to_owned()))
+            })
+            .collect(),
+        body: bytes.to_vec(),
+    };
+    if let Err(e) = state.vault().idempotency_finish(ticket, &answer).await {
+        // The answer still goes out; a retry within two minutes is told the
+        // first request is in progress, after that it runs afresh.
+        tracing::warn!(error = %e, "could not keep the answer of an idempotent request");
+    }
+    Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+/// A kept answer, sent again.
+fn replayed(answer: StoredAnswer) -> Response {
+    let mut resp = Response::new(Body::from(answer.body));
+    *resp.status_mut() =
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in &answer.headers {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
+    }
+    resp.headers_mut()
+        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    resp
+}
+
 /// `POST /v1/tokens`.
 pub(crate) async fn tokenize(
     State(state): State<AppState>,
@@ -157,35 +258,42 @@ pub(crate) async fn tokenize(
 ) -> Result<Response, Problem> {
     caller.require(&state, Permission::Tokenize, None).await?;
     let limits = state.limits();
-    let mut v = match read_body(
+    let read = read_body(
         &headers,
         body,
         limits.body_bytes,
         limits.header_read_timeout(),
     )
     .await
-    .and_then(|raw| parse_json(&raw))
-    {
-        Ok(v) => v,
+    .and_then(|raw| Ok((raw, idempotency_key(&headers)?)));
+    let (raw, key) = match read {
+        Ok(r) => r,
         Err(p) => return Err(caller.refused(&state, Permission::Tokenize, None, p).await),
     };
-    let item = TokenizeRequest::from_json(&v, state.vault().today());
-    scrub(&mut v);
-    // Through the batch call so that a refused card is audited like any other.
-    let mut out = state
-        .vault()
-        .tokenize_batch(caller.tenant(), vec![item], &caller.ctx)
-        .await
-        .map_err(|e| Problem::from_vault(&e))?;
-    let info = out
-        .pop()
-        .ok_or_else(|| {
-            Problem::from_vault(&crate::VaultError::internal(
-                "a batch of one card answered nothing",
-            ))
-        })?
-        .map_err(|e| Problem::from_vault(&e))?;
-    Ok(created_or_ok(info))
+    idempotent(&state, &caller, key, "/v1/tokens", &raw, || async {
+        let mut v = match parse_json(&raw) {
+            Ok(v) => v,
+            Err(p) => return Err(caller.refused(&state, Permission::Tokenize, None, p).await),
+        };
+        let vault = state.vault();
+        let item = TokenizeRequest::from_json_with(&v, vault.today(), vault.cvc_ttl().is_some());
+        scrub(&mut v);
+        // Through the batch call so that a refused card is audited like any other.
+        let mut out = vault
+            .tokenize_batch(caller.tenant(), vec![item], &caller.ctx)
+            .await
+            .map_err(|e| Problem::from_vault(&e))?;
+        let info = out
+            .pop()
+            .ok_or_else(|| {
+                Problem::from_vault(&crate::VaultError::internal(
+                    "a batch of one card answered nothing",
+                ))
+            })?
+            .map_err(|e| Problem::from_vault(&e))?;
+        Ok(created_or_ok(info))
+    })
+    .await
 }
 
 /// One result of a batch.
@@ -205,67 +313,75 @@ pub(crate) async fn batch(
 ) -> Result<Response, Problem> {
     caller.require(&state, Permission::Tokenize, None).await?;
     let limits = state.limits();
-    let mut v = match read_body(
+    let read = read_body(
         &headers,
         body,
         limits.batch_bytes,
         limits.header_read_timeout(),
     )
     .await
-    .and_then(|raw| parse_json(&raw))
-    {
-        Ok(v) => v,
+    .and_then(|raw| Ok((raw, idempotency_key(&headers)?)));
+    let (raw, key) = match read {
+        Ok(r) => r,
         Err(p) => return Err(caller.refused(&state, Permission::Tokenize, None, p).await),
     };
-    let result = (|| {
-        let Value::Object(obj) = &v else {
-            return Err(Problem::invalid_request(
-                "$: expected a JSON object {\"items\":[…]}",
-            ));
+    idempotent(&state, &caller, key, "/v1/tokens/batch", &raw, || async {
+        let mut v = match parse_json(&raw) {
+            Ok(v) => v,
+            Err(p) => return Err(caller.refused(&state, Permission::Tokenize, None, p).await),
         };
-        if obj.keys().any(|k| k != "items") {
-            return Err(Problem::invalid_request(
-                "only the field \"items\" is allowed in a batch",
-            ));
-        }
-        let Some(Value::Array(items)) = obj.get("items") else {
-            return Err(Problem::invalid_request(
-                "items: required array of token requests",
-            ));
+        let result = (|| {
+            let Value::Object(obj) = &v else {
+                return Err(Problem::invalid_request(
+                    "$: expected a JSON object {\"items\":[…]}",
+                ));
+            };
+            if obj.keys().any(|k| k != "items") {
+                return Err(Problem::invalid_request(
+                    "only the field \"items\" is allowed in a batch",
+                ));
+            }
+            let Some(Value::Array(items)) = obj.get("items") else {
+                return Err(Problem::invalid_request(
+                    "items: required array of token requests",
+                ));
+            };
+            if items.is_empty() || items.len() > limits.batch_items {
+                return Err(Problem::invalid_request(format!(
+                    "items: 1 to {} token requests per batch, got {}",
+                    limits.batch_items,
+                    items.len()
+                )));
+            }
+            let vault = state.vault();
+            let (today, accept_cvc) = (vault.today(), vault.cvc_ttl().is_some());
+            Ok(items
+                .iter()
+                .map(|i| TokenizeRequest::from_json_with(i, today, accept_cvc))
+                .collect::<Vec<_>>())
+        })();
+        scrub(&mut v);
+        let items = match result {
+            Ok(items) => items,
+            Err(p) => return Err(caller.refused(&state, Permission::Tokenize, None, p).await),
         };
-        if items.is_empty() || items.len() > limits.batch_items {
-            return Err(Problem::invalid_request(format!(
-                "items: 1 to {} token requests per batch, got {}",
-                limits.batch_items,
-                items.len()
-            )));
-        }
-        let today = state.vault().today();
-        Ok(items
-            .iter()
-            .map(|i| TokenizeRequest::from_json(i, today))
-            .collect::<Vec<_>>())
-    })();
-    scrub(&mut v);
-    let items = match result {
-        Ok(items) => items,
-        Err(p) => return Err(caller.refused(&state, Permission::Tokenize, None, p).await),
-    };
-    let results = state
-        .vault()
-        .tokenize_batch(caller.tenant(), items, &caller.ctx)
-        .await
-        .map_err(|e| Problem::from_vault(&e))?;
-    let results: Vec<BatchItem> = results
-        .into_iter()
-        .map(|r| match r {
-            Ok(info) => BatchItem::Token(info),
-            Err(e) => BatchItem::Error {
-                error: Problem::from_vault(&e).body(),
-            },
-        })
-        .collect();
-    Ok(Json(serde_json::json!({ "results": results })).into_response())
+        let results = state
+            .vault()
+            .tokenize_batch(caller.tenant(), items, &caller.ctx)
+            .await
+            .map_err(|e| Problem::from_vault(&e))?;
+        let results: Vec<BatchItem> = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(info) => BatchItem::Token(info),
+                Err(e) => BatchItem::Error {
+                    error: Problem::from_vault(&e).body(),
+                },
+            })
+            .collect();
+        Ok(Json(serde_json::json!({ "results": results })).into_response())
+    })
+    .await
 }
 
 fn token_of(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {

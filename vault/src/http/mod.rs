@@ -9,6 +9,7 @@
 //! | `GET /v1/tokens/{token}` | read | 200 token metadata |
 //! | `POST /v1/tokens/{token}/detokenize` | detokenize | 200 the card |
 //! | `DELETE /v1/tokens/{token}` | delete | 204 |
+//! | `POST /v1/relay/{destination}` | relay (and listed by the destination) | 200 the provider's answer, masked |
 //! | `GET /healthz` | (any certificate) | 200 `{"status":"ok"}` |
 //! | `GET /metrics` | metrics | Prometheus text (every tenant's figures) |
 //!
@@ -22,6 +23,7 @@ mod json;
 pub mod metrics;
 mod problem;
 pub mod ratelimit;
+mod relay;
 #[cfg(test)]
 mod tests;
 
@@ -55,6 +57,8 @@ struct Shared {
     limits: Limits,
     metrics: Metrics,
     detokenize_limit: Option<ratelimit::RateLimiter>,
+    relay: Option<crate::relay::Destinations>,
+    relay_header_limits: (usize, usize),
 }
 
 /// What every handler shares. Cheap to clone.
@@ -76,6 +80,17 @@ impl AppState {
     /// The state for `vault` with `config`'s clients and limits; `conns` are the
     /// accept loop's counters (shown on `/metrics`).
     pub fn new(vault: Vault, config: &Config, conns: Arc<ConnStats>) -> Self {
+        AppState::with_relay(vault, config, conns, None)
+    }
+
+    /// [`AppState::new`] with the relay's destinations (built from
+    /// `config.relay` by [`crate::relay::Destinations::build`]).
+    pub fn with_relay(
+        vault: Vault,
+        config: &Config,
+        conns: Arc<ConnStats>,
+        relay: Option<crate::relay::Destinations>,
+    ) -> Self {
         AppState {
             inner: Arc::new(Shared {
                 vault,
@@ -88,6 +103,11 @@ impl AppState {
                         config.limits.detokenize_burst,
                     )
                 }),
+                relay,
+                relay_header_limits: config
+                    .relay
+                    .as_ref()
+                    .map_or((0, 0), |r| (r.max_headers, r.header_bytes)),
             }),
         }
     }
@@ -112,6 +132,16 @@ impl AppState {
         self.inner.detokenize_limit.as_ref()
     }
 
+    /// The relay destination named `name`, if the relay is configured and has it.
+    pub(crate) fn relay_destination(&self, name: &str) -> Option<Arc<crate::relay::RelayClient>> {
+        self.inner.relay.as_ref().and_then(|d| d.get(name))
+    }
+
+    /// Most caller headers a relay forwards, and their bytes together.
+    pub(crate) fn relay_header_limits(&self) -> (usize, usize) {
+        self.inner.relay_header_limits
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
@@ -129,6 +159,7 @@ pub fn router(state: AppState) -> Router {
             get(handlers::metadata).delete(handlers::delete),
         )
         .route("/v1/tokens/{token}/detokenize", post(handlers::detokenize))
+        .route("/v1/relay/{destination}", post(relay::relay))
         .route(
             "/v1/subjects/{subject}/erase",
             post(handlers::erase_subject),
@@ -231,6 +262,13 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let tls = crate::tls::server_config(&config.tls)?;
+    // Before anything is recorded: a destination whose files are unusable stops
+    // the start.
+    let relay = config
+        .relay
+        .as_ref()
+        .map(crate::relay::Destinations::build)
+        .transpose()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| ConfigError::new("listen", format!("{}: {e}", config.listen)))?;
@@ -255,7 +293,7 @@ where
         .await
         .map_err(StartError::Audit)?;
     let conns = Arc::new(ConnStats::default());
-    let state = AppState::new(vault.clone(), config, Arc::clone(&conns));
+    let state = AppState::with_relay(vault.clone(), config, Arc::clone(&conns), relay);
     let app = router(state);
     let opts = ServeOptions::from(&config.limits);
     let registry = Arc::new(ClientRegistry::new(&config.clients));
@@ -267,6 +305,7 @@ where
     let retention = config.retention.clone();
     let audit_retention = config.audit.retention_days;
     let purge_ctx = server_ctx.clone();
+    let cvc_ctx = server_ctx.clone();
     let handle = tokio::spawn(async move {
         let refresher = tokio::spawn(refresh_keys(vault.clone()));
         let purger = tokio::spawn(purge_loop(
@@ -275,11 +314,13 @@ where
             audit_retention,
             purge_ctx,
         ));
+        let cvc_sweeper = tokio::spawn(cvc_sweep_loop(vault.clone(), cvc_ctx));
         let crl_watcher =
             crl_watch.map(|(settings, cell)| tokio::spawn(crate::tls::watch_crls(settings, cell)));
         crate::tls::serve_tls(listener, tls, app, opts, conns, client_key, shutdown).await;
         refresher.abort();
         purger.abort();
+        cvc_sweeper.abort();
         if let Some(w) = crl_watcher {
             w.abort();
         }
@@ -329,10 +370,40 @@ async fn purge_loop(
             ),
             Err(e) => tracing::warn!(error = %e, "retention purge failed; will retry"),
         }
+        match vault.purge_idempotency().await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "idempotent answers past 24 h purged"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "idempotency purge failed; will retry"),
+        }
         match vault.prune_audit(audit_days).await {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "audit events past retention pruned"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "audit prune failed; will retry"),
+        }
+    }
+}
+
+/// Deletes held security codes past their deadline and destroys the window keys
+/// whose codes have all expired: every quarter of the codes' lifetime (1 s to
+/// 60 s) when the vault holds codes, else every 10 minutes (codes held before a
+/// relay was removed from the configuration still expire). Reads refuse an
+/// expired code before the sweep has run.
+async fn cvc_sweep_loop(vault: Vault, ctx: AccessContext) {
+    let every = vault.cvc_ttl().map_or(Duration::from_secs(600), |ttl| {
+        (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    });
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match vault.sweep_cvcs(&ctx).await {
+            Ok(r) if r.codes + r.keys > 0 => tracing::info!(
+                codes = r.codes,
+                keys = r.keys,
+                "expired security codes and their keys deleted"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "security code sweep failed; will retry"),
         }
     }
 }

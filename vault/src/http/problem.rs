@@ -87,6 +87,16 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("not_found", 404, "Not found"),
     ("method_not_allowed", 405, "Method not allowed"),
     ("request_timeout", 408, "Request body too slow"),
+    (
+        "idempotency_key_reused",
+        409,
+        "Idempotency key used for another request",
+    ),
+    (
+        "idempotency_key_in_use",
+        409,
+        "A request with this idempotency key is in progress",
+    ),
     ("payload_too_large", 413, "Payload too large"),
     ("unsupported_media_type", 415, "Unsupported media type"),
     ("invalid_card_number", 422, "Invalid card number"),
@@ -97,10 +107,27 @@ pub const CODES: &[(&str, u16, &str)] = &[
         422,
         "Card verification codes are not accepted",
     ),
+    ("cvc_unavailable", 409, "No security code held"),
+    ("bad_template", 422, "Unusable relay template"),
+    ("unknown_placeholder", 422, "Unknown placeholder"),
+    (
+        "unsupported_content_type",
+        422,
+        "Unsupported content type for a relay body",
+    ),
+    ("invalid_header", 422, "Header not forwarded"),
+    ("request_too_large", 422, "Relayed request too large"),
     ("rate_limited", 429, "Too many requests"),
     ("internal", 500, "Internal error"),
     ("unavailable", 503, "Service unavailable"),
     ("audit_unavailable", 503, "Audit log unavailable"),
+    ("upstream_unreachable", 502, "Payment provider unreachable"),
+    (
+        "upstream_answer_too_large",
+        502,
+        "Payment provider's answer too large",
+    ),
+    ("upstream_timeout", 504, "Payment provider timed out"),
 ];
 
 fn title(code: &str) -> &'static str {
@@ -187,6 +214,17 @@ impl Problem {
                 Problem::invalid_request(format!("{field}: {reason}"))
             }
             VaultError::NotFound => Problem::not_found("no such token"),
+            VaultError::IdempotencyKeyReused => Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used for a different request within 24 hours; use a new key",
+            ),
+            VaultError::IdempotencyKeyInUse => Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                "the first request with this Idempotency-Key is still in progress; retry later",
+            ),
+            VaultError::Relay(r) => Problem::from_relay(r),
             VaultError::AuditUnavailable(_) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
@@ -212,6 +250,29 @@ impl Problem {
                 )
             }
         }
+    }
+
+    /// The problem for a failed relay (its cause, which may name the provider's
+    /// host, goes to the server's log, not to the caller).
+    pub fn from_relay(e: &crate::relay::RelayError) -> Self {
+        use crate::relay::RelayError as R;
+        let status = match e {
+            R::Template { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            R::CvcUnavailable => StatusCode::CONFLICT,
+            R::Unreachable(_) | R::AnswerTooLarge(_) => StatusCode::BAD_GATEWAY,
+            R::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        };
+        if matches!(e, R::Unreachable(_)) {
+            let mut cause = String::new();
+            let mut src = std::error::Error::source(e);
+            while let Some(c) = src {
+                cause.push_str(": ");
+                cause.push_str(&c.to_string());
+                src = c.source();
+            }
+            tracing::warn!(error = %e, cause = %cause, request_id = current_request_id().as_deref().unwrap_or("-"), "relay failed");
+        }
+        Problem::new(status, e.code(), e.to_string())
     }
 
     /// The HTTP status.

@@ -277,6 +277,14 @@ impl Admin {
                 tx.rewrap_aux_key(&name, &rewrapped)?;
                 done.other_keys.push(name);
             }
+            // the short-lived keys of held security codes
+            for k in tx.cvc_keys()? {
+                let label = super::cvc::key_label(&vid, k.window_start, k.ttl_secs);
+                let key = crate::core::envelope::unwrap_key(&keys.root, &label, &k.wrapped)
+                    .map_err(|_| VaultError::Decryption)?;
+                let rewrapped = wrap_key(&new_root, &label, &key)?;
+                tx.rewrap_cvc_key(k.id, &rewrapped)?;
+            }
             // Reseal the new root under the same secret: a fresh salt for a passphrase,
             // the same KEK for custodian shares (so the share set stays valid).
             let (info, _, _) = keyring::read_seal(tx)?;

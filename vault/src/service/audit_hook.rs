@@ -49,6 +49,11 @@ impl AuditOutcome {
             }
             VaultError::InvalidRequest { .. } => AuditOutcome::Denied("invalid_request".into()),
             VaultError::Decryption => AuditOutcome::Error("decryption_failed".into()),
+            VaultError::Relay(r) => match r {
+                crate::relay::RelayError::Template { .. }
+                | crate::relay::RelayError::CvcUnavailable => AuditOutcome::Denied(r.code().into()),
+                _ => AuditOutcome::Error(r.code().into()),
+            },
             e if e.is_unavailable() => AuditOutcome::Error("unavailable".into()),
             _ => AuditOutcome::Error("internal".into()),
         }

@@ -54,7 +54,10 @@ impl Vault {
     ) -> Result<TokenInfo, VaultError> {
         let result = self.read_row(tenant, token).and_then(|mut r| {
             self.open_personal(&mut r)?;
-            r.info(false)
+            let held = self.cvc_status(tenant, &r.token)?;
+            let mut info = r.info(false)?;
+            info.cvc = Some(held);
+            Ok(info)
         });
         self.audit_only(AuditAction::Read, tenant, token, None, &result, ctx)
             .await?;
@@ -71,21 +74,46 @@ impl Vault {
         purpose: &str,
         ctx: &AccessContext,
     ) -> Result<Detokenized, VaultError> {
-        if purpose.trim().is_empty()
-            || purpose.chars().count() > 256
-            || purpose.chars().any(char::is_control)
-        {
-            return Err(VaultError::invalid(
-                "purpose",
-                "required: 1 to 256 printable characters",
-            ));
+        check_purpose(purpose)?;
+        let (result, row_id) = self.open_card(tenant, token);
+        match (result, row_id) {
+            (Ok(card), Some(id)) => {
+                // The row was read before this event's transaction: an erasure or
+                // delete committed in between must win, so the writer looks again.
+                self.audit_release(
+                    AuditAction::Detokenize,
+                    tenant,
+                    id,
+                    &card.token,
+                    purpose,
+                    None,
+                    ctx,
+                )
+                .await?;
+                Ok(card)
+            }
+            (result, _) => {
+                self.audit_only(
+                    AuditAction::Detokenize,
+                    tenant,
+                    token,
+                    Some(purpose),
+                    &result,
+                    ctx,
+                )
+                .await?;
+                result
+            }
         }
-        if request::contains_card_number(purpose) {
-            return Err(VaultError::invalid(
-                "purpose",
-                "must not contain a card number",
-            ));
-        }
+    }
+
+    /// Reads and opens `token`'s card for `tenant`, with the row id it came from
+    /// (when there was a row). Records nothing: the caller audits.
+    pub(super) fn open_card(
+        &self,
+        tenant: &str,
+        token: &str,
+    ) -> (Result<Detokenized, VaultError>, Option<i64>) {
         let mut row_id = None;
         let result = self.read_row(tenant, token).and_then(|mut row| {
             row_id = Some(row.id);
@@ -121,52 +149,38 @@ impl Vault {
                 expiry,
             })
         });
-        match (result, row_id) {
-            (Ok(card), Some(id)) => {
-                // The row was read before this event's transaction: an erasure or
-                // delete committed in between must win, so the writer looks again.
-                self.audit_release(tenant, id, &card.token, purpose, ctx)
-                    .await?;
-                Ok(card)
-            }
-            (result, _) => {
-                self.audit_only(
-                    AuditAction::Detokenize,
-                    tenant,
-                    token,
-                    Some(purpose),
-                    &result,
-                    ctx,
-                )
-                .await?;
-                result
-            }
-        }
+        (result, row_id)
     }
 
-    /// Records the event of a successful detokenize of row `id`, inside a writer
+    /// Records the event of a successful detokenize (or relay: `action`) of row `id`, inside a writer
     /// transaction that first checks the row is still there (same token and
     /// tenant, not expired). If it is gone (erased, deleted or expired since it
     /// was read) the event says `not_found` and so does the answer: the caller
     /// drops the card, which zeroizes it. One lookup by rowid in the writer.
-    async fn audit_release(
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one event's fields; a struct for one private call adds nothing"
+    )]
+    pub(super) async fn audit_release(
         &self,
+        action: AuditAction,
         tenant: &str,
         id: i64,
         token: &str,
         purpose: &str,
+        details: Option<&str>,
         ctx: &AccessContext,
     ) -> Result<(), VaultError> {
         let keys = self.keys()?;
         let now = self.now().unix_timestamp();
         let rec = AuditRecord {
-            action: AuditAction::Detokenize,
+            action,
             tenant: Some(tenant),
             token: Some(token),
             purpose: Some(purpose),
             subject: None,
             outcome: AuditOutcome::Success,
-            details: None,
+            details,
         };
         // Built here, off the writer thread; the rare refusal is built there.
         let ev = audit_hook::build_event(&keys, ctx, &rec, now)?;
@@ -185,7 +199,7 @@ impl Vault {
                     Ok(true) => state.audit_mut().append(conn, &ev).map(|_| true),
                     Ok(false) => {
                         let gone = AuditRecord {
-                            action: AuditAction::Detokenize,
+                            action,
                             tenant: Some(&tenant_s),
                             token: Some(&token_s),
                             purpose: Some(&purpose_s),
@@ -210,4 +224,24 @@ impl Vault {
             Err(VaultError::NotFound)
         }
     }
+}
+
+/// A purpose is required: 1 to 256 printable characters, no card number.
+pub(super) fn check_purpose(purpose: &str) -> Result<(), VaultError> {
+    if purpose.trim().is_empty()
+        || purpose.chars().count() > 256
+        || purpose.chars().any(char::is_control)
+    {
+        return Err(VaultError::invalid(
+            "purpose",
+            "required: 1 to 256 printable characters",
+        ));
+    }
+    if request::contains_card_number(purpose) {
+        return Err(VaultError::invalid(
+            "purpose",
+            "must not contain a card number",
+        ));
+    }
+    Ok(())
 }

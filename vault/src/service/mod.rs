@@ -7,14 +7,17 @@
 
 mod admin;
 mod audit_hook;
+pub mod cvc;
 mod detokenize;
 pub mod erase;
+pub mod idempotency;
 pub mod inventory;
 pub mod keyring;
 mod keys;
 pub mod migrate;
 mod open;
 mod personal;
+pub mod relay;
 pub mod request;
 pub mod shamir;
 mod state;
@@ -68,6 +71,10 @@ pub struct VaultOptions {
     /// Where the data lives (`[storage]` of the server's configuration); `None`:
     /// as the data directory's `panvault.toml` says ([`store::Location::of`]).
     pub storage: Option<crate::config::StorageSettings>,
+    /// How long a card security code given to tokenize is held for the relay
+    /// (`[relay] cvc_ttl_secs`, at most an hour); `None`: no relay, and a
+    /// request carrying a code is refused.
+    pub cvc_ttl: Option<Duration>,
 }
 
 impl Default for VaultOptions {
@@ -80,6 +87,7 @@ impl Default for VaultOptions {
             checkpoint: panvault_audit::log::CheckpointPolicy::default(),
             checkpoint_witness: None,
             storage: None,
+            cvc_ttl: None,
         }
     }
 }
@@ -147,7 +155,7 @@ pub(crate) fn corrupt_column(column: &'static str) -> VaultError {
     )))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()
@@ -498,6 +506,7 @@ impl StoredCard for CardRow {
             subject: self.subject,
             deduplicated,
             updated: Vec::new(),
+            cvc: None,
         })
     }
 }

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use panvault_audit::card::{CardFinder, Class, Mode};
 
+use crate::core::cvc::Cvc;
 use crate::core::pan::{CardError, CardSecret, CardholderName, Expiry, Pan};
 use crate::core::token::TokenFormat;
 use crate::error::VaultError;
@@ -45,6 +46,9 @@ pub struct TokenizeRequest {
     pub ttl_seconds: Option<i64>,
     /// Absolute expiry (unix seconds); the earlier of this and `ttl_seconds` wins.
     pub expires_at: Option<i64>,
+    /// The card's security code, held (sealed) for the relay until its first use
+    /// or deadline; only when the vault holds codes ([`crate::Vault::cvc_ttl`]).
+    pub cvc: Option<Cvc>,
 }
 
 impl TokenizeRequest {
@@ -62,6 +66,7 @@ impl TokenizeRequest {
             force_new: false,
             ttl_seconds: None,
             expires_at: None,
+            cvc: None,
         })
     }
 
@@ -71,7 +76,19 @@ impl TokenizeRequest {
     /// "metadata"?,"force_new"?,"ttl_seconds"?,"expires_at"?}`. A CVV anywhere in the
     /// request is refused; unknown fields are refused.
     pub fn from_json(v: &Value, today: time::Date) -> Result<Self, VaultError> {
-        if contains_cvv(v) {
+        TokenizeRequest::from_json_with(v, today, false)
+    }
+
+    /// [`TokenizeRequest::from_json`], taking `card.cvc` (3 digits, 4 for American
+    /// Express) when `accept_cvc` (the vault holds codes for a relay). Any other
+    /// field naming a verification code, anywhere, is still refused, and so is
+    /// `card.cvc` when not `accept_cvc`.
+    pub fn from_json_with(
+        v: &Value,
+        today: time::Date,
+        accept_cvc: bool,
+    ) -> Result<Self, VaultError> {
+        if contains_cvv_besides_card_cvc(v, accept_cvc) {
             return Err(CardError::CvvNotAccepted.into());
         }
         let obj = v
@@ -96,7 +113,9 @@ impl TokenizeRequest {
             .and_then(Value::as_object)
             .ok_or_else(|| VaultError::invalid("card", "required object"))?;
         for k in card.keys() {
-            if !matches!(k.as_str(), "number" | "exp_month" | "exp_year" | "name") {
+            let known = matches!(k.as_str(), "number" | "exp_month" | "exp_year" | "name")
+                || (accept_cvc && k == "cvc");
+            if !known {
                 return Err(VaultError::invalid(
                     format!("card.{}", field_name(k)),
                     "unknown field",
@@ -109,6 +128,11 @@ impl TokenizeRequest {
             None => return Err(VaultError::invalid("card.number", "required")),
         };
         let pan = Pan::parse(number)?;
+        let cvc = match card.get("cvc") {
+            None => None,
+            Some(Value::String(s)) => Some(Cvc::parse(s, pan.brand())?),
+            Some(_) => return Err(CardError::InvalidCvc.into()),
+        };
         let month = card
             .get("exp_month")
             .and_then(Value::as_i64)
@@ -213,6 +237,7 @@ impl TokenizeRequest {
             force_new,
             ttl_seconds,
             expires_at,
+            cvc,
         })
     }
 }
@@ -365,6 +390,25 @@ fn validate_metadata(m: &Map<String, Value>) -> Result<Map<String, Value>, Vault
     Ok(m.clone())
 }
 
+/// [`contains_cvv`], except for `card.cvc` of a request when `accept_cvc`.
+fn contains_cvv_besides_card_cvc(v: &Value, accept_cvc: bool) -> bool {
+    let Value::Object(top) = v else {
+        return contains_cvv(v);
+    };
+    top.iter().any(|(k, x)| {
+        if CVV_FIELDS.iter().any(|c| k.eq_ignore_ascii_case(c)) {
+            return true;
+        }
+        match (k.as_str(), x) {
+            ("card", Value::Object(card)) if accept_cvc => card.iter().any(|(ck, cx)| {
+                (ck != "cvc" && CVV_FIELDS.iter().any(|c| ck.eq_ignore_ascii_case(c)))
+                    || contains_cvv(cx)
+            }),
+            _ => contains_cvv(x),
+        }
+    })
+}
+
 /// Whether any object key anywhere in `v` names a card verification code.
 pub fn contains_cvv(v: &Value) -> bool {
     match v {
@@ -415,6 +459,11 @@ pub struct TokenInfo {
     /// (a later one only), `name`, `metadata`, `expires_at`. Empty otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub updated: Vec<&'static str>,
+    /// Whether a security code is held for the relay, and until when (never
+    /// the code): always in `GET /v1/tokens/{token}`, and in a tokenize answer
+    /// that held one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cvc: Option<super::cvc::CvcStatus>,
 }
 
 /// The card facts stored in the clear.

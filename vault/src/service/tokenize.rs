@@ -53,9 +53,15 @@ impl Vault {
         // still audited, as a failure) rather than seal under what may be stale.
         let stale = self.inner.keys_stale.load(Ordering::SeqCst);
         let now = self.now().unix_timestamp();
+        let cvc_ttl = self.cvc_ttl_secs();
         let mut prepared = Vec::with_capacity(items.len());
         for item in items {
             prepared.push(item.and_then(|req| {
+                // A code is held only for a relay; without one it is refused as
+                // any other verification code.
+                if req.cvc.is_some() && cvc_ttl.is_none() {
+                    return Err(crate::core::pan::CardError::CvvNotAccepted.into());
+                }
                 if stale {
                     return Err(VaultError::KeysOutOfDate);
                 }
@@ -86,7 +92,7 @@ impl Vault {
             .write(move |conn, state| {
                 let mut results = Vec::with_capacity(prepared.len());
                 for item in prepared {
-                    let (result, subject) = match item {
+                    let (mut result, subject, cvc) = match item {
                         Ok((req, fp, metadata, expires_at)) => (
                             tokenize_in_tx(
                                 conn,
@@ -100,16 +106,42 @@ impl Vault {
                                 now,
                             ),
                             req.subject,
+                            req.cvc,
                         ),
-                        Err(e) => (Err(e), None),
+                        Err(e) => (Err(e), None, None),
                     };
-                    // A dedup hit that changed the stored record says what it changed.
-                    let details = match &result {
-                        Ok(i) if !i.updated.is_empty() => {
-                            Some(format!("updated={}", i.updated.join(",")))
+                    // The code is held for the token answered (new or existing),
+                    // in the same transaction as the card; a failure to hold it
+                    // fails the batch rather than answer a token without it.
+                    if let (Ok(info), Some(cvc), Some(ttl)) = (&mut result, &cvc, cvc_ttl) {
+                        match super::cvc::hold_in_tx(
+                            conn,
+                            &keys,
+                            &tenant,
+                            &info.token,
+                            cvc,
+                            now,
+                            ttl,
+                        )
+                        .and_then(super::cvc::CvcStatus::held_until)
+                        {
+                            Ok(status) => info.cvc = Some(status),
+                            Err(e) => return (false, Err(e)),
                         }
-                        _ => None,
-                    };
+                    }
+                    drop(cvc);
+                    // A dedup hit that changed the stored record says what it changed,
+                    // and a held code says so (never its value).
+                    let mut notes = Vec::new();
+                    if let Ok(i) = &result {
+                        if !i.updated.is_empty() {
+                            notes.push(format!("updated={}", i.updated.join(",")));
+                        }
+                        if i.cvc.is_some() {
+                            notes.push("cvc=held".to_owned());
+                        }
+                    }
+                    let details = (!notes.is_empty()).then(|| notes.join(" "));
                     let rec = AuditRecord {
                         action: AuditAction::Tokenize,
                         tenant: Some(&tenant),
@@ -264,6 +296,7 @@ fn tokenize_in_tx(
                     expires_at: expires_at_text,
                     deduplicated: false,
                     updated: Vec::new(),
+                    cvc: None,
                 });
             }
             Inserted::TokenTaken => continue,

@@ -20,9 +20,10 @@ use super::pg::session::{KeyLock, PgConn};
 use super::pg::{self, PgPool};
 use super::pool::PooledConn;
 use super::{
-    CardRow, CardShape, CompletedErasure, DataKeyRow, DeletedCard, Inserted, Location, NewCard,
-    RequestOverview, SealRow, SealedCard, StoreError, WrappedDataKey, cards, erasure, inventory,
-    keys, meta, rewrap,
+    CardRow, CardShape, CompletedErasure, CvcKeyRow, CvcShape, CvcSweep, DataKeyRow, DeletedCard,
+    HeldCvcRow, IdempotencyRow, Inserted, Location, NewCard, NewCvcKey, NewHeldCvc,
+    RequestOverview, SealRow, SealedCard, StoreError, WrappedDataKey, cards, cvc, erasure,
+    idempotency, inventory, keys, meta, rewrap,
 };
 use crate::key_state::KeyState;
 
@@ -148,6 +149,17 @@ impl<'a> Reader<'a> {
             Conn::Owned(c) => Eng::Sqlite(c),
             Conn::PgBorrowed(c) => Eng::Pg(c),
             Conn::PgOwned(c) => Eng::Pg(c),
+        }
+    }
+
+    /// The SQLite connection, for what has no PostgreSQL twin yet (held card
+    /// security codes, idempotency keys): [`StoreError::Unsupported`] there.
+    fn c(&self) -> Result<&Connection, StoreError> {
+        match self.eng() {
+            Eng::Sqlite(c) => Ok(c),
+            Eng::Pg(_) => Err(StoreError::Unsupported(
+                "held card security codes and idempotency keys on PostgreSQL",
+            )),
         }
     }
 
@@ -370,6 +382,58 @@ impl Reader<'_> {
         }
     }
 
+    // --- held card security codes
+    pub(crate) fn cvc_key_for_window(
+        &self,
+        window_start: i64,
+        ttl_secs: i64,
+    ) -> Result<Option<CvcKeyRow>, StoreError> {
+        cvc::key_for_window(self.c()?, window_start, ttl_secs)
+    }
+    pub(crate) fn cvc_key(&self, id: i64) -> Result<Option<CvcKeyRow>, StoreError> {
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(None);
+        }
+        cvc::key_by_id(self.c()?, id)
+    }
+    pub(crate) fn cvc_keys(&self) -> Result<Vec<CvcKeyRow>, StoreError> {
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(Vec::new());
+        }
+        cvc::all_keys(self.c()?)
+    }
+    pub(crate) fn held_cvc(
+        &self,
+        tenant: &str,
+        token: &str,
+    ) -> Result<Option<HeldCvcRow>, StoreError> {
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(None);
+        }
+        cvc::held(self.c()?, tenant, token)
+    }
+    /// The held codes and their keys as the compliance check sees them (`None`
+    /// before the schema had them).
+    pub(crate) fn cvc_shape(&self, now: i64) -> Result<Option<CvcShape>, StoreError> {
+        cvc::shape(self.c()?, now)
+    }
+
+    // --- idempotency keys
+    pub(crate) fn idempotency_row(
+        &self,
+        client: &str,
+        key_hash: &[u8],
+    ) -> Result<Option<IdempotencyRow>, StoreError> {
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(None);
+        }
+        idempotency::get(self.c()?, client, key_hash)
+    }
+
     // --- audit log
     pub(crate) fn load_audit_chain(&self) -> Result<AuditChain, AuditError> {
         match self.eng() {
@@ -549,6 +613,74 @@ impl Tx<'_> {
             Eng::Sqlite(_) => Err(StoreError::Unsupported("sealed personal data (SQLite)")),
             Eng::Pg(conn) => conn.run(|p| pg::personal::update_sealed(p, id, blob)),
         }
+    }
+
+    // --- held card security codes
+    /// Stores a window's key; false when another writer stored that window's first.
+    pub(crate) fn insert_cvc_key(&self, k: &NewCvcKey<'_>) -> Result<bool, StoreError> {
+        cvc::insert_key(self.c()?, k)
+    }
+    pub(crate) fn rewrap_cvc_key(&self, id: i64, wrapped: &[u8]) -> Result<(), StoreError> {
+        cvc::rewrap_key(self.c()?, id, wrapped)
+    }
+    pub(crate) fn put_held_cvc(&self, c: &NewHeldCvc<'_>) -> Result<(), StoreError> {
+        cvc::put_held(self.c()?, c)
+    }
+    /// Deletes and returns the code held for `(tenant, token)`.
+    pub(crate) fn take_held_cvc(
+        &self,
+        tenant: &str,
+        token: &str,
+    ) -> Result<Option<HeldCvcRow>, StoreError> {
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(None);
+        }
+        cvc::take_held(self.c()?, tenant, token)
+    }
+    /// Deletes codes past their deadline and keys past their destruction time.
+    pub(crate) fn sweep_cvcs(&self, now: i64) -> Result<CvcSweep, StoreError> {
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(CvcSweep::default());
+        }
+        cvc::sweep(self.c()?, now)
+    }
+
+    // --- idempotency keys
+    pub(crate) fn reserve_idempotency(
+        &self,
+        client: &str,
+        key_hash: &[u8],
+        request_hash: &[u8],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        idempotency::reserve(self.c()?, client, key_hash, request_hash, now)
+    }
+    pub(crate) fn complete_idempotency(
+        &self,
+        client: &str,
+        key_hash: &[u8],
+        request_hash: &[u8],
+        status: i64,
+        answer: &[u8],
+    ) -> Result<bool, StoreError> {
+        idempotency::complete(self.c()?, client, key_hash, request_hash, status, answer)
+    }
+    pub(crate) fn release_idempotency(
+        &self,
+        client: &str,
+        key_hash: &[u8],
+        request_hash: &[u8],
+    ) -> Result<(), StoreError> {
+        idempotency::release(self.c()?, client, key_hash, request_hash)
+    }
+    pub(crate) fn purge_idempotency(&self, cutoff: i64) -> Result<u64, StoreError> {
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(0);
+        }
+        idempotency::purge(self.c()?, cutoff)
     }
 
     // --- deletes: each returns the `(id, fingerprint)` of every row it removed

@@ -93,6 +93,49 @@ CREATE UNIQUE INDEX cards_token_tenant ON cards(token, tenant);
     r#"
 ALTER TABLE erasure_requests ADD COLUMN wal_scrubbed_at INTEGER;
 "#,
+    // 5: card security codes held until a card's first relay (sealed under a key
+    // per time window that is deleted once every code under it has expired), and
+    // the first answers of requests retried with an `Idempotency-Key`.
+    r#"
+CREATE TABLE cvc_keys (
+    id           INTEGER PRIMARY KEY,
+    window_start INTEGER NOT NULL,
+    ttl_secs     INTEGER NOT NULL,
+    wrapped      BLOB NOT NULL,
+    created_at   INTEGER NOT NULL,
+    destroy_at   INTEGER NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX cvc_keys_window ON cvc_keys(window_start, ttl_secs);
+
+CREATE TABLE held_cvcs (
+    tenant     TEXT NOT NULL,
+    token      TEXT NOT NULL,
+    key_id     INTEGER NOT NULL,
+    nonce      BLOB NOT NULL,
+    sealed     BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    deadline   INTEGER NOT NULL,
+    PRIMARY KEY (tenant, token)
+) STRICT;
+CREATE INDEX held_cvcs_deadline ON held_cvcs(deadline);
+CREATE INDEX held_cvcs_key ON held_cvcs(key_id);
+-- A deleted, erased or purged card takes its code with it: a later token of the
+-- same value (a bin_last4 token can come back) never finds it.
+CREATE TRIGGER cards_delete_held_cvc AFTER DELETE ON cards BEGIN
+    DELETE FROM held_cvcs WHERE tenant = old.tenant AND token = old.token;
+END;
+
+CREATE TABLE idempotency (
+    client       TEXT NOT NULL,
+    key_hash     BLOB NOT NULL,
+    request_hash BLOB NOT NULL,
+    status       INTEGER,
+    answer       BLOB,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (client, key_hash)
+) STRICT;
+CREATE INDEX idempotency_created ON idempotency(created_at);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -71,7 +71,8 @@ const CLASSES: &[Class] = &[
 /// classified here (an empty list says "none", on purpose).
 fn classes_of(a: Action) -> &'static [&'static str] {
     match a {
-        Action::Detokenize => &["10.2.1.1"],
+        // A relay reveals the card to a third party on the caller's behalf.
+        Action::Detokenize | Action::Relay => &["10.2.1.1"],
         Action::AuditVerify
         | Action::AuditExport
         | Action::AuditCheckpoint
@@ -88,6 +89,7 @@ fn classes_of(a: Action) -> &'static [&'static str] {
         | Action::Read
         | Action::Delete
         | Action::Erase
+        | Action::RelayResult
         | Action::KeyRewrap
         | Action::ServeNoncompliant => &[],
     }
@@ -308,7 +310,8 @@ mod tests {
                 "token.delete",
                 "erase",
                 "key.rewrap",
-                "serve.noncompliant"
+                "serve.noncompliant",
+                "relay.result"
             ]
         );
         // Every class an action can feed is fed by something the vault emits.

@@ -271,6 +271,92 @@ pub(super) fn erasure_deadline(f: &Facts, p: &Params) -> Result<Outcome, Outcome
     Ok(o)
 }
 
+/// A 3- or 4-digit code sealed with AES-256-GCM: its digits and a 16-byte tag.
+const SEALED_CVC_LEN: std::ops::RangeInclusive<i64> = 19..=20;
+
+pub(super) fn cvc_not_retained(f: &Facts, p: &Params) -> Result<Outcome, Outcome> {
+    let c = need(&f.cvc, "held security codes")?;
+    let max_ttl = p.int("max_ttl_secs");
+    let grace = p.int("sweep_grace_secs");
+    let mut o = Outcome::pass();
+    o.note(format!(
+        "{} held under {}",
+        count(c.held, "security code", "security codes"),
+        count(c.keys, "window key", "window keys")
+    ));
+    let unexpected: Vec<&String> = c
+        .columns
+        .iter()
+        .filter(|col| !c.sealed_layout.contains(col))
+        .collect();
+    if unexpected.is_empty() {
+        o.note(format!(
+            "held codes are stored only as sealed bytes (columns: {})",
+            c.columns.join(", ")
+        ));
+    }
+    for col in unexpected {
+        o.fail(format!(
+            "the table of held codes has a column `{col}` outside the sealed layout"
+        ));
+    }
+    match c.sealed_len {
+        Some((lo, hi)) if !SEALED_CVC_LEN.contains(&lo) || !SEALED_CVC_LEN.contains(&hi) => {
+            o.fail(format!(
+                "a held code is stored in {} to {hi} bytes: not a sealed 3 or 4 digit code (19 to 20 bytes with its tag)",
+                lo
+            ));
+        }
+        Some(_) => o.note("every held code is sealed (AES-256-GCM, 19 to 20 bytes with its tag)"),
+        None => {}
+    }
+    match c.longest_lifetime_secs {
+        Some(l) if l > max_ttl => o.fail(format!(
+            "a security code was given {l} s to live, more than {max_ttl} s"
+        )),
+        Some(l) => o.note(format!(
+            "the longest lifetime given to a held code is {l} s"
+        )),
+        None => {}
+    }
+    match c.most_overdue_secs {
+        Some(s) if s > grace => o.fail(format!(
+            "{} still stored past the deadline, the oldest by {s} s (sweep grace {grace} s)",
+            count(c.past_deadline, "security code", "security codes")
+        )),
+        Some(s) => o.note(format!(
+            "{} past the deadline by at most {s} s, awaiting the sweep (reads refuse them)",
+            count(c.past_deadline, "security code is", "security codes are")
+        )),
+        None => o.note("no security code is stored past its deadline"),
+    }
+    match c.key_overdue_secs {
+        Some(s) if s > grace => o.fail(format!(
+            "a window key is still stored {s} s after its destruction time (sweep grace {grace} s): codes sealed under it stay readable"
+        )),
+        Some(s) => o.note(format!(
+            "a window key is {s} s past its destruction time, awaiting the sweep"
+        )),
+        None => {}
+    }
+    match c.longest_key_life_secs {
+        Some(l) if l > 2 * max_ttl => o.fail(format!(
+            "a window key was made to live {l} s, more than twice the longest code lifetime ({max_ttl} s)"
+        )),
+        _ => {}
+    }
+    if let Some(a) = c.oldest_key_age_secs {
+        o.note(format!("the oldest window key is {a} s old"));
+    }
+    if c.orphaned > 0 {
+        o.note(format!(
+            "{} under destroyed keys (unreadable; the sweep deletes them)",
+            count(c.orphaned, "held code is", "held codes are")
+        ));
+    }
+    Ok(o)
+}
+
 #[cfg(test)]
 mod tests {
     use super::revealed;

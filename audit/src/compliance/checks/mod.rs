@@ -391,6 +391,30 @@ pub static CHECKS: &[CheckSpec] = &[
         run: data::no_sensitive_auth_data,
     },
     CheckSpec {
+        name: "data.cvc_not_retained",
+        title: "Card security codes held only until first use or their deadline, sealed while held",
+        requirements: &["3.3.1.2", "3.3.2"],
+        params: &[
+            int(
+                "max_ttl_secs",
+                1,
+                3600,
+                3600,
+                "longest a security code may be held (seconds)",
+            ),
+            int(
+                "sweep_grace_secs",
+                0,
+                86_400,
+                120,
+                "how long past its deadline a code or key may wait for the sweep",
+            ),
+        ],
+        remediation: "Run the server (its sweep deletes expired codes and destroys their keys), lower `[relay] cvc_ttl_secs`, and find the process that wrote a code outside the sealed layout.",
+        preflight: false,
+        run: data::cvc_not_retained,
+    },
+    CheckSpec {
         name: "data.display_masking",
         title: "Displayed card numbers masked to at most the BIN and last four",
         requirements: &["3.4.1"],

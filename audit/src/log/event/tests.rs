@@ -31,7 +31,9 @@ fn every_action_has_one_valid_name() {
             "token.read",
             "detokenize",
             "token.delete",
-            "erase"
+            "erase",
+            "relay",
+            "relay.result"
         ]
     );
     assert_eq!(Action::from_name("master_key.unseal"), None);

@@ -12,6 +12,45 @@ fn parses_full_request() {
     assert_eq!(r.subject.as_deref(), Some("cust_42"));
 }
 
+/// With a relay, `card.cvc` (and only that field, spelled so) is taken, checked
+/// against the brand; every other verification-code field is still refused.
+#[test]
+fn takes_card_cvc_only_when_codes_are_held() {
+    let card = |cvc: Value| json!({"card":{"number":"378282246310005","exp_month":12,"exp_year":2030,"cvc":cvc}});
+    let r = TokenizeRequest::from_json_with(&card(json!("7391")), TODAY, true).unwrap();
+    assert_eq!(r.cvc.as_ref().map(Cvc::expose), Some("7391"));
+    assert!(!format!("{r:?}").contains("7391"));
+    for (v, want) in [
+        (card(json!("739")), CardError::InvalidCvc),
+        (card(json!(7391)), CardError::InvalidCvc),
+        (card(json!(null)), CardError::InvalidCvc),
+        (
+            json!({"card":{"number":"4242424242424242","exp_month":12,"exp_year":2030,"CVC":"123"}}),
+            CardError::CvvNotAccepted,
+        ),
+        (
+            json!({"card":{"number":"4242424242424242","exp_month":12,"exp_year":2030,"cvc":"123","cvv":"123"}}),
+            CardError::CvvNotAccepted,
+        ),
+        (
+            json!({"card":{"number":"4242424242424242","exp_month":12,"exp_year":2030},"cvc":"123"}),
+            CardError::CvvNotAccepted,
+        ),
+        (
+            json!({"card":{"number":"4242424242424242","exp_month":12,"exp_year":2030,"cvc":{"cvv":"1"}}}),
+            CardError::CvvNotAccepted,
+        ),
+    ] {
+        let e = TokenizeRequest::from_json_with(&v, TODAY, true).unwrap_err();
+        assert!(matches!(&e, VaultError::Card(c) if *c == want), "{v}: {e}");
+    }
+    let e = TokenizeRequest::from_json_with(&card(json!("7391")), TODAY, false).unwrap_err();
+    assert!(
+        matches!(e, VaultError::Card(CardError::CvvNotAccepted)),
+        "{e}"
+    );
+}
+
 #[test]
 fn refuses_cvv_anywhere() {
     for v in [
