@@ -1085,6 +1085,29 @@ async fn exercise_relay(v: &BinVault, addr: SocketAddr, p: &Providers, ex: &mut 
     )
     .await
     .assert_problem(422, "invalid_header");
+    // Caller headers are bounded: at most `max_headers` (32 by default), at most
+    // `header_bytes` (8192) together.
+    let mut many: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("x-h{i}"), json!("v"))).collect();
+    many.insert("content-type".into(), json!("application/json"));
+    ex.json(
+        "relay, too many headers",
+        &sf,
+        "POST",
+        path,
+        &json!({"token": token, "purpose": "x", "headers": many, "body": "{}"}),
+    )
+    .await
+    .assert_problem(422, "invalid_header");
+    ex.json(
+        "relay, headers too large",
+        &sf,
+        "POST",
+        path,
+        &json!({"token": token, "purpose": "x", "headers": {"content-type": "application/json", "x-pad": "v".repeat(9000)}, "body": "{}"}),
+    )
+    .await
+    .assert_problem(422, "invalid_header");
     ex.json(
         "relay, no purpose",
         &sf,
