@@ -8,9 +8,9 @@
 //! sealed. A code sealed in window `[w, w + ttl)` has its deadline before
 //! `w + 2·ttl`, when the window's key row is deleted: from then on the sealed
 //! code cannot be opened, even from a backup or a stale page. Each code is also
-//! deleted at its first use (in the relay event's own transaction, `take_in_tx`) or
-//! by the sweep after its
-//! deadline, and a read refuses an expired code before the sweep has run.
+//! deleted at its first use (in the relay event's own transaction, `take_in_tx`)
+//! or by the sweep after its deadline, and a read refuses an expired code before
+//! the sweep has run.
 
 use std::time::Duration;
 
