@@ -42,6 +42,8 @@ enum Command {
     Master(cmd::master::Command),
     /// Erase a data subject's card data (GDPR Art. 17) with a signed receipt.
     Erase(cmd::erase::EraseArgs),
+    /// Move a SQLite vault into an empty PostgreSQL database (`--to-postgres URL`).
+    Migrate(cmd::migrate::Args),
     /// Card-data retention.
     #[command(subcommand)]
     Retention(cmd::erase::RetentionCommand),
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Keys(c) => cmd::keys::run(c),
         Command::Master(c) => cmd::master::run(c),
         Command::Erase(a) => cmd::erase::erase(a),
+        Command::Migrate(a) => cmd::migrate::run(a),
         Command::Retention(c) => cmd::erase::retention(c),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Quickstart(args) => cmd::quickstart::run(args),

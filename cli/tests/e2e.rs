@@ -63,6 +63,10 @@ mod outside_verifier;
 mod pg_audit;
 #[path = "e2e/pg_cards.rs"]
 mod pg_cards;
+#[path = "e2e/pg_nodes.rs"]
+mod pg_nodes;
+#[path = "e2e/pg_ops.rs"]
+mod pg_ops;
 #[path = "e2e/pg_store.rs"]
 mod pg_store;
 #[path = "e2e/refusals.rs"]

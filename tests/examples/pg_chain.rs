@@ -5,6 +5,11 @@
 //!   hashes its events onto it, inserts, moves the head, commits. The lock is held
 //!   through the commit's flush, so commits of different nodes cannot share a flush.
 //! - `per-node`: the same, but each writer (node) has its own head row and chain.
+//! - `PgLog`: what the vault runs: the audit crate's `AuditChain` on
+//!   `store::pg::PgLog` (one chain per node, one INSERT per event, the head in
+//!   memory, no head row), with signed cluster checkpoints every 1,000 events of
+//!   a node or every second (`cluster_checkpoint_due`), the cards as above;
+//!   the events in one statement (`append_all`), or one INSERT each (`append`).
 //!
 //! Starts its own PostgreSQL (the test harness's: `initdb` in a temporary directory,
 //! fsync on, on this machine's disk) unless given a URL:
@@ -26,8 +31,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use panvault_audit::log::{
+    Action, Actor, AuditChain, CheckpointPolicy, NewEvent, NodeId, Outcome, SigningKey,
+};
 use panvault_tests::postgres::PgServer;
-use panvault_vault::store::pg::{self, PgClient, PgSettings};
+use panvault_vault::store::pg::{self, PgClient, PgLog, PgSettings};
+use time::OffsetDateTime;
 
 const WRITERS: usize = 3;
 
@@ -35,6 +44,8 @@ const WRITERS: usize = 3;
 enum Design {
     OneChain,
     PerNode,
+    PgLog,
+    PgLogOneByOne,
 }
 
 fn main() {
@@ -50,6 +61,7 @@ fn main() {
     let settings = PgSettings::from_url(&url).unwrap();
     println!("database: {settings}");
     let mut c = pg::connect(&settings).unwrap();
+    pg::schema::migrate(&mut c).unwrap();
     let version: String = c.query_one("SHOW server_version", &[]).unwrap().get(0);
     let fsync: String = c.query_one("SHOW fsync", &[]).unwrap().get(0);
     let sc: String = c.query_one("SHOW synchronous_commit", &[]).unwrap().get(0);
@@ -59,12 +71,19 @@ fn main() {
     println!("| design | rows/tx | tx/s | rows/s | mean ms/tx | p99 ms/tx |");
     println!("|---|---|---|---|---|---|");
     for rows in [1usize, 16] {
-        for design in [Design::OneChain, Design::PerNode] {
+        for design in [
+            Design::OneChain,
+            Design::PerNode,
+            Design::PgLog,
+            Design::PgLogOneByOne,
+        ] {
             reset(&mut c);
             let r = run(&url, design, rows, Duration::from_secs(seconds));
             let name = match design {
                 Design::OneChain => "one chain (FOR UPDATE)",
                 Design::PerNode => "per-node chains",
+                Design::PgLog => "PgLog + cluster checkpoints (append_all)",
+                Design::PgLogOneByOne => "PgLog + cluster checkpoints (append each)",
             };
             println!(
                 "| {name} | {rows} | {:.0} | {:.0} | {:.2} | {:.2} |",
@@ -79,7 +98,8 @@ fn main() {
 
 fn reset(c: &mut PgClient) {
     c.batch_execute(
-        "DROP TABLE IF EXISTS bench_cards, bench_events, bench_heads;
+        "TRUNCATE audit_events, audit_checkpoints, audit_nodes;
+         DROP TABLE IF EXISTS bench_cards, bench_events, bench_heads;
          CREATE TABLE bench_cards (
              id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
              token       text NOT NULL,
@@ -125,14 +145,24 @@ fn run(url: &str, design: Design, rows: usize, length: Duration) -> RunResult {
             std::thread::spawn(move || {
                 let node = match design {
                     Design::OneChain => 0,
-                    Design::PerNode => i32::try_from(w + 1).unwrap(),
+                    Design::PerNode | Design::PgLog | Design::PgLogOneByOne => {
+                        i32::try_from(w + 1).unwrap()
+                    }
                 };
                 let mut lat = Vec::new();
                 let mut counter = 0u64;
+                let one_by_one = design == Design::PgLogOneByOne;
+                let mut chain = matches!(design, Design::PgLog | Design::PgLogOneByOne)
+                    .then(|| register(&mut c, w));
                 start.wait();
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    append(&mut c, node, w, &mut counter, rows);
+                    match &mut chain {
+                        Some(chain) => {
+                            append_pglog(&mut c, chain, one_by_one, w, &mut counter, rows)
+                        }
+                        None => append(&mut c, node, w, &mut counter, rows),
+                    }
                     lat.push(t.elapsed());
                 }
                 lat
@@ -216,4 +246,95 @@ fn append(c: &mut PgClient, node: i32, writer: usize, counter: &mut u64, rows: u
     )
     .unwrap();
     tx.commit().unwrap();
+}
+
+fn node_of(writer: usize) -> NodeId {
+    NodeId::new(format!("node-{writer}")).unwrap()
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_seed(&[7; 32]).unwrap()
+}
+
+/// The node's chain, registered (its first event and cluster checkpoint).
+fn register(c: &mut PgClient, writer: usize) -> AuditChain {
+    let mut tx = c.transaction().unwrap();
+    let log = PgLog::new(&mut tx, node_of(writer));
+    let mut chain = AuditChain::load(&log).unwrap();
+    let now = OffsetDateTime::now_utc();
+    chain
+        .register_node(&log, &key(), Actor::admin("bench"), now)
+        .unwrap();
+    drop(log);
+    tx.commit().unwrap();
+    chain
+}
+
+/// One durable transaction as the vault's writer makes it on PostgreSQL: `rows`
+/// cards, their events appended by `AuditChain` through `PgLog`, and a cluster
+/// checkpoint before the commit when one is due.
+fn append_pglog(
+    c: &mut PgClient,
+    chain: &mut AuditChain,
+    one_by_one: bool,
+    writer: usize,
+    counter: &mut u64,
+    rows: usize,
+) {
+    let policy = CheckpointPolicy {
+        every_events: 1000,
+        every: Duration::from_secs(1),
+    };
+    let now = OffsetDateTime::now_utc();
+    let now_ns = i64::try_from(now.unix_timestamp_nanos()).unwrap();
+    let mut tokens = Vec::new();
+    let mut fps = Vec::new();
+    for _ in 0..rows {
+        *counter += 1;
+        let token = format!("tok_{writer}_{counter}_{now_ns}");
+        fps.push(
+            ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+                .as_ref()
+                .to_vec(),
+        );
+        tokens.push(token);
+    }
+    let before = chain.snapshot();
+    let mut tx = c.transaction().unwrap();
+    tx.execute(
+        "INSERT INTO bench_cards (token, tenant, nonce, ciphertext, fingerprint, created_at)
+         SELECT t, 'shop', '\\x000000000000000000000000', decode(repeat('ab', 64), 'hex'), f, $3
+         FROM unnest($1::text[], $2::bytea[]) AS u(t, f)",
+        &[&tokens, &fps, &now_ns],
+    )
+    .unwrap();
+    let log = PgLog::new(&mut tx, node_of(writer));
+    let events: Vec<NewEvent> = tokens
+        .iter()
+        .map(|token| {
+            NewEvent::new(
+                now,
+                Actor::client("shop", "ab"),
+                Action::Tokenize,
+                Outcome::Success,
+            )
+            .with_tenant("shop")
+            .with_token(token.clone())
+        })
+        .collect();
+    if one_by_one {
+        for ev in &events {
+            chain.append(&log, ev).unwrap();
+        }
+    } else {
+        chain.append_all(&log, &events).unwrap();
+    }
+    if chain.cluster_checkpoint_due(&log, &policy, now).unwrap() {
+        chain.cluster_checkpoint(&log, &key(), now).unwrap();
+    }
+    drop(log);
+    if tx.commit().is_err() {
+        chain.restore(before);
+        panic!("commit failed");
+    }
 }

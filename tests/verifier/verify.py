@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """An independent verifier of panvault's audit evidence, written from
 docs/audit-log.md alone (no panvault code): the hash chain of an export, the
-checkpoint and prune-record signatures, and erasure receipts.
+checkpoint and prune-record signatures, and erasure receipts; a multi-node
+export (v3): each node's chain against every signed cluster checkpoint.
 
 Usage:
     verify.py export PUBKEY EXPORT [KEPT_CHECKPOINTS]
@@ -130,13 +131,20 @@ def verify_export(key, path, kept=()):
                 obj = json.loads(text)
             except ValueError:
                 raise Reject(f"line {n} is not JSON") from None
-            if not isinstance(obj, dict) or obj.get("type") not in EXPORT_KEYS:
-                raise Reject(f"line {n} has no known type")
-            if set(obj) != EXPORT_KEYS[obj["type"]]:
-                raise Reject(f"line {n}: keys differ from the documented ones")
+            if not isinstance(obj, dict):
+                raise Reject(f"line {n} is not an object")
             lines.append((n, obj))
-    if not lines or lines[0][1]["type"] != "header":
+    if not lines or lines[0][1].get("type") != "header":
         raise Reject("the first line is not the header")
+    if lines[0][1].get("format") == "panvault-audit-export-v3":
+        if kept:
+            raise Reject("kept checkpoints are single-log checkpoints; not for a v3 export")
+        return verify_cluster_export(key, lines)
+    for n, obj in lines:
+        if obj.get("type") not in EXPORT_KEYS:
+            raise Reject(f"line {n} has no known type")
+        if set(obj) != EXPORT_KEYS[obj["type"]]:
+            raise Reject(f"line {n}: keys differ from the documented ones")
     header = lines[0][1]
     if header["format"] != "panvault-audit-export-v2":
         raise Reject("unknown export format")
@@ -210,6 +218,116 @@ def verify_export(key, path, kept=()):
     if events and not checkpoints:
         raise Reject("events but no checkpoint: checkpoint #1 is missing")
     return f"{len(events)} events, {len(checkpoints)} checkpoints, {len(prunes)} prune records"
+
+
+# A log shared by several nodes (format v3): one chain per node, anchored by
+# cluster checkpoints, each listing every registered node's head.
+CLUSTER_KEYS = {
+    "header": {"type", "format"},
+    "node": {"type", "node", "registered"},
+    "checkpoint": {"type", "node", "id", "time", "heads", "signature"},
+    "event": {"type", "node", "seq", "time", "prev_hash", "hash"} | set(EVENT_TEXT_KEYS),
+}
+NODE_NAME = re.compile(r"[a-z0-9._-]{1,64}")
+
+
+def node_name(v, what):
+    if not isinstance(v, str) or not NODE_NAME.fullmatch(v):
+        raise Reject(f"{what} is not a node id (1 to 64 of a-z 0-9 . _ -)")
+    return v
+
+
+def cluster_checkpoint_message(c):
+    """The signed bytes of a cluster checkpoint; its heads must be in name order."""
+    signer = node_name(c["node"], "a checkpoint's node")
+    heads = c["heads"]
+    if not isinstance(heads, list):
+        raise Reject(f"node {signer}: checkpoint #{c['id']}: heads is not a list")
+    names = []
+    out = (b"panvault-audit cluster-checkpoint v1\x00" + lp(signer.encode("ascii"))
+           + u64(c["id"], "checkpoint id") + i64(time_ns(c["time"])) + u64(len(heads), "count"))
+    for h in heads:
+        if not isinstance(h, dict) or set(h) != {"node", "seq", "head"}:
+            raise Reject(f"node {signer}: checkpoint #{c['id']}: a head's keys differ from the documented ones")
+        name = node_name(h["node"], "a head's node")
+        names.append(name.encode("ascii"))
+        out += lp(name.encode("ascii")) + u64(h["seq"], "a head's seq") + unhex(h["head"], 32, "a head")
+    if names != sorted(set(names)) or signer.encode("ascii") not in names:
+        raise Reject(f"node {signer}: checkpoint #{c['id']}: heads not in name order or without the signer")
+    return out
+
+
+def verify_cluster_export(key, lines):
+    order = {"node": 1, "checkpoint": 2, "event": 3}
+    registered, checkpoints, events = [], [], {}
+    last, last_key = 0, None
+    for n, obj in lines[1:]:
+        t = obj.get("type")
+        if t not in order:
+            raise Reject(f"line {n} has no known type")
+        if set(obj) != CLUSTER_KEYS[t]:
+            raise Reject(f"line {n}: keys differ from the documented ones")
+        if order[t] < last:
+            raise Reject(f"line {n}: sections out of order")
+        if order[t] > last:
+            last, last_key = order[t], None
+        name = node_name(obj["node"], f"line {n}: the node")
+        key_ = (name.encode("ascii"), obj.get("id", obj.get("seq", 0)))
+        if last_key is not None and key_ <= last_key:
+            raise Reject(f"line {n}: records out of order or repeated")
+        last_key = key_
+        if t == "node":
+            time_ns(obj["registered"])
+            registered.append(name)
+        elif t == "checkpoint":
+            checkpoints.append(obj)
+        else:
+            events.setdefault(name, []).append(obj)
+
+    # Every checkpoint's signature; each signer's ids 1, 2, 3 ...
+    expected = {}
+    marks = {}
+    for c in checkpoints:
+        check_sig(key, c["signature"], cluster_checkpoint_message(c), f"node {c['node']}'s checkpoint #{c['id']}")
+        want = expected.get(c["node"], 1)
+        if c["id"] != want:
+            raise Reject(f"node {c['node']}: its checkpoint #{want} is missing")
+        expected[c["node"]] = want + 1
+        for h in c["heads"]:
+            marks.setdefault(h["node"], []).append((h["seq"], unhex(h["head"], 32, "a head"), c["node"], c["id"]))
+
+    # Each node's chain, against every head any checkpoint states for it.
+    total, tail = 0, 0
+    for name in sorted(set(registered) | set(marks) | set(events), key=lambda s: s.encode("ascii")):
+        heads, prev, seq = {0: GENESIS}, GENESIS, 1
+        for e in events.get(name, []):
+            if e["seq"] != seq:
+                raise Reject(f"node {name}: expected event {seq}, found {e['seq']}: missing, inserted or reordered")
+            if unhex(e["prev_hash"], 32, "prev_hash") != prev:
+                raise Reject(f"node {name}: event {seq}: prev_hash is not the previous event's hash")
+            h = hashlib.sha256(prev + event_encoding(e)).digest()
+            if h != unhex(e["hash"], 32, "hash"):
+                raise Reject(f"node {name}: event {seq}: hash does not match its contents (modified)")
+            heads[seq] = h
+            prev = h
+            seq += 1
+        last_seq = seq - 1
+        mine = marks.get(name, [])
+        for s, head, signer, cid in mine:
+            if s > last_seq:
+                raise Reject(f"node {name}: node {signer}'s checkpoint #{cid} names its event {s}, "
+                             f"but its events end at {last_seq}: truncated or deleted")
+            if heads[s] != head:
+                raise Reject(f"node {name}: the chain at seq {s} differs from the head signed in "
+                             f"node {signer}'s checkpoint #{cid} (modified)")
+        if last_seq and not mine:
+            raise Reject(f"node {name}: events but no checkpoint names the node")
+        if name in registered and not last_seq:
+            raise Reject(f"node {name}: registered, but its chain holds no event")
+        total += last_seq
+        tail += last_seq - max((s for s, *_ in mine), default=0)
+    nodes = len(set(registered) | set(marks) | set(events))
+    return f"{total} events on {nodes} nodes, {len(checkpoints)} checkpoints, {tail} unanchored"
 
 
 def read_kept(path):

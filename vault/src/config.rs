@@ -25,6 +25,10 @@
 //! max_handshakes_per_source = 64
 //! shutdown_grace_ms = 30000
 //!
+//! [storage]                       # optional; without it: SQLite, DATA/vault.db
+//! engine = "postgres"             # or "sqlite"
+//! url_file = "pg.url"             # relative to data_dir; or url = "postgres://…"
+//!
 //! [[clients]]
 //! name = "storefront"
 //! common_name = "storefront"      # or uri_san = "spiffe://shop/storefront"
@@ -291,6 +295,130 @@ pub struct Config {
     /// accepted at tokenization.
     #[serde(default)]
     pub relay: Option<RelaySettings>,
+    /// Where the data lives (absent: SQLite in the data directory).
+    #[serde(default)]
+    pub storage: Option<StorageSettings>,
+}
+
+/// The storage engine of `[storage]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// One SQLite file in the data directory (the default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by several nodes.
+    Postgres,
+}
+
+/// `[storage]`: the engine, and for PostgreSQL its URL or a file holding it (the
+/// file keeps the password out of this one). Never printed with the URL.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `sqlite` or `postgres`.
+    #[serde(default)]
+    pub engine: Engine,
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB?sslmode=…` (see the PostgreSQL
+    /// settings for the parameters).
+    #[serde(default)]
+    url: Option<RedactedUrl>,
+    /// A file whose first line is the URL, relative to the data directory.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+}
+
+/// A URL that may hold a password: zeroized when dropped, never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct RedactedUrl(#[serde(deserialize_with = "zeroizing")] zeroize::Zeroizing<String>);
+
+fn zeroizing<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<zeroize::Zeroizing<String>, D::Error> {
+    String::deserialize(d).map(zeroize::Zeroizing::new)
+}
+
+impl fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageSettings")
+            .field("engine", &self.engine)
+            .field("url", &self.url.as_ref().map(|_| "[REDACTED]"))
+            .field("url_file", &self.url_file)
+            .finish()
+    }
+}
+
+impl StorageSettings {
+    /// PostgreSQL at `url` (written into a configuration by `init --postgres`).
+    pub fn postgres_url(url: &str) -> StorageSettings {
+        StorageSettings {
+            engine: Engine::Postgres,
+            url: Some(RedactedUrl(zeroize::Zeroizing::new(url.to_owned()))),
+            url_file: None,
+        }
+    }
+
+    /// The `[storage]` table naming PostgreSQL at `url`, as TOML text.
+    pub fn postgres_table(url: &str) -> String {
+        format!(
+            "\n[storage]\nengine = \"postgres\"\nurl = {}\n",
+            toml::Value::String(url.to_owned())
+        )
+    }
+
+    /// Records PostgreSQL at `url` in `DATA/panvault.toml` (`init --postgres`):
+    /// the table is appended (the file made, owner only, if there is none), so
+    /// every admin command finds the engine from `--data-dir`. A file that names
+    /// another storage already is refused, never rewritten.
+    pub fn record_postgres(data_dir: &Path, url: &str) -> Result<(), ConfigError> {
+        let path = crate::DataDir::new(data_dir).config();
+        let field = || path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(ConfigError::new(field(), e.to_string())),
+        };
+        if let Some(existing) = StorageSettings::from_config_text(&text)? {
+            if existing.engine == Engine::Postgres && existing.url() == Some(url) {
+                return Ok(());
+            }
+            return Err(ConfigError::new(
+                field(),
+                "already has a [storage] table naming another database; edit it by hand",
+            ));
+        }
+        let mut all = text;
+        all.push_str(&StorageSettings::postgres_table(url));
+        crate::data_dir::write_owner_only(&path, all.as_bytes())
+            .map_err(|e| ConfigError::new(field(), e.to_string()))
+    }
+
+    /// The URL, if given inline.
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_ref().map(|u| u.0.as_str())
+    }
+
+    /// The `[storage]` table of a configuration text (`None` when it has none),
+    /// whatever else the text holds. Errors describe the table, never quote it.
+    pub fn from_config_text(text: &str) -> Result<Option<StorageSettings>, ConfigError> {
+        #[derive(Deserialize)]
+        struct OnlyStorage {
+            #[serde(default)]
+            storage: Option<StorageSettings>,
+        }
+        let only: OnlyStorage = toml::from_str(text).map_err(|e| {
+            // toml's message quotes the offending line, which may hold the URL.
+            let what = e.message().lines().next().unwrap_or("malformed").to_owned();
+            let safe = if what.contains("://") {
+                "malformed".to_owned()
+            } else {
+                what
+            };
+            ConfigError::new("storage", safe)
+        })?;
+        Ok(only.storage)
+    }
 }
 
 /// `[retention]`.
@@ -634,6 +762,9 @@ fn toml_error(e: toml::de::Error) -> ConfigError {
         .map(str::to_owned)
         .unwrap_or_else(|| "$".to_owned());
     let detail = e.to_string().trim_end().to_owned();
+    // The full text quotes the offending line: never one that may hold a
+    // database URL (and its password).
+    let detail = if detail.contains("://") { msg } else { detail };
     ConfigError::new(field, detail)
 }
 

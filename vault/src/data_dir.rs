@@ -34,6 +34,7 @@ impl DataDir {
     pub const CONFIG: &'static str = "panvault.toml";
     /// The development PKI `quickstart` makes.
     pub const PKI: &'static str = "pki";
+
     /// The development passphrase `quickstart` makes.
     /// (The compliance checks recognise a development vault by it.)
     pub const DEV_PASSPHRASE: &'static str = panvault_audit::compliance::DEV_PASSPHRASE_FILE;

@@ -4,9 +4,10 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::checkpoint::Checkpoint;
+use super::cluster::{ClusterCheckpoint, ClusterLogTx, NodeHead};
 use super::encoding::{self, ChainHash};
 use super::error::AuditError;
-use super::event::NewEvent;
+use super::event::{Action, Actor, NewEvent, Outcome, time_ns};
 use super::keys::SigningKey;
 use super::store::{EventRow, Insert, LogStore, LogTx};
 
@@ -82,6 +83,10 @@ pub struct AuditChain {
     state: ChainHead,
     /// Scratch space for the encoding (reused; not shown by `Debug`).
     buf: Vec<u8>,
+    /// On a log shared by several nodes: the heads of this node's last cluster
+    /// checkpoint, with its id (stale once the id is not the last one signed,
+    /// e.g. after a rollback).
+    signed_heads: Option<(u64, Vec<NodeHead>)>,
 }
 
 impl std::fmt::Debug for AuditChain {
@@ -98,6 +103,7 @@ impl AuditChain {
         Ok(AuditChain {
             state: read_head(store)?,
             buf: Vec::with_capacity(512),
+            signed_heads: None,
         })
     }
 
@@ -150,6 +156,58 @@ impl AuditChain {
         self.state.head = hash;
         self.state.since_checkpoint = self.state.since_checkpoint.saturating_add(1);
         Ok(Some(seq))
+    }
+
+    /// Appends `events` in order inside the caller's transaction, stored in one
+    /// call ([`LogTx::insert_events`]), and returns the seq of the first (the
+    /// others follow it). As [`AuditChain::append`]: the head moves on at once,
+    /// and a taken first seq reloads the head and tries once more.
+    pub fn append_all<S: LogTx + ?Sized>(
+        &mut self,
+        store: &S,
+        events: &[NewEvent],
+    ) -> Result<u64, AuditError> {
+        for ev in events {
+            ev.validate()?;
+        }
+        if let Some(first) = self.try_append_all(store, events)? {
+            return Ok(first);
+        }
+        self.reload(store)?;
+        self.try_append_all(store, events)?
+            .ok_or(AuditError::Conflict)
+    }
+
+    fn try_append_all<S: LogTx + ?Sized>(
+        &mut self,
+        store: &S,
+        events: &[NewEvent],
+    ) -> Result<Option<u64>, AuditError> {
+        let first = self.state.next_seq;
+        let (mut seq, mut prev_hash) = (first, self.state.head);
+        let mut rows = Vec::with_capacity(events.len());
+        for event in events {
+            event.encode(seq, &mut self.buf)?;
+            let hash = encoding::chain_hash(&prev_hash, &self.buf);
+            rows.push(EventRow {
+                seq,
+                event,
+                prev_hash,
+                hash,
+            });
+            (seq, prev_hash) = (seq.checked_add(1).ok_or(AuditError::Overflow)?, hash);
+        }
+        if rows.is_empty() {
+            return Ok(Some(first));
+        }
+        if store.insert_events(&rows)? == Insert::Taken {
+            return Ok(None);
+        }
+        let n = u64::try_from(rows.len()).map_err(|_| AuditError::Overflow)?;
+        self.state.next_seq = seq;
+        self.state.head = prev_hash;
+        self.state.since_checkpoint = self.state.since_checkpoint.saturating_add(n);
+        Ok(Some(first))
     }
 
     /// The state to put back with [`AuditChain::restore`] if the transaction fails.
@@ -280,4 +338,106 @@ fn read_head<S: LogStore + ?Sized>(store: &S) -> Result<ChainHead, AuditError> {
             .map_or(Ok(1), |c| c.id.checked_add(1).ok_or(AuditError::Overflow))?,
         last_checkpoint_time: cp.map(|c| c.time),
     })
+}
+
+/// A log shared by several nodes: this chain is one node's ([`ClusterLogTx`]).
+impl AuditChain {
+    /// Signs a cluster checkpoint: every registered node's head as `store`'s
+    /// transaction sees it, this node's being the chain's own head, and stores
+    /// it inside the caller's transaction. Idle nodes sign too (when
+    /// [`AuditChain::checkpoint_due`] says so, or on a timer: a checkpoint
+    /// anchors the other nodes' heads even when this chain has not moved).
+    ///
+    /// If this node's chain in the database is not where the in-memory head
+    /// says, or the checkpoint number is taken, the head is reloaded and it
+    /// tries once more ([`AuditError::Conflict`] after that).
+    pub fn cluster_checkpoint<S: ClusterLogTx + ?Sized>(
+        &mut self,
+        store: &S,
+        key: &SigningKey,
+        now: OffsetDateTime,
+    ) -> Result<ClusterCheckpoint, AuditError> {
+        if let Some(cp) = self.try_cluster_checkpoint(store, key, now)? {
+            return Ok(cp);
+        }
+        self.reload(store)?;
+        self.try_cluster_checkpoint(store, key, now)?
+            .ok_or(AuditError::Conflict)
+    }
+
+    fn try_cluster_checkpoint<S: ClusterLogTx + ?Sized>(
+        &mut self,
+        store: &S,
+        key: &SigningKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<ClusterCheckpoint>, AuditError> {
+        let heads = store.node_heads()?;
+        let node = store.node();
+        let Some(own) = heads.iter().find(|h| &h.node == node) else {
+            return Err(AuditError::NodeNotRegistered);
+        };
+        if own.seq != self.last_seq() || own.head != self.state.head {
+            return Ok(None);
+        }
+        let id = self.state.next_checkpoint_id;
+        let cp = ClusterCheckpoint::sign(key, node.clone(), id, heads, now)?;
+        if store.insert_cluster_checkpoint(&cp)? == Insert::Taken {
+            return Ok(None);
+        }
+        self.state.next_checkpoint_id = id.checked_add(1).ok_or(AuditError::Overflow)?;
+        self.state.since_checkpoint = 0;
+        self.state.last_checkpoint_time = Some(cp.time);
+        self.signed_heads = Some((id, cp.heads.clone()));
+        Ok(Some(cp))
+    }
+
+    /// Whether this node should sign a cluster checkpoint now (on a write
+    /// batch, and on the writer's idle tick): when
+    /// [`AuditChain::checkpoint_due`] says so for its own events, or when
+    /// `policy.every` has passed since its last checkpoint and another node's
+    /// head moved since then. So an idle node keeps anchoring the others, and
+    /// signs nothing while nothing anywhere changes. One index lookup per node.
+    pub fn cluster_checkpoint_due<S: ClusterLogTx + ?Sized>(
+        &self,
+        store: &S,
+        policy: &CheckpointPolicy,
+        now: OffsetDateTime,
+    ) -> Result<bool, AuditError> {
+        if self.checkpoint_due(policy, now) {
+            return Ok(true);
+        }
+        if let Some(last) = self.state.last_checkpoint_time
+            && (now - last) < policy.every
+        {
+            return Ok(false);
+        }
+        let mut heads = store.node_heads()?;
+        heads.sort_by(|a, b| a.node.cmp(&b.node));
+        let last_id = self.state.next_checkpoint_id.saturating_sub(1);
+        Ok(match &self.signed_heads {
+            Some((id, signed)) if *id == last_id => *signed != heads,
+            _ => true,
+        })
+    }
+
+    /// Registers `store`'s node, once: adds it to the registry, appends its
+    /// `node.register` event (seq 1 of its chain, by `actor`) and signs its
+    /// first cluster checkpoint, all inside the caller's transaction. `None` if
+    /// the node was registered already (nothing written). Call it at a node's
+    /// start, before its first append.
+    pub fn register_node<S: ClusterLogTx + ?Sized>(
+        &mut self,
+        store: &S,
+        key: &SigningKey,
+        actor: Actor,
+        now: OffsetDateTime,
+    ) -> Result<Option<ClusterCheckpoint>, AuditError> {
+        if store.register_node(time_ns(now)?)? == Insert::Taken {
+            return Ok(None);
+        }
+        let event = NewEvent::new(now, actor, Action::NodeRegister, Outcome::Success)
+            .with_details(format!("node={}", store.node()));
+        self.append(store, &event)?;
+        self.cluster_checkpoint(store, key, now).map(Some)
+    }
 }

@@ -73,6 +73,15 @@ pub enum AuditError {
         /// Minimum retention in days.
         min_days: i64,
     },
+    /// This node is not in the registry of a shared log (register it first).
+    #[error("this node is not registered in the shared audit log")]
+    NodeNotRegistered,
+    /// The operation is not available on this kind of log.
+    #[error("{what} is not available on this audit log")]
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+    },
     /// A file given as an export is not a well-formed export (it is refused
     /// before anything in it is verified).
     #[error("line {line} of the export: {reason}")]

@@ -102,6 +102,9 @@ pub enum Action {
     ComplianceRun,
     /// Admin: the server started despite failing compliance checks.
     ServeNoncompliant,
+    /// Server: a vault node joined a log shared by several nodes (the first
+    /// event of its chain).
+    NodeRegister,
     /// API: a card was sent to a payment provider (relay), always with a purpose;
     /// recorded before any byte leaves for the provider.
     Relay,
@@ -123,7 +126,7 @@ pub enum Resource {
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 24] = [
+    pub const ALL: [Action; 25] = [
         Action::Tokenize,
         Action::Read,
         Action::Detokenize,
@@ -146,6 +149,7 @@ impl Action {
         Action::AuditCheckpoint,
         Action::ComplianceRun,
         Action::ServeNoncompliant,
+        Action::NodeRegister,
         Action::Relay,
         Action::RelayResult,
     ];
@@ -175,6 +179,7 @@ impl Action {
             Action::AuditCheckpoint => "audit.checkpoint",
             Action::ComplianceRun => "compliance.run",
             Action::ServeNoncompliant => "serve.noncompliant",
+            Action::NodeRegister => "node.register",
             Action::Relay => "relay",
             Action::RelayResult => "relay.result",
         }
@@ -213,7 +218,8 @@ impl Action {
             | Action::AuditExport
             | Action::AuditCheckpoint
             | Action::ComplianceRun
-            | Action::ServeNoncompliant => Resource::None,
+            | Action::ServeNoncompliant
+            | Action::NodeRegister => Resource::None,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! [`verify_export`] loads such a file into an in-memory database with the
 //! audit schema and runs [`verify_against`](super::verify_against) on it: the
 //! same checks, and the same diagnosis of a break, as on the vault itself.
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
@@ -227,7 +227,7 @@ impl StoredEvent {
         })
     }
 
-    fn line(&self) -> Result<Line, AuditError> {
+    pub(crate) fn line(&self) -> Result<Line, AuditError> {
         let bad = || AuditError::CorruptEvent { seq: self.seq };
         let hash = |b: &[u8]| ChainHash::from_slice(b).ok_or_else(bad);
         let [
@@ -265,7 +265,7 @@ impl StoredEvent {
     }
 }
 
-fn rfc3339(t: OffsetDateTime) -> Result<String, AuditError> {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> Result<String, AuditError> {
     t.format(&Rfc3339).map_err(|_| AuditError::TimeOutOfRange)
 }
 
@@ -278,7 +278,7 @@ fn rfc3339(t: OffsetDateTime) -> Result<String, AuditError> {
     clippy::large_enum_variant,
     reason = "one line is alive at a time; boxing the event would only add an allocation"
 )]
-enum Line {
+pub(crate) enum Line {
     Header {
         format: String,
         from_seq: u64,
@@ -341,11 +341,39 @@ fn required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D:
 /// out of order, a duplicate, an export that starts after the kept log does) is
 /// an [`AuditError::BadExport`] naming the line; a well-formed export whose log
 /// is broken is reported in [`VerifyReport::problem`], like a broken vault.
+///
+/// A multi-node export (`panvault-audit-export-v3`, a log shared by several
+/// nodes) is recognised by its header and verified node by node against the
+/// cluster checkpoints (`docs/audit-log.md`, "Several nodes"); its anchors are
+/// cluster checkpoints, given to
+/// [`verify_cluster_export`](super::verify_cluster_export) (single-log ones are
+/// [`AuditError::Unsupported`] here).
 pub fn verify_export(
-    reader: impl BufRead,
+    mut reader: impl BufRead,
     key: &PublicKey,
     anchors: &[Checkpoint],
 ) -> Result<VerifyReport, AuditError> {
+    // The header says which format follows. What was read to find it (blank
+    // lines, then the header) is read again, so line numbers stay right.
+    let mut consumed = String::new();
+    let mut first = String::new();
+    while first.trim().is_empty() {
+        first.clear();
+        if reader.read_line(&mut first)? == 0 {
+            break;
+        }
+        consumed.push_str(&first);
+    }
+    let reader = std::io::Cursor::new(consumed.into_bytes()).chain(reader);
+    if super::cluster_export::is_cluster_header(first.trim()) {
+        if !anchors.is_empty() {
+            return Err(AuditError::Unsupported {
+                what: "checking a multi-node export against single-log checkpoints \
+                       (give cluster checkpoints: verify_cluster_export)",
+            });
+        }
+        return super::cluster_export::verify_cluster_export(reader, key, &[]);
+    }
     let conn = Connection::open_in_memory()?;
     migrate(&conn)?;
     load_export(&conn, reader)?;
@@ -457,7 +485,7 @@ fn load_export(conn: &Connection, reader: impl BufRead) -> Result<(), AuditError
     Ok(())
 }
 
-fn insert_line(conn: &Connection, line: Line) -> Result<(), AuditError> {
+pub(crate) fn insert_line(conn: &Connection, line: Line) -> Result<(), AuditError> {
     let hash = |s: &str| {
         ChainHash::from_hex(s).ok_or(AuditError::BadExport {
             line: 0,

@@ -23,6 +23,12 @@
 //! `&tx` are what the vault passes); another engine implements them for its own
 //! transaction type.
 //!
+//! A log shared by several nodes (PostgreSQL) keeps one chain per node: the
+//! engine implements [`ClusterLogTx`] for one node's view, the writer calls
+//! [`AuditChain::register_node`] at start and [`AuditChain::cluster_checkpoint`]
+//! where a single log signs a [`Checkpoint`]; the export is written with
+//! [`ClusterExportWriter`] and [`verify_export`] checks it.
+//!
 //! What a verifier calls: [`open_read_only`], [`verify`] (optionally against a
 //! checkpoint kept elsewhere) or [`verify_against`] (against many, e.g. a
 //! witness file read with [`Checkpoint::parse_many`]), [`export_jsonl`],
@@ -33,6 +39,8 @@
 
 mod chain;
 mod checkpoint;
+mod cluster;
+mod cluster_export;
 mod encoding;
 mod error;
 mod event;
@@ -48,6 +56,8 @@ mod verify;
 
 pub use chain::{AuditChain, ChainHead, CheckpointPolicy};
 pub use checkpoint::Checkpoint;
+pub use cluster::{ClusterCheckpoint, ClusterLogTx, MAX_NODE_LEN, NodeHead, NodeId};
+pub use cluster_export::{CLUSTER_EXPORT_FORMAT, ClusterExportWriter, verify_cluster_export};
 pub use encoding::{ChainHash, ENCODING_VERSION, sha256_hex};
 pub use error::AuditError;
 pub use event::time_ns;

@@ -80,6 +80,24 @@ pub trait LogTx: LogStore {
     /// Stores one event row; [`Insert::Taken`] if its `seq` is already used.
     fn insert_event(&self, row: &EventRow<'_>) -> Result<Insert, AuditError>;
 
+    /// Stores consecutive event rows (in seq order) at once; [`Insert::Taken`]
+    /// if nothing was written because the first seq is used. Some but not all
+    /// written is [`AuditError::Conflict`]: the caller rolls back. The default
+    /// inserts them one by one; an engine with a round trip per statement
+    /// (PostgreSQL) writes them in one.
+    fn insert_events(&self, rows: &[EventRow<'_>]) -> Result<Insert, AuditError> {
+        for (i, row) in rows.iter().enumerate() {
+            if self.insert_event(row)? == Insert::Taken {
+                return if i == 0 {
+                    Ok(Insert::Taken)
+                } else {
+                    Err(AuditError::Conflict)
+                };
+            }
+        }
+        Ok(Insert::Done)
+    }
+
     /// Stores a signed checkpoint; [`Insert::Taken`] if its `id` is already used.
     fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<Insert, AuditError>;
 

@@ -18,6 +18,9 @@ use panvault_audit::log::{
     self as audit, AuditError, Checkpoint, ErasureReceipt, PublicKey, VerifyReport,
 };
 
+use panvault_vault::store::Location;
+use panvault_vault::store::pg::{self, PgSettings};
+
 use crate::common::{CliError, parse_duration};
 
 /// Exit code when the log or a receipt fails verification.
@@ -155,17 +158,47 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
 
 fn verify(a: &VerifyArgs) -> Result<ExitCode, CliError> {
     let key = read_pubkey(&a.dir.pubkey(a.pubkey.as_deref()))?;
+    // Kept checkpoints: a single log's, or a multi-node log's cluster checkpoints.
+    let mut cluster_anchors = None;
     let anchors = match &a.checkpoint {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-            Checkpoint::parse_many(&text).map_err(|e| fail(&format!("{}", path.display()), &e))?
+            match Checkpoint::parse_many(&text) {
+                Ok(anchors) => anchors,
+                Err(e) => {
+                    cluster_anchors = Some(
+                        audit::ClusterCheckpoint::parse_many(&text)
+                            .map_err(|_| fail(&format!("{}", path.display()), &e))?,
+                    );
+                    Vec::new()
+                }
+            }
         }
         None => Vec::new(),
     };
-    let report = match &a.export {
-        Some(path) => verify_export(path, &key, &anchors)?,
-        None => {
+    let report = match (&a.export, &cluster_anchors) {
+        (Some(path), Some(kept)) => {
+            let file = File::open(path)
+                .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+            export_verified(
+                path,
+                audit::verify_cluster_export(io::BufReader::new(file), &key, kept),
+            )?
+        }
+        (None, Some(kept)) if let Some(settings) = postgres_of(&a.dir.data_dir)? => {
+            verify_postgres(&settings, |r| audit::verify_cluster_export(r, &key, kept))?
+        }
+        (None, Some(_)) => {
+            return Err(CliError::usage(
+                "cluster checkpoints anchor a multi-node export: give --export FILE".to_owned(),
+            ));
+        }
+        (Some(path), None) => verify_export(path, &key, &anchors)?,
+        (None, None) if let Some(settings) = postgres_of(&a.dir.data_dir)? => {
+            verify_postgres(&settings, |r| audit::verify_export(r, &key, &anchors))?
+        }
+        (None, None) => {
             let conn = audit::open_read_only(&a.dir.db())
                 .map_err(|e| fail(&a.dir.db().display().to_string(), &e))?;
             audit::verify_against(&conn, &key, &anchors).map_err(|e| fail("audit verify", &e))?
@@ -216,7 +249,18 @@ fn verify_export(
     anchors: &[Checkpoint],
 ) -> Result<VerifyReport, CliError> {
     let file = File::open(path).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-    match audit::verify_export(io::BufReader::new(file), key, anchors) {
+    export_verified(
+        path,
+        audit::verify_export(io::BufReader::new(file), key, anchors),
+    )
+}
+
+/// The outcome of verifying the export at `path`, as the command reports it.
+fn export_verified(
+    path: &Path,
+    verified: Result<VerifyReport, AuditError>,
+) -> Result<VerifyReport, CliError> {
+    match verified {
         Ok(r) => Ok(r),
         Err(e @ AuditError::BadExport { .. }) => Err(CliError::with_code(
             format!("{}: not a verifiable audit export: {e}", path.display()),
@@ -251,7 +295,20 @@ fn human_secs(s: u64) -> String {
 
 fn print_report(r: &VerifyReport, anchor: Option<&Checkpoint>, now: time::OffsetDateTime) {
     let mut out = io::stdout().lock();
-    let range = if r.events == 0 {
+    let range = if !r.nodes.is_empty() {
+        // A log shared by several nodes: one chain each.
+        let heads: Vec<String> = r
+            .nodes
+            .iter()
+            .map(|h| format!("{} {}", h.node, h.seq))
+            .collect();
+        format!(
+            "{} on {} (last seq {})",
+            count(r.events, "event"),
+            count(u64::try_from(r.nodes.len()).unwrap_or(u64::MAX), "node"),
+            heads.join(", ")
+        )
+    } else if r.events == 0 {
         "no events".to_owned()
     } else {
         format!(
@@ -286,9 +343,14 @@ fn print_report(r: &VerifyReport, anchor: Option<&Checkpoint>, now: time::Offset
             .unsigned_since
             .map(|t| format!(", the oldest {} old", human(now - t)))
             .unwrap_or_default();
+        let after = if r.nodes.is_empty() {
+            "the latest checkpoint"
+        } else {
+            "the latest checkpoint naming their node"
+        };
         let _ = writeln!(
             out,
-            "unsigned tail: {} after the latest checkpoint{age}: chained, not yet signed",
+            "unsigned tail: {} after {after}{age}: chained, not yet signed",
             count(r.unsigned_tail, "event")
         );
     }
@@ -310,10 +372,67 @@ fn count(n: u64, what: &str) -> String {
     }
 }
 
+/// The PostgreSQL settings of the vault in `dir`, if its data is there.
+fn postgres_of(dir: &Path) -> Result<Option<PgSettings>, CliError> {
+    match Location::of(dir) {
+        Ok(Location::Postgres(s)) => Ok(Some(s)),
+        Ok(Location::Sqlite(_)) => Ok(None),
+        Err(e) => Err(CliError::usage(e.to_string())),
+    }
+}
+
+/// Verifies a PostgreSQL log the documented way: it is written out in the export
+/// format (one snapshot) and read by the one verifier as it streams (a pipe to
+/// a thread), never held whole. An export that fails part way fails the check.
+fn verify_postgres(
+    settings: &PgSettings,
+    verify: impl FnOnce(io::BufReader<io::PipeReader>) -> Result<VerifyReport, AuditError>,
+) -> Result<VerifyReport, CliError> {
+    let shown = settings.to_string();
+    let mut client = pg::connect(settings).map_err(|e| CliError::usage(format!("{shown}: {e}")))?;
+    let (reader, writer) =
+        io::pipe().map_err(|e| CliError::usage(format!("cannot make a pipe: {e}")))?;
+    let (exported, verified) = std::thread::scope(|s| {
+        let exporter =
+            s.spawn(move || pg::audit::export_jsonl(&mut client, BufWriter::new(writer)));
+        let verified = verify(io::BufReader::new(reader));
+        (exporter.join(), verified)
+    });
+    match exported {
+        Ok(Ok(_)) => {}
+        // The verifier stopped reading: its own error says why.
+        Ok(Err(AuditError::Io(e))) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        Ok(Err(e)) => return Err(fail(&format!("exporting the log from {shown}"), &e)),
+        Err(_) => return Err(CliError::usage("the export thread panicked")),
+    }
+    verified.map_err(|e| fail("audit verify", &e))
+}
+
 fn export(a: &ExportArgs) -> Result<ExitCode, CliError> {
+    let Format::Jsonl = a.format;
+    if let Some(settings) = postgres_of(&a.dir.data_dir)? {
+        if a.from > 1 {
+            return Err(CliError::usage(
+                "--from: a log shared by several nodes (PostgreSQL) is exported whole",
+            ));
+        }
+        let shown = settings.to_string();
+        let mut client =
+            pg::connect(&settings).map_err(|e| CliError::usage(format!("{shown}: {e}")))?;
+        let n = match &a.output {
+            Some(path) => {
+                let file = create_private(path)
+                    .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+                pg::audit::export_jsonl(&mut client, BufWriter::new(file))
+            }
+            None => pg::audit::export_jsonl(&mut client, BufWriter::new(io::stdout().lock())),
+        }
+        .map_err(|e| fail("audit export", &e))?;
+        eprintln!("exported {n} events, with every checkpoint and prune record");
+        return Ok(ExitCode::SUCCESS);
+    }
     let conn = audit::open_read_only(&a.dir.db())
         .map_err(|e| fail(&a.dir.db().display().to_string(), &e))?;
-    let Format::Jsonl = a.format;
     let n = match &a.output {
         Some(path) => {
             let file = create_private(path)

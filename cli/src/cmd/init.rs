@@ -24,6 +24,16 @@ pub struct Args {
     /// that does not exist yet, or an empty one.
     #[arg(long, value_name = "OUT", requires = "custodians")]
     pub shares_dir: Option<PathBuf>,
+    /// Keep the vault in this PostgreSQL database (`postgres://USER:PASSWORD@HOST:PORT/DB?sslmode=…`)
+    /// instead of SQLite: recorded as `[storage]` in DIR/panvault.toml, where every
+    /// command finds it. The password is never printed.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PANVAULT_POSTGRES_URL",
+        hide_env_values = true
+    )]
+    pub postgres: Option<String>,
 }
 
 /// Runs `init`.
@@ -56,6 +66,9 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         kdf: panvault_vault::service::default_kdf(),
         shares,
     };
+    if let Some(url) = &args.postgres {
+        record_postgres(&args.data_dir, url)?;
+    }
     // The shares are stored durably before the vault is committed; if anything
     // fails, neither a vault nobody can open nor shares of no vault are left.
     let written = std::cell::Cell::new(Vec::new());
@@ -97,4 +110,14 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         crate::outln!("Keep the passphrase safe: without it the vault cannot be unsealed.");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks `url` (described, never quoted, when malformed) and records it as the
+/// vault's storage in `DIR/panvault.toml`.
+pub(crate) fn record_postgres(dir: &std::path::Path, url: &str) -> Result<(), CliError> {
+    panvault_vault::store::pg::PgSettings::from_url(url)
+        .map_err(|e| CliError::usage(format!("--postgres: {e}")))?;
+    std::fs::create_dir_all(dir).map_err(|e| CliError::usage(format!("{}: {e}", dir.display())))?;
+    panvault_vault::config::StorageSettings::record_postgres(dir, url)
+        .map_err(|e| CliError::usage(e.to_string()))
 }

@@ -6,6 +6,7 @@ pub mod erase;
 pub mod init;
 pub mod keys;
 pub mod master;
+pub mod migrate;
 pub mod quickstart;
 pub mod scan;
 pub mod serve;

@@ -25,6 +25,15 @@ pub struct Args {
     /// Address to listen on [default: 127.0.0.1:8443, or what DIR/panvault.toml says].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Keep the vault in this PostgreSQL database instead of SQLite (recorded as
+    /// `[storage]` in DIR/panvault.toml; the password is never printed).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PANVAULT_POSTGRES_URL",
+        hide_env_values = true
+    )]
+    pub postgres: Option<String>,
 }
 
 /// The default listen address.
@@ -128,7 +137,11 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             false,
         )?))
     };
-    if !layout.database().exists() {
+    if let Some(url) = &args.postgres {
+        // Before the vault is made: `init` finds its engine in this file.
+        super::init::record_postgres(&dir, url)?;
+    }
+    if !panvault_vault::service::inventory::vault_exists(&dir).map_err(vault_err)? {
         let spec = SealSpec {
             unlock: unlock()?,
             kdf: KdfParams::MINIMUM,
@@ -157,7 +170,10 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         );
     }
     let config_path = layout.config();
-    if !config_path.exists() {
+    let only_storage = std::fs::read_to_string(&config_path)
+        .ok()
+        .is_some_and(|t| !t.contains("listen"));
+    if !config_path.exists() || only_storage {
         let listen = args.listen.map_or_else(
             || {
                 DEFAULT_LISTEN
@@ -167,7 +183,13 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             Ok,
         )?;
         // The config names key files and clients: owner only (PCI DSS 7.2.1).
-        panvault_vault::data_dir::write_owner_only(&config_path, config_text(listen).as_bytes())
+        let mut text = config_text(listen);
+        if let Some(url) = &args.postgres {
+            text.push_str(&panvault_vault::config::StorageSettings::postgres_table(
+                url,
+            ));
+        }
+        panvault_vault::data_dir::write_owner_only(&config_path, text.as_bytes())
             .map_err(|e| io(&config_path, &e))?;
         eprintln!("panvault: wrote {}", config_path.display());
     }

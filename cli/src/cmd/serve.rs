@@ -89,6 +89,7 @@ pub(crate) fn serve(
             every: std::time::Duration::from_secs(config.audit.checkpoint_every_secs),
         },
         checkpoint_witness: config.audit.checkpoint_witness.clone(),
+        storage: config.storage.clone(),
         cvc_ttl: config.cvc_ttl(),
         ..Default::default()
     };

@@ -1,17 +1,28 @@
-//! The audit chain inside PostgreSQL transactions (`store::pg::PgLog`) against a
-//! real server the harness starts: appends and checkpoints from racing writers,
-//! retention, and the self-contained export that `verify_export` checks with the
-//! public key alone — and that fails once a row is changed or removed in the
-//! database.
+//! The audit log shared by several nodes on a real PostgreSQL (the harness
+//! starts it): one chain per node (`store::pg::PgLog`), anchored by cluster
+//! checkpoints. Three "nodes" (threads, each with its own connection) append
+//! concurrently and sign checkpoints, one of them idle; the export verifies
+//! with the public key alone, in Rust, with `panvault audit verify --export`
+//! and with the outside verifier `tests/verifier/verify.py`. Then each change
+//! an attacker with write access to the database could make — an event
+//! updated, deleted, two swapped, a node's whole history deleted — is detected
+//! by all three, naming the node.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 use panvault_audit::log::{
-    Action, Actor, AuditChain, AuditError, DEFAULT_RETENTION, NewEvent, Outcome, PublicKey,
-    SigningKey, VerifyReport, prune, verify_export,
+    Action, Actor, AuditChain, AuditError, BreakKind, ClusterCheckpoint, NewEvent, NodeId, Outcome,
+    PublicKey, SigningKey, VerifyReport, verify_export,
 };
 use panvault_vault::store::pg::{self, PgClient, PgLog, PgSettings, schema};
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 
 use crate::util::postgres::PgServer;
+use crate::util::{self, CmdOutput, panvault_bin, run_command};
+
+const LIMIT: Duration = Duration::from_secs(60);
 
 fn client(pg: &PgServer) -> PgClient {
     pg::connect(&PgSettings::from_url(&pg.url("disable")).unwrap()).unwrap()
@@ -21,9 +32,13 @@ fn key() -> SigningKey {
     SigningKey::from_seed(&[42; 32]).unwrap()
 }
 
-fn event(t: OffsetDateTime, writer: &str, i: u32) -> NewEvent {
+fn node(name: &str) -> NodeId {
+    NodeId::new(name).unwrap()
+}
+
+fn event(writer: &str, i: u32) -> NewEvent {
     NewEvent::new(
-        t,
+        OffsetDateTime::now_utc(),
         Actor::client(writer, "ab"),
         Action::Detokenize,
         Outcome::Success,
@@ -34,242 +49,429 @@ fn event(t: OffsetDateTime, writer: &str, i: u32) -> NewEvent {
     .with_peer("127.0.0.1:1")
 }
 
-/// The database's log, exported and verified with the public key alone.
-fn export_and_verify(c: &mut PgClient, public: &PublicKey) -> (u64, VerifyReport) {
-    let mut out = Vec::new();
-    let n = pg::audit::export_jsonl(c, 1, &mut out).unwrap();
-    (n, verify_export(out.as_slice(), public, &[]).unwrap())
-}
-
-/// One event in its own transaction, as a node commits it with its data change;
-/// a conflict the chain could not settle in one reload rolls back and goes again.
-fn append_committed(c: &mut PgClient, chain: &mut AuditChain, ev: &NewEvent) -> u64 {
-    loop {
-        let before = chain.snapshot();
-        let mut tx = c.transaction().unwrap();
-        let r = chain.append(&PgLog::new(&mut tx), ev);
-        match r {
-            Ok(seq) => {
-                tx.commit().unwrap();
-                return seq;
-            }
-            Err(AuditError::Conflict) => {
-                tx.rollback().unwrap();
-                chain.restore(before);
-                let mut tx = c.transaction().unwrap();
-                chain.reload(&PgLog::new(&mut tx)).unwrap();
-                tx.rollback().unwrap();
-            }
-            Err(e) => panic!("append failed: {e}"),
-        }
-    }
-}
-
-/// A checkpoint of the head as the database has it, in its own transaction;
-/// retried like an append when a racing writer took the id twice.
-fn checkpoint_committed(c: &mut PgClient, chain: &mut AuditChain, now: OffsetDateTime) {
-    loop {
-        let before = chain.snapshot();
-        let mut tx = c.transaction().unwrap();
-        let log = PgLog::new(&mut tx);
-        if !chain.is_current(&log).unwrap() {
-            chain.reload(&log).unwrap();
-        }
-        match chain.checkpoint(&log, &key(), now) {
-            Ok(_) => {
-                tx.commit().unwrap();
-                return;
-            }
-            Err(AuditError::Conflict) => chain.restore(before),
-            Err(e) => panic!("checkpoint failed: {e}"),
-        }
-    }
-}
-
-/// A fresh schema, and checkpoint #1 signed at creation as the vault does.
-fn create(pg: &PgServer, now: OffsetDateTime) -> PgClient {
-    let mut c = client(pg);
-    schema::migrate(&mut c).unwrap();
+/// The node's chain, registered (its first event and checkpoint) in one transaction.
+fn register(c: &mut PgClient, name: &str) -> AuditChain {
     let mut tx = c.transaction().unwrap();
-    let log = PgLog::new(&mut tx);
+    let log = PgLog::new(&mut tx, node(name));
     let mut chain = AuditChain::load(&log).unwrap();
-    assert_eq!(chain.checkpoint(&log, &key(), now).unwrap().id, 1);
+    let cp = chain
+        .register_node(&log, &key(), Actor::admin("ops"), OffsetDateTime::now_utc())
+        .unwrap()
+        .expect("a new node registers");
+    assert_eq!((cp.id, chain.last_seq()), (1, 1));
+    drop(log);
     tx.commit().unwrap();
-    c
+    chain
+}
+
+/// One write batch of a node: `n` events (in one statement), and a cluster checkpoint if `sign`,
+/// in one transaction run as the engine runs it (BEGIN/COMMIT on a plain client).
+fn batch(
+    c: &mut PgClient,
+    name: &str,
+    chain: &mut AuditChain,
+    first: u32,
+    n: u32,
+    sign: bool,
+) -> Option<ClusterCheckpoint> {
+    let before = chain.snapshot();
+    c.batch_execute("BEGIN").unwrap();
+    let log = PgLog::new(c, node(name));
+    let done: Result<Option<ClusterCheckpoint>, AuditError> = (|| {
+        let events: Vec<NewEvent> = (first..first + n).map(|i| event(name, i)).collect();
+        chain.append_all(&log, &events)?;
+        if sign {
+            return chain
+                .cluster_checkpoint(&log, &key(), OffsetDateTime::now_utc())
+                .map(Some);
+        }
+        Ok(None)
+    })();
+    drop(log);
+    match done {
+        Ok(cp) => {
+            c.batch_execute("COMMIT").unwrap();
+            cp
+        }
+        Err(e) => {
+            c.batch_execute("ROLLBACK").unwrap();
+            chain.restore(before);
+            panic!("node {name}: batch failed: {e}");
+        }
+    }
+}
+
+/// An idle node's checkpoint: nothing of its own to sign, the others' heads to anchor.
+fn idle_checkpoint(c: &mut PgClient, name: &str, chain: &mut AuditChain) -> ClusterCheckpoint {
+    batch(c, name, chain, 0, 0, true).unwrap()
+}
+
+struct Exported {
+    _dir: tempfile::TempDir,
+    pubkey: PathBuf,
+    file: PathBuf,
+    report: VerifyReport,
+}
+
+/// The database's log exported to a file, and verified in Rust with the public key alone.
+fn export(c: &mut PgClient, public: &PublicKey) -> Exported {
+    let dir = tempfile::tempdir().unwrap();
+    let pubkey = dir.path().join("audit-signing.pub");
+    public.write_to(&pubkey).unwrap();
+    let file = dir.path().join("export.jsonl");
+    let mut out = Vec::new();
+    pg::audit::export_jsonl(c, &mut out).unwrap();
+    std::fs::write(&file, &out).unwrap();
+    let report = verify_export(out.as_slice(), public, &[]).unwrap();
+    Exported {
+        _dir: dir,
+        pubkey,
+        file,
+        report,
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// `python3 verify.py export PUBKEY FILE`, or `None` without python3 and `cryptography`.
+fn python(e: &Exported) -> Option<CmdOutput> {
+    let ready = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import cryptography.hazmat.primitives.asymmetric.ed25519",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        util::tools::missing("pg_audit (verify.py)", "python3 with `cryptography`");
+        return None;
+    }
+    let verifier = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/verifier/verify.py");
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(verifier).arg("export").arg(&e.pubkey).arg(&e.file);
+    Some(block_on(run_command(cmd, LIMIT)))
+}
+
+/// `panvault audit verify --export FILE --pubkey KEY`, with no data directory.
+fn binary(e: &Exported) -> CmdOutput {
+    let mut cmd = tokio::process::Command::new(panvault_bin());
+    cmd.current_dir(e.file.parent().unwrap())
+        .args(["audit", "verify", "--export"])
+        .arg(&e.file)
+        .arg("--pubkey")
+        .arg(&e.pubkey);
+    block_on(run_command(cmd, LIMIT))
+}
+
+/// All three verifiers accept.
+fn accepted(e: &Exported) {
+    assert!(e.report.is_intact(), "{:?}", e.report);
+    let o = binary(e);
+    assert!(
+        o.success(),
+        "audit verify --export: {}{}",
+        o.stdout,
+        o.stderr
+    );
+    let nodes = format!("on {} ", e.report.nodes.len());
+    assert!(
+        o.stdout.contains(&nodes),
+        "audit verify --export: {}",
+        o.stdout
+    );
+    if let Some(o) = python(e) {
+        assert!(
+            o.success(),
+            "verify.py rejected a genuine export: {}",
+            o.stderr
+        );
+    }
+}
+
+/// All three verifiers reject, each naming `node`; the Rust report says `kind` at `seq`.
+fn rejected(e: &Exported, node: &str, kind: BreakKind, seq: u64, what: &str) {
+    let b = e
+        .report
+        .problem
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what} went unnoticed"));
+    assert_eq!((b.kind, b.seq), (kind, seq), "{what}: {b}");
+    let named = format!("node {node}");
+    assert!(b.detail.starts_with(&named), "{what}: {b}");
+    let o = binary(e);
+    assert_eq!(o.status.code(), Some(3), "{what}: {}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains(&named) || o.stderr.contains(&named),
+        "{what}: {o:?}"
+    );
+    if let Some(o) = python(e) {
+        assert_eq!(o.status.code(), Some(1), "verify.py accepted: {what}");
+        assert!(o.stderr.contains(&named), "verify.py, {what}: {}", o.stderr);
+    }
 }
 
 #[test]
-fn pg_audit_chain_races_checkpoints_and_verifies_from_the_export() {
-    let Some(pg) = PgServer::start("pg_audit_chain_races_checkpoints_and_verifies_from_the_export")
-    else {
+fn pg_audit_nodes_append_concurrently_with_checkpoints_and_the_export_verifies() {
+    let Some(pg) = PgServer::start(
+        "pg_audit_nodes_append_concurrently_with_checkpoints_and_the_export_verifies",
+    ) else {
         return;
     };
-    let now = OffsetDateTime::now_utc();
     let public = key().public_key();
-    let mut a = create(&pg, now);
-    let mut b = client(&pg);
+    schema::migrate(&mut client(&pg)).unwrap();
 
-    // Two writers load the same head; A appends seq 1 and holds its transaction
-    // open. B appends from another thread: its insert of seq 1 waits for A, finds
-    // the number taken (without aborting B's transaction), and B reloads and
-    // writes seq 2 in the same transaction.
-    let mut chain_a = AuditChain::load(&PgLog::new(&mut a.transaction().unwrap())).unwrap();
-    let mut chain_b = AuditChain::load(&PgLog::new(&mut b.transaction().unwrap())).unwrap();
-    assert_eq!(chain_a.snapshot(), chain_b.snapshot());
-    let mut tx_a = a.transaction().unwrap();
-    assert_eq!(
-        chain_a
-            .append(&PgLog::new(&mut tx_a), &event(now, "a", 0))
-            .unwrap(),
-        1
-    );
-    let racer = std::thread::spawn(move || {
-        let mut tx = b.transaction().unwrap();
-        let seq = chain_b
-            .append(&PgLog::new(&mut tx), &event(now, "b", 0))
-            .unwrap();
-        tx.commit().unwrap();
-        (b, chain_b, seq)
-    });
-    tx_a.commit().unwrap();
-    let (mut b, mut chain_b, seq_b) = racer.join().unwrap();
-    assert_eq!(seq_b, 2, "the loser reloads and takes the next number");
-
-    // Checkpoints race the same way: A signs #2 first, B's #2 is taken, B signs #3.
-    {
-        let mut tx = a.transaction().unwrap();
-        chain_a.reload(&PgLog::new(&mut tx)).unwrap();
-        let cp = chain_a
-            .checkpoint(&PgLog::new(&mut tx), &key(), now)
-            .unwrap();
-        assert_eq!((cp.id, cp.seq), (2, 2));
-        tx.commit().unwrap();
-        let mut tx = b.transaction().unwrap();
-        let cp = chain_b
-            .checkpoint(&PgLog::new(&mut tx), &key(), now)
-            .unwrap();
-        assert_eq!((cp.id, cp.seq), (3, 2));
-        tx.commit().unwrap();
-    }
-
-    // Both writers at full speed, each event in its own transaction, signing
-    // every few events: every number is used once and the chain holds.
-    const EACH: u32 = 60;
-    let writers: Vec<_> = [("a", a, chain_a), ("b", b, chain_b)]
+    // Three nodes register at once; two append in batches and sign every few
+    // batches, the third stays idle and only signs.
+    const BATCHES: u32 = 30;
+    const PER_BATCH: u32 = 4;
+    let ready = Arc::new(Barrier::new(3));
+    let nodes: Vec<_> = ["n1", "n2", "n3"]
         .into_iter()
-        .map(|(name, mut c, mut chain)| {
+        .map(|name| {
+            let mut c = client(&pg);
+            let ready = Arc::clone(&ready);
             std::thread::spawn(move || {
-                let mut seqs = Vec::new();
-                for i in 1..=EACH {
-                    seqs.push(append_committed(&mut c, &mut chain, &event(now, name, i)));
-                    if i % 10 == 0 {
-                        checkpoint_committed(&mut c, &mut chain, now);
+                let mut chain = register(&mut c, name);
+                ready.wait();
+                for b in 0..BATCHES {
+                    if name == "n3" {
+                        if b % 5 == 0 {
+                            idle_checkpoint(&mut c, name, &mut chain);
+                        }
+                    } else {
+                        batch(
+                            &mut c,
+                            name,
+                            &mut chain,
+                            b * PER_BATCH,
+                            PER_BATCH,
+                            b % 7 == 6,
+                        );
                     }
                 }
-                seqs
+                // A clean stop signs what is left, and the others' heads as they are.
+                idle_checkpoint(&mut c, name, &mut chain);
+                chain.last_seq()
             })
         })
         .collect();
-    let mut seqs: Vec<u64> = writers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
-    seqs.sort_unstable();
-    let total = 2 + u64::from(EACH) * 2;
-    assert_eq!(seqs, (3..=total).collect::<Vec<_>>());
+    let last: Vec<u64> = nodes.into_iter().map(|n| n.join().unwrap()).collect();
+    let writes = u64::from(BATCHES * PER_BATCH);
+    assert_eq!(last, [1 + writes, 1 + writes, 1]);
 
     let mut c = client(&pg);
-    let (n, report) = export_and_verify(&mut c, &public);
-    assert_eq!(n, total);
-    assert!(report.is_intact(), "{report:?}");
-    assert_eq!(report.events, total);
-    assert_eq!(report.checkpoints, 3 + 2 * u64::from(EACH / 10));
+    let e = export(&mut c, &public);
+    accepted(&e);
+    assert_eq!(e.report.events, 3 + 2 * writes);
+    let heads: Vec<(&str, u64)> = e
+        .report
+        .nodes
+        .iter()
+        .map(|h| (h.node.as_str(), h.seq))
+        .collect();
+    assert_eq!(heads, [("n1", 1 + writes), ("n2", 1 + writes), ("n3", 1)]);
+    // Every checkpoint names every node registered when it was signed: the
+    // last ones name all three.
+    let text = std::fs::read_to_string(&e.file).unwrap();
+    let last_of_n3 = text
+        .lines()
+        .rfind(|l| l.contains(r#""type":"checkpoint","node":"n3""#))
+        .unwrap();
+    for n in ["n1", "n2", "n3"] {
+        assert!(
+            last_of_n3.contains(&format!(r#"{{"node":"{n}""#)),
+            "{last_of_n3}"
+        );
+    }
+}
+
+/// Three nodes, sequentially: a and b append and sign, c registers and signs
+/// later; a appends two events after everyone's last checkpoint. Returns c's
+/// last checkpoint too, as a witness file would keep it.
+fn small_cluster(pg: &PgServer) -> (PgClient, ClusterCheckpoint) {
+    let mut c = client(pg);
+    schema::migrate(&mut c).unwrap();
+    let mut a = register(&mut c, "a");
+    let mut b = register(&mut c, "b");
+    for round in 0..3 {
+        batch(&mut c, "a", &mut a, round * 3, 3, true);
+        batch(&mut c, "b", &mut b, round * 3, 3, true);
+    }
+    let mut cn = register(&mut c, "c");
+    let kept = idle_checkpoint(&mut c, "c", &mut cn);
+    batch(&mut c, "a", &mut a, 100, 2, false);
+    (c, kept)
 }
 
 #[test]
-fn pg_audit_tamper_in_the_database_fails_the_export_and_blocks_a_prune() {
-    let Some(pg) =
-        PgServer::start("pg_audit_tamper_in_the_database_fails_the_export_and_blocks_a_prune")
+fn pg_audit_two_writers_of_one_node_take_turns_without_aborting() {
+    let Some(pg) = PgServer::start("pg_audit_two_writers_of_one_node_take_turns_without_aborting")
     else {
         return;
     };
-    let now = OffsetDateTime::now_utc();
-    let old = now - Duration::days(400);
     let public = key().public_key();
-    let mut c = create(&pg, old);
-    let mut chain = AuditChain::load(&PgLog::new(&mut c.transaction().unwrap())).unwrap();
-    for i in 0..6 {
-        append_committed(&mut c, &mut chain, &event(old, "a", i));
-    }
-    let mut tx = c.transaction().unwrap();
-    chain.checkpoint(&PgLog::new(&mut tx), &key(), old).unwrap();
-    tx.commit().unwrap();
-    for i in 6..9 {
-        append_committed(&mut c, &mut chain, &event(now, "a", i));
-    }
-    let mut tx = c.transaction().unwrap();
-    chain.checkpoint(&PgLog::new(&mut tx), &key(), now).unwrap();
-    tx.commit().unwrap();
-    let (_, report) = export_and_verify(&mut c, &public);
-    assert!(report.is_intact(), "{report:?}");
+    let mut a = client(&pg);
+    schema::migrate(&mut a).unwrap();
+    let mut chain_a = register(&mut a, "shared");
+    let mut b = client(&pg);
+    let mut chain_b = AuditChain::load(&PgLog::new(&mut b, node("shared"))).unwrap();
+    assert_eq!(chain_a.snapshot(), chain_b.snapshot());
 
-    // A field changed in the database: the export no longer verifies, and a
-    // prune refuses to delete the evidence (its transaction goes on unharmed).
-    c.batch_execute("UPDATE audit_events SET purpose = 'other' WHERE seq = 3")
+    // Two processes on one node id (admin commands sharing one): A appends seq
+    // 2 and holds its transaction open. B's insert of seq 2 waits for A, finds
+    // it taken without aborting B's transaction, and B reloads and writes seq 3.
+    let mut tx_a = a.transaction().unwrap();
+    let seq = chain_a
+        .append(&PgLog::new(&mut tx_a, node("shared")), &event("a", 0))
         .unwrap();
-    let (_, report) = export_and_verify(&mut c, &public);
+    assert_eq!(seq, 2);
+    let racer = std::thread::spawn(move || {
+        let mut tx = b.transaction().unwrap();
+        let log = PgLog::new(&mut tx, node("shared"));
+        let seq = chain_b.append(&log, &event("b", 0)).unwrap();
+        chain_b
+            .cluster_checkpoint(&log, &key(), OffsetDateTime::now_utc())
+            .unwrap();
+        drop(log);
+        tx.commit().unwrap();
+        seq
+    });
+    tx_a.commit().unwrap();
     assert_eq!(
-        report.problem.as_ref().map(|b| b.seq),
-        Some(3),
-        "{report:?}"
+        racer.join().unwrap(),
+        3,
+        "the loser reloads and takes the next number"
     );
-    let mut tx = c.transaction().unwrap();
-    let refused = prune(&PgLog::new(&mut tx), &key(), now, DEFAULT_RETENTION);
+    let e = export(&mut a, &public);
+    accepted(&e);
+    assert_eq!((e.report.events, e.report.unsigned_tail), (3, 0));
+}
+
+#[test]
+fn pg_audit_tamper_in_the_database_is_detected_and_names_the_node() {
+    let Some(pg) =
+        PgServer::start("pg_audit_tamper_in_the_database_is_detected_and_names_the_node")
+    else {
+        return;
+    };
+    let public = key().public_key();
+    let (mut c, _) = small_cluster(&pg);
+    let e = export(&mut c, &public);
+    accepted(&e);
+    assert_eq!(
+        e.report.unsigned_tail, 2,
+        "a's last two events are not anchored yet"
+    );
+
+    // One event's field updated.
+    c.batch_execute("UPDATE audit_events SET purpose = 'other' WHERE node = 'b' AND seq = 5")
+        .unwrap();
+    rejected(
+        &export(&mut c, &public),
+        "b",
+        BreakKind::Modified,
+        5,
+        "an UPDATE",
+    );
+    c.batch_execute("UPDATE audit_events SET purpose = 'refund' WHERE node = 'b' AND seq = 5")
+        .unwrap();
+    accepted(&export(&mut c, &public));
+
+    // One event deleted.
+    c.batch_execute(
+        "CREATE TEMP TABLE saved AS SELECT * FROM audit_events WHERE node = 'a' AND seq = 4;
+         DELETE FROM audit_events WHERE node = 'a' AND seq = 4;",
+    )
+    .unwrap();
+    rejected(
+        &export(&mut c, &public),
+        "a",
+        BreakKind::Missing,
+        4,
+        "a DELETE",
+    );
+    c.batch_execute("INSERT INTO audit_events SELECT * FROM saved; DROP TABLE saved;")
+        .unwrap();
+    accepted(&export(&mut c, &public));
+
+    // Two events' seq swapped.
+    let swap = "UPDATE audit_events SET seq = -1 WHERE node = 'b' AND seq = 3;
+                UPDATE audit_events SET seq = 3 WHERE node = 'b' AND seq = 4;
+                UPDATE audit_events SET seq = 4 WHERE node = 'b' AND seq = -1;";
+    c.batch_execute(swap).unwrap();
+    rejected(
+        &export(&mut c, &public),
+        "b",
+        BreakKind::Reordered,
+        3,
+        "a swap",
+    );
+    c.batch_execute(swap).unwrap();
+    accepted(&export(&mut c, &public));
+
+    // A node's whole history: its events, its checkpoints and its registration.
+    // The checkpoints the other nodes signed still name its head.
+    c.batch_execute(
+        "DELETE FROM audit_events WHERE node = 'b';
+         DELETE FROM audit_checkpoints WHERE node = 'b';
+         DELETE FROM audit_nodes WHERE node = 'b';",
+    )
+    .unwrap();
+    rejected(
+        &export(&mut c, &public),
+        "b",
+        BreakKind::Truncated,
+        1,
+        "a node's whole history deleted",
+    );
+}
+
+#[test]
+fn pg_audit_a_log_cut_back_on_every_node_is_caught_by_a_kept_checkpoint() {
+    let Some(pg) =
+        PgServer::start("pg_audit_a_log_cut_back_on_every_node_is_caught_by_a_kept_checkpoint")
+    else {
+        return;
+    };
+    let public = key().public_key();
+    let (mut c, kept) = small_cluster(&pg);
+
+    // Every checkpoint naming a's events after seq 7 deleted with those events,
+    // and node c (registered last, named by nobody else) with all its rows: what
+    // is left verifies on its own, a's and b's later events are an unsigned tail.
+    c.batch_execute(
+        "DELETE FROM audit_events WHERE node = 'a' AND seq >= 8;
+         DELETE FROM audit_checkpoints WHERE (node IN ('a', 'b') AND id = 4) OR node = 'c';
+         DELETE FROM audit_events WHERE node = 'c';
+         DELETE FROM audit_nodes WHERE node = 'c';",
+    )
+    .unwrap();
+    let e = export(&mut c, &public);
+    accepted(&e);
+
+    // c's checkpoint, kept off the host (a witness file), catches it.
+    let witness = e.file.with_file_name("witness.jsonl");
+    ClusterCheckpoint::append_to_witness(&witness, &[kept]).unwrap();
+    let mut cmd = tokio::process::Command::new(panvault_bin());
+    cmd.current_dir(e.file.parent().unwrap())
+        .args(["audit", "verify", "--export"])
+        .arg(&e.file)
+        .arg("--pubkey")
+        .arg(&e.pubkey)
+        .arg("--checkpoint")
+        .arg(&witness);
+    let o = block_on(run_command(cmd, LIMIT));
+    assert_eq!(o.status.code(), Some(3), "{}{}", o.stdout, o.stderr);
     assert!(
-        matches!(refused, Err(AuditError::Tampered { seq: 3, .. })),
-        "{refused:?}"
+        o.stderr
+            .contains("node c: its checkpoint #2, kept elsewhere, is not in the log"),
+        "{}",
+        o.stderr
     );
-    tx.commit().unwrap();
-    let left: i64 = c
-        .query_one("SELECT count(*) FROM audit_events", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(left, 9);
-
-    // Put back: intact again; retention then deletes the six old events with a
-    // signed record, and the rest still verifies from the export.
-    c.batch_execute("UPDATE audit_events SET purpose = 'refund' WHERE seq = 3")
-        .unwrap();
-    let (_, report) = export_and_verify(&mut c, &public);
-    assert!(report.is_intact(), "{report:?}");
-    let mut tx = c.transaction().unwrap();
-    let pruned = prune(&PgLog::new(&mut tx), &key(), now, DEFAULT_RETENTION).unwrap();
-    tx.commit().unwrap();
-    assert_eq!(pruned.deleted, 6);
-    assert_eq!(pruned.record.unwrap().first_seq, 7);
-    append_committed(&mut c, &mut chain, &event(now, "a", 9));
-    let mut tx = c.transaction().unwrap();
-    chain.checkpoint(&PgLog::new(&mut tx), &key(), now).unwrap();
-    tx.commit().unwrap();
-    let (n, report) = export_and_verify(&mut c, &public);
-    assert!(report.is_intact(), "{report:?}");
-    assert_eq!((n, report.first_seq, report.prunes), (4, 7, 1));
-
-    // Two events swapped in the database (reordered): detected; swapped back: intact.
-    let swap = "UPDATE audit_events SET seq = -1 WHERE seq = 8;
-                UPDATE audit_events SET seq = 8 WHERE seq = 9;
-                UPDATE audit_events SET seq = 9 WHERE seq = -1;";
-    c.batch_execute(swap).unwrap();
-    let (_, report) = export_and_verify(&mut c, &public);
-    assert!(!report.is_intact(), "reordered events went unnoticed");
-    c.batch_execute(swap).unwrap();
-    let (_, report) = export_and_verify(&mut c, &public);
-    assert!(report.is_intact(), "{report:?}");
-
-    // An event deleted in the database: detected.
-    c.batch_execute("DELETE FROM audit_events WHERE seq = 8")
-        .unwrap();
-    let (n, report) = export_and_verify(&mut c, &public);
-    assert_eq!(n, 3);
-    assert!(!report.is_intact(), "a deleted event went unnoticed");
 }

@@ -41,6 +41,23 @@ impl BinVault {
         BinVault::create_in(root, &root.join("data"))
     }
 
+    /// A new vault whose data is in the PostgreSQL database at `url`, its data
+    /// directory at `ROOT/data`: `[storage]` recorded in `DATA/panvault.toml` (as
+    /// `init --postgres` does, so admin commands find it) and in the server's
+    /// configuration, which every node of a test shares.
+    pub fn create_pg(root: &Path, url: &str) -> BinVault {
+        let data = root.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        panvault_vault::config::StorageSettings::record_postgres(&data, url).unwrap();
+        let v = BinVault::create_in(root, &data);
+        let mut text = std::fs::read_to_string(&v.config).unwrap();
+        text.push_str(&panvault_vault::config::StorageSettings::postgres_table(
+            url,
+        ));
+        std::fs::write(&v.config, text).unwrap();
+        v
+    }
+
     /// A new vault with its data directory at `data`.
     pub fn create_in(root: &Path, data: &Path) -> BinVault {
         init_logs();

@@ -158,11 +158,20 @@ fn collect_scoped(
             ),
         ),
     };
-    f.audit_log = Fact::from_result(audit_collect::audit_log_facts(
-        &crate::store::db_path(&c.data_dir),
-        &pubkey,
-        retention,
-    ));
+    f.audit_log = match crate::store::Location::of(&c.data_dir) {
+        // The audit-log facts read the SQLite log; a log shared by nodes in
+        // PostgreSQL is not measured here, and says so (never a pass it did not earn).
+        Ok(crate::store::Location::Postgres(s)) => Fact::Failed(format!(
+            "the audit log is in PostgreSQL ({s}): not measured by this check; \
+             verify it with `panvault audit verify --data-dir {}`",
+            c.data_dir.display()
+        )),
+        _ => Fact::from_result(audit_collect::audit_log_facts(
+            &crate::store::db_path(&c.data_dir),
+            &pubkey,
+            retention,
+        )),
+    };
     f.access = Fact::Known(AccessFacts {
         source: c.path.display().to_string(),
         clients: config_facts::clients(c),

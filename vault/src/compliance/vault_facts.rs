@@ -10,7 +10,7 @@ use panvault_audit::compliance::{
 use time::OffsetDateTime;
 
 use crate::service::inventory::Inventory;
-use crate::store::{self, CardShape, Reader};
+use crate::store::{CardShape, Reader};
 
 /// What [`collect`] learned.
 pub(super) struct VaultFacts {
@@ -40,7 +40,7 @@ pub(super) fn collect(data_dir: &Path, grace_days: i64, now: OffsetDateTime) -> 
         }
     };
     let db = &inv.db_path;
-    let conn = match store::Reader::open(db) {
+    let conn = match crate::service::inventory::open_reader(data_dir).map(|(r, _)| r) {
         Ok(c) => c,
         Err(e) => {
             let why = format!("{}: {e}", db.display());

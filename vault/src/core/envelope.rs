@@ -90,6 +90,75 @@ impl DataKey {
     }
 }
 
+impl DataKey {
+    /// Seals `plaintext` (a row's personal data: subject and metadata) for the row
+    /// `(tenant, token)` under this key with a fresh nonce: `version (4, big
+    /// endian) ‖ nonce ‖ ciphertext ‖ tag`. Its associated data differs from the
+    /// card's ([`personal_aad`]), so neither ciphertext opens as the other.
+    pub fn seal_personal(
+        &self,
+        tenant: &str,
+        token: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng::fill(&mut nonce)?;
+        let aad = personal_aad(tenant, token, self.version);
+        let ct = self
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| CryptoError)?;
+        let mut out = Vec::with_capacity(4 + NONCE_LEN + ct.len());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Opens what [`DataKey::seal_personal`] made for the row `(tenant, token)`.
+    pub fn open_personal(
+        &self,
+        tenant: &str,
+        token: &str,
+        blob: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if personal_version(blob) != Some(self.version) {
+            return Err(CryptoError);
+        }
+        let rest = blob.get(4..).ok_or(CryptoError)?;
+        let (nonce, ct) = rest.split_at_checked(NONCE_LEN).ok_or(CryptoError)?;
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError)?;
+        let aad = personal_aad(tenant, token, self.version);
+        self.cipher
+            .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad: &aad })
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError)
+    }
+}
+
+/// The key version a [`DataKey::seal_personal`] blob was sealed under.
+pub fn personal_version(blob: &[u8]) -> Option<u32> {
+    let v: [u8; 4] = blob.get(..4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(v))
+}
+
+/// Associated data of a row's sealed personal data: its own label, then the
+/// row's tenant, token and key version as for the card.
+pub fn personal_aad(tenant: &str, token: &str, version: u32) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(40 + tenant.len() + token.len());
+    aad.extend_from_slice(b"panvault/card-personal/v1\0");
+    push_lp(&mut aad, tenant.as_bytes());
+    push_lp(&mut aad, token.as_bytes());
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
+
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DataKey(v{}, [REDACTED])", self.version)
@@ -191,6 +260,35 @@ pub fn unwrap_key32(
 mod tests {
     use super::super::pan::{CardholderName, Pan};
     use super::*;
+
+    #[test]
+    fn personal_data_opens_only_for_its_row_and_never_as_a_card() {
+        let k = DataKey::new(3, &SecretKey32::from_bytes(&mut [7u8; 32]));
+        let blob = k
+            .seal_personal("shop", "tok_a", b"{\"s\":\"alice\"}")
+            .unwrap();
+        assert_eq!(personal_version(&blob), Some(3));
+        assert_eq!(
+            &k.open_personal("shop", "tok_a", &blob).unwrap()[..],
+            b"{\"s\":\"alice\"}"
+        );
+        assert!(k.open_personal("shop", "tok_b", &blob).is_err());
+        assert!(k.open_personal("other", "tok_a", &blob).is_err());
+        let other = DataKey::new(4, &SecretKey32::from_bytes(&mut [7u8; 32]));
+        assert!(other.open_personal("shop", "tok_a", &blob).is_err());
+        // the card's associated data is another domain
+        let rest = &blob[4..];
+        let rec = SealedRecord {
+            key_version: 3,
+            nonce: rest[..12].try_into().unwrap(),
+            ciphertext: rest[12..].to_vec(),
+        };
+        assert!(k.open("shop", "tok_a", &rec).is_err());
+        let mut flipped = blob.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(k.open_personal("shop", "tok_a", &flipped).is_err());
+        assert!(k.open_personal("shop", "tok_a", &blob[..10]).is_err());
+    }
     use proptest::prelude::*;
 
     fn secret(n: &str) -> CardSecret {

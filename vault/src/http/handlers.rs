@@ -617,8 +617,26 @@ pub(crate) async fn detokenize(
     }
 }
 
-/// `GET /healthz`: the process is up and serving.
-pub(crate) async fn healthz() -> Response {
+/// `GET /healthz`: the process is up and serving. On PostgreSQL it also asks the
+/// database (one round trip on a pooled connection, at most the pool's connect
+/// timeout): a node whose database is down answers 503 `{"status":
+/// "unavailable", "database": "down"}`, so a load balancer sends its traffic
+/// elsewhere; it recovers by itself once the database is back.
+pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
+    let vault = state.vault().clone();
+    if vault.is_postgres() {
+        let up = tokio::task::spawn_blocking(move || vault.database_reachable())
+            .await
+            .unwrap_or(false);
+        if !up {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "status": "unavailable", "database": "down" })),
+            )
+                .into_response();
+        }
+        return Json(serde_json::json!({ "status": "ok", "database": "up" })).into_response();
+    }
     Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 

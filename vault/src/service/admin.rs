@@ -106,13 +106,24 @@ pub struct MasterRotation {
 impl Admin {
     /// Opens and unseals `data_dir` for administration.
     pub fn open(data_dir: &Path, unlock: &Unlock, clock: Clock) -> Result<Admin, VaultError> {
-        let db = store::db_path(data_dir);
-        if !db.exists() {
-            return Err(VaultError::NotInitialized(data_dir.display().to_string()));
-        }
+        let location = store::Location::of(data_dir)?;
+        let db = match &location {
+            store::Location::Sqlite(db) => {
+                if !db.exists() {
+                    return Err(VaultError::NotInitialized(data_dir.display().to_string()));
+                }
+                Some(db.clone())
+            }
+            store::Location::Postgres(_) => None,
+        };
         // No full integrity scan here (it reads the whole file; `serve` does it at
         // start): admin commands must stay quick on a large vault.
-        let mut conn = Session::open(&db, false)?;
+        let mut conn = match Session::open_at(&location, false, None) {
+            Err(StoreError::NoVault) => {
+                return Err(VaultError::NotInitialized(location.to_string()));
+            }
+            other => other?,
+        };
         conn.poll_for_locks(LOCK_ATTEMPT)?;
         let vault_id = keyring::meta_get(&conn.reader(), "vault_id")?
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
@@ -131,7 +142,7 @@ impl Admin {
                 last_commit: None,
                 warned: false,
             },
-            wal: store::WalBound::new(Some(&db), store::WAL_RESTART_FRAMES),
+            wal: store::WalBound::new(db.as_deref(), store::WAL_RESTART_FRAMES),
             last_scrub: None,
         })
     }
@@ -530,7 +541,14 @@ impl Admin {
         witness: Option<&Path>,
     ) -> Result<panvault_audit::log::Checkpoint, VaultError> {
         let now = self.now();
-        audit_hook::sign_checkpoint_now(&mut self.conn, &self.keys, actor, now, witness)
+        // PostgreSQL signs a cluster checkpoint (every node's head), which has no
+        // single-chain form to hand back or witness: it is committed, and said so.
+        audit_hook::sign_checkpoint_now(&mut self.conn, &self.keys, actor, now, witness)?.ok_or(
+            VaultError::Store(StoreError::Unsupported(
+                "a single-chain checkpoint on PostgreSQL: a cluster checkpoint of every node's \
+                 head was signed and committed; `audit verify` checks it",
+            )),
+        )
     }
 
     /// Records an admin action that has no data change of its own (e.g. `audit

@@ -316,15 +316,37 @@ impl AuditState {
         }
     }
 
-    /// Signs a checkpoint of the current head inside the caller's transaction.
-    fn sign(&mut self, conn: &Tx<'_>, now: OffsetDateTime) -> Result<Checkpoint, VaultError> {
+    /// Signs a checkpoint of the current head inside the caller's transaction
+    /// (PostgreSQL: a cluster checkpoint, `None`; the witness file holds
+    /// single-chain checkpoints only).
+    fn sign(
+        &mut self,
+        conn: &Tx<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Option<Checkpoint>, VaultError> {
         let cp = conn
             .sign_audit_checkpoint(&mut self.chain, &self.signer, now)
             .map_err(audit_err)?;
-        if let Some(w) = &mut self.witness {
+        if let (Some(w), Some(cp)) = (&mut self.witness, &cp) {
             w.in_tx.push(cp.clone());
         }
         Ok(cp)
+    }
+
+    /// Registers this node in the shared log if it is not yet (PostgreSQL; see
+    /// [`Tx::register_audit_node`]), inside the caller's transaction.
+    pub(crate) fn register_node(
+        &mut self,
+        conn: &Tx<'_>,
+        actor: &AccessContext,
+    ) -> Result<(), VaultError> {
+        conn.register_audit_node(
+            &mut self.chain,
+            &self.signer,
+            actor_of(actor),
+            OffsetDateTime::now_utc(),
+        )
+        .map_err(audit_err)
     }
 
     /// Writes a signed checkpoint if one is due (or `force`).
@@ -335,7 +357,9 @@ impl AuditState {
     ) -> Result<(), VaultError> {
         let now = OffsetDateTime::now_utc();
         if (force && self.chain.events_since_checkpoint() > 0)
-            || self.chain.checkpoint_due(&self.policy, now)
+            || conn
+                .audit_checkpoint_due(&self.chain, &self.policy, now)
+                .map_err(audit_err)?
         {
             self.sign(conn, now)?;
         }
@@ -396,21 +420,22 @@ impl AuditState {
                 .reload_audit_chain(&mut self.chain)
                 .map_err(audit_err)?;
         }
-        let due = |chain: &AuditChain, policy: &CheckpointPolicy| {
+        let due = |r: &crate::store::Reader<'_>, chain: &AuditChain, policy: &CheckpointPolicy| {
             if force {
-                chain.events_since_checkpoint() > 0
+                Ok(chain.events_since_checkpoint() > 0)
             } else {
-                chain.checkpoint_due(policy, OffsetDateTime::now_utc())
+                r.audit_checkpoint_due(chain, policy, OffsetDateTime::now_utc())
+                    .map_err(audit_err)
             }
         };
-        if !due(&self.chain, &self.policy) {
+        if !due(&conn.reader(), &self.chain, &self.policy)? {
             return Ok(());
         }
         let open = conn.begin_immediate()?;
         let tx = open.tx();
         // Under the write lock nobody else appends: this head is the last one.
         tx.reload_audit_chain(&mut self.chain).map_err(audit_err)?;
-        if due(&self.chain, &self.policy) {
+        if due(&tx, &self.chain, &self.policy)? {
             self.sign(&tx, OffsetDateTime::now_utc())?;
         }
         drop(tx);
@@ -484,6 +509,7 @@ pub(crate) fn record_admin(
     now: i64,
 ) -> Result<u64, VaultError> {
     let mut state = AuditState::load(conn, keys, CheckpointPolicy::default())?;
+    state.register_node(conn, actor)?;
     let rec = AuditRecord {
         action,
         tenant: None,
@@ -508,10 +534,11 @@ pub(crate) fn sign_checkpoint_now(
     actor: &AccessContext,
     now: i64,
     witness: Option<&Path>,
-) -> Result<Checkpoint, VaultError> {
+) -> Result<Option<Checkpoint>, VaultError> {
     let open = conn.begin_immediate()?;
     let tx = open.tx();
     let mut state = AuditState::load(&tx, keys, CheckpointPolicy::default())?;
+    state.register_node(&tx, actor)?;
     let rec = AuditRecord {
         action: AuditAction::AuditCheckpoint,
         tenant: None,
@@ -525,8 +552,8 @@ pub(crate) fn sign_checkpoint_now(
     let cp = state.sign(&tx, OffsetDateTime::now_utc())?;
     drop(tx);
     open.commit()?;
-    if let Some(path) = witness {
-        Checkpoint::append_to_witness(path, std::slice::from_ref(&cp))
+    if let (Some(path), Some(cp)) = (witness, &cp) {
+        Checkpoint::append_to_witness(path, std::slice::from_ref(cp))
             .map_err(|e| VaultError::io(path, e))?;
     }
     Ok(cp)
@@ -542,12 +569,19 @@ pub fn append_admin_event(
     action: AuditAction,
     details: &str,
 ) -> Result<u64, VaultError> {
-    let db = crate::store::db_path(data_dir);
-    if !db.exists() {
+    let location = crate::store::Location::of(data_dir)?;
+    if let crate::store::Location::Sqlite(db) = &location
+        && !db.exists()
+    {
         return Err(VaultError::NotInitialized(data_dir.display().to_string()));
     }
     // Not `open_writer`: no migrations here, and a file that is not a vault is left alone.
-    let conn = Session::open_for_append(&db).map_err(VaultError::Store)?;
+    let conn = match Session::open_for_append_at(&location) {
+        Err(crate::store::StoreError::NoVault) => {
+            return Err(VaultError::NotInitialized(location.to_string()));
+        }
+        other => other.map_err(VaultError::Store)?,
+    };
     if super::keyring::meta_get(&conn.reader(), "vault_id")
         .ok()
         .flatten()

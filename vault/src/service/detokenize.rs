@@ -4,6 +4,7 @@
 use super::request::{self, AccessContext, Detokenized, TokenInfo};
 use super::{
     AuditAction, AuditOutcome, AuditRecord, StoredCard, Vault, audit_hook, audit_unavailable,
+    personal,
 };
 use crate::core::envelope::SealedRecord;
 use crate::core::pan::Expiry;
@@ -31,6 +32,19 @@ impl Vault {
         }
     }
 
+    /// Opens a PostgreSQL row's sealed subject and metadata (reloading the keys
+    /// once if they are sealed under a version made since the last refresh).
+    fn open_personal(&self, row: &mut CardRow) -> Result<(), VaultError> {
+        let mut keys = self.keys()?;
+        if let Some(v) = personal::needs_version(row)
+            && !keys.data.contains_key(&v)
+        {
+            self.refresh_keys()?;
+            keys = self.keys()?;
+        }
+        personal::open(&keys, row)
+    }
+
     /// The stored facts of a token (never the number).
     pub async fn metadata(
         &self,
@@ -38,7 +52,8 @@ impl Vault {
         token: &str,
         ctx: &AccessContext,
     ) -> Result<TokenInfo, VaultError> {
-        let result = self.read_row(tenant, token).and_then(|r| {
+        let result = self.read_row(tenant, token).and_then(|mut r| {
+            self.open_personal(&mut r)?;
             let held = self.cvc_status(tenant, &r.token)?;
             let mut info = r.info(false)?;
             info.cvc = Some(held);

@@ -188,7 +188,8 @@ pub(crate) fn erase_in_tx(
 ) -> Result<ErasureReceipt, VaultError> {
     let (n, subject_key_hash, token, subject) = match target {
         EraseTarget::Subject(s) => {
-            let n = note_deleted(conn.delete_subject(tenant, s), dedup)?;
+            let hash = super::personal::subject_hash(keys, tenant, s);
+            let n = note_deleted(conn.delete_subject(tenant, s, &hash), dedup)?;
             (
                 n,
                 subject_hash(keys.subject_key.expose_secret(), tenant, s),
@@ -448,12 +449,7 @@ impl Vault {
                 }
             })
             .await?;
-        let db = self.db_path().to_owned();
-        let wal_scrubbed = tokio::task::spawn_blocking(move || {
-            store::scrub_wal(&db, std::time::Duration::from_secs(5))
-        })
-        .await
-        .unwrap_or(false);
+        let wal_scrubbed = self.scrub_deleted().await;
         Ok(Erasure {
             receipt,
             wal_scrubbed,
@@ -492,11 +488,7 @@ impl Vault {
             })
             .await?;
         if report.deleted && report.past_expiry + report.past_ttl > 0 {
-            let db = self.db_path().to_owned();
-            let _ = tokio::task::spawn_blocking(move || {
-                store::scrub_wal(&db, std::time::Duration::from_secs(5))
-            })
-            .await;
+            let _ = self.scrub_deleted().await;
         }
         Ok(report)
     }

@@ -50,11 +50,7 @@ impl Inventory {
         grace_days: i64,
         now: OffsetDateTime,
     ) -> Result<Inventory, VaultError> {
-        let db = store::db_path(data_dir);
-        if !db.exists() {
-            return Err(VaultError::NotInitialized(data_dir.display().to_string()));
-        }
-        let conn = store::Reader::open(&db)?;
+        let (conn, db) = open_reader(data_dir)?;
         // Every vault is made with an id; one without has lost a row of its `meta`.
         let vault_id = keyring::meta_get(&conn, "vault_id")?.ok_or_else(|| {
             VaultError::Store(store::StoreError::Corrupt(
@@ -91,11 +87,35 @@ impl Inventory {
 /// How the vault in `data_dir` is sealed (`passphrase` or `shamir`) and, for
 /// shares, the threshold. Readable without any secret.
 pub fn seal_method(data_dir: &Path) -> Result<(String, Option<u8>), VaultError> {
-    let db = store::db_path(data_dir);
-    if !db.exists() {
-        return Err(VaultError::NotInitialized(data_dir.display().to_string()));
-    }
-    let conn = store::Reader::open(&db)?;
+    let (conn, _) = open_reader(data_dir)?;
     let (seal, _, _) = keyring::read_seal(&conn)?;
     Ok((seal.method, seal.shares.map(|(_, m)| m)))
+}
+
+/// A reader of the vault in `data_dir`, wherever its data is, and where that is
+/// as shown (SQLite: the file; PostgreSQL: the URL, password redacted).
+pub(crate) fn open_reader(
+    data_dir: &Path,
+) -> Result<(store::Reader<'static>, std::path::PathBuf), VaultError> {
+    let location = store::Location::of(data_dir)?;
+    if let store::Location::Sqlite(db) = &location
+        && !db.exists()
+    {
+        return Err(VaultError::NotInitialized(data_dir.display().to_string()));
+    }
+    match store::Reader::open_at(&location) {
+        Ok(r) => Ok((r, std::path::PathBuf::from(location.to_string()))),
+        Err(store::StoreError::NoVault) => Err(VaultError::NotInitialized(location.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `data_dir` names a vault (SQLite: its file exists; PostgreSQL: the
+/// database holds a vault's id).
+pub fn vault_exists(data_dir: &Path) -> Result<bool, VaultError> {
+    match open_reader(data_dir) {
+        Ok((conn, _)) => Ok(keyring::meta_get(&conn, "vault_id")?.is_some()),
+        Err(VaultError::NotInitialized(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }

@@ -14,7 +14,9 @@ pub mod idempotency;
 pub mod inventory;
 pub mod keyring;
 mod keys;
+pub mod migrate;
 mod open;
+mod personal;
 pub mod relay;
 pub mod request;
 pub mod shamir;
@@ -66,6 +68,9 @@ pub struct VaultOptions {
     /// A file outside the data directory that every signed checkpoint is
     /// appended to (`[audit] checkpoint_witness`).
     pub checkpoint_witness: Option<PathBuf>,
+    /// Where the data lives (`[storage]` of the server's configuration); `None`:
+    /// as the data directory's `panvault.toml` says ([`store::Location::of`]).
+    pub storage: Option<crate::config::StorageSettings>,
     /// How long a card security code given to tokenize is held for the relay
     /// (`[relay] cvc_ttl_secs`, at most an hour); `None`: no relay, and a
     /// request carrying a code is refused.
@@ -81,6 +86,7 @@ impl Default for VaultOptions {
             write_timeout: Duration::from_secs(10),
             checkpoint: panvault_audit::log::CheckpointPolicy::default(),
             checkpoint_witness: None,
+            storage: None,
             cvc_ttl: None,
         }
     }
@@ -106,8 +112,11 @@ struct Inner {
     /// active in the database: the next tokenize or refresh reloads the keys.
     reload_wanted: Arc<AtomicBool>,
     /// The shared lock on the data directory, held while this vault is open, so
-    /// that `master rotate` cannot replace the root key under it.
-    _serve_lock: store::DirLock,
+    /// that `master rotate` cannot replace the root key under it (SQLite; nodes
+    /// on PostgreSQL share no directory).
+    _serve_lock: Option<store::DirLock>,
+    /// PostgreSQL: the node's pool (`None` on SQLite).
+    pg_pool: Option<Arc<store::pg::PgPool>>,
     writer: Writer<VaultState>,
     readers: ReadPool,
     opts: VaultOptions,
@@ -361,9 +370,43 @@ impl Vault {
         self.inner.writer.shutdown();
     }
 
-    /// The database path.
+    /// The database path (SQLite; empty on PostgreSQL).
     pub fn db_path(&self) -> &Path {
         &self.inner.db
+    }
+
+    /// Whether the vault's data is in PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.inner.pg_pool.is_some()
+    }
+
+    /// Whether the database answers now (PostgreSQL: a connection of the node's
+    /// pool runs an empty query; SQLite: a read connection opens). For
+    /// `/healthz`.
+    pub fn database_reachable(&self) -> bool {
+        match self.inner.readers.get() {
+            Ok(r) => r.ping().is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// After a commit that deleted card data: SQLite truncates its WAL
+    /// ([`store::scrub_wal`]); PostgreSQL vacuums the tables. Whether it ran.
+    pub(crate) async fn scrub_deleted(&self) -> bool {
+        if self.is_postgres() {
+            let v = self.clone();
+            return tokio::task::spawn_blocking(move || {
+                v.inner.readers.get().and_then(|r| r.vacuum()).is_ok()
+            })
+            .await
+            .unwrap_or(false);
+        }
+        let db = self.db_path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            store::scrub_wal(&db, std::time::Duration::from_secs(5))
+        })
+        .await
+        .unwrap_or(false)
     }
 }
 
@@ -490,6 +533,7 @@ mod tests {
             metadata: Some(r#"{"order":"A-1"}"#.into()),
             created_at: 1_700_000_000,
             expires_at: None,
+            sealed_personal: None,
         }
     }
 

@@ -12,7 +12,10 @@ use super::{AuditAction, Clock, Inner, Vault, VaultOptions, audit_hook, hex, sha
 use crate::core::rng;
 use crate::core::secret::SecretKey32;
 use crate::error::VaultError;
-use crate::store::{self, ReadPool, Session, StoreError, Writer};
+use crate::store::{self, Location, ReadPool, Session, StoreError, Writer};
+
+/// The most jobs in one writer batch on PostgreSQL.
+const PG_MAX_BATCH: usize = 256;
 
 /// Creates the data directory (mode 0700) if needed.
 fn create_dir(dir: &Path) -> Result<(), VaultError> {
@@ -72,13 +75,27 @@ impl Vault {
         actor: &AccessContext,
         persist: impl FnOnce(&[shamir::ShareFile]) -> Result<(), VaultError>,
     ) -> Result<InitReport, VaultError> {
+        let location = Location::of(data_dir)?;
+        if location.is_postgres() {
+            // Nothing to remove on failure: the transaction that writes the vault
+            // rolls back whole (the empty schema may stay; `init` runs again).
+            create_dir(data_dir)?;
+            return Vault::init_in(data_dir, &location, seal, clock, actor, persist);
+        }
         let dir = crate::DataDir::new(data_dir);
         let db = dir.database();
         if db.exists() {
             return Err(VaultError::AlreadyInitialized(db.display().to_string()));
         }
         create_dir(data_dir)?;
-        let made = Vault::init_in(data_dir, &db, seal, clock, actor, persist);
+        let made = Vault::init_in(
+            data_dir,
+            &Location::Sqlite(db.clone()),
+            seal,
+            clock,
+            actor,
+            persist,
+        );
         if made.is_err() {
             // Only files this call created: `db` did not exist before.
             for p in dir.database_files() {
@@ -90,17 +107,20 @@ impl Vault {
 
     fn init_in(
         data_dir: &Path,
-        db: &Path,
+        location: &Location,
         seal: &SealSpec,
         clock: &Clock,
         actor: &AccessContext,
         persist: impl FnOnce(&[shamir::ShareFile]) -> Result<(), VaultError>,
     ) -> Result<InitReport, VaultError> {
-        let conn = Session::open(db, true)?;
+        let conn = Session::open_at(location, true, None)?;
         #[cfg(unix)]
-        {
+        if let Location::Sqlite(db) = location {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(db, std::fs::Permissions::from_mode(0o600));
+        }
+        if location.is_postgres() && keyring::meta_get(&conn.reader(), "vault_id")?.is_some() {
+            return Err(VaultError::AlreadyInitialized(location.to_string()));
         }
         let now = clock().unix_timestamp();
         let mut id = [0u8; 16];
@@ -170,35 +190,81 @@ impl Vault {
         unlock: &Unlock,
         opts: VaultOptions,
     ) -> Result<Vault, VaultError> {
-        let db = store::db_path(data_dir);
-        if !db.exists() {
-            return Err(VaultError::NotInitialized(data_dir.display().to_string()));
-        }
-        let serve_lock = store::lock_shared(data_dir)
-            .map_err(|e| VaultError::io(&store::serve_lock_path(data_dir), e))?
-            .ok_or_else(|| {
-                VaultError::KeyState(
-                    "a `panvault master rotate` is replacing the root key of this vault; \
-                     start again when it has finished"
-                        .into(),
+        let location = match &opts.storage {
+            Some(s) => Location::from_settings(Some(s), data_dir)?,
+            None => Location::of(data_dir)?,
+        };
+        let (conn, serve_lock, pg_pool, db) = match &location {
+            Location::Sqlite(db) => {
+                if !db.exists() {
+                    return Err(VaultError::NotInitialized(data_dir.display().to_string()));
+                }
+                let serve_lock = store::lock_shared(data_dir)
+                    .map_err(|e| VaultError::io(&store::serve_lock_path(data_dir), e))?
+                    .ok_or_else(|| {
+                        VaultError::KeyState(
+                            "a `panvault master rotate` is replacing the root key of this vault; \
+                             start again when it has finished"
+                                .into(),
+                        )
+                    })?;
+                (
+                    Session::open(db, false)?,
+                    Some(serve_lock),
+                    None,
+                    db.clone(),
                 )
-            })?;
-        let conn = Session::open(&db, false)?;
+            }
+            Location::Postgres(settings) => {
+                let pool = Arc::new(store::pg::PgPool::open(settings).map_err(StoreError::from)?);
+                let conn = match Session::open_at(&location, false, Some(Arc::clone(&pool))) {
+                    Err(StoreError::NoVault) => {
+                        return Err(VaultError::NotInitialized(location.to_string()));
+                    }
+                    other => other?,
+                };
+                (conn, None, Some(pool), PathBuf::new())
+            }
+        };
         conn.check_integrity()?;
         let vault_id = keyring::meta_get(&conn.reader(), "vault_id")?
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
         let (root, _info, _shares) = keyring::unseal_root(&conn.reader(), &vault_id, unlock)?;
         let ring = Keyring::load(&conn.reader(), &vault_id, root)?;
-        let state = VaultState::load(
+        let mut state = VaultState::load(
             &conn.autocommit(),
             &ring,
             opts.checkpoint,
             opts.checkpoint_witness.clone(),
         )?;
+        if conn.is_postgres() {
+            // This node's chain in the shared log: registered (its first event and
+            // cluster checkpoint) before it appends anything.
+            let ctx = AccessContext {
+                actor: crate::hygiene::admin_actor_name(),
+                ..Default::default()
+            };
+            let open = conn.begin()?;
+            let tx = open.tx();
+            state.audit_mut().register_node(&tx, &ctx)?;
+            drop(tx);
+            open.commit()?;
+        }
         let reload_wanted = state.reload_wanted();
         let tokens_stored = state.dedup.stored();
-        let writer = Writer::start(conn, state, db.clone(), opts.writer.clone())?;
-        let readers = ReadPool::new(db.clone(), opts.read_pool);
+        let (checkpointed, readers) = match &pg_pool {
+            None => (Some(db.clone()), ReadPool::new(db.clone(), opts.read_pool)),
+            Some(pool) => (None, ReadPool::postgres(Arc::clone(pool))),
+        };
+        let mut writer_cfg = opts.writer.clone();
+        if pg_pool.is_some() {
+            // Each tokenize holds an advisory lock on its card until its batch
+            // commits, and PostgreSQL's lock table is shared by every connection
+            // (`max_locks_per_transaction` × `max_connections`): smaller batches
+            // keep several nodes' open batches well inside it.
+            writer_cfg.max_batch = writer_cfg.max_batch.min(PG_MAX_BATCH);
+        }
+        let writer = Writer::start(conn, state, checkpointed, writer_cfg)?;
         Ok(Vault {
             inner: Arc::new(Inner {
                 data_dir: data_dir.to_owned(),
@@ -207,6 +273,7 @@ impl Vault {
                 keys_stale: AtomicBool::new(false),
                 reload_wanted,
                 _serve_lock: serve_lock,
+                pg_pool,
                 writer,
                 readers,
                 opts,

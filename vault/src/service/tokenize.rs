@@ -7,14 +7,15 @@ use super::keyring::Keyring;
 use super::request::{AccessContext, CardFacts, TokenInfo, TokenizeRequest};
 use super::state::VaultState;
 use super::{
-    AuditAction, AuditOutcome, AuditRecord, StoredCard, Vault, hex, rfc3339, validate_tenant,
+    AuditAction, AuditOutcome, AuditRecord, StoredCard, Vault, hex, personal, rfc3339,
+    validate_tenant,
 };
 use crate::core::envelope::SealedRecord;
 use crate::core::kdf::FINGERPRINT_LEN;
 use crate::core::rng;
 use crate::core::token::{Token, TokenFormat};
 use crate::error::VaultError;
-use crate::store::{CardRow, Inserted, NewCard, Tx};
+use crate::store::{CardRow, Inserted, NewCard, SealedPersonal, Tx};
 
 impl Vault {
     /// Tokenizes a card in `tenant`: the existing token if this tenant already holds
@@ -185,7 +186,23 @@ fn tokenize_in_tx(
     // A hit is the same card for the same subject: another customer of the tenant
     // holding this card gets a token of their own, which only their erasure removes.
     let subject = state.dedup.tag(req.subject.as_deref());
-    if !req.force_new
+    let pg = conn.is_postgres();
+    if pg {
+        // Nodes share the database, not a dedup index: the card's lock makes two
+        // nodes tokenizing it at once take turns, and the second finds the first's
+        // row (committed before the lock was released).
+        if !req.force_new {
+            conn.lock_card(&fp[..])?;
+            let hash = req
+                .subject
+                .as_deref()
+                .map(|s| personal::subject_hash(keys, tenant, s));
+            if let Some(mut row) = conn.dedup_row(tenant, &fp[..], hash.as_deref(), now)? {
+                personal::open(keys, &mut row)?;
+                return update_on_hit(conn, state, keys, tenant, req, row, metadata, expires_at);
+            }
+        }
+    } else if !req.force_new
         && let Some(id) = state.dedup.get(fp, subject)
     {
         let found = conn.live_dedup_row(id, &fp[..], tenant, req.subject.as_deref(), now)?;
@@ -224,27 +241,44 @@ fn tokenize_in_tx(
             .try_into()
             .map_err(|e| VaultError::internal_from("a nonce draw is not 12 bytes", e))?;
         let sealed = key.seal(tenant, token.as_str(), &req.card, nonce)?;
-        let inserted = conn.insert_card(&NewCard {
-            token: token.as_str(),
-            tenant,
-            key_version: sealed.key_version,
-            nonce: &sealed.nonce[..],
-            ciphertext: &sealed.ciphertext,
-            fingerprint: &fp[..],
-            brand: pan.brand().as_str(),
-            bin: pan.bin(),
-            last4: pan.last4(),
-            exp_month: req.expiry.month(),
-            exp_year: req.expiry.year(),
-            subject: req.subject.as_deref(),
-            metadata,
-            created_at: now,
-            expires_at,
-        })?;
+        let personal = if pg {
+            personal::seal(
+                keys,
+                key,
+                tenant,
+                token.as_str(),
+                req.subject.as_deref(),
+                metadata,
+            )?
+        } else {
+            SealedPersonal::default()
+        };
+        let inserted = conn.insert_card(
+            &NewCard {
+                token: token.as_str(),
+                tenant,
+                key_version: sealed.key_version,
+                nonce: &sealed.nonce[..],
+                ciphertext: &sealed.ciphertext,
+                fingerprint: &fp[..],
+                brand: pan.brand().as_str(),
+                bin: pan.bin(),
+                last4: pan.last4(),
+                exp_month: req.expiry.month(),
+                exp_year: req.expiry.year(),
+                subject: req.subject.as_deref(),
+                metadata,
+                created_at: now,
+                expires_at,
+            },
+            &personal,
+        )?;
         match inserted {
             Inserted::Row(id) => {
                 state.count_encryption(sealed.key_version);
-                state.dedup.insert(*fp, subject, id);
+                if !pg {
+                    state.dedup.insert(*fp, subject, id);
+                }
                 return Ok(TokenInfo {
                     token: token.as_str().to_owned(),
                     card: CardFacts {
@@ -319,23 +353,40 @@ fn update_on_hit(
         updated.push("expires_at");
     }
     // A new name is re-sealed; take the key before changing anything, so a refusal
-    // (the key is no longer active in the database) leaves the row as it was.
-    let fresh = if updated.contains(&"name") {
+    // (the key is no longer active in the database) leaves the row as it was. On
+    // PostgreSQL every change of terms seals the subject and metadata again, under
+    // the active key too.
+    let pg = conn.is_postgres();
+    let fresh = if updated.contains(&"name") || (pg && !updated.is_empty()) {
         state.sealing_keyring(conn, keys)?
     } else {
         None
     };
+    let active = fresh.as_deref().unwrap_or(keys);
     let reseal_key = if updated.contains(&"name") {
-        Some(fresh.as_deref().unwrap_or(keys).active_key()?)
+        Some(active.active_key()?)
     } else {
         None
     };
     if !updated.is_empty() {
+        let personal = if pg {
+            personal::seal(
+                keys,
+                active.active_key()?,
+                tenant,
+                &row.token,
+                row.subject.as_deref(),
+                row.metadata.as_deref(),
+            )?
+        } else {
+            SealedPersonal::default()
+        };
         conn.update_card_terms(
             row.id,
             row.exp_month,
             row.exp_year,
             row.metadata.as_deref(),
+            personal.sealed.as_deref(),
             row.expires_at,
         )?;
     }

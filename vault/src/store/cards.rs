@@ -8,24 +8,44 @@ use super::StoreError;
 
 /// One stored card row, as the table holds it (sealed; the service checks the
 /// columns before it shows them).
-#[derive(Debug)]
-pub(crate) struct CardRow {
-    pub(crate) id: i64,
-    pub(crate) token: String,
-    pub(crate) tenant: String,
-    pub(crate) key_version: u32,
-    pub(crate) nonce: Vec<u8>,
-    pub(crate) ciphertext: Vec<u8>,
-    pub(crate) fingerprint: Vec<u8>,
-    pub(crate) brand: String,
-    pub(crate) bin: String,
-    pub(crate) last4: String,
-    pub(crate) exp_month: i64,
-    pub(crate) exp_year: i64,
-    pub(crate) subject: Option<String>,
-    pub(crate) metadata: Option<String>,
-    pub(crate) created_at: i64,
-    pub(crate) expires_at: Option<i64>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardRow {
+    /// The row id.
+    pub id: i64,
+    /// The token.
+    pub token: String,
+    /// The tenant the token belongs to.
+    pub tenant: String,
+    /// The data key version the card is sealed under.
+    pub key_version: u32,
+    /// The card's nonce.
+    pub nonce: Vec<u8>,
+    /// The sealed card.
+    pub ciphertext: Vec<u8>,
+    /// The card's keyed fingerprint (deduplication).
+    pub fingerprint: Vec<u8>,
+    /// The card brand.
+    pub brand: String,
+    /// The issuer identification number shown without decrypting.
+    pub bin: String,
+    /// The last four digits.
+    pub last4: String,
+    /// The card's expiry month (as stored).
+    pub exp_month: i64,
+    /// The card's expiry year (as stored).
+    pub exp_year: i64,
+    /// The data subject, in clear (SQLite only).
+    pub subject: Option<String>,
+    /// The metadata, in clear (SQLite only).
+    pub metadata: Option<String>,
+    /// When the row was created (Unix seconds).
+    pub created_at: i64,
+    /// When the token's own time-to-live runs out (Unix seconds), if it has one.
+    pub expires_at: Option<i64>,
+    /// PostgreSQL only: the subject and metadata sealed under the record's data
+    /// key (the engine holds no personal data in clear; `subject` and `metadata`
+    /// stay `None` until the service opens this).
+    pub sealed_personal: Option<Vec<u8>>,
 }
 
 /// The columns [`CardRow::from_sql`] reads, in order.
@@ -51,6 +71,7 @@ impl CardRow {
             created_at: r.get(13)?,
             expires_at: r.get(14)?,
             id: r.get(15)?,
+            sealed_personal: None,
         })
     }
 }
@@ -102,7 +123,7 @@ pub enum Inserted {
 }
 
 /// Inserts `card`.
-pub(crate) fn insert(conn: &Connection, card: &NewCard<'_>) -> Result<Inserted, StoreError> {
+pub fn insert(conn: &Connection, card: &NewCard<'_>) -> Result<Inserted, StoreError> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO cards (token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, last4,
                             exp_month, exp_year, subject, metadata, created_at, expires_at)
@@ -139,7 +160,7 @@ pub(crate) fn insert(conn: &Connection, card: &NewCard<'_>) -> Result<Inserted, 
 
 /// Row `id`, if it is still a live (unexpired at `now`) row of card
 /// `fingerprint` for `subject` of `tenant`: the re-check of a dedup index hit.
-pub(crate) fn live_dedup_row(
+pub fn live_dedup_row(
     conn: &Connection,
     id: i64,
     fingerprint: &[u8],
@@ -161,7 +182,7 @@ pub(crate) fn live_dedup_row(
 
 /// The row of `token` in `tenant` (expired or not). A bin_last4 token is unique
 /// within its tenant only.
-pub(crate) fn by_token(
+pub fn by_token(
     conn: &Connection,
     token: &str,
     tenant: &str,
@@ -175,7 +196,7 @@ pub(crate) fn by_token(
 }
 
 /// Whether row `id` still holds `token` of `tenant`, unexpired at `now`.
-pub(crate) fn is_live(
+pub fn is_live(
     conn: &Connection,
     id: i64,
     token: &str,
@@ -190,7 +211,7 @@ pub(crate) fn is_live(
 }
 
 /// Sets the card expiry, metadata and token expiry of row `id`.
-pub(crate) fn update_terms(
+pub fn update_terms(
     conn: &Connection,
     id: i64,
     exp_month: i64,
@@ -206,7 +227,7 @@ pub(crate) fn update_terms(
 }
 
 /// Replaces the sealed card of row `id` (sealed again under `key_version`).
-pub(crate) fn update_sealed(
+pub fn update_sealed(
     conn: &Connection,
     id: i64,
     key_version: u32,
@@ -221,13 +242,13 @@ pub(crate) fn update_sealed(
 }
 
 /// Number of card rows.
-pub(crate) fn count(conn: &Connection) -> Result<i64, StoreError> {
+pub fn count(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT count(*) FROM cards", [], |r| r.get(0))?)
 }
 
 /// Calls `f` with the id, fingerprint and subject of every card row (what the
 /// dedup index is built from).
-pub(crate) fn for_each_fingerprint(
+pub fn for_each_fingerprint(
     conn: &Connection,
     mut f: impl FnMut(i64, Vec<u8>, Option<String>),
 ) -> Result<(), StoreError> {

@@ -7,7 +7,7 @@ use rusqlite::{Connection, Params, params};
 use super::StoreError;
 
 /// `(id, fingerprint)` of a deleted card row.
-pub(crate) type DeletedCard = (i64, Vec<u8>);
+pub type DeletedCard = (i64, Vec<u8>);
 
 /// Runs a `DELETE … RETURNING id, fingerprint` and collects the deleted rows.
 fn delete_returning(
@@ -26,7 +26,7 @@ fn delete_returning(
 
 /// Deletes `token` of `tenant` unless its own time-to-live has run out at `now`
 /// (the API's delete: an expired token is already gone for callers).
-pub(crate) fn delete_live_token(
+pub fn delete_live_token(
     conn: &Connection,
     tenant: &str,
     token: &str,
@@ -41,7 +41,7 @@ pub(crate) fn delete_live_token(
 }
 
 /// Deletes `token` of `tenant`, expired or not (an erasure).
-pub(crate) fn delete_token(
+pub fn delete_token(
     conn: &Connection,
     tenant: &str,
     token: &str,
@@ -54,7 +54,7 @@ pub(crate) fn delete_token(
 }
 
 /// Deletes every card of data subject `subject` in `tenant`.
-pub(crate) fn delete_subject(
+pub fn delete_subject(
     conn: &Connection,
     tenant: &str,
     subject: &str,
@@ -68,7 +68,7 @@ pub(crate) fn delete_subject(
 
 /// Cards whose expiry month index (year * 12 + month - 1) is before `cutoff_month`.
 /// (`now` is bound but unused, so the statement matches [`count_past_ttl_only`]'s.)
-pub(crate) fn count_past_expiry(
+pub fn count_past_expiry(
     conn: &Connection,
     cutoff_month: i64,
     now: i64,
@@ -82,7 +82,7 @@ pub(crate) fn count_past_expiry(
 
 /// Cards past their own time-to-live at `now` that are not also past expiry
 /// (counted by [`count_past_expiry`]).
-pub(crate) fn count_past_ttl_only(
+pub fn count_past_ttl_only(
     conn: &Connection,
     cutoff_month: i64,
     now: i64,
@@ -95,7 +95,7 @@ pub(crate) fn count_past_ttl_only(
 }
 
 /// Deletes every card past expiry (before `cutoff_month`) or past its TTL at `now`.
-pub(crate) fn delete_past_retention(
+pub fn delete_past_retention(
     conn: &Connection,
     cutoff_month: i64,
     now: i64,
@@ -110,7 +110,7 @@ pub(crate) fn delete_past_retention(
 
 /// Ids of the cards past expiry (before `cutoff_month`) or past their TTL at `now`,
 /// in id order.
-pub(crate) fn retention_candidates(
+pub fn retention_candidates(
     conn: &Connection,
     cutoff_month: i64,
     now: i64,
@@ -124,7 +124,7 @@ pub(crate) fn retention_candidates(
 }
 
 /// Deletes card `id` if its expiry month is before `cutoff_month`.
-pub(crate) fn delete_id_past_expiry(
+pub fn delete_id_past_expiry(
     conn: &Connection,
     id: i64,
     cutoff_month: i64,
@@ -138,7 +138,7 @@ pub(crate) fn delete_id_past_expiry(
 }
 
 /// Deletes card `id` if its own TTL has run out at `now`.
-pub(crate) fn delete_id_past_ttl(
+pub fn delete_id_past_ttl(
     conn: &Connection,
     id: i64,
     now: i64,
@@ -152,8 +152,8 @@ pub(crate) fn delete_id_past_ttl(
 }
 
 /// An erasure carried out: the row `erasure_requests` keeps of it.
-#[derive(Debug)]
-pub(crate) struct CompletedErasure<'a> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletedErasure<'a> {
     /// Tenant erased in.
     pub tenant: &'a str,
     /// Keyed hash of the subject (or of `token:<token>`).
@@ -169,7 +169,7 @@ pub(crate) struct CompletedErasure<'a> {
 }
 
 /// Records an erasure that arrived and completed at `e.at`.
-pub(crate) fn insert_completed_request(
+pub fn insert_completed_request(
     conn: &Connection,
     e: &CompletedErasure<'_>,
 ) -> Result<(), StoreError> {
@@ -183,7 +183,7 @@ pub(crate) fn insert_completed_request(
 
 /// Records an erasure request as it arrives at `at` (open until
 /// [`complete_request`]); returns its id.
-pub(crate) fn insert_open_request(
+pub fn insert_open_request(
     conn: &Connection,
     tenant: &str,
     subject_hash: &str,
@@ -199,7 +199,7 @@ pub(crate) fn insert_open_request(
 
 /// Completes the open request `id` at `at` (`audit_seq`: its erasure event; none
 /// when there was nothing to erase). `false` if it was not open.
-pub(crate) fn complete_request(
+pub fn complete_request(
     conn: &Connection,
     id: i64,
     at: i64,
@@ -215,10 +215,7 @@ pub(crate) fn complete_request(
 }
 
 /// Erasure requests not completed that arrived before `cutoff` (unix seconds).
-pub(crate) fn count_open_requests_before(
-    conn: &Connection,
-    cutoff: i64,
-) -> Result<i64, StoreError> {
+pub fn count_open_requests_before(conn: &Connection, cutoff: i64) -> Result<i64, StoreError> {
     Ok(conn.query_row(
         "SELECT count(*) FROM erasure_requests WHERE completed_at IS NULL AND requested_at < ?1",
         [cutoff],
@@ -227,12 +224,12 @@ pub(crate) fn count_open_requests_before(
 }
 
 /// The id of the newest erasure request, if any.
-pub(crate) fn last_request_id(conn: &Connection) -> Result<Option<i64>, StoreError> {
+pub fn last_request_id(conn: &Connection) -> Result<Option<i64>, StoreError> {
     Ok(conn.query_row("SELECT max(id) FROM erasure_requests", [], |r| r.get(0))?)
 }
 
 /// Records `now` as the WAL truncation time of every request up to `id` that has none.
-pub(crate) fn mark_wal_scrubbed(conn: &Connection, id: i64, now: i64) -> Result<(), StoreError> {
+pub fn mark_wal_scrubbed(conn: &Connection, id: i64, now: i64) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE erasure_requests SET wal_scrubbed_at = ?2
          WHERE wal_scrubbed_at IS NULL AND id <= ?1",
@@ -243,7 +240,7 @@ pub(crate) fn mark_wal_scrubbed(conn: &Connection, id: i64, now: i64) -> Result<
 
 /// The erasure requests as a compliance run sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RequestOverview {
+pub struct RequestOverview {
     /// Requests not completed: (id, requested_at in unix seconds), oldest first.
     pub open: Vec<(i64, i64)>,
     /// Requests completed.
@@ -252,7 +249,7 @@ pub(crate) struct RequestOverview {
 
 /// The open and completed erasure requests; `None` for a vault whose schema
 /// predates erasure tracking (no `erasure_requests` table).
-pub(crate) fn request_overview(conn: &Connection) -> Result<Option<RequestOverview>, StoreError> {
+pub fn request_overview(conn: &Connection) -> Result<Option<RequestOverview>, StoreError> {
     let tables: i64 = conn.query_row(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'erasure_requests'",
         [],

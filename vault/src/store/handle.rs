@@ -7,18 +7,23 @@
 
 use std::ops::Deref;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use panvault_audit::log::{AuditChain, AuditError, Checkpoint, NewEvent, PruneReport, SigningKey};
+use panvault_audit::log::{
+    Actor, AuditChain, AuditError, Checkpoint, CheckpointPolicy, NewEvent, PruneReport, SigningKey,
+};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use time::OffsetDateTime;
 
+use super::pg::session::{KeyLock, PgConn};
+use super::pg::{self, PgPool};
 use super::pool::PooledConn;
 use super::{
     CardRow, CardShape, CompletedErasure, CvcKeyRow, CvcShape, CvcSweep, DataKeyRow, DeletedCard,
-    HeldCvcRow, IdempotencyRow, Inserted, NewCard, NewCvcKey, NewHeldCvc, RequestOverview, SealRow,
-    SealedCard, StoreError, WrappedDataKey, cards, cvc, erasure, idempotency, inventory, keys,
-    meta, rewrap,
+    HeldCvcRow, IdempotencyRow, Inserted, Location, NewCard, NewCvcKey, NewHeldCvc,
+    RequestOverview, SealRow, SealedCard, StoreError, WrappedDataKey, cards, cvc, erasure,
+    idempotency, inventory, keys, meta, rewrap,
 };
 use crate::key_state::KeyState;
 
@@ -26,6 +31,63 @@ enum Conn<'a> {
     Borrowed(&'a Connection),
     Pooled(PooledConn<'a>),
     Owned(Connection),
+    PgBorrowed(&'a PgConn),
+    PgOwned(Box<PgConn>),
+}
+
+/// The engine under a handle.
+enum Eng<'r> {
+    Sqlite(&'r Connection),
+    Pg(&'r PgConn),
+}
+
+/// Runs the SQLite function or its PostgreSQL twin (whose errors become
+/// [`StoreError`]s, and whose failure marks the transaction as aborted).
+macro_rules! on {
+    ($r:expr, $c:ident => $sqlite:expr, $p:ident => $pg:expr) => {
+        match $r.eng() {
+            Eng::Sqlite($c) => $sqlite,
+            Eng::Pg(conn) => conn.run(|$p| $pg),
+        }
+    };
+}
+
+/// A PostgreSQL card row as the service reads it: the subject and metadata stay
+/// sealed (`sealed_personal`) until the service opens them.
+fn from_pg(row: pg::cards::PgCardRow) -> Result<CardRow, pg::PgError> {
+    let key_version = u32::try_from(row.key_version).map_err(|_| {
+        pg::PgError::Foreign("cards.key_version holds a value the vault never writes".into())
+    })?;
+    Ok(CardRow {
+        id: row.id,
+        token: row.token,
+        tenant: row.tenant,
+        key_version,
+        nonce: row.nonce,
+        ciphertext: row.ciphertext,
+        fingerprint: row.fingerprint,
+        brand: row.brand,
+        bin: row.bin,
+        last4: row.last4,
+        exp_month: row.exp_month,
+        exp_year: row.exp_year,
+        subject: None,
+        metadata: None,
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+        sealed_personal: row.metadata_sealed,
+    })
+}
+
+/// What the PostgreSQL card row holds in place of the subject and the metadata:
+/// the subject's keyed hash and both sealed under the record's data key. SQLite
+/// keeps them in clear and ignores this.
+#[derive(Debug, Default)]
+pub(crate) struct SealedPersonal {
+    /// The subject's keyed hash.
+    pub(crate) subject_hash: Option<Vec<u8>>,
+    /// The subject and the metadata, sealed.
+    pub(crate) sealed: Option<Vec<u8>>,
 }
 
 /// Read access to the vault's database: a connection of the read pool, or the
@@ -74,12 +136,38 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn c(&self) -> &Connection {
-        match &self.conn {
-            Conn::Borrowed(c) => c,
-            Conn::Pooled(c) => c,
-            Conn::Owned(c) => c,
+    pub(super) fn pg(conn: PgConn) -> Reader<'a> {
+        Reader {
+            conn: Conn::PgOwned(Box::new(conn)),
         }
+    }
+
+    fn eng(&self) -> Eng<'_> {
+        match &self.conn {
+            Conn::Borrowed(c) => Eng::Sqlite(c),
+            Conn::Pooled(c) => Eng::Sqlite(c),
+            Conn::Owned(c) => Eng::Sqlite(c),
+            Conn::PgBorrowed(c) => Eng::Pg(c),
+            Conn::PgOwned(c) => Eng::Pg(c),
+        }
+    }
+
+    /// The SQLite connection, for what has no PostgreSQL twin yet (held card
+    /// security codes, idempotency keys): [`StoreError::Unsupported`] there.
+    fn c(&self) -> Result<&Connection, StoreError> {
+        match self.eng() {
+            Eng::Sqlite(c) => Ok(c),
+            Eng::Pg(_) => Err(StoreError::Unsupported(
+                "held card security codes and idempotency keys on PostgreSQL",
+            )),
+        }
+    }
+
+    /// Whether the engine is PostgreSQL: nodes share the database, so the dedup
+    /// lookup runs in it ([`Tx::lock_card`], [`Tx::dedup_row`]) rather than in a
+    /// node's memory, and personal data is stored sealed ([`SealedPersonal`]).
+    pub(crate) fn is_postgres(&self) -> bool {
+        matches!(self.eng(), Eng::Pg(_))
     }
 }
 
@@ -90,6 +178,22 @@ impl Reader<'static> {
             conn: Conn::Owned(super::open_reader(path)?),
         })
     }
+
+    /// A reading connection of its own to the vault at `location` (PostgreSQL: a
+    /// client of a pool of its own; the schema must exist).
+    pub fn open_at(location: &Location) -> Result<Reader<'static>, StoreError> {
+        match location {
+            Location::Sqlite(path) => Reader::open(path),
+            Location::Postgres(settings) => {
+                let pool = Arc::new(PgPool::open(settings)?);
+                let conn = PgConn::from_pool(pool)?;
+                if conn.run(pg::schema::version)?.is_none() {
+                    return Err(StoreError::NoVault);
+                }
+                Ok(Reader::pg(conn))
+            }
+        }
+    }
 }
 
 impl<'a> Tx<'a> {
@@ -98,48 +202,56 @@ impl<'a> Tx<'a> {
             r: Reader::borrowed(conn),
         }
     }
+
+    pub(super) fn pg(conn: &'a PgConn) -> Tx<'a> {
+        Tx {
+            r: Reader {
+                conn: Conn::PgBorrowed(conn),
+            },
+        }
+    }
 }
 
 /// Reads.
 impl Reader<'_> {
     // --- meta
     pub(crate) fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        meta::get(self.c(), key)
+        on!(self, c => meta::get(c, key), p => pg::meta::get(p, key))
     }
     pub(crate) fn key_epoch(&self) -> Result<Option<String>, StoreError> {
-        meta::key_epoch(self.c())
+        on!(self, c => meta::key_epoch(c), p => pg::meta::key_epoch(p))
     }
 
     // --- keys
     pub(crate) fn read_seal(&self) -> Result<Option<SealRow>, StoreError> {
-        keys::read_seal(self.c())
+        on!(self, c => keys::read_seal(c), p => pg::keys::read_seal(p))
     }
     pub(crate) fn active_key_version(&self) -> Result<Option<u32>, StoreError> {
-        keys::active_version(self.c())
+        on!(self, c => keys::active_version(c), p => pg::keys::active_version(p))
     }
     pub(crate) fn wrapped_data_keys(&self) -> Result<Vec<WrappedDataKey>, StoreError> {
-        keys::wrapped_data_keys(self.c())
+        on!(self, c => keys::wrapped_data_keys(c), p => pg::keys::wrapped_data_keys(p))
     }
     pub(crate) fn wrapped_data_key_bytes(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
-        keys::wrapped_data_key_bytes(self.c())
+        on!(self, c => keys::wrapped_data_key_bytes(c), p => pg::keys::wrapped_data_key_bytes(p))
     }
     pub(crate) fn list_data_keys(&self) -> Result<Vec<DataKeyRow>, StoreError> {
-        keys::list_data_keys(self.c())
+        on!(self, c => keys::list_data_keys(c), p => pg::keys::list_data_keys(p))
     }
     pub(crate) fn key_state(&self, version: u32) -> Result<Option<KeyState>, StoreError> {
-        keys::key_state(self.c(), version)
+        on!(self, c => keys::key_state(c, version), p => pg::keys::key_state(p, version))
     }
     pub(crate) fn next_key_version(&self) -> Result<u32, StoreError> {
-        keys::next_version(self.c())
+        on!(self, c => keys::next_version(c), p => pg::keys::next_version(p))
     }
     pub(crate) fn records_under(&self, version: u32) -> Result<i64, StoreError> {
-        keys::records_under(self.c(), version)
+        on!(self, c => keys::records_under(c, version), p => pg::keys::records_under(p, version))
     }
     pub(crate) fn read_aux_key(&self, name: &str) -> Result<Vec<u8>, StoreError> {
-        keys::read_aux_key(self.c(), name)
+        on!(self, c => keys::read_aux_key(c, name), p => pg::keys::read_aux_key(p, name))
     }
     pub(crate) fn aux_keys(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        keys::aux_keys(self.c())
+        on!(self, c => keys::aux_keys(c), p => pg::keys::aux_keys(p))
     }
 
     // --- cards
@@ -148,7 +260,8 @@ impl Reader<'_> {
         token: &str,
         tenant: &str,
     ) -> Result<Option<CardRow>, StoreError> {
-        cards::by_token(self.c(), token, tenant)
+        on!(self, c => cards::by_token(c, token, tenant),
+            p => pg::cards::by_token(p, token, tenant)?.map(from_pg).transpose())
     }
     pub(crate) fn card_is_live(
         &self,
@@ -157,8 +270,11 @@ impl Reader<'_> {
         tenant: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        cards::is_live(self.c(), id, token, tenant, now)
+        on!(self, c => cards::is_live(c, id, token, tenant, now),
+            p => pg::cards::is_live(p, id, token, tenant, now))
     }
+    /// Re-checks a hit of the in-memory dedup index (SQLite only: on PostgreSQL
+    /// the lookup is [`Tx::dedup_row`]).
     pub(crate) fn live_dedup_row(
         &self,
         id: i64,
@@ -167,69 +283,103 @@ impl Reader<'_> {
         subject: Option<&str>,
         now: i64,
     ) -> Result<Option<CardRow>, StoreError> {
-        cards::live_dedup_row(self.c(), id, fingerprint, tenant, subject, now)
+        match self.eng() {
+            Eng::Sqlite(c) => cards::live_dedup_row(c, id, fingerprint, tenant, subject, now),
+            Eng::Pg(_) => Err(StoreError::Unsupported(
+                "the in-memory dedup index (PostgreSQL looks cards up in the database)",
+            )),
+        }
     }
     pub(crate) fn card_count(&self) -> Result<i64, StoreError> {
-        cards::count(self.c())
+        on!(self, c => cards::count(c), p => pg::cards::count(p))
     }
+    /// Every card's fingerprint for the in-memory dedup index (SQLite only: on
+    /// PostgreSQL nothing is visited, the index stays empty).
     pub(crate) fn for_each_fingerprint(
         &self,
         f: impl FnMut(i64, Vec<u8>, Option<String>),
     ) -> Result<(), StoreError> {
-        cards::for_each_fingerprint(self.c(), f)
+        match self.eng() {
+            Eng::Sqlite(c) => cards::for_each_fingerprint(c, f),
+            Eng::Pg(_) => Ok(()),
+        }
     }
     pub(crate) fn count_not_under(&self, version: u32) -> Result<i64, StoreError> {
-        rewrap::count_not_under(self.c(), version)
+        on!(self, c => rewrap::count_not_under(c, version), p => pg::rewrap::count_not_under(p, version))
     }
     pub(crate) fn sealed_not_under(
         &self,
         version: u32,
         limit: i64,
     ) -> Result<Vec<SealedCard>, StoreError> {
-        rewrap::batch_not_under(self.c(), version, limit)
+        on!(self, c => rewrap::batch_not_under(c, version, limit),
+            p => pg::rewrap::batch_not_under(p, version, limit))
     }
 
     // --- retention and erasure
     pub(crate) fn count_past_expiry(&self, cutoff_month: i64, now: i64) -> Result<i64, StoreError> {
-        erasure::count_past_expiry(self.c(), cutoff_month, now)
+        on!(self, c => erasure::count_past_expiry(c, cutoff_month, now),
+            p => pg::erasure::count_past_expiry(p, cutoff_month, now))
     }
     pub(crate) fn count_past_ttl_only(
         &self,
         cutoff_month: i64,
         now: i64,
     ) -> Result<i64, StoreError> {
-        erasure::count_past_ttl_only(self.c(), cutoff_month, now)
+        on!(self, c => erasure::count_past_ttl_only(c, cutoff_month, now),
+            p => pg::erasure::count_past_ttl_only(p, cutoff_month, now))
     }
     pub(crate) fn retention_candidates(
         &self,
         cutoff_month: i64,
         now: i64,
     ) -> Result<Vec<i64>, StoreError> {
-        erasure::retention_candidates(self.c(), cutoff_month, now)
+        on!(self, c => erasure::retention_candidates(c, cutoff_month, now),
+            p => pg::erasure::retention_candidates(p, cutoff_month, now))
     }
     pub(crate) fn count_open_requests_before(&self, cutoff: i64) -> Result<i64, StoreError> {
-        erasure::count_open_requests_before(self.c(), cutoff)
+        on!(self, c => erasure::count_open_requests_before(c, cutoff),
+            p => pg::erasure::count_open_requests_before(p, cutoff))
     }
     pub(crate) fn erasure_overview(&self) -> Result<Option<RequestOverview>, StoreError> {
-        erasure::request_overview(self.c())
+        on!(self, c => erasure::request_overview(c), p => pg::erasure::request_overview(p))
     }
 
     // --- inventory
     pub(crate) fn count_cards(&self) -> Result<i64, StoreError> {
-        inventory::count_cards(self.c())
+        on!(self, c => inventory::count_cards(c), p => pg::inventory::count_cards(p))
     }
     pub(crate) fn count_expired_before(&self, cutoff_month: i64) -> Result<i64, StoreError> {
-        inventory::count_expired_before(self.c(), cutoff_month)
+        on!(self, c => inventory::count_expired_before(c, cutoff_month),
+            p => pg::inventory::count_expired_before(p, cutoff_month))
     }
     pub(crate) fn wrapped_key_names(&self) -> Result<Vec<String>, StoreError> {
-        inventory::wrapped_key_names(self.c())
+        on!(self, c => inventory::wrapped_key_names(c), p => pg::inventory::wrapped_key_names(p))
     }
     pub(crate) fn card_shape(&self) -> Result<CardShape, StoreError> {
-        inventory::card_shape(self.c())
+        on!(self, c => inventory::card_shape(c), p => pg::inventory::card_shape(p))
     }
     /// Cards grouped by token length, with the digits they keep in the clear.
     pub(crate) fn masking_shape(&self) -> Result<Vec<inventory::MaskingShape>, StoreError> {
-        inventory::masking_shape(self.c())
+        on!(self, c => inventory::masking_shape(c), p => pg::inventory::masking_shape(p))
+    }
+
+    /// One round trip to the database (SQLite: a trivial read).
+    pub(crate) fn ping(&self) -> Result<(), StoreError> {
+        on!(self, c => c.query_row("SELECT 1", [], |_| Ok(())).map_err(StoreError::from),
+            p => p.simple_query("").map(|_| ()).map_err(pg::PgError::from))
+    }
+
+    /// PostgreSQL: `VACUUM`s the tables deletes leave dead row versions in (see
+    /// [`Session::scrub_wal`]). SQLite truncates its WAL instead
+    /// ([`super::scrub_wal`]).
+    pub(crate) fn vacuum(&self) -> Result<(), StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Err(StoreError::Unsupported(
+                "VACUUM of a read connection (SQLite)",
+            )),
+            Eng::Pg(conn) => conn.vacuum(),
+        }
     }
 
     // --- held card security codes
@@ -238,25 +388,37 @@ impl Reader<'_> {
         window_start: i64,
         ttl_secs: i64,
     ) -> Result<Option<CvcKeyRow>, StoreError> {
-        cvc::key_for_window(self.c(), window_start, ttl_secs)
+        cvc::key_for_window(self.c()?, window_start, ttl_secs)
     }
     pub(crate) fn cvc_key(&self, id: i64) -> Result<Option<CvcKeyRow>, StoreError> {
-        cvc::key_by_id(self.c(), id)
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(None);
+        }
+        cvc::key_by_id(self.c()?, id)
     }
     pub(crate) fn cvc_keys(&self) -> Result<Vec<CvcKeyRow>, StoreError> {
-        cvc::all_keys(self.c())
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(Vec::new());
+        }
+        cvc::all_keys(self.c()?)
     }
     pub(crate) fn held_cvc(
         &self,
         tenant: &str,
         token: &str,
     ) -> Result<Option<HeldCvcRow>, StoreError> {
-        cvc::held(self.c(), tenant, token)
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(None);
+        }
+        cvc::held(self.c()?, tenant, token)
     }
     /// The held codes and their keys as the compliance check sees them (`None`
     /// before the schema had them).
     pub(crate) fn cvc_shape(&self, now: i64) -> Result<Option<CvcShape>, StoreError> {
-        cvc::shape(self.c(), now)
+        cvc::shape(self.c()?, now)
     }
 
     // --- idempotency keys
@@ -265,15 +427,39 @@ impl Reader<'_> {
         client: &str,
         key_hash: &[u8],
     ) -> Result<Option<IdempotencyRow>, StoreError> {
-        idempotency::get(self.c(), client, key_hash)
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(None);
+        }
+        idempotency::get(self.c()?, client, key_hash)
     }
 
     // --- audit log
     pub(crate) fn load_audit_chain(&self) -> Result<AuditChain, AuditError> {
-        AuditChain::load(self.c())
+        match self.eng() {
+            Eng::Sqlite(c) => AuditChain::load(c),
+            Eng::Pg(conn) => conn.audit(|log| AuditChain::load(log)),
+        }
+    }
+    /// Whether a checkpoint is due: the policy's (events or time since the last),
+    /// and on PostgreSQL also when another node's head moved since this node last
+    /// signed and the interval passed, so idle nodes anchor the others.
+    pub(crate) fn audit_checkpoint_due(
+        &self,
+        chain: &AuditChain,
+        policy: &CheckpointPolicy,
+        now: OffsetDateTime,
+    ) -> Result<bool, AuditError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(chain.checkpoint_due(policy, now)),
+            Eng::Pg(conn) => conn.audit(|log| chain.cluster_checkpoint_due(log, policy, now)),
+        }
     }
     pub(crate) fn audit_chain_is_current(&self, chain: &AuditChain) -> Result<bool, AuditError> {
-        chain.is_current(self.c())
+        match self.eng() {
+            Eng::Sqlite(c) => chain.is_current(c),
+            Eng::Pg(conn) => conn.audit(|log| chain.is_current(log)),
+        }
     }
 }
 
@@ -281,15 +467,15 @@ impl Reader<'_> {
 impl Tx<'_> {
     // --- meta
     pub(crate) fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        meta::set(self.c(), key, value)
+        on!(self, c => meta::set(c, key, value), p => pg::meta::set(p, key, value))
     }
     pub(crate) fn bump_key_epoch(&self) -> Result<(), StoreError> {
-        meta::bump_key_epoch(self.c())
+        on!(self, c => meta::bump_key_epoch(c), p => pg::meta::bump_key_epoch(p))
     }
 
     // --- keys
     pub(crate) fn write_seal(&self, seal: &SealRow) -> Result<(), StoreError> {
-        keys::write_seal(self.c(), seal)
+        on!(self, c => keys::write_seal(c, seal), p => pg::keys::write_seal(p, seal))
     }
     pub(crate) fn insert_data_key(
         &self,
@@ -297,23 +483,26 @@ impl Tx<'_> {
         wrapped: &[u8],
         now: i64,
     ) -> Result<(), StoreError> {
-        keys::insert_data_key(self.c(), version, wrapped, now)
+        on!(self, c => keys::insert_data_key(c, version, wrapped, now),
+            p => pg::keys::insert_data_key(p, version, wrapped, now))
     }
     pub(crate) fn rewrap_data_key(&self, version: u32, wrapped: &[u8]) -> Result<(), StoreError> {
-        keys::rewrap_data_key(self.c(), version, wrapped)
+        on!(self, c => keys::rewrap_data_key(c, version, wrapped),
+            p => pg::keys::rewrap_data_key(p, version, wrapped))
     }
     pub(crate) fn set_key_state_where(
         &self,
         from: KeyState,
         to: KeyState,
     ) -> Result<(), StoreError> {
-        keys::set_state_where(self.c(), from, to)
+        on!(self, c => keys::set_state_where(c, from, to), p => pg::keys::set_state_where(p, from, to))
     }
     pub(crate) fn mark_key_retired(&self, version: u32, now: i64) -> Result<(), StoreError> {
-        keys::mark_retired(self.c(), version, now)
+        on!(self, c => keys::mark_retired(c, version, now), p => pg::keys::mark_retired(p, version, now))
     }
     pub(crate) fn mark_key_destroyed(&self, version: u32, now: i64) -> Result<(), StoreError> {
-        keys::mark_destroyed(self.c(), version, now)
+        on!(self, c => keys::mark_destroyed(c, version, now),
+            p => pg::keys::mark_destroyed(p, version, now))
     }
     pub(crate) fn insert_aux_key(
         &self,
@@ -321,28 +510,72 @@ impl Tx<'_> {
         wrapped: &[u8],
         now: i64,
     ) -> Result<(), StoreError> {
-        keys::insert_aux_key(self.c(), name, wrapped, now)
+        on!(self, c => keys::insert_aux_key(c, name, wrapped, now),
+            p => pg::keys::insert_aux_key(p, name, wrapped, now))
     }
     pub(crate) fn rewrap_aux_key(&self, name: &str, wrapped: &[u8]) -> Result<(), StoreError> {
-        keys::rewrap_aux_key(self.c(), name, wrapped)
+        on!(self, c => keys::rewrap_aux_key(c, name, wrapped),
+            p => pg::keys::rewrap_aux_key(p, name, wrapped))
     }
     pub(crate) fn add_encryptions(&self, version: u32, n: i64) -> Result<(), StoreError> {
-        keys::add_encryptions(self.c(), version, n)
+        on!(self, c => keys::add_encryptions(c, version, n), p => pg::keys::add_encryptions(p, version, n))
     }
 
     // --- cards
-    pub(crate) fn insert_card(&self, card: &NewCard<'_>) -> Result<Inserted, StoreError> {
-        cards::insert(self.c(), card)
+    /// Inserts a card. On PostgreSQL `personal` takes the place of the card's
+    /// subject and metadata (see [`SealedPersonal`]); SQLite stores them in clear.
+    pub(crate) fn insert_card(
+        &self,
+        card: &NewCard<'_>,
+        personal: &SealedPersonal,
+    ) -> Result<Inserted, StoreError> {
+        on!(self, c => cards::insert(c, card),
+            p => pg::cards::insert(p, card, personal.subject_hash.as_deref(), personal.sealed.as_deref()))
     }
+    /// Takes this transaction's lock on card `fingerprint` (PostgreSQL: nodes
+    /// tokenizing one card take turns, see `store::pg::session`; SQLite: its write
+    /// lock already serialises every writer, nothing to do).
+    pub(crate) fn lock_card(&self, fingerprint: &[u8]) -> Result<(), StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(()),
+            Eng::Pg(conn) => conn.lock_card(fingerprint),
+        }
+    }
+    /// The oldest live row of card `fingerprint` for the subject hashed to
+    /// `subject_hash` in `tenant` (PostgreSQL's dedup lookup, after
+    /// [`Tx::lock_card`]; SQLite uses its in-memory index and
+    /// [`Reader::live_dedup_row`]).
+    pub(crate) fn dedup_row(
+        &self,
+        tenant: &str,
+        fingerprint: &[u8],
+        subject_hash: Option<&[u8]>,
+        now: i64,
+    ) -> Result<Option<CardRow>, StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Err(StoreError::Unsupported(
+                "the dedup lookup in the database (SQLite uses the in-memory index)",
+            )),
+            Eng::Pg(conn) => conn.run(|p| {
+                pg::cards::live_dedup_row(p, tenant, fingerprint, subject_hash, now)?
+                    .map(from_pg)
+                    .transpose()
+            }),
+        }
+    }
+    /// Updates a card's terms; on PostgreSQL `sealed_personal` replaces the
+    /// stored sealed subject and metadata (`metadata` in clear is for SQLite).
     pub(crate) fn update_card_terms(
         &self,
         id: i64,
         exp_month: i64,
         exp_year: i64,
         metadata: Option<&str>,
+        sealed_personal: Option<&[u8]>,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
-        cards::update_terms(self.c(), id, exp_month, exp_year, metadata, expires_at)
+        on!(self, c => cards::update_terms(c, id, exp_month, exp_year, metadata, expires_at),
+            p => pg::cards::update_terms(p, id, exp_month, exp_year, sealed_personal, expires_at))
     }
     pub(crate) fn update_card_sealed(
         &self,
@@ -351,7 +584,8 @@ impl Tx<'_> {
         nonce: &[u8],
         ciphertext: &[u8],
     ) -> Result<(), StoreError> {
-        cards::update_sealed(self.c(), id, key_version, nonce, ciphertext)
+        on!(self, c => cards::update_sealed(c, id, key_version, nonce, ciphertext),
+            p => pg::cards::update_sealed(p, id, key_version, nonce, ciphertext))
     }
     pub(crate) fn rewrap_card(
         &self,
@@ -361,19 +595,36 @@ impl Tx<'_> {
         nonce: &[u8],
         ciphertext: &[u8],
     ) -> Result<usize, StoreError> {
-        rewrap::update_sealed(self.c(), id, old_version, key_version, nonce, ciphertext)
+        on!(self, c => rewrap::update_sealed(c, id, old_version, key_version, nonce, ciphertext),
+            p => pg::rewrap::update_sealed(p, id, old_version, key_version, nonce, ciphertext))
+    }
+
+    /// PostgreSQL: row `id`'s sealed subject and metadata (SQLite keeps them in
+    /// clear: `None`).
+    pub(crate) fn card_sealed_personal(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(None),
+            Eng::Pg(conn) => conn.run(|p| pg::personal::sealed(p, id)),
+        }
+    }
+    /// PostgreSQL: replaces row `id`'s sealed subject and metadata (a rewrap).
+    pub(crate) fn rewrap_card_personal(&self, id: i64, blob: &[u8]) -> Result<(), StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Err(StoreError::Unsupported("sealed personal data (SQLite)")),
+            Eng::Pg(conn) => conn.run(|p| pg::personal::update_sealed(p, id, blob)),
+        }
     }
 
     // --- held card security codes
     /// Stores a window's key; false when another writer stored that window's first.
     pub(crate) fn insert_cvc_key(&self, k: &NewCvcKey<'_>) -> Result<bool, StoreError> {
-        cvc::insert_key(self.c(), k)
+        cvc::insert_key(self.c()?, k)
     }
     pub(crate) fn rewrap_cvc_key(&self, id: i64, wrapped: &[u8]) -> Result<(), StoreError> {
-        cvc::rewrap_key(self.c(), id, wrapped)
+        cvc::rewrap_key(self.c()?, id, wrapped)
     }
     pub(crate) fn put_held_cvc(&self, c: &NewHeldCvc<'_>) -> Result<(), StoreError> {
-        cvc::put_held(self.c(), c)
+        cvc::put_held(self.c()?, c)
     }
     /// Deletes and returns the code held for `(tenant, token)`.
     pub(crate) fn take_held_cvc(
@@ -381,11 +632,19 @@ impl Tx<'_> {
         tenant: &str,
         token: &str,
     ) -> Result<Option<HeldCvcRow>, StoreError> {
-        cvc::take_held(self.c(), tenant, token)
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(None);
+        }
+        cvc::take_held(self.c()?, tenant, token)
     }
     /// Deletes codes past their deadline and keys past their destruction time.
     pub(crate) fn sweep_cvcs(&self, now: i64) -> Result<CvcSweep, StoreError> {
-        cvc::sweep(self.c(), now)
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(CvcSweep::default());
+        }
+        cvc::sweep(self.c()?, now)
     }
 
     // --- idempotency keys
@@ -396,7 +655,7 @@ impl Tx<'_> {
         request_hash: &[u8],
         now: i64,
     ) -> Result<(), StoreError> {
-        idempotency::reserve(self.c(), client, key_hash, request_hash, now)
+        idempotency::reserve(self.c()?, client, key_hash, request_hash, now)
     }
     pub(crate) fn complete_idempotency(
         &self,
@@ -406,7 +665,7 @@ impl Tx<'_> {
         status: i64,
         answer: &[u8],
     ) -> Result<bool, StoreError> {
-        idempotency::complete(self.c(), client, key_hash, request_hash, status, answer)
+        idempotency::complete(self.c()?, client, key_hash, request_hash, status, answer)
     }
     pub(crate) fn release_idempotency(
         &self,
@@ -414,10 +673,14 @@ impl Tx<'_> {
         key_hash: &[u8],
         request_hash: &[u8],
     ) -> Result<(), StoreError> {
-        idempotency::release(self.c(), client, key_hash, request_hash)
+        idempotency::release(self.c()?, client, key_hash, request_hash)
     }
     pub(crate) fn purge_idempotency(&self, cutoff: i64) -> Result<u64, StoreError> {
-        idempotency::purge(self.c(), cutoff)
+        if self.is_postgres() {
+            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
+            return Ok(0);
+        }
+        idempotency::purge(self.c()?, cutoff)
     }
 
     // --- deletes: each returns the `(id, fingerprint)` of every row it removed
@@ -427,48 +690,58 @@ impl Tx<'_> {
         token: &str,
         now: i64,
     ) -> Result<Vec<DeletedCard>, StoreError> {
-        erasure::delete_live_token(self.c(), tenant, token, now)
+        on!(self, c => erasure::delete_live_token(c, tenant, token, now),
+            p => pg::cards::delete_live_token(p, tenant, token, now))
     }
     pub(crate) fn delete_token(
         &self,
         tenant: &str,
         token: &str,
     ) -> Result<Vec<DeletedCard>, StoreError> {
-        erasure::delete_token(self.c(), tenant, token)
+        on!(self, c => erasure::delete_token(c, tenant, token),
+            p => pg::cards::delete_token(p, tenant, token))
     }
+    /// Deletes a subject's cards: SQLite matches `subject`, PostgreSQL its keyed
+    /// hash `subject_hash` (the same hash the cards were stored with).
     pub(crate) fn delete_subject(
         &self,
         tenant: &str,
         subject: &str,
+        subject_hash: &[u8],
     ) -> Result<Vec<DeletedCard>, StoreError> {
-        erasure::delete_subject(self.c(), tenant, subject)
+        on!(self, c => erasure::delete_subject(c, tenant, subject),
+            p => pg::erasure::delete_subject(p, tenant, subject_hash))
     }
     pub(crate) fn delete_past_retention(
         &self,
         cutoff_month: i64,
         now: i64,
     ) -> Result<Vec<DeletedCard>, StoreError> {
-        erasure::delete_past_retention(self.c(), cutoff_month, now)
+        on!(self, c => erasure::delete_past_retention(c, cutoff_month, now),
+            p => pg::erasure::delete_past_retention(p, cutoff_month, now))
     }
     pub(crate) fn delete_id_past_expiry(
         &self,
         id: i64,
         cutoff_month: i64,
     ) -> Result<Vec<DeletedCard>, StoreError> {
-        erasure::delete_id_past_expiry(self.c(), id, cutoff_month)
+        on!(self, c => erasure::delete_id_past_expiry(c, id, cutoff_month),
+            p => pg::erasure::delete_id_past_expiry(p, id, cutoff_month))
     }
     pub(crate) fn delete_id_past_ttl(
         &self,
         id: i64,
         now: i64,
     ) -> Result<Vec<DeletedCard>, StoreError> {
-        erasure::delete_id_past_ttl(self.c(), id, now)
+        on!(self, c => erasure::delete_id_past_ttl(c, id, now),
+            p => pg::erasure::delete_id_past_ttl(p, id, now))
     }
     pub(crate) fn insert_completed_erasure(
         &self,
         e: &CompletedErasure<'_>,
     ) -> Result<(), StoreError> {
-        erasure::insert_completed_request(self.c(), e)
+        on!(self, c => erasure::insert_completed_request(c, e),
+            p => pg::erasure::insert_completed_request(p, e))
     }
     /// Records an erasure request as it arrives (open); returns its id.
     pub(crate) fn insert_open_erasure_request(
@@ -478,7 +751,8 @@ impl Tx<'_> {
         token: Option<&str>,
         now: i64,
     ) -> Result<i64, StoreError> {
-        erasure::insert_open_request(self.c(), tenant, subject_hash, token, now)
+        on!(self, c => erasure::insert_open_request(c, tenant, subject_hash, token, now),
+            p => pg::erasure::insert_open_request(p, tenant, subject_hash, token, now))
     }
     /// Completes open request `id`; false when no open request has that id.
     pub(crate) fn complete_erasure_request(
@@ -488,36 +762,78 @@ impl Tx<'_> {
         tokens_erased: i64,
         audit_seq: Option<i64>,
     ) -> Result<bool, StoreError> {
-        erasure::complete_request(self.c(), id, now, tokens_erased, audit_seq)
+        on!(self, c => erasure::complete_request(c, id, now, tokens_erased, audit_seq),
+            p => pg::erasure::complete_request(p, id, now, tokens_erased, audit_seq))
     }
-    /// Marks the WAL as holding deleted data (SQLite: see [`super::mark_scrub_pending`]).
+    /// Marks the WAL as holding deleted data (SQLite: see
+    /// [`super::mark_scrub_pending`]). PostgreSQL has no such mark: the session
+    /// vacuums after deleting ([`Session::scrub_wal`]).
     pub(crate) fn mark_scrub_pending(&self, now: i64) -> Result<(), StoreError> {
-        super::mark_scrub_pending(self.c(), now)
+        match self.eng() {
+            Eng::Sqlite(c) => super::mark_scrub_pending(c, now),
+            Eng::Pg(_) => Ok(()),
+        }
     }
 
     // --- audit log: events and checkpoints commit with the transaction's other work.
     // The chain and prune take the engine's `LogTx` (SQLite: the connection of the
-    // open transaction); they never begin or commit themselves.
+    // open transaction; PostgreSQL: `PgLog` on the transaction's client); they
+    // never begin or commit themselves.
+    /// Creates the audit tables (SQLite; PostgreSQL's schema has them already).
     pub(crate) fn migrate_audit(&self) -> Result<(), AuditError> {
-        panvault_audit::log::migrate(self.c())
+        match self.eng() {
+            Eng::Sqlite(c) => panvault_audit::log::migrate(c),
+            Eng::Pg(_) => Ok(()),
+        }
     }
     pub(crate) fn append_audit(
         &self,
         chain: &mut AuditChain,
         ev: &NewEvent,
     ) -> Result<u64, AuditError> {
-        chain.append(self.c(), ev)
+        match self.eng() {
+            Eng::Sqlite(c) => chain.append(c, ev),
+            Eng::Pg(conn) => conn.audit(|log| chain.append(log, ev)),
+        }
     }
     pub(crate) fn reload_audit_chain(&self, chain: &mut AuditChain) -> Result<(), AuditError> {
-        chain.reload(self.c())
+        match self.eng() {
+            Eng::Sqlite(c) => chain.reload(c),
+            Eng::Pg(conn) => conn.audit(|log| chain.reload(log)),
+        }
     }
+    /// Signs a checkpoint of the chain's head. On PostgreSQL a cluster checkpoint
+    /// (every registered node's head, see `panvault_audit::log::cluster`): no
+    /// single-chain checkpoint comes back (`None`).
     pub(crate) fn sign_audit_checkpoint(
         &self,
         chain: &mut AuditChain,
         key: &SigningKey,
         now: OffsetDateTime,
-    ) -> Result<Checkpoint, AuditError> {
-        chain.checkpoint(self.c(), key, now)
+    ) -> Result<Option<Checkpoint>, AuditError> {
+        match self.eng() {
+            Eng::Sqlite(c) => chain.checkpoint(c, key, now).map(Some),
+            Eng::Pg(conn) => conn
+                .audit(|log| chain.cluster_checkpoint(log, key, now))
+                .map(|_| None),
+        }
+    }
+    /// Registers this node in the shared log (PostgreSQL: its `node.register`
+    /// event and first cluster checkpoint, once; nothing if it is registered
+    /// already). SQLite has one chain: nothing to do.
+    pub(crate) fn register_audit_node(
+        &self,
+        chain: &mut AuditChain,
+        key: &SigningKey,
+        actor: Actor,
+        now: OffsetDateTime,
+    ) -> Result<(), AuditError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(()),
+            Eng::Pg(conn) => conn
+                .audit(|log| chain.register_node(log, key, actor, now))
+                .map(|_| ()),
+        }
     }
     pub(crate) fn prune_audit(
         &self,
@@ -525,7 +841,10 @@ impl Tx<'_> {
         now: OffsetDateTime,
         retention: time::Duration,
     ) -> Result<PruneReport, AuditError> {
-        panvault_audit::log::prune(self.c(), key, now, retention)
+        match self.eng() {
+            Eng::Sqlite(c) => panvault_audit::log::prune(c, key, now, retention),
+            Eng::Pg(conn) => conn.audit(|log| panvault_audit::log::prune(log, key, now, retention)),
+        }
     }
 }
 
@@ -533,7 +852,12 @@ impl Tx<'_> {
 /// it over, or an admin command's. Each statement outside [`Session::begin`]'s
 /// transactions commits on its own.
 pub struct Session {
-    conn: Connection,
+    conn: SessionConn,
+}
+
+enum SessionConn {
+    Sqlite(Connection),
+    Pg(Box<PgConn>),
 }
 
 impl std::fmt::Debug for Session {
@@ -545,7 +869,27 @@ impl std::fmt::Debug for Session {
 /// A transaction opened by a [`Session`]: its work goes through [`OpenTx::tx`];
 /// dropped without [`OpenTx::commit`], it rolls back.
 pub struct OpenTx<'a> {
-    tx: Transaction<'a>,
+    tx: OpenKind<'a>,
+}
+
+enum OpenKind<'a> {
+    Sqlite(Transaction<'a>),
+    Pg(PgOpen<'a>),
+}
+
+/// A PostgreSQL transaction begun with `BEGIN` on the session's client; rolled
+/// back when dropped uncommitted.
+struct PgOpen<'a> {
+    conn: &'a PgConn,
+    done: bool,
+}
+
+impl Drop for PgOpen<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.rollback();
+        }
+    }
 }
 
 impl std::fmt::Debug for OpenTx<'_> {
@@ -557,12 +901,24 @@ impl std::fmt::Debug for OpenTx<'_> {
 impl OpenTx<'_> {
     /// The unit of work of this transaction.
     pub fn tx(&self) -> Tx<'_> {
-        Tx::new(&self.tx)
+        match &self.tx {
+            OpenKind::Sqlite(t) => Tx::new(t),
+            OpenKind::Pg(p) => Tx::pg(p.conn),
+        }
     }
 
-    /// Commits (durably: `synchronous=FULL`).
+    /// Commits (durably: SQLite's `synchronous=FULL`, PostgreSQL's
+    /// `synchronous_commit`). On PostgreSQL a transaction in which a statement
+    /// failed is rolled back and reported, and a commit whose answer was lost is
+    /// an error.
     pub fn commit(self) -> Result<(), StoreError> {
-        Ok(self.tx.commit()?)
+        match self.tx {
+            OpenKind::Sqlite(t) => Ok(t.commit()?),
+            OpenKind::Pg(mut p) => {
+                p.done = true;
+                p.conn.commit()
+            }
+        }
     }
 }
 
@@ -571,75 +927,203 @@ impl Session {
     /// migrated to the latest schema.
     pub fn open(path: &Path, create: bool) -> Result<Session, StoreError> {
         Ok(Session {
-            conn: super::open_writer(path, create)?,
+            conn: SessionConn::Sqlite(super::open_writer(path, create)?),
         })
+    }
+
+    /// Opens the vault's database at `location` for writing, migrated to the
+    /// latest schema (PostgreSQL: the schema is created only if `create`; a
+    /// database without one is [`StoreError::NoVault`]). `pool` is the node's
+    /// pool to take the client from (one of its own if `None`).
+    pub fn open_at(
+        location: &Location,
+        create: bool,
+        pool: Option<Arc<PgPool>>,
+    ) -> Result<Session, StoreError> {
+        match location {
+            Location::Sqlite(path) => Session::open(path, create),
+            Location::Postgres(settings) => {
+                let pool = match pool {
+                    Some(p) => p,
+                    None => Arc::new(PgPool::open(settings)?),
+                };
+                let conn = PgConn::from_pool(pool)?;
+                if !create && conn.run(pg::schema::version)?.is_none() {
+                    return Err(StoreError::NoVault);
+                }
+                conn.run(|c| pg::schema::migrate(c).map(|_| ()))?;
+                Ok(Session {
+                    conn: SessionConn::Pg(Box::new(conn)),
+                })
+            }
+        }
     }
 
     /// Opens an existing database for a short write from a process that does not
     /// own the vault (see [`super::open_for_append`]).
     pub fn open_for_append(path: &Path) -> Result<Session, StoreError> {
         Ok(Session {
-            conn: super::open_for_append(path)?,
+            conn: SessionConn::Sqlite(super::open_for_append(path)?),
         })
     }
 
-    pub(super) fn conn_mut(&mut self) -> &mut Connection {
-        &mut self.conn
+    /// [`Session::open_for_append`] at `location` (PostgreSQL: a client of its
+    /// own; the schema must exist).
+    pub fn open_for_append_at(location: &Location) -> Result<Session, StoreError> {
+        match location {
+            Location::Sqlite(path) => Session::open_for_append(path),
+            Location::Postgres(_) => Session::open_at(location, false, None),
+        }
+    }
+
+    /// The SQLite connection (`None` on PostgreSQL).
+    pub(super) fn conn_mut(&mut self) -> Option<&mut Connection> {
+        match &mut self.conn {
+            SessionConn::Sqlite(c) => Some(c),
+            SessionConn::Pg(_) => None,
+        }
+    }
+
+    /// The PostgreSQL connection (`None` on SQLite).
+    pub(super) fn pg(&self) -> Option<&PgConn> {
+        match &self.conn {
+            SessionConn::Sqlite(_) => None,
+            SessionConn::Pg(c) => Some(c),
+        }
+    }
+
+    /// Whether the engine is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.conn, SessionConn::Pg(_))
     }
 
     /// Reads outside any transaction.
     pub fn reader(&self) -> Reader<'_> {
-        Reader::borrowed(&self.conn)
+        match &self.conn {
+            SessionConn::Sqlite(c) => Reader::borrowed(c),
+            SessionConn::Pg(c) => Reader {
+                conn: Conn::PgBorrowed(c),
+            },
+        }
     }
 
     /// Work outside any explicit transaction: each statement commits on its own.
     pub fn autocommit(&self) -> Tx<'_> {
-        Tx::new(&self.conn)
+        match &self.conn {
+            SessionConn::Sqlite(c) => Tx::new(c),
+            SessionConn::Pg(c) => Tx::pg(c),
+        }
     }
 
     /// Refuses a damaged or foreign file (a full quick check of the database).
+    /// PostgreSQL checks its own pages; the schema check at open is what this
+    /// means there, so nothing more is done.
     pub fn check_integrity(&self) -> Result<(), StoreError> {
-        super::check_integrity(&self.conn)
+        match &self.conn {
+            SessionConn::Sqlite(c) => super::check_integrity(c),
+            SessionConn::Pg(_) => Ok(()),
+        }
     }
 
     /// Waits up to `limit` for a write lock another process holds, polling (see
-    /// [`super::poll_for_locks`]).
+    /// [`super::poll_for_locks`]). PostgreSQL: nothing to set (its advisory locks
+    /// queue the waiters).
     pub fn poll_for_locks(&mut self, limit: Duration) -> Result<(), StoreError> {
-        super::poll_for_locks(&mut self.conn, limit)
+        match &mut self.conn {
+            SessionConn::Sqlite(c) => super::poll_for_locks(c, limit),
+            SessionConn::Pg(_) => Ok(()),
+        }
     }
 
-    /// The database file, if the connection has one.
+    /// The database file, if the connection has one (never on PostgreSQL).
     pub fn path(&self) -> Option<&Path> {
-        self.conn.path().map(Path::new)
+        match &self.conn {
+            SessionConn::Sqlite(c) => c.path().map(Path::new),
+            SessionConn::Pg(_) => None,
+        }
     }
 
-    /// Begins a transaction that takes the write lock on its first write.
-    pub fn begin(&self) -> Result<OpenTx<'_>, StoreError> {
+    fn begin_pg(
+        c: &PgConn,
+        lock: KeyLock,
+        wait: Option<Duration>,
+    ) -> Result<OpenTx<'_>, StoreError> {
+        c.reconnect_if_closed()?;
+        c.begin(lock, wait)?;
         Ok(OpenTx {
-            tx: Transaction::new_unchecked(&self.conn, TransactionBehavior::Deferred)?,
+            tx: OpenKind::Pg(PgOpen {
+                conn: c,
+                done: false,
+            }),
         })
+    }
+
+    /// Begins a transaction that takes the write lock on its first write
+    /// (PostgreSQL: a plain transaction, no key lock).
+    pub fn begin(&self) -> Result<OpenTx<'_>, StoreError> {
+        match &self.conn {
+            SessionConn::Sqlite(c) => Ok(OpenTx {
+                tx: OpenKind::Sqlite(Transaction::new_unchecked(
+                    c,
+                    TransactionBehavior::Deferred,
+                )?),
+            }),
+            SessionConn::Pg(c) => Session::begin_pg(c, KeyLock::None, None),
+        }
     }
 
     /// Begins a transaction holding the write lock, waiting once (the busy handler's
-    /// wait) for another process to release it.
+    /// wait) for another process to release it. PostgreSQL: the key lock,
+    /// exclusively, waiting up to [`super::LOCK_WAIT`]: no writer batch of any node
+    /// runs meanwhile.
     pub fn begin_immediate(&self) -> Result<OpenTx<'_>, StoreError> {
-        Ok(OpenTx {
-            tx: Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?,
-        })
+        match &self.conn {
+            SessionConn::Sqlite(c) => Ok(OpenTx {
+                tx: OpenKind::Sqlite(Transaction::new_unchecked(
+                    c,
+                    TransactionBehavior::Immediate,
+                )?),
+            }),
+            SessionConn::Pg(c) => Session::begin_pg(c, KeyLock::Exclusive, Some(super::LOCK_WAIT)),
+        }
     }
 
     /// Begins a transaction holding the write lock, retrying while another process
     /// holds it for up to `wait` ([`StoreError::LockHeld`] after that); `on_busy`
-    /// runs after each attempt the lock was busy.
+    /// runs after each attempt the lock was busy (PostgreSQL: one wait of up to
+    /// `wait` for the exclusive key lock; `on_busy` runs once before it).
     pub fn begin_immediate_waiting(
         &self,
         wait: Duration,
         mut on_busy: impl FnMut(),
     ) -> Result<OpenTx<'_>, StoreError> {
+        let c = match &self.conn {
+            SessionConn::Sqlite(c) => c,
+            SessionConn::Pg(c) => {
+                return match Session::begin_pg(
+                    c,
+                    KeyLock::Exclusive,
+                    Some(Duration::from_millis(100)),
+                ) {
+                    Err(StoreError::LockHeld(_)) => {
+                        on_busy();
+                        Session::begin_pg(c, KeyLock::Exclusive, Some(wait)).map_err(|e| match e {
+                            StoreError::LockHeld(_) => StoreError::LockHeld(wait.as_secs()),
+                            other => other,
+                        })
+                    }
+                    other => other,
+                };
+            }
+        };
         let start = Instant::now();
         loop {
-            match Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate) {
-                Ok(tx) => return Ok(OpenTx { tx }),
+            match Transaction::new_unchecked(c, TransactionBehavior::Immediate) {
+                Ok(tx) => {
+                    return Ok(OpenTx {
+                        tx: OpenKind::Sqlite(tx),
+                    });
+                }
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::DatabaseBusy =>
                 {
@@ -654,8 +1138,14 @@ impl Session {
     }
 
     /// Empties the WAL after deleting data (see [`super::scrub_wal_on`]).
+    /// PostgreSQL: `VACUUM`s the tables the deletes left dead row versions in
+    /// (true when it ran); what it cannot reach (WAL segments, backups, pages not
+    /// yet reused) holds ciphertext only.
     pub fn scrub_wal(&mut self, wait: Duration, now: i64) -> Result<bool, StoreError> {
-        super::scrub_wal_on(&mut self.conn, wait, now)
+        match &mut self.conn {
+            SessionConn::Sqlite(c) => super::scrub_wal_on(c, wait, now),
+            SessionConn::Pg(c) => c.vacuum().map(|()| true),
+        }
     }
 }
 

@@ -6,15 +6,12 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Cards stored.
-pub(crate) fn count_cards(conn: &Connection) -> Result<i64, StoreError> {
+pub fn count_cards(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT count(*) FROM cards", [], |r| r.get(0))?)
 }
 
 /// Cards whose expiry month index (year * 12 + month - 1) is before `cutoff_month`.
-pub(crate) fn count_expired_before(
-    conn: &Connection,
-    cutoff_month: i64,
-) -> Result<i64, StoreError> {
+pub fn count_expired_before(conn: &Connection, cutoff_month: i64) -> Result<i64, StoreError> {
     Ok(conn.query_row(
         "SELECT count(*) FROM cards WHERE exp_year * 12 + exp_month - 1 < ?1",
         [cutoff_month],
@@ -23,7 +20,7 @@ pub(crate) fn count_expired_before(
 }
 
 /// Names of the auxiliary wrapped keys, in name order.
-pub(crate) fn wrapped_key_names(conn: &Connection) -> Result<Vec<String>, StoreError> {
+pub fn wrapped_key_names(conn: &Connection) -> Result<Vec<String>, StoreError> {
     let mut stmt = conn.prepare("SELECT name FROM wrapped_keys ORDER BY name")?;
     let names = stmt
         .query_map([], |r| r.get::<_, String>(0))?
@@ -35,7 +32,7 @@ pub(crate) fn wrapped_key_names(conn: &Connection) -> Result<Vec<String>, StoreE
 /// columns and the longest stored BIN, last four and fingerprint (in
 /// characters, bytes for the fingerprint; `None` when no card is stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CardShape {
+pub struct CardShape {
     /// Column names, in table order.
     pub columns: Vec<String>,
     /// Cards stored when the lengths were read.
@@ -49,7 +46,7 @@ pub(crate) struct CardShape {
 }
 
 /// The shape of the `cards` table and its stored values.
-pub(crate) fn card_shape(conn: &Connection) -> Result<CardShape, StoreError> {
+pub fn card_shape(conn: &Connection) -> Result<CardShape, StoreError> {
     let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('cards')")?;
     let columns = stmt
         .query_map([], |r| r.get::<_, String>(0))?
@@ -72,7 +69,7 @@ pub(crate) fn card_shape(conn: &Connection) -> Result<CardShape, StoreError> {
 /// format-preserving token has the card's length), with the most leading and
 /// trailing digits any of them keeps in the clear.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct MaskingShape {
+pub struct MaskingShape {
     /// The token's length when it is all digits; `None` for opaque tokens.
     pub digit_token_len: Option<i64>,
     /// Cards in the group.
@@ -84,7 +81,7 @@ pub(crate) struct MaskingShape {
 }
 
 /// [`MaskingShape`] of every group, shortest tokens first.
-pub(crate) fn masking_shape(conn: &Connection) -> Result<Vec<MaskingShape>, StoreError> {
+pub fn masking_shape(conn: &Connection) -> Result<Vec<MaskingShape>, StoreError> {
     // GLOB '*[^0-9]*' is true when any character is not a digit.
     let mut stmt = conn.prepare(
         "SELECT CASE WHEN token GLOB '*[^0-9]*' THEN NULL ELSE length(token) END AS len, \

@@ -1,5 +1,7 @@
-//! How a [`KeyState`] is stored in SQLite's `data_keys.state` column: its name as
-//! text; an unknown name is an error, never a default.
+//! How a [`KeyState`] is stored in the `data_keys.state` column of either engine:
+//! its name as text; an unknown name is an error, never a default. SQLite reads and
+//! writes it through rusqlite's traits; PostgreSQL reads it through the driver's
+//! `FromSql` (below) and is written its name ([`KeyState::as_str`]).
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 use crate::key_state::KeyState;
@@ -16,6 +18,21 @@ impl FromSql for KeyState {
             .as_str()?
             .parse()
             .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+/// PostgreSQL: a `text` column holding the state's name.
+impl<'a> postgres::types::FromSql<'a> for KeyState {
+    fn from_sql(
+        ty: &postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let name = <&str as postgres::types::FromSql>::from_sql(ty, raw)?;
+        Ok(name.parse::<KeyState>()?)
+    }
+
+    fn accepts(ty: &postgres::types::Type) -> bool {
+        <&str as postgres::types::FromSql>::accepts(ty)
     }
 }
 

@@ -9,8 +9,8 @@ use crate::core::kdf::KdfParams;
 use crate::key_state::KeyState;
 
 /// The `seal` row.
-#[derive(Debug, Clone)]
-pub(crate) struct SealRow {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealRow {
     /// `passphrase` or `shamir`.
     pub method: String,
     /// Argon2id parameters (passphrase seals; all three columns set).
@@ -28,7 +28,7 @@ pub(crate) struct SealRow {
 }
 
 /// Writes the seal row (replacing any).
-pub(crate) fn write_seal(conn: &Connection, seal: &SealRow) -> Result<(), StoreError> {
+pub fn write_seal(conn: &Connection, seal: &SealRow) -> Result<(), StoreError> {
     let (total, threshold) = seal
         .shares
         .map_or((None, None), |(n, m)| (Some(n), Some(m)));
@@ -53,7 +53,7 @@ pub(crate) fn write_seal(conn: &Connection, seal: &SealRow) -> Result<(), StoreE
 }
 
 /// The seal row, if there is one.
-pub(crate) fn read_seal(conn: &Connection) -> Result<Option<SealRow>, StoreError> {
+pub fn read_seal(conn: &Connection) -> Result<Option<SealRow>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT method, kdf_m_kib, kdf_t, kdf_p, salt, shares_total, shares_threshold, sealed_root,
@@ -83,7 +83,7 @@ pub(crate) fn read_seal(conn: &Connection) -> Result<Option<SealRow>, StoreError
 }
 
 /// The data-key version in state `active`, if one is.
-pub(crate) fn active_version(conn: &Connection) -> Result<Option<u32>, StoreError> {
+pub fn active_version(conn: &Connection) -> Result<Option<u32>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT version FROM data_keys WHERE state = ?1")?;
     Ok(stmt
         .query_row([KeyState::Active], |r| r.get(0))
@@ -91,7 +91,7 @@ pub(crate) fn active_version(conn: &Connection) -> Result<Option<u32>, StoreErro
 }
 
 /// Stores a wrapped data key as `version`, `active`.
-pub(crate) fn insert_data_key(
+pub fn insert_data_key(
     conn: &Connection,
     version: u32,
     wrapped: &[u8],
@@ -105,8 +105,8 @@ pub(crate) fn insert_data_key(
 }
 
 /// A data key whose wrapped bytes are still stored.
-#[derive(Debug)]
-pub(crate) struct WrappedDataKey {
+#[derive(Debug, PartialEq, Eq)]
+pub struct WrappedDataKey {
     /// Version.
     pub version: u32,
     /// State.
@@ -116,7 +116,7 @@ pub(crate) struct WrappedDataKey {
 }
 
 /// Every data key that is not destroyed.
-pub(crate) fn wrapped_data_keys(conn: &Connection) -> Result<Vec<WrappedDataKey>, StoreError> {
+pub fn wrapped_data_keys(conn: &Connection) -> Result<Vec<WrappedDataKey>, StoreError> {
     let mut stmt =
         conn.prepare("SELECT version, state, wrapped FROM data_keys WHERE wrapped IS NOT NULL")?;
     let rows = stmt.query_map([], |r| {
@@ -130,7 +130,7 @@ pub(crate) fn wrapped_data_keys(conn: &Connection) -> Result<Vec<WrappedDataKey>
 }
 
 /// (version, wrapped bytes) of every data key that is not destroyed (master rotate).
-pub(crate) fn wrapped_data_key_bytes(conn: &Connection) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+pub fn wrapped_data_key_bytes(conn: &Connection) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
     let mut stmt =
         conn.prepare("SELECT version, wrapped FROM data_keys WHERE wrapped IS NOT NULL")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -138,11 +138,7 @@ pub(crate) fn wrapped_data_key_bytes(conn: &Connection) -> Result<Vec<(u32, Vec<
 }
 
 /// Replaces the wrapped bytes of data key `version` (master rotate).
-pub(crate) fn rewrap_data_key(
-    conn: &Connection,
-    version: u32,
-    wrapped: &[u8],
-) -> Result<(), StoreError> {
+pub fn rewrap_data_key(conn: &Connection, version: u32, wrapped: &[u8]) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE data_keys SET wrapped = ?2 WHERE version = ?1",
         params![version, wrapped],
@@ -151,8 +147,8 @@ pub(crate) fn rewrap_data_key(
 }
 
 /// A `data_keys` row with the number of records under it.
-#[derive(Debug)]
-pub(crate) struct DataKeyRow {
+#[derive(Debug, PartialEq, Eq)]
+pub struct DataKeyRow {
     /// Version.
     pub version: u32,
     /// State.
@@ -170,7 +166,7 @@ pub(crate) struct DataKeyRow {
 }
 
 /// Every data key, by version, with its record count.
-pub(crate) fn list_data_keys(conn: &Connection) -> Result<Vec<DataKeyRow>, StoreError> {
+pub fn list_data_keys(conn: &Connection) -> Result<Vec<DataKeyRow>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT k.version, k.state, k.created_at, k.retired_at, k.destroyed_at, k.encryptions,
                     (SELECT count(*) FROM cards c WHERE c.key_version = k.version)
@@ -191,7 +187,7 @@ pub(crate) fn list_data_keys(conn: &Connection) -> Result<Vec<DataKeyRow>, Store
 }
 
 /// The state of data key `version`, if it exists.
-pub(crate) fn key_state(conn: &Connection, version: u32) -> Result<Option<KeyState>, StoreError> {
+pub fn key_state(conn: &Connection, version: u32) -> Result<Option<KeyState>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT state FROM data_keys WHERE version = ?1",
@@ -202,7 +198,7 @@ pub(crate) fn key_state(conn: &Connection, version: u32) -> Result<Option<KeySta
 }
 
 /// The version after the highest stored one (1 for none).
-pub(crate) fn next_version(conn: &Connection) -> Result<u32, StoreError> {
+pub fn next_version(conn: &Connection) -> Result<u32, StoreError> {
     Ok(conn.query_row(
         "SELECT COALESCE(MAX(version), 0) + 1 FROM data_keys",
         [],
@@ -211,11 +207,7 @@ pub(crate) fn next_version(conn: &Connection) -> Result<u32, StoreError> {
 }
 
 /// Moves every key in state `from` to state `to`.
-pub(crate) fn set_state_where(
-    conn: &Connection,
-    from: KeyState,
-    to: KeyState,
-) -> Result<(), StoreError> {
+pub fn set_state_where(conn: &Connection, from: KeyState, to: KeyState) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE data_keys SET state = ?1 WHERE state = ?2",
         [to, from],
@@ -224,7 +216,7 @@ pub(crate) fn set_state_where(
 }
 
 /// Marks data key `version` retired at `now`.
-pub(crate) fn mark_retired(conn: &Connection, version: u32, now: i64) -> Result<(), StoreError> {
+pub fn mark_retired(conn: &Connection, version: u32, now: i64) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE data_keys SET state = ?2, retired_at = ?3 WHERE version = ?1",
         params![version, KeyState::Retired, now],
@@ -233,7 +225,7 @@ pub(crate) fn mark_retired(conn: &Connection, version: u32, now: i64) -> Result<
 }
 
 /// Marks data key `version` destroyed at `now` and deletes its wrapped bytes.
-pub(crate) fn mark_destroyed(conn: &Connection, version: u32, now: i64) -> Result<(), StoreError> {
+pub fn mark_destroyed(conn: &Connection, version: u32, now: i64) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE data_keys SET state = ?2, wrapped = NULL, destroyed_at = ?3 WHERE version = ?1",
         params![version, KeyState::Destroyed, now],
@@ -242,7 +234,7 @@ pub(crate) fn mark_destroyed(conn: &Connection, version: u32, now: i64) -> Resul
 }
 
 /// How many records are sealed under data key `version`.
-pub(crate) fn records_under(conn: &Connection, version: u32) -> Result<i64, StoreError> {
+pub fn records_under(conn: &Connection, version: u32) -> Result<i64, StoreError> {
     Ok(conn.query_row(
         "SELECT count(*) FROM cards WHERE key_version = ?1",
         [version],
@@ -251,7 +243,7 @@ pub(crate) fn records_under(conn: &Connection, version: u32) -> Result<i64, Stor
 }
 
 /// Stores an auxiliary key (`fingerprint`, `audit-signing`), wrapped, replacing any.
-pub(crate) fn insert_aux_key(
+pub fn insert_aux_key(
     conn: &Connection,
     name: &str,
     wrapped: &[u8],
@@ -265,7 +257,7 @@ pub(crate) fn insert_aux_key(
 }
 
 /// The wrapped bytes of auxiliary key `name` (an error if there is none).
-pub(crate) fn read_aux_key(conn: &Connection, name: &str) -> Result<Vec<u8>, StoreError> {
+pub fn read_aux_key(conn: &Connection, name: &str) -> Result<Vec<u8>, StoreError> {
     Ok(conn.query_row(
         "SELECT wrapped FROM wrapped_keys WHERE name = ?1",
         [name],
@@ -274,18 +266,14 @@ pub(crate) fn read_aux_key(conn: &Connection, name: &str) -> Result<Vec<u8>, Sto
 }
 
 /// Every auxiliary key: (name, wrapped bytes).
-pub(crate) fn aux_keys(conn: &Connection) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+pub fn aux_keys(conn: &Connection) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     let mut stmt = conn.prepare("SELECT name, wrapped FROM wrapped_keys")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Replaces the wrapped bytes of auxiliary key `name` (master rotate).
-pub(crate) fn rewrap_aux_key(
-    conn: &Connection,
-    name: &str,
-    wrapped: &[u8],
-) -> Result<(), StoreError> {
+pub fn rewrap_aux_key(conn: &Connection, name: &str, wrapped: &[u8]) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE wrapped_keys SET wrapped = ?2 WHERE name = ?1",
         params![name, wrapped],
@@ -295,7 +283,7 @@ pub(crate) fn rewrap_aux_key(
 
 /// Adds `n` encryptions to version `version`'s counter (its nonce budget). Run in
 /// every write batch that sealed anything: the statement is cached.
-pub(crate) fn add_encryptions(conn: &Connection, version: u32, n: i64) -> Result<(), StoreError> {
+pub fn add_encryptions(conn: &Connection, version: u32, n: i64) -> Result<(), StoreError> {
     conn.prepare_cached("UPDATE data_keys SET encryptions = encryptions + ?2 WHERE version = ?1")?
         .execute(params![version, n])?;
     Ok(())

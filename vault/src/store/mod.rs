@@ -2,19 +2,20 @@
 //! that commits concurrently submitted work together (group commit), and a pool of
 //! read connections. This module sees only sealed records, never card numbers.
 
-pub(crate) mod cards;
+pub mod cards;
 pub(crate) mod cvc;
-pub(crate) mod erasure;
+pub mod erasure;
 mod handle;
 pub(crate) mod idempotency;
-pub(crate) mod inventory;
+pub mod inventory;
 mod key_state_sql;
-pub(crate) mod keys;
+pub mod keys;
+mod location;
 mod lock;
-pub(crate) mod meta;
+pub mod meta;
 pub mod pg;
 mod pool;
-pub(crate) mod rewrap;
+pub mod rewrap;
 pub mod schema;
 mod writer;
 
@@ -23,17 +24,19 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+pub(crate) use handle::SealedPersonal;
 pub use handle::{OpenTx, Reader, Session, Tx};
 // The rows the handles take and return: plain data, the same for every engine.
-pub(crate) use cards::{CardRow, Inserted, NewCard};
+pub use cards::{CardRow, Inserted, NewCard};
 pub(crate) use cvc::{CvcKeyRow, CvcShape, CvcSweep, HeldCvcRow, NewCvcKey, NewHeldCvc};
-pub(crate) use erasure::{CompletedErasure, DeletedCard, RequestOverview};
+pub use erasure::{CompletedErasure, DeletedCard, RequestOverview};
 pub(crate) use idempotency::IdempotencyRow;
-pub(crate) use inventory::CardShape;
-pub(crate) use keys::{DataKeyRow, SealRow, WrappedDataKey};
+pub use inventory::CardShape;
+pub use keys::{DataKeyRow, SealRow, WrappedDataKey};
+pub use location::Location;
 pub use lock::{DirLock, lock_exclusive, lock_shared};
 pub use pool::ReadPool;
-pub(crate) use rewrap::SealedCard;
+pub use rewrap::SealedCard;
 pub use writer::{Completion, Job, JobOutcome, Writer, WriterConfig, WriterState};
 
 /// A storage failure. Messages carry SQLite's error class, never SQL parameters.
@@ -49,6 +52,33 @@ pub enum StoreError {
         #[source]
         source: Option<std::sync::Arc<rusqlite::Error>>,
     },
+    /// PostgreSQL reported an error, or could not be reached. The reason is the
+    /// server's message and SQLSTATE (never its DETAIL, which can quote row
+    /// values) or the connection failure; never the URL or the password.
+    #[error("PostgreSQL: {reason}")]
+    Postgres {
+        /// What failed, described.
+        reason: String,
+        /// The SQLSTATE of a server error (e.g. `40P01`), if there was one.
+        code: Option<String>,
+        /// Whether the connection (or the pool's wait for one) failed rather than
+        /// a statement: the database is down, restarting or overloaded.
+        connection: bool,
+        /// The engine's error (shared: the writer hands one failure to every job
+        /// of a batch).
+        #[source]
+        source: Option<std::sync::Arc<pg::PgError>>,
+    },
+    /// The `[storage]` configuration is missing, malformed or unreadable
+    /// (described; a URL is never quoted).
+    #[error("storage configuration: {0}")]
+    Config(String),
+    /// The database holds no vault (PostgreSQL: no panvault schema yet).
+    #[error("the database holds no panvault vault; run `panvault init` first")]
+    NoVault,
+    /// The operation has no meaning on this engine.
+    #[error("not available on this storage engine: {0}")]
+    Unsupported(&'static str),
     /// The database was written by a newer panvault.
     #[error("database schema version {0} is newer than this build understands")]
     SchemaTooNew(i64),
@@ -89,6 +119,56 @@ impl From<rusqlite::Error> for StoreError {
                 source: Some(std::sync::Arc::new(other)),
             },
         }
+    }
+}
+
+impl From<pg::PgError> for StoreError {
+    fn from(e: pg::PgError) -> Self {
+        match e {
+            pg::PgError::SchemaTooNew { found, .. } => StoreError::SchemaTooNew(found),
+            pg::PgError::Foreign(what) => StoreError::Corrupt(what),
+            other => {
+                let code = other.sqlstate().map(str::to_owned);
+                let connection = pg_connection_lost(&other);
+                StoreError::Postgres {
+                    reason: other.to_string(),
+                    code,
+                    connection,
+                    source: Some(std::sync::Arc::new(other)),
+                }
+            }
+        }
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::from(pg::PgError::Db(e))
+    }
+}
+
+/// Whether a PostgreSQL failure means the database is out of reach now (and may
+/// come back): the connection closed or failed, the pool found none in time, the
+/// server is shutting down or starting (`57P01`–`57P03`), a connection exception
+/// (`08xxx`), too many connections (`53300`), the lock table full (`53200`), or a deadlock or serialization
+/// failure (`40P01`, `40001`: only that transaction failed; trying again works).
+fn pg_connection_lost(e: &pg::PgError) -> bool {
+    match e {
+        pg::PgError::Pool { .. } => true,
+        pg::PgError::Db(err) => match err.code() {
+            Some(code) => {
+                let c = code.code();
+                c.starts_with("08")
+                    || c.starts_with("57P")
+                    || c == "53300"
+                    || c == "53200"
+                    || c == "40P01"
+                    || c == "40001"
+            }
+            // No SQLSTATE: the driver's own failure (I/O, closed connection).
+            None => err.is_closed() || err.as_db_error().is_none(),
+        },
+        _ => false,
     }
 }
 
@@ -157,6 +237,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Unavailable(_) | StoreError::LockHeld(_) => true,
+            StoreError::Postgres { connection, .. } => *connection,
             StoreError::Sqlite { reason: s, .. } => {
                 s.contains("DiskFull")
                     || s.contains("ReadOnly")
@@ -456,7 +537,9 @@ impl WalBound {
     /// Call after each commit. Never fails the caller's work: a checkpoint that
     /// cannot run now is tried again later.
     pub fn after_commit(&mut self, session: &mut Session) {
-        let conn = session.conn_mut();
+        let Some(conn) = session.conn_mut() else {
+            return;
+        };
         if self.not_before.is_some_and(|t| Instant::now() < t) {
             return;
         }

@@ -1,4 +1,4 @@
-//! A small pool of read-only connections.
+//! A small pool of read-only connections (SQLite), or the node's PostgreSQL pool.
 
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -6,6 +6,8 @@ use std::sync::Mutex;
 
 use rusqlite::Connection;
 
+use super::pg::PgPool;
+use super::pg::session::PgConn;
 use super::{Reader, StoreError, open_reader};
 
 /// Read connections, opened on demand and kept for reuse.
@@ -14,6 +16,9 @@ pub struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     max_idle: usize,
+    /// PostgreSQL: the node's bounded pool (its clients read outside any
+    /// transaction; a dead one is replaced at checkout).
+    pg: Option<std::sync::Arc<PgPool>>,
 }
 
 impl ReadPool {
@@ -23,11 +28,25 @@ impl ReadPool {
             path,
             idle: Mutex::new(Vec::new()),
             max_idle,
+            pg: None,
+        }
+    }
+
+    /// Readers from the node's PostgreSQL pool.
+    pub fn postgres(pool: std::sync::Arc<PgPool>) -> Self {
+        ReadPool {
+            path: PathBuf::new(),
+            idle: Mutex::new(Vec::new()),
+            max_idle: 0,
+            pg: Some(pool),
         }
     }
 
     /// A reader, whose connection returns to the pool when dropped.
     pub fn get(&self) -> Result<Reader<'_>, StoreError> {
+        if let Some(pool) = &self.pg {
+            return Ok(Reader::pg(PgConn::from_pool(std::sync::Arc::clone(pool))?));
+        }
         let conn = match self.idle.lock() {
             Ok(mut idle) => idle.pop(),
             Err(_) => None,
@@ -40,6 +59,14 @@ impl ReadPool {
             pool: self,
             conn: Some(conn),
         }))
+    }
+}
+
+impl Drop for ReadPool {
+    fn drop(&mut self) {
+        // Closing PostgreSQL clients blocks on the driver's runtime.
+        let pg = self.pg.take();
+        super::pg::session::blocking(|| drop(pg));
     }
 }
 

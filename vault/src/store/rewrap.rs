@@ -6,8 +6,8 @@ use rusqlite::{Connection, params};
 use super::StoreError;
 
 /// A sealed record as a rewrap reads it.
-#[derive(Debug)]
-pub(crate) struct SealedCard {
+#[derive(Debug, PartialEq, Eq)]
+pub struct SealedCard {
     /// Row id.
     pub id: i64,
     /// The token (part of the record's associated data).
@@ -23,7 +23,7 @@ pub(crate) struct SealedCard {
 }
 
 /// Up to `limit` records not under `version`, oldest version first.
-pub(crate) fn batch_not_under(
+pub fn batch_not_under(
     conn: &Connection,
     version: u32,
     limit: i64,
@@ -47,7 +47,7 @@ pub(crate) fn batch_not_under(
 
 /// Replaces the sealed bytes of record `id` if it is still under `old_version`.
 /// Returns the number of rows changed (0 or 1).
-pub(crate) fn update_sealed(
+pub fn update_sealed(
     conn: &Connection,
     id: i64,
     old_version: u32,
@@ -62,7 +62,7 @@ pub(crate) fn update_sealed(
 }
 
 /// How many records are not under `version`.
-pub(crate) fn count_not_under(conn: &Connection, version: u32) -> Result<i64, StoreError> {
+pub fn count_not_under(conn: &Connection, version: u32) -> Result<i64, StoreError> {
     Ok(conn.query_row(
         "SELECT count(*) FROM cards WHERE key_version <> ?1",
         [version],

@@ -120,11 +120,12 @@ impl<S: WriterState> std::fmt::Debug for Writer<S> {
 }
 
 impl<S: WriterState> Writer<S> {
-    /// Starts the writer on `session` with initial `state`, and a checkpointer on `path`.
+    /// Starts the writer on `session` with initial `state`, and (SQLite) a
+    /// checkpointer on the database file `path`.
     pub fn start(
         mut session: Session,
         state: S,
-        path: PathBuf,
+        path: Option<PathBuf>,
         cfg: WriterConfig,
     ) -> Result<Self, StoreError> {
         // Admin commands write from other processes in short transactions with
@@ -143,14 +144,22 @@ impl<S: WriterState> Writer<S> {
         let stop2 = Arc::clone(&stop);
 
         let every = cfg.checkpoint_every;
-        let checkpointer = std::thread::Builder::new()
-            .name("panvault-checkpoint".into())
-            .spawn(move || checkpoint_loop(path, every, stop2, restart2))
-            .map_err(|_| StoreError::Unavailable("could not start the checkpointer thread"))?;
+        // PostgreSQL checkpoints its own WAL.
+        let checkpointer = match path {
+            Some(path) => Some(
+                std::thread::Builder::new()
+                    .name("panvault-checkpoint".into())
+                    .spawn(move || checkpoint_loop(path, every, stop2, restart2))
+                    .map_err(|_| {
+                        StoreError::Unavailable("could not start the checkpointer thread")
+                    })?,
+            ),
+            None => None,
+        };
         Ok(Writer {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
-            checkpointer: Mutex::new(Some(checkpointer)),
+            checkpointer: Mutex::new(checkpointer),
             stop,
         })
     }
@@ -224,7 +233,10 @@ fn run<S: WriterState>(
         let before = state.snapshot();
         let t0 = std::time::Instant::now();
         let n = batch.len();
-        let result = run_batch(session.conn_mut(), &mut state, &mut batch, &mut completions);
+        let result = match session.conn_mut() {
+            Some(conn) => run_batch(conn, &mut state, &mut batch, &mut completions),
+            None => run_batch_pg(&session, &mut state, &mut batch, &mut completions),
+        };
         stats.record(n, t0.elapsed());
         if let Err(e) = &result {
             // Every caller of the batch gets 503; say why, for the operator (a full
@@ -248,12 +260,12 @@ fn run<S: WriterState>(
                 Some(e) => c(Err(clone_err(e))),
             }
         }
-        if restart.swap(false, Ordering::SeqCst) {
+        if restart.swap(false, Ordering::SeqCst)
+            && let Some(conn) = session.conn_mut()
+        {
             // Most frames are already copied by the passive checkpoints: this copies
             // the rest and lets the next transaction start the WAL from the top.
-            let _ = session
-                .conn_mut()
-                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+            let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
         }
     }
     state.on_shutdown(&mut session);
@@ -271,6 +283,20 @@ fn clone_err(e: &StoreError) -> StoreError {
             reason: reason.clone(),
             source: source.clone(),
         },
+        StoreError::Postgres {
+            reason,
+            code,
+            connection,
+            source,
+        } => StoreError::Postgres {
+            reason: reason.clone(),
+            code: code.clone(),
+            connection: *connection,
+            source: source.clone(),
+        },
+        StoreError::Config(s) => StoreError::Config(s.clone()),
+        StoreError::NoVault => StoreError::NoVault,
+        StoreError::Unsupported(s) => StoreError::Unsupported(s),
         StoreError::SchemaTooNew(v) => StoreError::SchemaTooNew(*v),
         StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
         StoreError::Unavailable(s) => StoreError::Unavailable(s),
@@ -316,6 +342,63 @@ fn run_batch<S: WriterState>(
     drop(unit);
     tx.commit()?;
     Ok(())
+}
+
+/// How long a PostgreSQL batch waits for the shared key lock (an admin
+/// transaction holds it exclusively for milliseconds): past it the batch fails
+/// (503), rather than the writer hanging behind a stuck admin command.
+const BATCH_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// A batch on PostgreSQL: one transaction (`BEGIN`, the key lock shared, every
+/// job, `COMMIT`), so a node's callers share one durable commit as on SQLite.
+/// PostgreSQL makes the commit atomic: a connection broken anywhere in the batch
+/// fails every job of it, and a `COMMIT` whose answer was lost is reported as an
+/// error (the batch may have committed; no caller is told it did). A statement
+/// that failed aborts PostgreSQL's transaction, so the batch rolls back whole
+/// (each caller gets the error). A connection the server closed is replaced from
+/// the pool before the next batch.
+fn run_batch_pg<S: WriterState>(
+    session: &Session,
+    state: &mut S,
+    batch: &mut Vec<Job<S>>,
+    completions: &mut Vec<Completion>,
+) -> Result<(), StoreError> {
+    let Some(conn) = session.pg() else {
+        batch.clear();
+        return Err(StoreError::Unavailable(
+            "the writer has no database connection",
+        ));
+    };
+    let begun = conn
+        .reconnect_if_closed()
+        .and_then(|()| conn.begin(super::pg::session::KeyLock::Shared, Some(BATCH_LOCK_WAIT)));
+    if let Err(e) = begun {
+        // The jobs never ran: fail them all.
+        batch.clear();
+        return Err(e);
+    }
+    let unit = Tx::pg(conn);
+    state.begin_batch(&unit);
+    let mut abort = false;
+    for job in batch.drain(..) {
+        let outcome = job(&unit, state);
+        abort |= !outcome.keep;
+        completions.push(outcome.completion);
+    }
+    if abort {
+        drop(unit);
+        conn.rollback();
+        return Err(StoreError::Unavailable(
+            "a job in the batch failed; batch rolled back",
+        ));
+    }
+    if let Err(e) = state.before_commit(&unit) {
+        drop(unit);
+        conn.rollback();
+        return Err(e);
+    }
+    drop(unit);
+    conn.commit()
 }
 
 use super::WAL_RESTART_FRAMES;

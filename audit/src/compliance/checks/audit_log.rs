@@ -80,7 +80,7 @@ fn classes_of(a: Action) -> &'static [&'static str] {
         Action::Denied => &["10.2.1.4"],
         Action::KeyRetire | Action::MasterChangePassphrase | Action::MasterReshare => &["10.2.1.5"],
         Action::KeyRotate | Action::KeyDestroy | Action::MasterRotate => &["10.2.1.5", "10.2.1.7"],
-        Action::ServeStart | Action::ServeStop => &["10.2.1.6"],
+        Action::ServeStart | Action::ServeStop | Action::NodeRegister => &["10.2.1.6"],
         Action::Init => &["10.2.1.6", "10.2.1.7"],
         Action::RetentionPurge => &["10.2.1.7"],
         // Card operations other than a reveal, and the override of a refused

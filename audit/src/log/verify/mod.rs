@@ -133,6 +133,10 @@ pub struct VerifyReport {
     pub unsigned_since: Option<OffsetDateTime>,
     /// The first break, or `None` when the log is intact.
     pub problem: Option<Break>,
+    /// A log of several nodes: each node's chain as verified (up to the break,
+    /// if any), by node name; `first_seq`, `last_seq` and `head` then stay 1,
+    /// 0 and genesis, and `last_checkpoint` `None`. Empty for a single log (SQLite's).
+    pub nodes: Vec<super::cluster::NodeHead>,
 }
 
 impl VerifyReport {
@@ -200,6 +204,7 @@ pub(crate) fn verify_bounded(
         unsigned_tail: 0,
         unsigned_since: None,
         problem: None,
+        nodes: Vec::new(),
     };
     let records = match read_records(conn)? {
         Ok(r) => r,

@@ -288,6 +288,9 @@ fn rewrap_chunk(tx: &Tx<'_>, keys: &Keyring, limit: i64) -> Result<u64, VaultErr
             &sealed.nonce[..],
             &sealed.ciphertext,
         )?;
+        if changed > 0 {
+            crate::service::personal::rewrap(tx, keys, id, &tenant, &token)?;
+        }
         n += u64::try_from(changed)
             .map_err(|e| VaultError::internal_from("a change count overflowed", e))?;
     }

@@ -1,48 +1,60 @@
-//! The audit log's write path on PostgreSQL: [`LogStore`] and [`LogTx`] for a
-//! `postgres::Transaction`, and the self-contained export of a PostgreSQL log.
+//! The audit log on PostgreSQL, shared by several vault nodes: one hash chain
+//! per node, anchored together by signed cluster checkpoints (the audit crate's
+//! `ClusterLogTx`; `docs/audit-log.md`, "Several nodes"). [`PgLog`] is one
+//! node's view inside the caller's transaction, and [`export_jsonl`] writes the
+//! whole log (format `panvault-audit-export-v3`) for `verify_export`.
 //!
-//! The chain logic stays in the audit crate; this only stores and finds rows,
-//! inside the caller's transaction. A taken `seq` or checkpoint `id` is
-//! answered with `ON CONFLICT DO NOTHING` and a row count of zero: a failed
-//! statement would abort a PostgreSQL transaction, and the chain must be able
-//! to reload its head and try again in the same one.
+//! The chain logic stays in the audit crate; this only stores and finds rows.
+//! A node appends to its own rows `(node, seq)` only, so nodes never wait for
+//! each other's rows. A taken `seq` or checkpoint `id` is answered with `ON
+//! CONFLICT DO NOTHING` and a row count of zero: a failed statement would abort
+//! a PostgreSQL transaction, and the chain must be able to reload its head and
+//! try again in the same one.
 //!
-//! The read side has one implementation, SQLite's: the log is written out in the
-//! export format (`panvault-audit-export-v2`) and verified with the audit crate's
-//! `verify_export`. A prune verifies what it would delete the same way.
+//! Retention (prune records per node) is not built on this log yet: its
+//! methods answer `AuditError::Unsupported`.
 
 use std::cell::RefCell;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::Write;
 
 use panvault_audit::log::{
-    AuditError, ChainHash, Checkpoint, EventRow, ExportWriter, Insert, LogStore, LogTx,
-    PruneRecord, PublicKey, StoredEvent, VerifyReport, time_ns, verify_export_through,
+    AuditError, ChainHash, Checkpoint, ClusterCheckpoint, ClusterExportWriter, ClusterLogTx,
+    EventRow, Insert, LogStore, LogTx, NodeHead, NodeId, PruneRecord, PublicKey, StoredEvent,
+    VerifyReport, time_ns,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, IsolationLevel, Row, Transaction};
+use postgres::{Client, GenericClient, IsolationLevel, Row};
+use time::OffsetDateTime;
 
 use super::PgError;
 
-/// The audit log inside a PostgreSQL transaction: what `AuditChain` and
-/// `prune` take on this engine. The driver's queries need `&mut`, the seam's
-/// methods take `&self`: the transaction is borrowed for the life of this value.
-pub struct PgLog<'a, 'c> {
-    tx: RefCell<&'a mut Transaction<'c>>,
+/// One node's view of the shared audit log, inside the caller's transaction:
+/// what `AuditChain` takes on this engine (`load`, `append`, `register_node`,
+/// `cluster_checkpoint`). `C` is a `postgres::Client` on which the caller ran
+/// `BEGIN` (and will run `COMMIT`), or a `postgres::Transaction`. The driver's
+/// queries need `&mut`, the seam's methods take `&self`: the client is
+/// borrowed for the life of this value.
+pub struct PgLog<'a, C: GenericClient> {
+    client: RefCell<&'a mut C>,
+    node: NodeId,
 }
 
-impl std::fmt::Debug for PgLog<'_, '_> {
+impl<C: GenericClient> std::fmt::Debug for PgLog<'_, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgLog").finish_non_exhaustive()
+        f.debug_struct("PgLog")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
-impl<'a, 'c> PgLog<'a, 'c> {
-    /// The log as seen from `tx`; every write joins it (commit or roll back `tx`
-    /// after this value is dropped).
-    pub fn new(tx: &'a mut Transaction<'c>) -> Self {
+impl<'a, C: GenericClient> PgLog<'a, C> {
+    /// `node`'s view of the log through `client`; every write joins the
+    /// transaction open on it (commit or roll back after this value is dropped).
+    pub fn new(client: &'a mut C, node: NodeId) -> Self {
         PgLog {
-            tx: RefCell::new(tx),
+            client: RefCell::new(client),
+            node,
         }
     }
 
@@ -51,15 +63,19 @@ impl<'a, 'c> PgLog<'a, 'c> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, AuditError> {
-        self.tx.borrow_mut().query_opt(sql, params).map_err(db)
+        self.client.borrow_mut().query_opt(sql, params).map_err(db)
+    }
+
+    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, AuditError> {
+        self.client.borrow_mut().query(sql, params).map_err(db)
     }
 
     fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, AuditError> {
-        self.tx.borrow_mut().query_one(sql, params).map_err(db)
+        self.client.borrow_mut().query_one(sql, params).map_err(db)
     }
 
     fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, AuditError> {
-        self.tx.borrow_mut().execute(sql, params).map_err(db)
+        self.client.borrow_mut().execute(sql, params).map_err(db)
     }
 }
 
@@ -85,47 +101,31 @@ fn inserted(rows: u64) -> Insert {
     }
 }
 
-fn prune_record_err() -> AuditError {
-    AuditError::Parse {
-        what: "stored prune record",
-    }
-}
-
 fn checkpoint_err() -> AuditError {
     AuditError::Parse {
-        what: "stored checkpoint",
+        what: "stored cluster checkpoint",
     }
 }
 
-/// A row `id, seq, head, time_ns, signature`; `None` if a column is not what
-/// the schema says.
-fn checkpoint_from(row: &Row) -> Option<Checkpoint> {
-    Checkpoint::from_columns(
-        row.try_get(0).ok()?,
-        row.try_get(1).ok()?,
-        row.try_get::<_, &[u8]>(2).ok()?,
-        row.try_get(3).ok()?,
-        row.try_get::<_, &[u8]>(4).ok()?,
-    )
+fn retention<T>() -> Result<T, AuditError> {
+    Err(AuditError::Unsupported {
+        what: "retention on a log shared by several nodes",
+    })
 }
 
-/// A row of `audit_prunes` in schema order; `None` if a column is not what the
-/// schema says.
-fn prune_from(row: &Row) -> Option<PruneRecord> {
-    PruneRecord::from_columns(
-        [
-            row.try_get(0).ok()?,
-            row.try_get(1).ok()?,
-            row.try_get(3).ok()?,
-            row.try_get(4).ok()?,
-            row.try_get(5).ok()?,
-            row.try_get(6).ok()?,
-        ],
-        row.try_get::<_, &[u8]>(2).ok()?,
-        row.try_get::<_, &[u8]>(7).ok()?,
+/// A row `node, id, time_ns, heads, signature`.
+fn checkpoint_from(row: &Row) -> Result<ClusterCheckpoint, AuditError> {
+    ClusterCheckpoint::from_columns(
+        row.try_get(0).map_err(|_| checkpoint_err())?,
+        row.try_get(1).map_err(|_| checkpoint_err())?,
+        row.try_get(2).map_err(|_| checkpoint_err())?,
+        row.try_get::<_, &[u8]>(3).map_err(|_| checkpoint_err())?,
+        row.try_get::<_, &[u8]>(4).map_err(|_| checkpoint_err())?,
     )
+    .ok_or_else(checkpoint_err)
 }
 
+/// A row `seq, time_ns, the eleven text columns, prev_hash, hash`.
 fn event_from(row: &Row) -> Result<StoredEvent, AuditError> {
     let seq: i64 = row.try_get(0).map_err(db)?;
     let bad = |_| AuditError::CorruptEvent { seq };
@@ -151,55 +151,50 @@ fn event_from(row: &Row) -> Result<StoredEvent, AuditError> {
     })
 }
 
-impl LogStore for PgLog<'_, '_> {
+/// `(seq, hash)` of a row, as the last event of a chain.
+fn head_from(seq: i64, hash: &[u8]) -> Result<(u64, ChainHash), AuditError> {
+    let bad = || AuditError::CorruptEvent { seq };
+    Ok((seq_of(seq)?, ChainHash::from_slice(hash).ok_or_else(bad)?))
+}
+
+impl<C: GenericClient> LogStore for PgLog<'_, C> {
     fn last_event(&self) -> Result<Option<(u64, ChainHash)>, AuditError> {
         let Some(row) = self.query_opt(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-            &[],
+            "SELECT seq, hash FROM audit_events WHERE node = $1 ORDER BY seq DESC LIMIT 1",
+            &[&self.node.as_str()],
         )?
         else {
             return Ok(None);
         };
         let seq: i64 = row.try_get(0).map_err(db)?;
-        let bad = || AuditError::CorruptEvent { seq };
-        let hash: &[u8] = row.try_get(1).map_err(|_| bad())?;
-        Ok(Some((
-            seq_of(seq)?,
-            ChainHash::from_slice(hash).ok_or_else(bad)?,
-        )))
+        let hash: &[u8] = row
+            .try_get(1)
+            .map_err(|_| AuditError::CorruptEvent { seq })?;
+        head_from(seq, hash).map(Some)
     }
 
     fn last_prune(&self) -> Result<Option<(u64, ChainHash)>, AuditError> {
-        let Some(row) = self.query_opt(
-            "SELECT first_seq, prev_hash FROM audit_prunes ORDER BY id DESC LIMIT 1",
-            &[],
-        )?
-        else {
-            return Ok(None);
-        };
-        let first: i64 = row.try_get(0).map_err(db)?;
-        let prev: &[u8] = row.try_get(1).map_err(db)?;
-        Ok(Some((
-            u64::try_from(first).map_err(|_| prune_record_err())?,
-            ChainHash::from_slice(prev).ok_or_else(prune_record_err)?,
-        )))
+        Ok(None)
     }
 
+    /// This node's latest cluster checkpoint, as the mark the chain reads.
     fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
         match self.query_opt(
-            "SELECT id, seq, head, time_ns, signature FROM audit_checkpoints \
-             ORDER BY id DESC LIMIT 1",
-            &[],
+            "SELECT node, id, time_ns, heads, signature FROM audit_checkpoints              WHERE node = $1 ORDER BY id DESC LIMIT 1",
+            &[&self.node.as_str()],
         )? {
             None => Ok(None),
-            Some(row) => checkpoint_from(&row).map(Some).ok_or_else(checkpoint_err),
+            Some(row) => checkpoint_from(&row)?
+                .own_mark()
+                .map(Some)
+                .ok_or_else(checkpoint_err),
         }
     }
 
     fn log_end(&self) -> Result<(Option<u64>, u64), AuditError> {
         let row = self.query_one(
-            "SELECT (SELECT max(seq) FROM audit_events), (SELECT max(id) FROM audit_checkpoints)",
-            &[],
+            "SELECT (SELECT max(seq) FROM audit_events WHERE node = $1),                     (SELECT max(id) FROM audit_checkpoints WHERE node = $1)",
+            &[&self.node.as_str()],
         )?;
         let seq: Option<i64> = row.try_get(0).map_err(db)?;
         let id: Option<i64> = row.try_get(1).map_err(db)?;
@@ -211,7 +206,7 @@ impl LogStore for PgLog<'_, '_> {
     }
 }
 
-impl LogTx for PgLog<'_, '_> {
+impl<C: GenericClient> LogTx for PgLog<'_, C> {
     fn insert_event(&self, row: &EventRow<'_>) -> Result<Insert, AuditError> {
         let [
             actor,
@@ -227,11 +222,9 @@ impl LogTx for PgLog<'_, '_> {
             details,
         ] = row.text_columns();
         let n = self.execute(
-            "INSERT INTO audit_events (seq, time_ns, actor, actor_fp, action, tenant, token, \
-             purpose, outcome, code, request_id, peer, details, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO audit_events (node, seq, time_ns, actor, actor_fp, action, tenant,              token, purpose, outcome, code, request_id, peer, details, prev_hash, hash)              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)              ON CONFLICT DO NOTHING",
             &[
+                &self.node.as_str(),
                 &to_i64(row.seq)?,
                 &row.time_ns()?,
                 &actor,
@@ -252,174 +245,223 @@ impl LogTx for PgLog<'_, '_> {
         Ok(inserted(n))
     }
 
-    fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<Insert, AuditError> {
+    /// All rows in one statement (one round trip): `unnest` over one array
+    /// per column.
+    fn insert_events(&self, rows: &[EventRow<'_>]) -> Result<Insert, AuditError> {
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut times = Vec::with_capacity(rows.len());
+        let mut text: [Vec<Option<&str>>; 11] = Default::default();
+        let mut prev = Vec::with_capacity(rows.len());
+        let mut hashes = Vec::with_capacity(rows.len());
+        for row in rows {
+            seqs.push(to_i64(row.seq)?);
+            times.push(row.time_ns()?);
+            for (column, value) in text.iter_mut().zip(row.text_columns()) {
+                column.push(value);
+            }
+            prev.push(&row.prev_hash.0[..]);
+            hashes.push(&row.hash.0[..]);
+        }
+        let [
+            actor,
+            actor_fp,
+            action,
+            tenant,
+            token,
+            purpose,
+            outcome,
+            code,
+            request_id,
+            peer,
+            details,
+        ] = &text;
         let n = self.execute(
-            "INSERT INTO audit_checkpoints (id, seq, head, time_ns, signature) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            "INSERT INTO audit_events (node, seq, time_ns, actor, actor_fp, action, tenant, \
+             token, purpose, outcome, code, request_id, peer, details, prev_hash, hash) \
+             SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+             $12::text[], $13::text[], $14::text[], $15::bytea[], $16::bytea[]) \
+             ON CONFLICT DO NOTHING",
             &[
-                &to_i64(cp.id)?,
-                &to_i64(cp.seq)?,
-                &&cp.head.0[..],
-                &time_ns(cp.time)?,
-                &&cp.signature[..],
+                &self.node.as_str(),
+                &seqs,
+                &times,
+                actor,
+                actor_fp,
+                action,
+                tenant,
+                token,
+                purpose,
+                outcome,
+                code,
+                request_id,
+                peer,
+                details,
+                &prev,
+                &hashes,
             ],
         )?;
-        Ok(inserted(n))
+        match usize::try_from(n) {
+            Ok(0) if !rows.is_empty() => Ok(Insert::Taken),
+            Ok(n) if n == rows.len() => Ok(Insert::Done),
+            _ => Err(AuditError::Conflict),
+        }
+    }
+
+    /// Refused: on a shared log every checkpoint is a cluster checkpoint
+    /// (`AuditChain::cluster_checkpoint`).
+    fn insert_checkpoint(&self, _: &Checkpoint) -> Result<Insert, AuditError> {
+        Err(AuditError::Unsupported {
+            what: "a single-log checkpoint (sign a cluster checkpoint)",
+        })
     }
 
     fn first_event_since(&self, time_ns: i64) -> Result<Option<u64>, AuditError> {
         let row = self.query_opt(
-            "SELECT seq FROM audit_events WHERE time_ns >= $1 ORDER BY seq LIMIT 1",
-            &[&time_ns],
+            "SELECT seq FROM audit_events WHERE node = $1 AND time_ns >= $2              ORDER BY seq LIMIT 1",
+            &[&self.node.as_str(), &time_ns],
         )?;
         row.map(|r| r.try_get::<_, i64>(0).map_err(db).and_then(seq_of))
             .transpose()
     }
 
     fn kept_from(&self) -> Result<u64, AuditError> {
-        let start: i64 = self
-            .query_one("SELECT COALESCE(MAX(first_seq), 1) FROM audit_prunes", &[])?
-            .try_get(0)
-            .map_err(db)?;
-        u64::try_from(start).map_err(|_| prune_record_err())
+        Ok(1)
     }
 
-    fn newest_checkpoint_between(
-        &self,
-        lo: u64,
-        hi: u64,
-    ) -> Result<Option<Checkpoint>, AuditError> {
-        Ok(self
-            .query_opt(
-                "SELECT id, seq, head, time_ns, signature FROM audit_checkpoints \
-                 WHERE seq >= $1 AND seq <= $2 ORDER BY seq DESC, id DESC LIMIT 1",
-                &[&to_i64(lo)?, &to_i64(hi)?],
-            )?
-            .as_ref()
-            .and_then(checkpoint_from))
+    fn newest_checkpoint_between(&self, _: u64, _: u64) -> Result<Option<Checkpoint>, AuditError> {
+        retention()
     }
 
-    /// The documented route: the log up to `seq` is written out as an export
-    /// and verified by the audit crate's one verifier. The export streams through
-    /// a pipe to the verifier on a scoped thread rather than being held whole.
-    fn verify_through(&self, key: &PublicKey, seq: u64) -> Result<VerifyReport, AuditError> {
-        let (reader, writer) = std::io::pipe()?;
-        let mut tx = self.tx.borrow_mut();
-        std::thread::scope(|s| {
-            let verifier = s.spawn(move || verify_export_through(BufReader::new(reader), key, seq));
-            // The writer end is dropped when this returns: the verifier sees the end.
-            let written = write_export(&mut tx, 1, Some(seq), BufWriter::new(writer));
-            let verified = verifier.join().map_err(|_| AuditError::Parse {
-                what: "export verification (the verifier thread panicked)",
-            })?;
-            match written {
-                Ok(_) => verified,
-                // The verifier stopped reading: its error says why.
-                Err(AuditError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                    verified.and(Err(AuditError::Io(e)))
-                }
-                // A truncated export must never pass: the writer's error wins.
-                Err(e) => Err(e),
-            }
-        })
+    fn verify_through(&self, _: &PublicKey, _: u64) -> Result<VerifyReport, AuditError> {
+        retention()
     }
 
-    fn delete_events_through(&self, seq: u64) -> Result<u64, AuditError> {
-        self.execute("DELETE FROM audit_events WHERE seq <= $1", &[&to_i64(seq)?])
+    fn delete_events_through(&self, _: u64) -> Result<u64, AuditError> {
+        retention()
     }
 
     fn next_prune_id(&self) -> Result<u64, AuditError> {
-        let next: i64 = self
-            .query_one("SELECT COALESCE(MAX(id), 0) + 1 FROM audit_prunes", &[])?
-            .try_get(0)
-            .map_err(db)?;
-        u64::try_from(next).map_err(|_| AuditError::Overflow)
+        retention()
     }
 
-    fn insert_prune(&self, record: &PruneRecord) -> Result<(), AuditError> {
-        self.execute(
-            "INSERT INTO audit_prunes (id, first_seq, prev_hash, checkpoint_id, cutoff_ns, \
-             deleted, time_ns, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &to_i64(record.id)?,
-                &to_i64(record.first_seq)?,
-                &&record.prev_hash.0[..],
-                &to_i64(record.checkpoint_id)?,
-                &time_ns(record.cutoff)?,
-                &to_i64(record.deleted)?,
-                &time_ns(record.time)?,
-                &&record.signature[..],
-            ],
-        )?;
-        Ok(())
+    fn insert_prune(&self, _: &PruneRecord) -> Result<(), AuditError> {
+        retention()
     }
 }
 
-/// Writes the PostgreSQL log as a self-contained export (`panvault-audit-export-v2`,
-/// the same lines as the audit crate's `export_jsonl`), from event `from_seq` on,
-/// and returns how many events it holds. It is read in one `REPEATABLE READ`,
-/// read-only transaction: one snapshot of the log, whatever the nodes append
-/// meanwhile. `verify_export` checks the result with the public key alone.
-pub fn export_jsonl(
-    client: &mut Client,
-    from_seq: u64,
-    writer: impl Write,
-) -> Result<u64, AuditError> {
+impl<C: GenericClient> ClusterLogTx for PgLog<'_, C> {
+    fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// One index lookup per registered node (its last event), no locks.
+    fn node_heads(&self) -> Result<Vec<NodeHead>, AuditError> {
+        self.query(
+            "SELECT n.node, e.seq, e.hash FROM audit_nodes n LEFT JOIN LATERAL              (SELECT seq, hash FROM audit_events WHERE node = n.node ORDER BY seq DESC LIMIT 1) e              ON true",
+            &[],
+        )?
+        .iter()
+        .map(|row| {
+            let node: &str = row.try_get(0).map_err(db)?;
+            let node = NodeId::new(node)?;
+            let seq: Option<i64> = row.try_get(1).map_err(db)?;
+            let (seq, head) = match seq {
+                None => (0, ChainHash::GENESIS),
+                Some(s) => head_from(
+                    s,
+                    row.try_get(2)
+                        .map_err(|_| AuditError::CorruptEvent { seq: s })?,
+                )?,
+            };
+            Ok(NodeHead { node, seq, head })
+        })
+        .collect()
+    }
+
+    fn register_node(&self, time_ns: i64) -> Result<Insert, AuditError> {
+        let n = self.execute(
+            "INSERT INTO audit_nodes (node, registered_ns) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&self.node.as_str(), &time_ns],
+        )?;
+        Ok(inserted(n))
+    }
+
+    fn insert_cluster_checkpoint(&self, cp: &ClusterCheckpoint) -> Result<Insert, AuditError> {
+        if cp.node != self.node {
+            return Err(AuditError::Internal);
+        }
+        let n = self.execute(
+            "INSERT INTO audit_checkpoints (node, id, time_ns, heads, signature)              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &[
+                &cp.node.as_str(),
+                &to_i64(cp.id)?,
+                &time_ns(cp.time)?,
+                &cp.heads_bytes()?,
+                &&cp.signature[..],
+            ],
+        )?;
+        Ok(inserted(n))
+    }
+}
+
+/// Writes the whole PostgreSQL log as a multi-node export
+/// (`panvault-audit-export-v3`) and returns how many events it holds. It is
+/// read in one `REPEATABLE READ`, read-only transaction: one snapshot of the
+/// log, whatever the nodes append meanwhile. `verify_export` checks the result
+/// with the public key alone.
+pub fn export_jsonl(client: &mut Client, writer: impl Write) -> Result<u64, AuditError> {
     let mut tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .map_err(db)?;
-    let n = write_export(&mut tx, from_seq, None, writer)?;
-    tx.commit().map_err(db)?;
-    Ok(n)
-}
-
-/// Every prune record, every checkpoint, and the events from `from_seq` on (up
-/// to `through` if given), in the export's order, read inside `tx`.
-fn write_export(
-    tx: &mut Transaction<'_>,
-    from_seq: u64,
-    through: Option<u64>,
-    writer: impl Write,
-) -> Result<u64, AuditError> {
-    let mut out = ExportWriter::new(writer, from_seq)?;
+    let mut out = ClusterExportWriter::new(writer)?;
+    // Node names are a-z 0-9 . _ -: in the "C" collation their order is the
+    // bytewise order the export requires.
     for row in tx
         .query(
-            "SELECT id, first_seq, prev_hash, checkpoint_id, cutoff_ns, deleted, time_ns, \
-             signature FROM audit_prunes ORDER BY id",
+            "SELECT node, registered_ns FROM audit_nodes ORDER BY node COLLATE \"C\"",
             &[],
         )
         .map_err(db)?
     {
-        out.prune(&prune_from(&row).ok_or_else(prune_record_err)?)?;
+        let node: &str = row.try_get(0).map_err(db)?;
+        let registered: i64 = row.try_get(1).map_err(db)?;
+        let registered = OffsetDateTime::from_unix_timestamp_nanos(i128::from(registered))
+            .map_err(|_| AuditError::TimeOutOfRange)?;
+        out.node(&NodeId::new(node)?, registered)?;
     }
     for row in tx
         .query(
-            "SELECT id, seq, head, time_ns, signature FROM audit_checkpoints ORDER BY id",
+            "SELECT node, id, time_ns, heads, signature FROM audit_checkpoints              ORDER BY node COLLATE \"C\", id",
             &[],
         )
         .map_err(db)?
     {
-        out.checkpoint(&checkpoint_from(&row).ok_or_else(checkpoint_err)?)?;
+        out.checkpoint(&checkpoint_from(&row)?)?;
     }
-    let last = match through {
-        Some(s) => to_i64(s)?,
-        None => i64::MAX,
-    };
-    let params: [&(dyn ToSql + Sync); 2] = [&to_i64(from_seq)?, &last];
+    let none: [&(dyn ToSql + Sync); 0] = [];
     let mut rows = tx
         .query_raw(
-            "SELECT seq, time_ns, actor, actor_fp, action, tenant, token, purpose, outcome, \
-             code, request_id, peer, details, prev_hash, hash FROM audit_events \
-             WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
-            params,
+            "SELECT seq, time_ns, actor, actor_fp, action, tenant, token, purpose, outcome,              code, request_id, peer, details, prev_hash, hash, node FROM audit_events              ORDER BY node COLLATE \"C\", seq",
+            none,
         )
         .map_err(db)?;
+    let mut current: Option<NodeId> = None;
     while let Some(row) = rows.next().map_err(db)? {
-        out.event(&event_from(&row)?)?;
+        let node: &str = row.try_get(15).map_err(db)?;
+        if current.as_ref().is_none_or(|c| c.as_str() != node) {
+            current = Some(NodeId::new(node)?);
+        }
+        let Some(node) = &current else {
+            return Err(AuditError::Internal);
+        };
+        out.event(node, &event_from(&row)?)?;
     }
     drop(rows);
-    out.finish()
+    let n = out.finish()?;
+    tx.commit().map_err(db)?;
+    Ok(n)
 }

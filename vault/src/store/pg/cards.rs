@@ -1,6 +1,7 @@
 //! The `cards` table on PostgreSQL: the twins of `store::cards` (insert, find by
-//! token, the dedup lookup) and of the API's delete in `store::erasure`, inside the
-//! caller's transaction or on a plain connection ([`GenericClient`]).
+//! token, the dedup lookup, the liveness re-check, count, the dedup index's scan,
+//! the updates) and of the API's delete in `store::erasure`, inside the caller's
+//! transaction or on a plain connection ([`GenericClient`]).
 //!
 //! Unlike SQLite's table this one holds no personal data in clear (see
 //! [`super::schema`]): the caller passes the subject's keyed hash and the sealed
@@ -10,6 +11,7 @@
 //! statement would abort a PostgreSQL transaction, and the caller draws another
 //! token in the same one.
 
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{GenericClient, Row};
 
 use super::PgError;
@@ -163,7 +165,7 @@ pub fn live_dedup_row(
 }
 
 /// Runs a `DELETE … RETURNING id, fingerprint` and collects the deleted rows.
-fn delete_returning(
+pub(super) fn delete_returning(
     c: &mut impl GenericClient,
     sql: &str,
     params: &[&(dyn postgres::types::ToSql + Sync)],
@@ -201,4 +203,80 @@ pub fn delete_token(
         "DELETE FROM cards WHERE tenant = $1 AND token = $2 RETURNING id, fingerprint",
         &[&tenant, &token],
     )
+}
+
+/// Whether row `id` still holds `token` of `tenant`, unexpired at `now`.
+pub fn is_live(
+    c: &mut impl GenericClient,
+    id: i64,
+    token: &str,
+    tenant: &str,
+    now: i64,
+) -> Result<bool, PgError> {
+    Ok(c.query_opt(
+        "SELECT 1 FROM cards WHERE id = $1 AND token = $2 AND tenant = $3 \
+         AND (expires_at IS NULL OR expires_at > $4)",
+        &[&id, &token, &tenant, &now],
+    )?
+    .is_some())
+}
+
+/// Sets the card expiry, metadata and token expiry of row `id`. Differs from
+/// SQLite's `update_terms(…, metadata: Option<&str>, …)` on purpose: PostgreSQL
+/// stores no metadata in clear, so the caller passes it sealed under the record's
+/// data key (`metadata_sealed`), as for [`insert`].
+pub fn update_terms(
+    c: &mut impl GenericClient,
+    id: i64,
+    exp_month: i64,
+    exp_year: i64,
+    metadata_sealed: Option<&[u8]>,
+    expires_at: Option<i64>,
+) -> Result<(), PgError> {
+    c.execute(
+        "UPDATE cards SET exp_month = $2, exp_year = $3, metadata_sealed = $4, expires_at = $5 \
+         WHERE id = $1",
+        &[&id, &exp_month, &exp_year, &metadata_sealed, &expires_at],
+    )?;
+    Ok(())
+}
+
+/// Replaces the sealed card of row `id` (sealed again under `key_version`).
+pub fn update_sealed(
+    c: &mut impl GenericClient,
+    id: i64,
+    key_version: u32,
+    nonce: &[u8],
+    ciphertext: &[u8],
+) -> Result<(), PgError> {
+    c.execute(
+        "UPDATE cards SET key_version = $2, nonce = $3, ciphertext = $4 WHERE id = $1",
+        &[&id, &i64::from(key_version), &nonce, &ciphertext],
+    )?;
+    Ok(())
+}
+
+/// Number of card rows.
+pub fn count(c: &mut impl GenericClient) -> Result<i64, PgError> {
+    Ok(c.query_one("SELECT count(*) FROM cards", &[])?.try_get(0)?)
+}
+
+/// Calls `f` with the id, fingerprint and subject hash of every card row, in id
+/// order, streamed (not collected). Differs from SQLite's, whose `f` gets the
+/// subject in clear (`Option<String>`): PostgreSQL holds only the subject's keyed
+/// hash, so `f` gets that (`Option<Vec<u8>>`), and an index built from it keys
+/// subjects by hash.
+pub fn for_each_fingerprint(
+    c: &mut impl GenericClient,
+    mut f: impl FnMut(i64, Vec<u8>, Option<Vec<u8>>),
+) -> Result<(), PgError> {
+    let none: [&(dyn postgres::types::ToSql + Sync); 0] = [];
+    let mut rows = c.query_raw(
+        "SELECT id, fingerprint, subject_hash FROM cards ORDER BY id",
+        none,
+    )?;
+    while let Some(r) = rows.next()? {
+        f(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+    }
+    Ok(())
 }

@@ -2,14 +2,35 @@
 //!
 //! Groundwork, not yet behind the store's seam: the connection settings (a URL or a
 //! file holding it; the password never printed), connecting over TLS verified with
-//! rustls and *ring*, a node's bounded pool, the versioned schema, the card rows
-//! ([`cards`]), and the audit log's write path and export ([`audit`]). The service still runs on SQLite.
+//! rustls and *ring*, a node's bounded pool, the versioned schema, and the audit
+//! log's write path and export ([`audit`]). The service still runs on SQLite.
+//!
+//! Every function of `store::{meta, keys, cards, rewrap, erasure, inventory}` the
+//! store's handles call has a twin here in the module of the same name, with the
+//! same name, arguments and result, taking any [`postgres::GenericClient`] (a
+//! transaction or a plain connection) and failing with [`PgError`]. The exceptions
+//! are on purpose, because PostgreSQL stores no personal data in clear: where the
+//! SQLite function takes or yields a subject, the twin takes or yields its keyed
+//! hash (`erasure::delete_subject`, `cards::for_each_fingerprint`, and the card
+//! functions that were written for PostgreSQL first: `cards::insert`,
+//! `cards::by_token`, `cards::live_dedup_row`), and metadata is passed sealed
+//! (`cards::update_terms`, `cards::insert`). SQLite's WAL scrub
+//! (`Tx::mark_scrub_pending`, `Session::scrub_wal`) has no twin: it has no
+//! PostgreSQL meaning (see [`erasure`]).
 
 pub mod audit;
 pub mod cards;
 mod connect;
+pub mod erasure;
+pub mod inventory;
+pub mod keys;
+pub mod meta;
+pub mod migrate;
+pub mod personal;
 mod pool;
+pub mod rewrap;
 pub mod schema;
+pub(crate) mod session;
 mod settings;
 
 use std::path::PathBuf;
@@ -80,6 +101,15 @@ pub enum PgError {
     /// The database holds tables that are not panvault's.
     #[error("the PostgreSQL database is not a panvault database: {0}")]
     Foreign(String),
+    /// A stored value is impossible (out of its type's range, an unknown key state,
+    /// a negative count): the database is broken, and says so rather than being
+    /// read as a plausible value. Never quotes the value.
+    #[error("corrupt PostgreSQL data: {0}")]
+    Corrupt(String),
+    /// The target of a migration already holds a vault (or any row): a migration
+    /// only fills an empty database.
+    #[error("the PostgreSQL database is not empty: {0}")]
+    NotEmpty(String),
 }
 
 impl From<postgres::Error> for PgError {
@@ -96,6 +126,18 @@ impl PgError {
             _ => None,
         }
     }
+}
+
+/// A value stored as `bigint` that the vault reads as `u32` (a key version, a KDF
+/// parameter): out of range is corruption, never truncated. `what` names the
+/// column, never the value.
+fn stored_u32(v: i64, what: &str) -> Result<u32, PgError> {
+    u32::try_from(v).map_err(|_| PgError::Corrupt(format!("{what} is out of range")))
+}
+
+/// As [`stored_u32`], for `u8` columns (a share count).
+fn stored_u8(v: i64, what: &str) -> Result<u8, PgError> {
+    u8::try_from(v).map_err(|_| PgError::Corrupt(format!("{what} is out of range")))
 }
 
 /// A server error as its message and SQLSTATE, without DETAIL (which can quote

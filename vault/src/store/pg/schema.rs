@@ -129,6 +129,54 @@ CREATE TABLE audit_prunes (
     signature     bytea NOT NULL CHECK (octet_length(signature) = 64)
 );
 "#,
+    // 2: the audit log shared by several nodes: one chain per node, anchored by
+    // cluster checkpoints (docs/audit-log.md, "Several nodes"); node names in
+    // the "C" collation, so the primary keys are in the export's bytewise order. The single
+    // chain of version 1 was never written by a release; a database whose
+    // version 1 log holds rows is refused rather than rewritten.
+    r#"
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM audit_events) OR EXISTS (SELECT 1 FROM audit_checkpoints)
+       OR EXISTS (SELECT 1 FROM audit_prunes) THEN
+        RAISE EXCEPTION 'the single-chain audit log of schema version 1 holds rows';
+    END IF;
+END
+$$;
+DROP TABLE audit_events;
+DROP TABLE audit_checkpoints;
+CREATE TABLE audit_nodes (
+    node          text COLLATE "C" PRIMARY KEY CHECK (node ~ '^[a-z0-9._-]{1,64}$'),
+    registered_ns bigint NOT NULL
+);
+CREATE TABLE audit_events (
+    node       text COLLATE "C" NOT NULL,
+    seq        bigint NOT NULL,
+    time_ns    bigint NOT NULL,
+    actor      text NOT NULL,
+    actor_fp   text,
+    action     text NOT NULL,
+    tenant     text,
+    token      text,
+    purpose    text,
+    outcome    text NOT NULL CHECK (outcome IN ('success', 'denied', 'error')),
+    code       text,
+    request_id text,
+    peer       text,
+    details    text,
+    prev_hash  bytea NOT NULL CHECK (octet_length(prev_hash) = 32),
+    hash       bytea NOT NULL CHECK (octet_length(hash) = 32),
+    PRIMARY KEY (node, seq)
+);
+CREATE TABLE audit_checkpoints (
+    node      text COLLATE "C" NOT NULL,
+    id        bigint NOT NULL,
+    time_ns   bigint NOT NULL,
+    heads     bytea NOT NULL,   -- count u64 then (lp(node), seq u64, head [32]) per node
+    signature bytea NOT NULL CHECK (octet_length(signature) = 64),
+    PRIMARY KEY (node, id)
+);
+"#,
 ];
 
 /// The application named in `panvault_schema`: a database of anything else is refused.

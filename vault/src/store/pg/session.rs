@@ -1,0 +1,285 @@
+//! A node's PostgreSQL connection as the store's handles use it: one pooled
+//! client, transactions run as `BEGIN` … `COMMIT` on it (so a handle borrows the
+//! client only for each statement), the advisory locks that take the place of
+//! SQLite's write lock, and the one place the audit log is reached ([`PgConn::audit`]).
+//!
+//! Locks (transaction-level, released by `COMMIT` or `ROLLBACK`):
+//! - every writer batch takes [`KEY_LOCK`] shared; a command that changes keys
+//!   (and every admin transaction) takes it exclusively, so no batch that seals
+//!   interleaves with a key change: a batch sees the active key it checks at its
+//!   start until it commits;
+//! - a tokenize takes a lock on the card's keyed fingerprint (two 32-bit keys, a
+//!   key space apart from the single 64-bit keys above) before it looks the card
+//!   up, so two nodes tokenizing one card at once make one row: the second waits
+//!   for the first's commit and then finds its row.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::time::Duration;
+
+use panvault_audit::log::{AuditError, MAX_NODE_LEN, NodeId};
+
+use super::{PgError, PgLog, PgPool, PooledClient};
+use crate::store::StoreError;
+
+/// The advisory lock between writer batches (shared) and key changes (exclusive): "PNVK".
+pub(crate) const KEY_LOCK: i64 = 0x504E_564B;
+
+/// `lock_not_available`: a `lock_timeout` ran out.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// One client of the pool, used by one handle at a time.
+pub(crate) struct PgConn {
+    pool: Option<Arc<PgPool>>,
+    /// Always `Some` until dropped (see `Drop`).
+    client: RefCell<Option<PooledClient>>,
+    /// A statement failed since the transaction began: PostgreSQL has aborted
+    /// it, and its `COMMIT` would quietly roll back.
+    failed: Cell<bool>,
+}
+
+impl PgConn {
+    /// A client of `pool`, which also replaces it when the server closed it.
+    pub(crate) fn from_pool(pool: Arc<PgPool>) -> Result<PgConn, StoreError> {
+        let client = blocking(|| pool.get())?;
+        Ok(PgConn {
+            pool: Some(pool),
+            client: RefCell::new(Some(client)),
+            failed: Cell::new(false),
+        })
+    }
+
+    /// Replaces a client the server closed (a restart, a failover) with a fresh
+    /// one from the pool; a live client stays.
+    pub(crate) fn reconnect_if_closed(&self) -> Result<(), StoreError> {
+        let closed = self
+            .client
+            .try_borrow()
+            .map(|c| c.as_ref().is_none_or(|c| c.is_closed()))
+            .unwrap_or(false);
+        if closed && let Some(pool) = &self.pool {
+            let fresh = blocking(|| pool.get())?;
+            let old = self
+                .client
+                .try_borrow_mut()
+                .map_err(|_| in_use())?
+                .replace(fresh);
+            blocking(|| drop(old));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the client, noting a failure (the transaction is aborted).
+    pub(crate) fn run<T>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, PgError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.client.try_borrow_mut().map_err(|_| in_use())?;
+        let client = guard.as_mut().ok_or_else(in_use)?;
+        let r = blocking(|| f(client));
+        if r.is_err() {
+            self.failed.set(true);
+        }
+        r.map_err(StoreError::from)
+    }
+
+    /// The audit log on this client, inside its open transaction. The only place
+    /// the vault builds a [`PgLog`].
+    pub(crate) fn audit<T>(
+        &self,
+        f: impl FnOnce(&PgLog<'_, postgres::Client>) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        let in_use = || AuditError::Storage(Box::new(in_use()));
+        let mut guard = self.client.try_borrow_mut().map_err(|_| in_use())?;
+        let client: &mut postgres::Client = guard.as_mut().ok_or_else(in_use)?;
+        let r = blocking(|| f(&PgLog::new(client, node_id())));
+        if r.is_err() {
+            self.failed.set(true);
+        }
+        r
+    }
+
+    /// `BEGIN`, then the key lock: shared (a writer batch), exclusive (a key
+    /// change or an admin transaction), or none. `wait` bounds the wait for an
+    /// exclusive lock ([`StoreError::LockHeld`] after it).
+    pub(crate) fn begin(&self, lock: KeyLock, wait: Option<Duration>) -> Result<(), StoreError> {
+        self.failed.set(false);
+        // One round trip: `BEGIN`, the bounded wait, the lock.
+        let mut sql = String::from("BEGIN");
+        if let Some(w) = wait {
+            let ms = i32::try_from(w.as_millis()).unwrap_or(i32::MAX).max(1);
+            sql.push_str(&format!("; SET LOCAL lock_timeout = {ms}"));
+        }
+        match lock {
+            KeyLock::None => {}
+            KeyLock::Shared => {
+                sql.push_str(&format!(
+                    "; SELECT pg_advisory_xact_lock_shared({KEY_LOCK})"
+                ));
+            }
+            KeyLock::Exclusive => {
+                sql.push_str(&format!("; SELECT pg_advisory_xact_lock({KEY_LOCK})"));
+            }
+        }
+        if wait.is_some() {
+            sql.push_str("; SET LOCAL lock_timeout = 0");
+        }
+        let locked = self.run(|c| Ok(c.batch_execute(&sql)?));
+        if let Err(e) = locked {
+            self.rollback();
+            return Err(match (&e, wait) {
+                (StoreError::Postgres { code: Some(c), .. }, Some(w))
+                    if c == LOCK_NOT_AVAILABLE =>
+                {
+                    StoreError::LockHeld(w.as_secs())
+                }
+                _ => e,
+            });
+        }
+        Ok(())
+    }
+
+    /// `COMMIT` (durable: `synchronous_commit` is left on). A transaction in which
+    /// a statement failed is rolled back instead, and says so. A `COMMIT` whose
+    /// answer never came (the connection broke) may or may not have committed:
+    /// it is an error, never a success.
+    pub(crate) fn commit(&self) -> Result<(), StoreError> {
+        if self.failed.get() {
+            self.rollback();
+            return Err(StoreError::Unavailable(
+                "a statement of the transaction failed; it was rolled back",
+            ));
+        }
+        let r = self.run(|c| Ok(c.batch_execute("COMMIT")?));
+        if let Err(StoreError::Postgres {
+            code: None, source, ..
+        }) = &r
+        {
+            return Err(StoreError::Postgres {
+                reason: "the connection broke during COMMIT: whether the transaction \
+                         committed is unknown"
+                    .into(),
+                code: None,
+                connection: true,
+                source: source.clone(),
+            });
+        }
+        r
+    }
+
+    /// `ROLLBACK`, best effort (a broken connection has rolled back already).
+    pub(crate) fn rollback(&self) {
+        if let Ok(mut c) = self.client.try_borrow_mut()
+            && let Some(c) = c.as_mut()
+        {
+            let _ = blocking(|| c.batch_execute("ROLLBACK"));
+        }
+        self.failed.set(false);
+    }
+
+    /// Takes the transaction's lock on card `fingerprint` (see the module).
+    pub(crate) fn lock_card(&self, fingerprint: &[u8]) -> Result<(), StoreError> {
+        let mut k = [0u8; 8];
+        for (d, s) in k.iter_mut().zip(fingerprint) {
+            *d = *s;
+        }
+        let [a, b, c, d, e, f, g, h] = k;
+        let (hi, lo) = (
+            i32::from_be_bytes([a, b, c, d]),
+            i32::from_be_bytes([e, f, g, h]),
+        );
+        self.run(|c| {
+            c.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&hi, &lo])?;
+            Ok(())
+        })
+    }
+
+    /// `VACUUM` of the tables deletes leave dead row versions in (outside any
+    /// transaction): their space is marked for reuse. What it cannot remove (WAL,
+    /// backups, pages not yet reused) stays ciphertext.
+    pub(crate) fn vacuum(&self) -> Result<(), StoreError> {
+        self.run(|c| Ok(c.batch_execute("VACUUM cards, erasure_requests")?))
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // A client the pool discards (closed) is dropped here, and the driver's
+        // drop blocks on its runtime: never on an async worker thread as it is.
+        let client = self.client.get_mut().take();
+        let pool = self.pool.take();
+        blocking(|| {
+            drop(client);
+            // The last handle on a pool closes its idle clients.
+            drop(pool);
+        });
+    }
+}
+
+/// Runs `f`, which blocks on the synchronous driver's own runtime: on a worker
+/// thread of a multi-threaded tokio runtime (a request handler reading through
+/// the pool) it runs in `block_in_place`, which is allowed to; elsewhere (the
+/// writer thread, admin commands) as it is. A current-thread runtime cannot host
+/// the PostgreSQL engine's blocking calls: use `spawn_blocking` there.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// This process's node id in the shared audit log (one chain per node): the
+/// environment's `PANVAULT_NODE`, else the host name, lowercased, with anything
+/// outside `a-z 0-9 . _ -` as `-` (admin commands on a node's host append to
+/// that node's chain, as an admin command and the server share one log on
+/// SQLite: a sequence number taken by the other makes the chain reload).
+pub fn node_id() -> NodeId {
+    static NODE: std::sync::OnceLock<NodeId> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| {
+        let raw = std::env::var("PANVAULT_NODE")
+            .ok()
+            .filter(|n| !n.trim().is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .unwrap_or_default();
+        let name: String = raw
+            .trim()
+            .chars()
+            .map(|c| c.to_ascii_lowercase())
+            .map(|c| {
+                if c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(MAX_NODE_LEN)
+            .collect();
+        NodeId::new(name)
+            .unwrap_or_else(|_| NodeId::new("node").unwrap_or_else(|_| unreachable_node()))
+    })
+    .clone()
+}
+
+#[allow(clippy::panic)] // "node" is a valid node id: checked by a test
+fn unreachable_node() -> NodeId {
+    panic!("\"node\" is not a valid node id")
+}
+
+/// Which key lock a transaction takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyLock {
+    /// None (reads, the schema, `init`).
+    None,
+    /// Shared: a writer batch.
+    Shared,
+    /// Exclusive: a key change, an admin transaction.
+    Exclusive,
+}
+
+fn in_use() -> StoreError {
+    StoreError::Unavailable(
+        "the PostgreSQL connection is in use by another statement of this handle",
+    )
+}
