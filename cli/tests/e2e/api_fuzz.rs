@@ -15,7 +15,8 @@ use std::time::Duration;
 use panvault_vault::tls::pki::LeafSpec;
 
 use crate::openapi::{description, python_ready};
-use crate::util::{self, BinVault, ServeProcess, TestPki, run_command};
+use crate::util::provider::{FakeProvider, Mode};
+use crate::util::{self, BinVault, Client, ServeProcess, TestPki, cards, run_command};
 
 /// Examples per operation unless `PANVAULT_API_FUZZ_EXAMPLES` says otherwise: about
 /// 2,000 requests, half a minute on 2 idle cores (debug build).
@@ -41,9 +42,17 @@ async fn schemathesis_finds_no_server_error_or_undescribed_answer() {
     );
     std::fs::write(&cert, &issued.cert_pem).unwrap();
     std::fs::write(&key, issued.key_pem.as_bytes()).unwrap();
+    // The relay's example destination `psp`, pointing at a provider that answers
+    // at once (a generated relay that gets past validation never waits long; the
+    // timeouts bound one that would).
+    let psp = FakeProvider::start(Mode::Answer(201, r#"{"id":"ch_1"}"#)).await;
+    psp.write_ca(&v.root.join("psp-ca.pem"));
     let mut config = std::fs::read_to_string(&v.config).unwrap();
     config.push_str(&format!(
-        "[[clients]]\nname = \"{FUZZER}\"\ntenant = \"fuzz\"\npermissions = [\"tokenize\", \"read\", \"detokenize\", \"delete\", \"erase\", \"metrics\"]\n"
+        "[[clients]]\nname = \"{FUZZER}\"\ntenant = \"fuzz\"\npermissions = [\"tokenize\", \"read\", \"detokenize\", \"delete\", \"erase\", \"metrics\", \"relay\"]\n\
+         [relay]\nconnect_timeout_secs = 2\ntimeout_secs = 5\n\
+         [[relay.destinations]]\nname = \"psp\"\nurl = \"{}\"\nca_file = \"psp-ca.pem\"\nclients = [\"{FUZZER}\"]\n",
+        psp.url("/v1/charges")
     ));
     std::fs::write(&v.config, config).unwrap();
     let server = ServeProcess::start(&v).await.unwrap();
@@ -54,13 +63,38 @@ async fn schemathesis_finds_no_server_error_or_undescribed_answer() {
     // Hypothesis keeps its database in the working directory: a temporary one.
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
+    // The relay is asked of its configured destination only (a random name is
+    // a 404 before anything is checked), and often with a token the fuzzer
+    // holds (a random one is a 404 once the template passed): the generated
+    // bodies, headers and templates reach every check, and the provider.
+    let fuzzer = Client::new(
+        server.addr,
+        &v.ca_pem,
+        Some((&issued.cert_pem, &issued.key_pem)),
+        &[b"http/1.1"],
+    );
+    let r = fuzzer.tokenize(&cards::fresh()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let settings = work.join("schemathesis.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "[dictionaries.tokens]\nvalues = [\"{token}\"]\n\
+             [[operations]]\ninclude-operation-id = \"relay\"\n\
+             parameters = {{ \"path.destination\" = \"psp\", \"body.token\" = {{ dictionary = \"tokens\", probability = 0.7 }} }}\n"
+        ),
+    )
+    .unwrap();
     let mut cmd = tokio::process::Command::new("python3");
     cmd.current_dir(&work)
         .args([
             "-c",
             "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
-            "run",
         ])
+        .arg("--config-file")
+        .arg(&settings)
+        .arg("run")
         .arg(description())
         .arg("--url")
         .arg(format!("https://{}", server.addr))
@@ -93,9 +127,33 @@ async fn schemathesis_finds_no_server_error_or_undescribed_answer() {
     println!("{}", o.stdout);
     eprintln!("{}", o.stderr);
     let status = server.terminate().await;
+    // The relay's answers, as its audit events record them.
+    let conn =
+        rusqlite::Connection::open_with_flags(v.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut st = conn
+        .prepare(
+            "SELECT coalesce(code, outcome), count(*) FROM audit_events \
+             WHERE action = 'relay' GROUP BY 1 ORDER BY 1",
+        )
+        .unwrap();
+    let relays: Vec<(String, i64)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    eprintln!(
+        "relay events by code: {relays:?}; the fake provider received {} requests",
+        psp.received().len()
+    );
     assert!(
         o.success(),
         "schemathesis found answers that break docs/openapi.yaml (above)"
     );
     assert!(status.success(), "serve exited with {status}");
+    // The relay was fuzzed past its checks, not only refused at the door.
+    assert!(
+        !psp.received().is_empty() && relays.iter().any(|(c, _)| c != "not_found"),
+        "the fuzzer never got a relay past the destination and the token: {relays:?}"
+    );
 }

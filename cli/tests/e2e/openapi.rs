@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use panvault_vault::http::CODES;
 use panvault_vault::tls::pki::LeafSpec;
 
+use crate::util::provider::{FakeProvider, Mode, closed_port};
 use crate::util::{
     self, BinVault, Client, CmdOutput, Resp, ServeProcess, ServerOpts, TestPki, TestServer, cards,
     run_command,
@@ -90,8 +91,24 @@ impl Exchanges {
         body: Option<&[u8]>,
         content_type: Option<&str>,
     ) -> Resp {
+        self.send_with(name, client, method, path, body, content_type, &[])
+            .await
+    }
+
+    /// [`Exchanges::send`] with extra request headers.
+    #[expect(clippy::too_many_arguments, reason = "a request's parts, spelled out")]
+    async fn send_with(
+        &mut self,
+        name: &str,
+        client: &Client,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        content_type: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Resp {
         let r = client
-            .request(method, path, body, content_type)
+            .request_with_headers(method, path, body, content_type, extra)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         self.record(name, method, path, &r);
@@ -200,6 +217,7 @@ async fn exercise_binary(root: &Path, ex: &mut Exchanges) {
     config.push_str(&format!(
         "[limits]\nheader_read_timeout_ms = 3000\ndetokenize_per_second = 0.001\ndetokenize_burst = {DETOKENIZE_BURST}\n"
     ));
+    let providers = relay_config(&v, &mut config).await;
     std::fs::write(&v.config, config).unwrap();
     let server = ServeProcess::start(&v).await.unwrap();
     let addr = server.addr;
@@ -334,8 +352,12 @@ async fn exercise_binary(root: &Path, ex: &mut Exchanges) {
             json!({"card": {"number": cards::fresh(), "exp_month": 13, "exp_year": year}}),
         ),
         (
-            "tokenize, cvc",
-            json!({"card": {"number": cards::fresh(), "exp_month": 12, "exp_year": year, "cvc": "123"}}),
+            "tokenize, cvv",
+            json!({"card": {"number": cards::fresh(), "exp_month": 12, "exp_year": year, "cvv": "123"}}),
+        ),
+        (
+            "tokenize, cvc too long for the brand",
+            json!({"card": {"number": cards::VISA, "exp_month": 12, "exp_year": year, "cvc": "1234"}}),
         ),
         (
             "tokenize, metadata too big",
@@ -662,6 +684,8 @@ async fn exercise_binary(root: &Path, ex: &mut Exchanges) {
     )
     .await;
 
+    exercise_relay(&v, addr, &providers, ex).await;
+
     // what no operation serves
     ex.get("unknown route", &sf, "/v2/tokens").await;
     ex.send(
@@ -776,4 +800,465 @@ async fn real_answers_match_the_openapi_description() {
     assert_eq!(o.status.code(), Some(1), "{}{}", o.stdout, o.stderr);
     assert!(o.stdout.contains("Problem_not_found"), "{}", o.stdout);
     assert!(o.stdout.contains("unknown route"), "{}", o.stdout);
+}
+
+/// The fake payment providers the relay destinations point at.
+struct Providers {
+    psp: FakeProvider,
+    echo: FakeProvider,
+    slow: FakeProvider,
+}
+
+/// A `[relay]` section whose destinations point at fake providers started here
+/// (`psp` answers at once, `echo` echoes, `slow` never answers, `down` is a
+/// closed port, `narrow` lists only `other-shop`); `storefront` and
+/// `other-shop` get the `relay` permission. Tight limits, so that each relay
+/// failure can be produced: answers over 2048 bytes, requests over 4096, a 3 s
+/// timeout.
+async fn relay_config(v: &BinVault, config: &mut String) -> Providers {
+    let p = Providers {
+        psp: FakeProvider::start(Mode::Answer(201, r#"{"id":"ch_1","status":"succeeded"}"#)).await,
+        echo: FakeProvider::start(Mode::Echo).await,
+        slow: FakeProvider::start(Mode::Slow).await,
+    };
+    for (name, prov) in [("psp", &p.psp), ("echo", &p.echo), ("slow", &p.slow)] {
+        prov.write_ca(&v.root.join(format!("{name}-ca.pem")));
+    }
+    for client in ["storefront", "other-shop"] {
+        let from = format!("name = \"{client}\"\n");
+        let at = config
+            .find(&from)
+            .unwrap_or_else(|| panic!("no client {client}"));
+        let perms = at + config[at..].find("permissions = [").unwrap() + "permissions = [".len();
+        config.insert_str(perms, "\"relay\", ");
+    }
+    config.push_str(
+        "[relay]\ncvc_ttl_secs = 900\nconnect_timeout_secs = 3\ntimeout_secs = 3\nrequest_bytes = 4096\nresponse_bytes = 2048\n",
+    );
+    let down = format!("https://127.0.0.1:{}/v1/charges", closed_port());
+    for (name, url, ca, clients) in [
+        (
+            "psp",
+            p.psp.url("/v1/charges"),
+            "psp",
+            "\"storefront\", \"other-shop\"",
+        ),
+        ("echo", p.echo.url("/echo"), "echo", "\"storefront\""),
+        ("slow", p.slow.url("/slow"), "slow", "\"storefront\""),
+        ("down", down, "psp", "\"storefront\""),
+        ("narrow", p.psp.url("/v1/charges"), "psp", "\"other-shop\""),
+    ] {
+        config.push_str(&format!(
+            "[[relay.destinations]]\nname = \"{name}\"\nurl = \"{url}\"\nca_file = \"{ca}-ca.pem\"\nclients = [{clients}]\n"
+        ));
+    }
+    p
+}
+
+/// A relay request of `token` with `body` as its template.
+fn relay_request(token: &str, body: &str) -> Value {
+    json!({
+        "token": token,
+        "purpose": "charge order 1234",
+        "method": "POST",
+        "headers": {"content-type": "application/json", "idempotency-key": "order-1234"},
+        "body": body,
+    })
+}
+
+/// The relay route and the security code, through the real binary and the fake
+/// providers: every answer the relay has, including its failures, and
+/// `Idempotency-Key` (replay, reuse, a request still running) on the tokenize
+/// and relay routes.
+async fn exercise_relay(v: &BinVault, addr: SocketAddr, p: &Providers, ex: &mut Exchanges) {
+    const CHARGE: &str = r#"{"amount":1999,"card":{"number":"{{card.number}}","exp_month":"{{card.exp_month}}","exp_year":"{{card.exp_year}}"}}"#;
+    const WITH_CVC: &str =
+        r#"{"amount":1999,"card":{"number":"{{card.number}}","cvc":"{{card.cvc}}"}}"#;
+    let sf = v.client(addr, "storefront");
+    let sf2 = v.client(addr, "storefront");
+    let pay = v.client(addr, "payments");
+    let other = v.client(addr, "other-shop");
+    let year = util::this_year() + 4;
+
+    // A card with its security code, tokenized with an idempotency key, twice.
+    let card = json!({"card": {"number": cards::fresh(), "exp_month": 12, "exp_year": year, "cvc": "739"}});
+    let body = card.to_string();
+    let key = [("idempotency-key", "tokenize-cvc-1")];
+    let r = ex
+        .send_with(
+            "tokenize, cvc, idempotent",
+            &sf,
+            "POST",
+            "/v1/tokens",
+            Some(body.as_bytes()),
+            Some("application/json"),
+            &key,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["cvc"]["held"], true, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let r = ex
+        .send_with(
+            "tokenize, idempotent replay",
+            &sf,
+            "POST",
+            "/v1/tokens",
+            Some(body.as_bytes()),
+            Some("application/json"),
+            &key,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.headers["idempotent-replayed"], "true");
+    let batch = json!({"items": [card]}).to_string();
+    let r = ex
+        .send_with(
+            "batch, idempotency key reused",
+            &sf,
+            "POST",
+            "/v1/tokens/batch",
+            Some(batch.as_bytes()),
+            Some("application/json"),
+            &[("idempotency-key", "batch-1")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = ex
+        .send_with(
+            "batch, idempotency key reused",
+            &sf,
+            "POST",
+            "/v1/tokens/batch",
+            Some(b"{\"items\":[]}"),
+            Some("application/json"),
+            &[("idempotency-key", "batch-1")],
+        )
+        .await;
+    r.assert_problem(409, "idempotency_key_reused");
+    ex.send_with(
+        "tokenize, bad idempotency key",
+        &sf,
+        "POST",
+        "/v1/tokens",
+        Some(body.as_bytes()),
+        Some("application/json"),
+        &[("idempotency-key", " ")],
+    )
+    .await;
+    assert_eq!(
+        ex.get("metadata, cvc held", &sf, &format!("/v1/tokens/{token}"))
+            .await
+            .json()["cvc"]["held"],
+        true
+    );
+
+    // The relay: the code used once, the answer kept under the vault's key.
+    let path = "/v1/relay/psp";
+    let req = relay_request(&token, WITH_CVC).to_string();
+    let key = [("idempotency-key", "relay-1")];
+    let r = ex
+        .send_with(
+            "relay, with the code",
+            &sf,
+            "POST",
+            path,
+            Some(req.as_bytes()),
+            Some("application/json"),
+            &key,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], 201);
+    let r = ex
+        .send_with(
+            "relay, idempotent replay",
+            &sf,
+            "POST",
+            path,
+            Some(req.as_bytes()),
+            Some("application/json"),
+            &key,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["idempotent-replayed"], "true");
+    assert_eq!(p.psp.received().len(), 1, "the replay called the provider");
+    let changed = relay_request(&token, CHARGE).to_string();
+    ex.send_with(
+        "relay, idempotency key reused",
+        &sf,
+        "POST",
+        path,
+        Some(changed.as_bytes()),
+        Some("application/json"),
+        &key,
+    )
+    .await
+    .assert_problem(409, "idempotency_key_reused");
+    ex.json(
+        "relay, code used",
+        &sf,
+        "POST",
+        path,
+        &relay_request(&token, WITH_CVC),
+    )
+    .await
+    .assert_problem(409, "cvc_unavailable");
+    assert_eq!(
+        ex.get("metadata, cvc used", &sf, &format!("/v1/tokens/{token}"))
+            .await
+            .json()["cvc"]["held"],
+        false
+    );
+    let r = ex
+        .json(
+            "relay, no code needed",
+            &sf,
+            "POST",
+            path,
+            &relay_request(&token, CHARGE),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = ex
+        .json(
+            "relay, echoed and masked",
+            &sf,
+            "POST",
+            "/v1/relay/echo",
+            &relay_request(&token, CHARGE),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["body"].as_str().map(|b| b.contains("1999")),
+        Some(true)
+    );
+
+    // Refused before any card is opened.
+    let before = p.psp.received().len();
+    for (name, template, code) in [
+        (
+            "relay, placeholder outside a string",
+            r#"{"amount":{{card.exp_month}}}"#,
+            "bad_template",
+        ),
+        (
+            "relay, unknown placeholder",
+            r#"{"pin":"{{card.pin}}"}"#,
+            "unknown_placeholder",
+        ),
+    ] {
+        ex.json(name, &sf, "POST", path, &relay_request(&token, template))
+            .await
+            .assert_problem(422, code);
+    }
+    let big = format!(
+        r#"{{"pad":"{}","n":"{{{{card.number}}}}"}}"#,
+        "x".repeat(5000)
+    );
+    ex.json(
+        "relay, request too large",
+        &sf,
+        "POST",
+        path,
+        &relay_request(&token, &big),
+    )
+    .await
+    .assert_problem(422, "request_too_large");
+    ex.json(
+        "relay, text/plain template",
+        &sf,
+        "POST",
+        path,
+        &json!({"token": token, "purpose": "x", "headers": {"content-type": "text/plain"}, "body": "{{card.number}}"}),
+    )
+    .await
+    .assert_problem(422, "unsupported_content_type");
+    ex.json(
+        "relay, host header",
+        &sf,
+        "POST",
+        path,
+        &json!({"token": token, "purpose": "x", "headers": {"host": "evil.example", "content-type": "application/json"}, "body": "{}"}),
+    )
+    .await
+    .assert_problem(422, "invalid_header");
+    // Caller headers are bounded: at most `max_headers` (32 by default), at most
+    // `header_bytes` (8192) together.
+    let mut many: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("x-h{i}"), json!("v"))).collect();
+    many.insert("content-type".into(), json!("application/json"));
+    ex.json(
+        "relay, too many headers",
+        &sf,
+        "POST",
+        path,
+        &json!({"token": token, "purpose": "x", "headers": many, "body": "{}"}),
+    )
+    .await
+    .assert_problem(422, "invalid_header");
+    ex.json(
+        "relay, headers too large",
+        &sf,
+        "POST",
+        path,
+        &json!({"token": token, "purpose": "x", "headers": {"content-type": "application/json", "x-pad": "v".repeat(9000)}, "body": "{}"}),
+    )
+    .await
+    .assert_problem(422, "invalid_header");
+    ex.json(
+        "relay, no purpose",
+        &sf,
+        "POST",
+        path,
+        &json!({"token": token, "body": "{}"}),
+    )
+    .await
+    .assert_problem(400, "purpose_required");
+    ex.json(
+        "relay, unknown field",
+        &sf,
+        "POST",
+        path,
+        &json!({"token": token, "purpose": "x", "url": "https://evil.example"}),
+    )
+    .await
+    .assert_problem(400, "invalid_request");
+    ex.send(
+        "relay, not JSON",
+        &sf,
+        "POST",
+        path,
+        Some(b"{\"token\""),
+        Some("application/json"),
+    )
+    .await;
+    ex.send(
+        "relay, text/plain",
+        &sf,
+        "POST",
+        path,
+        Some(b"{}"),
+        Some("text/plain"),
+    )
+    .await;
+    ex.json(
+        "relay, unknown token",
+        &sf,
+        "POST",
+        path,
+        &relay_request("tok_0000000000000000000000", CHARGE),
+    )
+    .await
+    .assert_problem(404, "not_found");
+    ex.json(
+        "relay, other tenant's token",
+        &other,
+        "POST",
+        path,
+        &relay_request(&token, CHARGE),
+    )
+    .await
+    .assert_problem(404, "not_found");
+    ex.json(
+        "relay, unknown destination",
+        &sf,
+        "POST",
+        "/v1/relay/nowhere",
+        &relay_request(&token, CHARGE),
+    )
+    .await
+    .assert_problem(404, "not_found");
+    ex.json(
+        "relay, destination not listing the client",
+        &sf,
+        "POST",
+        "/v1/relay/narrow",
+        &relay_request(&token, CHARGE),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    ex.json(
+        "relay without the permission",
+        &pay,
+        "POST",
+        path,
+        &relay_request(&token, CHARGE),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    assert_eq!(
+        p.psp.received().len(),
+        before,
+        "a refused relay reached the provider"
+    );
+
+    // The provider's failures.
+    ex.json(
+        "relay, provider down",
+        &sf,
+        "POST",
+        "/v1/relay/down",
+        &relay_request(&token, CHARGE),
+    )
+    .await
+    .assert_problem(502, "upstream_unreachable");
+    let padded = format!(
+        r#"{{"pad":"{}","n":"{{{{card.number}}}}"}}"#,
+        "x".repeat(3000)
+    );
+    ex.json(
+        "relay, answer too large",
+        &sf,
+        "POST",
+        "/v1/relay/echo",
+        &relay_request(&token, &padded),
+    )
+    .await
+    .assert_problem(502, "upstream_answer_too_large");
+    // A slow provider, and a retry while the first relay still waits for it (on
+    // a second connection, the same client): the retry is told so, the first
+    // times out.
+    let req = relay_request(&token, CHARGE).to_string();
+    let key = [("idempotency-key", "slow-1")];
+    let first = sf.request_with_headers(
+        "POST",
+        "/v1/relay/slow",
+        Some(req.as_bytes()),
+        Some("application/json"),
+        &key,
+    );
+    let retry = async {
+        // The provider has the request: the key is reserved.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while p.slow.received().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slow provider got nothing"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sf2.request_with_headers(
+            "POST",
+            "/v1/relay/slow",
+            Some(req.as_bytes()),
+            Some("application/json"),
+            &key,
+        )
+        .await
+    };
+    let (first, retry) = tokio::join!(first, retry);
+    let (first, retry) = (first.unwrap(), retry.unwrap());
+    ex.record("relay, provider slow", "POST", "/v1/relay/slow", &first);
+    ex.record(
+        "relay, idempotency key in use",
+        "POST",
+        "/v1/relay/slow",
+        &retry,
+    );
+    first.assert_problem(504, "upstream_timeout");
+    retry.assert_problem(409, "idempotency_key_in_use");
+    assert_eq!(p.slow.received().len(), 1);
 }

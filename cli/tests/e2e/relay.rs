@@ -433,3 +433,187 @@ async fn a_relay_that_cannot_be_recorded_sends_nothing() {
         "a relay that was not recorded reached the provider"
     );
 }
+
+/// A vault (the real binary's files) whose `storefront` may relay to an echoing
+/// provider, holding security codes for 900 s.
+async fn echo_vault(root: &Path) -> (BinVault, FakeProvider) {
+    let v = BinVault::create(root);
+    let echo = FakeProvider::start(Mode::Echo).await;
+    echo.write_ca(&v.root.join("echo-ca.pem"));
+    let mut text = std::fs::read_to_string(&v.config).unwrap();
+    text = text.replace(
+        "name = \"storefront\"\ntenant = \"demo-shop\"\npermissions = [",
+        "name = \"storefront\"\ntenant = \"demo-shop\"\npermissions = [\"relay\", ",
+    );
+    text.push_str("[relay]\ncvc_ttl_secs = 900\n");
+    text.push_str(&destination(
+        "echo",
+        &echo.url("/echo"),
+        "echo-ca.pem",
+        &["storefront"],
+    ));
+    std::fs::write(&v.config, text).unwrap();
+    (v, echo)
+}
+
+/// A card with a security code, tokenized by `c`: its token.
+async fn tokenize_with_cvc(c: &Client, number: &str, cvc: &str) -> String {
+    let mut req = crate::util::card_request(number);
+    req["card"]["cvc"] = json!(cvc);
+    let r = c.post("/v1/tokens", &req).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+/// A relay of the number and the held code, the provider's own idempotency key
+/// among the forwarded headers, and the vault's in `key` (the HTTP header).
+async fn relay_with_key(
+    c: &Client,
+    token: &str,
+    amount: u32,
+    key: Option<&str>,
+) -> crate::util::Resp {
+    let body = json!({
+        "token": token,
+        "purpose": "charge order 1234",
+        "headers": {"content-type": "application/json", "idempotency-key": "provider-key-1"},
+        "body": format!(r#"{{"amount":{amount},"card":{{"number":"{{{{card.number}}}}","cvc":"{{{{card.cvc}}}}"}}}}"#),
+    });
+    let extra: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+    c.request_with_headers(
+        "POST",
+        "/v1/relay/echo",
+        Some(body.to_string().as_bytes()),
+        Some("application/json"),
+        &extra,
+    )
+    .await
+    .unwrap()
+}
+
+/// The database file and its WAL, as bytes.
+fn raw_db(v: &BinVault) -> Vec<u8> {
+    let mut all = std::fs::read(v.db()).unwrap();
+    if let Ok(wal) = std::fs::read(v.db().with_extension("db-wal")) {
+        all.extend(wal);
+    }
+    all
+}
+
+/// `Idempotency-Key` on the relay: a retry with the same key and request gets
+/// the first (masked) answer again, marked `idempotent-replayed`, and the
+/// provider is not called again (the code was used once: a second real relay
+/// would be 409); the same key with another request is 409
+/// `idempotency_key_reused`. The forwarded `idempotency-key` reaches the
+/// provider untouched, the vault's own does not. Neither the stored answer nor
+/// anything else in the database holds the card number or the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_relay_answers_the_first_answer_and_calls_the_provider_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (v, echo) = echo_vault(tmp.path()).await;
+    let server = ServeProcess::start(&v).await.unwrap();
+    let sf = v.client(server.addr, "storefront");
+    // An American Express card: its code has four digits.
+    let number = cards::AMEX.to_owned();
+    let token = tokenize_with_cvc(&sf, &number, "7391").await;
+
+    let first = relay_with_key(&sf, &token, 1999, Some("charge-1234")).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let text = first.text();
+    assert!(
+        !text.contains(&number) && !contains_card_number(&text) && !text.contains("7391"),
+        "the answer holds the card number or the code"
+    );
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    let got = echo.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("idempotency-key"), Some("provider-key-1"));
+    assert!(
+        got[0].json()["card"]["cvc"] == "7391",
+        "the provider did not get the held code"
+    );
+
+    let again = relay_with_key(&sf, &token, 1999, Some("charge-1234")).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.body, first.body, "the retry got another answer");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.headers["content-type"], "application/json");
+    assert_eq!(echo.received().len(), 1, "the retry called the provider");
+
+    let other = relay_with_key(&sf, &token, 2500, Some("charge-1234")).await;
+    other.assert_problem(409, "idempotency_key_reused");
+    assert_eq!(echo.received().len(), 1);
+    // Without the vault's key, a second relay really runs: the code is gone.
+    relay_with_key(&sf, &token, 1999, None)
+        .await
+        .assert_problem(409, "cvc_unavailable");
+    assert_eq!(echo.received().len(), 1);
+
+    assert!(server.terminate().await.success());
+    let conn = rusqlite::Connection::open(v.db()).unwrap();
+    let stored: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM idempotency WHERE status = 200",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    assert_eq!(stored, 1, "the first answer was not kept");
+    let bytes = raw_db(&v);
+    assert!(
+        !bytes.windows(number.len()).any(|w| w == number.as_bytes()),
+        "the database holds the card number in clear"
+    );
+    assert!(
+        !bytes.windows(6).any(|w| w == b"\"7391\""),
+        "the database holds the code in clear"
+    );
+}
+
+/// The security code is taken in the same transaction as the `relay` event: when
+/// the event cannot be recorded (a trigger from another connection refuses
+/// `relay` events), the relay is 503 `audit_unavailable`, nothing is sent, and
+/// the code is still held; once the fault is gone, the relay sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_cannot_be_recorded_leaves_the_code_held() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (v, echo) = echo_vault(tmp.path()).await;
+    let server = ServeProcess::start(&v).await.unwrap();
+    let sf = v.client(server.addr, "storefront");
+    let token = tokenize_with_cvc(&sf, cards::AMEX, "7391").await;
+
+    let admin = rusqlite::Connection::open(v.db()).unwrap();
+    admin
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    admin
+        .execute_batch(
+            "CREATE TRIGGER e2e_relay_fault BEFORE INSERT ON audit_events \
+             WHEN NEW.action = 'relay' \
+             BEGIN SELECT RAISE(ABORT, 'e2e: relay events refused'); END;",
+        )
+        .unwrap();
+    relay_with_key(&sf, &token, 1999, None)
+        .await
+        .assert_problem(503, "audit_unavailable");
+    assert_eq!(echo.received().len(), 0, "an unrecorded relay was sent");
+    admin.execute_batch("DROP TRIGGER e2e_relay_fault").unwrap();
+    drop(admin);
+
+    let meta = sf.get(&format!("/v1/tokens/{token}")).await;
+    assert_eq!(
+        meta.json()["cvc"]["held"],
+        true,
+        "the code was taken by a relay that was never recorded"
+    );
+    let r = relay_with_key(&sf, &token, 1999, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = echo.received();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].json()["card"]["cvc"] == "7391",
+        "the provider did not get the held code"
+    );
+    assert!(server.terminate().await.success());
+}

@@ -19,10 +19,10 @@ use zeroize::Zeroize;
 
 use super::AppState;
 use super::auth::Caller;
-use super::handlers::{parse_json, read_body};
+use super::handlers::{idempotency_key, idempotent, parse_json, read_body};
 use super::problem::Problem;
 use crate::config::Permission;
-use crate::relay::forwarded_headers;
+use crate::relay::{RelayClient, forwarded_headers};
 use crate::service::relay::RelayRequest;
 
 /// The fields of a relay request.
@@ -131,17 +131,38 @@ pub(crate) async fn relay(
             .await);
     }
     let limits = state.limits();
-    let parsed = read_body(
+    let read = read_body(
         &headers,
         body,
         limits.body_bytes,
         limits.header_read_timeout(),
     )
     .await
-    .and_then(|raw| relay_body(&raw));
-    let req = match parsed {
+    .and_then(|raw| Ok((raw, idempotency_key(&headers)?)));
+    let (raw, key) = match read {
         Ok(r) => r,
         Err(p) => return Err(caller.refused(&state, Permission::Relay, None, p).await),
+    };
+    // The vault's own idempotency: a retry gets the first (masked) answer and
+    // the provider is not called again. An `idempotency-key` among the
+    // forwarded `headers` is the provider's business and goes to it untouched.
+    let path = format!("/v1/relay/{}", dest.name());
+    idempotent(&state, &caller, key, &path, &raw, || {
+        relay_once(&state, &caller, &dest, &raw)
+    })
+    .await
+}
+
+/// One relay of the request `raw` to `dest`.
+async fn relay_once(
+    state: &AppState,
+    caller: &Caller,
+    dest: &RelayClient,
+    raw: &[u8],
+) -> Result<Response, Problem> {
+    let req = match relay_body(raw) {
+        Ok(r) => r,
+        Err(p) => return Err(caller.refused(state, Permission::Relay, None, p).await),
     };
     let (max_count, max_bytes) = state.relay_header_limits();
     let forwarded = match forwarded_headers(
@@ -153,7 +174,7 @@ pub(crate) async fn relay(
         Err(e) => {
             let problem = Problem::from_relay(&e);
             return Err(caller
-                .refused(&state, Permission::Relay, Some(&req.token), problem)
+                .refused(state, Permission::Relay, Some(&req.token), problem)
                 .await);
         }
     };
@@ -166,7 +187,7 @@ pub(crate) async fn relay(
     };
     match state
         .vault()
-        .relay(caller.tenant(), &dest, call, &caller.ctx)
+        .relay(caller.tenant(), dest, call, &caller.ctx)
         .await
     {
         Ok(outcome) => {
@@ -187,7 +208,7 @@ pub(crate) async fn relay(
         // refusal here, as detokenize does.
         Err(e @ crate::VaultError::InvalidRequest { .. }) => Err(caller
             .refused(
-                &state,
+                state,
                 Permission::Relay,
                 Some(&req.token),
                 Problem::from_vault(&e),

@@ -8,8 +8,9 @@
 //! sealed. A code sealed in window `[w, w + ttl)` has its deadline before
 //! `w + 2·ttl`, when the window's key row is deleted: from then on the sealed
 //! code cannot be opened, even from a backup or a stale page. Each code is also
-//! deleted at its first use ([`Vault::take_cvc`]) or by the sweep after its
-//! deadline, and a read refuses an expired code before the sweep has run.
+//! deleted at its first use (in the relay event's own transaction, `take_in_tx`)
+//! or by the sweep after its deadline, and a read refuses an expired code before
+//! the sweep has run.
 
 use std::time::Duration;
 
@@ -192,8 +193,9 @@ impl Vault {
     /// Takes the security code held for `token` of `tenant`: returns it once and
     /// deletes it in the same transaction (through the writer, so two nodes or
     /// two requests never both get it); `None` when none is held, it passed its
-    /// deadline, or its key was destroyed. Records no audit event itself: the
-    /// caller's operation (the relay) does.
+    /// deadline, or its key was destroyed. Records no audit event itself: an
+    /// operation that must audit the use takes the code inside its own event's
+    /// transaction instead (`take_in_tx`, as the relay does).
     pub async fn take_cvc(&self, tenant: &str, token: &str) -> Result<Option<Cvc>, VaultError> {
         let Some(token) = Token::parse(token) else {
             return Ok(None);

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::detokenize::check_purpose;
 use super::request::AccessContext;
-use super::{AuditAction, AuditOutcome, Vault};
+use super::{AuditAction, AuditOutcome, AuditRecord, Vault, audit_hook, audit_unavailable, cvc};
 use crate::error::VaultError;
 use crate::relay::{
     BodyKind, CardValues, MaskedAnswer, Placeholder, RelayClient, RelayError, mask_answer,
@@ -57,20 +57,6 @@ const PROBE: CardValues<'static> = CardValues {
 };
 
 impl Vault {
-    /// The security code held for `token` of `tenant`, taken for one relay: from
-    /// then on it is gone (deleted at first use, [`Vault::take_cvc`]). `None`
-    /// when none is held (none given, used, or past its deadline).
-    async fn relay_cvc(
-        &self,
-        tenant: &str,
-        token: &str,
-    ) -> Result<Option<Zeroizing<String>>, VaultError> {
-        Ok(self
-            .take_cvc(tenant, token)
-            .await?
-            .map(|c| Zeroizing::new(c.expose().to_owned())))
-    }
-
     /// Relays `req` with the card of `req.token` (of `tenant`) to `dest`.
     ///
     /// Order: the purpose, method and template are checked (a bad one is refused
@@ -113,32 +99,14 @@ impl Vault {
             }
             (Ok(_), None) => return Err(VaultError::internal("a card opened without its row")),
         };
-        let cvc = if needs_cvc {
-            match self.relay_cvc(tenant, &card.token).await? {
-                Some(c) => Some(c),
-                None => {
-                    let e = VaultError::Relay(RelayError::CvcUnavailable);
-                    self.audit_relay_refused(tenant, token, purpose, &e, ctx)
-                        .await?;
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
         let details = format!("destination={}", dest.name());
-        // Durable before any byte of the card leaves; the writer checks again that
-        // the card is still there (not erased or deleted since it was read).
-        self.audit_release(
-            AuditAction::Relay,
-            tenant,
-            id,
-            &card.token,
-            purpose,
-            Some(&details),
-            ctx,
-        )
-        .await?;
+        // One writer transaction takes the security code (if the template needs
+        // it) and makes the `relay` event durable: both commit, or neither does,
+        // before any byte of the card leaves. The writer checks again that the
+        // card is still there (not erased or deleted since it was read).
+        let cvc = self
+            .release_for_relay(tenant, id, &card.token, purpose, &details, needs_cvc, ctx)
+            .await?;
         let values = CardValues {
             number: card.card.pan.expose_digits(),
             exp_month: card.expiry.month(),
@@ -199,6 +167,90 @@ impl Vault {
             );
         }
         result.map_err(VaultError::Relay)
+    }
+
+    /// The `relay` event of `token` (row `id`) made durable, and the security
+    /// code taken if `needs_cvc`, in one writer transaction: the code is deleted
+    /// only if the event commits with it, so a relay that cannot be recorded
+    /// leaves the code held (and sends nothing). A card gone since it was read
+    /// is [`VaultError::NotFound`]; no code held (none given, used, expired) is
+    /// `cvc_unavailable`: each refusal is recorded as a `relay` event in the
+    /// same transaction.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the event's fields, as audit_release takes them"
+    )]
+    async fn release_for_relay(
+        &self,
+        tenant: &str,
+        id: i64,
+        token: &str,
+        purpose: &str,
+        details: &str,
+        needs_cvc: bool,
+        ctx: &AccessContext,
+    ) -> Result<Option<Zeroizing<String>>, VaultError> {
+        let keys = self.keys()?;
+        let now = self.now().unix_timestamp();
+        let rec = AuditRecord {
+            action: AuditAction::Relay,
+            tenant: Some(tenant),
+            token: Some(token),
+            purpose: Some(purpose),
+            subject: None,
+            outcome: AuditOutcome::Success,
+            details: Some(details),
+        };
+        // Built here, off the writer thread; a refusal is built there.
+        let ev = audit_hook::build_event(&keys, ctx, &rec, now)?;
+        let (tenant_s, token_s, purpose_s, ctx) = (
+            tenant.to_owned(),
+            token.to_owned(),
+            purpose.to_owned(),
+            ctx.clone(),
+        );
+        self.write(move |conn, state| {
+            let refuse = |state: &mut super::VaultState, e: VaultError| {
+                let refused = AuditRecord {
+                    action: AuditAction::Relay,
+                    tenant: Some(&tenant_s),
+                    token: Some(&token_s),
+                    purpose: Some(&purpose_s),
+                    subject: None,
+                    outcome: AuditOutcome::from_error(&e),
+                    details: None,
+                };
+                match state.record(conn, &keys, &ctx, &refused, now) {
+                    Ok(_) => (true, Err(e)),
+                    Err(a) => (false, Err(a)),
+                }
+            };
+            match conn.card_is_live(id, &token_s, &tenant_s, now) {
+                Ok(true) => {}
+                Ok(false) => return refuse(state, VaultError::NotFound),
+                Err(e) => return (false, Err(VaultError::Store(e))),
+            }
+            let cvc = if needs_cvc {
+                match cvc::take_in_tx(conn, &keys, &tenant_s, &token_s, now) {
+                    Ok(Some(c)) => Some(Zeroizing::new(c.expose().to_owned())),
+                    Ok(None) => {
+                        return refuse(state, VaultError::Relay(RelayError::CvcUnavailable));
+                    }
+                    // A code that cannot be opened is deleted all the same.
+                    Err(e @ VaultError::Decryption) => return (true, Err(e)),
+                    Err(e) => return (false, Err(e)),
+                }
+            } else {
+                None
+            };
+            match state.audit_mut().append(conn, &ev) {
+                Ok(_) => (true, Ok(cvc)),
+                // Rolls back with the code's deletion: it stays held.
+                Err(e) => (false, Err(e)),
+            }
+        })
+        .await
+        .map_err(audit_unavailable)
     }
 
     /// Records a relay refused before the card left (bad template, no such
