@@ -43,10 +43,10 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# Waits for "panvault: serving" in log $1 of process $2.
+# Waits for the ready line of serve or quickstart in log $1 of process $2.
 wait_serving() {
     for _ in $(seq 1 6000); do
-        grep -q "panvault: serving" "$1" && return 0
+        grep -qE "panvault: serving|quickstart: ready at" "$1" && return 0
         kill -0 "$2" 2>/dev/null || { cat "$1" >&2; exit 1; }
         sleep 0.1
     done

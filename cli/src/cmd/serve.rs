@@ -21,11 +21,18 @@ pub struct Args {
     /// Start even if the TLS or key compliance checks fail (logged and audited).
     #[arg(long)]
     pub allow_noncompliant: bool,
+    /// Listen here instead of the configuration's `listen`: several nodes (or
+    /// several processes on one host) can share one configuration file.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
-    let config = load_config(&args.config)?;
+    let mut config = load_config(&args.config)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
     let noncompliant = preflight(&args.config, args.allow_noncompliant)?;
     let unlock = args.secret.unlock_for(&config.data_dir)?;
     serve(&config, unlock, noncompliant, |addr| {

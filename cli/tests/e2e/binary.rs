@@ -435,3 +435,36 @@ async fn serve_audits_each_overridden_preflight_failure_as_printed() {
         );
     }
 }
+
+/// `serve --listen ADDR` listens there rather than at the configuration's
+/// `listen`, so several nodes can share one configuration file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_listen_overrides_the_configured_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = util::BinVault::create(tmp.path());
+    // A port that was free a moment ago (the configuration says port 0).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(util::panvault_bin());
+    cmd.args(v.serve_args())
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    let server = util::ServeProcess::spawn(cmd).await.unwrap();
+    assert_eq!(server.addr.port(), port, "{}", server.stderr());
+    let health = v.client(server.addr, "storefront").get("/healthz").await;
+    assert_eq!(health.status, 200);
+    assert!(server.terminate().await.success());
+    // A malformed address is a usage error that names the flag.
+    let out = Command::new(util::panvault_bin())
+        .args(v.serve_args())
+        .args(["--listen", "not-an-address"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map(util::kept)
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+}
