@@ -86,8 +86,5 @@ pub fn release(
 
 /// Deletes every row that arrived before `cutoff`; how many.
 pub fn purge(c: &mut impl GenericClient, cutoff: i64) -> Result<u64, PgError> {
-    Ok(c.execute(
-        "DELETE FROM idempotency WHERE created_at < $1",
-        &[&cutoff],
-    )?)
+    Ok(c.execute("DELETE FROM idempotency WHERE created_at < $1", &[&cutoff])?)
 }
