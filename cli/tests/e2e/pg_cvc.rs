@@ -228,3 +228,250 @@ fn pg_cvc_code_tables_are_unlogged_and_mirror_sqlite() {
         assert_eq!(want, have, "table {table}");
     }
 }
+
+/// `panvault serve` for `v` as node `name` of the shared audit log.
+async fn node(v: &BinVault, name: &str) -> ServeProcess {
+    let mut cmd = tokio::process::Command::new(util::panvault_bin());
+    cmd.args(v.serve_args()).env("PANVAULT_NODE", name);
+    ServeProcess::spawn(cmd).await.unwrap()
+}
+
+/// A vault in PostgreSQL whose `storefront` may relay to an echoing provider,
+/// holding codes for `ttl` seconds.
+fn relay_config(v: &BinVault, echo: &FakeProvider, ttl: u64, first: bool) {
+    let mut text = std::fs::read_to_string(&v.config).unwrap();
+    if first {
+        echo.write_ca(&v.root.join("echo-ca.pem"));
+        text = text.replace(
+            "name = \"storefront\"\ntenant = \"demo-shop\"\npermissions = [",
+            "name = \"storefront\"\ntenant = \"demo-shop\"\npermissions = [\"relay\", ",
+        );
+        text.push_str(&format!(
+            "[relay]\ncvc_ttl_secs = {ttl}\n[[relay.destinations]]\nname = \"echo\"\nurl = \"{}\"\nca_file = \"echo-ca.pem\"\nclients = [\"storefront\"]\n",
+            echo.url("/echo")
+        ));
+    } else {
+        text = text.replace("cvc_ttl_secs = 900\n", &format!("cvc_ttl_secs = {ttl}\n"));
+    }
+    std::fs::write(&v.config, text).unwrap();
+}
+
+/// Tokenizes `number` with security code `cvc` on `c`: the answer's JSON.
+async fn tokenize_with_cvc(c: &Client, number: &str, cvc: &str, key: Option<&str>) -> Value {
+    let mut req = util::card_request(number);
+    req["card"]["cvc"] = json!(cvc);
+    let extra: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+    let r = c
+        .request_with_headers(
+            "POST",
+            "/v1/tokens",
+            Some(req.to_string().as_bytes()),
+            Some("application/json"),
+            &extra,
+        )
+        .await
+        .unwrap();
+    assert!(r.status == 201 || r.status == 200, "{}", r.text());
+    assert!(!r.text().contains(cvc), "the code came back");
+    r.json()
+}
+
+/// A relay of the number and the held code to the echoing provider, with the
+/// vault's `Idempotency-Key` when `key` is given.
+async fn relay_cvc(c: &Client, token: &str, key: Option<&str>) -> crate::util::Resp {
+    let body = json!({
+        "token": token,
+        "purpose": "charge order 1234",
+        "headers": {"content-type": "application/json"},
+        "body": r#"{"amount":1999,"card":{"number":"{{card.number}}","cvc":"{{card.cvc}}"}}"#,
+    });
+    let extra: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+    c.request_with_headers(
+        "POST",
+        "/v1/relay/echo",
+        Some(body.to_string().as_bytes()),
+        Some("application/json"),
+        &extra,
+    )
+    .await
+    .unwrap()
+}
+
+async fn cvc_status(c: &Client, token: &str) -> Value {
+    let m = c.get(&format!("/v1/tokens/{token}")).await;
+    assert_eq!(m.status, 200, "{}", m.text());
+    m.json()["cvc"].clone()
+}
+
+/// `SELECT count(*)` of `table`, on a connection of its own (the driver blocks:
+/// outside the async workers).
+fn count(url: &str, table: &str) -> i64 {
+    tokio::task::block_in_place(|| {
+        let mut p = pg::connect(&PgSettings::from_url(url).unwrap()).unwrap();
+        p.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .unwrap()
+            .get(0)
+    })
+}
+
+/// The compliance result about held codes (its evidence names them).
+async fn cvc_check(v: &BinVault) -> Value {
+    let mut cmd = tokio::process::Command::new(util::panvault_bin());
+    cmd.args(["audit", "run", "--format", "json", "--config"])
+        .arg(&v.config);
+    let out = util::run_command(cmd, Duration::from_secs(120)).await;
+    assert!(
+        matches!(out.status.code(), Some(0 | 100 | 101)),
+        "audit run: {}\n{}",
+        out.status,
+        out.stderr
+    );
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "data.cvc_not_retained")
+        .cloned()
+        .unwrap_or_else(|| panic!("no check of held codes: {}", out.stdout))
+}
+
+/// Two nodes on one database: a code held when node A tokenizes is relayed by
+/// node B (the provider gets it), then it is gone for both nodes (409
+/// `cvc_unavailable`); a relay retried with the same `Idempotency-Key` on the
+/// other node gets the first answer and the provider sees one request; a
+/// tokenize retried on the other node gets the first answer; the compliance
+/// check measures the held code on PostgreSQL. With a 2 s lifetime, an unused
+/// code expires for both nodes and the sweep destroys it and its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_cvc_two_nodes_use_a_held_code_once_and_replay_idempotent_retries() {
+    let Some(pg) =
+        PgServer::start("pg_cvc_two_nodes_use_a_held_code_once_and_replay_idempotent_retries")
+    else {
+        return;
+    };
+    util::within(Duration::from_secs(300), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let echo = FakeProvider::start(Mode::Echo).await;
+        relay_config(&v, &echo, 900, true);
+        let url = pg.url("disable");
+        let p = url.as_str();
+        let a = node(&v, "node-a").await;
+        let b = node(&v, "node-b").await;
+        let (sf_a, sf_b) = (
+            v.client(a.addr, "storefront"),
+            v.client(b.addr, "storefront"),
+        );
+
+        // Held on A; both nodes say so.
+        let number = cards::AMEX.to_owned();
+        let t = tokenize_with_cvc(&sf_a, &number, "7391", None).await;
+        assert_eq!(t["cvc"]["held"], true, "{t}");
+        let token = t["token"].as_str().unwrap().to_owned();
+        assert_eq!(cvc_status(&sf_b, &token).await, t["cvc"]);
+        assert_eq!(cvc_status(&sf_a, &token).await, t["cvc"]);
+        assert_eq!(count(p, "held_cvcs"), 1);
+
+        // The compliance check measures it in PostgreSQL (not an error).
+        let check = cvc_check(&v).await;
+        assert_eq!(check["status"], "pass", "{check}");
+        assert!(
+            check
+                .to_string()
+                .contains("1 security code held under 1 window key"),
+            "{check}"
+        );
+
+        // Relayed by B: the provider gets the number and the code.
+        let first = relay_cvc(&sf_b, &token, None).await;
+        assert_eq!(first.status, 200, "{}", first.text());
+        assert!(!first.text().contains("7391"), "the answer holds the code");
+        let got = echo.received();
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].json()["card"]["cvc"] == "7391" && got[0].json()["card"]["number"] == number,
+            "the provider did not get the card and its code"
+        );
+        // Used once, for both nodes.
+        for sf in [&sf_a, &sf_b] {
+            relay_cvc(sf, &token, None)
+                .await
+                .assert_problem(409, "cvc_unavailable");
+            assert_eq!(cvc_status(sf, &token).await, json!({"held": false}));
+        }
+        assert_eq!(echo.received().len(), 1);
+        assert_eq!(count(p, "held_cvcs"), 0);
+
+        // A tokenize retried on the other node: the first answer.
+        let card = cards::fresh();
+        let t1 = tokenize_with_cvc(&sf_a, &card, "123", Some("order-77")).await;
+        let t2 = tokenize_with_cvc(&sf_b, &card, "123", Some("order-77")).await;
+        assert_eq!(t1, t2, "the retry on the other node got another answer");
+        let token2 = t1["token"].as_str().unwrap().to_owned();
+
+        // A relay retried on the other node: the first answer, one provider call.
+        let r1 = relay_cvc(&sf_a, &token2, Some("charge-77")).await;
+        assert_eq!(r1.status, 200, "{}", r1.text());
+        assert_eq!(echo.received().len(), 2);
+        let r2 = relay_cvc(&sf_b, &token2, Some("charge-77")).await;
+        assert_eq!(r2.status, 200, "{}", r2.text());
+        assert_eq!(r2.body, r1.body, "the retry got another answer");
+        assert_eq!(r2.headers["idempotent-replayed"], "true");
+        assert_eq!(echo.received().len(), 2, "the retry called the provider");
+        assert!(count(p, "idempotency") >= 2);
+        assert!(a.terminate().await.success());
+        assert!(b.terminate().await.success());
+
+        // A 2 s lifetime: an unused code expires for both nodes; the sweep
+        // deletes it and destroys its key (the 900 s window's key of the first
+        // run is not due yet). Bounded: fails after 30 s.
+        relay_config(&v, &echo, 2, false);
+        let a = node(&v, "node-a").await;
+        let b = node(&v, "node-b").await;
+        let (sf_a, sf_b) = (
+            v.client(a.addr, "storefront"),
+            v.client(b.addr, "storefront"),
+        );
+        let t = tokenize_with_cvc(&sf_a, &cards::fresh(), "456", None).await;
+        assert_eq!(t["cvc"]["held"], true, "{t}");
+        let token3 = t["token"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (sa, sb) = (
+                cvc_status(&sf_a, &token3).await,
+                cvc_status(&sf_b, &token3).await,
+            );
+            let (codes, keys) = (
+                count(p, "held_cvcs"),
+                count(p, "cvc_keys WHERE ttl_secs = 2"),
+            );
+            if sa == json!({"held": false}) && sb == json!({"held": false}) && codes + keys == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after 30 s: A {sa}, B {sb}, {codes} codes, {keys} keys"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for sf in [&sf_a, &sf_b] {
+            relay_cvc(sf, &token3, None)
+                .await
+                .assert_problem(409, "cvc_unavailable");
+        }
+        assert_eq!(echo.received().len(), 2);
+        assert!(a.terminate().await.success());
+        assert!(b.terminate().await.success());
+        let out = v
+            .run(&["audit", "verify"], false, Duration::from_secs(60))
+            .await;
+        assert!(
+            out.success(),
+            "audit verify: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    })
+    .await;
+}
