@@ -475,3 +475,85 @@ async fn pg_cvc_two_nodes_use_a_held_code_once_and_replay_idempotent_retries() {
     })
     .await;
 }
+
+/// Waits (bounded) until a backend of the server waits on a lock: the other
+/// transaction's statement is really blocked behind ours.
+fn until_one_waits(p: &mut PgClient) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = p
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if n >= 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no statement waited on a lock");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Two nodes at once (two connections, each in its own transaction): the same
+/// window's key inserted by both keeps one, the second waits for the first and
+/// then reads its key; a code taken by both is returned to one only.
+#[test]
+fn pg_cvc_concurrent_nodes_keep_one_window_key_and_take_a_code_once() {
+    let Some(pg) =
+        PgServer::start("pg_cvc_concurrent_nodes_keep_one_window_key_and_take_a_code_once")
+    else {
+        return;
+    };
+    let settings = PgSettings::from_url(&pg.url("disable")).unwrap();
+    let mut a = pg::connect(&settings).unwrap();
+    schema::migrate(&mut a).unwrap();
+    let mut b = pg::connect(&settings).unwrap();
+    let mut watch = pg::connect(&settings).unwrap();
+    let key = |wrapped: &'static [u8]| NewCvcKey {
+        window_start: 900,
+        ttl_secs: 900,
+        wrapped,
+        created_at: NOW,
+        destroy_at: 2700,
+    };
+
+    let mut ta = a.transaction().unwrap();
+    assert!(pg::cvc::insert_key(&mut ta, &key(b"node-a")).unwrap());
+    std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            let mut tb = b.transaction().unwrap();
+            let made = pg::cvc::insert_key(&mut tb, &key(b"node-b")).unwrap();
+            let found = pg::cvc::key_for_window(&mut tb, 900, 900).unwrap();
+            tb.commit().unwrap();
+            (made, found)
+        });
+        until_one_waits(&mut watch);
+        ta.commit().unwrap();
+        let (made, found) = other.join().unwrap();
+        assert!(!made, "both nodes made the window's key");
+        assert_eq!(found.unwrap().wrapped, b"node-a");
+    });
+    assert_eq!(pg::cvc::all_keys(&mut a).unwrap().len(), 1);
+
+    let id = pg::cvc::key_for_window(&mut a, 900, 900)
+        .unwrap()
+        .unwrap()
+        .id;
+    pg::cvc::put_held(&mut a, &held("shop", "tok_x", id, NOW + 900)).unwrap();
+    let mut ta = a.transaction().unwrap();
+    let first = pg::cvc::take_held(&mut ta, "shop", "tok_x").unwrap();
+    assert!(first.is_some());
+    std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            let mut tb = b.transaction().unwrap();
+            let got = pg::cvc::take_held(&mut tb, "shop", "tok_x").unwrap();
+            tb.commit().unwrap();
+            got
+        });
+        until_one_waits(&mut watch);
+        ta.commit().unwrap();
+        assert_eq!(other.join().unwrap(), None, "the code was used twice");
+    });
+}
