@@ -263,7 +263,13 @@ impl Vault {
                 }
             })
             .await?;
-        if report.codes + report.keys > 0 {
+        if report.codes + report.keys > 0 && self.is_postgres() {
+            let v = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                v.inner.readers.get().and_then(|r| r.vacuum_cvcs())
+            })
+            .await;
+        } else if report.codes + report.keys > 0 {
             let db = self.db_path().to_owned();
             let _ =
                 tokio::task::spawn_blocking(move || store::scrub_wal(&db, Duration::from_secs(5)))

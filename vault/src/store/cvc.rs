@@ -9,7 +9,7 @@ use super::StoreError;
 
 /// A wrapped key of one time window.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CvcKeyRow {
+pub struct CvcKeyRow {
     /// Row id (bound into every code sealed under it).
     pub id: i64,
     /// Start of the window (unix seconds, a multiple of `ttl_secs`).
@@ -26,39 +26,56 @@ pub(crate) struct CvcKeyRow {
 
 /// A key to store.
 #[derive(Debug)]
-pub(crate) struct NewCvcKey<'a> {
+pub struct NewCvcKey<'a> {
+    /// Start of the window (unix seconds, a multiple of `ttl_secs`).
     pub window_start: i64,
+    /// The code lifetime the window is made for.
     pub ttl_secs: i64,
+    /// The key, wrapped under the root key.
     pub wrapped: &'a [u8],
+    /// When the key is made.
     pub created_at: i64,
+    /// When it is to be deleted.
     pub destroy_at: i64,
 }
 
 /// A held code, sealed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HeldCvcRow {
+pub struct HeldCvcRow {
+    /// The window key it is sealed under.
     pub key_id: i64,
+    /// The AES-GCM nonce.
     pub nonce: Vec<u8>,
+    /// The sealed code.
     pub sealed: Vec<u8>,
+    /// When it was stored (unix seconds).
     pub created_at: i64,
+    /// When it expires (unix seconds).
     pub deadline: i64,
 }
 
 /// A code to hold for `(tenant, token)`, replacing any it holds.
 #[derive(Debug)]
-pub(crate) struct NewHeldCvc<'a> {
+pub struct NewHeldCvc<'a> {
+    /// The token's tenant.
     pub tenant: &'a str,
+    /// The token the code belongs to.
     pub token: &'a str,
+    /// The window key it is sealed under.
     pub key_id: i64,
+    /// The AES-GCM nonce.
     pub nonce: &'a [u8],
+    /// The sealed code.
     pub sealed: &'a [u8],
+    /// When it is stored (unix seconds).
     pub created_at: i64,
+    /// When it expires (unix seconds).
     pub deadline: i64,
 }
 
 /// What a sweep deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct CvcSweep {
+pub struct CvcSweep {
     /// Codes past their deadline (or under a key past its own).
     pub codes: u64,
     /// Keys past their destruction time.
@@ -67,7 +84,7 @@ pub(crate) struct CvcSweep {
 
 /// The tables as the compliance check sees them, at `now`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CvcShape {
+pub struct CvcShape {
     /// Columns of `held_cvcs`.
     pub columns: Vec<String>,
     /// Codes held.
@@ -106,7 +123,7 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CvcKeyRow> {
 const KEY_COLUMNS: &str = "id, window_start, ttl_secs, wrapped, created_at, destroy_at";
 
 /// The key of window `window_start` for lifetime `ttl_secs`, if made.
-pub(crate) fn key_for_window(
+pub fn key_for_window(
     conn: &Connection,
     window_start: i64,
     ttl_secs: i64,
@@ -120,7 +137,7 @@ pub(crate) fn key_for_window(
 }
 
 /// The key with id `id`, unless destroyed.
-pub(crate) fn key_by_id(conn: &Connection, id: i64) -> Result<Option<CvcKeyRow>, StoreError> {
+pub fn key_by_id(conn: &Connection, id: i64) -> Result<Option<CvcKeyRow>, StoreError> {
     Ok(conn
         .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM cvc_keys WHERE id = ?1"))?
         .query_row([id], key_row)
@@ -129,7 +146,7 @@ pub(crate) fn key_by_id(conn: &Connection, id: i64) -> Result<Option<CvcKeyRow>,
 
 /// Stores a window's key; false when that window already has one (another node
 /// made it first: read it instead).
-pub(crate) fn insert_key(conn: &Connection, k: &NewCvcKey<'_>) -> Result<bool, StoreError> {
+pub fn insert_key(conn: &Connection, k: &NewCvcKey<'_>) -> Result<bool, StoreError> {
     let n = conn
         .prepare_cached(
             "INSERT INTO cvc_keys (window_start, ttl_secs, wrapped, created_at, destroy_at)
@@ -146,14 +163,14 @@ pub(crate) fn insert_key(conn: &Connection, k: &NewCvcKey<'_>) -> Result<bool, S
 }
 
 /// Every key row (for a root rotation).
-pub(crate) fn all_keys(conn: &Connection) -> Result<Vec<CvcKeyRow>, StoreError> {
+pub fn all_keys(conn: &Connection) -> Result<Vec<CvcKeyRow>, StoreError> {
     let mut stmt = conn.prepare(&format!("SELECT {KEY_COLUMNS} FROM cvc_keys"))?;
     let rows = stmt.query_map([], key_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Replaces the wrapped bytes of key `id` (a root rotation).
-pub(crate) fn rewrap_key(conn: &Connection, id: i64, wrapped: &[u8]) -> Result<(), StoreError> {
+pub fn rewrap_key(conn: &Connection, id: i64, wrapped: &[u8]) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE cvc_keys SET wrapped = ?2 WHERE id = ?1",
         params![id, wrapped],
@@ -162,7 +179,7 @@ pub(crate) fn rewrap_key(conn: &Connection, id: i64, wrapped: &[u8]) -> Result<(
 }
 
 /// Holds a code for `(tenant, token)`, replacing the one it held.
-pub(crate) fn put_held(conn: &Connection, c: &NewHeldCvc<'_>) -> Result<(), StoreError> {
+pub fn put_held(conn: &Connection, c: &NewHeldCvc<'_>) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO held_cvcs (tenant, token, key_id, nonce, sealed, created_at, deadline)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -194,7 +211,7 @@ fn held_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldCvcRow> {
 
 /// The code held for `(tenant, token)`, whatever its deadline (the caller
 /// refuses an expired one).
-pub(crate) fn held(
+pub fn held(
     conn: &Connection,
     tenant: &str,
     token: &str,
@@ -209,7 +226,7 @@ pub(crate) fn held(
 }
 
 /// Deletes and returns the code held for `(tenant, token)` (its first use).
-pub(crate) fn take_held(
+pub fn take_held(
     conn: &Connection,
     tenant: &str,
     token: &str,
@@ -225,7 +242,7 @@ pub(crate) fn take_held(
 
 /// Deletes every code past its deadline at `now`, and every key past its
 /// destruction time (with any code still under it).
-pub(crate) fn sweep(conn: &Connection, now: i64) -> Result<CvcSweep, StoreError> {
+pub fn sweep(conn: &Connection, now: i64) -> Result<CvcSweep, StoreError> {
     let expired = conn
         .prepare_cached("DELETE FROM held_cvcs WHERE deadline <= ?1")?
         .execute([now])?;
@@ -249,7 +266,7 @@ pub(crate) fn sweep(conn: &Connection, now: i64) -> Result<CvcSweep, StoreError>
 }
 
 /// The tables' shape at `now`; `None` for a vault whose schema predates them.
-pub(crate) fn shape(conn: &Connection, now: i64) -> Result<Option<CvcShape>, StoreError> {
+pub fn shape(conn: &Connection, now: i64) -> Result<Option<CvcShape>, StoreError> {
     let exists: i64 = conn.query_row(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('held_cvcs', 'cvc_keys')",
         [],

@@ -152,17 +152,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The SQLite connection, for what has no PostgreSQL twin yet (held card
-    /// security codes, idempotency keys): [`StoreError::Unsupported`] there.
-    fn c(&self) -> Result<&Connection, StoreError> {
-        match self.eng() {
-            Eng::Sqlite(c) => Ok(c),
-            Eng::Pg(_) => Err(StoreError::Unsupported(
-                "held card security codes and idempotency keys on PostgreSQL",
-            )),
-        }
-    }
-
     /// Whether the engine is PostgreSQL: nodes share the database, so the dedup
     /// lookup runs in it ([`Tx::lock_card`], [`Tx::dedup_row`]) rather than in a
     /// node's memory, and personal data is stored sealed ([`SealedPersonal`]).
@@ -382,43 +371,43 @@ impl Reader<'_> {
         }
     }
 
+    /// PostgreSQL: `VACUUM`s the held codes and their keys after a sweep (SQLite
+    /// truncates its WAL instead).
+    pub(crate) fn vacuum_cvcs(&self) -> Result<(), StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Err(StoreError::Unsupported(
+                "VACUUM of a read connection (SQLite)",
+            )),
+            Eng::Pg(conn) => conn.vacuum_cvcs(),
+        }
+    }
+
     // --- held card security codes
     pub(crate) fn cvc_key_for_window(
         &self,
         window_start: i64,
         ttl_secs: i64,
     ) -> Result<Option<CvcKeyRow>, StoreError> {
-        cvc::key_for_window(self.c()?, window_start, ttl_secs)
+        on!(self, c => cvc::key_for_window(c, window_start, ttl_secs),
+            p => pg::cvc::key_for_window(p, window_start, ttl_secs))
     }
     pub(crate) fn cvc_key(&self, id: i64) -> Result<Option<CvcKeyRow>, StoreError> {
-        if self.is_postgres() {
-            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
-            return Ok(None);
-        }
-        cvc::key_by_id(self.c()?, id)
+        on!(self, c => cvc::key_by_id(c, id), p => pg::cvc::key_by_id(p, id))
     }
     pub(crate) fn cvc_keys(&self) -> Result<Vec<CvcKeyRow>, StoreError> {
-        if self.is_postgres() {
-            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
-            return Ok(Vec::new());
-        }
-        cvc::all_keys(self.c()?)
+        on!(self, c => cvc::all_keys(c), p => pg::cvc::all_keys(p))
     }
     pub(crate) fn held_cvc(
         &self,
         tenant: &str,
         token: &str,
     ) -> Result<Option<HeldCvcRow>, StoreError> {
-        if self.is_postgres() {
-            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
-            return Ok(None);
-        }
-        cvc::held(self.c()?, tenant, token)
+        on!(self, c => cvc::held(c, tenant, token), p => pg::cvc::held(p, tenant, token))
     }
     /// The held codes and their keys as the compliance check sees them (`None`
     /// before the schema had them).
     pub(crate) fn cvc_shape(&self, now: i64) -> Result<Option<CvcShape>, StoreError> {
-        cvc::shape(self.c()?, now)
+        on!(self, c => cvc::shape(c, now), p => pg::cvc::shape(p, now))
     }
 
     // --- idempotency keys
@@ -427,11 +416,8 @@ impl Reader<'_> {
         client: &str,
         key_hash: &[u8],
     ) -> Result<Option<IdempotencyRow>, StoreError> {
-        if self.is_postgres() {
-            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
-            return Ok(None);
-        }
-        idempotency::get(self.c()?, client, key_hash)
+        on!(self, c => idempotency::get(c, client, key_hash),
+            p => pg::idempotency::get(p, client, key_hash))
     }
 
     // --- audit log
@@ -618,13 +604,13 @@ impl Tx<'_> {
     // --- held card security codes
     /// Stores a window's key; false when another writer stored that window's first.
     pub(crate) fn insert_cvc_key(&self, k: &NewCvcKey<'_>) -> Result<bool, StoreError> {
-        cvc::insert_key(self.c()?, k)
+        on!(self, c => cvc::insert_key(c, k), p => pg::cvc::insert_key(p, k))
     }
     pub(crate) fn rewrap_cvc_key(&self, id: i64, wrapped: &[u8]) -> Result<(), StoreError> {
-        cvc::rewrap_key(self.c()?, id, wrapped)
+        on!(self, c => cvc::rewrap_key(c, id, wrapped), p => pg::cvc::rewrap_key(p, id, wrapped))
     }
     pub(crate) fn put_held_cvc(&self, c: &NewHeldCvc<'_>) -> Result<(), StoreError> {
-        cvc::put_held(self.c()?, c)
+        on!(self, conn => cvc::put_held(conn, c), p => pg::cvc::put_held(p, c))
     }
     /// Deletes and returns the code held for `(tenant, token)`.
     pub(crate) fn take_held_cvc(
@@ -632,19 +618,12 @@ impl Tx<'_> {
         tenant: &str,
         token: &str,
     ) -> Result<Option<HeldCvcRow>, StoreError> {
-        if self.is_postgres() {
-            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
-            return Ok(None);
-        }
-        cvc::take_held(self.c()?, tenant, token)
+        on!(self, c => cvc::take_held(c, tenant, token),
+            p => pg::cvc::take_held(p, tenant, token))
     }
     /// Deletes codes past their deadline and keys past their destruction time.
     pub(crate) fn sweep_cvcs(&self, now: i64) -> Result<CvcSweep, StoreError> {
-        if self.is_postgres() {
-            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
-            return Ok(CvcSweep::default());
-        }
-        cvc::sweep(self.c()?, now)
+        on!(self, c => cvc::sweep(c, now), p => pg::cvc::sweep(p, now))
     }
 
     // --- idempotency keys
@@ -655,7 +634,8 @@ impl Tx<'_> {
         request_hash: &[u8],
         now: i64,
     ) -> Result<(), StoreError> {
-        idempotency::reserve(self.c()?, client, key_hash, request_hash, now)
+        on!(self, c => idempotency::reserve(c, client, key_hash, request_hash, now),
+            p => pg::idempotency::reserve(p, client, key_hash, request_hash, now))
     }
     pub(crate) fn complete_idempotency(
         &self,
@@ -665,7 +645,8 @@ impl Tx<'_> {
         status: i64,
         answer: &[u8],
     ) -> Result<bool, StoreError> {
-        idempotency::complete(self.c()?, client, key_hash, request_hash, status, answer)
+        on!(self, c => idempotency::complete(c, client, key_hash, request_hash, status, answer),
+            p => pg::idempotency::complete(p, client, key_hash, request_hash, status, answer))
     }
     pub(crate) fn release_idempotency(
         &self,
@@ -673,14 +654,11 @@ impl Tx<'_> {
         key_hash: &[u8],
         request_hash: &[u8],
     ) -> Result<(), StoreError> {
-        idempotency::release(self.c()?, client, key_hash, request_hash)
+        on!(self, c => idempotency::release(c, client, key_hash, request_hash),
+            p => pg::idempotency::release(p, client, key_hash, request_hash))
     }
     pub(crate) fn purge_idempotency(&self, cutoff: i64) -> Result<u64, StoreError> {
-        if self.is_postgres() {
-            // Nothing can be stored on PostgreSQL yet (the writes refuse): none.
-            return Ok(0);
-        }
-        idempotency::purge(self.c()?, cutoff)
+        on!(self, c => idempotency::purge(c, cutoff), p => pg::idempotency::purge(p, cutoff))
     }
 
     // --- deletes: each returns the `(id, fingerprint)` of every row it removed

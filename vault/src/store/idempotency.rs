@@ -10,7 +10,7 @@ use super::StoreError;
 
 /// A stored request and, once answered, its sealed answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct IdempotencyRow {
+pub struct IdempotencyRow {
     /// Keyed hash of the method, path and body of the first request.
     pub request_hash: Vec<u8>,
     /// The answer's HTTP status; `None` while the first request is in progress.
@@ -22,7 +22,7 @@ pub(crate) struct IdempotencyRow {
 }
 
 /// The row of `(client, key_hash)`, if any.
-pub(crate) fn get(
+pub fn get(
     conn: &Connection,
     client: &str,
     key_hash: &[u8],
@@ -45,7 +45,7 @@ pub(crate) fn get(
 
 /// Marks `(client, key_hash)` as in progress for `request_hash` from `now`,
 /// replacing a row the caller found expired or abandoned.
-pub(crate) fn reserve(
+pub fn reserve(
     conn: &Connection,
     client: &str,
     key_hash: &[u8],
@@ -64,7 +64,7 @@ pub(crate) fn reserve(
 
 /// Stores the answer of the request in progress under `(client, key_hash)`;
 /// false when no such request is in progress (it was taken over or purged).
-pub(crate) fn complete(
+pub fn complete(
     conn: &Connection,
     client: &str,
     key_hash: &[u8],
@@ -83,7 +83,7 @@ pub(crate) fn complete(
 
 /// Forgets the request in progress under `(client, key_hash)` (it failed in a
 /// way a retry may not: the retry runs afresh).
-pub(crate) fn release(
+pub fn release(
     conn: &Connection,
     client: &str,
     key_hash: &[u8],
@@ -98,7 +98,7 @@ pub(crate) fn release(
 }
 
 /// Deletes every row that arrived before `cutoff`; how many.
-pub(crate) fn purge(conn: &Connection, cutoff: i64) -> Result<u64, StoreError> {
+pub fn purge(conn: &Connection, cutoff: i64) -> Result<u64, StoreError> {
     let n = conn
         .prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
         .execute([cutoff])?;

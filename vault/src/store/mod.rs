@@ -3,10 +3,10 @@
 //! read connections. This module sees only sealed records, never card numbers.
 
 pub mod cards;
-pub(crate) mod cvc;
+pub mod cvc;
 pub mod erasure;
 mod handle;
-pub(crate) mod idempotency;
+pub mod idempotency;
 pub mod inventory;
 mod key_state_sql;
 pub mod keys;
@@ -28,9 +28,9 @@ pub(crate) use handle::SealedPersonal;
 pub use handle::{OpenTx, Reader, Session, Tx};
 // The rows the handles take and return: plain data, the same for every engine.
 pub use cards::{CardRow, Inserted, NewCard};
-pub(crate) use cvc::{CvcKeyRow, CvcShape, CvcSweep, HeldCvcRow, NewCvcKey, NewHeldCvc};
+pub use cvc::{CvcKeyRow, CvcShape, CvcSweep, HeldCvcRow, NewCvcKey, NewHeldCvc};
 pub use erasure::{CompletedErasure, DeletedCard, RequestOverview};
-pub(crate) use idempotency::IdempotencyRow;
+pub use idempotency::IdempotencyRow;
 pub use inventory::CardShape;
 pub use keys::{DataKeyRow, SealRow, WrappedDataKey};
 pub use location::Location;

@@ -5,7 +5,8 @@
 //! rustls and *ring*, a node's bounded pool, the versioned schema, and the audit
 //! log's write path and export ([`audit`]). The service still runs on SQLite.
 //!
-//! Every function of `store::{meta, keys, cards, rewrap, erasure, inventory}` the
+//! Every function of `store::{meta, keys, cards, rewrap, erasure, inventory, cvc,
+//! idempotency}` the
 //! store's handles call has a twin here in the module of the same name, with the
 //! same name, arguments and result, taking any [`postgres::GenericClient`] (a
 //! transaction or a plain connection) and failing with [`PgError`]. The exceptions
@@ -21,7 +22,9 @@
 pub mod audit;
 pub mod cards;
 mod connect;
+pub mod cvc;
 pub mod erasure;
+pub mod idempotency;
 pub mod inventory;
 pub mod keys;
 pub mod meta;

@@ -200,6 +200,14 @@ impl PgConn {
     pub(crate) fn vacuum(&self) -> Result<(), StoreError> {
         self.run(|c| Ok(c.batch_execute("VACUUM cards, erasure_requests")?))
     }
+
+    /// `VACUUM` of the held security codes and their window keys after a sweep:
+    /// the deleted rows' heap versions are marked for reuse at once rather than
+    /// at autovacuum's leisure (the tables are unlogged: no WAL or backup holds
+    /// them).
+    pub(crate) fn vacuum_cvcs(&self) -> Result<(), StoreError> {
+        self.run(|c| Ok(c.batch_execute("VACUUM held_cvcs, cvc_keys")?))
+    }
 }
 
 impl Drop for PgConn {
