@@ -40,16 +40,23 @@ impl fmt::Display for CliError {
 impl std::error::Error for CliError {}
 
 /// Logs to stderr, filtered by `PANVAULT_LOG` (default `warn`), with
-/// [`panvault_vault::tls::LOG_DIRECTIVES`] unless `PANVAULT_LOG` names rustls.
+/// [`panvault_vault::tls::LOG_DIRECTIVES`] and
+/// [`panvault_vault::store::pg::LOG_DIRECTIVES`], each unless `PANVAULT_LOG` names
+/// its crate.
 pub fn init_tracing() {
     let spec = std::env::var("PANVAULT_LOG").unwrap_or_else(|_| "warn".to_owned());
     let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    if !spec.contains("rustls") {
-        for d in panvault_vault::tls::LOG_DIRECTIVES {
-            if let Ok(d) = d.parse() {
-                filter = filter.add_directive(d);
-            }
+    let directives = panvault_vault::tls::LOG_DIRECTIVES
+        .iter()
+        .chain(panvault_vault::store::pg::LOG_DIRECTIVES);
+    for d in directives {
+        let krate = d.split([':', '=']).next().unwrap_or(d);
+        if spec.contains(krate) {
+            continue;
+        }
+        if let Ok(d) = d.parse() {
+            filter = filter.add_directive(d);
         }
     }
     let _ = tracing_subscriber::fmt()

@@ -83,9 +83,12 @@ pub struct Args {
     /// Load before measuring (not counted).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
-    /// First tokenize this many cards through the batch endpoint (1000 a request).
+    /// First tokenize this many cards through the batch endpoint.
     #[arg(long, default_value_t = 0)]
     pub preload: u64,
+    /// Cards per batch request of --preload (1 to 1000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub preload_batch: u64,
     /// Where to keep tokens between runs: --preload writes a sample (up to 100,000,
     /// spread over all it made) here; a detokenize run without --preload reads it.
     #[arg(long, value_name = "FILE")]
@@ -278,9 +281,9 @@ async fn preload(
     target: Arc<Target>,
     conns: usize,
     n: u64,
+    batch: u64,
     year: i32,
 ) -> Result<Vec<String>, CliError> {
-    const BATCH: u64 = 1000;
     let next = Arc::new(AtomicU64::new(0));
     let stride = (n / SAMPLE).max(1);
     let start = Instant::now();
@@ -292,11 +295,11 @@ async fn preload(
             let mut rng = Rng::seeded(c as u64 + 1000);
             let mut tokens = Vec::new();
             loop {
-                let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                let first = next.fetch_add(batch, Ordering::Relaxed);
                 if first >= n {
                     return Ok::<_, String>(tokens);
                 }
-                let k = BATCH.min(n - first);
+                let k = batch.min(n - first);
                 let items: Vec<String> = (0..k).map(|_| tokenize_body(&rng.card(), year)).collect();
                 let body = format!("{{\"items\":[{}]}}", items.join(","));
                 let (status, body) =
@@ -656,7 +659,14 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             args.preload
         };
         if preload_n > 0 {
-            tokens = preload(Arc::clone(&pre_target), conns, preload_n, year).await?;
+            tokens = preload(
+                Arc::clone(&pre_target),
+                conns,
+                preload_n,
+                args.preload_batch,
+                year,
+            )
+            .await?;
             if let Some(f) = &args.tokens_file {
                 std::fs::write(f, tokens.join("\n"))
                     .map_err(|e| CliError::usage(format!("{}: {e}", f.display())))?;

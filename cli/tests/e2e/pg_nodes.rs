@@ -131,6 +131,15 @@ async fn pg_nodes_share_tokens_dedup_across_nodes_and_follow_a_key_rotation() {
             out.stdout,
             out.stderr
         );
+        // The children log at TRACE: the driver's statement parameters (sealed
+        // cards, keyed hashes, wrapped keys) stay out of it unless asked for.
+        for n in [&a, &b] {
+            let log = n.stderr();
+            assert!(
+                !log.contains("executing statement"),
+                "driver parameters logged"
+            );
+        }
         assert!(a.terminate().await.success());
         assert!(b.terminate().await.success());
         let out = v.run(&["audit", "verify"], false, LIMIT).await;

@@ -1,9 +1,9 @@
 //! The PostgreSQL engine, for several stateless vault nodes on one database.
 //!
-//! Groundwork, not yet behind the store's seam: the connection settings (a URL or a
+//! Behind the store's seam (`store::handle`): the connection settings (a URL or a
 //! file holding it; the password never printed), connecting over TLS verified with
-//! rustls and *ring*, a node's bounded pool, the versioned schema, and the audit
-//! log's write path and export ([`audit`]). The service still runs on SQLite.
+//! rustls and *ring*, a node's bounded pool, the versioned schema, the twins below,
+//! and the audit log's per-node chains and export ([`audit`]).
 //!
 //! Every function of `store::{meta, keys, cards, rewrap, erasure, inventory, cvc,
 //! idempotency}` the
@@ -18,6 +18,11 @@
 //! (`cards::update_terms`, `cards::insert`). SQLite's WAL scrub
 //! (`Tx::mark_scrub_pending`, `Session::scrub_wal`) has no twin: it has no
 //! PostgreSQL meaning (see [`erasure`]).
+
+/// Log filters the binaries add unless `PANVAULT_LOG` names the crate: the driver
+/// logs every statement's parameters at DEBUG, and those are sealed cards, keyed
+/// hashes and wrapped keys — nothing an operator's debug log needs.
+pub const LOG_DIRECTIVES: &[&str] = &["tokio_postgres=info", "postgres=info"];
 
 pub mod audit;
 pub mod cards;
