@@ -49,6 +49,7 @@ pub use problem::{CODES, Problem, ProblemBody, current_request_id};
 use crate::config::{Config, ConfigError, Limits};
 use crate::service::request::AccessContext;
 use crate::service::{AuditAction, AuditOutcome, Vault};
+use crate::store::Upkeep;
 use crate::tls::{ConnStats, ServeOptions};
 
 struct Shared {
@@ -357,28 +358,47 @@ async fn purge_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(retention.purge_interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate: let the server settle first
+    let every = Duration::from_secs(retention.purge_interval_secs);
+    let prune_log = !vault.is_postgres();
+    if !prune_log {
+        tracing::warn!(
+            "audit log retention is not applied on PostgreSQL (a log shared by several nodes \
+             has no prune yet): every event is kept; archive with `panvault audit export`"
+        );
+    }
     loop {
         tick.tick().await;
-        match vault
-            .purge_retention(retention.card_grace_days, false, &ctx)
-            .await
-        {
-            Ok(r) => tracing::info!(
-                past_expiry = r.past_expiry,
-                past_ttl = r.past_ttl,
-                "retention purge"
-            ),
-            Err(e) => tracing::warn!(error = %e, "retention purge failed; will retry"),
+        // Nodes sharing a database run each round once between them.
+        if claimed(&vault, Upkeep::Retention, every).await {
+            match vault
+                .purge_retention(retention.card_grace_days, false, &ctx)
+                .await
+            {
+                Ok(r) => tracing::info!(
+                    past_expiry = r.past_expiry,
+                    past_ttl = r.past_ttl,
+                    "retention purge"
+                ),
+                Err(e) => tracing::warn!(error = %e, "retention purge failed; will retry"),
+            }
+            if prune_log {
+                match vault.prune_audit(audit_days).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(deleted = n, "audit events past retention pruned");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "audit prune failed; will retry"),
+                }
+            }
         }
-        match vault.purge_idempotency().await {
-            Ok(n) if n > 0 => tracing::info!(deleted = n, "idempotent answers past 24 h purged"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "idempotency purge failed; will retry"),
-        }
-        match vault.prune_audit(audit_days).await {
-            Ok(n) if n > 0 => tracing::info!(deleted = n, "audit events past retention pruned"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "audit prune failed; will retry"),
+        if claimed(&vault, Upkeep::Idempotency, every).await {
+            match vault.purge_idempotency().await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(deleted = n, "idempotent answers past 24 h purged");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "idempotency purge failed; will retry"),
+            }
         }
     }
 }
@@ -396,6 +416,9 @@ async fn cvc_sweep_loop(vault: Vault, ctx: AccessContext) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !claimed(&vault, Upkeep::CvcSweep, every).await {
+            continue;
+        }
         match vault.sweep_cvcs(&ctx).await {
             Ok(r) if r.codes + r.keys > 0 => tracing::info!(
                 codes = r.codes,
@@ -404,6 +427,22 @@ async fn cvc_sweep_loop(vault: Vault, ctx: AccessContext) {
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "security code sweep failed; will retry"),
+        }
+    }
+}
+
+/// Whether this node runs this round of `task` (always, on SQLite); a failure to
+/// ask is logged and skips the round.
+async fn claimed(vault: &Vault, task: Upkeep, every: Duration) -> bool {
+    match vault.claim_upkeep_round(task, every).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::debug!(task = task.name(), "another node runs this round");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, task = task.name(), "could not claim the round; will retry");
+            false
         }
     }
 }

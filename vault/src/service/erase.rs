@@ -495,9 +495,35 @@ impl Vault {
 }
 
 impl Vault {
+    /// Claims this round of the periodic `task` for this node (see
+    /// [`Tx::claim_round`]): false when another node runs it or ran it within
+    /// the last nine tenths of `every`. On SQLite always true.
+    pub async fn claim_upkeep_round(
+        &self,
+        task: store::Upkeep,
+        every: std::time::Duration,
+    ) -> Result<bool, VaultError> {
+        let now = self.now().unix_timestamp();
+        let every = i64::try_from(every.as_secs()).unwrap_or(i64::MAX);
+        self.write(move |conn, _| {
+            let r = conn
+                .claim_round(task, now, every)
+                .map_err(VaultError::Store);
+            (r.is_ok(), r)
+        })
+        .await
+    }
+
     /// Deletes audit events older than `retention_days` (never younger than 365
     /// days), leaving a signed prune record. Returns how many were deleted.
+    /// On PostgreSQL refused before it reaches the writer (a log shared by
+    /// several nodes has no prune records yet), so no batch rolls back for it.
     pub async fn prune_audit(&self, retention_days: i64) -> Result<u64, VaultError> {
+        if self.is_postgres() {
+            return Err(VaultError::Store(StoreError::Unsupported(
+                "pruning the audit log shared by several nodes (PostgreSQL): every event is kept",
+            )));
+        }
         let now = self.now();
         self.write(
             move |conn, state| match state.audit_mut().prune(conn, now, retention_days) {

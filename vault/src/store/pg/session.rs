@@ -194,6 +194,36 @@ impl PgConn {
         })
     }
 
+    /// `pg_try_advisory_xact_lock` on `task`'s lock: held until the transaction
+    /// ends; false when another session holds it.
+    pub(crate) fn try_task_xact_lock(&self, task: crate::store::Upkeep) -> Result<bool, StoreError> {
+        let key = task.lock_key();
+        self.run(|c| {
+            Ok(c.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])?
+                .try_get(0)?)
+        })
+    }
+
+    /// `pg_try_advisory_lock` on `task`'s lock: held by this connection until
+    /// [`PgConn::task_unlock`] or until the connection closes (a killed process
+    /// leaves nothing held); false when another session holds it.
+    pub(crate) fn try_task_lock(&self, task: crate::store::Upkeep) -> Result<bool, StoreError> {
+        let key = task.lock_key();
+        self.run(|c| {
+            Ok(c.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+                .try_get(0)?)
+        })
+    }
+
+    /// Releases what [`PgConn::try_task_lock`] took.
+    pub(crate) fn task_unlock(&self, task: crate::store::Upkeep) -> Result<(), StoreError> {
+        let key = task.lock_key();
+        self.run(|c| {
+            c.query_one("SELECT pg_advisory_unlock($1)", &[&key])?;
+            Ok(())
+        })
+    }
+
     /// `VACUUM` of the tables deletes leave dead row versions in (outside any
     /// transaction): their space is marked for reuse. What it cannot remove (WAL,
     /// backups, pages not yet reused) stays ciphertext.
