@@ -1,0 +1,186 @@
+//! Upkeep across several `panvault serve` nodes on one PostgreSQL database, with
+//! the real binary and a real server: the periodic retention purge runs once per
+//! round across the nodes (an advisory lock and the round's time in `meta`), and
+//! `keys rewrap` runs one at a time, resumes after SIGKILL and leaves the nodes
+//! writing. No card number is printed (messages show masked numbers).
+
+use std::time::{Duration, Instant};
+
+use crate::util::postgres::PgServer;
+use crate::util::{self, BinVault, Client, ServeProcess, cards};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// `panvault serve` for `v` as node `name` of the shared audit log.
+async fn node(v: &BinVault, name: &str) -> ServeProcess {
+    let mut cmd = tokio::process::Command::new(util::panvault_bin());
+    cmd.args(v.serve_args()).env("PANVAULT_NODE", name);
+    ServeProcess::spawn(cmd).await.unwrap()
+}
+
+/// Runs `sql` on the test database and returns the first column of each row as i64.
+fn query_i64(pg: &PgServer, sql: &str) -> Vec<i64> {
+    let settings = panvault_vault::store::pg::PgSettings::from_url(&pg.url("disable")).unwrap();
+    tokio::task::block_in_place(|| {
+        let mut c = panvault_vault::store::pg::connect(&settings).unwrap();
+        c.query(sql, &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, i64>(0))
+            .collect()
+    })
+}
+
+/// Tokenizes `card` on `sf`: 201 expected.
+async fn tokenize(sf: &Client, card: &str) -> String {
+    let r = sf.tokenize(card).await;
+    assert_eq!(
+        r.status,
+        201,
+        "tokenize of {}: {}",
+        cards::masked(card),
+        r.text()
+    );
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_cluster_retention_purge_runs_once_per_round_across_nodes() {
+    let Some(pg) = PgServer::start("pg_cluster_retention_purge_runs_once_per_round_across_nodes")
+    else {
+        return;
+    };
+    util::within(Duration::from_secs(300), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let mut text = std::fs::read_to_string(&v.config).unwrap();
+        text.push_str("[retention]\npurge_interval_secs = 2\n");
+        std::fs::write(&v.config, text).unwrap();
+        let a = node(&v, "node-a").await;
+        let b = node(&v, "node-b").await;
+
+        // Wait for six purge rounds (bounded), then look at when each ran.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let times = loop {
+            let t = query_i64(
+                &pg,
+                "SELECT time_ns FROM audit_events WHERE action = 'retention.purge' ORDER BY time_ns",
+            );
+            if t.len() >= 6 {
+                break t;
+            }
+            assert!(Instant::now() < deadline, "only {} purges ran", t.len());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // Two nodes each ticking every 2 s would purge twice per round, less than
+        // a second apart; one claim per round leaves at least a second between two.
+        for w in times.windows(2) {
+            let gap = Duration::from_nanos(u64::try_from(w[1] - w[0]).unwrap());
+            assert!(
+                gap > Duration::from_secs(1),
+                "two purges {gap:?} apart: the round ran on both nodes"
+            );
+        }
+        let rounds = query_i64(&pg, "SELECT value::bigint FROM meta WHERE key = 'round.retention'");
+        assert_eq!(rounds.len(), 1, "the round's time is recorded");
+
+        assert!(a.terminate().await.success());
+        assert!(b.terminate().await.success());
+        let out = v.run(&["audit", "verify"], false, LIMIT).await;
+        assert!(out.success(), "audit verify: {}\n{}", out.stdout, out.stderr);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_cluster_keys_rewrap_runs_once_resumes_after_sigkill_and_nodes_keep_writing() {
+    let Some(pg) = PgServer::start(
+        "pg_cluster_keys_rewrap_runs_once_resumes_after_sigkill_and_nodes_keep_writing",
+    ) else {
+        return;
+    };
+    util::within(Duration::from_secs(300), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let a = node(&v, "node-a").await;
+        let b = node(&v, "node-b").await;
+        let (sf_a, sf_b) = (
+            v.client(a.addr, "storefront"),
+            v.client(b.addr, "storefront"),
+        );
+        let pay = v.client(a.addr, "payments");
+        let mut held = Vec::new();
+        for i in 0..200 {
+            let card = cards::fresh();
+            let sf = if i % 2 == 0 { &sf_a } else { &sf_b };
+            held.push((tokenize(sf, &card).await, card));
+        }
+        let out = v.run(&["keys", "rotate"], true, LIMIT).await;
+        assert!(out.success(), "keys rotate: {}", out.stderr);
+
+        // A slow rewrap (20 records/s), killed once it has done some of the work.
+        let mut slow = tokio::process::Command::new(util::panvault_bin());
+        slow.args(["keys", "rewrap", "--quiet", "--batch", "5", "--max-rate", "20"])
+            .arg("--data-dir")
+            .arg(&v.data)
+            .arg("--passphrase-file")
+            .arg(&v.pass)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let mut slow = slow.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let moved = query_i64(&pg, "SELECT count(*) FROM cards WHERE key_version = 2")[0];
+            if moved >= 10 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the rewrap moved only {moved} records");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // A second rewrap meanwhile is refused (exit 75), saying why.
+        let out = v.run(&["keys", "rewrap", "--quiet"], true, LIMIT).await;
+        assert_eq!(out.status.code(), Some(75), "{}\n{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains("another process is running `keys rewrap`"),
+            "{}",
+            out.stderr
+        );
+
+        // The nodes keep writing while it runs.
+        for sf in [&sf_a, &sf_b] {
+            let card = cards::fresh();
+            held.push((tokenize(sf, &card).await, card));
+        }
+
+        slow.start_kill().unwrap();
+        let status = slow.wait().await.unwrap();
+        assert!(!status.success(), "the slow rewrap finished before it was killed");
+        let left = query_i64(&pg, "SELECT count(*) FROM cards WHERE key_version = 1")[0];
+        assert!(left > 0, "nothing was left for the resumed run");
+
+        // The lock went with the killed process's connection: a new run resumes
+        // and finishes.
+        let out = v.run(&["keys", "rewrap", "--quiet"], true, LIMIT).await;
+        assert!(out.success(), "keys rewrap: {}\n{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("0 left under older keys"), "{}", out.stdout);
+        let left = query_i64(&pg, "SELECT count(*) FROM cards WHERE key_version = 1")[0];
+        assert_eq!(left, 0);
+        for (token, card) in &held {
+            let d = pay.detokenize(token, "check").await;
+            assert_eq!(d.status, 200, "{}", d.text());
+            assert!(
+                d.json()["card"]["number"] == card.as_str(),
+                "detokenized number differs from {}",
+                cards::masked(card)
+            );
+        }
+        assert!(a.terminate().await.success());
+        assert!(b.terminate().await.success());
+        let out = v.run(&["audit", "verify"], false, LIMIT).await;
+        assert!(out.success(), "audit verify: {}\n{}", out.stdout, out.stderr);
+    })
+    .await;
+}
