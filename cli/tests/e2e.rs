@@ -61,10 +61,10 @@ mod openapi;
 mod outside_verifier;
 #[path = "e2e/pg_audit.rs"]
 mod pg_audit;
-#[path = "e2e/pg_cluster.rs"]
-mod pg_cluster;
 #[path = "e2e/pg_cards.rs"]
 mod pg_cards;
+#[path = "e2e/pg_cluster.rs"]
+mod pg_cluster;
 #[path = "e2e/pg_nodes.rs"]
 mod pg_nodes;
 #[path = "e2e/pg_ops.rs"]

@@ -369,18 +369,28 @@ async fn purge_loop(
     loop {
         tick.tick().await;
         // Nodes sharing a database run each round once between them.
-        if claimed(&vault, Upkeep::Retention, every).await {
-            match vault
-                .purge_retention(retention.card_grace_days, false, &ctx)
-                .await
-            {
-                Ok(r) => tracing::info!(
+        let purged = vault
+            .purge_retention_round(retention.card_grace_days, every, &ctx)
+            .await;
+        let ours = match purged {
+            Ok(Some(r)) => {
+                tracing::info!(
                     past_expiry = r.past_expiry,
                     past_ttl = r.past_ttl,
                     "retention purge"
-                ),
-                Err(e) => tracing::warn!(error = %e, "retention purge failed; will retry"),
+                );
+                true
             }
+            Ok(None) => {
+                tracing::debug!("another node runs this retention round");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention purge failed; will retry");
+                true
+            }
+        };
+        if ours {
             if prune_log {
                 match vault.prune_audit(audit_days).await {
                     Ok(n) if n > 0 => {

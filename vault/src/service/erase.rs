@@ -492,6 +492,57 @@ impl Vault {
         }
         Ok(report)
     }
+
+    /// The server's periodic purge: [`Vault::purge_retention`] in the same
+    /// transaction as the claim of this round ([`Tx::claim_round`]), so nodes
+    /// sharing a database run each round once between them, and a purge that
+    /// fails or whose node is killed rolls its claim back with it: the next
+    /// round, on whichever node, does the whole of it. `None`: not this node's
+    /// round.
+    pub async fn purge_retention_round(
+        &self,
+        grace_days: i64,
+        every: std::time::Duration,
+        ctx: &AccessContext,
+    ) -> Result<Option<PurgeReport>, VaultError> {
+        let keys = self.keys()?;
+        let ctx = ctx.clone();
+        let now = self.now();
+        let every = i64::try_from(every.as_secs()).unwrap_or(i64::MAX);
+        let report = self
+            .write(move |conn, state| {
+                let claimed =
+                    conn.claim_round(store::Upkeep::Retention, now.unix_timestamp(), every);
+                match claimed {
+                    Ok(true) => {}
+                    Ok(false) => return (true, Ok(None)),
+                    Err(e) => return (false, Err(VaultError::Store(e))),
+                }
+                let (audit, dedup) = state.audit_and_dedup();
+                let result = purge_in_tx(
+                    conn,
+                    audit,
+                    &keys,
+                    &ctx,
+                    grace_days,
+                    false,
+                    now,
+                    Some(dedup),
+                );
+                match result {
+                    Ok(r) => (true, Ok(Some(r))),
+                    Err(e) => (false, Err(e)),
+                }
+            })
+            .await?;
+        if report
+            .as_ref()
+            .is_some_and(|r| r.past_expiry + r.past_ttl > 0)
+        {
+            let _ = self.scrub_deleted().await;
+        }
+        Ok(report)
+    }
 }
 
 impl Vault {

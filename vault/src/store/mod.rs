@@ -279,7 +279,9 @@ impl StoreError {
     /// (full, read-only, I/O error, locked): a reason to answer 503.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Unavailable(_) | StoreError::LockHeld(_) | StoreError::TaskRunning(_) => true,
+            StoreError::Unavailable(_) | StoreError::LockHeld(_) | StoreError::TaskRunning(_) => {
+                true
+            }
             StoreError::Postgres { connection, .. } => *connection,
             StoreError::Sqlite { reason: s, .. } => {
                 s.contains("DiskFull")

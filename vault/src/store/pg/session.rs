@@ -196,11 +196,16 @@ impl PgConn {
 
     /// `pg_try_advisory_xact_lock` on `task`'s lock: held until the transaction
     /// ends; false when another session holds it.
-    pub(crate) fn try_task_xact_lock(&self, task: crate::store::Upkeep) -> Result<bool, StoreError> {
+    pub(crate) fn try_task_xact_lock(
+        &self,
+        task: crate::store::Upkeep,
+    ) -> Result<bool, StoreError> {
         let key = task.lock_key();
         self.run(|c| {
-            Ok(c.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])?
-                .try_get(0)?)
+            Ok(
+                c.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])?
+                    .try_get(0)?,
+            )
         })
     }
 
