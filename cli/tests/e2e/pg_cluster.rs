@@ -215,3 +215,127 @@ async fn pg_cluster_keys_rewrap_runs_once_resumes_after_sigkill_and_nodes_keep_w
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_cluster_erasure_vacuums_and_its_receipt_names_the_engine_and_residue() {
+    let Some(pg) =
+        PgServer::start("pg_cluster_erasure_vacuums_and_its_receipt_names_the_engine_and_residue")
+    else {
+        return;
+    };
+    util::within(Duration::from_secs(300), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let a = node(&v, "node-a").await;
+        let b = node(&v, "node-b").await;
+        let sf_a = v.client(a.addr, "storefront");
+        let sf_b = v.client(b.addr, "storefront");
+        let body = |card: &str, subject: &str| {
+            serde_json::json!({"card": {"number": card, "exp_month": 12,
+                "exp_year": util::this_year() + 4}, "subject": subject})
+        };
+        for subject in ["cust-erase-api", "cust-erase-cli"] {
+            let r = sf_a
+                .post("/v1/tokens", &body(&cards::fresh(), subject))
+                .await;
+            assert_eq!(r.status, 201, "{}", r.text());
+        }
+
+        // Erased through node B's API: VACUUM ran and is recorded, the receipt
+        // names PostgreSQL and its residue, and verifies as it came.
+        let e = sf_b
+            .post("/v1/subjects/cust-erase-api/erase", &serde_json::json!({}))
+            .await;
+        assert_eq!(e.status, 200, "{}", e.text());
+        let j = e.json();
+        assert_eq!(j["receipt"]["tokens_erased"], 1, "{}", e.text());
+        assert_eq!(j["receipt"]["format"], "panvault-erasure-receipt-v2");
+        assert_eq!(j["receipt"]["engine"], "postgresql");
+        let residue = j["receipt"]["residue"].as_str().unwrap();
+        for words in ["ciphertext", "WAL", "backups", "destroyed", "vacuum"] {
+            assert!(
+                residue.contains(words),
+                "residue says nothing of {words}: {residue}"
+            );
+        }
+        assert_eq!(
+            j["wal_scrubbed"],
+            true,
+            "the VACUUM did not run: {}",
+            e.text()
+        );
+        let answer = tmp.path().join("answer.json");
+        std::fs::write(&answer, e.text()).unwrap();
+        let out = v
+            .run(
+                &["audit", "verify-receipt", answer.to_str().unwrap()],
+                false,
+                LIMIT,
+            )
+            .await;
+        assert!(
+            out.success(),
+            "verify-receipt: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        let vacuumed = query_i64(
+            &pg,
+            "SELECT count(*) FROM erasure_requests WHERE vacuumed_at IS NOT NULL",
+        )[0];
+        assert_eq!(
+            vacuumed, 1,
+            "vacuumed_at not recorded for the API's erasure"
+        );
+
+        // Erased from the CLI while both nodes run: the same.
+        let receipt = tmp.path().join("receipt.json");
+        let out = v
+            .run(
+                &[
+                    "erase",
+                    "--tenant",
+                    "demo-shop",
+                    "--subject",
+                    "cust-erase-cli",
+                    "--output",
+                    receipt.to_str().unwrap(),
+                ],
+                true,
+                LIMIT,
+            )
+            .await;
+        assert!(out.success(), "erase: {}\n{}", out.stdout, out.stderr);
+        let text = std::fs::read_to_string(&receipt).unwrap();
+        assert!(text.contains("\"engine\":\"postgresql\""), "{text}");
+        let out = v
+            .run(
+                &["audit", "verify-receipt", receipt.to_str().unwrap()],
+                false,
+                LIMIT,
+            )
+            .await;
+        assert!(
+            out.success(),
+            "verify-receipt: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        let open = query_i64(
+            &pg,
+            "SELECT count(*) FROM erasure_requests WHERE vacuumed_at IS NULL",
+        )[0];
+        assert_eq!(open, 0, "vacuumed_at not recorded for the CLI's erasure");
+
+        assert!(a.terminate().await.success());
+        assert!(b.terminate().await.success());
+        let out = v.run(&["audit", "verify"], false, LIMIT).await;
+        assert!(
+            out.success(),
+            "audit verify: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    })
+    .await;
+}

@@ -251,7 +251,7 @@ pub(crate) fn erase_in_tx(
     conn.mark_scrub_pending(now).map_err(VaultError::Store)?;
     let time = OffsetDateTime::from_unix_timestamp(now)
         .map_err(|e| VaultError::internal_from("the clock is out of range", e))?;
-    audit.sign_receipt(subject_key_hash, tenant, n, time, seq)
+    audit.sign_receipt(subject_key_hash, tenant, n, time, seq, conn.is_postgres())
 }
 
 /// Purges (or counts, for a dry run) records past retention inside `conn`'s

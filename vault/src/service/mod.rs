@@ -395,8 +395,9 @@ impl Vault {
     pub(crate) async fn scrub_deleted(&self) -> bool {
         if self.is_postgres() {
             let v = self.clone();
+            let now = self.now().unix_timestamp();
             return tokio::task::spawn_blocking(move || {
-                v.inner.readers.get().and_then(|r| r.vacuum()).is_ok()
+                v.inner.readers.get().and_then(|r| r.vacuum(now)).is_ok()
             })
             .await
             .unwrap_or(false);

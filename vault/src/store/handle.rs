@@ -373,12 +373,12 @@ impl Reader<'_> {
     /// PostgreSQL: `VACUUM`s the tables deletes leave dead row versions in (see
     /// [`Session::scrub_wal`]). SQLite truncates its WAL instead
     /// ([`super::scrub_wal`]).
-    pub(crate) fn vacuum(&self) -> Result<(), StoreError> {
+    pub(crate) fn vacuum(&self, now: i64) -> Result<(), StoreError> {
         match self.eng() {
             Eng::Sqlite(_) => Err(StoreError::Unsupported(
                 "VACUUM of a read connection (SQLite)",
             )),
-            Eng::Pg(conn) => conn.vacuum(),
+            Eng::Pg(conn) => conn.vacuum(now),
         }
     }
 
@@ -1198,7 +1198,7 @@ impl Session {
     pub fn scrub_wal(&mut self, wait: Duration, now: i64) -> Result<bool, StoreError> {
         match &mut self.conn {
             SessionConn::Sqlite(c) => super::scrub_wal_on(c, wait, now),
-            SessionConn::Pg(c) => c.vacuum().map(|()| true),
+            SessionConn::Pg(c) => c.vacuum(now).map(|()| true),
         }
     }
 }

@@ -232,8 +232,13 @@ impl PgConn {
     /// `VACUUM` of the tables deletes leave dead row versions in (outside any
     /// transaction): their space is marked for reuse. What it cannot remove (WAL,
     /// backups, pages not yet reused) stays ciphertext.
-    pub(crate) fn vacuum(&self) -> Result<(), StoreError> {
-        self.run(|c| Ok(c.batch_execute("VACUUM cards, erasure_requests")?))
+    /// Then records `now` in `erasure_requests.vacuumed_at` of every erasure
+    /// completed before the `VACUUM` began.
+    pub(crate) fn vacuum(&self, now: i64) -> Result<(), StoreError> {
+        let ids = self.run(super::erasure::not_vacuumed)?;
+        self.run(|c| Ok(c.batch_execute("VACUUM cards, erasure_requests")?))?;
+        self.run(|c| super::erasure::mark_vacuumed(c, &ids, now))?;
+        Ok(())
     }
 }
 
