@@ -464,7 +464,14 @@ async fn refresh_keys(vault: Vault) {
     loop {
         tick.tick().await;
         let v = vault.clone();
-        match tokio::task::spawn_blocking(move || v.refresh_keys()).await {
+        match tokio::task::spawn_blocking(move || {
+            if let Err(e) = v.keep_presence() {
+                tracing::debug!(error = %e, "could not hold the node's presence lock");
+            }
+            v.refresh_keys()
+        })
+        .await
+        {
             Ok(Ok(true)) => match vault.active_key_version() {
                 Ok(version) => tracing::info!(version, "data keys reloaded"),
                 Err(e) => tracing::warn!(error = %e, "data keys reloaded, then unreadable"),

@@ -117,6 +117,8 @@ struct Inner {
     _serve_lock: Option<store::DirLock>,
     /// PostgreSQL: the node's pool (`None` on SQLite).
     pg_pool: Option<Arc<store::pg::PgPool>>,
+    /// PostgreSQL: this node's presence lock, which `master rotate` respects.
+    presence: Option<std::sync::Mutex<store::pg::Presence>>,
     writer: Writer<VaultState>,
     readers: ReadPool,
     opts: VaultOptions,
@@ -373,6 +375,17 @@ impl Vault {
     /// The database path (SQLite; empty on PostgreSQL).
     pub fn db_path(&self) -> &Path {
         &self.inner.db
+    }
+
+    /// PostgreSQL: holds this node's presence lock again if its connection broke
+    /// (blocking; called every second beside [`Vault::refresh_keys`]).
+    pub fn keep_presence(&self) -> Result<(), VaultError> {
+        if let Some(p) = &self.inner.presence {
+            p.lock()
+                .map_err(|_| VaultError::internal("presence lock poisoned"))?
+                .keep()?;
+        }
+        Ok(())
     }
 
     /// Whether the vault's data is in PostgreSQL.

@@ -465,6 +465,22 @@ impl Reader<'_> {
 
 /// Changes, inside the transaction.
 impl Tx<'_> {
+    /// Whether no `panvault serve` node holds the vault now (PostgreSQL: takes
+    /// the nodes' presence lock exclusively until this transaction ends, so none
+    /// starts meanwhile; false when a node holds it). SQLite: the caller's flock
+    /// on `serve.lock` says this; always true here.
+    pub(crate) fn no_node_serving(&self) -> Result<bool, StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(true),
+            Eng::Pg(conn) => conn.run(|c| {
+                Ok(
+                    c.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&pg::SERVE_LOCK])?
+                        .try_get(0)?,
+                )
+            }),
+        }
+    }
+
     // --- upkeep rounds
     /// Claims this round of `task` for this node: true when it should run now.
     /// PostgreSQL: false when another node's transaction runs it
