@@ -457,16 +457,24 @@ async fn claimed(vault: &Vault, task: Upkeep, every: Duration) -> bool {
     }
 }
 
-/// Reloads keys every second when another process changed them.
+/// Reloads keys every second when another process changed them; on PostgreSQL
+/// also keeps the node's presence lock and, every minute, recounts the tokens.
 async fn refresh_keys(vault: Vault) {
+    let mut ticks: u32 = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let v = vault.clone();
+        ticks = ticks.wrapping_add(1);
+        let recount = v.is_postgres() && ticks % 60 == 0;
         match tokio::task::spawn_blocking(move || {
             if let Err(e) = v.keep_presence() {
                 tracing::debug!(error = %e, "could not hold the node's presence lock");
+            }
+            // Other nodes insert and delete too: the token gauge follows the table.
+            if recount && let Err(e) = v.refresh_token_count() {
+                tracing::debug!(error = %e, "could not count the tokens");
             }
             v.refresh_keys()
         })

@@ -358,9 +358,21 @@ impl Vault {
         Ok(conn.card_count()?)
     }
 
+    /// Sets the running count of [`Vault::tokens_stored`] to the table's count
+    /// (PostgreSQL: other nodes insert and delete too; called every minute).
+    pub fn refresh_token_count(&self) -> Result<(), VaultError> {
+        let n = self.token_count()?;
+        self.inner
+            .tokens_stored
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Tokens stored, from the running count the writer keeps (counted once at
-    /// open; no query). Deletions made by another process (the CLI's `erase`,
-    /// `retention run`) show only after a restart.
+    /// open; no query). SQLite: deletions made by another process (the CLI's
+    /// `erase`, `retention run`) show only after a restart. PostgreSQL: the count
+    /// of the whole table, read again every minute ([`Vault::refresh_token_count`]),
+    /// plus this node's own changes since.
     pub fn tokens_stored(&self) -> i64 {
         self.inner
             .tokens_stored
