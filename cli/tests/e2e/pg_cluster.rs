@@ -423,3 +423,239 @@ async fn pg_cluster_master_rotate_is_refused_while_nodes_serve_and_works_once_th
     })
     .await;
 }
+
+/// What a load task saw: every answer's status, the longest wait for one, and
+/// the cards acknowledged (201) or refused (503).
+#[derive(Default)]
+struct Load {
+    statuses: Vec<u16>,
+    longest: Duration,
+    acked: Vec<(String, String)>,
+    refused: Vec<String>,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<Load>>;
+
+/// Tokenizes fresh cards on `sf` until `stop`.
+fn load_task(
+    sf: Client,
+    seen: Shared,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let card = cards::fresh();
+            let t = Instant::now();
+            let r = sf.tokenize(&card).await;
+            let took = t.elapsed();
+            let mut s = seen.lock().unwrap();
+            s.statuses.push(r.status);
+            s.longest = s.longest.max(took);
+            match r.status {
+                201 => {
+                    let token = r.json()["token"].as_str().unwrap().to_owned();
+                    s.acked.push((token, card));
+                }
+                503 => s.refused.push(card),
+                _ => {}
+            }
+        }
+    })
+}
+
+async fn acked_at_least(seen: &Shared, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().acked.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} tokens acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// After a fault: only 201 and 503 were answered, none waited past the write
+/// timeout (10 s) by much, every acknowledged token detokenizes on `pay`, and
+/// every refused card was truly not stored (tokenizing it again creates it: 201,
+/// not the 200 of a card found).
+async fn check_told_the_truth(seen: Load, sf: &Client, pay: &Client) {
+    let odd: Vec<u16> = seen
+        .statuses
+        .iter()
+        .copied()
+        .filter(|s| *s != 201 && *s != 503)
+        .collect();
+    assert!(odd.is_empty(), "answers other than 201 and 503: {odd:?}");
+    assert!(
+        seen.longest < Duration::from_secs(15),
+        "a request hung for {:?}",
+        seen.longest
+    );
+    for (token, card) in &seen.acked {
+        let d = pay.detokenize(token, "check").await;
+        assert_eq!(d.status, 200, "acknowledged, then lost: {}", d.text());
+        assert!(
+            d.json()["card"]["number"] == card.as_str(),
+            "detokenized number differs from {}",
+            cards::masked(card)
+        );
+    }
+    for card in &seen.refused {
+        let r = sf.tokenize(card).await;
+        assert_eq!(
+            r.status,
+            201,
+            "{} was refused with 503 but stored: {}",
+            cards::masked(card),
+            r.text()
+        );
+    }
+}
+
+/// Polls `GET /healthz` on `client` until it answers `want` (at most 60 s).
+async fn health(client: &Client, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.request("GET", "/healthz", None, None).await
+            && r.status == want
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/healthz never answered {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_cluster_database_restarted_under_load_two_nodes_503_reconnect_and_lose_nothing() {
+    let Some(mut pg) = PgServer::start(
+        "pg_cluster_database_restarted_under_load_two_nodes_503_reconnect_and_lose_nothing",
+    ) else {
+        return;
+    };
+    util::within(Duration::from_secs(300), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let a = node(&v, "node-a").await;
+        let b = node(&v, "node-b").await;
+        let seen: Shared = Default::default();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for n in [&a, &b, &a, &b] {
+            tasks.push(load_task(
+                v.client(n.addr, "storefront"),
+                seen.clone(),
+                stop.clone(),
+            ));
+        }
+        acked_at_least(&seen, 40).await;
+
+        // A restart (fast shutdown, start again) while both nodes are loaded.
+        tokio::task::block_in_place(|| pg.restart());
+        let back = Instant::now();
+        for n in [&a, &b] {
+            health(&v.client(n.addr, "payments"), 200).await;
+        }
+        let n = seen.lock().unwrap().acked.len();
+        acked_at_least(&seen, n + 40).await;
+        eprintln!(
+            "pg_cluster: both nodes healthy and acknowledging {} ms after the restart",
+            back.elapsed().as_millis()
+        );
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        eprintln!(
+            "pg_cluster: {} acknowledged, {} refused with 503, longest wait {:?}",
+            seen.acked.len(),
+            seen.refused.len(),
+            seen.longest
+        );
+        check_told_the_truth(
+            seen,
+            &v.client(b.addr, "storefront"),
+            &v.client(a.addr, "payments"),
+        )
+        .await;
+        assert!(a.terminate().await.success());
+        assert!(b.terminate().await.success());
+        let out = v.run(&["audit", "verify"], false, LIMIT).await;
+        assert!(
+            out.success(),
+            "audit verify: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_cluster_connections_broken_mid_batch_tell_each_caller_whether_it_committed() {
+    let Some(pg) = PgServer::start(
+        "pg_cluster_connections_broken_mid_batch_tell_each_caller_whether_it_committed",
+    ) else {
+        return;
+    };
+    util::within(Duration::from_secs(300), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let a = node(&v, "node-a").await;
+        let seen: Shared = Default::default();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            tasks.push(load_task(
+                v.client(a.addr, "storefront"),
+                seen.clone(),
+                stop.clone(),
+            ));
+        }
+        acked_at_least(&seen, 40).await;
+
+        // Every connection of the node is terminated by the server, again and
+        // again, while its writer commits batches of several callers.
+        let settings = panvault_vault::store::pg::PgSettings::from_url(&pg.url("disable")).unwrap();
+        let mut killed = 0;
+        for _ in 0..15 {
+            killed += tokio::task::block_in_place(|| {
+                let mut c = panvault_vault::store::pg::connect(&settings).unwrap();
+                c.query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+                     AND datname = current_database()",
+                    &[],
+                )
+                .unwrap()
+                .len()
+            });
+            let n = seen.lock().unwrap().acked.len();
+            acked_at_least(&seen, n + 5).await;
+        }
+        assert!(killed > 0, "no connection was terminated");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        eprintln!(
+            "pg_cluster: {killed} connections terminated; {} acknowledged, {} refused with 503",
+            seen.acked.len(),
+            seen.refused.len()
+        );
+        let sf = v.client(a.addr, "storefront");
+        let pay = v.client(a.addr, "payments");
+        check_told_the_truth(seen, &sf, &pay).await;
+        assert!(a.terminate().await.success());
+        let out = v.run(&["audit", "verify"], false, LIMIT).await;
+        assert!(
+            out.success(),
+            "audit verify: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    })
+    .await;
+}
