@@ -11,7 +11,11 @@
 //! - a tokenize takes a lock on the card's keyed fingerprint (two 32-bit keys, a
 //!   key space apart from the single 64-bit keys above) before it looks the card
 //!   up, so two nodes tokenizing one card at once make one row: the second waits
-//!   for the first's commit and then finds its row.
+//!   for the first's commit and then finds its row;
+//! - an upkeep task (`store::Upkeep`) has a lock of its own: a round of a
+//!   periodic one is claimed with `pg_try_advisory_xact_lock`, `keys rewrap` holds
+//!   it for its run with `pg_try_advisory_lock` (session level: released by the
+//!   server when the connection closes).
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
