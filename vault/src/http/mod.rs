@@ -390,15 +390,13 @@ async fn purge_loop(
                 true
             }
         };
-        if ours {
-            if prune_log {
-                match vault.prune_audit(audit_days).await {
-                    Ok(n) if n > 0 => {
-                        tracing::info!(deleted = n, "audit events past retention pruned");
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "audit prune failed; will retry"),
+        if ours && prune_log {
+            match vault.prune_audit(audit_days).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(deleted = n, "audit events past retention pruned");
                 }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "audit prune failed; will retry"),
             }
         }
         if claimed(&vault, Upkeep::Idempotency, every).await {
@@ -467,7 +465,7 @@ async fn refresh_keys(vault: Vault) {
         tick.tick().await;
         let v = vault.clone();
         ticks = ticks.wrapping_add(1);
-        let recount = v.is_postgres() && ticks % 60 == 0;
+        let recount = v.is_postgres() && ticks.is_multiple_of(60);
         match tokio::task::spawn_blocking(move || {
             if let Err(e) = v.keep_presence() {
                 tracing::debug!(error = %e, "could not hold the node's presence lock");
