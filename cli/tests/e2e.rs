@@ -63,6 +63,8 @@ mod outside_verifier;
 mod pg_audit;
 #[path = "e2e/pg_cards.rs"]
 mod pg_cards;
+#[path = "e2e/pg_cluster.rs"]
+mod pg_cluster;
 #[path = "e2e/pg_cvc.rs"]
 mod pg_cvc;
 #[path = "e2e/pg_nodes.rs"]

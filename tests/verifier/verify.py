@@ -357,15 +357,23 @@ def verify_receipt(key, path):
         r = json.load(f)
     if isinstance(r, dict) and "format" not in r and "receipt" in r:
         r = r["receipt"]
-    if not isinstance(r, dict) or set(r) != RECEIPT_KEYS:
+    if not isinstance(r, dict):
+        raise Reject("the receipt is not an object")
+    v2 = r.get("format") == "panvault-erasure-receipt-v2"
+    if set(r) != (RECEIPT_KEYS | {"engine", "residue"} if v2 else RECEIPT_KEYS):
         raise Reject("the receipt's keys differ from the documented ones")
-    if r["format"] != "panvault-erasure-receipt-v1":
+    if not v2 and r["format"] != "panvault-erasure-receipt-v1":
         raise Reject("unknown receipt format")
     if not isinstance(r["subject_hash"], str) or not isinstance(r["tenant"], str):
         raise Reject("subject_hash and tenant must be strings")
-    msg = (b"panvault-audit erasure-receipt v1\x00" + lp(r["subject_hash"].encode("utf-8"))
+    domain = b"panvault-audit erasure-receipt v2\x00" if v2 else b"panvault-audit erasure-receipt v1\x00"
+    msg = (domain + lp(r["subject_hash"].encode("utf-8"))
            + lp(r["tenant"].encode("utf-8")) + u64(r["tokens_erased"], "tokens_erased")
            + i64(time_ns(r["time"])) + u64(r["audit_seq"], "audit_seq"))
+    if v2:
+        if not isinstance(r["engine"], str) or not isinstance(r["residue"], str):
+            raise Reject("engine and residue must be strings")
+        msg += lp(r["engine"].encode("utf-8")) + lp(r["residue"].encode("utf-8"))
     check_sig(key, r["signature"], msg, "the erasure receipt")
     return f"receipt for audit event {r['audit_seq']}, {r['tokens_erased']} tokens erased"
 

@@ -71,7 +71,7 @@ pub use export::{
 };
 pub use keys::{PublicKey, SigningKey};
 pub use prune::{DEFAULT_RETENTION, MIN_RETENTION, PruneRecord, PruneReport, prune};
-pub use receipt::{ErasureReceipt, subject_hash, verify_receipt};
+pub use receipt::{ErasureReceipt, ReceiptStorage, subject_hash, verify_receipt};
 pub use schema::{SCHEMA_SQL, SCHEMA_VERSION, migrate, open_read_only};
 pub use sqlite::latest_checkpoint;
 pub use stats::{EventStats, event_stats, has_audit_log, oldest_event_time, prune_retention_days};

@@ -14,10 +14,14 @@ use super::keys::{PublicKey, SigningKey};
 
 /// Domain separation for receipt signatures.
 const RECEIPT_DOMAIN: &[u8] = b"panvault-audit erasure-receipt v1\0";
+/// Domain separation for receipts that name the storage and its residue.
+const RECEIPT_DOMAIN_V2: &[u8] = b"panvault-audit erasure-receipt v2\0";
 /// Domain separation for subject hashes.
 const SUBJECT_DOMAIN: &[u8] = b"panvault subject-id v1\0";
 /// The `format` field of the JSON form.
 const RECEIPT_FORMAT: &str = "panvault-erasure-receipt-v1";
+/// The `format` field of a receipt that names its storage ([`ReceiptStorage`]).
+const RECEIPT_FORMAT_V2: &str = "panvault-erasure-receipt-v2";
 
 /// The keyed hash that stands for a data subject's id in events and receipts:
 /// HMAC-SHA256 under `key` (a vault secret) of the tenant and the subject id,
@@ -36,7 +40,9 @@ pub fn subject_hash(key: &[u8; 32], tenant: &str, subject: &str) -> String {
 ///
 /// JSON form (one object):
 /// `{"format":"panvault-erasure-receipt-v1","subject_hash":"…","tenant":"…",
-/// "tokens_erased":3,"time":"2025-06-01T12:00:00Z","audit_seq":1234,"signature":"<128 hex>"}`
+/// "tokens_erased":3,"time":"2025-06-01T12:00:00Z","audit_seq":1234,"signature":"<128 hex>"}`;
+/// with [`ReceiptStorage`], format `panvault-erasure-receipt-v2` and two more signed
+/// fields, `"engine"` and `"residue"`.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ErasureReceipt {
     /// [`subject_hash`] of the subject.
@@ -49,8 +55,22 @@ pub struct ErasureReceipt {
     pub time: OffsetDateTime,
     /// The sequence number of the `erase` audit event.
     pub audit_seq: u64,
+    /// The storage engine and what of the erased data it may still hold (v2;
+    /// `None` in a v1 receipt).
+    pub storage: Option<ReceiptStorage>,
     /// Ed25519 signature by the audit signing key.
     pub signature: [u8; 64],
+}
+
+/// Where the erased data was held and what residue of it remains, signed into
+/// the receipt so the subject's controller has it in writing.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ReceiptStorage {
+    /// `sqlite` or `postgresql`.
+    pub engine: String,
+    /// In plain words: what copies of the erased records may remain, and in
+    /// what form.
+    pub residue: String,
 }
 
 impl ErasureReceipt {
@@ -69,6 +89,30 @@ impl ErasureReceipt {
             tokens_erased,
             time: utc(time)?,
             audit_seq,
+            storage: None,
+            signature: [0; 64],
+        };
+        r.signature = key.sign(&r.message()?);
+        Ok(r)
+    }
+
+    /// Signs a receipt that names its storage engine and residue (v2).
+    pub fn sign_with_storage(
+        key: &SigningKey,
+        subject_hash: impl Into<String>,
+        tenant: impl Into<String>,
+        tokens_erased: u64,
+        time: OffsetDateTime,
+        audit_seq: u64,
+        storage: ReceiptStorage,
+    ) -> Result<ErasureReceipt, AuditError> {
+        let mut r = ErasureReceipt {
+            subject_hash: subject_hash.into(),
+            tenant: tenant.into(),
+            tokens_erased,
+            time: utc(time)?,
+            audit_seq,
+            storage: Some(storage),
             signature: [0; 64],
         };
         r.signature = key.sign(&r.message()?);
@@ -76,13 +120,21 @@ impl ErasureReceipt {
     }
 
     fn message(&self) -> Result<Vec<u8>, AuditError> {
-        let mut m = Vec::with_capacity(RECEIPT_DOMAIN.len() + self.subject_hash.len() + 64);
-        m.extend_from_slice(RECEIPT_DOMAIN);
+        let mut m = Vec::with_capacity(RECEIPT_DOMAIN_V2.len() + self.subject_hash.len() + 512);
+        m.extend_from_slice(if self.storage.is_some() {
+            RECEIPT_DOMAIN_V2
+        } else {
+            RECEIPT_DOMAIN
+        });
         push_lp(&mut m, self.subject_hash.as_bytes());
         push_lp(&mut m, self.tenant.as_bytes());
         m.extend_from_slice(&self.tokens_erased.to_be_bytes());
         m.extend_from_slice(&time_ns(self.time)?.to_be_bytes());
         m.extend_from_slice(&self.audit_seq.to_be_bytes());
+        if let Some(s) = &self.storage {
+            push_lp(&mut m, s.engine.as_bytes());
+            push_lp(&mut m, s.residue.as_bytes());
+        }
         Ok(m)
     }
 
@@ -93,12 +145,19 @@ impl ErasureReceipt {
             .format(&Rfc3339)
             .map_err(|_| AuditError::TimeOutOfRange)?;
         let json = ReceiptJson {
-            format: RECEIPT_FORMAT.to_owned(),
+            format: if self.storage.is_some() {
+                RECEIPT_FORMAT_V2
+            } else {
+                RECEIPT_FORMAT
+            }
+            .to_owned(),
             subject_hash: self.subject_hash.clone(),
             tenant: self.tenant.clone(),
             tokens_erased: self.tokens_erased,
             time,
             audit_seq: self.audit_seq,
+            engine: self.storage.as_ref().map(|s| s.engine.clone()),
+            residue: self.storage.as_ref().map(|s| s.residue.clone()),
             signature: hex_encode(&self.signature),
         };
         serde_json::to_string(&json).map_err(|_| AuditError::Parse {
@@ -120,9 +179,13 @@ impl ErasureReceipt {
             value = inner;
         }
         let j: ReceiptJson = serde_json::from_value(value).map_err(|_| err())?;
-        if j.format != RECEIPT_FORMAT {
-            return Err(err());
-        }
+        let storage = match (j.format.as_str(), j.engine, j.residue) {
+            (RECEIPT_FORMAT, None, None) => None,
+            (RECEIPT_FORMAT_V2, Some(engine), Some(residue)) => {
+                Some(ReceiptStorage { engine, residue })
+            }
+            _ => return Err(err()),
+        };
         Ok(ErasureReceipt {
             subject_hash: j.subject_hash,
             tenant: j.tenant,
@@ -132,6 +195,7 @@ impl ErasureReceipt {
                 .and_then(|t| utc(t).ok())
                 .ok_or_else(err)?,
             audit_seq: j.audit_seq,
+            storage,
             signature: hex_decode_array(&j.signature).ok_or_else(err)?,
         })
     }
@@ -159,6 +223,10 @@ struct ReceiptJson {
     tokens_erased: u64,
     time: String,
     audit_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    engine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    residue: Option<String>,
     signature: String,
 }
 
@@ -240,6 +308,70 @@ mod tests {
                 .unwrap()
                 .contains("\"time\":\"2025-06-15T15:06:40.000000001Z\"")
         );
+    }
+
+    /// A v2 receipt signs its engine and residue: the JSON round-trips, the
+    /// bytes are v1's under the v2 domain followed by both, and changing
+    /// either, dropping them, or relabelling it v1 fails.
+    #[test]
+    fn receipt_v2_signs_engine_and_residue() {
+        let key = SigningKey::from_seed(&[4; 32]).unwrap();
+        let public = key.public_key();
+        let time = OffsetDateTime::from_unix_timestamp_nanos(1_750_000_000_000_000_001).unwrap();
+        let sh = "ab".repeat(32);
+        let storage = ReceiptStorage {
+            engine: "postgresql".into(),
+            residue: "ciphertext in pages".into(),
+        };
+        let r =
+            ErasureReceipt::sign_with_storage(&key, &sh, "acme", 3, time, 1234, storage).unwrap();
+        verify_receipt(&r, &public).unwrap();
+        let json = r.to_json().unwrap();
+        assert!(
+            json.contains("\"format\":\"panvault-erasure-receipt-v2\""),
+            "{json}"
+        );
+        assert!(json.contains("\"engine\":\"postgresql\""), "{json}");
+        let back = ErasureReceipt::from_json(&json).unwrap();
+        assert_eq!(back, r);
+        verify_receipt(&back, &public).unwrap();
+
+        let v1 = ErasureReceipt::sign(&key, &sh, "acme", 3, time, 1234).unwrap();
+        let mut expected = b"panvault-audit erasure-receipt v2\0".to_vec();
+        expected.extend_from_slice(&v1.message().unwrap()[34..]);
+        for text in ["postgresql", "ciphertext in pages"] {
+            expected.push(0x01);
+            expected.extend_from_slice(&u32::try_from(text.len()).unwrap().to_be_bytes());
+            expected.extend_from_slice(text.as_bytes());
+        }
+        assert_eq!(r.message().unwrap(), expected);
+
+        for altered in [
+            ErasureReceipt {
+                storage: Some(ReceiptStorage {
+                    engine: "sqlite".into(),
+                    residue: "ciphertext in pages".into(),
+                }),
+                ..r.clone()
+            },
+            ErasureReceipt {
+                storage: Some(ReceiptStorage {
+                    engine: "postgresql".into(),
+                    residue: "nothing".into(),
+                }),
+                ..r.clone()
+            },
+            ErasureReceipt {
+                storage: None,
+                ..r.clone()
+            },
+        ] {
+            assert!(verify_receipt(&altered, &public).is_err());
+        }
+        // A v1 label on v2 fields, or a v2 label without them, is not a receipt.
+        assert!(ErasureReceipt::from_json(&json.replace("-v2", "-v1")).is_err());
+        let bare = v1.to_json().unwrap().replace("-v1", "-v2");
+        assert!(ErasureReceipt::from_json(&bare).is_err());
     }
 
     #[test]

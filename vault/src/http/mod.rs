@@ -49,6 +49,7 @@ pub use problem::{CODES, Problem, ProblemBody, current_request_id};
 use crate::config::{Config, ConfigError, Limits};
 use crate::service::request::AccessContext;
 use crate::service::{AuditAction, AuditOutcome, Vault};
+use crate::store::Upkeep;
 use crate::tls::{ConnStats, ServeOptions};
 
 struct Shared {
@@ -357,28 +358,55 @@ async fn purge_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(retention.purge_interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate: let the server settle first
+    let every = Duration::from_secs(retention.purge_interval_secs);
+    let prune_log = !vault.is_postgres();
+    if !prune_log {
+        tracing::warn!(
+            "audit log retention is not applied on PostgreSQL (a log shared by several nodes \
+             has no prune yet): every event is kept; archive with `panvault audit export`"
+        );
+    }
     loop {
         tick.tick().await;
-        match vault
-            .purge_retention(retention.card_grace_days, false, &ctx)
-            .await
-        {
-            Ok(r) => tracing::info!(
-                past_expiry = r.past_expiry,
-                past_ttl = r.past_ttl,
-                "retention purge"
-            ),
-            Err(e) => tracing::warn!(error = %e, "retention purge failed; will retry"),
+        // Nodes sharing a database run each round once between them.
+        let purged = vault
+            .purge_retention_round(retention.card_grace_days, every, &ctx)
+            .await;
+        let ours = match purged {
+            Ok(Some(r)) => {
+                tracing::info!(
+                    past_expiry = r.past_expiry,
+                    past_ttl = r.past_ttl,
+                    "retention purge"
+                );
+                true
+            }
+            Ok(None) => {
+                tracing::debug!("another node runs this retention round");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention purge failed; will retry");
+                true
+            }
+        };
+        if ours && prune_log {
+            match vault.prune_audit(audit_days).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(deleted = n, "audit events past retention pruned");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "audit prune failed; will retry"),
+            }
         }
-        match vault.purge_idempotency().await {
-            Ok(n) if n > 0 => tracing::info!(deleted = n, "idempotent answers past 24 h purged"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "idempotency purge failed; will retry"),
-        }
-        match vault.prune_audit(audit_days).await {
-            Ok(n) if n > 0 => tracing::info!(deleted = n, "audit events past retention pruned"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "audit prune failed; will retry"),
+        if claimed(&vault, Upkeep::Idempotency, every).await {
+            match vault.purge_idempotency().await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(deleted = n, "idempotent answers past 24 h purged");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "idempotency purge failed; will retry"),
+            }
         }
     }
 }
@@ -396,6 +424,9 @@ async fn cvc_sweep_loop(vault: Vault, ctx: AccessContext) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !claimed(&vault, Upkeep::CvcSweep, every).await {
+            continue;
+        }
         match vault.sweep_cvcs(&ctx).await {
             Ok(r) if r.codes + r.keys > 0 => tracing::info!(
                 codes = r.codes,
@@ -408,14 +439,45 @@ async fn cvc_sweep_loop(vault: Vault, ctx: AccessContext) {
     }
 }
 
-/// Reloads keys every second when another process changed them.
+/// Whether this node runs this round of `task` (always, on SQLite); a failure to
+/// ask is logged and skips the round.
+async fn claimed(vault: &Vault, task: Upkeep, every: Duration) -> bool {
+    match vault.claim_upkeep_round(task, every).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::debug!(task = task.name(), "another node runs this round");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, task = task.name(), "could not claim the round; will retry");
+            false
+        }
+    }
+}
+
+/// Reloads keys every second when another process changed them; on PostgreSQL
+/// also keeps the node's presence lock and, every minute, recounts the tokens.
 async fn refresh_keys(vault: Vault) {
+    let mut ticks: u32 = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let v = vault.clone();
-        match tokio::task::spawn_blocking(move || v.refresh_keys()).await {
+        ticks = ticks.wrapping_add(1);
+        let recount = v.is_postgres() && ticks.is_multiple_of(60);
+        match tokio::task::spawn_blocking(move || {
+            if let Err(e) = v.keep_presence() {
+                tracing::debug!(error = %e, "could not hold the node's presence lock");
+            }
+            // Other nodes insert and delete too: the token gauge follows the table.
+            if recount && let Err(e) = v.refresh_token_count() {
+                tracing::debug!(error = %e, "could not count the tokens");
+            }
+            v.refresh_keys()
+        })
+        .await
+        {
             Ok(Ok(true)) => match vault.active_key_version() {
                 Ok(version) => tracing::info!(version, "data keys reloaded"),
                 Err(e) => tracing::warn!(error = %e, "data keys reloaded, then unreadable"),

@@ -26,6 +26,11 @@ pub use keys::{RewrapProgress, RewrapSummary};
 const MASTER_ROTATE_REFUSED: &str = "a panvault server is serving this vault (or another \
      `master rotate` is running); stop it, run `panvault master rotate`, start it again";
 
+/// Why `master rotate` refuses on PostgreSQL while nodes run.
+const MASTER_ROTATE_REFUSED_NODES: &str = "`panvault serve` nodes are serving this vault from \
+     the database (they hold the root key in memory and could not load keys wrapped under a \
+     new one); stop every node, run `panvault master rotate`, start them again";
+
 /// Administrative access to an unsealed vault.
 pub struct Admin {
     data_dir: std::path::PathBuf,
@@ -256,6 +261,11 @@ impl Admin {
             .ok_or_else(|| VaultError::KeyState(MASTER_ROTATE_REFUSED.into()))?;
         let new_root = SecretKey32::generate()?;
         let done = self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
+            // PostgreSQL: nodes on other hosts hold no flock here; they hold the
+            // presence lock, which this takes until the commit.
+            if !tx.no_node_serving()? {
+                return Err(VaultError::KeyState(MASTER_ROTATE_REFUSED_NODES.into()));
+            }
             let vid = keys.vault_id.clone();
             let mut done = MasterRotation::default();
             // data keys

@@ -456,7 +456,8 @@ impl AuditState {
         Ok(report.deleted)
     }
 
-    /// Signs an erasure receipt.
+    /// Signs an erasure receipt naming the storage engine and what residue of
+    /// the erased records it may keep ([`erasure_residue`]).
     pub(crate) fn sign_receipt(
         &self,
         subject_hash: String,
@@ -464,16 +465,48 @@ impl AuditState {
         tokens_erased: u64,
         time: OffsetDateTime,
         audit_seq: u64,
+        postgres: bool,
     ) -> Result<ErasureReceipt, VaultError> {
-        ErasureReceipt::sign(
+        ErasureReceipt::sign_with_storage(
             &self.signer,
             subject_hash,
             tenant,
             tokens_erased,
             time,
             audit_seq,
+            erasure_residue(postgres),
         )
         .map_err(audit_err)
+    }
+}
+
+/// What an erasure leaves behind, by engine, as the receipt states it.
+pub(crate) fn erasure_residue(postgres: bool) -> panvault_audit::log::ReceiptStorage {
+    let (engine, residue) = if postgres {
+        (
+            "postgresql",
+            "The erased rows are deleted and their tables vacuumed afterwards \
+             (erasure_requests.vacuumed_at records when). Until PostgreSQL reuses \
+             those pages, and in its WAL, base backups and replicas until they are \
+             recycled, the rows remain as ciphertext only (card, cardholder name and \
+             metadata sealed with AES-256-GCM under the vault's data keys; the \
+             subject only as a keyed hash): unreadable once the data key versions \
+             they were sealed under are destroyed (keys rotate, rewrap, destroy).",
+        )
+    } else {
+        (
+            "sqlite",
+            "The erased rows are deleted with secure_delete (their cells \
+             overwritten) and the WAL is truncated afterwards (wal_scrubbed in the \
+             answer; erasure_requests.wal_scrubbed_at records when). Backups of the \
+             vault file taken before the erasure still hold the rows as ciphertext, \
+             unreadable once the data key versions they were sealed under are \
+             destroyed (keys rotate, rewrap, destroy).",
+        )
+    };
+    panvault_audit::log::ReceiptStorage {
+        engine: engine.into(),
+        residue: residue.into(),
     }
 }
 

@@ -251,7 +251,7 @@ pub(crate) fn erase_in_tx(
     conn.mark_scrub_pending(now).map_err(VaultError::Store)?;
     let time = OffsetDateTime::from_unix_timestamp(now)
         .map_err(|e| VaultError::internal_from("the clock is out of range", e))?;
-    audit.sign_receipt(subject_key_hash, tenant, n, time, seq)
+    audit.sign_receipt(subject_key_hash, tenant, n, time, seq, conn.is_postgres())
 }
 
 /// Purges (or counts, for a dry run) records past retention inside `conn`'s
@@ -492,12 +492,93 @@ impl Vault {
         }
         Ok(report)
     }
+
+    /// The server's periodic purge: [`Vault::purge_retention`] in the same
+    /// transaction as the claim of this round ([`Tx::claim_round`]), so nodes
+    /// sharing a database run each round once between them, and a purge that
+    /// fails or whose node is killed rolls its claim back with it: the next
+    /// round, on whichever node, does the whole of it. `None`: not this node's
+    /// round.
+    pub async fn purge_retention_round(
+        &self,
+        grace_days: i64,
+        every: std::time::Duration,
+        ctx: &AccessContext,
+    ) -> Result<Option<PurgeReport>, VaultError> {
+        let keys = self.keys()?;
+        let ctx = ctx.clone();
+        let now = self.now();
+        let every = i64::try_from(every.as_secs()).unwrap_or(i64::MAX);
+        let report = self
+            .write(move |conn, state| {
+                let claimed =
+                    conn.claim_round(store::Upkeep::Retention, now.unix_timestamp(), every);
+                match claimed {
+                    Ok(true) => {}
+                    Ok(false) => return (true, Ok(None)),
+                    Err(e) => return (false, Err(VaultError::Store(e))),
+                }
+                let (audit, dedup) = state.audit_and_dedup();
+                let result = purge_in_tx(
+                    conn,
+                    audit,
+                    &keys,
+                    &ctx,
+                    grace_days,
+                    false,
+                    now,
+                    Some(dedup),
+                );
+                match result {
+                    Ok(r) => (true, Ok(Some(r))),
+                    Err(e) => (false, Err(e)),
+                }
+            })
+            .await?;
+        if report
+            .as_ref()
+            .is_some_and(|r| r.past_expiry + r.past_ttl > 0)
+        {
+            let _ = self.scrub_deleted().await;
+        }
+        Ok(report)
+    }
 }
 
 impl Vault {
+    /// Claims this round of the periodic `task` for this node (see
+    /// [`Tx::claim_round`]): false when another node runs it or ran it within
+    /// the last nine tenths of `every`. On SQLite always true.
+    pub async fn claim_upkeep_round(
+        &self,
+        task: store::Upkeep,
+        every: std::time::Duration,
+    ) -> Result<bool, VaultError> {
+        if !self.is_postgres() {
+            // One server per database: nothing to claim, no batch to spend on it.
+            return Ok(true);
+        }
+        let now = self.now().unix_timestamp();
+        let every = i64::try_from(every.as_secs()).unwrap_or(i64::MAX);
+        self.write(move |conn, _| {
+            let r = conn
+                .claim_round(task, now, every)
+                .map_err(VaultError::Store);
+            (r.is_ok(), r)
+        })
+        .await
+    }
+
     /// Deletes audit events older than `retention_days` (never younger than 365
     /// days), leaving a signed prune record. Returns how many were deleted.
+    /// On PostgreSQL refused before it reaches the writer (a log shared by
+    /// several nodes has no prune records yet), so no batch rolls back for it.
     pub async fn prune_audit(&self, retention_days: i64) -> Result<u64, VaultError> {
+        if self.is_postgres() {
+            return Err(VaultError::Store(StoreError::Unsupported(
+                "pruning the audit log shared by several nodes (PostgreSQL): every event is kept",
+            )));
+        }
         let now = self.now();
         self.write(
             move |conn, state| match state.audit_mut().prune(conn, now, retention_days) {

@@ -117,6 +117,8 @@ struct Inner {
     _serve_lock: Option<store::DirLock>,
     /// PostgreSQL: the node's pool (`None` on SQLite).
     pg_pool: Option<Arc<store::pg::PgPool>>,
+    /// PostgreSQL: this node's presence lock, which `master rotate` respects.
+    presence: Option<std::sync::Mutex<store::pg::Presence>>,
     writer: Writer<VaultState>,
     readers: ReadPool,
     opts: VaultOptions,
@@ -356,9 +358,21 @@ impl Vault {
         Ok(conn.card_count()?)
     }
 
+    /// Sets the running count of [`Vault::tokens_stored`] to the table's count
+    /// (PostgreSQL: other nodes insert and delete too; called every minute).
+    pub fn refresh_token_count(&self) -> Result<(), VaultError> {
+        let n = self.token_count()?;
+        self.inner
+            .tokens_stored
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Tokens stored, from the running count the writer keeps (counted once at
-    /// open; no query). Deletions made by another process (the CLI's `erase`,
-    /// `retention run`) show only after a restart.
+    /// open; no query). SQLite: deletions made by another process (the CLI's
+    /// `erase`, `retention run`) show only after a restart. PostgreSQL: the count
+    /// of the whole table, read again every minute ([`Vault::refresh_token_count`]),
+    /// plus this node's own changes since.
     pub fn tokens_stored(&self) -> i64 {
         self.inner
             .tokens_stored
@@ -373,6 +387,17 @@ impl Vault {
     /// The database path (SQLite; empty on PostgreSQL).
     pub fn db_path(&self) -> &Path {
         &self.inner.db
+    }
+
+    /// PostgreSQL: holds this node's presence lock again if its connection broke
+    /// (blocking; called every second beside [`Vault::refresh_keys`]).
+    pub fn keep_presence(&self) -> Result<(), VaultError> {
+        if let Some(p) = &self.inner.presence {
+            p.lock()
+                .map_err(|_| VaultError::internal("presence lock poisoned"))?
+                .keep()?;
+        }
+        Ok(())
     }
 
     /// Whether the vault's data is in PostgreSQL.
@@ -395,8 +420,9 @@ impl Vault {
     pub(crate) async fn scrub_deleted(&self) -> bool {
         if self.is_postgres() {
             let v = self.clone();
+            let now = self.now().unix_timestamp();
             return tokio::task::spawn_blocking(move || {
-                v.inner.readers.get().and_then(|r| r.vacuum()).is_ok()
+                v.inner.readers.get().and_then(|r| r.vacuum(now)).is_ok()
             })
             .await
             .unwrap_or(false);

@@ -194,6 +194,7 @@ impl Vault {
             Some(s) => Location::from_settings(Some(s), data_dir)?,
             None => Location::of(data_dir)?,
         };
+        let mut presence = None;
         let (conn, serve_lock, pg_pool, db) = match &location {
             Location::Sqlite(db) => {
                 if !db.exists() {
@@ -216,6 +217,9 @@ impl Vault {
                 )
             }
             Location::Postgres(settings) => {
+                // Present before the root is unsealed: a `master rotate` running now
+                // finishes first (this waits), and none starts while this node runs.
+                presence = Some(std::sync::Mutex::new(store::pg::Presence::take(settings)?));
                 let pool = Arc::new(store::pg::PgPool::open(settings).map_err(StoreError::from)?);
                 let conn = match Session::open_at(&location, false, Some(Arc::clone(&pool))) {
                     Err(StoreError::NoVault) => {
@@ -274,6 +278,7 @@ impl Vault {
                 reload_wanted,
                 _serve_lock: serve_lock,
                 pg_pool,
+                presence,
                 writer,
                 readers,
                 opts,

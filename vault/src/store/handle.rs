@@ -362,12 +362,12 @@ impl Reader<'_> {
     /// PostgreSQL: `VACUUM`s the tables deletes leave dead row versions in (see
     /// [`Session::scrub_wal`]). SQLite truncates its WAL instead
     /// ([`super::scrub_wal`]).
-    pub(crate) fn vacuum(&self) -> Result<(), StoreError> {
+    pub(crate) fn vacuum(&self, now: i64) -> Result<(), StoreError> {
         match self.eng() {
             Eng::Sqlite(_) => Err(StoreError::Unsupported(
                 "VACUUM of a read connection (SQLite)",
             )),
-            Eng::Pg(conn) => conn.vacuum(),
+            Eng::Pg(conn) => conn.vacuum(now),
         }
     }
 
@@ -451,6 +451,56 @@ impl Reader<'_> {
 
 /// Changes, inside the transaction.
 impl Tx<'_> {
+    /// Whether no `panvault serve` node holds the vault now (PostgreSQL: takes
+    /// the nodes' presence lock exclusively until this transaction ends, so none
+    /// starts meanwhile; false when a node holds it). SQLite: the caller's flock
+    /// on `serve.lock` says this; always true here.
+    pub(crate) fn no_node_serving(&self) -> Result<bool, StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(true),
+            Eng::Pg(conn) => conn.run(|c| {
+                Ok(
+                    c.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&pg::SERVE_LOCK])?
+                        .try_get(0)?,
+                )
+            }),
+        }
+    }
+
+    // --- upkeep rounds
+    /// Claims this round of `task` for this node: true when it should run now.
+    /// PostgreSQL: false when another node's transaction runs it
+    /// (`pg_try_advisory_xact_lock`, held until this transaction ends) or a node
+    /// ran it less than nine tenths of `every_secs` ago (`meta` `round.<task>`,
+    /// set here when claimed; a clock that disagrees by that much either way
+    /// counts as recent). SQLite: one server per database, always true.
+    pub(crate) fn claim_round(
+        &self,
+        task: super::Upkeep,
+        now: i64,
+        every_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let conn = match self.eng() {
+            Eng::Sqlite(_) => return Ok(true),
+            Eng::Pg(conn) => conn,
+        };
+        if !conn.try_task_xact_lock(task)? {
+            return Ok(false);
+        }
+        let key = format!("round.{}", task.name());
+        let gap = every_secs.saturating_sub(every_secs / 10).max(1);
+        if let Some(v) = self.meta_get(&key)? {
+            let last: i64 = v.parse().map_err(|_| {
+                StoreError::Corrupt(format!("meta {key} is not a number of seconds"))
+            })?;
+            if now.saturating_sub(last).saturating_abs() < gap {
+                return Ok(false);
+            }
+        }
+        self.meta_set(&key, &now.to_string())?;
+        Ok(true)
+    }
+
     // --- meta
     pub(crate) fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
         on!(self, c => meta::set(c, key, value), p => pg::meta::set(p, key, value))
@@ -1013,6 +1063,26 @@ impl Session {
         }
     }
 
+    /// Takes `task`'s lock for as long as this session lasts or until
+    /// [`Session::task_unlock`]: false when another process holds it. PostgreSQL:
+    /// a session-level advisory lock, released by the server when the connection
+    /// closes, so a killed command leaves nothing held. SQLite: always true (its
+    /// admin commands already take turns on the write lock).
+    pub fn try_task_lock(&self, task: super::Upkeep) -> Result<bool, StoreError> {
+        match &self.conn {
+            SessionConn::Sqlite(_) => Ok(true),
+            SessionConn::Pg(c) => c.try_task_lock(task),
+        }
+    }
+
+    /// Releases what [`Session::try_task_lock`] took.
+    pub fn task_unlock(&self, task: super::Upkeep) -> Result<(), StoreError> {
+        match &self.conn {
+            SessionConn::Sqlite(_) => Ok(()),
+            SessionConn::Pg(c) => c.task_unlock(task),
+        }
+    }
+
     /// The database file, if the connection has one (never on PostgreSQL).
     pub fn path(&self) -> Option<&Path> {
         match &self.conn {
@@ -1122,7 +1192,7 @@ impl Session {
     pub fn scrub_wal(&mut self, wait: Duration, now: i64) -> Result<bool, StoreError> {
         match &mut self.conn {
             SessionConn::Sqlite(c) => super::scrub_wal_on(c, wait, now),
-            SessionConn::Pg(c) => c.vacuum().map(|()| true),
+            SessionConn::Pg(c) => c.vacuum(now).map(|()| true),
         }
     }
 }

@@ -39,6 +39,46 @@ pub use pool::ReadPool;
 pub use rewrap::SealedCard;
 pub use writer::{Completion, Job, JobOutcome, Writer, WriterConfig, WriterState};
 
+/// A periodic or long-running upkeep task that must run on one node at a time
+/// when several nodes share a database (PostgreSQL): each has an advisory lock
+/// of its own, and the periodic ones a `meta` row with the time of their last
+/// round (`round.<name>`), so a round runs once across the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upkeep {
+    /// The retention purge of cards past expiry or TTL.
+    Retention,
+    /// The purge of stored idempotent answers past their window.
+    Idempotency,
+    /// The sweep of held security codes past their deadline.
+    CvcSweep,
+    /// `keys rewrap`: held for the whole run (a session lock).
+    Rewrap,
+}
+
+impl Upkeep {
+    /// Its name in `meta` and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Upkeep::Retention => "retention",
+            Upkeep::Idempotency => "idempotency",
+            Upkeep::CvcSweep => "cvc_sweep",
+            Upkeep::Rewrap => "rewrap",
+        }
+    }
+
+    /// Its advisory lock: a single 64-bit key ("PNVU" then the task), apart from
+    /// the key lock and from the cards' two-key locks.
+    pub(crate) fn lock_key(self) -> i64 {
+        let task = match self {
+            Upkeep::Retention => 1,
+            Upkeep::Idempotency => 2,
+            Upkeep::CvcSweep => 3,
+            Upkeep::Rewrap => 4,
+        };
+        0x504E_5655_0000_0000 | task
+    }
+}
+
 /// A storage failure. Messages carry SQLite's error class, never SQL parameters.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -88,6 +128,9 @@ pub enum StoreError {
     /// The writer is gone, overloaded, or did not answer in time.
     #[error("storage writer unavailable: {0}")]
     Unavailable(&'static str),
+    /// Another process runs this task (PostgreSQL: it holds the task's lock).
+    #[error("another process is running {0} on this vault; try again when it has finished")]
+    TaskRunning(&'static str),
     /// Another process (an admin command, or a server's writer) held the write lock
     /// for longer than this one waits, in seconds.
     #[error(
@@ -236,7 +279,9 @@ impl StoreError {
     /// (full, read-only, I/O error, locked): a reason to answer 503.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Unavailable(_) | StoreError::LockHeld(_) => true,
+            StoreError::Unavailable(_) | StoreError::LockHeld(_) | StoreError::TaskRunning(_) => {
+                true
+            }
             StoreError::Postgres { connection, .. } => *connection,
             StoreError::Sqlite { reason: s, .. } => {
                 s.contains("DiskFull")

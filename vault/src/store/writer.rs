@@ -301,6 +301,7 @@ fn clone_err(e: &StoreError) -> StoreError {
         StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
         StoreError::Unavailable(s) => StoreError::Unavailable(s),
         StoreError::LockHeld(s) => StoreError::LockHeld(*s),
+        StoreError::TaskRunning(s) => StoreError::TaskRunning(s),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::service::audit_hook::{self, AuditAction};
 use crate::service::keyring::{self, Keyring};
 use crate::service::request::AccessContext;
 use crate::service::{KeyInfo, list_keys};
-use crate::store::{self, Reader, SealedCard, Tx};
+use crate::store::{self, Reader, SealedCard, StoreError, Tx, Upkeep};
 
 /// Progress of a rewrap, reported after every batch.
 #[derive(Debug, Clone, Copy)]
@@ -80,8 +80,27 @@ impl Admin {
     /// Follows the active key: a `keys rotate` committed meanwhile makes the next
     /// batch encrypt under the new key (and rewrap what the previous run wrote).
     /// Idempotent: a record already under the active version is skipped, so a
-    /// killed run simply resumes.
+    /// killed run simply resumes. One run at a time: on PostgreSQL a second
+    /// `keys rewrap` (from any host) is refused while one runs
+    /// ([`StoreError::TaskRunning`]; the lock goes with the first one's connection,
+    /// so a killed run leaves nothing held).
     pub fn rewrap(
+        &mut self,
+        actor: &AccessContext,
+        batch: usize,
+        max_rate: Option<f64>,
+        progress: impl FnMut(RewrapProgress),
+    ) -> Result<RewrapSummary, VaultError> {
+        if !self.conn.try_task_lock(Upkeep::Rewrap)? {
+            return Err(StoreError::TaskRunning("`keys rewrap`").into());
+        }
+        let r = self.rewrap_locked(actor, batch, max_rate, progress);
+        // A failed unlock leaves the lock to the connection's close at exit.
+        let _ = self.conn.task_unlock(Upkeep::Rewrap);
+        r
+    }
+
+    fn rewrap_locked(
         &mut self,
         actor: &AccessContext,
         batch: usize,

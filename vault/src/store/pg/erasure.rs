@@ -214,3 +214,27 @@ pub fn request_overview(c: &mut impl GenericClient) -> Result<Option<RequestOver
         .try_get(0)?;
     Ok(Some(RequestOverview { open, completed }))
 }
+
+/// The completed erasures no `VACUUM` has followed yet (their ids), read before
+/// one starts: [`mark_vacuumed`] then records it for exactly these.
+pub fn not_vacuumed(c: &mut impl GenericClient) -> Result<Vec<i64>, PgError> {
+    c.query(
+        "SELECT id FROM erasure_requests WHERE completed_at IS NOT NULL AND vacuumed_at IS NULL",
+        &[],
+    )?
+    .iter()
+    .map(|r| r.try_get(0).map_err(PgError::from))
+    .collect()
+}
+
+/// Records `now` as when a `VACUUM` of the erased rows' tables followed the
+/// erasures `ids`.
+pub fn mark_vacuumed(c: &mut impl GenericClient, ids: &[i64], now: i64) -> Result<u64, PgError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(c.execute(
+        "UPDATE erasure_requests SET vacuumed_at = $1 WHERE id = ANY($2) AND vacuumed_at IS NULL",
+        &[&now, &ids],
+    )?)
+}

@@ -36,6 +36,7 @@ pub mod meta;
 pub mod migrate;
 pub mod personal;
 mod pool;
+mod presence;
 pub mod rewrap;
 pub mod schema;
 pub(crate) mod session;
@@ -48,6 +49,8 @@ pub use connect::{client_tls_config, connect};
 pub use pool::{PgManager, PgPool, PooledClient};
 /// A connection to the database (the synchronous driver's client).
 pub use postgres::Client as PgClient;
+pub use presence::Presence;
+pub(crate) use presence::SERVE_LOCK;
 pub use settings::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, MAX_POOL_SIZE, PgHost, PgSettings, SslMode,
 };

@@ -11,7 +11,11 @@
 //! - a tokenize takes a lock on the card's keyed fingerprint (two 32-bit keys, a
 //!   key space apart from the single 64-bit keys above) before it looks the card
 //!   up, so two nodes tokenizing one card at once make one row: the second waits
-//!   for the first's commit and then finds its row.
+//!   for the first's commit and then finds its row;
+//! - an upkeep task (`store::Upkeep`) has a lock of its own: a round of a
+//!   periodic one is claimed with `pg_try_advisory_xact_lock`, `keys rewrap` holds
+//!   it for its run with `pg_try_advisory_lock` (session level: released by the
+//!   server when the connection closes).
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -36,6 +40,10 @@ pub(crate) struct PgConn {
     /// A statement failed since the transaction began: PostgreSQL has aborted
     /// it, and its `COMMIT` would quietly roll back.
     failed: Cell<bool>,
+    /// The open transaction's id (`txid_current()`, read with `BEGIN`): when the
+    /// answer to its `COMMIT` is lost, a fresh connection asks the server
+    /// whether it committed (`txid_status`), so callers hear the truth.
+    xid: Cell<Option<i64>>,
 }
 
 impl PgConn {
@@ -46,6 +54,7 @@ impl PgConn {
             pool: Some(pool),
             client: RefCell::new(Some(client)),
             failed: Cell::new(false),
+            xid: Cell::new(None),
         })
     }
 
@@ -124,7 +133,15 @@ impl PgConn {
         if wait.is_some() {
             sql.push_str("; SET LOCAL lock_timeout = 0");
         }
-        let locked = self.run(|c| Ok(c.batch_execute(&sql)?));
+        sql.push_str("; SELECT txid_current()");
+        self.xid.set(None);
+        let locked = self.run(|c| Ok(c.simple_query(&sql)?)).map(|messages| {
+            let xid = messages.iter().rev().find_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+                _ => None,
+            });
+            self.xid.set(xid);
+        });
         if let Err(e) = locked {
             self.rollback();
             return Err(match (&e, wait) {
@@ -151,20 +168,61 @@ impl PgConn {
             ));
         }
         let r = self.run(|c| Ok(c.batch_execute("COMMIT")?));
-        if let Err(StoreError::Postgres {
-            code: None, source, ..
-        }) = &r
-        {
-            return Err(StoreError::Postgres {
+        let xid = self.xid.take();
+        let Err(e) = r else {
+            return Ok(());
+        };
+        // The connection broke during COMMIT (or the server ended the session,
+        // e.g. `pg_terminate_backend`, whose FATAL can come after the commit is
+        // durable): ask a fresh connection what became of the transaction.
+        let StoreError::Postgres {
+            connection: true,
+            source,
+            ..
+        } = &e
+        else {
+            return Err(e);
+        };
+        match xid.map(|x| self.commit_status(x)) {
+            Some(Some(true)) => Ok(()),
+            Some(Some(false)) => Err(StoreError::Postgres {
+                reason: "the connection broke during COMMIT; the transaction did not commit".into(),
+                code: None,
+                connection: true,
+                source: source.clone(),
+            }),
+            _ => Err(StoreError::Postgres {
                 reason: "the connection broke during COMMIT: whether the transaction \
                          committed is unknown"
                     .into(),
                 code: None,
                 connection: true,
                 source: source.clone(),
-            });
+            }),
         }
-        r
+    }
+
+    /// Whether transaction `xid` committed, asked on a fresh connection after
+    /// the answer to its `COMMIT` was lost: `Some(true|false)` once the server
+    /// knows, `None` when it cannot be asked (it is down) within about a second.
+    fn commit_status(&self, xid: i64) -> Option<bool> {
+        for _ in 0..10 {
+            if self.reconnect_if_closed().is_ok() {
+                let status = self.run(|c| {
+                    Ok(c.query_one("SELECT txid_status($1)", &[&xid])?
+                        .try_get::<_, Option<String>>(0)?)
+                });
+                self.failed.set(false);
+                match status.ok().flatten().as_deref() {
+                    Some("committed") => return Some(true),
+                    Some("aborted") => return Some(false),
+                    // Still "in progress" (the server is finishing it), or unknown.
+                    _ => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     /// `ROLLBACK`, best effort (a broken connection has rolled back already).
@@ -194,11 +252,51 @@ impl PgConn {
         })
     }
 
+    /// `pg_try_advisory_xact_lock` on `task`'s lock: held until the transaction
+    /// ends; false when another session holds it.
+    pub(crate) fn try_task_xact_lock(
+        &self,
+        task: crate::store::Upkeep,
+    ) -> Result<bool, StoreError> {
+        let key = task.lock_key();
+        self.run(|c| {
+            Ok(
+                c.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])?
+                    .try_get(0)?,
+            )
+        })
+    }
+
+    /// `pg_try_advisory_lock` on `task`'s lock: held by this connection until
+    /// [`PgConn::task_unlock`] or until the connection closes (a killed process
+    /// leaves nothing held); false when another session holds it.
+    pub(crate) fn try_task_lock(&self, task: crate::store::Upkeep) -> Result<bool, StoreError> {
+        let key = task.lock_key();
+        self.run(|c| {
+            Ok(c.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+                .try_get(0)?)
+        })
+    }
+
+    /// Releases what [`PgConn::try_task_lock`] took.
+    pub(crate) fn task_unlock(&self, task: crate::store::Upkeep) -> Result<(), StoreError> {
+        let key = task.lock_key();
+        self.run(|c| {
+            c.query_one("SELECT pg_advisory_unlock($1)", &[&key])?;
+            Ok(())
+        })
+    }
+
     /// `VACUUM` of the tables deletes leave dead row versions in (outside any
     /// transaction): their space is marked for reuse. What it cannot remove (WAL,
     /// backups, pages not yet reused) stays ciphertext.
-    pub(crate) fn vacuum(&self) -> Result<(), StoreError> {
-        self.run(|c| Ok(c.batch_execute("VACUUM cards, erasure_requests")?))
+    /// Then records `now` in `erasure_requests.vacuumed_at` of every erasure
+    /// completed before the `VACUUM` began.
+    pub(crate) fn vacuum(&self, now: i64) -> Result<(), StoreError> {
+        let ids = self.run(super::erasure::not_vacuumed)?;
+        self.run(|c| Ok(c.batch_execute("VACUUM cards, erasure_requests")?))?;
+        self.run(|c| super::erasure::mark_vacuumed(c, &ids, now))?;
+        Ok(())
     }
 
     /// `VACUUM` of the held security codes and their window keys after a sweep:
