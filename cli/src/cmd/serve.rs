@@ -100,6 +100,13 @@ pub(crate) fn serve(
         cvc_ttl: config.cvc_ttl(),
         ..Default::default()
     };
+    // Several nodes may run on one host: each gets its own audit chain by default
+    // (host and listen port; a process id when the port is chosen at bind time).
+    let suffix = match config.listen.port() {
+        0 => format!("pid{}", std::process::id()),
+        port => port.to_string(),
+    };
+    panvault_vault::store::pg::name_serving_node(&suffix);
     let vault = Vault::open_with(&config.data_dir, &unlock, opts).map_err(vault_err)?;
     drop(unlock);
     let rt = tokio::runtime::Builder::new_multi_thread()

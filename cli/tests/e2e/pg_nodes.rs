@@ -582,3 +582,55 @@ async fn pg_nodes_quickstart_with_postgres_serves_from_the_database() {
     })
     .await;
 }
+
+/// Two processes appending to one audit chain under load fail each other's
+/// batches, so a second node with a running node's id is refused at start, and
+/// nodes left to name themselves on one host get ids of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_nodes_a_second_node_with_a_running_nodes_id_is_refused() {
+    let Some(pg) = PgServer::start("pg_nodes_a_second_node_with_a_running_nodes_id_is_refused")
+    else {
+        return;
+    };
+    util::within(Duration::from_secs(120), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let a = node(&v, "same-id").await;
+        let mut cmd = tokio::process::Command::new(util::panvault_bin());
+        cmd.args(v.serve_args()).env("PANVAULT_NODE", "same-id");
+        let err = ServeProcess::spawn(cmd)
+            .await
+            .err()
+            .expect("a second node of one id started");
+        assert!(
+            err.contains("already uses the node id \"same-id\"") && err.contains("PANVAULT_NODE"),
+            "{err}"
+        );
+        // Without PANVAULT_NODE, two nodes on one host name themselves apart.
+        let mut unnamed = Vec::new();
+        for _ in 0..2 {
+            let mut cmd = tokio::process::Command::new(util::panvault_bin());
+            cmd.args(v.serve_args()).env_remove("PANVAULT_NODE");
+            unnamed.push(ServeProcess::spawn(cmd).await.unwrap());
+        }
+        for n in &unnamed {
+            let r = v
+                .client(n.addr, "storefront")
+                .tokenize(&cards::fresh())
+                .await;
+            assert!(r.status == 201 || r.status == 200, "{}", r.text());
+        }
+        for n in unnamed {
+            assert!(n.terminate().await.success());
+        }
+        assert!(a.terminate().await.success());
+        let out = v.run(&["audit", "verify"], false, LIMIT).await;
+        assert!(
+            out.success(),
+            "audit verify: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    })
+    .await;
+}

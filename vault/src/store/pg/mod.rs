@@ -51,6 +51,7 @@ pub use pool::{PgManager, PgPool, PooledClient};
 pub use postgres::Client as PgClient;
 pub use presence::Presence;
 pub(crate) use presence::SERVE_LOCK;
+pub use session::{name_serving_node, node_id};
 pub use settings::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, MAX_POOL_SIZE, PgHost, PgSettings, SslMode,
 };

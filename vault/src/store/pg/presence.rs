@@ -4,7 +4,9 @@
 //! root key in memory and refuse, and a node cannot start in the middle of one.
 //! Advisory session locks go with their connection: a killed node holds nothing,
 //! and a node whose connection broke takes the lock again when it reconnects
-//! ([`Presence::keep`], every second).
+//! ([`Presence::keep`], every second). It also holds its node id exclusively
+//! ([`NODE_LOCK`]): a second process with the same id is refused at start, since
+//! two writers of one audit chain under load fail each other's batches.
 
 use super::{PgError, PgSettings, session::blocking};
 use crate::store::StoreError;
@@ -12,6 +14,10 @@ use crate::store::StoreError;
 /// The advisory lock of serving nodes (shared) against `master rotate`
 /// (exclusive): "PNVS".
 pub(crate) const SERVE_LOCK: i64 = 0x504E_5653;
+
+/// The class of the advisory locks on node ids ("PNVN"; the object is the id's
+/// `hashtext`), held exclusively by the serving node of that id.
+pub(crate) const NODE_LOCK: i32 = 0x504E_564E;
 
 /// A node's own connection holding [`SERVE_LOCK`] shared.
 pub struct Presence {
@@ -52,10 +58,27 @@ impl Presence {
         let old = self.client.take();
         blocking(|| drop(old));
         let (config, tls) = (&self.config, self.tls.clone());
-        let client = blocking(|| -> Result<postgres::Client, PgError> {
+        let node = super::session::node_id();
+        let client = blocking(|| -> Result<Option<postgres::Client>, PgError> {
             let mut c = config.connect(tls)?;
+            let mine: bool = c
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                    &[&NODE_LOCK, &node.as_str()],
+                )?
+                .try_get(0)?;
+            if !mine {
+                return Ok(None);
+            }
             c.execute("SELECT pg_advisory_lock_shared($1)", &[&SERVE_LOCK])?;
-            Ok(c)
+            Ok(Some(c))
+        })?;
+        let client = client.ok_or_else(|| {
+            StoreError::Config(format!(
+                "another running node already uses the node id {:?} of the shared audit log; \
+                 give each node its own with PANVAULT_NODE",
+                node.as_str()
+            ))
         })?;
         self.client = Some(client);
         Ok(())

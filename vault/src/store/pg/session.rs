@@ -336,18 +336,37 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// What a serving process adds to the host name to make its node id
+/// ([`name_serving_node`]); unset in admin commands.
+static SERVING_SUFFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Marks this process as a serving node, told apart from other nodes on the same
+/// host by `suffix` (its listen port): its default node id becomes `HOST-SUFFIX`.
+/// Call before the vault is opened; later calls change nothing.
+pub fn name_serving_node(suffix: &str) {
+    let _ = SERVING_SUFFIX.set(suffix.to_owned());
+}
+
 /// This process's node id in the shared audit log (one chain per node): the
-/// environment's `PANVAULT_NODE`, else the host name, lowercased, with anything
-/// outside `a-z 0-9 . _ -` as `-` (admin commands on a node's host append to
-/// that node's chain, as an admin command and the server share one log on
-/// SQLite: a sequence number taken by the other makes the chain reload).
+/// environment's `PANVAULT_NODE`, else `HOST-PORT` for a serving node and
+/// `admin-HOST` for an admin command, lowercased, with anything outside
+/// `a-z 0-9 . _ -` as `-`. Two processes writing one chain under load make each
+/// other's batches fail, so a serving node holds its id exclusively
+/// ([`super::Presence`]) and admin commands never share a node's id.
 pub fn node_id() -> NodeId {
     static NODE: std::sync::OnceLock<NodeId> = std::sync::OnceLock::new();
     NODE.get_or_init(|| {
         let raw = std::env::var("PANVAULT_NODE")
             .ok()
             .filter(|n| !n.trim().is_empty())
-            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+                let host = host.trim();
+                Some(match SERVING_SUFFIX.get() {
+                    Some(suffix) => format!("{host}-{suffix}"),
+                    None => format!("admin-{host}"),
+                })
+            })
             .unwrap_or_default();
         let name: String = raw
             .trim()
