@@ -11,45 +11,13 @@ use std::time::{Duration, Instant};
 use panvault_vault::store::cvc::{CvcSweep, NewCvcKey, NewHeldCvc};
 use panvault_vault::store::pg::{self, PgClient, PgSettings, schema};
 use panvault_vault::store::{self, Inserted, NewCard};
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::util::postgres::PgServer;
 use crate::util::provider::{FakeProvider, Mode};
 use crate::util::{self, BinVault, Client, ServeProcess, cards};
 
-const NOW: i64 = 1_750_000_000;
-
-struct Both {
-    s: Connection,
-    p: PgClient,
-    _dir: tempfile::TempDir,
-    _pg: PgServer,
-}
-
-fn both(test: &str) -> Option<Both> {
-    let pg = PgServer::start(test)?;
-    let mut p = pg::connect(&PgSettings::from_url(&pg.url("disable")).unwrap()).unwrap();
-    schema::migrate(&mut p).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let s = store::open_writer(&dir.path().join("vault.db"), true).unwrap();
-    Some(Both {
-        s,
-        p,
-        _dir: dir,
-        _pg: pg,
-    })
-}
-
-/// Runs the SQLite function and its twin; both must succeed with equal results.
-macro_rules! same {
-    ($b:ident, $m:ident :: $f:ident ( $($arg:expr),* )) => {{
-        let s = store::$m::$f(&$b.s $(, $arg)*).unwrap();
-        let p = pg::$m::$f(&mut $b.p $(, $arg)*).unwrap();
-        assert_eq!(s, p, "{} differs", stringify!($m::$f));
-        s
-    }};
-}
+use crate::pg_ops::{Both, NOW, both, same};
 
 fn card<'a>(token: &'a str, tenant: &'a str) -> NewCard<'a> {
     NewCard {

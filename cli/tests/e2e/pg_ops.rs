@@ -17,17 +17,17 @@ use time::OffsetDateTime;
 
 use crate::util::postgres::PgServer;
 
-const NOW: i64 = 1_750_000_000;
+pub(crate) const NOW: i64 = 1_750_000_000;
 
 /// One SQLite vault database and one migrated PostgreSQL database, side by side.
-struct Both {
-    s: Connection,
-    p: PgClient,
+pub(crate) struct Both {
+    pub(crate) s: Connection,
+    pub(crate) p: PgClient,
     _dir: tempfile::TempDir,
     _pg: PgServer,
 }
 
-fn both(test: &str) -> Option<Both> {
+pub(crate) fn both(test: &str) -> Option<Both> {
     let pg = PgServer::start(test)?;
     let mut p = pg::connect(&PgSettings::from_url(&pg.url("disable")).unwrap()).unwrap();
     schema::migrate(&mut p).unwrap();
@@ -50,6 +50,7 @@ macro_rules! same {
         s
     }};
 }
+pub(crate) use same;
 
 /// The test's stand-in for the keyed subject hash (the service's is an HMAC).
 fn hash(subject: &str) -> Vec<u8> {
