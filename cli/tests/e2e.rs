@@ -61,6 +61,8 @@ mod openapi;
 mod outside_verifier;
 #[path = "e2e/pg_audit.rs"]
 mod pg_audit;
+#[path = "e2e/pg_batch.rs"]
+mod pg_batch;
 #[path = "e2e/pg_cards.rs"]
 mod pg_cards;
 #[path = "e2e/pg_cluster.rs"]

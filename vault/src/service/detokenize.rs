@@ -14,13 +14,16 @@ use crate::store::CardRow;
 
 impl Vault {
     /// Reads one row of `tenant` (any other tenant's token is not found).
-    fn read_row(&self, tenant: &str, token: &str) -> Result<CardRow, VaultError> {
+    async fn read_row(&self, tenant: &str, token: &str) -> Result<CardRow, VaultError> {
         let Some(token) = Token::parse(token) else {
             return Err(VaultError::NotFound);
         };
-        let conn = self.inner.readers.get()?;
         // By token and tenant: a bin_last4 token is unique within its tenant only.
-        let row = conn.card_by_token(token.as_str(), tenant)?;
+        let row = self
+            .inner
+            .readers
+            .card_by_token(token.as_str(), tenant)
+            .await?;
         match row {
             Some(r)
                 if r.tenant == tenant
@@ -52,7 +55,7 @@ impl Vault {
         token: &str,
         ctx: &AccessContext,
     ) -> Result<TokenInfo, VaultError> {
-        let result = self.read_row(tenant, token).and_then(|mut r| {
+        let result = self.read_row(tenant, token).await.and_then(|mut r| {
             self.open_personal(&mut r)?;
             let held = self.cvc_status(tenant, &r.token)?;
             let mut info = r.info(false)?;
@@ -75,7 +78,7 @@ impl Vault {
         ctx: &AccessContext,
     ) -> Result<Detokenized, VaultError> {
         check_purpose(purpose)?;
-        let (result, row_id) = self.open_card(tenant, token);
+        let (result, row_id) = self.open_card(tenant, token).await;
         match (result, row_id) {
             (Ok(card), Some(id)) => {
                 // The row was read before this event's transaction: an erasure or
@@ -109,13 +112,13 @@ impl Vault {
 
     /// Reads and opens `token`'s card for `tenant`, with the row id it came from
     /// (when there was a row). Records nothing: the caller audits.
-    pub(super) fn open_card(
+    pub(super) async fn open_card(
         &self,
         tenant: &str,
         token: &str,
     ) -> (Result<Detokenized, VaultError>, Option<i64>) {
         let mut row_id = None;
-        let result = self.read_row(tenant, token).and_then(|mut row| {
+        let result = self.read_row(tenant, token).await.and_then(|mut row| {
             row_id = Some(row.id);
             let mut keys = self.keys()?;
             if !keys.data.contains_key(&row.key_version) {
@@ -190,8 +193,12 @@ impl Vault {
             purpose.to_owned(),
             ctx.clone(),
         );
+        let hints = crate::store::Hints {
+            cards: Vec::new(),
+            live: vec![id],
+        };
         let still_held = self
-            .write(move |conn, state| {
+            .write_with(hints, move |conn, state| {
                 let alive = conn
                     .card_is_live(id, &token_s, &tenant_s, now)
                     .map_err(VaultError::Store);

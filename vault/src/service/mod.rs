@@ -195,8 +195,18 @@ impl Vault {
         &self,
         job: impl FnOnce(&Tx<'_>, &mut VaultState) -> (bool, Result<T, VaultError>) + Send + 'static,
     ) -> Result<T, VaultError> {
+        self.write_with(store::Hints::default(), job).await
+    }
+
+    /// As [`Vault::write`], for a job that announces what it will look up
+    /// (`hints`: on PostgreSQL the writer looks a whole batch's up at once).
+    async fn write_with<T: Send + 'static>(
+        &self,
+        hints: store::Hints,
+        job: impl FnOnce(&Tx<'_>, &mut VaultState) -> (bool, Result<T, VaultError>) + Send + 'static,
+    ) -> Result<T, VaultError> {
         let (tx, rx) = oneshot::channel::<Result<T, VaultError>>();
-        self.inner.writer.submit(Box::new(move |conn, state| {
+        let job: store::Job<VaultState> = Box::new(move |conn, state| {
             let (keep, result) = job(conn, state);
             JobOutcome {
                 keep,
@@ -211,7 +221,8 @@ impl Vault {
                     let _ = tx.send(answer);
                 }),
             }
-        }))?;
+        });
+        self.inner.writer.submit_with(job, hints)?;
         match tokio::time::timeout(self.inner.opts.write_timeout, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(VaultError::Store(StoreError::Unavailable(

@@ -258,7 +258,17 @@ impl Vault {
         let tokens_stored = state.dedup.stored();
         let (checkpointed, readers) = match &pg_pool {
             None => (Some(db.clone()), ReadPool::new(db.clone(), opts.read_pool)),
-            Some(pool) => (None, ReadPool::postgres(Arc::clone(pool))),
+            Some(pool) => {
+                let Location::Postgres(settings) = &location else {
+                    return Err(VaultError::internal(
+                        "a PostgreSQL pool without its settings",
+                    ));
+                };
+                (
+                    None,
+                    ReadPool::postgres(Arc::clone(pool), settings).map_err(StoreError::from)?,
+                )
+            }
         };
         let mut writer_cfg = opts.writer.clone();
         if pg_pool.is_some() {

@@ -89,7 +89,7 @@ impl Vault {
                 return Err(e);
             }
         };
-        let (opened, row_id) = self.open_card(tenant, token);
+        let (opened, row_id) = self.open_card(tenant, token).await;
         let (card, id) = match (opened, row_id) {
             (Ok(card), Some(id)) => (card, id),
             (Err(e), _) => {

@@ -15,7 +15,7 @@ use crate::core::kdf::FINGERPRINT_LEN;
 use crate::core::rng;
 use crate::core::token::{Token, TokenFormat};
 use crate::error::VaultError;
-use crate::store::{CardRow, Inserted, NewCard, SealedPersonal, Tx};
+use crate::store::{CardRow, Hints, Inserted, NewCard, SealedPersonal, Tx};
 
 impl Vault {
     /// Tokenizes a card in `tenant`: the existing token if this tenant already holds
@@ -86,10 +86,21 @@ impl Vault {
                 Ok((req, fp, metadata, expires_at))
             }));
         }
+        // PostgreSQL looks every card of the batch up at once (see `store::Hints`).
+        let hints = Hints {
+            cards: prepared
+                .iter()
+                .filter_map(|item| match item {
+                    Ok((req, fp, ..)) if !req.force_new => Some((tenant.to_owned(), fp.to_vec())),
+                    _ => None,
+                })
+                .collect(),
+            live: Vec::new(),
+        };
         let tenant = tenant.to_owned();
         let ctx = ctx.clone();
         let out = self
-            .write(move |conn, state| {
+            .write_with(hints, move |conn, state| {
                 let mut results = Vec::with_capacity(prepared.len());
                 for item in prepared {
                     let (mut result, subject, cvc) = match item {
@@ -272,11 +283,14 @@ fn tokenize_in_tx(
                 expires_at,
             },
             &personal,
+            req.format == TokenFormat::Opaque,
         )?;
         match inserted {
-            Inserted::Row(id) => {
+            Inserted::Row(_) | Inserted::Queued => {
                 state.count_encryption(sealed.key_version);
-                if !pg {
+                if let Inserted::Row(id) = inserted
+                    && !pg
+                {
                     state.dedup.insert(*fp, subject, id);
                 }
                 return Ok(TokenInfo {

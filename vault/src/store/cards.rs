@@ -120,6 +120,9 @@ pub enum Inserted {
     /// The token is already held (within the tenant): nothing was written; draw
     /// another token.
     TokenTaken,
+    /// PostgreSQL, in a writer batch: the row waits for the batch's one insert
+    /// (before the next statement that could read it, and before `COMMIT`).
+    Queued,
 }
 
 /// Inserts `card`.

@@ -52,9 +52,23 @@ macro_rules! on {
     };
 }
 
+/// As [`on!`], for a statement that changes or deletes card rows: on PostgreSQL
+/// the batch's kept card look-ups are forgotten first (see `pg::session`).
+macro_rules! on_cards {
+    ($r:expr, $c:ident => $sqlite:expr, $p:ident => $pg:expr) => {
+        match $r.eng() {
+            Eng::Sqlite($c) => $sqlite,
+            Eng::Pg(conn) => {
+                conn.forget_cards();
+                conn.run(|$p| $pg)
+            }
+        }
+    };
+}
+
 /// A PostgreSQL card row as the service reads it: the subject and metadata stay
 /// sealed (`sealed_personal`) until the service opens them.
-fn from_pg(row: pg::cards::PgCardRow) -> Result<CardRow, pg::PgError> {
+pub(super) fn from_pg(row: pg::cards::PgCardRow) -> Result<CardRow, pg::PgError> {
     let key_version = u32::try_from(row.key_version).map_err(|_| {
         pg::PgError::Foreign("cards.key_version holds a value the vault never writes".into())
     })?;
@@ -216,7 +230,10 @@ impl Reader<'_> {
         on!(self, c => keys::read_seal(c), p => pg::keys::read_seal(p))
     }
     pub(crate) fn active_key_version(&self) -> Result<Option<u32>, StoreError> {
-        on!(self, c => keys::active_version(c), p => pg::keys::active_version(p))
+        match self.eng() {
+            Eng::Sqlite(c) => keys::active_version(c),
+            Eng::Pg(conn) => conn.run_prepared(pg::keys::active_version_prepared),
+        }
     }
     pub(crate) fn wrapped_data_keys(&self) -> Result<Vec<WrappedDataKey>, StoreError> {
         on!(self, c => keys::wrapped_data_keys(c), p => pg::keys::wrapped_data_keys(p))
@@ -249,8 +266,14 @@ impl Reader<'_> {
         token: &str,
         tenant: &str,
     ) -> Result<Option<CardRow>, StoreError> {
-        on!(self, c => cards::by_token(c, token, tenant),
-            p => pg::cards::by_token(p, token, tenant)?.map(from_pg).transpose())
+        match self.eng() {
+            Eng::Sqlite(c) => cards::by_token(c, token, tenant),
+            Eng::Pg(conn) => conn.run_prepared(|p| {
+                pg::cards::by_token_prepared(p, token, tenant)?
+                    .map(from_pg)
+                    .transpose()
+            }),
+        }
     }
     pub(crate) fn card_is_live(
         &self,
@@ -259,6 +282,11 @@ impl Reader<'_> {
         tenant: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
+        if let Eng::Pg(conn) = self.eng()
+            && let Some(live) = conn.prefetched_live(id, token, tenant, now)
+        {
+            return Ok(live);
+        }
         on!(self, c => cards::is_live(c, id, token, tenant, now),
             p => pg::cards::is_live(p, id, token, tenant, now))
     }
@@ -554,18 +582,39 @@ impl Tx<'_> {
             p => pg::keys::rewrap_aux_key(p, name, wrapped))
     }
     pub(crate) fn add_encryptions(&self, version: u32, n: i64) -> Result<(), StoreError> {
-        on!(self, c => keys::add_encryptions(c, version, n), p => pg::keys::add_encryptions(p, version, n))
+        match self.eng() {
+            Eng::Sqlite(c) => keys::add_encryptions(c, version, n),
+            Eng::Pg(conn) => {
+                conn.run_prepared(|p| pg::keys::add_encryptions_prepared(p, version, n))
+            }
+        }
     }
 
     // --- cards
     /// Inserts a card. On PostgreSQL `personal` takes the place of the card's
     /// subject and metadata (see [`SealedPersonal`]); SQLite stores them in clear.
+    ///
+    /// `random_token`: the token is 128 random bits, which no row holds but by a
+    /// collision nobody will see. On PostgreSQL in a writer batch the row is then
+    /// queued for the batch's one insert ([`Inserted::Queued`]), and a collision
+    /// fails the whole batch rather than answer [`Inserted::TokenTaken`].
     pub(crate) fn insert_card(
         &self,
         card: &NewCard<'_>,
         personal: &SealedPersonal,
+        random_token: bool,
     ) -> Result<Inserted, StoreError> {
-        on!(self, c => cards::insert(c, card),
+        if random_token
+            && let Eng::Pg(conn) = self.eng()
+            && conn.queue_card(pg::cards::PendingCard::new(
+                card,
+                personal.subject_hash.as_deref(),
+                personal.sealed.as_deref(),
+            ))?
+        {
+            return Ok(Inserted::Queued);
+        }
+        on_cards!(self, c => cards::insert(c, card),
             p => pg::cards::insert(p, card, personal.subject_hash.as_deref(), personal.sealed.as_deref()))
     }
     /// Takes this transaction's lock on card `fingerprint` (PostgreSQL: nodes
@@ -592,11 +641,17 @@ impl Tx<'_> {
             Eng::Sqlite(_) => Err(StoreError::Unsupported(
                 "the dedup lookup in the database (SQLite uses the in-memory index)",
             )),
-            Eng::Pg(conn) => conn.run(|p| {
-                pg::cards::live_dedup_row(p, tenant, fingerprint, subject_hash, now)?
-                    .map(from_pg)
-                    .transpose()
-            }),
+            Eng::Pg(conn) => {
+                if let Some(row) = conn.prefetched_dedup_row(tenant, fingerprint, subject_hash, now)
+                {
+                    return row.map(from_pg).transpose().map_err(StoreError::from);
+                }
+                conn.run(|p| {
+                    pg::cards::live_dedup_row(p, tenant, fingerprint, subject_hash, now)?
+                        .map(from_pg)
+                        .transpose()
+                })
+            }
         }
     }
     /// Updates a card's terms; on PostgreSQL `sealed_personal` replaces the
@@ -610,7 +665,7 @@ impl Tx<'_> {
         sealed_personal: Option<&[u8]>,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
-        on!(self, c => cards::update_terms(c, id, exp_month, exp_year, metadata, expires_at),
+        on_cards!(self, c => cards::update_terms(c, id, exp_month, exp_year, metadata, expires_at),
             p => pg::cards::update_terms(p, id, exp_month, exp_year, sealed_personal, expires_at))
     }
     pub(crate) fn update_card_sealed(
@@ -620,7 +675,7 @@ impl Tx<'_> {
         nonce: &[u8],
         ciphertext: &[u8],
     ) -> Result<(), StoreError> {
-        on!(self, c => cards::update_sealed(c, id, key_version, nonce, ciphertext),
+        on_cards!(self, c => cards::update_sealed(c, id, key_version, nonce, ciphertext),
             p => pg::cards::update_sealed(p, id, key_version, nonce, ciphertext))
     }
     pub(crate) fn rewrap_card(
@@ -631,7 +686,7 @@ impl Tx<'_> {
         nonce: &[u8],
         ciphertext: &[u8],
     ) -> Result<usize, StoreError> {
-        on!(self, c => rewrap::update_sealed(c, id, old_version, key_version, nonce, ciphertext),
+        on_cards!(self, c => rewrap::update_sealed(c, id, old_version, key_version, nonce, ciphertext),
             p => pg::rewrap::update_sealed(p, id, old_version, key_version, nonce, ciphertext))
     }
 
@@ -718,7 +773,7 @@ impl Tx<'_> {
         token: &str,
         now: i64,
     ) -> Result<Vec<DeletedCard>, StoreError> {
-        on!(self, c => erasure::delete_live_token(c, tenant, token, now),
+        on_cards!(self, c => erasure::delete_live_token(c, tenant, token, now),
             p => pg::cards::delete_live_token(p, tenant, token, now))
     }
     pub(crate) fn delete_token(
@@ -726,7 +781,7 @@ impl Tx<'_> {
         tenant: &str,
         token: &str,
     ) -> Result<Vec<DeletedCard>, StoreError> {
-        on!(self, c => erasure::delete_token(c, tenant, token),
+        on_cards!(self, c => erasure::delete_token(c, tenant, token),
             p => pg::cards::delete_token(p, tenant, token))
     }
     /// Deletes a subject's cards: SQLite matches `subject`, PostgreSQL its keyed
@@ -737,7 +792,7 @@ impl Tx<'_> {
         subject: &str,
         subject_hash: &[u8],
     ) -> Result<Vec<DeletedCard>, StoreError> {
-        on!(self, c => erasure::delete_subject(c, tenant, subject),
+        on_cards!(self, c => erasure::delete_subject(c, tenant, subject),
             p => pg::erasure::delete_subject(p, tenant, subject_hash))
     }
     pub(crate) fn delete_past_retention(
@@ -745,7 +800,7 @@ impl Tx<'_> {
         cutoff_month: i64,
         now: i64,
     ) -> Result<Vec<DeletedCard>, StoreError> {
-        on!(self, c => erasure::delete_past_retention(c, cutoff_month, now),
+        on_cards!(self, c => erasure::delete_past_retention(c, cutoff_month, now),
             p => pg::erasure::delete_past_retention(p, cutoff_month, now))
     }
     pub(crate) fn delete_id_past_expiry(
@@ -753,7 +808,7 @@ impl Tx<'_> {
         id: i64,
         cutoff_month: i64,
     ) -> Result<Vec<DeletedCard>, StoreError> {
-        on!(self, c => erasure::delete_id_past_expiry(c, id, cutoff_month),
+        on_cards!(self, c => erasure::delete_id_past_expiry(c, id, cutoff_month),
             p => pg::erasure::delete_id_past_expiry(p, id, cutoff_month))
     }
     pub(crate) fn delete_id_past_ttl(
@@ -761,7 +816,7 @@ impl Tx<'_> {
         id: i64,
         now: i64,
     ) -> Result<Vec<DeletedCard>, StoreError> {
-        on!(self, c => erasure::delete_id_past_ttl(c, id, now),
+        on_cards!(self, c => erasure::delete_id_past_ttl(c, id, now),
             p => pg::erasure::delete_id_past_ttl(p, id, now))
     }
     pub(crate) fn insert_completed_erasure(
@@ -821,7 +876,7 @@ impl Tx<'_> {
     ) -> Result<u64, AuditError> {
         match self.eng() {
             Eng::Sqlite(c) => chain.append(c, ev),
-            Eng::Pg(conn) => conn.audit(|log| chain.append(log, ev)),
+            Eng::Pg(conn) => conn.audit_append(|log| chain.append(log, ev)),
         }
     }
     pub(crate) fn reload_audit_chain(&self, chain: &mut AuditChain) -> Result<(), AuditError> {

@@ -6,9 +6,10 @@ use std::sync::Mutex;
 
 use rusqlite::Connection;
 
-use super::pg::PgPool;
+use super::pg::reads::AsyncReads;
 use super::pg::session::PgConn;
-use super::{Reader, StoreError, open_reader};
+use super::pg::{PgPool, PgSettings};
+use super::{CardRow, Reader, StoreError, open_reader};
 
 /// Read connections, opened on demand and kept for reuse.
 #[derive(Debug)]
@@ -19,6 +20,8 @@ pub struct ReadPool {
     /// PostgreSQL: the node's bounded pool (its clients read outside any
     /// transaction; a dead one is replaced at checkout).
     pg: Option<std::sync::Arc<PgPool>>,
+    /// PostgreSQL: the request path's reads ([`ReadPool::card_by_token`]).
+    pg_reads: Option<AsyncReads>,
 }
 
 impl ReadPool {
@@ -29,16 +32,41 @@ impl ReadPool {
             idle: Mutex::new(Vec::new()),
             max_idle,
             pg: None,
+            pg_reads: None,
         }
     }
 
-    /// Readers from the node's PostgreSQL pool.
-    pub fn postgres(pool: std::sync::Arc<PgPool>) -> Self {
-        ReadPool {
+    /// Readers from the node's PostgreSQL pool, and the request path's own
+    /// read connections for `settings`.
+    pub fn postgres(
+        pool: std::sync::Arc<PgPool>,
+        settings: &PgSettings,
+    ) -> Result<Self, super::pg::PgError> {
+        Ok(ReadPool {
             path: PathBuf::new(),
             idle: Mutex::new(Vec::new()),
             max_idle: 0,
             pg: Some(pool),
+            pg_reads: Some(AsyncReads::new(settings)?),
+        })
+    }
+
+    /// The row of `token` in `tenant` (expired or not): the read of every
+    /// request that names a token. On PostgreSQL it waits without holding a
+    /// worker thread (see `pg::reads`).
+    pub async fn card_by_token(
+        &self,
+        token: &str,
+        tenant: &str,
+    ) -> Result<Option<CardRow>, StoreError> {
+        match &self.pg_reads {
+            Some(reads) => reads
+                .card_by_token(token, tenant)
+                .await?
+                .map(super::handle::from_pg)
+                .transpose()
+                .map_err(StoreError::from),
+            None => self.get()?.card_by_token(token, tenant),
         }
     }
 

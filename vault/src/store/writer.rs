@@ -84,6 +84,22 @@ impl WriterState for () {
 /// A unit of work run by the writer inside the batch transaction.
 pub type Job<S> = Box<dyn for<'t> FnOnce(&Tx<'t>, &mut S) -> JobOutcome + Send>;
 
+/// What a job will look up, announced when it is submitted: on PostgreSQL the
+/// writer looks up every job's in a few statements at the start of the batch
+/// (see `pg::session`), rather than each job in its own round trips. SQLite
+/// ignores them (its look-ups are in-process).
+#[derive(Debug, Default, Clone)]
+pub struct Hints {
+    /// Cards the job will lock and look up for deduplication: tenant and keyed
+    /// fingerprint.
+    pub cards: Vec<(String, Vec<u8>)>,
+    /// Card rows (ids) whose liveness the job will re-check.
+    pub live: Vec<i64>,
+}
+
+/// A job as it waits in the writer's queue.
+type Queued<S> = (Job<S>, Hints);
+
 /// Tuning of the writer.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -107,7 +123,7 @@ impl Default for WriterConfig {
 
 /// Handle to the writer thread.
 pub struct Writer<S: WriterState> {
-    tx: Mutex<Option<SyncSender<Job<S>>>>,
+    tx: Mutex<Option<SyncSender<Queued<S>>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
@@ -132,7 +148,7 @@ impl<S: WriterState> Writer<S> {
         // gaps between them: poll for the lock so the writer takes it in the first
         // gap rather than sleeping through several.
         session.poll_for_locks(super::LOCK_WAIT)?;
-        let (tx, rx) = sync_channel::<Job<S>>(cfg.queue);
+        let (tx, rx) = sync_channel::<Queued<S>>(cfg.queue);
         let restart = Arc::new(AtomicBool::new(false));
         let restart2 = Arc::clone(&restart);
         let max_batch = cfg.max_batch.max(1);
@@ -166,6 +182,11 @@ impl<S: WriterState> Writer<S> {
 
     /// Queues a job. Never blocks: a full queue or a stopped writer is an error.
     pub fn submit(&self, job: Job<S>) -> Result<(), StoreError> {
+        self.submit_with(job, Hints::default())
+    }
+
+    /// Queues a job that announces what it will look up ([`Hints`]).
+    pub fn submit_with(&self, job: Job<S>, hints: Hints) -> Result<(), StoreError> {
         let guard = self
             .tx
             .lock()
@@ -173,7 +194,7 @@ impl<S: WriterState> Writer<S> {
         let Some(tx) = guard.as_ref() else {
             return Err(StoreError::Unavailable("writer stopped"));
         };
-        match tx.try_send(job) {
+        match tx.try_send((job, hints)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(StoreError::Unavailable("write queue full")),
             Err(TrySendError::Disconnected(_)) => Err(StoreError::Unavailable("writer stopped")),
@@ -208,11 +229,11 @@ impl<S: WriterState> Drop for Writer<S> {
 fn run<S: WriterState>(
     mut session: Session,
     mut state: S,
-    rx: Receiver<Job<S>>,
+    rx: Receiver<Queued<S>>,
     max_batch: usize,
     restart: Arc<AtomicBool>,
 ) {
-    let mut batch: Vec<Job<S>> = Vec::with_capacity(max_batch);
+    let mut batch: Vec<Queued<S>> = Vec::with_capacity(max_batch);
     let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
     let mut stats = Stats::new();
     loop {
@@ -308,7 +329,7 @@ fn clone_err(e: &StoreError) -> StoreError {
 fn run_batch<S: WriterState>(
     conn: &mut Connection,
     state: &mut S,
-    batch: &mut Vec<Job<S>>,
+    batch: &mut Vec<Queued<S>>,
     completions: &mut Vec<Completion>,
 ) -> Result<(), StoreError> {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
@@ -325,7 +346,7 @@ fn run_batch<S: WriterState>(
     let unit = Tx::new(&tx);
     state.begin_batch(&unit);
     let mut abort = false;
-    for job in batch.drain(..) {
+    for (job, _) in batch.drain(..) {
         let outcome = job(&unit, state);
         abort |= !outcome.keep;
         completions.push(outcome.completion);
@@ -361,7 +382,7 @@ const BATCH_LOCK_WAIT: Duration = Duration::from_secs(10);
 fn run_batch_pg<S: WriterState>(
     session: &Session,
     state: &mut S,
-    batch: &mut Vec<Job<S>>,
+    batch: &mut Vec<Queued<S>>,
     completions: &mut Vec<Completion>,
 ) -> Result<(), StoreError> {
     let Some(conn) = session.pg() else {
@@ -372,16 +393,29 @@ fn run_batch_pg<S: WriterState>(
     };
     let begun = conn
         .reconnect_if_closed()
-        .and_then(|()| conn.begin(super::pg::session::KeyLock::Shared, Some(BATCH_LOCK_WAIT)));
+        .and_then(|()| conn.begin(super::pg::session::KeyLock::Shared, Some(BATCH_LOCK_WAIT)))
+        .and_then(|()| conn.open_batch())
+        .and_then(|()| {
+            let cards: Vec<(&str, &[u8])> = batch
+                .iter()
+                .flat_map(|(_, h)| h.cards.iter().map(|(t, f)| (t.as_str(), f.as_slice())))
+                .collect();
+            let live: Vec<i64> = batch
+                .iter()
+                .flat_map(|(_, h)| h.live.iter().copied())
+                .collect();
+            conn.prefetch(&cards, &live)
+        });
     if let Err(e) = begun {
         // The jobs never ran: fail them all.
+        conn.rollback();
         batch.clear();
         return Err(e);
     }
     let unit = Tx::pg(conn);
     state.begin_batch(&unit);
     let mut abort = false;
-    for job in batch.drain(..) {
+    for (job, _) in batch.drain(..) {
         let outcome = job(&unit, state);
         abort |= !outcome.keep;
         completions.push(outcome.completion);

@@ -38,6 +38,49 @@ use super::PgError;
 pub struct PgLog<'a, C: GenericClient> {
     client: RefCell<&'a mut C>,
     node: NodeId,
+    /// Where appended events wait for [`flush_events`] instead of being
+    /// inserted one statement each (a writer batch; see [`PgLog::deferring`]).
+    defer: Option<&'a RefCell<Vec<PendingEvent>>>,
+}
+
+/// An event appended to the chain (its seq and hashes fixed) whose row is not
+/// inserted yet: the writer inserts a batch's events in one statement.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    seq: u64,
+    event: panvault_audit::log::NewEvent,
+    prev_hash: ChainHash,
+    hash: ChainHash,
+}
+
+/// Inserts the events `rows` of `node` in one statement. Any of them taken is an
+/// error: a node's chain is appended by that node only (its id is held
+/// exclusively), so a taken seq means the chain in memory is wrong.
+pub fn flush_events(
+    client: &mut crate::store::pg::CachingClient,
+    node: &NodeId,
+    rows: &[PendingEvent],
+) -> Result<(), AuditError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<EventRow<'_>> = rows
+        .iter()
+        .map(|r| EventRow {
+            seq: r.seq,
+            event: &r.event,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        })
+        .collect();
+    let done = insert_event_rows(node, &rows, |sql, params| {
+        let stmt = client.prepared(sql).map_err(db)?;
+        client.execute(&stmt, params).map_err(db)
+    })?;
+    match done {
+        Insert::Done => Ok(()),
+        Insert::Taken => Err(AuditError::Conflict),
+    }
 }
 
 impl<C: GenericClient> std::fmt::Debug for PgLog<'_, C> {
@@ -55,6 +98,23 @@ impl<'a, C: GenericClient> PgLog<'a, C> {
         PgLog {
             client: RefCell::new(client),
             node,
+            defer: None,
+        }
+    }
+
+    /// As [`PgLog::new`], but an appended event's row is pushed to `pending`
+    /// rather than inserted: the caller inserts them with [`flush_events`]
+    /// before any other statement of the transaction reads the log, and before
+    /// its `COMMIT`.
+    pub fn deferring(
+        client: &'a mut C,
+        node: NodeId,
+        pending: &'a RefCell<Vec<PendingEvent>>,
+    ) -> Self {
+        PgLog {
+            client: RefCell::new(client),
+            node,
+            defer: Some(pending),
         }
     }
 
@@ -208,6 +268,18 @@ impl<C: GenericClient> LogStore for PgLog<'_, C> {
 
 impl<C: GenericClient> LogTx for PgLog<'_, C> {
     fn insert_event(&self, row: &EventRow<'_>) -> Result<Insert, AuditError> {
+        if let Some(pending) = self.defer {
+            pending
+                .try_borrow_mut()
+                .map_err(|_| AuditError::Conflict)?
+                .push(PendingEvent {
+                    seq: row.seq,
+                    event: row.event.clone(),
+                    prev_hash: row.prev_hash,
+                    hash: row.hash,
+                });
+            return Ok(Insert::Done);
+        }
         let [
             actor,
             actor_fp,
@@ -248,64 +320,17 @@ impl<C: GenericClient> LogTx for PgLog<'_, C> {
     /// All rows in one statement (one round trip): `unnest` over one array
     /// per column.
     fn insert_events(&self, rows: &[EventRow<'_>]) -> Result<Insert, AuditError> {
-        let mut seqs = Vec::with_capacity(rows.len());
-        let mut times = Vec::with_capacity(rows.len());
-        let mut text: [Vec<Option<&str>>; 11] = Default::default();
-        let mut prev = Vec::with_capacity(rows.len());
-        let mut hashes = Vec::with_capacity(rows.len());
-        for row in rows {
-            seqs.push(to_i64(row.seq)?);
-            times.push(row.time_ns()?);
-            for (column, value) in text.iter_mut().zip(row.text_columns()) {
-                column.push(value);
-            }
-            prev.push(&row.prev_hash.0[..]);
-            hashes.push(&row.hash.0[..]);
+        if let Some(pending) = self.defer {
+            let mut pending = pending.try_borrow_mut().map_err(|_| AuditError::Conflict)?;
+            pending.extend(rows.iter().map(|row| PendingEvent {
+                seq: row.seq,
+                event: row.event.clone(),
+                prev_hash: row.prev_hash,
+                hash: row.hash,
+            }));
+            return Ok(Insert::Done);
         }
-        let [
-            actor,
-            actor_fp,
-            action,
-            tenant,
-            token,
-            purpose,
-            outcome,
-            code,
-            request_id,
-            peer,
-            details,
-        ] = &text;
-        let n = self.execute(
-            "INSERT INTO audit_events (node, seq, time_ns, actor, actor_fp, action, tenant, \
-             token, purpose, outcome, code, request_id, peer, details, prev_hash, hash) \
-             SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], \
-             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
-             $12::text[], $13::text[], $14::text[], $15::bytea[], $16::bytea[]) \
-             ON CONFLICT DO NOTHING",
-            &[
-                &self.node.as_str(),
-                &seqs,
-                &times,
-                actor,
-                actor_fp,
-                action,
-                tenant,
-                token,
-                purpose,
-                outcome,
-                code,
-                request_id,
-                peer,
-                details,
-                &prev,
-                &hashes,
-            ],
-        )?;
-        match usize::try_from(n) {
-            Ok(0) if !rows.is_empty() => Ok(Insert::Taken),
-            Ok(n) if n == rows.len() => Ok(Insert::Done),
-            _ => Err(AuditError::Conflict),
-        }
+        insert_event_rows(&self.node, rows, |sql, params| self.execute(sql, params))
     }
 
     /// Refused: on a shared log every checkpoint is a cluster checkpoint
@@ -402,6 +427,76 @@ impl<C: GenericClient> ClusterLogTx for PgLog<'_, C> {
             ],
         )?;
         Ok(inserted(n))
+    }
+}
+
+/// [`insert_event_rows`]' statement.
+const INSERT_EVENTS: &str = "INSERT INTO audit_events (node, seq, time_ns, actor, actor_fp, action, \
+     tenant, token, purpose, outcome, code, request_id, peer, details, prev_hash, hash) \
+     SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], \
+     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+     $12::text[], $13::text[], $14::text[], $15::bytea[], $16::bytea[]) \
+     ON CONFLICT DO NOTHING";
+
+/// Inserts `rows` of `node` in one statement (one round trip: `unnest` over one
+/// array per column) run by `execute`.
+fn insert_event_rows(
+    node: &NodeId,
+    rows: &[EventRow<'_>],
+    execute: impl FnOnce(&'static str, &[&(dyn ToSql + Sync)]) -> Result<u64, AuditError>,
+) -> Result<Insert, AuditError> {
+    let mut seqs = Vec::with_capacity(rows.len());
+    let mut times = Vec::with_capacity(rows.len());
+    let mut text: [Vec<Option<&str>>; 11] = Default::default();
+    let mut prev = Vec::with_capacity(rows.len());
+    let mut hashes = Vec::with_capacity(rows.len());
+    for row in rows {
+        seqs.push(to_i64(row.seq)?);
+        times.push(row.time_ns()?);
+        for (column, value) in text.iter_mut().zip(row.text_columns()) {
+            column.push(value);
+        }
+        prev.push(&row.prev_hash.0[..]);
+        hashes.push(&row.hash.0[..]);
+    }
+    let [
+        actor,
+        actor_fp,
+        action,
+        tenant,
+        token,
+        purpose,
+        outcome,
+        code,
+        request_id,
+        peer,
+        details,
+    ] = &text;
+    let n = execute(
+        INSERT_EVENTS,
+        &[
+            &node.as_str(),
+            &seqs,
+            &times,
+            actor,
+            actor_fp,
+            action,
+            tenant,
+            token,
+            purpose,
+            outcome,
+            code,
+            request_id,
+            peer,
+            details,
+            &prev,
+            &hashes,
+        ],
+    )?;
+    match usize::try_from(n) {
+        Ok(0) if !rows.is_empty() => Ok(Insert::Taken),
+        Ok(n) if n == rows.len() => Ok(Insert::Done),
+        _ => Err(AuditError::Conflict),
     }
 }
 

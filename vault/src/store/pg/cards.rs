@@ -14,7 +14,7 @@
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{GenericClient, Row};
 
-use super::PgError;
+use super::{CachingClient, PgError};
 pub use crate::store::cards::{Inserted, NewCard};
 
 /// `(id, fingerprint)` of a deleted card row, as the SQLite deletes return it.
@@ -63,7 +63,7 @@ const ROW_COLUMNS: &str = "id, token, tenant, key_version, nonce, ciphertext, fi
                            last4, exp_month, exp_year, subject_hash, metadata_sealed, created_at, expires_at";
 
 impl PgCardRow {
-    fn from_row(r: &Row) -> Result<PgCardRow, PgError> {
+    pub(super) fn from_row(r: &Row) -> Result<PgCardRow, PgError> {
         Ok(PgCardRow {
             id: r.try_get(0)?,
             token: r.try_get(1)?,
@@ -137,10 +137,23 @@ pub fn by_token(
     token: &str,
     tenant: &str,
 ) -> Result<Option<PgCardRow>, PgError> {
-    one_row(c.query_opt(
-        &format!("SELECT {ROW_COLUMNS} FROM cards WHERE token = $1 AND tenant = $2"),
-        &[&token, &tenant],
-    )?)
+    one_row(c.query_opt(BY_TOKEN.as_str(), &[&token, &tenant])?)
+}
+
+/// [`by_token`]'s statement.
+pub(super) static BY_TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT {ROW_COLUMNS} FROM cards WHERE token = $1 AND tenant = $2")
+});
+
+/// [`by_token`], with the statement prepared once per connection (every read of
+/// a card takes it).
+pub fn by_token_prepared(
+    c: &mut CachingClient,
+    token: &str,
+    tenant: &str,
+) -> Result<Option<PgCardRow>, PgError> {
+    let stmt = c.prepared(BY_TOKEN.as_str())?;
+    one_row(c.query_opt(&stmt, &[&token, &tenant])?)
 }
 
 /// The oldest live (unexpired at `now`) row of card `fingerprint` for the subject
@@ -279,4 +292,140 @@ pub fn for_each_fingerprint(
         f(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
     }
     Ok(())
+}
+
+/// A new card row kept for [`insert_many`] (owned: the job that made it has
+/// returned by then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCard {
+    token: String,
+    tenant: String,
+    key_version: i64,
+    nonce: Vec<u8>,
+    ciphertext: Vec<u8>,
+    fingerprint: Vec<u8>,
+    brand: String,
+    bin: String,
+    last4: String,
+    exp_month: i64,
+    exp_year: i64,
+    subject_hash: Option<Vec<u8>>,
+    metadata_sealed: Option<Vec<u8>>,
+    created_at: i64,
+    expires_at: Option<i64>,
+}
+
+impl PendingCard {
+    /// `card` as [`insert`] would store it (`card.subject` and `card.metadata`
+    /// are never read: `subject_hash` and `metadata_sealed` take their place).
+    pub fn new(
+        card: &NewCard<'_>,
+        subject_hash: Option<&[u8]>,
+        metadata_sealed: Option<&[u8]>,
+    ) -> PendingCard {
+        PendingCard {
+            token: card.token.to_owned(),
+            tenant: card.tenant.to_owned(),
+            key_version: i64::from(card.key_version),
+            nonce: card.nonce.to_vec(),
+            ciphertext: card.ciphertext.to_vec(),
+            fingerprint: card.fingerprint.to_vec(),
+            brand: card.brand.to_owned(),
+            bin: card.bin.to_owned(),
+            last4: card.last4.to_owned(),
+            exp_month: i64::from(card.exp_month),
+            exp_year: i64::from(card.exp_year),
+            subject_hash: subject_hash.map(<[u8]>::to_vec),
+            metadata_sealed: metadata_sealed.map(<[u8]>::to_vec),
+            created_at: card.created_at,
+            expires_at: card.expires_at,
+        }
+    }
+
+    /// The tenant and fingerprint of the row (what the dedup lookup keys on).
+    pub fn dedup_key(&self) -> (&str, &[u8]) {
+        (&self.tenant, &self.fingerprint)
+    }
+}
+
+/// Inserts `cards` in one statement. A token already taken (a draw of 128
+/// random bits colliding, or one drawn twice in the batch) is an error rather
+/// than a retry: the tokens were answered to their jobs already.
+pub fn insert_many(c: &mut CachingClient, cards: &[PendingCard]) -> Result<(), PgError> {
+    if cards.is_empty() {
+        return Ok(());
+    }
+    macro_rules! column {
+        ($f:ident) => {
+            cards.iter().map(|r| &r.$f).collect::<Vec<_>>()
+        };
+    }
+    let stmt = c.prepared(
+        "INSERT INTO cards (token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, \
+         last4, exp_month, exp_year, subject_hash, metadata_sealed, created_at, expires_at) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::bytea[], \
+         $6::bytea[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::int8[], $12::bytea[], \
+         $13::bytea[], $14::int8[], $15::int8[]) \
+         ON CONFLICT (token, tenant) DO NOTHING",
+    )?;
+    let n = c.execute(
+        &stmt,
+        &[
+            &column!(token),
+            &column!(tenant),
+            &column!(key_version),
+            &column!(nonce),
+            &column!(ciphertext),
+            &column!(fingerprint),
+            &column!(brand),
+            &column!(bin),
+            &column!(last4),
+            &column!(exp_month),
+            &column!(exp_year),
+            &column!(subject_hash),
+            &column!(metadata_sealed),
+            &column!(created_at),
+            &column!(expires_at),
+        ],
+    )?;
+    if usize::try_from(n).ok() != Some(cards.len()) {
+        return Err(PgError::Foreign(
+            "a token of the batch was taken by another row; the batch is rolled back".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Every row (expired or not) of the cards `keys` (tenant, fingerprint), in id
+/// order: the dedup lookups of a whole batch in one statement.
+pub fn rows_of_fingerprints(
+    c: &mut CachingClient,
+    keys: &[(&str, &[u8])],
+) -> Result<Vec<PgCardRow>, PgError> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT {ROW_COLUMNS} FROM cards WHERE (tenant, fingerprint) IN \
+             (SELECT t, f FROM unnest($1::text[], $2::bytea[]) AS u(t, f)) ORDER BY id"
+        )
+    });
+    let (tenants, fps): (Vec<&str>, Vec<&[u8]>) = keys.iter().copied().unzip();
+    let stmt = c.prepared(SQL.as_str())?;
+    c.query(&stmt, &[&tenants, &fps])?
+        .iter()
+        .map(PgCardRow::from_row)
+        .collect()
+}
+
+/// What the liveness re-check of a row reads: its id, token, tenant and expiry.
+pub type LiveRow = (i64, String, String, Option<i64>);
+
+/// Each row of `ids` that exists: the liveness re-checks of a whole batch in one
+/// statement.
+pub fn live_of_ids(c: &mut CachingClient, ids: &[i64]) -> Result<Vec<LiveRow>, PgError> {
+    let stmt =
+        c.prepared("SELECT id, token, tenant, expires_at FROM cards WHERE id = ANY($1::int8[])")?;
+    c.query(&stmt, &[&ids])?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect()
 }

@@ -25,7 +25,15 @@ pub fn connect(settings: &PgSettings) -> Result<postgres::Client, PgError> {
 pub(super) fn driver_config(
     settings: &PgSettings,
 ) -> Result<(postgres::Config, MakeRustlsConnect), PgError> {
-    let mut cfg = postgres::Config::new();
+    let (cfg, tls) = async_driver_config(settings)?;
+    Ok((postgres::Config::from(cfg), tls))
+}
+
+/// [`driver_config`] for the asynchronous driver (the request path's reads).
+pub(super) fn async_driver_config(
+    settings: &PgSettings,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), PgError> {
+    let mut cfg = tokio_postgres::Config::new();
     cfg.user(&settings.user)
         .dbname(&settings.dbname)
         .application_name("panvault")
@@ -39,13 +47,13 @@ pub(super) fn driver_config(
     };
     let tls = match client_tls_config(settings)? {
         Some(tls) => {
-            cfg.ssl_mode(postgres::config::SslMode::Require);
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
             tls
         }
         None => {
             // Never used (the driver does not start TLS when told not to), and it
             // trusts no CA in case it ever were.
-            cfg.ssl_mode(postgres::config::SslMode::Disable);
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
                 .map_err(PgError::Tls)?

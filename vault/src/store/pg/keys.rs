@@ -8,7 +8,7 @@
 
 use postgres::{GenericClient, Row};
 
-use super::{PgError, stored_u8, stored_u32};
+use super::{CachingClient, PgError, stored_u8, stored_u32};
 use crate::core::kdf::KdfParams;
 use crate::key_state::KeyState;
 pub use crate::store::keys::{DataKeyRow, SealRow, WrappedDataKey};
@@ -90,12 +90,20 @@ fn version_of(r: &Row, i: usize) -> Result<u32, PgError> {
 
 /// The data-key version in state `active`, if one is.
 pub fn active_version(c: &mut impl GenericClient) -> Result<Option<u32>, PgError> {
-    c.query_opt(
-        "SELECT version FROM data_keys WHERE state = $1",
-        &[&KeyState::Active.as_str()],
-    )?
-    .map(|r| version_of(&r, 0))
-    .transpose()
+    c.query_opt(ACTIVE_VERSION, &[&KeyState::Active.as_str()])?
+        .map(|r| version_of(&r, 0))
+        .transpose()
+}
+
+const ACTIVE_VERSION: &str = "SELECT version FROM data_keys WHERE state = $1";
+
+/// [`active_version`], prepared once per connection (every writer batch that
+/// seals reads it).
+pub fn active_version_prepared(c: &mut CachingClient) -> Result<Option<u32>, PgError> {
+    let stmt = c.prepared(ACTIVE_VERSION)?;
+    c.query_opt(&stmt, &[&KeyState::Active.as_str()])?
+        .map(|r| version_of(&r, 0))
+        .transpose()
 }
 
 /// Stores a wrapped data key as `version`, `active`.
@@ -286,9 +294,21 @@ pub fn rewrap_aux_key(
 
 /// Adds `n` encryptions to version `version`'s counter (its nonce budget).
 pub fn add_encryptions(c: &mut impl GenericClient, version: u32, n: i64) -> Result<(), PgError> {
-    c.execute(
-        "UPDATE data_keys SET encryptions = encryptions + $2 WHERE version = $1",
-        &[&i64::from(version), &n],
-    )?;
+    c.execute(ADD_ENCRYPTIONS, &[&i64::from(version), &n])?;
+    Ok(())
+}
+
+const ADD_ENCRYPTIONS: &str =
+    "UPDATE data_keys SET encryptions = encryptions + $2 WHERE version = $1";
+
+/// [`add_encryptions`], prepared once per connection (every writer batch that
+/// seals counts).
+pub fn add_encryptions_prepared(
+    c: &mut CachingClient,
+    version: u32,
+    n: i64,
+) -> Result<(), PgError> {
+    let stmt = c.prepared(ADD_ENCRYPTIONS)?;
+    c.execute(&stmt, &[&i64::from(version), &n])?;
     Ok(())
 }

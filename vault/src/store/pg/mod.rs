@@ -37,6 +37,7 @@ pub mod migrate;
 pub mod personal;
 mod pool;
 mod presence;
+pub mod reads;
 pub mod rewrap;
 pub mod schema;
 pub(crate) mod session;
@@ -46,7 +47,7 @@ use std::path::PathBuf;
 
 pub use audit::PgLog;
 pub use connect::{client_tls_config, connect};
-pub use pool::{PgManager, PgPool, PooledClient};
+pub use pool::{CachingClient, PgManager, PgPool, PooledClient};
 /// A connection to the database (the synchronous driver's client).
 pub use postgres::Client as PgClient;
 pub use presence::Presence;

@@ -2,8 +2,12 @@
 //! at most the connect timeout for one (then the store answers "unavailable"), and a
 //! connection the server dropped (restart, failover) is replaced at checkout.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
+
+use postgres::Statement;
 
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -25,19 +29,63 @@ impl fmt::Debug for PgManager {
     }
 }
 
+/// A client of the pool with the statements it has prepared: a statement given
+/// as text is parsed by the server on every call (one more round trip), so the
+/// statements of the hot paths are prepared once per connection and kept.
+pub struct CachingClient {
+    client: postgres::Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl fmt::Debug for CachingClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachingClient")
+            .field("prepared", &self.prepared.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachingClient {
+    /// `sql` prepared on this connection (once; later calls answer the kept one).
+    pub fn prepared(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.prepared.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+impl Deref for CachingClient {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        &self.client
+    }
+}
+
+impl DerefMut for CachingClient {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+}
+
 impl r2d2::ManageConnection for PgManager {
-    type Connection = postgres::Client;
+    type Connection = CachingClient;
     type Error = postgres::Error;
 
-    fn connect(&self) -> Result<postgres::Client, postgres::Error> {
-        self.config.connect(self.tls.clone())
+    fn connect(&self) -> Result<CachingClient, postgres::Error> {
+        Ok(CachingClient {
+            client: self.config.connect(self.tls.clone())?,
+            prepared: HashMap::new(),
+        })
     }
 
-    fn is_valid(&self, conn: &mut postgres::Client) -> Result<(), postgres::Error> {
+    fn is_valid(&self, conn: &mut CachingClient) -> Result<(), postgres::Error> {
         conn.simple_query("").map(|_| ())
     }
 
-    fn has_broken(&self, conn: &mut postgres::Client) -> bool {
+    fn has_broken(&self, conn: &mut CachingClient) -> bool {
         conn.is_closed()
     }
 }

@@ -18,12 +18,15 @@
 //!   server when the connection closes).
 
 use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use panvault_audit::log::{AuditError, MAX_NODE_LEN, NodeId};
 
-use super::{PgError, PgLog, PgPool, PooledClient};
+use super::audit::{PendingEvent, flush_events};
+use super::cards::{PendingCard, PgCardRow};
+use super::{CachingClient, PgError, PgLog, PgPool, PooledClient};
 use crate::store::StoreError;
 
 /// The advisory lock between writer batches (shared) and key changes (exclusive): "PNVK".
@@ -44,6 +47,53 @@ pub(crate) struct PgConn {
     /// answer to its `COMMIT` is lost, a fresh connection asks the server
     /// whether it committed (`txid_status`), so callers hear the truth.
     xid: Cell<Option<i64>>,
+    /// The open writer batch's look-ups and new rows (see [`Batch`]).
+    batch: RefCell<Batch>,
+    /// The open writer batch's audit events, not inserted yet.
+    events: RefCell<Vec<PendingEvent>>,
+}
+
+/// What a writer batch keeps on its connection so that its jobs cost a few round
+/// trips together rather than several each (a node's writer runs its jobs one
+/// after the other on one connection, so every round trip of a job delays the
+/// whole batch):
+/// - the look-ups the jobs announced ([`PgConn::prefetch`]): every card lock
+///   taken in one statement, in a fixed order (two nodes' batches never wait on
+///   each other in a cycle), then the dedup rows of those cards and the
+///   liveness of the rows the jobs will re-check, one statement each;
+/// - new card rows and audit events, inserted together before the next
+///   statement that could read them and before `COMMIT` ([`PgConn::flush`]).
+///
+/// A job's own change of a card row makes the look-ups it could affect stale:
+/// a queued row drops its card's dedup rows, any other change or delete of a
+/// card drops them all ([`PgConn::forget_cards`]); a look-up not kept goes to the
+/// database as before.
+#[derive(Debug, Default)]
+struct Batch {
+    /// A writer batch is open: new cards and events may wait.
+    open: bool,
+    /// The card locks this transaction holds.
+    locked: HashSet<(i32, i32)>,
+    /// Every row (any expiry) of each announced card, by (tenant, fingerprint).
+    rows: HashMap<(String, Vec<u8>), Vec<PgCardRow>>,
+    /// Each announced row id: its token, tenant and expiry, `None` if gone.
+    live: HashMap<i64, Option<(String, String, Option<i64>)>>,
+    /// New card rows, not inserted yet.
+    cards: Vec<PendingCard>,
+}
+
+/// The advisory lock key of card `fingerprint`: its first 8 bytes as two 32-bit
+/// keys (a key space apart from the single 64-bit keys of the other locks).
+fn card_lock_key(fingerprint: &[u8]) -> (i32, i32) {
+    let mut k = [0u8; 8];
+    for (d, s) in k.iter_mut().zip(fingerprint) {
+        *d = *s;
+    }
+    let [a, b, c, d, e, f, g, h] = k;
+    (
+        i32::from_be_bytes([a, b, c, d]),
+        i32::from_be_bytes([e, f, g, h]),
+    )
 }
 
 impl PgConn {
@@ -55,6 +105,8 @@ impl PgConn {
             client: RefCell::new(Some(client)),
             failed: Cell::new(false),
             xid: Cell::new(None),
+            batch: RefCell::new(Batch::default()),
+            events: RefCell::new(Vec::new()),
         })
     }
 
@@ -83,6 +135,7 @@ impl PgConn {
         &self,
         f: impl FnOnce(&mut postgres::Client) -> Result<T, PgError>,
     ) -> Result<T, StoreError> {
+        self.flush()?;
         let mut guard = self.client.try_borrow_mut().map_err(|_| in_use())?;
         let client = guard.as_mut().ok_or_else(in_use)?;
         let r = blocking(|| f(client));
@@ -98,14 +151,223 @@ impl PgConn {
         &self,
         f: impl FnOnce(&PgLog<'_, postgres::Client>) -> Result<T, AuditError>,
     ) -> Result<T, AuditError> {
+        self.flush().map_err(|e| AuditError::Storage(Box::new(e)))?;
+        self.audit_inner(false, f)
+    }
+
+    /// As [`PgConn::audit`] for appending events: in a writer batch their rows
+    /// wait for [`PgConn::flush`] rather than being inserted one by one.
+    pub(crate) fn audit_append<T>(
+        &self,
+        f: impl FnOnce(&PgLog<'_, postgres::Client>) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        let open = self.batch.try_borrow().is_ok_and(|b| b.open);
+        self.audit_inner(open, f)
+    }
+
+    fn audit_inner<T>(
+        &self,
+        defer: bool,
+        f: impl FnOnce(&PgLog<'_, postgres::Client>) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
         let in_use = || AuditError::Storage(Box::new(in_use()));
         let mut guard = self.client.try_borrow_mut().map_err(|_| in_use())?;
         let client: &mut postgres::Client = guard.as_mut().ok_or_else(in_use)?;
-        let r = blocking(|| f(&PgLog::new(client, node_id())));
+        let r = blocking(|| {
+            let log = if defer {
+                PgLog::deferring(client, node_id(), &self.events)
+            } else {
+                PgLog::new(client, node_id())
+            };
+            f(&log)
+        });
         if r.is_err() {
             self.failed.set(true);
         }
         r
+    }
+
+    /// As [`PgConn::run`], on the client itself, whose prepared statements `f`
+    /// may use ([`CachingClient::prepared`]).
+    pub(crate) fn run_prepared<T>(
+        &self,
+        f: impl FnOnce(&mut CachingClient) -> Result<T, PgError>,
+    ) -> Result<T, StoreError> {
+        self.flush()?;
+        self.run_cached(f)
+    }
+
+    /// Runs `f` on the client itself, whose prepared statements it may use;
+    /// nothing waiting is flushed first.
+    fn run_cached<T>(
+        &self,
+        f: impl FnOnce(&mut CachingClient) -> Result<T, PgError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.client.try_borrow_mut().map_err(|_| in_use())?;
+        let client = guard.as_mut().ok_or_else(in_use)?;
+        let r = blocking(|| f(client));
+        if r.is_err() {
+            self.failed.set(true);
+        }
+        r.map_err(StoreError::from)
+    }
+
+    /// Marks the transaction just begun as a writer batch: new cards and events
+    /// may wait ([`Batch`]) until [`PgConn::flush`].
+    pub(crate) fn open_batch(&self) -> Result<(), StoreError> {
+        let mut b = self.batch.try_borrow_mut().map_err(|_| in_use())?;
+        *b = Batch {
+            open: true,
+            ..Batch::default()
+        };
+        Ok(())
+    }
+
+    /// Forgets the batch (after `COMMIT` or `ROLLBACK`): nothing waits any more.
+    fn close_batch(&self) {
+        if let Ok(mut b) = self.batch.try_borrow_mut() {
+            *b = Batch::default();
+        }
+        if let Ok(mut e) = self.events.try_borrow_mut() {
+            e.clear();
+        }
+    }
+
+    /// Inserts the card rows and audit events that wait, in one statement each.
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        let cards = {
+            let mut b = self.batch.try_borrow_mut().map_err(|_| in_use())?;
+            if !b.open {
+                return Ok(());
+            }
+            std::mem::take(&mut b.cards)
+        };
+        let events = std::mem::take(&mut *self.events.try_borrow_mut().map_err(|_| in_use())?);
+        if cards.is_empty() && events.is_empty() {
+            return Ok(());
+        }
+        self.run_cached(|c| {
+            super::cards::insert_many(c, &cards)?;
+            flush_events(c, &node_id(), &events).map_err(|e| match e {
+                AuditError::Conflict => PgError::Foreign(
+                    "an audit event's sequence number was taken: this node's chain is \
+                     appended by another process"
+                        .into(),
+                ),
+                other => PgError::Foreign(format!("audit events could not be inserted: {other}")),
+            })
+        })
+    }
+
+    /// Takes the locks of the announced cards (`cards`: tenant and keyed
+    /// fingerprint) in one statement, then reads their rows and the liveness of
+    /// rows `live` (see [`Batch`]).
+    pub(crate) fn prefetch(&self, cards: &[(&str, &[u8])], live: &[i64]) -> Result<(), StoreError> {
+        let mut keys: Vec<(i32, i32)> = cards.iter().map(|(_, fp)| card_lock_key(fp)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if !keys.is_empty() {
+            let (hi, lo): (Vec<i32>, Vec<i32>) = keys.iter().copied().unzip();
+            self.run_cached(|c| {
+                let stmt = c.prepared(
+                    "SELECT count(pg_advisory_xact_lock(h, l)) FROM                      unnest($1::int4[], $2::int4[]) WITH ORDINALITY AS u(h, l, n)",
+                )?;
+                c.query_one(&stmt, &[&hi, &lo])?;
+                Ok(())
+            })?;
+        }
+        let mut wanted: Vec<(&str, &[u8])> = cards.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let rows = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            self.run_cached(|c| super::cards::rows_of_fingerprints(c, &wanted))?
+        };
+        let found = if live.is_empty() {
+            Vec::new()
+        } else {
+            self.run_cached(|c| super::cards::live_of_ids(c, live))?
+        };
+        let mut b = self.batch.try_borrow_mut().map_err(|_| in_use())?;
+        b.locked.extend(keys);
+        for (tenant, fp) in wanted {
+            b.rows.entry((tenant.to_owned(), fp.to_vec())).or_default();
+        }
+        for row in rows {
+            b.rows
+                .entry((row.tenant.clone(), row.fingerprint.clone()))
+                .or_default()
+                .push(row);
+        }
+        for id in live {
+            b.live.insert(*id, None);
+        }
+        for (id, token, tenant, expires_at) in found {
+            b.live.insert(id, Some((token, tenant, expires_at)));
+        }
+        Ok(())
+    }
+
+    /// The dedup row of card `fingerprint` for `subject_hash` in `tenant` if the
+    /// batch looked it up ([`PgConn::prefetch`]): the oldest unexpired at `now`.
+    /// `None`: not looked up (ask the database).
+    pub(crate) fn prefetched_dedup_row(
+        &self,
+        tenant: &str,
+        fingerprint: &[u8],
+        subject_hash: Option<&[u8]>,
+        now: i64,
+    ) -> Option<Option<PgCardRow>> {
+        let b = self.batch.try_borrow().ok()?;
+        let rows = b.rows.get(&(tenant.to_owned(), fingerprint.to_vec()))?;
+        Some(
+            rows.iter()
+                .find(|r| {
+                    r.subject_hash.as_deref() == subject_hash
+                        && r.expires_at.is_none_or(|e| e > now)
+                })
+                .cloned(),
+        )
+    }
+
+    /// Whether row `id` holds `token` of `tenant` unexpired at `now`, if the batch
+    /// looked it up. `None`: not looked up (ask the database).
+    pub(crate) fn prefetched_live(
+        &self,
+        id: i64,
+        token: &str,
+        tenant: &str,
+        now: i64,
+    ) -> Option<bool> {
+        let b = self.batch.try_borrow().ok()?;
+        let found = b.live.get(&id)?;
+        Some(
+            found
+                .as_ref()
+                .is_some_and(|(t, n, e)| t == token && n == tenant && e.is_none_or(|e| e > now)),
+        )
+    }
+
+    /// Queues `card` for the batch's one insert (a writer batch) and answers
+    /// `true`; outside a writer batch answers `false` and queues nothing.
+    pub(crate) fn queue_card(&self, card: PendingCard) -> Result<bool, StoreError> {
+        let mut b = self.batch.try_borrow_mut().map_err(|_| in_use())?;
+        if !b.open {
+            return Ok(false);
+        }
+        let (tenant, fp) = card.dedup_key();
+        b.rows.remove(&(tenant.to_owned(), fp.to_vec()));
+        b.cards.push(card);
+        Ok(true)
+    }
+
+    /// Forgets every look-up of the batch: a card row changed or was deleted.
+    pub(crate) fn forget_cards(&self) {
+        if let Ok(mut b) = self.batch.try_borrow_mut() {
+            b.rows.clear();
+            b.live.clear();
+        }
     }
 
     /// `BEGIN`, then the key lock: shared (a writer batch), exclusive (a key
@@ -113,6 +375,7 @@ impl PgConn {
     /// exclusive lock ([`StoreError::LockHeld`] after it).
     pub(crate) fn begin(&self, lock: KeyLock, wait: Option<Duration>) -> Result<(), StoreError> {
         self.failed.set(false);
+        self.close_batch();
         // One round trip: `BEGIN`, the bounded wait, the lock.
         let mut sql = String::from("BEGIN");
         if let Some(w) = wait {
@@ -167,6 +430,11 @@ impl PgConn {
                 "a statement of the transaction failed; it was rolled back",
             ));
         }
+        if let Err(e) = self.flush() {
+            self.rollback();
+            return Err(e);
+        }
+        self.close_batch();
         let r = self.run(|c| Ok(c.batch_execute("COMMIT")?));
         let xid = self.xid.take();
         let Err(e) = r else {
@@ -227,6 +495,7 @@ impl PgConn {
 
     /// `ROLLBACK`, best effort (a broken connection has rolled back already).
     pub(crate) fn rollback(&self) {
+        self.close_batch();
         if let Ok(mut c) = self.client.try_borrow_mut()
             && let Some(c) = c.as_mut()
         {
@@ -237,19 +506,25 @@ impl PgConn {
 
     /// Takes the transaction's lock on card `fingerprint` (see the module).
     pub(crate) fn lock_card(&self, fingerprint: &[u8]) -> Result<(), StoreError> {
-        let mut k = [0u8; 8];
-        for (d, s) in k.iter_mut().zip(fingerprint) {
-            *d = *s;
+        let key = card_lock_key(fingerprint);
+        if self
+            .batch
+            .try_borrow()
+            .is_ok_and(|b| b.locked.contains(&key))
+        {
+            return Ok(());
         }
-        let [a, b, c, d, e, f, g, h] = k;
-        let (hi, lo) = (
-            i32::from_be_bytes([a, b, c, d]),
-            i32::from_be_bytes([e, f, g, h]),
-        );
+        let (hi, lo) = key;
         self.run(|c| {
             c.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&hi, &lo])?;
             Ok(())
-        })
+        })?;
+        if let Ok(mut b) = self.batch.try_borrow_mut()
+            && b.open
+        {
+            b.locked.insert(key);
+        }
+        Ok(())
     }
 
     /// `pg_try_advisory_xact_lock` on `task`'s lock: held until the transaction
