@@ -123,9 +123,7 @@ for n in $(seq 2 "$nodes"); do
     addrs+=("127.0.0.1:$port")
 done
 echo "PostgreSQL ($nodes nodes): preloading $records records"
-# Smaller batch requests: a node's writer takes every waiting request into one
-# transaction, and 16 requests of 1000 cards outlast the 10 s write timeout there.
-preload "$pg" 100 "${addrs[@]}"
+preload "$pg" 1000 "${addrs[@]}"
 pg_tok=$(bench "$pg" tokenize "${addrs[@]}" | tee /dev/stderr)
 pg_det=$(bench "$pg" detokenize "${addrs[@]}" | tee /dev/stderr)
 

@@ -78,6 +78,9 @@ impl Vault {
         ctx: &AccessContext,
     ) -> Result<Detokenized, VaultError> {
         check_purpose(purpose)?;
+        if self.is_postgres() {
+            return self.detokenize_in_batch(tenant, token, purpose, ctx).await;
+        }
         let (result, row_id) = self.open_card(tenant, token).await;
         match (result, row_id) {
             (Ok(card), Some(id)) => {
@@ -127,32 +130,98 @@ impl Vault {
                 self.refresh_keys()?;
                 keys = self.keys()?;
             }
-            let key = keys
-                .data
-                .get(&row.key_version)
-                .ok_or(VaultError::Decryption)?;
-            let nonce: [u8; 12] = row
-                .nonce
-                .as_slice()
-                .try_into()
-                .map_err(|_| VaultError::Decryption)?;
-            let sealed = SealedRecord {
-                key_version: row.key_version,
-                nonce,
-                ciphertext: std::mem::take(&mut row.ciphertext),
-            };
-            let card = key
-                .open(tenant, &row.token, &sealed)
-                .map_err(|_| VaultError::Decryption)?;
-            let expiry =
-                Expiry::from_stored(row.exp_month, row.exp_year).ok_or(VaultError::Decryption)?;
-            Ok(Detokenized {
-                token: row.token.clone(),
-                card,
-                expiry,
-            })
+            open_row(&keys, tenant, &mut row)
         });
         (result, row_id)
+    }
+
+    /// Detokenize on PostgreSQL: the row is read inside the writer batch that
+    /// records the access (the batch reads every job's rows with its `BEGIN`,
+    /// see `store::pg::session`), opened there, and released once the batch
+    /// has committed. Reading it in the event's own transaction makes the
+    /// re-check of [`Vault::audit_release`] needless, and saves each request a
+    /// read of its own. A row sealed under a key this node has not loaded yet
+    /// records nothing: the keys are reloaded and the access is tried once more.
+    async fn detokenize_in_batch(
+        &self,
+        tenant: &str,
+        token: &str,
+        purpose: &str,
+        ctx: &AccessContext,
+    ) -> Result<Detokenized, VaultError> {
+        let parsed = Token::parse(token).map(|t| t.as_str().to_owned());
+        for attempt in 0..2 {
+            let keys = self.keys()?;
+            let now = self.now().unix_timestamp();
+            let hints = crate::store::Hints {
+                reads: parsed
+                    .iter()
+                    .map(|t| (tenant.to_owned(), t.clone()))
+                    .collect(),
+                ..crate::store::Hints::default()
+            };
+            let (tenant_s, purpose_s, ctx_c, parsed_c) = (
+                tenant.to_owned(),
+                purpose.to_owned(),
+                ctx.clone(),
+                parsed.clone(),
+            );
+            let step = self
+                .write_with(hints, move |conn, state| {
+                    let opened = match parsed_c.as_deref() {
+                        None => Err(VaultError::NotFound),
+                        Some(t) => conn
+                            .card_by_token(t, &tenant_s)
+                            .map_err(VaultError::Store)
+                            .and_then(|row| match row {
+                                Some(mut r)
+                                    if r.tenant == tenant_s
+                                        && r.expires_at.is_none_or(|e| e > now) =>
+                                {
+                                    if keys.data.contains_key(&r.key_version) {
+                                        open_row(&keys, &tenant_s, &mut r).map(Some)
+                                    } else {
+                                        Ok(None)
+                                    }
+                                }
+                                _ => Err(VaultError::NotFound),
+                            }),
+                    };
+                    // A key to load first: nothing is released, nothing recorded.
+                    if let Ok(None) = opened {
+                        return (true, Ok(None));
+                    }
+                    let rec = AuditRecord {
+                        action: AuditAction::Detokenize,
+                        tenant: Some(&tenant_s),
+                        token: match &opened {
+                            Ok(Some(card)) => Some(card.token.as_str()),
+                            _ => parsed_c.as_deref(),
+                        },
+                        purpose: Some(&purpose_s),
+                        subject: None,
+                        outcome: match &opened {
+                            Ok(_) => AuditOutcome::Success,
+                            Err(e) => AuditOutcome::from_error(e),
+                        },
+                        details: None,
+                    };
+                    if let Err(e) = state.record(conn, &keys, &ctx_c, &rec, now) {
+                        return (false, Err(e));
+                    }
+                    (true, Ok(Some(opened)))
+                })
+                .await
+                .map_err(audit_unavailable)?;
+            match step {
+                Some(result) => return result.and_then(|c| c.ok_or(VaultError::Decryption)),
+                None if attempt == 0 => {
+                    self.refresh_keys()?;
+                }
+                None => {}
+            }
+        }
+        Err(VaultError::Decryption)
     }
 
     /// Records the event of a successful detokenize (or relay: `action`) of row `id`, inside a writer
@@ -194,8 +263,8 @@ impl Vault {
             ctx.clone(),
         );
         let hints = crate::store::Hints {
-            cards: Vec::new(),
             live: vec![id],
+            ..crate::store::Hints::default()
         };
         let still_held = self
             .write_with(hints, move |conn, state| {
@@ -231,6 +300,38 @@ impl Vault {
             Err(VaultError::NotFound)
         }
     }
+}
+
+/// Opens `row`'s sealed card (its ciphertext taken out of it) under its key
+/// version in `keys`, bound to `tenant` and the row's token.
+fn open_row(
+    keys: &super::keyring::Keyring,
+    tenant: &str,
+    row: &mut CardRow,
+) -> Result<Detokenized, VaultError> {
+    let key = keys
+        .data
+        .get(&row.key_version)
+        .ok_or(VaultError::Decryption)?;
+    let nonce: [u8; 12] = row
+        .nonce
+        .as_slice()
+        .try_into()
+        .map_err(|_| VaultError::Decryption)?;
+    let sealed = SealedRecord {
+        key_version: row.key_version,
+        nonce,
+        ciphertext: std::mem::take(&mut row.ciphertext),
+    };
+    let card = key
+        .open(tenant, &row.token, &sealed)
+        .map_err(|_| VaultError::Decryption)?;
+    let expiry = Expiry::from_stored(row.exp_month, row.exp_year).ok_or(VaultError::Decryption)?;
+    Ok(Detokenized {
+        token: row.token.clone(),
+        card,
+        expiry,
+    })
 }
 
 /// A purpose is required: 1 to 256 printable characters, no card number.

@@ -95,7 +95,7 @@ impl Vault {
                     _ => None,
                 })
                 .collect(),
-            live: Vec::new(),
+            ..Hints::default()
         };
         let tenant = tenant.to_owned();
         let ctx = ctx.clone();

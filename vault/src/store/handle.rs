@@ -232,7 +232,10 @@ impl Reader<'_> {
     pub(crate) fn active_key_version(&self) -> Result<Option<u32>, StoreError> {
         match self.eng() {
             Eng::Sqlite(c) => keys::active_version(c),
-            Eng::Pg(conn) => conn.run_prepared(pg::keys::active_version_prepared),
+            Eng::Pg(conn) => match conn.prefetched_active_version() {
+                Some(read) => read,
+                None => conn.run_prepared(pg::keys::active_version_prepared),
+            },
         }
     }
     pub(crate) fn wrapped_data_keys(&self) -> Result<Vec<WrappedDataKey>, StoreError> {
@@ -268,11 +271,16 @@ impl Reader<'_> {
     ) -> Result<Option<CardRow>, StoreError> {
         match self.eng() {
             Eng::Sqlite(c) => cards::by_token(c, token, tenant),
-            Eng::Pg(conn) => conn.run_prepared(|p| {
-                pg::cards::by_token_prepared(p, token, tenant)?
-                    .map(from_pg)
-                    .transpose()
-            }),
+            Eng::Pg(conn) => {
+                if let Some(row) = conn.prefetched_by_token(token, tenant) {
+                    return row.map(from_pg).transpose().map_err(StoreError::from);
+                }
+                conn.run_prepared(|p| {
+                    pg::cards::by_token_prepared(p, token, tenant)?
+                        .map(from_pg)
+                        .transpose()
+                })
+            }
         }
     }
     pub(crate) fn card_is_live(
@@ -585,6 +593,9 @@ impl Tx<'_> {
         match self.eng() {
             Eng::Sqlite(c) => keys::add_encryptions(c, version, n),
             Eng::Pg(conn) => {
+                if conn.queue_encryptions(version, n)? {
+                    return Ok(());
+                }
                 conn.run_prepared(|p| pg::keys::add_encryptions_prepared(p, version, n))
             }
         }

@@ -95,6 +95,8 @@ pub struct Hints {
     pub cards: Vec<(String, Vec<u8>)>,
     /// Card rows (ids) whose liveness the job will re-check.
     pub live: Vec<i64>,
+    /// Cards the job will read by tenant and token.
+    pub reads: Vec<(String, String)>,
 }
 
 /// A job as it waits in the writer's queue.
@@ -391,21 +393,21 @@ fn run_batch_pg<S: WriterState>(
             "the writer has no database connection",
         ));
     };
-    let begun = conn
-        .reconnect_if_closed()
-        .and_then(|()| conn.begin(super::pg::session::KeyLock::Shared, Some(BATCH_LOCK_WAIT)))
-        .and_then(|()| conn.open_batch())
-        .and_then(|()| {
-            let cards: Vec<(&str, &[u8])> = batch
-                .iter()
-                .flat_map(|(_, h)| h.cards.iter().map(|(t, f)| (t.as_str(), f.as_slice())))
-                .collect();
-            let live: Vec<i64> = batch
-                .iter()
-                .flat_map(|(_, h)| h.live.iter().copied())
-                .collect();
-            conn.prefetch(&cards, &live)
-        });
+    let begun = conn.reconnect_if_closed().and_then(|()| {
+        let cards: Vec<(&str, &[u8])> = batch
+            .iter()
+            .flat_map(|(_, h)| h.cards.iter().map(|(t, f)| (t.as_str(), f.as_slice())))
+            .collect();
+        let live: Vec<i64> = batch
+            .iter()
+            .flat_map(|(_, h)| h.live.iter().copied())
+            .collect();
+        let reads: Vec<(&str, &str)> = batch
+            .iter()
+            .flat_map(|(_, h)| h.reads.iter().map(|(t, k)| (t.as_str(), k.as_str())))
+            .collect();
+        conn.begin_batch(BATCH_LOCK_WAIT, &cards, &live, &reads)
+    });
     if let Err(e) = begun {
         // The jobs never ran: fail them all.
         conn.rollback();

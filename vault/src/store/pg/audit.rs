@@ -53,18 +53,9 @@ pub struct PendingEvent {
     hash: ChainHash,
 }
 
-/// Inserts the events `rows` of `node` in one statement. Any of them taken is an
-/// error: a node's chain is appended by that node only (its id is held
-/// exclusively), so a taken seq means the chain in memory is wrong.
-pub fn flush_events(
-    client: &mut crate::store::pg::CachingClient,
-    node: &NodeId,
-    rows: &[PendingEvent],
-) -> Result<(), AuditError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<EventRow<'_>> = rows
+/// The rows of `pending`, as the log stores them.
+pub(crate) fn event_rows(pending: &[PendingEvent]) -> Vec<EventRow<'_>> {
+    pending
         .iter()
         .map(|r| EventRow {
             seq: r.seq,
@@ -72,15 +63,7 @@ pub fn flush_events(
             prev_hash: r.prev_hash,
             hash: r.hash,
         })
-        .collect();
-    let done = insert_event_rows(node, &rows, |sql, params| {
-        let stmt = client.prepared(sql).map_err(db)?;
-        client.execute(&stmt, params).map_err(db)
-    })?;
-    match done {
-        Insert::Done => Ok(()),
-        Insert::Taken => Err(AuditError::Conflict),
-    }
+        .collect()
 }
 
 impl<C: GenericClient> std::fmt::Debug for PgLog<'_, C> {
@@ -445,6 +428,21 @@ fn insert_event_rows(
     rows: &[EventRow<'_>],
     execute: impl FnOnce(&'static str, &[&(dyn ToSql + Sync)]) -> Result<u64, AuditError>,
 ) -> Result<Insert, AuditError> {
+    let n = with_event_params(node, rows, |params| execute(INSERT_EVENTS, params))?;
+    match usize::try_from(n) {
+        Ok(0) if !rows.is_empty() => Ok(Insert::Taken),
+        Ok(n) if n == rows.len() => Ok(Insert::Done),
+        _ => Err(AuditError::Conflict),
+    }
+}
+
+/// Calls `f` with the parameters of [`INSERT_EVENTS`] (`$1`–`$16`) for `rows`
+/// of `node`: the node, then one array per column.
+pub(super) fn with_event_params<T>(
+    node: &NodeId,
+    rows: &[EventRow<'_>],
+    f: impl FnOnce(&[&(dyn ToSql + Sync)]) -> Result<T, AuditError>,
+) -> Result<T, AuditError> {
     let mut seqs = Vec::with_capacity(rows.len());
     let mut times = Vec::with_capacity(rows.len());
     let mut text: [Vec<Option<&str>>; 11] = Default::default();
@@ -472,32 +470,24 @@ fn insert_event_rows(
         peer,
         details,
     ] = &text;
-    let n = execute(
-        INSERT_EVENTS,
-        &[
-            &node.as_str(),
-            &seqs,
-            &times,
-            actor,
-            actor_fp,
-            action,
-            tenant,
-            token,
-            purpose,
-            outcome,
-            code,
-            request_id,
-            peer,
-            details,
-            &prev,
-            &hashes,
-        ],
-    )?;
-    match usize::try_from(n) {
-        Ok(0) if !rows.is_empty() => Ok(Insert::Taken),
-        Ok(n) if n == rows.len() => Ok(Insert::Done),
-        _ => Err(AuditError::Conflict),
-    }
+    f(&[
+        &node.as_str(),
+        &seqs,
+        &times,
+        actor,
+        actor_fp,
+        action,
+        tenant,
+        token,
+        purpose,
+        outcome,
+        code,
+        request_id,
+        peer,
+        details,
+        &prev,
+        &hashes,
+    ])
 }
 
 /// Writes the whole PostgreSQL log as a multi-node export

@@ -12,6 +12,7 @@
 //! token in the same one.
 
 use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::ToSql;
 use postgres::{GenericClient, Row};
 
 use super::{CachingClient, PgError};
@@ -348,84 +349,32 @@ impl PendingCard {
     }
 }
 
-/// Inserts `cards` in one statement. A token already taken (a draw of 128
-/// random bits colliding, or one drawn twice in the batch) is an error rather
-/// than a retry: the tokens were answered to their jobs already.
-pub fn insert_many(c: &mut CachingClient, cards: &[PendingCard]) -> Result<(), PgError> {
-    if cards.is_empty() {
-        return Ok(());
-    }
+/// Calls `f` with the card columns of `cards` as the parameters `$1`–`$15` of
+/// `batch::FLUSH` (one array per column, in `INSERT` order).
+pub(crate) fn with_card_params<T>(
+    cards: &[PendingCard],
+    f: impl FnOnce(&[&(dyn ToSql + Sync)]) -> T,
+) -> T {
     macro_rules! column {
         ($f:ident) => {
             cards.iter().map(|r| &r.$f).collect::<Vec<_>>()
         };
     }
-    let stmt = c.prepared(
-        "INSERT INTO cards (token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, \
-         last4, exp_month, exp_year, subject_hash, metadata_sealed, created_at, expires_at) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::bytea[], \
-         $6::bytea[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::int8[], $12::bytea[], \
-         $13::bytea[], $14::int8[], $15::int8[]) \
-         ON CONFLICT (token, tenant) DO NOTHING",
-    )?;
-    let n = c.execute(
-        &stmt,
-        &[
-            &column!(token),
-            &column!(tenant),
-            &column!(key_version),
-            &column!(nonce),
-            &column!(ciphertext),
-            &column!(fingerprint),
-            &column!(brand),
-            &column!(bin),
-            &column!(last4),
-            &column!(exp_month),
-            &column!(exp_year),
-            &column!(subject_hash),
-            &column!(metadata_sealed),
-            &column!(created_at),
-            &column!(expires_at),
-        ],
-    )?;
-    if usize::try_from(n).ok() != Some(cards.len()) {
-        return Err(PgError::Foreign(
-            "a token of the batch was taken by another row; the batch is rolled back".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Every row (expired or not) of the cards `keys` (tenant, fingerprint), in id
-/// order: the dedup lookups of a whole batch in one statement.
-pub fn rows_of_fingerprints(
-    c: &mut CachingClient,
-    keys: &[(&str, &[u8])],
-) -> Result<Vec<PgCardRow>, PgError> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "SELECT {ROW_COLUMNS} FROM cards WHERE (tenant, fingerprint) IN \
-             (SELECT t, f FROM unnest($1::text[], $2::bytea[]) AS u(t, f)) ORDER BY id"
-        )
-    });
-    let (tenants, fps): (Vec<&str>, Vec<&[u8]>) = keys.iter().copied().unzip();
-    let stmt = c.prepared(SQL.as_str())?;
-    c.query(&stmt, &[&tenants, &fps])?
-        .iter()
-        .map(PgCardRow::from_row)
-        .collect()
-}
-
-/// What the liveness re-check of a row reads: its id, token, tenant and expiry.
-pub type LiveRow = (i64, String, String, Option<i64>);
-
-/// Each row of `ids` that exists: the liveness re-checks of a whole batch in one
-/// statement.
-pub fn live_of_ids(c: &mut CachingClient, ids: &[i64]) -> Result<Vec<LiveRow>, PgError> {
-    let stmt =
-        c.prepared("SELECT id, token, tenant, expires_at FROM cards WHERE id = ANY($1::int8[])")?;
-    c.query(&stmt, &[&ids])?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-        .collect()
+    f(&[
+        &column!(token),
+        &column!(tenant),
+        &column!(key_version),
+        &column!(nonce),
+        &column!(ciphertext),
+        &column!(fingerprint),
+        &column!(brand),
+        &column!(bin),
+        &column!(last4),
+        &column!(exp_month),
+        &column!(exp_year),
+        &column!(subject_hash),
+        &column!(metadata_sealed),
+        &column!(created_at),
+        &column!(expires_at),
+    ])
 }

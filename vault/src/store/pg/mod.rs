@@ -25,6 +25,7 @@
 pub const LOG_DIRECTIVES: &[&str] = &["tokio_postgres=info", "postgres=info"];
 
 pub mod audit;
+mod batch;
 pub mod cards;
 mod connect;
 pub mod cvc;

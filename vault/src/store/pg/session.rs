@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use panvault_audit::log::{AuditError, MAX_NODE_LEN, NodeId};
 
-use super::audit::{PendingEvent, flush_events};
+use super::audit::PendingEvent;
 use super::cards::{PendingCard, PgCardRow};
 use super::{CachingClient, PgError, PgLog, PgPool, PooledClient};
 use crate::store::StoreError;
@@ -57,12 +57,13 @@ pub(crate) struct PgConn {
 /// trips together rather than several each (a node's writer runs its jobs one
 /// after the other on one connection, so every round trip of a job delays the
 /// whole batch):
-/// - the look-ups the jobs announced ([`PgConn::prefetch`]): every card lock
-///   taken in one statement, in a fixed order (two nodes' batches never wait on
-///   each other in a cycle), then the dedup rows of those cards and the
-///   liveness of the rows the jobs will re-check, one statement each;
-/// - new card rows and audit events, inserted together before the next
-///   statement that could read them and before `COMMIT` ([`PgConn::flush`]).
+/// - the look-ups the jobs announced, made with `BEGIN` ([`PgConn::begin_batch`]):
+///   every card lock in a fixed order (two nodes' batches never wait on each
+///   other in a cycle), then the dedup rows of those cards, the liveness of the
+///   rows the jobs will re-check, and the active key version;
+/// - new card rows, audit events and encryption counts, written together
+///   before the next statement that could read them and before `COMMIT`
+///   ([`PgConn::flush`]).
 ///
 /// A job's own change of a card row makes the look-ups it could affect stale:
 /// a queued row drops its card's dedup rows, any other change or delete of a
@@ -80,6 +81,12 @@ struct Batch {
     live: HashMap<i64, Option<(String, String, Option<i64>)>>,
     /// New card rows, not inserted yet.
     cards: Vec<PendingCard>,
+    /// Records sealed per key version, not counted yet.
+    encryptions: Vec<(i64, i64)>,
+    /// The active key version read when the batch began (`Some(None)`: none).
+    active: Option<Option<i64>>,
+    /// Each announced card read, by (tenant, token): its row, `None` if none.
+    by_token: HashMap<(String, String), Option<PgCardRow>>,
 }
 
 /// The advisory lock key of card `fingerprint`: its first 8 bytes as two 32-bit
@@ -212,14 +219,91 @@ impl PgConn {
         r.map_err(StoreError::from)
     }
 
-    /// Marks the transaction just begun as a writer batch: new cards and events
-    /// may wait ([`Batch`]) until [`PgConn::flush`].
-    pub(crate) fn open_batch(&self) -> Result<(), StoreError> {
+    /// `BEGIN` of a writer batch, in one round trip (`batch::begin_sql`): the key
+    /// lock shared (waiting at most `wait`, then [`StoreError::LockHeld`]), the
+    /// transaction id, then the locks of the announced cards (`cards`: tenant
+    /// and keyed fingerprint) in key order, their rows, the liveness of rows
+    /// `live` and the active key version, kept for the batch's jobs ([`Batch`]).
+    /// A tenant that cannot be written into the statement (never one the API
+    /// accepts) leaves its cards to be looked up by each job.
+    pub(crate) fn begin_batch(
+        &self,
+        wait: Duration,
+        cards: &[(&str, &[u8])],
+        live: &[i64],
+        reads: &[(&str, &str)],
+    ) -> Result<(), StoreError> {
+        self.failed.set(false);
+        self.close_batch();
+        self.xid.set(None);
+        let mut wanted: Vec<(&str, &[u8])> = cards
+            .iter()
+            .copied()
+            .filter(|(t, _)| super::batch::literal_safe(t))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut keys: Vec<(i32, i32)> = wanted.iter().map(|(_, fp)| card_lock_key(fp)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut ids = live.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut reads: Vec<(&str, &str)> = reads
+            .iter()
+            .copied()
+            .filter(|(t, k)| super::batch::literal_safe(t) && super::batch::literal_safe(k))
+            .collect();
+        reads.sort_unstable();
+        reads.dedup();
+        let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX).max(1);
+        let begun = super::batch::begin_sql(KEY_LOCK, ms, &keys, &wanted, &ids, &reads)
+            .map_err(StoreError::from)
+            .and_then(|sql| self.run_cached(|c| Ok(c.simple_query(&sql)?)))
+            .and_then(|messages| super::batch::parse_begin(&messages).map_err(StoreError::from));
+        let begun = match begun {
+            Ok(b) => b,
+            Err(e) => {
+                self.rollback();
+                return Err(match &e {
+                    StoreError::Postgres { code: Some(c), .. } if c == LOCK_NOT_AVAILABLE => {
+                        StoreError::LockHeld(wait.as_secs())
+                    }
+                    _ => e,
+                });
+            }
+        };
+        self.xid.set(begun.xid);
         let mut b = self.batch.try_borrow_mut().map_err(|_| in_use())?;
         *b = Batch {
             open: true,
             ..Batch::default()
         };
+        b.locked.extend(keys);
+        for (tenant, fp) in wanted {
+            b.rows.entry((tenant.to_owned(), fp.to_vec())).or_default();
+        }
+        for row in begun.rows {
+            b.rows
+                .entry((row.tenant.clone(), row.fingerprint.clone()))
+                .or_default()
+                .push(row);
+        }
+        for id in ids {
+            b.live.insert(id, None);
+        }
+        for (id, token, tenant, expires_at) in begun.live {
+            b.live.insert(id, Some((token, tenant, expires_at)));
+        }
+        b.active = Some(begun.active);
+        for (tenant, token) in reads {
+            b.by_token
+                .insert((tenant.to_owned(), token.to_owned()), None);
+        }
+        for row in begun.by_token {
+            b.by_token
+                .insert((row.tenant.clone(), row.token.clone()), Some(row));
+        }
         Ok(())
     }
 
@@ -233,80 +317,92 @@ impl PgConn {
         }
     }
 
-    /// Inserts the card rows and audit events that wait, in one statement each.
+    /// Writes what waits (new card rows, audit events, encryption counts) in one
+    /// statement (`batch::FLUSH`), and checks every row was written: a token or
+    /// an event's sequence number already taken fails the batch.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
-        let cards = {
+        let (cards, encryptions) = {
             let mut b = self.batch.try_borrow_mut().map_err(|_| in_use())?;
             if !b.open {
                 return Ok(());
             }
-            std::mem::take(&mut b.cards)
+            (
+                std::mem::take(&mut b.cards),
+                std::mem::take(&mut b.encryptions),
+            )
         };
         let events = std::mem::take(&mut *self.events.try_borrow_mut().map_err(|_| in_use())?);
-        if cards.is_empty() && events.is_empty() {
+        if cards.is_empty() && events.is_empty() && encryptions.is_empty() {
             return Ok(());
         }
-        self.run_cached(|c| {
-            super::cards::insert_many(c, &cards)?;
-            flush_events(c, &node_id(), &events).map_err(|e| match e {
-                AuditError::Conflict => PgError::Foreign(
-                    "an audit event's sequence number was taken: this node's chain is \
-                     appended by another process"
-                        .into(),
-                ),
-                other => PgError::Foreign(format!("audit events could not be inserted: {other}")),
+        let (versions, counts): (Vec<i64>, Vec<i64>) = encryptions.into_iter().unzip();
+        let rows = super::audit::event_rows(&events);
+        let written = self.run_cached(|c| {
+            let stmt = c.prepared(super::batch::FLUSH)?;
+            super::cards::with_card_params(&cards, |card_params| {
+                super::audit::with_event_params(&node_id(), &rows, |event_params| {
+                    let mut params = Vec::with_capacity(33);
+                    params.extend_from_slice(card_params);
+                    params.extend_from_slice(event_params);
+                    params.push(&versions);
+                    params.push(&counts);
+                    c.query_one(&stmt, &params)
+                        .map_err(|e| AuditError::Storage(Box::new(e)))
+                })
             })
-        })
-    }
-
-    /// Takes the locks of the announced cards (`cards`: tenant and keyed
-    /// fingerprint) in one statement, then reads their rows and the liveness of
-    /// rows `live` (see [`Batch`]).
-    pub(crate) fn prefetch(&self, cards: &[(&str, &[u8])], live: &[i64]) -> Result<(), StoreError> {
-        let mut keys: Vec<(i32, i32)> = cards.iter().map(|(_, fp)| card_lock_key(fp)).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        if !keys.is_empty() {
-            let (hi, lo): (Vec<i32>, Vec<i32>) = keys.iter().copied().unzip();
-            self.run_cached(|c| {
-                let stmt = c.prepared(
-                    "SELECT count(pg_advisory_xact_lock(h, l)) FROM                      unnest($1::int4[], $2::int4[]) WITH ORDINALITY AS u(h, l, n)",
-                )?;
-                c.query_one(&stmt, &[&hi, &lo])?;
-                Ok(())
-            })?;
-        }
-        let mut wanted: Vec<(&str, &[u8])> = cards.to_vec();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let rows = if wanted.is_empty() {
-            Vec::new()
-        } else {
-            self.run_cached(|c| super::cards::rows_of_fingerprints(c, &wanted))?
-        };
-        let found = if live.is_empty() {
-            Vec::new()
-        } else {
-            self.run_cached(|c| super::cards::live_of_ids(c, live))?
-        };
-        let mut b = self.batch.try_borrow_mut().map_err(|_| in_use())?;
-        b.locked.extend(keys);
-        for (tenant, fp) in wanted {
-            b.rows.entry((tenant.to_owned(), fp.to_vec())).or_default();
-        }
-        for row in rows {
-            b.rows
-                .entry((row.tenant.clone(), row.fingerprint.clone()))
-                .or_default()
-                .push(row);
-        }
-        for id in live {
-            b.live.insert(*id, None);
-        }
-        for (id, token, tenant, expires_at) in found {
-            b.live.insert(id, Some((token, tenant, expires_at)));
+            .map_err(|e| match e {
+                AuditError::Storage(s) => match s.downcast::<postgres::Error>() {
+                    Ok(db) => PgError::Db(*db),
+                    Err(other) => PgError::Foreign(other.to_string()),
+                },
+                other => PgError::Foreign(format!("audit events could not be written: {other}")),
+            })
+            .and_then(|row| {
+                Ok((
+                    row.try_get::<_, i64>(0)?,
+                    row.try_get::<_, i64>(1)?,
+                    row.try_get::<_, i64>(2)?,
+                ))
+            })
+        })?;
+        let want = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        if written != (want(cards.len()), want(events.len()), want(versions.len())) {
+            self.failed.set(true);
+            return Err(StoreError::Unavailable(
+                "a token or audit sequence number of the batch was already taken; \
+                 the batch is rolled back",
+            ));
         }
         Ok(())
+    }
+
+    /// Counts `n` more records sealed under key `version` with the batch's other
+    /// writes (`true`); outside a writer batch `false`, and nothing is counted.
+    pub(crate) fn queue_encryptions(&self, version: u32, n: i64) -> Result<bool, StoreError> {
+        let mut b = self.batch.try_borrow_mut().map_err(|_| in_use())?;
+        if !b.open {
+            return Ok(false);
+        }
+        b.encryptions.push((i64::from(version), n));
+        Ok(true)
+    }
+
+    /// The active key version the batch read when it began (`None`: not read,
+    /// ask the database).
+    pub(crate) fn prefetched_active_version(&self) -> Option<Result<Option<u32>, StoreError>> {
+        let b = self.batch.try_borrow().ok()?;
+        let active = b.active?;
+        Some(
+            active
+                .map(|v| {
+                    u32::try_from(v).map_err(|_| {
+                        StoreError::from(PgError::Foreign(
+                            "data_keys.version holds a value the vault never writes".into(),
+                        ))
+                    })
+                })
+                .transpose(),
+        )
     }
 
     /// The dedup row of card `fingerprint` for `subject_hash` in `tenant` if the
@@ -367,7 +463,21 @@ impl PgConn {
         if let Ok(mut b) = self.batch.try_borrow_mut() {
             b.rows.clear();
             b.live.clear();
+            b.by_token.clear();
         }
+    }
+
+    /// The row of `token` in `tenant` if the batch read it when it began.
+    /// `None`: not read (ask the database).
+    pub(crate) fn prefetched_by_token(
+        &self,
+        token: &str,
+        tenant: &str,
+    ) -> Option<Option<PgCardRow>> {
+        let b = self.batch.try_borrow().ok()?;
+        b.by_token
+            .get(&(tenant.to_owned(), token.to_owned()))
+            .cloned()
     }
 
     /// `BEGIN`, then the key lock: shared (a writer batch), exclusive (a key
@@ -384,11 +494,6 @@ impl PgConn {
         }
         match lock {
             KeyLock::None => {}
-            KeyLock::Shared => {
-                sql.push_str(&format!(
-                    "; SELECT pg_advisory_xact_lock_shared({KEY_LOCK})"
-                ));
-            }
             KeyLock::Exclusive => {
                 sql.push_str(&format!("; SELECT pg_advisory_xact_lock({KEY_LOCK})"));
             }
@@ -672,8 +777,6 @@ fn unreachable_node() -> NodeId {
 pub(crate) enum KeyLock {
     /// None (reads, the schema, `init`).
     None,
-    /// Shared: a writer batch.
-    Shared,
     /// Exclusive: a key change, an admin transaction.
     Exclusive,
 }
