@@ -56,7 +56,9 @@ mod verify;
 
 pub use chain::{AuditChain, ChainHead, CheckpointPolicy};
 pub use checkpoint::Checkpoint;
-pub use cluster::{ClusterCheckpoint, ClusterLogTx, MAX_NODE_LEN, NodeHead, NodeId};
+pub use cluster::{
+    ClusterCheckpoint, ClusterLogTx, MAX_NODE_LEN, NodeHead, NodeId, SignedCheckpoint,
+};
 pub use cluster_export::{CLUSTER_EXPORT_FORMAT, ClusterExportWriter, verify_cluster_export};
 pub use encoding::{ChainHash, ENCODING_VERSION, sha256_hex};
 pub use error::AuditError;
@@ -70,7 +72,10 @@ pub use export::{
     verify_export_through,
 };
 pub use keys::{PublicKey, SigningKey};
-pub use prune::{DEFAULT_RETENTION, MIN_RETENTION, PruneRecord, PruneReport, prune};
+pub use prune::{
+    ClusterPruneRecord, ClusterPruneReport, ClusterPruneTx, DEFAULT_RETENTION, MIN_RETENTION,
+    PruneRecord, PruneReport, Pruned, prune, prune_cluster,
+};
 pub use receipt::{ErasureReceipt, ReceiptStorage, subject_hash, verify_receipt};
 pub use schema::{SCHEMA_SQL, SCHEMA_VERSION, migrate, open_read_only};
 pub use sqlite::latest_checkpoint;
