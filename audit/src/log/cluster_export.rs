@@ -663,15 +663,28 @@ impl<'k> ClusterVerifier<'k> {
                 .checkpoints
                 .iter()
                 .find(|c| (&c.node, c.id) == (&p.checkpoint_node, p.checkpoint_id));
-            if named.is_none_or(|c| c.heads != p.cuts) {
-                return Some(prune_break(
-                    p,
-                    BreakKind::Modified,
-                    format!(
-                        "its cuts are not the heads of node {}'s checkpoint #{}",
-                        p.checkpoint_node, p.checkpoint_id
-                    ),
-                ));
+            match named {
+                None => {
+                    return Some(prune_break(
+                        p,
+                        BreakKind::Missing,
+                        format!(
+                            "node {}'s checkpoint #{}, whose heads are its cuts, is missing",
+                            p.checkpoint_node, p.checkpoint_id
+                        ),
+                    ));
+                }
+                Some(c) if c.heads != p.cuts => {
+                    return Some(prune_break(
+                        p,
+                        BreakKind::Modified,
+                        format!(
+                            "its cuts are not the heads of node {}'s checkpoint #{}",
+                            p.checkpoint_node, p.checkpoint_id
+                        ),
+                    ));
+                }
+                Some(_) => {}
             }
             for (node, (cut, _)) in &self.cuts {
                 if p.cut_of(node).is_none_or(|c| c.seq < cut.seq) {
