@@ -665,14 +665,16 @@ impl<'k> ClusterVerifier<'k> {
                 .find(|c| (&c.node, c.id) == (&p.checkpoint_node, p.checkpoint_id));
             match named {
                 None => {
-                    return Some(prune_break(
-                        p,
-                        BreakKind::Missing,
-                        format!(
-                            "node {}'s checkpoint #{}, whose heads are its cuts, is missing",
-                            p.checkpoint_node, p.checkpoint_id
+                    return Some(Break {
+                        seq: p.cut_of(&p.checkpoint_node).map_or(0, |c| c.seq),
+                        kind: BreakKind::Missing,
+                        location: Location::Checkpoint(p.checkpoint_id),
+                        detail: format!(
+                            "node {}: its checkpoint #{}, whose heads prune record #{} names \
+                             as the cuts, is missing",
+                            p.checkpoint_node, p.checkpoint_id, p.id
                         ),
-                    ));
+                    });
                 }
                 Some(c) if c.heads != p.cuts => {
                     return Some(prune_break(

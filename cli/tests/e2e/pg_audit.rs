@@ -37,8 +37,12 @@ fn node(name: &str) -> NodeId {
 }
 
 fn event(writer: &str, i: u32) -> NewEvent {
+    event_at(writer, i, OffsetDateTime::now_utc())
+}
+
+fn event_at(writer: &str, i: u32, t: OffsetDateTime) -> NewEvent {
     NewEvent::new(
-        OffsetDateTime::now_utc(),
+        t,
         Actor::client(writer, "ab"),
         Action::Detokenize,
         Outcome::Success,
@@ -51,11 +55,15 @@ fn event(writer: &str, i: u32) -> NewEvent {
 
 /// The node's chain, registered (its first event and checkpoint) in one transaction.
 fn register(c: &mut PgClient, name: &str) -> AuditChain {
+    register_at(c, name, OffsetDateTime::now_utc())
+}
+
+fn register_at(c: &mut PgClient, name: &str, t: OffsetDateTime) -> AuditChain {
     let mut tx = c.transaction().unwrap();
     let log = PgLog::new(&mut tx, node(name));
     let mut chain = AuditChain::load(&log).unwrap();
     let cp = chain
-        .register_node(&log, &key(), Actor::admin("ops"), OffsetDateTime::now_utc())
+        .register_node(&log, &key(), Actor::admin("ops"), t)
         .unwrap()
         .expect("a new node registers");
     assert_eq!((cp.id, chain.last_seq()), (1, 1));
@@ -74,16 +82,26 @@ fn batch(
     n: u32,
     sign: bool,
 ) -> Option<ClusterCheckpoint> {
+    batch_at(c, name, chain, (first, n), sign, OffsetDateTime::now_utc())
+}
+
+/// [`batch`] of events `first..first + n` dated `t`.
+fn batch_at(
+    c: &mut PgClient,
+    name: &str,
+    chain: &mut AuditChain,
+    (first, n): (u32, u32),
+    sign: bool,
+    t: OffsetDateTime,
+) -> Option<ClusterCheckpoint> {
     let before = chain.snapshot();
     c.batch_execute("BEGIN").unwrap();
     let log = PgLog::new(c, node(name));
     let done: Result<Option<ClusterCheckpoint>, AuditError> = (|| {
-        let events: Vec<NewEvent> = (first..first + n).map(|i| event(name, i)).collect();
+        let events: Vec<NewEvent> = (first..first + n).map(|i| event_at(name, i, t)).collect();
         chain.append_all(&log, &events)?;
         if sign {
-            return chain
-                .cluster_checkpoint(&log, &key(), OffsetDateTime::now_utc())
-                .map(Some);
+            return chain.cluster_checkpoint(&log, &key(), t).map(Some);
         }
         Ok(None)
     })();
@@ -474,4 +492,188 @@ fn pg_audit_a_log_cut_back_on_every_node_is_caught_by_a_kept_checkpoint() {
         "{}",
         o.stderr
     );
+}
+
+/// All three verifiers reject, each saying `said` (for a break that is no
+/// node's: a prune record).
+fn rejected_saying(e: &Exported, said: &str, what: &str) {
+    let b = e
+        .report
+        .problem
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what} went unnoticed"));
+    assert!(b.detail.contains(said), "{what}: {b}");
+    let o = binary(e);
+    assert_eq!(o.status.code(), Some(3), "{what}: {}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains(said), "{what}: {o:?}");
+    if let Some(o) = python(e) {
+        assert_eq!(o.status.code(), Some(1), "verify.py accepted: {what}");
+        assert!(o.stderr.contains(said), "verify.py, {what}: {}", o.stderr);
+    }
+}
+
+/// Retention on the shared log: nodes a, b and c worked 800 days ago (c only
+/// registered), a and b work today. Two prunes race while a and b keep
+/// appending and signing: one cuts every node's chain at one cluster
+/// checkpoint, the other does nothing; the writers' heads stay valid (c's
+/// whole chain is gone, and it goes on after its cut); the pruned log verifies
+/// with all three verifiers; tampering after the prune is caught, naming the node.
+#[test]
+fn pg_audit_prune_cuts_every_node_once_while_nodes_append_and_the_log_verifies() {
+    use panvault_audit::log::{ClusterPruneReport, DEFAULT_RETENTION, prune_cluster};
+
+    let Some(pg) = PgServer::start(
+        "pg_audit_prune_cuts_every_node_once_while_nodes_append_and_the_log_verifies",
+    ) else {
+        return;
+    };
+    let public = key().public_key();
+    let mut c = client(&pg);
+    schema::migrate(&mut c).unwrap();
+    let old = OffsetDateTime::now_utc() - time::Duration::days(800);
+    let mut chains: Vec<(&str, AuditChain)> = ["a", "b", "c"]
+        .into_iter()
+        .map(|n| (n, register_at(&mut c, n, old)))
+        .collect();
+    for round in 0..3 {
+        for (name, chain) in chains.iter_mut().take(2) {
+            batch_at(&mut c, name, chain, (round * 4, 4), true, old);
+        }
+    }
+    let (name, chain) = &mut chains[2];
+    batch_at(&mut c, name, chain, (0, 0), true, old); // c anchors the old heads
+    for (name, chain) in chains.iter_mut().take(2) {
+        batch(&mut c, name, chain, 100, 3, true);
+    }
+    let before = export(&mut c, &public);
+    accepted(&before);
+    let old_events = 2 * (1 + 12) + 1;
+
+    // a and b append and sign while two prunes race.
+    const BATCHES: u32 = 20;
+    let go = Arc::new(Barrier::new(4));
+    let (mut c_chain, mut writers) = (None, Vec::new());
+    for (name, mut chain) in chains {
+        if name == "c" {
+            c_chain = Some(chain);
+            continue;
+        }
+        let mut conn = client(&pg);
+        let go = Arc::clone(&go);
+        writers.push(std::thread::spawn(move || {
+            go.wait();
+            for b in 0..BATCHES {
+                batch(&mut conn, name, &mut chain, 200 + b * 2, 2, b % 3 == 2);
+            }
+            (name, conn, chain)
+        }));
+    }
+    let pruners: Vec<_> = (0..2)
+        .map(|_| {
+            let mut conn = client(&pg);
+            let go = Arc::clone(&go);
+            std::thread::spawn(move || -> ClusterPruneReport {
+                go.wait();
+                let mut tx = conn.transaction().unwrap();
+                let log = PgLog::new(&mut tx, node("admin"));
+                let r = prune_cluster(&log, &key(), OffsetDateTime::now_utc(), DEFAULT_RETENTION)
+                    .unwrap();
+                drop(log);
+                tx.commit().unwrap();
+                r
+            })
+        })
+        .collect();
+    let reports: Vec<ClusterPruneReport> = pruners.into_iter().map(|p| p.join().unwrap()).collect();
+    let done: Vec<ClusterPruneReport> = reports
+        .iter()
+        .filter(|r| r.record.is_some())
+        .cloned()
+        .collect();
+    assert_eq!(done.len(), 1, "one prune across the cluster: {reports:?}");
+    assert_eq!(done[0].deleted, old_events);
+    let record = done[0].record.clone().unwrap();
+    let cuts: Vec<(&str, u64)> = record
+        .cuts
+        .iter()
+        .map(|h| (h.node.as_str(), h.seq))
+        .collect();
+    assert_eq!(cuts, [("a", 13), ("b", 13), ("c", 1)]);
+    let mut chains: Vec<(&str, PgClient, AuditChain)> =
+        writers.into_iter().map(|w| w.join().unwrap()).collect();
+
+    // Every writer's head is still the store's; c, whose chain is empty now,
+    // reloads at its cut and goes on from there.
+    for (name, conn, chain) in &mut chains {
+        let stored = AuditChain::load(&PgLog::new(conn, node(name))).unwrap();
+        assert_eq!(stored.snapshot(), chain.snapshot(), "{name}");
+    }
+    let mut c_chain = c_chain.unwrap();
+    let reloaded = AuditChain::load(&PgLog::new(&mut c, node("c"))).unwrap();
+    assert_eq!(reloaded.snapshot(), c_chain.snapshot());
+    batch(&mut c, "c", &mut c_chain, 0, 1, true);
+    let (name, conn, chain) = &mut chains[0];
+    batch(conn, name, chain, 900, 1, true);
+
+    let e = export(&mut c, &public);
+    accepted(&e);
+    assert_eq!(e.report.prunes, 1);
+    let writes = 2 * u64::from(BATCHES * 2) + 1 + 1;
+    assert_eq!(e.report.events, before.report.events - old_events + writes);
+    let text = std::fs::read_to_string(&e.file).unwrap();
+    assert!(text.contains(r#"{"type":"prune","id":1,"#), "{text}");
+
+    // Tampering after the prune.
+    c.batch_execute(
+        "CREATE TEMP TABLE saved AS SELECT * FROM audit_events WHERE node = 'b' AND seq = 14;
+         DELETE FROM audit_events WHERE node = 'b' AND seq = 14;",
+    )
+    .unwrap();
+    rejected(
+        &export(&mut c, &public),
+        "b",
+        BreakKind::Missing,
+        14,
+        "the first event after b's cut deleted",
+    );
+    c.batch_execute("INSERT INTO audit_events SELECT * FROM saved; DROP TABLE saved;")
+        .unwrap();
+    accepted(&export(&mut c, &public));
+
+    c.batch_execute("UPDATE audit_prunes SET deleted = deleted + 1")
+        .unwrap();
+    rejected_saying(
+        &export(&mut c, &public),
+        "prune record #1",
+        "a prune record altered",
+    );
+    c.batch_execute("UPDATE audit_prunes SET deleted = deleted - 1")
+        .unwrap();
+    accepted(&export(&mut c, &public));
+
+    c.batch_execute(
+        "CREATE TEMP TABLE saved AS SELECT * FROM audit_prunes;
+         DELETE FROM audit_prunes;",
+    )
+    .unwrap();
+    rejected(
+        &export(&mut c, &public),
+        "a",
+        BreakKind::Missing,
+        1,
+        "the prune record deleted",
+    );
+    c.batch_execute("INSERT INTO audit_prunes SELECT * FROM saved; DROP TABLE saved;")
+        .unwrap();
+    accepted(&export(&mut c, &public));
+
+    // a's whole remaining history: its events, checkpoints and registration.
+    c.batch_execute(
+        "DELETE FROM audit_events WHERE node = 'a';
+         DELETE FROM audit_checkpoints WHERE node = 'a';
+         DELETE FROM audit_nodes WHERE node = 'a';",
+    )
+    .unwrap();
+    let e = export(&mut c, &public);
+    rejected_saying(&e, "node a", "a node's whole remaining history deleted");
 }

@@ -329,19 +329,18 @@ impl AuditState {
     }
 
     /// Registers this node in the shared log if it is not yet (PostgreSQL; see
-    /// [`Tx::register_audit_node`]), inside the caller's transaction.
+    /// [`Tx::register_audit_node`]), inside the caller's transaction; its
+    /// `node.register` event is dated `now` (the vault's clock, as every event).
     pub(crate) fn register_node(
         &mut self,
         conn: &Tx<'_>,
         actor: &AccessContext,
+        now: i64,
     ) -> Result<(), VaultError> {
-        conn.register_audit_node(
-            &mut self.chain,
-            &self.signer,
-            actor_of(actor),
-            OffsetDateTime::now_utc(),
-        )
-        .map_err(audit_err)
+        let now = OffsetDateTime::from_unix_timestamp(now)
+            .map_err(|e| VaultError::AuditUnavailable(Some(Box::new(e))))?;
+        conn.register_audit_node(&mut self.chain, &self.signer, actor_of(actor), now)
+            .map_err(audit_err)
     }
 
     /// Writes a signed checkpoint if one is due (or `force`).
@@ -536,7 +535,7 @@ pub(crate) fn record_admin(
     now: i64,
 ) -> Result<u64, VaultError> {
     let mut state = AuditState::load(conn, keys, CheckpointPolicy::default())?;
-    state.register_node(conn, actor)?;
+    state.register_node(conn, actor, now)?;
     let rec = AuditRecord {
         action,
         tenant: None,
@@ -565,7 +564,7 @@ pub(crate) fn sign_checkpoint_now(
     let open = conn.begin_immediate()?;
     let tx = open.tx();
     let mut state = AuditState::load(&tx, keys, CheckpointPolicy::default())?;
-    state.register_node(&tx, actor)?;
+    state.register_node(&tx, actor, now)?;
     let rec = AuditRecord {
         action: AuditAction::AuditCheckpoint,
         tenant: None,
@@ -606,7 +605,7 @@ pub(crate) fn prune_now(
     };
     let tx = open.tx();
     let mut state = AuditState::load(&tx, keys, CheckpointPolicy::default())?;
-    state.register_node(&tx, actor)?;
+    state.register_node(&tx, actor, now.unix_timestamp())?;
     let pruned = state.prune(&tx, now, retention_days)?;
     if pruned.busy() {
         drop(tx);

@@ -486,7 +486,8 @@ impl<C: GenericClient> ClusterPruneTx for PgLog<'_, C> {
 
     fn cluster_checkpoints(&self) -> Result<Vec<ClusterCheckpoint>, AuditError> {
         self.query(
-            "SELECT node, id, time_ns, heads, signature FROM audit_checkpoints",
+            "SELECT node, id, time_ns, heads, signature FROM audit_checkpoints \
+             ORDER BY node COLLATE \"C\", id",
             &[],
         )?
         .iter()
