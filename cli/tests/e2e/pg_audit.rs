@@ -677,3 +677,325 @@ fn pg_audit_prune_cuts_every_node_once_while_nodes_append_and_the_log_verifies()
     let e = export(&mut c, &public);
     rejected_saying(&e, "node a", "a node's whole remaining history deleted");
 }
+
+// --- The real binary: `panvault audit prune` and `audit checkpoint` on PostgreSQL.
+
+mod binary {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Instant;
+
+    use panvault_vault::{Admin, Clock};
+
+    use super::*;
+    use crate::util::{BinVault, ServeProcess, cards};
+
+    async fn serve(v: &BinVault, name: &str) -> ServeProcess {
+        let mut cmd = tokio::process::Command::new(panvault_bin());
+        cmd.args(v.serve_args()).env("PANVAULT_NODE", name);
+        ServeProcess::spawn(cmd).await.unwrap()
+    }
+
+    /// The synchronous PostgreSQL client (and the synchronous verifiers)
+    /// inside the test's runtime.
+    fn sync<T>(f: impl FnOnce() -> T) -> T {
+        tokio::task::block_in_place(f)
+    }
+
+    fn count(pg: &PgServer, sql: &str) -> i64 {
+        sync(|| client(pg).query_one(sql, &[]).unwrap().get(0))
+    }
+
+    fn sql(pg: &PgServer, text: &str) {
+        sync(|| client(pg).batch_execute(text).unwrap());
+    }
+
+    fn admin_node(pg: &PgServer) -> String {
+        sync(|| {
+            client(pg)
+                .query_one(
+                    "SELECT node FROM audit_nodes WHERE node LIKE 'admin-%'",
+                    &[],
+                )
+                .unwrap()
+                .get(0)
+        })
+    }
+
+    /// Tokenizes and detokenizes on `node` until `stop`; counts what was answered 2xx,
+    /// and fails the test on anything else.
+    fn load(
+        v: &BinVault,
+        addr: std::net::SocketAddr,
+        stop: Arc<AtomicBool>,
+        ok: Arc<AtomicU64>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (sf, pay) = (v.client(addr, "storefront"), v.client(addr, "payments"));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let card = cards::fresh();
+                let r = sf.tokenize(&card).await;
+                assert!(
+                    r.status == 201 || r.status == 200,
+                    "tokenize: {} {}",
+                    r.status,
+                    r.text()
+                );
+                let token = r.json()["token"].as_str().unwrap().to_owned();
+                let d = pay.detokenize(&token, "check").await;
+                assert_eq!(d.status, 200, "detokenize: {}", d.text());
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    }
+
+    /// A vault created 800 days ago whose admin signed a checkpoint then: its
+    /// first events (the admin node's chain) are past the retention.
+    fn aged_vault(tmp: &Path, pg: &PgServer) -> BinVault {
+        let then = OffsetDateTime::now_utc() - time::Duration::days(800);
+        let clock: Clock = Arc::new(move || then);
+        let v = BinVault::create_pg_at(tmp, &pg.url("disable"), &clock);
+        sync(|| {
+            let mut admin = Admin::open(&v.data, &v.unlock(), clock).unwrap();
+            admin.audit_checkpoint(&Default::default(), None).unwrap();
+        });
+        v
+    }
+
+    async fn verify_db(v: &BinVault) -> CmdOutput {
+        v.run(&["audit", "verify"], false, LIMIT).await
+    }
+
+    /// Two nodes serve under load; two `audit prune` run at once: one cuts the
+    /// log (the admin node's old chain) at a signed cluster checkpoint, the
+    /// other does nothing; no request fails. The database, the export (with
+    /// `audit verify --export` and verify.py) verify; then tampering with the
+    /// pruned log in the database is caught, naming the node.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn pg_audit_prune_from_the_cli_while_two_nodes_serve_under_load() {
+        let Some(pg) =
+            PgServer::start("pg_audit_prune_from_the_cli_while_two_nodes_serve_under_load")
+        else {
+            return;
+        };
+        util::within(Duration::from_secs(300), async {
+            let tmp = tempfile::tempdir().unwrap();
+            let v = aged_vault(tmp.path(), &pg);
+            let admin = admin_node(&pg);
+            let a = serve(&v, "node-a").await;
+            let b = serve(&v, "node-b").await;
+            let (stop, ok) = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicU64::new(0)),
+            );
+            let loads = [
+                load(&v, a.addr, stop.clone(), ok.clone()),
+                load(&v, b.addr, stop.clone(), ok.clone()),
+            ];
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while ok.load(Ordering::Relaxed) < 20 {
+                assert!(Instant::now() < deadline, "no load");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+
+            let args = ["audit", "prune", "--retention-days", "365"];
+            let (p1, p2) = tokio::join!(v.run(&args, true, LIMIT), v.run(&args, true, LIMIT));
+            let pruned: Vec<&CmdOutput> = [&p1, &p2]
+                .into_iter()
+                .filter(|o| o.stdout.starts_with("pruned "))
+                .collect();
+            assert_eq!(pruned.len(), 1, "one prune:\n{p1:?}\n{p2:?}");
+            assert!(pruned[0].success(), "{:?}", pruned[0]);
+            assert!(
+                pruned[0].stdout.contains(&format!("{admin} after seq ")),
+                "{}",
+                pruned[0].stdout
+            );
+            for o in [&p1, &p2] {
+                assert!(
+                    o.success() || o.stderr.contains("is pruning the audit log now"),
+                    "{o:?}"
+                );
+            }
+            assert_eq!(count(&pg, "SELECT count(*) FROM audit_prunes"), 1);
+            let before = ok.load(Ordering::Relaxed);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while ok.load(Ordering::Relaxed) < before + 20 {
+                assert!(Instant::now() < deadline, "the nodes stopped serving");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop.store(true, Ordering::Relaxed);
+            for l in loads {
+                l.await.unwrap();
+            }
+            assert!(a.terminate().await.success());
+            assert!(b.terminate().await.success());
+
+            // The database, the export, and the outside verifier.
+            let o = verify_db(&v).await;
+            assert!(o.success(), "audit verify: {}{}", o.stdout, o.stderr);
+            assert!(
+                o.stdout.contains("1 signed prune record were pruned"),
+                "{}",
+                o.stdout
+            );
+            let file = tmp.path().join("export.jsonl");
+            let out = v
+                .run(
+                    &["audit", "export", "-o", file.to_str().unwrap()],
+                    false,
+                    LIMIT,
+                )
+                .await;
+            assert!(out.success(), "{}", out.stderr);
+            let report = sync(|| {
+                verify_export(
+                    std::fs::File::open(&file)
+                        .map(std::io::BufReader::new)
+                        .unwrap(),
+                    &PublicKey::read_from(&v.data.join("audit-signing.pub")).unwrap(),
+                    &[],
+                )
+                .unwrap()
+            });
+            let e = Exported {
+                _dir: tempfile::tempdir().unwrap(),
+                pubkey: v.data.join("audit-signing.pub"),
+                file: file.clone(),
+                report,
+            };
+            sync(|| accepted(&e));
+            assert_eq!(e.report.prunes, 1);
+
+            // Tampering with the pruned log: the first event kept of the admin node.
+            let cut = count(
+                &pg,
+                &format!("SELECT min(seq) FROM audit_events WHERE node = '{admin}'"),
+            );
+            assert!(cut > 1, "the admin node's oldest events are gone");
+            sql(
+                &pg,
+                &format!(
+                    "CREATE TABLE saved AS SELECT * FROM audit_events \
+                     WHERE node = '{admin}' AND seq = {cut};
+                     DELETE FROM audit_events WHERE node = '{admin}' AND seq = {cut};"
+                ),
+            );
+            let o = verify_db(&v).await;
+            assert_eq!(o.status.code(), Some(3), "{}{}", o.stdout, o.stderr);
+            assert!(o.stderr.contains(&format!("node {admin}")), "{}", o.stderr);
+            sql(
+                &pg,
+                "INSERT INTO audit_events SELECT * FROM saved; DROP TABLE saved;",
+            );
+            assert!(verify_db(&v).await.success());
+
+            // The prune record altered.
+            sql(&pg, "UPDATE audit_prunes SET deleted = deleted + 1");
+            let o = verify_db(&v).await;
+            assert_eq!(o.status.code(), Some(3), "{}{}", o.stdout, o.stderr);
+            assert!(o.stderr.contains("prune record #1"), "{}", o.stderr);
+            sql(&pg, "UPDATE audit_prunes SET deleted = deleted - 1");
+            assert!(verify_db(&v).await.success());
+
+            // A node's whole history.
+            sql(
+                &pg,
+                "DELETE FROM audit_events WHERE node = 'node-b';
+                 DELETE FROM audit_checkpoints WHERE node = 'node-b';
+                 DELETE FROM audit_nodes WHERE node = 'node-b';",
+            );
+            let o = verify_db(&v).await;
+            assert_eq!(o.status.code(), Some(3), "{}{}", o.stdout, o.stderr);
+            assert!(o.stderr.contains("node node-b"), "{}", o.stderr);
+        })
+        .await;
+    }
+
+    /// The nodes' retention round prunes the shared log too, once across them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn pg_audit_the_retention_round_prunes_the_shared_log_once() {
+        let Some(pg) = PgServer::start("pg_audit_the_retention_round_prunes_the_shared_log_once")
+        else {
+            return;
+        };
+        util::within(Duration::from_secs(300), async {
+            let tmp = tempfile::tempdir().unwrap();
+            let v = aged_vault(tmp.path(), &pg);
+            let mut text = std::fs::read_to_string(&v.config).unwrap();
+            text.push_str("[retention]\npurge_interval_secs = 1\n");
+            std::fs::write(&v.config, text).unwrap();
+            let a = serve(&v, "node-a").await;
+            let b = serve(&v, "node-b").await;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count(&pg, "SELECT count(*) FROM audit_prunes") == 0 {
+                assert!(Instant::now() < deadline, "no node pruned the log");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Three more rounds: nothing more is old enough, nothing more is written.
+            let rounds = |pg: &PgServer| {
+                count(
+                    pg,
+                    "SELECT count(*) FROM audit_events WHERE action = 'retention.purge'",
+                )
+            };
+            let seen = rounds(&pg);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while rounds(&pg) < seen + 3 {
+                assert!(Instant::now() < deadline, "the rounds stopped");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(count(&pg, "SELECT count(*) FROM audit_prunes"), 1);
+            assert!(a.terminate().await.success());
+            assert!(b.terminate().await.success());
+            let o = verify_db(&v).await;
+            assert!(o.success(), "audit verify: {}{}", o.stdout, o.stderr);
+            assert!(o.stdout.contains("signed prune record"), "{}", o.stdout);
+        })
+        .await;
+    }
+
+    /// `audit checkpoint` on PostgreSQL signs a cluster checkpoint, prints it
+    /// (its signer, id and every node's head) and appends it to the witness
+    /// file, which `audit verify --checkpoint` then holds the log to.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pg_audit_checkpoint_command_signs_and_witnesses_a_cluster_checkpoint() {
+        let Some(pg) =
+            PgServer::start("pg_audit_checkpoint_command_signs_and_witnesses_a_cluster_checkpoint")
+        else {
+            return;
+        };
+        util::within(Duration::from_secs(120), async {
+            let tmp = tempfile::tempdir().unwrap();
+            let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+            let witness = tmp.path().join("witness.jsonl");
+            let w = witness.to_str().unwrap();
+            let o = v
+                .run(&["audit", "checkpoint", "--witness", w], true, LIMIT)
+                .await;
+            assert!(o.success(), "audit checkpoint: {}{}", o.stdout, o.stderr);
+            let cp = ClusterCheckpoint::from_json(o.stdout.trim()).unwrap();
+            let public = PublicKey::read_from(&v.data.join("audit-signing.pub")).unwrap();
+            cp.verify(&public).unwrap();
+            assert!(cp.head_of(&cp.node).is_some_and(|h| h.seq >= 2));
+            assert!(
+                o.stderr
+                    .contains(&format!("signed cluster checkpoint #{}", cp.id)),
+                "{}",
+                o.stderr
+            );
+            let kept =
+                ClusterCheckpoint::parse_many(&std::fs::read_to_string(&witness).unwrap()).unwrap();
+            assert_eq!(kept, [cp]);
+            let o = v
+                .run(&["audit", "verify", "--checkpoint", w], false, LIMIT)
+                .await;
+            assert!(
+                o.success(),
+                "audit verify --checkpoint: {}{}",
+                o.stdout,
+                o.stderr
+            );
+        })
+        .await;
+    }
+}
