@@ -911,7 +911,9 @@ mod binary {
         .await;
     }
 
-    /// The nodes' retention round prunes the shared log too, once across them.
+    /// The nodes' retention round prunes the shared log too, once across them;
+    /// the nodes write the cluster checkpoints they sign to the witness file,
+    /// which the pruned log then verifies against.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn pg_audit_the_retention_round_prunes_the_shared_log_once() {
         let Some(pg) = PgServer::start("pg_audit_the_retention_round_prunes_the_shared_log_once")
@@ -922,7 +924,11 @@ mod binary {
             let tmp = tempfile::tempdir().unwrap();
             let v = aged_vault(tmp.path(), &pg);
             let mut text = std::fs::read_to_string(&v.config).unwrap();
-            text.push_str("[retention]\npurge_interval_secs = 1\n");
+            let witness = tmp.path().join("witness.jsonl");
+            text.push_str(&format!(
+                "[retention]\npurge_interval_secs = 1\n[audit]\ncheckpoint_witness = {}\n",
+                serde_json::Value::String(witness.display().to_string())
+            ));
             std::fs::write(&v.config, text).unwrap();
             let a = serve(&v, "node-a").await;
             let b = serve(&v, "node-b").await;
@@ -950,6 +956,22 @@ mod binary {
             let o = verify_db(&v).await;
             assert!(o.success(), "audit verify: {}{}", o.stdout, o.stderr);
             assert!(o.stdout.contains("signed prune record"), "{}", o.stdout);
+
+            let kept =
+                ClusterCheckpoint::parse_many(&std::fs::read_to_string(&witness).unwrap()).unwrap();
+            for n in ["node-a", "node-b"] {
+                assert!(kept.iter().any(|c| c.node.as_str() == n), "{n}: {kept:?}");
+            }
+            let w = witness.to_str().unwrap();
+            let o = v
+                .run(&["audit", "verify", "--checkpoint", w], false, LIMIT)
+                .await;
+            assert!(
+                o.success(),
+                "audit verify --checkpoint: {}{}",
+                o.stdout,
+                o.stderr
+            );
         })
         .await;
     }
