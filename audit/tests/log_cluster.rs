@@ -13,7 +13,7 @@ use panvault_audit::log::{
     Action, Actor, AuditChain, AuditError, BreakKind, ChainHash, Checkpoint, ClusterCheckpoint,
     ClusterExportWriter, ClusterLogTx, ClusterPruneRecord, ClusterPruneTx, EventRow, Insert,
     LogStore, LogTx, NewEvent, NodeHead, NodeId, Outcome, PruneRecord, PublicKey, SigningKey,
-    StoredEvent, VerifyReport, verify_export,
+    StoredEvent, VerifyReport, time_ns, verify_export,
 };
 use time::OffsetDateTime;
 
@@ -172,8 +172,22 @@ impl ClusterPruneTx for View {
     fn last_cluster_prune(&self) -> Result<Option<ClusterPruneRecord>, AuditError> {
         Ok(self.db.borrow().prunes.values().next_back().cloned())
     }
-    fn cluster_checkpoints(&self) -> Result<Vec<ClusterCheckpoint>, AuditError> {
-        Ok(self.db.borrow().checkpoints.values().cloned().collect())
+    fn cluster_checkpoints_before(
+        &self,
+        t: i64,
+        limit: u32,
+    ) -> Result<Vec<ClusterCheckpoint>, AuditError> {
+        let mut cps: Vec<ClusterCheckpoint> = self
+            .db
+            .borrow()
+            .checkpoints
+            .values()
+            .filter(|c| time_ns(c.time).unwrap() <= t)
+            .cloned()
+            .collect();
+        cps.sort_by_key(|c| std::cmp::Reverse(c.time));
+        cps.truncate(usize::try_from(limit).unwrap());
+        Ok(cps)
     }
     fn first_event_of_since(&self, node: &NodeId, t: i64) -> Result<Option<u64>, AuditError> {
         let db = self.db.borrow();

@@ -74,7 +74,7 @@ pub use export::{
 pub use keys::{PublicKey, SigningKey};
 pub use prune::{
     ClusterPruneRecord, ClusterPruneReport, ClusterPruneTx, DEFAULT_RETENTION, MIN_RETENTION,
-    PruneRecord, PruneReport, Pruned, prune, prune_cluster,
+    PRUNE_CANDIDATES, PruneRecord, PruneReport, Pruned, prune, prune_cluster,
 };
 pub use receipt::{ErasureReceipt, ReceiptStorage, subject_hash, verify_receipt};
 pub use schema::{SCHEMA_SQL, SCHEMA_VERSION, migrate, open_read_only};

@@ -178,6 +178,10 @@ impl PruneRecord {
 
 // --- A log shared by several nodes (one chain per node, `cluster.rs`).
 
+/// How many of the newest checkpoints signed before the cutoff a purge of a
+/// shared log considers (a bounded read, whatever the log's size).
+pub const PRUNE_CANDIDATES: u32 = 256;
+
 /// Domain separation for cluster prune-record signatures.
 const CLUSTER_PRUNE_DOMAIN: &[u8] = b"panvault-audit cluster-prune v1\0";
 
@@ -291,8 +295,13 @@ pub trait ClusterPruneTx: ClusterLogTx {
     /// The latest cluster prune record (highest id), if any.
     fn last_cluster_prune(&self) -> Result<Option<ClusterPruneRecord>, AuditError>;
 
-    /// Every cluster checkpoint of every node, in any order.
-    fn cluster_checkpoints(&self) -> Result<Vec<ClusterCheckpoint>, AuditError>;
+    /// The newest cluster checkpoints (of any signer) signed at or before
+    /// `time_ns`, newest first, at most `limit` of them.
+    fn cluster_checkpoints_before(
+        &self,
+        time_ns: i64,
+        limit: u32,
+    ) -> Result<Vec<ClusterCheckpoint>, AuditError>;
 
     /// The lowest seq of `node`'s events whose `time_ns` is at or after `time_ns`.
     fn first_event_of_since(&self, node: &NodeId, time_ns: i64) -> Result<Option<u64>, AuditError>;
@@ -330,11 +339,15 @@ pub struct ClusterPruneReport {
 /// it a no-op with [`ClusterPruneReport::busy`]).
 ///
 /// It cuts every node's chain at one signed cluster checkpoint `c`: the one
-/// that deletes the most among those whose every head is older than
-/// `now - retention` (every event of each node up to the head `c` states for
-/// it) and that is not behind the previous cut of any node. What it deletes is
-/// checked first against every checkpoint that names it (a broken log is kept
-/// as evidence: [`AuditError::Tampered`]). A signed [`ClusterPruneRecord`]
+/// that deletes the most among the newest [`PRUNE_CANDIDATES`] signed before
+/// `now - retention` whose every head is older than that too (every event of
+/// each node up to the head `c` states for it) and that are not behind the
+/// previous cut of any node. (A checkpoint's heads are events committed before
+/// it was signed, so one signed before the cutoff normally qualifies; nodes'
+/// clocks that disagree only make a round find nothing.) What it deletes is
+/// checked first: each node's events from its previous cut (signed by the
+/// previous record) must chain to the head `c` signs (a broken log is kept as
+/// evidence: [`AuditError::Tampered`]). A signed [`ClusterPruneRecord`]
 /// repeats `c`'s heads as the cuts. Nodes `c` does not name (registered after
 /// it) keep all their events; events of the nodes appending meanwhile are
 /// after their cut, and their writers' heads stay where they are.
@@ -384,7 +397,7 @@ pub fn prune_cluster<S: ClusterPruneTx + ?Sized>(
     // The last event of each node that is old enough (events may be out of
     // time order: everything before the node's first young event).
     let mut limits: BTreeMap<NodeId, u64> = BTreeMap::new();
-    let checkpoints = store.cluster_checkpoints()?;
+    let checkpoints = store.cluster_checkpoints_before(cutoff_ns, PRUNE_CANDIDATES)?;
     let mut best: Option<(u128, &ClusterCheckpoint)> = None;
     'candidates: for cp in &checkpoints {
         for p in prev {
@@ -425,8 +438,7 @@ pub fn prune_cluster<S: ClusterPruneTx + ?Sized>(
         return Err(bad_signature(cut));
     }
 
-    // Verify, then delete, node by node; each checkpoint's signature once.
-    let mut checked = vec![false; checkpoints.len()];
+    // Verify, then delete, node by node: from the previous cut to this one.
     let mut deleted = 0u64;
     for h in &cut.heads {
         let (from_seq, from_head) = prev
@@ -437,23 +449,7 @@ pub fn prune_cluster<S: ClusterPruneTx + ?Sized>(
         if h.seq <= from_seq {
             continue;
         }
-        let mut marks: Vec<(u64, ChainHash)> = Vec::new();
-        for (cp, done) in checkpoints.iter().zip(checked.iter_mut()) {
-            let Some(m) = cp.head_of(&h.node) else {
-                continue;
-            };
-            if m.seq <= from_seq || m.seq > h.seq {
-                continue;
-            }
-            if !*done {
-                cp.verify(&public).map_err(|_| bad_signature(cp))?;
-                *done = true;
-            }
-            marks.push((m.seq, m.head));
-        }
-        marks.sort_by_key(|m| (m.0, m.1.0));
-        marks.dedup();
-        check_segment(store, &h.node, from_seq, from_head, h.seq, &marks)?;
+        check_segment(store, &h.node, (from_seq, from_head), (h.seq, h.head))?;
         deleted = deleted.saturating_add(store.delete_node_events_through(&h.node, h.seq)?);
     }
 
@@ -481,21 +477,18 @@ pub fn prune_cluster<S: ClusterPruneTx + ?Sized>(
     })
 }
 
-/// Walks `node`'s events `from_seq + 1 ..= to_seq` from `from_head`: each must
-/// be there, link to the one before, hash to what is stored and meet every
-/// signed head in `marks` (sorted by seq; the last is `to_seq`'s).
+/// Walks `node`'s events after `from` (a signed head: seq and hash) up to `to`
+/// (another): each must be there, link to the one before and hash to what is
+/// stored, and the last must be `to`'s head. Streams the rows.
 fn check_segment<S: ClusterPruneTx + ?Sized>(
     store: &S,
     node: &NodeId,
-    from_seq: u64,
-    from_head: ChainHash,
-    to_seq: u64,
-    marks: &[(u64, ChainHash)],
+    (from_seq, from_head): (u64, ChainHash),
+    (to_seq, to_head): (u64, ChainHash),
 ) -> Result<(), AuditError> {
     let broken = |seq, kind| AuditError::Tampered { seq, kind };
     let mut expected = from_seq.checked_add(1).ok_or(AuditError::Overflow)?;
     let mut prev = from_head;
-    let mut marks = marks.iter().peekable();
     let mut buf = Vec::with_capacity(512);
     store.node_events(node, expected, to_seq, &mut |ev| {
         let seq = u64::try_from(ev.seq).map_err(|_| broken(expected, BreakKind::Inserted))?;
@@ -514,10 +507,8 @@ fn check_segment<S: ClusterPruneTx + ?Sized>(
         if ChainHash::from_slice(&ev.hash) != Some(hash) {
             return Err(broken(seq, BreakKind::Modified));
         }
-        while let Some((m, head)) = marks.next_if(|(m, _)| *m <= seq) {
-            if *m == seq && *head != hash {
-                return Err(broken(seq, BreakKind::Modified));
-            }
+        if seq == to_seq && hash != to_head {
+            return Err(broken(seq, BreakKind::Modified));
         }
         prev = hash;
         expected = seq.saturating_add(1);

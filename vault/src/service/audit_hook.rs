@@ -575,7 +575,10 @@ pub(crate) fn sign_checkpoint_now(
         details: Some("signed a checkpoint covering this event"),
     };
     state.record(&tx, keys, actor, &rec, now)?;
-    let cp = state.sign(&tx, OffsetDateTime::now_utc())?;
+    // Dated by the vault's clock, like the event it covers.
+    let signed_at = OffsetDateTime::from_unix_timestamp(now)
+        .map_err(|e| VaultError::AuditUnavailable(Some(Box::new(e))))?;
+    let cp = state.sign(&tx, signed_at)?;
     drop(tx);
     open.commit()?;
     if let Some(path) = witness {

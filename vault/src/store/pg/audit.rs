@@ -484,11 +484,16 @@ impl<C: GenericClient> ClusterPruneTx for PgLog<'_, C> {
         self.last_record()
     }
 
-    fn cluster_checkpoints(&self) -> Result<Vec<ClusterCheckpoint>, AuditError> {
+    /// One index range scan (`audit_checkpoints_time`).
+    fn cluster_checkpoints_before(
+        &self,
+        time_ns: i64,
+        limit: u32,
+    ) -> Result<Vec<ClusterCheckpoint>, AuditError> {
         self.query(
             "SELECT node, id, time_ns, heads, signature FROM audit_checkpoints \
-             ORDER BY node COLLATE \"C\", id",
-            &[],
+             WHERE time_ns <= $1 ORDER BY time_ns DESC, node COLLATE \"C\", id LIMIT $2",
+            &[&time_ns, &i64::from(limit)],
         )?
         .iter()
         .map(checkpoint_from)

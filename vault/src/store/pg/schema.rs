@@ -247,6 +247,8 @@ CREATE TABLE audit_prunes (
     time_ns         bigint NOT NULL,
     signature       bytea NOT NULL CHECK (octet_length(signature) = 64)
 );
+-- A purge looks at the newest checkpoints signed before its cutoff.
+CREATE INDEX audit_checkpoints_time ON audit_checkpoints (time_ns);
 "#,
 ];
 
