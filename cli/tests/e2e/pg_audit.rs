@@ -797,6 +797,63 @@ mod binary {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
 
+            // A prune SIGKILLed in the middle of its transaction (held at its
+            // DELETE by a row lock of ours) leaves nothing: no record, no event gone.
+            let old_events = count(
+                &pg,
+                &format!("SELECT count(*) FROM audit_events WHERE node = '{admin}'"),
+            );
+            let mut holder = sync(|| client(&pg));
+            sync(|| {
+                holder
+                    .batch_execute(&format!(
+                        "BEGIN; SELECT 1 FROM audit_events WHERE node = '{admin}' AND seq = 1 FOR UPDATE"
+                    ))
+                    .unwrap();
+            });
+            let mut killed = tokio::process::Command::new(panvault_bin());
+            killed
+                .args(["audit", "prune", "--data-dir"])
+                .arg(&v.data)
+                .arg("--passphrase-file")
+                .arg(&v.pass)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true);
+            let mut killed = killed.spawn().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count(
+                &pg,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE 'DELETE FROM audit_events%'",
+            ) == 0
+            {
+                assert!(Instant::now() < deadline, "the prune never reached its DELETE");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            killed.kill().await.unwrap();
+            sync(move || {
+                holder.batch_execute("ROLLBACK").unwrap();
+                drop(holder);
+            });
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count(
+                &pg,
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'DELETE FROM audit_events%'",
+            ) > 0
+            {
+                assert!(Instant::now() < deadline, "the killed prune's session lingers");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(count(&pg, "SELECT count(*) FROM audit_prunes"), 0);
+            assert!(
+                count(
+                    &pg,
+                    &format!("SELECT count(*) FROM audit_events WHERE node = '{admin}'"),
+                ) >= old_events,
+                "a killed prune deleted events"
+            );
+
             let args = ["audit", "prune", "--retention-days", "365"];
             let (p1, p2) = tokio::join!(v.run(&args, true, LIMIT), v.run(&args, true, LIMIT));
             let pruned: Vec<&CmdOutput> = [&p1, &p2]
