@@ -368,8 +368,8 @@ struct ClusterVerifier<'k> {
     prunes: Vec<ClusterPruneRecord>,
     /// Every head stated for each node, once the checkpoints are read.
     marks: BTreeMap<NodeId, Vec<Mark>>,
-    /// Each node's latest cut (the last pruned event) and the record stating it.
-    cuts: BTreeMap<NodeId, (NodeHead, u64)>,
+    /// Each node's latest cut (its last pruned event).
+    cuts: BTreeMap<NodeId, NodeHead>,
     /// The node whose events are being read, and its chain so far.
     current: Option<(NodeId, Connection)>,
     last_event: Option<(NodeId, u64)>,
@@ -606,6 +606,7 @@ impl<'k> ClusterVerifier<'k> {
             self.report.problem = Some(b);
             return Ok(());
         }
+        self.report.prunes = u64::try_from(self.prunes.len()).map_err(|_| AuditError::Overflow)?;
         if let Some(b) = self.check_prunes() {
             self.report.problem = Some(b);
             return Ok(());
@@ -628,7 +629,6 @@ impl<'k> ClusterVerifier<'k> {
     /// of the checkpoint it names, and none behind an earlier one for any node.
     /// Sets each node's latest cut.
     fn check_prunes(&mut self) -> Option<Break> {
-        self.report.prunes = u64::try_from(self.prunes.len()).unwrap_or(u64::MAX);
         let prune_break = |p: &ClusterPruneRecord, kind, detail: String| Break {
             seq: 0,
             kind,
@@ -688,7 +688,7 @@ impl<'k> ClusterVerifier<'k> {
                 }
                 Some(_) => {}
             }
-            for (node, (cut, _)) in &self.cuts {
+            for (node, cut) in &self.cuts {
                 if p.cut_of(node).is_none_or(|c| c.seq < cut.seq) {
                     return Some(prune_break(
                         p,
@@ -701,7 +701,7 @@ impl<'k> ClusterVerifier<'k> {
                 }
             }
             for c in &p.cuts {
-                self.cuts.insert(c.node.clone(), (c.clone(), p.id));
+                self.cuts.insert(c.node.clone(), c.clone());
             }
         }
         None
@@ -786,11 +786,7 @@ impl<'k> ClusterVerifier<'k> {
         let mut marks: Vec<&Mark> = self.marks.get(&node).into_iter().flatten().collect();
         marks.sort_by_key(|m| (m.seq, m.head.0, m.time));
         marks.dedup_by(|a, b| (a.seq, a.head) == (b.seq, b.head));
-        let cut = self
-            .cuts
-            .get(&node)
-            .map(|(c, _)| c.clone())
-            .filter(|c| c.seq > 0);
+        let cut = self.cuts.get(&node).filter(|c| c.seq > 0).cloned();
         let mut cut_mark = None;
         for (i, m) in marks.iter().enumerate() {
             let id = u64::try_from(i)

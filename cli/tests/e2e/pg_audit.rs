@@ -1033,6 +1033,38 @@ mod binary {
         .await;
     }
 
+    /// The same command on SQLite: the single log's prune, with its own event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_prune_is_the_same_command_on_sqlite() {
+        util::within(Duration::from_secs(120), async {
+            let tmp = tempfile::tempdir().unwrap();
+            let then = OffsetDateTime::now_utc() - time::Duration::days(800);
+            let clock: Clock = Arc::new(move || then);
+            let v = BinVault::create_in_at(tmp.path(), &tmp.path().join("data"), &clock);
+            sync(|| {
+                let mut admin = Admin::open(&v.data, &v.unlock(), clock).unwrap();
+                admin.audit_checkpoint(&Default::default(), None).unwrap();
+            });
+            let o = v.run(&["audit", "prune"], true, LIMIT).await;
+            assert!(o.success(), "audit prune: {}{}", o.stdout, o.stderr);
+            assert!(
+                o.stdout.starts_with("pruned ") && o.stdout.contains("prune record #1"),
+                "{}",
+                o.stdout
+            );
+            let o = v.run(&["audit", "prune"], true, LIMIT).await;
+            assert!(o.stdout.starts_with("nothing to prune"), "{}", o.stdout);
+            let o = verify_db(&v).await;
+            assert!(o.success(), "audit verify: {}{}", o.stdout, o.stderr);
+            assert!(o.stdout.contains("were pruned"), "{}", o.stdout);
+            let o = v
+                .run(&["audit", "prune", "--retention-days", "30"], true, LIMIT)
+                .await;
+            assert_eq!(o.status.code(), Some(1), "{o:?}");
+        })
+        .await;
+    }
+
     /// `audit checkpoint` on PostgreSQL signs a cluster checkpoint, prints it
     /// (its signer, id and every node's head) and appends it to the witness
     /// file, which `audit verify --checkpoint` then holds the log to.

@@ -69,7 +69,9 @@ impl BinVault {
         BinVault::create_in_at(root, data, &system_clock())
     }
 
-    fn create_in_at(root: &Path, data: &Path, clock: &Clock) -> BinVault {
+    /// [`BinVault::create_in`], created at the time `clock` says (its first
+    /// events dated then).
+    pub fn create_in_at(root: &Path, data: &Path, clock: &Clock) -> BinVault {
         init_logs();
         let pki = TestPki::new(&root.join("pki"));
         Vault::init(
