@@ -26,8 +26,10 @@
 //! A log shared by several nodes (PostgreSQL) keeps one chain per node: the
 //! engine implements [`ClusterLogTx`] for one node's view, the writer calls
 //! [`AuditChain::register_node`] at start and [`AuditChain::cluster_checkpoint`]
-//! where a single log signs a [`Checkpoint`]; the export is written with
-//! [`ClusterExportWriter`] and [`verify_export`] checks it.
+//! where a single log signs a [`Checkpoint`]; retention runs [`prune_cluster`]
+//! over the engine's [`ClusterPruneTx`] (one signed [`ClusterPruneRecord`]
+//! cuts every node's chain at one cluster checkpoint); the export is written
+//! with [`ClusterExportWriter`] and [`verify_export`] checks it.
 //!
 //! What a verifier calls: [`open_read_only`], [`verify`] (optionally against a
 //! checkpoint kept elsewhere) or [`verify_against`] (against many, e.g. a
