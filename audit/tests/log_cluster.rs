@@ -11,8 +11,9 @@ use std::rc::Rc;
 
 use panvault_audit::log::{
     Action, Actor, AuditChain, AuditError, BreakKind, ChainHash, Checkpoint, ClusterCheckpoint,
-    ClusterExportWriter, ClusterLogTx, EventRow, Insert, LogStore, LogTx, NewEvent, NodeHead,
-    NodeId, Outcome, PruneRecord, PublicKey, SigningKey, StoredEvent, VerifyReport, verify_export,
+    ClusterExportWriter, ClusterLogTx, ClusterPruneRecord, ClusterPruneTx, EventRow, Insert,
+    LogStore, LogTx, NewEvent, NodeHead, NodeId, Outcome, PruneRecord, PublicKey, SigningKey,
+    StoredEvent, VerifyReport, time_ns, verify_export,
 };
 use time::OffsetDateTime;
 
@@ -21,6 +22,17 @@ struct Db {
     nodes: BTreeMap<NodeId, i64>,
     events: BTreeMap<(NodeId, u64), StoredEvent>,
     checkpoints: BTreeMap<(NodeId, u64), ClusterCheckpoint>,
+    prunes: BTreeMap<u64, ClusterPruneRecord>,
+    /// Another transaction holds the prune lock.
+    prune_locked: bool,
+}
+
+impl Db {
+    /// `node`'s cut in the latest prune record (seq 0: none).
+    fn cut(&self, node: &NodeId) -> Option<NodeHead> {
+        let last = self.prunes.values().next_back()?;
+        last.cut_of(node).cloned().filter(|c| c.seq > 0)
+    }
 }
 
 /// One node's view of the shared store.
@@ -45,7 +57,11 @@ impl LogStore for View {
         Ok(last.map(|((_, seq), e)| (*seq, ChainHash::from_slice(&e.hash).unwrap())))
     }
     fn last_prune(&self) -> Result<Option<(u64, ChainHash)>, AuditError> {
-        Ok(None)
+        Ok(self
+            .db
+            .borrow()
+            .cut(&self.node)
+            .map(|c| (c.seq + 1, c.head)))
     }
     fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
         let db = self.db.borrow();
@@ -120,10 +136,12 @@ impl ClusterLogTx for View {
                     db: self.db.clone(),
                     node: node.clone(),
                 };
-                let (seq, head) = view
-                    .last_event()
-                    .unwrap()
-                    .unwrap_or((0, ChainHash::GENESIS));
+                let (seq, head) = view.last_event().unwrap().unwrap_or_else(|| {
+                    self.db
+                        .borrow()
+                        .cut(&node)
+                        .map_or((0, ChainHash::GENESIS), |c| (c.seq, c.head))
+                });
                 NodeHead { node, seq, head }
             })
             .collect())
@@ -143,6 +161,67 @@ impl ClusterLogTx for View {
             return Ok(Insert::Taken);
         }
         db.checkpoints.insert(key, cp.clone());
+        Ok(Insert::Done)
+    }
+}
+
+impl ClusterPruneTx for View {
+    fn try_lock_prune(&self) -> Result<bool, AuditError> {
+        Ok(!self.db.borrow().prune_locked)
+    }
+    fn last_cluster_prune(&self) -> Result<Option<ClusterPruneRecord>, AuditError> {
+        Ok(self.db.borrow().prunes.values().next_back().cloned())
+    }
+    fn cluster_checkpoints_before(
+        &self,
+        t: i64,
+        limit: u32,
+    ) -> Result<Vec<ClusterCheckpoint>, AuditError> {
+        let mut cps: Vec<ClusterCheckpoint> = self
+            .db
+            .borrow()
+            .checkpoints
+            .values()
+            .filter(|c| time_ns(c.time).unwrap() <= t)
+            .cloned()
+            .collect();
+        cps.sort_by_key(|c| std::cmp::Reverse(c.time));
+        cps.truncate(usize::try_from(limit).unwrap());
+        Ok(cps)
+    }
+    fn first_event_of_since(&self, node: &NodeId, t: i64) -> Result<Option<u64>, AuditError> {
+        let db = self.db.borrow();
+        let young = db
+            .events
+            .iter()
+            .filter(|((n, _), e)| n == node && e.time_ns >= t);
+        Ok(young.map(|((_, seq), _)| *seq).min())
+    }
+    fn node_events(
+        &self,
+        node: &NodeId,
+        lo: u64,
+        hi: u64,
+        each: &mut dyn FnMut(&StoredEvent) -> Result<(), AuditError>,
+    ) -> Result<(), AuditError> {
+        let db = self.db.borrow();
+        for (_, e) in db.events.range((node.clone(), lo)..=(node.clone(), hi)) {
+            each(e)?;
+        }
+        Ok(())
+    }
+    fn delete_node_events_through(&self, node: &NodeId, seq: u64) -> Result<u64, AuditError> {
+        let mut db = self.db.borrow_mut();
+        let before = db.events.len();
+        db.events.retain(|(n, s), _| n != node || *s > seq);
+        Ok(u64::try_from(before - db.events.len()).unwrap())
+    }
+    fn insert_cluster_prune(&self, r: &ClusterPruneRecord) -> Result<Insert, AuditError> {
+        let mut db = self.db.borrow_mut();
+        if db.prunes.contains_key(&r.id) {
+            return Ok(Insert::Taken);
+        }
+        db.prunes.insert(r.id, r.clone());
         Ok(Insert::Done)
     }
 }
@@ -180,6 +259,9 @@ fn export(db: &Db) -> Vec<u8> {
         }
         for cp in db.checkpoints.values() {
             out.checkpoint(cp).unwrap();
+        }
+        for p in db.prunes.values() {
+            out.prune(p).unwrap();
         }
         for ((node, _), ev) in &db.events {
             out.event(node, ev).unwrap();
@@ -505,4 +587,267 @@ fn cluster_checkpoints_kept_elsewhere_catch_a_log_cut_back_on_every_node() {
         verify_export(export(&db).as_slice(), &key().public_key(), &[single]),
         Err(AuditError::Unsupported { .. })
     ));
+}
+
+// --- Retention on a log shared by several nodes.
+
+mod pruned {
+    use panvault_audit::log::{DEFAULT_RETENTION, Location, prune_cluster};
+    use time::Duration;
+
+    use super::*;
+
+    fn old() -> OffsetDateTime {
+        now() - Duration::days(800)
+    }
+
+    fn event_at(node: &str, i: u32, t: OffsetDateTime) -> NewEvent {
+        NewEvent::new(t, Actor::admin("ops"), Action::Tokenize, Outcome::Success)
+            .with_tenant("shop")
+            .with_token(format!("tok_{node}_{i}"))
+    }
+
+    struct Cluster {
+        db: Rc<RefCell<Db>>,
+        chains: Vec<(View, AuditChain)>,
+    }
+
+    impl Cluster {
+        fn view(&self, n: &str) -> View {
+            View {
+                db: self.db.clone(),
+                node: NodeId::new(n).unwrap(),
+            }
+        }
+        /// Node `i` appends `n` events at `t` and signs.
+        fn work(&mut self, i: usize, n: u32, t: OffsetDateTime) {
+            let (v, chain) = &mut self.chains[i];
+            let name = v.node.as_str().to_owned();
+            for k in 0..n {
+                chain.append(v, &event_at(&name, k, t)).unwrap();
+            }
+            chain.cluster_checkpoint(v, &key(), t).unwrap();
+        }
+        fn prune(
+            &self,
+            at: OffsetDateTime,
+        ) -> Result<panvault_audit::log::ClusterPruneReport, AuditError> {
+            prune_cluster(&self.view("admin"), &key(), at, DEFAULT_RETENTION)
+        }
+        fn snapshot(&self) -> Db {
+            self.db.borrow().clone()
+        }
+    }
+
+    /// Nodes `a`, `b` and `c` work 800 days ago (`c` only registers); then
+    /// `a` and `b` work today, `c` staying idle, and `admin` registers today.
+    fn aged() -> Cluster {
+        let db = Rc::new(RefCell::new(Db::default()));
+        let mut c = Cluster {
+            db,
+            chains: Vec::new(),
+        };
+        for n in ["a", "b", "c", "admin"] {
+            let v = c.view(n);
+            let mut chain = AuditChain::load(&v).unwrap();
+            let t = if n == "admin" { now() } else { old() };
+            if n != "admin" {
+                chain
+                    .register_node(&v, &key(), Actor::admin("ops"), t)
+                    .unwrap();
+            }
+            c.chains.push((v, chain));
+        }
+        for _ in 0..3 {
+            c.work(0, 4, old());
+            c.work(1, 2, old());
+        }
+        c.work(2, 0, old()); // c signs the old heads too
+        c.work(0, 3, now());
+        c.work(1, 3, now());
+        let (v, chain) = &mut c.chains[3];
+        chain
+            .register_node(v, &key(), Actor::admin("ops"), now())
+            .unwrap();
+        c
+    }
+
+    #[test]
+    fn a_prune_cuts_every_node_at_one_checkpoint_and_the_log_still_verifies() {
+        let mut c = aged();
+        let before = verify(&c.snapshot());
+        assert!(before.is_intact(), "{before:?}");
+        let r = c.prune(now()).unwrap();
+        let record = r.record.clone().unwrap();
+        // a: registration + 12 old events; b: 1 + 6; c: its registration.
+        assert_eq!(r.deleted, 13 + 7 + 1);
+        let cuts: Vec<(&str, u64)> = record
+            .cuts
+            .iter()
+            .map(|h| (h.node.as_str(), h.seq))
+            .collect();
+        assert_eq!(
+            cuts,
+            [("a", 13), ("b", 7), ("c", 1)],
+            "admin registered later"
+        );
+        let named =
+            &c.snapshot().checkpoints[&(record.checkpoint_node.clone(), record.checkpoint_id)];
+        assert_eq!(
+            named.heads, record.cuts,
+            "the cuts are a checkpoint's heads"
+        );
+        record.verify(&key().public_key()).unwrap();
+
+        let after = verify(&c.snapshot());
+        assert!(after.is_intact(), "{after:?}");
+        assert_eq!(after.prunes, 1);
+        assert_eq!(after.events, before.events - 21);
+        assert_eq!(after.nodes, before.nodes, "every head where it was");
+
+        // The writers go on from their heads; c, whose whole chain went, too,
+        // and so does a chain loaded from the store alone.
+        for (v, chain) in &c.chains {
+            assert_eq!(
+                AuditChain::load(v).unwrap().snapshot(),
+                chain.snapshot(),
+                "{}",
+                v.node
+            );
+        }
+        c.work(2, 1, now());
+        c.work(0, 1, now());
+        let r = verify(&c.snapshot());
+        assert!(r.is_intact(), "{r:?}");
+        let c_head = r.nodes.iter().find(|h| h.node.as_str() == "c").unwrap();
+        assert_eq!(c_head.seq, 2);
+
+        // Once: nothing more is old enough now; a year later the rest goes.
+        let again = c.prune(now()).unwrap();
+        assert_eq!((again.deleted, again.record.is_none()), (0, true));
+        let later = c.prune(now() + Duration::days(400)).unwrap();
+        assert_eq!(later.record.as_ref().unwrap().id, 2);
+        assert!(later.deleted > 0);
+        let r = verify(&c.snapshot());
+        assert!(r.is_intact(), "{r:?}");
+        assert_eq!(r.prunes, 2);
+    }
+
+    #[test]
+    fn a_prune_held_elsewhere_does_nothing() {
+        let c = aged();
+        c.db.borrow_mut().prune_locked = true;
+        let r = c.prune(now()).unwrap();
+        assert!(r.busy);
+        assert_eq!((r.deleted, r.record), (0, None));
+        assert!(c.snapshot().prunes.is_empty());
+    }
+
+    #[test]
+    fn a_prune_refuses_a_log_that_does_not_verify() {
+        let c = aged();
+        let a = NodeId::new("a").unwrap();
+        c.db.borrow_mut()
+            .events
+            .get_mut(&(a.clone(), 5))
+            .unwrap()
+            .text[6] = Some("other".into());
+        let err = c.prune(now()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuditError::Tampered {
+                    seq: 5,
+                    kind: BreakKind::Modified
+                }
+            ),
+            "{err:?}"
+        );
+        c.db.borrow_mut().events.remove(&(a, 7));
+        assert!(matches!(
+            c.prune(now()).unwrap_err(),
+            AuditError::Tampered { .. }
+        ));
+        assert!(c.snapshot().prunes.is_empty());
+        assert_eq!(
+            c.snapshot().events.len(),
+            aged().snapshot().events.len() - 1
+        );
+    }
+
+    fn pruned_db() -> Db {
+        let c = aged();
+        c.prune(now()).unwrap().record.unwrap();
+        c.snapshot()
+    }
+
+    #[test]
+    fn after_a_prune_an_event_deleted_beyond_a_cut_is_named_by_node() {
+        let mut db = pruned_db();
+        db.events.remove(&(NodeId::new("b").unwrap(), 9));
+        let (kind, seq, detail) = problem(&verify(&db));
+        assert_eq!((kind, seq), (BreakKind::Missing, 9));
+        assert!(detail.starts_with("node b:"), "{detail}");
+        // The first event after the cut too.
+        let mut db = pruned_db();
+        db.events.remove(&(NodeId::new("a").unwrap(), 14));
+        let (kind, seq, detail) = problem(&verify(&db));
+        assert_eq!(seq, 14, "{kind:?} {detail}");
+        assert!(detail.starts_with("node a:"), "{detail}");
+    }
+
+    #[test]
+    fn after_a_prune_a_nodes_whole_remaining_history_gone_is_caught() {
+        let mut db = pruned_db();
+        let b = NodeId::new("b").unwrap();
+        db.events.retain(|(n, _), _| *n != b);
+        let (kind, seq, detail) = problem(&verify(&db));
+        assert_eq!((kind, seq), (BreakKind::Truncated, 8));
+        assert!(detail.starts_with("node b:"), "{detail}");
+        // Its checkpoints and registration gone as well: the others name it.
+        db.checkpoints.retain(|(n, _), _| *n != b);
+        db.nodes.remove(&b);
+        let (_, _, detail) = problem(&verify(&db));
+        assert!(detail.contains("node b"), "{detail}");
+    }
+
+    #[test]
+    fn a_forged_altered_or_removed_prune_record_is_caught() {
+        // Altered: any field.
+        for change in 0..3 {
+            let mut db = pruned_db();
+            let p = db.prunes.get_mut(&1).unwrap();
+            match change {
+                0 => p.deleted += 1,
+                1 => p.cuts[0].seq += 1,
+                _ => p.checkpoint_id -= 1,
+            }
+            let r = verify(&db);
+            let b = r.problem.expect("an altered prune record went unnoticed");
+            assert_eq!(
+                (b.kind, b.location),
+                (BreakKind::BadSignature, Location::Prune(1))
+            );
+        }
+        // Forged: a second record made up from the first, without the key.
+        let mut db = pruned_db();
+        let forged = panvault_audit::log::ClusterPruneRecord {
+            id: 2,
+            ..db.prunes[&1].clone()
+        };
+        db.prunes.insert(2, forged);
+        let b = verify(&db)
+            .problem
+            .expect("a forged prune record went unnoticed");
+        assert_eq!(
+            (b.kind, b.location),
+            (BreakKind::BadSignature, Location::Prune(2))
+        );
+        // Removed: the kept chains no longer start where the log says.
+        let mut db = pruned_db();
+        db.prunes.clear();
+        let (kind, _, detail) = problem(&verify(&db));
+        assert_eq!(kind, BreakKind::Missing, "{detail}");
+        assert!(detail.starts_with("node a:"), "{detail}");
+    }
 }

@@ -2,7 +2,8 @@
 """An independent verifier of panvault's audit evidence, written from
 docs/audit-log.md alone (no panvault code): the hash chain of an export, the
 checkpoint and prune-record signatures, and erasure receipts; a multi-node
-export (v3): each node's chain against every signed cluster checkpoint.
+export (v3): each node's chain, from its cut in the latest cluster prune
+record, against every signed cluster checkpoint.
 
 Usage:
     verify.py export PUBKEY EXPORT [KEPT_CHECKPOINTS]
@@ -226,6 +227,8 @@ CLUSTER_KEYS = {
     "header": {"type", "format"},
     "node": {"type", "node", "registered"},
     "checkpoint": {"type", "node", "id", "time", "heads", "signature"},
+    "prune": {"type", "id", "checkpoint_node", "checkpoint_id", "cuts", "cutoff", "deleted",
+              "time", "signature"},
     "event": {"type", "node", "seq", "time", "prev_hash", "hash"} | set(EVENT_TEXT_KEYS),
 }
 NODE_NAME = re.compile(r"[a-z0-9._-]{1,64}")
@@ -237,29 +240,52 @@ def node_name(v, what):
     return v
 
 
-def cluster_checkpoint_message(c):
-    """The signed bytes of a cluster checkpoint; its heads must be in name order."""
-    signer = node_name(c["node"], "a checkpoint's node")
-    heads = c["heads"]
+def heads_bytes(heads, what):
+    """count u64 ‖ (lp(node) ‖ seq u64 ‖ head [32])..., in name order, one each."""
     if not isinstance(heads, list):
-        raise Reject(f"node {signer}: checkpoint #{c['id']}: heads is not a list")
+        raise Reject(f"{what}: its heads are not a list")
     names = []
-    out = (b"panvault-audit cluster-checkpoint v1\x00" + lp(signer.encode("ascii"))
-           + u64(c["id"], "checkpoint id") + i64(time_ns(c["time"])) + u64(len(heads), "count"))
+    out = u64(len(heads), "count")
     for h in heads:
         if not isinstance(h, dict) or set(h) != {"node", "seq", "head"}:
-            raise Reject(f"node {signer}: checkpoint #{c['id']}: a head's keys differ from the documented ones")
+            raise Reject(f"{what}: a head's keys differ from the documented ones")
         name = node_name(h["node"], "a head's node")
         names.append(name.encode("ascii"))
         out += lp(name.encode("ascii")) + u64(h["seq"], "a head's seq") + unhex(h["head"], 32, "a head")
-    if names != sorted(set(names)) or signer.encode("ascii") not in names:
-        raise Reject(f"node {signer}: checkpoint #{c['id']}: heads not in name order or without the signer")
-    return out
+    if names != sorted(set(names)):
+        raise Reject(f"{what}: heads not in name order")
+    return out, names
+
+
+def cluster_checkpoint_message(c):
+    """The signed bytes of a cluster checkpoint; its heads must be in name order."""
+    signer = node_name(c["node"], "a checkpoint's node")
+    what = f"node {signer}: checkpoint #{c['id']}"
+    heads, names = heads_bytes(c["heads"], what)
+    if signer.encode("ascii") not in names:
+        raise Reject(f"{what}: heads without the signer")
+    return (b"panvault-audit cluster-checkpoint v1\x00" + lp(signer.encode("ascii"))
+            + u64(c["id"], "checkpoint id") + i64(time_ns(c["time"])) + heads)
+
+
+def cluster_prune_message(p):
+    """The signed bytes of a cluster prune record (its cuts as a checkpoint's heads)."""
+    signer = node_name(p["checkpoint_node"], "a prune record's checkpoint_node")
+    cuts, _ = heads_bytes(p["cuts"], f"prune record #{p['id']}")
+    return (b"panvault-audit cluster-prune v1\x00" + u64(p["id"], "prune record id")
+            + lp(signer.encode("ascii")) + u64(p["checkpoint_id"], "checkpoint id")
+            + i64(time_ns(p["cutoff"])) + u64(p["deleted"], "deleted")
+            + i64(time_ns(p["time"])) + cuts)
+
+
+def same_heads(a, b):
+    return [(h["node"], h["seq"], h["head"].lower()) for h in a] == \
+        [(h["node"], h["seq"], h["head"].lower()) for h in b]
 
 
 def verify_cluster_export(key, lines):
-    order = {"node": 1, "checkpoint": 2, "event": 3}
-    registered, checkpoints, events = [], [], {}
+    order = {"node": 1, "checkpoint": 2, "prune": 3, "event": 4}
+    registered, checkpoints, prunes, events = [], [], [], {}
     last, last_key = 0, None
     for n, obj in lines[1:]:
         t = obj.get("type")
@@ -271,7 +297,7 @@ def verify_cluster_export(key, lines):
             raise Reject(f"line {n}: sections out of order")
         if order[t] > last:
             last, last_key = order[t], None
-        name = node_name(obj["node"], f"line {n}: the node")
+        name = "" if t == "prune" else node_name(obj["node"], f"line {n}: the node")
         key_ = (name.encode("ascii"), obj.get("id", obj.get("seq", 0)))
         if last_key is not None and key_ <= last_key:
             raise Reject(f"line {n}: records out of order or repeated")
@@ -281,6 +307,8 @@ def verify_cluster_export(key, lines):
             registered.append(name)
         elif t == "checkpoint":
             checkpoints.append(obj)
+        elif t == "prune":
+            prunes.append(obj)
         else:
             events.setdefault(name, []).append(obj)
 
@@ -296,10 +324,33 @@ def verify_cluster_export(key, lines):
         for h in c["heads"]:
             marks.setdefault(h["node"], []).append((h["seq"], unhex(h["head"], 32, "a head"), c["node"], c["id"]))
 
-    # Each node's chain, against every head any checkpoint states for it.
+    # Prune records: ids 1, 2, 3 ..., signed, each repeating the heads of the
+    # checkpoint it names (never deleted), never behind an earlier cut.
+    by_key = {(c["node"], c["id"]): c for c in checkpoints}
+    cuts = {}
+    for i, p in enumerate(prunes, 1):
+        if p["id"] != i:
+            raise Reject(f"prune record #{i} is missing")
+        check_sig(key, p["signature"], cluster_prune_message(p), f"prune record #{p['id']}")
+        c = by_key.get((p["checkpoint_node"], p["checkpoint_id"]))
+        if c is None:
+            raise Reject(f"node {p['checkpoint_node']}: its checkpoint #{p['checkpoint_id']}, whose "
+                         f"heads prune record #{p['id']} names as the cuts, is missing")
+        if not same_heads(c["heads"], p["cuts"]):
+            raise Reject(f"prune record #{p['id']}: its cuts are not the heads of node "
+                         f"{p['checkpoint_node']}'s checkpoint #{p['checkpoint_id']}")
+        named = {h["node"]: h for h in p["cuts"]}
+        for name, (s, _) in cuts.items():
+            if name not in named or named[name]["seq"] < s:
+                raise Reject(f"prune record #{p['id']}: it goes back on node {name}'s earlier cut")
+        for h in p["cuts"]:
+            cuts[h["node"]] = (h["seq"], unhex(h["head"], 32, "a cut's head"))
+
+    # Each node's chain from its cut, against every head any checkpoint states for it.
     total, tail = 0, 0
     for name in sorted(set(registered) | set(marks) | set(events), key=lambda s: s.encode("ascii")):
-        heads, prev, seq = {0: GENESIS}, GENESIS, 1
+        start, prev = cuts.get(name, (0, GENESIS))
+        heads, seq = {start: prev}, start + 1
         for e in events.get(name, []):
             if e["seq"] != seq:
                 raise Reject(f"node {name}: expected event {seq}, found {e['seq']}: missing, inserted or reordered")
@@ -314,6 +365,8 @@ def verify_cluster_export(key, lines):
         last_seq = seq - 1
         mine = marks.get(name, [])
         for s, head, signer, cid in mine:
+            if s < start:
+                continue  # pruned: nothing left to compare
             if s > last_seq:
                 raise Reject(f"node {name}: node {signer}'s checkpoint #{cid} names its event {s}, "
                              f"but its events end at {last_seq}: truncated or deleted")
@@ -324,10 +377,11 @@ def verify_cluster_export(key, lines):
             raise Reject(f"node {name}: events but no checkpoint names the node")
         if name in registered and not last_seq:
             raise Reject(f"node {name}: registered, but its chain holds no event")
-        total += last_seq
-        tail += last_seq - max((s for s, *_ in mine), default=0)
+        total += last_seq - start
+        tail += last_seq - max((s for s, *_ in mine if s >= start), default=start)
     nodes = len(set(registered) | set(marks) | set(events))
-    return f"{total} events on {nodes} nodes, {len(checkpoints)} checkpoints, {tail} unanchored"
+    return (f"{total} events on {nodes} nodes, {len(checkpoints)} checkpoints, "
+            f"{len(prunes)} prune records, {tail} unanchored")
 
 
 def read_kept(path):

@@ -337,8 +337,70 @@ impl ClusterCheckpoint {
     }
 }
 
+/// A checkpoint as an engine signs it: a single log's (SQLite), or a cluster
+/// checkpoint of every node's head (a log shared by several nodes).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum SignedCheckpoint {
+    /// A single log's checkpoint.
+    Single(Checkpoint),
+    /// A cluster checkpoint.
+    Cluster(ClusterCheckpoint),
+}
+
+impl SignedCheckpoint {
+    /// Checks the signature with `key`.
+    pub fn verify(&self, key: &PublicKey) -> Result<(), AuditError> {
+        match self {
+            SignedCheckpoint::Single(c) => c.verify(key),
+            SignedCheckpoint::Cluster(c) => c.verify(key),
+        }
+    }
+
+    /// Its number (a cluster checkpoint's: per its signer).
+    pub fn id(&self) -> u64 {
+        match self {
+            SignedCheckpoint::Single(c) => c.id,
+            SignedCheckpoint::Cluster(c) => c.id,
+        }
+    }
+
+    /// The one line `audit checkpoint` prints and `audit verify --checkpoint`
+    /// reads back: a single checkpoint's text form, or a cluster checkpoint's
+    /// JSON form (a witness file's line).
+    pub fn to_line(&self) -> Result<String, AuditError> {
+        match self {
+            SignedCheckpoint::Single(c) => Ok(c.to_string()),
+            SignedCheckpoint::Cluster(c) => c.to_json(),
+        }
+    }
+
+    /// Appends `checkpoints` to the witness file at `path` in their JSON
+    /// forms, synced (a file holds one kind: an engine signs one kind).
+    pub fn append_to_witness(
+        path: &std::path::Path,
+        checkpoints: &[SignedCheckpoint],
+    ) -> Result<(), AuditError> {
+        let single: Vec<Checkpoint> = checkpoints
+            .iter()
+            .filter_map(|c| match c {
+                SignedCheckpoint::Single(c) => Some(c.clone()),
+                SignedCheckpoint::Cluster(_) => None,
+            })
+            .collect();
+        let cluster: Vec<ClusterCheckpoint> = checkpoints
+            .iter()
+            .filter_map(|c| match c {
+                SignedCheckpoint::Cluster(c) => Some(c.clone()),
+                SignedCheckpoint::Single(_) => None,
+            })
+            .collect();
+        Checkpoint::append_to_witness(path, &single)?;
+        ClusterCheckpoint::append_to_witness(path, &cluster)
+    }
+}
+
 /// `0x01 ‖ u32 big-endian length ‖ bytes`, as the event encoding writes a value.
-fn put_lp(out: &mut Vec<u8>, s: &str) -> Result<(), AuditError> {
+pub(crate) fn put_lp(out: &mut Vec<u8>, s: &str) -> Result<(), AuditError> {
     let len = u32::try_from(s.len()).map_err(|_| AuditError::Overflow)?;
     out.push(1);
     out.extend_from_slice(&len.to_be_bytes());
@@ -346,7 +408,7 @@ fn put_lp(out: &mut Vec<u8>, s: &str) -> Result<(), AuditError> {
     Ok(())
 }
 
-fn put_heads(out: &mut Vec<u8>, heads: &[NodeHead]) -> Result<(), AuditError> {
+pub(crate) fn put_heads(out: &mut Vec<u8>, heads: &[NodeHead]) -> Result<(), AuditError> {
     let n = u64::try_from(heads.len()).map_err(|_| AuditError::Overflow)?;
     out.extend_from_slice(&n.to_be_bytes());
     for h in heads {
@@ -357,7 +419,7 @@ fn put_heads(out: &mut Vec<u8>, heads: &[NodeHead]) -> Result<(), AuditError> {
     Ok(())
 }
 
-fn parse_heads(mut b: &[u8]) -> Option<Vec<NodeHead>> {
+pub(crate) fn parse_heads(mut b: &[u8]) -> Option<Vec<NodeHead>> {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, rest) = b.split_at_checked(n)?;
         *b = rest;

@@ -3,12 +3,15 @@
 //! verification with the public key alone.
 //!
 //! Lines: a header, every registered node (by name), every cluster checkpoint
-//! (by signer, then id), every event (by node, then seq). Verification checks
-//! every checkpoint's signature and that each signer's ids run 1, 2, 3 …; then,
-//! node by node, it walks the node's chain with the same verifier (and the same
-//! diagnosis of a break) as a single log, against every head the checkpoints
-//! name for that node. So a node whose whole history is gone is reported at the
-//! head another node signed for it.
+//! (by signer, then id), every cluster prune record (by id), every event (by
+//! node, then seq). Verification checks every checkpoint's and prune record's
+//! signature, that each signer's checkpoint ids and the prune record ids run
+//! 1, 2, 3 …, and that each prune record's cuts are the heads of the
+//! checkpoint it names, never behind an earlier record's; then, node by node,
+//! it walks the node's chain with the same verifier (and the same diagnosis of
+//! a break) as a single log, from the node's latest cut, against every head
+//! the checkpoints name for that node. So a node whose whole history is gone
+//! is reported at the head another node signed for it.
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 
@@ -24,6 +27,7 @@ use super::error::AuditError;
 use super::event::utc;
 use super::export::{Line, StoredEvent, insert_line, rfc3339};
 use super::keys::{PublicKey, SigningKey};
+use super::prune::{ClusterPruneRecord, PruneRecord};
 use super::schema::migrate;
 use super::store::LogTx;
 use super::verify::{Break, BreakKind, Location, VerifyReport, verify_against};
@@ -62,6 +66,16 @@ enum ClusterLine {
         heads: Vec<HeadJson>,
         signature: String,
     },
+    Prune {
+        id: u64,
+        checkpoint_node: String,
+        checkpoint_id: u64,
+        cuts: Vec<HeadJson>,
+        cutoff: String,
+        deleted: u64,
+        time: String,
+        signature: String,
+    },
     Event {
         node: String,
         seq: u64,
@@ -97,7 +111,8 @@ fn required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D:
 
 /// The multi-node export's line writer: the caller reads, in one snapshot,
 /// the registered nodes (by name), the cluster checkpoints (by signer, then
-/// id) and the events (by node, then seq), and hands them over in that order.
+/// id), the cluster prune records (by id) and the events (by node, then seq),
+/// and hands them over in that order.
 pub struct ClusterExportWriter<W: Write> {
     writer: W,
     line: Vec<u8>,
@@ -140,16 +155,22 @@ impl<W: Write> ClusterExportWriter<W> {
             node: c.node.to_string(),
             id: c.id,
             time: rfc3339(c.time)?,
-            heads: c
-                .heads
-                .iter()
-                .map(|h| HeadJson {
-                    node: h.node.to_string(),
-                    seq: h.seq,
-                    head: h.head.to_string(),
-                })
-                .collect(),
+            heads: heads_json(&c.heads),
             signature: hex_encode(&c.signature),
+        })
+    }
+
+    /// Writes a cluster prune record.
+    pub fn prune(&mut self, p: &ClusterPruneRecord) -> Result<(), AuditError> {
+        self.put(&ClusterLine::Prune {
+            id: p.id,
+            checkpoint_node: p.checkpoint_node.to_string(),
+            checkpoint_id: p.checkpoint_id,
+            cuts: heads_json(&p.cuts),
+            cutoff: rfc3339(p.cutoff)?,
+            deleted: p.deleted,
+            time: rfc3339(p.time)?,
+            signature: hex_encode(&p.signature),
         })
     }
 
@@ -212,6 +233,33 @@ impl<W: Write> ClusterExportWriter<W> {
         self.writer.write_all(&self.line)?;
         Ok(())
     }
+}
+
+fn heads_json(heads: &[NodeHead]) -> Vec<HeadJson> {
+    heads
+        .iter()
+        .map(|h| HeadJson {
+            node: h.node.to_string(),
+            seq: h.seq,
+            head: h.head.to_string(),
+        })
+        .collect()
+}
+
+fn heads_of(heads: Vec<HeadJson>) -> Result<Vec<NodeHead>, AuditError> {
+    heads
+        .into_iter()
+        .map(|h| {
+            Ok(NodeHead {
+                node: NodeId::new(h.node)?,
+                seq: h.seq,
+                head: ChainHash::from_hex(&h.head).ok_or(AuditError::BadExport {
+                    line: 0,
+                    reason: "a hash is not 64 hex digits",
+                })?,
+            })
+        })
+        .collect()
 }
 
 /// Whether `first_line` is the header of a multi-node export.
@@ -296,6 +344,7 @@ pub fn verify_cluster_export(
 enum Section {
     Nodes,
     Checkpoints,
+    Prunes,
     Events,
 }
 
@@ -316,8 +365,11 @@ struct ClusterVerifier<'k> {
     section: Section,
     registered: BTreeSet<NodeId>,
     checkpoints: Vec<ClusterCheckpoint>,
+    prunes: Vec<ClusterPruneRecord>,
     /// Every head stated for each node, once the checkpoints are read.
     marks: BTreeMap<NodeId, Vec<Mark>>,
+    /// Each node's latest cut (its last pruned event).
+    cuts: BTreeMap<NodeId, NodeHead>,
     /// The node whose events are being read, and its chain so far.
     current: Option<(NodeId, Connection)>,
     last_event: Option<(NodeId, u64)>,
@@ -334,7 +386,9 @@ impl<'k> ClusterVerifier<'k> {
             section: Section::Nodes,
             registered: BTreeSet::new(),
             checkpoints: Vec::new(),
+            prunes: Vec::new(),
             marks: BTreeMap::new(),
+            cuts: BTreeMap::new(),
             current: None,
             last_event: None,
             done: BTreeSet::new(),
@@ -358,7 +412,7 @@ impl<'k> ClusterVerifier<'k> {
         if section < self.section {
             return Err(AuditError::BadExport {
                 line: 0,
-                reason: "lines out of order (header, nodes, checkpoints, events)",
+                reason: "lines out of order (header, nodes, checkpoints, prune records, events)",
             });
         }
         if self.section < Section::Events && section == Section::Events {
@@ -399,24 +453,41 @@ impl<'k> ClusterVerifier<'k> {
                 {
                     return Err(out_of_order());
                 }
-                let heads = heads
-                    .into_iter()
-                    .map(|h| {
-                        Ok(NodeHead {
-                            node: NodeId::new(h.node)?,
-                            seq: h.seq,
-                            head: ChainHash::from_hex(&h.head).ok_or(AuditError::BadExport {
-                                line: 0,
-                                reason: "a hash is not 64 hex digits",
-                            })?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, AuditError>>()?;
+                let heads = heads_of(heads)?;
                 self.checkpoints.push(ClusterCheckpoint {
                     node,
                     id,
                     time: parse_time(&time)?,
                     heads,
+                    signature: hex_decode_array::<64>(&signature).ok_or(AuditError::BadExport {
+                        line: 0,
+                        reason: "a signature is not 128 hex digits",
+                    })?,
+                });
+                Ok(())
+            }
+            ClusterLine::Prune {
+                id,
+                checkpoint_node,
+                checkpoint_id,
+                cuts,
+                cutoff,
+                deleted,
+                time,
+                signature,
+            } => {
+                self.enter(Section::Prunes)?;
+                if self.prunes.last().is_some_and(|last| last.id >= id) {
+                    return Err(out_of_order());
+                }
+                self.prunes.push(ClusterPruneRecord {
+                    id,
+                    checkpoint_node: NodeId::new(checkpoint_node)?,
+                    checkpoint_id,
+                    cuts: heads_of(cuts)?,
+                    cutoff: parse_time(&cutoff)?,
+                    deleted,
+                    time: parse_time(&time)?,
                     signature: hex_decode_array::<64>(&signature).ok_or(AuditError::BadExport {
                         line: 0,
                         reason: "a signature is not 128 hex digits",
@@ -535,6 +606,11 @@ impl<'k> ClusterVerifier<'k> {
             self.report.problem = Some(b);
             return Ok(());
         }
+        self.report.prunes = u64::try_from(self.prunes.len()).map_err(|_| AuditError::Overflow)?;
+        if let Some(b) = self.check_prunes() {
+            self.report.problem = Some(b);
+            return Ok(());
+        }
         for cp in self.checkpoints.iter().chain(self.anchors) {
             for h in &cp.heads {
                 self.marks.entry(h.node.clone()).or_default().push(Mark {
@@ -547,6 +623,88 @@ impl<'k> ClusterVerifier<'k> {
             }
         }
         Ok(())
+    }
+
+    /// The prune records: signed, numbered 1, 2, 3 …, each repeating the heads
+    /// of the checkpoint it names, and none behind an earlier one for any node.
+    /// Sets each node's latest cut.
+    fn check_prunes(&mut self) -> Option<Break> {
+        let prune_break = |p: &ClusterPruneRecord, kind, detail: String| Break {
+            seq: 0,
+            kind,
+            location: Location::Prune(p.id),
+            detail: format!("prune record #{}: {detail}", p.id),
+        };
+        for p in &self.prunes {
+            if p.verify(self.key).is_err() {
+                return Some(prune_break(
+                    p,
+                    BreakKind::BadSignature,
+                    "it does not verify with the public key".to_owned(),
+                ));
+            }
+        }
+        let mut expected = 1u64;
+        for p in &self.prunes {
+            if p.id != expected {
+                return Some(Break {
+                    seq: 0,
+                    kind: BreakKind::Missing,
+                    location: Location::Prune(expected),
+                    detail: format!(
+                        "prune records #{}..#{} are missing",
+                        expected,
+                        p.id.saturating_sub(1)
+                    ),
+                });
+            }
+            expected = expected.saturating_add(1);
+            let named = self
+                .checkpoints
+                .iter()
+                .find(|c| (&c.node, c.id) == (&p.checkpoint_node, p.checkpoint_id));
+            match named {
+                None => {
+                    return Some(Break {
+                        seq: p.cut_of(&p.checkpoint_node).map_or(0, |c| c.seq),
+                        kind: BreakKind::Missing,
+                        location: Location::Checkpoint(p.checkpoint_id),
+                        detail: format!(
+                            "node {}: its checkpoint #{}, whose heads prune record #{} names \
+                             as the cuts, is missing",
+                            p.checkpoint_node, p.checkpoint_id, p.id
+                        ),
+                    });
+                }
+                Some(c) if c.heads != p.cuts => {
+                    return Some(prune_break(
+                        p,
+                        BreakKind::Modified,
+                        format!(
+                            "its cuts are not the heads of node {}'s checkpoint #{}",
+                            p.checkpoint_node, p.checkpoint_id
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+            for (node, cut) in &self.cuts {
+                if p.cut_of(node).is_none_or(|c| c.seq < cut.seq) {
+                    return Some(prune_break(
+                        p,
+                        BreakKind::Modified,
+                        format!(
+                            "it goes back on node {node}'s earlier cut at seq {}",
+                            cut.seq
+                        ),
+                    ));
+                }
+            }
+            for c in &p.cuts {
+                self.cuts.insert(c.node.clone(), c.clone());
+            }
+        }
+        None
     }
 
     /// The checkpoints kept elsewhere: signed, consistent with each other and
@@ -628,11 +786,38 @@ impl<'k> ClusterVerifier<'k> {
         let mut marks: Vec<&Mark> = self.marks.get(&node).into_iter().flatten().collect();
         marks.sort_by_key(|m| (m.seq, m.head.0, m.time));
         marks.dedup_by(|a, b| (a.seq, a.head) == (b.seq, b.head));
+        let cut = self.cuts.get(&node).filter(|c| c.seq > 0).cloned();
+        let mut cut_mark = None;
         for (i, m) in marks.iter().enumerate() {
             let id = u64::try_from(i)
                 .map_err(|_| AuditError::Overflow)?
                 .saturating_add(1);
             conn.insert_checkpoint(&Checkpoint::sign(&self.relay, id, m.seq, m.head, m.time)?)?;
+            if cut
+                .as_ref()
+                .is_some_and(|c| (c.seq, c.head) == (m.seq, m.head))
+            {
+                cut_mark = Some((id, m.time));
+            }
+        }
+        if let Some(c) = &cut {
+            // The cut is the head of the checkpoint the record names, which is
+            // among the marks: the kept chain starts right after it.
+            let Some((checkpoint_id, time)) = cut_mark else {
+                return Err(AuditError::Internal);
+            };
+            let mut p = PruneRecord {
+                id: 1,
+                first_seq: c.seq.checked_add(1).ok_or(AuditError::Overflow)?,
+                prev_hash: c.head,
+                checkpoint_id,
+                cutoff: time,
+                deleted: 0,
+                time,
+                signature: [0; 64],
+            };
+            p.signature = self.relay.sign(&p.message()?);
+            conn.insert_prune(&p)?;
         }
         let mut r = verify_against(conn, &self.relay.public_key(), &[])?;
         self.report.events = self.report.events.saturating_add(r.events);
@@ -641,7 +826,8 @@ impl<'k> ClusterVerifier<'k> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if r.events == 0 && r.problem.is_none() && self.registered.contains(&node) {
+        if r.events == 0 && r.problem.is_none() && cut.is_none() && self.registered.contains(&node)
+        {
             r.problem = Some(Break {
                 seq: 1,
                 kind: BreakKind::Missing,

@@ -26,8 +26,10 @@
 //! A log shared by several nodes (PostgreSQL) keeps one chain per node: the
 //! engine implements [`ClusterLogTx`] for one node's view, the writer calls
 //! [`AuditChain::register_node`] at start and [`AuditChain::cluster_checkpoint`]
-//! where a single log signs a [`Checkpoint`]; the export is written with
-//! [`ClusterExportWriter`] and [`verify_export`] checks it.
+//! where a single log signs a [`Checkpoint`]; retention runs [`prune_cluster`]
+//! over the engine's [`ClusterPruneTx`] (one signed [`ClusterPruneRecord`]
+//! cuts every node's chain at one cluster checkpoint); the export is written
+//! with [`ClusterExportWriter`] and [`verify_export`] checks it.
 //!
 //! What a verifier calls: [`open_read_only`], [`verify`] (optionally against a
 //! checkpoint kept elsewhere) or [`verify_against`] (against many, e.g. a
@@ -56,7 +58,9 @@ mod verify;
 
 pub use chain::{AuditChain, ChainHead, CheckpointPolicy};
 pub use checkpoint::Checkpoint;
-pub use cluster::{ClusterCheckpoint, ClusterLogTx, MAX_NODE_LEN, NodeHead, NodeId};
+pub use cluster::{
+    ClusterCheckpoint, ClusterLogTx, MAX_NODE_LEN, NodeHead, NodeId, SignedCheckpoint,
+};
 pub use cluster_export::{CLUSTER_EXPORT_FORMAT, ClusterExportWriter, verify_cluster_export};
 pub use encoding::{ChainHash, ENCODING_VERSION, sha256_hex};
 pub use error::AuditError;
@@ -70,7 +74,10 @@ pub use export::{
     verify_export_through,
 };
 pub use keys::{PublicKey, SigningKey};
-pub use prune::{DEFAULT_RETENTION, MIN_RETENTION, PruneRecord, PruneReport, prune};
+pub use prune::{
+    ClusterPruneRecord, ClusterPruneReport, ClusterPruneTx, DEFAULT_RETENTION, MIN_RETENTION,
+    PRUNE_CANDIDATES, PruneRecord, PruneReport, Pruned, prune, prune_cluster,
+};
 pub use receipt::{ErasureReceipt, ReceiptStorage, subject_hash, verify_receipt};
 pub use schema::{SCHEMA_SQL, SCHEMA_VERSION, migrate, open_read_only};
 pub use sqlite::latest_checkpoint;

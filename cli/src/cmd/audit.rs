@@ -8,7 +8,10 @@
 //! verification reports would be an unsigned tail of its own making. They say
 //! on standard error what they did instead (for the shell's or the scheduler's log).
 //! `checkpoint` unseals the vault: it records its own event and signs a
-//! checkpoint covering it in the same transaction.
+//! checkpoint covering it in the same transaction (PostgreSQL: a cluster
+//! checkpoint of every node's head). `prune` unseals it too: it deletes the
+//! events past the retention through a signed checkpoint and leaves a signed
+//! prune record, with its own event, in one transaction.
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -47,6 +50,14 @@ pub enum Command {
     /// Give it back later with `audit verify --checkpoint FILE` to prove the log
     /// still extends it (catches truncation and rollback).
     Checkpoint(CheckpointArgs),
+    /// Delete the events older than the retention (at least 365 days) that a
+    /// signed checkpoint covers, leaving a signed prune record where the kept log
+    /// starts (what the server's retention round does; unseals the vault).
+    ///
+    /// PostgreSQL: every node's chain is cut at one signed cluster checkpoint,
+    /// once across the cluster (while another node or command prunes, nothing
+    /// is done and the exit code is 1), while the nodes keep serving.
+    Prune(PruneArgs),
     /// Check the signature of an erasure receipt (JSON file).
     VerifyReceipt(ReceiptArgs),
     /// Evaluate the vault against a compliance policy (PCI DSS 4.0.1 by default)
@@ -132,6 +143,18 @@ pub struct CheckpointArgs {
     secret: crate::common::SecretArgs,
 }
 
+/// `audit prune`.
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    dir: DataDir,
+    /// Keep events younger than this many days (at least 365, PCI DSS 10.5.1).
+    #[arg(long, value_name = "DAYS", default_value_t = 365)]
+    retention_days: i64,
+    #[command(flatten)]
+    secret: crate::common::SecretArgs,
+}
+
 /// `audit verify-receipt`.
 #[derive(Debug, clap::Args)]
 pub struct ReceiptArgs {
@@ -151,6 +174,7 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
         Command::Verify(a) => verify(&a),
         Command::Export(a) => export(&a),
         Command::Checkpoint(a) => checkpoint(&a),
+        Command::Prune(a) => prune(&a),
         Command::VerifyReceipt(a) => verify_receipt(&a),
         Command::Run(a) => crate::cmd::compliance::run(a),
     }
@@ -328,6 +352,14 @@ fn print_report(r: &VerifyReport, anchor: Option<&Checkpoint>, now: time::Offset
     } else {
         writeln!(out, "verified before the break: {range}, {signed}")
     };
+    if !r.nodes.is_empty() && r.prunes > 0 {
+        let _ = writeln!(
+            out,
+            "each node's events up to its cut in the latest of {} were pruned under the \
+             retention policy",
+            count(r.prunes, "signed prune record")
+        );
+    }
     if r.first_seq > 1 {
         let _ = writeln!(
             out,
@@ -466,13 +498,61 @@ fn checkpoint(a: &CheckpointArgs) -> Result<ExitCode, CliError> {
         return Err(CliError::with_code(
             format!(
                 "checkpoint #{} does not verify with the public key {}: the vault's audit key is not the one you hold",
-                cp.id,
+                cp.id(),
                 a.dir.pubkey(a.pubkey.as_deref()).display()
             ),
             EXIT_BROKEN,
         ));
     }
-    crate::outln!("{cp}");
+    // One line `audit verify --checkpoint` reads back: a cluster checkpoint
+    // (PostgreSQL) in its JSON form, which names its signer, id and every
+    // node's head.
+    let line = cp.to_line().map_err(|e| fail("audit checkpoint", &e))?;
+    crate::outln!("{line}");
+    if let audit::SignedCheckpoint::Cluster(c) = &cp {
+        let heads: Vec<String> = c
+            .heads
+            .iter()
+            .map(|h| format!("{} at seq {}", h.node, h.seq))
+            .collect();
+        eprintln!(
+            "signed cluster checkpoint #{} of node {}: {}",
+            c.id,
+            c.node,
+            heads.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prune(a: &PruneArgs) -> Result<ExitCode, CliError> {
+    if a.retention_days < audit::MIN_RETENTION.whole_days() {
+        return Err(CliError::usage(format!(
+            "--retention-days {}: at least {} (PCI DSS 10.5.1 keeps a year of audit events)",
+            a.retention_days,
+            audit::MIN_RETENTION.whole_days()
+        )));
+    }
+    let unlock = a.secret.unlock_for(&a.dir.data_dir)?;
+    let mut admin =
+        panvault_vault::Admin::open(&a.dir.data_dir, &unlock, panvault_vault::system_clock())
+            .map_err(crate::common::vault_err)?;
+    drop(unlock);
+    let pruned = admin
+        .audit_prune(&crate::common::admin_actor(), a.retention_days)
+        .map_err(crate::common::vault_err)?;
+    if pruned.busy() {
+        return Err(CliError::usage(
+            "another node or `audit prune` is pruning the audit log now: nothing done (run it again later)",
+        ));
+    }
+    match pruned.describe() {
+        Some(d) => crate::outln!("pruned {}: {d}", count(pruned.deleted(), "event")),
+        None => crate::outln!(
+            "nothing to prune: no event older than {} days is covered by a signed checkpoint",
+            a.retention_days
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use panvault_vault::{SealSpec, SecretText, Unlock, Vault, system_clock};
+use panvault_vault::{Clock, SealSpec, SecretText, Unlock, Vault, system_clock};
 
 use crate::util::{
     CLIENTS, Client, CmdOutput, LineCollector, TEST_KDF, TestPki, child_log_level, init_logs,
@@ -46,10 +46,16 @@ impl BinVault {
     /// `init --postgres` does, so admin commands find it) and in the server's
     /// configuration, which every node of a test shares.
     pub fn create_pg(root: &Path, url: &str) -> BinVault {
+        BinVault::create_pg_at(root, url, &system_clock())
+    }
+
+    /// [`BinVault::create_pg`], created at the time `clock` says (its first
+    /// events dated then).
+    pub fn create_pg_at(root: &Path, url: &str, clock: &Clock) -> BinVault {
         let data = root.join("data");
         std::fs::create_dir_all(&data).unwrap();
         panvault_vault::config::StorageSettings::record_postgres(&data, url).unwrap();
-        let v = BinVault::create_in(root, &data);
+        let v = BinVault::create_in_at(root, &data, clock);
         let mut text = std::fs::read_to_string(&v.config).unwrap();
         text.push_str(&panvault_vault::config::StorageSettings::postgres_table(
             url,
@@ -60,6 +66,12 @@ impl BinVault {
 
     /// A new vault with its data directory at `data`.
     pub fn create_in(root: &Path, data: &Path) -> BinVault {
+        BinVault::create_in_at(root, data, &system_clock())
+    }
+
+    /// [`BinVault::create_in`], created at the time `clock` says (its first
+    /// events dated then).
+    pub fn create_in_at(root: &Path, data: &Path, clock: &Clock) -> BinVault {
         init_logs();
         let pki = TestPki::new(&root.join("pki"));
         Vault::init(
@@ -69,7 +81,7 @@ impl BinVault {
                 kdf: TEST_KDF,
                 shares: None,
             },
-            &system_clock(),
+            clock,
         )
         .unwrap();
         let pass = root.join("pass");

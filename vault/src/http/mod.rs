@@ -359,13 +359,6 @@ async fn purge_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate: let the server settle first
     let every = Duration::from_secs(retention.purge_interval_secs);
-    let prune_log = !vault.is_postgres();
-    if !prune_log {
-        tracing::warn!(
-            "audit log retention is not applied on PostgreSQL (a log shared by several nodes \
-             has no prune yet): every event is kept; archive with `panvault audit export`"
-        );
-    }
     loop {
         tick.tick().await;
         // Nodes sharing a database run each round once between them.
@@ -390,7 +383,9 @@ async fn purge_loop(
                 true
             }
         };
-        if ours && prune_log {
+        // PostgreSQL: the round's node prunes every node's chain (a prune lock
+        // keeps it to one at a time with `audit prune`).
+        if ours {
             match vault.prune_audit(audit_days).await {
                 Ok(n) if n > 0 => {
                     tracing::info!(deleted = n, "audit events past retention pruned");

@@ -544,21 +544,27 @@ impl Admin {
 
     /// Signs an audit checkpoint covering every event committed so far and this
     /// command's own event (`audit checkpoint`); with `witness`, also appends it
-    /// to that file.
+    /// to that file. PostgreSQL signs a cluster checkpoint (every node's head).
     pub fn audit_checkpoint(
         &mut self,
         actor: &AccessContext,
         witness: Option<&Path>,
-    ) -> Result<panvault_audit::log::Checkpoint, VaultError> {
+    ) -> Result<panvault_audit::log::SignedCheckpoint, VaultError> {
         let now = self.now();
-        // PostgreSQL signs a cluster checkpoint (every node's head), which has no
-        // single-chain form to hand back or witness: it is committed, and said so.
-        audit_hook::sign_checkpoint_now(&mut self.conn, &self.keys, actor, now, witness)?.ok_or(
-            VaultError::Store(StoreError::Unsupported(
-                "a single-chain checkpoint on PostgreSQL: a cluster checkpoint of every node's \
-                 head was signed and committed; `audit verify` checks it",
-            )),
-        )
+        audit_hook::sign_checkpoint_now(&mut self.conn, &self.keys, actor, now, witness)
+    }
+
+    /// Deletes the audit events past `retention_days` (at least 365) through a
+    /// signed checkpoint, with a signed prune record (`audit prune`; what the
+    /// server's retention round does). PostgreSQL: every node's chain, once
+    /// across the cluster, while the nodes serve.
+    pub fn audit_prune(
+        &mut self,
+        actor: &AccessContext,
+        retention_days: i64,
+    ) -> Result<panvault_audit::log::Pruned, VaultError> {
+        let now = (self.clock)();
+        audit_hook::prune_now(&mut self.conn, &self.keys, actor, now, retention_days)
     }
 
     /// Records an admin action that has no data change of its own (e.g. `audit

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use panvault_audit::log::{
-    ActionName, Actor, AuditChain, ChainHead, Checkpoint, CheckpointPolicy, ErasureReceipt,
-    MAX_CODE_LEN, MAX_FIELD_LEN, NewEvent, Outcome, SigningKey, subject_hash,
+    ActionName, Actor, AuditChain, ChainHead, CheckpointPolicy, ErasureReceipt, MAX_CODE_LEN,
+    MAX_FIELD_LEN, NewEvent, Outcome, Pruned, SignedCheckpoint, SigningKey, subject_hash,
 };
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -191,9 +191,9 @@ pub(crate) struct AuditState {
 struct Witness {
     path: PathBuf,
     /// Signed in the open transaction: written once it commits, dropped if not.
-    in_tx: Vec<Checkpoint>,
+    in_tx: Vec<SignedCheckpoint>,
     /// Committed but not yet written (the file could not be written).
-    unwritten: Vec<Checkpoint>,
+    unwritten: Vec<SignedCheckpoint>,
     /// When a failure was last logged (one line a minute at most).
     warned: Option<Instant>,
 }
@@ -294,7 +294,7 @@ impl AuditState {
         if w.unwritten.is_empty() {
             return;
         }
-        match Checkpoint::append_to_witness(&w.path, &w.unwritten) {
+        match SignedCheckpoint::append_to_witness(&w.path, &w.unwritten) {
             Ok(()) => w.unwritten.clear(),
             Err(e) => {
                 if w.unwritten.len() > MAX_UNWRITTEN {
@@ -317,36 +317,30 @@ impl AuditState {
     }
 
     /// Signs a checkpoint of the current head inside the caller's transaction
-    /// (PostgreSQL: a cluster checkpoint, `None`; the witness file holds
-    /// single-chain checkpoints only).
-    fn sign(
-        &mut self,
-        conn: &Tx<'_>,
-        now: OffsetDateTime,
-    ) -> Result<Option<Checkpoint>, VaultError> {
+    /// (PostgreSQL: a cluster checkpoint; the witness file gets its JSON form).
+    fn sign(&mut self, conn: &Tx<'_>, now: OffsetDateTime) -> Result<SignedCheckpoint, VaultError> {
         let cp = conn
             .sign_audit_checkpoint(&mut self.chain, &self.signer, now)
             .map_err(audit_err)?;
-        if let (Some(w), Some(cp)) = (&mut self.witness, &cp) {
+        if let Some(w) = &mut self.witness {
             w.in_tx.push(cp.clone());
         }
         Ok(cp)
     }
 
     /// Registers this node in the shared log if it is not yet (PostgreSQL; see
-    /// [`Tx::register_audit_node`]), inside the caller's transaction.
+    /// [`Tx::register_audit_node`]), inside the caller's transaction; its
+    /// `node.register` event is dated `now` (the vault's clock, as every event).
     pub(crate) fn register_node(
         &mut self,
         conn: &Tx<'_>,
         actor: &AccessContext,
+        now: i64,
     ) -> Result<(), VaultError> {
-        conn.register_audit_node(
-            &mut self.chain,
-            &self.signer,
-            actor_of(actor),
-            OffsetDateTime::now_utc(),
-        )
-        .map_err(audit_err)
+        let now = OffsetDateTime::from_unix_timestamp(now)
+            .map_err(|e| VaultError::AuditUnavailable(Some(Box::new(e))))?;
+        conn.register_audit_node(&mut self.chain, &self.signer, actor_of(actor), now)
+            .map_err(audit_err)
     }
 
     /// Writes a signed checkpoint if one is due (or `force`).
@@ -442,18 +436,17 @@ impl AuditState {
         Ok(open.commit()?)
     }
 
-    /// Prunes events older than `retention_days` (at least 365) with a signed record.
+    /// Prunes events older than `retention_days` (at least 365) with a signed
+    /// record (PostgreSQL: every node's chain, once across the cluster).
     pub(crate) fn prune(
         &mut self,
         conn: &Tx<'_>,
         now: OffsetDateTime,
         retention_days: i64,
-    ) -> Result<u64, VaultError> {
+    ) -> Result<Pruned, VaultError> {
         let days = retention_days.max(365);
-        let report = conn
-            .prune_audit(&self.signer, now, time::Duration::days(days))
-            .map_err(audit_err)?;
-        Ok(report.deleted)
+        conn.prune_audit(&self.signer, now, time::Duration::days(days))
+            .map_err(audit_err)
     }
 
     /// Signs an erasure receipt naming the storage engine and what residue of
@@ -542,7 +535,7 @@ pub(crate) fn record_admin(
     now: i64,
 ) -> Result<u64, VaultError> {
     let mut state = AuditState::load(conn, keys, CheckpointPolicy::default())?;
-    state.register_node(conn, actor)?;
+    state.register_node(conn, actor, now)?;
     let rec = AuditRecord {
         action,
         tenant: None,
@@ -567,11 +560,11 @@ pub(crate) fn sign_checkpoint_now(
     actor: &AccessContext,
     now: i64,
     witness: Option<&Path>,
-) -> Result<Option<Checkpoint>, VaultError> {
+) -> Result<SignedCheckpoint, VaultError> {
     let open = conn.begin_immediate()?;
     let tx = open.tx();
     let mut state = AuditState::load(&tx, keys, CheckpointPolicy::default())?;
-    state.register_node(&tx, actor)?;
+    state.register_node(&tx, actor, now)?;
     let rec = AuditRecord {
         action: AuditAction::AuditCheckpoint,
         tenant: None,
@@ -582,14 +575,64 @@ pub(crate) fn sign_checkpoint_now(
         details: Some("signed a checkpoint covering this event"),
     };
     state.record(&tx, keys, actor, &rec, now)?;
-    let cp = state.sign(&tx, OffsetDateTime::now_utc())?;
+    // Dated by the vault's clock, like the event it covers.
+    let signed_at = OffsetDateTime::from_unix_timestamp(now)
+        .map_err(|e| VaultError::AuditUnavailable(Some(Box::new(e))))?;
+    let cp = state.sign(&tx, signed_at)?;
     drop(tx);
     open.commit()?;
-    if let (Some(path), Some(cp)) = (witness, &cp) {
-        Checkpoint::append_to_witness(path, std::slice::from_ref(cp))
+    if let Some(path) = witness {
+        SignedCheckpoint::append_to_witness(path, std::slice::from_ref(&cp))
             .map_err(|e| VaultError::io(path, e))?;
     }
     Ok(cp)
+}
+
+/// `audit prune`: deletes the events past `retention_days` (at least 365)
+/// through a signed checkpoint, leaves a signed prune record, and records
+/// `actor`'s event saying what it did, in one transaction (a kill leaves all
+/// of it or none). PostgreSQL: no key lock (the nodes keep serving), every
+/// node's chain at once, once across the cluster (the prune lock: busy if
+/// another node or command prunes now, and nothing is recorded).
+pub(crate) fn prune_now(
+    conn: &mut Session,
+    keys: &Keyring,
+    actor: &AccessContext,
+    now: OffsetDateTime,
+    retention_days: i64,
+) -> Result<Pruned, VaultError> {
+    let open = if conn.is_postgres() {
+        conn.begin()?
+    } else {
+        conn.begin_immediate()?
+    };
+    let tx = open.tx();
+    let mut state = AuditState::load(&tx, keys, CheckpointPolicy::default())?;
+    state.register_node(&tx, actor, now.unix_timestamp())?;
+    let pruned = state.prune(&tx, now, retention_days)?;
+    if pruned.busy() {
+        drop(tx);
+        drop(open); // rolls back: nothing was written
+        return Ok(pruned);
+    }
+    let details = match pruned.describe() {
+        Some(d) => format!("audit log pruned: {} events; {d}", pruned.deleted()),
+        None => "audit log pruned: nothing past retention behind a checkpoint".to_owned(),
+    };
+    let rec = AuditRecord {
+        action: AuditAction::RetentionPurge,
+        tenant: None,
+        token: None,
+        purpose: None,
+        subject: None,
+        outcome: AuditOutcome::Success,
+        details: Some(&details),
+    };
+    state.record(&tx, keys, actor, &rec, now.unix_timestamp())?;
+    state.checkpoint_if_due(&tx, false)?;
+    drop(tx);
+    open.commit()?;
+    Ok(pruned)
 }
 
 /// Appends an admin event to the log of the vault in `data_dir` without unsealing

@@ -571,18 +571,13 @@ impl Vault {
 
     /// Deletes audit events older than `retention_days` (never younger than 365
     /// days), leaving a signed prune record. Returns how many were deleted.
-    /// On PostgreSQL refused before it reaches the writer (a log shared by
-    /// several nodes has no prune records yet), so no batch rolls back for it.
+    /// PostgreSQL: every node's chain at once, once across the cluster (0 when
+    /// another node or an admin command prunes now).
     pub async fn prune_audit(&self, retention_days: i64) -> Result<u64, VaultError> {
-        if self.is_postgres() {
-            return Err(VaultError::Store(StoreError::Unsupported(
-                "pruning the audit log shared by several nodes (PostgreSQL): every event is kept",
-            )));
-        }
         let now = self.now();
         self.write(
             move |conn, state| match state.audit_mut().prune(conn, now, retention_days) {
-                Ok(n) => (true, Ok(n)),
+                Ok(p) => (true, Ok(p.deleted())),
                 Err(e) => (false, Err(e)),
             },
         )

@@ -250,7 +250,8 @@ impl Vault {
             };
             let open = conn.begin()?;
             let tx = open.tx();
-            state.audit_mut().register_node(&tx, &ctx)?;
+            let now = (opts.clock)().unix_timestamp();
+            state.audit_mut().register_node(&tx, &ctx, now)?;
             drop(tx);
             open.commit()?;
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use panvault_audit::log::{
-    Actor, AuditChain, AuditError, Checkpoint, CheckpointPolicy, NewEvent, PruneReport, SigningKey,
+    Actor, AuditChain, AuditError, CheckpointPolicy, NewEvent, Pruned, SignedCheckpoint, SigningKey,
 };
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use time::OffsetDateTime;
@@ -897,19 +897,18 @@ impl Tx<'_> {
         }
     }
     /// Signs a checkpoint of the chain's head. On PostgreSQL a cluster checkpoint
-    /// (every registered node's head, see `panvault_audit::log::cluster`): no
-    /// single-chain checkpoint comes back (`None`).
+    /// (every registered node's head, see `panvault_audit::log::cluster`).
     pub(crate) fn sign_audit_checkpoint(
         &self,
         chain: &mut AuditChain,
         key: &SigningKey,
         now: OffsetDateTime,
-    ) -> Result<Option<Checkpoint>, AuditError> {
+    ) -> Result<SignedCheckpoint, AuditError> {
         match self.eng() {
-            Eng::Sqlite(c) => chain.checkpoint(c, key, now).map(Some),
+            Eng::Sqlite(c) => chain.checkpoint(c, key, now).map(SignedCheckpoint::Single),
             Eng::Pg(conn) => conn
                 .audit(|log| chain.cluster_checkpoint(log, key, now))
-                .map(|_| None),
+                .map(SignedCheckpoint::Cluster),
         }
     }
     /// Registers this node in the shared log (PostgreSQL: its `node.register`
@@ -929,15 +928,20 @@ impl Tx<'_> {
                 .map(|_| ()),
         }
     }
+    /// Prunes the log under `retention`. PostgreSQL: every node's chain at
+    /// once, at one cluster checkpoint, once across the cluster (a prune lock;
+    /// [`Pruned::busy`] if another transaction holds it).
     pub(crate) fn prune_audit(
         &self,
         key: &SigningKey,
         now: OffsetDateTime,
         retention: time::Duration,
-    ) -> Result<PruneReport, AuditError> {
+    ) -> Result<Pruned, AuditError> {
         match self.eng() {
-            Eng::Sqlite(c) => panvault_audit::log::prune(c, key, now, retention),
-            Eng::Pg(conn) => conn.audit(|log| panvault_audit::log::prune(log, key, now, retention)),
+            Eng::Sqlite(c) => panvault_audit::log::prune(c, key, now, retention).map(Pruned::Log),
+            Eng::Pg(conn) => conn
+                .audit(|log| panvault_audit::log::prune_cluster(log, key, now, retention))
+                .map(Pruned::Cluster),
         }
     }
 }

@@ -11,16 +11,18 @@
 //! a PostgreSQL transaction, and the chain must be able to reload its head and
 //! try again in the same one.
 //!
-//! Retention (prune records per node) is not built on this log yet: its
-//! methods answer `AuditError::Unsupported`.
+//! Retention is the audit crate's `prune_cluster` over `ClusterPruneTx`: one
+//! cluster prune record cuts every node's chain at the heads of one signed
+//! cluster checkpoint. The single-log retention methods of `LogTx` answer
+//! `AuditError::Unsupported` (a single chain's prune would cut one node only).
 
 use std::cell::RefCell;
 use std::io::Write;
 
 use panvault_audit::log::{
     AuditError, ChainHash, Checkpoint, ClusterCheckpoint, ClusterExportWriter, ClusterLogTx,
-    EventRow, Insert, LogStore, LogTx, NodeHead, NodeId, PruneRecord, PublicKey, StoredEvent,
-    VerifyReport, time_ns,
+    ClusterPruneRecord, ClusterPruneTx, EventRow, Insert, LogStore, LogTx, NodeHead, NodeId,
+    PruneRecord, PublicKey, StoredEvent, VerifyReport, time_ns,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
@@ -120,6 +122,24 @@ impl<'a, C: GenericClient> PgLog<'a, C> {
     fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, AuditError> {
         self.client.borrow_mut().execute(sql, params).map_err(db)
     }
+
+    fn last_record(&self) -> Result<Option<ClusterPruneRecord>, AuditError> {
+        self.query_opt(
+            &format!("SELECT {PRUNE_COLUMNS} FROM audit_prunes ORDER BY id DESC LIMIT 1"),
+            &[],
+        )?
+        .map(|row| prune_from(&row))
+        .transpose()
+    }
+
+    /// This node's cut in the latest prune record (`None`: never pruned, or a
+    /// cut before its first event).
+    fn own_cut(&self) -> Result<Option<NodeHead>, AuditError> {
+        Ok(self
+            .last_record()?
+            .and_then(|r| r.cut_of(&self.node).cloned())
+            .filter(|c| c.seq > 0))
+    }
 }
 
 /// A driver or server error, as the audit crate carries another engine's errors
@@ -152,9 +172,34 @@ fn checkpoint_err() -> AuditError {
 
 fn retention<T>() -> Result<T, AuditError> {
     Err(AuditError::Unsupported {
-        what: "retention on a log shared by several nodes",
+        what: "a single chain's retention (the shared log prunes every node at once)",
     })
 }
+
+/// The advisory lock one prune of the shared log holds ("PNVA"), apart from
+/// the key lock, the upkeep rounds' and the cards' two-key locks.
+const PRUNE_LOCK: i64 = 0x504E_5641;
+
+fn prune_err() -> AuditError {
+    AuditError::Parse {
+        what: "stored cluster prune record",
+    }
+}
+
+/// A row `id, checkpoint_node, checkpoint_id, cuts, cutoff_ns, deleted, time_ns, signature`.
+fn prune_from(row: &Row) -> Result<ClusterPruneRecord, AuditError> {
+    let n = |i: usize| row.try_get::<_, i64>(i).map_err(|_| prune_err());
+    ClusterPruneRecord::from_columns(
+        [n(0)?, n(2)?, n(4)?, n(5)?, n(6)?],
+        row.try_get(1).map_err(|_| prune_err())?,
+        row.try_get::<_, &[u8]>(3).map_err(|_| prune_err())?,
+        row.try_get::<_, &[u8]>(7).map_err(|_| prune_err())?,
+    )
+    .ok_or_else(prune_err)
+}
+
+const PRUNE_COLUMNS: &str =
+    "id, checkpoint_node, checkpoint_id, cuts, cutoff_ns, deleted, time_ns, signature";
 
 /// A row `node, id, time_ns, heads, signature`.
 fn checkpoint_from(row: &Row) -> Result<ClusterCheckpoint, AuditError> {
@@ -216,8 +261,16 @@ impl<C: GenericClient> LogStore for PgLog<'_, C> {
         head_from(seq, hash).map(Some)
     }
 
+    /// Where this node's chain goes on when all its events were pruned: after
+    /// its cut in the latest cluster prune record.
     fn last_prune(&self) -> Result<Option<(u64, ChainHash)>, AuditError> {
-        Ok(None)
+        let Some(cut) = self.own_cut()? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            cut.seq.checked_add(1).ok_or(AuditError::Overflow)?,
+            cut.head,
+        )))
     }
 
     /// This node's latest cluster checkpoint, as the mark the chain reads.
@@ -334,7 +387,10 @@ impl<C: GenericClient> LogTx for PgLog<'_, C> {
     }
 
     fn kept_from(&self) -> Result<u64, AuditError> {
-        Ok(1)
+        match self.own_cut()? {
+            Some(cut) => cut.seq.checked_add(1).ok_or(AuditError::Overflow),
+            None => Ok(1),
+        }
     }
 
     fn newest_checkpoint_between(&self, _: u64, _: u64) -> Result<Option<Checkpoint>, AuditError> {
@@ -363,9 +419,10 @@ impl<C: GenericClient> ClusterLogTx for PgLog<'_, C> {
         &self.node
     }
 
-    /// One index lookup per registered node (its last event), no locks.
+    /// One index lookup per registered node (its last event), no locks; a
+    /// node without events is at its cut in the latest prune record, if any.
     fn node_heads(&self) -> Result<Vec<NodeHead>, AuditError> {
-        self.query(
+        let mut heads = self.query(
             "SELECT n.node, e.seq, e.hash FROM audit_nodes n LEFT JOIN LATERAL              (SELECT seq, hash FROM audit_events WHERE node = n.node ORDER BY seq DESC LIMIT 1) e              ON true",
             &[],
         )?
@@ -384,7 +441,18 @@ impl<C: GenericClient> ClusterLogTx for PgLog<'_, C> {
             };
             Ok(NodeHead { node, seq, head })
         })
-        .collect()
+        .collect::<Result<Vec<_>, AuditError>>()?;
+        if heads.iter().any(|h| h.seq == 0)
+            && let Some(record) = self.last_record()?
+        {
+            for h in heads.iter_mut().filter(|h| h.seq == 0) {
+                if let Some(cut) = record.cut_of(&h.node) {
+                    h.seq = cut.seq;
+                    h.head = cut.head;
+                }
+            }
+        }
+        Ok(heads)
     }
 
     fn register_node(&self, time_ns: i64) -> Result<Insert, AuditError> {
@@ -490,6 +558,94 @@ pub(super) fn with_event_params<T>(
     ])
 }
 
+impl<C: GenericClient> ClusterPruneTx for PgLog<'_, C> {
+    fn try_lock_prune(&self) -> Result<bool, AuditError> {
+        self.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])?
+            .try_get(0)
+            .map_err(db)
+    }
+
+    fn last_cluster_prune(&self) -> Result<Option<ClusterPruneRecord>, AuditError> {
+        self.last_record()
+    }
+
+    /// One index range scan (`audit_checkpoints_time`).
+    fn cluster_checkpoints_before(
+        &self,
+        time_ns: i64,
+        limit: u32,
+    ) -> Result<Vec<ClusterCheckpoint>, AuditError> {
+        self.query(
+            "SELECT node, id, time_ns, heads, signature FROM audit_checkpoints \
+             WHERE time_ns <= $1 ORDER BY time_ns DESC, node COLLATE \"C\", id LIMIT $2",
+            &[&time_ns, &i64::from(limit)],
+        )?
+        .iter()
+        .map(checkpoint_from)
+        .collect()
+    }
+
+    fn first_event_of_since(&self, node: &NodeId, time_ns: i64) -> Result<Option<u64>, AuditError> {
+        let row = self.query_opt(
+            "SELECT seq FROM audit_events WHERE node = $1 AND time_ns >= $2 ORDER BY seq LIMIT 1",
+            &[&node.as_str(), &time_ns],
+        )?;
+        row.map(|r| r.try_get::<_, i64>(0).map_err(db).and_then(seq_of))
+            .transpose()
+    }
+
+    /// Streams the rows (never all in memory at once).
+    fn node_events(
+        &self,
+        node: &NodeId,
+        lo: u64,
+        hi: u64,
+        each: &mut dyn FnMut(&StoredEvent) -> Result<(), AuditError>,
+    ) -> Result<(), AuditError> {
+        let (lo, hi) = (to_i64(lo)?, to_i64(hi)?);
+        let params: [&(dyn ToSql + Sync); 3] = [&node.as_str(), &lo, &hi];
+        let mut client = self.client.borrow_mut();
+        let mut rows = client
+            .query_raw(
+                "SELECT seq, time_ns, actor, actor_fp, action, tenant, token, purpose, outcome, \
+                 code, request_id, peer, details, prev_hash, hash FROM audit_events \
+                 WHERE node = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq",
+                params,
+            )
+            .map_err(db)?;
+        while let Some(row) = rows.next().map_err(db)? {
+            each(&event_from(&row)?)?;
+        }
+        Ok(())
+    }
+
+    fn delete_node_events_through(&self, node: &NodeId, seq: u64) -> Result<u64, AuditError> {
+        self.execute(
+            "DELETE FROM audit_events WHERE node = $1 AND seq <= $2",
+            &[&node.as_str(), &to_i64(seq)?],
+        )
+    }
+
+    fn insert_cluster_prune(&self, r: &ClusterPruneRecord) -> Result<Insert, AuditError> {
+        let n = self.execute(
+            "INSERT INTO audit_prunes (id, checkpoint_node, checkpoint_id, cuts, cutoff_ns, \
+             deleted, time_ns, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT DO NOTHING",
+            &[
+                &to_i64(r.id)?,
+                &r.checkpoint_node.as_str(),
+                &to_i64(r.checkpoint_id)?,
+                &r.cuts_bytes()?,
+                &time_ns(r.cutoff)?,
+                &to_i64(r.deleted)?,
+                &time_ns(r.time)?,
+                &&r.signature[..],
+            ],
+        )?;
+        Ok(inserted(n))
+    }
+}
+
 /// Writes the whole PostgreSQL log as a multi-node export
 /// (`panvault-audit-export-v3`) and returns how many events it holds. It is
 /// read in one `REPEATABLE READ`, read-only transaction: one snapshot of the
@@ -526,6 +682,15 @@ pub fn export_jsonl(client: &mut Client, writer: impl Write) -> Result<u64, Audi
         .map_err(db)?
     {
         out.checkpoint(&checkpoint_from(&row)?)?;
+    }
+    for row in tx
+        .query(
+            &format!("SELECT {PRUNE_COLUMNS} FROM audit_prunes ORDER BY id"),
+            &[],
+        )
+        .map_err(db)?
+    {
+        out.prune(&prune_from(&row)?)?;
     }
     let none: [&(dyn ToSql + Sync); 0] = [];
     let mut rows = tx

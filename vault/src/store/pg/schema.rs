@@ -231,6 +231,25 @@ CREATE TABLE idempotency (
 );
 CREATE INDEX idempotency_created ON idempotency(created_at);
 "#,
+    // 4: retention on the audit log shared by several nodes: a cluster prune
+    // record names the cluster checkpoint whose heads are every node's cut
+    // (docs/audit-log.md, "Several nodes"). Version 1's single-chain table was
+    // never written (migration 2 refused a database whose table held rows).
+    r#"
+DROP TABLE audit_prunes;
+CREATE TABLE audit_prunes (
+    id              bigint PRIMARY KEY CHECK (id > 0),
+    checkpoint_node text COLLATE "C" NOT NULL,
+    checkpoint_id   bigint NOT NULL,
+    cuts            bytea NOT NULL,  -- count u64 then (lp(node), seq u64, head [32]) per node
+    cutoff_ns       bigint NOT NULL,
+    deleted         bigint NOT NULL,
+    time_ns         bigint NOT NULL,
+    signature       bytea NOT NULL CHECK (octet_length(signature) = 64)
+);
+-- A purge looks at the newest checkpoints signed before its cutoff.
+CREATE INDEX audit_checkpoints_time ON audit_checkpoints (time_ns);
+"#,
 ];
 
 /// The application named in `panvault_schema`: a database of anything else is refused.
