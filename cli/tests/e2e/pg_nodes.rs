@@ -634,3 +634,85 @@ async fn pg_nodes_a_second_node_with_a_running_nodes_id_is_refused() {
     })
     .await;
 }
+
+const RECOUNT_ENV: &str = panvault_vault::http::TOKEN_RECOUNT_ENV;
+
+/// `panvault_tokens_stored` of a node's `/metrics`.
+async fn tokens_stored(monitor: &Client) -> i64 {
+    let m = monitor.get("/metrics").await;
+    assert_eq!(m.status, 200, "{}", m.text());
+    let text = m.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("panvault_tokens_stored "))
+        .unwrap_or_else(|| panic!("no panvault_tokens_stored in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Polls a node's `panvault_tokens_stored` until it shows `want` (at most 30 s).
+async fn until_gauge(monitor: &Client, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = tokens_stored(monitor).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node still shows {n} tokens, not {want}, after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A node keeps a running count of its own inserts only; the rows other nodes
+/// insert reach its `panvault_tokens_stored` when it recounts the table, every
+/// `PANVAULT_TOKEN_RECOUNT_SECS` (here 1 s instead of the default minute). The
+/// gauge is polled under a bounded deadline, not timed. A value that is not a
+/// whole number of seconds stops the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_nodes_token_gauge_shows_other_nodes_inserts_after_a_recount() {
+    let Some(pg) =
+        PgServer::start("pg_nodes_token_gauge_shows_other_nodes_inserts_after_a_recount")
+    else {
+        return;
+    };
+    util::within(Duration::from_secs(180), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let spawn = |name: &'static str, secs: &'static str| {
+            let mut cmd = tokio::process::Command::new(util::panvault_bin());
+            cmd.args(v.serve_args())
+                .env("PANVAULT_NODE", name)
+                .env(RECOUNT_ENV, secs);
+            ServeProcess::spawn(cmd)
+        };
+        let a = spawn("node-a", "1").await.unwrap();
+        let b = spawn("node-b", "1").await.unwrap();
+        let (mon_a, mon_b) = (v.client(a.addr, "monitor"), v.client(b.addr, "monitor"));
+        assert_eq!(tokens_stored(&mon_b).await, 0);
+        let sf_a = v.client(a.addr, "storefront");
+        let mut tokens = Vec::new();
+        for _ in 0..3 {
+            tokens.push(tokenize(&sf_a, &cards::fresh()).await.1);
+        }
+        // A counts its own inserts at once; B after its next recount.
+        assert_eq!(tokens_stored(&mon_a).await, 3);
+        until_gauge(&mon_b, 3).await;
+        // And its own deletes.
+        let d = sf_a.delete(&format!("/v1/tokens/{}", tokens[0])).await;
+        assert!(d.status == 200 || d.status == 204, "{}", d.text());
+        assert_eq!(tokens_stored(&mon_a).await, 2);
+        until_gauge(&mon_b, 2).await;
+        assert!(a.terminate().await.success());
+        assert!(b.terminate().await.success());
+        for bad in ["0", "soon"] {
+            let err = spawn("node-bad", bad)
+                .await
+                .err()
+                .expect("a node started with a malformed recount interval");
+            assert!(err.contains(RECOUNT_ENV), "{err}");
+        }
+    })
+    .await;
+}

@@ -276,7 +276,10 @@ fn tokenize_in_tx(
         match inserted {
             Inserted::Row(id) => {
                 state.count_encryption(sealed.key_version);
-                if !pg {
+                if pg {
+                    // Dedup is looked up in the database: only the count is kept.
+                    state.dedup.counted_insert();
+                } else {
                     state.dedup.insert(*fp, subject, id);
                 }
                 return Ok(TokenInfo {
