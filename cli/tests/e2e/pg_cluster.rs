@@ -216,6 +216,95 @@ async fn pg_cluster_keys_rewrap_runs_once_resumes_after_sigkill_and_nodes_keep_w
     .await;
 }
 
+/// How many `erase` events the receipt's node and seq name in the shared log.
+fn names_an_erase(pg: &PgServer, receipt: &serde_json::Value) -> i64 {
+    let node = receipt["audit_node"].as_str().unwrap();
+    assert!(
+        node.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    );
+    query_i64(
+        pg,
+        &format!(
+            "SELECT count(*) FROM audit_events WHERE node = '{node}' AND seq = {} AND action = 'erase'",
+            receipt["audit_seq"].as_u64().unwrap()
+        ),
+    )[0]
+}
+
+/// What an outsider checks of an erasure answer or receipt (`file`): the
+/// verifier written from docs/audit-log.md accepts it and refuses it with another
+/// node named, and it matches `schema` of docs/openapi.yaml (closed schemas).
+async fn outside_checks(v: &BinVault, file: &std::path::Path, schema: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let test = "pg_cluster_erasure_vacuums_and_its_receipt_names_the_engine_and_residue";
+    let python = |args: Vec<std::ffi::OsString>| {
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.args(args);
+        util::run_command(cmd, LIMIT)
+    };
+    if let Err(why) = crate::openapi::python_ready("cryptography, yaml, jsonschema") {
+        util::tools::missing(test, &why);
+        return;
+    }
+    let verifier = root.join("tests/verifier/verify.py");
+    let pubkey = panvault_vault::DataDir::new(&v.data).audit_public_key();
+    let out = python(vec![
+        verifier.clone().into(),
+        "receipt".into(),
+        pubkey.clone().into(),
+        file.into(),
+    ])
+    .await;
+    assert!(
+        out.success() && out.stdout.contains("of node "),
+        "verify.py: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let forged = file.with_extension("forged.json");
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let r = if j.get("receipt").is_some() {
+        &mut j["receipt"]
+    } else {
+        &mut j
+    };
+    r["audit_node"] = serde_json::json!("node-x");
+    std::fs::write(&forged, j.to_string()).unwrap();
+    let out = python(vec![
+        verifier.into(),
+        "receipt".into(),
+        pubkey.into(),
+        forged.into(),
+    ])
+    .await;
+    assert!(
+        !out.success() && out.stderr.contains("REJECTED"),
+        "verify.py accepted another node: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let check = "import json, sys, yaml, jsonschema\n\
+                 spec = yaml.safe_load(open(sys.argv[1]))\n\
+                 schema = {'$ref': '#/components/schemas/' + sys.argv[3], 'components': spec['components']}\n\
+                 jsonschema.Draft202012Validator(schema).validate(json.load(open(sys.argv[2])))\n";
+    let out = python(vec![
+        "-c".into(),
+        check.into(),
+        root.join("docs/openapi.yaml").into(),
+        file.into(),
+        schema.into(),
+    ])
+    .await;
+    assert!(
+        out.success(),
+        "{} does not match {schema} of docs/openapi.yaml: {}",
+        file.display(),
+        out.stderr
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pg_cluster_erasure_vacuums_and_its_receipt_names_the_engine_and_residue() {
     let Some(pg) =
@@ -249,8 +338,12 @@ async fn pg_cluster_erasure_vacuums_and_its_receipt_names_the_engine_and_residue
         assert_eq!(e.status, 200, "{}", e.text());
         let j = e.json();
         assert_eq!(j["receipt"]["tokens_erased"], 1, "{}", e.text());
-        assert_eq!(j["receipt"]["format"], "panvault-erasure-receipt-v2");
+        assert_eq!(j["receipt"]["format"], "panvault-erasure-receipt-v3");
         assert_eq!(j["receipt"]["engine"], "postgresql");
+        // Each node has a chain of its own: the receipt names B's, and the
+        // event at its seq there is the erasure.
+        assert_eq!(j["receipt"]["audit_node"], "node-b", "{}", e.text());
+        assert_eq!(names_an_erase(&pg, &j["receipt"]), 1);
         let residue = j["receipt"]["residue"].as_str().unwrap();
         for words in ["ciphertext", "WAL", "backups", "destroyed", "vacuum"] {
             assert!(
@@ -266,6 +359,7 @@ async fn pg_cluster_erasure_vacuums_and_its_receipt_names_the_engine_and_residue
         );
         let answer = tmp.path().join("answer.json");
         std::fs::write(&answer, e.text()).unwrap();
+        outside_checks(&v, &answer, "ErasureAnswer").await;
         let out = v
             .run(
                 &["audit", "verify-receipt", answer.to_str().unwrap()],
@@ -308,6 +402,13 @@ async fn pg_cluster_erasure_vacuums_and_its_receipt_names_the_engine_and_residue
         assert!(out.success(), "erase: {}\n{}", out.stdout, out.stderr);
         let text = std::fs::read_to_string(&receipt).unwrap();
         assert!(text.contains("\"engine\":\"postgresql\""), "{text}");
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            r["audit_node"].as_str().unwrap().starts_with("admin-"),
+            "{text}"
+        );
+        assert_eq!(names_an_erase(&pg, &r), 1);
+        outside_checks(&v, &receipt, "ErasureReceipt").await;
         let out = v
             .run(
                 &["audit", "verify-receipt", receipt.to_str().unwrap()],
