@@ -511,48 +511,14 @@ async fn pg_nodes_quickstart_with_postgres_serves_from_the_database() {
     util::within(Duration::from_secs(180), async {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("qs");
-        let mut child = tokio::process::Command::new(util::panvault_bin())
-            .args(["quickstart", "--data-dir"])
-            .arg(&dir)
-            .args(["--listen", "127.0.0.1:0", "--postgres", &pg.url("disable")])
-            .env("PANVAULT_LOG", util::child_log_level())
-            .env_remove("PANVAULT_PASSPHRASE")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+        let url = pg.url("disable");
+        let qs = Quickstart::start(&dir, &["--listen", "127.0.0.1:0", "--postgres", &url])
+            .await
             .unwrap();
-        let stdout = util::collect_lines(child.stdout.take().unwrap());
-        let stderr = util::LineCollector::start(child.stderr.take().unwrap());
-        let port = loop {
-            let text = stdout.lock().unwrap().clone();
-            if let Some(rest) = text.split("ready at https://localhost:").nth(1) {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse::<u16>()
-                    .unwrap();
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("quickstart exited with {status}: {}", stderr.text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
         assert!(!dir.join("vault.db").exists(), "a SQLite file was made");
         let config = std::fs::read_to_string(dir.join("panvault.toml")).unwrap();
         assert!(config.contains("listen") && config.contains("engine = \"postgres\""));
-        let pki = dir.join("pki");
-        let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
-        let client = |name: &str| {
-            Client::new(
-                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                &read("ca.pem"),
-                Some((&read(&format!("{name}.pem")), &read(&format!("{name}.key")))),
-                &[b"http/1.1"],
-            )
-        };
+        let client = |name: &str| qs.client(&dir, name);
         let card = cards::fresh();
         let (_, token, _) = tokenize(&client("storefront"), &card).await;
         assert_detokenizes(&client("payments"), &token, &card).await;
@@ -569,16 +535,154 @@ async fn pg_nodes_quickstart_with_postgres_serves_from_the_database() {
             run.stdout,
             run.stderr
         );
-        child.start_kill().unwrap();
-        let _ = child.wait().await;
-        for o in [
-            stdout.lock().unwrap().clone(),
-            stderr.text(),
-            run.stdout,
-            run.stderr,
-        ] {
+        let said = qs.stop().await;
+        for o in [said, run.stdout, run.stderr] {
             assert!(!o.contains(pg.password()), "the password was printed");
         }
+    })
+    .await;
+}
+
+/// A running `panvault quickstart`: the child, its port and its output.
+struct Quickstart {
+    child: tokio::process::Child,
+    port: u16,
+    stdout: util::LineCollector,
+    stderr: util::LineCollector,
+}
+
+impl Quickstart {
+    /// `panvault quickstart --data-dir DIR ARGS…` until it says where it is ready
+    /// (at most 60 s); `Err` with its stderr if it exits first.
+    async fn start(dir: &std::path::Path, args: &[&str]) -> Result<Quickstart, String> {
+        let mut child = tokio::process::Command::new(util::panvault_bin())
+            .args(["quickstart", "--data-dir"])
+            .arg(dir)
+            .args(args)
+            .env("PANVAULT_LOG", util::child_log_level())
+            .env_remove("PANVAULT_PASSPHRASE")
+            .env_remove("PANVAULT_POSTGRES_URL")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdout = util::LineCollector::start(child.stdout.take().unwrap());
+        let mut stderr = util::LineCollector::start(child.stderr.take().unwrap());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(rest) = stdout.text().split("ready at https://localhost:").nth(1) {
+                let port = rest.split_whitespace().next().unwrap().parse().unwrap();
+                return Ok(Quickstart {
+                    child,
+                    port,
+                    stdout,
+                    stderr,
+                });
+            }
+            tokio::select! {
+                _ = stdout.changed() => {}
+                status = child.wait() => {
+                    stderr.finished(Duration::from_secs(10)).await;
+                    return Err(format!("quickstart exited with {}: {}", status.unwrap(), stderr.text()));
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(format!("quickstart not ready after 60 s: {}", stderr.text()));
+                }
+            }
+        }
+    }
+
+    /// A client of its development PKI.
+    fn client(&self, dir: &std::path::Path, name: &str) -> Client {
+        let pki = dir.join("pki");
+        let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
+        Client::new(
+            std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+            &read("ca.pem"),
+            Some((&read(&format!("{name}.pem")), &read(&format!("{name}.key")))),
+            &[b"http/1.1"],
+        )
+    }
+
+    /// Kills it; everything it wrote (stdout, then stderr).
+    async fn stop(mut self) -> String {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+        self.stdout.finished(Duration::from_secs(10)).await;
+        self.stderr.finished(Duration::from_secs(10)).await;
+        format!("{}{}", self.stdout.text(), self.stderr.text())
+    }
+}
+
+/// `quickstart` on a data directory whose `panvault.toml` its owner began with
+/// only `[storage]` (a `url_file`, so no password in the file) and a comment: the
+/// file keeps them and gains the server settings with the `--listen` given, and
+/// the vault is made in PostgreSQL (before, the file was overwritten without the
+/// storage and a SQLite vault made). A second run reuses file and vault as on
+/// SQLite. `quickstart --postgres` on a SQLite vault's directory is refused
+/// (before, a new empty vault was made in PostgreSQL and the old one left behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_nodes_quickstart_keeps_an_existing_configuration() {
+    let Some(pg) = PgServer::start("pg_nodes_quickstart_keeps_an_existing_configuration") else {
+        return;
+    };
+    util::within(Duration::from_secs(240), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("qs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = pg.url("disable");
+        panvault_vault::data_dir::write_owner_only(
+            &dir.join("pg-url"),
+            format!("{url}\n").as_bytes(),
+        )
+        .unwrap();
+        let begun = "# my own note\n[storage]\nengine = \"postgres\"\nurl_file = \"pg-url\"\n";
+        let config = dir.join("panvault.toml");
+        panvault_vault::data_dir::write_owner_only(&config, begun.as_bytes()).unwrap();
+
+        let qs = Quickstart::start(&dir, &["--listen", "127.0.0.1:0"])
+            .await
+            .unwrap();
+        let written = std::fs::read_to_string(&config).unwrap();
+        assert!(written.contains(begun), "its own text is gone:\n{written}");
+        assert!(written.contains("listen = \"127.0.0.1:0\""), "{written}");
+        assert!(!written.contains(pg.password()), "the password was written");
+        assert!(!dir.join("vault.db").exists(), "a SQLite vault was made");
+        let card = cards::fresh();
+        let (_, token, _) = tokenize(&qs.client(&dir, "storefront"), &card).await;
+        let h = qs.client(&dir, "payments").get("/healthz").await;
+        assert_eq!(h.json()["database"], "up", "{}", h.text());
+        let err = qs.stop().await;
+        assert!(err.contains("created a vault"), "{err}");
+
+        // Again: the same file, byte for byte, and the same vault.
+        let qs = Quickstart::start(&dir, &[]).await.unwrap();
+        assert_detokenizes(&qs.client(&dir, "payments"), &token, &card).await;
+        let err = qs.stop().await;
+        assert!(
+            !err.contains("created a vault") && !err.contains("wrote"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), written);
+
+        // A SQLite vault's directory: refused, nothing written there.
+        let sqlite = BinVault::create(&tmp.path().join("sqlite"));
+        let err = Quickstart::start(
+            &sqlite.data,
+            &["--listen", "127.0.0.1:0", "--postgres", &url],
+        )
+        .await
+        .err()
+        .expect("quickstart --postgres made a new vault beside a SQLite one");
+        assert!(
+            err.contains("holds a SQLite vault") && err.contains("migrate"),
+            "{err}"
+        );
+        assert!(!err.contains(pg.password()), "the password was printed");
+        let layout = panvault_vault::DataDir::new(&sqlite.data);
+        assert!(!layout.config().exists() && !layout.dev_passphrase().exists());
     })
     .await;
 }
