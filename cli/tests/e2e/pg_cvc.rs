@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use crate::util::postgres::PgServer;
 use crate::util::provider::{FakeProvider, Mode};
-use crate::util::{self, BinVault, Client, ServeProcess, cards};
+use crate::util::{self, BinVault, Client, cards};
 
+use crate::pg_harness::{node, stop_and_verify};
 use crate::pg_ops::{Both, NOW, both, same};
 
 fn card<'a>(token: &'a str, tenant: &'a str) -> NewCard<'a> {
@@ -195,13 +196,6 @@ fn pg_cvc_code_tables_are_unlogged_and_mirror_sqlite() {
         assert!(!want.is_empty());
         assert_eq!(want, have, "table {table}");
     }
-}
-
-/// `panvault serve` for `v` as node `name` of the shared audit log.
-async fn node(v: &BinVault, name: &str) -> ServeProcess {
-    let mut cmd = tokio::process::Command::new(util::panvault_bin());
-    cmd.args(v.serve_args()).env("PANVAULT_NODE", name);
-    ServeProcess::spawn(cmd).await.unwrap()
 }
 
 /// A vault in PostgreSQL whose `storefront` may relay to an echoing provider,
@@ -434,17 +428,7 @@ async fn pg_cvc_two_nodes_use_a_held_code_once_and_replay_idempotent_retries() {
                 .assert_problem(409, "cvc_unavailable");
         }
         assert_eq!(echo.received().len(), 2);
-        assert!(a.terminate().await.success());
-        assert!(b.terminate().await.success());
-        let out = v
-            .run(&["audit", "verify"], false, Duration::from_secs(60))
-            .await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a, b]).await;
     })
     .await;
 }

@@ -8,6 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::pg_harness::{
+    Load, assert_detokenizes, audit_verifies, check_told_the_truth, health, node, stop_and_verify,
+};
 use crate::util::postgres::PgServer;
 use crate::util::{self, BinVault, Client, ServeProcess, cards};
 
@@ -36,23 +39,6 @@ async fn tokenize(sf: &Client, card: &str) -> (u16, String, u64) {
             j["key_version"].as_u64().unwrap(),
         );
     }
-}
-
-/// `panvault serve` for `v` as node `name` of the shared audit log.
-async fn node(v: &BinVault, name: &str) -> ServeProcess {
-    let mut cmd = tokio::process::Command::new(util::panvault_bin());
-    cmd.args(v.serve_args()).env("PANVAULT_NODE", name);
-    ServeProcess::spawn(cmd).await.unwrap()
-}
-
-async fn assert_detokenizes(payments: &Client, token: &str, card: &str) {
-    let d = payments.detokenize(token, "check").await;
-    assert_eq!(d.status, 200, "{}", d.text());
-    assert!(
-        d.json()["card"]["number"] == card,
-        "detokenized number differs from {}",
-        cards::masked(card)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -124,13 +110,7 @@ async fn pg_nodes_share_tokens_dedup_across_nodes_and_follow_a_key_rotation() {
         assert_detokenizes(&pay_b, &token, &card).await;
 
         // One audit log for both nodes, verified with the public key alone.
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        audit_verifies(&v).await;
         // The children log at TRACE: the driver's statement parameters (sealed
         // cards, keyed hashes, wrapped keys) stay out of it unless asked for.
         for n in [&a, &b] {
@@ -140,24 +120,9 @@ async fn pg_nodes_share_tokens_dedup_across_nodes_and_follow_a_key_rotation() {
                 "driver parameters logged"
             );
         }
-        assert!(a.terminate().await.success());
-        assert!(b.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a, b]).await;
     })
     .await;
-}
-
-/// What a load task saw: every answer's status, and the acknowledged tokens.
-#[derive(Default)]
-struct Seen {
-    statuses: Vec<u16>,
-    acked: Vec<(String, String)>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -171,91 +136,34 @@ async fn pg_nodes_answer_503_while_the_database_is_down_and_recover_losing_nothi
         let tmp = tempfile::tempdir().unwrap();
         let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
         let a = node(&v, "node-a").await;
-        let pay = v.client(a.addr, "payments");
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut load = Vec::new();
-        for _ in 0..2 {
-            let (sf, seen, stop) = (v.client(a.addr, "storefront"), seen.clone(), stop.clone());
-            load.push(tokio::spawn(async move {
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let card = cards::fresh();
-                    let r = sf.tokenize(&card).await;
-                    let mut s = seen.lock().unwrap();
-                    s.statuses.push(r.status);
-                    if r.status == 201 {
-                        s.acked
-                            .push((r.json()["token"].as_str().unwrap().to_owned(), card));
-                    }
-                }
-            }));
-        }
-        let acked = |n: usize| {
-            let seen = seen.clone();
-            async move {
-                while seen.lock().unwrap().acked.len() < n {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
-        acked(20).await;
+        let load = Load::start((0..2).map(|_| v.client(a.addr, "storefront")).collect());
+        load.acked_at_least(20).await;
 
         // The database goes away: the node says so (503), never 500, never a hang.
         tokio::task::block_in_place(|| pg.stop());
-        let before = seen.lock().unwrap().statuses.len();
-        let health = |want: u16| {
-            let client = v.client(a.addr, "payments");
-            async move {
-                loop {
-                    let r = client.request("GET", "/healthz", None, None).await.unwrap();
-                    if r.status == want {
-                        return r;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        };
-        let down = health(503).await;
+        let before = load.answers();
+        let down = health(&v.client(a.addr, "payments"), 503).await;
         assert_eq!(down.json()["database"], "down", "{}", down.text());
-        while !seen.lock().unwrap().statuses[before..].contains(&503) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        load.answered_since(before, 503).await;
 
         // Back: the node recovers by itself (its pool replaces dead connections).
         tokio::task::block_in_place(|| pg.restart());
         let back = Instant::now();
-        health(200).await;
-        let n = seen.lock().unwrap().acked.len();
-        acked(n + 10).await;
+        health(&v.client(a.addr, "payments"), 200).await;
+        load.acked_at_least(load.acked() + 10).await;
         eprintln!(
             "pg_nodes: healthy again {} ms after the database was back",
             back.elapsed().as_millis()
         );
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        for t in load {
-            t.await.unwrap();
-        }
-
-        let seen = std::mem::take(&mut *seen.lock().unwrap());
-        let odd: Vec<u16> = seen
-            .statuses
-            .iter()
-            .copied()
-            .filter(|s| *s != 201 && *s != 503)
-            .collect();
-        assert!(odd.is_empty(), "answers other than 201 and 503: {odd:?}");
-        // Nothing acknowledged is lost.
-        for (token, card) in &seen.acked {
-            assert_detokenizes(&pay, token, card).await;
-        }
-        assert!(a.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        let seen = load.stop().await;
+        // Only 201 and 503, nothing acknowledged lost, nothing refused stored.
+        check_told_the_truth(
+            seen,
+            &v.client(a.addr, "storefront"),
+            &v.client(a.addr, "payments"),
+        )
+        .await;
+        stop_and_verify(&v, [a]).await;
     })
     .await;
 }
@@ -283,7 +191,7 @@ async fn pg_nodes_one_killed_under_load_the_other_serves_and_nothing_acknowledge
         for ((addr, name), count) in [(a.addr, "a"), (b.addr, "b")].into_iter().zip(&counts) {
             let (sf, stop, count) = (v.client(addr, "storefront"), stop.clone(), count.clone());
             load.push(tokio::spawn(async move {
-                let mut seen = Seen::default();
+                let mut seen = crate::pg_harness::Seen::default();
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let card = cards::fresh();
                     let Ok(r) = sf
@@ -342,14 +250,7 @@ async fn pg_nodes_one_killed_under_load_the_other_serves_and_nothing_acknowledge
         for (token, card) in &all {
             assert_detokenizes(&pay_b, token, card).await;
         }
-        assert!(b.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [b]).await;
     })
     .await;
 }
@@ -727,14 +628,7 @@ async fn pg_nodes_a_second_node_with_a_running_nodes_id_is_refused() {
         for n in unnamed {
             assert!(n.terminate().await.success());
         }
-        assert!(a.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a]).await;
     })
     .await;
 }

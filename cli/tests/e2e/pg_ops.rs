@@ -1538,13 +1538,7 @@ async fn pg_ops_migrate_keeps_held_codes_and_idempotent_answers() {
             out.stdout,
             out.stderr
         );
-        let out = v.run(&["audit", "verify"], false, limit).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        crate::pg_harness::audit_verifies(&v).await;
     })
     .await;
 }
