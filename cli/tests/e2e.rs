@@ -69,6 +69,8 @@ mod pg_cards;
 mod pg_cluster;
 #[path = "e2e/pg_cvc.rs"]
 mod pg_cvc;
+#[path = "e2e/pg_harness.rs"]
+mod pg_harness;
 #[path = "e2e/pg_nodes.rs"]
 mod pg_nodes;
 #[path = "e2e/pg_ops.rs"]

@@ -413,23 +413,34 @@ def verify_receipt(key, path):
         r = r["receipt"]
     if not isinstance(r, dict):
         raise Reject("the receipt is not an object")
-    v2 = r.get("format") == "panvault-erasure-receipt-v2"
-    if set(r) != (RECEIPT_KEYS | {"engine", "residue"} if v2 else RECEIPT_KEYS):
-        raise Reject("the receipt's keys differ from the documented ones")
-    if not v2 and r["format"] != "panvault-erasure-receipt-v1":
+    # v1: the base keys; v2: + engine, residue; v3: + audit_node as well.
+    versions = {
+        "panvault-erasure-receipt-v1": (1, RECEIPT_KEYS),
+        "panvault-erasure-receipt-v2": (2, RECEIPT_KEYS | {"engine", "residue"}),
+        "panvault-erasure-receipt-v3": (3, RECEIPT_KEYS | {"engine", "residue", "audit_node"}),
+    }
+    if r.get("format") not in versions:
         raise Reject("unknown receipt format")
+    version, keys = versions[r["format"]]
+    if set(r) != keys:
+        raise Reject("the receipt's keys differ from the documented ones")
     if not isinstance(r["subject_hash"], str) or not isinstance(r["tenant"], str):
         raise Reject("subject_hash and tenant must be strings")
-    domain = b"panvault-audit erasure-receipt v2\x00" if v2 else b"panvault-audit erasure-receipt v1\x00"
+    domain = b"panvault-audit erasure-receipt v%d\x00" % version
     msg = (domain + lp(r["subject_hash"].encode("utf-8"))
            + lp(r["tenant"].encode("utf-8")) + u64(r["tokens_erased"], "tokens_erased")
            + i64(time_ns(r["time"])) + u64(r["audit_seq"], "audit_seq"))
-    if v2:
+    if version >= 2:
         if not isinstance(r["engine"], str) or not isinstance(r["residue"], str):
             raise Reject("engine and residue must be strings")
         msg += lp(r["engine"].encode("utf-8")) + lp(r["residue"].encode("utf-8"))
+    event = f"audit event {r['audit_seq']}"
+    if version >= 3:
+        node = node_name(r["audit_node"], "the receipt's audit_node")
+        msg += lp(node.encode("utf-8"))
+        event += f" of node {node}"
     check_sig(key, r["signature"], msg, "the erasure receipt")
-    return f"receipt for audit event {r['audit_seq']}, {r['tokens_erased']} tokens erased"
+    return f"receipt for {event}, {r['tokens_erased']} tokens erased"
 
 
 def main(argv):

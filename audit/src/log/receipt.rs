@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::cluster::NodeId;
 use super::encoding::{hex_decode_array, hex_encode, push_lp};
 use super::error::AuditError;
 use super::event::{time_ns, utc};
@@ -16,12 +17,17 @@ use super::keys::{PublicKey, SigningKey};
 const RECEIPT_DOMAIN: &[u8] = b"panvault-audit erasure-receipt v1\0";
 /// Domain separation for receipts that name the storage and its residue.
 const RECEIPT_DOMAIN_V2: &[u8] = b"panvault-audit erasure-receipt v2\0";
+/// Domain separation for receipts that also name the audit node whose chain
+/// holds the `erase` event (a log of one chain per node).
+const RECEIPT_DOMAIN_V3: &[u8] = b"panvault-audit erasure-receipt v3\0";
 /// Domain separation for subject hashes.
 const SUBJECT_DOMAIN: &[u8] = b"panvault subject-id v1\0";
 /// The `format` field of the JSON form.
 const RECEIPT_FORMAT: &str = "panvault-erasure-receipt-v1";
 /// The `format` field of a receipt that names its storage ([`ReceiptStorage`]).
 const RECEIPT_FORMAT_V2: &str = "panvault-erasure-receipt-v2";
+/// The `format` field of a receipt that also names its audit node.
+const RECEIPT_FORMAT_V3: &str = "panvault-erasure-receipt-v3";
 
 /// The keyed hash that stands for a data subject's id in events and receipts:
 /// HMAC-SHA256 under `key` (a vault secret) of the tenant and the subject id,
@@ -42,7 +48,9 @@ pub fn subject_hash(key: &[u8; 32], tenant: &str, subject: &str) -> String {
 /// `{"format":"panvault-erasure-receipt-v1","subject_hash":"…","tenant":"…",
 /// "tokens_erased":3,"time":"2025-06-01T12:00:00Z","audit_seq":1234,"signature":"<128 hex>"}`;
 /// with [`ReceiptStorage`], format `panvault-erasure-receipt-v2` and two more signed
-/// fields, `"engine"` and `"residue"`.
+/// fields, `"engine"` and `"residue"`; with an audit node as well (a log of one
+/// chain per node, where `audit_seq` alone names an event of no particular node),
+/// format `panvault-erasure-receipt-v3` and one more signed field, `"audit_node"`.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ErasureReceipt {
     /// [`subject_hash`] of the subject.
@@ -53,11 +61,15 @@ pub struct ErasureReceipt {
     pub tokens_erased: u64,
     /// When (UTC).
     pub time: OffsetDateTime,
-    /// The sequence number of the `erase` audit event.
+    /// The sequence number of the `erase` audit event (in `audit_node`'s chain
+    /// when that is given).
     pub audit_seq: u64,
-    /// The storage engine and what of the erased data it may still hold (v2;
-    /// `None` in a v1 receipt).
+    /// The storage engine and what of the erased data it may still hold (v2 and
+    /// v3; `None` in a v1 receipt).
     pub storage: Option<ReceiptStorage>,
+    /// The node whose chain of the shared audit log holds the `erase` event (v3,
+    /// always with `storage`; `None` in v1 and v2 receipts).
+    pub audit_node: Option<NodeId>,
     /// Ed25519 signature by the audit signing key.
     pub signature: [u8; 64],
 }
@@ -90,6 +102,7 @@ impl ErasureReceipt {
             time: utc(time)?,
             audit_seq,
             storage: None,
+            audit_node: None,
             signature: [0; 64],
         };
         r.signature = key.sign(&r.message()?);
@@ -113,19 +126,60 @@ impl ErasureReceipt {
             time: utc(time)?,
             audit_seq,
             storage: Some(storage),
+            audit_node: None,
             signature: [0; 64],
         };
         r.signature = key.sign(&r.message()?);
         Ok(r)
     }
 
+    /// Signs a receipt that names its storage engine and residue and the audit
+    /// node whose chain holds event `audit_seq` (v3).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is a signed field of the receipt"
+    )]
+    pub fn sign_on_node(
+        key: &SigningKey,
+        subject_hash: impl Into<String>,
+        tenant: impl Into<String>,
+        tokens_erased: u64,
+        time: OffsetDateTime,
+        audit_seq: u64,
+        storage: ReceiptStorage,
+        audit_node: NodeId,
+    ) -> Result<ErasureReceipt, AuditError> {
+        let mut r = ErasureReceipt {
+            subject_hash: subject_hash.into(),
+            tenant: tenant.into(),
+            tokens_erased,
+            time: utc(time)?,
+            audit_seq,
+            storage: Some(storage),
+            audit_node: Some(audit_node),
+            signature: [0; 64],
+        };
+        r.signature = key.sign(&r.message()?);
+        Ok(r)
+    }
+
+    /// The format label and signature domain of the fields this receipt has; a
+    /// node without a storage is no format.
+    fn version(&self) -> Result<(&'static str, &'static [u8]), AuditError> {
+        match (&self.storage, &self.audit_node) {
+            (None, None) => Ok((RECEIPT_FORMAT, RECEIPT_DOMAIN)),
+            (Some(_), None) => Ok((RECEIPT_FORMAT_V2, RECEIPT_DOMAIN_V2)),
+            (Some(_), Some(_)) => Ok((RECEIPT_FORMAT_V3, RECEIPT_DOMAIN_V3)),
+            (None, Some(_)) => Err(AuditError::Parse {
+                what: "erasure receipt",
+            }),
+        }
+    }
+
     fn message(&self) -> Result<Vec<u8>, AuditError> {
-        let mut m = Vec::with_capacity(RECEIPT_DOMAIN_V2.len() + self.subject_hash.len() + 512);
-        m.extend_from_slice(if self.storage.is_some() {
-            RECEIPT_DOMAIN_V2
-        } else {
-            RECEIPT_DOMAIN
-        });
+        let (_, domain) = self.version()?;
+        let mut m = Vec::with_capacity(domain.len() + self.subject_hash.len() + 512);
+        m.extend_from_slice(domain);
         push_lp(&mut m, self.subject_hash.as_bytes());
         push_lp(&mut m, self.tenant.as_bytes());
         m.extend_from_slice(&self.tokens_erased.to_be_bytes());
@@ -134,6 +188,9 @@ impl ErasureReceipt {
         if let Some(s) = &self.storage {
             push_lp(&mut m, s.engine.as_bytes());
             push_lp(&mut m, s.residue.as_bytes());
+        }
+        if let Some(node) = &self.audit_node {
+            push_lp(&mut m, node.as_str().as_bytes());
         }
         Ok(m)
     }
@@ -145,17 +202,13 @@ impl ErasureReceipt {
             .format(&Rfc3339)
             .map_err(|_| AuditError::TimeOutOfRange)?;
         let json = ReceiptJson {
-            format: if self.storage.is_some() {
-                RECEIPT_FORMAT_V2
-            } else {
-                RECEIPT_FORMAT
-            }
-            .to_owned(),
+            format: self.version()?.0.to_owned(),
             subject_hash: self.subject_hash.clone(),
             tenant: self.tenant.clone(),
             tokens_erased: self.tokens_erased,
             time,
             audit_seq: self.audit_seq,
+            audit_node: self.audit_node.as_ref().map(|n| n.as_str().to_owned()),
             engine: self.storage.as_ref().map(|s| s.engine.clone()),
             residue: self.storage.as_ref().map(|s| s.residue.clone()),
             signature: hex_encode(&self.signature),
@@ -179,11 +232,15 @@ impl ErasureReceipt {
             value = inner;
         }
         let j: ReceiptJson = serde_json::from_value(value).map_err(|_| err())?;
-        let storage = match (j.format.as_str(), j.engine, j.residue) {
-            (RECEIPT_FORMAT, None, None) => None,
-            (RECEIPT_FORMAT_V2, Some(engine), Some(residue)) => {
-                Some(ReceiptStorage { engine, residue })
+        let (storage, audit_node) = match (j.format.as_str(), j.engine, j.residue, j.audit_node) {
+            (RECEIPT_FORMAT, None, None, None) => (None, None),
+            (RECEIPT_FORMAT_V2, Some(engine), Some(residue), None) => {
+                (Some(ReceiptStorage { engine, residue }), None)
             }
+            (RECEIPT_FORMAT_V3, Some(engine), Some(residue), Some(node)) => (
+                Some(ReceiptStorage { engine, residue }),
+                Some(NodeId::new(node).map_err(|_| err())?),
+            ),
             _ => return Err(err()),
         };
         Ok(ErasureReceipt {
@@ -196,6 +253,7 @@ impl ErasureReceipt {
                 .ok_or_else(err)?,
             audit_seq: j.audit_seq,
             storage,
+            audit_node,
             signature: hex_decode_array(&j.signature).ok_or_else(err)?,
         })
     }
@@ -223,6 +281,8 @@ struct ReceiptJson {
     tokens_erased: u64,
     time: String,
     audit_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    audit_node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     engine: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,6 +432,78 @@ mod tests {
         assert!(ErasureReceipt::from_json(&json.replace("-v2", "-v1")).is_err());
         let bare = v1.to_json().unwrap().replace("-v1", "-v2");
         assert!(ErasureReceipt::from_json(&bare).is_err());
+    }
+
+    /// A v3 receipt also signs the audit node whose chain holds the event: the
+    /// bytes are v2's under the v3 domain followed by `lp(audit_node)`; another
+    /// node, dropping it, or relabelling it v2 fails; a malformed node is refused.
+    #[test]
+    fn receipt_v3_signs_the_audit_node() {
+        let key = SigningKey::from_seed(&[4; 32]).unwrap();
+        let public = key.public_key();
+        let time = OffsetDateTime::from_unix_timestamp_nanos(1_750_000_000_000_000_001).unwrap();
+        let sh = "ab".repeat(32);
+        let storage = ReceiptStorage {
+            engine: "postgresql".into(),
+            residue: "ciphertext in pages".into(),
+        };
+        let node = NodeId::new("node-b").unwrap();
+        let r = ErasureReceipt::sign_on_node(
+            &key,
+            &sh,
+            "acme",
+            3,
+            time,
+            1234,
+            storage.clone(),
+            node.clone(),
+        )
+        .unwrap();
+        verify_receipt(&r, &public).unwrap();
+        let json = r.to_json().unwrap();
+        assert!(
+            json.contains("\"format\":\"panvault-erasure-receipt-v3\"")
+                && json.contains("\"audit_node\":\"node-b\""),
+            "{json}"
+        );
+        let back = ErasureReceipt::from_json(&json).unwrap();
+        assert_eq!(back, r);
+        verify_receipt(&back, &public).unwrap();
+
+        let v2 =
+            ErasureReceipt::sign_with_storage(&key, &sh, "acme", 3, time, 1234, storage).unwrap();
+        let mut expected = b"panvault-audit erasure-receipt v3\0".to_vec();
+        expected.extend_from_slice(&v2.message().unwrap()[34..]);
+        expected.push(0x01);
+        expected.extend_from_slice(&6u32.to_be_bytes());
+        expected.extend_from_slice(b"node-b");
+        assert_eq!(r.message().unwrap(), expected);
+        public.verify(&expected, &r.signature).unwrap();
+
+        for altered in [
+            ErasureReceipt {
+                audit_node: Some(NodeId::new("node-a").unwrap()),
+                ..r.clone()
+            },
+            ErasureReceipt {
+                audit_node: None,
+                ..r.clone()
+            },
+        ] {
+            assert!(verify_receipt(&altered, &public).is_err());
+        }
+        // A node without storage is no receipt format.
+        let bare = ErasureReceipt {
+            storage: None,
+            ..r.clone()
+        };
+        assert!(verify_receipt(&bare, &public).is_err());
+        assert!(bare.to_json().is_err());
+        // Labels and fields must agree; the node must be a node id.
+        assert!(ErasureReceipt::from_json(&json.replace("-v3", "-v2")).is_err());
+        let v2_json = v2.to_json().unwrap();
+        assert!(ErasureReceipt::from_json(&v2_json.replace("-v2", "-v3")).is_err());
+        assert!(ErasureReceipt::from_json(&json.replace("node-b", "Node B")).is_err());
     }
 
     #[test]

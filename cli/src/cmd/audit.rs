@@ -564,8 +564,12 @@ fn verify_receipt(a: &ReceiptArgs) -> Result<ExitCode, CliError> {
         .map_err(|e| fail(&format!("{}", a.receipt.display()), &e))?;
     match audit::verify_receipt(&r, &key) {
         Ok(()) => {
+            let node = r
+                .audit_node
+                .as_ref()
+                .map_or_else(String::new, |n| format!(" of node {n}"));
             println!(
-                "erasure receipt valid: tenant {}, subject {}, {} tokens erased, audit event seq {}",
+                "erasure receipt valid: tenant {}, subject {}, {} tokens erased, audit event seq {}{node}",
                 r.tenant, r.subject_hash, r.tokens_erased, r.audit_seq
             );
             Ok(ExitCode::SUCCESS)

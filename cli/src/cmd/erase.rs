@@ -50,8 +50,13 @@ pub fn erase(a: EraseArgs) -> Result<ExitCode, CliError> {
             .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
     }
     crate::outln!("{json}");
+    let node = erasure
+        .receipt
+        .audit_node
+        .as_ref()
+        .map_or_else(String::new, |n| format!(" of node {n}"));
     eprintln!(
-        "Erased {} token(s) in tenant {}; audit event #{}.",
+        "Erased {} token(s) in tenant {}; audit event #{}{node}.",
         erasure.receipt.tokens_erased, a.tenant, erasure.receipt.audit_seq,
     );
     if !erasure.wal_scrubbed {

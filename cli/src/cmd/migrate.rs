@@ -9,7 +9,8 @@ use zeroize::Zeroizing;
 use crate::cmd::keys::Common;
 use crate::common::{CliError, admin_actor, vault_err};
 
-/// Move the vault (keys, cards, erasure records, the audit log) into PostgreSQL.
+/// Move the vault (keys, cards, erasure records, held security codes, idempotent
+/// answers, the audit log) into PostgreSQL.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]

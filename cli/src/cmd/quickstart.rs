@@ -77,26 +77,16 @@ fn dev_passphrase(dir: &Path) -> Result<PathBuf, CliError> {
     Ok(path)
 }
 
-fn config_text(listen: SocketAddr) -> String {
+/// The first lines of a configuration quickstart writes.
+const CONFIG_HEADER: &str = "# panvault development configuration, written by `panvault quickstart`.\n\
+                             # Relative paths are relative to this file. See docs/config.md.\n";
+
+/// The settings of a development configuration, by top-level key: the plain
+/// keys first (TOML wants them before any table), then the tables.
+fn config_parts(listen: SocketAddr) -> Vec<(&'static str, String)> {
     let (server_cert, server_key) = DataDir::pki_pair_relative(DataDir::PKI_SERVER);
     let (ca_cert, _) = DataDir::pki_pair_relative(DataDir::PKI_CA);
-    let mut s = format!(
-        "# panvault development configuration, written by `panvault quickstart`.\n\
-         # Relative paths are relative to this file. See docs/config.md.\n\
-         listen = \"{listen}\"\n\
-         data_dir = \".\"\n\n\
-         [tls]\n\
-         cert = \"{server_cert}\"\n\
-         key = \"{server_key}\"\n\
-         client_ca = \"{ca_cert}\"\n\n\
-         [limits]\n\
-         body_bytes = 65536\n\
-         batch_bytes = 2097152\n\
-         handshake_timeout_ms = 5000\n\
-         first_request_timeout_ms = 5000\n\
-         max_connections = 1024\n\
-         max_connections_per_client = 256\n"
-    );
+    let mut clients = String::new();
     for (name, tenant, perms) in CLIENTS {
         let perms = perms
             .iter()
@@ -104,11 +94,96 @@ fn config_text(listen: SocketAddr) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         let _ = write!(
-            s,
+            clients,
             "\n[[clients]]\nname = \"{name}\"\ncommon_name = \"{name}\"\ntenant = \"{tenant}\"\npermissions = [{perms}]\n"
         );
     }
-    s
+    vec![
+        ("listen", format!("listen = \"{listen}\"\n")),
+        ("data_dir", "data_dir = \".\"\n".to_owned()),
+        (
+            "tls",
+            format!(
+                "\n[tls]\n\
+                 cert = \"{server_cert}\"\n\
+                 key = \"{server_key}\"\n\
+                 client_ca = \"{ca_cert}\"\n"
+            ),
+        ),
+        (
+            "limits",
+            "\n[limits]\n\
+             body_bytes = 65536\n\
+             batch_bytes = 2097152\n\
+             handshake_timeout_ms = 5000\n\
+             first_request_timeout_ms = 5000\n\
+             max_connections = 1024\n\
+             max_connections_per_client = 256\n"
+                .to_owned(),
+        ),
+        ("clients", clients),
+    ]
+}
+
+/// The keys written before any table.
+const PLAIN_KEYS: &[&str] = &["listen", "data_dir"];
+
+/// What `DIR/panvault.toml` should hold, if it must be written: a new file
+/// (`existing` `None`), or the settings serving needs added to a file that
+/// `init --postgres` or its owner began (e.g. only `[storage]`): that text is
+/// kept as it is, its `[storage]` and any other table included, with the missing
+/// plain keys put before it and the missing tables after it. `None`: the file
+/// has them all and is used as it is (as a second quickstart reuses its own).
+/// `postgres` goes into a new file only (an existing one has it recorded).
+fn config_to_write(
+    existing: Option<&str>,
+    listen: SocketAddr,
+    postgres: Option<&str>,
+) -> Result<Option<String>, CliError> {
+    let parts = config_parts(listen);
+    let Some(text) = existing else {
+        let mut s = CONFIG_HEADER.to_owned();
+        for (_, part) in &parts {
+            s.push_str(part);
+        }
+        if let Some(url) = postgres {
+            s.push_str(&panvault_vault::config::StorageSettings::postgres_table(
+                url,
+            ));
+        }
+        return Ok(Some(s));
+    };
+    // Which keys it has, by parsing it (never by searching the text: a URL may
+    // spell any word). The error names no line: it may hold the URL.
+    let table: toml::Table = toml::from_str(text).map_err(|_| {
+        CliError::usage("the existing panvault.toml is not valid TOML: fix it or remove it")
+    })?;
+    let missing: Vec<&(&str, String)> = parts
+        .iter()
+        .filter(|(key, _)| !table.contains_key(*key))
+        .collect();
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let mut s = String::from(
+        "# Completed by `panvault quickstart` (the settings it needed were missing).\n",
+    );
+    for (key, part) in &missing {
+        if PLAIN_KEYS.contains(key) {
+            s.push_str(part);
+        }
+    }
+    s.push('\n');
+    s.push_str(text);
+    if !text.ends_with('\n') {
+        s.push('\n');
+    }
+    for (key, part) in &missing {
+        if !PLAIN_KEYS.contains(key) {
+            s.push_str(part);
+        }
+    }
+    Ok(Some(s))
 }
 
 /// Runs the subcommand.
@@ -121,6 +196,19 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io(&dir, &e))?;
+    }
+    if args.postgres.is_some() {
+        // A SQLite vault here would be left behind for a new, empty one.
+        let in_sqlite = !panvault_vault::store::Location::of(&dir)
+            .map_err(|e| CliError::usage(e.to_string()))?
+            .is_postgres();
+        if in_sqlite && layout.database().exists() {
+            return Err(CliError::usage(format!(
+                "{} holds a SQLite vault: move it with `panvault migrate --to-postgres`, \
+                 or give another --data-dir",
+                dir.display()
+            )));
+        }
     }
     let pass_file = dev_passphrase(&dir)?;
     eprintln!(
@@ -137,9 +225,31 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             false,
         )?))
     };
+    let config_path = layout.config();
+    let fresh = !config_path.exists();
     if let Some(url) = &args.postgres {
-        // Before the vault is made: `init` finds its engine in this file.
+        // Checked, and recorded in an existing file (a new one gets it below).
         super::init::record_postgres(&dir, url)?;
+    }
+    // Before the vault is made: `init` finds its engine in this file.
+    let existing = if fresh {
+        None
+    } else {
+        Some(std::fs::read_to_string(&config_path).map_err(|e| io(&config_path, &e))?)
+    };
+    let listen = args.listen.map_or_else(
+        || {
+            DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| CliError::usage("bad default address"))
+        },
+        Ok,
+    )?;
+    if let Some(text) = config_to_write(existing.as_deref(), listen, args.postgres.as_deref())? {
+        // The config names key files and clients: owner only (PCI DSS 7.2.1).
+        panvault_vault::data_dir::write_owner_only(&config_path, text.as_bytes())
+            .map_err(|e| io(&config_path, &e))?;
+        eprintln!("panvault: wrote {}", config_path.display());
     }
     if !panvault_vault::service::inventory::vault_exists(&dir).map_err(vault_err)? {
         let spec = SealSpec {
@@ -168,30 +278,6 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             made.created.len(),
             pki_dir.display()
         );
-    }
-    let config_path = layout.config();
-    let only_storage = std::fs::read_to_string(&config_path)
-        .ok()
-        .is_some_and(|t| !t.contains("listen"));
-    if !config_path.exists() || only_storage {
-        let listen = args.listen.map_or_else(
-            || {
-                DEFAULT_LISTEN
-                    .parse()
-                    .map_err(|_| CliError::usage("bad default address"))
-            },
-            Ok,
-        )?;
-        // The config names key files and clients: owner only (PCI DSS 7.2.1).
-        let mut text = config_text(listen);
-        if let Some(url) = &args.postgres {
-            text.push_str(&panvault_vault::config::StorageSettings::postgres_table(
-                url,
-            ));
-        }
-        panvault_vault::data_dir::write_owner_only(&config_path, text.as_bytes())
-            .map_err(|e| io(&config_path, &e))?;
-        eprintln!("panvault: wrote {}", config_path.display());
     }
     let mut config = super::serve::load_config(&config_path)?;
     if let Some(listen) = args.listen {
@@ -267,6 +353,57 @@ fn example_body(exp_year: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(text: &str) -> panvault_vault::config::Config {
+        toml::from_str(text).unwrap()
+    }
+
+    /// A new file holds every setting, the listen address given and the
+    /// storage; a file that has them all is reused as it is; a file begun by
+    /// `init --postgres` or its owner keeps its own text (its `[storage]`, a
+    /// `url_file` included, and a comment) and gains the missing settings, the
+    /// listen address given among them, whatever words its URL spells.
+    #[test]
+    fn config_is_written_new_completed_or_reused() {
+        let listen: SocketAddr = "127.0.0.1:9443".parse().unwrap();
+        let url = "postgres://listen:secret@127.0.0.1:5432/listen";
+        let new = config_to_write(None, listen, Some(url)).unwrap().unwrap();
+        let c = parse(&new);
+        assert_eq!(c.listen, listen);
+        assert_eq!(c.clients.len(), CLIENTS.len());
+        assert_eq!(c.storage.unwrap().url(), Some(url));
+        assert_eq!(config_to_write(Some(&new), listen, None).unwrap(), None);
+
+        for begun in [
+            "# mine\n[storage]\nengine = \"postgres\"\nurl_file = \"pg-url\"\n".to_owned(),
+            panvault_vault::config::StorageSettings::postgres_table(url),
+        ] {
+            let done = config_to_write(Some(&begun), listen, Some("postgres://ignored@h/d"))
+                .unwrap()
+                .unwrap();
+            assert!(done.contains(&begun), "{done}");
+            assert!(!done.contains("ignored"), "{done}");
+            let c = parse(&done);
+            assert_eq!(c.listen, listen);
+            assert_eq!(c.clients.len(), CLIENTS.len());
+            let storage = c.storage.unwrap();
+            assert_eq!(
+                (storage.url(), storage.url_file.is_some()),
+                if begun.contains("url_file") {
+                    (None, true)
+                } else {
+                    (Some(url), false)
+                }
+            );
+            assert_eq!(config_to_write(Some(&done), listen, None).unwrap(), None);
+        }
+        // Its own settings win over quickstart's.
+        let own = "listen = \"0.0.0.0:1\"\n[limits]\nbody_bytes = 7\n";
+        let done = config_to_write(Some(own), listen, None).unwrap().unwrap();
+        let c = parse(&done);
+        assert_eq!((c.listen.port(), c.limits.body_bytes), (1, 7));
+        assert!(config_to_write(Some("listen = "), listen, None).is_err());
+    }
 
     #[test]
     fn example_body_holds_no_card_number_but_expands_to_one() {

@@ -6,17 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::pg_harness::{
+    Load, assert_detokenizes, check_told_the_truth, health, node, stop_and_verify,
+};
 use crate::util::postgres::PgServer;
-use crate::util::{self, BinVault, Client, ServeProcess, cards};
+use crate::util::{self, BinVault, Client, cards};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// `panvault serve` for `v` as node `name` of the shared audit log.
-async fn node(v: &BinVault, name: &str) -> ServeProcess {
-    let mut cmd = tokio::process::Command::new(util::panvault_bin());
-    cmd.args(v.serve_args()).env("PANVAULT_NODE", name);
-    ServeProcess::spawn(cmd).await.unwrap()
-}
 
 /// Runs `sql` on the test database and returns the first column of each row as i64.
 fn query_i64(pg: &PgServer, sql: &str) -> Vec<i64> {
@@ -85,10 +81,7 @@ async fn pg_cluster_retention_purge_runs_once_per_round_across_nodes() {
         let rounds = query_i64(&pg, "SELECT value::bigint FROM meta WHERE key = 'round.retention'");
         assert_eq!(rounds.len(), 1, "the round's time is recorded");
 
-        assert!(a.terminate().await.success());
-        assert!(b.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(out.success(), "audit verify: {}\n{}", out.stdout, out.stderr);
+        stop_and_verify(&v, [a, b]).await;
     })
     .await;
 }
@@ -203,17 +196,98 @@ async fn pg_cluster_keys_rewrap_runs_once_resumes_after_sigkill_and_nodes_keep_w
                 cards::masked(card)
             );
         }
-        assert!(a.terminate().await.success());
-        assert!(b.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a, b]).await;
     })
     .await;
+}
+
+/// How many `erase` events the receipt's node and seq name in the shared log.
+fn names_an_erase(pg: &PgServer, receipt: &serde_json::Value) -> i64 {
+    let node = receipt["audit_node"].as_str().unwrap();
+    assert!(
+        node.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    );
+    query_i64(
+        pg,
+        &format!(
+            "SELECT count(*) FROM audit_events WHERE node = '{node}' AND seq = {} AND action = 'erase'",
+            receipt["audit_seq"].as_u64().unwrap()
+        ),
+    )[0]
+}
+
+/// What an outsider checks of an erasure answer or receipt (`file`): the
+/// verifier written from docs/audit-log.md accepts it and refuses it with another
+/// node named, and it matches `schema` of docs/openapi.yaml (closed schemas).
+async fn outside_checks(v: &BinVault, file: &std::path::Path, schema: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let test = "pg_cluster_erasure_vacuums_and_its_receipt_names_the_engine_and_residue";
+    let python = |args: Vec<std::ffi::OsString>| {
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.args(args);
+        util::run_command(cmd, LIMIT)
+    };
+    if let Err(why) = crate::openapi::python_ready("cryptography, yaml, jsonschema") {
+        util::tools::missing(test, &why);
+        return;
+    }
+    let verifier = root.join("tests/verifier/verify.py");
+    let pubkey = panvault_vault::DataDir::new(&v.data).audit_public_key();
+    let out = python(vec![
+        verifier.clone().into(),
+        "receipt".into(),
+        pubkey.clone().into(),
+        file.into(),
+    ])
+    .await;
+    assert!(
+        out.success() && out.stdout.contains("of node "),
+        "verify.py: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let forged = file.with_extension("forged.json");
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let r = if j.get("receipt").is_some() {
+        &mut j["receipt"]
+    } else {
+        &mut j
+    };
+    r["audit_node"] = serde_json::json!("node-x");
+    std::fs::write(&forged, j.to_string()).unwrap();
+    let out = python(vec![
+        verifier.into(),
+        "receipt".into(),
+        pubkey.into(),
+        forged.into(),
+    ])
+    .await;
+    assert!(
+        !out.success() && out.stderr.contains("REJECTED"),
+        "verify.py accepted another node: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let check = "import json, sys, yaml, jsonschema\n\
+                 spec = yaml.safe_load(open(sys.argv[1]))\n\
+                 schema = {'$ref': '#/components/schemas/' + sys.argv[3], 'components': spec['components']}\n\
+                 jsonschema.Draft202012Validator(schema).validate(json.load(open(sys.argv[2])))\n";
+    let out = python(vec![
+        "-c".into(),
+        check.into(),
+        root.join("docs/openapi.yaml").into(),
+        file.into(),
+        schema.into(),
+    ])
+    .await;
+    assert!(
+        out.success(),
+        "{} does not match {schema} of docs/openapi.yaml: {}",
+        file.display(),
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -249,8 +323,12 @@ async fn pg_cluster_erasure_vacuums_and_its_receipt_names_the_engine_and_residue
         assert_eq!(e.status, 200, "{}", e.text());
         let j = e.json();
         assert_eq!(j["receipt"]["tokens_erased"], 1, "{}", e.text());
-        assert_eq!(j["receipt"]["format"], "panvault-erasure-receipt-v2");
+        assert_eq!(j["receipt"]["format"], "panvault-erasure-receipt-v3");
         assert_eq!(j["receipt"]["engine"], "postgresql");
+        // Each node has a chain of its own: the receipt names B's, and the
+        // event at its seq there is the erasure.
+        assert_eq!(j["receipt"]["audit_node"], "node-b", "{}", e.text());
+        assert_eq!(names_an_erase(&pg, &j["receipt"]), 1);
         let residue = j["receipt"]["residue"].as_str().unwrap();
         for words in ["ciphertext", "WAL", "backups", "destroyed", "vacuum"] {
             assert!(
@@ -266,6 +344,7 @@ async fn pg_cluster_erasure_vacuums_and_its_receipt_names_the_engine_and_residue
         );
         let answer = tmp.path().join("answer.json");
         std::fs::write(&answer, e.text()).unwrap();
+        outside_checks(&v, &answer, "ErasureAnswer").await;
         let out = v
             .run(
                 &["audit", "verify-receipt", answer.to_str().unwrap()],
@@ -308,6 +387,13 @@ async fn pg_cluster_erasure_vacuums_and_its_receipt_names_the_engine_and_residue
         assert!(out.success(), "erase: {}\n{}", out.stdout, out.stderr);
         let text = std::fs::read_to_string(&receipt).unwrap();
         assert!(text.contains("\"engine\":\"postgresql\""), "{text}");
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            r["audit_node"].as_str().unwrap().starts_with("admin-"),
+            "{text}"
+        );
+        assert_eq!(names_an_erase(&pg, &r), 1);
+        outside_checks(&v, &receipt, "ErasureReceipt").await;
         let out = v
             .run(
                 &["audit", "verify-receipt", receipt.to_str().unwrap()],
@@ -327,15 +413,7 @@ async fn pg_cluster_erasure_vacuums_and_its_receipt_names_the_engine_and_residue
         )[0];
         assert_eq!(open, 0, "vacuumed_at not recorded for the CLI's erasure");
 
-        assert!(a.terminate().await.success());
-        assert!(b.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a, b]).await;
     })
     .await;
 }
@@ -402,128 +480,12 @@ async fn pg_cluster_master_rotate_is_refused_while_nodes_serve_and_works_once_th
         for n in [&a, &b] {
             let pay = v.client(n.addr, "payments");
             for (token, card) in &held {
-                let d = pay.detokenize(token, "check").await;
-                assert_eq!(d.status, 200, "{}", d.text());
-                assert!(
-                    d.json()["card"]["number"] == card.as_str(),
-                    "detokenized number differs from {}",
-                    cards::masked(card)
-                );
+                assert_detokenizes(&pay, token, card).await;
             }
         }
-        assert!(a.terminate().await.success());
-        assert!(b.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a, b]).await;
     })
     .await;
-}
-
-/// What a load task saw: every answer's status, the longest wait for one, and
-/// the cards acknowledged (201) or refused (503).
-#[derive(Default)]
-struct Load {
-    statuses: Vec<u16>,
-    longest: Duration,
-    acked: Vec<(String, String)>,
-    refused: Vec<String>,
-}
-
-type Shared = std::sync::Arc<std::sync::Mutex<Load>>;
-
-/// Tokenizes fresh cards on `sf` until `stop`.
-fn load_task(
-    sf: Client,
-    seen: Shared,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            let card = cards::fresh();
-            let t = Instant::now();
-            let r = sf.tokenize(&card).await;
-            let took = t.elapsed();
-            let mut s = seen.lock().unwrap();
-            s.statuses.push(r.status);
-            s.longest = s.longest.max(took);
-            match r.status {
-                201 => {
-                    let token = r.json()["token"].as_str().unwrap().to_owned();
-                    s.acked.push((token, card));
-                }
-                503 => s.refused.push(card),
-                _ => {}
-            }
-        }
-    })
-}
-
-async fn acked_at_least(seen: &Shared, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.lock().unwrap().acked.len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {n} tokens acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// After a fault: only 201 and 503 were answered, none waited past the write
-/// timeout (10 s) by much, every acknowledged token detokenizes on `pay`, and
-/// every refused card was truly not stored (tokenizing it again creates it: 201,
-/// not the 200 of a card found).
-async fn check_told_the_truth(seen: Load, sf: &Client, pay: &Client) {
-    let odd: Vec<u16> = seen
-        .statuses
-        .iter()
-        .copied()
-        .filter(|s| *s != 201 && *s != 503)
-        .collect();
-    assert!(odd.is_empty(), "answers other than 201 and 503: {odd:?}");
-    assert!(
-        seen.longest < Duration::from_secs(15),
-        "a request hung for {:?}",
-        seen.longest
-    );
-    for (token, card) in &seen.acked {
-        let d = pay.detokenize(token, "check").await;
-        assert_eq!(d.status, 200, "acknowledged, then lost: {}", d.text());
-        assert!(
-            d.json()["card"]["number"] == card.as_str(),
-            "detokenized number differs from {}",
-            cards::masked(card)
-        );
-    }
-    for card in &seen.refused {
-        let r = sf.tokenize(card).await;
-        assert_eq!(
-            r.status,
-            201,
-            "{} was refused with 503 but stored: {}",
-            cards::masked(card),
-            r.text()
-        );
-    }
-}
-
-/// Polls `GET /healthz` on `client` until it answers `want` (at most 60 s).
-async fn health(client: &Client, want: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.request("GET", "/healthz", None, None).await
-            && r.status == want
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "/healthz never answered {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -538,17 +500,13 @@ async fn pg_cluster_database_restarted_under_load_two_nodes_503_reconnect_and_lo
         let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
         let a = node(&v, "node-a").await;
         let b = node(&v, "node-b").await;
-        let seen: Shared = Default::default();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for n in [&a, &b, &a, &b] {
-            tasks.push(load_task(
-                v.client(n.addr, "storefront"),
-                seen.clone(),
-                stop.clone(),
-            ));
-        }
-        acked_at_least(&seen, 40).await;
+        let load = Load::start(
+            [&a, &b, &a, &b]
+                .iter()
+                .map(|n| v.client(n.addr, "storefront"))
+                .collect(),
+        );
+        load.acked_at_least(40).await;
 
         // A restart (fast shutdown, start again) while both nodes are loaded.
         tokio::task::block_in_place(|| pg.restart());
@@ -556,17 +514,12 @@ async fn pg_cluster_database_restarted_under_load_two_nodes_503_reconnect_and_lo
         for n in [&a, &b] {
             health(&v.client(n.addr, "payments"), 200).await;
         }
-        let n = seen.lock().unwrap().acked.len();
-        acked_at_least(&seen, n + 40).await;
+        load.acked_at_least(load.acked() + 40).await;
         eprintln!(
             "pg_cluster: both nodes healthy and acknowledging {} ms after the restart",
             back.elapsed().as_millis()
         );
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let seen = load.stop().await;
         eprintln!(
             "pg_cluster: {} acknowledged, {} refused with 503, longest wait {:?}",
             seen.acked.len(),
@@ -579,15 +532,7 @@ async fn pg_cluster_database_restarted_under_load_two_nodes_503_reconnect_and_lo
             &v.client(a.addr, "payments"),
         )
         .await;
-        assert!(a.terminate().await.success());
-        assert!(b.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a, b]).await;
     })
     .await;
 }
@@ -603,17 +548,8 @@ async fn pg_cluster_connections_broken_mid_batch_tell_each_caller_whether_it_com
         let tmp = tempfile::tempdir().unwrap();
         let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
         let a = node(&v, "node-a").await;
-        let seen: Shared = Default::default();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for _ in 0..8 {
-            tasks.push(load_task(
-                v.client(a.addr, "storefront"),
-                seen.clone(),
-                stop.clone(),
-            ));
-        }
-        acked_at_least(&seen, 40).await;
+        let load = Load::start((0..8).map(|_| v.client(a.addr, "storefront")).collect());
+        load.acked_at_least(40).await;
 
         // Every connection of the node is terminated by the server, again and
         // again, while its writer commits batches of several callers.
@@ -631,15 +567,10 @@ async fn pg_cluster_connections_broken_mid_batch_tell_each_caller_whether_it_com
                 .unwrap()
                 .len()
             });
-            let n = seen.lock().unwrap().acked.len();
-            acked_at_least(&seen, n + 5).await;
+            load.acked_at_least(load.acked() + 5).await;
         }
         assert!(killed > 0, "no connection was terminated");
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let seen = load.stop().await;
         eprintln!(
             "pg_cluster: {killed} connections terminated; {} acknowledged, {} refused with 503",
             seen.acked.len(),
@@ -648,14 +579,7 @@ async fn pg_cluster_connections_broken_mid_batch_tell_each_caller_whether_it_com
         let sf = v.client(a.addr, "storefront");
         let pay = v.client(a.addr, "payments");
         check_told_the_truth(seen, &sf, &pay).await;
-        assert!(a.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a]).await;
     })
     .await;
 }

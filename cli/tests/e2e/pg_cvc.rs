@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use crate::util::postgres::PgServer;
 use crate::util::provider::{FakeProvider, Mode};
-use crate::util::{self, BinVault, Client, ServeProcess, cards};
+use crate::util::{self, BinVault, Client, cards};
 
+use crate::pg_harness::{node, stop_and_verify};
 use crate::pg_ops::{Both, NOW, both, same};
 
 fn card<'a>(token: &'a str, tenant: &'a str) -> NewCard<'a> {
@@ -197,16 +198,9 @@ fn pg_cvc_code_tables_are_unlogged_and_mirror_sqlite() {
     }
 }
 
-/// `panvault serve` for `v` as node `name` of the shared audit log.
-async fn node(v: &BinVault, name: &str) -> ServeProcess {
-    let mut cmd = tokio::process::Command::new(util::panvault_bin());
-    cmd.args(v.serve_args()).env("PANVAULT_NODE", name);
-    ServeProcess::spawn(cmd).await.unwrap()
-}
-
 /// A vault in PostgreSQL whose `storefront` may relay to an echoing provider,
 /// holding codes for `ttl` seconds.
-fn relay_config(v: &BinVault, echo: &FakeProvider, ttl: u64, first: bool) {
+pub(crate) fn relay_config(v: &BinVault, echo: &FakeProvider, ttl: u64, first: bool) {
     let mut text = std::fs::read_to_string(&v.config).unwrap();
     if first {
         echo.write_ca(&v.root.join("echo-ca.pem"));
@@ -225,7 +219,12 @@ fn relay_config(v: &BinVault, echo: &FakeProvider, ttl: u64, first: bool) {
 }
 
 /// Tokenizes `number` with security code `cvc` on `c`: the answer's JSON.
-async fn tokenize_with_cvc(c: &Client, number: &str, cvc: &str, key: Option<&str>) -> Value {
+pub(crate) async fn tokenize_with_cvc(
+    c: &Client,
+    number: &str,
+    cvc: &str,
+    key: Option<&str>,
+) -> Value {
     let mut req = util::card_request(number);
     req["card"]["cvc"] = json!(cvc);
     let extra: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
@@ -246,7 +245,7 @@ async fn tokenize_with_cvc(c: &Client, number: &str, cvc: &str, key: Option<&str
 
 /// A relay of the number and the held code to the echoing provider, with the
 /// vault's `Idempotency-Key` when `key` is given.
-async fn relay_cvc(c: &Client, token: &str, key: Option<&str>) -> crate::util::Resp {
+pub(crate) async fn relay_cvc(c: &Client, token: &str, key: Option<&str>) -> crate::util::Resp {
     let body = json!({
         "token": token,
         "purpose": "charge order 1234",
@@ -265,7 +264,7 @@ async fn relay_cvc(c: &Client, token: &str, key: Option<&str>) -> crate::util::R
     .unwrap()
 }
 
-async fn cvc_status(c: &Client, token: &str) -> Value {
+pub(crate) async fn cvc_status(c: &Client, token: &str) -> Value {
     let m = c.get(&format!("/v1/tokens/{token}")).await;
     assert_eq!(m.status, 200, "{}", m.text());
     m.json()["cvc"].clone()
@@ -273,7 +272,7 @@ async fn cvc_status(c: &Client, token: &str) -> Value {
 
 /// `SELECT count(*)` of `table`, on a connection of its own (the driver blocks:
 /// outside the async workers).
-fn count(url: &str, table: &str) -> i64 {
+pub(crate) fn count(url: &str, table: &str) -> i64 {
     tokio::task::block_in_place(|| {
         let mut p = pg::connect(&PgSettings::from_url(url).unwrap()).unwrap();
         p.query_one(&format!("SELECT count(*) FROM {table}"), &[])
@@ -283,7 +282,7 @@ fn count(url: &str, table: &str) -> i64 {
 }
 
 /// The compliance result about held codes (its evidence names them).
-async fn cvc_check(v: &BinVault) -> Value {
+pub(crate) async fn cvc_check(v: &BinVault) -> Value {
     let mut cmd = tokio::process::Command::new(util::panvault_bin());
     cmd.args(["audit", "run", "--format", "json", "--config"])
         .arg(&v.config);
@@ -429,17 +428,7 @@ async fn pg_cvc_two_nodes_use_a_held_code_once_and_replay_idempotent_retries() {
                 .assert_problem(409, "cvc_unavailable");
         }
         assert_eq!(echo.received().len(), 2);
-        assert!(a.terminate().await.success());
-        assert!(b.terminate().await.success());
-        let out = v
-            .run(&["audit", "verify"], false, Duration::from_secs(60))
-            .await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a, b]).await;
     })
     .await;
 }

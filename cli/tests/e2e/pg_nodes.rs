@@ -8,6 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::pg_harness::{
+    Load, assert_detokenizes, audit_verifies, check_told_the_truth, health, node, stop_and_verify,
+};
 use crate::util::postgres::PgServer;
 use crate::util::{self, BinVault, Client, ServeProcess, cards};
 
@@ -36,23 +39,6 @@ async fn tokenize(sf: &Client, card: &str) -> (u16, String, u64) {
             j["key_version"].as_u64().unwrap(),
         );
     }
-}
-
-/// `panvault serve` for `v` as node `name` of the shared audit log.
-async fn node(v: &BinVault, name: &str) -> ServeProcess {
-    let mut cmd = tokio::process::Command::new(util::panvault_bin());
-    cmd.args(v.serve_args()).env("PANVAULT_NODE", name);
-    ServeProcess::spawn(cmd).await.unwrap()
-}
-
-async fn assert_detokenizes(payments: &Client, token: &str, card: &str) {
-    let d = payments.detokenize(token, "check").await;
-    assert_eq!(d.status, 200, "{}", d.text());
-    assert!(
-        d.json()["card"]["number"] == card,
-        "detokenized number differs from {}",
-        cards::masked(card)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -124,13 +110,7 @@ async fn pg_nodes_share_tokens_dedup_across_nodes_and_follow_a_key_rotation() {
         assert_detokenizes(&pay_b, &token, &card).await;
 
         // One audit log for both nodes, verified with the public key alone.
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        audit_verifies(&v).await;
         // The children log at TRACE: the driver's statement parameters (sealed
         // cards, keyed hashes, wrapped keys) stay out of it unless asked for.
         for n in [&a, &b] {
@@ -140,24 +120,9 @@ async fn pg_nodes_share_tokens_dedup_across_nodes_and_follow_a_key_rotation() {
                 "driver parameters logged"
             );
         }
-        assert!(a.terminate().await.success());
-        assert!(b.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a, b]).await;
     })
     .await;
-}
-
-/// What a load task saw: every answer's status, and the acknowledged tokens.
-#[derive(Default)]
-struct Seen {
-    statuses: Vec<u16>,
-    acked: Vec<(String, String)>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -171,91 +136,34 @@ async fn pg_nodes_answer_503_while_the_database_is_down_and_recover_losing_nothi
         let tmp = tempfile::tempdir().unwrap();
         let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
         let a = node(&v, "node-a").await;
-        let pay = v.client(a.addr, "payments");
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut load = Vec::new();
-        for _ in 0..2 {
-            let (sf, seen, stop) = (v.client(a.addr, "storefront"), seen.clone(), stop.clone());
-            load.push(tokio::spawn(async move {
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let card = cards::fresh();
-                    let r = sf.tokenize(&card).await;
-                    let mut s = seen.lock().unwrap();
-                    s.statuses.push(r.status);
-                    if r.status == 201 {
-                        s.acked
-                            .push((r.json()["token"].as_str().unwrap().to_owned(), card));
-                    }
-                }
-            }));
-        }
-        let acked = |n: usize| {
-            let seen = seen.clone();
-            async move {
-                while seen.lock().unwrap().acked.len() < n {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
-        acked(20).await;
+        let load = Load::start((0..2).map(|_| v.client(a.addr, "storefront")).collect());
+        load.acked_at_least(20).await;
 
         // The database goes away: the node says so (503), never 500, never a hang.
         tokio::task::block_in_place(|| pg.stop());
-        let before = seen.lock().unwrap().statuses.len();
-        let health = |want: u16| {
-            let client = v.client(a.addr, "payments");
-            async move {
-                loop {
-                    let r = client.request("GET", "/healthz", None, None).await.unwrap();
-                    if r.status == want {
-                        return r;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        };
-        let down = health(503).await;
+        let before = load.answers();
+        let down = health(&v.client(a.addr, "payments"), 503).await;
         assert_eq!(down.json()["database"], "down", "{}", down.text());
-        while !seen.lock().unwrap().statuses[before..].contains(&503) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        load.answered_since(before, 503).await;
 
         // Back: the node recovers by itself (its pool replaces dead connections).
         tokio::task::block_in_place(|| pg.restart());
         let back = Instant::now();
-        health(200).await;
-        let n = seen.lock().unwrap().acked.len();
-        acked(n + 10).await;
+        health(&v.client(a.addr, "payments"), 200).await;
+        load.acked_at_least(load.acked() + 10).await;
         eprintln!(
             "pg_nodes: healthy again {} ms after the database was back",
             back.elapsed().as_millis()
         );
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        for t in load {
-            t.await.unwrap();
-        }
-
-        let seen = std::mem::take(&mut *seen.lock().unwrap());
-        let odd: Vec<u16> = seen
-            .statuses
-            .iter()
-            .copied()
-            .filter(|s| *s != 201 && *s != 503)
-            .collect();
-        assert!(odd.is_empty(), "answers other than 201 and 503: {odd:?}");
-        // Nothing acknowledged is lost.
-        for (token, card) in &seen.acked {
-            assert_detokenizes(&pay, token, card).await;
-        }
-        assert!(a.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        let seen = load.stop().await;
+        // Only 201 and 503, nothing acknowledged lost, nothing refused stored.
+        check_told_the_truth(
+            seen,
+            &v.client(a.addr, "storefront"),
+            &v.client(a.addr, "payments"),
+        )
+        .await;
+        stop_and_verify(&v, [a]).await;
     })
     .await;
 }
@@ -283,7 +191,7 @@ async fn pg_nodes_one_killed_under_load_the_other_serves_and_nothing_acknowledge
         for ((addr, name), count) in [(a.addr, "a"), (b.addr, "b")].into_iter().zip(&counts) {
             let (sf, stop, count) = (v.client(addr, "storefront"), stop.clone(), count.clone());
             load.push(tokio::spawn(async move {
-                let mut seen = Seen::default();
+                let mut seen = crate::pg_harness::Seen::default();
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let card = cards::fresh();
                     let Ok(r) = sf
@@ -342,14 +250,7 @@ async fn pg_nodes_one_killed_under_load_the_other_serves_and_nothing_acknowledge
         for (token, card) in &all {
             assert_detokenizes(&pay_b, token, card).await;
         }
-        assert!(b.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [b]).await;
     })
     .await;
 }
@@ -511,48 +412,14 @@ async fn pg_nodes_quickstart_with_postgres_serves_from_the_database() {
     util::within(Duration::from_secs(180), async {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("qs");
-        let mut child = tokio::process::Command::new(util::panvault_bin())
-            .args(["quickstart", "--data-dir"])
-            .arg(&dir)
-            .args(["--listen", "127.0.0.1:0", "--postgres", &pg.url("disable")])
-            .env("PANVAULT_LOG", util::child_log_level())
-            .env_remove("PANVAULT_PASSPHRASE")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+        let url = pg.url("disable");
+        let qs = Quickstart::start(&dir, &["--listen", "127.0.0.1:0", "--postgres", &url])
+            .await
             .unwrap();
-        let stdout = util::collect_lines(child.stdout.take().unwrap());
-        let stderr = util::LineCollector::start(child.stderr.take().unwrap());
-        let port = loop {
-            let text = stdout.lock().unwrap().clone();
-            if let Some(rest) = text.split("ready at https://localhost:").nth(1) {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse::<u16>()
-                    .unwrap();
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("quickstart exited with {status}: {}", stderr.text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
         assert!(!dir.join("vault.db").exists(), "a SQLite file was made");
         let config = std::fs::read_to_string(dir.join("panvault.toml")).unwrap();
         assert!(config.contains("listen") && config.contains("engine = \"postgres\""));
-        let pki = dir.join("pki");
-        let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
-        let client = |name: &str| {
-            Client::new(
-                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                &read("ca.pem"),
-                Some((&read(&format!("{name}.pem")), &read(&format!("{name}.key")))),
-                &[b"http/1.1"],
-            )
-        };
+        let client = |name: &str| qs.client(&dir, name);
         let card = cards::fresh();
         let (_, token, _) = tokenize(&client("storefront"), &card).await;
         assert_detokenizes(&client("payments"), &token, &card).await;
@@ -569,16 +436,154 @@ async fn pg_nodes_quickstart_with_postgres_serves_from_the_database() {
             run.stdout,
             run.stderr
         );
-        child.start_kill().unwrap();
-        let _ = child.wait().await;
-        for o in [
-            stdout.lock().unwrap().clone(),
-            stderr.text(),
-            run.stdout,
-            run.stderr,
-        ] {
+        let said = qs.stop().await;
+        for o in [said, run.stdout, run.stderr] {
             assert!(!o.contains(pg.password()), "the password was printed");
         }
+    })
+    .await;
+}
+
+/// A running `panvault quickstart`: the child, its port and its output.
+struct Quickstart {
+    child: tokio::process::Child,
+    port: u16,
+    stdout: util::LineCollector,
+    stderr: util::LineCollector,
+}
+
+impl Quickstart {
+    /// `panvault quickstart --data-dir DIR ARGS…` until it says where it is ready
+    /// (at most 60 s); `Err` with its stderr if it exits first.
+    async fn start(dir: &std::path::Path, args: &[&str]) -> Result<Quickstart, String> {
+        let mut child = tokio::process::Command::new(util::panvault_bin())
+            .args(["quickstart", "--data-dir"])
+            .arg(dir)
+            .args(args)
+            .env("PANVAULT_LOG", util::child_log_level())
+            .env_remove("PANVAULT_PASSPHRASE")
+            .env_remove("PANVAULT_POSTGRES_URL")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdout = util::LineCollector::start(child.stdout.take().unwrap());
+        let mut stderr = util::LineCollector::start(child.stderr.take().unwrap());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(rest) = stdout.text().split("ready at https://localhost:").nth(1) {
+                let port = rest.split_whitespace().next().unwrap().parse().unwrap();
+                return Ok(Quickstart {
+                    child,
+                    port,
+                    stdout,
+                    stderr,
+                });
+            }
+            tokio::select! {
+                _ = stdout.changed() => {}
+                status = child.wait() => {
+                    stderr.finished(Duration::from_secs(10)).await;
+                    return Err(format!("quickstart exited with {}: {}", status.unwrap(), stderr.text()));
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(format!("quickstart not ready after 60 s: {}", stderr.text()));
+                }
+            }
+        }
+    }
+
+    /// A client of its development PKI.
+    fn client(&self, dir: &std::path::Path, name: &str) -> Client {
+        let pki = dir.join("pki");
+        let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
+        Client::new(
+            std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+            &read("ca.pem"),
+            Some((&read(&format!("{name}.pem")), &read(&format!("{name}.key")))),
+            &[b"http/1.1"],
+        )
+    }
+
+    /// Kills it; everything it wrote (stdout, then stderr).
+    async fn stop(mut self) -> String {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+        self.stdout.finished(Duration::from_secs(10)).await;
+        self.stderr.finished(Duration::from_secs(10)).await;
+        format!("{}{}", self.stdout.text(), self.stderr.text())
+    }
+}
+
+/// `quickstart` on a data directory whose `panvault.toml` its owner began with
+/// only `[storage]` (a `url_file`, so no password in the file) and a comment: the
+/// file keeps them and gains the server settings with the `--listen` given, and
+/// the vault is made in PostgreSQL (before, the file was overwritten without the
+/// storage and a SQLite vault made). A second run reuses file and vault as on
+/// SQLite. `quickstart --postgres` on a SQLite vault's directory is refused
+/// (before, a new empty vault was made in PostgreSQL and the old one left behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_nodes_quickstart_keeps_an_existing_configuration() {
+    let Some(pg) = PgServer::start("pg_nodes_quickstart_keeps_an_existing_configuration") else {
+        return;
+    };
+    util::within(Duration::from_secs(240), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("qs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = pg.url("disable");
+        panvault_vault::data_dir::write_owner_only(
+            &dir.join("pg-url"),
+            format!("{url}\n").as_bytes(),
+        )
+        .unwrap();
+        let begun = "# my own note\n[storage]\nengine = \"postgres\"\nurl_file = \"pg-url\"\n";
+        let config = dir.join("panvault.toml");
+        panvault_vault::data_dir::write_owner_only(&config, begun.as_bytes()).unwrap();
+
+        let qs = Quickstart::start(&dir, &["--listen", "127.0.0.1:0"])
+            .await
+            .unwrap();
+        let written = std::fs::read_to_string(&config).unwrap();
+        assert!(written.contains(begun), "its own text is gone:\n{written}");
+        assert!(written.contains("listen = \"127.0.0.1:0\""), "{written}");
+        assert!(!written.contains(pg.password()), "the password was written");
+        assert!(!dir.join("vault.db").exists(), "a SQLite vault was made");
+        let card = cards::fresh();
+        let (_, token, _) = tokenize(&qs.client(&dir, "storefront"), &card).await;
+        let h = qs.client(&dir, "payments").get("/healthz").await;
+        assert_eq!(h.json()["database"], "up", "{}", h.text());
+        let err = qs.stop().await;
+        assert!(err.contains("created a vault"), "{err}");
+
+        // Again: the same file, byte for byte, and the same vault.
+        let qs = Quickstart::start(&dir, &[]).await.unwrap();
+        assert_detokenizes(&qs.client(&dir, "payments"), &token, &card).await;
+        let err = qs.stop().await;
+        assert!(
+            !err.contains("created a vault") && !err.contains("wrote"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), written);
+
+        // A SQLite vault's directory: refused, nothing written there.
+        let sqlite = BinVault::create(&tmp.path().join("sqlite"));
+        let err = Quickstart::start(
+            &sqlite.data,
+            &["--listen", "127.0.0.1:0", "--postgres", &url],
+        )
+        .await
+        .err()
+        .expect("quickstart --postgres made a new vault beside a SQLite one");
+        assert!(
+            err.contains("holds a SQLite vault") && err.contains("migrate"),
+            "{err}"
+        );
+        assert!(!err.contains(pg.password()), "the password was printed");
+        let layout = panvault_vault::DataDir::new(&sqlite.data);
+        assert!(!layout.config().exists() && !layout.dev_passphrase().exists());
     })
     .await;
 }
@@ -623,14 +628,89 @@ async fn pg_nodes_a_second_node_with_a_running_nodes_id_is_refused() {
         for n in unnamed {
             assert!(n.terminate().await.success());
         }
-        assert!(a.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
+        stop_and_verify(&v, [a]).await;
+    })
+    .await;
+}
+
+const RECOUNT_ENV: &str = panvault_vault::http::TOKEN_RECOUNT_ENV;
+
+/// `panvault_tokens_stored` of a node's `/metrics`.
+async fn tokens_stored(monitor: &Client) -> i64 {
+    let m = monitor.get("/metrics").await;
+    assert_eq!(m.status, 200, "{}", m.text());
+    let text = m.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("panvault_tokens_stored "))
+        .unwrap_or_else(|| panic!("no panvault_tokens_stored in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Polls a node's `panvault_tokens_stored` until it shows `want` (at most 30 s).
+async fn until_gauge(monitor: &Client, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = tokens_stored(monitor).await;
+        if n == want {
+            return;
+        }
         assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
+            Instant::now() < deadline,
+            "the node still shows {n} tokens, not {want}, after 30 s"
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A node keeps a running count of its own inserts only; the rows other nodes
+/// insert reach its `panvault_tokens_stored` when it recounts the table, every
+/// `PANVAULT_TOKEN_RECOUNT_SECS` (here 1 s instead of the default minute). The
+/// gauge is polled under a bounded deadline, not timed. A value that is not a
+/// whole number of seconds stops the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_nodes_token_gauge_shows_other_nodes_inserts_after_a_recount() {
+    let Some(pg) =
+        PgServer::start("pg_nodes_token_gauge_shows_other_nodes_inserts_after_a_recount")
+    else {
+        return;
+    };
+    util::within(Duration::from_secs(180), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+        let spawn = |name: &'static str, secs: &'static str| {
+            let mut cmd = tokio::process::Command::new(util::panvault_bin());
+            cmd.args(v.serve_args())
+                .env("PANVAULT_NODE", name)
+                .env(RECOUNT_ENV, secs);
+            ServeProcess::spawn(cmd)
+        };
+        let a = spawn("node-a", "1").await.unwrap();
+        let b = spawn("node-b", "1").await.unwrap();
+        let (mon_a, mon_b) = (v.client(a.addr, "monitor"), v.client(b.addr, "monitor"));
+        assert_eq!(tokens_stored(&mon_b).await, 0);
+        let sf_a = v.client(a.addr, "storefront");
+        let mut tokens = Vec::new();
+        for _ in 0..3 {
+            tokens.push(tokenize(&sf_a, &cards::fresh()).await.1);
+        }
+        // A counts its own inserts at once; B after its next recount.
+        assert_eq!(tokens_stored(&mon_a).await, 3);
+        until_gauge(&mon_b, 3).await;
+        // And its own deletes.
+        let d = sf_a.delete(&format!("/v1/tokens/{}", tokens[0])).await;
+        assert!(d.status == 200 || d.status == 204, "{}", d.text());
+        assert_eq!(tokens_stored(&mon_a).await, 2);
+        until_gauge(&mon_b, 2).await;
+        assert!(a.terminate().await.success());
+        assert!(b.terminate().await.success());
+        for bad in ["0", "soon"] {
+            let err = spawn("node-bad", bad)
+                .await
+                .err()
+                .expect("a node started with a malformed recount interval");
+            assert!(err.contains(RECOUNT_ENV), "{err}");
+        }
     })
     .await;
 }

@@ -9,6 +9,7 @@
 use panvault_audit::log::{Actor, SigningKey};
 use panvault_vault::KeyState;
 use panvault_vault::core::kdf::KdfParams;
+use panvault_vault::store::cvc::{NewCvcKey, NewHeldCvc};
 use panvault_vault::store::pg::cards::PgCardRow;
 use panvault_vault::store::pg::{self, PgClient, PgError, PgSettings, schema};
 use panvault_vault::store::{self, CardRow, CompletedErasure, Inserted, NewCard, SealRow};
@@ -746,6 +747,55 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
     let mut admin = Admin::open(&data, &unlock(), system_clock()).unwrap();
     admin.audit_checkpoint(&ctx, None).unwrap();
     drop(admin);
+    // Short-lived rows (made up: the store copies them as they are): a live
+    // window key with a live code and an expired one, a key past its destruction
+    // with a live code, and two idempotent requests (answered, in progress).
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let live_key = {
+        let w = store::open_writer(&store::db_path(&data), false).unwrap();
+        let window = now - now % 900;
+        let key = |window_start: i64, destroy_at: i64, wrapped: &'static [u8]| NewCvcKey {
+            window_start,
+            ttl_secs: 900,
+            wrapped,
+            created_at: window_start,
+            destroy_at,
+        };
+        assert!(store::cvc::insert_key(&w, &key(window - 3600, now - 10, b"dead")).unwrap());
+        assert!(store::cvc::insert_key(&w, &key(window, window + 1800, b"live")).unwrap());
+        let live = store::cvc::key_for_window(&w, window, 900)
+            .unwrap()
+            .unwrap();
+        let dead = store::cvc::key_for_window(&w, window - 3600, 900)
+            .unwrap()
+            .unwrap();
+        for (token, key_id, deadline) in [
+            (&tokens[0], live.id, now + 600),
+            (&tokens[3], live.id, now - 5),
+            (&tokens[4], dead.id, now + 600),
+        ] {
+            store::cvc::put_held(
+                &w,
+                &NewHeldCvc {
+                    tenant: "demo-shop",
+                    token,
+                    key_id,
+                    nonce: &[3; 12],
+                    sealed: &[0xa5; 19],
+                    created_at: now - 60,
+                    deadline,
+                },
+            )
+            .unwrap();
+        }
+        store::idempotency::reserve(&w, "storefront", b"key-1", b"req-1", now - 30).unwrap();
+        assert!(
+            store::idempotency::complete(&w, "storefront", b"key-1", b"req-1", 201, b"sealed")
+                .unwrap()
+        );
+        store::idempotency::reserve(&w, "storefront", b"key-2", b"req-2", now - 5).unwrap();
+        live
+    };
 
     let src = store::open_reader(&store::db_path(&data)).unwrap();
     let mut dst = pg::connect(&PgSettings::from_url(&pg.url("disable")).unwrap()).unwrap();
@@ -801,6 +851,49 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
     }
     assert_eq!(moved.rows("cards"), 4);
     assert!(moved.rows("erasure_requests") >= 2);
+    // The live code and its key, and both idempotent requests, arrived as they
+    // are (read through the twins); the expired code and the dead key's code did
+    // not, and the code tables are still kept out of WAL.
+    assert_eq!(
+        (
+            moved.rows("cvc_keys"),
+            moved.rows("held_cvcs"),
+            moved.rows("idempotency")
+        ),
+        (1, 1, 2)
+    );
+    assert_eq!(pg::cvc::all_keys(&mut dst).unwrap(), vec![live_key.clone()]);
+    assert_eq!(
+        pg::cvc::held(&mut dst, "demo-shop", &tokens[0]).unwrap(),
+        store::cvc::held(&src, "demo-shop", &tokens[0]).unwrap()
+    );
+    for t in [&tokens[3], &tokens[4]] {
+        assert_eq!(pg::cvc::held(&mut dst, "demo-shop", t).unwrap(), None);
+    }
+    for k in [b"key-1", b"key-2"] {
+        let row = pg::idempotency::get(&mut dst, "storefront", k).unwrap();
+        assert!(row.is_some());
+        assert_eq!(row, store::idempotency::get(&src, "storefront", k).unwrap());
+    }
+    assert_eq!(pg::cvc::unlogged(&mut dst).unwrap(), Some(true));
+    // The next window's key continues after the copied ids.
+    assert!(
+        pg::cvc::insert_key(
+            &mut dst,
+            &NewCvcKey {
+                window_start: live_key.window_start + 900,
+                ttl_secs: 900,
+                wrapped: b"next",
+                created_at: now,
+                destroy_at: live_key.destroy_at + 900,
+            }
+        )
+        .unwrap()
+    );
+    let next_key = pg::cvc::key_for_window(&mut dst, live_key.window_start + 900, 900)
+        .unwrap()
+        .unwrap();
+    assert!(next_key.id > live_key.id);
     assert!(moved.sqlite_checkpoints >= 2);
     assert_eq!(
         (moved.rows("audit_nodes"), moved.rows("audit_checkpoints")),
@@ -945,6 +1038,35 @@ fn pg_ops_migrate_moves_a_real_sqlite_vault_and_refuses_a_non_empty_target() {
         matches!(err, pg::migrate::MigrateError::Pg(PgError::Foreign(_))),
         "{err:?}"
     );
+    // A target whose code tables were made LOGGED gets no held code (nor
+    // anything else).
+    other.batch_execute("CREATE DATABASE logged").unwrap();
+    let mut logged = pg::connect(
+        &PgSettings::from_url(&pg.url("disable").replace("/postgres?", "/logged?")).unwrap(),
+    )
+    .unwrap();
+    schema::migrate(&mut logged).unwrap();
+    logged
+        .batch_execute("ALTER TABLE held_cvcs SET LOGGED")
+        .unwrap();
+    let err = pg::migrate::from_sqlite(
+        &src,
+        &mut logged,
+        &mut fake_protect,
+        &key,
+        Actor::admin("ops"),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, pg::migrate::MigrateError::CodesLogged),
+        "{err:?}"
+    );
+    let cards: i64 = logged
+        .query_one("SELECT count(*) FROM cards", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(cards, 0);
 
     // A pruned SQLite log (its chain no longer starts at event 1) is refused, and
     // nothing of the vault is committed to the (empty) target.
@@ -1316,4 +1438,107 @@ fn pg_ops_measure_migrate_rows_per_second() {
         "migrate: {n} cards + {n} audit events in {e:?}: {:.0} rows/s",
         2.0 * f64::from(n) / e.as_secs_f64()
     );
+}
+
+/// A shop mid-checkout across `panvault migrate`: a SQLite server holds a
+/// security code (tokenized, not yet relayed), has answered an idempotent
+/// tokenize and an idempotent relay; after the move, the same configuration
+/// serves from PostgreSQL (the SQLite file moved away): the code is still held
+/// (same deadline), relays once to the provider, and the compliance check of held
+/// codes passes; both retries replay their first answers (the provider is not
+/// called again). The code tables stay `UNLOGGED`; the log verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_ops_migrate_keeps_held_codes_and_idempotent_answers() {
+    use crate::pg_cvc::{count, cvc_check, cvc_status, relay_config, relay_cvc, tokenize_with_cvc};
+    use crate::util::provider::{FakeProvider, Mode};
+    use crate::util::{BinVault, ServeProcess, cards};
+    use std::time::Duration;
+
+    let Some(pg) = PgServer::start("pg_ops_migrate_keeps_held_codes_and_idempotent_answers") else {
+        return;
+    };
+    let limit = Duration::from_secs(120);
+    crate::util::within(Duration::from_secs(300), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = BinVault::create(tmp.path());
+        let echo = FakeProvider::start(Mode::Echo).await;
+        relay_config(&v, &echo, 900, true);
+
+        // On SQLite: a code held for a checkout still to come, an idempotent
+        // tokenize, and an idempotent relay (the provider called once).
+        let s = ServeProcess::start(&v).await.unwrap();
+        let sf = v.client(s.addr, "storefront");
+        let t = tokenize_with_cvc(&sf, cards::AMEX, "7391", None).await;
+        assert_eq!(t["cvc"]["held"], true, "{t}");
+        let token = t["token"].as_str().unwrap().to_owned();
+        let card = cards::fresh();
+        let t1 = tokenize_with_cvc(&sf, &card, "123", Some("order-77")).await;
+        let token2 = t1["token"].as_str().unwrap().to_owned();
+        let r1 = relay_cvc(&sf, &token2, Some("charge-77")).await;
+        assert_eq!(r1.status, 200, "{}", r1.text());
+        assert_eq!(echo.received().len(), 1);
+        assert!(s.terminate().await.success());
+
+        let url = pg.url("disable");
+        let out = v
+            .run(&["migrate", "--to-postgres", &url], true, limit)
+            .await;
+        assert!(out.success(), "migrate: {}\n{}", out.stdout, out.stderr);
+        assert!(!out.stdout.contains(pg.password()) && !out.stderr.contains(pg.password()));
+        let p = url.as_str();
+        assert_eq!(count(p, "held_cvcs"), 1);
+        assert_eq!(count(p, "idempotency"), 2);
+        assert_eq!(
+            count(
+                p,
+                "pg_class WHERE relname IN ('held_cvcs', 'cvc_keys') AND relpersistence = 'u'"
+            ),
+            2
+        );
+        // Whatever answers now, answers from PostgreSQL.
+        std::fs::rename(v.db(), tmp.path().join("vault.db.moved")).unwrap();
+
+        let s = ServeProcess::start(&v).await.unwrap();
+        let sf = v.client(s.addr, "storefront");
+        // The code held before the move: still held, with its deadline.
+        assert_eq!(cvc_status(&sf, &token).await, t["cvc"]);
+        let check = cvc_check(&v).await;
+        assert_eq!(check["status"], "pass", "{check}");
+        // The retries replay.
+        let t2 = tokenize_with_cvc(&sf, &card, "123", Some("order-77")).await;
+        assert_eq!(t1, t2, "the retry after the move got another answer");
+        let r2 = relay_cvc(&sf, &token2, Some("charge-77")).await;
+        assert_eq!(r2.status, 200, "{}", r2.text());
+        assert_eq!(r2.body, r1.body, "the relay retry got another answer");
+        assert_eq!(r2.headers["idempotent-replayed"], "true");
+        assert_eq!(echo.received().len(), 1, "the retry called the provider");
+        // The held code relays once, to the provider, as before the move.
+        let r = relay_cvc(&sf, &token, None).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let got = echo.received();
+        assert_eq!(got.len(), 2);
+        assert!(
+            got[1].json()["card"]["cvc"] == "7391"
+                && got[1].json()["card"]["number"] == cards::AMEX,
+            "the provider did not get the card and its code"
+        );
+        relay_cvc(&sf, &token, None)
+            .await
+            .assert_problem(409, "cvc_unavailable");
+        assert!(s.terminate().await.success());
+        // The compliance run appended its event to the log unsigned (it holds no
+        // key), on an admin chain of its own: a checkpoint covers it. (On
+        // PostgreSQL `audit checkpoint` signs a cluster checkpoint, then exits
+        // non-zero since it has no single-chain checkpoint to print.)
+        let out = v.run(&["audit", "checkpoint"], true, limit).await;
+        assert!(
+            out.stderr
+                .contains("a cluster checkpoint of every node's head was signed and committed"),
+            "audit checkpoint: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        crate::pg_harness::audit_verifies(&v).await;
+    })
+    .await;
 }

@@ -263,6 +263,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let tls = crate::tls::server_config(&config.tls)?;
+    let recount_every = token_recount_every()?;
     // Before anything is recorded: a destination whose files are unusable stops
     // the start.
     let relay = config
@@ -308,7 +309,7 @@ where
     let purge_ctx = server_ctx.clone();
     let cvc_ctx = server_ctx.clone();
     let handle = tokio::spawn(async move {
-        let refresher = tokio::spawn(refresh_keys(vault.clone()));
+        let refresher = tokio::spawn(refresh_keys(vault.clone(), recount_every));
         let purger = tokio::spawn(purge_loop(
             vault.clone(),
             retention,
@@ -450,17 +451,39 @@ async fn claimed(vault: &Vault, task: Upkeep, every: Duration) -> bool {
     }
 }
 
+/// The environment variable that sets how often a PostgreSQL node recounts the
+/// tokens for `panvault_tokens_stored` (whole seconds, at least 1; default 60).
+pub const TOKEN_RECOUNT_ENV: &str = "PANVAULT_TOKEN_RECOUNT_SECS";
+
+/// How often a PostgreSQL node recounts the tokens table ([`TOKEN_RECOUNT_ENV`],
+/// read once at start): an operator knob (counting a large table costs a scan)
+/// and the tests' way to see a recount without waiting a minute. A value that is
+/// not a whole number of seconds ≥ 1 stops the start rather than being guessed at.
+fn token_recount_every() -> Result<Duration, ConfigError> {
+    let Some(raw) = std::env::var_os(TOKEN_RECOUNT_ENV) else {
+        return Ok(Duration::from_secs(60));
+    };
+    raw.to_str()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&secs| secs >= 1)
+        .map(Duration::from_secs)
+        .ok_or_else(|| ConfigError::new(TOKEN_RECOUNT_ENV, "not a whole number of seconds ≥ 1"))
+}
+
 /// Reloads keys every second when another process changed them; on PostgreSQL
-/// also keeps the node's presence lock and, every minute, recounts the tokens.
-async fn refresh_keys(vault: Vault) {
-    let mut ticks: u32 = 0;
+/// also keeps the node's presence lock and, every `recount_every`, recounts the
+/// tokens.
+async fn refresh_keys(vault: Vault, recount_every: Duration) {
+    let mut counted = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let v = vault.clone();
-        ticks = ticks.wrapping_add(1);
-        let recount = v.is_postgres() && ticks.is_multiple_of(60);
+        let recount = v.is_postgres() && counted.elapsed() >= recount_every;
+        if recount {
+            counted = tokio::time::Instant::now();
+        }
         match tokio::task::spawn_blocking(move || {
             if let Err(e) = v.keep_presence() {
                 tracing::debug!(error = %e, "could not hold the node's presence lock");

@@ -450,7 +450,10 @@ impl AuditState {
     }
 
     /// Signs an erasure receipt naming the storage engine and what residue of
-    /// the erased records it may keep ([`erasure_residue`]).
+    /// the erased records it may keep ([`erasure_residue`]). On PostgreSQL each
+    /// node appends to a chain of its own, so `audit_seq` names an event only
+    /// with the node: the receipt (v3) signs this process's node id, the one
+    /// its events are appended under.
     pub(crate) fn sign_receipt(
         &self,
         subject_hash: String,
@@ -460,15 +463,29 @@ impl AuditState {
         audit_seq: u64,
         postgres: bool,
     ) -> Result<ErasureReceipt, VaultError> {
-        ErasureReceipt::sign_with_storage(
-            &self.signer,
-            subject_hash,
-            tenant,
-            tokens_erased,
-            time,
-            audit_seq,
-            erasure_residue(postgres),
-        )
+        let storage = erasure_residue(postgres);
+        if postgres {
+            ErasureReceipt::sign_on_node(
+                &self.signer,
+                subject_hash,
+                tenant,
+                tokens_erased,
+                time,
+                audit_seq,
+                storage,
+                crate::store::pg::node_id(),
+            )
+        } else {
+            ErasureReceipt::sign_with_storage(
+                &self.signer,
+                subject_hash,
+                tenant,
+                tokens_erased,
+                time,
+                audit_seq,
+                storage,
+            )
+        }
         .map_err(audit_err)
     }
 }

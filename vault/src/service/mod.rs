@@ -370,7 +370,8 @@ impl Vault {
     }
 
     /// Sets the running count of [`Vault::tokens_stored`] to the table's count
-    /// (PostgreSQL: other nodes insert and delete too; called every minute).
+    /// (PostgreSQL: other nodes insert and delete too; called every minute, or
+    /// every `PANVAULT_TOKEN_RECOUNT_SECS`).
     pub fn refresh_token_count(&self) -> Result<(), VaultError> {
         let n = self.token_count()?;
         self.inner

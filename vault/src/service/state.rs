@@ -131,6 +131,12 @@ impl DedupIndex {
         }
     }
 
+    /// Counts a new row without remembering it (PostgreSQL: nodes look dedup up
+    /// in the shared table). Called once for every row the writer inserts there.
+    pub(crate) fn counted_insert(&mut self) {
+        self.pending += 1;
+    }
+
     /// Forgets the entries of `fp` that `gone` selects, moving a further
     /// subject's row up when the first goes.
     fn forget(&mut self, fp: &[u8; FINGERPRINT_LEN], gone: impl Fn(&Entry) -> bool) {

@@ -288,9 +288,10 @@ fn tokenize_in_tx(
         match inserted {
             Inserted::Row(_) | Inserted::Queued => {
                 state.count_encryption(sealed.key_version);
-                if let Inserted::Row(id) = inserted
-                    && !pg
-                {
+                if pg {
+                    // Dedup is looked up in the database: only the count is kept.
+                    state.dedup.counted_insert();
+                } else if let Inserted::Row(id) = inserted {
                     state.dedup.insert(*fp, subject, id);
                 }
                 return Ok(TokenInfo {

@@ -3,6 +3,10 @@
 //! the erasure records and the audit log's chain as they are, so every token
 //! detokenizes afterwards and the log verifies with the same public key.
 //!
+//! Held security codes, their window keys and the stored answers of idempotent
+//! requests move too (live ones only; see [`SHORT_LIVED`]): a checkout in progress
+//! and a retry of a charge keep working across the move.
+//!
 //! One PostgreSQL transaction: the schema is migrated first, then every table is
 //! locked and found empty (a target holding any row is refused with
 //! [`PgError::NotEmpty`]), the rows are copied with their ids, the identity
@@ -85,6 +89,12 @@ pub enum MigrateError {
         "the SQLite audit log was pruned (it starts after event 1): the PostgreSQL log cannot carry prune records yet"
     )]
     Pruned,
+    /// The target's tables of held security codes are not `UNLOGGED`: codes
+    /// copied into them would reach WAL, replicas and backups.
+    #[error(
+        "the target's held_cvcs and cvc_keys are not UNLOGGED: held security codes are not copied into tables that reach WAL and backups"
+    )]
+    CodesLogged,
     /// Registering the moved log as a node's chain, or signing its checkpoint, failed.
     #[error("moving the audit log: {0}")]
     Audit(#[source] AuditError),
@@ -158,6 +168,9 @@ const TABLES: &[&str] = &[
     "audit_events",
     "audit_checkpoints",
     "audit_prunes",
+    "cvc_keys",
+    "held_cvcs",
+    "idempotency",
 ];
 
 /// The tables copied as they are: (table, columns, SQLite's filter and order).
@@ -187,6 +200,34 @@ const PLAIN_AFTER: &[(&str, &str, &str)] = &[(
     "id, tenant, subject_hash, token, requested_at, completed_at, tokens_erased, audit_seq",
     "ORDER BY id",
 )];
+
+/// The short-lived rows, copied after the cards so that a shop mid-checkout keeps
+/// working: the window keys of held security codes (wrapped under the root key,
+/// which moves too) and the codes sealed under them, and the stored first answers
+/// of idempotent requests (sealed under a key derived from the subject key), so a
+/// retry after the move replays rather than charging twice. Only live codes and
+/// keys (`?1` is the time of the move): an expired one would only be swept. Every
+/// stored answer: one past its 24 hours is not replayed, and the purge deletes it.
+/// PostgreSQL's code tables are `UNLOGGED` (checked before the copy), so the
+/// codes reach neither WAL nor a replica nor a backup there either.
+const SHORT_LIVED: &[(&str, &str, &str)] = &[
+    (
+        "cvc_keys",
+        "id, window_start, ttl_secs, wrapped, created_at, destroy_at",
+        "WHERE destroy_at > ?1 ORDER BY id",
+    ),
+    (
+        "held_cvcs",
+        "tenant, token, key_id, nonce, sealed, created_at, deadline",
+        "WHERE deadline > ?1 AND key_id IN (SELECT id FROM cvc_keys WHERE destroy_at > ?1) \
+         ORDER BY tenant, token",
+    ),
+    (
+        "idempotency",
+        "client, key_hash, request_hash, status, answer, created_at",
+        "ORDER BY client, key_hash",
+    ),
+];
 
 /// The columns of an audit event, as both engines store them.
 const EVENT_COLUMNS: &str = "seq, time_ns, actor, actor_fp, action, tenant, token, purpose, \
@@ -237,7 +278,7 @@ pub fn from_sqlite(
                 table,
                 columns,
                 tail,
-                &[SCRUB_PENDING, SCRUBBED_AT],
+                &[&SCRUB_PENDING, &SCRUBBED_AT],
             )?
         } else {
             copy_plain(&read, &mut tx, table, columns, tail, &[])?
@@ -251,12 +292,28 @@ pub fn from_sqlite(
             copy_plain(&read, &mut tx, table, columns, tail, &[])?,
         ));
     }
+    if super::cvc::unlogged(&mut tx)? != Some(true) {
+        return Err(MigrateError::CodesLogged);
+    }
+    let moved_at = now.unix_timestamp();
+    for (table, columns, tail) in SHORT_LIVED {
+        // `?1`, in the tails that have it, is the time of the move.
+        let args: &[&dyn rusqlite::ToSql] = if tail.contains("?1") {
+            &[&moved_at]
+        } else {
+            &[]
+        };
+        tables.push((
+            *table,
+            copy_plain(&read, &mut tx, table, columns, tail, args)?,
+        ));
+    }
     let (events, sqlite_checkpoints) = move_audit_log(&read, &mut tx, key, actor, now)?;
     tables.push(("audit_nodes", 1));
     tables.push(("audit_events", events + 1));
     tables.push(("audit_checkpoints", 1));
     // New rows continue after the copied ids.
-    for table in ["cards", "erasure_requests"] {
+    for table in ["cards", "erasure_requests", "cvc_keys"] {
         tx.execute(
             &format!(
                 "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
@@ -424,7 +481,7 @@ fn copy_plain(
     table: &str,
     columns: &str,
     tail: &str,
-    args: &[&str],
+    args: &[&dyn rusqlite::ToSql],
 ) -> Result<u64, MigrateError> {
     let n = columns.split(',').count();
     // The statement is only prepared, never run: it tells the columns' types.
@@ -435,7 +492,7 @@ fn copy_plain(
     ))?;
     let types = insert.params().to_vec();
     let mut select = src.prepare(&format!("SELECT {columns} FROM {table} {tail}"))?;
-    let mut rows = select.query(rusqlite::params_from_iter(args))?;
+    let mut rows = select.query(args)?;
     let mut copy = BinaryCopyInWriter::new(
         tx.copy_in(&format!("COPY {table} ({columns}) FROM STDIN BINARY"))?,
         &types,
