@@ -206,7 +206,7 @@ async fn node(v: &BinVault, name: &str) -> ServeProcess {
 
 /// A vault in PostgreSQL whose `storefront` may relay to an echoing provider,
 /// holding codes for `ttl` seconds.
-fn relay_config(v: &BinVault, echo: &FakeProvider, ttl: u64, first: bool) {
+pub(crate) fn relay_config(v: &BinVault, echo: &FakeProvider, ttl: u64, first: bool) {
     let mut text = std::fs::read_to_string(&v.config).unwrap();
     if first {
         echo.write_ca(&v.root.join("echo-ca.pem"));
@@ -225,7 +225,12 @@ fn relay_config(v: &BinVault, echo: &FakeProvider, ttl: u64, first: bool) {
 }
 
 /// Tokenizes `number` with security code `cvc` on `c`: the answer's JSON.
-async fn tokenize_with_cvc(c: &Client, number: &str, cvc: &str, key: Option<&str>) -> Value {
+pub(crate) async fn tokenize_with_cvc(
+    c: &Client,
+    number: &str,
+    cvc: &str,
+    key: Option<&str>,
+) -> Value {
     let mut req = util::card_request(number);
     req["card"]["cvc"] = json!(cvc);
     let extra: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
@@ -246,7 +251,7 @@ async fn tokenize_with_cvc(c: &Client, number: &str, cvc: &str, key: Option<&str
 
 /// A relay of the number and the held code to the echoing provider, with the
 /// vault's `Idempotency-Key` when `key` is given.
-async fn relay_cvc(c: &Client, token: &str, key: Option<&str>) -> crate::util::Resp {
+pub(crate) async fn relay_cvc(c: &Client, token: &str, key: Option<&str>) -> crate::util::Resp {
     let body = json!({
         "token": token,
         "purpose": "charge order 1234",
