@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use panvault_audit::card::Brand;
 use panvault_vault::core::cvc::Cvc;
 use panvault_vault::service::VaultOptions;
-use panvault_vault::{AccessContext, TokenizeRequest, Vault};
+use panvault_vault::{AccessContext, Admin, TokenizeRequest, Vault};
 use serde_json::json;
 
 use crate::pg_cvc::{relay_config, relay_cvc, tokenize_with_cvc};
@@ -534,4 +534,44 @@ async fn pg_root_a_node_behind_the_root_wraps_no_window_key_under_the_old_one() 
         vault.shutdown();
     })
     .await;
+}
+
+/// An admin command that opened the vault before a `master rotate` committed
+/// holds the replaced root: it must neither seal that root again (a passphrase
+/// change would lock the vault's keys away) nor wrap a new data key under it.
+/// Both are refused inside their transaction, and nothing changed.
+#[test]
+fn pg_root_an_admin_command_holding_a_replaced_root_changes_nothing() {
+    let Some(pg) =
+        PgServer::start("pg_root_an_admin_command_holding_a_replaced_root_changes_nothing")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let v = BinVault::create_pg(tmp.path(), &pg.url("disable"));
+    let actor = AccessContext {
+        actor: "admin:test".into(),
+        ..Default::default()
+    };
+    let clock = panvault_vault::system_clock;
+    let mut stale = Admin::open(&v.data, &v.unlock(), clock()).unwrap();
+    let mut rotator = Admin::open(&v.data, &v.unlock(), clock()).unwrap();
+    let done = rotator
+        .master_rotate_with(&actor, &v.unlock(), Duration::from_secs(1), |_| {})
+        .unwrap();
+    assert!(done.behind.is_empty() && done.followed.is_empty());
+    assert!(done.successor_deleted);
+    drop(rotator);
+
+    let new = panvault_vault::SecretText::new("another-passphrase".into());
+    let e = stale
+        .change_passphrase(&actor, &new, panvault_vault::service::default_kdf())
+        .unwrap_err();
+    assert!(e.to_string().contains("root key was replaced"), "{e}");
+    let e = stale.rotate(&actor).unwrap_err();
+    assert!(e.to_string().contains("root key was replaced"), "{e}");
+    drop(stale);
+    // The passphrase still opens the vault, under the new root, with one key.
+    let admin = Admin::open(&v.data, &v.unlock(), clock()).unwrap();
+    assert_eq!(admin.list_keys().unwrap().len(), 1);
 }
