@@ -461,3 +461,41 @@ fn derive_subject_key(fp: &SecretKey32) -> Result<SecretKey32, VaultError> {
     okm.fill(&mut out).map_err(|_| VaultError::Crypto)?;
     Ok(SecretKey32::from_bytes(&mut out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_id_names_one_root_of_one_vault_and_is_public_hex() {
+        let a = SecretKey32::from_bytes(&mut [1u8; 32]);
+        let b = SecretKey32::from_bytes(&mut [2u8; 32]);
+        let id = root_id("v1", &a);
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(id, root_id("v1", &a));
+        assert_ne!(id, root_id("v1", &b));
+        assert_ne!(id, root_id("v2", &a));
+        // Not the key itself, nor a prefix of it.
+        assert!(!id.starts_with("0101"));
+    }
+
+    #[test]
+    fn a_successor_opens_only_under_its_own_label() {
+        let old = SecretKey32::from_bytes(&mut [3u8; 32]);
+        let new = SecretKey32::from_bytes(&mut [4u8; 32]);
+        let (from, to) = (root_id("v", &old), root_id("v", &new));
+        let wrapped =
+            wrap_key(&old, &successor_label("v", &from, &to), new.expose_secret()).unwrap();
+        let opened = unwrap_key32(&old, &successor_label("v", &from, &to), &wrapped).unwrap();
+        assert_eq!(root_id("v", &opened), to);
+        for label in [
+            successor_label("w", &from, &to),
+            successor_label("v", &to, &from),
+            root_label("v", 1),
+        ] {
+            assert!(unwrap_key32(&old, &label, &wrapped).is_err());
+        }
+        assert!(unwrap_key32(&new, &successor_label("v", &from, &to), &wrapped).is_err());
+    }
+}
