@@ -85,6 +85,9 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
                     &unlock,
                     Duration::from_secs(a.wait),
                     |nodes| {
+                        if nodes.is_empty() {
+                            return;
+                        }
                         let behind: Vec<&str> = nodes
                             .iter()
                             .filter(|n| !n.follows)

@@ -97,7 +97,11 @@ impl Presence {
     pub fn keep(&mut self) -> Result<(), StoreError> {
         if let Some(c) = self.client.as_mut()
             && !c.is_closed()
-            && blocking(|| sweep_successors(c)).is_ok()
+            && blocking(|| {
+                // A sweep that fails on a live connection (a schema not migrated
+                // yet) is retried next time; only a dead connection is replaced.
+                sweep_successors(c).is_ok() || c.simple_query("").is_ok()
+            })
         {
             return Ok(());
         }
