@@ -157,10 +157,15 @@ impl Admin {
         conn.poll_for_locks(LOCK_ATTEMPT)?;
         if conn.is_postgres() {
             // A successor row left by a `master rotate` killed before it deleted
-            // it goes now if past its time (the nodes also delete it).
-            let open = conn.begin()?;
-            open.tx().sweep_root_successors()?;
-            open.commit()?;
+            // it goes now if past its time. Best effort: the nodes delete it too,
+            // and a command reading from a read-only standby cannot.
+            let swept = conn.begin().map_err(VaultError::from).and_then(|open| {
+                open.tx().sweep_root_successors()?;
+                Ok(open.commit()?)
+            });
+            if let Err(e) = swept {
+                tracing::debug!(error = %e, "could not delete stale root successors");
+            }
         }
         let vault_id = keyring::meta_get(&conn.reader(), "vault_id")?
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
