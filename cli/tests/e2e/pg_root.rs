@@ -178,7 +178,11 @@ async fn pg_root_master_rotate_under_load_is_followed_by_both_nodes() {
             assert!(Instant::now() < deadline, "no load");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let out = v.run(&["master", "rotate"], true, LIMIT).await;
+        // Every running node follows within 5 s: the command waits that long
+        // for their acknowledgements on the database, and says who gave one.
+        let out = v
+            .run(&["master", "rotate", "--wait", "5"], true, LIMIT)
+            .await;
         assert!(
             out.success(),
             "master rotate: {}\n{}",
