@@ -225,12 +225,7 @@ pub(crate) fn relay_config(v: &BinVault, echo: &FakeProvider, ttl: u64, first: b
 }
 
 /// Tokenizes `number` with security code `cvc` on `c`: the answer's JSON.
-pub(crate) async fn tokenize_with_cvc(
-    c: &Client,
-    number: &str,
-    cvc: &str,
-    key: Option<&str>,
-) -> Value {
+async fn tokenize_with_cvc(c: &Client, number: &str, cvc: &str, key: Option<&str>) -> Value {
     let mut req = util::card_request(number);
     req["card"]["cvc"] = json!(cvc);
     let extra: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
