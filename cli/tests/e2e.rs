@@ -75,6 +75,8 @@ mod pg_harness;
 mod pg_nodes;
 #[path = "e2e/pg_ops.rs"]
 mod pg_ops;
+#[path = "e2e/pg_root.rs"]
+mod pg_root;
 #[path = "e2e/pg_store.rs"]
 mod pg_store;
 #[path = "e2e/refusals.rs"]

@@ -2,6 +2,7 @@
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use panvault_vault::service::shamir::ShareFile;
 use panvault_vault::{Admin, VaultError};
@@ -12,15 +13,34 @@ use crate::common::{CliError, admin_actor, read_passphrase, vault_err};
 /// Root-key subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// New root key: every data, fingerprint and audit-signing key is re-wrapped.
-    /// Refused while a server serves the vault: stop it first, start it after.
-    Rotate(Common),
+    /// New root key: every data, fingerprint, audit-signing and CVC window key is
+    /// re-wrapped. PostgreSQL: runs while nodes serve; each running node follows
+    /// within seconds, and the command waits for them (exit 3 when a node did not
+    /// follow: it refuses to tokenize until restarted). SQLite: refused while the
+    /// server serves the vault: stop it first, start it after.
+    Rotate(RotateArgs),
     /// Reseal the root key under a new passphrase (a running server is unaffected).
     ChangePassphrase(ChangeArgs),
     /// Issue a new custodian share set; every older share stops working (a running
     /// server is unaffected).
     Reshare(ReshareArgs),
 }
+
+/// `master rotate`.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// PostgreSQL: seconds to wait for the serving nodes to follow the new root
+    /// (1 to 20).
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub wait: u64,
+}
+
+/// Exit code of `master rotate` when the new root is in place but a serving node
+/// did not follow it within the wait.
+pub const NODES_BEHIND: u8 = 3;
 
 /// `master change-passphrase`.
 #[derive(Debug, clap::Args)]
@@ -52,14 +72,39 @@ pub struct ReshareArgs {
 /// Runs a master subcommand.
 pub fn run(c: Command) -> Result<ExitCode, CliError> {
     match c {
-        Command::Rotate(common) => {
+        Command::Rotate(a) => {
+            let common = &a.common;
             // Say so before asking for any secret; `master_rotate` checks again
             // while holding the lock.
             Admin::ensure_not_served(&common.data_dir).map_err(vault_err)?;
             let unlock = common.secret.unlock_for(&common.data_dir)?;
-            let mut admin = open_unlocked(&common, &unlock)?;
+            let mut admin = open_unlocked(common, &unlock)?;
             let done = admin
-                .master_rotate(&admin_actor(), &unlock)
+                .master_rotate_with(
+                    &admin_actor(),
+                    &unlock,
+                    Duration::from_secs(a.wait),
+                    |nodes| {
+                        if nodes.is_empty() {
+                            return;
+                        }
+                        let behind: Vec<&str> = nodes
+                            .iter()
+                            .filter(|n| !n.follows)
+                            .map(|n| n.node.as_str())
+                            .collect();
+                        eprintln!(
+                            "{} of {} serving node(s) hold the new root key{}",
+                            nodes.len() - behind.len(),
+                            nodes.len(),
+                            if behind.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; waiting for {}", behind.join(", "))
+                            }
+                        );
+                    },
+                )
                 .map_err(vault_err)?;
             crate::outln!(
                 "New root key in place; re-wrapped {} data key(s) and {} other key(s) ({}). The old root key is gone.",
@@ -67,6 +112,27 @@ pub fn run(c: Command) -> Result<ExitCode, CliError> {
                 done.other_keys.len(),
                 done.other_keys.join(", ")
             );
+            if !done.followed.is_empty() {
+                crate::outln!(
+                    "Nodes following the new root key: {}",
+                    done.followed.join(", ")
+                );
+            }
+            if !done.successor_deleted && admin.is_postgres() {
+                crate::outln!(
+                    "The successor row could not be deleted now; the nodes delete it within {} s.",
+                    panvault_vault::store::pg::SUCCESSOR_TTL_SECS
+                );
+            }
+            if !done.behind.is_empty() {
+                crate::outln!(
+                    "Nodes that did NOT follow within {} s: {}. They refuse to tokenize (503) and \
+                     wrap nothing under the old root; restart them to unseal the new one.",
+                    a.wait,
+                    done.behind.join(", ")
+                );
+                return Ok(ExitCode::from(NODES_BEHIND));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::ChangePassphrase(a) => {

@@ -22,14 +22,25 @@ use crate::store::{self, OpenTx, Session, StoreError, Tx};
 mod keys;
 pub use keys::{RewrapProgress, RewrapSummary};
 
-/// Why `master rotate` refused: the lock of the data directory is held.
+/// Why `master rotate` refused on SQLite: the lock of the data directory is held.
 const MASTER_ROTATE_REFUSED: &str = "a panvault server is serving this vault (or another \
      `master rotate` is running); stop it, run `panvault master rotate`, start it again";
 
-/// Why `master rotate` refuses on PostgreSQL while nodes run.
-const MASTER_ROTATE_REFUSED_NODES: &str = "`panvault serve` nodes are serving this vault from \
-     the database (they hold the root key in memory and could not load keys wrapped under a \
-     new one); stop every node, run `panvault master rotate`, start them again";
+/// Why an admin transaction refused: its root key was replaced since it opened.
+const ROOT_REPLACED: &str = "the root key was replaced by a `panvault master rotate` since this \
+     command opened the vault; nothing was changed: run it again";
+
+/// How long `master rotate` waits by default for the serving nodes (PostgreSQL)
+/// to follow the new root.
+pub const MASTER_ROTATE_WAIT: Duration = Duration::from_secs(10);
+
+/// The longest wait `master rotate` accepts: its successor row must be deleted
+/// well before any node deletes it as past its time
+/// ([`store::pg::SUCCESSOR_TTL_SECS`]).
+pub const MASTER_ROTATE_MAX_WAIT: Duration = Duration::from_secs(20);
+
+/// How often `master rotate` looks at which nodes followed.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
 /// Administrative access to an unsealed vault.
 pub struct Admin {
@@ -99,13 +110,27 @@ impl std::fmt::Debug for Admin {
     }
 }
 
-/// What `master rotate` re-wrapped under the new root key.
+/// What `master rotate` re-wrapped under the new root key, and which serving
+/// nodes followed it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MasterRotation {
     /// Data keys (every version that still has key bytes).
     pub data_keys: u32,
     /// The other wrapped keys, by name (fingerprint, subject, audit signing…).
     pub other_keys: Vec<String>,
+    /// The new root's public id (an HMAC of it; says nothing about the key).
+    pub root_id: String,
+    /// PostgreSQL: the serving nodes that hold the new root (empty on SQLite,
+    /// where no server runs during the rotation).
+    pub followed: Vec<String>,
+    /// PostgreSQL: the serving nodes that did not acknowledge the new root within
+    /// the wait. They refuse to tokenize (503) and wrap nothing under the old
+    /// root; a restart unseals the new one.
+    pub behind: Vec<String>,
+    /// PostgreSQL: whether the successor row (the new root wrapped under the old
+    /// one) was deleted when the wait ended; when not, the nodes delete it
+    /// within [`store::pg::SUCCESSOR_TTL_SECS`].
+    pub successor_deleted: bool,
 }
 
 impl Admin {
@@ -130,6 +155,18 @@ impl Admin {
             other => other?,
         };
         conn.poll_for_locks(LOCK_ATTEMPT)?;
+        if conn.is_postgres() {
+            // A successor row left by a `master rotate` killed before it deleted
+            // it goes now if past its time. Best effort: the nodes delete it too,
+            // and a command reading from a read-only standby cannot.
+            let swept = conn.begin().map_err(VaultError::from).and_then(|open| {
+                open.tx().sweep_root_successors()?;
+                Ok(open.commit()?)
+            });
+            if let Err(e) = swept {
+                tracing::debug!(error = %e, "could not delete stale root successors");
+            }
+        }
         let vault_id = keyring::meta_get(&conn.reader(), "vault_id")?
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
         let (root, _, share_numbers) = keyring::unseal_root(&conn.reader(), &vault_id, unlock)?;
@@ -190,6 +227,11 @@ impl Admin {
         (self.clock)().unix_timestamp()
     }
 
+    /// Whether the vault's data is in PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.conn.is_postgres()
+    }
+
     /// Share numbers that unsealed this session (empty for a passphrase).
     pub fn share_numbers(&self) -> &[u8] {
         &self.share_numbers
@@ -212,6 +254,11 @@ impl Admin {
         let now = self.now();
         let open = begin(&self.conn, &mut self.lock)?;
         let tx = open.tx();
+        // Every admin transaction may wrap or seal under the root this command
+        // unsealed (a new data key, a new seal): never under one replaced since.
+        if !keyring::root_is_current(&tx, &self.keys)? {
+            return Err(VaultError::KeyState(ROOT_REPLACED.into()));
+        }
         let (out, details) = f(&tx, &self.keys, now)?;
         let details = self.with_shares(details);
         audit_hook::record_admin(&tx, &self.keys, actor, action, Some(&details), now)?;
@@ -232,9 +279,13 @@ impl Admin {
     }
 
     /// Refuses (with the reason) when `master rotate` could not run on `data_dir`
-    /// now because a server holds it: for a caller that wants to say so before
-    /// asking for any secret. [`Admin::master_rotate`] checks again, holding the lock.
+    /// now because a server holds it (SQLite): for a caller that wants to say so
+    /// before asking for any secret. [`Admin::master_rotate`] checks again,
+    /// holding the lock. Nodes on PostgreSQL hold no lock here: they follow.
     pub fn ensure_not_served(data_dir: &Path) -> Result<(), VaultError> {
+        if store::Location::of(data_dir).is_ok_and(|l| l.is_postgres()) {
+            return Ok(());
+        }
         match store::lock_exclusive(data_dir) {
             Ok(Some(_probe)) => Ok(()),
             Ok(None) => Err(VaultError::KeyState(MASTER_ROTATE_REFUSED.into())),
@@ -243,31 +294,58 @@ impl Admin {
         }
     }
 
-    /// Makes a new root key: every data, fingerprint and audit-signing key is
-    /// re-wrapped under it and the root is resealed under the same passphrase or
-    /// share set (a new salt); the old root is gone.
-    ///
-    /// Refused while a server (any open [`super::Vault`]) holds the vault: it keeps
-    /// the root key in memory and could not load keys wrapped under a new one.
-    /// Holds the data directory's exclusive lock until it returns, so no server
-    /// starts meanwhile.
+    /// [`Admin::master_rotate_with`], waiting [`MASTER_ROTATE_WAIT`] for the nodes.
     pub fn master_rotate(
         &mut self,
         actor: &AccessContext,
         unlock: &Unlock,
     ) -> Result<MasterRotation, VaultError> {
-        let _exclusive = store::lock_exclusive(&self.data_dir)
-            .map_err(|e| VaultError::io(&store::serve_lock_path(&self.data_dir), e))?
-            .ok_or_else(|| VaultError::KeyState(MASTER_ROTATE_REFUSED.into()))?;
+        self.master_rotate_with(actor, unlock, MASTER_ROTATE_WAIT, |_| {})
+    }
+
+    /// Makes a new root key: every data, fingerprint, audit-signing and CVC window
+    /// key is re-wrapped under it and the root is resealed under the same
+    /// passphrase or share set (a new salt); the data keys themselves do not
+    /// change. One transaction, with its audit event.
+    ///
+    /// SQLite: refused while a server (any open [`super::Vault`]) holds the data
+    /// directory; holds its exclusive lock until it returns, so none starts
+    /// meanwhile.
+    ///
+    /// PostgreSQL: runs while nodes serve. The same transaction stores the new
+    /// root wrapped under the old one (the successor row, see
+    /// `store::pg::presence`); after the commit this waits up to `wait` (at most
+    /// [`MASTER_ROTATE_MAX_WAIT`]) until every serving node holds the new root,
+    /// calling `progress` with the nodes present each time that changes, then
+    /// deletes the successor: from then on nothing but the seal opens the new
+    /// root. Nodes that did not follow are named in the result; they refuse to
+    /// wrap anything until restarted.
+    pub fn master_rotate_with(
+        &mut self,
+        actor: &AccessContext,
+        unlock: &Unlock,
+        wait: Duration,
+        mut progress: impl FnMut(&[store::pg::NodeFollowing]),
+    ) -> Result<MasterRotation, VaultError> {
+        let pg = self.conn.is_postgres();
+        let _exclusive = if pg {
+            None
+        } else {
+            Some(
+                store::lock_exclusive(&self.data_dir)
+                    .map_err(|e| VaultError::io(&store::serve_lock_path(&self.data_dir), e))?
+                    .ok_or_else(|| VaultError::KeyState(MASTER_ROTATE_REFUSED.into()))?,
+            )
+        };
         let new_root = SecretKey32::generate()?;
-        let done = self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
-            // PostgreSQL: nodes on other hosts hold no flock here; they hold the
-            // presence lock, which this takes until the commit.
-            if !tx.no_node_serving()? {
-                return Err(VaultError::KeyState(MASTER_ROTATE_REFUSED_NODES.into()));
-            }
+        let new_id = keyring::root_id(&self.keys.vault_id, &new_root);
+        let old_id = self.keys.root_id.clone();
+        let mut done = self.admin_tx(actor, AuditAction::MasterRotate, |tx, keys, now| {
             let vid = keys.vault_id.clone();
-            let mut done = MasterRotation::default();
+            let mut done = MasterRotation {
+                root_id: new_id.clone(),
+                ..MasterRotation::default()
+            };
             // data keys
             let rows = tx.wrapped_data_key_bytes()?;
             for (version, wrapped) in rows {
@@ -287,7 +365,10 @@ impl Admin {
                 tx.rewrap_aux_key(&name, &rewrapped)?;
                 done.other_keys.push(name);
             }
-            // the short-lived keys of held security codes
+            // The short-lived keys of held security codes. Writer batches wrap new
+            // ones only after checking the root inside their transaction, which
+            // cannot interleave with this one (the key lock), so none is left
+            // under the old root.
             for k in tx.cvc_keys()? {
                 let label = super::cvc::key_label(&vid, k.window_start, k.ttl_secs);
                 let key = crate::core::envelope::unwrap_key(&keys.root, &label, &k.wrapped)
@@ -321,17 +402,93 @@ impl Admin {
                 }
             };
             keyring::write_seal(tx, &vid, &new_root, &seal, generation, now)?;
+            keyring::meta_set(tx, keyring::ROOT_ID_META, &new_id)?;
+            if pg {
+                // The running nodes hold the old root: they reach the new one
+                // through this row, for the few seconds it lives.
+                tx.sweep_root_successors()?;
+                let label = keyring::successor_label(&vid, &old_id, &new_id);
+                let wrapped = wrap_key(&keys.root, &label, new_root.expose_secret())?;
+                tx.put_root_successor(&old_id, &new_id, &wrapped)?;
+            }
             keyring::bump_key_epoch(tx)?;
             let details = format!(
-                "generation={generation} data_keys={} other_keys={}",
+                "generation={generation} data_keys={} other_keys={} root_id={new_id}",
                 done.data_keys,
                 done.other_keys.join(",")
             );
             Ok((done, details))
         })?;
         self.keys = Keyring::load(&self.conn.reader(), &self.keys.vault_id.clone(), new_root)?;
+        if pg {
+            let (followed, behind) = self.await_followers(&new_id, wait, &mut progress);
+            done.followed = followed;
+            done.behind = behind;
+            done.successor_deleted = self.end_succession(&old_id);
+        }
         self.scrub_wal()?;
         Ok(done)
+    }
+
+    /// Waits up to `wait` (bounded) until every serving node holds the root
+    /// `root_id`; returns (followed, behind). While the database cannot be
+    /// asked, the last answer stands (none at all: one unnamed entry behind).
+    fn await_followers(
+        &self,
+        root_id: &str,
+        wait: Duration,
+        progress: &mut impl FnMut(&[store::pg::NodeFollowing]),
+    ) -> (Vec<String>, Vec<String>) {
+        let wait = wait.min(MASTER_ROTATE_MAX_WAIT);
+        let start = Instant::now();
+        let mut last: Option<Vec<store::pg::NodeFollowing>> = None;
+        loop {
+            match self.conn.reader().root_followers(root_id) {
+                Ok(nodes) => {
+                    if last.as_ref() != Some(&nodes) {
+                        progress(&nodes);
+                    }
+                    last = Some(nodes);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not ask the database which nodes followed the new root key");
+                }
+            }
+            let all = last.as_ref().is_some_and(|n| n.iter().all(|n| n.follows));
+            if all || start.elapsed() >= wait {
+                break;
+            }
+            std::thread::sleep(FOLLOW_POLL);
+        }
+        let Some(last) = last else {
+            return (Vec::new(), vec!["(the database did not say)".to_owned()]);
+        };
+        let (followed, behind): (Vec<_>, Vec<_>) = last.into_iter().partition(|n| n.follows);
+        (
+            followed.into_iter().map(|n| n.node).collect(),
+            behind.into_iter().map(|n| n.node).collect(),
+        )
+    }
+
+    /// Deletes the successor of the root `old_id`: whether that worked (if not,
+    /// the nodes delete it when it is past its time).
+    fn end_succession(&mut self, old_id: &str) -> bool {
+        let deleted = (|| -> Result<(), VaultError> {
+            let open = begin(&self.conn, &mut self.lock)?;
+            open.tx().delete_root_successor(old_id)?;
+            open.commit()?;
+            Ok(())
+        })();
+        match deleted {
+            Ok(()) => {
+                self.committed();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not delete the root successor; the nodes delete it within {} s", store::pg::SUCCESSOR_TTL_SECS);
+                false
+            }
+        }
     }
 
     /// Reseals the root key under a new passphrase (passphrase seals only).

@@ -81,6 +81,9 @@ fn open_key(keys: &Keyring, row: &CvcKeyRow) -> Result<CvcKey, VaultError> {
 /// The key of the window holding `now` for lifetime `ttl`, made (drawn,
 /// wrapped, stored) if this is its first code.
 fn window_key(conn: &Tx<'_>, keys: &Keyring, now: i64, ttl: i64) -> Result<CvcKey, VaultError> {
+    // A root replaced since this node loaded its keys (`master rotate`): nothing
+    // is wrapped under the old one (503 until the node follows).
+    keyring::ensure_root_current(conn, keys)?;
     let window_start = now - now.rem_euclid(ttl);
     if let Some(row) = conn.cvc_key_for_window(window_start, ttl)? {
         return open_key(keys, &row);
@@ -144,6 +147,9 @@ pub(crate) fn take_in_tx(
     token: &str,
     now: i64,
 ) -> Result<Option<Cvc>, VaultError> {
+    // Under a root replaced since this node loaded its keys (`master rotate`) the
+    // window keys do not open: 503 until the node follows, and the code stays.
+    keyring::ensure_root_current(conn, keys)?;
     let Some(row) = conn.take_held_cvc(tenant, token)? else {
         return Ok(None);
     };

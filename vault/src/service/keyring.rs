@@ -47,6 +47,98 @@ pub(crate) fn dek_label(vault_id: &str, version: u32) -> String {
 pub(crate) fn aux_label(vault_id: &str, name: &str) -> String {
     format!("panvault/{name}:{vault_id}")
 }
+/// The label a root's successor is wrapped under: bound to the vault and to both
+/// roots' public ids, so it cannot be moved to another row or another vault.
+pub(crate) fn successor_label(vault_id: &str, from: &str, to: &str) -> String {
+    format!("panvault/root-successor/v1:{vault_id}:{from}:{to}")
+}
+
+/// The `meta` key holding the public id ([`root_id`]) of the root sealed now.
+/// Absent in a vault whose root was never rotated by a build that writes it:
+/// then every process holds the sealed root (an older `master rotate` ran only
+/// with no server up).
+pub(crate) const ROOT_ID_META: &str = "root_id";
+
+/// The public id of `root` in vault `vault_id`: the first 16 bytes of
+/// HMAC-SHA256 under the root of a fixed label, in hex. HMAC is a PRF, so the id
+/// says nothing about the root; it names a root in the seal's `meta`, in its
+/// successor row and in the nodes' acknowledgements, and lets a writer check
+/// inside its transaction that the root it would wrap under is the one sealed.
+pub(crate) fn root_id(vault_id: &str, root: &SecretKey32) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, root.expose_secret());
+    let tag = hmac::sign(&key, format!("panvault/root-id/v1:{vault_id}").as_bytes());
+    let bytes = tag.as_ref();
+    super::hex(bytes.get(..16).unwrap_or(bytes))
+}
+
+/// Whether the root `keys` holds is the one sealed in the database now (see
+/// [`ROOT_ID_META`]).
+pub(crate) fn root_is_current(conn: &Reader<'_>, keys: &Keyring) -> Result<bool, VaultError> {
+    Ok(match conn.meta_get(ROOT_ID_META)? {
+        None => true,
+        Some(id) => id == keys.root_id,
+    })
+}
+
+/// [`VaultError::KeysOutOfDate`] unless the root `keys` holds is the one sealed
+/// now: for code about to wrap a key under the root, or to open one wrapped
+/// under it, inside its transaction. In a writer batch (PostgreSQL: the key lock
+/// held shared; SQLite: the write lock) no `master rotate` commits between this
+/// check and the batch's commit, so nothing is ever wrapped under a replaced root.
+pub(crate) fn ensure_root_current(conn: &Reader<'_>, keys: &Keyring) -> Result<(), VaultError> {
+    if root_is_current(conn, keys)? {
+        Ok(())
+    } else {
+        Err(VaultError::KeysOutOfDate)
+    }
+}
+
+/// The most successor rows a node walks through at once.
+const MAX_SUCCESSION: usize = 16;
+
+/// The root sealed now, reached from the one `keys` holds through the successor
+/// rows `master rotate` leaves for running nodes (each unwrapped under the root
+/// before it, and checked to carry the id it claims); `None` when `keys` already
+/// holds it. An error when a successor is missing (deleted after the rotation's
+/// wait, or lost in a database crash): the caller keeps refusing to seal.
+pub(crate) fn follow_root(
+    conn: &Reader<'_>,
+    keys: &Keyring,
+) -> Result<Option<SecretKey32>, VaultError> {
+    let Some(target) = conn.meta_get(ROOT_ID_META)? else {
+        return Ok(None);
+    };
+    if target == keys.root_id {
+        return Ok(None);
+    }
+    let mut root = SecretKey32::from_slice(keys.root.expose_secret())
+        .ok_or(VaultError::internal("a root key is not 32 bytes"))?;
+    let mut id = keys.root_id.clone();
+    for _ in 0..MAX_SUCCESSION {
+        let Some(next) = conn.root_successor(&id)? else {
+            return Err(VaultError::KeyState(
+                "the root key was replaced by `panvault master rotate` and its successor for \
+                 the root this node holds is gone (the rotation stopped waiting for this node, \
+                 or the database restarted): restart this node so it unseals the new root"
+                    .into(),
+            ));
+        };
+        let label = successor_label(&keys.vault_id, &id, &next.to);
+        root = unwrap_key32(&root, &label, &next.wrapped).map_err(|_| VaultError::Decryption)?;
+        if root_id(&keys.vault_id, &root) != next.to {
+            return Err(VaultError::Store(StoreError::Corrupt(
+                "a root successor does not carry the id it is stored under".into(),
+            )));
+        }
+        id = next.to;
+        if id == target {
+            return Ok(Some(root));
+        }
+    }
+    Err(VaultError::KeyState(format!(
+        "more than {MAX_SUCCESSION} root rotations since this node unsealed: restart it"
+    )))
+}
 
 /// A new seal: what the root key is sealed under.
 pub(crate) enum NewSeal<'a> {
@@ -262,6 +354,8 @@ fn read_aux(
 pub struct Keyring {
     pub(crate) vault_id: String,
     pub(crate) root: SecretKey32,
+    /// The root's public id ([`root_id`]).
+    pub(crate) root_id: String,
     pub(crate) data: BTreeMap<u32, DataKey>,
     pub(crate) active: u32,
     pub(crate) epoch: i64,
@@ -313,6 +407,7 @@ impl Keyring {
         let audit_pkcs8 = read_aux(conn, vault_id, &root, "audit-signing")?;
         Ok(Keyring {
             vault_id: vault_id.to_owned(),
+            root_id: root_id(vault_id, &root),
             root,
             data,
             active,
@@ -365,4 +460,42 @@ fn derive_subject_key(fp: &SecretKey32) -> Result<SecretKey32, VaultError> {
     let mut out = [0u8; 32];
     okm.fill(&mut out).map_err(|_| VaultError::Crypto)?;
     Ok(SecretKey32::from_bytes(&mut out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_id_names_one_root_of_one_vault_and_is_public_hex() {
+        let a = SecretKey32::from_bytes(&mut [1u8; 32]);
+        let b = SecretKey32::from_bytes(&mut [2u8; 32]);
+        let id = root_id("v1", &a);
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(id, root_id("v1", &a));
+        assert_ne!(id, root_id("v1", &b));
+        assert_ne!(id, root_id("v2", &a));
+        // Not the key itself, nor a prefix of it.
+        assert!(!id.starts_with("0101"));
+    }
+
+    #[test]
+    fn a_successor_opens_only_under_its_own_label() {
+        let old = SecretKey32::from_bytes(&mut [3u8; 32]);
+        let new = SecretKey32::from_bytes(&mut [4u8; 32]);
+        let (from, to) = (root_id("v", &old), root_id("v", &new));
+        let wrapped =
+            wrap_key(&old, &successor_label("v", &from, &to), new.expose_secret()).unwrap();
+        let opened = unwrap_key32(&old, &successor_label("v", &from, &to), &wrapped).unwrap();
+        assert_eq!(root_id("v", &opened), to);
+        for label in [
+            successor_label("w", &from, &to),
+            successor_label("v", &to, &from),
+            root_label("v", 1),
+        ] {
+            assert!(unwrap_key32(&old, &label, &wrapped).is_err());
+        }
+        assert!(unwrap_key32(&new, &successor_label("v", &from, &to), &wrapped).is_err());
+    }
 }

@@ -79,16 +79,48 @@ impl Vault {
         if epoch == current.epoch && !force {
             return Ok(false);
         }
-        let root = SecretKey32::from_slice(current.root.expose_secret())
-            .ok_or(VaultError::internal("a root key is not 32 bytes"))?;
+        // A `master rotate` made while this node serves: its successor takes this
+        // node to the new root, and loading the keys under it checks it.
+        let (root, followed) = match keyring::follow_root(&conn, &current)? {
+            Some(next) => (next, true),
+            None => (
+                SecretKey32::from_slice(current.root.expose_secret())
+                    .ok_or(VaultError::internal("a root key is not 32 bytes"))?,
+                false,
+            ),
+        };
         let fresh = Keyring::load(&conn, &current.vault_id, root)?;
-        let mut guard = self
-            .inner
-            .keys
-            .write()
-            .map_err(|_| VaultError::KeyState("key lock poisoned".into()))?;
-        *guard = Arc::new(fresh);
+        let root_id = fresh.root_id.clone();
+        {
+            let mut guard = self
+                .inner
+                .keys
+                .write()
+                .map_err(|_| VaultError::KeyState("key lock poisoned".into()))?;
+            // The keyring replaced here drops (and zeroizes) the old root once the
+            // batches still using it end.
+            *guard = Arc::new(fresh);
+        }
+        if followed {
+            tracing::warn!(root = %root_id, "followed the new root key of `master rotate`");
+            self.acknowledge_root(&root_id);
+        }
         Ok(true)
+    }
+
+    /// PostgreSQL: tells `master rotate` this node holds the root `root_id` (its
+    /// presence connection takes the acknowledgement lock; a failure is logged
+    /// and retried with the presence lock, every second).
+    pub(super) fn acknowledge_root(&self, root_id: &str) {
+        if let Some(p) = &self.inner.presence {
+            let done = p
+                .lock()
+                .map_err(|_| VaultError::internal("presence lock poisoned"))
+                .and_then(|mut p| p.acknowledge(root_id).map_err(VaultError::from));
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "could not acknowledge the root key on the database yet");
+            }
+        }
     }
 }
 

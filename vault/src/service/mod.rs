@@ -117,7 +117,8 @@ struct Inner {
     _serve_lock: Option<store::DirLock>,
     /// PostgreSQL: the node's pool (`None` on SQLite).
     pg_pool: Option<Arc<store::pg::PgPool>>,
-    /// PostgreSQL: this node's presence lock, which `master rotate` respects.
+    /// PostgreSQL: this node's presence on the database, through which it tells
+    /// `master rotate` which root it holds.
     presence: Option<std::sync::Mutex<store::pg::Presence>>,
     writer: Writer<VaultState>,
     readers: ReadPool,

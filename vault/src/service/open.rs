@@ -144,6 +144,11 @@ impl Vault {
             }
         };
         let shares = keyring::write_seal(&tx, &vault_id, &root, &new_seal, 1, now)?;
+        keyring::meta_set(
+            &tx,
+            keyring::ROOT_ID_META,
+            &keyring::root_id(&vault_id, &root),
+        )?;
         keyring::insert_data_key(&tx, &vault_id, &root, 1, now)?;
         keyring::insert_aux_key(
             &tx,
@@ -182,9 +187,11 @@ impl Vault {
         Vault::open_with(data_dir, unlock, VaultOptions::default())
     }
 
-    /// Opens with options. The open vault holds a shared lock on the data
+    /// Opens with options. SQLite: the open vault holds a shared lock on the data
     /// directory (`DATA/serve.lock`) until it is dropped: `master rotate` refuses
-    /// to run meanwhile, and this refuses to open while one runs.
+    /// to run meanwhile, and this refuses to open while one runs. PostgreSQL: the
+    /// node holds its presence on the database and follows a `master rotate`
+    /// made while it runs (see `store::pg::presence`).
     pub fn open_with(
         data_dir: &Path,
         unlock: &Unlock,
@@ -217,8 +224,8 @@ impl Vault {
                 )
             }
             Location::Postgres(settings) => {
-                // Present before the root is unsealed: a `master rotate` running now
-                // finishes first (this waits), and none starts while this node runs.
+                // Present before the root is unsealed: a `master rotate` committed
+                // from now on waits for this node to acknowledge the root it holds.
                 presence = Some(std::sync::Mutex::new(store::pg::Presence::take(settings)?));
                 let pool = Arc::new(store::pg::PgPool::open(settings).map_err(StoreError::from)?);
                 let conn = match Session::open_at(&location, false, Some(Arc::clone(&pool))) {
@@ -233,8 +240,13 @@ impl Vault {
         conn.check_integrity()?;
         let vault_id = keyring::meta_get(&conn.reader(), "vault_id")?
             .ok_or_else(|| VaultError::Store(StoreError::Corrupt("no vault id".into())))?;
-        let (root, _info, _shares) = keyring::unseal_root(&conn.reader(), &vault_id, unlock)?;
-        let ring = Keyring::load(&conn.reader(), &vault_id, root)?;
+        let ring = unseal_and_load(&conn.reader(), &vault_id, unlock)?;
+        if let Some(p) = &presence {
+            // The root this node holds, for a `master rotate` waiting for nodes.
+            p.lock()
+                .map_err(|_| VaultError::internal("presence lock poisoned"))?
+                .acknowledge(&ring.root_id)?;
+        }
         let mut state = VaultState::load(
             &conn.autocommit(),
             &ring,
@@ -296,5 +308,26 @@ impl Vault {
                 tokens_stored,
             }),
         })
+    }
+}
+
+/// How many times a node starting during a `master rotate` unseals again.
+const UNSEAL_ATTEMPTS: usize = 3;
+
+/// Unseals the root and loads the keys under it. A `master rotate` may commit
+/// between the two reads (nodes start while it runs): the keys then no longer
+/// open under the root just unsealed, and the seal is read again.
+fn unseal_and_load(
+    conn: &store::Reader<'_>,
+    vault_id: &str,
+    unlock: &Unlock,
+) -> Result<Keyring, VaultError> {
+    let mut attempt = 1;
+    loop {
+        let (root, _info, _shares) = keyring::unseal_root(conn, vault_id, unlock)?;
+        match Keyring::load(conn, vault_id, root) {
+            Err(VaultError::Decryption) if attempt < UNSEAL_ATTEMPTS => attempt += 1,
+            other => return other,
+        }
     }
 }

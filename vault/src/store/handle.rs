@@ -487,22 +487,6 @@ impl Reader<'_> {
 
 /// Changes, inside the transaction.
 impl Tx<'_> {
-    /// Whether no `panvault serve` node holds the vault now (PostgreSQL: takes
-    /// the nodes' presence lock exclusively until this transaction ends, so none
-    /// starts meanwhile; false when a node holds it). SQLite: the caller's flock
-    /// on `serve.lock` says this; always true here.
-    pub(crate) fn no_node_serving(&self) -> Result<bool, StoreError> {
-        match self.eng() {
-            Eng::Sqlite(_) => Ok(true),
-            Eng::Pg(conn) => conn.run(|c| {
-                Ok(
-                    c.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&pg::SERVE_LOCK])?
-                        .try_get(0)?,
-                )
-            }),
-        }
-    }
-
     // --- upkeep rounds
     /// Claims this round of `task` for this node: true when it should run now.
     /// PostgreSQL: false when another node's transaction runs it
@@ -1263,6 +1247,69 @@ impl Session {
         match &mut self.conn {
             SessionConn::Sqlite(c) => super::scrub_wal_on(c, wait, now),
             SessionConn::Pg(c) => c.vacuum(now).map(|()| true),
+        }
+    }
+}
+
+/// Root succession: how nodes follow a `master rotate` made while they serve
+/// (PostgreSQL; see `store::pg::presence`). On SQLite `master rotate` is refused
+/// while a server holds the vault, so there is never a successor to read.
+impl Reader<'_> {
+    /// The successor of the root whose public id is `from`, if stored.
+    pub(crate) fn root_successor(
+        &self,
+        from: &str,
+    ) -> Result<Option<pg::RootSuccessor>, StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(None),
+            Eng::Pg(conn) => conn.run(|p| pg::successor(p, from)),
+        }
+    }
+
+    /// Every serving node present now and whether it holds the root whose public
+    /// id is `root_id` (SQLite: none; its one server holds the data directory's
+    /// lock instead).
+    pub(crate) fn root_followers(
+        &self,
+        root_id: &str,
+    ) -> Result<Vec<pg::NodeFollowing>, StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(Vec::new()),
+            Eng::Pg(conn) => conn.run(|p| pg::followers(p, root_id)),
+        }
+    }
+}
+
+impl Tx<'_> {
+    /// Stores the root `to` wrapped under the root `from` for the nodes that hold
+    /// `from`. SQLite: unsupported (nodes never follow there).
+    pub(crate) fn put_root_successor(
+        &self,
+        from: &str,
+        to: &str,
+        wrapped: &[u8],
+    ) -> Result<(), StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Err(StoreError::Unsupported(
+                "a root successor on SQLite (its server is stopped for `master rotate`)",
+            )),
+            Eng::Pg(conn) => conn.run(|p| pg::put_successor(p, from, to, wrapped)),
+        }
+    }
+
+    /// Deletes the successor of the root `from`; whether there was one.
+    pub(crate) fn delete_root_successor(&self, from: &str) -> Result<bool, StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(false),
+            Eng::Pg(conn) => conn.run(|p| pg::delete_successor(p, from)),
+        }
+    }
+
+    /// Deletes every successor row past its time ([`pg::SUCCESSOR_TTL_SECS`]).
+    pub(crate) fn sweep_root_successors(&self) -> Result<u64, StoreError> {
+        match self.eng() {
+            Eng::Sqlite(_) => Ok(0),
+            Eng::Pg(conn) => conn.run(pg::sweep_successors),
         }
     }
 }

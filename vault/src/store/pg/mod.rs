@@ -51,8 +51,10 @@ pub use connect::{client_tls_config, connect};
 pub use pool::{CachingClient, PgManager, PgPool, PooledClient};
 /// A connection to the database (the synchronous driver's client).
 pub use postgres::Client as PgClient;
-pub use presence::Presence;
-pub(crate) use presence::SERVE_LOCK;
+pub use presence::{NodeFollowing, Presence, RootSuccessor, SUCCESSOR_TTL_SECS};
+pub(crate) use presence::{
+    delete_successor, followers, put_successor, successor, sweep_successors,
+};
 pub use session::{name_serving_node, node_id};
 pub use settings::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, MAX_POOL_SIZE, PgHost, PgSettings, SslMode,

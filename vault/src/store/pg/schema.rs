@@ -250,6 +250,19 @@ CREATE TABLE audit_prunes (
 -- A purge looks at the newest checkpoints signed before its cutoff.
 CREATE INDEX audit_checkpoints_time ON audit_checkpoints (time_ns);
 "#,
+    // 5: the successor of a rotated root key, wrapped under the root it replaces,
+    // for the nodes that hold that one (`store::pg::presence`). UNLOGGED: never in
+    // WAL, a WAL archive, a replica or a base backup, so the old root and a copy of
+    // the database never yield the new root. A crash empties it: a node that had
+    // not followed yet refuses to wrap until restarted. Rows live seconds.
+    r#"
+CREATE UNLOGGED TABLE root_successors (
+    from_id    text PRIMARY KEY,
+    to_id      text NOT NULL,
+    wrapped    bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"#,
 ];
 
 /// The application named in `panvault_schema`: a database of anything else is refused.
