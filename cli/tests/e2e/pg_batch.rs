@@ -13,17 +13,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::pg_harness::{node, stop_and_verify};
 use crate::util::postgres::PgServer;
-use crate::util::{self, BinVault, ServeProcess, cards};
-
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// `panvault serve` for `v` as node `name` of the shared audit log.
-async fn node(v: &BinVault, name: &str) -> ServeProcess {
-    let mut cmd = tokio::process::Command::new(util::panvault_bin());
-    cmd.args(v.serve_args()).env("PANVAULT_NODE", name);
-    ServeProcess::spawn(cmd).await.unwrap()
-}
+use crate::util::{self, BinVault, cards};
 
 fn request(card: &str) -> serde_json::Value {
     util::card_request(card)
@@ -149,15 +141,7 @@ async fn pg_batch_dedups_inside_one_batch_and_across_nodes_in_any_order() {
             assert_eq!(r.status, 404, "{}", r.text());
         }
 
-        assert!(a.terminate().await.success());
-        assert!(b.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a, b]).await;
     })
     .await;
 }

@@ -206,8 +206,20 @@ impl Vault {
         hints: store::Hints,
         job: impl FnOnce(&Tx<'_>, &mut VaultState) -> (bool, Result<T, VaultError>) + Send + 'static,
     ) -> Result<T, VaultError> {
-        let (tx, rx) = oneshot::channel::<Result<T, VaultError>>();
+        let (tx, mut rx) = oneshot::channel::<Result<T, VaultError>>();
+        let claim = Arc::new(store::Claim::default());
+        let job_claim = Arc::clone(&claim);
         let job: store::Job<VaultState> = Box::new(move |conn, state| {
+            if job_claim.abandoned() {
+                // The caller stopped waiting (it was answered 503, e.g. while the
+                // database was down): do nothing, so that what it was told
+                // stays true.
+                return JobOutcome {
+                    keep: true,
+                    completion: Box::new(|_| {}),
+                    claim: None,
+                };
+            }
             let (keep, result) = job(conn, state);
             JobOutcome {
                 keep,
@@ -221,18 +233,36 @@ impl Vault {
                     };
                     let _ = tx.send(answer);
                 }),
+                claim: Some(job_claim),
             }
         });
         self.inner.writer.submit_with(job, hints)?;
-        match tokio::time::timeout(self.inner.opts.write_timeout, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(VaultError::Store(StoreError::Unavailable(
+        let wait = self.inner.opts.write_timeout;
+        let answer = match tokio::time::timeout(wait, &mut rx).await {
+            Ok(answer) => answer,
+            // Out of time: abandon the job, unless the writer is committing it
+            // already; then its outcome is the answer (a commit is bounded by the
+            // database's own timeouts: wait once more at most).
+            Err(_) if claim.try_abandon() => {
+                return Err(VaultError::Store(StoreError::Unavailable(
+                    "writer did not answer in time",
+                )));
+            }
+            Err(_) => match tokio::time::timeout(wait, &mut rx).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    return Err(VaultError::Store(StoreError::Unavailable(
+                        "the write's commit did not finish in time; whether it committed is \
+                         unknown",
+                    )));
+                }
+            },
+        };
+        answer.unwrap_or_else(|_| {
+            Err(VaultError::Store(StoreError::Unavailable(
                 "writer dropped the job",
-            ))),
-            Err(_) => Err(VaultError::Store(StoreError::Unavailable(
-                "writer did not answer in time",
-            ))),
-        }
+            )))
+        })
     }
 
     /// Deletes a token of `tenant`.

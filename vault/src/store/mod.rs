@@ -37,7 +37,7 @@ pub use location::Location;
 pub use lock::{DirLock, lock_exclusive, lock_shared};
 pub use pool::ReadPool;
 pub use rewrap::SealedCard;
-pub use writer::{Completion, Hints, Job, JobOutcome, Writer, WriterConfig, WriterState};
+pub use writer::{Claim, Completion, Hints, Job, JobOutcome, Writer, WriterConfig, WriterState};
 
 /// A periodic or long-running upkeep task that must run on one node at a time
 /// when several nodes share a database (PostgreSQL): each has an advisory lock

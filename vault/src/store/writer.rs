@@ -31,6 +31,66 @@ pub struct JobOutcome {
     pub keep: bool,
     /// Runs after commit (or failure) of the batch.
     pub completion: Completion,
+    /// Whether the caller still waits ([`Claim`]); `None`: it always does.
+    pub claim: Option<Arc<Claim>>,
+}
+
+/// Who decides a job's fate when its caller stops waiting: the writer, which
+/// claims every job of a batch just before `COMMIT`, or the caller, which
+/// abandons it when its wait runs out. Exactly one of them wins. A caller that
+/// abandoned is told "unavailable" and the batch holding its job rolls back
+/// whole (its other callers are told the same), so no caller is told a write
+/// failed that committed; a caller that lost waits for the commit's outcome.
+#[derive(Debug, Default)]
+pub struct Claim(std::sync::atomic::AtomicU8);
+
+impl Claim {
+    const WAITING: u8 = 0;
+    const COMMITTING: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    /// The writer's claim, just before `COMMIT`: false if the caller abandoned.
+    pub fn try_commit(&self) -> bool {
+        self.0
+            .compare_exchange(
+                Self::WAITING,
+                Self::COMMITTING,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
+
+    /// The caller's: false if the writer is committing the job already.
+    pub fn try_abandon(&self) -> bool {
+        self.0
+            .compare_exchange(
+                Self::WAITING,
+                Self::ABANDONED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
+
+    /// Whether the caller abandoned the job.
+    pub fn abandoned(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::ABANDONED
+    }
+}
+
+/// Claims every job of a batch for its `COMMIT` ([`Claim::try_commit`]); an
+/// error if a caller abandoned its job (the batch must roll back).
+fn claim_all(claims: &[Arc<Claim>]) -> Result<(), StoreError> {
+    // Every claim is tried, so the callers that still wait are all told the
+    // batch's outcome (none can abandon once claimed).
+    let gone = claims.iter().filter(|c| !c.try_commit()).count();
+    if gone > 0 {
+        return Err(StoreError::Unavailable(
+            "a caller stopped waiting before its batch could commit; batch rolled back",
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for JobOutcome {
@@ -237,6 +297,7 @@ fn run<S: WriterState>(
 ) {
     let mut batch: Vec<Queued<S>> = Vec::with_capacity(max_batch);
     let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
+    let mut claims: Vec<Arc<Claim>> = Vec::with_capacity(max_batch);
     let mut stats = Stats::new();
     loop {
         match rx.recv_timeout(state.idle_wait()) {
@@ -257,8 +318,14 @@ fn run<S: WriterState>(
         let t0 = std::time::Instant::now();
         let n = batch.len();
         let result = match session.conn_mut() {
-            Some(conn) => run_batch(conn, &mut state, &mut batch, &mut completions),
-            None => run_batch_pg(&session, &mut state, &mut batch, &mut completions),
+            Some(conn) => run_batch(conn, &mut state, &mut batch, &mut completions, &mut claims),
+            None => run_batch_pg(
+                &session,
+                &mut state,
+                &mut batch,
+                &mut completions,
+                &mut claims,
+            ),
         };
         stats.record(n, t0.elapsed());
         if let Err(e) = &result {
@@ -270,6 +337,7 @@ fn run<S: WriterState>(
             }
             state.restore(before);
         }
+        claims.clear();
         let failed = result.err();
         // The state follows the commit before any caller hears of it, so what a
         // caller reads after its answer (e.g. the running token count) includes
@@ -333,6 +401,7 @@ fn run_batch<S: WriterState>(
     state: &mut S,
     batch: &mut Vec<Queued<S>>,
     completions: &mut Vec<Completion>,
+    claims: &mut Vec<Arc<Claim>>,
 ) -> Result<(), StoreError> {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -352,6 +421,7 @@ fn run_batch<S: WriterState>(
         let outcome = job(&unit, state);
         abort |= !outcome.keep;
         completions.push(outcome.completion);
+        claims.extend(outcome.claim);
     }
     if abort {
         // A job could not finish its unit of work (e.g. its audit event could not be
@@ -364,6 +434,7 @@ fn run_batch<S: WriterState>(
     }
     state.before_commit(&unit)?;
     drop(unit);
+    claim_all(claims)?;
     tx.commit()?;
     Ok(())
 }
@@ -386,6 +457,7 @@ fn run_batch_pg<S: WriterState>(
     state: &mut S,
     batch: &mut Vec<Queued<S>>,
     completions: &mut Vec<Completion>,
+    claims: &mut Vec<Arc<Claim>>,
 ) -> Result<(), StoreError> {
     let Some(conn) = session.pg() else {
         batch.clear();
@@ -421,6 +493,7 @@ fn run_batch_pg<S: WriterState>(
         let outcome = job(&unit, state);
         abort |= !outcome.keep;
         completions.push(outcome.completion);
+        claims.extend(outcome.claim);
     }
     if abort {
         drop(unit);
@@ -435,6 +508,11 @@ fn run_batch_pg<S: WriterState>(
         return Err(e);
     }
     drop(unit);
+    // What waits is written first, so only `COMMIT` follows the claims.
+    if let Err(e) = conn.flush().and_then(|()| claim_all(claims)) {
+        conn.rollback();
+        return Err(e);
+    }
     conn.commit()
 }
 

@@ -37,6 +37,11 @@ pub(crate) struct Begun {
     pub(crate) by_token: Vec<PgCardRow>,
 }
 
+/// The card columns the `'r'` and `'c'` statements read, in [`card_row`]'s order.
+const CARD_COLUMNS: &str = "id, token, tenant, key_version, nonce, ciphertext, fingerprint, brand, \
+                            bin, last4, exp_month, exp_year, subject_hash, metadata_sealed, \
+                            created_at, expires_at";
+
 /// Whether `tenant` can be written into a statement as a literal: the API's
 /// tenant alphabet only (no quote, backslash or anything else).
 pub(crate) fn literal_safe(tenant: &str) -> bool {
@@ -78,11 +83,11 @@ pub(crate) fn begin_sql(
         sql.push_str(") AS v(h, l)");
     }
     if !cards.is_empty() {
-        sql.push_str(
-            "; SELECT 'r', id, token, tenant, key_version, nonce, ciphertext, fingerprint, \
-             brand, bin, last4, exp_month, exp_year, subject_hash, metadata_sealed, created_at, \
-             expires_at FROM cards WHERE (tenant, fingerprint) IN (VALUES ",
-        );
+        write!(
+            sql,
+            "; SELECT 'r', {CARD_COLUMNS} FROM cards WHERE (tenant, fingerprint) IN (VALUES "
+        )
+        .map_err(w)?;
         for (i, (tenant, fp)) in cards.iter().enumerate() {
             if !literal_safe(tenant) {
                 return Err(PgError::Foreign(
@@ -107,11 +112,11 @@ pub(crate) fn begin_sql(
         sql.push(')');
     }
     if !reads.is_empty() {
-        sql.push_str(
-            "; SELECT 'c', id, token, tenant, key_version, nonce, ciphertext, fingerprint, \
-             brand, bin, last4, exp_month, exp_year, subject_hash, metadata_sealed, created_at, \
-             expires_at FROM cards WHERE (tenant, token) IN (VALUES ",
-        );
+        write!(
+            sql,
+            "; SELECT 'c', {CARD_COLUMNS} FROM cards WHERE (tenant, token) IN (VALUES "
+        )
+        .map_err(w)?;
         for (i, (tenant, token)) in reads.iter().enumerate() {
             if !literal_safe(tenant) || !literal_safe(token) {
                 return Err(PgError::Foreign(
