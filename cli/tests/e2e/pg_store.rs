@@ -167,6 +167,75 @@ fn tls_is_verified_against_the_configured_ca() {
     );
 }
 
+/// The request path's reads (the asynchronous driver, `pg::reads`) connect as the
+/// pool does: verified TLS with the configured CA, refused with another, the
+/// password never shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_paths_reads_verify_tls_against_the_configured_ca() {
+    let Some(dir) = tempfile::tempdir().ok() else {
+        return;
+    };
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let Some(pg) = PgServer::start_tls(
+        "the_request_paths_reads_verify_tls_against_the_configured_ca",
+        &pki,
+    ) else {
+        return;
+    };
+    let url = format!(
+        "{}&sslrootcert={}",
+        pg.url("verify-full"),
+        pki.dir.join("ca.pem").display()
+    );
+    let mut c = tokio::task::block_in_place(|| pg::connect(&settings(&url))).unwrap();
+    tokio::task::block_in_place(|| schema::migrate(&mut c)).unwrap();
+    let reads = pg::reads::AsyncReads::new(&settings(&url)).unwrap();
+    assert_eq!(
+        reads.card_by_token("tok_nothing", "shop").await.unwrap(),
+        None
+    );
+    // Every connection of the vault's user but this one: the reads', over TLS.
+    let unencrypted: i64 = tokio::task::block_in_place(|| {
+        c.query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'panvault' AND NOT s.ssl AND s.pid <> pg_backend_pid()",
+            &[],
+        )
+    })
+    .unwrap()
+    .get(0);
+    let encrypted: i64 = tokio::task::block_in_place(|| {
+        c.query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'panvault' AND s.ssl AND s.pid <> pg_backend_pid()",
+            &[],
+        )
+    })
+    .unwrap()
+    .get(0);
+    assert_eq!((encrypted, unencrypted), (1, 0));
+    // The synchronous client blocks on its own runtime, also when dropped.
+    tokio::task::block_in_place(|| drop(c));
+
+    let other = TestPki::new(&dir.path().join("other-pki"));
+    let url = format!(
+        "{}&sslrootcert={}",
+        pg.url("verify-full"),
+        other.dir.join("ca.pem").display()
+    );
+    let reads = pg::reads::AsyncReads::new(&settings(&url)).unwrap();
+    let e = reads
+        .card_by_token("tok_nothing", "shop")
+        .await
+        .unwrap_err();
+    let chain = error_chain(&e);
+    assert!(
+        chain.contains("certificate") || chain.contains("UnknownIssuer"),
+        "{chain}"
+    );
+    assert_no_password(&pg, &[chain, format!("{e:?}")]);
+}
+
 #[test]
 fn verify_full_against_a_server_without_tls_is_refused() {
     let Some(dir) = tempfile::tempdir().ok() else {
