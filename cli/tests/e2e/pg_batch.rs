@@ -141,6 +141,25 @@ async fn pg_batch_dedups_inside_one_batch_and_across_nodes_in_any_order() {
             assert_eq!(r.status, 404, "{}", r.text());
         }
 
+        // Every row sealed is counted once, whichever node sealed it (each
+        // node counts in rows of its own): 4 + 1 + 5 × 40 + 1 rows were made,
+        // one of them deleted since.
+        let out = v
+            .run(&["keys", "list", "--json"], true, Duration::from_secs(60))
+            .await;
+        assert!(out.success(), "{}", out.stderr);
+        let keys: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let v1 = &keys[0];
+        assert_eq!(
+            (
+                v1["version"].as_u64(),
+                v1["encryptions"].as_i64(),
+                v1["records"].as_i64()
+            ),
+            (Some(1), Some(206), Some(205)),
+            "{keys}"
+        );
+
         stop_and_verify(&v, [a, b]).await;
     })
     .await;

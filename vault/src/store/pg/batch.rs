@@ -235,9 +235,11 @@ fn card_row(r: &SimpleQueryRow) -> Result<PgCardRow, PgError> {
 }
 
 /// The batch's new card rows, audit events and encryption counts, in one
-/// statement: `$1`–`$15` the cards (as `cards::insert_many`), `$16` the node and
-/// `$17`–`$31` its events (as the audit log's `insert_events`), `$32`/`$33` key
-/// versions and counts. Answers how many rows each part wrote.
+/// statement: `$1`–`$15` the cards, `$16` the node and `$17`–`$31` its events (as
+/// the audit log's `insert_events`), `$32`/`$33` key versions and counts, added
+/// to the node's own rows of `key_encryptions` (a row every node's batch
+/// updated would make each wait for the other's commit). Answers how many rows
+/// each part wrote.
 pub(crate) const FLUSH: &str = "WITH c AS (\
      INSERT INTO cards (token, tenant, key_version, nonce, ciphertext, fingerprint, brand, bin, \
      last4, exp_month, exp_year, subject_hash, metadata_sealed, created_at, expires_at) \
@@ -251,8 +253,9 @@ pub(crate) const FLUSH: &str = "WITH c AS (\
      $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], $26::text[], \
      $27::text[], $28::text[], $29::text[], $30::bytea[], $31::bytea[]) \
      ON CONFLICT DO NOTHING RETURNING 1), \
-     k AS (UPDATE data_keys AS d SET encryptions = d.encryptions + v.n \
-     FROM unnest($32::int8[], $33::int8[]) AS v(version, n) WHERE d.version = v.version \
+     k AS (INSERT INTO key_encryptions (version, node, n) \
+     SELECT v.version, $16, v.n FROM unnest($32::int8[], $33::int8[]) AS v(version, n) \
+     ON CONFLICT (version, node) DO UPDATE SET n = key_encryptions.n + EXCLUDED.n \
      RETURNING 1) \
      SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM e), (SELECT count(*) FROM k)";
 

@@ -295,7 +295,7 @@ pub fn for_each_fingerprint(
     Ok(())
 }
 
-/// A new card row kept for [`insert_many`] (owned: the job that made it has
+/// A new card row kept for the batch's one insert (owned: the job that made it has
 /// returned by then).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingCard {

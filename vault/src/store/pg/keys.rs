@@ -166,10 +166,14 @@ pub fn rewrap_data_key(
     Ok(())
 }
 
-/// Every data key, by version, with its record count.
+/// Every data key, by version, with its record count. Its encryptions are the
+/// key's row plus what the nodes' writer batches counted per node
+/// (`key_encryptions`, see `batch::FLUSH`).
 pub fn list_data_keys(c: &mut impl GenericClient) -> Result<Vec<DataKeyRow>, PgError> {
     c.query(
-        "SELECT k.version, k.state, k.created_at, k.retired_at, k.destroyed_at, k.encryptions,
+        "SELECT k.version, k.state, k.created_at, k.retired_at, k.destroyed_at,
+                k.encryptions + COALESCE((SELECT sum(e.n) FROM key_encryptions e
+                                          WHERE e.version = k.version), 0)::bigint,
                 (SELECT count(*) FROM cards c WHERE c.key_version = k.version)
          FROM data_keys k ORDER BY k.version",
         &[],

@@ -263,6 +263,18 @@ CREATE UNLOGGED TABLE root_successors (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 "#,
+    // 6: the count of records sealed under each data key, one row per node and
+    // version added to `data_keys.encryptions` when read: every writer batch
+    // adds to it, and one row shared by every node made their batches queue
+    // behind each other's commits (a row lock held until `COMMIT`).
+    r#"
+CREATE TABLE key_encryptions (
+    version bigint NOT NULL,
+    node    text COLLATE "C" NOT NULL,
+    n       bigint NOT NULL,
+    PRIMARY KEY (version, node)
+);
+"#,
 ];
 
 /// The application named in `panvault_schema`: a database of anything else is refused.
