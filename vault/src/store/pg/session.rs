@@ -143,13 +143,7 @@ impl PgConn {
         f: impl FnOnce(&mut postgres::Client) -> Result<T, PgError>,
     ) -> Result<T, StoreError> {
         self.flush()?;
-        let mut guard = self.client.try_borrow_mut().map_err(|_| in_use())?;
-        let client = guard.as_mut().ok_or_else(in_use)?;
-        let r = blocking(|| f(client));
-        if r.is_err() {
-            self.failed.set(true);
-        }
-        r.map_err(StoreError::from)
+        self.run_cached(|c| f(c))
     }
 
     /// The audit log on this client, inside its open transaction. The only place
