@@ -19,18 +19,12 @@ use panvault_vault::{AccessContext, Admin, TokenizeRequest, Vault};
 use serde_json::json;
 
 use crate::pg_cvc::{relay_config, relay_cvc};
+use crate::pg_harness::{assert_detokenizes, node, stop_and_verify};
 use crate::util::postgres::PgServer;
 use crate::util::provider::{FakeProvider, Mode};
-use crate::util::{self, BinVault, Client, ServeProcess, cards};
+use crate::util::{self, BinVault, Client, cards};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// `panvault serve` for `v` as node `name` of the shared audit log.
-async fn node(v: &BinVault, name: &str) -> ServeProcess {
-    let mut cmd = tokio::process::Command::new(util::panvault_bin());
-    cmd.args(v.serve_args()).env("PANVAULT_NODE", name);
-    ServeProcess::spawn(cmd).await.unwrap()
-}
 
 /// The first column of `sql`'s first row, as i64, on a connection of its own.
 fn query_i64(pg: &PgServer, sql: &str) -> i64 {
@@ -66,13 +60,7 @@ async fn tokenize(sf: &Client, card: &str) -> String {
 /// Detokenizes every `(token, card)` of `held` on `pay`: each gives its card.
 async fn detokenize_all(pay: &Client, held: &[(String, String)]) {
     for (token, card) in held {
-        let d = pay.detokenize(token, "check").await;
-        assert_eq!(d.status, 200, "{}", d.text());
-        assert!(
-            d.json()["card"]["number"] == card.as_str(),
-            "detokenized number differs from {}",
-            cards::masked(card)
-        );
+        assert_detokenizes(pay, token, card).await;
     }
 }
 
@@ -279,15 +267,7 @@ async fn pg_root_master_rotate_under_load_is_followed_by_both_nodes() {
         held.push((tokenize(&v.client(a.addr, "storefront"), &card).await, card));
         detokenize_all(&pay_a, &held).await;
 
-        assert!(a.terminate().await.success());
-        assert!(b.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a, b]).await;
     })
     .await;
 }
@@ -399,15 +379,7 @@ async fn pg_root_a_node_that_cannot_follow_refuses_to_seal_until_restarted() {
         detokenize_all(&v.client(b.addr, "payments"), &held).await;
         detokenize_all(&v.client(a.addr, "payments"), &held).await;
 
-        assert!(a.terminate().await.success());
-        assert!(b.terminate().await.success());
-        let out = v.run(&["audit", "verify"], false, LIMIT).await;
-        assert!(
-            out.success(),
-            "audit verify: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        stop_and_verify(&v, [a, b]).await;
     })
     .await;
 }

@@ -24,15 +24,7 @@ impl Vault {
             .readers
             .card_by_token(token.as_str(), tenant)
             .await?;
-        match row {
-            Some(r)
-                if r.tenant == tenant
-                    && r.expires_at.is_none_or(|e| e > self.now().unix_timestamp()) =>
-            {
-                Ok(r)
-            }
-            _ => Err(VaultError::NotFound),
-        }
+        usable(row, tenant, self.now().unix_timestamp())
     }
 
     /// Opens a PostgreSQL row's sealed subject and metadata (reloading the keys
@@ -173,18 +165,13 @@ impl Vault {
                         Some(t) => conn
                             .card_by_token(t, &tenant_s)
                             .map_err(VaultError::Store)
-                            .and_then(|row| match row {
-                                Some(mut r)
-                                    if r.tenant == tenant_s
-                                        && r.expires_at.is_none_or(|e| e > now) =>
-                                {
-                                    if keys.data.contains_key(&r.key_version) {
-                                        open_row(&keys, &tenant_s, &mut r).map(Some)
-                                    } else {
-                                        Ok(None)
-                                    }
+                            .and_then(|row| usable(row, &tenant_s, now))
+                            .and_then(|mut r| {
+                                if keys.data.contains_key(&r.key_version) {
+                                    open_row(&keys, &tenant_s, &mut r).map(Some)
+                                } else {
+                                    Ok(None)
                                 }
-                                _ => Err(VaultError::NotFound),
                             }),
                     };
                     // A key to load first: nothing is released, nothing recorded.
@@ -299,6 +286,15 @@ impl Vault {
         } else {
             Err(VaultError::NotFound)
         }
+    }
+}
+
+/// `row` if it is `tenant`'s and its token has not expired at `now`; any other
+/// tenant's token, or none, is not found.
+fn usable(row: Option<CardRow>, tenant: &str, now: i64) -> Result<CardRow, VaultError> {
+    match row {
+        Some(r) if r.tenant == tenant && r.expires_at.is_none_or(|e| e > now) => Ok(r),
+        _ => Err(VaultError::NotFound),
     }
 }
 
